@@ -1,0 +1,284 @@
+"""Credentials, workspaces and scopes.
+
+A credential is `ofk_<id>_<secret>`. Only SHA-256 of the secret is stored (the secret is 256 random
+bits, so a slow password hash buys nothing). Each credential belongs to exactly one workspace and
+carries scopes; `admin` implies every scope inside its own workspace, never another's. Service
+credentials (workspace `*`, scope `service`) let Onefold services call each other on behalf of the
+workspace named in the `x-onefold-workspace` metadata.
+
+The store is a small SQL database shared by the services of one installation (SQLite file under the
+data dir for `onefold up`, PostgreSQL in production); services only read it, and cache what they
+verified for `auth.cache_seconds` so a revocation takes effect within that time.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from onefold.contracts.common.v1 import errors_pb2
+from onefold.platform.database import create_engine
+from onefold.platform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+SCOPES = frozenset(
+    {
+        "admin",
+        "service",
+        "ingest:write",
+        "profiles:read",
+        "profiles:write",
+        "consent:read",
+        "consent:write",
+        "segments:read",
+        "segments:write",
+        "journeys:read",
+        "journeys:write",
+        "audit:read",
+        "dsr:write",
+    }
+)
+ANY_WORKSPACE = "*"
+WORKSPACE_HEADER = "x-onefold-workspace"
+_WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_TOKEN = re.compile(r"^ofk_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+
+metadata = sa.MetaData()
+workspaces_table = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+credentials_table = sa.Table(
+    "credentials",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("workspace", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("scopes", sa.String(1000), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: resolved from a credential, held in a ContextVar for the RPC's duration."""
+
+    credential_id: str
+    workspace: str
+    scopes: frozenset[str]
+    name: str = ""
+
+    @property
+    def is_service(self) -> bool:
+        return self.workspace == ANY_WORKSPACE and "service" in self.scopes
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes or (self.is_service and scope != "admin")
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    id: str
+    workspace: str
+    name: str
+    scopes: tuple[str, ...]
+    token: str = field(repr=False)  # shown once, never stored
+
+
+_current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
+    "onefold_principal", default=None
+)
+_current_workspace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "onefold_workspace", default=None
+)
+
+
+def current_principal() -> Principal:
+    principal = _current_principal.get()
+    if principal is None:
+        raise Unauthenticated("this call needs a credential", metadata={"hint": "authorization: Bearer ofk_..."})
+    return principal
+
+
+def current_workspace() -> str:
+    """The workspace this RPC acts in (the credential's, or the one a service credential named)."""
+    workspace = _current_workspace.get()
+    if workspace is None:
+        raise PermissionDenied(
+            "a service credential must name the workspace it acts for in x-onefold-workspace",
+            metadata={"header": WORKSPACE_HEADER},
+        )
+    return workspace
+
+
+def bind(principal: Principal, requested_workspace: str | None) -> None:
+    """Set the principal and its workspace for the current task (called by the interceptor)."""
+    _current_principal.set(principal)
+    _current_workspace.set(workspace_for(principal, requested_workspace))
+
+
+def workspace_for(principal: Principal, requested: str | None) -> str | None:
+    if not requested:
+        return None if principal.is_service else principal.workspace
+    if principal.is_service or requested == principal.workspace:
+        return requested
+    error = PermissionDenied(
+        f"this credential belongs to workspace '{principal.workspace}' and cannot act in '{requested}'",
+        metadata={"credential_workspace": principal.workspace, "requested_workspace": requested},
+    )
+    error.reason = errors_pb2.WORKSPACE_MISMATCH
+    raise error
+
+
+def require_workspace(requested: str) -> str:
+    """Check a workspace named in a request body against the caller's; return the one to use."""
+    principal = current_principal()
+    resolved = workspace_for(principal, requested) if requested else current_workspace()
+    assert resolved is not None
+    return resolved
+
+
+def require_scope(scope: str) -> Principal:
+    principal = current_principal()
+    if not principal.has_scope(scope):
+        raise PermissionDenied(
+            f"this credential lacks the '{scope}' scope needed for this call",
+            metadata={"required_scope": scope, "credential_scopes": " ".join(sorted(principal.scopes))},
+        )
+    return principal
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def validate_workspace_name(name: str) -> str:
+    if not _WORKSPACE_NAME.match(name):
+        raise InvalidArgument(
+            f"'{name}' is not a valid workspace name",
+            violations=[("workspace", "1-63 characters: lower-case letters, digits, '-' or '_'")],
+        )
+    return name
+
+
+def validate_scopes(scopes: Iterable[str]) -> tuple[str, ...]:
+    scopes = tuple(sorted(set(scopes)))
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown or not scopes:
+        raise InvalidArgument(
+            f"unknown scope(s): {', '.join(unknown)}" if unknown else "a credential needs at least one scope",
+            violations=[("scopes", "choose from " + ", ".join(sorted(SCOPES)))],
+        )
+    return scopes
+
+
+class CredentialStore:
+    def __init__(self, url_or_engine: str | Engine, *, cache_seconds: float = 5.0) -> None:
+        self.engine = create_engine(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, tuple[float, Principal]] = {}
+
+    def create_schema(self) -> None:
+        metadata.create_all(self.engine)
+
+    # -- administration (the CLI and bootstrap) -------------------------------------------------
+
+    def ensure_workspace(self, name: str) -> None:
+        if name != ANY_WORKSPACE:
+            validate_workspace_name(name)
+        with self.engine.begin() as conn:
+            exists = conn.execute(sa.select(workspaces_table.c.name).where(workspaces_table.c.name == name))
+            if exists.first() is None:
+                conn.execute(workspaces_table.insert().values(name=name, created_at=datetime.now(UTC)))
+
+    def list_workspaces(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(workspaces_table.c.name).order_by("name")).scalars())
+
+    def issue(
+        self, workspace: str, scopes: Iterable[str], name: str = "", *, credential_id: str | None = None
+    ) -> IssuedCredential:
+        """Create a credential; a fixed `credential_id` makes concurrent bootstraps collide safely."""
+        checked = validate_scopes(scopes)
+        self.ensure_workspace(workspace)
+        cred_id, secret = credential_id or secrets.token_hex(8), secrets.token_urlsafe(32)
+        with self.engine.begin() as conn:
+            conn.execute(
+                credentials_table.insert().values(
+                    id=cred_id,
+                    workspace=workspace,
+                    name=name or f"{workspace} credential",
+                    scopes=" ".join(checked),
+                    secret_sha256=_hash(secret),
+                    created_at=datetime.now(UTC),
+                )
+            )
+        return IssuedCredential(cred_id, workspace, name, checked, f"ofk_{cred_id}_{secret}")
+
+    def revoke(self, credential_id: str) -> None:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                credentials_table.update()
+                .where(credentials_table.c.id == credential_id, credentials_table.c.revoked_at.is_(None))
+                .values(revoked_at=datetime.now(UTC))
+            )
+        if result.rowcount == 0:
+            raise NotFound(f"no active credential with id '{credential_id}'")
+        self._cache.clear()
+
+    def list(self, workspace: str | None = None) -> list[dict[str, object]]:
+        query = sa.select(
+            credentials_table.c.id,
+            credentials_table.c.workspace,
+            credentials_table.c.name,
+            credentials_table.c.scopes,
+            credentials_table.c.created_at,
+            credentials_table.c.revoked_at,
+        ).order_by(credentials_table.c.created_at)
+        if workspace:
+            query = query.where(credentials_table.c.workspace == workspace)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def has_admin(self) -> bool:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(credentials_table.c.scopes).where(credentials_table.c.revoked_at.is_(None))
+            ).scalars()
+            return any("admin" in scopes.split() for scopes in rows)
+
+    # -- verification (every RPC) -----------------------------------------------------------------
+
+    def authenticate(self, token: str) -> Principal:
+        now = time.monotonic()
+        cached = self._cache.get(token)
+        if cached and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        match = _TOKEN.match(token)
+        if not match:
+            raise Unauthenticated("the credential is malformed; expected 'Bearer ofk_<id>_<secret>'")
+        cred_id, secret = match.groups()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(credentials_table).where(credentials_table.c.id == cred_id)
+            ).first()
+        if row is None or not hmac.compare_digest(row.secret_sha256, _hash(secret)):
+            raise Unauthenticated("the credential is not recognised")
+        if row.revoked_at is not None:
+            raise Unauthenticated("the credential was revoked")
+        principal = Principal(cred_id, row.workspace, frozenset(row.scopes.split()), row.name)
+        self._cache[token] = (now, principal)
+        return principal

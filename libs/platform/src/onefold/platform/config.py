@@ -1,0 +1,145 @@
+"""Configuration: defaults, then an optional YAML file, then environment variables.
+
+Environment variables are `ONEFOLD_<SECTION>__<KEY>` (e.g. `ONEFOLD_GRPC__PORT=50051`); a few
+top-level ones (`ONEFOLD_DATA_DIR`, `ONEFOLD_CONFIG`) have no section. Unknown keys are errors: a
+typo in a config file must never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """Configuration that cannot work; the message is one sentence for a person."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GrpcSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+    grace_seconds: float = Field(default=5.0, ge=0)
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+
+
+class NatsSettings(_Section):
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    reconnect_wait_seconds: float = Field(default=1.0, gt=0)
+
+
+class DatabaseSettings(_Section):
+    url: str = Field(default="", description="SQLAlchemy URL; empty = sqlite file <data_dir>/<service>.db")
+
+
+class AuthSettings(_Section):
+    database_url: str = Field(default="", description="credential store; empty = <data_dir>/auth.db")
+    cache_seconds: float = Field(default=5.0, ge=0, description="how long a verified credential is cached")
+    bootstrap_admin: bool = Field(default=True, description="create an admin credential on first start")
+
+
+class TelemetrySettings(_Section):
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", pattern="^(json|console)$")
+    otlp_endpoint: str = Field(default="", description="OTLP/gRPC collector; empty = traces stay in-process")
+    console_traces: bool = False
+
+
+class Settings(_Section):
+    service: str = "onefold"
+    data_dir: Path = Path(".onefold")
+    grpc: GrpcSettings = GrpcSettings()
+    nats: NatsSettings = NatsSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    auth: AuthSettings = AuthSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.data_dir / (self.service + '.db')}"
+
+    def auth_database_url(self) -> str:
+        return self.auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
+
+
+_TOP_LEVEL_ENV = {"ONEFOLD_DATA_DIR": "data_dir", "ONEFOLD_SERVICE": "service"}
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if name in _TOP_LEVEL_ENV:
+            out[_TOP_LEVEL_ENV[name]] = value
+        elif name.startswith("ONEFOLD_") and "__" in name:
+            section, _, key = name.removeprefix("ONEFOLD_").lower().partition("__")
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _explain(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown configuration key '{where}' in {origin}"
+    return f"invalid configuration value for '{where}' in {origin}: {first['msg']}"
+
+
+def load_settings(
+    service: str,
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Build the settings of one service; raises ConfigError with a one-sentence reason."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {"service": service}
+    config_file = config_file or env.get("ONEFOLD_CONFIG") or None
+    origin = "defaults and environment"
+    if config_file:
+        path = Path(config_file)
+        origin = f"{path} (or ONEFOLD_* environment)"
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {path} must hold a mapping of settings")
+        data = _merge(data, loaded)
+    data = _merge(data, _env_overrides(env))
+    data = _merge(data, overrides)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin)) from None
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create the data directory and prove it is writable, or say why not in one sentence."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"data directory {path} is not usable: {exc.strerror or exc}") from None
+    return path

@@ -1,0 +1,247 @@
+"""The gRPC server every service runs: health, reflection, authentication, errors, tracing.
+
+One interceptor wraps every RPC's behaviour (so ContextVars it sets are visible inside the handler's
+own task): it extracts the trace context, authenticates the bearer credential, checks the workspace
+named in `x-onefold-workspace` and the method's scope, then maps raised OnefoldErrors to gRPC status
+codes with `google.rpc` details. Health checks and reflection are the only unauthenticated methods,
+because Kubernetes probes carry no credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from onefold.contracts.common.v1 import errors_pb2
+from onefold.platform import auth
+from onefold.platform.auth import CredentialStore
+from onefold.platform.config import ConfigError, GrpcSettings
+from onefold.platform.errors import OnefoldError, Unauthenticated
+from onefold.platform.telemetry import extract_context, get_logger, tracer
+
+log = get_logger("onefold.grpc")
+
+PUBLIC_METHOD_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+AUTHENTICATED = ""  # scope marker: any valid credential
+
+
+@dataclass
+class MethodPolicy:
+    """Scope required per full method name (`/pkg.Service/Method`). Unlisted methods need `admin`."""
+
+    scopes: dict[str, str] = field(default_factory=dict)
+
+    def scope_for(self, method: str) -> str:
+        return self.scopes.get(method, "admin")
+
+    def update(self, service_full_name: str, scopes: Mapping[str, str]) -> None:
+        for name, scope in scopes.items():
+            self.scopes[f"/{service_full_name}/{name}"] = scope
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    return {
+        key: value
+        for key, value in (context.invocation_metadata() or ())
+        if isinstance(value, str)
+    }
+
+
+class PlatformInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, store: CredentialStore, policy: MethodPolicy, service: str) -> None:
+        self.store = store
+        self.policy = policy
+        self.service = service
+        self._tracer = tracer(f"onefold.{service}.grpc")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler
+        return _wrap(handler, method, self._guard)
+
+    async def _authorise(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        metadata = _metadata(context)
+        header = metadata.get("authorization", "")
+        if not header:
+            error = Unauthenticated(
+                f"{method} needs a credential: send metadata 'authorization: Bearer <credential>'",
+            )
+            error.reason = errors_pb2.CREDENTIAL_MISSING
+            raise error
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the authorization metadata must be 'Bearer <credential>'")
+        principal = await asyncio.to_thread(self.store.authenticate, token.strip())
+        auth.bind(principal, metadata.get(auth.WORKSPACE_HEADER))
+        scope = self.policy.scope_for(method)
+        if scope != AUTHENTICATED:
+            auth.require_scope(scope)
+
+    def _guard(self, method: str) -> _Guard:
+        return _Guard(self, method)
+
+
+class _Guard:
+    """Per-call context: trace span, authorisation, error mapping."""
+
+    def __init__(self, interceptor: PlatformInterceptor, method: str) -> None:
+        self.interceptor = interceptor
+        self.method = method
+
+    async def run(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
+        parent = extract_context(_metadata(context))
+        token = otel_context.attach(parent)
+        try:
+            with self.interceptor._tracer.start_as_current_span(
+                self.method, kind=trace.SpanKind.SERVER, attributes={"rpc.system": "grpc"}
+            ) as span:
+                try:
+                    await self.interceptor._authorise(self.method, context)
+                    return await call()
+                except OnefoldError as error:
+                    span.set_attribute("rpc.grpc.status_code", error.code.value[0])
+                    await context.abort_with_status(rpc_status.to_status(error.to_status()))
+                except (asyncio.CancelledError, grpc.aio.AbortError):
+                    raise
+                except Exception as exc:
+                    if context.code() not in (None, grpc.StatusCode.OK):
+                        raise  # the handler already set a status via context.abort
+                    reference = uuid.uuid4().hex[:12]
+                    span.record_exception(exc)
+                    log.exception("rpc.internal_error", method=self.method, reference=reference)
+                    internal = OnefoldError(
+                        f"internal error while handling {self.method}; reference {reference} in the service log"
+                    )
+                    await context.abort_with_status(rpc_status.to_status(internal.to_status()))
+        finally:
+            otel_context.detach(token)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler, method: str, guard_for: Callable[[str], _Guard]
+) -> grpc.RpcMethodHandler:
+    guard = guard_for(method)
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            return await guard.run(context, lambda: inner_uu(request, context))
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await guard.run(context, lambda: inner_su(requests, context))
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    # Streaming responses: authorise under the guard, then stream, still mapping OnefoldErrors.
+    inner_stream = handler.unary_stream or handler.stream_stream
+    is_unary_request = handler.unary_stream is not None
+
+    async def authorised() -> bool:
+        return True
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await guard.run(context, authorised)
+        try:
+            async for item in inner_stream(request, context):
+                yield item
+        except OnefoldError as error:
+            await context.abort_with_status(rpc_status.to_status(error.to_status()))
+
+    factory = grpc.unary_stream_rpc_method_handler if is_unary_request else grpc.stream_stream_rpc_method_handler
+    return factory(streaming, handler.request_deserializer, handler.response_serializer)
+
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class ServiceRegistration:
+    """A servicer to add: the generated `add_*_to_server` call plus its full name and scopes."""
+
+    full_name: str
+    register: Registrar
+    scopes: Mapping[str, str]
+
+
+class GrpcServer:
+    def __init__(
+        self,
+        service: str,
+        settings: GrpcSettings,
+        store: CredentialStore,
+        registrations: Iterable[ServiceRegistration],
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.policy = MethodPolicy()
+        self.registrations = list(registrations)
+        self.health = health.aio.HealthServicer()
+        options = [
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=[PlatformInterceptor(store, self.policy, service)], options=options
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        names = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        for registration in self.registrations:
+            registration.register(self.server)
+            self.policy.update(registration.full_name, registration.scopes)
+            names.append(registration.full_name)
+        reflection.enable_server_reflection(names, self.server)
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            self.port = 0
+        if not self.port:
+            raise ConfigError(f"cannot listen on {address} for gRPC: the port is in use or not allowed")
+        await self.server.start()
+        await self.set_serving(True)
+        return self.port
+
+    async def set_serving(self, serving: bool, name: str = "") -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        if name:
+            await self.health.set(name, status)
+            return
+        await self.health.set("", status)
+        for registration in self.registrations:
+            await self.health.set(registration.full_name, status)
+
+    async def stop(self) -> None:
+        # NOT_SERVING first, so load balancers stop routing here while in-flight calls finish.
+        await self.set_serving(False)
+        await self.server.stop(self.settings.grace_seconds)

@@ -1,0 +1,162 @@
+"""Run one Onefold service: the shared composition every service's bootstrap plugs into.
+
+A service describes itself with a ServiceSpec (its name, the servicers it serves, what to start
+beside the gRPC server); `run_service` does the rest in the same order for all five: settings,
+logging, tracing, the credential store, the service database, gRPC (health, reflection, the
+platform interceptor), NATS, then waits for SIGTERM/SIGINT and stops in reverse order.
+Nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
+from onefold.platform import __version__, auth
+from onefold.platform.auth import CredentialStore
+from onefold.platform.config import ConfigError, Settings, load_settings, prepare_data_dir
+from onefold.platform.database import create_engine
+from onefold.platform.grpc_server import AUTHENTICATED, GrpcServer, ServiceRegistration
+from onefold.platform.nats import NatsConnection
+from onefold.platform.telemetry import configure_logging, configure_tracing, get_logger
+
+NATS_HEALTH_NAME = "onefold.nats"
+BOOTSTRAP_ADMIN_WORKSPACE = "default"
+BOOTSTRAP_ADMIN_ID = "0000000000000000"
+log = get_logger("onefold.service")
+
+
+@dataclass
+class ServiceContext:
+    """What a service's bootstrap receives to build its servicers and background work."""
+
+    settings: Settings
+    engine: Engine
+    credentials: CredentialStore
+    nats: NatsConnection | None = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    version: str = __version__
+    registrations: Callable[[ServiceContext], Sequence[ServiceRegistration]] = lambda _ctx: ()
+    create_schema: Callable[[Engine], None] = lambda _engine: None
+    on_started: Callable[[ServiceContext], Awaitable[None]] | None = None
+    on_stopping: Callable[[ServiceContext], Awaitable[None]] | None = None
+
+
+class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
+    def __init__(self, service: str, version: str) -> None:
+        self.service, self.version = service, version
+
+    async def WhoAmI(  # noqa: N802 - gRPC method name
+        self, request: platform_pb2.WhoAmIRequest, context: object
+    ) -> platform_pb2.WhoAmIResponse:
+        principal = auth.current_principal()
+        workspace = auth.require_workspace(request.workspace)
+        return platform_pb2.WhoAmIResponse(
+            service=self.service,
+            version=self.version,
+            workspace=workspace,
+            scopes=sorted(principal.scopes),
+            credential_id=principal.credential_id,
+        )
+
+
+def platform_registration(service: str, version: str) -> ServiceRegistration:
+    servicer = PlatformServicer(service, version)
+    return ServiceRegistration(
+        full_name=platform_pb2.DESCRIPTOR.services_by_name["PlatformService"].full_name,
+        register=lambda server: platform_pb2_grpc.add_PlatformServiceServicer_to_server(servicer, server),
+        scopes={"WhoAmI": AUTHENTICATED},
+    )
+
+
+def ensure_bootstrap_admin(store: CredentialStore) -> auth.IssuedCredential | None:
+    """Issue the first admin credential, once per installation; return it only to the one that made it."""
+    if store.has_admin():
+        return None
+    try:
+        return store.issue(
+            BOOTSTRAP_ADMIN_WORKSPACE, ["admin"], name="bootstrap admin", credential_id=BOOTSTRAP_ADMIN_ID
+        )
+    except sa.exc.IntegrityError:  # another process won the race; its output shows the credential
+        return None
+
+
+async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
+    prepare_data_dir(settings.data_dir)
+    store = CredentialStore(settings.auth_database_url(), cache_seconds=settings.auth.cache_seconds)
+    await asyncio.to_thread(store.create_schema)
+    if settings.auth.bootstrap_admin:
+        issued = await asyncio.to_thread(ensure_bootstrap_admin, store)
+        if issued:
+            print(f"Admin credential for workspace '{issued.workspace}' (shown once): {issued.token}", flush=True)
+    engine = create_engine(settings.database_url())
+    await asyncio.to_thread(spec.create_schema, engine)
+    ctx = ServiceContext(settings=settings, engine=engine, credentials=store)
+    registrations = [platform_registration(spec.name, spec.version), *spec.registrations(ctx)]
+    server = GrpcServer(spec.name, settings.grpc, store, registrations)
+    port = await server.start()
+    await server.set_serving(False, NATS_HEALTH_NAME)
+
+    async def nats_state(connected: bool) -> None:
+        await server.set_serving(connected, NATS_HEALTH_NAME)
+
+    ctx.nats = NatsConnection(settings.nats, f"onefold-{spec.name}", nats_state)
+    ctx.nats.start()
+    if spec.on_started:
+        await spec.on_started(ctx)
+    log.info("service.ready", port=port, grpc=f"{settings.grpc.host}:{port}", nats=settings.nats.url)
+    try:
+        await stop.wait()
+    finally:
+        log.info("service.stopping")
+        if spec.on_stopping:
+            await spec.on_stopping(ctx)
+        for task in ctx.background:
+            task.cancel()
+        for task in ctx.background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await server.stop()
+        await ctx.nats.close()
+        engine.dispose()
+        store.engine.dispose()
+        log.info("service.stopped")
+
+
+def run_service(spec: ServiceSpec, config_file: str | Path | None = None) -> int:
+    """Entry point for `python -m onefold.<service>`; returns the process exit code."""
+    try:
+        settings = load_settings(spec.name, config_file)
+    except ConfigError as error:
+        print(f"onefold-{spec.name}: {error}", file=sys.stderr)
+        return 2
+    configure_logging(spec.name, settings.telemetry)
+    configure_tracing(spec.name, spec.version, settings.telemetry)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(spec, settings, stop)
+
+    try:
+        asyncio.run(main())
+    except ConfigError as error:
+        print(f"onefold-{spec.name}: {error}", file=sys.stderr)
+        return 2
+    return 0

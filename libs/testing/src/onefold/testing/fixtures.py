@@ -1,0 +1,104 @@
+"""Pytest fixtures shared by every test directory (registered by the root conftest.py).
+
+- `nats_server`: a real nats-server with JetStream on a free port and a temporary store; call
+  `.kill()` / `.start()` on it in fault tests (same port, same store).
+- `nats_url`: its URL.
+- `postgres_url`: an empty PostgreSQL database for this test session (skips without
+  ONEFOLD_TEST_POSTGRES_URL, fails under CI=true without it).
+- `database_url`: parametrised over SQLite (a temp file) and PostgreSQL.
+- `credential_store` / `admin_token` / `workspace_token`: a real credential store in a temp file.
+- `start_service`: starts `python -m onefold.<name>` subprocesses, stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from onefold.platform.auth import CredentialStore
+from onefold.platform.nats_server import NatsServerProcess
+from onefold.testing.postgres import POSTGRES_ENV, postgres_admin_url, temporary_database
+from onefold.testing.processes import ServiceProcess
+
+
+@pytest.fixture
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServerProcess]:
+    server = NatsServerProcess(tmp_path_factory.mktemp("nats"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: NatsServerProcess) -> str:
+    return nats_server.url
+
+
+@pytest.fixture(scope="session")
+def _postgres_session_url() -> Iterator[str | None]:
+    admin = postgres_admin_url()
+    if admin is None:
+        yield None
+        return
+    with temporary_database(admin) as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(_postgres_session_url: str | None) -> str:
+    if _postgres_session_url is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PostgreSQL tests: set {POSTGRES_ENV}")
+        pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
+    return _postgres_session_url
+
+
+@pytest.fixture
+def fresh_postgres_url(_postgres_session_url: str | None) -> Iterator[str]:
+    """An empty PostgreSQL database for one test (for tests that need a clean schema)."""
+    admin = postgres_admin_url()
+    if admin is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the PostgreSQL tests: set {POSTGRES_ENV}")
+        pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
+    with temporary_database(admin) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test using this runs twice: on a SQLite file and on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture
+def credential_store(tmp_path: Path) -> CredentialStore:
+    store = CredentialStore(f"sqlite:///{tmp_path / 'auth.db'}", cache_seconds=0)
+    store.create_schema()
+    return store
+
+
+@pytest.fixture
+def start_service(tmp_path: Path, nats_url: str) -> Iterator[Callable[..., ServiceProcess]]:
+    started: list[ServiceProcess] = []
+
+    def start(name: str, data_dir: Path | None = None, **extra_env: str) -> ServiceProcess:
+        service = ServiceProcess(
+            name=name,
+            data_dir=data_dir or tmp_path / "data",
+            nats_url=nats_url,
+            extra_env={k.upper(): v for k, v in extra_env.items()},
+        )
+        service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        service.stop()

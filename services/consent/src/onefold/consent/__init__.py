@@ -1,0 +1,1 @@
+"""The consent service: the PIPL/GDPR consent ledger, CheckConsent, data-subject requests and audit replay."""

@@ -1,0 +1,1 @@
+"""Use cases of the consent service (load -> decide -> append). Filled in by the consent issue."""

@@ -1,0 +1,23 @@
+"""Composition root of the consent service: wires settings, storage, servicers and consumers.
+
+Nothing here runs at import time; `main()` builds the service and hands it to the platform runner.
+"""
+
+from __future__ import annotations
+
+from onefold.platform.service import ServiceSpec, run_service
+from onefold.consent.entrypoints import consumers, grpc
+
+SERVICE_NAME = "consent"
+
+
+def build_spec() -> ServiceSpec:
+    return ServiceSpec(
+        name=SERVICE_NAME,
+        registrations=grpc.registrations,
+        on_started=consumers.start,
+    )
+
+
+def main() -> int:
+    return run_service(build_spec())

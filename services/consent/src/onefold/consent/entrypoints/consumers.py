@@ -1,0 +1,9 @@
+"""NATS consumers of the consent service (durable subscribers from onefold.eventlog)."""
+
+from __future__ import annotations
+
+from onefold.platform.service import ServiceContext
+
+
+async def start(_ctx: ServiceContext) -> None:
+    """Nothing to consume yet."""

@@ -1,0 +1,1 @@
+"""Read models of the consent service, fed by its events."""

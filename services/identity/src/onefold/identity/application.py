@@ -1,0 +1,1 @@
+"""Use cases of the identity service (load -> decide -> append). Filled in by the identity issue."""

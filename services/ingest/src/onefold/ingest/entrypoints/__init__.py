@@ -1,0 +1,1 @@
+"""Thin adapters from the outside world (gRPC, NATS) to the ingest application."""

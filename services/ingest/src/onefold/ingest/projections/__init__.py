@@ -1,0 +1,1 @@
+"""Read models of the ingest service, fed by its events."""

@@ -1,0 +1,1 @@
+"""The journeys service: marketing journeys that contact people only the way they allowed."""

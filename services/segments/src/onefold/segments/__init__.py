@@ -1,0 +1,1 @@
+"""The segments service: tags, computed traits and real-time segments."""

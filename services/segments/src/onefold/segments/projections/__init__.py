@@ -1,0 +1,1 @@
+"""Read models of the segments service, fed by its events."""
