@@ -109,7 +109,9 @@ _current_workspace: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 def current_principal() -> Principal:
     principal = _current_principal.get()
     if principal is None:
-        raise Unauthenticated("this call needs a credential", metadata={"hint": "authorization: Bearer ofk_..."})
+        raise Unauthenticated(
+            "this call needs a credential", metadata={"hint": "authorization: Bearer ofk_..."}
+        )
     return principal
 
 
@@ -272,9 +274,7 @@ class CredentialStore:
             raise Unauthenticated("the credential is malformed; expected 'Bearer ofk_<id>_<secret>'")
         cred_id, secret = match.groups()
         with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(credentials_table).where(credentials_table.c.id == cred_id)
-            ).first()
+            row = conn.execute(sa.select(credentials_table).where(credentials_table.c.id == cred_id)).first()
         if row is None or not hmac.compare_digest(row.secret_sha256, _hash(secret)):
             raise Unauthenticated("the credential is not recognised")
         if row.revoked_at is not None:

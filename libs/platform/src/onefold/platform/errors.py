@@ -20,7 +20,7 @@ ERROR_DOMAIN = "onefold"
 
 class OnefoldError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-    reason: int = errors_pb2.INTERNAL
+    reason: errors_pb2.ErrorReason.ValueType = errors_pb2.INTERNAL
 
     def __init__(
         self,
@@ -117,8 +117,9 @@ def details_of(error: grpc.aio.AioRpcError | grpc.RpcError) -> tuple[str, list[t
     """Client side: the ErrorInfo reason and field violations carried by a failed call."""
     from grpc_status import rpc_status
 
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    reason, violations = "", []
+    status = rpc_status.from_call(error)
+    reason: str = ""
+    violations: list[tuple[str, str]] = []
     if status is None:
         return reason, violations
     for detail in status.details:

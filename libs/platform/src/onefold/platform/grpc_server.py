@@ -54,11 +54,7 @@ class MethodPolicy:
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
-    return {
-        key: value
-        for key, value in (context.invocation_metadata() or ())
-        if isinstance(value, str)
-    }
+    return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
 
 
 class PlatformInterceptor(grpc.aio.ServerInterceptor):
@@ -174,7 +170,9 @@ def _wrap(
         except OnefoldError as error:
             await context.abort_with_status(rpc_status.to_status(error.to_status()))
 
-    factory = grpc.unary_stream_rpc_method_handler if is_unary_request else grpc.stream_stream_rpc_method_handler
+    factory = (
+        grpc.unary_stream_rpc_method_handler if is_unary_request else grpc.stream_stream_rpc_method_handler
+    )
     return factory(streaming, handler.request_deserializer, handler.response_serializer)
 
 
@@ -233,7 +231,9 @@ class GrpcServer:
         return self.port
 
     async def set_serving(self, serving: bool, name: str = "") -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         if name:
             await self.health.set(name, status)
             return

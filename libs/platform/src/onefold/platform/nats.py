@@ -73,8 +73,12 @@ class NatsConnection:
                 await self.connect_once()
                 return
             except Exception as exc:
-                log.warning("nats.unreachable", url=self.settings.url, error=str(exc) or type(exc).__name__,
-                            retry_in_seconds=delay)
+                log.warning(
+                    "nats.unreachable",
+                    url=self.settings.url,
+                    error=str(exc) or type(exc).__name__,
+                    retry_in_seconds=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -82,8 +86,9 @@ class NatsConnection:
         """Connect in the background; `connected` is set whenever the connection is up."""
         self._task = asyncio.create_task(self._connect_forever(), name=f"nats-connect-{self.name}")
 
-    async def wait_connected(self, timeout: float | None = None) -> Client:
-        await asyncio.wait_for(self.connected.wait(), timeout)
+    async def wait_connected(self) -> Client:
+        """Wait for a live connection (wrap in `asyncio.timeout(...)` to bound the wait)."""
+        await self.connected.wait()
         assert self.client is not None
         return self.client
 

@@ -60,7 +60,7 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
     def __init__(self, service: str, version: str) -> None:
         self.service, self.version = service, version
 
-    async def WhoAmI(  # noqa: N802 - gRPC method name
+    async def WhoAmI(
         self, request: platform_pb2.WhoAmIRequest, context: object
     ) -> platform_pb2.WhoAmIResponse:
         principal = auth.current_principal()
@@ -102,7 +102,11 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     if settings.auth.bootstrap_admin:
         issued = await asyncio.to_thread(ensure_bootstrap_admin, store)
         if issued:
-            print(f"Admin credential for workspace '{issued.workspace}' (shown once): {issued.token}", flush=True)
+            # Printed once, never logged: log pipelines are not the place for secrets.
+            sys.stdout.write(
+                f"Admin credential for workspace '{issued.workspace}' (shown once): {issued.token}\n"
+            )
+            sys.stdout.flush()
     engine = create_engine(settings.database_url())
     await asyncio.to_thread(spec.create_schema, engine)
     ctx = ServiceContext(settings=settings, engine=engine, credentials=store)
@@ -142,7 +146,7 @@ def run_service(spec: ServiceSpec, config_file: str | Path | None = None) -> int
     try:
         settings = load_settings(spec.name, config_file)
     except ConfigError as error:
-        print(f"onefold-{spec.name}: {error}", file=sys.stderr)
+        sys.stderr.write(f"onefold-{spec.name}: {error}\n")
         return 2
     configure_logging(spec.name, settings.telemetry)
     configure_tracing(spec.name, spec.version, settings.telemetry)
@@ -157,6 +161,6 @@ def run_service(spec: ServiceSpec, config_file: str | Path | None = None) -> int
     try:
         asyncio.run(main())
     except ConfigError as error:
-        print(f"onefold-{spec.name}: {error}", file=sys.stderr)
+        sys.stderr.write(f"onefold-{spec.name}: {error}\n")
         return 2
     return 0

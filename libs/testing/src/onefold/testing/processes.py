@@ -6,35 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
+from onefold.platform.health import wait_for_health
 from onefold.platform.ports import free_port
-
-
-def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
-    """'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN' … or 'UNREACHABLE'."""
-    try:
-        with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    except grpc.RpcError:
-        return "UNREACHABLE"
-
-
-def wait_for_health(target: str, service: str = "", want: str = "SERVING", timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if health_status(target, service) == want:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @dataclass
@@ -78,7 +54,9 @@ class ServiceProcess:
             )
         if not wait_for_health(self.target, timeout=timeout):
             self.stop()
-            raise RuntimeError(f"{self.name} did not become SERVING; log:\n{self.log_path.read_text()[-3000:]}")
+            raise RuntimeError(
+                f"{self.name} did not become SERVING; log:\n{self.log_path.read_text()[-3000:]}"
+            )
 
     def stop(self, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:

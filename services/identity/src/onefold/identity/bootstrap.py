@@ -5,8 +5,8 @@ Nothing here runs at import time; `main()` builds the service and hands it to th
 
 from __future__ import annotations
 
-from onefold.platform.service import ServiceSpec, run_service
 from onefold.identity.entrypoints import consumers, grpc
+from onefold.platform.service import ServiceSpec, run_service
 
 SERVICE_NAME = "identity"
 

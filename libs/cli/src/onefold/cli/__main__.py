@@ -1,0 +1,5 @@
+"""`python -m onefold.cli` is the `onefold` command."""
+
+from onefold.cli.main import app
+
+app()

@@ -1,0 +1,33 @@
+"""`onefold bench NAME [ARGS]`: run bench/NAME.py's `main(argv)` from the source checkout."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import typer
+
+
+def bench_dir() -> Path:
+    """bench/ of the checkout: $ONEFOLD_BENCH_DIR, else the nearest bench/ above here or the cwd."""
+    if env := os.environ.get("ONEFOLD_BENCH_DIR"):
+        return Path(env)
+    for start in (Path.cwd(), Path(__file__).resolve()):
+        for parent in [start, *start.parents]:
+            if (parent / "bench").is_dir() and (parent / "pyproject.toml").is_file():
+                return parent / "bench"
+    raise typer.BadParameter("cannot find the bench/ directory; set ONEFOLD_BENCH_DIR")
+
+
+def bench(ctx: typer.Context, name: str = typer.Argument(help="benchmark name, e.g. eventlog")) -> None:
+    directory = bench_dir()
+    path = directory / f"{name}.py"
+    if not path.is_file():
+        available = sorted(p.stem for p in directory.glob("*.py") if not p.stem.startswith("_"))
+        raise typer.BadParameter(f"no benchmark '{name}'; available: {', '.join(available) or 'none'}")
+    spec = importlib.util.spec_from_file_location(f"onefold_bench_{name}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    raise typer.Exit(int(module.main(list(ctx.args)) or 0))

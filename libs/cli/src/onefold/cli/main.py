@@ -1,0 +1,192 @@
+"""The `onefold` command. Thin: each command parses, calls a library or a service, and prints."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from onefold.cli import bench as bench_command
+from onefold.cli.supervisor import SERVICES, Supervisor, read_endpoints
+from onefold.platform.auth import SCOPES, CredentialStore
+from onefold.platform.config import ConfigError
+from onefold.platform.errors import OnefoldError
+from onefold.platform.health import health_status
+from onefold.platform.service import NATS_HEALTH_NAME
+
+app = typer.Typer(
+    name="onefold",
+    help="Onefold: an event-sourced Customer Data Platform.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+credentials_app = typer.Typer(help="Create, list and revoke API credentials.", no_args_is_help=True)
+app.add_typer(credentials_app, name="credentials")
+app.command(
+    "bench",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    help="Run a benchmark from bench/ (e.g. `onefold bench eventlog --json`).",
+)(bench_command.bench)
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", "-d", envvar="ONEFOLD_DATA_DIR", help="where state and logs live")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def up(
+    data_dir: DataDir = Path(".onefold"),
+    nats_url: Annotated[str | None, typer.Option(help="use this NATS server instead of starting one")] = None,
+) -> None:
+    """Start nats-server (JetStream) and the five services; Ctrl-C stops everything."""
+    supervisor = Supervisor(data_dir=data_dir.resolve(), nats_url=nats_url, report=_report)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        with console.status("starting nats-server and the services …"):
+            url = supervisor.start()
+    except ConfigError as error:
+        supervisor.stop()
+        raise _fail(str(error)) from None
+    _print_endpoints(supervisor, url)
+    try:
+        while not stop.wait(0.5):
+            supervisor.watch_once(url)
+    finally:
+        console.print("stopping …")
+        supervisor.stop()
+        console.print("stopped.")
+
+
+def _report(message: str) -> None:
+    console.print(f"[yellow]•[/yellow] {message}", highlight=False)
+
+
+def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
+    table = Table(title="Onefold is up", show_header=True)
+    table.add_column("service")
+    table.add_column("gRPC endpoint")
+    table.add_column("health")
+    for name, child in supervisor.children.items():
+        table.add_row(name, child.target, health_status(child.target))
+    table.add_row("nats", nats_url, "started here" if supervisor.nats else "external")
+    console.print(table)
+    if supervisor.admin:
+        console.print(
+            f"Admin credential for workspace '{supervisor.admin.workspace}' (shown once, keep it safe):\n"
+            f"  [bold]{supervisor.admin.token}[/bold]",
+            highlight=False,
+        )
+    else:
+        console.print(
+            "Admin credential: created on the first start (see that output), or make one with "
+            "`onefold credentials create --workspace default --scope admin`."
+        )
+    console.print(
+        f"Call with metadata 'authorization: Bearer <credential>'. Logs: {supervisor.data_dir / 'logs'}. "
+        "Check with `onefold status`. Ctrl-C stops everything.",
+        highlight=False,
+    )
+
+
+@app.command()
+def status(data_dir: DataDir = Path(".onefold")) -> None:
+    """Show each service's health; exit 0 only when every service is SERVING."""
+    try:
+        state = read_endpoints(data_dir.resolve())
+    except ConfigError as error:
+        raise _fail(str(error), code=1) from None
+    table = Table(show_header=True)
+    for column in ("service", "endpoint", "health", "NATS connection"):
+        table.add_column(column)
+    all_serving = True
+    for name in SERVICES:
+        target = state["services"].get(name)
+        overall = health_status(target) if target else "NOT STARTED"
+        nats = health_status(target, NATS_HEALTH_NAME) if overall == "SERVING" else "-"
+        all_serving &= overall == "SERVING"
+        colour = "green" if overall == "SERVING" else "red"
+        table.add_row(name, target or "-", f"[{colour}]{overall}[/{colour}]", nats)
+    console.print(table)
+    raise typer.Exit(0 if all_serving else 1)
+
+
+def _store(data_dir: Path, auth_db: str | None) -> CredentialStore:
+    store = CredentialStore(auth_db or f"sqlite:///{data_dir.resolve() / 'auth.db'}")
+    store.create_schema()
+    return store
+
+
+AuthDb = Annotated[
+    str | None,
+    typer.Option(envvar="ONEFOLD_AUTH__DATABASE_URL", help="credential store URL (default: in the data dir)"),
+]
+
+
+@credentials_app.command("create")
+def credentials_create(
+    workspace: Annotated[str, typer.Option(help="the workspace the credential belongs to")],
+    scope: Annotated[list[str], typer.Option(help=f"repeatable; one of: {', '.join(sorted(SCOPES))}")],
+    name: Annotated[str, typer.Option(help="a label for people")] = "",
+    data_dir: DataDir = Path(".onefold"),
+    auth_db: AuthDb = None,
+) -> None:
+    """Create a credential; its secret is printed once and only its hash is stored."""
+    try:
+        issued = _store(data_dir, auth_db).issue(workspace, scope, name)
+    except (OnefoldError, ConfigError) as error:
+        raise _fail(str(error)) from None
+    console.print(
+        f"credential {issued.id} for workspace '{issued.workspace}' with scopes {', '.join(issued.scopes)}"
+    )
+    console.print(issued.token, highlight=False, soft_wrap=True)
+
+
+@credentials_app.command("list")
+def credentials_list(
+    workspace: Annotated[str | None, typer.Option()] = None,
+    data_dir: DataDir = Path(".onefold"),
+    auth_db: AuthDb = None,
+) -> None:
+    """List credentials (never their secrets)."""
+    table = Table(show_header=True)
+    for column in ("id", "workspace", "name", "scopes", "created", "revoked"):
+        table.add_column(column)
+    for row in _store(data_dir, auth_db).list(workspace):
+        table.add_row(
+            *(str(row[k] or "") for k in ("id", "workspace", "name", "scopes", "created_at", "revoked_at"))
+        )
+    console.print(table)
+
+
+@credentials_app.command("revoke")
+def credentials_revoke(
+    credential_id: str,
+    data_dir: DataDir = Path(".onefold"),
+    auth_db: AuthDb = None,
+) -> None:
+    """Revoke a credential; services stop accepting it within their cache time (5 s by default)."""
+    try:
+        _store(data_dir, auth_db).revoke(credential_id)
+    except OnefoldError as error:
+        raise _fail(str(error)) from None
+    console.print(f"revoked {credential_id}")
+
+
+def run() -> None:  # pragma: no cover - console script shim
+    sys.exit(app())

@@ -1,0 +1,228 @@
+"""`onefold up`: one nats-server and the five services as separate processes on this machine.
+
+The supervisor owns the children: it starts them in order, waits until every service reports
+SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops services first
+(they turn NOT_SERVING and finish in-flight calls), then NATS. Children ask the kernel to signal
+them if the supervisor itself dies, so no process outlives it. State that a second command needs
+(`onefold status`) is written to <data-dir>/run/endpoints.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from onefold.platform.auth import CredentialStore, IssuedCredential
+from onefold.platform.config import ConfigError, prepare_data_dir
+from onefold.platform.health import health_status
+from onefold.platform.nats_server import NatsServerProcess
+from onefold.platform.ports import free_port, port_in_use
+from onefold.platform.service import NATS_HEALTH_NAME, ensure_bootstrap_admin
+
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
+ENDPOINTS_FILE = Path("run") / "endpoints.json"
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_restart_at: float = 0.0
+    nats_connected: bool | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass
+class Supervisor:
+    data_dir: Path
+    nats_url: str | None = None
+    report: Callable[[str], None] = print
+    services: tuple[str, ...] = SERVICES
+    children: dict[str, Child] = field(default_factory=dict)
+    nats: NatsServerProcess | None = None
+    admin: IssuedCredential | None = None
+    _lock: IO[str] | None = None
+    _stopping: bool = False
+
+    # -- start ----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        prepare_data_dir(self.data_dir)
+        (self.data_dir / "run").mkdir(exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        self._lock = (self.data_dir / "run" / "up.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"another `onefold up` is already running on {self.data_dir}") from None
+        store = CredentialStore(f"sqlite:///{self.data_dir / 'auth.db'}")
+        store.create_schema()
+        self.admin = ensure_bootstrap_admin(store)
+        store.engine.dispose()
+
+    def _previous_ports(self) -> dict[str, int]:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            saved = json.loads((self.data_dir / ENDPOINTS_FILE).read_text())
+            return {name: int(target.rsplit(":", 1)[1]) for name, target in saved["services"].items()}
+        return {}
+
+    def start_nats(self) -> str:
+        if self.nats_url:
+            return self.nats_url
+        previous = self._previous_ports().get("nats")
+        port = previous if previous and not port_in_use(previous) else None
+        self.nats = NatsServerProcess(self.data_dir / "nats", port=port)
+        self.nats.start()
+        return self.nats.url
+
+    def _spawn(self, child: Child, nats_url: str) -> None:
+        env = dict(os.environ)
+        env.update(
+            {
+                "ONEFOLD_DATA_DIR": str(self.data_dir),
+                "ONEFOLD_GRPC__PORT": str(child.port),
+                "ONEFOLD_NATS__URL": nats_url,
+                "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false",
+            }
+        )
+        log = (self.data_dir / "logs" / f"{child.name}.log").open("ab")
+        child.process = subprocess.Popen(
+            [sys.executable, "-m", f"onefold.{child.name}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+
+    def start_services(self, nats_url: str) -> None:
+        previous = self._previous_ports()
+        for name in self.services:
+            port = previous.get(name)
+            if not port or port_in_use(port):
+                port = free_port()
+            child = Child(name, port)
+            self.children[name] = child
+            self._spawn(child, nats_url)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(self.children)
+        while pending and time.monotonic() < deadline:
+            for name in sorted(pending):
+                child = self.children[name]
+                if child.process and child.process.poll() is not None:
+                    raise ConfigError(
+                        f"the {name} service exited during start (code {child.process.returncode}); "
+                        f"see {self.data_dir / 'logs' / (name + '.log')}"
+                    )
+                if health_status(child.target, timeout=0.5) == "SERVING":
+                    pending.discard(name)
+            time.sleep(0.1)
+        if pending:
+            raise ConfigError(f"not SERVING after {timeout:.0f}s: {', '.join(sorted(pending))}")
+
+    def write_endpoints(self, nats_url: str) -> None:
+        services = {name: child.target for name, child in self.children.items()}
+        if self.nats:
+            services["nats"] = f"127.0.0.1:{self.nats.port}"
+        state = {"pid": os.getpid(), "nats_url": nats_url, "services": services}
+        (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(state, indent=2))
+
+    def start(self) -> str:
+        self.prepare()
+        nats_url = self.start_nats()
+        self.start_services(nats_url)
+        self.wait_healthy()
+        self.write_endpoints(nats_url)
+        return nats_url
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    def watch_once(self, nats_url: str) -> None:
+        """Restart what died and report NATS connectivity changes; called about twice a second."""
+        now = time.monotonic()
+        if self.nats and not self.nats.running() and not self._stopping:
+            code = self.nats.process.returncode if self.nats.process else None
+            self.report(f"nats-server exited unexpectedly (code {code}); restarting it on the same port")
+            try:
+                self.nats.start()
+                self.report(f"nats-server is back on {self.nats.url}")
+            except ConfigError as error:
+                self.report(f"nats-server could not restart: {error}; retrying")
+        for child in self.children.values():
+            if child.process and child.process.poll() is not None and not self._stopping:
+                if child.next_restart_at == 0.0:
+                    backoff = min(2**child.restarts, 30)
+                    child.next_restart_at = now + backoff
+                    self.report(
+                        f"{child.name} exited unexpectedly (code {child.process.returncode}); "
+                        f"restarting in {backoff}s"
+                    )
+                elif now >= child.next_restart_at:
+                    child.restarts += 1
+                    child.next_restart_at = 0.0
+                    self._spawn(child, nats_url)
+                continue
+            connected = health_status(child.target, NATS_HEALTH_NAME, timeout=0.5) == "SERVING"
+            if child.nats_connected is not None and connected != child.nats_connected:
+                state = "reconnected to NATS" if connected else "lost its NATS connection"
+                self.report(f"{child.name} {state}")
+            child.nats_connected = connected
+
+    # -- stop -----------------------------------------------------------------------------------
+
+    def stop(self, grace: float = 15.0) -> None:
+        self._stopping = True
+        running = [c for c in self.children.values() if c.process and c.process.poll() is None]
+        for child in running:
+            assert child.process is not None
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in running:
+            assert child.process is not None
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait(5)
+        if self.nats:
+            self.nats.stop()
+        with contextlib.suppress(OSError):
+            (self.data_dir / ENDPOINTS_FILE).unlink()
+        if self._lock:
+            self._lock.close()
+
+
+def read_endpoints(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / ENDPOINTS_FILE
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"nothing is running on {data_dir}: {path} is missing; start it with `onefold up`"
+        ) from None
+    return state

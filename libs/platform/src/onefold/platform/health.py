@@ -1,0 +1,29 @@
+"""Client side of gRPC health: what `onefold status`, `onefold up` and tests ask a service."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
+    """'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN' … or 'UNREACHABLE'."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    except grpc.RpcError as error:
+        return "SERVICE_UNKNOWN" if error.code() == grpc.StatusCode.NOT_FOUND else "UNREACHABLE"
+
+
+def wait_for_health(target: str, service: str = "", want: str = "SERVING", timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health_status(target, service) == want:
+            return True
+        time.sleep(0.1)
+    return False
