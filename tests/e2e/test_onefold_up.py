@@ -213,3 +213,18 @@ def test_service_with_port_in_use_or_unknown_key_says_so(tmp_path: Path) -> None
         result.stderr.strip()
         == "onefold-ingest: unknown configuration key 'grpc.prot' in defaults and environment"
     )
+
+
+def test_bad_config_file_stops_up_with_one_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "onefold.yaml"
+    config.write_text("telemetry:\n  log_levle: DEBUG\n")
+    result = subprocess.run(
+        [*ONEFOLD, "up", "--data-dir", str(tmp_path / "data"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert f"unknown configuration key 'telemetry.log_levle' in {config}" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "data" / "run" / "endpoints.json").exists()

@@ -225,3 +225,22 @@ async def test_port_in_use_is_a_config_error(server: GrpcServer, credential_stor
     clash = GrpcServer("test", GrpcSettings(port=server.port), credential_store, [])
     with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{server.port}"):
         await clash.start()
+
+
+async def test_rpc_metrics_count_calls_by_outcome(
+    channel: grpc.aio.Channel, credential_store: CredentialStore
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(code: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "onefold_rpc_requests_total", {"service": "test", "method": f"/{ECHO}/Write", "code": code}
+        )
+        return value or 0.0
+
+    ok_before, denied_before = count("OK"), count("UNAUTHENTICATED")
+    token = credential_store.issue("acme", ["consent:write"]).token
+    await _call(channel, "Write", token)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await _call(channel, "Write", None)
+    assert (count("OK"), count("UNAUTHENTICATED")) == (ok_before + 1, denied_before + 1)

@@ -51,9 +51,18 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def up(
     data_dir: DataDir = Path(".onefold"),
     nats_url: Annotated[str | None, typer.Option(help="use this NATS server instead of starting one")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="ONEFOLD_CONFIG", help="YAML settings for the services"),
+    ] = None,
 ) -> None:
     """Start nats-server (JetStream) and the five services; Ctrl-C stops everything."""
-    supervisor = Supervisor(data_dir=data_dir.resolve(), nats_url=nats_url, report=_report)
+    supervisor = Supervisor(
+        data_dir=data_dir.resolve(),
+        nats_url=nats_url,
+        config_file=config.resolve() if config else None,
+        report=_report,
+    )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

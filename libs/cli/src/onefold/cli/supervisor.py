@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from onefold.platform.auth import CredentialStore, IssuedCredential
-from onefold.platform.config import ConfigError, prepare_data_dir
+from onefold.platform.config import ConfigError, load_settings, prepare_data_dir
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.ports import free_port, port_in_use
@@ -58,6 +58,7 @@ class Child:
 class Supervisor:
     data_dir: Path
     nats_url: str | None = None
+    config_file: Path | None = None
     report: Callable[[str], None] = print
     services: tuple[str, ...] = SERVICES
     children: dict[str, Child] = field(default_factory=dict)
@@ -69,6 +70,10 @@ class Supervisor:
     # -- start ----------------------------------------------------------------------------------
 
     def prepare(self) -> None:
+        # Validate the configuration the services will read before starting anything, so a typo is
+        # one sentence here rather than five crashed processes.
+        for name in self.services:
+            load_settings(name, self.config_file)
         prepare_data_dir(self.data_dir)
         (self.data_dir / "run").mkdir(exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
@@ -107,6 +112,8 @@ class Supervisor:
                 "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false",
             }
         )
+        if self.config_file:
+            env["ONEFOLD_CONFIG"] = str(self.config_file)
         log = (self.data_dir / "logs" / f"{child.name}.log").open("ab")
         child.process = subprocess.Popen(
             [sys.executable, "-m", f"onefold.{child.name}"],
@@ -135,9 +142,10 @@ class Supervisor:
             for name in sorted(pending):
                 child = self.children[name]
                 if child.process and child.process.poll() is not None:
+                    log = self.data_dir / "logs" / f"{name}.log"
                     raise ConfigError(
-                        f"the {name} service exited during start (code {child.process.returncode}); "
-                        f"see {self.data_dir / 'logs' / (name + '.log')}"
+                        f"the {name} service exited during start (code {child.process.returncode}): "
+                        f"{_last_line(log)} (log: {log})"
                     )
                 if health_status(child.target, timeout=0.5) == "SERVING":
                     pending.discard(name)
@@ -215,6 +223,14 @@ class Supervisor:
             (self.data_dir / ENDPOINTS_FILE).unlink()
         if self._lock:
             self._lock.close()
+
+
+def _last_line(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return "no output"
 
 
 def read_endpoints(data_dir: Path) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class TelemetrySettings(_Section):
     log_format: str = Field(default="json", pattern="^(json|console)$")
     otlp_endpoint: str = Field(default="", description="OTLP/gRPC collector; empty = traces stay in-process")
     console_traces: bool = False
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics; 0 = off")
 
 
 class Settings(_Section):

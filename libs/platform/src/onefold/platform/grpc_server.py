@@ -10,6 +10,7 @@ because Kubernetes probes carry no credentials.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from onefold.platform import auth
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import ConfigError, GrpcSettings
 from onefold.platform.errors import OnefoldError, Unauthenticated
-from onefold.platform.telemetry import extract_context, get_logger, tracer
+from onefold.platform.telemetry import RPC_DURATION, RPC_REQUESTS, extract_context, get_logger, tracer
 
 log = get_logger("onefold.grpc")
 
@@ -105,6 +106,8 @@ class _Guard:
         self.method = method
 
     async def run(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         parent = extract_context(_metadata(context))
         token = otel_context.attach(parent)
         try:
@@ -115,13 +118,17 @@ class _Guard:
                     await self.interceptor._authorise(self.method, context)
                     return await call()
                 except OnefoldError as error:
+                    code = error.code
                     span.set_attribute("rpc.grpc.status_code", error.code.value[0])
                     await context.abort_with_status(rpc_status.to_status(error.to_status()))
                 except (asyncio.CancelledError, grpc.aio.AbortError):
+                    code = context.code() or grpc.StatusCode.CANCELLED
                     raise
                 except Exception as exc:
                     if context.code() not in (None, grpc.StatusCode.OK):
+                        code = context.code()
                         raise  # the handler already set a status via context.abort
+                    code = grpc.StatusCode.INTERNAL
                     reference = uuid.uuid4().hex[:12]
                     span.record_exception(exc)
                     log.exception("rpc.internal_error", method=self.method, reference=reference)
@@ -131,6 +138,9 @@ class _Guard:
                     await context.abort_with_status(rpc_status.to_status(internal.to_status()))
         finally:
             otel_context.detach(token)
+            service = self.interceptor.service
+            RPC_REQUESTS.labels(service, self.method, code.name).inc()
+            RPC_DURATION.labels(service, self.method).observe(time.perf_counter() - started)
 
 
 def _wrap(

@@ -27,7 +27,7 @@ from onefold.platform.config import ConfigError, Settings, load_settings, prepar
 from onefold.platform.database import create_engine
 from onefold.platform.grpc_server import AUTHENTICATED, GrpcServer, ServiceRegistration
 from onefold.platform.nats import NatsConnection
-from onefold.platform.telemetry import configure_logging, configure_tracing, get_logger
+from onefold.platform.telemetry import configure_logging, configure_tracing, get_logger, serve_metrics
 
 NATS_HEALTH_NAME = "onefold.nats"
 BOOTSTRAP_ADMIN_WORKSPACE = "default"
@@ -113,6 +113,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     registrations = [platform_registration(spec.name, spec.version), *spec.registrations(ctx)]
     server = GrpcServer(spec.name, settings.grpc, store, registrations)
     port = await server.start()
+    serve_metrics(settings.telemetry.metrics_port)
     await server.set_serving(False, NATS_HEALTH_NAME)
 
     async def nats_state(connected: bool) -> None:

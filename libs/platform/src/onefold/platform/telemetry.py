@@ -18,6 +18,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from prometheus_client import Counter, Histogram, start_http_server
 
 from onefold.platform.config import TelemetrySettings
 
@@ -87,3 +88,13 @@ def extract_context(headers: Mapping[str, str] | None) -> otel_context.Context:
 def get_logger(name: str = "onefold") -> structlog.stdlib.BoundLogger:
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+# Metrics, scraped by Prometheus from `telemetry.metrics_port` (0 = not served).
+RPC_REQUESTS = Counter("onefold_rpc_requests_total", "gRPC calls handled", ["service", "method", "code"])
+RPC_DURATION = Histogram("onefold_rpc_duration_seconds", "gRPC handling time", ["service", "method"])
+
+
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods
+    if port:
+        start_http_server(port, addr=host)
