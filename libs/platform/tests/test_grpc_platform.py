@@ -244,3 +244,14 @@ async def test_rpc_metrics_count_calls_by_outcome(
     with pytest.raises(grpc.aio.AioRpcError):
         await _call(channel, "Write", None)
     assert (count("OK"), count("UNAUTHENTICATED")) == (ok_before + 1, denied_before + 1)
+
+
+async def test_authenticated_channel_carries_credential_and_workspace(
+    server: GrpcServer, credential_store: CredentialStore
+) -> None:
+    from onefold.platform.client import authenticated_channel
+
+    service = credential_store.issue("*", ["service"])
+    async with authenticated_channel(f"127.0.0.1:{server.port}", service.token, workspace="acme") as ch:
+        reply = await platform_pb2_grpc.PlatformServiceStub(ch).WhoAmI(platform_pb2.WhoAmIRequest())
+    assert reply.workspace == "acme"

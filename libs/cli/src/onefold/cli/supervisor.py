@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from onefold.platform.auth import CredentialStore, IssuedCredential
+from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
 from onefold.platform.config import ConfigError, load_settings, prepare_data_dir
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import NatsServerProcess
@@ -32,6 +32,7 @@ from onefold.platform.service import NATS_HEALTH_NAME, ensure_bootstrap_admin
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
+SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -65,6 +66,7 @@ class Supervisor:
     nats: NatsServerProcess | None = None
     admin: IssuedCredential | None = None
     _lock: IO[str] | None = None
+    _service_token: str = field(default="", repr=False)
     _stopping: bool = False
 
     # -- start ----------------------------------------------------------------------------------
@@ -85,6 +87,11 @@ class Supervisor:
         store = CredentialStore(f"sqlite:///{self.data_dir / 'auth.db'}")
         store.create_schema()
         self.admin = ensure_bootstrap_admin(store)
+        # A fresh service credential each start, for services calling each other; the last one is revoked.
+        for row in store.list(ANY_WORKSPACE):
+            if row["name"] == SERVICE_CREDENTIAL_NAME and row["revoked_at"] is None:
+                store.revoke(str(row["id"]))
+        self._service_token = store.issue(ANY_WORKSPACE, ["service"], name=SERVICE_CREDENTIAL_NAME).token
         store.engine.dispose()
 
     def _previous_ports(self) -> dict[str, int]:
@@ -110,6 +117,7 @@ class Supervisor:
                 "ONEFOLD_GRPC__PORT": str(child.port),
                 "ONEFOLD_NATS__URL": nats_url,
                 "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false",
+                "ONEFOLD_AUTH__SERVICE_TOKEN": self._service_token,
             }
         )
         if self.config_file:

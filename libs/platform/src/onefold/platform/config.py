@@ -45,6 +45,9 @@ class AuthSettings(_Section):
     database_url: str = Field(default="", description="credential store; empty = <data_dir>/auth.db")
     cache_seconds: float = Field(default=5.0, ge=0, description="how long a verified credential is cached")
     bootstrap_admin: bool = Field(default=True, description="create an admin credential on first start")
+    service_token: str = Field(
+        default="", repr=False, description="this service's credential for calling other services (a Secret)"
+    )
 
 
 class TelemetrySettings(_Section):
