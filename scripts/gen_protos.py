@@ -33,6 +33,18 @@ def _rewrite(text: str) -> str:
     return _MODULE_REF.sub(r"onefold.contracts.\1", text)
 
 
+_SERVICE = re.compile(r"^\s*service\s+\w+", re.MULTILINE)
+
+
+def _grpc_module_without_services(path: Path, raw: Path) -> bool:
+    """protoc writes an empty *_pb2_grpc module for every file; keep only those with services."""
+    name = path.name
+    if "_pb2_grpc." not in name:
+        return False
+    proto = PROTOS / path.relative_to(raw).parent / (name.split("_pb2_grpc.")[0] + ".proto")
+    return not _SERVICE.search(proto.read_text())
+
+
 def generate(out: Path) -> None:
     protos = sorted(p.relative_to(PROTOS).as_posix() for p in PROTOS.rglob("*.proto"))
     well_known = resources.files("grpc_tools") / "_proto"
@@ -50,14 +62,14 @@ def generate(out: Path) -> None:
         ]  # fmt: skip
         subprocess.run(cmd, check=True, cwd=PROTOS)
         for src in sorted((raw / "onefold").rglob("*")):
-            if not src.is_file():
+            if not src.is_file() or _grpc_module_without_services(src, raw):
                 continue
             dest = out / src.relative_to(raw / "onefold")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(_rewrite(src.read_text()))
     # Every generated directory is a regular package (typed), so type checkers resolve it.
     (out / "py.typed").write_text("")
-    for directory in [out, *(d for d in out.rglob("*") if d.is_dir())]:
+    for directory in [out, *(d for d in out.rglob("*") if d.is_dir() and d.name != "__pycache__")]:
         init = directory / "__init__.py"
         if not init.exists():
             init.write_text('"""Generated from protos/ by scripts/gen_protos.py. Do not edit."""\n')
@@ -67,7 +79,9 @@ def _generated_files(root: Path) -> set[str]:
     return {
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
-        if p.is_file() and (p.name.endswith(GENERATED_SUFFIXES) or p.name in ("__init__.py", "py.typed"))
+        if p.is_file()
+        and "__pycache__" not in p.parts
+        and (p.name.endswith(GENERATED_SUFFIXES) or p.name in ("__init__.py", "py.typed"))
     }
 
 
