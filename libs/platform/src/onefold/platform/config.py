@@ -50,6 +50,21 @@ class AuthSettings(_Section):
     )
 
 
+class EventLogSettings(_Section):
+    key_encryption_key: str = Field(
+        default="",
+        repr=False,
+        description="base64 of 32 random bytes (a Kubernetes Secret); wraps the per-subject data keys",
+    )
+    key_file: str = Field(
+        default="",
+        description="file holding the key instead (created by `onefold up` under the data dir for local use)",
+    )
+    partitions: int = Field(default=16, ge=1, le=1024, description="NATS subject partitions per workspace")
+    bus_max_age_hours: float = Field(default=168.0, gt=0, description="how long the bus keeps events")
+    bus_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
+
+
 class TelemetrySettings(_Section):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
@@ -65,6 +80,7 @@ class Settings(_Section):
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
+    eventlog: EventLogSettings = EventLogSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     def database_url(self) -> str:

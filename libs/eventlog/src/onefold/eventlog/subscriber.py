@@ -1,0 +1,512 @@
+"""Subscribers: a durable JetStream pull consumer per (service, upstream[, partitions]).
+
+Exactly-once *effect* from at-least-once delivery:
+
+- a batch is handled inside ONE store transaction together with the tracking row (upstream key →
+  last position); the messages are acknowledged only after that commit;
+- an event whose position is at or below the tracking position was already applied (a redelivery,
+  or a re-publish by the upstream relay) and is acknowledged without calling the handler.
+
+"Skip what is at or below the tracking position" is only right if events arrive in log order. The
+relay keeps the stream in order; the consumer can still deliver out of order when deliveries were
+lost (a crashed subscriber, a dropped connection, a restarted server): the server then holds those
+messages until `ack_wait` expires while it delivers newer ones. So whenever that may have happened
+(start, reconnect, errors) the subscriber checks the consumer and, if messages it does not hold are
+pending, *rewinds*: it re-creates the consumer at the acknowledgement floor, so delivery restarts in
+order from the first unacknowledged event (what was applied is skipped).
+
+Poison events: when a batch fails, its events are retried one by one (each with its own
+transaction) to isolate the failing one, with backoff, up to `max_deliver` attempts. Then the event
+goes to the dead-letter stream with its error, the tracking row moves past it (in its own
+transaction) and processing continues. Errors of the store itself (database down) are not poison:
+the batch is retried after a backoff and never dead-lettered.
+
+Run one Subscriber per durable consumer at a time; scale out by giving replicas disjoint partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from opentelemetry.trace import SpanKind
+from sqlalchemy.engine import Connection
+
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.eventlog.streams import (
+    StreamSettings,
+    consumer_name,
+    dlq_subject,
+    ensure_consumer,
+    ensure_dlq_stream,
+    event_filter,
+    partition_from_subject,
+    stream_name,
+)
+from onefold.platform.nats import NatsConnection
+from onefold.platform.telemetry import extract_context, get_logger, tracer
+
+log = get_logger("onefold.eventlog.subscriber")
+
+Handler = Callable[[Connection, Sequence[EventEnvelope]], None]
+
+# Dead-letter headers: what failed, where it came from, and who gave up on it.
+DLQ_ERROR = "Onefold-Error"
+DLQ_UPSTREAM = "Onefold-Upstream"
+DLQ_POSITION = "Onefold-Position"
+DLQ_SERVICE = "Onefold-Service"
+DLQ_EVENT_ID = "Onefold-Event-Id"
+DLQ_SUBJECT = "Onefold-Subject"
+DLQ_ATTEMPTS = "Onefold-Attempts"
+
+
+class TrackingStore(Protocol):
+    """What a subscriber needs of an EventStore."""
+
+    def transaction(self) -> AbstractContextManager[Connection]: ...
+    def tracking_position(self, upstream: str, *, conn: Connection | None = None) -> int: ...
+    def record_tracking(self, conn: Connection, upstream: str, position: int, event_id: str = "") -> None: ...
+
+
+@dataclass(frozen=True)
+class SubscriberSettings:
+    batch_size: int = 256
+    fetch_timeout_seconds: float = 1.0  # an idle fetch returns after this; a timeout is normal
+    max_deliver: int = 5  # attempts at one event before it is dead-lettered
+    ack_wait_seconds: float = 30.0  # longer than a batch takes, retries included
+    retry_backoff_seconds: float = 0.05  # first retry of a failing event; doubles per attempt
+    error_backoff_seconds: float = 0.2  # NATS or database trouble; doubles up to the max
+    error_backoff_max_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class SubscriberLag:
+    pending: int  # in the stream, not yet delivered to this consumer
+    ack_pending: int  # delivered, not yet acknowledged
+    tracking: dict[str, int]  # tracking key -> last applied position
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.ack_pending
+
+
+@dataclass
+class SubscriberStats:
+    handled: int = 0  # events passed to the handler and committed
+    skipped: int = 0  # redeliveries at or below the tracking position
+    dead_lettered: int = 0
+    rewinds: int = 0
+    batch_failures: int = 0
+    last_error: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class HandlerFailed(Exception):
+    """The handler raised: the event may be poison (unlike a failure of the store itself)."""
+
+
+@dataclass
+class _Delivery:
+    msg: Msg
+    envelope: EventEnvelope
+    tracking_key: str
+
+
+class Subscriber:
+    def __init__(
+        self,
+        store: TrackingStore,
+        nats: NatsConnection,
+        *,
+        service: str,
+        upstream: str,
+        handler: Handler,
+        partitions: Sequence[int] | None = None,
+        name: str | None = None,
+        settings: SubscriberSettings | None = None,
+        stream_settings: StreamSettings | None = None,
+    ) -> None:
+        """`service` consumes the events published by `upstream`.
+
+        `partitions`: only these partitions (None = all). `name` distinguishes two subscribers of the
+        same service to the same upstream (each has its own consumer and tracking rows).
+        """
+        self.store = store
+        self.nats = nats
+        self.service = service
+        self.upstream = upstream
+        self.handler = handler
+        self.partitions = sorted(set(partitions)) if partitions is not None else None
+        self.settings = settings or SubscriberSettings()
+        self.stream_settings = stream_settings or StreamSettings()
+        self.label = name or upstream
+        self.stream = stream_name(upstream)
+        self.durable = consumer_name(service, self.label, self.partitions)
+        self.filter_subjects = (
+            [event_filter(upstream)]
+            if self.partitions is None
+            else [event_filter(upstream, p) for p in self.partitions]
+        )
+        self.stats = SubscriberStats()
+        self._js: JetStreamContext | None = None
+        self._client: Client | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._reconnects_seen = -1
+        self._suspect = True  # check for lost deliveries before the first fetch
+        self._stopping = False
+        self._busy = False
+        self._task: asyncio.Task[None] | None = None
+        self._stop_event: asyncio.Event | None = None
+
+    # -- tracking keys ----------------------------------------------------------------------------
+
+    def tracking_key(self, partition: int | None) -> str:
+        """One tracking row per subscriber, or one per partition for a partitioned subscriber.
+
+        Per-partition rows let partitions move between replicas without losing their place.
+        """
+        if self.partitions is None or partition is None:
+            return self.label
+        return f"{self.label}.p{partition}"
+
+    def tracking_keys(self) -> list[str]:
+        if self.partitions is None:
+            return [self.label]
+        return [self.tracking_key(p) for p in self.partitions]
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._task = asyncio.create_task(self.run(), name=f"subscriber-{self.durable}")
+
+    async def stop(self, grace_seconds: float = 10.0) -> None:
+        """Let the batch in hand commit and be acknowledged, then stop; an idle fetch is cancelled."""
+        self._stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+        task, self._task = self._task, None
+        if task is not None:
+            if not self._busy:
+                task.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), grace_seconds)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def run(self) -> None:
+        delay = self.settings.error_backoff_seconds
+        while not self._stopping:
+            try:
+                msgs = await self._fetch()
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._suspect = True  # e.g. the consumer was deleted: reconcile re-creates it
+                self._trouble("subscriber.fetch_failed", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.settings.error_backoff_max_seconds)
+                continue
+            self._busy = True
+            try:
+                await self._process(msgs)
+                delay = self.settings.error_backoff_seconds
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Nothing of this batch past the failure was acknowledged; rewind and try again.
+                self._suspect = True
+                self._trouble("subscriber.batch_failed", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.settings.error_backoff_max_seconds)
+            finally:
+                self._busy = False
+
+    async def poll_once(self) -> int:
+        """Fetch one batch and handle it; returns how many messages came (0 when none did)."""
+        try:
+            msgs = await self._fetch()
+        except (nats.errors.TimeoutError, TimeoutError):
+            return 0
+        await self._process(msgs)
+        return len(msgs)
+
+    async def run_until_idle(self, idle_fetches: int = 1) -> None:
+        """Consume until a fetch finds nothing (`idle_fetches` times in a row): for tests and tools."""
+        idle = 0
+        while idle < idle_fetches:
+            idle = idle + 1 if await self.poll_once() == 0 else 0
+
+    # -- observability ----------------------------------------------------------------------------
+
+    async def lag(self) -> SubscriberLag:
+        js = await self._jetstream()
+        info = await js.consumer_info(self.stream, self.durable)
+        tracking = await asyncio.to_thread(
+            lambda: {key: self.store.tracking_position(key) for key in self.tracking_keys()}
+        )
+        return SubscriberLag(
+            pending=info.num_pending or 0,
+            ack_pending=info.num_ack_pending or 0,
+            tracking=tracking,
+        )
+
+    # -- fetching ---------------------------------------------------------------------------------
+
+    async def _jetstream(self) -> JetStreamContext:
+        client = await self.nats.wait_connected()
+        if self._js is None or self._client is not client:
+            self._js = client.jetstream()
+            self._client = client
+            self._sub = None
+            self._suspect = True
+        return self._js
+
+    async def _fetch(self) -> list[Msg]:
+        js = await self._jetstream()
+        assert self._client is not None
+        reconnects = int(self._client.stats.get("reconnects", 0))
+        if reconnects != self._reconnects_seen:
+            # Deliveries (or our acks) may have been lost with the old connection.
+            self._reconnects_seen = reconnects
+            self._suspect = True
+        if self._sub is None:
+            await ensure_dlq_stream(js, self.stream_settings)
+            await self._ensure_consumer(js)
+            self._sub = await js.pull_subscribe_bind(self.durable, stream=self.stream)
+        if self._suspect:
+            await self._reconcile(js)
+        assert self._sub is not None
+        return await self._sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout_seconds)
+
+    async def _ensure_consumer(self, js: JetStreamContext, start_sequence: int | None = None) -> None:
+        await ensure_consumer(
+            js,
+            stream=self.stream,
+            durable=self.durable,
+            filter_subjects=self.filter_subjects,
+            ack_wait_seconds=self.settings.ack_wait_seconds,
+            max_ack_pending=max(1000, self.settings.batch_size * 4),
+            replicas=self.stream_settings.replicas,
+            start_sequence=start_sequence,
+        )
+
+    async def _reconcile(self, js: JetStreamContext) -> None:
+        """Rewind the consumer when it holds deliveries we never saw or never acknowledged."""
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            await self._ensure_consumer(js)
+            info = await js.consumer_info(self.stream, self.durable)
+        if info.num_ack_pending:
+            floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+            log.info(
+                "subscriber.rewind",
+                consumer=self.durable,
+                unacknowledged=info.num_ack_pending,
+                from_stream_sequence=floor + 1,
+            )
+            if self._sub is not None:
+                # Late deliveries of the old consumer must not reach the new one's fetches.
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+                self._sub = None
+            # Shielded: a stop() in between must not leave the consumer deleted (its successor
+            # would start over from the first event; correct, since all is skipped, but slow).
+            await asyncio.shield(self._recreate_consumer(js, floor + 1))
+            self._sub = await js.pull_subscribe_bind(self.durable, stream=self.stream)
+            self.stats.rewinds += 1
+        self._suspect = False
+
+    async def _recreate_consumer(self, js: JetStreamContext, start_sequence: int) -> None:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_consumer(self.stream, self.durable)
+        await self._ensure_consumer(js, start_sequence=start_sequence)
+
+    # -- processing -------------------------------------------------------------------------------
+
+    async def _process(self, msgs: Sequence[Msg]) -> None:
+        deliveries: list[_Delivery] = []
+        for msg in msgs:
+            try:
+                envelope = EventEnvelope.FromString(msg.data)
+            except DecodeError as exc:
+                # Not an event at all: nothing to retry, nothing to track.
+                await self._dead_letter(msg, None, f"undecodable EventEnvelope: {exc}", attempts=1)
+                await msg.ack()
+                continue
+            deliveries.append(
+                _Delivery(msg, envelope, self.tracking_key(partition_from_subject(msg.subject)))
+            )
+        if not deliveries:
+            return
+        # The batch's span continues the trace of its first event (gRPC -> log -> NATS -> here);
+        # the handler runs inside it (to_thread copies the context).
+        first = deliveries[0].envelope
+        with tracer("onefold.eventlog").start_as_current_span(
+            "eventlog.subscriber.batch",
+            context=extract_context(deliveries[0].msg.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "onefold.consumer": self.durable,
+                "onefold.upstream": self.upstream,
+                "onefold.events": len(deliveries),
+                "onefold.first_position": first.position,
+            },
+        ):
+            await self._handle(deliveries)
+
+    async def _handle(self, deliveries: Sequence[_Delivery]) -> None:
+        try:
+            await asyncio.to_thread(self._apply, deliveries)
+        except HandlerFailed as exc:
+            self.stats.batch_failures += 1
+            log.warning(
+                "subscriber.batch_handler_failed",
+                consumer=self.durable,
+                events=len(deliveries),
+                error=str(exc.__cause__ or exc),
+            )
+            await self._apply_one_by_one(deliveries)
+            return
+        for delivery in deliveries:
+            await delivery.msg.ack()
+
+    def _delivery(self, msg: Msg, envelope: EventEnvelope | None = None) -> _Delivery:
+        if envelope is None:
+            envelope = EventEnvelope.FromString(msg.data)
+        return _Delivery(msg, envelope, self.tracking_key(partition_from_subject(msg.subject)))
+
+    def _apply(self, deliveries: Sequence[_Delivery]) -> None:
+        """One transaction: the handler's writes and the tracking rows (worker thread)."""
+        with self.store.transaction() as conn:
+            tracked: dict[str, int] = {}
+            fresh: list[_Delivery] = []
+            for delivery in deliveries:
+                key = delivery.tracking_key
+                if key not in tracked:
+                    tracked[key] = self.store.tracking_position(key, conn=conn)
+                if delivery.envelope.position > tracked[key]:
+                    fresh.append(delivery)
+                    tracked[key] = delivery.envelope.position
+            skipped = len(deliveries) - len(fresh)
+            if fresh:
+                try:
+                    self.handler(conn, [d.envelope for d in fresh])
+                except Exception as exc:
+                    raise HandlerFailed(str(exc) or type(exc).__name__) from exc
+                last_per_key: dict[str, _Delivery] = {}
+                for delivery in fresh:
+                    last_per_key[delivery.tracking_key] = delivery
+                for key, last in last_per_key.items():
+                    self.store.record_tracking(conn, key, last.envelope.position, last.envelope.event_id)
+        self.stats.handled += len(fresh)
+        self.stats.skipped += skipped
+
+    def _skip_past(self, delivery: _Delivery) -> None:
+        """Move the tracking row past a dead-lettered event (worker thread)."""
+        with self.store.transaction() as conn:
+            current = self.store.tracking_position(delivery.tracking_key, conn=conn)
+            if delivery.envelope.position > current:
+                self.store.record_tracking(
+                    conn, delivery.tracking_key, delivery.envelope.position, delivery.envelope.event_id
+                )
+
+    async def _apply_one_by_one(self, deliveries: Sequence[_Delivery]) -> None:
+        for delivery in deliveries:
+            # Deliveries before this one (a crashed earlier attempt, say) count as attempts too.
+            attempt = max(1, delivery.msg.metadata.num_delivered)
+            while True:
+                try:
+                    await asyncio.to_thread(self._apply, [delivery])
+                    await delivery.msg.ack()
+                    break
+                except HandlerFailed as exc:
+                    error = str(exc.__cause__ or exc) or type(exc).__name__
+                    if attempt >= self.settings.max_deliver:
+                        await self._dead_letter(delivery.msg, delivery.envelope, error, attempts=attempt)
+                        await asyncio.to_thread(self._skip_past, delivery)
+                        await delivery.msg.ack()
+                        break
+                    log.info(
+                        "subscriber.retrying_event",
+                        consumer=self.durable,
+                        position=delivery.envelope.position,
+                        attempt=attempt,
+                        error=error,
+                    )
+                    # Keep the messages in hand ours while we wait (no redelivery behind our back).
+                    with contextlib.suppress(Exception):
+                        await delivery.msg.in_progress()
+                    await self._sleep(self.settings.retry_backoff_seconds * 2 ** (attempt - 1))
+                    if self._stopping:
+                        # Unacknowledged deliveries come back (in order) to the next subscriber.
+                        raise asyncio.CancelledError from exc
+                    attempt += 1
+
+    async def _dead_letter(
+        self, msg: Msg, envelope: EventEnvelope | None, error: str, *, attempts: int
+    ) -> None:
+        """Store the event in the DLQ (acknowledged by JetStream) before anything moves past it."""
+        js = await self._jetstream()
+        event_id = envelope.event_id if envelope is not None else ""
+        position = envelope.position if envelope is not None else 0
+        headers = {
+            # Idempotent: a dead-letter publish retried after a crash is stored once.
+            "Nats-Msg-Id": f"{self.durable}:{event_id or msg.metadata.sequence.stream}",
+            DLQ_ERROR: _header_value(error),
+            DLQ_UPSTREAM: self.upstream,
+            DLQ_POSITION: str(position),
+            DLQ_SERVICE: self.service,
+            DLQ_EVENT_ID: event_id,
+            DLQ_SUBJECT: msg.subject,
+            DLQ_ATTEMPTS: str(attempts),
+        }
+        await js.publish(dlq_subject(self.service, self.label), msg.data, headers=headers)
+        self.stats.dead_lettered += 1
+        log.warning(
+            "subscriber.dead_lettered",
+            consumer=self.durable,
+            position=position,
+            event_id=event_id,
+            attempts=attempts,
+            error=error,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _trouble(self, what: str, exc: BaseException, delay: float) -> None:
+        self.stats.last_error = str(exc) or type(exc).__name__
+        log.warning(what, consumer=self.durable, error=self.stats.last_error, retry_in_seconds=delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stop_event is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+
+def _header_value(text: str, limit: int = 2000) -> str:
+    """Headers are single lines: fold an error message (tracebacks included) into one."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())[:limit]
