@@ -31,9 +31,9 @@ from onefold.testing.processes import ServiceProcess
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 GRPC_PORT = 50051
-# The key-encryption key's variable (onefold.eventlog.cipher.DEFAULT_KEK_ENV). It has no "__", so the
-# settings loader, which rejects unknown ONEFOLD_<SECTION>__<KEY> names, leaves it alone.
-KEK_ENV = "ONEFOLD_EVENTLOG_KEK"
+# The key-encryption key's variable: settings `eventlog.key_encryption_key`, from a Secret
+# (onefold.eventlog.cipher.DEFAULT_KEK_ENV names the same variable).
+KEK_ENV = "ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY"
 NAMESPACE = "onefold"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass", "PriorityClass"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}

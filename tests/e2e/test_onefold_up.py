@@ -203,6 +203,12 @@ def test_service_with_port_in_use_or_unknown_key_says_so(tmp_path: Path) -> None
         result = subprocess.run(
             [sys.executable, "-m", "onefold.ingest"], env=env, capture_output=True, text=True, timeout=60
         )
+        assert result.returncode == 2  # no key-encryption key configured: refuse to write personal data
+        assert "onefold-ingest: no key-encryption key: set eventlog.key_encryption_key" in result.stderr
+        env["ONEFOLD_EVENTLOG__KEY_FILE"] = str(tmp_path / "ingest.kek")
+        result = subprocess.run(
+            [sys.executable, "-m", "onefold.ingest"], env=env, capture_output=True, text=True, timeout=60
+        )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -127,9 +127,9 @@ def test_keys_from_config_and_wrong_key_is_a_clear_error(
 ) -> None:
     kek = KeyEncryptionKey.generate()
     assert len(base64.b64decode(kek.to_base64())) == 32
-    monkeypatch.setenv("ONEFOLD_EVENTLOG_KEK", kek.to_base64())
+    monkeypatch.setenv("ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY", kek.to_base64())
     assert KeyEncryptionKey.from_env().key_id == kek.key_id
-    monkeypatch.delenv("ONEFOLD_EVENTLOG_KEK")
+    monkeypatch.delenv("ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY")
     with pytest.raises(MissingKeyEncryptionKey):
         KeyEncryptionKey.from_env()
     with pytest.raises(MissingKeyEncryptionKey):

@@ -118,6 +118,9 @@ class Supervisor:
                 "ONEFOLD_NATS__URL": nats_url,
                 "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false",
                 "ONEFOLD_AUTH__SERVICE_TOKEN": self._service_token,
+                # Local use only: each service's key-encryption key in a 0600 file under the data dir.
+                # In Kubernetes it comes from a Secret (ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY).
+                "ONEFOLD_EVENTLOG__KEY_FILE": str(self.data_dir / "keys" / f"{child.name}.kek"),
             }
         )
         if self.config_file:

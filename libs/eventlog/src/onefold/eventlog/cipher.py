@@ -33,7 +33,7 @@ from onefold.eventlog.errors import MissingKeyEncryptionKey, WrongKeyEncryptionK
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
-DEFAULT_KEK_ENV = "ONEFOLD_EVENTLOG_KEK"
+DEFAULT_KEK_ENV = "ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY"  # settings: eventlog.key_encryption_key
 _WRAP_FORMAT = b"\x01"
 _FLAG_ZLIB = 0x01
 # Compression pays only for larger plaintexts; below this it costs time and rarely saves bytes.

@@ -2,8 +2,9 @@
 
 Layering (as in pyeventsourcing): the store is the *recorder* (SQL, positions, the chain, keys);
 `EventMapper` turns messages into stored payloads and back; `DataKeyCipher` / `KeyEncryptionKey` do
-the cryptography. Everything on the hot path is SQLAlchemy Core: one batch = one transaction, one
-`INSERT ... executemany`, hashes and ciphertext computed in-process.
+the cryptography. On the hot path: one batch = one transaction, plain SQL (a multi-row INSERT on
+SQLite, binary COPY on PostgreSQL), hashes and ciphertext computed in-process, stream versions
+from a cache checked against the chain head (see _StreamVersionCache).
 
 Gap-free positions: appends are serialised (SQLite: `BEGIN IMMEDIATE`; PostgreSQL: a
 transaction-level advisory lock), then the next positions are `max + 1 ...` assigned here. Nothing is

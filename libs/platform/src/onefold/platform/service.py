@@ -10,12 +10,12 @@ Nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -37,23 +37,35 @@ log = get_logger("onefold.service")
 
 @dataclass
 class ServiceContext:
-    """What a service's bootstrap receives to build its servicers and background work."""
+    """What a service's composition receives: settings and the connections the platform made."""
 
     settings: Settings
     engine: Engine
     credentials: CredentialStore
-    nats: NatsConnection | None = None
-    background: list[asyncio.Task[None]] = field(default_factory=list)
+    nats: NatsConnection
+
+
+class Composition(Protocol):
+    """A composed service: built by its bootstrap from a ServiceContext, run by `serve`."""
+
+    def registrations(self) -> Sequence[ServiceRegistration]:
+        """The servicers to serve beside health, reflection and PlatformService."""
+        ...
+
+    async def start(self) -> None:
+        """Start background work (relay, subscribers, timers); gRPC is already serving."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop background work, letting work in hand finish; gRPC still serves meanwhile."""
+        ...
 
 
 @dataclass
 class ServiceSpec:
     name: str
+    compose: Callable[[ServiceContext], Composition]
     version: str = __version__
-    registrations: Callable[[ServiceContext], Sequence[ServiceRegistration]] = lambda _ctx: ()
-    create_schema: Callable[[Engine], None] = lambda _engine: None
-    on_started: Callable[[ServiceContext], Awaitable[None]] | None = None
-    on_stopping: Callable[[ServiceContext], Awaitable[None]] | None = None
 
 
 class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
@@ -108,35 +120,30 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
             )
             sys.stdout.flush()
     engine = create_engine(settings.database_url())
-    await asyncio.to_thread(spec.create_schema, engine)
-    ctx = ServiceContext(settings=settings, engine=engine, credentials=store)
-    registrations = [platform_registration(spec.name, spec.version), *spec.registrations(ctx)]
+    server: GrpcServer | None = None
+
+    async def nats_state(connected: bool) -> None:
+        if server is not None:
+            await server.set_serving(connected, NATS_HEALTH_NAME)
+
+    nats = NatsConnection(settings.nats, f"onefold-{spec.name}", nats_state)
+    ctx = ServiceContext(settings=settings, engine=engine, credentials=store, nats=nats)
+    composition = await asyncio.to_thread(spec.compose, ctx)  # may create tables: keep the loop free
+    registrations = [platform_registration(spec.name, spec.version), *composition.registrations()]
     server = GrpcServer(spec.name, settings.grpc, store, registrations)
     port = await server.start()
     serve_metrics(settings.telemetry.metrics_port)
     await server.set_serving(False, NATS_HEALTH_NAME)
-
-    async def nats_state(connected: bool) -> None:
-        await server.set_serving(connected, NATS_HEALTH_NAME)
-
-    ctx.nats = NatsConnection(settings.nats, f"onefold-{spec.name}", nats_state)
-    ctx.nats.start()
-    if spec.on_started:
-        await spec.on_started(ctx)
+    nats.start()
+    await composition.start()
     log.info("service.ready", port=port, grpc=f"{settings.grpc.host}:{port}", nats=settings.nats.url)
     try:
         await stop.wait()
     finally:
         log.info("service.stopping")
-        if spec.on_stopping:
-            await spec.on_stopping(ctx)
-        for task in ctx.background:
-            task.cancel()
-        for task in ctx.background:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await composition.stop()
         await server.stop()
-        await ctx.nats.close()
+        await nats.close()
         engine.dispose()
         store.engine.dispose()
         log.info("service.stopped")

@@ -40,6 +40,7 @@ class ServiceProcess:
                 "ONEFOLD_GRPC__PORT": str(self.port),
                 "ONEFOLD_NATS__URL": self.nats_url,
                 "ONEFOLD_AUTH__CACHE_SECONDS": "0",
+                "ONEFOLD_EVENTLOG__KEY_FILE": str(self.data_dir / "keys" / f"{self.name}.kek"),
             }
         )
         env.update(self.extra_env)

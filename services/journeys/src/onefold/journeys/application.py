@@ -1,1 +1,10 @@
 """Use cases of the journeys service (load -> decide -> append). Filled in by the journeys issue."""
+
+from __future__ import annotations
+
+from onefold.eventlog import EventRegistry
+
+
+def event_registry() -> EventRegistry:
+    """The event types this service appends to its log (protobuf full names, with upcasters)."""
+    return EventRegistry()

@@ -1,23 +1,26 @@
-"""Composition root of the journeys service: wires settings, storage, servicers and consumers.
+"""Composition root of the journeys service: its event log, servicers and consumers, wired together.
 
-Nothing here runs at import time; `main()` builds the service and hands it to the platform runner.
+Nothing here runs at import time; `main()` hands the composition to the platform runner.
 """
 
 from __future__ import annotations
 
+from onefold.eventlog.service import EventSourcedService
+from onefold.journeys import application
 from onefold.journeys.entrypoints import consumers, grpc
-from onefold.platform.service import ServiceSpec, run_service
+from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "journeys"
 
 
-def build_spec() -> ServiceSpec:
-    return ServiceSpec(
-        name=SERVICE_NAME,
-        registrations=grpc.registrations,
-        on_started=consumers.start,
+def compose(ctx: ServiceContext) -> EventSourcedService:
+    return EventSourcedService(
+        ctx,
+        registry=application.event_registry(),
+        servicers=grpc.registrations,
+        subscriptions=consumers.subscriptions(),
     )
 
 
 def main() -> int:
-    return run_service(build_spec())
+    return run_service(ServiceSpec(name=SERVICE_NAME, compose=compose))

@@ -1,9 +1,11 @@
-"""NATS consumers of the ingest service (durable subscribers from onefold.eventlog)."""
+"""Events the ingest service consumes from upstream services (durable subscribers, onefold.eventlog)."""
 
 from __future__ import annotations
 
-from onefold.platform.service import ServiceContext
+from collections.abc import Sequence
+
+from onefold.eventlog.service import Subscription
 
 
-async def start(_ctx: ServiceContext) -> None:
-    """Nothing to consume yet."""
+def subscriptions() -> Sequence[Subscription]:
+    return ()

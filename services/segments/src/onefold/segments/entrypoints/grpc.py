@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from onefold.eventlog.service import EventSourcedService
 from onefold.platform.grpc_server import ServiceRegistration
-from onefold.platform.service import ServiceContext
 
 
-def registrations(_ctx: ServiceContext) -> Sequence[ServiceRegistration]:
+def registrations(_service: EventSourcedService) -> Sequence[ServiceRegistration]:
     return ()

@@ -1,0 +1,122 @@
+"""An event-sourced service, composed: what every Onefold service's bootstrap builds.
+
+The service's own log (EventStore on the service database, its projections), the outbox relay that
+publishes the log to the service's JetStream stream, chain digests published beside it, and the
+durable subscribers to upstream services. It implements onefold.platform.service.Composition, so a
+service's bootstrap is one call:
+
+    def compose(ctx: ServiceContext) -> EventSourcedService:
+        return EventSourcedService(ctx, registry=..., servicers=..., subscriptions=...)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from onefold.eventlog.cipher import KeyEncryptionKey
+from onefold.eventlog.digests import DigestPublisher
+from onefold.eventlog.errors import MissingKeyEncryptionKey
+from onefold.eventlog.projections import Projection, Projector
+from onefold.eventlog.registry import EventRegistry
+from onefold.eventlog.relay import OutboxRelay
+from onefold.eventlog.store import EventStore
+from onefold.eventlog.streams import StreamSettings
+from onefold.eventlog.subscriber import Handler, Subscriber
+from onefold.platform.config import ConfigError, Settings
+from onefold.platform.grpc_server import ServiceRegistration
+from onefold.platform.service import ServiceContext
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """This service consumes `upstream`'s events with `handler` (in one transaction per batch)."""
+
+    upstream: str
+    handler: Handler
+    name: str | None = None
+    partitions: Sequence[int] | None = None
+
+
+def key_encryption_key(settings: Settings) -> KeyEncryptionKey:
+    """The service's KEK: from `eventlog.key_encryption_key` (a Secret), else `eventlog.key_file`.
+
+    A key file that does not exist yet is created (mode 0600) — for `onefold up` on one machine.
+    Without either the service refuses to start: personal data must never be written unprotected,
+    and a key made up on the spot in a container would be lost with it.
+    """
+    config = settings.eventlog
+    try:
+        if config.key_encryption_key:
+            return KeyEncryptionKey.from_base64(config.key_encryption_key)
+        if config.key_file:
+            path = Path(config.key_file)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as file:
+                    file.write(KeyEncryptionKey.generate().to_base64() + "\n")
+            return KeyEncryptionKey.from_base64(path.read_text())
+    except MissingKeyEncryptionKey as error:
+        raise ConfigError(f"eventlog key-encryption key: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read the key file {config.key_file}: {error.strerror}") from None
+    raise ConfigError(
+        "no key-encryption key: set eventlog.key_encryption_key (ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY, "
+        "from a Secret) or eventlog.key_file"
+    )
+
+
+class EventSourcedService:
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        *,
+        registry: EventRegistry,
+        projections: Sequence[Projection] = (),
+        servicers: Callable[[EventSourcedService], Sequence[ServiceRegistration]] = lambda _service: (),
+        subscriptions: Sequence[Subscription] = (),
+    ) -> None:
+        self.ctx = ctx
+        self.name = ctx.settings.service
+        self.store = EventStore(
+            ctx.engine, service=self.name, registry=registry, keys=key_encryption_key(ctx.settings)
+        )
+        self.store.create_schema()
+        self.projector = Projector(self.store, projections)
+        self.projector.create_tables()
+        bus = StreamSettings.from_config(ctx.settings.eventlog)
+        self.relay = OutboxRelay(self.store, ctx.nats, service=self.name, stream_settings=bus)
+        self.digests = DigestPublisher(self.store, ctx.nats, service=self.name, stream_settings=bus)
+        self.subscribers = [
+            Subscriber(
+                self.store,
+                ctx.nats,
+                service=self.name,
+                upstream=subscription.upstream,
+                handler=subscription.handler,
+                name=subscription.name,
+                partitions=subscription.partitions,
+                stream_settings=bus,
+            )
+            for subscription in subscriptions
+        ]
+        self._servicers = servicers
+
+    def registrations(self) -> Sequence[ServiceRegistration]:
+        return self._servicers(self)
+
+    async def start(self) -> None:
+        self.relay.start()
+        self.digests.start()
+        for subscriber in self.subscribers:
+            subscriber.start()
+
+    async def stop(self) -> None:
+        for subscriber in self.subscribers:
+            await subscriber.stop()
+        await self.digests.stop()
+        await self.relay.stop()
+        self.store.close()
