@@ -31,6 +31,13 @@ class GrpcSettings(_Section):
     max_message_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
 
 
+class HttpSettings(_Section):
+    """An HTTP listener, for services that serve one (ingest: the Segment-compatible tracking API)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
+
+
 class NatsSettings(_Section):
     url: str = "nats://127.0.0.1:4222"
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
@@ -77,6 +84,7 @@ class Settings(_Section):
     service: str = "onefold"
     data_dir: Path = Path(".onefold")
     grpc: GrpcSettings = GrpcSettings()
+    http: HttpSettings = HttpSettings()
     nats: NatsSettings = NatsSettings()
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
