@@ -13,6 +13,7 @@ from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey
 from onefold.eventlog import schema as eventlog_schema
 from onefold.platform.database import create_engine
+from onefold.platform.nats import NatsConnection
 
 
 def make_registry() -> EventRegistry:
@@ -76,3 +77,32 @@ def make_store(database_url: str, registry: EventRegistry, kek: KeyEncryptionKey
 @pytest.fixture
 def store(make_store: StoreFactory) -> EventStore:
     return make_store()
+
+
+@pytest.fixture
+def nats(nats_connection: NatsConnection) -> NatsConnection:
+    return nats_connection
+
+
+@pytest.fixture
+def open_store(
+    tmp_path: Path, registry: EventRegistry, kek: KeyEncryptionKey
+) -> Iterator[Callable[..., EventStore]]:
+    """Open stores by service name (a SQLite file each, or `url`), with `extra` tables created beside."""
+    opened: list[EventStore] = []
+
+    def open_(
+        service: str = "ingest", url: str | None = None, *, extra: sa.MetaData | None = None
+    ) -> EventStore:
+        store = EventStore(
+            url or f"sqlite:///{tmp_path / (service + '.db')}", service=service, registry=registry, keys=kek
+        )
+        store.create_schema()
+        if extra is not None:
+            extra.create_all(store.engine)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,10 @@ from sqlalchemy.engine import Connection
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
-from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent, RecordedEvent
+from onefold.eventlog import EventStore, NewEvent, RecordedEvent
 from onefold.eventlog.relay import MSG_ID, OutboxRelay, RelaySettings
 from onefold.eventlog.streams import event_filter, stream_name
 from onefold.eventlog.subscriber import Subscriber, SubscriberSettings
-from onefold.platform.config import NatsSettings
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 
@@ -55,36 +54,6 @@ def counters(count: int) -> list[NewEvent]:
         NewEvent(f"counter:{i % 13}", events_pb2.CounterChanged(counter=f"c{i % 13}", delta=1))
         for i in range(count)
     ]
-
-
-@pytest.fixture
-async def nats(nats_url: str) -> AsyncIterator[NatsConnection]:
-    connection = NatsConnection(NatsSettings(url=nats_url, reconnect_wait_seconds=0.1), "test")
-    connection.start()
-    async with asyncio.timeout(10):
-        await connection.wait_connected()
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def open_store(
-    tmp_path: Path, registry: EventRegistry, kek: KeyEncryptionKey
-) -> Iterator[Callable[..., EventStore]]:
-    opened: list[EventStore] = []
-
-    def open_(service: str, url: str | None = None) -> EventStore:
-        store = EventStore(
-            url or f"sqlite:///{tmp_path / (service + '.db')}", service=service, registry=registry, keys=kek
-        )
-        store.create_schema()
-        effects_metadata.create_all(store.engine)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 async def stream_positions(js: JetStreamContext, service: str) -> tuple[list[int], list[str]]:
@@ -143,7 +112,7 @@ class KillsNatsWhileEncoding:
 async def test_nats_killed_mid_publish_loses_nothing_and_duplicates_nothing(
     nats: NatsConnection, nats_server: NatsServerProcess, open_store: Callable[..., EventStore], atomic: bool
 ) -> None:
-    store = open_store("ingest")
+    store = open_store("ingest", extra=effects_metadata)
     store.append(counters(3000))
     killer = KillsNatsWhileEncoding(store, nats_server, position=2010)
     settings = RelaySettings(
@@ -172,13 +141,13 @@ async def test_nats_killed_mid_publish_loses_nothing_and_duplicates_nothing(
 async def test_nats_killed_mid_consume_applies_every_event_exactly_once(
     nats: NatsConnection, nats_server: NatsServerProcess, open_store: Callable[..., EventStore]
 ) -> None:
-    upstream = open_store("ingest")
+    upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(3000))
     relay = OutboxRelay(
         upstream, nats, service="ingest", settings=RelaySettings(backoff_initial_seconds=0.05)
     )
     await relay.publish_available()
-    downstream = open_store("segments")
+    downstream = open_store("segments", extra=effects_metadata)
     killed = False
 
     def handler(conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
@@ -247,10 +216,10 @@ SUBSCRIBER_PROCESS = textwrap.dedent(
 async def test_subscriber_process_killed_mid_consume_applies_every_event_exactly_once(
     nats: NatsConnection, nats_url: str, open_store: Callable[..., EventStore], tmp_path: Path
 ) -> None:
-    upstream = open_store("ingest")
+    upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(2000))
     await OutboxRelay(upstream, nats, service="ingest").publish_available()
-    downstream = open_store("segments")
+    downstream = open_store("segments", extra=effects_metadata)
     database_url = str(downstream.engine.url)
 
     def spawn() -> subprocess.Popen[bytes]:

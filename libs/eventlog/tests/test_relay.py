@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -15,7 +14,7 @@ from nats.js import JetStreamContext, api
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
-from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent, schema
+from onefold.eventlog import EventStore, NewEvent, schema
 from onefold.eventlog.digests import DigestPublisher, check_digest, latest_published_digest
 from onefold.eventlog.relay import EXPECTED_LAST_MSG_ID, MSG_ID, OutboxRelay, RelaySettings
 from onefold.eventlog.streams import (
@@ -31,39 +30,10 @@ from onefold.eventlog.streams import (
     partition_of,
     stream_name,
 )
-from onefold.platform.config import NatsSettings, load_settings
+from onefold.platform.config import load_settings
 from onefold.platform.nats import NatsConnection
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-
-
-@pytest.fixture
-async def nats(nats_url: str) -> AsyncIterator[NatsConnection]:
-    connection = NatsConnection(NatsSettings(url=nats_url, reconnect_wait_seconds=0.1), "test")
-    connection.start()
-    async with asyncio.timeout(10):
-        await connection.wait_connected()
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def open_store(
-    tmp_path: Path, registry: EventRegistry, kek: KeyEncryptionKey
-) -> Iterator[Callable[..., EventStore]]:
-    opened: list[EventStore] = []
-
-    def open_(service: str = "ingest", url: str | None = None) -> EventStore:
-        store = EventStore(
-            url or f"sqlite:///{tmp_path / (service + '.db')}", service=service, registry=registry, keys=kek
-        )
-        store.create_schema()
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 def contacts(count: int, start: int = 0) -> list[NewEvent]:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
-from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent
+from onefold.eventlog import EventStore, NewEvent
 from onefold.eventlog.relay import OutboxRelay
 from onefold.eventlog.streams import (
     DLQ_STREAM,
@@ -38,7 +36,6 @@ from onefold.eventlog.subscriber import (
     Subscriber,
     SubscriberSettings,
 )
-from onefold.platform.config import NatsSettings
 from onefold.platform.nats import NatsConnection
 
 effects_metadata = sa.MetaData()
@@ -83,36 +80,6 @@ def counters(count: int, streams: int = 10) -> list[NewEvent]:
     ]
 
 
-@pytest.fixture
-async def nats(nats_url: str) -> AsyncIterator[NatsConnection]:
-    connection = NatsConnection(NatsSettings(url=nats_url, reconnect_wait_seconds=0.1), "test")
-    connection.start()
-    async with asyncio.timeout(10):
-        await connection.wait_connected()
-    yield connection
-    await connection.close()
-
-
-@pytest.fixture
-def open_store(
-    tmp_path: Path, registry: EventRegistry, kek: KeyEncryptionKey
-) -> Iterator[Callable[..., EventStore]]:
-    opened: list[EventStore] = []
-
-    def open_(service: str, url: str | None = None) -> EventStore:
-        store = EventStore(
-            url or f"sqlite:///{tmp_path / (service + '.db')}", service=service, registry=registry, keys=kek
-        )
-        store.create_schema()
-        effects_metadata.create_all(store.engine)
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
-
-
 async def publish(store: EventStore, nats: NatsConnection, service: str = "ingest") -> None:
     await OutboxRelay(store, nats, service=service).publish_available()
 
@@ -120,10 +87,10 @@ async def publish(store: EventStore, nats: NatsConnection, service: str = "inges
 async def test_redelivered_and_republished_events_have_no_second_effect(
     nats: NatsConnection, database_url: str, open_store: Callable[..., EventStore]
 ) -> None:
-    upstream = open_store("ingest")
+    upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(600))
     await publish(upstream, nats)
-    downstream = open_store("segments", database_url)
+    downstream = open_store("segments", database_url, extra=effects_metadata)
 
     first = Subscriber(
         downstream, nats, service="segments", upstream="ingest", handler=apply_effects, settings=FAST
@@ -164,10 +131,10 @@ async def test_redelivered_and_republished_events_have_no_second_effect(
 async def test_poison_event_is_dead_lettered_with_its_error_and_the_rest_processed(
     nats: NatsConnection, open_store: Callable[..., EventStore]
 ) -> None:
-    upstream = open_store("ingest")
+    upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(250))
     await publish(upstream, nats)
-    downstream = open_store("segments")
+    downstream = open_store("segments", extra=effects_metadata)
     poison_position = 137
     calls: list[int] = []
 
@@ -222,10 +189,10 @@ class FlakyStore:
 async def test_database_outage_is_retried_never_dead_lettered(
     nats: NatsConnection, open_store: Callable[..., EventStore]
 ) -> None:
-    upstream = open_store("ingest")
+    upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(300))
     await publish(upstream, nats)
-    downstream = open_store("segments")
+    downstream = open_store("segments", extra=effects_metadata)
     flaky = FlakyStore(downstream, failures=3)
     settings = SubscriberSettings(batch_size=100, fetch_timeout_seconds=0.3, error_backoff_seconds=0.02)
     sub = Subscriber(
@@ -245,10 +212,10 @@ async def test_database_outage_is_retried_never_dead_lettered(
 async def test_partitioned_subscribers_share_the_work_and_keep_each_stream_in_order(
     nats: NatsConnection, open_store: Callable[..., EventStore]
 ) -> None:
-    upstream = open_store("ingest")
+    upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(800, streams=40))
     await publish(upstream, nats)
-    downstream = open_store("segments")
+    downstream = open_store("segments", extra=effects_metadata)
     seen: dict[str, list[int]] = {}
 
     def recording(conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
@@ -312,12 +279,12 @@ async def test_at_least_once_delivery_with_idempotent_handling_is_exactly_once(
 ) -> None:
     example = next(_examples)
     service, consumer_service = f"up{example}", f"down{example}"
-    upstream = open_store(service)
+    upstream = open_store(service, extra=effects_metadata)
     upstream.append(
         [NewEvent(f"counter:{s}", events_pb2.CounterChanged(counter=f"c{s}", delta=d)) for s, d in deltas]
     )
     await publish(upstream, nats, service)
-    downstream = open_store(consumer_service)
+    downstream = open_store(consumer_service, extra=effects_metadata)
     js = (await nats.wait_connected()).jetstream()
 
     def subscriber(batch_size: int = 10) -> Subscriber:

@@ -2,7 +2,7 @@
 
 - `nats_server`: a real nats-server with JetStream on a free port and a temporary store; call
   `.kill()` / `.start()` on it in fault tests (same port, same store).
-- `nats_url`: its URL.
+- `nats_url`: its URL; `nats_connection`: a connected onefold.platform NatsConnection to it.
 - `postgres_url`: an empty PostgreSQL database for this test session (skips without
   ONEFOLD_TEST_POSTGRES_URL, fails under CI=true without it).
 - `database_url`: parametrised over SQLite (a temp file) and PostgreSQL.
@@ -12,13 +12,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from onefold.platform.auth import CredentialStore
+from onefold.platform.config import NatsSettings
+from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.postgres import POSTGRES_ENV, postgres_admin_url, temporary_database
 from onefold.testing.processes import ServiceProcess
@@ -35,6 +38,17 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @pytest.fixture
 def nats_url(nats_server: NatsServerProcess) -> str:
     return nats_server.url
+
+
+@pytest.fixture
+async def nats_connection(nats_url: str) -> AsyncIterator[NatsConnection]:
+    """A connected platform NatsConnection (reconnects quickly after `nats_server.kill()/.start()`)."""
+    connection = NatsConnection(NatsSettings(url=nats_url, reconnect_wait_seconds=0.1), "test")
+    connection.start()
+    async with asyncio.timeout(10):
+        await connection.wait_connected()
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture(scope="session")
