@@ -10,7 +10,6 @@ them if the supervisor itself dies, so no process outlives it. State that a seco
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -26,21 +25,13 @@ from typing import IO, Any
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
 from onefold.platform.config import ConfigError, load_settings, prepare_data_dir
 from onefold.platform.health import health_status
-from onefold.platform.nats_server import NatsServerProcess
+from onefold.platform.nats_server import NatsServerProcess, die_with_parent
 from onefold.platform.ports import free_port, port_in_use
 from onefold.platform.service import NATS_HEALTH_NAME, ensure_bootstrap_admin
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
 SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 @dataclass
 class Child:
     name: str
@@ -132,7 +123,7 @@ class Supervisor:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
 

@@ -8,6 +8,8 @@ find their streams again.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -17,6 +19,15 @@ from pathlib import Path
 
 from onefold.platform.config import ConfigError
 from onefold.platform.ports import free_port, port_in_use, wait_for_port
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: ask Linux to SIGTERM it when its parent dies, so no
+    server or service outlives a supervisor or test that was killed."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def nats_server_binary() -> str:
@@ -71,6 +82,7 @@ class NatsServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor, which stops us in order
+            preexec_fn=die_with_parent,
         )
         log.close()
         if not wait_for_port(self.port, self.host, timeout):

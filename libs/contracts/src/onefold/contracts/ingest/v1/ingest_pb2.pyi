@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from onefold.contracts.common.v1 import envelope_pb2 as _envelope_pb2
 from onefold.contracts.common.v1 import pagination_pb2 as _pagination_pb2
 import builtins as _builtins
 import sys
@@ -68,6 +69,8 @@ class _FailureKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FailureKi
     """unparseable, too far in the future, or too old"""
     FAILURE_KIND_UNPLANNED_EVENT: _FailureKind.ValueType  # 5
     """not in the tracking plan, which blocks unplanned events"""
+    FAILURE_KIND_SUBJECT_ERASED: _FailureKind.ValueType  # 6
+    """Its data subject was erased (a data-subject request): nothing personal is kept, only the fact."""
 
 class FailureKind(_FailureKind, metaclass=_FailureKindEnumTypeWrapper):
     """Why an event was quarantined, after Snowplow's typed failed events."""
@@ -83,6 +86,8 @@ FAILURE_KIND_TIMESTAMP_VIOLATION: FailureKind.ValueType  # 4
 """unparseable, too far in the future, or too old"""
 FAILURE_KIND_UNPLANNED_EVENT: FailureKind.ValueType  # 5
 """not in the tracking plan, which blocks unplanned events"""
+FAILURE_KIND_SUBJECT_ERASED: FailureKind.ValueType  # 6
+"""Its data subject was erased (a data-subject request): nothing personal is kept, only the fact."""
 Global___FailureKind: _TypeAlias = FailureKind  # noqa: Y015
 
 class _AckStatus:
@@ -363,16 +368,20 @@ class TrackRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """gRPC callers name the source (their credential names the workspace)"""
     @_builtins.property
     def event(self) -> Global___TrackingEvent: ...
     def __init__(
         self,
         *,
         event: Global___TrackingEvent | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,16 +392,20 @@ class IdentifyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """gRPC callers name the source (their credential names the workspace)"""
     @_builtins.property
     def event(self) -> Global___TrackingEvent: ...
     def __init__(
         self,
         *,
         event: Global___TrackingEvent | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -403,16 +416,20 @@ class PageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """gRPC callers name the source (their credential names the workspace)"""
     @_builtins.property
     def event(self) -> Global___TrackingEvent: ...
     def __init__(
         self,
         *,
         event: Global___TrackingEvent | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -423,16 +440,20 @@ class ScreenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """gRPC callers name the source (their credential names the workspace)"""
     @_builtins.property
     def event(self) -> Global___TrackingEvent: ...
     def __init__(
         self,
         *,
         event: Global___TrackingEvent | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -443,16 +464,20 @@ class GroupRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """gRPC callers name the source (their credential names the workspace)"""
     @_builtins.property
     def event(self) -> Global___TrackingEvent: ...
     def __init__(
         self,
         *,
         event: Global___TrackingEvent | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -463,16 +488,20 @@ class AliasRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """gRPC callers name the source (their credential names the workspace)"""
     @_builtins.property
     def event(self) -> Global___TrackingEvent: ...
     def __init__(
         self,
         *,
         event: Global___TrackingEvent | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,6 +519,11 @@ class BatchRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     INTEGRATIONS_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    source_id: _builtins.str
+    """The source the events come from (gRPC). In an Upload stream the first message must name it;
+    later messages may leave it empty or repeat it.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackingEvent]: ...
     @_builtins.property
@@ -505,10 +539,11 @@ class BatchRequest(_message.Message):
         context: _struct_pb2.Struct | None = ...,
         integrations: _struct_pb2.Struct | None = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
+        source_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "integrations", b"integrations", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "events", b"events", "integrations", b"integrations", "sent_at", b"sent_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "events", b"events", "integrations", b"integrations", "sent_at", b"sent_at", "source_id", b"source_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1028,6 +1063,126 @@ class DisableSourceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DisableSourceRequest: _TypeAlias = DisableSourceRequest  # noqa: Y015
+
+@_typing.final
+class SubjectIdentifiers(_message.Message):
+    """Data-subject requests for the ingest service's own data. Identifiers are matched exactly
+    (case-sensitive) within the caller's workspace.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_IDS_FIELD_NUMBER: _builtins.int
+    ANONYMOUS_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def anonymous_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        anonymous_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_ids", b"anonymous_ids", "user_ids", b"user_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectIdentifiers: _TypeAlias = SubjectIdentifiers  # noqa: Y015
+
+@_typing.final
+class ExportSubjectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identifiers(self) -> Global___SubjectIdentifiers: ...
+    def __init__(
+        self,
+        *,
+        identifiers: Global___SubjectIdentifiers | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSubjectRequest: _TypeAlias = ExportSubjectRequest  # noqa: Y015
+
+@_typing.final
+class ExportSubjectResponse(_message.Message):
+    """Every event of the identifiers (accepted and quarantined), decrypted, in log order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    ERASED_IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    erased_identifiers: _builtins.int
+    """Identifiers whose data keys were already erased: their events are listed with personal
+    fields unreadable.
+    """
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.EventEnvelope]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_envelope_pb2.EventEnvelope] | None = ...,
+        erased_identifiers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_identifiers", b"erased_identifiers", "events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
+
+@_typing.final
+class EraseSubjectRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identifiers(self) -> Global___SubjectIdentifiers: ...
+    def __init__(
+        self,
+        *,
+        identifiers: Global___SubjectIdentifiers | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSubjectRequest: _TypeAlias = EraseSubjectRequest  # noqa: Y015
+
+@_typing.final
+class EraseSubjectResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTIFIERS_ERASED_FIELD_NUMBER: _builtins.int
+    EVENTS_AFFECTED_FIELD_NUMBER: _builtins.int
+    identifiers_erased: _builtins.int
+    """data keys destroyed (already-erased ones count too)"""
+    events_affected: _builtins.int
+    """events whose personal fields are now unreadable"""
+    def __init__(
+        self,
+        *,
+        identifiers_erased: _builtins.int = ...,
+        events_affected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_affected", b"events_affected", "identifiers_erased", b"identifiers_erased"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseSubjectResponse: _TypeAlias = EraseSubjectResponse  # noqa: Y015
 
 @_typing.final
 class EventAccepted(_message.Message):
