@@ -115,6 +115,14 @@ def test_up_serves_reconnects_stops_cleanly_and_resumes(up: Up) -> None:
             _who_am_i(endpoints[name], None)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
+    # The Segment-compatible HTTP API of ingest is up too (no write key: 401, in Segment's shape).
+    http = json.loads((up.data_dir / "run" / "endpoints.json").read_text())["http"]["ingest"]
+    assert http in text
+    import httpx
+
+    assert httpx.get(f"{http}/health", timeout=5).status_code == 200
+    assert httpx.post(f"{http}/v1/track", json={"event": "x", "userId": "u"}, timeout=5).status_code == 401
+
     # Kill nats-server: the supervisor reports it, restarts it, and every service reconnects.
     for name in SERVICES:
         assert wait_for_health(endpoints[name], "onefold.nats", timeout=10)

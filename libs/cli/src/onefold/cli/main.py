@@ -91,9 +91,10 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
     table.add_column("service")
     table.add_column("gRPC endpoint")
     table.add_column("health")
+    table.add_column("HTTP")
     for name, child in supervisor.children.items():
-        table.add_row(name, child.target, health_status(child.target))
-    table.add_row("nats", nats_url, "started here" if supervisor.nats else "external")
+        table.add_row(name, child.target, health_status(child.target), child.http_url)
+    table.add_row("nats", nats_url, "started here" if supervisor.nats else "external", "")
     console.print(table)
     if supervisor.admin:
         console.print(

@@ -30,8 +30,11 @@ from onefold.platform.ports import free_port, port_in_use
 from onefold.platform.service import NATS_HEALTH_NAME, ensure_bootstrap_admin
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
+HTTP_SERVICES = frozenset({"ingest"})  # the Segment-compatible tracking API
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
 SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
+
+
 @dataclass
 class Child:
     name: str
@@ -40,10 +43,15 @@ class Child:
     restarts: int = 0
     next_restart_at: float = 0.0
     nats_connected: bool | None = None
+    http_port: int = 0
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}" if self.http_port else ""
 
 
 @dataclass
@@ -88,7 +96,11 @@ class Supervisor:
     def _previous_ports(self) -> dict[str, int]:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             saved = json.loads((self.data_dir / ENDPOINTS_FILE).read_text())
-            return {name: int(target.rsplit(":", 1)[1]) for name, target in saved["services"].items()}
+            ports = {name: int(target.rsplit(":", 1)[1]) for name, target in saved["services"].items()}
+            ports.update(
+                (f"{name}/http", int(url.rsplit(":", 1)[1])) for name, url in saved.get("http", {}).items()
+            )
+            return ports
         return {}
 
     def start_nats(self) -> str:
@@ -114,6 +126,8 @@ class Supervisor:
                 "ONEFOLD_EVENTLOG__KEY_FILE": str(self.data_dir / "keys" / f"{child.name}.kek"),
             }
         )
+        if child.http_port:
+            env["ONEFOLD_HTTP__PORT"] = str(child.http_port)
         if self.config_file:
             env["ONEFOLD_CONFIG"] = str(self.config_file)
         log = (self.data_dir / "logs" / f"{child.name}.log").open("ab")
@@ -134,6 +148,9 @@ class Supervisor:
             if not port or port_in_use(port):
                 port = free_port()
             child = Child(name, port)
+            if name in HTTP_SERVICES:
+                http_port = previous.get(f"{name}/http")
+                child.http_port = http_port if http_port and not port_in_use(http_port) else free_port()
             self.children[name] = child
             self._spawn(child, nats_url)
 
@@ -159,7 +176,8 @@ class Supervisor:
         services = {name: child.target for name, child in self.children.items()}
         if self.nats:
             services["nats"] = f"127.0.0.1:{self.nats.port}"
-        state = {"pid": os.getpid(), "nats_url": nats_url, "services": services}
+        http = {name: child.http_url for name, child in self.children.items() if child.http_url}
+        state = {"pid": os.getpid(), "nats_url": nats_url, "services": services, "http": http}
         (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(state, indent=2))
 
     def start(self) -> str:
