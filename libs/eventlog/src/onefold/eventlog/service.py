@@ -2,7 +2,8 @@
 
 The service's own log (EventStore on the service database, its projections), the outbox relay that
 publishes the log to the service's JetStream stream, chain digests published beside it, and the
-durable subscribers to upstream services. It implements onefold.platform.service.Composition, so a
+durable subscribers to upstream services. Every replica serves; only the holder of the leader lease
+(one per database, see lease.py) runs the relay, digests and subscribers. It implements onefold.platform.service.Composition, so a
 service's bootstrap is one call:
 
     def compose(ctx: ServiceContext) -> EventSourcedService:
@@ -11,6 +12,8 @@ service's bootstrap is one call:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.digests import DigestPublisher
 from onefold.eventlog.errors import MissingKeyEncryptionKey
+from onefold.eventlog.lease import LeaderLease
 from onefold.eventlog.projections import Projection, Projector
 from onefold.eventlog.registry import EventRegistry
 from onefold.eventlog.relay import OutboxRelay
@@ -28,6 +32,10 @@ from onefold.eventlog.subscriber import Handler, Subscriber
 from onefold.platform.config import ConfigError, Settings
 from onefold.platform.grpc_server import ServiceRegistration
 from onefold.platform.service import ServiceContext
+from onefold.platform.telemetry import get_logger
+
+log = get_logger("onefold.eventlog")
+LEASE_CHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -104,19 +112,43 @@ class EventSourcedService:
             for subscription in subscriptions
         ]
         self._servicers = servicers
+        self.lease = LeaderLease(ctx.engine, f"{self.name}:eventlog")
+        self.leading = asyncio.Event()
+        self._leader_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
         return self._servicers(self)
 
     async def start(self) -> None:
-        self.relay.start()
-        self.digests.start()
-        for subscriber in self.subscribers:
-            subscriber.start()
+        """Serve at once; run the relay, digests and subscribers while holding the leader lease."""
+        self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
 
     async def stop(self) -> None:
-        for subscriber in self.subscribers:
-            await subscriber.stop()
-        await self.digests.stop()
-        await self.relay.stop()
+        if self._leader_task is not None:
+            self._leader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._leader_task
+        self.lease.release()
         self.store.close()
+
+    async def _lead(self) -> None:
+        while True:
+            if await asyncio.to_thread(self.lease.try_acquire):
+                log.info("eventlog.leading", service=self.name)
+                self.leading.set()
+                self.relay.start()
+                self.digests.start()
+                for subscriber in self.subscribers:
+                    subscriber.start()
+                try:
+                    # Polls the lease's database connection: nothing in this process could signal it.
+                    while await asyncio.to_thread(self.lease.still_held):  # noqa: ASYNC110
+                        await asyncio.sleep(LEASE_CHECK_SECONDS)
+                    log.warning("eventlog.lease_lost", service=self.name)
+                finally:
+                    self.leading.clear()
+                    for subscriber in self.subscribers:
+                        await subscriber.stop()
+                    await self.digests.stop()
+                    await self.relay.stop()
+            await asyncio.sleep(LEASE_CHECK_SECONDS)
