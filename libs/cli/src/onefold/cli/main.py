@@ -13,6 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from onefold.cli import bench as bench_command
+from onefold.cli.importer import import_file
+from onefold.cli.quarantine import quarantine_app
+from onefold.cli.sources import apply, sources_app
 from onefold.cli.supervisor import SERVICES, Supervisor, read_endpoints
 from onefold.platform.auth import SCOPES, CredentialStore
 from onefold.platform.config import ConfigError
@@ -28,6 +31,10 @@ app = typer.Typer(
 )
 credentials_app = typer.Typer(help="Create, list and revoke API credentials.", no_args_is_help=True)
 app.add_typer(credentials_app, name="credentials")
+app.add_typer(sources_app, name="sources")
+app.add_typer(quarantine_app, name="quarantine")
+app.command("apply")(apply)
+app.command("import")(import_file)
 app.command(
     "bench",
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},

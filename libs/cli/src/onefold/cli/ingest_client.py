@@ -1,0 +1,137 @@
+"""Talking to the ingest service from the CLI: where it is, which credential, and one-sentence errors.
+
+The CLI is a client like any other: it speaks onefold.ingest.v1 over gRPC (the generated stubs) and
+lets the service validate. The target comes from `--target` or the data dir's run/endpoints.json
+(written by `onefold up`); the credential from `--token` or ONEFOLD_TOKEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import grpc
+import typer
+from rich.console import Console
+
+from onefold.cli.supervisor import read_endpoints
+from onefold.contracts.ingest.v1 import ingest_pb2_grpc
+from onefold.platform.client import authenticated_channel
+from onefold.platform.config import ConfigError
+from onefold.platform.errors import details_of
+
+T = TypeVar("T")
+
+err_console = Console(stderr=True)
+
+# 32 MB: an Upload/Batch answer for a large batch of quarantined events can be big.
+CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 32 * 1024 * 1024),)
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", "-d", envvar="ONEFOLD_DATA_DIR", help="where state and logs live")
+]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token", envvar="ONEFOLD_TOKEN", help="API credential (or env ONEFOLD_TOKEN)", show_default=False
+    ),
+]
+Target = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        envvar="ONEFOLD_INGEST_TARGET",
+        help="ingest gRPC host:port (default: from <data-dir>/run/endpoints.json)",
+        show_default=False,
+    ),
+]
+
+
+class CliError(Exception):
+    """A failure to report as one sentence (exit code 2 unless given)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    return typer.Exit(code)
+
+
+@dataclass(frozen=True)
+class Connection:
+    target: str
+    token: str
+
+
+def resolve(data_dir: Path, target: str | None, token: str | None) -> Connection:
+    if not token:
+        raise CliError("no credential: pass --token or set ONEFOLD_TOKEN (see `onefold credentials create`)")
+    if not target:
+        try:
+            state = read_endpoints(data_dir.resolve())
+        except ConfigError as error:
+            raise CliError(f"{error}, or pass --target host:port") from None
+        target = state.get("services", {}).get("ingest")
+        if not target:
+            raise CliError(f"the ingest service is not listed in {data_dir / 'run' / 'endpoints.json'}")
+    return Connection(target=target, token=token)
+
+
+@asynccontextmanager
+async def ingest_stub(conn: Connection) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
+    channel = authenticated_channel(conn.target, conn.token, options=CHANNEL_OPTIONS)
+    try:
+        yield ingest_pb2_grpc.IngestServiceStub(channel)
+    finally:
+        await channel.close()
+
+
+def describe_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, target: str) -> str:
+    """One sentence for a failed call: what the service said, plus field violations if any."""
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    message = (error.details() if callable(getattr(error, "details", None)) else "") or ""
+    if code == grpc.StatusCode.UNAVAILABLE and (not message or "connect" in message.lower()):
+        return f"cannot reach the ingest service at {target}; is `onefold up` running?"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the ingest service at {target} did not answer in time"
+    try:
+        _, violations = details_of(error)
+    except Exception:  # a status without rich details (e.g. from a proxy)
+        violations = []
+    message = message.rstrip(".")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        message = f"the credential was not accepted ({message or 'unauthenticated'})"
+    elif code == grpc.StatusCode.PERMISSION_DENIED:
+        message = f"permission denied: {message}"
+    if violations:
+        message += " (" + "; ".join(f"{field}: {text}" for field, text in violations[:5]) + ")"
+    return message + "."
+
+
+def run_async(conn: Connection, factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; turn RPC failures and CliError into one sentence on stderr and an exit code."""
+    try:
+        return asyncio.run(_call(factory))
+    except CliError as error:
+        raise fail(error.message, error.code) from None
+    except grpc.RpcError as error:
+        raise fail(describe_rpc_error(error, conn.target)) from None
+
+
+async def _call(factory: Callable[[], Awaitable[T]]) -> T:
+    return await factory()
+
+
+def connect(data_dir: Path, target: str | None, token: str | None) -> Connection:
+    try:
+        return resolve(data_dir, target, token)
+    except CliError as error:
+        raise fail(error.message, error.code) from None

@@ -1,0 +1,410 @@
+"""`onefold sources ...` and `onefold apply -f source.yaml`: sources, write keys and tracking plans.
+
+A tracking plan file (JSON or YAML) looks like:
+
+    mode: block            # allow | flag | block: what a violation of a planned event does
+    unplannedMode: allow   # what a track event missing from the plan does
+    events:
+      Order Completed: {type: object, required: [orderId], properties: {orderId: {type: string}}}
+    identifyTraits: {type: object, properties: {email: {type: string}}}
+
+and a source document (`onefold apply -f`) is:
+
+    kind: Source
+    name: web
+    rateLimitPerSecond: 200   # optional; only used when the source is created
+    trackingPlan: {...}       # optional; as above. Absent: the source's plan is left as it is.
+
+Several documents may be given in one file (`---`). Applying is idempotent: a source is found by name
+(created when absent) and its plan is set only when it differs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from onefold.cli.ingest_client import (
+    CliError,
+    Connection,
+    DataDir,
+    Target,
+    Token,
+    connect,
+    fail,
+    ingest_stub,
+    run_async,
+)
+from onefold.contracts.common.v1 import pagination_pb2
+from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+from onefold.contracts.ingest.v1 import ingest_pb2_grpc
+
+sources_app = typer.Typer(
+    help="Create, list and manage ingest sources and their write keys.", no_args_is_help=True
+)
+console = Console()
+
+MODES = {"allow": pb.PLAN_MODE_ALLOW, "flag": pb.PLAN_MODE_FLAG, "block": pb.PLAN_MODE_BLOCK}
+MODE_NAMES = {value: name for name, value in MODES.items()} | {pb.PLAN_MODE_UNSPECIFIED: "allow"}
+PLAN_KEYS = {
+    "mode": "mode",
+    "unplannedMode": "unplanned_mode",
+    "unplanned_mode": "unplanned_mode",
+    "events": "events",
+    "eventSchemas": "events",
+    "event_schemas": "events",
+    "identifyTraits": "identify_traits",
+    "identify_traits": "identify_traits",
+    "identifyTraitsSchema": "identify_traits",
+    "identify_traits_schema": "identify_traits",
+}
+PLAN_KEY_NAMES = ("mode", "unplannedMode", "events", "identifyTraits")
+SOURCE_KEY_NAMES = ("kind", "apiVersion", "name", "rateLimitPerSecond", "trackingPlan")
+SOURCE_KEYS = {
+    "kind": "kind",
+    "apiVersion": "api_version",
+    "name": "name",
+    "rateLimitPerSecond": "rate",
+    "rate_limit_per_second": "rate",
+    "rateLimit": "rate",
+    "trackingPlan": "plan",
+    "tracking_plan": "plan",
+}
+
+
+# --- plan documents ------------------------------------------------------------------------------
+
+
+def _canonical(schema: Any, where: str) -> str:
+    if isinstance(schema, str):  # JSON text given as a string
+        try:
+            schema = json.loads(schema)
+        except ValueError as error:
+            raise CliError(f"{where} is not valid JSON: {error}") from None
+    if not isinstance(schema, dict | bool):
+        raise CliError(f"{where} must be a JSON Schema object")
+    return json.dumps(schema, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _checked_keys(
+    document: dict[str, Any], allowed: dict[str, str], names: tuple[str, ...], where: str
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in document.items():
+        name = allowed.get(str(key))
+        if name is None:
+            raise CliError(f"{where}: unknown key '{key}' (expected one of: {', '.join(names)})")
+        if name in out:
+            raise CliError(f"{where}: '{key}' is given twice (under different spellings)")
+        out[name] = value
+    return out
+
+
+def _mode(value: Any, where: str) -> pb.PlanMode.ValueType:
+    mode = MODES.get(str(value).lower()) if value is not None else pb.PLAN_MODE_ALLOW
+    if mode is None:
+        raise CliError(f"{where} must be one of allow, flag, block (got {value!r})")
+    return mode
+
+
+def plan_from_document(document: Any, where: str) -> pb.TrackingPlan:
+    if not isinstance(document, dict):
+        raise CliError(f"{where} must be a mapping with mode, unplannedMode, events, identifyTraits")
+    fields = _checked_keys(document, PLAN_KEYS, PLAN_KEY_NAMES, where)
+    plan = pb.TrackingPlan(
+        mode=_mode(fields.get("mode", "allow"), f"{where}: mode"),
+        unplanned_mode=_mode(fields.get("unplanned_mode", "allow"), f"{where}: unplannedMode"),
+    )
+    events = fields.get("events") or {}
+    if not isinstance(events, dict):
+        raise CliError(f"{where}: events must map event names to JSON Schemas")
+    for name, schema in events.items():
+        plan.event_schemas[str(name)] = _canonical(schema, f"{where}: the schema of event '{name}'")
+    if fields.get("identify_traits") is not None:
+        plan.identify_traits_schema = _canonical(fields["identify_traits"], f"{where}: identifyTraits")
+    return plan
+
+
+def load_document(path: Path) -> list[Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error.strerror or error}") from None
+    try:
+        if path.suffix.lower() == ".json":
+            return [json.loads(text)]
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except (ValueError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CliError(
+            f"{path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {first}"
+        ) from None
+
+
+def load_plan(path: Path) -> pb.TrackingPlan:
+    documents = load_document(path)
+    if len(documents) != 1:
+        raise CliError(f"{path} must hold exactly one tracking plan")
+    return plan_from_document(documents[0], str(path))
+
+
+def _plan_json(plan: pb.TrackingPlan) -> tuple[int, int, dict[str, Any], Any]:
+    def parsed(text: str) -> Any:
+        try:
+            return json.loads(text) if text else None
+        except ValueError:
+            return text
+
+    return (
+        plan.mode or pb.PLAN_MODE_ALLOW,
+        plan.unplanned_mode or pb.PLAN_MODE_ALLOW,
+        {name: parsed(text) for name, text in plan.event_schemas.items()},
+        parsed(plan.identify_traits_schema),
+    )
+
+
+def plans_equal(current: pb.Source, wanted: pb.TrackingPlan) -> bool:
+    have = current.tracking_plan if current.HasField("tracking_plan") else pb.TrackingPlan()
+    return _plan_json(have) == _plan_json(wanted)
+
+
+# --- RPC helpers ---------------------------------------------------------------------------------
+
+
+async def all_sources(stub: ingest_pb2_grpc.IngestServiceStub) -> AsyncIterator[pb.Source]:
+    token = ""
+    while True:
+        page = await stub.ListSources(
+            pb.ListSourcesRequest(page=pagination_pb2.PageRequest(page_size=200, page_token=token))
+        )
+        for source in page.sources:
+            yield source
+        token = page.page.next_page_token
+        if not token:
+            return
+
+
+def _duration_seconds(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise typer.BadParameter("use a number with s, m, h or d, e.g. 90s, 30m, 24h, 7d")
+    return int(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _plan_summary(source: pb.Source) -> str:
+    if not source.HasField("tracking_plan"):
+        return "-"
+    plan = source.tracking_plan
+    return (
+        f"v{plan.version} {MODE_NAMES.get(plan.mode, '?')}/{MODE_NAMES.get(plan.unplanned_mode, '?')} "
+        f"({len(plan.event_schemas)} events{', traits' if plan.identify_traits_schema else ''})"
+    )
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+@sources_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="a name for people, unique in the workspace by convention")],
+    plan: Annotated[Path | None, typer.Option("--plan", help="tracking plan file (JSON or YAML)")] = None,
+    rate: Annotated[int, typer.Option("--rate", min=0, help="events per second (0 = service default)")] = 0,
+    data_dir: DataDir = Path(".onefold"),
+    target: Target = None,
+    token: Token = None,
+) -> None:
+    """Create a source; its write key is printed once (only a hash is stored)."""
+    conn = connect(data_dir, target, token)
+
+    async def call() -> pb.CreateSourceResponse:
+        request = pb.CreateSourceRequest(name=name, rate_limit_per_second=rate)
+        if plan is not None:
+            request.tracking_plan.CopyFrom(load_plan(plan))
+        async with ingest_stub(conn) as stub:
+            response: pb.CreateSourceResponse = await stub.CreateSource(request)
+            return response
+
+    created = run_async(conn, call)
+    console.print(f"source {created.source.source_id} '{created.source.name}' created", highlight=False)
+    console.print("write key (shown once, keep it safe):", highlight=False)
+    console.print(created.write_key, highlight=False, soft_wrap=True)
+
+
+@sources_app.command("list")
+def list_sources(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    data_dir: DataDir = Path(".onefold"),
+    target: Target = None,
+    token: Token = None,
+) -> None:
+    """List the workspace's sources (never their write keys)."""
+    conn = connect(data_dir, target, token)
+
+    async def call() -> list[pb.Source]:
+        async with ingest_stub(conn) as stub:
+            return [source async for source in all_sources(stub)]
+
+    found = run_async(conn, call)
+    if as_json:
+        sys.stdout.write(json.dumps([MessageToDict(s) for s in found], indent=2) + "\n")
+        return
+    table = Table(show_header=True)
+    for column in ("id", "name", "key", "plan", "rate/s", "disabled", "created"):
+        table.add_column(column)
+    for source in found:
+        table.add_row(
+            source.source_id,
+            source.name,
+            f"…{source.write_key_hint}",
+            _plan_summary(source),
+            str(source.rate_limit_per_second or "default"),
+            "yes" if source.disabled else "",
+            source.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
+            if source.HasField("created_at")
+            else "",
+        )
+    console.print(table)
+
+
+@sources_app.command("rotate-key")
+def rotate_key(
+    source_id: Annotated[str, typer.Argument(help="the source's id (src_…)")],
+    grace: Annotated[str, typer.Option("--grace", help="how long the old key keeps working, e.g. 24h")] = "0",
+    data_dir: DataDir = Path(".onefold"),
+    target: Target = None,
+    token: Token = None,
+) -> None:
+    """Issue a new write key; the old one keeps working for the grace period."""
+    seconds = _duration_seconds(grace)
+    conn = connect(data_dir, target, token)
+
+    async def call() -> pb.RotateWriteKeyResponse:
+        async with ingest_stub(conn) as stub:
+            response: pb.RotateWriteKeyResponse = await stub.RotateWriteKey(
+                pb.RotateWriteKeyRequest(source_id=source_id, grace_seconds=seconds)
+            )
+            return response
+
+    rotated = run_async(conn, call)
+    console.print(
+        f"new write key for {source_id} (shown once; the old one works for {seconds} s more):",
+        highlight=False,
+    )
+    console.print(rotated.write_key, highlight=False, soft_wrap=True)
+
+
+@sources_app.command("disable")
+def disable(
+    source_id: Annotated[str, typer.Argument(help="the source's id (src_…)")],
+    data_dir: DataDir = Path(".onefold"),
+    target: Target = None,
+    token: Token = None,
+) -> None:
+    """Stop collecting from a source: its write key stops working. Idempotent."""
+    conn = connect(data_dir, target, token)
+
+    async def call() -> pb.Source:
+        async with ingest_stub(conn) as stub:
+            source: pb.Source = await stub.DisableSource(pb.DisableSourceRequest(source_id=source_id))
+            return source
+
+    source = run_async(conn, call)
+    console.print(f"source {source.source_id} '{source.name}' is disabled", highlight=False)
+
+
+# --- apply ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    rate: int
+    plan: pb.TrackingPlan | None
+
+
+def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]:
+    specs: list[SourceSpec] = []
+    for number, document in enumerate(documents, start=1):
+        at = where if len(documents) == 1 else f"{where} (document {number})"
+        if not isinstance(document, dict):
+            raise CliError(f"{at} must be a mapping with kind: Source")
+        fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
+        if fields.get("kind") != "Source":
+            raise CliError(f"{at}: kind must be 'Source' (got {fields.get('kind')!r})")
+        name = fields.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise CliError(f"{at}: name is required")
+        rate = fields.get("rate", 0)
+        if not isinstance(rate, int) or isinstance(rate, bool) or rate < 0:
+            raise CliError(f"{at}: rateLimitPerSecond must be a whole number ≥ 0")
+        plan = (
+            plan_from_document(fields["plan"], f"{at}: trackingPlan")
+            if fields.get("plan") is not None
+            else None
+        )
+        specs.append(SourceSpec(name=name.strip(), rate=rate, plan=plan))
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise CliError(f"{where} names a source twice")
+    return specs
+
+
+async def apply_specs(conn: Connection, specs: list[SourceSpec]) -> list[str]:
+    lines: list[str] = []
+    async with ingest_stub(conn) as stub:
+        existing: dict[str, pb.Source] = {}
+        async for source in all_sources(stub):
+            if not source.disabled:
+                existing.setdefault(source.name, source)
+        for spec in specs:
+            current = existing.get(spec.name)
+            if current is None:
+                request = pb.CreateSourceRequest(name=spec.name, rate_limit_per_second=spec.rate)
+                if spec.plan is not None:
+                    request.tracking_plan.CopyFrom(spec.plan)
+                created = await stub.CreateSource(request)
+                lines.append(
+                    f"source/{spec.name} created: {created.source.source_id}\n"
+                    f"  write key (shown once, keep it safe): {created.write_key}"
+                )
+                continue
+            changes: list[str] = []
+            if spec.plan is not None and not plans_equal(current, spec.plan):
+                updated = await stub.SetTrackingPlan(
+                    pb.SetTrackingPlanRequest(source_id=current.source_id, tracking_plan=spec.plan)
+                )
+                changes.append(f"tracking plan set (version {updated.tracking_plan.version})")
+            if spec.rate and spec.rate != current.rate_limit_per_second:
+                changes.append(
+                    f"note: rateLimitPerSecond is {current.rate_limit_per_second or 'the default'}; "
+                    "it is only set when a source is created"
+                )
+            lines.append(f"source/{spec.name} ({current.source_id}) " + ("; ".join(changes) or "unchanged"))
+    return lines
+
+
+def apply(
+    file: Annotated[Path, typer.Option("--file", "-f", help="a YAML or JSON file of kind: Source documents")],
+    data_dir: DataDir = Path(".onefold"),
+    target: Target = None,
+    token: Token = None,
+) -> None:
+    """Declare sources: create those absent (by name) and set tracking plans that changed."""
+    try:
+        specs = parse_source_documents(load_document(file), str(file))
+    except CliError as error:
+        raise fail(error.message, error.code) from None
+    conn = connect(data_dir, target, token)
+    for line in run_async(conn, lambda: apply_specs(conn, specs)):
+        console.print(line, highlight=False, soft_wrap=True)
