@@ -30,7 +30,11 @@ from onefold.eventlog.registry import (
     COPY_CONTAINER,
     COPY_MESSAGE,
     COPY_SCALAR,
+    DIRECT_BYTES,
+    DIRECT_MESSAGE,
+    DIRECT_STRING,
     STRUCT_FULL_NAME,
+    DirectStep,
     EventType,
     PiiPlan,
 )
@@ -70,6 +74,32 @@ def _copy_pii(source: Message, target: Message, plan: PiiPlan) -> None:
     for fd, inner in plan.nested:
         if source.HasField(fd.name):
             _copy_pii(getattr(source, fd.name), getattr(target, fd.name), inner)
+
+
+def _direct_personal(message: Message, steps: tuple[DirectStep, ...]) -> bytes:
+    """The deterministic serialisation of the personal fields of `message` (see PiiPlan.direct_steps)."""
+    parts: list[bytes] = []
+    for kind, name, tag, inner in steps:
+        if kind == DIRECT_STRING:
+            text = getattr(message, name)
+            if not text:
+                continue
+            value = text.encode()
+        elif kind == DIRECT_BYTES:
+            value = getattr(message, name)
+            if not value:
+                continue
+        elif not message.HasField(name):
+            continue
+        elif kind == DIRECT_MESSAGE:
+            value = getattr(message, name).SerializeToString(deterministic=True)
+        else:
+            value = _direct_personal(getattr(message, name), inner)
+            if not value:
+                continue
+        size = len(value)
+        parts += (tag, _ONE_BYTE_VARINT[size] if size < 128 else _VarintBytes(size), value)
+    return b"".join(parts)
 
 
 def _clear_pii(message: Message, plan: PiiPlan) -> None:
@@ -151,6 +181,15 @@ class EventMapper:
             public.CopyFrom(message)
             for name in plan.names:
                 public.ClearField(name)
+        elif plan.direct_steps is not None:
+            # The personal part written directly, as above, each marked message field serialised
+            # once (byte for byte what serialising a copy holding only those fields gives).
+            secret = _direct_personal(message, plan.direct_steps)
+            if not secret:
+                return message.SerializeToString(deterministic=True)
+            public = type(message)()
+            public.CopyFrom(message)
+            _clear_pii(public, plan)
         else:
             public, personal = split(message, plan)
             secret = personal.SerializeToString(deterministic=True)

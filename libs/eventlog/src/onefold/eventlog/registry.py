@@ -48,6 +48,11 @@ class PiiPlan:
     # none is nested: (name, encoded tag, is_string) in field-number order, so the mapper can
     # write the personal part's bytes directly (exactly what deterministic serialisation gives).
     plain_fields: tuple[tuple[str, bytes, bool], ...] | None = None
+    # When every personal field is a plain string/bytes or a singular message field, possibly
+    # inside singular nested messages: (kind, name, encoded tag, inner steps) per field in
+    # field-number order, so the mapper can write the personal part's bytes directly (each
+    # message field serialised once) instead of copying it into a second message. See DIRECT_*.
+    direct_steps: tuple[DirectStep, ...] | None = None
 
     @property
     def has_pii(self) -> bool:
@@ -93,7 +98,36 @@ def pii_plan(descriptor: Any, _seen: frozenset[str] = frozenset()) -> PiiPlan:
         copy_steps=tuple((fd.name, _copy_kind(fd)) for fd in marked),
         names=tuple(fd.name for fd in marked),
         plain_fields=plain,
+        direct_steps=_direct_steps(marked, nested),
     )
+
+
+DIRECT_STRING = 0  # proto3 string without presence: written when non-empty
+DIRECT_BYTES = 1  # proto3 bytes without presence: written when non-empty
+DIRECT_MESSAGE = 2  # singular message field, marked whole: written (serialised once) when set
+DIRECT_NESTED = 3  # singular message field holding personal fields: its own steps, when any is set
+DirectStep = tuple[int, str, bytes, tuple[Any, ...]]
+
+
+def _direct_steps(
+    marked: list[FieldDescriptor], nested: list[tuple[FieldDescriptor, PiiPlan]]
+) -> tuple[DirectStep, ...] | None:
+    steps: list[tuple[int, DirectStep]] = []
+    for fd in marked:
+        tag = _VarintBytes((fd.number << 3) | 2)
+        if _is_plain(fd):
+            kind = DIRECT_STRING if fd.type == FieldDescriptor.TYPE_STRING else DIRECT_BYTES
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE and not fd.is_repeated:  # not a group
+            kind = DIRECT_MESSAGE
+        else:
+            return None
+        steps.append((fd.number, (kind, fd.name, tag, ())))
+    for fd, inner in nested:
+        if inner.direct_steps is None or fd.type != FieldDescriptor.TYPE_MESSAGE:
+            return None
+        tag = _VarintBytes((fd.number << 3) | 2)
+        steps.append((fd.number, (DIRECT_NESTED, fd.name, tag, inner.direct_steps)))
+    return tuple(step for _number, step in sorted(steps, key=lambda item: item[0]))
 
 
 def _is_plain(fd: FieldDescriptor) -> bool:

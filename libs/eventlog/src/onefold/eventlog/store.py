@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -147,6 +147,36 @@ def _sqlite_insert(rows: int) -> str:
 
 def _canonical_json(metadata: Mapping[str, str]) -> str:
     return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _set_timestamp(stamp: Any, moment: datetime) -> None:
+    """Timestamp.FromDatetime without its timetuple round trip (same result; naive = UTC)."""
+    micros = to_micros(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+    seconds, micros = divmod(micros, 1_000_000)
+    stamp.seconds = seconds
+    stamp.nanos = micros * 1000
+
+
+_METADATA_JSON_MEMO: dict[tuple[tuple[str, Any], ...], tuple[str, bytes]] = {}  # guarded by the GIL
+_METADATA_JSON_MEMO_SIZE = 10_000
+
+
+def _canonical_json_memo(metadata: Mapping[str, Any]) -> tuple[str, bytes]:
+    """(_canonical_json(metadata), its UTF-8), memoised: per-person metadata (a partition key)
+    repeats across a person's events, and json.dumps costs more than the look-up."""
+    key = tuple(metadata.items())
+    if not all(type(value) is str for _name, value in key):
+        # Only text is memoised: 1, 1.0 and True are equal keys but different JSON.
+        text = _canonical_json(metadata)
+        return text, text.encode()
+    found = _METADATA_JSON_MEMO.get(key)
+    if found is None:
+        text = _canonical_json(metadata)
+        found = (text, text.encode())
+        if len(_METADATA_JSON_MEMO) >= _METADATA_JSON_MEMO_SIZE:
+            _METADATA_JSON_MEMO.clear()
+        _METADATA_JSON_MEMO[key] = found
+    return found
 
 
 def _new_event_ids(count: int, unix_ms: int) -> list[str]:
@@ -358,8 +388,7 @@ class EventStore:
                 raise self._explain_missing_key(event_type, subject) from None
             if event.metadata:
                 metadata = {"source": service, **event.metadata}
-                metadata_json = _canonical_json(metadata)
-                metadata_bytes = metadata_json.encode()
+                metadata_json, metadata_bytes = _canonical_json_memo(metadata)
             else:
                 metadata = dict(default_metadata)
                 metadata_json = default_metadata_json
@@ -895,8 +924,8 @@ class EventStore:
             subject=event.subject,
             metadata=metadata,
         )
-        envelope.occurred_at.FromDatetime(event.occurred_at)
-        envelope.recorded_at.FromDatetime(event.recorded_at)
+        _set_timestamp(envelope.occurred_at, event.occurred_at)
+        _set_timestamp(envelope.recorded_at, event.recorded_at)
         if "actor" in metadata or "actor_kind" in metadata:
             envelope.actor.id = metadata.get("actor", "")
             envelope.actor.display_name = metadata.get("actor_name", "")

@@ -63,22 +63,33 @@ PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 
 
 def to_proto(event: CanonicalEvent) -> pb.TrackingEvent:
-    msg = pb.TrackingEvent(
-        type=CALL_TO_PROTO[event.type],
-        message_id=event.message_id,
-        anonymous_id=event.anonymous_id,
-        user_id=event.user_id,
-        previous_id=event.previous_id,
-        group_id=event.group_id,
-        event=event.event,
-        name=event.name,
-        category=event.category,
-        source_id=event.source_id,
-        timestamp=_timestamp(event.timestamp),
-        original_timestamp=_timestamp(event.original_timestamp),
-        received_at=_timestamp(event.received_at),
-        sent_at=_timestamp(event.sent_at) if event.sent_at is not None else None,
-    )
+    msg = pb.TrackingEvent()
+    _fill_proto(msg, event)
+    return msg
+
+
+def _fill_proto(msg: pb.TrackingEvent, event: CanonicalEvent) -> None:
+    """Write `event` into the empty `msg` in place (a record's `event` field: no copy). proto3
+    strings are only set when non-empty, which is what the constructor would store anyway."""
+    msg.type = CALL_TO_PROTO[event.type]
+    for name, text in (
+        ("message_id", event.message_id),
+        ("anonymous_id", event.anonymous_id),
+        ("user_id", event.user_id),
+        ("previous_id", event.previous_id),
+        ("group_id", event.group_id),
+        ("event", event.event),
+        ("name", event.name),
+        ("category", event.category),
+        ("source_id", event.source_id),
+    ):
+        if text:
+            setattr(msg, name, text)
+    _set_timestamp(msg.timestamp, event.timestamp)
+    _set_timestamp(msg.original_timestamp, event.original_timestamp)
+    _set_timestamp(msg.received_at, event.received_at)
+    if event.sent_at is not None:
+        _set_timestamp(msg.sent_at, event.sent_at)
     for field, value in (
         ("properties", event.properties),
         ("traits", event.traits),
@@ -87,7 +98,7 @@ def to_proto(event: CanonicalEvent) -> pb.TrackingEvent:
         ("extra", event.extra),
     ):
         if value:
-            getattr(msg, field).update(value)
+            _fill_struct(getattr(msg, field), value)
     if event.consent is not None:
         consent = event.consent
         msg.consent.CopyFrom(
@@ -99,7 +110,31 @@ def to_proto(event: CanonicalEvent) -> pb.TrackingEvent:
                 notice_version=consent.notice_version,
             )
         )
-    return msg
+
+
+def _fill_struct(struct: struct_pb2.Struct, values: JsonObject) -> None:
+    """struct.update(values) for an empty `struct`, with the common JSON types set directly
+    (Struct.update checks each value against every type in turn); lists and anything unusual go
+    through protobuf's own conversion, which also raises for what a Struct cannot hold."""
+    fields = struct.fields
+    for key, value in values.items():
+        kind = type(value)
+        if kind is str:
+            fields[key].string_value = value
+        elif kind is float or kind is int:
+            fields[key].number_value = value
+        elif kind is bool:
+            fields[key].bool_value = value
+        elif value is None:
+            fields[key].null_value = struct_pb2.NULL_VALUE
+        elif kind is dict:
+            inner = fields[key].struct_value
+            if value:
+                _fill_struct(inner, value)
+            else:
+                inner.SetInParent()
+        else:
+            struct[key] = value
 
 
 def event_from_proto(msg: pb.TrackingEvent) -> CanonicalEvent:
@@ -131,12 +166,11 @@ def event_from_proto(msg: pb.TrackingEvent) -> CanonicalEvent:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+def _set_timestamp(stamp: timestamp_pb2.Timestamp, value: datetime) -> None:
     # Direct arithmetic: Timestamp.FromDatetime goes through timetuple() and is ~4x slower per call.
     delta = value - _EPOCH
-    return timestamp_pb2.Timestamp(
-        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
-    )
+    stamp.seconds = delta.days * 86400 + delta.seconds
+    stamp.nanos = delta.microseconds * 1000
 
 
 def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
@@ -162,7 +196,40 @@ class NonFiniteNumber(ValueError):
 def struct_to_dict(struct: struct_pb2.Struct, at: str = "") -> JsonObject:
     """Plain JSON values. Struct numbers are doubles; integral ones within ±2^53 come back as int so
     JSON -> Struct -> JSON is stable. Raises NonFiniteNumber (JSON cannot carry NaN or infinity)."""
+    try:
+        return _fast_dict(struct)
+    except NonFiniteNumber:
+        pass  # again, the slow way, which knows the path
     return {key: _plain(value, f"{at}/{_escape(key)}") for key, value in struct.fields.items()}
+
+
+def _fast_dict(struct: struct_pb2.Struct) -> JsonObject:
+    fields = struct.fields
+    return {key: _fast_plain(fields[key]) for key in fields}
+
+
+def _fast_plain(value: struct_pb2.Value) -> Any:
+    """_plain without building a JSON pointer per value; raises NonFiniteNumber("") instead."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if number.is_integer():
+            return int(number) if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER else number
+        if number != number or number in _INFINITIES:
+            raise NonFiniteNumber("")
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return _fast_dict(value.struct_value)
+    if kind == "list_value":
+        return [_fast_plain(v) for v in value.list_value.values]
+    return None
+
+
+_INFINITIES = (math.inf, -math.inf)
 
 
 def _plain(value: struct_pb2.Value, at: str) -> Any:
@@ -197,7 +264,8 @@ def tracking_event_json(msg: pb.TrackingEvent) -> tuple[JsonObject, list[Violati
     of checks. received_at and source_id are the server's to set and are ignored."""
     problems: list[Violation] = []
     out: JsonObject = {}
-    for key, value in _struct_field(msg.extra, "/extra", problems).items():
+    extra = _struct_field(msg.extra, "/extra", problems) if msg.HasField("extra") else {}
+    for key, value in extra.items():
         if key in KNOWN_KEYS:
             problems.append(
                 Violation(f"/extra/{_escape(key)}", "must not repeat a field the spec defines", "extra")
@@ -378,6 +446,13 @@ def violations_from_proto(violations: Iterable[pb.Violation]) -> tuple[Violation
 
 def ack(intake: Intake, verdict: Verdict, *, duplicate: bool = False, quarantine_id: str = "") -> pb.EventAck:
     """The answer for one event once the service has decided (and durably recorded) it."""
+    if not verdict.violations and verdict.kind is None and not verdict.is_quarantined:
+        # The common case, without the empty fields (each constructor argument costs).
+        return pb.EventAck(
+            message_id=intake.message_id,
+            status=pb.ACK_STATUS_DUPLICATE if duplicate else pb.ACK_STATUS_ACCEPTED,
+            index=intake.index,
+        )
     if verdict.is_quarantined:
         status = pb.ACK_STATUS_QUARANTINED
     elif duplicate:
@@ -405,14 +480,16 @@ def accepted_record(
     """The EventAccepted to append; the blind indexes are the event store's keyed hashes of the ids."""
     if verdict.outcome is Outcome.QUARANTINED:
         raise ValueError("a quarantined event is recorded with quarantined_record")
-    return pb.EventAccepted(
-        event=to_proto(event),
+    record = pb.EventAccepted(
         workspace=workspace,
         source_id=event.source_id,
-        violations=violations_to_proto(verdict.violations),
         user_id_index=user_id_index,
         anonymous_id_index=anonymous_id_index,
     )
+    if verdict.violations:
+        record.violations.extend(violations_to_proto(verdict.violations))
+    _fill_proto(record.event, event)
+    return record
 
 
 def quarantined_record(
@@ -439,7 +516,7 @@ def quarantined_record(
     )
     record.received_at.FromDatetime(received_at)
     if intake.event is not None:
-        record.event.CopyFrom(to_proto(intake.event))
+        _fill_proto(record.event, intake.event)
     elif intake.wire_event is not None:
         record.event.CopyFrom(intake.wire_event)
     else:

@@ -12,7 +12,6 @@ Two levels of failure, on purpose:
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -63,7 +62,14 @@ MESSAGE_ID_NAMESPACE = uuid.UUID("6f1e0f01-1d9e-5c3a-9a57-0e4f1d0c7a11")
 # JSON numbers are IEEE doubles once stored (google.protobuf.Struct, and every JavaScript reader);
 # an integer beyond 2^53 would silently change, so it is refused with a hint instead.
 MAX_SAFE_INTEGER = 2**53
-_LONG_DIGITS = re.compile(rb"\d{16,}")  # cheap pre-scan: only such payloads can hold an unsafe integer
+# Cheap pre-scan: only a payload with a run of 16+ ASCII digits can hold an unsafe integer. Digits
+# become "0" and everything else " ", then one substring search (several times faster than a regex).
+_DIGIT_MASK = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_SIXTEEN_DIGITS = b"0" * 16
+
+
+def _has_long_digit_run(raw: bytes) -> bool:
+    return _SIXTEEN_DIGITS in raw.translate(_DIGIT_MASK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +211,7 @@ def parse_event(
             index, item, call, defaults, [Violation("", message, "maxBytes")], FailureKind.SIZE_VIOLATION
         )
     problems: list[Violation] = []
-    if _LONG_DIGITS.search(raw):
+    if _has_long_digit_run(raw):
         _find_unsafe_integers(item, "", problems)
     fields = _Fields(item, problems, limits)
     type_name = call.value if call is not None else fields.string("type", lower=True)
@@ -303,10 +309,15 @@ class _Fields:
         self.present: set[str] = set()
 
     def string(self, key: str, *, lower: bool = False, max_length: int | None = None) -> str:
-        return self._text(key, self.item.get(key), lower=lower, max_length=max_length)
+        value = self.item.get(key)
+        if value is None:  # most optional fields are absent
+            return ""
+        return self._text(key, value, lower=lower, max_length=max_length)
 
     def identifier(self, key: str) -> str:
         value = self.item.get(key)
+        if value is None:
+            return ""
         # Several server SDKs send numeric ids; Segment stores them as strings, so do we.
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
