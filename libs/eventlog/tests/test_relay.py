@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import zlib
 from collections.abc import Callable
 
@@ -236,12 +235,11 @@ async def test_relay_wakes_on_append_and_reports_lag(
         async with asyncio.timeout(5):
             while relay.published_position is None:
                 await asyncio.sleep(0.01)
-        started = time.monotonic()
         await asyncio.to_thread(store.append, contacts(10))
+        # Within 5 s although the next poll is 60 s away: the append's notification woke the relay.
         async with asyncio.timeout(5):
             while relay.published_position != 10:
                 await asyncio.sleep(0.005)
-        assert time.monotonic() - started < 1.0
         assert await relay.lag() == 0
     finally:
         await relay.stop()
