@@ -175,6 +175,11 @@ def test_second_up_on_the_same_data_dir_is_refused(up: Up) -> None:
     assert second.returncode == 2
     assert "another `onefold up` is already running" in second.stderr
     assert "Traceback" not in second.stderr
+    assert (up.data_dir / "run" / "endpoints.json").exists()  # the running instance's state is untouched
+    status = subprocess.run(
+        [*ONEFOLD, "status", "--data-dir", str(up.data_dir)], capture_output=True, text=True
+    )
+    assert status.returncode == 0
     assert up.interrupt() == 0
 
 

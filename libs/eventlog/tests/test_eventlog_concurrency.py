@@ -71,6 +71,7 @@ def test_threads_with_optimistic_concurrency(store: EventStore) -> None:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "an appender hung"
     assert not errors, errors
     check_log_is_consistent(store, sum(appended))
 

@@ -73,17 +73,19 @@ class Supervisor:
     def prepare(self) -> None:
         # Validate the configuration the services will read before starting anything, so a typo is
         # one sentence here rather than five crashed processes.
-        for name in self.services:
-            load_settings(name, self.config_file)
+        settings = [load_settings(name, self.config_file) for name in self.services]
         prepare_data_dir(self.data_dir)
         (self.data_dir / "run").mkdir(exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
-        self._lock = (self.data_dir / "run" / "up.lock").open("w")
+        lock = (self.data_dir / "run" / "up.lock").open("w")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            lock.close()  # not ours: stop() must leave the running instance's files alone
             raise ConfigError(f"another `onefold up` is already running on {self.data_dir}") from None
-        store = CredentialStore(f"sqlite:///{self.data_dir / 'auth.db'}")
+        self._lock = lock
+        # The store the services will read: the configured one, else the data dir's.
+        store = CredentialStore(settings[0].auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}")
         store.create_schema()
         self.admin = ensure_bootstrap_admin(store)
         # A fresh service credential each start, for services calling each other; the last one is revoked.
@@ -239,10 +241,11 @@ class Supervisor:
                 child.process.wait(5)
         if self.nats:
             self.nats.stop()
-        with contextlib.suppress(OSError):
-            (self.data_dir / ENDPOINTS_FILE).unlink()
         if self._lock:
+            with contextlib.suppress(OSError):
+                (self.data_dir / ENDPOINTS_FILE).unlink()
             self._lock.close()
+            self._lock = None
 
 
 def _last_line(path: Path) -> str:

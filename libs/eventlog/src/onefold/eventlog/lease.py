@@ -31,10 +31,11 @@ class LeaderLease:
         self.name = name
         self._connection: Connection | None = None
         self._file: IO[bytes] | None = None
+        self._private = False  # an in-memory database: nobody else can open it
 
     @property
     def held(self) -> bool:
-        return self._connection is not None or self._file is not None
+        return self._connection is not None or self._file is not None or self._private
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free; never waits. Blocking I/O: call from a worker thread."""
@@ -59,7 +60,8 @@ class LeaderLease:
         token = "".join(c if c.isalnum() else "_" for c in self.name)
         path = Path(f"{database}.{token}.leader") if database and database != ":memory:" else None
         if path is None:
-            return True  # an in-memory database cannot be shared between processes
+            self._private = True  # an in-memory database cannot be shared between processes
+            return True
         handle = path.open("ab")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,6 +84,7 @@ class LeaderLease:
             return False
 
     def release(self) -> None:
+        self._private = False
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 self._connection.execute(

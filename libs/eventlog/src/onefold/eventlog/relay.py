@@ -175,6 +175,7 @@ class OutboxRelay:
         """Run in the background until stop(); appends committed by this process wake it at once."""
         self._bind_loop()
         self._stopping = False
+        self._published = None  # re-read: another replica may have relayed while we did not lead
         if self._unlisten is None:
             self._unlisten = self.store.on_append(lambda _head: self.notify())
         self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.service}")

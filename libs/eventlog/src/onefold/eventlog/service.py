@@ -133,7 +133,12 @@ class EventSourcedService:
 
     async def _lead(self) -> None:
         while True:
-            if await asyncio.to_thread(self.lease.try_acquire):
+            try:
+                acquired = await asyncio.to_thread(self.lease.try_acquire)
+            except Exception as error:  # the database is down: keep trying, never give up leading
+                log.warning("eventlog.lease_unavailable", service=self.name, error=str(error))
+                acquired = False
+            if acquired:
                 log.info("eventlog.leading", service=self.name)
                 self.leading.set()
                 self.relay.start()

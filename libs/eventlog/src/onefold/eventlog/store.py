@@ -286,7 +286,8 @@ class EventStore:
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
-        """One write transaction; on SQLite it holds the write lock (BEGIN IMMEDIATE) throughout.
+        """One write transaction, holding the log's write lock throughout (SQLite: BEGIN IMMEDIATE;
+        PostgreSQL: a transaction-level advisory lock).
 
         Pass the connection to `append(..., conn=)`, `record_tracking` and your own writes to
         commit them together. Listeners registered with `on_append` run after the commit.
@@ -300,6 +301,11 @@ class EventStore:
             info[_OWN_TRANSACTION] = True
             try:
                 with conn.begin():
+                    if self.is_postgres:
+                        # Like SQLite's BEGIN IMMEDIATE: write transactions of one log run one at a
+                        # time, so reads made before an append (dedupe, tracking, projections) cannot
+                        # be invalidated by another replica's commit in between.
+                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
                     yield conn
                 head = info.pop(_APPENDED_HEAD, None)
                 pending = info.pop(_PENDING_VERSIONS, None)
@@ -809,9 +815,13 @@ class EventStore:
         """Events with position > `after_position`, in order, at most `limit`."""
         sql = _SQLITE_READ if self.is_sqlite else _PG_READ
         params = (after_position, limit)
+        # Another process may have erased a subject: drop cached keys first, so what is read next is
+        # never decrypted (or relayed) with a key that no longer exists.
         if conn is not None:
+            self._check_erasure_epoch(conn)
             return self._to_events(conn.exec_driver_sql(sql, params).fetchall())
         with self.engine.connect() as own:
+            self._check_erasure_epoch(own)
             return self._to_events(own.exec_driver_sql(sql, params).fetchall())
 
     def iter_all(self, *, after_position: int = 0, batch_size: int = 5000) -> Iterator[RecordedEvent]:
@@ -842,6 +852,7 @@ class EventStore:
         if occurred_before is not None:
             query = query.where(table.c.occurred_at <= to_micros(occurred_before))
         with self.engine.connect() as conn:
+            self._check_erasure_epoch(conn)
             return self._to_events(conn.execute(query.order_by(table.c.stream_version)).all())
 
     def stream_version(self, stream_id: str) -> int:

@@ -189,6 +189,7 @@ class Subscriber:
 
     def start(self) -> None:
         self._stopping = False
+        self._suspect = True  # deliveries stranded by an earlier stop must be rewound, not skipped
         self._stop_event = asyncio.Event()
         self._task = asyncio.create_task(self.run(), name=f"subscriber-{self.durable}")
 

@@ -98,7 +98,9 @@ class Settings(_Section):
         return self.auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
 
 
-_TOP_LEVEL_ENV = {"ONEFOLD_DATA_DIR": "data_dir", "ONEFOLD_SERVICE": "service"}
+# The service name is the caller's, never the environment's: one stray variable must not make five
+# services share one database.
+_TOP_LEVEL_ENV = {"ONEFOLD_DATA_DIR": "data_dir"}
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

@@ -179,6 +179,15 @@ def _wrap(
                 yield item
         except OnefoldError as error:
             await context.abort_with_status(rpc_status.to_status(error.to_status()))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            reference = uuid.uuid4().hex[:12]
+            log.exception("rpc.internal_error", method=method, reference=reference)
+            internal = OnefoldError(
+                f"internal error while handling {method}; reference {reference} in the service log"
+            )
+            await context.abort_with_status(rpc_status.to_status(internal.to_status()))
 
     factory = (
         grpc.unary_stream_rpc_method_handler if is_unary_request else grpc.stream_stream_rpc_method_handler

@@ -114,7 +114,8 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     if settings.auth.bootstrap_admin:
         issued = await asyncio.to_thread(ensure_bootstrap_admin, store)
         if issued:
-            # Printed once, never logged: log pipelines are not the place for secrets.
+            # Printed once on stdout, outside the structured logs (in a container stdout is its log:
+            # deploy/k8s/README.md says to read it once and rotate it).
             sys.stdout.write(
                 f"Admin credential for workspace '{issued.workspace}' (shown once): {issued.token}\n"
             )

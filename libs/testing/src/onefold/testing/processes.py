@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from onefold.platform.health import wait_for_health
+from onefold.platform.nats_server import die_with_parent
 from onefold.platform.ports import free_port
 
 
@@ -51,7 +52,11 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"onefold.{self.name}"], env=self.env(), stdout=log, stderr=log
+                [sys.executable, "-m", f"onefold.{self.name}"],
+                env=self.env(),
+                stdout=log,
+                stderr=log,
+                preexec_fn=die_with_parent,
             )
         if not wait_for_health(self.target, timeout=timeout):
             self.stop()

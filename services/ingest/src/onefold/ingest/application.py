@@ -578,6 +578,8 @@ class IngestApplication:
         return await self._enqueue(items)
 
     async def _enqueue(self, items: list[_Item]) -> list[ingest_pb2.EventAck]:
+        if not self._accepting:  # checked again here: the caller may have awaited since its own check
+            raise Unavailable("the ingest service is not accepting events (starting or stopping)")
         future: asyncio.Future[list[ingest_pb2.EventAck]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(items, future))
         self._queued_events += len(items)
