@@ -15,12 +15,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from onefold.cli.supervisor import SERVICES
 from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
 from onefold.platform.health import health_status, wait_for_health
 from onefold.platform.ports import free_port
 
 ONEFOLD = [sys.executable, "-m", "onefold.cli"]
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 TOKEN = re.compile(r"ofk_[0-9a-f]{16}_[A-Za-z0-9_-]+")
 
 
@@ -150,7 +150,9 @@ def test_up_serves_reconnects_stops_cleanly_and_resumes(up: Up) -> None:
     # Ctrl-C: everything stops, nothing is left behind.
     assert up.interrupt() == 0
     assert "stopped." in up.text()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(str(up.data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert _processes_mentioning(str(up.data_dir)) == []
     for target in endpoints.values():
         assert health_status(target, timeout=0.5) == "UNREACHABLE"

@@ -10,13 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from onefold.cli.supervisor import SERVICES
 from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
 from onefold.platform.auth import CredentialStore
 from onefold.platform.health import health_status, wait_for_health
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.processes import ServiceProcess
-
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 
 
 @pytest.mark.parametrize("name", SERVICES)

@@ -98,7 +98,7 @@ def test_plain_personal_fields_encode_exactly_like_the_general_path(
 ) -> None:
     registry = EventRegistry()
     event_type = registry.register(events_pb2.ContactCaptured)
-    assert event_type.pii.plain_fields is not None
+    assert event_type.pii.direct_steps is not None
     message = events_pb2.ContactCaptured(profile_id=profile_id, email=email, name=name, plan=plan)
     cipher = DataKeyCipher(new_data_key())
     nonce = bytes(range(12))

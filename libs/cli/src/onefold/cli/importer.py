@@ -364,7 +364,7 @@ def save_state(path: Path, state: ImportState) -> None:
     temporary.replace(path)
 
 
-_STATUS = {
+STATUS = {
     pb.ACK_STATUS_ACCEPTED: "accepted",
     pb.ACK_STATUS_DUPLICATE: "duplicate",
     pb.ACK_STATUS_QUARANTINED: "quarantined",
@@ -465,7 +465,7 @@ def record_answer(state: ImportState, chunk: Chunk, response: pb.BatchResponse) 
     state.rejected += len(chunk.rejects)
     for position, answer in enumerate(response.results):
         line = chunk.lines[answer.index if answer.index < len(chunk.lines) else position]
-        status = _STATUS.get(answer.status, "unknown")
+        status = STATUS.get(answer.status, "unknown")
         if answer.status == pb.ACK_STATUS_ACCEPTED:
             state.accepted += 1
         elif answer.status == pb.ACK_STATUS_DUPLICATE:
@@ -490,7 +490,6 @@ def record_answer(state: ImportState, chunk: Chunk, response: pb.BatchResponse) 
 
 async def run_import(
     conn: Connection,
-    path: Path,
     records: Iterator[Record],
     state: ImportState,
     state_file: Path,
@@ -646,7 +645,6 @@ def import_file(
                 asyncio.run(
                     run_import(
                         conn,
-                        file,
                         records,
                         state,
                         state_file,

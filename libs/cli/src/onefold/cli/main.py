@@ -14,6 +14,7 @@ from rich.table import Table
 
 from onefold.cli import bench as bench_command
 from onefold.cli.importer import import_file
+from onefold.cli.ingest_client import DataDir, fail
 from onefold.cli.quarantine import quarantine_app
 from onefold.cli.sources import apply, sources_app
 from onefold.cli.supervisor import SERVICES, Supervisor, read_endpoints
@@ -42,16 +43,6 @@ app.command(
 )(bench_command.bench)
 
 console = Console()
-err_console = Console(stderr=True)
-
-DataDir = Annotated[
-    Path, typer.Option("--data-dir", "-d", envvar="ONEFOLD_DATA_DIR", help="where state and logs live")
-]
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 @app.command()
@@ -78,7 +69,7 @@ def up(
             url = supervisor.start()
     except ConfigError as error:
         supervisor.stop()
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     _print_endpoints(supervisor, url)
     try:
         while not stop.wait(0.5):
@@ -127,7 +118,7 @@ def status(data_dir: DataDir = Path(".onefold")) -> None:
     try:
         state = read_endpoints(data_dir.resolve())
     except ConfigError as error:
-        raise _fail(str(error), code=1) from None
+        raise fail(str(error), code=1) from None
     table = Table(show_header=True)
     for column in ("service", "endpoint", "health", "NATS connection"):
         table.add_column(column)
@@ -167,7 +158,7 @@ def credentials_create(
     try:
         issued = _store(data_dir, auth_db).issue(workspace, scope, name)
     except (OnefoldError, ConfigError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     console.print(
         f"credential {issued.id} for workspace '{issued.workspace}' with scopes {', '.join(issued.scopes)}"
     )
@@ -184,7 +175,11 @@ def credentials_list(
     table = Table(show_header=True)
     for column in ("id", "workspace", "name", "scopes", "created", "revoked"):
         table.add_column(column)
-    for row in _store(data_dir, auth_db).list(workspace):
+    try:
+        rows = _store(data_dir, auth_db).list(workspace)
+    except (OnefoldError, ConfigError) as error:
+        raise fail(str(error)) from None
+    for row in rows:
         table.add_row(
             *(str(row[k] or "") for k in ("id", "workspace", "name", "scopes", "created_at", "revoked_at"))
         )
@@ -200,8 +195,8 @@ def credentials_revoke(
     """Revoke a credential; services stop accepting it within their cache time (5 s by default)."""
     try:
         _store(data_dir, auth_db).revoke(credential_id)
-    except OnefoldError as error:
-        raise _fail(str(error)) from None
+    except (OnefoldError, ConfigError) as error:
+        raise fail(str(error)) from None
     console.print(f"revoked {credential_id}")
 
 

@@ -13,7 +13,7 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
-from onefold.cli.importer import kind_name
+from onefold.cli.importer import STATUS, kind_name
 from onefold.cli.ingest_client import DataDir, Target, Token, connect, fail, ingest_stub, run_async
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
@@ -22,11 +22,6 @@ quarantine_app = typer.Typer(help="List and replay quarantined events.", no_args
 console = Console()
 
 KINDS = {kind_name(value): value for value in pb.FailureKind.values() if value}
-STATUS = {
-    pb.ACK_STATUS_ACCEPTED: "accepted",
-    pb.ACK_STATUS_DUPLICATE: "duplicate",
-    pb.ACK_STATUS_QUARANTINED: "quarantined",
-}
 
 
 def _kind(value: str | None) -> int:

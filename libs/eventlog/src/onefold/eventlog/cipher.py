@@ -36,6 +36,7 @@ TAG_BYTES = 16
 DEFAULT_KEK_ENV = "ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY"  # settings: eventlog.key_encryption_key
 _WRAP_FORMAT = b"\x01"
 _FLAG_ZLIB = 0x01
+_ZLIB_PREFIX = bytes((_FLAG_ZLIB,))
 # Compression pays only for larger plaintexts; below this it costs time and rarely saves bytes.
 COMPRESS_MIN_BYTES = 256
 
@@ -125,7 +126,7 @@ class DataKeyCipher:
         if len(plaintext) >= COMPRESS_MIN_BYTES:
             compressed = zlib.compress(plaintext, 1)
             if len(compressed) < len(plaintext) * 0.9:
-                return b"\x01" + nonce + self._aead.encrypt(nonce, compressed, associated_data)
+                return _ZLIB_PREFIX + nonce + self._aead.encrypt(nonce, compressed, associated_data)
         return b"\x00" + nonce + self._aead.encrypt(nonce, plaintext, associated_data)
 
     def open(self, sealed: bytes, associated_data: bytes) -> bytes:

@@ -42,8 +42,7 @@ from onefold.eventlog.registry import (
 ERASED = "⟨erased⟩"
 SEALED_FIELD_NUMBER = 536_870_911
 SEALED_TAG: bytes = _VarintBytes((SEALED_FIELD_NUMBER << 3) | 2)
-_SEALED_TAG = SEALED_TAG
-_SEALED_LENGTH_AT = len(_SEALED_TAG)
+_SEALED_LENGTH_AT = len(SEALED_TAG)
 _ONE_BYTE_VARINT = tuple(bytes((n,)) for n in range(128))
 
 
@@ -162,28 +161,10 @@ class EventMapper:
         plan = event_type.pii
         if not plan.has_pii:
             return message.SerializeToString(deterministic=True)
-        plain = plan.plain_fields
-        if plain is not None:
-            # Fast path: the personal part is written directly (tag, length, bytes per non-empty
-            # field, in field-number order), which is byte for byte its deterministic serialisation.
-            parts: list[bytes] = []
-            for name, tag, is_string in plain:
-                value = getattr(message, name)
-                if value:
-                    if is_string:
-                        value = value.encode()
-                    size = len(value)
-                    parts += (tag, _ONE_BYTE_VARINT[size] if size < 128 else _VarintBytes(size), value)
-            if not parts:
-                return message.SerializeToString(deterministic=True)
-            secret = b"".join(parts)
-            public = type(message)()
-            public.CopyFrom(message)
-            for name in plan.names:
-                public.ClearField(name)
-        elif plan.direct_steps is not None:
-            # The personal part written directly, as above, each marked message field serialised
-            # once (byte for byte what serialising a copy holding only those fields gives).
+        if plan.direct_steps is not None:
+            # Fast path: the personal part is written directly (tag, length, bytes per field, in
+            # field-number order, each marked message field serialised once), byte for byte what
+            # serialising a copy holding only those fields gives.
             secret = _direct_personal(message, plan.direct_steps)
             if not secret:
                 return message.SerializeToString(deterministic=True)
@@ -201,7 +182,7 @@ class EventMapper:
         size = len(sealed)
         return b"".join(
             (
-                _SEALED_TAG,
+                SEALED_TAG,
                 _ONE_BYTE_VARINT[size] if size < 128 else _VarintBytes(size),
                 sealed,
                 public.SerializeToString(deterministic=True),
@@ -210,7 +191,7 @@ class EventMapper:
 
     @staticmethod
     def has_sealed_part(payload: bytes) -> bool:
-        return payload.startswith(_SEALED_TAG)
+        return payload.startswith(SEALED_TAG)
 
     @staticmethod
     def decode(event_type: EventType, payload: bytes, subject: str, cipher: DataKeyCipher | None) -> Message:
@@ -220,7 +201,7 @@ class EventMapper:
         CorruptPayload with the event's position.
         """
         message = event_type.message_class()
-        if not payload.startswith(_SEALED_TAG):
+        if not payload.startswith(SEALED_TAG):
             message.ParseFromString(payload)
             return message
         first = payload[_SEALED_LENGTH_AT] if len(payload) > _SEALED_LENGTH_AT else 0x80

@@ -44,10 +44,6 @@ class PiiPlan:
     # (field name, COPY_* kind) per marked field, precomputed: descriptor look-ups are slow per event.
     copy_steps: tuple[tuple[str, int], ...] = ()
     names: tuple[str, ...] = ()
-    # When every personal field is a plain proto3 string/bytes (no presence, not repeated) and
-    # none is nested: (name, encoded tag, is_string) in field-number order, so the mapper can
-    # write the personal part's bytes directly (exactly what deterministic serialisation gives).
-    plain_fields: tuple[tuple[str, bytes, bool], ...] | None = None
     # When every personal field is a plain string/bytes or a singular message field, possibly
     # inside singular nested messages: (kind, name, encoded tag, inner steps) per field in
     # field-number order, so the mapper can write the personal part's bytes directly (each
@@ -72,7 +68,7 @@ def pii_plan(descriptor: Any, _seen: frozenset[str] = frozenset()) -> PiiPlan:
     for fd in descriptor.fields:
         if _is_marked(fd, options_pb2.pii):
             marked.append(fd)
-        elif fd.message_type is not None and not _is_repeated(fd):
+        elif fd.message_type is not None and not fd.is_repeated:
             inner = pii_plan(fd.message_type, seen)
             if inner.has_pii:
                 nested.append((fd, inner))
@@ -86,18 +82,11 @@ def pii_plan(descriptor: Any, _seen: frozenset[str] = frozenset()) -> PiiPlan:
                 f"{descriptor.full_name}.{fd.name} is a repeated message with personal fields inside; "
                 "mark the whole field pii instead"
             )
-    plain = None
-    if marked and not nested and all(_is_plain(fd) for fd in marked):
-        plain = tuple(
-            (fd.name, _VarintBytes((fd.number << 3) | 2), fd.type == FieldDescriptor.TYPE_STRING)
-            for fd in sorted(marked, key=lambda fd: fd.number)
-        )
     return PiiPlan(
         fields=tuple(marked),
         nested=tuple(nested),
         copy_steps=tuple((fd.name, _copy_kind(fd)) for fd in marked),
         names=tuple(fd.name for fd in marked),
-        plain_fields=plain,
         direct_steps=_direct_steps(marked, nested),
     )
 
@@ -151,10 +140,6 @@ def _copy_kind(fd: FieldDescriptor) -> int:
     if fd.message_type is not None:
         return COPY_MESSAGE
     return COPY_PRESENT_SCALAR if fd.has_presence else COPY_SCALAR
-
-
-def _is_repeated(fd: FieldDescriptor) -> bool:
-    return bool(fd.is_repeated)
 
 
 def blind_index_fields(descriptor: Any) -> tuple[str, ...]:

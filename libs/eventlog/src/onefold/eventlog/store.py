@@ -749,6 +749,20 @@ class EventStore:
             erased_at = conn.execute(sa.select(table.c.erased_at).where(table.c.subject == subject)).scalar()
         return erased_at is not None
 
+    def erased_subjects(self, conn: Connection, subjects: Iterable[str]) -> set[str]:
+        """Which of `subjects` are erased, read in the caller's transaction (one query per chunk),
+        so a writer can set their events aside before `append` would raise SubjectErased."""
+        table = schema.subject_keys
+        wanted = sorted(set(subjects) - {""})
+        erased: set[str] = set()
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            query = sa.select(table.c.subject).where(
+                table.c.subject.in_(chunk), table.c.erased_at.is_not(None)
+            )
+            erased.update(conn.execute(query).scalars())
+        return erased
+
     def checkpoint_wal(self) -> None:
         """SQLite: copy the WAL into the database file and truncate it (no-op elsewhere)."""
         if not self.is_sqlite:
@@ -767,9 +781,10 @@ class EventStore:
     def _to_events(self, rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
         """RecordedEvents from rows in _EVENT_COLUMNS order.
 
-        Memoised per call: the parsed metadata of each distinct JSON text (copied per event, as
-        RecordedEvent.metadata is a plain dict) and the datetime of each distinct timestamp (one
-        appended batch shares its recorded_at; datetimes are immutable, so sharing is safe).
+        Memoised: the parsed metadata of each distinct JSON text (per store, cleared when full;
+        copied per event, as RecordedEvent.metadata is a plain dict) and, per call, the datetime of
+        each distinct timestamp (one appended batch shares its recorded_at; datetimes are
+        immutable, so sharing is safe).
         """
         memo = self._metadata_memo
         moments: dict[int, datetime] = {}
@@ -781,8 +796,9 @@ class EventStore:
             metadata = memo.get(metadata_json)
             if metadata is None:
                 metadata = json.loads(metadata_json)
-                if len(memo) < 1024:
-                    memo[metadata_json] = metadata
+                if len(memo) >= 1024:
+                    memo.clear()
+                memo[metadata_json] = metadata
             occurred_at = moments.get(occurred_us)
             if occurred_at is None:
                 occurred_at = moments[occurred_us] = from_micros(occurred_us)

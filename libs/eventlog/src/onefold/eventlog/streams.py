@@ -36,10 +36,9 @@ DLQ_SUBJECTS = f"{SUBJECT_ROOT}.dlq.>"
 PARTITION_KEY = "partition_key"
 DEFAULT_PARTITIONS = 16
 
-# NATS subject tokens may not contain separators, wildcards or whitespace; names (streams,
-# consumers) additionally may not contain path separators.
-_UNSAFE_TOKEN = re.compile(r"[^A-Za-z0-9_\-]")
-_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_\-]")
+# NATS subject tokens may not contain separators, wildcards or whitespace, and names (streams,
+# consumers) may not contain path separators either: both keep only letters, digits, _ and -.
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,11 @@ class BusConfig(Protocol):
 
 def subject_token(value: str, empty: str = "_") -> str:
     """One subject token from free text (workspace ids, type names)."""
-    return _UNSAFE_TOKEN.sub("_", value) or empty
+    return _UNSAFE.sub("_", value) or empty
 
 
 def stream_name(service: str) -> str:
-    return "ONEFOLD_" + _UNSAFE_NAME.sub("_", service).upper()
+    return "ONEFOLD_" + _UNSAFE.sub("_", service).upper()
 
 
 def service_subjects(service: str) -> str:
@@ -140,7 +139,7 @@ def consumer_name(service: str, upstream: str, partitions: Sequence[int] | None 
     name = f"{service}__{upstream}"
     if partitions is not None:
         name += "__p" + "-".join(str(p) for p in sorted(set(partitions)))
-    return _UNSAFE_NAME.sub("_", name)
+    return _UNSAFE.sub("_", name)
 
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.StreamInfo:

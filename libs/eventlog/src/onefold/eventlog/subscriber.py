@@ -356,9 +356,7 @@ class Subscriber:
                 await self._dead_letter(msg, None, f"undecodable EventEnvelope: {exc}", attempts=1)
                 await msg.ack()
                 continue
-            deliveries.append(
-                _Delivery(msg, envelope, self.tracking_key(partition_from_subject(msg.subject)))
-            )
+            deliveries.append(self._delivery(msg, envelope))
         if not deliveries:
             return
         # The batch's span continues the trace of its first event (gRPC -> log -> NATS -> here);

@@ -3,10 +3,10 @@
 - `nats_server`: a real nats-server with JetStream on a free port and a temporary store; call
   `.kill()` / `.start()` on it in fault tests (same port, same store).
 - `nats_url`: its URL; `nats_connection`: a connected onefold.platform NatsConnection to it.
-- `postgres_url`: an empty PostgreSQL database for this test session (skips without
+- `fresh_postgres_url`: an empty PostgreSQL database for one test (skips without
   ONEFOLD_TEST_POSTGRES_URL, fails under CI=true without it).
 - `database_url`: parametrised over SQLite (a temp file) and PostgreSQL.
-- `credential_store` / `admin_token` / `workspace_token`: a real credential store in a temp file.
+- `credential_store`: a real credential store in a temp file.
 - `start_service`: starts `python -m onefold.<name>` subprocesses, stopped at teardown.
 """
 
@@ -51,34 +51,20 @@ async def nats_connection(nats_url: str) -> AsyncIterator[NatsConnection]:
     await connection.close()
 
 
-@pytest.fixture(scope="session")
-def _postgres_session_url() -> Iterator[str | None]:
+def _require_postgres_admin_url() -> str:
+    """The PostgreSQL admin URL; skips the test without one (fails it under CI=true)."""
     admin = postgres_admin_url()
     if admin is None:
-        yield None
-        return
-    with temporary_database(admin) as url:
-        yield url
-
-
-@pytest.fixture
-def postgres_url(_postgres_session_url: str | None) -> str:
-    if _postgres_session_url is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI must run the PostgreSQL tests: set {POSTGRES_ENV}")
         pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
-    return _postgres_session_url
+    return admin
 
 
 @pytest.fixture
-def fresh_postgres_url(_postgres_session_url: str | None) -> Iterator[str]:
+def fresh_postgres_url() -> Iterator[str]:
     """An empty PostgreSQL database for one test (for tests that need a clean schema)."""
-    admin = postgres_admin_url()
-    if admin is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI must run the PostgreSQL tests: set {POSTGRES_ENV}")
-        pytest.skip(f"set {POSTGRES_ENV} to run against PostgreSQL")
-    with temporary_database(admin) as url:
+    with temporary_database(_require_postgres_admin_url()) as url:
         yield url
 
 
