@@ -45,7 +45,7 @@ from onefold.contracts.common.v1 import envelope_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.eventlog import EventRegistry, EventStore, NewEvent, RecordedEvent, SubjectErased
 from onefold.eventlog.models import from_micros, to_micros
-from onefold.eventlog.projections import tracking_name
+from onefold.eventlog.projections import Projector, tracking_name
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.ingest.domain import (
     DEFAULT_LIMITS,
@@ -59,6 +59,7 @@ from onefold.ingest.domain import (
     accepted_record,
     ack,
     decide,
+    first_sightings,
     intake_from_quarantined,
     plan_from_proto,
     quarantined_record,
@@ -103,6 +104,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_REPLAY = 1000  # quarantined events replayed per call when selecting by filter
 WRITE_KEY_PREFIX = "ofw_"
 _SUBJECT_INDEX_CHARS = 32  # 128 bits of the HMAC in subjects and stream ids
+_MAX_MISSING = 10_000  # entries per negative cache of unknown write keys / source ids
+_PRUNE_CHUNK = 5000  # expired dedupe rows deleted per statement
+_PRUNE_CHUNKS_PER_CALL = 4
+_ERASED_RACE_RETRIES = 3  # a subject erased between our erased-subject query and the append
 
 
 def event_registry() -> EventRegistry:
@@ -174,6 +179,10 @@ class _Request:
     future: asyncio.Future[list[ingest_pb2.EventAck]]
 
 
+class _ProjectionBehind(Exception):
+    """The read models have not seen every event before this transaction's (see _require_current)."""
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -207,6 +216,11 @@ class IngestApplication:
         self._plans = PlanCache()
         self._sources: dict[str, Source] = {}
         self._keys: dict[bytes, tuple[str, int | None]] = {}  # key hash -> (source id, expires µs)
+        # Negative caches (key hash / source id -> monotonic time it was found missing): a client
+        # repeating a bad write key or source id would otherwise cost a query on the event loop per
+        # request. Entries live as long as the positive cache may be stale (source_refresh_seconds).
+        self._missing_keys: dict[bytes, float] = {}
+        self._missing_sources: dict[str, float] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._queue: list[_Request] = []
         self._queued_events = 0
@@ -275,7 +289,7 @@ class IngestApplication:
     def _source(self, workspace: str, source_id: str, *, fresh: bool = False) -> Source:
         found = None if fresh else self._sources.get(source_id)
         if found is None:
-            found = self._lookup_source(source_id)
+            found = self._lookup_source(source_id, fresh=fresh)
         if found is None or found.workspace != workspace:
             # Another workspace's source is indistinguishable from no source at all.
             raise NotFound(
@@ -327,23 +341,41 @@ class IngestApplication:
             }
         self._sources, self._keys = found, keys
 
-    def _lookup_source(self, source_id: str) -> Source | None:
+    def _lookup_source(self, source_id: str, *, fresh: bool = False) -> Source | None:
+        """The source from the database; `fresh` skips the negative cache (admin calls read their
+        own writes and those of other replicas without waiting for it to expire)."""
+        if not fresh and self._recently_missing(self._missing_sources, source_id):
+            return None
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(sources).where(sources.c.source_id == source_id)).first()
         if row is None:
+            _remember_missing(self._missing_sources, source_id)
             return None
         source = self._row_to_source(row)
         self._sources[source_id] = source
+        self._missing_sources.pop(source_id, None)
         return source
 
     def _lookup_key(self, key_hash: bytes) -> tuple[str, int | None] | None:
+        if self._recently_missing(self._missing_keys, key_hash):
+            return None
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(write_keys).where(write_keys.c.key_hash == key_hash)).first()
         if row is None:
+            _remember_missing(self._missing_keys, key_hash)
             return None
         entry = (str(row.source_id), None if row.expires_at is None else int(row.expires_at))
         self._keys[key_hash] = entry
         return entry
+
+    def _recently_missing(self, missing: dict[Any, float], key: Any) -> bool:
+        found_at = missing.get(key)
+        if found_at is None:
+            return False
+        if time.monotonic() - found_at < self.source_refresh_seconds:
+            return True
+        missing.pop(key, None)
+        return False
 
     async def _refresh_loop(self) -> None:
         """Pick up source changes made by other replicas sharing the database."""
@@ -448,8 +480,23 @@ class IngestApplication:
         return checked
 
     def _record_admin(self, source_id: str, workspace: str, message: Any, expected: int | None) -> None:
+        try:
+            self._append_admin(source_id, workspace, message, expected)
+        except _ProjectionBehind:
+            self._catch_up_projection()
+            self._append_admin(source_id, workspace, message, expected)
+        self._lookup_source(source_id, fresh=True)
+        if isinstance(message, ingest_pb2.SourceCreated | ingest_pb2.WriteKeyRotated):
+            with self.store.engine.connect() as conn:
+                for row in conn.execute(sa.select(write_keys).where(write_keys.c.source_id == source_id)):
+                    self._missing_keys.pop(bytes(row.key_hash), None)
+                    self._keys[bytes(row.key_hash)] = (
+                        source_id,
+                        None if row.expires_at is None else int(row.expires_at),
+                    )
+
+    def _append_admin(self, source_id: str, workspace: str, message: Any, expected: int | None) -> None:
         with self.store.transaction() as conn:
-            self._catch_up(conn)
             recorded = self.store.append(
                 [
                     NewEvent(
@@ -461,16 +508,9 @@ class IngestApplication:
                 ],
                 conn=conn,
             )
+            self._require_current(conn, recorded)
             self.projection.handle(conn, recorded[0], message)
             self._checkpoint(conn, recorded)
-        self._lookup_source(source_id)
-        if isinstance(message, ingest_pb2.SourceCreated | ingest_pb2.WriteKeyRotated):
-            with self.store.engine.connect() as conn:
-                for row in conn.execute(sa.select(write_keys).where(write_keys.c.source_id == source_id)):
-                    self._keys[bytes(row.key_hash)] = (
-                        source_id,
-                        None if row.expires_at is None else int(row.expires_at),
-                    )
 
     # ------------------------------------------------------------------------------ rate limits
 
@@ -645,15 +685,23 @@ class IngestApplication:
 
     def _commit(self, items: list[_Item]) -> list[ingest_pb2.EventAck]:
         """One transaction; events of erased subjects are turned into content-free quarantine
-        records (nothing personal may be written for them) and the transaction retried."""
-        for _attempt in range(64):
+        records (nothing personal may be written for them). The erased subjects of the whole group
+        are found with one query up front; only a subject erased after that query (a race) or read
+        models found behind the log (see `_write`) cost a retry."""
+        for _attempt in range(_ERASED_RACE_RETRIES):
             try:
                 with self.store.transaction() as conn:
-                    self._catch_up(conn)
+                    erased = self.store.erased_subjects(
+                        conn, {item.subject for item in items if item.event is not None}
+                    )
+                    if erased:
+                        items = [self._erased(item) if item.subject in erased else item for item in items]
                     return self._write(conn, items)
-            except SubjectErased as erased:
-                items = [self._erased(item) if item.subject == erased.subject else item for item in items]
-        raise Unavailable("too many erased data subjects in one request; retry")
+            except SubjectErased as race:
+                items = [self._erased(item) if item.subject == race.subject else item for item in items]
+            except _ProjectionBehind:
+                self._catch_up_projection()
+        raise Unavailable("the ingest log is busy; retry", retry_after_seconds=1.0)
 
     def _erased(self, item: _Item) -> _Item:
         quarantine_id = item.quarantine_id or "q_" + uuid.uuid4().hex
@@ -688,25 +736,21 @@ class IngestApplication:
         """Dedupe, append, update the read models; returns the acks (valid once committed)."""
         now_us = to_micros(self.clock())
         horizon = now_us - int(self.dedupe_window.total_seconds() * 1_000_000)
-        wanted: dict[str, list[str]] = {}
-        for item in items:
+        wanted: dict[str, list[int]] = {}  # workspace -> indexes of its items that carry a messageId
+        for index, item in enumerate(items):
             if item.message_id and item.event is not None:
-                wanted.setdefault(item.workspace, []).append(item.message_id)
-        known: dict[str, dict[str, int]] = {
-            workspace: dedupe_lookup(conn, workspace, ids) for workspace, ids in wanted.items()
-        }
-        taken: set[tuple[str, str]] = set()
+                wanted.setdefault(item.workspace, []).append(index)
         duplicate = [False] * len(items)
+        for workspace, indexes in wanted.items():
+            ids = [items[index].message_id for index in indexes]
+            known = dedupe_lookup(conn, workspace, ids)
+            seen = {message_id for message_id, seen_at in known.items() if seen_at > horizon}
+            # first_sightings also keeps only the first copy of a messageId repeated in the group.
+            for index, fresh in zip(indexes, first_sightings(ids, seen), strict=True):
+                duplicate[index] = not fresh
         to_append: list[NewEvent] = []
         owners: list[tuple[int, str]] = []  # (item index, what the event is)
         for index, item in enumerate(items):
-            if item.message_id and item.event is not None:
-                key = (item.workspace, item.message_id)
-                seen_at = known[item.workspace].get(item.message_id)
-                if key in taken or (seen_at is not None and seen_at > horizon):
-                    duplicate[index] = True
-                else:
-                    taken.add(key)
             if item.event is not None and not duplicate[index]:
                 to_append.append(item.event)
                 owners.append((index, "event"))
@@ -714,6 +758,9 @@ class IngestApplication:
                 to_append.append(self._replayed_event(item, duplicate[index]))
                 owners.append((index, "replayed"))
         recorded = self.store.append(to_append, conn=conn) if to_append else []
+        if recorded:
+            # The dedupe lookup above is only exact if the read models had seen every earlier event.
+            self._require_current(conn, recorded)
         dedupe_rows: list[tuple[str, str, int]] = []
         quarantined: list[tuple[RecordedEvent, ingest_pb2.EventQuarantined]] = []
         for (index, what), event, new in zip(owners, recorded, to_append, strict=True):
@@ -772,34 +819,43 @@ class IngestApplication:
         last = recorded[-1]
         self.store.record_tracking(conn, self._tracking, last.position, last.event_id)
 
-    def _catch_up(self, conn: Connection) -> None:
-        """Bring the read models up to the log's head inside this transaction (a no-op unless
-        a rebuild was interrupted or an older version wrote events without them)."""
-        tracked = self.store.tracking_position(self._tracking, conn=conn)
-        head = conn.exec_driver_sql("SELECT max(position) FROM events").scalar() or 0
-        while tracked < head:
-            batch = self.store.read(after_position=tracked, limit=1000, conn=conn)
-            if not batch:
-                break
-            for event in batch:
-                self.projection.handle(conn, event, self.store.decode(event, conn=conn))
-            self._checkpoint(conn, batch)
-            tracked = batch[-1].position
+    def _require_current(self, conn: Connection, recorded: Sequence[RecordedEvent]) -> None:
+        """Raise _ProjectionBehind unless the read models had seen every event before `recorded`
+        (one query, like Projector.append). Every writer keeps them current in its own transaction,
+        so this only fails after an interrupted rebuild or events written without them; the caller
+        then rolls back, catches up and retries, so nothing is decided against stale read models."""
+        if self.store.tracking_position(self._tracking, conn=conn) != recorded[0].position - 1:
+            raise _ProjectionBehind
 
     def _catch_up_projection(self) -> None:
-        with self.store.transaction() as conn:
-            self._catch_up(conn)
+        """Bring the read models up to the log's head (at start, and after _ProjectionBehind)."""
+        Projector(self.store, [self.projection]).catch_up()
 
     def _maybe_prune(self) -> None:
-        """Forget dedupe rows older than the window (at most once a minute, in bounded chunks)."""
+        """Forget dedupe rows older than the window, in bounded chunks: at most once a minute, or
+        after the next group while a backlog of expired rows remains."""
         now = time.monotonic()
         if now - self._last_prune < 60.0:
             return
         self._last_prune = now
         horizon = to_micros(self.clock() - self.dedupe_window)
+        # One DELETE of a day's expired rows can take long enough to stall the writer thread (and
+        # every caller waiting on a group commit), so delete a bounded number of rows per statement,
+        # a few statements per call; whatever is left goes on the next call.
+        expired = (
+            sa.select(dedupe.c.workspace, dedupe.c.message_id)
+            .where(dedupe.c.accepted_at < horizon)
+            .limit(_PRUNE_CHUNK)
+        )
+        statement = dedupe.delete().where(sa.tuple_(dedupe.c.workspace, dedupe.c.message_id).in_(expired))
         try:
-            with self.store.engine.begin() as conn:
-                conn.execute(dedupe.delete().where(dedupe.c.accepted_at < horizon))
+            for _chunk in range(_PRUNE_CHUNKS_PER_CALL):
+                with self.store.engine.begin() as conn:
+                    deleted = conn.execute(statement).rowcount
+                if deleted < _PRUNE_CHUNK:
+                    break
+            else:
+                self._last_prune = 0.0  # more left: continue after the next group, not in a minute
         except sa.exc.SQLAlchemyError:
             log.warning("ingest.dedupe_prune_failed", exc_info=True)
 
@@ -1028,6 +1084,13 @@ def _identifiers(intake: Intake) -> tuple[str, str]:
     return "", ""
 
 
+def _remember_missing(missing: dict[Any, float], key: Any) -> None:
+    # Bounded: random keys must not grow memory; forgetting them all only costs queries again.
+    if len(missing) >= _MAX_MISSING:
+        missing.clear()
+    missing[key] = time.monotonic()
+
+
 def _page_size(requested: int) -> int:
     return min(requested, MAX_PAGE_SIZE) if requested > 0 else DEFAULT_PAGE_SIZE
 
@@ -1046,6 +1109,11 @@ def _unavailable(error: BaseException) -> OnefoldError:
 
 
 def _as_onefold(error: BaseException) -> BaseException:
+    """The outcome a caller sees for a failed commit. Only the database or the OS failing is
+    transient (Unavailable, retry); anything else is a bug, so it is passed on unchanged for the
+    platform to answer INTERNAL with a log reference rather than hiding it behind "retry"."""
     if isinstance(error, OnefoldError):
         return error
-    return _unavailable(error)
+    if isinstance(error, sa.exc.DBAPIError | OSError):
+        return _unavailable(error)
+    return error

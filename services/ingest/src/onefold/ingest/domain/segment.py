@@ -96,17 +96,28 @@ def parse_request(
     """Parse an HTTP tracking API body. `call` is the path's last segment: track, identify, page,
     screen, group, alias, batch (or `b`). Raises InvalidArgument / PayloadTooLarge for an unusable
     request; every event gets an Intake (see the module docstring)."""
+    loaded = load_request(body, call, limits=limits)
+    return parse_loaded(loaded, received_at=received_at, source_id=source_id, limits=limits, strict=strict)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedRequest:
+    """A body whose JSON is loaded but whose events are not parsed yet: the HTTP entrypoint reads
+    the body's writeKey from it to find the source (which the events need) without a second parse."""
+
+    call: str  # normalised: one of CALLS or BATCH
+    document: JsonObject
+    size: int  # bytes of the body
+    write_key: str | None
+
+
+def load_request(body: bytes, call: str, *, limits: Limits = DEFAULT_LIMITS) -> LoadedRequest:
+    """The first half of parse_request: check the call and size, load the JSON object."""
     name = call.strip().lower()
     name = BATCH if name == "b" else name
     if name != BATCH and name not in CALLS:
         raise InvalidArgument(f"unknown call '{call[:40]}'", violations=[("type", "unknown call type")])
-    is_batch = name == BATCH
-    limit = limits.max_batch_bytes if is_batch else limits.max_event_bytes
-    if len(body) > limit:
-        raise PayloadTooLarge(
-            f"request body is {len(body)} bytes; the limit for {name} is {limit} bytes",
-            violations=[("body", f"must be at most {limit} bytes")],
-        )
+    _check_size(name, len(body), limits)
     document = _load_json(body)
     if not isinstance(document, dict):
         raise InvalidArgument(
@@ -115,6 +126,31 @@ def parse_request(
     write_key = document.get("writeKey")
     if write_key is not None and not isinstance(write_key, str):
         raise InvalidArgument("writeKey must be a string", violations=[("writeKey", "must be a string")])
+    return LoadedRequest(name, document, len(body), write_key or None)
+
+
+def _check_size(name: str, size: int, limits: Limits) -> None:
+    limit = limits.max_batch_bytes if name == BATCH else limits.max_event_bytes
+    if size > limit:
+        raise PayloadTooLarge(
+            f"request body is {size} bytes; the limit for {name} is {limit} bytes",
+            violations=[("body", f"must be at most {limit} bytes")],
+        )
+
+
+def parse_loaded(
+    loaded: LoadedRequest,
+    *,
+    received_at: datetime,
+    source_id: str = "",
+    limits: Limits = DEFAULT_LIMITS,
+    strict: bool = False,
+) -> ParsedRequest:
+    """The second half of parse_request: every event of a loaded body as an Intake."""
+    name, document, write_key = loaded.call, loaded.document, loaded.write_key
+    is_batch = name == BATCH
+    # Again, as `limits` may be the source's, known only after load_request (by the writeKey).
+    _check_size(name, loaded.size, limits)
     if not is_batch:
         intake = parse_event(
             document, call=CallType(name), received_at=received_at, source_id=source_id, limits=limits
@@ -135,7 +171,7 @@ def parse_request(
         )
     if strict:
         raise_if_rejected(intakes, prefix_batch=is_batch)
-    return ParsedRequest(write_key=write_key or None, intakes=intakes)
+    return ParsedRequest(write_key=write_key, intakes=intakes)
 
 
 def raise_if_rejected(intakes: Iterable[Intake], *, prefix_batch: bool) -> None:

@@ -51,6 +51,7 @@ from onefold.contracts.common.v1 import errors_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.ingest.application import IngestApplication, Source
 from onefold.ingest.domain import DEFAULT_LIMITS, Limits, PayloadTooLarge, parse_request
+from onefold.ingest.domain.segment import load_request, parse_loaded
 from onefold.ingest.entrypoints.http_openapi import BATCH_PATHS, CALL_DOCS, openapi_document
 from onefold.platform.config import ConfigError, HttpSettings
 from onefold.platform.errors import (
@@ -283,17 +284,6 @@ def write_key_from_header(header: str | None) -> str | None:
     return user.strip() or None
 
 
-def write_key_from_body(body: bytes) -> str | None:
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    key = document.get("writeKey") if isinstance(document, dict) else None
-    if not isinstance(key, str) or not key.strip():
-        return None
-    return key.strip()
-
-
 def _missing_key() -> Unauthenticated:
     error = Unauthenticated(MISSING_KEY, violations=[("Authorization", "must carry the write key")])
     error.reason = errors_pb2.CREDENTIAL_MISSING
@@ -399,15 +389,22 @@ class TrackingApi:
         body = await reader.read(limit, wbits, what)
         received_at = self.clock()
         if source is None:
-            key = write_key_from_body(body)
-            if key is None:
+            # The key is in the body: load its JSON once, find the source by the key, then parse the
+            # events with the source (their source id, its limits) from that same document.
+            loaded = load_request(body, call, limits=limits)
+            key = (loaded.write_key or "").strip()
+            if not key:
                 # An unusable body says so (400) before the missing key does (401).
-                parse_request(body, call, received_at=received_at, limits=limits)
+                parse_loaded(loaded, received_at=received_at, limits=limits)
                 raise _missing_key()
             source = self.application.source_for_write_key(key)
-        parsed = parse_request(
-            body, call, received_at=received_at, source_id=source.source_id, limits=source.limits
-        )
+            parsed = parse_loaded(
+                loaded, received_at=received_at, source_id=source.source_id, limits=source.limits
+            )
+        else:
+            parsed = parse_request(
+                body, call, received_at=received_at, source_id=source.source_id, limits=source.limits
+            )
         self.application.check_rate(source, len(parsed.intakes))
         acks = await self.application.submit(source, parsed.intakes)
         return json_response(success_body(acks))
