@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -29,5 +30,6 @@ def bench(ctx: typer.Context, name: str = typer.Argument(help="benchmark name, e
     spec = importlib.util.spec_from_file_location(f"onefold_bench_{name}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look their module up by name
     spec.loader.exec_module(module)
     raise typer.Exit(int(module.main(list(ctx.args)) or 0))
