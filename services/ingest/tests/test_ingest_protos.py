@@ -13,7 +13,6 @@ from onefold.contracts.options.v1 import options_pb2
 from onefold.ingest.domain import (
     BatchDefaults,
     CallType,
-    DedupeWindow,
     FailureKind,
     Limits,
     PayloadTooLarge,
@@ -338,16 +337,6 @@ def test_personal_fields_are_marked_for_encryption() -> None:
 
 def test_first_sightings_within_a_batch_and_against_seen() -> None:
     assert first_sightings(["a", "b", "a", "c"], {"c"}) == [True, True, False, False]
-
-
-def test_dedupe_window_expires_and_is_bounded() -> None:
-    window = DedupeWindow(timedelta(hours=1), capacity=3)
-    assert window.admit(["m1", "m2"], NOW) == [True, True]
-    assert window.admit(["m1", "m3"], NOW + timedelta(minutes=30)) == [False, True]
-    assert window.admit(["m1"], NOW + timedelta(minutes=61)) == [True]  # m1 expired, seen afresh
-    assert "m2" not in window
-    window.admit(["x", "y", "z"], NOW + timedelta(minutes=62))
-    assert len(window) == 3
 
 
 def test_device_clocks_before_1970_round_trip() -> None:

@@ -10,7 +10,7 @@ The service layer's path for one request:
         ...  # dedupe on intake.message_id, append accepted_record / quarantined_record, answer ack(...)
 """
 
-from onefold.ingest.domain.dedupe import DedupeWindow, first_sightings
+from onefold.ingest.domain.dedupe import first_sightings
 from onefold.ingest.domain.model import (
     DEFAULT_LIMITS,
     CallType,
@@ -47,7 +47,6 @@ __all__ = [
     "CanonicalEvent",
     "CompiledPlan",
     "Consent",
-    "DedupeWindow",
     "FailureKind",
     "Intake",
     "Limits",
