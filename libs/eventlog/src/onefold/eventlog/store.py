@@ -875,9 +875,41 @@ class EventStore:
         with self.engine.connect() as conn:
             return self._stream_versions(conn, [stream_id]).get(stream_id, 0)
 
-    def head_position(self) -> int:
-        with self.engine.connect() as conn:
+    def read_streams(
+        self,
+        stream_ids: Sequence[str],
+        *,
+        types: Sequence[str] = (),
+        before_position: int | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        conn: Connection | None = None,
+    ) -> list[RecordedEvent]:
+        """Events of several streams (optionally only some types) in log order, or newest first,
+        at most `limit`, only below `before_position` when given: a page of a merged history."""
+        if not stream_ids:
+            return []
+        table = schema.events
+        query = sa.select(*_EVENT_COLUMNS).where(table.c.stream_id.in_(sorted(set(stream_ids))))
+        if types:
+            query = query.where(table.c.type.in_(list(types)))
+        if before_position is not None:
+            query = query.where(table.c.position < before_position)
+        query = query.order_by(table.c.position.desc() if newest_first else table.c.position)
+        if limit is not None:
+            query = query.limit(limit)
+        if conn is not None:
+            self._check_erasure_epoch(conn)
+            return self._to_events(conn.execute(query).all())
+        with self.engine.connect() as own:
+            self._check_erasure_epoch(own)
+            return self._to_events(own.execute(query).all())
+
+    def head_position(self, *, conn: Connection | None = None) -> int:
+        if conn is not None:
             return self._head(conn)[0]
+        with self.engine.connect() as own:
+            return self._head(own)[0]
 
     def head_digest(self) -> ChainDigest:
         with self.engine.connect() as conn:

@@ -14,9 +14,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
@@ -27,7 +30,7 @@ from onefold.contracts.common.v1 import errors_pb2
 from onefold.platform import auth
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import ConfigError, GrpcSettings
-from onefold.platform.errors import OnefoldError, Unauthenticated
+from onefold.platform.errors import InvalidArgument, OnefoldError, Unauthenticated
 from onefold.platform.telemetry import RPC_DURATION, RPC_REQUESTS, extract_context, get_logger, tracer
 
 log = get_logger("onefold.grpc")
@@ -205,6 +208,85 @@ class ServiceRegistration:
     full_name: str
     register: Registrar
     scopes: Mapping[str, str]
+
+
+class _Malformed:
+    """What a request that is not valid protobuf deserialises to (answered INVALID_ARGUMENT)."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> InvalidArgument:
+        return InvalidArgument(
+            f"the request is not a valid {self.type_name} message", violations=[("", "malformed protobuf")]
+        )
+
+
+def _deserializer(message_class: type[Message]) -> Callable[[bytes], Any]:
+    """grpc's generated deserializer lets DecodeError escape as UNKNOWN with internals in the text."""
+    parse = message_class.FromString
+    malformed = _Malformed(message_class.DESCRIPTOR.full_name)
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except (DecodeError, RuntimeWarning, ValueError):
+            return malformed
+
+    return deserialize
+
+
+def _checked_unary(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            raise request.error()
+        return await behaviour(request, context)
+
+    return call
+
+
+def _checked_stream(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                if isinstance(request, _Malformed):
+                    raise request.error()
+                yield request
+
+        return await behaviour(checked(), context)
+
+    return call
+
+
+def typed_registration(
+    service: ServiceDescriptor, messages: ModuleType, servicer: object, scopes: Mapping[str, str]
+) -> ServiceRegistration:
+    """Register `servicer`'s `async def` methods for `service`, with requests that fail to parse
+    answered INVALID_ARGUMENT (never UNKNOWN) before the servicer sees them. Unary-unary and
+    client-streaming methods; `messages` is the generated `_pb2` module holding the message classes."""
+    methods: dict[str, grpc.RpcMethodHandler] = {}
+    for method in service.methods:
+        request_class = getattr(messages, method.input_type.name)
+        response_class = getattr(messages, method.output_type.name)
+        behaviour = getattr(servicer, method.name)
+        if method.client_streaming:
+            methods[method.name] = grpc.stream_unary_rpc_method_handler(
+                _checked_stream(behaviour),
+                request_deserializer=_deserializer(request_class),
+                response_serializer=response_class.SerializeToString,
+            )
+        else:
+            methods[method.name] = grpc.unary_unary_rpc_method_handler(
+                _checked_unary(behaviour),
+                request_deserializer=_deserializer(request_class),
+                response_serializer=response_class.SerializeToString,
+            )
+    handlers = grpc.method_handlers_generic_handler(service.full_name, methods)
+    return ServiceRegistration(
+        full_name=service.full_name,
+        register=lambda server: server.add_generic_rpc_handlers((handlers,)),
+        scopes=scopes,
+    )
 
 
 class GrpcServer:

@@ -1,11 +1,18 @@
-"""Events the identity service consumes from upstream services (durable subscribers, onefold.eventlog)."""
+"""Events the identity service consumes from upstream services (durable subscribers, onefold.eventlog):
+every event ingest accepted is resolved to a profile, in the subscriber's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from onefold.eventlog.service import Subscription
+from onefold.identity.application import IdentityApplication
 
 
-def subscriptions() -> Sequence[Subscription]:
-    return ()
+def subscriptions(application: Callable[[], IdentityApplication]) -> Sequence[Subscription]:
+    """`application` is called per batch: the composition builds the application after the store."""
+    return (
+        Subscription(
+            upstream="ingest", handler=lambda conn, envelopes: application().handle_accepted(conn, envelopes)
+        ),
+    )

@@ -1,13 +1,159 @@
-"""gRPC servicers of the identity service. Until its API lands it serves the platform's own:
-health, reflection and onefold.platform.v1.PlatformService."""
+"""gRPC servicer of the identity service: onefold.identity.v1.IdentityService, a thin adapter to the
+application (its blocking work runs in worker threads)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from datetime import UTC
 
-from onefold.eventlog.service import EventSourcedService
-from onefold.platform.grpc_server import ServiceRegistration
+import grpc
+
+from onefold.contracts.identity.v1 import identity_pb2 as pb
+from onefold.contracts.identity.v1 import identity_pb2_grpc
+from onefold.identity.application import IdentityApplication
+from onefold.platform import auth
+from onefold.platform.grpc_server import ServiceRegistration, typed_registration
+
+SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"]
+SCOPES = {
+    **dict.fromkeys(
+        ("GetProfile", "Resolve", "ListTimeline", "GetMergeHistory", "SearchProfiles", "GetRules"),
+        "profiles:read",
+    ),
+    **dict.fromkeys(("MergeProfiles", "UnmergeProfile", "SetProtection"), "profiles:write"),
+    "SetRules": "admin",
+    "ExportSubject": "dsr:write",
+    "EraseSubject": "dsr:write",
+}
 
 
-def registrations(_service: EventSourcedService) -> Sequence[ServiceRegistration]:
-    return ()
+def _actor() -> str:
+    principal = auth.current_principal()
+    return principal.credential_id if principal is not None else ""
+
+
+class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, application: IdentityApplication) -> None:
+        self.app = application
+
+    async def GetProfile(
+        self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Profile:
+        as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else None
+        return await asyncio.to_thread(
+            self.app.get_profile,
+            auth.current_workspace(),
+            request.profile,
+            as_of=as_of,
+            occurred_axis=request.axis == pb.TIME_AXIS_OCCURRED,
+        )
+
+    async def Resolve(
+        self, request: pb.ResolveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResolveResponse:
+        return await asyncio.to_thread(
+            self.app.resolve_identifier, auth.current_workspace(), request.identifier
+        )
+
+    async def ListTimeline(
+        self, request: pb.ListTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListTimelineResponse:
+        entries, token = await asyncio.to_thread(
+            self.app.timeline,
+            auth.current_workspace(),
+            request.profile,
+            page_size=request.page.page_size,
+            page_token=request.page.page_token,
+            names=list(request.event_names),
+            types=list(request.types),
+            since=request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None,
+            until=request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None,
+        )
+        response = pb.ListTimelineResponse(entries=entries)
+        response.page.next_page_token = token
+        return response
+
+    async def GetMergeHistory(
+        self, request: pb.GetMergeHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMergeHistoryResponse:
+        records = await asyncio.to_thread(self.app.merge_history, auth.current_workspace(), request.profile)
+        return pb.GetMergeHistoryResponse(records=records)
+
+    async def SearchProfiles(
+        self, request: pb.SearchProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchProfilesResponse:
+        found = await asyncio.to_thread(
+            self.app.search, auth.current_workspace(), request.trait, request.value, request.page.page_size
+        )
+        return pb.SearchProfilesResponse(profile_ids=found)
+
+    async def MergeProfiles(
+        self, request: pb.MergeProfilesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MergeProfilesResponse:
+        workspace = auth.current_workspace()
+        survivor = await asyncio.to_thread(
+            self.app.merge, workspace, request.survivor, request.merged, request.reason, _actor()
+        )
+        profile = await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=survivor))
+        return pb.MergeProfilesResponse(profile=profile)
+
+    async def UnmergeProfile(
+        self, request: pb.UnmergeProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnmergeProfileResponse:
+        workspace = auth.current_workspace()
+        parts = await asyncio.to_thread(
+            self.app.unmerge,
+            workspace,
+            request.profile,
+            identifier=request.identifier if request.WhichOneof("split") == "identifier" else None,
+            event_id=request.event_id,
+            reason=request.reason,
+            actor=_actor(),
+        )
+        profiles = [
+            await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=part))
+            for part in parts
+        ]
+        return pb.UnmergeProfileResponse(profiles=profiles)
+
+    async def SetProtection(
+        self, request: pb.SetProtectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Profile:
+        workspace = auth.current_workspace()
+        live = await asyncio.to_thread(
+            self.app.set_protection, workspace, request.profile, request.protected, _actor()
+        )
+        return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
+
+    async def GetRules(
+        self, request: pb.GetRulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IdentityRules:
+        return await asyncio.to_thread(self.app.get_rules, auth.current_workspace())
+
+    async def SetRules(
+        self, request: pb.SetRulesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IdentityRules:
+        return await asyncio.to_thread(self.app.set_rules, auth.current_workspace(), request.rules, _actor())
+
+    async def ExportSubject(
+        self, request: pb.ExportSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportSubjectResponse:
+        return await asyncio.to_thread(
+            self.app.export_subject, auth.current_workspace(), list(request.identifiers)
+        )
+
+    async def EraseSubject(
+        self, request: pb.EraseSubjectRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EraseSubjectResponse:
+        return await asyncio.to_thread(
+            self.app.erase_subject,
+            auth.current_workspace(),
+            list(request.identifiers),
+            request.request_id,
+            _actor(),
+        )
+
+
+def registrations(application: IdentityApplication) -> Sequence[ServiceRegistration]:
+    return (typed_registration(SERVICE, pb, IdentityServicer(application), SCOPES),)

@@ -1,1 +1,404 @@
-"""Read models of the identity service, fed by its events."""
+"""Read models of the identity service, folded from its own log. Nothing personal is stored here:
+identifiers and trait values appear only as keyed hashes; their values stay encrypted in the log.
+
+- `identity_profiles`: every profile id ever made, where it lives now (`merged_into`), when it was
+  created (log position: the older profile survives a merge), protection, erasure, first/last seen
+  and event count of the live profile.
+- `identity_identifiers`: keyed hash -> its type and live profile; `split` marks an identifier an
+  unmerge split along (it never merges again); `retired` one of an erased profile (never resolves).
+- `identity_family`: profile -> every profile id whose log streams hold part of its history (itself,
+  everything merged into it, and for a part of an unmerge the family it was split from).
+- `identity_trait_index`: (trait name, keyed hash of its value) -> profile, for search by trait.
+- `identity_rules`: the workspace's resolution rules (protobuf bytes).
+
+The application writes them in the same transaction as the events it appends (with the messages in
+hand); `IdentityProjection.handle` is the same fold for a rebuild from the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from google.protobuf.message import Message
+from sqlalchemy.engine import Connection
+
+from onefold.contracts.identity.v1 import identity_pb2 as pb
+from onefold.eventlog import schema as eventlog_schema
+from onefold.eventlog.models import RecordedEvent, to_micros
+
+PROJECTION_NAME = "identity"
+metadata = sa.MetaData()
+
+profiles = sa.Table(
+    "identity_profiles",
+    metadata,
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("workspace", sa.String(64), nullable=False, index=True),
+    sa.Column("merged_into", sa.String(64), nullable=True, index=True),
+    sa.Column("created_position", sa.BigInteger, nullable=False),
+    sa.Column("protected", sa.Boolean, nullable=False, default=False),
+    sa.Column("erased", sa.Boolean, nullable=False, default=False),
+    sa.Column("first_seen", sa.BigInteger, nullable=True),  # microseconds since the epoch
+    sa.Column("last_seen", sa.BigInteger, nullable=True),
+    sa.Column("event_count", sa.BigInteger, nullable=False, default=0),
+)
+
+identifiers = sa.Table(
+    "identity_identifiers",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("type", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(64), nullable=False, index=True),
+    sa.Column("linked_position", sa.BigInteger, nullable=False),
+    sa.Column("split", sa.Boolean, nullable=False, default=False),
+    sa.Column("retired", sa.Boolean, nullable=False, default=False),
+)
+
+family = sa.Table(
+    "identity_family",
+    metadata,
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("member_id", sa.String(64), primary_key=True),
+)
+
+trait_index = sa.Table(
+    "identity_trait_index",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("trait_key", sa.String(64), primary_key=True),  # keyed hash of "name=value"
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+)
+
+rules = sa.Table(
+    "identity_rules",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("rules", sa.LargeBinary, nullable=False),  # onefold.identity.v1.IdentityRules
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+
+def profile_stream(workspace: str, profile_id: str) -> str:
+    return f"identity-profile:{workspace}:{profile_id}"
+
+
+def events_stream(workspace: str, profile_id: str) -> str:
+    return f"identity-events:{workspace}:{profile_id}"
+
+
+def rules_stream(workspace: str) -> str:
+    return f"identity-rules:{workspace}"
+
+
+def subject_of(workspace: str, profile_id: str) -> str:
+    return f"{workspace}:p:{profile_id}"
+
+
+@dataclass
+class _Stats:
+    first: int
+    last: int
+    count: int
+
+
+_RESOLVED = pb.EventResolved.DESCRIPTOR.full_name
+
+
+def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, object]]) -> None:
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(table).on_conflict_do_nothing(), rows)
+    else:
+        conn.execute(table.insert().prefix_with("OR IGNORE"), rows)
+
+
+def _upsert_identifier(conn: Connection, row: dict[str, object]) -> None:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = pg_insert(identifiers).values(row)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[identifiers.c.workspace, identifiers.c.key],
+                set_={"profile_id": statement.excluded.profile_id, "type": statement.excluded.type},
+            )
+        )
+    else:
+        conn.execute(identifiers.insert().prefix_with("OR REPLACE"), [row])
+
+
+class IdentityProjection:
+    """The fold of the identity log into the tables above (a BufferedProjection: the per-event
+    counters of EventResolved are summed in memory and written once per batch)."""
+
+    name = PROJECTION_NAME
+    tables: Sequence[sa.Table] = (profiles, identifiers, family, trait_index, rules)
+
+    def __init__(self) -> None:
+        self._stats: dict[str, _Stats] = {}
+        self._new_identifiers: dict[tuple[str, str], dict[str, object]] = {}
+
+    def reset(self, conn: Connection) -> None:
+        for table in self.tables:
+            conn.execute(table.delete())
+        self._stats.clear()
+        self._new_identifiers.clear()
+
+    def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
+        if isinstance(message, pb.EventResolved):
+            if not message.profile_id:
+                return
+            moment = to_micros(event.occurred_at)
+            stats = self._stats.get(message.profile_id)
+            if stats is None:
+                self._stats[message.profile_id] = _Stats(moment, moment, 1)
+            else:
+                stats.first = min(stats.first, moment)
+                stats.last = max(stats.last, moment)
+                stats.count += 1
+            return
+        if isinstance(message, pb.IdentifierLinked):
+            # Buffered too: a new profile's identifiers are inserted together, once per batch.
+            self._new_identifiers[(message.workspace, message.key)] = {
+                "workspace": message.workspace,
+                "key": message.key,
+                "type": message.type,
+                "profile_id": message.profile_id,
+                "linked_position": event.position,
+                "split": False,
+                "retired": False,
+            }
+            return
+        if isinstance(message, pb.ProfileCreated):
+            conn.execute(
+                profiles.insert(),
+                [
+                    {
+                        "profile_id": message.profile_id,
+                        "workspace": message.workspace,
+                        "created_position": event.position,
+                        "protected": False,
+                        "erased": False,
+                        "event_count": 0,
+                    }
+                ],
+            )
+            conn.execute(
+                family.insert(), [{"profile_id": message.profile_id, "member_id": message.profile_id}]
+            )
+            return
+        self.flush(conn)  # everything below reads or moves rows the buffers may touch
+        if isinstance(message, pb.ProfilesMerged):
+            self._merge(conn, message.workspace, message.survivor_id, message.merged_id)
+        elif isinstance(message, pb.TraitsUpdated):
+            _insert_ignore(
+                conn,
+                trait_index,
+                [
+                    {"workspace": message.workspace, "trait_key": key, "profile_id": message.profile_id}
+                    for key in message.trait_keys
+                ],
+            )
+        elif isinstance(message, pb.ProfileUnmerged):
+            self._unmerge(conn, event, message)
+        elif isinstance(message, pb.ProfileProtectionSet):
+            conn.execute(
+                profiles.update()
+                .where(profiles.c.profile_id == message.profile_id)
+                .values(protected=message.protected)
+            )
+        elif isinstance(message, pb.IdentityRulesSet):
+            conn.execute(rules.delete().where(rules.c.workspace == message.workspace))
+            conn.execute(
+                rules.insert(),
+                [
+                    {
+                        "workspace": message.workspace,
+                        "rules": message.rules.SerializeToString(deterministic=True),
+                        "version": message.rules.version,
+                    }
+                ],
+            )
+        elif isinstance(message, pb.ProfileErased):
+            ids = list(message.profile_ids)
+            conn.execute(
+                profiles.update().where(profiles.c.profile_id.in_(ids)).values(erased=True, protected=False)
+            )
+            for chunk in _chunks(list(message.keys)):
+                conn.execute(
+                    identifiers.update()
+                    .where(identifiers.c.workspace == message.workspace, identifiers.c.key.in_(chunk))
+                    .values(retired=True, profile_id="")
+                )
+            conn.execute(trait_index.delete().where(trait_index.c.profile_id.in_(ids)))
+
+    def flush(self, conn: Connection) -> None:
+        if self._new_identifiers:
+            rows = list(self._new_identifiers.values())
+            self._new_identifiers.clear()
+            existing: set[tuple[str, str]] = set()
+            by_workspace: dict[str, list[str]] = {}
+            for row in rows:
+                by_workspace.setdefault(str(row["workspace"]), []).append(str(row["key"]))
+            for workspace, keys in by_workspace.items():
+                for chunk in _chunks(keys):
+                    found = conn.execute(
+                        sa.select(identifiers.c.key).where(
+                            identifiers.c.workspace == workspace, identifiers.c.key.in_(chunk)
+                        )
+                    )
+                    existing.update((workspace, key) for (key,) in found)
+            fresh = [row for row in rows if (row["workspace"], row["key"]) not in existing]
+            if fresh:
+                conn.execute(identifiers.insert(), fresh)
+            for row in rows:
+                if (row["workspace"], row["key"]) in existing:  # re-linked after an unmerge or erasure
+                    _upsert_identifier(conn, row)
+        if self._stats:
+            stats = self._stats
+            self._stats = {}
+            conn.execute(
+                profiles.update()
+                .where(profiles.c.profile_id == sa.bindparam("pid"))
+                .values(
+                    first_seen=sa.func.coalesce(
+                        sa.case(
+                            (profiles.c.first_seen < sa.bindparam("first"), profiles.c.first_seen),
+                            else_=sa.bindparam("first"),
+                        ),
+                        sa.bindparam("first"),
+                    ),
+                    last_seen=sa.func.coalesce(
+                        sa.case(
+                            (profiles.c.last_seen > sa.bindparam("last"), profiles.c.last_seen),
+                            else_=sa.bindparam("last"),
+                        ),
+                        sa.bindparam("last"),
+                    ),
+                    event_count=profiles.c.event_count + sa.bindparam("count"),
+                ),
+                [
+                    {"pid": pid, "first": s.first, "last": s.last, "count": s.count}
+                    for pid, s in stats.items()
+                ],
+            )
+
+    # ------------------------------------------------------------------------------ merges
+
+    def _merge(self, conn: Connection, workspace: str, survivor: str, merged: str) -> None:
+        conn.execute(
+            identifiers.update()
+            .where(identifiers.c.workspace == workspace, identifiers.c.profile_id == merged)
+            .values(profile_id=survivor)
+        )
+        row = conn.execute(
+            sa.select(profiles.c.first_seen, profiles.c.last_seen, profiles.c.event_count).where(
+                profiles.c.profile_id == merged
+            )
+        ).first()
+        conn.execute(
+            profiles.update()
+            .where(profiles.c.profile_id == merged)
+            .values(merged_into=survivor, protected=False)
+        )
+        if row is not None and row.event_count:
+            self._stats[survivor] = _Stats(row.first_seen, row.last_seen, row.event_count)
+            conn.execute(profiles.update().where(profiles.c.profile_id == merged).values(event_count=0))
+            self.flush(conn)
+        members = [
+            m for (m,) in conn.execute(sa.select(family.c.member_id).where(family.c.profile_id == merged))
+        ]
+        _insert_ignore(conn, family, [{"profile_id": survivor, "member_id": m} for m in members])
+        moved = [
+            k
+            for (k,) in conn.execute(
+                sa.select(trait_index.c.trait_key).where(trait_index.c.profile_id == merged)
+            )
+        ]
+        _insert_ignore(
+            conn,
+            trait_index,
+            [{"workspace": workspace, "trait_key": k, "profile_id": survivor} for k in moved],
+        )
+        conn.execute(trait_index.delete().where(trait_index.c.profile_id == merged))
+
+    def _unmerge(self, conn: Connection, event: RecordedEvent, message: pb.ProfileUnmerged) -> None:
+        workspace = message.workspace
+        original = message.profile_id
+        members = [
+            m for (m,) in conn.execute(sa.select(family.c.member_id).where(family.c.profile_id == original))
+        ]
+        owner_of: dict[str, str] = {}
+        for part in message.parts:
+            owner_of.update(dict.fromkeys(part.keys, part.profile_id))
+            known = conn.execute(
+                sa.select(profiles.c.profile_id).where(profiles.c.profile_id == part.profile_id)
+            ).first()
+            if known is None:
+                conn.execute(
+                    profiles.insert(),
+                    [
+                        {
+                            "profile_id": part.profile_id,
+                            "workspace": workspace,
+                            "created_position": event.position,
+                            "protected": False,
+                            "erased": False,
+                            "event_count": 0,
+                        }
+                    ],
+                )
+            conn.execute(
+                profiles.update()
+                .where(profiles.c.profile_id == part.profile_id)
+                .values(merged_into=None, first_seen=None, last_seen=None, event_count=0)
+            )
+            _insert_ignore(conn, family, [{"profile_id": part.profile_id, "member_id": m} for m in members])
+            for chunk in _chunks(list(part.keys)):
+                conn.execute(
+                    identifiers.update()
+                    .where(identifiers.c.workspace == workspace, identifiers.c.key.in_(chunk))
+                    .values(profile_id=part.profile_id)
+                )
+        if message.split_key:
+            conn.execute(
+                identifiers.update()
+                .where(identifiers.c.workspace == workspace, identifiers.c.key == message.split_key)
+                .values(split=True)
+            )
+        # Each event (and its counters) goes with the part holding its first identifier.
+        streams = [events_stream(workspace, m) for m in members]
+        for chunk in _chunks(streams):
+            rows = conn.execute(
+                sa.select(eventlog_schema.events.c.payload, eventlog_schema.events.c.occurred_at).where(
+                    eventlog_schema.events.c.stream_id.in_(chunk),
+                    eventlog_schema.events.c.type == _RESOLVED,
+                    eventlog_schema.events.c.position < event.position,
+                )
+            )
+            for payload, occurred in rows:
+                resolved = pb.EventResolved.FromString(payload)  # public fields only; no key needed
+                part_id = next((owner_of[k] for k in resolved.keys if k in owner_of), "")
+                if not part_id:
+                    continue
+                stats = self._stats.get(part_id)
+                if stats is None:
+                    self._stats[part_id] = _Stats(occurred, occurred, 1)
+                else:
+                    stats.first, stats.last, stats.count = (
+                        min(stats.first, occurred),
+                        max(stats.last, occurred),
+                        stats.count + 1,
+                    )
+        self.flush(conn)
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
