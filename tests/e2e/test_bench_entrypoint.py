@@ -42,4 +42,4 @@ def test_bench_modules_load_through_the_cli() -> None:
     unknown = subprocess.run(
         [sys.executable, "-m", "onefold.cli", "bench", "nothing"], capture_output=True, text=True, timeout=120
     )
-    assert unknown.returncode != 0 and "available: eventlog, ingest" in unknown.stdout + unknown.stderr
+    assert unknown.returncode != 0 and "available: eventlog, identity, ingest" in unknown.stdout + unknown.stderr

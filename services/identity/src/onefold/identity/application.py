@@ -958,7 +958,9 @@ class IdentityApplication:
             for profile_id in found:
                 # Only the ids that live on as this profile: a family member that is a live profile
                 # of its own again (split off by an unmerge) is another person.
-                members = [m for m in self._family(conn, profile_id) if self._live(conn, workspace, m) == profile_id]
+                members = [
+                    m for m in self._family(conn, profile_id) if self._live(conn, workspace, m) == profile_id
+                ]
                 keys = [
                     key
                     for (key,) in conn.execute(

@@ -156,7 +156,9 @@ class IdentityGraph:
                 counts: dict[str, int] = {}
                 for other in pending:
                     counts[other.type] = counts.get(other.type, 0) + 1
-                if all(self._count(owner, t) + n <= limit(t) for t, n in counts.items()):
+                # An identifier split off by an unmerge names its profile but never pulls others in.
+                fits = all(self._count(owner, t) + n <= limit(t) for t, n in counts.items())
+                if fits and ident.key not in self.split_keys:
                     current = owner
                     for other in pending:
                         emit(Linked(owner, other, evidence))

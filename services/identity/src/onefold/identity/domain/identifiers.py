@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import phonenumbers
+from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 
 from onefold.contracts.identity.v1 import identity_pb2 as pb
@@ -69,9 +70,12 @@ class Rules:
     trait_source_precedence: tuple[str, ...] = ()
     version: int = 0
     by_type: Mapping[str, TypeRule] = field(init=False, repr=False, compare=False)
+    # (rule, its paths split into (field, path inside the field)), compiled once for `extract`.
+    plan: tuple[tuple[TypeRule, str, tuple[str, ...]], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_type", {rule.type: rule for rule in self.types})
+        object.__setattr__(self, "plan", tuple(_compile_paths(self.types)))
 
     def limit(self, type_name: str) -> int:
         rule = self.by_type.get(type_name)
@@ -216,37 +220,41 @@ class Extracted:
     invalid: list[pb.InvalidIdentifier]
 
 
-def _lookup(root: Mapping[str, Any], path: Sequence[str]) -> Any:
-    node: Any = root
-    for part in path:
-        if not isinstance(node, Mapping):
+def _struct_value(struct: struct_pb2.Struct, path: Sequence[str]) -> Any:
+    """The scalar at `path` inside a Struct, read in place (MessageToDict would copy it all)."""
+    node = struct
+    last = len(path) - 1
+    for depth, part in enumerate(path):
+        if part not in node.fields:
             return None
-        node = node.get(part)
-    return node
-
-
-def _raw_values(
-    event: ingest_pb2.TrackingEvent, paths: Sequence[str], dicts: dict[str, Any]
-) -> Iterator[str]:
-    for path in paths:
-        head, _, rest = path.partition(".")
-        if not rest:
-            value = getattr(event, head, None) if head in _SCALAR_FIELDS else None
-        else:
-            if head not in dicts:
-                struct = getattr(event, head) if head in _STRUCT_FIELDS else None
-                dicts[head] = MessageToDict(struct) if struct is not None and struct.fields else {}
-            value = _lookup(dicts[head], rest.split("."))
-        if isinstance(value, bool):  # JSON true/false is not an identifier
-            continue
-        if isinstance(value, int | float):
-            value = str(int(value)) if float(value).is_integer() else str(value)
-        if isinstance(value, str) and value:
-            yield value
+        value = node.fields[part]
+        kind = value.WhichOneof("kind")
+        if depth == last:
+            if kind == "string_value":
+                return value.string_value
+            if kind == "number_value":
+                return value.number_value
+            return None
+        if kind != "struct_value":
+            return None
+        node = value.struct_value
+    return None
 
 
 _SCALAR_FIELDS = frozenset({"user_id", "anonymous_id", "previous_id", "group_id"})
 _STRUCT_FIELDS = frozenset({"traits", "context", "properties", "extra"})
+
+
+def _compile_paths(types: Sequence[TypeRule]) -> Iterator[tuple[TypeRule, str, tuple[str, ...]]]:
+    """(rule, event field, path inside it) for every path of every type, in priority order; paths
+    into fields that hold no identifiers (or unknown ones) are dropped here, once."""
+    for rule in types:
+        for path in rule.paths:
+            head, _, rest = path.partition(".")
+            if rest and head in _STRUCT_FIELDS:
+                yield rule, head, tuple(rest.split("."))
+            elif not rest and head in _SCALAR_FIELDS:
+                yield rule, head, ()
 
 
 def extract(
@@ -257,34 +265,46 @@ def extract(
     """The identifiers of a tracked event under `rules`: from each type's paths, from
     `context.advertisingId` (idfa on iOS, else oaid) and from Segment's `context.externalIds`.
     `key_of(type, value)` is the keyed hash."""
-    dicts: dict[str, Any] = {}
     found: list[tuple[TypeRule, str]] = []
-    for rule in rules.types:
-        for raw in _raw_values(event, rule.paths, dicts):
-            found.append((rule, raw))
-    if event.HasField("context"):
-        context = dicts.get("context")
-        if context is None:
-            context = dicts["context"] = MessageToDict(event.context)
-        device = context.get("device")
-        device = device if isinstance(device, Mapping) else {}
-        advertising = device.get("advertisingId")
+    structs: dict[str, struct_pb2.Struct | None] = {}
+    for rule, head, rest in rules.plan:
+        if not rest:
+            value: Any = getattr(event, head)
+        else:
+            if head in structs:
+                struct = structs[head]
+            else:
+                struct = getattr(event, head)
+                struct = structs[head] = struct if struct.fields else None
+            if struct is None:
+                continue
+            value = _struct_value(struct, rest)
+            if isinstance(value, float):
+                value = str(int(value)) if value.is_integer() else str(value)
+        if value and isinstance(value, str):
+            found.append((rule, value))
+    if event.context.fields:
+        context = event.context
+        advertising = _struct_value(context, ("device", "advertisingId"))
         if isinstance(advertising, str) and advertising:
-            os_name = _lookup(context, ("os", "name")) or device.get("type") or ""
+            os_name = (
+                _struct_value(context, ("os", "name")) or _struct_value(context, ("device", "type")) or ""
+            )
             kind = "idfa" if str(os_name).lower() in ("ios", "ipados") else "oaid"
             if kind in rules.by_type:
                 found.append((rules.by_type[kind], advertising))
-        external = context.get("externalIds")
-        if isinstance(external, list):
-            for item in external:
-                if (
-                    isinstance(item, Mapping)
-                    and isinstance(item.get("id"), str)
-                    and isinstance(item.get("type"), str)
-                ):
-                    external_rule = rules.by_type.get(item["type"])
-                    if external_rule is not None:
-                        found.append((external_rule, item["id"]))
+        if "externalIds" in context.fields:
+            external = MessageToDict(context.fields["externalIds"])
+            if isinstance(external, list):
+                for item in external:
+                    if (
+                        isinstance(item, Mapping)
+                        and isinstance(item.get("id"), str)
+                        and isinstance(item.get("type"), str)
+                    ):
+                        external_rule = rules.by_type.get(item["type"])
+                        if external_rule is not None:
+                            found.append((external_rule, item["id"]))
     identifiers: list[Ident] = []
     invalid: list[pb.InvalidIdentifier] = []
     seen: set[str] = set()

@@ -143,12 +143,14 @@ class IdentityProjection:
     def __init__(self) -> None:
         self._stats: dict[str, _Stats] = {}
         self._new_identifiers: dict[tuple[str, str], dict[str, object]] = {}
+        self._new_profiles: list[dict[str, object]] = []
 
     def reset(self, conn: Connection) -> None:
         for table in self.tables:
             conn.execute(table.delete())
         self._stats.clear()
         self._new_identifiers.clear()
+        self._new_profiles.clear()
 
     def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
         if isinstance(message, pb.EventResolved):
@@ -176,21 +178,15 @@ class IdentityProjection:
             }
             return
         if isinstance(message, pb.ProfileCreated):
-            conn.execute(
-                profiles.insert(),
-                [
-                    {
-                        "profile_id": message.profile_id,
-                        "workspace": message.workspace,
-                        "created_position": event.position,
-                        "protected": False,
-                        "erased": False,
-                        "event_count": 0,
-                    }
-                ],
-            )
-            conn.execute(
-                family.insert(), [{"profile_id": message.profile_id, "member_id": message.profile_id}]
+            self._new_profiles.append(
+                {
+                    "profile_id": message.profile_id,
+                    "workspace": message.workspace,
+                    "created_position": event.position,
+                    "protected": False,
+                    "erased": False,
+                    "event_count": 0,
+                }
             )
             return
         self.flush(conn)  # everything below reads or moves rows the buffers may touch
@@ -239,6 +235,14 @@ class IdentityProjection:
             conn.execute(trait_index.delete().where(trait_index.c.profile_id.in_(ids)))
 
     def flush(self, conn: Connection) -> None:
+        if self._new_profiles:
+            created = self._new_profiles
+            self._new_profiles = []
+            conn.execute(profiles.insert(), created)
+            conn.execute(
+                family.insert(),
+                [{"profile_id": row["profile_id"], "member_id": row["profile_id"]} for row in created],
+            )
         if self._new_identifiers:
             rows = list(self._new_identifiers.values())
             self._new_identifiers.clear()
