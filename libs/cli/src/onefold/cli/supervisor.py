@@ -128,6 +128,9 @@ class Supervisor:
                 "ONEFOLD_EVENTLOG__KEY_FILE": str(self.data_dir / "keys" / f"{child.name}.kek"),
             }
         )
+        # Every service can reach the others (consent resolves subjects and runs data-subject requests).
+        for peer in self.children.values():
+            env[f"ONEFOLD_PEERS__{peer.name.upper()}"] = f"127.0.0.1:{peer.port}"
         if child.http_port:
             env["ONEFOLD_HTTP__PORT"] = str(child.http_port)
         if self.config_file:
@@ -154,6 +157,7 @@ class Supervisor:
                 http_port = previous.get(f"{name}/http")
                 child.http_port = http_port if http_port and not port_in_use(http_port) else free_port()
             self.children[name] = child
+        for child in list(self.children.values()):  # every port is known first: each child gets its peers'
             self._spawn(child, nats_url)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from onefold.eventlog import audit
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.digests import DigestPublisher
 from onefold.eventlog.errors import MissingKeyEncryptionKey
@@ -117,7 +118,7 @@ class EventSourcedService:
         self._leader_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
-        return self._servicers(self)
+        return (*self._servicers(self), audit.registration(self.store, self.name))
 
     async def start(self) -> None:
         """Serve at once; run the relay, digests and subscribers while holding the leader lease."""

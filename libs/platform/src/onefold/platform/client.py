@@ -6,7 +6,7 @@ and by the CLI (with a person's credential).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -70,3 +70,35 @@ def authenticated_channel(
     return grpc.aio.insecure_channel(
         target, options=list(options), interceptors=[_MetadataInterceptor(token, workspace)]
     )
+
+
+class Peers:
+    """Channels to the other services (settings.peers), authenticated with this service's own
+    credential (auth.service_token); the workspace acted for travels with each call
+    (`metadata=peers.acting_for(workspace)`). Channels are made on first use and closed together."""
+
+    def __init__(self, addresses: Mapping[str, str], token: str) -> None:
+        self._addresses = {name: target for name, target in addresses.items() if target}
+        self._token = token
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def known(self, name: str) -> bool:
+        return name in self._addresses and bool(self._token)
+
+    def channel(self, name: str) -> grpc.aio.Channel | None:
+        """The channel to `name`, or None when no address (or no service credential) is configured."""
+        if not self.known(name):
+            return None
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = authenticated_channel(self._addresses[name], self._token)
+        return channel
+
+    @staticmethod
+    def acting_for(workspace: str) -> tuple[tuple[str, str], ...]:
+        return ((WORKSPACE_HEADER, workspace),)
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()

@@ -72,6 +72,42 @@ class EventLogSettings(_Section):
     bus_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
 
 
+class IngestSettings(_Section):
+    """The ingest service's collection settings (other services ignore this section)."""
+
+    dedupe_window_seconds: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        le=366 * 24 * 3600.0,
+        description="how long an accepted messageId makes a repeat a duplicate (at most a year)",
+    )
+    default_rate_limit_per_second: float = Field(
+        default=1000.0,
+        gt=0,
+        le=2**32 - 1,
+        description="events per second of a source created without its own rate (rate 0)",
+    )
+    max_group_events: int = Field(default=5000, gt=0, description="most events committed in one transaction")
+    linger_seconds: float = Field(
+        default=0.0005,
+        ge=0,
+        le=1,
+        description="how long a group commit waits for more callers; 0 = not at all",
+    )
+
+
+class PeersSettings(_Section):
+    """gRPC addresses (host:port) of the other services, for the calls a service makes to them
+    (consent resolves subjects through identity and runs data-subject requests on every service).
+    Empty = not reachable from here: a request step for it stays pending."""
+
+    ingest: str = ""
+    identity: str = ""
+    consent: str = ""
+    segments: str = ""
+    journeys: str = ""
+
+
 class TelemetrySettings(_Section):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
@@ -89,6 +125,8 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     eventlog: EventLogSettings = EventLogSettings()
+    ingest: IngestSettings = IngestSettings()
+    peers: PeersSettings = PeersSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     def database_url(self) -> str:

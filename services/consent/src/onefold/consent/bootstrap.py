@@ -1,25 +1,53 @@
-"""Composition root of the consent service: its event log, servicers and consumers, wired together.
+"""Composition root of the consent service: its event log, application, servicers, the identity
+subscriber and the channels to the other services (subjects by identifier; data-subject requests).
 
 Nothing here runs at import time; `main()` hands the composition to the platform runner.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 from onefold.consent import application
 from onefold.consent.entrypoints import consumers, grpc
+from onefold.consent.projections import ConsentProjection
 from onefold.eventlog.service import EventSourcedService
+from onefold.platform.client import Peers
+from onefold.platform.grpc_server import ServiceRegistration
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "consent"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService:
-    return EventSourcedService(
-        ctx,
-        registry=application.event_registry(),
-        servicers=grpc.registrations,
-        subscriptions=consumers.subscriptions(),
-    )
+class ConsentComposition:
+    def __init__(self, ctx: ServiceContext) -> None:
+        projection = ConsentProjection()
+        settings = ctx.settings
+        self.peers = Peers(settings.peers.model_dump(), settings.auth.service_token)
+        self.service = EventSourcedService(
+            ctx,
+            registry=application.event_registry(),
+            projections=[projection],
+            servicers=lambda _service: grpc.registrations(self.application, self.peers),
+            subscriptions=consumers.subscriptions(lambda: self.application),
+        )
+        self.application = application.ConsentApplication(self.service.store, projection)
+
+    def registrations(self) -> Sequence[ServiceRegistration]:
+        return self.service.registrations()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.application.catch_up)
+        await self.service.start()
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.peers.close()
+
+
+def compose(ctx: ServiceContext) -> ConsentComposition:
+    return ConsentComposition(ctx)
 
 
 def main() -> int:

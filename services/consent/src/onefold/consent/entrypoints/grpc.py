@@ -1,13 +1,199 @@
-"""gRPC servicers of the consent service. Until its API lands it serves the platform's own:
-health, reflection and onefold.platform.v1.PlatformService."""
+"""gRPC servicers of the consent service: onefold.consent.v1.ConsentService (the ledger, checks and
+data-subject requests) and onefold.consent.v1.AuditService (compliance officers), thin adapters to
+the application; blocking work runs in worker threads."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from onefold.eventlog.service import EventSourcedService
-from onefold.platform.grpc_server import ServiceRegistration
+import grpc
+
+from onefold.consent.application import ConsentApplication, Written, summary
+from onefold.consent.entrypoints.subjects import resolve_subject
+from onefold.contracts.consent.v1 import consent_pb2 as pb
+from onefold.contracts.consent.v1 import consent_pb2_grpc
+from onefold.platform import auth
+from onefold.platform.client import Peers
+from onefold.platform.errors import InvalidArgument
+from onefold.platform.grpc_server import ServiceRegistration, typed_registration
+
+CONSENT = pb.DESCRIPTOR.services_by_name["ConsentService"]
+AUDIT = pb.DESCRIPTOR.services_by_name["AuditService"]
+CONSENT_SCOPES = {
+    **dict.fromkeys(("CheckConsent", "CheckConsentBatch", "GetConsents", "GetModel"), "consent:read"),
+    **dict.fromkeys(("GrantConsent", "WithdrawConsent", "RecordObjection", "SetPreference"), "consent:write"),
+    "SetModel": "admin",
+    **dict.fromkeys(
+        ("OpenRequest", "GetRequest", "RetryRequest", "ExtendRequest", "RefuseRequest", "ListRequests"),
+        "dsr:write",
+    ),
+}
+AUDIT_SCOPES = {"ConsentAsOf": "audit:read", "History": "audit:read"}
+MAX_BATCH = 1000
 
 
-def registrations(_service: EventSourcedService) -> Sequence[ServiceRegistration]:
-    return ()
+def _actor() -> str:
+    principal = auth.current_principal()
+    return principal.credential_id if principal is not None else ""
+
+
+def _when(message: object, name: str) -> datetime | None:
+    return getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None  # type: ignore[attr-defined]
+
+
+def _written(written: Written) -> pb.LedgerWriteResponse:
+    answer = pb.LedgerWriteResponse(profile_id=written.profile_id, states=written.state.states())
+    for event in written.recorded:
+        evidence = answer.recorded.add(
+            event_id=event.event_id, position=event.position, hash=event.hash, event_type=event.type
+        )
+        evidence.recorded_at.FromDatetime(event.recorded_at)
+        evidence.occurred_at.FromDatetime(event.occurred_at)
+    return answer
+
+
+class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
+    def __init__(self, application: ConsentApplication, peers: Peers, requests: object | None = None) -> None:
+        self.app = application
+        self.peers = peers
+        self.requests = requests
+
+    async def _subject(self, ref: object) -> tuple[str, str]:
+        workspace = auth.current_workspace()
+        return workspace, await resolve_subject(self.peers, workspace, ref)  # type: ignore[arg-type]
+
+    async def CheckConsent(
+        self, request: pb.CheckConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckConsentResponse:
+        workspace, profile_id = await self._subject(request.subject)
+        # A check is one indexed read: run it inline rather than pay a thread hop on every send.
+        live, outcome = self.app.check(
+            workspace,
+            profile_id,
+            request.purpose_id,
+            request.channel,
+            at=_when(request, "at"),
+            jurisdiction=request.jurisdiction,
+        )
+        return outcome.to_proto(live)
+
+    async def CheckConsentBatch(
+        self, request: pb.CheckConsentBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckConsentBatchResponse:
+        if len(request.checks) > MAX_BATCH:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH} checks per batch",
+                violations=[("checks", f"{len(request.checks)} given")],
+            )
+        workspace = auth.current_workspace()
+        checks = []
+        for check in request.checks:
+            profile_id = await resolve_subject(self.peers, workspace, check.subject)
+            checks.append(
+                (profile_id, check.purpose_id, check.channel, _when(check, "at"), int(check.jurisdiction))
+            )
+        results = self.app.check_batch(workspace, checks)
+        return pb.CheckConsentBatchResponse(results=[outcome.to_proto(live) for live, outcome in results])
+
+    async def GrantConsent(
+        self, request: pb.GrantConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LedgerWriteResponse:
+        workspace, profile_id = await self._subject(request.subject)
+        return _written(await asyncio.to_thread(self.app.grant, workspace, profile_id, request, _actor()))
+
+    async def WithdrawConsent(
+        self, request: pb.WithdrawConsentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LedgerWriteResponse:
+        workspace, profile_id = await self._subject(request.subject)
+        return _written(await asyncio.to_thread(self.app.withdraw, workspace, profile_id, request, _actor()))
+
+    async def RecordObjection(
+        self, request: pb.RecordObjectionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LedgerWriteResponse:
+        workspace, profile_id = await self._subject(request.subject)
+        return _written(
+            await asyncio.to_thread(self.app.record_objection, workspace, profile_id, request, _actor())
+        )
+
+    async def SetPreference(
+        self, request: pb.SetPreferenceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LedgerWriteResponse:
+        workspace, profile_id = await self._subject(request.subject)
+        return _written(
+            await asyncio.to_thread(self.app.set_preference, workspace, profile_id, request, _actor())
+        )
+
+    async def GetConsents(
+        self, request: pb.GetConsentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetConsentsResponse:
+        workspace, profile_id = await self._subject(request.subject)
+        return await asyncio.to_thread(self.app.consents, workspace, profile_id)
+
+    async def GetModel(
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConsentModel:
+        return await asyncio.to_thread(self.app.get_model, auth.current_workspace())
+
+    async def SetModel(
+        self, request: pb.SetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConsentModel:
+        return await asyncio.to_thread(self.app.set_model, auth.current_workspace(), request.model, _actor())
+
+
+class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
+    def __init__(self, application: ConsentApplication, peers: Peers, requests: object | None = None) -> None:
+        self.app = application
+        self.peers = peers
+        self.requests = requests
+
+    async def ConsentAsOf(
+        self, request: pb.ConsentAsOfRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ConsentAsOfResponse:
+        workspace = auth.current_workspace()
+        profile_id = await resolve_subject(self.peers, workspace, request.subject)
+        live, state = await asyncio.to_thread(
+            self.app.as_of,
+            workspace,
+            profile_id,
+            as_of=_when(request, "as_of"),
+            known_at=_when(request, "known_at"),
+        )
+        return pb.ConsentAsOfResponse(
+            profile_id=live,
+            states=state.states(),
+            objections=sorted(state.objections),
+            restricted=state.restricted is not None,
+            events_replayed=state.events,
+        )
+
+    async def History(
+        self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HistoryResponse:
+        workspace = auth.current_workspace()
+        profile_id = await resolve_subject(self.peers, workspace, request.subject)
+        live, events = await asyncio.to_thread(self.app.history, workspace, profile_id)
+        answer = pb.HistoryResponse(profile_id=live)
+        for event, message in events:
+            entry = answer.entries.add(summary=summary(event, message))
+            entry.evidence.CopyFrom(
+                pb.Evidence(
+                    event_id=event.event_id, position=event.position, hash=event.hash, event_type=event.type
+                )
+            )
+            entry.evidence.recorded_at.FromDatetime(event.recorded_at)
+            entry.evidence.occurred_at.FromDatetime(event.occurred_at)
+            envelope = self.app.store.to_envelope(event, decrypt=False)
+            envelope.payload = message.SerializeToString(deterministic=True)
+            entry.event.CopyFrom(envelope)
+        return answer
+
+
+def registrations(
+    application: ConsentApplication, peers: Peers, requests: object | None = None
+) -> Sequence[ServiceRegistration]:
+    return (
+        typed_registration(CONSENT, pb, ConsentServicer(application, peers, requests), CONSENT_SCOPES),
+        typed_registration(AUDIT, pb, AuditServicer(application, peers, requests), AUDIT_SCOPES),
+    )

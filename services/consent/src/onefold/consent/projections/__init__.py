@@ -1,1 +1,249 @@
-"""Read models of the consent service, fed by its events."""
+"""Read models of the consent service, folded from its own log.
+
+- `consent_state`: per subject, one row per (kind, purpose, channel): the current answer for a
+  consent ("consent"), standing objections ("objection"), a restriction ("restriction") and erasure
+  ("erased"), each with the ledger event it rests on. CheckConsent reads these rows (one query).
+- `consent_aliases`: a profile merged into another (identity) -> the survivor whose ledger now counts.
+- `consent_models`: each workspace's model (protobuf bytes).
+- `consent_requests`: data-subject requests (public fields + steps as JSON) for listing and deadlines.
+
+Nothing personal is stored here: proof (IP, user agent, guardian) stays encrypted in the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC
+
+import sqlalchemy as sa
+from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
+from sqlalchemy.engine import Connection
+
+from onefold.consent.domain.ledger import Entry, Evidence, LedgerState
+from onefold.contracts.consent.v1 import consent_pb2 as pb
+from onefold.eventlog.models import RecordedEvent, from_micros, to_micros
+
+PROJECTION_NAME = "consent"
+metadata = sa.MetaData()
+
+state = sa.Table(
+    "consent_state",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("purpose_id", sa.String(64), primary_key=True),
+    sa.Column("channel", sa.String(64), primary_key=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("notice_id", sa.String(64), nullable=False),
+    sa.Column("notice_version", sa.String(64), nullable=False),
+    sa.Column("jurisdiction", sa.Integer, nullable=False),
+    sa.Column("guardian_given", sa.Boolean, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("event_type", sa.String(128), nullable=False),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+    sa.Column("occurred_at", sa.BigInteger, nullable=False),
+)
+
+aliases = sa.Table(
+    "consent_aliases",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("survivor_id", sa.String(64), nullable=False),
+)
+
+models = sa.Table(
+    "consent_models",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("model", sa.LargeBinary, nullable=False),
+    sa.Column("version", sa.BigInteger, nullable=False),
+)
+
+requests = sa.Table(
+    "consent_requests",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("workspace", sa.String(64), nullable=False, index=True),
+    sa.Column("profile_id", sa.String(64), nullable=False, index=True),
+    sa.Column("type", sa.Integer, nullable=False),
+    sa.Column("state", sa.Integer, nullable=False),
+    sa.Column("received_at", sa.BigInteger, nullable=False),
+    sa.Column("due_at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("steps", sa.Text, nullable=False),  # JSON list of RequestStep
+    sa.Column("position", sa.BigInteger, nullable=False),
+)
+
+LEDGER_TYPES = (
+    pb.ConsentGranted,
+    pb.ConsentWithdrawn,
+    pb.ConsentExpired,
+    pb.ObjectionRecorded,
+    pb.ObjectionLifted,
+    pb.RestrictionSet,
+    pb.ConsentsMerged,
+    pb.ConsentSubjectErased,
+)
+
+
+def ledger_stream(workspace: str, profile_id: str) -> str:
+    return f"consent:{workspace}:{profile_id}"
+
+
+def subject_of(workspace: str, profile_id: str) -> str:
+    return f"{workspace}:c:{profile_id}"
+
+
+def evidence_of(event: RecordedEvent) -> Evidence:
+    return Evidence(
+        event.event_id, event.position, event.hash, event.type, event.recorded_at, event.occurred_at
+    )
+
+
+def load_state(conn: Connection, workspace: str, profile_id: str) -> LedgerState:
+    """The subject's current state from the rows (what CheckConsent decides on)."""
+    ledger = LedgerState()
+    rows = conn.execute(
+        sa.select(state).where(state.c.workspace == workspace, state.c.profile_id == profile_id)
+    )
+    for row in rows:
+        evidence = Evidence(
+            row.event_id,
+            row.position,
+            row.hash,
+            row.event_type,
+            from_micros(row.recorded_at),
+            from_micros(row.occurred_at),
+        )
+        if row.kind == "consent":
+            ledger.entries[(row.purpose_id, row.channel)] = Entry(
+                row.status,
+                evidence,
+                row.notice_id,
+                row.notice_version,
+                row.jurisdiction,
+                row.guardian_given,
+                from_micros(row.expires_at) if row.expires_at is not None else None,
+            )
+        elif row.kind == "objection":
+            ledger.objections[row.purpose_id] = evidence
+        elif row.kind == "restriction":
+            ledger.restricted = evidence
+        elif row.kind == "erased":
+            ledger.erased = evidence
+    return ledger
+
+
+def _rows(workspace: str, profile_id: str, ledger: LedgerState) -> list[dict[str, object]]:
+    def row(
+        kind: str, purpose: str, channel: str, evidence: Evidence, entry: Entry | None = None
+    ) -> dict[str, object]:
+        return {
+            "workspace": workspace,
+            "profile_id": profile_id,
+            "kind": kind,
+            "purpose_id": purpose,
+            "channel": channel,
+            "status": entry.status if entry else 0,
+            "notice_id": entry.notice_id if entry else "",
+            "notice_version": entry.notice_version if entry else "",
+            "jurisdiction": entry.jurisdiction if entry else 0,
+            "guardian_given": entry.guardian_given if entry else False,
+            "expires_at": to_micros(entry.expires_at) if entry and entry.expires_at else None,
+            "event_id": evidence.event_id,
+            "position": evidence.position,
+            "hash": evidence.hash,
+            "event_type": evidence.event_type,
+            "recorded_at": to_micros(evidence.recorded_at),
+            "occurred_at": to_micros(evidence.occurred_at),
+        }
+
+    out = [row("consent", p, c, entry.evidence, entry) for (p, c), entry in ledger.entries.items()]
+    out += [row("objection", p, "", evidence) for p, evidence in ledger.objections.items()]
+    if ledger.restricted is not None:
+        out.append(row("restriction", "", "", ledger.restricted))
+    if ledger.erased is not None:
+        out.append(row("erased", "", "", ledger.erased))
+    return out
+
+
+class ConsentProjection:
+    name = PROJECTION_NAME
+    tables: Sequence[sa.Table] = (state, aliases, models, requests)
+
+    def reset(self, conn: Connection) -> None:
+        for table in self.tables:
+            conn.execute(table.delete())
+
+    def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
+        if isinstance(message, LEDGER_TYPES):
+            workspace, profile_id = message.workspace, message.profile_id
+            ledger = load_state(conn, workspace, profile_id)
+            ledger.apply(evidence_of(event), message)
+            conn.execute(
+                state.delete().where(state.c.workspace == workspace, state.c.profile_id == profile_id)
+            )
+            rows = _rows(workspace, profile_id, ledger)
+            if rows:
+                conn.execute(state.insert(), rows)
+            if isinstance(message, pb.ConsentsMerged):
+                conn.execute(
+                    aliases.delete().where(
+                        aliases.c.workspace == workspace, aliases.c.profile_id == message.merged_profile_id
+                    )
+                )
+                conn.execute(
+                    aliases.insert(),
+                    [
+                        {
+                            "workspace": workspace,
+                            "profile_id": message.merged_profile_id,
+                            "survivor_id": profile_id,
+                        }
+                    ],
+                )
+                # Whatever had been merged into the merged profile now lives on in the survivor too.
+                conn.execute(
+                    aliases.update()
+                    .where(
+                        aliases.c.workspace == workspace, aliases.c.survivor_id == message.merged_profile_id
+                    )
+                    .values(survivor_id=profile_id)
+                )
+        elif isinstance(message, pb.ConsentModelSet):
+            conn.execute(models.delete().where(models.c.workspace == message.workspace))
+            conn.execute(
+                models.insert(),
+                [
+                    {
+                        "workspace": message.workspace,
+                        "model": message.model.SerializeToString(deterministic=True),
+                        "version": message.model.version,
+                    }
+                ],
+            )
+        elif isinstance(message, pb.RequestOpened):
+            request = message.request
+            conn.execute(
+                requests.insert(),
+                [
+                    {
+                        "request_id": request.request_id,
+                        "workspace": request.workspace,
+                        "profile_id": request.profile_id,
+                        "type": request.type,
+                        "state": request.state,
+                        "received_at": to_micros(request.received_at.ToDatetime(tzinfo=UTC)),
+                        "due_at": to_micros(request.due_at.ToDatetime(tzinfo=UTC)),
+                        "steps": "["
+                        + ",".join(MessageToJson(step, indent=None) for step in request.steps)
+                        + "]",
+                        "position": event.position,
+                    }
+                ],
+            )

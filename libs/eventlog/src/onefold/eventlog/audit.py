@@ -1,0 +1,53 @@
+"""onefold.eventlog.v1.EventLogService: every event-sourced service answers for its own log.
+
+`Verify` re-hashes the whole chain (and checks it against the digests recorded earlier, so a
+consistent rewrite of the newest events is caught too) and names the first position that is wrong;
+`Head` gives the current head. Both need the `audit:read` scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import grpc
+
+from onefold.contracts.eventlog.v1 import eventlog_pb2 as pb
+from onefold.eventlog.store import EventStore
+from onefold.platform.grpc_server import ServiceRegistration, typed_registration
+
+SERVICE = pb.DESCRIPTOR.services_by_name["EventLogService"]
+SCOPES = {"Verify": "audit:read", "Head": "audit:read"}
+
+
+class EventLogServicer:
+    def __init__(self, store: EventStore, service: str) -> None:
+        self.store = store
+        self.service = service
+
+    def _verify(self) -> pb.VerifyResponse:
+        digests = self.store.recorded_digests()
+        result = self.store.verify(expected=digests)
+        answer = pb.VerifyResponse(
+            service=self.service,
+            ok=result.ok,
+            events_checked=result.events_checked,
+            head_position=result.head.position,
+            head_hash=result.head.hash,
+            first_bad_position=result.first_bad_position or 0,
+            problem=result.problem,
+            digests_checked=len(digests),
+        )
+        answer.verified_at.FromDatetime(datetime.now(UTC))
+        return answer
+
+    async def Verify(self, request: pb.VerifyRequest, context: grpc.aio.ServicerContext) -> pb.VerifyResponse:
+        return await asyncio.to_thread(self._verify)
+
+    async def Head(self, request: pb.HeadRequest, context: grpc.aio.ServicerContext) -> pb.HeadResponse:
+        digest = await asyncio.to_thread(self.store.head_digest)
+        return pb.HeadResponse(service=self.service, position=digest.position, hash=digest.hash)
+
+
+def registration(store: EventStore, service: str) -> ServiceRegistration:
+    return typed_registration(SERVICE, pb, EventLogServicer(store, service), SCOPES)

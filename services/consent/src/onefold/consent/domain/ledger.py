@@ -1,0 +1,283 @@
+"""A subject's consent ledger folded into state, and the decision CheckConsent answers from it.
+
+The fold reads only public fields (purpose, channel, notice version, jurisdiction, guardian flag,
+expiry), so a decision never needs the subject's key and still works after the proof was shredded.
+
+Decision, in order (the first rule that applies decides):
+
+1. the subject was erased → DENY (ERASED);
+2. processing is restricted (GDPR 18, PIPL 44) → DENY;
+3. an objection to the purpose stands (GDPR 21 for direct marketing: absolute; PIPL 24 refusal of
+   personalised marketing) → DENY;
+4. the purpose rests on another lawful basis where the subject is (PIPL 13, GDPR 6) → ALLOW;
+5. the latest answer for (purpose, channel) — the channel's own or the purpose-wide one, whichever
+   came later — is none → DENY (NO_CONSENT), withdrawn → DENY, expired → DENY;
+6. a notice covering the purpose changed materially after the consent was given (PIPL 14) → DENY
+   (RECONSENT_REQUIRED);
+7. otherwise ALLOW (GRANTED), with the grant as evidence.
+
+Merging two subjects (identity merged their profiles) combines conservatively: per (purpose, channel)
+a withdrawal or expiry on either side wins over a grant on the other; of two grants the one expiring
+first stands; objections and restrictions of either side stand. A grant recorded after the merge on
+the merged subject counts as usual (it covers the merged subject).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+
+from onefold.consent.domain.model import Model, jurisdiction_name
+from onefold.contracts.consent.v1 import consent_pb2 as pb
+
+Key = tuple[str, str]  # (purpose_id, channel); channel "" = every channel
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    event_id: str
+    position: int
+    hash: bytes
+    event_type: str
+    recorded_at: datetime
+    occurred_at: datetime
+
+    def to_proto(self) -> pb.Evidence:
+        message = pb.Evidence(
+            event_id=self.event_id, position=self.position, hash=self.hash, event_type=self.event_type
+        )
+        message.recorded_at.FromDatetime(self.recorded_at)
+        message.occurred_at.FromDatetime(self.occurred_at)
+        return message
+
+    @staticmethod
+    def from_proto(message: pb.Evidence) -> Evidence:
+        return Evidence(
+            message.event_id,
+            message.position,
+            message.hash,
+            message.event_type,
+            message.recorded_at.ToDatetime(tzinfo=UTC),
+            message.occurred_at.ToDatetime(tzinfo=UTC),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    status: int  # pb.ConsentStatus
+    evidence: Evidence
+    notice_id: str = ""
+    notice_version: str = ""
+    jurisdiction: int = 0
+    guardian_given: bool = False
+    expires_at: datetime | None = None
+
+    def to_proto(self, key: Key) -> pb.ConsentState:
+        state = pb.ConsentState(
+            purpose_id=key[0],
+            channel=key[1],
+            status=self.status,  # type: ignore[arg-type]
+            notice_id=self.notice_id,
+            notice_version=self.notice_version,
+            guardian_given=self.guardian_given,
+            jurisdiction=self.jurisdiction,  # type: ignore[arg-type]
+        )
+        state.evidence.CopyFrom(self.evidence.to_proto())
+        if self.expires_at is not None:
+            state.expires_at.FromDatetime(self.expires_at)
+        return state
+
+    @staticmethod
+    def from_proto(state: pb.ConsentState) -> Entry:
+        return Entry(
+            status=state.status,
+            evidence=Evidence.from_proto(state.evidence),
+            notice_id=state.notice_id,
+            notice_version=state.notice_version,
+            jurisdiction=state.jurisdiction,
+            guardian_given=state.guardian_given,
+            expires_at=state.expires_at.ToDatetime(tzinfo=UTC) if state.HasField("expires_at") else None,
+        )
+
+
+@dataclass
+class LedgerState:
+    entries: dict[Key, Entry] = field(default_factory=dict)
+    objections: dict[str, Evidence] = field(default_factory=dict)
+    restricted: Evidence | None = None
+    erased: Evidence | None = None
+    preferences: dict[str, str] = field(default_factory=dict)
+    events: int = 0
+
+    def apply(self, evidence: Evidence, message: Message) -> None:
+        self.events += 1
+        if isinstance(message, pb.ConsentGranted):
+            self.entries[(message.purpose_id, message.channel)] = Entry(
+                pb.CONSENT_STATUS_GRANTED,
+                evidence,
+                message.notice_id,
+                message.notice_version,
+                message.jurisdiction,
+                message.guardian_given,
+                message.expires_at.ToDatetime(tzinfo=UTC) if message.HasField("expires_at") else None,
+            )
+        elif isinstance(message, pb.ConsentWithdrawn):
+            previous = self.entries.get((message.purpose_id, message.channel))
+            self.entries[(message.purpose_id, message.channel)] = Entry(
+                pb.CONSENT_STATUS_WITHDRAWN,
+                evidence,
+                previous.notice_id if previous else "",
+                previous.notice_version if previous else "",
+                previous.jurisdiction if previous else 0,
+            )
+        elif isinstance(message, pb.ConsentExpired):
+            key = (message.purpose_id, message.channel)
+            current = self.entries.get(key)
+            if current is not None and current.evidence.event_id == message.grant_event_id:
+                self.entries[key] = replace(current, status=pb.CONSENT_STATUS_EXPIRED, evidence=evidence)
+        elif isinstance(message, pb.ObjectionRecorded):
+            self.objections[message.purpose_id] = evidence
+        elif isinstance(message, pb.ObjectionLifted):
+            self.objections.pop(message.purpose_id, None)
+        elif isinstance(message, pb.RestrictionSet):
+            self.restricted = evidence if message.restricted else None
+        elif isinstance(message, pb.PreferenceSet):
+            self.preferences[f"{message.channel}/{message.key}"] = message.value
+        elif isinstance(message, pb.ConsentsMerged):
+            self.entries = {
+                (state.purpose_id, state.channel): Entry.from_proto(state) for state in message.combined
+            }
+            for purpose_id in message.objections:
+                self.objections.setdefault(purpose_id, evidence)
+            if message.restricted and self.restricted is None:
+                self.restricted = evidence
+        elif isinstance(message, pb.ConsentSubjectErased):
+            self.erased = evidence
+
+    def states(self) -> list[pb.ConsentState]:
+        return [self.entries[key].to_proto(key) for key in sorted(self.entries)]
+
+
+def combine(survivor: LedgerState, merged: LedgerState) -> tuple[list[pb.ConsentState], list[str], bool]:
+    """The conservative combination of two subjects' consents (see the module docstring)."""
+    combined: list[pb.ConsentState] = []
+    for key in sorted(set(survivor.entries) | set(merged.entries)):
+        a, b = survivor.entries.get(key), merged.entries.get(key)
+        chosen = _stricter(a, b) if a is not None and b is not None else a or b
+        assert chosen is not None
+        combined.append(chosen.to_proto(key))
+    objections = sorted(set(survivor.objections) | set(merged.objections))
+    return combined, objections, survivor.restricted is not None or merged.restricted is not None
+
+
+def _stricter(a: Entry, b: Entry) -> Entry:
+    a_no, b_no = a.status != pb.CONSENT_STATUS_GRANTED, b.status != pb.CONSENT_STATUS_GRANTED
+    if a_no != b_no:
+        return a if a_no else b
+    if a_no:  # both withdrawn / expired: the later answer
+        return a if a.evidence.position >= b.evidence.position else b
+    far = datetime.max.replace(tzinfo=UTC)
+    return (
+        a if (a.expires_at or far, a.evidence.position) <= (b.expires_at or far, b.evidence.position) else b
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    decision: int  # pb.Decision
+    reason: int  # pb.DecisionReason
+    explanation: str
+    evidence: Evidence | None = None
+
+    def to_proto(self, profile_id: str) -> pb.CheckConsentResponse:
+        answer = pb.CheckConsentResponse(
+            decision=self.decision,  # type: ignore[arg-type]
+            reason=self.reason,  # type: ignore[arg-type]
+            explanation=self.explanation,
+            profile_id=profile_id,
+        )
+        if self.evidence is not None:
+            answer.evidence.CopyFrom(self.evidence.to_proto())
+        return answer
+
+
+def _deny(reason: int, explanation: str, evidence: Evidence | None = None) -> Outcome:
+    return Outcome(pb.DECISION_DENY, reason, explanation, evidence)
+
+
+def decide(
+    model: Model, state: LedgerState, purpose: pb.Purpose, channel: str, at: datetime, jurisdiction: int
+) -> Outcome:
+    purpose_id = purpose.purpose_id
+    if state.erased is not None:
+        return _deny(pb.DECISION_REASON_ERASED, "the subject's personal data was erased", state.erased)
+    if state.restricted is not None:
+        return _deny(
+            pb.DECISION_REASON_RESTRICTED,
+            "processing of this subject's data is restricted (GDPR Art. 18, PIPL Art. 44)",
+            state.restricted,
+        )
+    objection = state.objections.get(purpose_id)
+    if objection is not None:
+        article = (
+            "GDPR Art. 21(3): an objection to direct marketing is absolute"
+            if purpose.kind == pb.PURPOSE_KIND_MARKETING
+            else "PIPL Art. 24: the person refused personalised marketing"
+            if purpose.kind == pb.PURPOSE_KIND_PERSONALISATION
+            else "GDPR Art. 21: the person objected"
+        )
+        return _deny(
+            pb.DECISION_REASON_OBJECTION, f"the subject objected to {purpose_id} ({article})", objection
+        )
+    entry = _latest(
+        state.entries.get((purpose_id, channel)), state.entries.get((purpose_id, "")) if channel else None
+    )
+    where = jurisdiction or (entry.jurisdiction if entry is not None and entry.jurisdiction else 0)
+    where = where or model.default_jurisdiction(purpose)
+    basis = model.basis(purpose, where)
+    if basis != pb.LEGAL_BASIS_CONSENT:
+        article = "PIPL Art. 13" if jurisdiction_name(where) == "PIPL" else "GDPR Art. 6"
+        basis_name = pb.LegalBasis.Name(basis).removeprefix("LEGAL_BASIS_").lower()  # type: ignore[arg-type]
+        return Outcome(
+            pb.DECISION_ALLOW,
+            pb.DECISION_REASON_NON_CONSENT_BASIS,
+            f"{purpose_id} rests on {basis_name} ({article}), not on consent",
+        )
+    scope = f"{purpose_id} on {channel}" if channel else purpose_id
+    if entry is None:
+        return _deny(pb.DECISION_REASON_NO_CONSENT, f"the subject has not consented to {scope}")
+    if entry.status == pb.CONSENT_STATUS_WITHDRAWN:
+        return _deny(
+            pb.DECISION_REASON_WITHDRAWN,
+            f"the subject withdrew consent to {scope} (PIPL Art. 15, GDPR Art. 7(3))",
+            entry.evidence,
+        )
+    if entry.status == pb.CONSENT_STATUS_EXPIRED or (entry.expires_at is not None and entry.expires_at <= at):
+        return _deny(pb.DECISION_REASON_EXPIRED, f"the consent to {scope} expired", entry.evidence)
+    shown = model.notices.get((entry.notice_id, entry.notice_version))
+    since = shown.published_at if shown is not None else entry.evidence.occurred_at
+    changed = model.material_notice_after(purpose_id, since, at)
+    if changed is not None and (changed.notice_id, changed.version) != (
+        entry.notice_id,
+        entry.notice_version,
+    ):
+        return _deny(
+            pb.DECISION_REASON_RECONSENT_REQUIRED,
+            f"notice {changed.notice_id} version {changed.version} changed {purpose_id} materially after the "
+            f"consent was given under version {entry.notice_version}: ask again (PIPL Art. 14)",
+            entry.evidence,
+        )
+    return Outcome(
+        pb.DECISION_ALLOW,
+        pb.DECISION_REASON_GRANTED,
+        f"the subject consented to {scope} under notice {entry.notice_id} version {entry.notice_version}",
+        entry.evidence,
+    )
+
+
+def _latest(own: Entry | None, wide: Entry | None) -> Entry | None:
+    if own is None or wide is None:
+        return own or wide
+    return own if own.evidence.position >= wide.evidence.position else wide
