@@ -5,12 +5,10 @@ source in the request, and the source must belong to the caller's workspace."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
-from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError, Message
 
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
@@ -19,9 +17,9 @@ from onefold.ingest.application import IngestApplication, Source, source_to_prot
 from onefold.ingest.domain import CallType, PayloadTooLarge, parse_batch_request, parse_tracking_event
 from onefold.platform import auth
 from onefold.platform.errors import InvalidArgument, ResourceExhausted
-from onefold.platform.grpc_server import ServiceRegistration
+from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IngestService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["IngestService"]
 COLLECT = "ingest:write"
 SCOPES = {
     **dict.fromkeys(("Track", "Identify", "Page", "Screen", "Group", "Alias", "Batch", "Upload"), COLLECT),
@@ -252,81 +250,5 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         return pb.EraseSubjectResponse(identifiers_erased=erased, events_affected=affected)
 
 
-class _Malformed:
-    """What a request that is not valid protobuf deserialises to (answered INVALID_ARGUMENT)."""
-
-    def __init__(self, type_name: str) -> None:
-        self.type_name = type_name
-
-    def error(self) -> InvalidArgument:
-        return InvalidArgument(
-            f"the request is not a valid {self.type_name} message", violations=[("", "malformed protobuf")]
-        )
-
-
-def _deserializer(message_class: type[Message]) -> Callable[[bytes], Any]:
-    """grpc's generated deserializer lets DecodeError escape as UNKNOWN with internals in the text."""
-    parse = message_class.FromString
-    malformed = _Malformed(message_class.DESCRIPTOR.full_name)
-
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except (DecodeError, RuntimeWarning, ValueError):
-            return malformed
-
-    return deserialize
-
-
-def _checked_unary(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if isinstance(request, _Malformed):
-            raise request.error()
-        return await behaviour(request, context)
-
-    return call
-
-
-def _checked_stream(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                if isinstance(request, _Malformed):
-                    raise request.error()
-                yield request
-
-        return await behaviour(checked(), context)
-
-    return call
-
-
-def _handlers(servicer: IngestServicer) -> grpc.GenericRpcHandler:
-    methods: dict[str, grpc.RpcMethodHandler] = {}
-    for method in pb.DESCRIPTOR.services_by_name["IngestService"].methods:
-        request_class = getattr(pb, method.input_type.name)
-        response_class = getattr(pb, method.output_type.name)
-        behaviour = getattr(servicer, method.name)
-        if method.client_streaming:
-            methods[method.name] = grpc.stream_unary_rpc_method_handler(
-                _checked_stream(behaviour),
-                request_deserializer=_deserializer(request_class),
-                response_serializer=response_class.SerializeToString,
-            )
-        else:
-            methods[method.name] = grpc.unary_unary_rpc_method_handler(
-                _checked_unary(behaviour),
-                request_deserializer=_deserializer(request_class),
-                response_serializer=response_class.SerializeToString,
-            )
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)
-
-
 def registrations(application: IngestApplication) -> Sequence[ServiceRegistration]:
-    handlers = _handlers(IngestServicer(application))
-    return (
-        ServiceRegistration(
-            full_name=SERVICE_NAME,
-            register=lambda server: server.add_generic_rpc_handlers((handlers,)),
-            scopes=SCOPES,
-        ),
-    )
+    return (typed_registration(SERVICE, pb, IngestServicer(application), SCOPES),)
