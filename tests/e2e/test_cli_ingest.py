@@ -28,7 +28,7 @@ class Cli:
     data_dir: Path
 
     def run(
-        self, *args: str, token: str | None = None, check: bool = True
+        self, *args: str, token: str | None = None, check: bool = True, status: int = 0
     ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "ONEFOLD_TOKEN": self.token if token is None else token, "COLUMNS": "200"}
         done = subprocess.run(
@@ -39,7 +39,7 @@ class Cli:
             timeout=60,
         )
         if check:
-            assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+            assert done.returncode == status, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
         return done
 
     def where(self) -> list[str]:
@@ -54,9 +54,15 @@ class Cli:
         assert source_id.startswith("src_"), out
         return source_id
 
-    def import_report(self, file: Path, source_id: str, *extra: str) -> tuple[dict[str, object], str]:
+    def import_report(
+        self, file: Path, source_id: str, *extra: str, status: int = 0
+    ) -> tuple[dict[str, object], str]:
+        """Run an import with a JSON report; `status` is the exit status it must end with (1 when
+        any row was quarantined or rejected)."""
         report = file.with_suffix(f".report-{time.monotonic_ns()}.json")
-        done = self.run("import", str(file), "--source", source_id, "--report", str(report), *extra)
+        done = self.run(
+            "import", str(file), "--source", source_id, "--report", str(report), *extra, status=status
+        )
         return json.loads(report.read_text()), done.stdout
 
 
@@ -146,7 +152,8 @@ def test_import_csv_reports_bad_lines_and_rerunning_imports_nothing_twice(cli: C
     source = cli.create_source("crm")
     data = tmp_path / "customers.csv"
     data.write_text(CSV)
-    report, out = cli.import_report(data, source, "--type", "identify")
+    # Two bad lines: exit status 1, after the full report.
+    report, out = cli.import_report(data, source, "--type", "identify", status=1)
     # line 3: too few fields; line 7: an unparseable timestamp (lines 5-6 are one quoted record)
     assert _problem_lines(report, "rejected") == [3, 7]
     reasons = {p["line"]: p["reasons"][0]["message"] for p in report["problems"]}  # type: ignore[attr-defined]
@@ -160,12 +167,21 @@ def test_import_csv_reports_bad_lines_and_rerunning_imports_nothing_twice(cli: C
     )
     assert "rows not simply accepted" in out
 
-    # Re-running: the saved progress says it is done.
-    again = cli.run("import", str(data), "--source", source, "--type", "identify").stdout
-    assert "already imported" in again
+    # Re-running: the saved progress says it is done; the status is still the file's.
+    again = cli.run("import", str(data), "--source", source, "--type", "identify", status=1)
+    assert "already imported" in again.stdout and "has 3 fields" in again.stdout
+    assert "not every row was imported: 0 quarantined, 2 rejected" in again.stderr
     # Sending every line again (--restart): the deterministic messageIds make all of them duplicates.
-    resent, _ = cli.import_report(data, source, "--type", "identify", "--restart")
+    resent, _ = cli.import_report(data, source, "--type", "identify", "--restart", status=1)
     assert (resent["accepted"], resent["duplicates"], resent["rejected"]) == (0, 4, 2)
+
+    # Only the good lines: accepted or duplicates is exit status 0, however often it runs.
+    good = tmp_path / "good.csv"
+    good.write_text("".join(line for i, line in enumerate(CSV.splitlines(True), 1) if i in (1, 2, 4)))
+    clean, _ = cli.import_report(good, source, "--type", "identify")
+    assert (clean["accepted"], clean["duplicates"], clean["problems"]) == (2, 0, [])
+    clean, _ = cli.import_report(good, source, "--type", "identify", "--restart")
+    assert (clean["accepted"], clean["duplicates"], clean["problems"]) == (0, 2, [])
 
 
 def _ndjson_lines(count: int, bad: set[int]) -> str:
@@ -205,7 +221,7 @@ def test_import_ndjson_stopped_midway_resumes_after_the_last_acknowledged_line(
     assert 300 <= state["last_line"] < 1200 and not state["complete"]
     first_part = state["accepted"]
 
-    report, out = cli.import_report(data, source, "--batch", "100")
+    report, out = cli.import_report(data, source, "--batch", "100", status=1)
     assert f"resuming {data} after line {state['last_line']}" in out
     assert report["complete"] and report["rejected"] == len(bad)
     # Lines acknowledged before the stop are not sent again; batches that were in flight when it
@@ -215,7 +231,7 @@ def test_import_ndjson_stopped_midway_resumes_after_the_last_acknowledged_line(
     assert report["accepted"] > first_part
     assert _problem_lines(report, "rejected") == sorted(bad)
 
-    resent, _ = cli.import_report(data, source, "--restart")
+    resent, _ = cli.import_report(data, source, "--restart", status=1)
     assert (resent["accepted"], resent["duplicates"]) == (0, 1200 - len(bad))
 
 
@@ -272,7 +288,7 @@ def test_quarantine_list_and_replay_after_fixing_the_plan_with_apply(cli: Cli, t
     ]
     data = tmp_path / "orders.ndjson"
     data.write_text("\n".join(json.dumps(e) for e in events) + "\n")
-    report, out = cli.import_report(data, source)
+    report, out = cli.import_report(data, source, status=1)
     assert (report["accepted"], report["quarantined"]) == (1, 3)
     assert _problem_lines(report, "quarantined") == [2, 3, 4]
     kinds = {p["line"]: p["kind"] for p in report["problems"]}  # type: ignore[attr-defined]
@@ -322,6 +338,9 @@ def test_errors_are_one_sentence_without_a_traceback(cli: Cli, tmp_path: Path) -
     data = tmp_path / "one.ndjson"
     data.write_text('{"type": "track", "userId": "u", "event": "E"}\n')
     one_sentence(cli.run("import", str(data), "--source", "src_missing", check=False), "src_missing")
+    # Usage errors are exit status 2 as well (1 means rows were quarantined or rejected).
+    assert cli.run("import", str(data), check=False).returncode == 2  # no --source
+    assert cli.run("import", str(data), "--source", "src_x", "--batch", "0", check=False).returncode == 2
 
     # Without --target, the ingest endpoint comes from the data dir's run/endpoints.json.
     unreachable = subprocess.run(

@@ -1,6 +1,6 @@
 """Fault test: `python -m onefold.ingest` under concurrent load is SIGKILLed mid-load and restarted;
 every event it acknowledged is in its log exactly once, and clients retrying what was not
-acknowledged create no duplicates."""
+acknowledged create no duplicates. On a SQLite file and on PostgreSQL (`database_url`)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ async def _retry_all(target: str, token: str, sent: list[pb.BatchRequest]) -> co
 
 
 def test_sigkill_mid_load_loses_no_acknowledged_event_and_duplicates_none(
-    tmp_path: Path, nats_url: str, start_service: Callable[..., ServiceProcess]
+    tmp_path: Path, nats_url: str, database_url: str, start_service: Callable[..., ServiceProcess]
 ) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
@@ -78,7 +78,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_event_and_duplicates_none(
     credentials.create_schema()
     token = credentials.issue("retail", ["admin"]).token
     credentials.engine.dispose()
-    service = start_service("ingest", data_dir=data_dir)
+    service = start_service("ingest", data_dir=data_dir, onefold_database__url=database_url)
     source_id = asyncio.run(_create_source(service.target, token))
 
     sent: list[pb.BatchRequest] = []
@@ -104,7 +104,7 @@ def test_sigkill_mid_load_loses_no_acknowledged_event_and_duplicates_none(
     assert statuses[pb.ACK_STATUS_QUARANTINED] == 0
     assert service.stop() == 0
 
-    log = open_log(data_dir)
+    log = open_log(data_dir, database_url)
     try:
         counts: collections.Counter[str] = collections.Counter()
         for recorded in log.iter_all():

@@ -1,5 +1,6 @@
 """IngestService through the real gRPC server: every call type, batches, dedupe, tracking-plan modes,
-quarantine and replay, upload, rate limits, and the relay to JetStream."""
+quarantine and replay, upload, rate limits, and the relay to JetStream. Dedupe, quarantine and replay
+run on SQLite and on PostgreSQL (@ON_BOTH_DATABASES)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import test_ingest_grpc_harness as harness
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from test_ingest_grpc_harness import PRICE_SCHEMA, Harness, event, plan
+from test_ingest_grpc_harness import ON_BOTH_DATABASES, PRICE_SCHEMA, Harness, event, plan
 
 from onefold.contracts.common.v1 import envelope_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
@@ -63,6 +64,7 @@ async def test_each_call_type_is_accepted_and_recorded_per_person(ingest: Harnes
     assert "user-1" not in events[0].stream_id and b"user-1" not in events[0].payload
 
 
+@ON_BOTH_DATABASES
 async def test_batch_answers_per_event_and_dedupes_within_and_across_batches(ingest: Harness) -> None:
     source = (await ingest.create_source()).source
     stub = ingest.stub(ingest.writer_token)
@@ -88,6 +90,7 @@ async def test_batch_answers_per_event_and_dedupes_within_and_across_batches(ing
     assert len(ids) == 3 and ids.count(repeated.message_id) == 1
 
 
+@ON_BOTH_DATABASES
 async def test_concurrent_duplicates_in_one_group_commit_are_accepted_once(ingest: Harness) -> None:
     source = (await ingest.create_source()).source
     stub = ingest.stub(ingest.writer_token)
@@ -103,6 +106,7 @@ async def test_concurrent_duplicates_in_one_group_commit_are_accepted_once(inges
     assert ingest.app.groups_committed < 30
 
 
+@ON_BOTH_DATABASES
 async def test_dedupe_window_expires(ingest: Harness) -> None:
     source = (await ingest.create_source()).source
     stub = ingest.stub(ingest.writer_token)
@@ -161,6 +165,7 @@ async def test_tracking_plan_modes(ingest: Harness) -> None:
     assert details_of(caught.value)[1][0][0] == 'event_schemas["A"]'
 
 
+@ON_BOTH_DATABASES
 async def test_quarantine_list_pages_and_replay_after_fixing_the_plan(ingest: Harness) -> None:
     admin = ingest.stub(ingest.admin_token)
     stub = ingest.stub(ingest.writer_token)
@@ -292,6 +297,7 @@ async def test_accepted_events_reach_jetstream_partitioned_by_person(ingest: Har
     assert all(values == sorted(values) for values in order.values())
 
 
+@ON_BOTH_DATABASES
 async def test_ids_are_unique_per_workspace_not_global(ingest: Harness) -> None:
     """Dedupe is on (workspace, messageId): another workspace may reuse a messageId."""
     source = (await ingest.create_source()).source
@@ -306,3 +312,50 @@ async def test_ids_are_unique_per_workspace_not_global(ingest: Harness) -> None:
         pb.TrackRequest(event=msg, source_id=other_source.source_id)
     )
     assert mine.status == theirs.status == pb.ACK_STATUS_ACCEPTED
+
+
+@ON_BOTH_DATABASES
+async def test_text_postgresql_cannot_hold_is_answered_alike_on_both_databases(ingest: Harness) -> None:
+    """NUL (U+0000) cannot be stored in, or compared with, PostgreSQL text. A messageId holding it is
+    a protocol violation (quarantined with the reason, not a retry-forever UNAVAILABLE), and ids or
+    names holding it are refused or not found, as on SQLite."""
+    admin = ingest.stub(ingest.admin_token)
+    stub = ingest.stub(ingest.writer_token)
+    source = (await ingest.create_source("shop", plan(**{"Order Completed": PRICE_SCHEMA}))).source
+    blocked = event(user_id="u", message_id="m\x00", name="Order Completed", properties={"price": "x"})
+    result = await stub.Batch(
+        pb.BatchRequest(source_id=source.source_id, events=[event(user_id="a", message_id="a\x00b"), blocked])
+    )
+    assert [r.status for r in result.results] == [pb.ACK_STATUS_QUARANTINED] * 2
+    assert {r.reasons[0].path for r in result.results} == {"/messageId"}
+    assert all(r.kind == pb.FAILURE_KIND_PROTOCOL_VIOLATION for r in result.results)
+    listed = await admin.ListQuarantined(pb.ListQuarantinedRequest(source_id=source.source_id))
+    assert len(listed.events) == 2
+    replayed = await stub.ReplayQuarantined(pb.ReplayQuarantinedRequest(source_id=source.source_id))
+    assert [r.status for r in replayed.results] == [pb.ACK_STATUS_QUARANTINED] * 2
+
+    async def code(call: object) -> grpc.StatusCode:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call  # type: ignore[misc]
+        return caught.value.code()
+
+    missing = "src_\x00"
+    assert await code(stub.Track(pb.TrackRequest(event=event(user_id="u"), source_id=missing))) == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    for call in (
+        admin.GetSource(pb.GetSourceRequest(source_id=missing)),
+        admin.RotateWriteKey(pb.RotateWriteKeyRequest(source_id=missing)),
+        admin.DisableSource(pb.DisableSourceRequest(source_id=missing)),
+        admin.SetTrackingPlan(pb.SetTrackingPlanRequest(source_id=missing, tracking_plan={})),
+        stub.ReplayQuarantined(pb.ReplayQuarantinedRequest(quarantine_ids=["q_\x00"])),
+    ):
+        assert await code(call) == grpc.StatusCode.NOT_FOUND
+    assert (await admin.ListQuarantined(pb.ListQuarantinedRequest(source_id=missing))).events == []
+    assert (await stub.ReplayQuarantined(pb.ReplayQuarantinedRequest(source_id=missing))).results == []
+    invalid = (
+        admin.ListSources(pb.ListSourcesRequest(page={"page_token": "\x00"})),
+        admin.CreateSource(pb.CreateSourceRequest(name="tab\x00name")),
+    )
+    for call in invalid:
+        assert await code(call) == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,6 +1,9 @@
 """The ingest service composed in-process exactly as `python -m onefold.ingest` composes it (its own
-SQLite log, the application, the real gRPC server with the platform interceptor, the relay to a real
-nats-server), plus helpers the gRPC tests share. No tests here."""
+log, the application, the real gRPC server with the platform interceptor, the relay to a real
+nats-server), plus helpers the gRPC tests share. No tests here.
+
+The log is a SQLite file; a test marked `@ON_BOTH_DATABASES` runs twice, the second time on a fresh
+PostgreSQL database (the durability-critical paths: dedupe, quarantine and replay, erasure)."""
 
 from __future__ import annotations
 
@@ -31,6 +34,11 @@ from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.service import ServiceContext
 
 _counter = itertools.count()
+
+# Runs the test on SQLite and on PostgreSQL (a fresh database; skipped without ONEFOLD_TEST_POSTGRES_URL).
+ON_BOTH_DATABASES = pytest.mark.parametrize(
+    "ingest", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 @pytest.fixture(scope="session")
@@ -110,11 +118,14 @@ class _AuthStub:
         return call
 
 
-def settings_for(data_dir: Path, nats_url: str, **overrides: Any) -> Settings:
+def settings_for(data_dir: Path, nats_url: str, database_url: str = "", **overrides: Any) -> Settings:
+    """The settings `python -m onefold.ingest` would load for this data dir (and database; empty =
+    the SQLite file <data_dir>/ingest.db)."""
     return load_settings(
         "ingest",
         env={},
         data_dir=str(data_dir),
+        database={"url": database_url},
         nats={"url": nats_url, "reconnect_wait_seconds": 0.1},
         auth={"cache_seconds": 0, "bootstrap_admin": False},
         eventlog={"key_file": str(data_dir / "keys" / "ingest.kek")},
@@ -125,8 +136,12 @@ def settings_for(data_dir: Path, nats_url: str, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-async def ingest(tmp_path: Path, shared_nats: NatsServerProcess) -> AsyncIterator[Harness]:
-    settings = settings_for(tmp_path / "data", shared_nats.url)
+async def ingest(
+    request: pytest.FixtureRequest, tmp_path: Path, shared_nats: NatsServerProcess
+) -> AsyncIterator[Harness]:
+    on_postgres = getattr(request, "param", "sqlite") == "postgres"
+    database_url = request.getfixturevalue("fresh_postgres_url") if on_postgres else ""
+    settings = settings_for(tmp_path / "data", shared_nats.url, database_url)
     settings.data_dir.mkdir(parents=True)
     credentials = CredentialStore(settings.auth_database_url(), cache_seconds=0)
     credentials.create_schema()
@@ -160,9 +175,9 @@ async def ingest(tmp_path: Path, shared_nats: NatsServerProcess) -> AsyncIterato
         credentials.engine.dispose()
 
 
-def open_log(data_dir: Path, nats_url: str = "nats://127.0.0.1:1") -> EventStore:
+def open_log(data_dir: Path, database_url: str = "") -> EventStore:
     """The service's log as another process sees it (with the service's key file)."""
-    settings = settings_for(data_dir, nats_url)
+    settings = settings_for(data_dir, "nats://127.0.0.1:1", database_url)
     return EventStore(
         settings.database_url(),
         service="ingest",

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from test_ingest_grpc_harness import Harness, ingest, shared_nats  # noqa: F401
+from test_ingest_grpc_harness import ON_BOTH_DATABASES, Harness, ingest, shared_nats  # noqa: F401
 
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.ingest.entrypoints.http import HttpServer, serve
@@ -193,6 +193,7 @@ async def test_browser_sdks_text_plain_and_cors(http: Api) -> None:
 # --- dedupe and quarantine, visible in the answer -------------------------------------------------
 
 
+@ON_BOTH_DATABASES
 async def test_dedupe_on_message_id_is_visible_through_the_api(http: Api) -> None:
     event = {**examples()["track"], "messageId": "m-" + uuid.uuid4().hex}
     ok(await http.post("/v1/track", event))
@@ -209,6 +210,7 @@ async def test_dedupe_on_message_id_is_visible_through_the_api(http: Api) -> Non
     assert len(http.ingest.accepted()) == 2
 
 
+@ON_BOTH_DATABASES
 async def test_a_bad_event_in_a_batch_is_quarantined_not_a_400(http: Api) -> None:
     good = {"type": "track", "userId": "u1", "event": "Signed Up"}
     no_ids = {"type": "track", "event": "Orphan"}

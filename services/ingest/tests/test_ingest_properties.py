@@ -115,7 +115,10 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
     }
     optional = {
         "anonymousId": words,
-        "messageId": st.text(min_size=1, max_size=100).filter(str.strip),
+        # Any text but NUL, which a messageId must not hold (PostgreSQL text cannot store it).
+        "messageId": st.text(
+            st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), min_size=1, max_size=100
+        ).filter(str.strip),
         "name": st.text(max_size=10),
         "category": st.text(max_size=10),
         "traits": safe_objects,

@@ -428,6 +428,12 @@ def test_message_id_at_most_100_characters() -> None:
     assert "/messageId" in quarantined({"userId": USER, "event": "E", "messageId": "m" * 101}, "track")
 
 
+def test_message_id_without_nul() -> None:
+    # The dedupe key is stored as text; PostgreSQL text cannot hold NUL, so it is refused everywhere.
+    assert "/messageId" in quarantined({"userId": USER, "event": "E", "messageId": "m\x00"}, "track")
+    accepted({"userId": USER, "event": "E", "messageId": "m\u2028\t"}, "track")
+
+
 def test_identify_traits_fewer_than_300() -> None:
     accepted({"userId": USER, "traits": {f"t{i}": i for i in range(299)}}, "identify")
     problems = quarantined({"userId": USER, "traits": {f"t{i}": i for i in range(300)}}, "identify")

@@ -1,21 +1,33 @@
 """Sources, write keys, workspace isolation, scopes and data-subject requests, through the real gRPC
-server (and the application the HTTP API uses for write keys)."""
+server (and the application the HTTP API uses for write keys); the `ingest` settings section, through a
+real `python -m onefold.ingest` process."""
 
 from __future__ import annotations
 
+import inspect
+import subprocess
+import sys
+import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
 import test_ingest_grpc_harness as harness
-from test_ingest_grpc_harness import Harness, event
+from test_ingest_grpc_harness import ON_BOTH_DATABASES, Harness, event
 
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import ERASED
 from onefold.eventlog.projections import Projector
+from onefold.ingest.application import IngestApplication
 from onefold.ingest.projections import IngestProjection
+from onefold.platform.auth import CredentialStore
+from onefold.platform.config import IngestSettings
 from onefold.platform.errors import FailedPrecondition, Unauthenticated
+from onefold.testing.processes import ServiceProcess
 
 # The harness's fixtures, used by name below.
 ingest = harness.ingest
@@ -157,6 +169,7 @@ async def test_auth_missing_wrong_scope_and_other_workspace(ingest: Harness) -> 
     assert await _code(missing) == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@ON_BOTH_DATABASES
 async def test_export_and_erase_a_data_subject(ingest: Harness) -> None:
     source = (await ingest.create_source()).source
     writer = ingest.stub(ingest.writer_token)
@@ -205,3 +218,69 @@ async def test_export_and_erase_a_data_subject(ingest: Harness) -> None:
     assert [r.status for r in again.results] == [pb.ACK_STATUS_QUARANTINED, pb.ACK_STATUS_ACCEPTED]
     assert again.results[0].kind == pb.FAILURE_KIND_SUBJECT_ERASED
     assert await _code(dsr.ExportSubject(pb.ExportSubjectRequest())) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_ingest_settings_section_reaches_the_running_service(
+    tmp_path: Path, start_service: Callable[..., ServiceProcess]
+) -> None:
+    """`ONEFOLD_INGEST__*` in the environment of `python -m onefold.ingest`: a source created without
+    its own rate gets the configured default, and the configured dedupe window is the one used."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    credentials = CredentialStore(f"sqlite:///{data_dir / 'auth.db'}", cache_seconds=0)
+    credentials.create_schema()
+    metadata = (("authorization", f"Bearer {credentials.issue('tuned', ['admin']).token}"),)
+    credentials.engine.dispose()
+    service = start_service(
+        "ingest",
+        data_dir=data_dir,
+        # A refill of one event per 1000 s: after the burst, the next event is over the limit.
+        onefold_ingest__default_rate_limit_per_second="0.001",
+        onefold_ingest__dedupe_window_seconds="0.001",
+        onefold_ingest__linger_seconds="0",
+    )
+    with grpc.insecure_channel(service.target) as channel:
+        stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        default = stub.CreateSource(pb.CreateSourceRequest(name="default rate"), metadata=metadata).source
+        assert default.rate_limit_per_second == 0  # 0.001 per second, shown as "the service default"
+        burst = [event(user_id=f"u{i % 10}") for i in range(2500)]  # the bucket's minimum: one full batch
+        answer = stub.Batch(pb.BatchRequest(source_id=default.source_id, events=burst), metadata=metadata)
+        assert answer.accepted == 2500
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Track(
+                pb.TrackRequest(event=event(user_id="late"), source_id=default.source_id), metadata=metadata
+            )
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert "rate limit of 0.001 events per second" in caught.value.details()  # type: ignore[attr-defined]
+
+        # A source with its own rate is not limited by the default; its repeats are duplicates only
+        # within the configured window of a millisecond.
+        own = stub.CreateSource(
+            pb.CreateSourceRequest(name="own rate", rate_limit_per_second=100_000), metadata=metadata
+        ).source
+        request = pb.TrackRequest(event=event(user_id="u"), source_id=own.source_id)
+        assert stub.Track(request, metadata=metadata).status == pb.ACK_STATUS_ACCEPTED
+        time.sleep(0.01)  # ten windows pass
+        assert stub.Track(request, metadata=metadata).status == pb.ACK_STATUS_ACCEPTED
+    assert service.stop() == 0
+
+    # A bad value stops the service before it serves, with one sentence naming the key.
+    bad = {**service.env(), "ONEFOLD_INGEST__DEDUPE_WINDOW_SECONDS": "0"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "onefold.ingest"], env=bad, capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "onefold-ingest: invalid configuration value for 'ingest.dedupe_window_seconds' in defaults "
+        "and environment: Input should be greater than 0"
+    ]
+
+
+def test_the_settings_defaults_are_the_applications_defaults() -> None:
+    """Composed without an `ingest` section, the service behaves as IngestApplication's defaults say."""
+    defaults = IngestSettings()
+    parameters = inspect.signature(IngestApplication).parameters
+    assert timedelta(seconds=defaults.dedupe_window_seconds) == parameters["dedupe_window"].default
+    assert defaults.default_rate_limit_per_second == parameters["default_rate_limit_per_second"].default
+    assert defaults.max_group_events == parameters["max_group_events"].default
+    assert defaults.linger_seconds == parameters["linger_seconds"].default

@@ -9,6 +9,9 @@ SHA-256 and the line number, so sending the same line again is a duplicate the s
 Resumable: after every acknowledged batch, a state file in <data-dir>/imports/ records the file's
 SHA-256 and the last line whose fate is known; a re-run continues after it (`--restart` re-sends
 everything, which the service then answers as duplicates).
+
+Exit status: 0 when every row was accepted or a duplicate, 1 when any was quarantined or rejected
+(after the full report), 2 for usage, configuration and connection errors (see `import_file`).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ RETRY_SECONDS = 60.0  # how long an unavailable or rate-limited service is retri
 MAX_SAFE_INTEGER = 2**53
 STATE_VERSION = 1
 REPORT_PRINT_LIMIT = 50
+EXIT_NOT_ALL_IMPORTED = 1  # some rows quarantined or rejected; 2 (usage, config, connection) is fail()'s
 
 TYPES = {
     "track": pb.EVENT_TYPE_TRACK,
@@ -598,7 +602,13 @@ def import_file(
     target: Target = None,
     token: Token = None,
 ) -> None:
-    """Import identify/track records; resumable, and re-running imports nothing twice."""
+    """Import identify/track records; resumable, and re-running imports nothing twice.
+
+    Exit status (of the whole file, lines sent by earlier runs included):
+    0: every row was accepted or was a duplicate;
+    1: some rows were quarantined or rejected: the report lists them by line; re-running sends nothing twice;
+    2: a usage, configuration, credential or connection error; re-run to resume after the last saved line.
+    """
     conn = connect(data_dir, target, token)
     if fmt is None:
         suffix = file.suffix.lower()
@@ -663,3 +673,10 @@ def import_file(
     if report is not None:
         report.write_text(json.dumps(state.report(), indent=2))
         console.print(f"report written to {report}", highlight=False)
+    if state.quarantined or state.rejected:
+        err_console.print(
+            f"not every row was imported: {state.quarantined} quarantined, {state.rejected} rejected "
+            "(bad lines); the report lists them by line",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_NOT_ALL_IMPORTED)

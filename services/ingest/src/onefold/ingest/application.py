@@ -344,7 +344,7 @@ class IngestApplication:
     def _lookup_source(self, source_id: str, *, fresh: bool = False) -> Source | None:
         """The source from the database; `fresh` skips the negative cache (admin calls read their
         own writes and those of other replicas without waiting for it to expire)."""
-        if not fresh and self._recently_missing(self._missing_sources, source_id):
+        if _holds_nul(source_id) or (not fresh and self._recently_missing(self._missing_sources, source_id)):
             return None
         with self.store.engine.connect() as conn:
             row = conn.execute(sa.select(sources).where(sources.c.source_id == source_id)).first()
@@ -399,8 +399,11 @@ class IngestApplication:
     ) -> tuple[Source, str]:
         """A new source and its write key (returned only here and by rotate_write_key)."""
         name = name.strip()
-        if not name or len(name) > 200:
-            raise InvalidArgument("a source needs a name", violations=[("name", "1-200 characters")])
+        if not name or len(name) > 200 or any(ch < " " or ch == "\x7f" for ch in name):
+            raise InvalidArgument(
+                "a source needs a name of 1-200 characters without control characters",
+                violations=[("name", "1-200 characters, no control characters")],
+            )
         source_id = "src_" + secrets.token_hex(8)
         plan = self._checked_plan(source_id, tracking_plan, previous_version=0) if tracking_plan else None
         write_key = new_write_key()
@@ -421,6 +424,10 @@ class IngestApplication:
         self, workspace: str, *, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Source], str]:
         size = _page_size(page_size)
+        if _holds_nul(page_token):  # a source id never holds NUL (and PostgreSQL cannot compare one)
+            raise InvalidArgument(
+                "the page token is not valid", violations=[("page.page_token", "is not valid")]
+            )
 
         def query() -> list[Source]:
             statement = sa.select(sources).where(sources.c.workspace == workspace)
@@ -874,6 +881,8 @@ class IngestApplication:
         """Quarantined events of the workspace in log order; `page_token` continues a listing."""
         size = _page_size(page_size)
         after = _position_token(page_token)
+        if _holds_nul(source_id):
+            return [], ""  # no such source (and PostgreSQL cannot compare a text holding NUL)
 
         def query() -> list[tuple[int, ingest_pb2.QuarantinedEvent]]:
             statement = sa.select(quarantine).where(
@@ -926,11 +935,15 @@ class IngestApplication:
         if not self._accepting:
             raise Unavailable("the ingest service is not accepting events (starting or stopping)")
         ids = list(dict.fromkeys(quarantine_ids))
+        if not ids and _holds_nul(source_id):
+            return []  # no such source (and PostgreSQL cannot compare a text holding NUL)
 
         def select() -> list[tuple[Any, ingest_pb2.EventQuarantined]]:
             statement = sa.select(quarantine).where(quarantine.c.workspace == workspace)
             if ids:
-                statement = statement.where(quarantine.c.quarantine_id.in_(ids))
+                # Ids holding NUL exist nowhere (PostgreSQL cannot compare them): reported missing below.
+                storable = [qid for qid in ids if not _holds_nul(qid)]
+                statement = statement.where(quarantine.c.quarantine_id.in_(storable))
             else:
                 statement = statement.where(quarantine.c.replayed.is_(False))
                 if source_id:
@@ -1082,6 +1095,13 @@ def _identifiers(intake: Intake) -> tuple[str, str]:
                     else "",
                 )
     return "", ""
+
+
+def _holds_nul(text: str) -> bool:
+    """Whether `text` holds NUL, which PostgreSQL text can neither store nor be compared with (a
+    query with such a parameter fails). No id this service issues holds one, so a request naming one
+    names nothing: answered as not found, without asking the database."""
+    return "\x00" in text
 
 
 def _remember_missing(missing: dict[Any, float], key: Any) -> None:

@@ -9,6 +9,7 @@ calls `compose` (in a worker thread: it creates tables), serves gRPC, then `star
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from onefold.eventlog.service import EventSourcedService
 from onefold.ingest import application
@@ -35,7 +36,15 @@ class IngestComposition:
             servicers=lambda _service: grpc.registrations(self.application),
             subscriptions=consumers.subscriptions(),
         )
-        self.application = application.IngestApplication(self.service.store, projection=projection)
+        tuning = ctx.settings.ingest
+        self.application = application.IngestApplication(
+            self.service.store,
+            projection=projection,
+            dedupe_window=timedelta(seconds=tuning.dedupe_window_seconds),
+            default_rate_limit_per_second=tuning.default_rate_limit_per_second,
+            max_group_events=tuning.max_group_events,
+            linger_seconds=tuning.linger_seconds,
+        )
         self.http: HttpServer | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:

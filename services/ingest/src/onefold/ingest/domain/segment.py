@@ -258,6 +258,9 @@ def parse_event(
     kind = CallType(type_name)
 
     message_id = fields.string("messageId", max_length=limits.max_message_id_length)
+    if "\x00" in message_id:
+        # The dedupe key is kept as text, and PostgreSQL text cannot hold NUL: refused alike everywhere.
+        problems.append(Violation("/messageId", "must not contain the NUL character (U+0000)", "pattern"))
     anonymous_id = fields.identifier("anonymousId")
     user_id = fields.identifier("userId")
     previous_id = fields.identifier("previousId")
