@@ -62,6 +62,7 @@ def event_registry() -> EventRegistry:
         *LEDGER_TYPES,
         pb.PreferenceSet,
         pb.ConsentModelSet,
+        pb.ConsentsUnmerged,
         pb.RequestOpened,
         pb.RequestStepUpdated,
         pb.RequestExtended,
@@ -148,12 +149,15 @@ class ConsentApplication:
         return model
 
     def get_model(self, workspace: str) -> pb.ConsentModel:
+        """A copy of the workspace's model (the cached one must not be changed by callers)."""
+        answer = pb.ConsentModel()
         with self.store.engine.connect() as conn:
-            return self.model(conn, workspace).proto
+            answer.CopyFrom(self.model(conn, workspace).proto)
+        return answer
 
     def set_model(self, workspace: str, message: pb.ConsentModel, actor: str) -> pb.ConsentModel:
         try:
-            model_from_proto(message)
+            proposed = model_from_proto(message)
         except ModelError as error:
             raise InvalidArgument(f"consent model: {error}", violations=[(error.field, str(error))]) from None
         with self.store.transaction() as conn:
@@ -161,10 +165,10 @@ class ConsentApplication:
             stored = pb.ConsentModel()
             stored.CopyFrom(message)
             stored.version = current.version + 1
-            # A notice version, once published, is evidence: it may not change or disappear.
+            # A notice version, once published, is evidence: it may not change or disappear — not its
+            # text, nor the purposes it covers, its language, publication time or material flag.
             for key, old in current.notices.items():
-                new = next((n for n in stored.notices if (n.notice_id, n.version) == key), None)
-                if new is None or new.text_sha256 != old.text_sha256:
+                if proposed.notices.get(key) != old:
                     raise FailedPrecondition(
                         f"notice {key[0]} version {key[1]} was published and consents rest on it: publish a new "
                         "version instead of changing or removing it",
@@ -235,7 +239,8 @@ class ConsentApplication:
         if at is None:
             state = load_state(conn, workspace, live)
         else:
-            state = self._fold(conn, workspace, live, as_of=at, known_at=None)
+            ledger = self._ledger_at(conn, workspace, profile_id, live, as_of=at, known_at=None)
+            state = self._fold(conn, workspace, ledger, as_of=at, known_at=None)
         return live, decide(model, state, purpose, channel, at or now, jurisdiction)
 
     def check_batch(
@@ -478,6 +483,31 @@ class ConsentApplication:
             )
         return occurred
 
+    # ------------------------------------------------------------------------------ erasure
+
+    def erase_subject(self, workspace: str, profile_id: str, request_id: str, actor: str = "") -> list[str]:
+        """Consent's part of an erasure request: record ConsentSubjectErased on the subject's ledger
+        (checks deny with ERASED from then on), then crypto-shred the personal proof of the subject
+        and of every profile merged into it. Idempotent. Returns the profile ids whose keys are gone."""
+        _check_profile_id(profile_id)
+        with self.store.transaction() as conn:
+            live = self.live_profile(conn, workspace, profile_id)
+            merged = [
+                row.profile_id
+                for row in conn.execute(
+                    sa.select(aliases.c.profile_id).where(
+                        aliases.c.workspace == workspace, aliases.c.survivor_id == live
+                    )
+                )
+            ]
+            if load_state(conn, workspace, live).erased is None:
+                message = pb.ConsentSubjectErased(workspace=workspace, profile_id=live, request_id=request_id)
+                self.append(conn, [self._ledger_event(workspace, live, message, self.clock(), actor)])
+        profiles = list(dict.fromkeys([live, profile_id, *sorted(merged)]))
+        for profile in profiles:
+            self.store.erase_subject(subject_of(workspace, profile))
+        return profiles
+
     # ------------------------------------------------------------------------------ upstream events
 
     def handle_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
@@ -497,12 +527,28 @@ class ConsentApplication:
                 )
             elif envelope.type == _UNMERGED:
                 unmerged = identity_pb2.ProfileUnmerged.FromString(envelope.payload)
-                # The parts that were profiles of their own have their own ledgers again.
-                conn.execute(
-                    aliases.delete().where(
-                        aliases.c.workspace == unmerged.workspace,
-                        aliases.c.profile_id.in_([part.profile_id for part in unmerged.parts]),
-                    )
+                # The parts that were profiles of their own have their own ledgers again: recorded as
+                # an event, so a rebuilt read model splits them too.
+                revived = [
+                    part.profile_id for part in unmerged.parts if part.profile_id != unmerged.profile_id
+                ]
+                message = pb.ConsentsUnmerged(
+                    workspace=unmerged.workspace,
+                    profile_id=unmerged.profile_id,
+                    revived_profile_ids=revived,
+                    evidence_event_id=envelope.event_id,
+                )
+                self.append(
+                    conn,
+                    [
+                        NewEvent(
+                            stream_id=ledger_stream(unmerged.workspace, unmerged.profile_id),
+                            message=message,
+                            workspace=unmerged.workspace,
+                            occurred_at=envelope.occurred_at.ToDatetime(tzinfo=UTC),
+                            metadata={PARTITION_KEY: unmerged.profile_id},
+                        )
+                    ],
                 )
 
     def _consent_from_event(self, conn: Connection, resolved: identity_pb2.EventResolved) -> list[NewEvent]:
@@ -515,6 +561,8 @@ class ConsentApplication:
         by_name = {p.purpose_id.lower(): p for p in model.purposes.values()}
         by_name.update({p.name.lower(): p for p in model.purposes.values() if p.name})
         state = load_state(conn, workspace, live)
+        if state.erased is not None:
+            return []  # an erased subject's ledger takes no more personal proof (its key is gone)
         out: list[NewEvent] = []
         for name, granted in [(n, True) for n in consent.purposes_granted] + [
             (n, False) for n in consent.purposes_denied
@@ -528,13 +576,18 @@ class ConsentApplication:
                     workspace=workspace, profile_id=live, purpose_id=purpose.purpose_id, proof=proof
                 )
             else:
-                # A banner's consent counts only with the notice it showed: the one named, else the
-                # version of a notice covering the purpose that was current when it was given.
-                notice = model.notices.get((consent.notice_id, consent.notice_version)) or max(
+                # A banner's consent counts only with the notice it showed: the version named, else
+                # the version (of the notice named, or of any) covering the purpose that was current
+                # when it was given. A named notice the model does not have, that does not cover the
+                # purpose or was not yet published is no proof: nothing is recorded (GDPR Art. 7(1)).
+                notice = max(
                     (
                         n
                         for n in model.notices.values()
-                        if purpose.purpose_id in n.purpose_ids and n.published_at <= occurred
+                        if purpose.purpose_id in n.purpose_ids
+                        and n.published_at <= occurred
+                        and (not consent.notice_id or n.notice_id == consent.notice_id)
+                        and (not consent.notice_version or n.version == consent.notice_version)
                     ),
                     key=lambda n: n.published_at,
                     default=None,
@@ -599,16 +652,15 @@ class ConsentApplication:
         with_preferences: bool = False,
     ) -> LedgerState:
         """Replay the subject's ledger: only what was recorded by `known_at`, and only what had
-        happened by `as_of` (in occurred order) — the two axes of a bitemporal audit."""
+        happened by `as_of` — the two axes of a bitemporal audit. Folded in log order, like the live
+        read model (the fold itself orders answers by occurred time), so replay equals live."""
         events = self.store.read_streams(
             [ledger_stream(workspace, profile_id)], types=_LEDGER_TYPE_NAMES, conn=conn
         )
         if known_at is not None:
             events = [e for e in events if e.recorded_at <= known_at]
         if as_of is not None:
-            events = sorted(
-                (e for e in events if e.occurred_at <= as_of), key=lambda e: (e.occurred_at, e.position)
-            )
+            events = [e for e in events if e.occurred_at <= as_of]
         state = LedgerState()
         for event in events:
             if with_preferences or event.type != pb.PreferenceSet.DESCRIPTOR.full_name:
@@ -628,7 +680,50 @@ class ConsentApplication:
                 raise InvalidArgument(f"{name} is in the future", violations=[(name, "in the future")])
         with self.store.engine.connect() as conn:
             live = self.live_profile(conn, workspace, profile_id)
-            return live, self._fold(conn, workspace, live, as_of=as_of, known_at=known_at)
+            ledger = self._ledger_at(conn, workspace, profile_id, live, as_of=as_of, known_at=known_at)
+            return live, self._fold(conn, workspace, ledger, as_of=as_of, known_at=known_at)
+
+    def _ledger_at(
+        self,
+        conn: Connection,
+        workspace: str,
+        profile_id: str,
+        live: str,
+        *,
+        as_of: datetime | None,
+        known_at: datetime | None,
+    ) -> str:
+        """The profile whose ledger counted for `profile_id` at that time. `live` is where it counts
+        now; a profile merged into another only after `as_of` (or recorded merged only after
+        `known_at`) still answered from its own ledger then — following a chain of merges as far as
+        each had happened."""
+        if profile_id == live or (as_of is None and known_at is None):
+            return live
+        merged = conn.execute(
+            sa.select(aliases.c.profile_id).where(
+                aliases.c.workspace == workspace, aliases.c.survivor_id == live
+            )
+        )
+        into: dict[str, tuple[str, RecordedEvent]] = {}
+        for event in self.store.read_streams(
+            [ledger_stream(workspace, p) for p in [live, *(row.profile_id for row in merged)]],
+            types=[pb.ConsentsMerged.DESCRIPTOR.full_name],
+            conn=conn,
+        ):
+            message = pb.ConsentsMerged.FromString(event.payload)  # public fields only: no key needed
+            into[message.merged_profile_id] = (message.profile_id, event)
+        current, seen = profile_id, {profile_id}
+        while current != live and current in into:
+            survivor, event = into[current]
+            if (as_of is not None and event.occurred_at > as_of) or (
+                known_at is not None and event.recorded_at > known_at
+            ):
+                break
+            current = survivor
+            if current in seen:
+                return live
+            seen.add(current)
+        return current
 
     def history(self, workspace: str, profile_id: str) -> tuple[str, list[tuple[RecordedEvent, Message]]]:
         _check_profile_id(profile_id)

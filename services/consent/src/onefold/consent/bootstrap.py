@@ -1,5 +1,6 @@
 """Composition root of the consent service: its event log, application, servicers, the identity
-subscriber and the channels to the other services (subjects by identifier; data-subject requests).
+subscriber, the channels to the other services (subjects by identifier; data-subject requests) and
+the background loop that retries data-subject requests' pending steps (on the leader replica).
 
 Nothing here runs at import time; `main()` hands the composition to the platform runner.
 """
@@ -7,11 +8,13 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from onefold.consent import application
 from onefold.consent.entrypoints import consumers, grpc
 from onefold.consent.projections import ConsentProjection
+from onefold.consent.requests import SubjectRequests
 from onefold.eventlog.service import EventSourcedService
 from onefold.platform.client import Peers
 from onefold.platform.grpc_server import ServiceRegistration
@@ -29,10 +32,12 @@ class ConsentComposition:
             ctx,
             registry=application.event_registry(),
             projections=[projection],
-            servicers=lambda _service: grpc.registrations(self.application, self.peers),
+            servicers=lambda _service: grpc.registrations(self.application, self.peers, self.requests),
             subscriptions=consumers.subscriptions(lambda: self.application),
         )
         self.application = application.ConsentApplication(self.service.store, projection)
+        self.requests = SubjectRequests(self.application, self.peers)
+        self._requests_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
         return self.service.registrations()
@@ -40,8 +45,15 @@ class ConsentComposition:
     async def start(self) -> None:
         await asyncio.to_thread(self.application.catch_up)
         await self.service.start()
+        self._requests_task = asyncio.create_task(
+            self.requests.run(self.service.leading.is_set), name="consent-subject-requests"
+        )
 
     async def stop(self) -> None:
+        if self._requests_task is not None:
+            self._requests_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._requests_task
         await self.service.stop()
         await self.peers.close()
 

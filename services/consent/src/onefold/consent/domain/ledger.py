@@ -11,7 +11,9 @@ Decision, in order (the first rule that applies decides):
    personalised marketing) → DENY;
 4. the purpose rests on another lawful basis where the subject is (PIPL 13, GDPR 6) → ALLOW;
 5. the latest answer for (purpose, channel) — the channel's own or the purpose-wide one, whichever
-   came later — is none → DENY (NO_CONSENT), withdrawn → DENY, expired → DENY;
+   came later — is none → DENY (NO_CONSENT), withdrawn → DENY, expired → DENY; "later" is by
+   occurred time (ties: log order), so a grant or withdrawal recorded late, that happened before the
+   standing answer, does not replace it;
 6. a notice covering the purpose changed materially after the consent was given (PIPL 14) → DENY
    (RECONSENT_REQUIRED);
 7. otherwise ALLOW (GRANTED), with the grant as evidence.
@@ -114,6 +116,8 @@ class LedgerState:
     def apply(self, evidence: Evidence, message: Message) -> None:
         self.events += 1
         if isinstance(message, pb.ConsentGranted):
+            if _older(evidence, self.entries.get((message.purpose_id, message.channel))):
+                return
             self.entries[(message.purpose_id, message.channel)] = Entry(
                 pb.CONSENT_STATUS_GRANTED,
                 evidence,
@@ -125,6 +129,8 @@ class LedgerState:
             )
         elif isinstance(message, pb.ConsentWithdrawn):
             previous = self.entries.get((message.purpose_id, message.channel))
+            if _older(evidence, previous):
+                return
             self.entries[(message.purpose_id, message.channel)] = Entry(
                 pb.CONSENT_STATUS_WITHDRAWN,
                 evidence,
@@ -139,6 +145,11 @@ class LedgerState:
                 self.entries[key] = replace(current, status=pb.CONSENT_STATUS_EXPIRED, evidence=evidence)
         elif isinstance(message, pb.ObjectionRecorded):
             self.objections[message.purpose_id] = evidence
+            # An objection also ends every grant for the purpose: lifting it later does not bring an
+            # old grant back; the person must consent again.
+            for key, entry in list(self.entries.items()):
+                if key[0] == message.purpose_id and entry.status == pb.CONSENT_STATUS_GRANTED:
+                    self.entries[key] = replace(entry, status=pb.CONSENT_STATUS_WITHDRAWN, evidence=evidence)
         elif isinstance(message, pb.ObjectionLifted):
             self.objections.pop(message.purpose_id, None)
         elif isinstance(message, pb.RestrictionSet):
@@ -234,8 +245,10 @@ def decide(
     entry = _latest(
         state.entries.get((purpose_id, channel)), state.entries.get((purpose_id, "")) if channel else None
     )
+    # Unset: the jurisdiction of the consent for this purpose, else of the subject's latest consent,
+    # else the purpose's first (CheckConsentRequest.jurisdiction).
     where = jurisdiction or (entry.jurisdiction if entry is not None and entry.jurisdiction else 0)
-    where = where or model.default_jurisdiction(purpose)
+    where = where or _latest_jurisdiction(state) or model.default_jurisdiction(purpose)
     basis = model.basis(purpose, where)
     if basis != pb.LEGAL_BASIS_CONSENT:
         article = "PIPL Art. 13" if jurisdiction_name(where) == "PIPL" else "GDPR Art. 6"
@@ -277,7 +290,24 @@ def decide(
     )
 
 
+def _when(evidence: Evidence) -> tuple[datetime, int]:
+    """When an answer was given: in the world (occurred), ties broken by the log's order."""
+    return evidence.occurred_at, evidence.position
+
+
+def _older(evidence: Evidence, current: Entry | None) -> bool:
+    """A grant or withdrawal recorded late, that happened before the answer already standing for
+    its (purpose, channel), does not replace it: the person's latest answer in the world counts, so
+    the fold gives the same state whatever order the events were recorded in."""
+    return current is not None and _when(evidence) < _when(current.evidence)
+
+
+def _latest_jurisdiction(state: LedgerState) -> int:
+    answers = [entry for entry in state.entries.values() if entry.jurisdiction]
+    return max(answers, key=lambda entry: _when(entry.evidence)).jurisdiction if answers else 0
+
+
 def _latest(own: Entry | None, wide: Entry | None) -> Entry | None:
     if own is None or wide is None:
         return own or wide
-    return own if own.evidence.position >= wide.evidence.position else wide
+    return own if _when(own.evidence) >= _when(wide.evidence) else wide

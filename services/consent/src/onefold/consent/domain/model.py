@@ -15,6 +15,7 @@ DEFAULT_GUARDIAN_AGE = {"PIPL": 14, "GDPR": 16}
 DEFAULT_CHANNELS = ("email", "sms", "push", "wechat", "phone")
 _ID = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_MEMBER_STATE = re.compile(r"^GDPR:[A-Z]{2}$")
 _JURISDICTION_NAMES: dict[int, str] = {pb.JURISDICTION_PIPL: "PIPL", pb.JURISDICTION_GDPR: "GDPR"}
 _PIPL_ONLY = {
     pb.LEGAL_BASIS_HUMAN_RESOURCES,
@@ -193,6 +194,12 @@ def model_from_proto(message: pb.ConsentModel) -> Model:
         base = key.split(":", 1)[0]
         if base not in DEFAULT_GUARDIAN_AGE:
             raise ModelError(f"guardian_age has an unknown jurisdiction {key!r}", "guardian_age")
+        if key != base and not (base == "GDPR" and _MEMBER_STATE.match(key)):
+            # Checks look up "GDPR:<upper-case country>": any other spelling would never apply.
+            raise ModelError(
+                f"guardian_age key {key!r} must be PIPL, GDPR or GDPR:<ISO 3166 country code>, e.g. GDPR:FR",
+                "guardian_age",
+            )
         if base == "GDPR" and not 13 <= age <= 16:
             raise ModelError(f"guardian_age[{key}] must be 13 to 16 (GDPR Art. 8(1))", "guardian_age")
         if base == "PIPL" and age < 14:

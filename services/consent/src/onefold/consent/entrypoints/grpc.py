@@ -1,6 +1,7 @@
 """gRPC servicers of the consent service: onefold.consent.v1.ConsentService (the ledger, checks and
 data-subject requests) and onefold.consent.v1.AuditService (compliance officers), thin adapters to
-the application; blocking work runs in worker threads."""
+the application and to requests.SubjectRequests; blocking work runs in worker threads, the calls a
+data-subject request makes to the other services run in this event loop (with timeouts)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import grpc
 
 from onefold.consent.application import ConsentApplication, Written, summary
 from onefold.consent.entrypoints.subjects import resolve_subject
+from onefold.consent.projections import TERMINAL_STATES
+from onefold.consent.requests import SubjectRequests
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.consent.v1 import consent_pb2_grpc
 from onefold.platform import auth
 from onefold.platform.client import Peers
-from onefold.platform.errors import InvalidArgument
+from onefold.platform.errors import FailedPrecondition, InvalidArgument
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
+from onefold.platform.telemetry import get_logger
 
 CONSENT = pb.DESCRIPTOR.services_by_name["ConsentService"]
 AUDIT = pb.DESCRIPTOR.services_by_name["AuditService"]
@@ -32,6 +36,7 @@ CONSENT_SCOPES = {
 }
 AUDIT_SCOPES = {"ConsentAsOf": "audit:read", "History": "audit:read"}
 MAX_BATCH = 1000
+log = get_logger("onefold.consent.grpc")
 
 
 def _actor() -> str:
@@ -55,10 +60,12 @@ def _written(written: Written) -> pb.LedgerWriteResponse:
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
-    def __init__(self, application: ConsentApplication, peers: Peers, requests: object | None = None) -> None:
+    def __init__(
+        self, application: ConsentApplication, peers: Peers, requests: SubjectRequests | None = None
+    ) -> None:
         self.app = application
         self.peers = peers
-        self.requests = requests
+        self.requests = requests or SubjectRequests(application, peers)
 
     async def _subject(self, ref: object) -> tuple[str, str]:
         workspace = auth.current_workspace()
@@ -141,12 +148,84 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.ConsentModel:
         return await asyncio.to_thread(self.app.set_model, auth.current_workspace(), request.model, _actor())
 
+    # -------------------------------------------------------------------------- data-subject requests
+
+    async def _pass(self, workspace: str, request_id: str) -> pb.SubjectRequest:
+        """One saga pass, shielded: a caller that gives up does not cut a pass (and the calls it has
+        made) short; what it recorded stays, and the background loop carries on."""
+        task = asyncio.ensure_future(self.requests.process(workspace, request_id))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the request is recorded either way: answer with what it is now
+            log.exception("dsr.pass_failed", workspace=workspace, request_id=request_id)
+            return await asyncio.to_thread(self.requests.get, workspace, request_id)
+
+    async def OpenRequest(
+        self, request: pb.OpenRequestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubjectRequest:
+        workspace, profile_id = await self._subject(request.subject)
+        opened = await asyncio.to_thread(self.requests.open, workspace, profile_id, request, _actor())
+        if opened.state in TERMINAL_STATES:
+            return opened
+        return await self._pass(workspace, opened.request_id)
+
+    async def GetRequest(
+        self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubjectRequest:
+        return await asyncio.to_thread(self.requests.get, auth.current_workspace(), request.request_id)
+
+    async def RetryRequest(
+        self, request: pb.RetryRequestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubjectRequest:
+        workspace = auth.current_workspace()
+        current = await asyncio.to_thread(self.requests.get, workspace, request.request_id)
+        if current.state in TERMINAL_STATES:
+            state = pb.RequestState.Name(current.state).removeprefix("REQUEST_STATE_").lower()
+            raise FailedPrecondition(
+                f"the request is {state}: nothing is left to retry", violations=[("request_id", state)]
+            )
+        return await self._pass(workspace, request.request_id)
+
+    async def ExtendRequest(
+        self, request: pb.ExtendRequestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubjectRequest:
+        return await asyncio.to_thread(
+            self.requests.extend,
+            auth.current_workspace(),
+            request.request_id,
+            request.days,
+            request.reason,
+            _actor(),
+        )
+
+    async def RefuseRequest(
+        self, request: pb.RefuseRequestRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubjectRequest:
+        return await asyncio.to_thread(
+            self.requests.refuse, auth.current_workspace(), request.request_id, request.reason, _actor()
+        )
+
+    async def ListRequests(
+        self, request: pb.ListRequestsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRequestsResponse:
+        listed = await asyncio.to_thread(
+            self.requests.list_requests,
+            auth.current_workspace(),
+            overdue_only=request.overdue_only,
+            state=request.state,
+        )
+        return pb.ListRequestsResponse(requests=listed)
+
 
 class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
-    def __init__(self, application: ConsentApplication, peers: Peers, requests: object | None = None) -> None:
+    def __init__(
+        self, application: ConsentApplication, peers: Peers, requests: SubjectRequests | None = None
+    ) -> None:
         self.app = application
         self.peers = peers
-        self.requests = requests
+        self.requests = requests or SubjectRequests(application, peers)
 
     async def ConsentAsOf(
         self, request: pb.ConsentAsOfRequest, context: grpc.aio.ServicerContext
@@ -187,12 +266,16 @@ class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
             envelope = self.app.store.to_envelope(event, decrypt=False)
             envelope.payload = message.SerializeToString(deterministic=True)
             entry.event.CopyFrom(envelope)
+        answer.requests.extend(
+            await asyncio.to_thread(self.requests.of_subjects, workspace, list({live, profile_id}))
+        )
         return answer
 
 
 def registrations(
-    application: ConsentApplication, peers: Peers, requests: object | None = None
+    application: ConsentApplication, peers: Peers, requests: SubjectRequests | None = None
 ) -> Sequence[ServiceRegistration]:
+    requests = requests or SubjectRequests(application, peers)
     return (
         typed_registration(CONSENT, pb, ConsentServicer(application, peers, requests), CONSENT_SCOPES),
         typed_registration(AUDIT, pb, AuditServicer(application, peers, requests), AUDIT_SCOPES),

@@ -5,18 +5,22 @@
   ("erased"), each with the ledger event it rests on. CheckConsent reads these rows (one query).
 - `consent_aliases`: a profile merged into another (identity) -> the survivor whose ledger now counts.
 - `consent_models`: each workspace's model (protobuf bytes).
-- `consent_requests`: data-subject requests (public fields + steps as JSON) for listing and deadlines.
+- `consent_requests`: data-subject requests (their public fields, steps as JSON, the signed
+  completion record) for listing and deadlines; the personal parts (identifiers, corrections,
+  the export) stay encrypted in the request's own stream `dsr:<workspace>:<request_id>`.
 
 Nothing personal is stored here: proof (IP, user agent, guardian) stays encrypted in the log.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC
+from typing import Any
 
 import sqlalchemy as sa
-from google.protobuf.json_format import MessageToJson
+from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
@@ -77,6 +81,12 @@ requests = sa.Table(
     sa.Column("due_at", sa.BigInteger, nullable=False, index=True),
     sa.Column("steps", sa.Text, nullable=False),  # JSON list of RequestStep
     sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("extended", sa.Boolean, nullable=False, default=False),
+    sa.Column("extension_reason", sa.Text, nullable=False, default=""),
+    sa.Column("refusal_reason", sa.Text, nullable=False, default=""),
+    sa.Column("completed_at", sa.BigInteger, nullable=True),
+    sa.Column("completion_record", sa.Text, nullable=False, default=""),
+    sa.Column("completion_signature", sa.String(64), nullable=False, default=""),
 )
 
 LEDGER_TYPES = (
@@ -215,6 +225,14 @@ class ConsentProjection:
                     )
                     .values(survivor_id=profile_id)
                 )
+        elif isinstance(message, pb.ConsentsUnmerged):
+            if message.revived_profile_ids:
+                conn.execute(
+                    aliases.delete().where(
+                        aliases.c.workspace == message.workspace,
+                        aliases.c.profile_id.in_(list(message.revived_profile_ids)),
+                    )
+                )
         elif isinstance(message, pb.ConsentModelSet):
             conn.execute(models.delete().where(models.c.workspace == message.workspace))
             conn.execute(
@@ -228,22 +246,99 @@ class ConsentProjection:
                 ],
             )
         elif isinstance(message, pb.RequestOpened):
-            request = message.request
+            conn.execute(requests.insert(), [request_row(message.request, event.position)])
+        elif isinstance(message, REQUEST_UPDATES):
+            row = conn.execute(sa.select(requests).where(requests.c.request_id == message.request_id)).first()
+            if row is None or row.workspace != message.workspace:
+                return  # an update of a request this read model never saw opened: nothing to fold into
+            request = request_from_row(row)
+            fold_request(request, event, message)
             conn.execute(
-                requests.insert(),
-                [
-                    {
-                        "request_id": request.request_id,
-                        "workspace": request.workspace,
-                        "profile_id": request.profile_id,
-                        "type": request.type,
-                        "state": request.state,
-                        "received_at": to_micros(request.received_at.ToDatetime(tzinfo=UTC)),
-                        "due_at": to_micros(request.due_at.ToDatetime(tzinfo=UTC)),
-                        "steps": "["
-                        + ",".join(MessageToJson(step, indent=None) for step in request.steps)
-                        + "]",
-                        "position": event.position,
-                    }
-                ],
+                requests.update()
+                .where(requests.c.request_id == message.request_id)
+                .values(request_row(request, event.position))
             )
+
+
+# ------------------------------------------------------------------------------ data-subject requests
+
+REQUEST_UPDATES = (pb.RequestStepUpdated, pb.RequestExtended, pb.RequestCompleted, pb.RequestRefused)
+TERMINAL_STATES = frozenset({pb.REQUEST_STATE_COMPLETED, pb.REQUEST_STATE_REFUSED})
+
+
+def fold_request(request: pb.SubjectRequest, event: RecordedEvent, message: Message) -> None:
+    """Apply one event of a request's stream to the request (in place): the one fold behind both
+    the read model and GetRequest (which folds the stream itself, decrypting the personal parts)."""
+    if isinstance(message, pb.RequestOpened):
+        request.CopyFrom(message.request)
+    elif isinstance(message, pb.RequestStepUpdated):
+        for step in request.steps:
+            if step.service == message.step.service:
+                step.CopyFrom(message.step)
+                break
+        else:
+            request.steps.append(message.step)
+        if request.state == pb.REQUEST_STATE_OPEN:
+            request.state = pb.REQUEST_STATE_IN_PROGRESS
+    elif isinstance(message, pb.RequestExtended):
+        request.due_at.CopyFrom(message.due_at)
+        request.extended = True
+        request.extension_reason = message.reason
+    elif isinstance(message, pb.RequestCompleted):
+        request.state = pb.REQUEST_STATE_COMPLETED
+        request.completed_at.FromDatetime(event.occurred_at)
+        request.completion_record = message.completion_record
+        request.completion_signature = message.completion_signature
+        request.export = message.export
+    elif isinstance(message, pb.RequestRefused):
+        request.state = pb.REQUEST_STATE_REFUSED
+        request.refusal_reason = message.reason
+        request.completed_at.FromDatetime(event.occurred_at)  # when it was answered: with the refusal
+    elif isinstance(message, pb.ErasureRequested):
+        del request.identifiers[:]
+        request.identifiers.extend(message.identifiers)
+
+
+def request_row(request: pb.SubjectRequest, position: int) -> dict[str, object]:
+    """The read-model row of a request: its public fields only (no identifiers, corrections or export)."""
+    return {
+        "request_id": request.request_id,
+        "workspace": request.workspace,
+        "profile_id": request.profile_id,
+        "type": request.type,
+        "state": request.state,
+        "received_at": to_micros(request.received_at.ToDatetime(tzinfo=UTC)),
+        "due_at": to_micros(request.due_at.ToDatetime(tzinfo=UTC)),
+        "steps": json.dumps([MessageToDict(step) for step in request.steps], sort_keys=True),
+        "position": position,
+        "extended": request.extended,
+        "extension_reason": request.extension_reason,
+        "refusal_reason": request.refusal_reason,
+        "completed_at": to_micros(request.completed_at.ToDatetime(tzinfo=UTC))
+        if request.HasField("completed_at")
+        else None,
+        "completion_record": request.completion_record,
+        "completion_signature": request.completion_signature,
+    }
+
+
+def request_from_row(row: sa.Row[Any]) -> pb.SubjectRequest:
+    """A request as the read model holds it (public fields; what ListRequests answers)."""
+    request = pb.SubjectRequest(
+        request_id=row.request_id,
+        workspace=row.workspace,
+        type=row.type,
+        profile_id=row.profile_id,
+        state=row.state,
+        extended=bool(row.extended),
+        extension_reason=row.extension_reason,
+        refusal_reason=row.refusal_reason,
+        completion_record=row.completion_record,
+        completion_signature=row.completion_signature,
+        steps=[ParseDict(step, pb.RequestStep()) for step in json.loads(row.steps)],
+    )
+    request.received_at.FromDatetime(from_micros(row.received_at))
+    request.due_at.FromDatetime(from_micros(row.due_at))
+    if row.completed_at is not None:
+        request.completed_at.FromDatetime(from_micros(row.completed_at))
+    return request

@@ -880,6 +880,40 @@ class ConsentsMerged(_message.Message):
 Global___ConsentsMerged: _TypeAlias = ConsentsMerged  # noqa: Y015
 
 @_typing.final
+class ConsentsUnmerged(_message.Message):
+    """Identity split a profile (unmerge): the parts that had been profiles of their own answer from
+    their own ledgers again (consents given to the merged profile stay with `profile_id`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    REVIVED_PROFILE_IDS_FIELD_NUMBER: _builtins.int
+    EVIDENCE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    profile_id: _builtins.str
+    evidence_event_id: _builtins.str
+    """identity's ProfileUnmerged event"""
+    @_builtins.property
+    def revived_profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        profile_id: _builtins.str = ...,
+        revived_profile_ids: _abc.Iterable[_builtins.str] | None = ...,
+        evidence_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evidence_event_id", b"evidence_event_id", "profile_id", b"profile_id", "revived_profile_ids", b"revived_profile_ids", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentsUnmerged: _TypeAlias = ConsentsUnmerged  # noqa: Y015
+
+@_typing.final
 class ConsentSubjectErased(_message.Message):
     """The subject's personal proof was crypto-shredded (an erasure request): checks deny from now on."""
 

@@ -1,0 +1,1061 @@
+"""Data-subject requests (GDPR 12(3), 15-18, 20; PIPL 44-47, 50): access, erasure, rectification and
+restriction, each an event-sourced aggregate of its own, orchestrated across the five services.
+
+The aggregate: stream `dsr:<workspace>:<request_id>`; its personal parts (the whole RequestOpened,
+the identifiers of ErasureRequested, the export of RequestCompleted) are encrypted with the data key
+of the subject `<workspace>:dsr:<request_id>`. Events: RequestOpened (state OPEN, one step per
+service) → RequestStepUpdated (the first one moves the request to IN_PROGRESS) → RequestCompleted
+(COMPLETED), or RequestRefused (REFUSED, with the reason shown to the person: PIPL 50, GDPR 12(4));
+RequestExtended moves the deadline once. The read model `consent_requests` folds the same events
+(projections.fold_request) for listing and deadlines.
+
+Deadlines (GDPR 12(3)): due one calendar month after receipt (31 January → 28/29 February). One
+extension of at most 60 days, with a reason for the person, given before the first month ends.
+ListRequests(overdue_only) lists requests past due that are neither completed nor refused.
+
+Steps, one per service: ingest, identity, consent, segments, journeys.
+
+- A step is DONE only when its service answered the call (its confirmation — counts, ids, never
+  personal data — is kept as JSON), or NOT_APPLICABLE when the service has nothing to do for that
+  request type (the reason is the step's confirmation). A service that does not answer — no address
+  configured (peers.<name>) or no service credential, UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED —
+  is never DONE: PENDING when it was not reached or does not offer the call yet (UNIMPLEMENTED), FAILED
+  (with attempts and last_error) when a call failed. So a request completes only when all five
+  services answered: with segments and journeys not offering EraseSubject / ExportSubject yet (they
+  come with their own issues), access and erasure requests stay IN_PROGRESS, their steps for those
+  two services PENDING. That is deliberate: a completion record signed while two services still
+  hold the person's data would be false.
+- Retries never restart a request: RetryRequest and the background loop (`run`, started by the
+  bootstrap, only on the replica holding the log's leader lease) attempt only the steps not settled,
+  the loop with exponential backoff per step (`Timings`). Each attempt is a RequestStepUpdated event;
+  a step that cannot be attempted (no address) records nothing until its explanation changes. Calls
+  fail fast (no wait-for-ready): a service that just came back may still be behind the channel's
+  reconnect backoff for a moment, and the next retry reaches it.
+- When every step is settled, RequestCompleted is appended in the same transaction as the last step:
+  `completion_record` is canonical JSON of each service's confirmation, `completion_signature` its
+  HMAC-SHA256 with a key derived from the service's key-encryption key (KeyEncryptionKey.derive, the
+  facility blind indexes use; purpose "dsr-completion-record"), so the record can be verified by
+  whoever holds the service's KEK and cannot be altered unnoticed.
+
+Per type:
+
+- ERASURE (GDPR 17, PIPL 47): consent's own part runs at once (ConsentSubjectErased, then the
+  subject's key is shredded: checks deny with ERASED). The other services need the person's
+  identifiers: they are collected from identity (GetProfile), recorded in ErasureRequested (which the
+  outbox relay publishes on the bus for every listening service), then ingest EraseSubject (user_ids,
+  anonymous_ids), identity EraseSubject (the identifiers), segments and journeys EraseSubject are
+  called concurrently, each with a timeout. Until identity has answered, those steps wait (PENDING,
+  "waiting for the subject's identifiers").
+- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest and identity (with the identifiers from
+  GetProfile), consent's own ledger (GetConsents, the history with proof, the person's requests),
+  and segments/journeys ExportSubject; assembled into one JSON document (format
+  "onefold.dsr.export/v1", event payloads decoded) kept encrypted in RequestCompleted.export and
+  returned by GetRequest. The parts are held in memory until the request completes (never written in
+  clear); one lost with a restart is fetched again before completing. The export travels in one
+  event, so it is bounded by the log's event size (1 MiB after compression): a larger one is logged
+  (`dsr.export_too_large`) and the request stays open.
+- RESTRICTION (GDPR 18, PIPL 44): RestrictionSet (`restrict` true sets, false lifts) on the subject's
+  ledger, in the same transaction as RequestOpened and RequestCompleted: every CheckConsent denies
+  with RESTRICTED from that commit on. The other services' steps are NOT_APPLICABLE: they process a
+  person only after CheckConsent.
+- RECTIFICATION (GDPR 16, PIPL 46): the corrections (a JSON object of trait -> value) are kept
+  encrypted in the request. Identity, which owns traits, has no rectification call yet: its step stays
+  PENDING (never attempted, never DONE), so the request stays open until it has one; the other steps
+  are NOT_APPLICABLE.
+
+The calls to segments and journeys: their APIs do not exist yet; consent calls
+`/onefold.<service>.v1.<Service>Service/EraseSubject` and `/ExportSubject` with a SubjectRequest
+(request_id, workspace, type, profile_id, identifiers) and takes any successful answer as the
+confirmation. A service that does not serve the method answers UNIMPLEMENTED: PENDING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import calendar
+import hashlib
+import hmac
+import json
+import re
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf import symbol_database
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from sqlalchemy.engine import Connection
+
+from onefold.consent.application import ConsentApplication, summary
+from onefold.consent.projections import (
+    TERMINAL_STATES,
+    fold_request,
+    ledger_stream,
+    request_from_row,
+    subject_of,
+)
+from onefold.consent.projections import requests as requests_table
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.contracts.consent.v1 import consent_pb2 as pb
+from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
+from onefold.contracts.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from onefold.eventlog import EventStore, KeyEncryptionKey, MissingKeyEncryptionKey
+from onefold.eventlog.models import NewEvent, to_micros
+from onefold.eventlog.streams import PARTITION_KEY
+from onefold.platform.client import Peers
+from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from onefold.platform.telemetry import get_logger
+
+log = get_logger("onefold.consent.requests")
+
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
+PEER_SERVICES = ("ingest", "identity", "segments", "journeys")
+MAX_EXTENSION_DAYS = 60
+MAX_REASON_CHARS = 2000
+MAX_RECTIFICATION_BYTES = 64 * 1024
+SIGNATURE_PURPOSE = "dsr-completion-record"
+EXPORT_FORMAT = "onefold.dsr.export/v1"
+RECORD_FORMAT = "onefold.dsr.completion/v1"
+SETTLED = frozenset({pb.STEP_STATE_DONE, pb.STEP_STATE_NOT_APPLICABLE})
+LOOP_CONCURRENCY = 8  # requests the background loop works on at once
+_EVENT_MARGIN_BYTES = 64 * 1024  # room for the rest of RequestCompleted beside the compressed export
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ACCESS, _ERASURE = pb.REQUEST_TYPE_ACCESS, pb.REQUEST_TYPE_ERASURE
+_RECTIFICATION, _RESTRICTION = pb.REQUEST_TYPE_RECTIFICATION, pb.REQUEST_TYPE_RESTRICTION
+
+# The services each request type calls (the others' steps are NOT_APPLICABLE, or, for
+# rectification at identity, PENDING until identity offers a way to correct traits).
+ACTIONS: dict[int, frozenset[str]] = {
+    _ACCESS: frozenset(SERVICES),
+    _ERASURE: frozenset(SERVICES),
+    _RESTRICTION: frozenset({"consent"}),
+    _RECTIFICATION: frozenset(),
+}
+NOT_APPLICABLE: dict[tuple[int, str], str] = {
+    **{
+        (_RESTRICTION, service): f"{service} processes a person only after CheckConsent, which now denies "
+        "with RESTRICTED (GDPR Art. 18, PIPL Art. 44): the data is kept, not processed"
+        for service in PEER_SERVICES
+    },
+    (_RECTIFICATION, "ingest"): "collected events are the record of what a source sent; corrections "
+    "apply to the profile, which identity keeps",
+    (_RECTIFICATION, "consent"): "the consent ledger holds no traits",
+    (_RECTIFICATION, "segments"): "segments derive from identity's traits and follow their correction",
+    (_RECTIFICATION, "journeys"): "journeys read the profile from identity and follow its correction",
+}
+RECTIFICATION_PENDING = (
+    "identity has no rectification call yet: the corrections are recorded with the request and wait "
+    "for it; the step is not done"
+)
+WAITING_FOR_IDENTIFIERS = "waiting for the subject's identifiers from identity (GetProfile)"
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Timeouts and retry pacing of the saga."""
+
+    call_timeout_seconds: float = 10.0  # each call to another service
+    retry_base_seconds: float = 5.0  # backoff after the first failed attempt, doubling per attempt
+    retry_max_seconds: float = 3600.0
+    loop_interval_seconds: float = 5.0  # how often the background loop looks for due steps
+
+    def backoff(self, attempts: int) -> timedelta:
+        if attempts <= 0:
+            return timedelta(0)
+        return timedelta(
+            seconds=min(self.retry_base_seconds * 2 ** min(attempts - 1, 30), self.retry_max_seconds)
+        )
+
+
+def request_stream(workspace: str, request_id: str) -> str:
+    return f"dsr:{workspace}:{request_id}"
+
+
+def request_subject(workspace: str, request_id: str) -> str:
+    return f"{workspace}:dsr:{request_id}"
+
+
+def add_month(moment: datetime) -> datetime:
+    """One calendar month later; the day is clamped to the month's last (31 Jan → 28/29 Feb)."""
+    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
+    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
+
+
+def signing_key(keys: KeyEncryptionKey) -> bytes:
+    return keys.derive(SIGNATURE_PURPOSE)
+
+
+def sign(keys: KeyEncryptionKey, record: str) -> str:
+    return hmac.new(signing_key(keys), record.encode(), hashlib.sha256).hexdigest()
+
+
+def verify_signature(keys: KeyEncryptionKey, record: str, signature: str) -> bool:
+    """Whether `signature` is the service's signature of the completion record `record`."""
+    return hmac.compare_digest(sign(keys, record), signature)
+
+
+def _iso(stamp: Any) -> str:
+    return stamp.ToDatetime(tzinfo=UTC).isoformat()
+
+
+def _type_name(kind: int) -> str:
+    return pb.RequestType.Name(kind).removeprefix("REQUEST_TYPE_").lower()  # type: ignore[arg-type]
+
+
+def _state_name(state: int) -> str:
+    return pb.StepState.Name(state).removeprefix("STEP_STATE_").lower()  # type: ignore[arg-type]
+
+
+def completion_record(request: pb.SubjectRequest, completed_at: datetime, export: bytes = b"") -> str:
+    """Canonical JSON (sorted keys, no spaces) of the request and every service's confirmation."""
+    document: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "request_id": request.request_id,
+        "workspace": request.workspace,
+        "type": _type_name(request.type),
+        "profile_id": request.profile_id,
+        "received_at": _iso(request.received_at),
+        "due_at": _iso(request.due_at),
+        "extended": request.extended,
+        "completed_at": completed_at.isoformat(),
+        "steps": {
+            step.service: {
+                "state": _state_name(step.state),
+                "attempts": step.attempts,
+                "updated_at": _iso(step.updated_at),
+                "confirmation": json.loads(step.confirmation) if step.confirmation else {},
+            }
+            for step in request.steps
+        },
+    }
+    if export:
+        document["export_sha256"] = hashlib.sha256(export).hexdigest()
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class Folded:
+    """A request folded from its stream, and whether ErasureRequested was appended (identifiers
+    collected and announced; they may legitimately be none)."""
+
+    request: pb.SubjectRequest
+    announced: bool = False
+
+
+@dataclass
+class Outcome:
+    """What one attempt at one service came to."""
+
+    state: int
+    confirmation: dict[str, Any] | None = None
+    error: str = ""
+    attempted: bool = True
+    part: Any = None  # access: the service's part of the export (never persisted in clear)
+
+    def step(self, previous: pb.RequestStep, now: datetime) -> pb.RequestStep:
+        step = pb.RequestStep(
+            service=previous.service,
+            state=self.state,  # type: ignore[arg-type]
+            attempts=previous.attempts + (1 if self.attempted else 0),
+            last_error=self.error,
+            confirmation=json.dumps(self.confirmation, sort_keys=True)
+            if self.confirmation is not None
+            else "",
+        )
+        step.updated_at.FromDatetime(now)
+        return step
+
+
+def _waiting(previous: pb.RequestStep, why: str, now: datetime) -> pb.RequestStep | None:
+    """The step, still PENDING, with a new explanation (None when it already says so)."""
+    if previous.state == pb.STEP_STATE_PENDING and previous.last_error == why:
+        return None
+    step = pb.RequestStep(service=previous.service, state=pb.STEP_STATE_PENDING, attempts=previous.attempts)
+    step.last_error = why
+    step.updated_at.FromDatetime(now)
+    return step
+
+
+def _rpc_failure(service: str, method: str, error: grpc.aio.AioRpcError) -> Outcome:
+    code = error.code()
+    details = error.details() or ""
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return Outcome(
+            pb.STEP_STATE_PENDING, error=f"{service} does not offer {method} yet (UNIMPLEMENTED): {details}"
+        )
+    return Outcome(pb.STEP_STATE_FAILED, error=f"{service} {method}: {code.name}: {details}")
+
+
+def _envelope(envelope: EventEnvelope) -> dict[str, Any]:
+    """An event envelope as JSON, its payload decoded (a person reads fields, not base64)."""
+    document = MessageToDict(envelope, preserving_proto_field_name=True)
+    try:
+        message_class = symbol_database.Default().GetSymbol(envelope.type)
+    except KeyError:
+        return document
+    document["payload"] = MessageToDict(
+        message_class.FromString(envelope.payload), preserving_proto_field_name=True
+    )
+    return document
+
+
+def _message(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+class SubjectRequests:
+    """The use cases of data-subject requests (blocking ones run in threads; the saga is async)."""
+
+    def __init__(
+        self,
+        application: ConsentApplication,
+        peers: Peers,
+        *,
+        timings: Timings | None = None,
+    ) -> None:
+        self.app = application
+        self.store: EventStore = application.store
+        self.peers = peers
+        self.timings = timings or Timings()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._parts: dict[str, dict[str, Any]] = {}  # access: request id -> service -> export part
+        self._overdue_logged: set[str] = set()
+        self._too_large: set[str] = set()  # access exports over the log's event limit (logged once)
+
+    def now(self) -> datetime:
+        return self.app.clock()
+
+    # ------------------------------------------------------------------------------ reading
+
+    def _load(self, conn: Connection, workspace: str, request_id: str) -> Folded | None:
+        events = self.store.read_streams([request_stream(workspace, request_id)], conn=conn)
+        if not events:
+            return None
+        folded = Folded(pb.SubjectRequest())
+        for event in events:
+            message = self.store.decode(event, conn=conn)
+            fold_request(folded.request, event, message)
+            if isinstance(message, pb.ErasureRequested):
+                folded.announced = True
+        return folded
+
+    def _folded(self, workspace: str, request_id: str, conn: Connection | None = None) -> Folded:
+        if not _REQUEST_ID.match(request_id):
+            raise InvalidArgument("request_id is not a request id", violations=[("request_id", "invalid")])
+        if conn is None:
+            with self.store.engine.connect() as own:
+                return self._folded(workspace, request_id, own)
+        folded = self._load(conn, workspace, request_id)
+        if folded is None:
+            raise NotFound(f"no data-subject request {request_id} in this workspace")
+        return folded
+
+    def get(self, workspace: str, request_id: str) -> pb.SubjectRequest:
+        """The whole request, personal parts decrypted (identifiers, corrections, the export)."""
+        return self._folded(workspace, request_id).request
+
+    def list_requests(
+        self, workspace: str, *, overdue_only: bool = False, state: int = 0
+    ) -> list[pb.SubjectRequest]:
+        """The workspace's requests (public fields), soonest due first."""
+        query = sa.select(requests_table).where(requests_table.c.workspace == workspace)
+        if state:
+            query = query.where(requests_table.c.state == state)
+        if overdue_only:
+            query = query.where(
+                requests_table.c.due_at < to_micros(self.now()),
+                requests_table.c.state.notin_(list(TERMINAL_STATES)),
+            )
+        query = query.order_by(requests_table.c.due_at, requests_table.c.request_id)
+        with self.store.engine.connect() as conn:
+            return [request_from_row(row) for row in conn.execute(query)]
+
+    def of_subjects(self, workspace: str, profile_ids: Sequence[str]) -> list[pb.SubjectRequest]:
+        query = (
+            sa.select(requests_table)
+            .where(
+                requests_table.c.workspace == workspace, requests_table.c.profile_id.in_(list(profile_ids))
+            )
+            .order_by(requests_table.c.received_at, requests_table.c.request_id)
+        )
+        with self.store.engine.connect() as conn:
+            return [request_from_row(row) for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------------------ writing
+
+    def _event(
+        self, request: pb.SubjectRequest, message: Message, now: datetime, actor: str = ""
+    ) -> NewEvent:
+        return NewEvent(
+            stream_id=request_stream(request.workspace, request.request_id),
+            message=message,
+            subject=request_subject(request.workspace, request.request_id),
+            workspace=request.workspace,
+            occurred_at=now,
+            metadata={PARTITION_KEY: request.profile_id, **({"actor": actor} if actor else {})},
+        )
+
+    def _append(self, conn: Connection, request: pb.SubjectRequest, events: Sequence[NewEvent]) -> None:
+        """Append to the request's stream and fold the events into `request` too."""
+        for recorded, new in zip(self.app.append(conn, events), events, strict=True):
+            if recorded.stream_id == request_stream(request.workspace, request.request_id):
+                fold_request(request, recorded, new.message)
+
+    def _unreachable(self, service: str) -> str:
+        if service == "consent" or self.peers.known(service):
+            return ""
+        return (
+            f"{service} is not reachable from here: no address or service credential is configured "
+            f"(peers.{service}, auth.service_token); the step waits until one is"
+        )
+
+    def _initial_steps(self, kind: int, now: datetime) -> list[pb.RequestStep]:
+        steps = []
+        for service in SERVICES:
+            step = pb.RequestStep(service=service, state=pb.STEP_STATE_PENDING)
+            reason = NOT_APPLICABLE.get((kind, service))
+            if reason is not None:
+                step.state = pb.STEP_STATE_NOT_APPLICABLE
+                step.confirmation = json.dumps({"not_applicable": reason})
+            elif kind == _RECTIFICATION and service == "identity":
+                step.last_error = RECTIFICATION_PENDING
+            else:
+                step.last_error = self._unreachable(service)
+            step.updated_at.FromDatetime(now)
+            steps.append(step)
+        return steps
+
+    def open(
+        self, workspace: str, profile_id: str, message: pb.OpenRequestRequest, actor: str = ""
+    ) -> pb.SubjectRequest:
+        """Record a request (RequestOpened). A restriction is applied in the same transaction;
+        the other types are carried out by `process`."""
+        kind = message.type
+        if kind not in ACTIONS:
+            raise InvalidArgument(
+                "type must be ACCESS, ERASURE, RECTIFICATION or RESTRICTION",
+                violations=[("type", "required")],
+            )
+        if not profile_id or len(profile_id) > 64 or any(c.isspace() for c in profile_id):
+            raise InvalidArgument(
+                "subject.profile_id is not a profile id", violations=[("subject.profile_id", "invalid")]
+            )
+        rectification = ""
+        if kind == _RECTIFICATION:
+            rectification = _corrections(message.rectification)
+        elif message.rectification:
+            raise InvalidArgument(
+                "rectification is only for rectification requests",
+                violations=[("rectification", "unexpected")],
+            )
+        if message.restrict and kind != _RESTRICTION:
+            raise InvalidArgument(
+                "restrict is only for restriction requests", violations=[("restrict", "unexpected")]
+            )
+        now = self.now()
+        request = pb.SubjectRequest(
+            request_id=uuid.uuid4().hex,
+            workspace=workspace,
+            type=kind,
+            profile_id=profile_id,
+            state=pb.REQUEST_STATE_OPEN,
+            rectification=rectification,
+            steps=self._initial_steps(kind, now),
+        )
+        request.received_at.FromDatetime(now)
+        request.due_at.FromDatetime(add_month(now))
+        with self.store.transaction() as conn:
+            self._append(conn, request, [self._event(request, pb.RequestOpened(request=request), now, actor)])
+            if kind == _RESTRICTION:
+                self._restrict(conn, request, message.restrict, now, actor)
+        log.info("dsr.opened", workspace=workspace, request_id=request.request_id, type=_type_name(kind))
+        return request
+
+    def _restrict(
+        self, conn: Connection, request: pb.SubjectRequest, restricted: bool, now: datetime, actor: str
+    ) -> None:
+        workspace = request.workspace
+        live = self.app.live_profile(conn, workspace, request.profile_id)
+        ledger = NewEvent(
+            stream_id=ledger_stream(workspace, live),
+            message=pb.RestrictionSet(
+                workspace=workspace, profile_id=live, restricted=restricted, request_id=request.request_id
+            ),
+            subject=subject_of(workspace, live),
+            workspace=workspace,
+            occurred_at=now,
+            metadata={PARTITION_KEY: live, **({"actor": actor} if actor else {})},
+        )
+        (recorded,) = self.app.append(conn, [ledger])
+        previous = next(step for step in request.steps if step.service == "consent")
+        done = Outcome(
+            pb.STEP_STATE_DONE,
+            {"profile_id": live, "restricted": restricted, "ledger_event_id": recorded.event_id},
+        )
+        self._append(
+            conn,
+            request,
+            [
+                self._event(
+                    request,
+                    pb.RequestStepUpdated(
+                        request_id=request.request_id, workspace=workspace, step=done.step(previous, now)
+                    ),
+                    now,
+                )
+            ],
+        )
+        self._complete(conn, request, b"", now)
+
+    def extend(
+        self, workspace: str, request_id: str, days: int, reason: str, actor: str = ""
+    ) -> pb.SubjectRequest:
+        """GDPR 12(3): once, by at most 60 days, with the reason the person is told, within the
+        first month."""
+        if not 1 <= days <= MAX_EXTENSION_DAYS:
+            raise InvalidArgument(
+                f"an extension is 1 to {MAX_EXTENSION_DAYS} days (GDPR Art. 12(3))",
+                violations=[("days", f"{days} given")],
+            )
+        reason = _reason(reason, "an extension needs the reason the person is told (GDPR Art. 12(3))")
+        with self.store.transaction() as conn:
+            request = self._folded(workspace, request_id, conn).request
+            self._require_open(request, "extended")
+            if request.extended:
+                raise FailedPrecondition(
+                    "the request was already extended once; a deadline is extended at most once "
+                    "(GDPR Art. 12(3))",
+                    violations=[("request_id", "already extended")],
+                )
+            now = self.now()
+            due = request.due_at.ToDatetime(tzinfo=UTC)
+            if now > due:
+                raise FailedPrecondition(
+                    f"the request was due {due.isoformat()}: an extension must be given within the first "
+                    "month (GDPR Art. 12(3)); answer it now",
+                    violations=[("request_id", "overdue")],
+                )
+            message = pb.RequestExtended(request_id=request_id, workspace=workspace, reason=reason)
+            message.due_at.FromDatetime(due + timedelta(days=days))
+            self._append(conn, request, [self._event(request, message, now, actor)])
+            return request
+
+    def refuse(self, workspace: str, request_id: str, reason: str, actor: str = "") -> pb.SubjectRequest:
+        """PIPL 50, GDPR 12(4): a refusal carries the reason shown to the person. Steps already
+        done stay done (they happened); nothing more is attempted."""
+        reason = _reason(
+            reason, "a refusal needs the reason shown to the person (PIPL Art. 50, GDPR Art. 12(4))"
+        )
+        with self.store.transaction() as conn:
+            request = self._folded(workspace, request_id, conn).request
+            self._require_open(request, "refused")
+            message = pb.RequestRefused(request_id=request_id, workspace=workspace, reason=reason)
+            self._append(conn, request, [self._event(request, message, self.now(), actor)])
+        self._parts.pop(request_id, None)
+        log.info("dsr.refused", workspace=workspace, request_id=request_id)
+        return request
+
+    @staticmethod
+    def _require_open(request: pb.SubjectRequest, verb: str) -> None:
+        if request.state in TERMINAL_STATES:
+            state = pb.RequestState.Name(request.state).removeprefix("REQUEST_STATE_").lower()
+            raise FailedPrecondition(
+                f"the request is {state}; it cannot be {verb}", violations=[("request_id", state)]
+            )
+
+    def _record(
+        self,
+        workspace: str,
+        request_id: str,
+        updates: dict[str, pb.RequestStep],
+        regress: frozenset[str] = frozenset(),
+    ) -> pb.SubjectRequest:
+        """Append the step updates (check-and-set under the log's write lock: a step another pass
+        settled meanwhile is left alone) and, when every step is settled, complete the request."""
+        with self.store.transaction() as conn:
+            request = self._folded(workspace, request_id, conn).request
+            if request.state in TERMINAL_STATES:
+                return request
+            current = {step.service: step for step in request.steps}
+            events = [
+                self._event(
+                    request,
+                    pb.RequestStepUpdated(request_id=request_id, workspace=workspace, step=step),
+                    self.now(),
+                )
+                for service, step in updates.items()
+                if current[service].state not in SETTLED or service in regress
+            ]
+            if events:
+                self._append(conn, request, events)
+            if all(step.state in SETTLED for step in request.steps):
+                export = b""
+                if request.type == _ACCESS:
+                    parts = self._parts.get(request_id, {})
+                    if any(step.service not in parts for step in request.steps):
+                        return request  # a part was lost (restart): the next pass fetches it again
+                    export = self._assemble(request, parts)
+                    if len(zlib.compress(export, 1)) > self.store.max_event_bytes - _EVENT_MARGIN_BYTES:
+                        if request_id not in self._too_large:
+                            self._too_large.add(request_id)
+                            log.error(
+                                "dsr.export_too_large",
+                                workspace=workspace,
+                                request_id=request_id,
+                                bytes=len(export),
+                                limit=self.store.max_event_bytes,
+                            )
+                        return request
+                self._complete(conn, request, export, self.now())
+        if request.state == pb.REQUEST_STATE_COMPLETED:
+            self._parts.pop(request_id, None)
+            log.info(
+                "dsr.completed", workspace=workspace, request_id=request_id, type=_type_name(request.type)
+            )
+        return request
+
+    def _complete(self, conn: Connection, request: pb.SubjectRequest, export: bytes, now: datetime) -> None:
+        if self.store.keys is None:
+            raise MissingKeyEncryptionKey("a completion record is signed with a key derived from the KEK")
+        record = completion_record(request, now, export)
+        message = pb.RequestCompleted(
+            request_id=request.request_id,
+            workspace=request.workspace,
+            completion_record=record,
+            completion_signature=sign(self.store.keys, record),
+            export=export,
+        )
+        self._append(conn, request, [self._event(request, message, now)])
+
+    def _assemble(self, request: pb.SubjectRequest, parts: dict[str, Any]) -> bytes:
+        document = {
+            "format": EXPORT_FORMAT,
+            "request_id": request.request_id,
+            "workspace": request.workspace,
+            "profile_id": request.profile_id,
+            "received_at": _iso(request.received_at),
+            "generated_at": self.now().isoformat(),
+            "services": {service: parts[service] for service in SERVICES},
+        }
+        return json.dumps(document, sort_keys=True, ensure_ascii=False, default=str).encode()
+
+    def _announce(self, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]) -> None:
+        """ErasureRequested: the identifiers, for the services' calls and for the bus (relay)."""
+        with self.store.transaction() as conn:
+            folded = self._folded(request.workspace, request.request_id, conn)
+            if folded.announced or folded.request.state in TERMINAL_STATES:
+                return
+            message = pb.ErasureRequested(
+                request_id=request.request_id,
+                workspace=request.workspace,
+                profile_id=request.profile_id,
+                identifiers=identifiers,
+            )
+            self._append(conn, folded.request, [self._event(folded.request, message, self.now())])
+
+    # ------------------------------------------------------------------------------ the saga
+
+    def _lock(self, request_id: str) -> asyncio.Lock:
+        lock = self._locks.get(request_id)
+        if lock is None:
+            lock = self._locks[request_id] = asyncio.Lock()
+        return lock
+
+    def _due(self, request: pb.SubjectRequest, step: pb.RequestStep, now: datetime) -> bool:
+        updated = step.updated_at.ToDatetime(tzinfo=UTC)
+        if step.attempts:
+            return now >= updated + self.timings.backoff(step.attempts)
+        if step.service in PEER_SERVICES and step.service != "identity":
+            # Not attempted yet: it waits for the identifiers, so it is due when identity is.
+            identity = next((s for s in request.steps if s.service == "identity"), None)
+            if identity is not None and identity.state not in SETTLED and identity.attempts:
+                return now >= identity.updated_at.ToDatetime(tzinfo=UTC) + self.timings.backoff(
+                    identity.attempts
+                )
+        return True
+
+    def _wants(self, request: pb.SubjectRequest, step: pb.RequestStep, now: datetime, due_only: bool) -> bool:
+        return (
+            step.state not in SETTLED
+            and step.service in ACTIONS.get(request.type, frozenset())
+            and not self._unreachable(step.service)
+            and (not due_only or self._due(request, step, now))
+        )
+
+    async def process(self, workspace: str, request_id: str, *, due_only: bool = False) -> pb.SubjectRequest:
+        """One pass of the saga: attempt the steps not settled (with `due_only`, only those whose
+        backoff has passed), record each result, complete the request when all are settled."""
+        async with self._lock(request_id):
+            folded = await asyncio.to_thread(self._folded, workspace, request_id)
+            request = folded.request
+            if request.state in TERMINAL_STATES:
+                self._locks.pop(request_id, None)
+                return request
+            now = self.now()
+            updates: dict[str, pb.RequestStep] = {}
+            for step in request.steps:
+                if step.state not in SETTLED and step.service in ACTIONS.get(request.type, frozenset()):
+                    why = self._unreachable(step.service)
+                    if why and (changed := _waiting(step, why, now)) is not None:
+                        updates[step.service] = changed
+            wanted = {step.service for step in request.steps if self._wants(request, step, now, due_only)}
+            regress: frozenset[str] = frozenset()
+            if request.type in (_ERASURE, _ACCESS) and (wanted or request.type == _ACCESS):
+                regress = await self._run(folded, wanted, updates, now)
+            request = await asyncio.to_thread(self._record, workspace, request_id, updates, regress)
+            if request.state in TERMINAL_STATES:
+                self._locks.pop(request_id, None)
+            return request
+
+    async def _run(
+        self, folded: Folded, wanted: set[str], updates: dict[str, pb.RequestStep], now: datetime
+    ) -> frozenset[str]:
+        request = folded.request
+        steps = {step.service: step for step in request.steps}
+        erasure = request.type == _ERASURE
+        parts = self._parts.setdefault(request.request_id, {}) if not erasure else {}
+        # Access: a part lost with a restart is fetched again once everything else is settled.
+        refetch: set[str] = set()
+        if not erasure:
+            for step in request.steps:
+                if step.state == pb.STEP_STATE_NOT_APPLICABLE and step.service not in parts:
+                    parts[step.service] = json.loads(step.confirmation or "{}")
+                elif step.state == pb.STEP_STATE_DONE and step.service not in parts:
+                    refetch.add(step.service)
+        own: asyncio.Task[Outcome] | None = None
+        if "consent" in wanted or "consent" in refetch:
+            own = asyncio.create_task(asyncio.to_thread(self._own, request))
+        dependants = (wanted | refetch) & set(PEER_SERVICES)
+        identifiers: list[identity_pb2.Identifier] | None = None
+        if dependants:
+            identifiers = await self._identifiers(folded, wanted, dependants, steps, updates, now)
+        calls: dict[str, asyncio.Task[Outcome]] = {}
+        if identifiers is not None:
+            if erasure and not folded.announced:
+                await asyncio.to_thread(self._announce, request, identifiers)
+            for service in sorted(dependants):
+                calls[service] = asyncio.create_task(self._call(service, request, identifiers))
+        results: dict[str, Outcome] = {}
+        if own is not None:
+            results["consent"] = await own
+        for service, task in calls.items():
+            results[service] = await task
+        regress: set[str] = set()
+        for service, outcome in results.items():
+            if service in refetch:
+                if outcome.state == pb.STEP_STATE_DONE:
+                    parts[service] = outcome.part
+                else:  # its export was lost and cannot be fetched again now: not done any more
+                    outcome.error = (
+                        f"its export part was lost (restart) and fetching it again failed: {outcome.error}"
+                    )
+                    updates[service] = outcome.step(steps[service], now)
+                    regress.add(service)
+                continue
+            if outcome.state in SETTLED and not erasure:
+                parts[service] = outcome.part
+            updates[service] = outcome.step(steps[service], now)
+        return frozenset(regress)
+
+    async def _identifiers(
+        self,
+        folded: Folded,
+        wanted: set[str],
+        dependants: set[str],
+        steps: dict[str, pb.RequestStep],
+        updates: dict[str, pb.RequestStep],
+        now: datetime,
+    ) -> list[identity_pb2.Identifier] | None:
+        """The subject's identifiers: recorded (erasure, once announced) or from identity's
+        GetProfile ([] when identity knows no such profile). None when they cannot be had now."""
+        request = folded.request
+        if folded.announced:
+            return list(request.identifiers)
+        waiting = dependants - {"identity"}
+        why = self._unreachable("identity")
+        if not why and (request.type == _ACCESS or "identity" in wanted):
+            channel = self.peers.channel("identity")
+            assert channel is not None
+            try:
+                profile = await identity_pb2_grpc.IdentityServiceStub(channel).GetProfile(
+                    identity_pb2.GetProfileRequest(
+                        profile=identity_pb2.ProfileRef(profile_id=request.profile_id)
+                    ),
+                    metadata=self.peers.acting_for(request.workspace),
+                    timeout=self.timings.call_timeout_seconds,
+                )
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return []
+                failure = _rpc_failure("identity", "GetProfile", error)
+                failure.error = f"collecting the subject's identifiers: {failure.error}"
+                if "identity" in wanted:
+                    updates["identity"] = failure.step(steps["identity"], now)
+                why = f"{WAITING_FOR_IDENTIFIERS}: {failure.error}"
+            else:
+                named = dict.fromkeys((p.identifier.type, p.identifier.value) for p in profile.identifiers)
+                return [identity_pb2.Identifier(type=kind, value=value) for kind, value in named]
+        else:
+            why = WAITING_FOR_IDENTIFIERS + (f" ({why})" if why else "")
+        for service in waiting & wanted:
+            if service not in updates and (changed := _waiting(steps[service], why, now)) is not None:
+                updates[service] = changed
+        return None
+
+    async def _call(
+        self, service: str, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
+    ) -> Outcome:
+        erasure = request.type == _ERASURE
+        method = "EraseSubject" if erasure else "ExportSubject"
+        channel = self.peers.channel(service)
+        if channel is None:
+            return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
+        metadata = self.peers.acting_for(request.workspace)
+        timeout = self.timings.call_timeout_seconds
+        try:
+            if service == "ingest":
+                user_ids = [i.value for i in identifiers if i.type == "user_id"]
+                anonymous_ids = [i.value for i in identifiers if i.type == "anonymous_id"]
+                if not user_ids and not anonymous_ids:
+                    reason = (
+                        "identity knows no user_id or anonymous_id of the subject, so ingest holds no "
+                        "events under them"
+                    )
+                    return Outcome(
+                        pb.STEP_STATE_NOT_APPLICABLE,
+                        {"not_applicable": reason},
+                        part={"not_applicable": reason},
+                    )
+                names = ingest_pb2.SubjectIdentifiers(user_ids=user_ids, anonymous_ids=anonymous_ids)
+                ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+                if erasure:
+                    erased = await ingest.EraseSubject(
+                        ingest_pb2.EraseSubjectRequest(identifiers=names), metadata=metadata, timeout=timeout
+                    )
+                    return Outcome(
+                        pb.STEP_STATE_DONE,
+                        {
+                            "identifiers_erased": erased.identifiers_erased,
+                            "events_affected": erased.events_affected,
+                        },
+                    )
+                exported = await ingest.ExportSubject(
+                    ingest_pb2.ExportSubjectRequest(identifiers=names), metadata=metadata, timeout=timeout
+                )
+                return Outcome(
+                    pb.STEP_STATE_DONE,
+                    {"events": len(exported.events), "erased_identifiers": exported.erased_identifiers},
+                    part={
+                        "events": [_envelope(e) for e in exported.events],
+                        "erased_identifiers": exported.erased_identifiers,
+                    },
+                )
+            if service == "identity":
+                if not identifiers:
+                    found = {"profile_found": False}
+                    return Outcome(pb.STEP_STATE_DONE, found, part=found)
+                identity = identity_pb2_grpc.IdentityServiceStub(channel)
+                if erasure:
+                    answer = await identity.EraseSubject(
+                        identity_pb2.EraseSubjectRequest(
+                            identifiers=identifiers, request_id=request.request_id
+                        ),
+                        metadata=metadata,
+                        timeout=timeout,
+                    )
+                    return Outcome(
+                        pb.STEP_STATE_DONE,
+                        {
+                            "profile_ids": list(answer.profile_ids),
+                            "identifiers_unlinked": answer.identifiers_unlinked,
+                        },
+                    )
+                export = await identity.ExportSubject(
+                    identity_pb2.ExportSubjectRequest(identifiers=identifiers),
+                    metadata=metadata,
+                    timeout=timeout,
+                )
+                return Outcome(
+                    pb.STEP_STATE_DONE,
+                    {
+                        "profiles": len(export.profiles),
+                        "timeline": len(export.events),
+                        "merges": len(export.history),
+                    },
+                    part=_message(export),
+                )
+            # segments, journeys: their APIs come with their own issues (see the module docstring).
+            subject = pb.SubjectRequest(
+                request_id=request.request_id,
+                workspace=request.workspace,
+                type=request.type,
+                profile_id=request.profile_id,
+                identifiers=identifiers,
+            )
+            call = channel.unary_unary(
+                f"/onefold.{service}.v1.{service.capitalize()}Service/{method}",
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=lambda data: data,
+            )
+            answer_bytes: bytes = await call(subject, metadata=metadata, timeout=timeout)
+            return Outcome(
+                pb.STEP_STATE_DONE,
+                {"answered": method, "response_bytes": len(answer_bytes)},
+                part={"response_base64": base64.b64encode(answer_bytes).decode()},
+            )
+        except grpc.aio.AioRpcError as error:
+            return _rpc_failure(service, method, error)
+        except Exception as error:  # a bad answer, a broken channel: the step fails and is retried
+            log.warning("dsr.call_failed", service=service, method=method, error=repr(error))
+            return Outcome(pb.STEP_STATE_FAILED, error=f"{service} {method}: {type(error).__name__}: {error}")
+
+    def _own(self, request: pb.SubjectRequest) -> Outcome:
+        """Consent's own part: erase the subject's ledger, or export it."""
+        workspace, profile_id = request.workspace, request.profile_id
+        try:
+            if request.type == _ERASURE:
+                erased = self.app.erase_subject(workspace, profile_id, request.request_id)
+                return Outcome(pb.STEP_STATE_DONE, {"profiles_erased": erased})
+            consents = self.app.consents(workspace, profile_id)
+            try:
+                live, history = self.app.history(workspace, profile_id)
+            except NotFound:
+                live, history = consents.profile_id, []
+            part = {
+                "consents": _message(consents),
+                "history": [
+                    {
+                        "summary": summary(event, message),
+                        "event_id": event.event_id,
+                        "type": event.type,
+                        "position": event.position,
+                        "occurred_at": event.occurred_at.isoformat(),
+                        "recorded_at": event.recorded_at.isoformat(),
+                        "event": _message(message),
+                    }
+                    for event, message in history
+                ],
+                "requests": [_message(r) for r in self.of_subjects(workspace, list({live, profile_id}))],
+            }
+            return Outcome(
+                pb.STEP_STATE_DONE,
+                {"consent_states": len(consents.states), "ledger_events": len(history)},
+                part=part,
+            )
+        except Exception as error:
+            log.warning("dsr.own_part_failed", request_id=request.request_id, error=repr(error))
+            return Outcome(pb.STEP_STATE_FAILED, error=f"consent: {type(error).__name__}: {error}")
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def _open_rows(self) -> list[pb.SubjectRequest]:
+        query = (
+            sa.select(requests_table)
+            .where(requests_table.c.state.notin_(list(TERMINAL_STATES)))
+            .order_by(requests_table.c.due_at)
+        )
+        with self.store.engine.connect() as conn:
+            return [request_from_row(row) for row in conn.execute(query)]
+
+    async def tick(self) -> list[str]:
+        """One round of the background loop: process every open request with a step due (or all
+        steps settled but not completed), several at once. Returns the request ids processed."""
+        now = self.now()
+        due: list[pb.SubjectRequest] = []
+        for request in await asyncio.to_thread(self._open_rows):
+            if request.due_at.ToDatetime(tzinfo=UTC) < now and request.request_id not in self._overdue_logged:
+                self._overdue_logged.add(request.request_id)
+                log.warning(
+                    "dsr.overdue",
+                    workspace=request.workspace,
+                    request_id=request.request_id,
+                    due_at=_iso(request.due_at),
+                )
+            if request.request_id in self._too_large:
+                continue
+            settled = all(step.state in SETTLED for step in request.steps)
+            if settled or any(self._wants(request, step, now, True) for step in request.steps):
+                due.append(request)
+        limit = asyncio.Semaphore(LOOP_CONCURRENCY)
+
+        async def one(request: pb.SubjectRequest) -> None:
+            async with limit:
+                try:
+                    await self.process(request.workspace, request.request_id, due_only=True)
+                except Exception:
+                    log.exception(
+                        "dsr.pass_failed", workspace=request.workspace, request_id=request.request_id
+                    )
+
+        await asyncio.gather(*(one(request) for request in due))
+        return [request.request_id for request in due]
+
+    async def run(self, leading: Callable[[], bool] = lambda: True) -> None:
+        """Retry due steps until cancelled; only while `leading` (one replica does it)."""
+        while True:
+            await asyncio.sleep(self.timings.loop_interval_seconds)
+            if not leading():
+                continue
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("dsr.tick_failed")
+
+
+def _reason(reason: str, missing: str) -> str:
+    reason = reason.strip()
+    if not reason:
+        raise InvalidArgument(missing, violations=[("reason", "required")])
+    if len(reason) > MAX_REASON_CHARS:
+        raise InvalidArgument(
+            f"a reason is at most {MAX_REASON_CHARS} characters", violations=[("reason", "too long")]
+        )
+    return reason
+
+
+def _corrections(text: str) -> str:
+    if not text.strip():
+        raise InvalidArgument(
+            "a rectification request names the corrections: a JSON object of trait -> corrected value",
+            violations=[("rectification", "required")],
+        )
+    if len(text.encode()) > MAX_RECTIFICATION_BYTES:
+        raise InvalidArgument(
+            f"rectification is at most {MAX_RECTIFICATION_BYTES} bytes",
+            violations=[("rectification", "too long")],
+        )
+    try:
+        corrections = json.loads(text)
+    except ValueError as error:
+        raise InvalidArgument(
+            f"rectification is not JSON: {error}", violations=[("rectification", "not JSON")]
+        ) from None
+    if not isinstance(corrections, dict) or not corrections:
+        raise InvalidArgument(
+            "rectification must be a JSON object of trait -> corrected value, with at least one trait",
+            violations=[("rectification", "not an object")],
+        )
+    return json.dumps(corrections, sort_keys=True, ensure_ascii=False)
+
+
+__all__ = [
+    "ACTIONS",
+    "SERVICES",
+    "SubjectRequests",
+    "Timings",
+    "add_month",
+    "completion_record",
+    "request_stream",
+    "request_subject",
+    "sign",
+    "signing_key",
+    "verify_signature",
+]

@@ -1,0 +1,497 @@
+"""Data-subject requests across real processes: a nats-server, ingest, identity, segments and consent
+(`python -m onefold.<name>`), one data dir and credential store as `onefold up` makes them, consent
+calling the others with a service credential (ONEFOLD_PEERS__*, ONEFOLD_AUTH__SERVICE_TOKEN).
+
+Segments and journeys do not offer EraseSubject / ExportSubject yet (later issues): the real segments
+process answers UNIMPLEMENTED and journeys has no address here, so both steps stay PENDING and the
+request stays IN_PROGRESS — a request completes only when all five services answered. To show the
+completion, consent is then restarted with segments and journeys pointing at a stand-in gRPC server
+that answers those two calls the way the later services will (it records what it was sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import nats
+import pytest
+
+from onefold.consent.requests import verify_signature
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.contracts.consent.v1 import consent_pb2 as pb
+from onefold.contracts.consent.v1 import consent_pb2_grpc
+from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
+from onefold.contracts.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from onefold.eventlog import KeyEncryptionKey
+from onefold.platform.auth import CredentialStore
+from onefold.platform.nats_server import NatsServerProcess
+from onefold.testing.processes import ServiceProcess
+
+T = TypeVar("T")
+DEADLINE_SECONDS = 60.0
+RPC_TIMEOUT = 60.0
+PENDING, DONE, FAILED = pb.STEP_STATE_PENDING, pb.STEP_STATE_DONE, pb.STEP_STATE_FAILED
+
+
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = DEADLINE_SECONDS) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def auth(token: str) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+class StandIn:
+    """Segments and journeys as they will answer once their data-subject calls exist: a real gRPC
+    server serving `/onefold.<service>.v1.<Service>Service/EraseSubject` and `/ExportSubject`, which
+    records every call (service, method, the SubjectRequest, the metadata)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, pb.SubjectRequest, dict[str, str]]] = []
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        for service in ("segments", "journeys"):
+            handlers = {
+                method: grpc.unary_unary_rpc_method_handler(
+                    self._handler(service, method),
+                    request_deserializer=pb.SubjectRequest.FromString,
+                    response_serializer=lambda answer: answer,
+                )
+                for method in ("EraseSubject", "ExportSubject")
+            }
+            self.server.add_generic_rpc_handlers(
+                (
+                    grpc.method_handlers_generic_handler(
+                        f"onefold.{service}.v1.{service.capitalize()}Service", handlers
+                    ),
+                )
+            )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _handler(self, service: str, method: str) -> Callable[[pb.SubjectRequest, Any], bytes]:
+        def handle(request: pb.SubjectRequest, context: Any) -> bytes:
+            self.calls.append((service, method, request, dict(context.invocation_metadata())))
+            return json.dumps({"service": service, "method": method, "memberships": 0}).encode()
+
+        return handle
+
+
+@dataclass
+class Stack:
+    data: Path
+    nats: NatsServerProcess
+    ingest: ServiceProcess
+    identity: ServiceProcess
+    segments: ServiceProcess
+    stand_in: StandIn
+    credentials: CredentialStore
+    service_token: str
+    consent: ServiceProcess | None = None
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    def start_consent(self, **peers: str) -> ServiceProcess:
+        """(Re)start consent with these peers (name -> host:port), on the same port and data."""
+        if self.consent is not None:
+            self.consent.stop()
+        env = {f"ONEFOLD_PEERS__{name.upper()}": target for name, target in peers.items()}
+        env.update(
+            {"ONEFOLD_AUTH__SERVICE_TOKEN": self.service_token, "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
+        )
+        port = self.consent.port if self.consent is not None else 0
+        self.consent = ServiceProcess("consent", self.data, self.nats.url, port=port, extra_env=env)
+        self.consent.start()
+        return self.consent
+
+    def channel(self, service: ServiceProcess) -> grpc.Channel:
+        channel = grpc.insecure_channel(service.target)
+        self.channels.append(channel)
+        return channel
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("consent-requests")
+    data = root / "data"
+    data.mkdir()
+    credentials = CredentialStore(f"sqlite:///{data / 'auth.db'}", cache_seconds=0)
+    credentials.create_schema()
+    nats_server = NatsServerProcess(root / "nats")
+    nats_server.start()
+    quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
+    processes = [
+        ServiceProcess(name, data, nats_server.url, extra_env=quiet)
+        for name in ("ingest", "identity", "segments")
+    ]
+    stand_in = StandIn()
+    started: list[ServiceProcess] = []
+    built: Stack | None = None
+    try:
+        for process in processes:
+            process.start()
+            started.append(process)
+        service_token = credentials.issue("*", ["service"], name="onefold services").token
+        ingest, identity, segments = processes
+        built = Stack(data, nats_server, ingest, identity, segments, stand_in, credentials, service_token)
+        yield built
+    finally:
+        if built is not None:
+            for channel in built.channels:
+                channel.close()
+            if built.consent is not None:
+                built.consent.stop()
+        for process in reversed(started):
+            process.stop()
+        stand_in.server.stop(0)
+        nats_server.stop()
+        credentials.engine.dispose()
+
+
+@dataclass
+class Workspace:
+    name: str
+    stack: Stack
+    source_id: str
+    tokens: dict[str, str]
+
+    def ingest(self) -> ingest_pb2_grpc.IngestServiceStub:
+        return ingest_pb2_grpc.IngestServiceStub(self.stack.channel(self.stack.ingest))
+
+    def identity(self) -> identity_pb2_grpc.IdentityServiceStub:
+        return identity_pb2_grpc.IdentityServiceStub(self.stack.channel(self.stack.identity))
+
+    def consent(self) -> consent_pb2_grpc.ConsentServiceStub:
+        assert self.stack.consent is not None
+        return consent_pb2_grpc.ConsentServiceStub(self.stack.channel(self.stack.consent))
+
+    def call(self, stub: Any, method: str, request: Any, scope: str = "dsr:write") -> Any:
+        return getattr(stub, method)(request, metadata=auth(self.tokens[scope]), timeout=RPC_TIMEOUT)
+
+    def send_person(self, user_id: str, anonymous_id: str, email: str) -> str:
+        """Identify + track through ingest; wait until identity made the profile; its id."""
+        identify = ingest_pb2.TrackingEvent(
+            type=ingest_pb2.EVENT_TYPE_IDENTIFY,
+            message_id=uuid.uuid4().hex,
+            user_id=user_id,
+            anonymous_id=anonymous_id,
+        )
+        identify.traits.update({"email": email, "name": f"{user_id} example"})
+        track = ingest_pb2.TrackingEvent(
+            type=ingest_pb2.EVENT_TYPE_TRACK,
+            message_id=uuid.uuid4().hex,
+            user_id=user_id,
+            event="Order Completed",
+        )
+        track.properties.update({"total": 42})
+        answer = self.call(
+            self.ingest(),
+            "Batch",
+            ingest_pb2.BatchRequest(source_id=self.source_id, events=[identify, track]),
+            "ingest:write",
+        )
+        assert answer.accepted == 2, answer
+        lookup = identity_pb2.ResolveRequest(
+            identifier=identity_pb2.Identifier(type="user_id", value=user_id)
+        )
+
+        def resolved() -> str | None:
+            found = self.call(self.identity(), "Resolve", lookup, "profiles:read")
+            if not found.found:
+                return None
+            profile = self.call(
+                self.identity(),
+                "GetProfile",
+                identity_pb2.GetProfileRequest(profile=identity_pb2.ProfileRef(profile_id=found.profile_id)),
+                "profiles:read",
+            )
+            return found.profile_id if profile.event_count >= 2 else None
+
+        return wait_for(resolved, f"identity's profile of {user_id}")
+
+    def set_model_and_grant(self, profile_id: str) -> None:
+        published = datetime.now(UTC) - timedelta(days=1)
+        model = pb.ConsentModel(
+            purposes=[
+                pb.Purpose(
+                    purpose_id="marketing",
+                    name="Marketing",
+                    kind=pb.PURPOSE_KIND_MARKETING,
+                    legal_bases={"PIPL": pb.LEGAL_BASIS_CONSENT, "GDPR": pb.LEGAL_BASIS_CONSENT},
+                )
+            ],
+            channels=["email"],
+            notices=[
+                pb.Notice(
+                    notice_id="privacy",
+                    version="1",
+                    language="zh-CN",
+                    text_sha256=hashlib.sha256(b"privacy notice v1").hexdigest(),
+                    purpose_ids=["marketing"],
+                )
+            ],
+        )
+        model.notices[0].published_at.FromDatetime(published)
+        self.call(self.consent(), "SetModel", pb.SetModelRequest(model=model), "admin")
+        proof = pb.Proof(
+            notice_id="privacy",
+            notice_version="1",
+            jurisdiction=pb.JURISDICTION_PIPL,
+            ip_address="198.51.100.4",
+        )
+        grant = pb.GrantConsentRequest(
+            subject=identity_pb2.ProfileRef(profile_id=profile_id), purpose_ids=["marketing"], proof=proof
+        )
+        self.call(self.consent(), "GrantConsent", grant, "consent:write")
+
+    def check(self, profile_id: str) -> pb.CheckConsentResponse:
+        request = pb.CheckConsentRequest(
+            subject=identity_pb2.ProfileRef(profile_id=profile_id), purpose_id="marketing", channel="email"
+        )
+        return self.call(self.consent(), "CheckConsent", request, "consent:read")
+
+
+def make_workspace(stack: Stack) -> Workspace:
+    name = f"ws-{uuid.uuid4().hex[:8]}"
+    scopes = (
+        "admin",
+        "ingest:write",
+        "profiles:read",
+        "consent:read",
+        "consent:write",
+        "dsr:write",
+        "audit:read",
+    )
+    tokens = {scope: stack.credentials.issue(name, [scope]).token for scope in scopes}
+    created = ingest_pb2_grpc.IngestServiceStub(stack.channel(stack.ingest)).CreateSource(
+        ingest_pb2.CreateSourceRequest(name="web"), metadata=auth(tokens["admin"]), timeout=RPC_TIMEOUT
+    )
+    return Workspace(name, stack, created.source.source_id, tokens)
+
+
+def steps(request: pb.SubjectRequest) -> dict[str, pb.RequestStep]:
+    return {step.service: step for step in request.steps}
+
+
+def bus_erasure(nats_url: str, workspace: str) -> pb.ErasureRequested | None:
+    """The ErasureRequested consent's relay published on the bus for `workspace`, if any yet."""
+
+    async def fetch() -> pb.ErasureRequested | None:
+        client = await nats.connect(nats_url)
+        try:
+            stream = client.jetstream()
+            subscription = await stream.pull_subscribe(
+                f"onefold.consent.ErasureRequested.{workspace}.>", stream="ONEFOLD_CONSENT"
+            )
+            try:
+                messages = await subscription.fetch(1, timeout=1)
+            except nats.errors.TimeoutError:
+                return None
+            envelope = EventEnvelope.FromString(messages[0].data)
+            return pb.ErasureRequested.FromString(envelope.payload)
+        finally:
+            await client.close()
+
+    return asyncio.run(fetch())
+
+
+def test_erasure_saga_identity_down_then_back_segments_and_journeys_pending_then_complete(
+    stack: Stack,
+) -> None:
+    stack.start_consent(
+        ingest=stack.ingest.target, identity=stack.identity.target, segments=stack.segments.target
+    )
+    ws = make_workspace(stack)
+    profile_id = ws.send_person("lee", "cookie-lee", "lee@example.com")
+    ws.set_model_and_grant(profile_id)
+    assert ws.check(profile_id).decision == pb.DECISION_ALLOW
+
+    # Identity is down when the request arrives.
+    stack.identity.stop()
+    try:
+        opened = ws.call(
+            ws.consent(),
+            "OpenRequest",
+            pb.OpenRequestRequest(
+                type=pb.REQUEST_TYPE_ERASURE, subject=identity_pb2.ProfileRef(profile_id=profile_id)
+            ),
+        )
+        by_service = steps(opened)
+        assert opened.state == pb.REQUEST_STATE_IN_PROGRESS
+        assert by_service["consent"].state == DONE  # consent's own part does not wait
+        identity = by_service["identity"]
+        assert identity.state == FAILED and identity.attempts >= 1 and "UNAVAILABLE" in identity.last_error
+        for service in ("ingest", "segments"):  # they need the identifiers identity holds
+            assert by_service[service].state == PENDING and by_service[service].attempts == 0
+            assert "waiting for the subject's identifiers" in by_service[service].last_error
+        assert (
+            by_service["journeys"].state == PENDING and "peers.journeys" in by_service["journeys"].last_error
+        )
+        assert not opened.completion_record
+        denied = ws.check(profile_id)
+        assert (denied.decision, denied.reason) == (pb.DECISION_DENY, pb.DECISION_REASON_ERASED)
+    finally:
+        stack.identity.start()
+
+    # Identity is back: a retry carries on (the background loop would too, after its backoff). The
+    # first retries may still meet consent's channel in gRPC's reconnect backoff (UNAVAILABLE): retry
+    # until identity answered, as an operator would.
+    errors: list[str] = []
+
+    def retry_until_identity_answers() -> pb.SubjectRequest | None:
+        answer = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
+        if steps(answer)["identity"].state == DONE:
+            return answer
+        errors.append(steps(answer)["identity"].last_error)
+        time.sleep(0.5)
+        return None
+
+    retried = wait_for(retry_until_identity_answers, "identity's step done after identity restarted")
+    assert all("UNAVAILABLE" in error for error in errors), errors
+    by_service = steps(retried)
+    assert retried.request_id == opened.request_id and retried.received_at == opened.received_at
+    assert {s: by_service[s].state for s in ("ingest", "identity", "consent")} == dict.fromkeys(
+        ("ingest", "identity", "consent"), DONE
+    )
+    assert by_service["consent"].attempts == 1  # done once, not redone
+    assert json.loads(by_service["identity"].confirmation)["profile_ids"] == [profile_id]
+    ingest_confirmation = json.loads(by_service["ingest"].confirmation)
+    assert ingest_confirmation["identifiers_erased"] == 2 and ingest_confirmation["events_affected"] >= 2
+    # Segments answers UNIMPLEMENTED, journeys has no address: pending, never done, so not complete.
+    assert by_service["segments"].state == PENDING and "UNIMPLEMENTED" in by_service["segments"].last_error
+    assert by_service["journeys"].state == PENDING
+    assert retried.state == pb.REQUEST_STATE_IN_PROGRESS and not retried.completion_record
+    assert [
+        r.request_id for r in ws.call(ws.consent(), "ListRequests", pb.ListRequestsRequest()).requests
+    ] == [opened.request_id]
+
+    # The erasure happened in each service that answered.
+    exported = ws.call(
+        ws.ingest(),
+        "ExportSubject",
+        ingest_pb2.ExportSubjectRequest(identifiers=ingest_pb2.SubjectIdentifiers(user_ids=["lee"])),
+    )
+    assert exported.erased_identifiers == 1 and b"lee@example.com" not in exported.SerializeToString()
+    lookup = identity_pb2.ResolveRequest(identifier=identity_pb2.Identifier(type="user_id", value="lee"))
+    assert not ws.call(ws.identity(), "Resolve", lookup, "profiles:read").found
+    # ErasureRequested went out on the bus, with the identifiers, for every listening service.
+    announced = wait_for(lambda: bus_erasure(stack.nats.url, ws.name), "ErasureRequested on the bus")
+    assert announced.request_id == opened.request_id and announced.profile_id == profile_id
+    assert {(i.type, i.value) for i in announced.identifiers} >= {
+        ("user_id", "lee"),
+        ("anonymous_id", "cookie-lee"),
+    }
+
+    # Segments and journeys gain their calls (the stand-in): the retry completes the request.
+    stack.start_consent(
+        ingest=stack.ingest.target,
+        identity=stack.identity.target,
+        segments=stack.stand_in.target,
+        journeys=stack.stand_in.target,
+    )
+    completed = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
+    assert completed.state == pb.REQUEST_STATE_COMPLETED
+    assert all(step.state == DONE for step in completed.steps)
+    record = json.loads(completed.completion_record)
+    assert record["type"] == "erasure" and record["profile_id"] == profile_id
+    assert set(record["steps"]) == {"ingest", "identity", "consent", "segments", "journeys"}
+    assert record["steps"]["ingest"]["confirmation"] == ingest_confirmation
+    assert record["steps"]["identity"]["confirmation"]["profile_ids"] == [profile_id]
+    assert record["steps"]["consent"]["confirmation"]["profiles_erased"] == [profile_id]
+    assert record["steps"]["segments"]["confirmation"]["answered"] == "EraseSubject"
+    assert record["steps"]["identity"]["attempts"] >= 2
+    kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
+    assert verify_signature(kek, completed.completion_record, completed.completion_signature)
+    erase_calls = [call for call in stack.stand_in.calls if call[2].request_id == opened.request_id]
+    assert sorted(service for service, *_ in erase_calls) == ["journeys", "segments"]
+    for _service, method, sent, metadata in erase_calls:
+        assert (
+            method == "EraseSubject"
+            and sent.profile_id == profile_id
+            and sent.type == pb.REQUEST_TYPE_ERASURE
+        )
+        assert ("user_id", "lee") in {(i.type, i.value) for i in sent.identifiers}
+        assert metadata["x-onefold-workspace"] == ws.name and metadata["authorization"].startswith(
+            "Bearer ofk_"
+        )
+    assert (
+        ws.call(ws.consent(), "GetRequest", pb.GetRequestRequest(request_id=opened.request_id)) == completed
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_access_export_assembled_from_every_service(stack: Stack) -> None:
+    stack.start_consent(
+        ingest=stack.ingest.target,
+        identity=stack.identity.target,
+        segments=stack.stand_in.target,
+        journeys=stack.stand_in.target,
+    )
+    ws = make_workspace(stack)
+    profile_id = ws.send_person("kim", "cookie-kim", "kim@example.com")
+    ws.set_model_and_grant(profile_id)
+    by_identifier = identity_pb2.ProfileRef(identifier=identity_pb2.Identifier(type="user_id", value="kim"))
+    request = pb.OpenRequestRequest(type=pb.REQUEST_TYPE_ACCESS, subject=by_identifier)
+
+    # Scopes and workspaces: a consent reader may not, another workspace sees nothing.
+    with pytest.raises(grpc.RpcError) as caught:
+        ws.call(ws.consent(), "OpenRequest", request, "consent:read")
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    completed = ws.call(ws.consent(), "OpenRequest", request)
+    assert completed.state == pb.REQUEST_STATE_COMPLETED and completed.profile_id == profile_id
+    document = json.loads(completed.export)
+    assert document["format"] == "onefold.dsr.export/v1" and document["profile_id"] == profile_id
+    services = document["services"]
+    assert set(services) == {"ingest", "identity", "consent", "segments", "journeys"}
+    names = {e["payload"]["event"].get("event") for e in services["ingest"]["events"]}
+    assert "Order Completed" in names  # payloads decoded, not base64
+    assert "kim@example.com" in json.dumps(services["ingest"])
+    assert [p["profile_id"] for p in services["identity"]["profiles"]] == [profile_id]
+    assert [s["purpose_id"] for s in services["consent"]["consents"]["states"]] == ["marketing"]
+    assert services["consent"]["history"][0]["event"]["proof"]["ip_address"] == "198.51.100.4"
+    assert json.loads(base64.b64decode(services["segments"]["response_base64"]))["method"] == "ExportSubject"
+    record = json.loads(completed.completion_record)
+    assert record["export_sha256"] == hashlib.sha256(completed.export).hexdigest()
+    kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
+    assert verify_signature(kek, completed.completion_record, completed.completion_signature)
+    again = ws.call(ws.consent(), "GetRequest", pb.GetRequestRequest(request_id=completed.request_id))
+    assert again.export == completed.export
+    # The export is personal data: encrypted in consent's log.
+    for file in stack.data.glob("consent.db*"):
+        assert b"kim@example.com" not in file.read_bytes()
+
+    # The audit history of the subject lists its requests beside its ledger.
+    assert stack.consent is not None
+    audit = consent_pb2_grpc.AuditServiceStub(stack.channel(stack.consent))
+    history = ws.call(audit, "History", pb.HistoryRequest(subject=by_identifier), "audit:read")
+    assert [r.request_id for r in history.requests] == [completed.request_id]
+    assert not history.requests[0].export  # the listing holds no personal data
+
+    other = make_workspace(stack)
+    with pytest.raises(grpc.RpcError) as caught:
+        other.call(other.consent(), "GetRequest", pb.GetRequestRequest(request_id=completed.request_id))
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
