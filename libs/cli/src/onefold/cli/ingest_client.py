@@ -1,14 +1,15 @@
-"""Talking to the ingest service from the CLI: where it is, which credential, and one-sentence errors.
+"""Talking to the services from the CLI: where they are, which credential, and one-sentence errors.
 
-The CLI is a client like any other: it speaks onefold.ingest.v1 over gRPC (the generated stubs) and
-lets the service validate. The target comes from `--target` or the data dir's run/endpoints.json
-(written by `onefold up`); the credential from `--token` or ONEFOLD_TOKEN.
+The CLI is a client like any other: it speaks onefold.ingest.v1 (and onefold.identity.v1, see
+profile.py) over gRPC (the generated stubs) and lets the service validate. The target comes from
+`--target` or the data dir's run/endpoints.json (written by `onefold up`); the credential from
+`--token` or ONEFOLD_TOKEN.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +70,10 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 class Connection:
     target: str
     token: str
+    service: str = "ingest"
 
 
-def resolve(data_dir: Path, target: str | None, token: str | None) -> Connection:
+def resolve(data_dir: Path, target: str | None, token: str | None, service: str = "ingest") -> Connection:
     if not token:
         raise CliError("no credential: pass --token or set ONEFOLD_TOKEN (see `onefold credentials create`)")
     if not target:
@@ -79,10 +81,10 @@ def resolve(data_dir: Path, target: str | None, token: str | None) -> Connection
             state = read_endpoints(data_dir.resolve())
         except ConfigError as error:
             raise CliError(f"{error}, or pass --target host:port") from None
-        target = state.get("services", {}).get("ingest")
+        target = state.get("services", {}).get(service)
         if not target:
-            raise CliError(f"the ingest service is not listed in {data_dir / 'run' / 'endpoints.json'}")
-    return Connection(target=target, token=token)
+            raise CliError(f"the {service} service is not listed in {data_dir / 'run' / 'endpoints.json'}")
+    return Connection(target=target, token=token, service=service)
 
 
 @asynccontextmanager
@@ -94,14 +96,16 @@ async def ingest_stub(conn: Connection) -> AsyncIterator[ingest_pb2_grpc.IngestS
         await channel.close()
 
 
-def describe_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, target: str) -> str:
+def describe_rpc_error(
+    error: grpc.aio.AioRpcError | grpc.RpcError, target: str, service: str = "ingest"
+) -> str:
     """One sentence for a failed call: what the service said, plus field violations if any."""
     code = error.code() if callable(getattr(error, "code", None)) else None
     message = (error.details() if callable(getattr(error, "details", None)) else "") or ""
     if code == grpc.StatusCode.UNAVAILABLE and (not message or "connect" in message.lower()):
-        return f"cannot reach the ingest service at {target}; is `onefold up` running?"
+        return f"cannot reach the {service} service at {target}; is `onefold up` running?"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return f"the ingest service at {target} did not answer in time"
+        return f"the {service} service at {target} did not answer in time"
     try:
         _, violations = details_of(error)
     except Exception:  # a status without rich details (e.g. from a proxy)
@@ -116,22 +120,29 @@ def describe_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, target: str)
     return message + "."
 
 
-def run_async(conn: Connection, factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; turn RPC failures and CliError into one sentence on stderr and an exit code."""
+def run_async(
+    conn: Connection,
+    factory: Callable[[], Awaitable[T]],
+    exit_codes: Mapping[grpc.StatusCode, int] | None = None,
+) -> T:
+    """Run a coroutine; turn RPC failures and CliError into one sentence on stderr and an exit code
+    (2, or what `exit_codes` says for the failure's status code)."""
     try:
         return asyncio.run(_call(factory))
     except CliError as error:
         raise fail(error.message, error.code) from None
     except grpc.RpcError as error:
-        raise fail(describe_rpc_error(error, conn.target)) from None
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        status = (exit_codes or {}).get(code, 2) if code is not None else 2
+        raise fail(describe_rpc_error(error, conn.target, conn.service), status) from None
 
 
 async def _call(factory: Callable[[], Awaitable[T]]) -> T:
     return await factory()
 
 
-def connect(data_dir: Path, target: str | None, token: str | None) -> Connection:
+def connect(data_dir: Path, target: str | None, token: str | None, service: str = "ingest") -> Connection:
     try:
-        return resolve(data_dir, target, token)
+        return resolve(data_dir, target, token, service)
     except CliError as error:
         raise fail(error.message, error.code) from None

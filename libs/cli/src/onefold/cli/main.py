@@ -13,8 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from onefold.cli import bench as bench_command
+from onefold.cli.audit import audit_app
 from onefold.cli.importer import import_file
 from onefold.cli.ingest_client import DataDir, fail
+from onefold.cli.profile import profile_app
 from onefold.cli.quarantine import quarantine_app
 from onefold.cli.sources import apply, sources_app
 from onefold.cli.supervisor import SERVICES, Supervisor, read_endpoints
@@ -34,6 +36,8 @@ credentials_app = typer.Typer(help="Create, list and revoke API credentials.", n
 app.add_typer(credentials_app, name="credentials")
 app.add_typer(sources_app, name="sources")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(audit_app, name="audit")
+app.add_typer(profile_app, name="profile")
 app.command("apply")(apply)
 app.command("import")(import_file)
 app.command(

@@ -16,7 +16,9 @@ and a source document (`onefold apply -f`) is:
     trackingPlan: {...}       # optional; as above. Absent: the source's plan is left as it is.
 
 Several documents may be given in one file (`---`). Applying is idempotent: a source is found by name
-(created when absent) and its plan is set only when it differs.
+(created when absent) and its plan is set only when it differs. A `kind: IdentityRules` document in
+the same file sets the workspace's identity resolution rules (see profile.py), and a
+`kind: ConsentModel` document its consent purposes, channels and notices (see consent.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ from google.protobuf.json_format import MessageToDict
 from rich.console import Console
 from rich.table import Table
 
+from onefold.cli.consent import (
+    ApplyConsentTarget,
+    apply_consent,
+    consent_documents,
+    is_consent_model,
+    parse_consent_documents,
+)
 from onefold.cli.ingest_client import (
     CliError,
     Connection,
@@ -45,6 +54,12 @@ from onefold.cli.ingest_client import (
     fail,
     ingest_stub,
     run_async,
+)
+from onefold.cli.profile import (
+    apply_rules,
+    identity_connection,
+    is_identity_rules,
+    parse_rules_documents,
 )
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
@@ -337,11 +352,17 @@ def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]
     specs: list[SourceSpec] = []
     for number, document in enumerate(documents, start=1):
         at = where if len(documents) == 1 else f"{where} (document {number})"
+        if is_identity_rules(document):
+            continue  # for the identity service
+        if is_consent_model(document):
+            continue  # for the consent service (consent.py)
         if not isinstance(document, dict):
             raise CliError(f"{at} must be a mapping with kind: Source")
         fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
         if fields.get("kind") != "Source":
-            raise CliError(f"{at}: kind must be 'Source' (got {fields.get('kind')!r})")
+            raise CliError(
+                f"{at}: kind must be 'Source', 'IdentityRules' or 'ConsentModel' (got {fields.get('kind')!r})"
+            )
         name = fields.get("name")
         if not isinstance(name, str) or not name.strip():
             raise CliError(f"{at}: name is required")
@@ -395,16 +416,51 @@ async def apply_specs(conn: Connection, specs: list[SourceSpec]) -> list[str]:
 
 
 def apply(
-    file: Annotated[Path, typer.Option("--file", "-f", help="a YAML or JSON file of kind: Source documents")],
+    file: Annotated[
+        Path,
+        typer.Option(
+            "--file",
+            "-f",
+            help="a YAML or JSON file of kind: Source / IdentityRules / ConsentModel documents",
+        ),
+    ],
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
+    identity_target: Annotated[
+        str | None,
+        typer.Option(
+            "--identity-target",
+            envvar="ONEFOLD_IDENTITY_TARGET",
+            help="identity gRPC host:port for IdentityRules (default: from <data-dir>/run/endpoints.json)",
+            show_default=False,
+        ),
+    ] = None,
+    consent_target: ApplyConsentTarget = None,
 ) -> None:
-    """Declare sources: create those absent (by name) and set tracking plans that changed."""
+    """Declare sources (create those absent by name, set tracking plans that changed), the
+    workspace's identity rules and its consent model (purposes, channels, notices)."""
     try:
-        specs = parse_source_documents(load_document(file), str(file))
+        documents = load_document(file)
+        where = str(file)
+        rules = parse_rules_documents(
+            [
+                (where if len(documents) == 1 else f"{where} (document {number})", document)
+                for number, document in enumerate(documents, start=1)
+                if is_identity_rules(document)
+            ]
+        )
+        consent_models = parse_consent_documents(consent_documents(documents, where), file.parent)
+        specs = parse_source_documents(documents, where)
     except CliError as error:
         raise fail(error.message, error.code) from None
-    conn = connect(data_dir, target, token)
-    for line in run_async(conn, lambda: apply_specs(conn, specs)):
-        console.print(line, highlight=False, soft_wrap=True)
+    if specs or not (rules or consent_models):
+        conn = connect(data_dir, target, token)
+        for line in run_async(conn, lambda: apply_specs(conn, specs)):
+            console.print(line, highlight=False, soft_wrap=True)
+    if rules:
+        identity = identity_connection(data_dir, identity_target, token)
+        for line in run_async(identity, lambda: apply_rules(identity, rules)):
+            console.print(line, highlight=False, soft_wrap=True)
+    if consent_models:
+        apply_consent(consent_models, data_dir, consent_target, token)

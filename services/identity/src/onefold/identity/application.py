@@ -15,7 +15,7 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -476,6 +476,17 @@ class IdentityApplication:
             if seen > 1000:
                 raise FailedPrecondition("the profile's merge history forms a cycle")
 
+    def _live_of(self, conn: Connection, workspace: str) -> Callable[[str], str]:
+        """`_live` for the duration of one read (memoised: a history names the same ids often)."""
+        seen: dict[str, str] = {}
+
+        def live_of(profile_id: str) -> str:
+            if profile_id not in seen:
+                seen[profile_id] = self._live(conn, workspace, profile_id)
+            return seen[profile_id]
+
+        return live_of
+
     def locate(self, conn: Connection, workspace: str, ref: pb.ProfileRef) -> tuple[str, str]:
         """(live profile id, the merged id asked for or ""). NotFound when nothing matches."""
         which = ref.WhichOneof("ref")
@@ -535,7 +546,9 @@ class IdentityApplication:
             if as_of is None:
                 owners = self._owners(conn, workspace, _keys_in(history))
                 row = conn.execute(sa.select(profiles).where(profiles.c.profile_id == live)).one()
-                profile = self._assemble(conn, workspace, live, history, owners, members)
+                profile = self._assemble(
+                    conn, workspace, live, history, owners, self._live_of(conn, workspace)
+                )
                 profile.protected = bool(row.protected)
                 profile.erased = bool(row.erased)
                 if row.first_seen is not None:
@@ -554,21 +567,21 @@ class IdentityApplication:
         live: str,
         history: Sequence[RecordedEvent],
         owners: dict[str, str],
-        members: Sequence[str],
+        live_of: Callable[[str], str],
     ) -> pb.Profile:
+        """`live_of(profile_id)`: the profile that id lives on as now (or as of the read)."""
         rules = self.rules(conn, workspace)
         profile = pb.Profile(profile_id=live, workspace=workspace)
         linked: dict[str, tuple[RecordedEvent, pb.IdentifierLinked]] = {}
         traits: dict[str, tuple[tuple[int, int, int], pb.Trait]] = {}
         precedence = {source: rank for rank, source in enumerate(rules.trait_source_precedence)}
-        family_set = set(members)
         for event in history:
             message = self.store.decode(event, conn=conn)
             if isinstance(message, pb.IdentifierLinked):
                 if owners.get(message.key) == live:
                     linked[message.key] = (event, message)
             elif isinstance(message, pb.TraitsUpdated):
-                if not _belongs(message.keys, message.profile_id, owners, live, family_set):
+                if not _belongs(message.keys, message.profile_id, owners, live, live_of):
                     continue
                 moment = to_micros(event.occurred_at)
                 rank = -precedence.get(message.source_id, len(precedence))
@@ -581,9 +594,9 @@ class IdentityApplication:
                         traits[name] = (order, trait)
             elif (
                 isinstance(message, pb.ProfilesMerged)
-                and message.survivor_id in family_set
                 and message.merged_id != live
                 and message.merged_id not in profile.merged_profile_ids
+                and live_of(message.merged_id) == live  # not split off again by an unmerge since
             ):
                 profile.merged_profile_ids.append(message.merged_id)
         for key in sorted(linked, key=lambda k: rules.rank(linked[k][1].type)):
@@ -631,7 +644,7 @@ class IdentityApplication:
         if not target:
             raise NotFound(f"the profile did not exist yet at {moment.isoformat()}")
         owners = dict(graph.owner)
-        profile = self._assemble(conn, workspace, target, seen, owners, members)
+        profile = self._assemble(conn, workspace, target, seen, owners, graph.live)
         profile.erased = target in graph.erased
         profile.protected = target in graph.protected
         resolved = self.store.read_streams(
@@ -642,7 +655,7 @@ class IdentityApplication:
             if when(event) > cut:
                 continue
             message = pb.EventResolved.FromString(event.payload)
-            if _belongs(message.keys, message.profile_id, owners, target, set(members)):
+            if _belongs(message.keys, message.profile_id, owners, target, graph.live):
                 count += 1
                 first = event.occurred_at if first is None or event.occurred_at < first else first
                 last = event.occurred_at if last is None or event.occurred_at > last else last
@@ -690,7 +703,7 @@ class IdentityApplication:
             live, _ = self.locate(conn, workspace, ref)
             members = self._family(conn, live)
             streams = [events_stream(workspace, m) for m in members]
-            family_set = set(members)
+            live_of = self._live_of(conn, workspace)
             while len(entries) < size:
                 batch = self.store.read_streams(
                     streams,
@@ -714,7 +727,7 @@ class IdentityApplication:
                         continue
                     message = self.store.decode(event, conn=conn)
                     assert isinstance(message, pb.EventResolved)
-                    if not _belongs(message.keys, message.profile_id, owners, live, family_set):
+                    if not _belongs(message.keys, message.profile_id, owners, live, live_of):
                         continue
                     tracked = message.event
                     if types and tracked.type not in types:
@@ -1032,15 +1045,15 @@ def _keys_in(history: Sequence[RecordedEvent]) -> set[str]:
 
 
 def _belongs(
-    keys: Sequence[str], resolved_to: str, owners: dict[str, str], live: str, family_set: set[str]
+    keys: Sequence[str], resolved_to: str, owners: dict[str, str], live: str, live_of: Callable[[str], str]
 ) -> bool:
     """An event (and the traits it set) goes with the live profile holding its first identifier that
-    anyone still holds; with none held any more, with the family it was resolved into."""
+    anyone still holds; with none held any more (erased), with the profile it was resolved into."""
     for key in keys:
         owner = owners.get(key)
         if owner is not None:
             return owner == live
-    return resolved_to in family_set
+    return live_of(resolved_to) == live
 
 
 def _over_limits(graph: IdentityGraph, left: str, right: str) -> str:

@@ -376,8 +376,10 @@ class IdentityProjection:
                 .where(identifiers.c.workspace == workspace, identifiers.c.key == message.split_key)
                 .values(split=True)
             )
-        # Each event (and its counters) goes with the part holding its first identifier.
+        # Each event (and its counters) goes with the profile holding its first identifier that anyone
+        # still holds (as the application reads it: `_belongs`); here, when that is one of the parts.
         streams = [events_stream(workspace, m) for m in members]
+        found: list[tuple[pb.EventResolved, int]] = []
         for chunk in _chunks(streams):
             rows = conn.execute(
                 sa.select(eventlog_schema.events.c.payload, eventlog_schema.events.c.occurred_at).where(
@@ -386,20 +388,32 @@ class IdentityProjection:
                     eventlog_schema.events.c.position < event.position,
                 )
             )
-            for payload, occurred in rows:
-                resolved = pb.EventResolved.FromString(payload)  # public fields only; no key needed
-                part_id = next((owner_of[k] for k in resolved.keys if k in owner_of), "")
-                if not part_id:
-                    continue
-                stats = self._stats.get(part_id)
-                if stats is None:
-                    self._stats[part_id] = _Stats(occurred, occurred, 1)
-                else:
-                    stats.first, stats.last, stats.count = (
-                        min(stats.first, occurred),
-                        max(stats.last, occurred),
-                        stats.count + 1,
-                    )
+            # Public fields only; no key needed.
+            found.extend((pb.EventResolved.FromString(payload), occurred) for payload, occurred in rows)
+        holders: dict[str, str] = {}
+        for chunk in _chunks(sorted({key for resolved, _ in found for key in resolved.keys})):
+            rows = conn.execute(
+                sa.select(identifiers.c.key, identifiers.c.profile_id).where(
+                    identifiers.c.workspace == workspace,
+                    identifiers.c.key.in_(chunk),
+                    identifiers.c.retired.is_(False),
+                )
+            )
+            holders.update((key, profile_id) for key, profile_id in rows)
+        parts = set(owner_of.values())
+        for resolved, occurred in found:
+            part_id = next((holders[k] for k in resolved.keys if k in holders), "")
+            if part_id not in parts:
+                continue
+            stats = self._stats.get(part_id)
+            if stats is None:
+                self._stats[part_id] = _Stats(occurred, occurred, 1)
+            else:
+                stats.first, stats.last, stats.count = (
+                    min(stats.first, occurred),
+                    max(stats.last, occurred),
+                    stats.count + 1,
+                )
         self.flush(conn)
 
 
