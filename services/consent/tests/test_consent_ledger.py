@@ -130,6 +130,10 @@ def _replay_equals_live(consent, operations) -> None:
         else:
             consent.object(profile, purpose, lift=kind == "lift")
             (objections.add if kind == "object" else objections.discard)((profile, purpose))
+            if kind == "object":  # an objection ends the purpose's grants (as of now, when it was made)
+                for key, answer in list(answers.items()):
+                    if key[:2] == (profile, purpose) and answer[2] == "grant":
+                        answers[key] = (now, order, "withdraw")
             continue
         key = (profile, purpose, channel)
         answers[key] = max(answers.get(key, (when, -1, "")), (when, order, kind))

@@ -881,12 +881,15 @@ class EventStore:
         *,
         types: Sequence[str] = (),
         before_position: int | None = None,
+        recorded_before: datetime | None = None,
+        occurred_before: datetime | None = None,
         limit: int | None = None,
         newest_first: bool = False,
         conn: Connection | None = None,
     ) -> list[RecordedEvent]:
         """Events of several streams (optionally only some types) in log order, or newest first,
-        at most `limit`, only below `before_position` when given: a page of a merged history."""
+        at most `limit`, only below `before_position` when given: a page of a merged history. As-of
+        cuts are inclusive (`recorded_at <= T`, `occurred_at <= T`), as in `read_stream`."""
         if not stream_ids:
             return []
         table = schema.events
@@ -895,6 +898,10 @@ class EventStore:
             query = query.where(table.c.type.in_(list(types)))
         if before_position is not None:
             query = query.where(table.c.position < before_position)
+        if recorded_before is not None:
+            query = query.where(table.c.recorded_at <= to_micros(recorded_before))
+        if occurred_before is not None:
+            query = query.where(table.c.occurred_at <= to_micros(occurred_before))
         query = query.order_by(table.c.position.desc() if newest_first else table.c.position)
         if limit is not None:
             query = query.limit(limit)

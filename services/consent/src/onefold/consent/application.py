@@ -32,6 +32,7 @@ from onefold.consent.projections import (
     LEDGER_TYPES,
     ConsentProjection,
     aliases,
+    check_state,
     evidence_of,
     ledger_stream,
     load_state,
@@ -135,15 +136,21 @@ class ConsentApplication:
 
     # ------------------------------------------------------------------------------ the model
 
-    def model(self, conn: Connection, workspace: str) -> Model:
-        row = conn.execute(
-            sa.select(models.c.version, models.c.model).where(models.c.workspace == workspace)
-        ).first()
-        if row is None:
+    def model(self, conn: Connection, workspace: str, *, version: int | None = -1) -> Model:
+        """The workspace's model; `version` when the caller already read it (None: no model yet).
+        Only the version is read on each call; the model itself when it changed."""
+        if version == -1:
+            version = conn.execute(
+                sa.select(models.c.version).where(models.c.workspace == workspace)
+            ).scalar()
+        if version is None:
             return empty_model()
         cached = self._models.get(workspace)
-        if cached is not None and cached.version == row.version:
+        if cached is not None and cached.version == version:
             return cached
+        row = conn.execute(sa.select(models.c.model).where(models.c.workspace == workspace)).first()
+        if row is None:
+            return empty_model()
         model = model_from_proto(pb.ConsentModel.FromString(row.model))
         self._models[workspace] = model
         return model
@@ -217,7 +224,8 @@ class ConsentApplication:
                     workspace, profile_id, purpose_id, channel, at=at, jurisdiction=jurisdiction, conn=own
                 )
         _check_profile_id(profile_id)
-        model = self.model(conn, workspace)
+        live, version, current = check_state(conn, workspace, profile_id)
+        model = self.model(conn, workspace, version=version)
         purpose = model.purpose(purpose_id)
         if purpose is None:
             raise InvalidArgument(
@@ -235,9 +243,8 @@ class ConsentApplication:
             raise InvalidArgument(
                 "a check cannot be made for a time in the future", violations=[("at", "in the future")]
             )
-        live = self.live_profile(conn, workspace, profile_id)
         if at is None:
-            state = load_state(conn, workspace, live)
+            state = current
         else:
             ledger = self._ledger_at(conn, workspace, profile_id, live, as_of=at, known_at=None)
             state = self._fold(conn, workspace, ledger, as_of=at, known_at=None)
@@ -655,12 +662,12 @@ class ConsentApplication:
         happened by `as_of` — the two axes of a bitemporal audit. Folded in log order, like the live
         read model (the fold itself orders answers by occurred time), so replay equals live."""
         events = self.store.read_streams(
-            [ledger_stream(workspace, profile_id)], types=_LEDGER_TYPE_NAMES, conn=conn
+            [ledger_stream(workspace, profile_id)],
+            types=_LEDGER_TYPE_NAMES,
+            recorded_before=known_at,
+            occurred_before=as_of,
+            conn=conn,
         )
-        if known_at is not None:
-            events = [e for e in events if e.recorded_at <= known_at]
-        if as_of is not None:
-            events = [e for e in events if e.occurred_at <= as_of]
         state = LedgerState()
         for event in events:
             if with_preferences or event.type != pb.PreferenceSet.DESCRIPTOR.full_name:
@@ -745,14 +752,17 @@ class ConsentApplication:
             return live, [(event, self.store.decode(event, conn=conn)) for event in events]
 
 
+_PUBLIC_PARSERS = {
+    message_type.DESCRIPTOR.full_name: message_type.FromString for message_type in LEDGER_TYPES
+}
+
+
 def _public(event: RecordedEvent) -> Message:
     """The public fields of a ledger event (all a decision needs), without the subject's key."""
-    from onefold.consent.projections import LEDGER_TYPES as types
-
-    for message_type in types:
-        if message_type.DESCRIPTOR.full_name == event.type:
-            return message_type.FromString(event.payload)
-    raise ValueError(f"not a ledger event: {event.type}")
+    parse = _PUBLIC_PARSERS.get(event.type)
+    if parse is None:
+        raise ValueError(f"not a ledger event: {event.type}")
+    return parse(event.payload)
 
 
 def summary(event: RecordedEvent, message: Message) -> str:

@@ -15,7 +15,7 @@ Nothing personal is stored here: proof (IP, user agent, guardian) stays encrypte
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any
 
@@ -115,38 +115,68 @@ def evidence_of(event: RecordedEvent) -> Evidence:
     )
 
 
-def load_state(conn: Connection, workspace: str, profile_id: str) -> LedgerState:
-    """The subject's current state from the rows (what CheckConsent decides on)."""
+_STATE_COLUMNS = (
+    "kind, purpose_id, channel, status, notice_id, notice_version, jurisdiction, guardian_given, "
+    "expires_at, event_id, position, hash, event_type, recorded_at, occurred_at"
+)
+# CheckConsent's one round trip: the live profile (after merges), the model's version and the
+# state rows of the live profile. Plain SQL on the driver: this runs on every send.
+_CHECK_SQL = (
+    "WITH l AS (SELECT COALESCE((SELECT survivor_id FROM consent_aliases WHERE workspace = {p} AND profile_id = {p}), "
+    "{p}) AS live, (SELECT version FROM consent_models WHERE workspace = {p}) AS model_version) "
+    f"SELECT l.live, l.model_version, {', '.join('s.' + c for c in _STATE_COLUMNS.split(', '))} "
+    "FROM l LEFT JOIN consent_state AS s ON s.workspace = {p} AND s.profile_id = l.live"
+)
+_CHECK_SQLITE = _CHECK_SQL.format(p="?")
+_CHECK_PG = _CHECK_SQL.format(p="%s")
+
+
+def _fold_rows(rows: Iterable[Sequence[Any]]) -> LedgerState:
+    """State rows (in _STATE_COLUMNS order) -> the state CheckConsent decides on."""
     ledger = LedgerState()
-    rows = conn.execute(
-        sa.select(state).where(state.c.workspace == workspace, state.c.profile_id == profile_id)
-    )
     for row in rows:
+        (kind, purpose_id, channel, status, notice_id, notice_version, jurisdiction, guardian_given,
+         expires_at, event_id, position, hash_, event_type, recorded_at, occurred_at) = row  # fmt: skip
+        if kind is None:
+            continue
         evidence = Evidence(
-            row.event_id,
-            row.position,
-            row.hash,
-            row.event_type,
-            from_micros(row.recorded_at),
-            from_micros(row.occurred_at),
+            event_id, position, bytes(hash_), event_type, from_micros(recorded_at), from_micros(occurred_at)
         )
-        if row.kind == "consent":
-            ledger.entries[(row.purpose_id, row.channel)] = Entry(
-                row.status,
+        if kind == "consent":
+            ledger.entries[(purpose_id, channel)] = Entry(
+                status,
                 evidence,
-                row.notice_id,
-                row.notice_version,
-                row.jurisdiction,
-                row.guardian_given,
-                from_micros(row.expires_at) if row.expires_at is not None else None,
+                notice_id,
+                notice_version,
+                jurisdiction,
+                bool(guardian_given),
+                from_micros(expires_at) if expires_at is not None else None,
             )
-        elif row.kind == "objection":
-            ledger.objections[row.purpose_id] = evidence
-        elif row.kind == "restriction":
+        elif kind == "objection":
+            ledger.objections[purpose_id] = evidence
+        elif kind == "restriction":
             ledger.restricted = evidence
-        elif row.kind == "erased":
+        elif kind == "erased":
             ledger.erased = evidence
     return ledger
+
+
+def load_state(conn: Connection, workspace: str, profile_id: str) -> LedgerState:
+    """The subject's current state from the rows (what CheckConsent decides on)."""
+    rows = conn.exec_driver_sql(
+        f"SELECT {_STATE_COLUMNS} FROM consent_state WHERE workspace = {'?' if conn.dialect.name == 'sqlite' else '%s'} "
+        f"AND profile_id = {'?' if conn.dialect.name == 'sqlite' else '%s'}",
+        (workspace, profile_id),
+    )
+    return _fold_rows(rows)
+
+
+def check_state(conn: Connection, workspace: str, profile_id: str) -> tuple[str, int | None, LedgerState]:
+    """(live profile, model version or None, its state) in one query."""
+    sql = _CHECK_SQLITE if conn.dialect.name == "sqlite" else _CHECK_PG
+    rows = conn.exec_driver_sql(sql, (workspace, profile_id, profile_id, workspace, workspace)).fetchall()
+    live, version = rows[0][0], rows[0][1]
+    return live, version, _fold_rows(row[2:] for row in rows)
 
 
 def _rows(workspace: str, profile_id: str, ledger: LedgerState) -> list[dict[str, object]]:
