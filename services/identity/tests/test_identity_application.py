@@ -575,12 +575,6 @@ def test_events_out_of_order_end_in_the_same_profiles(identity: Identity) -> Non
     assert identity.owner("user_id", "u1", "ordered") != identity.owner("user_id", "u1", "reversed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="handle_accepted is not idempotent per event_id: a redelivered EventAccepted is resolved again "
-    "(a second EventResolved, event_count and timeline count it twice); only the subscriber's "
-    "tracking-position check keeps redeliveries out",
-)
 def test_the_same_event_delivered_twice_counts_once(identity: Identity) -> None:
     first = identity.event(type=IDENTIFY, user_id="u1", traits={"email": "u1@example.com"})
     second = identity.event(user_id="u1")

@@ -875,6 +875,19 @@ class EventStore:
         with self.engine.connect() as conn:
             return self._stream_versions(conn, [stream_id]).get(stream_id, 0)
 
+    def existing_event_ids(self, conn: Connection, event_ids: Iterable[str]) -> set[str]:
+        """Which of `event_ids` are already in the log (read in the caller's transaction): a consumer
+        that derives its events' ids from the upstream event makes redelivery a no-op with this."""
+        wanted = sorted({_normalise_event_id(event_id) for event_id in event_ids})
+        found: set[str] = set()
+        for start in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[start : start + _IN_CHUNK]
+            rows = conn.execute(
+                sa.select(schema.events.c.event_id).where(schema.events.c.event_id.in_(chunk))
+            )
+            found.update(event_id for (event_id,) in rows)
+        return found
+
     def read_streams(
         self,
         stream_ids: Sequence[str],

@@ -247,11 +247,18 @@ class IdentityApplication:
 
     def handle_accepted(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         """The ingest subscriber's handler: resolve each accepted event, in one transaction."""
-        batch = [
-            (envelope, ingest_pb2.EventAccepted.FromString(envelope.payload))
-            for envelope in envelopes
-            if envelope.type == ACCEPTED
-        ]
+        upstream = [envelope for envelope in envelopes if envelope.type == ACCEPTED]
+        if not upstream:
+            return
+        # Each EventResolved's id derives from the upstream event's: one already in the log means this
+        # delivery was applied before (exactly-once effect even without the subscriber's tracking row).
+        done = self.store.existing_event_ids(conn, (resolved_event_id(e.event_id) for e in upstream))
+        batch: list[tuple[EventEnvelope, ingest_pb2.EventAccepted]] = []
+        for envelope in upstream:
+            resolved_id = resolved_event_id(envelope.event_id)
+            if resolved_id not in done:
+                done.add(resolved_id)  # the same event twice in one batch: resolved once
+                batch.append((envelope, ingest_pb2.EventAccepted.FromString(envelope.payload)))
         if not batch:
             return
         with self._lock:
@@ -323,6 +330,7 @@ class IdentityApplication:
         out.append(
             NewEvent(
                 stream_id=events_stream(workspace, profile_id or "unresolved"),
+                event_id=resolved_event_id(envelope.event_id),
                 message=pb.EventResolved(
                     profile_id=profile_id,
                     workspace=workspace,
@@ -394,7 +402,9 @@ class IdentityApplication:
                 reason=op.reason,
                 other_profile_id=op.other_profile_id,
             )
-            subject = subject_of(workspace, profile_id)
+            # The identifier is the other profile's when it has one: encrypted with its key, so erasing
+            # that person also makes this record of the refused link unreadable.
+            subject = subject_of(workspace, op.other_profile_id or profile_id)
         return NewEvent(
             stream_id=profile_stream(workspace, profile_id),
             message=message,
@@ -699,12 +709,15 @@ class IdentityApplication:
                 "page_token is not one this service issued", violations=[("page.page_token", "invalid")]
             ) from None
         entries: list[pb.TimelineEntry] = []
+        positions: list[int] = []
         with self.store.engine.connect() as conn:
             live, _ = self.locate(conn, workspace, ref)
             members = self._family(conn, live)
             streams = [events_stream(workspace, m) for m in members]
             live_of = self._live_of(conn, workspace)
-            while len(entries) < size:
+            exhausted = False
+            # One entry more than the page is looked for: a next-page token only when there is one.
+            while len(entries) <= size and not exhausted:
                 batch = self.store.read_streams(
                     streams,
                     types=[_RESOLVED],
@@ -713,14 +726,14 @@ class IdentityApplication:
                     newest_first=True,
                     conn=conn,
                 )
+                exhausted = len(batch) < size * 2
                 if not batch:
-                    before = None
                     break
+                before = batch[-1].position
                 owners = self._owners(
                     conn, workspace, (k for e in batch for k in pb.EventResolved.FromString(e.payload).keys)
                 )
                 for event in batch:
-                    before = event.position
                     if (since is not None and event.occurred_at < since) or (
                         until is not None and event.occurred_at > until
                     ):
@@ -740,17 +753,12 @@ class IdentityApplication:
                     entry.occurred_at.FromDatetime(event.occurred_at)
                     entry.event.CopyFrom(tracked)
                     entries.append(entry)
-                    if len(entries) == size:
+                    positions.append(event.position)
+                    if len(entries) > size:
                         break
-                if (
-                    len(batch) < size * 2
-                    and (not entries or len(entries) < size)
-                    and before == batch[-1].position
-                ):
-                    if len(entries) < size:
-                        before = None
-                    break
-        return entries, str(before) if before is not None and len(entries) == size else ""
+        if len(entries) > size:
+            return entries[:size], str(positions[size - 1])
+        return entries, ""
 
     def merge_history(self, workspace: str, ref: pb.ProfileRef) -> list[pb.MergeRecord]:
         with self.store.engine.connect() as conn:
@@ -985,8 +993,8 @@ class IdentityApplication:
                 plan.append((profile_id, members, keys))
         answer = pb.EraseSubjectResponse()
         for profile_id, members, keys in plan:
-            for member in members:
-                self.store.erase_subject(subject_of(workspace, member))
+            # First retire the identifiers (no new event can reach the profile from then on), then
+            # destroy the keys. A crash in between is completed by repeating the request.
             with self._writing() as conn:
                 erased = conn.execute(
                     sa.select(profiles.c.erased).where(profiles.c.profile_id == profile_id)
@@ -1011,9 +1019,19 @@ class IdentityApplication:
                             )
                         ],
                     )
+            for member in members:
+                self.store.erase_subject(subject_of(workspace, member))
             answer.profile_ids.extend(members)
             answer.identifiers_unlinked += len(keys)
         return answer
+
+
+_RESOLVED_IDS = uuid.UUID("6f9a1c2e-5b7d-4e0a-9c3f-1d2b8e7a4f60")
+
+
+def resolved_event_id(upstream_event_id: str) -> str:
+    """The id of the EventResolved for an upstream event: the same on every delivery."""
+    return str(uuid.uuid5(_RESOLVED_IDS, upstream_event_id))
 
 
 def fold_into(graph: IdentityGraph, event: RecordedEvent, message: Message) -> None:

@@ -230,7 +230,7 @@ class IdentityProjection:
                 conn.execute(
                     identifiers.update()
                     .where(identifiers.c.workspace == message.workspace, identifiers.c.key.in_(chunk))
-                    .values(retired=True, profile_id="")
+                    .values(retired=True)  # the profile stays named: a repeated erasure finds it
                 )
             conn.execute(trait_index.delete().where(trait_index.c.profile_id.in_(ids)))
 
