@@ -122,7 +122,7 @@ class ConsentApplication:
 
         Projector(self.store, [self.projection]).catch_up(self.projection)
 
-    def _ledger_event(
+    def ledger_event(
         self, workspace: str, profile_id: str, message: Message, occurred: datetime | None, actor: str = ""
     ) -> NewEvent:
         return NewEvent(
@@ -356,7 +356,7 @@ class ConsentApplication:
                         granted.expires_at.FromDatetime(
                             occurred + timedelta(days=purpose.consent_validity_days)
                         )
-                    events.append(self._ledger_event(workspace, live, granted, occurred, actor))
+                    events.append(self.ledger_event(workspace, live, granted, occurred, actor))
             recorded = self.append(conn, events)
             return Written(live, recorded, load_state(conn, workspace, live))
 
@@ -379,7 +379,7 @@ class ConsentApplication:
             proof.CopyFrom(request.proof)
             proof.source = proof.source or "api"
             events = [
-                self._ledger_event(
+                self.ledger_event(
                     workspace,
                     live,
                     pb.ConsentWithdrawn(
@@ -416,7 +416,7 @@ class ConsentApplication:
                 message = pb.ObjectionRecorded(
                     workspace=workspace, profile_id=live, purpose_id=purpose.purpose_id, proof=request.proof
                 )
-            recorded = self.append(conn, [self._ledger_event(workspace, live, message, self.clock(), actor)])
+            recorded = self.append(conn, [self.ledger_event(workspace, live, message, self.clock(), actor)])
             return Written(live, recorded, load_state(conn, workspace, live))
 
     def set_preference(
@@ -443,7 +443,7 @@ class ConsentApplication:
                 value=request.value,
                 proof=request.proof,
             )
-            recorded = self.append(conn, [self._ledger_event(workspace, live, message, self.clock(), actor)])
+            recorded = self.append(conn, [self.ledger_event(workspace, live, message, self.clock(), actor)])
             return Written(live, recorded, load_state(conn, workspace, live))
 
     def consents(self, workspace: str, profile_id: str) -> pb.GetConsentsResponse:
@@ -509,7 +509,7 @@ class ConsentApplication:
             ]
             if load_state(conn, workspace, live).erased is None:
                 message = pb.ConsentSubjectErased(workspace=workspace, profile_id=live, request_id=request_id)
-                self.append(conn, [self._ledger_event(workspace, live, message, self.clock(), actor)])
+                self.append(conn, [self.ledger_event(workspace, live, message, self.clock(), actor)])
         profiles = list(dict.fromkeys([live, profile_id, *sorted(merged)]))
         for profile in profiles:
             self.store.erase_subject(subject_of(workspace, profile))
@@ -621,7 +621,7 @@ class ConsentApplication:
                 )
                 if purpose.consent_validity_days:
                     message.expires_at.FromDatetime(occurred + timedelta(days=purpose.consent_validity_days))
-            out.append(self._ledger_event(workspace, live, message, occurred))
+            out.append(self.ledger_event(workspace, live, message, occurred))
         return out
 
     def _merge(
@@ -644,7 +644,7 @@ class ConsentApplication:
             objections=objections,
             restricted=restricted,
         )
-        return [self._ledger_event(workspace, survivor, message, envelope.occurred_at.ToDatetime(tzinfo=UTC))]
+        return [self.ledger_event(workspace, survivor, message, envelope.occurred_at.ToDatetime(tzinfo=UTC))]
 
     # ------------------------------------------------------------------------------ audit
 

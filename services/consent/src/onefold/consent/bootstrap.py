@@ -1,6 +1,7 @@
 """Composition root of the consent service: its event log, application, servicers, the identity
 subscriber, the channels to the other services (subjects by identifier; data-subject requests) and
-the background loop that retries data-subject requests' pending steps (on the leader replica).
+the background loops (on the leader replica) that retry data-subject requests' pending steps and
+carry out the PIPL Art. 47 deletion duties (expiry, retention).
 
 Nothing here runs at import time; `main()` hands the composition to the platform runner.
 """
@@ -11,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-from onefold.consent import application
+from onefold.consent import application, duties
 from onefold.consent.entrypoints import consumers, grpc
 from onefold.consent.projections import ConsentProjection
 from onefold.consent.requests import SubjectRequests
@@ -37,7 +38,7 @@ class ConsentComposition:
         )
         self.application = application.ConsentApplication(self.service.store, projection)
         self.requests = SubjectRequests(self.application, self.peers)
-        self._requests_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def registrations(self) -> Sequence[ServiceRegistration]:
         return self.service.registrations()
@@ -45,15 +46,19 @@ class ConsentComposition:
     async def start(self) -> None:
         await asyncio.to_thread(self.application.catch_up)
         await self.service.start()
-        self._requests_task = asyncio.create_task(
-            self.requests.run(self.service.leading.is_set), name="consent-subject-requests"
-        )
+        leading = self.service.leading.is_set
+        self._tasks = [
+            asyncio.create_task(self.requests.run(leading), name="consent-subject-requests"),
+            asyncio.create_task(
+                duties.run_duties(self.application, self.requests, leading), name="consent-duties"
+            ),
+        ]
 
     async def stop(self) -> None:
-        if self._requests_task is not None:
-            self._requests_task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._requests_task
+                await task
         await self.service.stop()
         await self.peers.close()
 
