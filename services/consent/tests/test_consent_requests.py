@@ -449,11 +449,11 @@ async def test_bootstrap_runs_the_retry_loop_while_started(tmp_path: Path, nats_
         async with asyncio.timeout(30):
             identity = await retried_by_the_loop()
         assert identity.state == FAILED and "UNAVAILABLE" in identity.last_error
-        task = composition._requests_task
-        assert task is not None and not task.done()
+        tasks = list(composition._tasks)  # the request loop and the PIPL 47 duties
+        assert tasks and not any(task.done() for task in tasks)
     finally:
         await composition.stop()
         await nats_connection.close()
         engine.dispose()
         credentials.engine.dispose()
-    assert task.done()
+    assert all(task.done() for task in tasks)

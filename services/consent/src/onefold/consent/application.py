@@ -113,6 +113,7 @@ class ConsentApplication:
         recorded = self.store.append(events, conn=conn)
         for stored, new in zip(recorded, events, strict=True):
             self.projection.handle(conn, stored, new.message)
+        self.projection.flush(conn)
         last = recorded[-1]
         self.store.record_tracking(conn, self._tracking, last.position, last.event_id)
         return recorded

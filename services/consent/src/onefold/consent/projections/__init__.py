@@ -216,21 +216,33 @@ class ConsentProjection:
     name = PROJECTION_NAME
     tables: Sequence[sa.Table] = (state, aliases, models, requests)
 
+    def __init__(self) -> None:
+        # Subjects whose state changed in this batch, folded in memory and written once in `flush`
+        # (a rebuild writes each subject once per batch, not once per event).
+        self._pending: dict[tuple[str, str], LedgerState] = {}
+
     def reset(self, conn: Connection) -> None:
+        self._pending.clear()
         for table in self.tables:
             conn.execute(table.delete())
 
-    def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
-        if isinstance(message, LEDGER_TYPES):
-            workspace, profile_id = message.workspace, message.profile_id
-            ledger = load_state(conn, workspace, profile_id)
-            ledger.apply(evidence_of(event), message)
+    def flush(self, conn: Connection) -> None:
+        pending, self._pending = self._pending, {}
+        for (workspace, profile_id), ledger in pending.items():
             conn.execute(
                 state.delete().where(state.c.workspace == workspace, state.c.profile_id == profile_id)
             )
             rows = _rows(workspace, profile_id, ledger)
             if rows:
                 conn.execute(state.insert(), rows)
+
+    def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
+        if isinstance(message, LEDGER_TYPES):
+            workspace, profile_id = message.workspace, message.profile_id
+            ledger = self._pending.get((workspace, profile_id))
+            if ledger is None:
+                ledger = self._pending[(workspace, profile_id)] = load_state(conn, workspace, profile_id)
+            ledger.apply(evidence_of(event), message)
             if isinstance(message, pb.ConsentsMerged):
                 conn.execute(
                     aliases.delete().where(
