@@ -44,7 +44,14 @@ from typing import Annotated, Any, TypeVar
 import grpc
 import typer
 
-from onefold.cli.ingest_client import CHANNEL_OPTIONS, CliError, Connection, describe_rpc_error, fail
+from onefold.cli.ingest_client import (
+    CHANNEL_OPTIONS,
+    CliError,
+    Connection,
+    describe_rpc_error,
+    fail,
+    same_apart_from_version,
+)
 from onefold.cli.supervisor import ENDPOINTS_FILE, read_endpoints
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.consent.v1 import consent_pb2_grpc
@@ -461,13 +468,6 @@ def parse_consent_documents(documents: list[tuple[str, Any]], base_dir: Path) ->
     return specs
 
 
-def _comparable(model: pb.ConsentModel) -> bytes:
-    copy = pb.ConsentModel()
-    copy.CopyFrom(model)
-    copy.version = 0
-    return copy.SerializeToString(deterministic=True)
-
-
 async def apply_consent_models(conn: Connection, specs: list[ConsentModelSpec]) -> list[str]:
     lines: list[str] = []
     async with channel_to(conn) as channel:
@@ -478,7 +478,7 @@ async def apply_consent_models(conn: Connection, specs: list[ConsentModelSpec]) 
                 f"{len(spec.model.purposes)} purposes, {len(spec.model.channels) or 'default'} channels, "
                 f"{len(spec.model.notices)} notice versions"
             )
-            if current.version and _comparable(current) == _comparable(spec.model):
+            if current.version and same_apart_from_version(current, spec.model):
                 lines.append(f"consentmodel (version {current.version}) unchanged: {counts}")
                 continue
             stored: pb.ConsentModel = await stub.SetModel(pb.SetModelRequest(model=spec.model))

@@ -17,6 +17,7 @@ from typing import Annotated, TypeVar
 
 import grpc
 import typer
+from google.protobuf.message import Message
 from rich.console import Console
 
 from onefold.cli.supervisor import read_endpoints
@@ -59,6 +60,19 @@ class CliError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def same_apart_from_version(left: Message, right: Message) -> bool:
+    """Whether two applied documents (a model, rules) are equal but for the server's version number:
+    `apply` then reports "unchanged"."""
+
+    def content(message: Message) -> bytes:
+        copy = type(message)()
+        copy.CopyFrom(message)
+        copy.ClearField("version")
+        return copy.SerializeToString(deterministic=True)
+
+    return content(left) == content(right)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

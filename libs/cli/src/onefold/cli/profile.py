@@ -52,6 +52,7 @@ from onefold.cli.ingest_client import (
     connect,
     fail,
     run_async,
+    same_apart_from_version,
 )
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.identity.v1 import identity_pb2 as pb
@@ -573,20 +574,13 @@ def parse_rules_documents(documents: Sequence[tuple[str, Any]]) -> list[RulesSpe
     return specs
 
 
-def _without_version(rules: pb.IdentityRules) -> bytes:
-    copy = pb.IdentityRules()
-    copy.CopyFrom(rules)
-    copy.version = 0
-    return copy.SerializeToString(deterministic=True)
-
-
 async def apply_rules(conn: Connection, specs: Sequence[RulesSpec]) -> list[str]:
     lines: list[str] = []
     async with identity_stub(conn) as stub:
         for spec in specs:
             before = await stub.GetRules(pb.GetRulesRequest())
             stored = await stub.SetRules(pb.SetRulesRequest(rules=spec.rules))
-            if before.version and _without_version(before) == _without_version(stored):
+            if before.version and same_apart_from_version(before, stored):
                 lines.append(f"identity rules unchanged (applied again as version {stored.version})")
             else:
                 lines.append(f"identity rules set (version {stored.version})")
