@@ -133,6 +133,30 @@ def _upsert_identifier(conn: Connection, row: dict[str, object]) -> None:
         conn.execute(identifiers.insert().prefix_with("OR REPLACE"), [row])
 
 
+# Adds a batch's counters to the profiles (built once: it is executed on every flush).
+_ADD_STATS = (
+    profiles.update()
+    .where(profiles.c.profile_id == sa.bindparam("pid"))
+    .values(
+        first_seen=sa.func.coalesce(
+            sa.case(
+                (profiles.c.first_seen < sa.bindparam("first"), profiles.c.first_seen),
+                else_=sa.bindparam("first"),
+            ),
+            sa.bindparam("first"),
+        ),
+        last_seen=sa.func.coalesce(
+            sa.case(
+                (profiles.c.last_seen > sa.bindparam("last"), profiles.c.last_seen),
+                else_=sa.bindparam("last"),
+            ),
+            sa.bindparam("last"),
+        ),
+        event_count=profiles.c.event_count + sa.bindparam("count"),
+    )
+)
+
+
 class IdentityProjection:
     """The fold of the identity log into the tables above (a BufferedProjection: the per-event
     counters of EventResolved are summed in memory and written once per batch)."""
@@ -144,6 +168,7 @@ class IdentityProjection:
         self._stats: dict[str, _Stats] = {}
         self._new_identifiers: dict[tuple[str, str], dict[str, object]] = {}
         self._new_profiles: list[dict[str, object]] = []
+        self._trait_rows: list[dict[str, object]] = []
 
     def reset(self, conn: Connection) -> None:
         for table in self.tables:
@@ -151,6 +176,7 @@ class IdentityProjection:
         self._stats.clear()
         self._new_identifiers.clear()
         self._new_profiles.clear()
+        self._trait_rows.clear()
 
     def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
         if isinstance(message, pb.EventResolved):
@@ -177,6 +203,13 @@ class IdentityProjection:
                 "retired": False,
             }
             return
+        if isinstance(message, pb.TraitsUpdated):
+            # Buffered: an identify call carries traits, so this is on the hot path.
+            self._trait_rows.extend(
+                {"workspace": message.workspace, "trait_key": key, "profile_id": message.profile_id}
+                for key in message.trait_keys
+            )
+            return
         if isinstance(message, pb.ProfileCreated):
             self._new_profiles.append(
                 {
@@ -192,15 +225,6 @@ class IdentityProjection:
         self.flush(conn)  # everything below reads or moves rows the buffers may touch
         if isinstance(message, pb.ProfilesMerged):
             self._merge(conn, message.workspace, message.survivor_id, message.merged_id)
-        elif isinstance(message, pb.TraitsUpdated):
-            _insert_ignore(
-                conn,
-                trait_index,
-                [
-                    {"workspace": message.workspace, "trait_key": key, "profile_id": message.profile_id}
-                    for key in message.trait_keys
-                ],
-            )
         elif isinstance(message, pb.ProfileUnmerged):
             self._unmerge(conn, event, message)
         elif isinstance(message, pb.ProfileProtectionSet):
@@ -235,6 +259,9 @@ class IdentityProjection:
             conn.execute(trait_index.delete().where(trait_index.c.profile_id.in_(ids)))
 
     def flush(self, conn: Connection) -> None:
+        if self._trait_rows:
+            rows, self._trait_rows = self._trait_rows, []
+            _insert_ignore(conn, trait_index, rows)
         if self._new_profiles:
             created = self._new_profiles
             self._new_profiles = []
@@ -268,25 +295,7 @@ class IdentityProjection:
             stats = self._stats
             self._stats = {}
             conn.execute(
-                profiles.update()
-                .where(profiles.c.profile_id == sa.bindparam("pid"))
-                .values(
-                    first_seen=sa.func.coalesce(
-                        sa.case(
-                            (profiles.c.first_seen < sa.bindparam("first"), profiles.c.first_seen),
-                            else_=sa.bindparam("first"),
-                        ),
-                        sa.bindparam("first"),
-                    ),
-                    last_seen=sa.func.coalesce(
-                        sa.case(
-                            (profiles.c.last_seen > sa.bindparam("last"), profiles.c.last_seen),
-                            else_=sa.bindparam("last"),
-                        ),
-                        sa.bindparam("last"),
-                    ),
-                    event_count=profiles.c.event_count + sa.bindparam("count"),
-                ),
+                _ADD_STATS,
                 [
                     {"pid": pid, "first": s.first, "last": s.last, "count": s.count}
                     for pid, s in stats.items()
