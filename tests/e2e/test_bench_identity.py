@@ -1,9 +1,12 @@
 """bench/identity.py on a small data set: the generator is deterministic and noisy as described,
-Splink's deterministic clusters equal the union-find reference, and the metrics count right.
+Splink's deterministic clusters equal the union-find reference, the metrics count right, and a real
+identity service (nats-server + `python -m onefold.identity`) resolves the events into exactly the
+connected components with unlimited rules and into a refinement of them with the default limits.
 No timing checks."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import subprocess
@@ -120,7 +123,20 @@ def test_cluster_metrics_count_pairs(bench: ModuleType, dataset: Any) -> None:
     assert small["precision"] == 0.5 and small["recall"] == pytest.approx(1 / 3)
 
 
+def test_generated_phones_are_valid_e164(dataset: Any) -> None:
+    # the identity service links only phones libphonenumber accepts; an invalid one would be dropped
+    import phonenumbers
+
+    phones = {v for r in dataset.records for k, v in r.identifiers if k == "phone"}
+    for phone in phones:
+        number = phonenumbers.parse(phone, "CN")
+        assert phonenumbers.is_valid_number(number), phone
+        assert phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) == phone
+
+
 def test_onefold_bench_identity_prints_json() -> None:
+    """The whole bench through the CLI, Onefold with unlimited rules: a real nats-server and identity
+    service resolve 2,000 events into exactly the connected components (and Splink's clusters)."""
     result = subprocess.run(
         [
             sys.executable,
@@ -130,18 +146,50 @@ def test_onefold_bench_identity_prints_json() -> None:
             "identity",
             "--events",
             "2000",
-            "--splink-events",
-            "1500",
+            "--rules",
+            "unlimited",
+            "--latency-seconds",
+            "1",
+            "--get-profile-rate",
+            "100",
+            "--paced-rate",
+            "50",
             "--json",
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout)
     assert figures["identifiers"] == 6000
-    assert figures["splink"]["events"] == 1500
+    assert figures["splink"]["events"] == 2000
     assert figures["splink"]["equals_connected_components"] is True
     assert 0 < figures["cc"]["precision"] <= 1.0 and 0 < figures["cc"]["recall"] <= 1.0
-    assert figures["onefold"] == {}  # until the identity service's bench fills run_onefold in
+    onefold = figures["onefold"]
+    assert onefold["rules"] == "unlimited" and list(onefold["modes"]) == ["unlimited"]
+    assert onefold["equals_connected_components"] is True
+    assert onefold["equals_splink"] is True
+    run = onefold["modes"]["unlimited"]
+    assert run["events_resolved"] == 2000 and run["link_refusals"] == 0
+    assert run["metrics"] == {key: figures["cc"][key] for key in run["metrics"]}
+    assert run["rebuild_equals_live"] is True and run["rebuild_events_folded"] > 0
+    assert run["get_profile"]["failures"] == 0 and run["get_profile"]["requests"] == 100
+    assert run["resolve_latency"]["resolved"] == run["resolve_latency"]["events"] == 50
+    assert run["rss_peak_mb"] > 0
+    assert figures["rebuild_ratio_vs_splink"] > 0 and "met" in figures
+
+
+def test_default_rules_refine_connected_components(bench: ModuleType, dataset: Any) -> None:
+    """With the workspace's default limits the service refuses links (shared devices, heavy users'
+    cookies): its clusters split connected components, never merge across them."""
+    result = bench.run_onefold(dataset, argparse.Namespace(rules="default", latency_seconds=0))
+    run = result["modes"]["default"]
+    clusters = result["clusters"]
+    assert set(clusters) == {r.event_id for r in dataset.records}
+    assert run["events_resolved"] == EVENTS and run["rebuild_equals_live"] is True
+    reference = bench.connected_components(dataset.records, bench.IDENTIFIER_TYPES)
+    assert len({(clusters[e], reference[e]) for e in clusters}) == len(set(clusters.values()))
+    assert run["link_refusals"] > 0
+    assert not bench.same_partition(clusters, reference)
+    assert "get_profile" not in run

@@ -888,6 +888,19 @@ class EventStore:
             found.update(event_id for (event_id,) in rows)
         return found
 
+    def streams_head(self, stream_ids: Sequence[str], *, conn: Connection | None = None) -> int:
+        """The newest position among `stream_ids` (0 when none has events): a cheap "has anything
+        changed?" for a read model cached over those streams."""
+        if not stream_ids:
+            return 0
+        query = sa.select(sa.func.max(schema.events.c.position)).where(
+            schema.events.c.stream_id.in_(sorted(set(stream_ids)))
+        )
+        if conn is not None:
+            return int(conn.execute(query).scalar() or 0)
+        with self.engine.connect() as own:
+            return int(own.execute(query).scalar() or 0)
+
     def read_streams(
         self,
         stream_ids: Sequence[str],

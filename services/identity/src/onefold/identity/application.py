@@ -85,6 +85,7 @@ _HISTORY_TYPES = tuple(
     m.DESCRIPTOR.full_name for m in (pb.ProfilesMerged, pb.ProfileUnmerged, pb.LinkRefused)
 )
 MAX_PAGE = 500
+PROFILE_CACHE_SIZE = 10_000
 DEFAULT_PAGE = 50
 
 
@@ -126,6 +127,8 @@ class IdentityApplication:
         self._graphs: dict[str, IdentityGraph] = {}
         self._head = -1
         self._keys: dict[tuple[str, str], str] = {}
+        # (workspace, live profile) -> ((family streams' head, family), the assembled profile 360).
+        self._profiles: dict[tuple[str, str], tuple[tuple[int, tuple[str, ...]], pb.Profile]] = {}
 
     # ------------------------------------------------------------------------------ keys
 
@@ -550,15 +553,27 @@ class IdentityApplication:
         with self.store.engine.connect() as conn:
             live, redirected = self.locate(conn, workspace, ref)
             members = self._family(conn, live)
-            history = self.store.read_streams(
-                [profile_stream(workspace, m) for m in members], types=_PROFILE_TYPES, conn=conn
-            )
+            streams = [profile_stream(workspace, m) for m in members]
             if as_of is None:
-                owners = self._owners(conn, workspace, _keys_in(history))
                 row = conn.execute(sa.select(profiles).where(profiles.c.profile_id == live)).one()
-                profile = self._assemble(
-                    conn, workspace, live, history, owners, self._live_of(conn, workspace)
-                )
+                # Identities and traits change only with the family's profile streams: a cached
+                # assembly is current while their newest position is the same.
+                marker = (self.store.streams_head(streams, conn=conn), tuple(members))
+                cached = self._profiles.get((workspace, live))
+                if cached is not None and cached[0] == marker:
+                    profile = pb.Profile()
+                    profile.CopyFrom(cached[1])
+                else:
+                    history = self.store.read_streams(streams, types=_PROFILE_TYPES, conn=conn)
+                    owners = self._owners(conn, workspace, _keys_in(history))
+                    profile = self._assemble(
+                        conn, workspace, live, history, owners, self._live_of(conn, workspace)
+                    )
+                    if len(self._profiles) >= PROFILE_CACHE_SIZE:
+                        self._profiles.pop(next(iter(self._profiles)))
+                    kept = pb.Profile()
+                    kept.CopyFrom(profile)
+                    self._profiles[(workspace, live)] = (marker, kept)
                 profile.protected = bool(row.protected)
                 profile.erased = bool(row.erased)
                 if row.first_seen is not None:
@@ -566,6 +581,7 @@ class IdentityApplication:
                     profile.last_seen.FromDatetime(from_micros(row.last_seen))
                 profile.event_count = row.event_count
             else:
+                history = self.store.read_streams(streams, types=_PROFILE_TYPES, conn=conn)
                 profile = self._as_of(conn, workspace, ref, live, members, history, as_of, occurred_axis)
             profile.redirected_from = redirected
             return profile
