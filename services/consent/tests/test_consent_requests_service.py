@@ -495,3 +495,31 @@ def test_access_export_assembled_from_every_service(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         other.call(other.consent(), "GetRequest", pb.GetRequestRequest(request_id=completed.request_id))
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_rectification_corrects_identity_traits(stack: Stack) -> None:
+    """GDPR Art. 16 / PIPL Art. 46: the corrections reach identity, whose profile then shows them
+    (identity is the only service holding traits; the others' steps are not applicable)."""
+    stack.start_consent(ingest=stack.ingest.target, identity=stack.identity.target)
+    ws = make_workspace(stack)
+    profile_id = ws.send_person("lin", "cookie-lin", "lin@example.com")
+    request = pb.OpenRequestRequest(
+        type=pb.REQUEST_TYPE_RECTIFICATION,
+        subject=identity_pb2.ProfileRef(profile_id=profile_id),
+        rectification=json.dumps({"name": "Lin Corrected", "city": "Wuxi"}),
+    )
+    completed = ws.call(ws.consent(), "OpenRequest", request)
+    assert completed.state == pb.REQUEST_STATE_COMPLETED, str(completed.steps)
+    identity_step = steps(completed)["identity"]
+    assert identity_step.state == pb.STEP_STATE_DONE
+    assert json.loads(identity_step.confirmation)["traits_corrected"] == ["city", "name"]
+    profile = ws.call(
+        ws.identity(),
+        "GetProfile",
+        identity_pb2.GetProfileRequest(profile=identity_pb2.ProfileRef(profile_id=profile_id)),
+        "profiles:read",
+    )
+    traits = {t.name: (t.value.string_value, t.source_id) for t in profile.traits}
+    assert traits["name"] == ("Lin Corrected", f"rectification:{completed.request_id}")
+    assert traits["city"][0] == "Wuxi"
+    assert traits["email"][0] == "lin@example.com"  # what was not corrected stays

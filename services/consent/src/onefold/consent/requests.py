@@ -59,9 +59,8 @@ Per type:
   with RESTRICTED from that commit on. The other services' steps are NOT_APPLICABLE: they process a
   person only after CheckConsent.
 - RECTIFICATION (GDPR 16, PIPL 46): the corrections (a JSON object of trait -> value) are kept
-  encrypted in the request. Identity, which owns traits, has no rectification call yet: its step stays
-  PENDING (never attempted, never DONE), so the request stays open until it has one; the other steps
-  are NOT_APPLICABLE.
+  encrypted in the request and sent to identity, which owns traits (RectifyProfile: the corrected
+  values replace what was set before); the other steps are NOT_APPLICABLE.
 
 The calls to segments and journeys: their APIs do not exist yet; consent calls
 `/onefold.<service>.v1.<Service>Service/EraseSubject` and `/ExportSubject` with a SubjectRequest
@@ -87,7 +86,7 @@ from typing import Any
 
 import grpc
 import sqlalchemy as sa
-from google.protobuf import symbol_database
+from google.protobuf import struct_pb2, symbol_database
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
@@ -129,13 +128,12 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ACCESS, _ERASURE = pb.REQUEST_TYPE_ACCESS, pb.REQUEST_TYPE_ERASURE
 _RECTIFICATION, _RESTRICTION = pb.REQUEST_TYPE_RECTIFICATION, pb.REQUEST_TYPE_RESTRICTION
 
-# The services each request type calls (the others' steps are NOT_APPLICABLE, or, for
-# rectification at identity, PENDING until identity offers a way to correct traits).
+# The services each request type calls (the others' steps are NOT_APPLICABLE).
 ACTIONS: dict[int, frozenset[str]] = {
     _ACCESS: frozenset(SERVICES),
     _ERASURE: frozenset(SERVICES),
     _RESTRICTION: frozenset({"consent"}),
-    _RECTIFICATION: frozenset(),
+    _RECTIFICATION: frozenset({"identity"}),
 }
 NOT_APPLICABLE: dict[tuple[int, str], str] = {
     **{
@@ -149,10 +147,6 @@ NOT_APPLICABLE: dict[tuple[int, str], str] = {
     (_RECTIFICATION, "segments"): "segments derive from identity's traits and follow their correction",
     (_RECTIFICATION, "journeys"): "journeys read the profile from identity and follow its correction",
 }
-RECTIFICATION_PENDING = (
-    "identity has no rectification call yet: the corrections are recorded with the request and wait "
-    "for it; the step is not done"
-)
 WAITING_FOR_IDENTIFIERS = "waiting for the subject's identifiers from identity (GetProfile)"
 
 
@@ -423,8 +417,6 @@ class SubjectRequests:
             if reason is not None:
                 step.state = pb.STEP_STATE_NOT_APPLICABLE
                 step.confirmation = json.dumps({"not_applicable": reason})
-            elif kind == _RECTIFICATION and service == "identity":
-                step.last_error = RECTIFICATION_PENDING
             else:
                 step.last_error = self._unreachable(service)
             step.updated_at.FromDatetime(now)
@@ -706,7 +698,7 @@ class SubjectRequests:
                         updates[step.service] = changed
             wanted = {step.service for step in request.steps if self._wants(request, step, now, due_only)}
             regress: frozenset[str] = frozenset()
-            if request.type in (_ERASURE, _ACCESS) and (wanted or request.type == _ACCESS):
+            if (request.type in (_ERASURE, _RECTIFICATION) and wanted) or request.type == _ACCESS:
                 regress = await self._run(folded, wanted, updates, now)
             request = await asyncio.to_thread(self._record, workspace, request_id, updates, regress)
             if request.state in TERMINAL_STATES:
@@ -857,10 +849,32 @@ class SubjectRequests:
                     },
                 )
             if service == "identity":
+                identity = identity_pb2_grpc.IdentityServiceStub(channel)
+                if request.type == _RECTIFICATION:
+                    if not identifiers:
+                        return Outcome(
+                            pb.STEP_STATE_FAILED, error="identity knows no such profile: nothing to correct"
+                        )
+                    corrections = struct_pb2.Struct()
+                    corrections.update(json.loads(request.rectification))
+                    corrected = await identity.RectifyProfile(
+                        identity_pb2.RectifyProfileRequest(
+                            profile=identity_pb2.ProfileRef(profile_id=request.profile_id),
+                            traits=corrections,
+                            request_id=request.request_id,
+                        ),
+                        metadata=metadata,
+                        timeout=timeout,
+                    )
+                    method = "RectifyProfile"
+                    done = {
+                        "profile_id": corrected.profile_id,
+                        "traits_corrected": sorted(corrections.fields),
+                    }
+                    return Outcome(pb.STEP_STATE_DONE, done, part=done)
                 if not identifiers:
                     found = {"profile_found": False}
                     return Outcome(pb.STEP_STATE_DONE, found, part=found)
-                identity = identity_pb2_grpc.IdentityServiceStub(channel)
                 if erasure:
                     answer = await identity.EraseSubject(
                         identity_pb2.EraseSubjectRequest(

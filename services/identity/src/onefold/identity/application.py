@@ -86,6 +86,7 @@ _HISTORY_TYPES = tuple(
 )
 MAX_PAGE = 500
 PROFILE_CACHE_SIZE = 10_000
+RECTIFICATION_SOURCE = "rectification:"
 DEFAULT_PAGE = 50
 
 
@@ -610,7 +611,11 @@ class IdentityApplication:
                 if not _belongs(message.keys, message.profile_id, owners, live, live_of):
                     continue
                 moment = to_micros(event.occurred_at)
-                rank = -precedence.get(message.source_id, len(precedence))
+                rank = (
+                    0  # a rectification ranks with the most trusted source
+                    if message.source_id.startswith(RECTIFICATION_SOURCE)
+                    else -precedence.get(message.source_id, len(precedence))
+                )
                 for name, value in message.traits.fields.items():
                     order = (rank, moment, event.position)
                     if name not in traits or traits[name][0] <= order:
@@ -944,6 +949,45 @@ class IdentityApplication:
             return [part.profile_id for part in parts]
 
     # ------------------------------------------------------------------------------ data subjects
+
+    def rectify(
+        self, workspace: str, ref: pb.ProfileRef, traits: struct_pb2.Struct, request_id: str, actor: str
+    ) -> str:
+        """Record corrected trait values (GDPR Art. 16, PIPL Art. 46) on the live profile."""
+        if not traits.fields:
+            raise InvalidArgument("name the traits to correct", violations=[("traits", "required")])
+        if not request_id or len(request_id) > 64:
+            raise InvalidArgument(
+                "a rectification names the request it carries out", violations=[("request_id", "required")]
+            )
+        plain = MessageToDict(traits)
+        with self._writing() as conn:
+            live, _ = self.locate(conn, workspace, ref)
+            if conn.execute(sa.select(profiles.c.erased).where(profiles.c.profile_id == live)).scalar():
+                raise FailedPrecondition("the profile was erased; there is nothing to correct")
+            self._append(
+                conn,
+                [
+                    NewEvent(
+                        stream_id=profile_stream(workspace, live),
+                        message=pb.TraitsUpdated(
+                            profile_id=live,
+                            workspace=workspace,
+                            traits=traits,
+                            source_id=RECTIFICATION_SOURCE + request_id,
+                            trait_keys=[
+                                self.trait_key(name, value)
+                                for name, value in plain.items()
+                                if isinstance(value, str | int | float | bool)
+                            ],
+                        ),
+                        subject=subject_of(workspace, live),
+                        workspace=workspace,
+                        metadata={"actor": actor, PARTITION_KEY: live},
+                    )
+                ],
+            )
+            return live
 
     def _subject_profiles(
         self, conn: Connection, workspace: str, identifiers_: Sequence[pb.Identifier]

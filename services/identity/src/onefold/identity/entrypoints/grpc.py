@@ -24,6 +24,7 @@ SCOPES = {
     **dict.fromkeys(("MergeProfiles", "UnmergeProfile", "SetProtection"), "profiles:write"),
     "SetRules": "admin",
     "ExportSubject": "dsr:write",
+    "RectifyProfile": "dsr:write",
     "EraseSubject": "dsr:write",
 }
 
@@ -142,6 +143,15 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         return await asyncio.to_thread(
             self.app.export_subject, auth.current_workspace(), list(request.identifiers)
         )
+
+    async def RectifyProfile(
+        self, request: pb.RectifyProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Profile:
+        workspace = auth.current_workspace()
+        live = await asyncio.to_thread(
+            self.app.rectify, workspace, request.profile, request.traits, request.request_id, _actor()
+        )
+        return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
 
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: grpc.aio.ServicerContext

@@ -1301,6 +1301,37 @@ class ExportSubjectResponse(_message.Message):
 Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
 
 @_typing.final
+class RectifyProfileRequest(_message.Message):
+    """Rectification (GDPR 16, PIPL 46): corrected trait values, recorded as a TraitsUpdated from the source
+    `rectification:<request_id>`, which wins over every other source until a newer event sets the trait.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    TRAITS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def profile(self) -> Global___ProfileRef: ...
+    @_builtins.property
+    def traits(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        profile: Global___ProfileRef | None = ...,
+        traits: _struct_pb2.Struct | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "traits", b"traits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profile", b"profile", "request_id", b"request_id", "traits", b"traits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RectifyProfileRequest: _TypeAlias = RectifyProfileRequest  # noqa: Y015
+
+@_typing.final
 class EraseSubjectRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

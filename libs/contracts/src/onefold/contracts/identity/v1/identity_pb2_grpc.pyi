@@ -46,6 +46,7 @@ class IdentityServiceStub:
     GetRules: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetRulesRequest, _identity_pb2.IdentityRules]
     SetRules: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetRulesRequest, _identity_pb2.IdentityRules]
     ExportSubject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ExportSubjectRequest, _identity_pb2.ExportSubjectResponse]
+    RectifyProfile: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RectifyProfileRequest, _identity_pb2.Profile]
     EraseSubject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EraseSubjectRequest, _identity_pb2.EraseSubjectResponse]
 
 @_typing.type_check_only
@@ -62,6 +63,7 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     GetRules: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetRulesRequest, _identity_pb2.IdentityRules]  # type: ignore[assignment]
     SetRules: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetRulesRequest, _identity_pb2.IdentityRules]  # type: ignore[assignment]
     ExportSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.ExportSubjectRequest, _identity_pb2.ExportSubjectResponse]  # type: ignore[assignment]
+    RectifyProfile: _aio.UnaryUnaryMultiCallable[_identity_pb2.RectifyProfileRequest, _identity_pb2.Profile]  # type: ignore[assignment]
     EraseSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.EraseSubjectRequest, _identity_pb2.EraseSubjectResponse]  # type: ignore[assignment]
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -141,6 +143,13 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.ExportSubjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ExportSubjectResponse, _abc.Awaitable[_identity_pb2.ExportSubjectResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RectifyProfile(
+        self,
+        request: _identity_pb2.RectifyProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.Profile, _abc.Awaitable[_identity_pb2.Profile]]: ...
 
     @_abc_1.abstractmethod
     def EraseSubject(
