@@ -1303,7 +1303,8 @@ Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
 @_typing.final
 class RectifyProfileRequest(_message.Message):
     """Rectification (GDPR 16, PIPL 46): corrected trait values, recorded as a TraitsUpdated from the source
-    `rectification:<request_id>`, which wins over every other source until a newer event sets the trait.
+    `rectification:<request_id>`. It ranks with the most trusted source: it replaces every value set
+    before it, and only a newer value from the most trusted source (or no precedence list) replaces it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
