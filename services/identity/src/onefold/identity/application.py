@@ -256,21 +256,21 @@ class IdentityApplication:
             return
         # Each EventResolved's id derives from the upstream event's: one already in the log means this
         # delivery was applied before (exactly-once effect even without the subscriber's tracking row).
-        done = self.store.existing_event_ids(conn, (resolved_event_id(e.event_id) for e in upstream))
-        batch: list[tuple[EventEnvelope, ingest_pb2.EventAccepted]] = []
-        for envelope in upstream:
-            resolved_id = resolved_event_id(envelope.event_id)
+        ids = [resolved_event_id(envelope.event_id) for envelope in upstream]
+        done = self.store.existing_event_ids(conn, ids)
+        batch: list[tuple[EventEnvelope, ingest_pb2.EventAccepted, str]] = []
+        for envelope, resolved_id in zip(upstream, ids, strict=True):
             if resolved_id not in done:
                 done.add(resolved_id)  # the same event twice in one batch: resolved once
-                batch.append((envelope, ingest_pb2.EventAccepted.FromString(envelope.payload)))
+                batch.append((envelope, ingest_pb2.EventAccepted.FromString(envelope.payload), resolved_id))
         if not batch:
             return
         with self._lock:
             self._sync(conn)
             try:
                 events: list[NewEvent] = []
-                for envelope, accepted in batch:
-                    self._resolve(conn, envelope, accepted, events)
+                for envelope, accepted, resolved_id in batch:
+                    self._resolve(conn, envelope, accepted, resolved_id, events)
                 self._append(conn, events)
             except BaseException:
                 self._invalidate()
@@ -281,6 +281,7 @@ class IdentityApplication:
         conn: Connection,
         envelope: EventEnvelope,
         accepted: ingest_pb2.EventAccepted,
+        resolved_id: str,
         out: list[NewEvent],
     ) -> None:
         workspace = accepted.workspace or envelope.workspace
@@ -334,7 +335,7 @@ class IdentityApplication:
         out.append(
             NewEvent(
                 stream_id=events_stream(workspace, profile_id or "unresolved"),
-                event_id=resolved_event_id(envelope.event_id),
+                event_id=resolved_id,
                 message=pb.EventResolved(
                     profile_id=profile_id,
                     workspace=workspace,
