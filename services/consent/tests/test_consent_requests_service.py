@@ -316,7 +316,7 @@ def bus_erasure(nats_url: str, workspace: str) -> pb.ErasureRequested | None:
     return asyncio.run(fetch())
 
 
-def test_erasure_saga_identity_down_then_back_segments_and_journeys_pending_then_complete(
+def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and_journeys_pending_then_complete(
     stack: Stack,
 ) -> None:
     stack.start_consent(
@@ -443,7 +443,7 @@ def test_erasure_saga_identity_down_then_back_segments_and_journeys_pending_then
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_access_export_assembled_from_every_service(stack: Stack) -> None:
+def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(stack: Stack) -> None:
     stack.start_consent(
         ingest=stack.ingest.target,
         identity=stack.identity.target,
@@ -497,7 +497,7 @@ def test_access_export_assembled_from_every_service(stack: Stack) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_rectification_corrects_identity_traits(stack: Stack) -> None:
+def test_gdpr_art16_pipl_art46_rectification_corrects_identity_traits(stack: Stack) -> None:
     """GDPR Art. 16 / PIPL Art. 46: the corrections reach identity, whose profile then shows them
     (identity is the only service holding traits; the others' steps are not applicable)."""
     stack.start_consent(ingest=stack.ingest.target, identity=stack.identity.target)
