@@ -26,6 +26,7 @@ from onefold.eventlog import (
     UnknownEventType,
     schema,
 )
+from onefold.eventlog.mapper import ERASED
 
 
 def counter(stream: str, delta: int = 1, expected: int | None = None, **kw: object) -> NewEvent:
@@ -257,6 +258,10 @@ def test_envelope_carries_decrypted_payload_and_metadata(store: EventStore) -> N
     assert envelope.occurred_at.ToDatetime(tzinfo=UTC) == event.occurred_at
     sealed = store.to_envelope(event, decrypt=False)
     assert sealed.payload == event.payload and b"ada@example.com" not in sealed.payload
+    # Erased: the bus form carries the erased markers (the decode path), never the old value.
+    store.erase_subject("p1")
+    erased = events_pb2.ProfileUpdated.FromString(store.to_envelope(event).payload)
+    assert erased.profile_id == "p1" and erased.email == ERASED
 
 
 def test_upcasting_same_type_new_version_and_legacy_type(database_url: str, kek: KeyEncryptionKey) -> None:

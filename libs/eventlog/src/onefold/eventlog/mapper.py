@@ -194,6 +194,25 @@ class EventMapper:
         return payload.startswith(SEALED_TAG)
 
     @staticmethod
+    def plaintext(event_type: EventType, payload: bytes, subject: str, cipher: DataKeyCipher) -> bytes:
+        """The payload with its personal part decrypted, as protobuf bytes, without parsing: the public
+        part followed by the personal part (both serialisations of the same message type, so the
+        concatenation parses as the whole message). For relaying the current schema version."""
+        if not payload.startswith(SEALED_TAG):
+            return payload
+        first = payload[_SEALED_LENGTH_AT] if len(payload) > _SEALED_LENGTH_AT else 0x80
+        if first < 0x80:
+            length, start = first, _SEALED_LENGTH_AT + 1
+        else:
+            length, start = _DecodeVarint(payload, _SEALED_LENGTH_AT)
+        end = start + length
+        if end > len(payload):
+            raise DecodeError("sealed personal data runs past the end of the payload")
+        return payload[end:] + cipher.open(
+            payload[start:end], event_type.name_bytes + b"\x00" + subject.encode()
+        )
+
+    @staticmethod
     def decode(event_type: EventType, payload: bytes, subject: str, cipher: DataKeyCipher | None) -> Message:
         """Parse (and decrypt); `cipher=None` with a sealed part means the subject was erased.
 

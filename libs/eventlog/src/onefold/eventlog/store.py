@@ -1030,12 +1030,31 @@ class EventStore:
             envelope.trace.traceparent = metadata["traceparent"]
             envelope.trace.tracestate = metadata.get("tracestate", "")
         if decrypt:
-            message = self.decode(event)
-            event_type = self.registry.for_message(message)
-            envelope.type = event_type.name
-            envelope.schema_version = event_type.schema_version
-            envelope.payload = message.SerializeToString(deterministic=True)
+            envelope.type, envelope.schema_version, envelope.payload = self._plaintext_payload(event)
         return envelope
+
+    def _plaintext_payload(self, event: RecordedEvent) -> tuple[str, int, bytes]:
+        """The bus payload: the current version in plaintext. An event already at the current schema
+        version whose key exists is decrypted as bytes (no parse / re-serialise: the relay's hot
+        path); erased subjects and older versions go through `decode` (markers, upcasters)."""
+        event_type = self.registry.for_name(event.type)
+        current = event.schema_version == event_type.schema_version and event_type.legacy_upcast is None
+        if current and not event.payload.startswith(SEALED_TAG):
+            return event_type.name, event_type.schema_version, event.payload
+        if current and event_type.pii.has_pii:
+            cipher = self._cipher_for_read(event, None)
+            if cipher is not None:
+                try:
+                    plaintext = EventMapper.plaintext(event_type, event.payload, event.subject, cipher)
+                    return event_type.name, event_type.schema_version, plaintext
+                except (DecodeError, ValueError, InvalidTag, IndexError) as exc:
+                    why = (
+                        "the personal data does not authenticate" if isinstance(exc, InvalidTag) else str(exc)
+                    )
+                    raise CorruptPayload(event.position, event.type, why or type(exc).__name__) from None
+        message = self.decode(event)
+        decoded = self.registry.for_message(message)
+        return decoded.name, decoded.schema_version, message.SerializeToString(deterministic=True)
 
     # ------------------------------------------------------------------------------ checkpoints
 
