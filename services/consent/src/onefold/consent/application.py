@@ -24,6 +24,7 @@ from onefold.consent.domain.model import (
     SEPARATE_CONSENT_KINDS,
     Model,
     ModelError,
+    NoticeVersion,
     empty_model,
     jurisdiction_name,
     model_from_proto,
@@ -339,24 +340,11 @@ class ConsentApplication:
                 recorded_proof.jurisdiction = jurisdiction  # type: ignore[assignment]
                 recorded_proof.source = recorded_proof.source or "api"
                 for channel in channels:
-                    granted = pb.ConsentGranted(
-                        workspace=workspace,
-                        profile_id=live,
-                        purpose_id=purpose.purpose_id,
-                        channel=channel,
-                        proof=recorded_proof,
-                        subject_age=request.subject_age,
-                        guardian_given=has_guardian,
-                        notice_id=notice.notice_id,
-                        notice_version=notice.version,
-                        jurisdiction=jurisdiction,  # type: ignore[arg-type]
-                    )
+                    granted = _grant(workspace, live, purpose, channel, recorded_proof, notice, occurred)
+                    granted.subject_age = request.subject_age
+                    granted.guardian_given = has_guardian
                     if has_guardian:
                         granted.guardian.CopyFrom(guardian)
-                    if purpose.consent_validity_days:
-                        granted.expires_at.FromDatetime(
-                            occurred + timedelta(days=purpose.consent_validity_days)
-                        )
                     events.append(self.ledger_event(workspace, live, granted, occurred, actor))
             recorded = self.append(conn, events)
             return Written(live, recorded, load_state(conn, workspace, live))
@@ -609,19 +597,8 @@ class ConsentApplication:
                     continue  # separate consents and objections are only changed explicitly, via the API
                 proof.notice_id, proof.notice_version = notice.notice_id, notice.version
                 proof.text_sha256 = notice.text_sha256
-                jurisdiction = model.default_jurisdiction(purpose)
-                proof.jurisdiction = jurisdiction  # type: ignore[assignment]
-                message = pb.ConsentGranted(
-                    workspace=workspace,
-                    profile_id=live,
-                    purpose_id=purpose.purpose_id,
-                    proof=proof,
-                    notice_id=notice.notice_id,
-                    notice_version=notice.version,
-                    jurisdiction=jurisdiction,  # type: ignore[arg-type]
-                )
-                if purpose.consent_validity_days:
-                    message.expires_at.FromDatetime(occurred + timedelta(days=purpose.consent_validity_days))
+                proof.jurisdiction = model.default_jurisdiction(purpose)  # type: ignore[assignment]
+                message = _grant(workspace, live, purpose, "", proof, notice, occurred)
             out.append(self.ledger_event(workspace, live, message, occurred))
         return out
 
@@ -751,6 +728,32 @@ class ConsentApplication:
             if not events:
                 raise NotFound("no consent was ever recorded for this subject")
             return live, [(event, self.store.decode(event, conn=conn)) for event in events]
+
+
+def _grant(
+    workspace: str,
+    profile_id: str,
+    purpose: pb.Purpose,
+    channel: str,
+    proof: pb.Proof,
+    notice: NoticeVersion,
+    occurred: datetime,
+) -> pb.ConsentGranted:
+    """A grant under `notice` (public copies of notice and jurisdiction for checks), expiring after
+    the purpose's validity."""
+    granted = pb.ConsentGranted(
+        workspace=workspace,
+        profile_id=profile_id,
+        purpose_id=purpose.purpose_id,
+        channel=channel,
+        proof=proof,
+        notice_id=notice.notice_id,
+        notice_version=notice.version,
+        jurisdiction=proof.jurisdiction,
+    )
+    if purpose.consent_validity_days:
+        granted.expires_at.FromDatetime(occurred + timedelta(days=purpose.consent_validity_days))
+    return granted
 
 
 _PUBLIC_PARSERS = {

@@ -145,6 +145,14 @@ class IdentityApplication:
             self._keys[cache_key] = key
         return key
 
+    def trait_keys(self, traits: struct_pb2.Struct) -> list[str]:
+        """Keyed hashes of each scalar trait's "name=value" (the search index; values stay private)."""
+        return [
+            self.trait_key(name, value)
+            for name, value in MessageToDict(traits).items()
+            if isinstance(value, str | int | float | bool)
+        ]
+
     def trait_key(self, name: str, value: object) -> str:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return self.store.blind_index(f"{name}={text}", field="trait", case_sensitive=True)[:_KEY_CHARS]
@@ -309,7 +317,6 @@ class IdentityApplication:
         keys = [ident.key for ident in extracted.identifiers]
         subject = subject_of(workspace, profile_id) if profile_id else f"{workspace}:e:{envelope.event_id}"
         if profile_id and event.type == ingest_pb2.EVENT_TYPE_IDENTIFY and event.traits.fields:
-            traits = MessageToDict(event.traits)
             out.append(
                 NewEvent(
                     stream_id=profile_stream(workspace, profile_id),
@@ -320,11 +327,7 @@ class IdentityApplication:
                         source_id=accepted.source_id,
                         evidence_event_id=envelope.event_id,
                         keys=keys,
-                        trait_keys=[
-                            self.trait_key(name, value)
-                            for name, value in traits.items()
-                            if isinstance(value, str | int | float | bool)
-                        ],
+                        trait_keys=self.trait_keys(event.traits),
                     ),
                     subject=subject,
                     workspace=workspace,
@@ -417,6 +420,19 @@ class IdentityApplication:
             workspace=workspace,
             occurred_at=occurred,
             metadata=meta,
+        )
+
+    def _manual_event(
+        self, workspace: str, profile_id: str, message: Message, actor: str, *, personal: bool = False
+    ) -> NewEvent:
+        """An event an operator's or a data-subject request's call appends to a profile's stream
+        (`personal`: it holds personal data, sealed with the profile's key)."""
+        return NewEvent(
+            stream_id=profile_stream(workspace, profile_id),
+            message=message,
+            subject=subject_of(workspace, profile_id) if personal else "",
+            workspace=workspace,
+            metadata={"actor": actor, PARTITION_KEY: profile_id},
         )
 
     # ------------------------------------------------------------------------------ rules
@@ -864,13 +880,13 @@ class IdentityApplication:
             self._append(
                 conn,
                 [
-                    NewEvent(
-                        stream_id=profile_stream(workspace, live),
-                        message=pb.ProfileProtectionSet(
+                    self._manual_event(
+                        workspace,
+                        live,
+                        pb.ProfileProtectionSet(
                             profile_id=live, workspace=workspace, protected=protected, actor=actor
                         ),
-                        workspace=workspace,
-                        metadata={"actor": actor, PARTITION_KEY: live},
+                        actor,
                     )
                 ],
             )
@@ -935,18 +951,7 @@ class IdentityApplication:
                 reason=reason,
                 actor=actor,
             )
-            self._append(
-                conn,
-                [
-                    NewEvent(
-                        stream_id=profile_stream(workspace, live),
-                        message=unmerged,
-                        subject=subject_of(workspace, live),
-                        workspace=workspace,
-                        metadata={"actor": actor, PARTITION_KEY: live},
-                    )
-                ],
-            )
+            self._append(conn, [self._manual_event(workspace, live, unmerged, actor, personal=True)])
             return [part.profile_id for part in parts]
 
     # ------------------------------------------------------------------------------ data subjects
@@ -961,7 +966,6 @@ class IdentityApplication:
             raise InvalidArgument(
                 "a rectification names the request it carries out", violations=[("request_id", "required")]
             )
-        plain = MessageToDict(traits)
         with self._writing() as conn:
             live, _ = self.locate(conn, workspace, ref)
             if conn.execute(sa.select(profiles.c.erased).where(profiles.c.profile_id == live)).scalar():
@@ -969,22 +973,18 @@ class IdentityApplication:
             self._append(
                 conn,
                 [
-                    NewEvent(
-                        stream_id=profile_stream(workspace, live),
-                        message=pb.TraitsUpdated(
+                    self._manual_event(
+                        workspace,
+                        live,
+                        pb.TraitsUpdated(
                             profile_id=live,
                             workspace=workspace,
                             traits=traits,
                             source_id=RECTIFICATION_SOURCE + request_id,
-                            trait_keys=[
-                                self.trait_key(name, value)
-                                for name, value in plain.items()
-                                if isinstance(value, str | int | float | bool)
-                            ],
+                            trait_keys=self.trait_keys(traits),
                         ),
-                        subject=subject_of(workspace, live),
-                        workspace=workspace,
-                        metadata={"actor": actor, PARTITION_KEY: live},
+                        actor,
+                        personal=True,
                     )
                 ],
             )
@@ -1065,9 +1065,10 @@ class IdentityApplication:
                     self._append(
                         conn,
                         [
-                            NewEvent(
-                                stream_id=profile_stream(workspace, profile_id),
-                                message=pb.ProfileErased(
+                            self._manual_event(
+                                workspace,
+                                profile_id,
+                                pb.ProfileErased(
                                     profile_id=profile_id,
                                     workspace=workspace,
                                     profile_ids=members,
@@ -1075,8 +1076,7 @@ class IdentityApplication:
                                     request_id=request_id,
                                     actor=actor,
                                 ),
-                                workspace=workspace,
-                                metadata={"actor": actor, PARTITION_KEY: profile_id},
+                                actor,
                             )
                         ],
                     )
