@@ -19,8 +19,13 @@ as visible as editing it.
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
+from collections.abc import Mapping
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.eventlog.models import ZERO_HASH
 
 HEADER = struct.Struct(">qqiqqIIIIIII")
@@ -59,3 +64,35 @@ def event_hash(
     return hashlib.sha256(
         b"".join((prev_hash, header, event_id, stream_id, type_name, workspace, subject, metadata, payload))
     ).digest()
+
+
+def canonical_metadata(metadata: Mapping[str, str]) -> str:
+    """The metadata JSON text exactly as the store keeps (and hashes) it."""
+    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _micros(stamp: Timestamp) -> int:
+    return stamp.seconds * 1_000_000 + stamp.nanos // 1000
+
+
+def envelope_hash(envelope: EventEnvelope) -> bytes:
+    """The hash of an event as received from the bus, recomputed from the envelope's own fields.
+
+    Equal to the stored row's `hash` only while the envelope carries the stored (encrypted)
+    payload, type and schema version: check it before decrypting.
+    """
+    return event_hash(
+        envelope.prev_hash,
+        envelope.position,
+        envelope.stream_version,
+        envelope.schema_version,
+        _micros(envelope.occurred_at),
+        _micros(envelope.recorded_at),
+        envelope.event_id.encode(),
+        envelope.stream_id.encode(),
+        envelope.type.encode(),
+        envelope.workspace.encode(),
+        envelope.subject.encode(),
+        canonical_metadata(envelope.metadata).encode(),
+        envelope.payload,
+    )

@@ -93,6 +93,8 @@ class ChainDigest:
 
     position: int
     hash: bytes
+    # Who vouches for this hash (e.g. "the witness stream"); named when the log disagrees.
+    witness: str = field(default="", compare=False)
 
     def to_dict(self) -> dict[str, str | int]:
         return {"position": self.position, "hash": base64.b64encode(self.hash).decode()}

@@ -35,7 +35,8 @@ events = sa.Table(
     sa.UniqueConstraint("stream_id", "stream_version", name="uq_events_stream_version"),
 )
 
-# Subscriber checkpoints: the last upstream position whose effects are committed here.
+# Subscriber checkpoints: the last upstream position whose effects are committed here, and that
+# event's chain hash (the next event must link to it; NULL in rows written before hashes were kept).
 tracking = sa.Table(
     "tracking",
     metadata,
@@ -43,6 +44,7 @@ tracking = sa.Table(
     sa.Column("position", sa.BigInteger, nullable=False),
     sa.Column("event_id", sa.String(36), nullable=False, default=""),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.LargeBinary, nullable=True),
 )
 
 # Outbox relay: the last position published to each bus stream.
@@ -96,3 +98,25 @@ eventlog_state = sa.Table(
 )
 
 ERASURE_EPOCH = "erasure_epoch"
+
+# Columns added after a table was first created: `create_all` makes new tables whole but never
+# alters existing ones, so these are added to older databases by `migrate`.
+_ADDED_COLUMNS = ((tracking, "hash"),)
+
+
+def migrate(engine: sa.Engine) -> None:
+    """Bring tables created by an earlier release up to this schema (idempotent, additive only)."""
+    inspector = sa.inspect(engine)
+    for table, name in _ADDED_COLUMNS:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        if name in present:
+            continue
+        column = table.c[name]
+        kind = column.type.compile(dialect=engine.dialect)
+        try:
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} {kind}")
+        except sa.exc.DBAPIError:
+            # Another replica added it first; anything else is still wrong after a second look.
+            if name not in {column["name"] for column in sa.inspect(engine).get_columns(table.name)}:
+                raise

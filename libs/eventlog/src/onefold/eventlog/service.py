@@ -1,8 +1,10 @@
 """An event-sourced service, composed: what every Onefold service's bootstrap builds.
 
 The service's own log (EventStore on the service database, its projections), the outbox relay that
-publishes the log to the service's JetStream stream, chain digests published beside it, and the
-durable subscribers to upstream services. Every replica serves; only the holder of the leader lease
+publishes the log to the service's JetStream stream, signed chain digests published to the witness
+stream, and the durable subscribers to upstream services. It refuses to run on a log that is behind
+or diverges from what it already published (digests.check_start): at start, or — when NATS is not
+reachable then — before the relay or the digests publish anything. Every replica serves; only the holder of the leader lease
 (one per database, see lease.py) runs the relay, digests and subscribers. It implements onefold.platform.service.Composition, so a
 service's bootstrap is one call:
 
@@ -21,7 +23,13 @@ from pathlib import Path
 
 from onefold.eventlog import audit
 from onefold.eventlog.cipher import KeyEncryptionKey
-from onefold.eventlog.digests import DigestPublisher
+from onefold.eventlog.digests import (
+    CHAIN_HEALTH_NAME,
+    ChainDiverged,
+    ChainSigner,
+    DigestPublisher,
+    check_start,
+)
 from onefold.eventlog.errors import MissingKeyEncryptionKey
 from onefold.eventlog.lease import LeaderLease
 from onefold.eventlog.projections import Projection, Projector
@@ -37,6 +45,8 @@ from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.eventlog")
 LEASE_CHECK_SECONDS = 2.0
+# How long start waits for NATS to compare the log with the witness stream; later, the leader does.
+START_CHECK_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,15 +100,14 @@ class EventSourcedService:
     ) -> None:
         self.ctx = ctx
         self.name = ctx.settings.service
-        self.store = EventStore(
-            ctx.engine, service=self.name, registry=registry, keys=key_encryption_key(ctx.settings)
-        )
+        keys = key_encryption_key(ctx.settings)
+        self.store = EventStore(ctx.engine, service=self.name, registry=registry, keys=keys)
+        self.signer = ChainSigner.from_key_encryption_key(keys)
         self.store.create_schema()
         self.projector = Projector(self.store, projections)
         self.projector.create_tables()
         bus = StreamSettings.from_config(ctx.settings.eventlog)
         self.relay = OutboxRelay(self.store, ctx.nats, service=self.name, stream_settings=bus)
-        self.digests = DigestPublisher(self.store, ctx.nats, service=self.name, stream_settings=bus)
         self.subscribers = [
             Subscriber(
                 self.store,
@@ -112,6 +121,16 @@ class EventSourcedService:
             )
             for subscription in subscriptions
         ]
+        self.digests = DigestPublisher(
+            self.store,
+            ctx.nats,
+            service=self.name,
+            signer=self.signer,
+            upstreams={key: sub.upstream for sub in self.subscribers for key in sub.tracking_keys()},
+            stream_settings=bus,
+            on_alarm=self._chain_alarm,
+        )
+        self._witness_checked = False
         self._servicers = servicers
         self.lease = LeaderLease(ctx.engine, f"{self.name}:eventlog")
         self.leading = asyncio.Event()
@@ -121,7 +140,25 @@ class EventSourcedService:
         return (*self._servicers(self), audit.registration(self.store, self.name))
 
     async def start(self) -> None:
-        """Serve at once; run the relay, digests and subscribers while holding the leader lease."""
+        """Serve at once; run the relay, digests and subscribers while holding the leader lease.
+
+        Raises ConfigError (the service does not start) when the log is behind or diverges from
+        what this service already published.
+        """
+        try:
+            async with asyncio.timeout(START_CHECK_SECONDS):
+                client = await self.ctx.nats.wait_connected()
+        except TimeoutError:
+            log.warning(
+                "eventlog.witness_check_deferred", service=self.name, reason="NATS is not reachable yet"
+            )
+            client = None
+        try:
+            await check_start(self.store, client.jetstream() if client else None, self.name, self.signer)
+        except ChainDiverged as error:
+            log.error("eventlog.chain_diverged", service=self.name, problem=str(error))
+            raise ConfigError(str(error)) from None
+        self._witness_checked = client is not None
         self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
 
     async def stop(self) -> None:
@@ -139,6 +176,21 @@ class EventSourcedService:
             except Exception as error:  # the database is down: keep trying, never give up leading
                 log.warning("eventlog.lease_unavailable", service=self.name, error=str(error))
                 acquired = False
+            if acquired and not self._witness_checked:
+                try:
+                    client = await self.ctx.nats.wait_connected()
+                    await check_start(self.store, client.jetstream(), self.name, self.signer)
+                    self._witness_checked = True
+                except ChainDiverged as error:
+                    # Nothing is relayed or witnessed from this log: it stays as found, for the audit.
+                    log.error("eventlog.chain_diverged", service=self.name, problem=str(error))
+                    await self._chain_alarm(str(error))
+                    await asyncio.to_thread(self.lease.release)
+                    return
+                except Exception as error:  # NATS went away again: try on the next round
+                    log.warning("eventlog.witness_check_failed", service=self.name, error=str(error))
+                    acquired = False
+                    await asyncio.to_thread(self.lease.release)
             if acquired:
                 log.info("eventlog.leading", service=self.name)
                 self.leading.set()
@@ -158,3 +210,8 @@ class EventSourcedService:
                     await self.digests.stop()
                     await self.relay.stop()
             await asyncio.sleep(LEASE_CHECK_SECONDS)
+
+    async def _chain_alarm(self, problem: str) -> None:
+        """The log and the witness stream disagree: `onefold.chain` reports NOT_SERVING from now on."""
+        if self.ctx.set_health is not None:
+            await self.ctx.set_health(False, CHAIN_HEALTH_NAME)

@@ -39,6 +39,7 @@ from onefold.contracts.common.v1 import envelope_pb2
 from onefold.eventlog import schema
 from onefold.eventlog.chain import GENESIS_HASH
 from onefold.eventlog.chain import HEADER as _HASH_HEADER
+from onefold.eventlog.chain import canonical_metadata as _canonical_json
 from onefold.eventlog.cipher import (
     NONCE_BYTES,
     BlindIndex,
@@ -143,10 +144,6 @@ _SQLITE_ROWS_PER_INSERT = (
 @functools.lru_cache(maxsize=16)
 def _sqlite_insert(rows: int) -> str:
     return f"INSERT INTO events ({', '.join(_EVENT_COLUMN_NAMES)}) VALUES {', '.join([_SQLITE_ROW] * rows)}"
-
-
-def _canonical_json(metadata: Mapping[str, str]) -> str:
-    return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _set_timestamp(stamp: Any, moment: datetime) -> None:
@@ -273,6 +270,7 @@ class EventStore:
     def create_schema(self) -> None:
         """Create the tables if they do not exist (idempotent)."""
         schema.metadata.create_all(self.engine)
+        schema.migrate(self.engine)
         with self.transaction() as conn:
             exists = conn.execute(
                 sa.select(schema.eventlog_state.c.value).where(
@@ -1066,14 +1064,44 @@ class EventStore:
         with self.engine.connect() as own:
             return int(own.execute(query).scalar() or 0)
 
-    def record_tracking(self, conn: Connection, upstream: str, position: int, event_id: str = "") -> None:
-        """Record, in the caller's transaction, that `upstream` is handled up to `position`."""
+    def record_tracking(
+        self,
+        conn: Connection,
+        upstream: str,
+        position: int,
+        event_id: str = "",
+        event_hash: bytes | None = None,
+    ) -> None:
+        """Record, in the caller's transaction, that `upstream` is handled up to `position` (whose
+        chain hash is `event_hash`: the next event of `upstream` must link to it)."""
         self._upsert(
             conn,
             schema.tracking,
-            {"upstream": upstream, "position": position, "event_id": event_id},
+            {"upstream": upstream, "position": position, "event_id": event_id, "hash": event_hash},
             key="upstream",
         )
+
+    def tracked_head(self, upstream: str, *, conn: Connection | None = None) -> ChainDigest:
+        """The last upstream position applied here and its hash (empty when not recorded)."""
+        table = schema.tracking
+        query = sa.select(table.c.position, table.c.hash).where(table.c.upstream == upstream)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.engine.connect() as own:
+                row = own.execute(query).first()
+        if row is None:
+            return ChainDigest(0, b"")
+        return ChainDigest(int(row[0]), bytes(row[1] or b""))
+
+    def tracked_heads(self) -> dict[str, ChainDigest]:
+        """Every tracking row: what this service has consumed of its upstreams (for cross-witnessing)."""
+        table = schema.tracking
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(table.c.upstream, table.c.position, table.c.hash)).all()
+        return {
+            str(name): ChainDigest(int(position), bytes(digest or b"")) for name, position, digest in rows
+        }
 
     def published_position(self, stream_name: str) -> int:
         """The last position the outbox relay published to `stream_name` (0 = none)."""
@@ -1121,7 +1149,9 @@ class EventStore:
         inserted or reordered row (hash or link mismatch). Deleting or rewriting the newest events
         consistently is only visible against a digest exported earlier: pass those as `expected`.
         """
-        digests = {digest.position: digest.hash for digest in expected}
+        digests: dict[int, ChainDigest] = {}
+        for digest in expected:
+            digests.setdefault(digest.position, digest)
         sql = _SQLITE_VERIFY if self.is_sqlite else _PG_VERIFY
         pack_header = _HASH_HEADER.pack
         sha256 = hashlib.sha256
@@ -1189,9 +1219,10 @@ class EventStore:
                         return failed(position, f"event {position} was altered: its hash does not match")
                     if digests:
                         known = digests.get(position)
-                        if known is not None and known != computed:
+                        if known is not None and known.hash != computed:
                             return failed(
-                                position, f"event {position} disagrees with the exported chain digest"
+                                position,
+                                f"event {position} disagrees with the chain digest {_vouched(known)}",
                             )
                     prev_hash = computed
                     expected_position += 1
@@ -1202,9 +1233,11 @@ class EventStore:
                     break
         beyond = sorted(position for position in digests if position >= expected_position)
         if beyond:
+            last = digests[beyond[-1]]
             return failed(
                 expected_position,
-                f"event {expected_position} is missing: an exported digest names position {beyond[-1]}",
+                f"event {expected_position} is missing: the chain digest {_vouched(last)} "
+                f"names position {last.position}",
             )
         return VerifyResult(True, checked, ChainDigest(expected_position - 1, prev_hash))
 
@@ -1222,6 +1255,13 @@ class EventStore:
         if head_position and (not digests or digests[-1].position != head_position):
             digests.append(ChainDigest(head_position, head_hash))
         return digests
+
+    def hash_at(self, position: int) -> bytes | None:
+        """The stored chain hash of the event at `position` (None when there is none)."""
+        table = schema.events
+        with self.engine.connect() as conn:
+            found = conn.execute(sa.select(table.c.hash).where(table.c.position == position)).scalar()
+        return None if found is None else bytes(found)
 
     def record_digest(self, digest: ChainDigest) -> None:
         """Remember a digest this service exported (e.g. published on NATS)."""
@@ -1245,6 +1285,10 @@ class EventStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _vouched(digest: ChainDigest) -> str:
+    return f"witnessed by {digest.witness}" if digest.witness else "exported earlier"
 
 
 def _normalise_event_id(event_id: str) -> str:

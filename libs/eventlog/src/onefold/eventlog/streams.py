@@ -1,7 +1,7 @@
 """JetStream topology: which stream holds a service's events, which subject an event goes to.
 
-One stream per producing service, `ONEFOLD_<SERVICE>`, capturing `onefold.<service>.>`. Events
-travel on `onefold.<service>.<kind>.<workspace>.<partition>`:
+One stream per producing service, `ONEFOLD_<SERVICE>`, capturing its events, which travel on
+`onefold.<service>.<kind>.<workspace>.<partition>`:
 
 - `kind` is the short name of the event's protobuf type (`ConsentGranted`), so a consumer may filter
   by type on the server;
@@ -9,8 +9,10 @@ travel on `onefold.<service>.<kind>.<workspace>.<partition>`:
   `partition_key` metadata (the producer sets it to the profile key) or else its stream id, so one
   person's events stay in one partition and keep their order while consumers scale out by partition.
 
-Poison events go to `ONEFOLD_DLQ` on `onefold.dlq.<service>.<upstream>`. Chain digests go to
-`onefold.<service>.digest` (captured by the service stream, but outside the 5-token event filter).
+Poison events go to `ONEFOLD_DLQ` on `onefold.dlq.<service>.<upstream>`. Signed chain digests go to
+`onefold.<service>.digest`, captured by the one witness stream `ONEFOLD_WITNESS` (no age limit, no
+deletes, no purges: see digests.py). The three kinds of subject have 5, 4 and 3 tokens, so the
+streams' subjects never overlap (JetStream refuses overlapping streams).
 
 Everything here is create-or-update and safe to run at every start, from every replica.
 """
@@ -32,7 +34,9 @@ log = get_logger("onefold.eventlog.streams")
 
 SUBJECT_ROOT = "onefold"
 DLQ_STREAM = "ONEFOLD_DLQ"
-DLQ_SUBJECTS = f"{SUBJECT_ROOT}.dlq.>"
+DLQ_SUBJECTS = f"{SUBJECT_ROOT}.dlq.*.*"
+WITNESS_STREAM = "ONEFOLD_WITNESS"
+WITNESS_SUBJECTS = f"{SUBJECT_ROOT}.*.digest"
 PARTITION_KEY = "partition_key"
 DEFAULT_PARTITIONS = 16
 
@@ -79,11 +83,11 @@ def stream_name(service: str) -> str:
 
 
 def service_subjects(service: str) -> str:
-    return f"{SUBJECT_ROOT}.{subject_token(service)}.>"
+    return event_filter(service)
 
 
 def event_filter(service: str, partition: int | None = None) -> str:
-    """Subject filter for a service's events (all, or one partition) — never its digests."""
+    """Subject filter for a service's events (all, or one partition)."""
     last = "*" if partition is None else str(partition)
     return f"{SUBJECT_ROOT}.{subject_token(service)}.*.*.{last}"
 
@@ -201,6 +205,36 @@ async def ensure_dlq_stream(
             [DLQ_SUBJECTS],
             settings,
             "Events a subscriber could not handle after bounded retries, with the error in headers",
+        ),
+    )
+
+
+async def ensure_witness_stream(
+    js: JetStreamContext, settings: StreamSettings = StreamSettings()
+) -> api.StreamInfo:
+    """The stream of every service's signed chain digests: kept forever, never deleted or purged.
+
+    Nothing a service's database holds can change what was witnessed here, and the server refuses
+    to delete or purge a message of it, even for a client allowed to publish to it.
+    """
+    return await ensure_stream(
+        js,
+        api.StreamConfig(
+            name=WITNESS_STREAM,
+            description="Signed chain digests of every Onefold service's log (the independent anchor)",
+            subjects=[WITNESS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            num_replicas=settings.replicas,
+            max_age=0,
+            max_msgs=-1,
+            max_bytes=-1,
+            max_msgs_per_subject=-1,
+            duplicate_window=settings.duplicate_window_seconds,
+            discard=api.DiscardPolicy.NEW,
+            deny_delete=True,
+            deny_purge=True,
+            allow_rollup_hdrs=False,
         ),
     )
 

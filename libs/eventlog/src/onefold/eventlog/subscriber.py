@@ -15,6 +15,14 @@ messages until `ack_wait` expires while it delivers newer ones. So whenever that
 pending, *rewinds*: it re-creates the consumer at the acknowledgement floor, so delivery restarts in
 order from the first unacknowledged event (what was applied is skipped).
 
+Chain links: an event is applied only if it is the one its producer recorded. Its `hash` must be
+the hash recomputed from the envelope as received (checked before anything is decrypted), and for
+a subscriber of all partitions its `prev_hash` must be the hash of the last event applied when it
+directly follows it. A message that fails either is refused: not applied, the tracking row not
+moved, acknowledged (a redelivery would fail the same way), copied to the dead-letter stream with
+the reason, and logged as an error. So a message injected on the bus, or a copy of an event whose
+producer's log was rewritten, never reaches a handler.
+
 Poison events: when a batch fails, its events are retried one by one (each with its own
 transaction) to isolate the failing one, with backoff, up to `max_deliver` attempts. Then the event
 goes to the dead-letter stream with its error, the tracking row moves past it (in its own
@@ -44,6 +52,8 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.eventlog.chain import envelope_hash
+from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.streams import (
     StreamSettings,
     consumer_name,
@@ -76,7 +86,15 @@ class TrackingStore(Protocol):
 
     def transaction(self) -> AbstractContextManager[Connection]: ...
     def tracking_position(self, upstream: str, *, conn: Connection | None = None) -> int: ...
-    def record_tracking(self, conn: Connection, upstream: str, position: int, event_id: str = "") -> None: ...
+    def tracked_head(self, upstream: str, *, conn: Connection | None = None) -> ChainDigest: ...
+    def record_tracking(
+        self,
+        conn: Connection,
+        upstream: str,
+        position: int,
+        event_id: str = "",
+        event_hash: bytes | None = None,
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -106,6 +124,7 @@ class SubscriberStats:
     handled: int = 0  # events passed to the handler and committed
     skipped: int = 0  # redeliveries at or below the tracking position
     dead_lettered: int = 0
+    refused: int = 0  # failed their chain-link check: never applied
     rewinds: int = 0
     batch_failures: int = 0
     last_error: str = ""
@@ -121,6 +140,12 @@ class _Delivery:
     msg: Msg
     envelope: EventEnvelope
     tracking_key: str
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    delivery: _Delivery
+    reason: str
 
 
 class Subscriber:
@@ -356,6 +381,12 @@ class Subscriber:
                 await self._dead_letter(msg, None, f"undecodable EventEnvelope: {exc}", attempts=1)
                 await msg.ack()
                 continue
+            if envelope_hash(envelope) != envelope.hash:
+                await self._refuse(
+                    self._delivery(msg, envelope),
+                    f"event {envelope.position} does not match its hash: altered or forged",
+                )
+                continue
             deliveries.append(self._delivery(msg, envelope))
         if not deliveries:
             return
@@ -377,7 +408,7 @@ class Subscriber:
 
     async def _handle(self, deliveries: Sequence[_Delivery]) -> None:
         try:
-            await asyncio.to_thread(self._apply, deliveries)
+            refusals = await asyncio.to_thread(self._apply, deliveries)
         except HandlerFailed as exc:
             self.stats.batch_failures += 1
             log.warning(
@@ -388,27 +419,46 @@ class Subscriber:
             )
             await self._apply_one_by_one(deliveries)
             return
+        refused = {id(refusal.delivery): refusal for refusal in refusals}
         for delivery in deliveries:
-            await delivery.msg.ack()
+            refusal = refused.get(id(delivery))
+            if refusal is not None:
+                await self._refuse(delivery, refusal.reason)
+            else:
+                await delivery.msg.ack()
 
     def _delivery(self, msg: Msg, envelope: EventEnvelope | None = None) -> _Delivery:
         if envelope is None:
             envelope = EventEnvelope.FromString(msg.data)
         return _Delivery(msg, envelope, self.tracking_key(partition_from_subject(msg.subject)))
 
-    def _apply(self, deliveries: Sequence[_Delivery]) -> None:
-        """One transaction: the handler's writes and the tracking rows (worker thread)."""
+    def _apply(self, deliveries: Sequence[_Delivery]) -> list[_Refusal]:
+        """One transaction: the handler's writes and the tracking rows (worker thread).
+
+        Returns the deliveries refused because they do not link to the event applied before them.
+        """
+        refusals: list[_Refusal] = []
         with self.store.transaction() as conn:
-            tracked: dict[str, int] = {}
+            tracked: dict[str, ChainDigest] = {}
             fresh: list[_Delivery] = []
             for delivery in deliveries:
                 key = delivery.tracking_key
                 if key not in tracked:
-                    tracked[key] = self.store.tracking_position(key, conn=conn)
-                if delivery.envelope.position > tracked[key]:
-                    fresh.append(delivery)
-                    tracked[key] = delivery.envelope.position
-            skipped = len(deliveries) - len(fresh)
+                    tracked[key] = self.store.tracked_head(key, conn=conn)
+                envelope = delivery.envelope
+                last = tracked[key]
+                if envelope.position <= last.position:
+                    continue
+                if self._breaks_link(envelope, last):
+                    refusals.append(
+                        _Refusal(
+                            delivery, f"event {envelope.position} does not link to event {last.position}"
+                        )
+                    )
+                    continue
+                fresh.append(delivery)
+                tracked[key] = ChainDigest(envelope.position, envelope.hash)
+            skipped = len(deliveries) - len(fresh) - len(refusals)
             if fresh:
                 try:
                     self.handler(conn, [d.envelope for d in fresh])
@@ -417,10 +467,47 @@ class Subscriber:
                 last_per_key: dict[str, _Delivery] = {}
                 for delivery in fresh:
                     last_per_key[delivery.tracking_key] = delivery
-                for key, last in last_per_key.items():
-                    self.store.record_tracking(conn, key, last.envelope.position, last.envelope.event_id)
+                for key, newest in last_per_key.items():
+                    self.store.record_tracking(
+                        conn, key, newest.envelope.position, newest.envelope.event_id, newest.envelope.hash
+                    )
         self.stats.handled += len(fresh)
         self.stats.skipped += skipped
+        return refusals
+
+    def _breaks_link(self, envelope: EventEnvelope, last: ChainDigest) -> bool:
+        """Does `envelope` directly follow the last applied event without linking to it?
+
+        Only a subscriber of every partition sees each position; a gap (the first event ever, a
+        dead-lettered or expired one) leaves nothing here to link to.
+        """
+        return (
+            self.partitions is None
+            and envelope.position == last.position + 1
+            and bool(last.hash)
+            and envelope.prev_hash != last.hash
+        )
+
+    async def _refuse(self, delivery: _Delivery, reason: str) -> None:
+        """Report a message that failed its chain-link check, and drop it (a redelivery fails the same way)."""
+        envelope = delivery.envelope
+        log.error(
+            "subscriber.refused",
+            consumer=self.durable,
+            upstream=self.upstream,
+            position=envelope.position,
+            event_id=envelope.event_id,
+            reason=reason,
+        )
+        await self._dead_letter(
+            delivery.msg,
+            envelope,
+            f"refused: {reason}",
+            attempts=1,
+            msg_id=f"{self.durable}:refused:{delivery.msg.metadata.sequence.stream}",
+        )
+        self.stats.refused += 1
+        await delivery.msg.ack()
 
     def _skip_past(self, delivery: _Delivery) -> None:
         """Move the tracking row past a dead-lettered event (worker thread)."""
@@ -428,7 +515,11 @@ class Subscriber:
             current = self.store.tracking_position(delivery.tracking_key, conn=conn)
             if delivery.envelope.position > current:
                 self.store.record_tracking(
-                    conn, delivery.tracking_key, delivery.envelope.position, delivery.envelope.event_id
+                    conn,
+                    delivery.tracking_key,
+                    delivery.envelope.position,
+                    delivery.envelope.event_id,
+                    delivery.envelope.hash,
                 )
 
     async def _apply_one_by_one(self, deliveries: Sequence[_Delivery]) -> None:
@@ -437,8 +528,11 @@ class Subscriber:
             attempt = max(1, delivery.msg.metadata.num_delivered)
             while True:
                 try:
-                    await asyncio.to_thread(self._apply, [delivery])
-                    await delivery.msg.ack()
+                    refusals = await asyncio.to_thread(self._apply, [delivery])
+                    if refusals:
+                        await self._refuse(delivery, refusals[0].reason)
+                    else:
+                        await delivery.msg.ack()
                     break
                 except HandlerFailed as exc:
                     error = str(exc.__cause__ or exc) or type(exc).__name__
@@ -464,7 +558,7 @@ class Subscriber:
                     attempt += 1
 
     async def _dead_letter(
-        self, msg: Msg, envelope: EventEnvelope | None, error: str, *, attempts: int
+        self, msg: Msg, envelope: EventEnvelope | None, error: str, *, attempts: int, msg_id: str = ""
     ) -> None:
         """Store the event in the DLQ (acknowledged by JetStream) before anything moves past it."""
         js = await self._jetstream()
@@ -472,7 +566,7 @@ class Subscriber:
         position = envelope.position if envelope is not None else 0
         headers = {
             # Idempotent: a dead-letter publish retried after a crash is stored once.
-            "Nats-Msg-Id": f"{self.durable}:{event_id or msg.metadata.sequence.stream}",
+            "Nats-Msg-Id": msg_id or f"{self.durable}:{event_id or msg.metadata.sequence.stream}",
             DLQ_ERROR: _header_value(error),
             DLQ_UPSTREAM: self.upstream,
             DLQ_POSITION: str(position),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +43,8 @@ class ServiceContext:
     engine: Engine
     credentials: CredentialStore
     nats: NatsConnection
+    # Sets a named gRPC health check (serving, name): how background work reports an alarm.
+    set_health: Callable[[bool, str], Awaitable[None]] | None = None
 
 
 class Composition(Protocol):
@@ -127,8 +129,14 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
         if server is not None:
             await server.set_serving(connected, NATS_HEALTH_NAME)
 
+    async def set_health(serving: bool, name: str) -> None:
+        if server is not None:
+            await server.set_serving(serving, name)
+
     nats = NatsConnection(settings.nats, f"onefold-{spec.name}", nats_state)
-    ctx = ServiceContext(settings=settings, engine=engine, credentials=store, nats=nats)
+    ctx = ServiceContext(
+        settings=settings, engine=engine, credentials=store, nats=nats, set_health=set_health
+    )
     composition = await asyncio.to_thread(spec.compose, ctx)  # may create tables: keep the loop free
     registrations = [platform_registration(spec.name, spec.version), *composition.registrations()]
     server = GrpcServer(spec.name, settings.grpc, store, registrations)
