@@ -1,4 +1,4 @@
-"""Outbox relay, JetStream topology and chain digests, against a real nats-server and real databases."""
+"""Outbox relay and JetStream topology, against a real nats-server and real databases."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ import zlib
 from collections.abc import Callable
 
 import pytest
-import sqlalchemy as sa
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
-from onefold.eventlog import EventStore, NewEvent, schema
-from onefold.eventlog.digests import DigestPublisher, check_digest, latest_published_digest
+from onefold.eventlog import EventStore, NewEvent
 from onefold.eventlog.relay import EXPECTED_LAST_MSG_ID, MSG_ID, OutboxRelay, RelaySettings
 from onefold.eventlog.streams import (
     DLQ_STREAM,
@@ -118,14 +116,14 @@ async def test_streams_and_consumers_are_created_or_updated_idempotently(nats: N
     js = (await nats.wait_connected()).jetstream()
     first = await ensure_service_stream(js, "ingest", StreamSettings(max_age_seconds=3600))
     again = await ensure_service_stream(js, "ingest", StreamSettings(max_age_seconds=3600))
-    assert first.config.subjects == again.config.subjects == ["onefold.ingest.>"]
+    assert first.config.subjects == again.config.subjects == ["onefold.ingest.*.*.*"]
     assert again.config.storage == api.StorageType.FILE and again.config.duplicate_window == 120
     changed = await ensure_service_stream(
         js, "ingest", StreamSettings(max_age_seconds=7200, duplicate_window_seconds=30)
     )
     assert changed.config.max_age == 7200 and changed.config.duplicate_window == 30
     dlq = await ensure_dlq_stream(js)
-    assert dlq.config.name == DLQ_STREAM and dlq.config.subjects == ["onefold.dlq.>"]
+    assert dlq.config.name == DLQ_STREAM and dlq.config.subjects == ["onefold.dlq.*.*"]
     for _ in range(2):
         consumer = await ensure_consumer(
             js, stream="ONEFOLD_INGEST", durable="segments__ingest", filter_subjects=[event_filter("ingest")]
@@ -243,35 +241,3 @@ async def test_relay_wakes_on_append_and_reports_lag(
         assert await relay.lag() == 0
     finally:
         await relay.stop()
-
-
-# -- chain digests --------------------------------------------------------------------------------
-
-
-async def test_chain_digest_on_nats_exposes_a_rewritten_log(
-    nats: NatsConnection, open_store: Callable[..., EventStore]
-) -> None:
-    store = open_store()
-    store.append(contacts(50))
-    publisher = DigestPublisher(store, nats, service="ingest")
-    published = await publisher.publish_now()
-    assert published is not None and published.position == 50
-    assert await publisher.publish_now() is None  # head unchanged: nothing new to say
-    js = (await nats.wait_connected()).jetstream()
-    received = await latest_published_digest(js, "ingest")
-    assert received is not None and received.digest == store.head_digest() and received.service == "ingest"
-    assert check_digest(store, received).ok
-    assert store.recorded_digests() == [published]
-
-    # The relay's events and the digests share the stream; subscribers' filters never see digests.
-    relay = OutboxRelay(store, nats, service="ingest", settings=RelaySettings(atomic_batches=False))
-    await relay.publish_available()
-    assert len(await stream_messages(js, "ingest", event_filter("ingest"))) == 50
-
-    # Someone with database access removes the newest events: the chain alone still verifies...
-    with store.engine.begin() as conn:
-        conn.execute(sa.delete(schema.events).where(schema.events.c.position > 45))
-    assert store.verify().ok
-    # ...but not against the copy of the digest kept on NATS.
-    result = check_digest(store, received)
-    assert not result.ok and result.first_bad_position == 46

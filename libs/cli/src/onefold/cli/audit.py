@@ -2,7 +2,8 @@
 
     onefold audit consent SUBJECT [--as-of T] [--known-at T] [--json]   state per purpose / channel
     onefold audit history SUBJECT [--json]                               every change, with its proof
-    onefold audit verify [SERVICE] [--json]                              is each service's log intact?
+    onefold audit verify [SERVICE] [--json]                              is each service's log intact,
+                                                                         and what its witnesses saw?
     onefold audit report SUBJECT --html out.html                         all of it, for people
 
 SUBJECT is a profile id, or TYPE:VALUE for an identifier the identity service resolves
@@ -10,8 +11,9 @@ SUBJECT is a profile id, or TYPE:VALUE for an identifier the identity service re
 explicitly. `--as-of` is what was true in the world at T (occurred time); `--known-at` is what the
 ledger knew at T (recorded time). Times are ISO 8601; without a zone they are UTC.
 
-Exit status: 0 done; 1 `audit verify` found a log that is not intact (the position is named);
-2 a usage, credential or connection error, or a log that could not be verified.
+Exit status: 0 done; 1 `audit verify` found a log that is not intact or disagreeing with its
+witnesses (the position and the witness are named); 2 a usage, credential or connection error, or a
+log that could not be verified.
 """
 
 from __future__ import annotations
@@ -52,7 +54,12 @@ from onefold.contracts.consent.v1 import consent_pb2_grpc
 from onefold.contracts.eventlog.v1 import eventlog_pb2, eventlog_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
-from onefold.platform.config import ConfigError
+from onefold.eventlog.digests import Witnessed, read_witness
+from onefold.eventlog.models import ChainDigest
+from onefold.eventlog.registry import EventRegistry
+from onefold.eventlog.store import EventStore
+from onefold.platform.config import ConfigError, NatsSettings
+from onefold.platform.nats import NatsConnection
 
 audit_app = typer.Typer(
     help="Audit consent (as of a time, with proof), verify the logs, and write reports.",
@@ -64,6 +71,9 @@ EXIT_NOT_INTACT = 1
 EXIT_ERROR = 2
 HASH_PREFIX = 12
 VERIFY_TIMEOUT_SECONDS = 300.0
+WITNESS_TIMEOUT_SECONDS = 60.0
+MAX_EXPECTED = 100_000  # what EventLogService.Verify accepts per call
+WITNESS_STREAM_NAME = "the witness stream"
 CALL_TIMEOUT_SECONDS = 60.0
 _IDENTIFIER = re.compile(r"^([a-z][a-z0-9_]{0,63}):(.+)$", re.DOTALL)
 _PROFILE_TYPES = {"profile", "profile_id"}
@@ -491,25 +501,35 @@ class Verified:
     target: str
     answer: eventlog_pb2.VerifyResponse | None = None
     error: str = ""
+    witness_conflicts: list[str] = field(default_factory=list)  # records in the witness stream that disagree
+    witnessed: int = 0  # hashes the witnesses vouch for, checked against the log
+    from_file: bool = False  # the service was not running: its database file was read instead
 
     @property
     def ok(self) -> bool:
-        return self.answer is not None and self.answer.ok
+        return self.answer is not None and self.answer.ok and not self.witness_conflicts
 
     def to_dict(self) -> dict[str, Any]:
-        document: dict[str, Any] = {"service": self.service, "target": self.target}
+        document: dict[str, Any] = {
+            "service": self.service,
+            "target": self.target,
+            "witness_conflicts": self.witness_conflicts,
+            "witnessed": self.witnessed,
+            "from_file": self.from_file,
+        }
         if self.answer is None:
             return {**document, "ok": None, "error": self.error}
         answer = self.answer
         return {
             **document,
-            "ok": answer.ok,
+            "ok": self.ok,
             "events_checked": answer.events_checked,
             "head_position": answer.head_position,
             "head_hash": answer.head_hash.hex(),
             "first_bad_position": answer.first_bad_position or None,
             "problem": answer.problem,
             "digests_checked": answer.digests_checked,
+            "witness": answer.witness or None,
             "verified_at": iso(answer.verified_at),
         }
 
@@ -537,34 +557,142 @@ def verify_targets(data_dir: Path, service: str | None, target: str | None) -> l
     return out
 
 
-async def verify_all(targets: Sequence[tuple[str, str]], token: str) -> list[Verified]:
-    async def one(name: str, address: str) -> Verified:
-        if not address:
-            return Verified(name, "", error="not running (not listed in endpoints.json)")
-        conn = Connection(target=address, token=token)
+def nats_settings(data_dir: Path, url: str | None) -> NatsSettings:
+    """How the CLI reaches the bus: `--nats`, ONEFOLD_NATS__URL, else the nats-server of `onefold up`."""
+    url = url or os.environ.get("ONEFOLD_NATS__URL")
+    if not url:
         try:
-            async with channel_to(conn) as channel:
-                answer = await eventlog_pb2_grpc.EventLogServiceStub(channel).Verify(
-                    eventlog_pb2.VerifyRequest(), timeout=VERIFY_TIMEOUT_SECONDS
-                )
-            return Verified(name, address, answer)
-        except grpc.RpcError as error:
-            return Verified(name, address, error=describe_service_error(error, name, address))
+            url = str(read_endpoints(data_dir.resolve())["nats_url"])
+        except (ConfigError, KeyError):
+            raise CliError(
+                "cannot find NATS to read the witnesses: pass --nats nats://host:port or set ONEFOLD_NATS__URL"
+            ) from None
+    return NatsSettings(url=url)
+
+
+async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dict[str, Witnessed]:
+    """Every service's witness records (its own signed digests; the heads others consumed of it)."""
+    connection = NatsConnection(settings, "onefold-cli-audit")
+    try:
+        async with asyncio.timeout(WITNESS_TIMEOUT_SECONDS):
+            client = await connection.connect_once()
+            return await read_witness(client.jetstream(), services)
+    finally:
+        await connection.close()
+
+
+def expected_hashes(service: str, witnesses: dict[str, Witnessed]) -> list[eventlog_pb2.WitnessedHash]:
+    """The hashes `service`'s log must hold: its digests on the witness stream, then the heads the
+    other services recorded (in their own signed digests) as consumed from it."""
+    found: dict[tuple[int, bytes], str] = {}
+    own = witnesses.get(service)
+    for digest in own.expected() if own is not None else ():
+        found.setdefault((digest.position, digest.hash), WITNESS_STREAM_NAME)
+    for other, witnessed in witnesses.items():
+        for record in witnessed.records:
+            for head in record.digest.consumed:
+                if head.upstream == service and other != service:
+                    found.setdefault(
+                        (head.position, head.hash),
+                        f"{other}'s consumed head (witness record {record.sequence})",
+                    )
+    # Over the limit, the newest positions matter most: a rewrite reaches the head.
+    chosen = sorted(found.items(), key=lambda item: item[0][0])[-MAX_EXPECTED:]
+    return [
+        eventlog_pb2.WitnessedHash(position=position, hash=digest, witness=witness)
+        for (position, digest), witness in chosen
+    ]
+
+
+def verify_file(service: str, database: Path, expected: Sequence[eventlog_pb2.WitnessedHash]) -> Verified:
+    """Verify a stopped service's SQLite log from its file (read only: no schema, no keys needed)."""
+    store = EventStore(f"sqlite:///{database}", service=service, registry=EventRegistry())
+    try:
+        result = store.verify(
+            expected=[
+                *(ChainDigest(w.position, w.hash, w.witness) for w in expected),
+                *store.recorded_digests(),
+            ]
+        )
+    finally:
+        store.close()
+    answer = eventlog_pb2.VerifyResponse(
+        service=service,
+        ok=result.ok,
+        events_checked=result.events_checked,
+        head_position=result.head.position,
+        head_hash=result.head.hash,
+        first_bad_position=result.first_bad_position or 0,
+        problem=result.problem,
+        digests_checked=len(expected),
+        witness=result.witness,
+    )
+    answer.verified_at.FromDatetime(datetime.now(UTC))
+    return Verified(service, str(database), answer, from_file=True)
+
+
+async def verify_all(
+    targets: Sequence[tuple[str, str]],
+    token: str,
+    witnesses: dict[str, Witnessed] | None = None,
+    data_dir: Path | None = None,
+) -> list[Verified]:
+    """Verify each log (through its service, or from its file in `data_dir` when it is not running)
+    against the witnesses' hashes; `witnesses` None = only against itself (NATS was unreachable)."""
+
+    async def one(name: str, address: str) -> Verified:
+        expected = expected_hashes(name, witnesses) if witnesses is not None else []
+        conflicts = list(witnesses[name].conflicts) if witnesses is not None and name in witnesses else []
+        database = data_dir / f"{name}.db" if data_dir is not None else None
+        verified: Verified
+        if not address and database is not None and database.exists():
+            verified = await asyncio.to_thread(verify_file, name, database, expected)
+        elif not address:
+            verified = Verified(name, "", error="not running (not listed in endpoints.json)")
+        else:
+            conn = Connection(target=address, token=token)
+            try:
+                async with channel_to(conn) as channel:
+                    answer = await eventlog_pb2_grpc.EventLogServiceStub(channel).Verify(
+                        eventlog_pb2.VerifyRequest(expected=expected), timeout=VERIFY_TIMEOUT_SECONDS
+                    )
+                verified = Verified(name, address, answer)
+            except grpc.RpcError as error:
+                unavailable = error.code() == grpc.StatusCode.UNAVAILABLE
+                if unavailable and database is not None and database.exists():
+                    verified = await asyncio.to_thread(verify_file, name, database, expected)
+                else:
+                    verified = Verified(name, address, error=describe_service_error(error, name, address))
+        verified.witness_conflicts = conflicts
+        verified.witnessed = len(expected)
+        return verified
 
     return list(await asyncio.gather(*(one(name, address) for name, address in targets)))
 
 
-def verdict(results: Sequence[Verified]) -> tuple[int, list[str]]:
-    """The exit status and one sentence per log that is not intact or could not be verified."""
+def verdict(results: Sequence[Verified], witness_error: str = "") -> tuple[int, list[str]]:
+    """The exit status and one sentence per log that is not intact, disagrees with its witnesses or
+    could not be verified (against its witnesses too: `witness_error`)."""
     broken = [r for r in results if r.answer is not None and not r.answer.ok]
     unverified = [r for r in results if r.answer is None]
-    sentences = [
-        f"the {r.service} log is not intact at position {r.answer.first_bad_position}: {r.answer.problem}"
-        for r in broken
-        if r.answer is not None
-    ]
+    sentences = []
+    for r in broken:
+        if r.answer is not None:
+            witness = f" (the witness that disagrees: {r.answer.witness})" if r.answer.witness else ""
+            sentences.append(
+                f"the {r.service} log is not intact at position {r.answer.first_bad_position}: "
+                f"{r.answer.problem}{witness}"
+            )
+    conflicted = [r for r in results if r.witness_conflicts]
+    for r in conflicted:
+        sentences += [
+            f"the witness stream holds a conflicting digest of {r.service}: {c}" for c in r.witness_conflicts
+        ]
     sentences += [f"the {r.service} log could not be verified: {r.error}" for r in unverified]
-    return (EXIT_NOT_INTACT if broken else EXIT_ERROR if unverified else 0), sentences
+    if witness_error:
+        sentences.append(f"the logs could not be checked against their witnesses: {witness_error}")
+    failing = broken or conflicted
+    return (EXIT_NOT_INTACT if failing else EXIT_ERROR if unverified or witness_error else 0), sentences
 
 
 @audit_app.command("verify")
@@ -583,37 +711,69 @@ def verify(
         ),
     ] = None,
     token: Token = None,
+    nats: Annotated[
+        str | None,
+        typer.Option(
+            "--nats",
+            help="the NATS URL holding the witness stream (default: ONEFOLD_NATS__URL or endpoints.json)",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Re-hash each service's log and name the first position altered, removed or reordered.
+    """Re-hash each service's log, check it against its witnesses (its signed digests on the witness
+    stream, the heads other services consumed of it) and name the first position altered, removed,
+    reordered or disagreeing, and the witness that disagrees. A service that is not running (it
+    refuses to start on a log that diverges) is read from its database file in the data dir.
 
     Exit 1 when a log is not intact, 2 when one could not be verified, 0 when all are intact."""
     if not token:
         raise fail("no credential: pass --token or set ONEFOLD_TOKEN (see `onefold credentials create`)")
     try:
         targets = verify_targets(data_dir, service, target)
+        bus = nats_settings(data_dir, nats)
     except CliError as error:
         raise fail(error.message, error.code) from None
-    results = asyncio.run(verify_all(targets, token))
-    status, sentences = verdict(results)
+
+    async def run() -> tuple[list[Verified], str]:
+        witnesses: dict[str, Witnessed] | None = None
+        witness_error = ""
+        try:
+            witnesses = await read_witnesses(bus, SERVICES)
+        except Exception as error:  # NATS down or refusing: still verify each log on its own
+            witness_error = f"NATS at {bus.url} answered {type(error).__name__}: {str(error)[:200]}"
+        return await verify_all(targets, token, witnesses, data_dir), witness_error
+
+    results, witness_error = asyncio.run(run())
+    status, sentences = verdict(results, witness_error)
     if as_json:
         sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
     else:
         table = Table(show_header=True, title="event log verification")
-        for column in ("service", "ok", "events checked", "head", "first bad position", "problem"):
+        for column in (
+            "service",
+            "ok",
+            "events checked",
+            "witnessed",
+            "head",
+            "first bad position",
+            "problem",
+        ):
             table.add_column(column, overflow="fold")
         for result in results:
             answer = result.answer
             if answer is None:
-                table.add_row(result.service, "[yellow]?[/yellow]", "", "", "", escape(result.error))
+                table.add_row(result.service, "[yellow]?[/yellow]", "", "", "", "", escape(result.error))
                 continue
+            problem = answer.problem or "; ".join(result.witness_conflicts)
             table.add_row(
                 result.service,
-                "[green]ok[/green]" if answer.ok else "[red]NOT OK[/red]",
-                f"{answer.events_checked:,}",
+                "[green]ok[/green]" if result.ok else "[red]NOT OK[/red]",
+                f"{answer.events_checked:,}" + (" (from its file)" if result.from_file else ""),
+                f"{result.witnessed:,}",
                 f"#{answer.head_position} {answer.head_hash.hex()[:HASH_PREFIX]}"
                 + ("" if answer.ok else " (last intact)"),
                 str(answer.first_bad_position) if answer.first_bad_position else "",
-                escape(answer.problem),
+                escape(problem),
             )
         console.print(table)
     for sentence in sentences:

@@ -1,7 +1,9 @@
 """onefold.eventlog.v1.EventLogService: every event-sourced service answers for its own log.
 
-`Verify` re-hashes the whole chain (and checks it against the digests recorded earlier, so a
-consistent rewrite of the newest events is caught too) and names the first position that is wrong;
+`Verify` re-hashes the whole chain, checks it against the digests recorded earlier and against the
+hashes the caller brings from the witnesses (the witness stream, downstream services' consumed
+heads: `onefold audit verify` reads them from NATS), and names the first position that is wrong
+and the witness it disagrees with;
 `Head` gives the current head. Both need the `audit:read` scope.
 """
 
@@ -13,11 +15,13 @@ from datetime import UTC, datetime
 import grpc
 
 from onefold.contracts.eventlog.v1 import eventlog_pb2 as pb
+from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.store import EventStore
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventLogService"]
 SCOPES = {"Verify": "audit:read", "Head": "audit:read"}
+MAX_EXPECTED = 100_000
 
 
 class EventLogServicer:
@@ -25,8 +29,9 @@ class EventLogServicer:
         self.store = store
         self.service = service
 
-    def _verify(self) -> pb.VerifyResponse:
-        digests = self.store.recorded_digests()
+    def _verify(self, witnessed: list[ChainDigest]) -> pb.VerifyResponse:
+        # The witnesses first: where they and the local table disagree, the witness is named.
+        digests = [*witnessed, *self.store.recorded_digests()]
         result = self.store.verify(expected=digests)
         answer = pb.VerifyResponse(
             service=self.service,
@@ -37,12 +42,18 @@ class EventLogServicer:
             first_bad_position=result.first_bad_position or 0,
             problem=result.problem,
             digests_checked=len(digests),
+            witness=result.witness,
         )
         answer.verified_at.FromDatetime(datetime.now(UTC))
         return answer
 
     async def Verify(self, request: pb.VerifyRequest, context: grpc.aio.ServicerContext) -> pb.VerifyResponse:
-        return await asyncio.to_thread(self._verify)
+        if len(request.expected) > MAX_EXPECTED:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_EXPECTED} expected hashes per call"
+            )
+        witnessed = [ChainDigest(w.position, w.hash, w.witness[:200]) for w in request.expected]
+        return await asyncio.to_thread(self._verify, witnessed)
 
     async def Head(self, request: pb.HeadRequest, context: grpc.aio.ServicerContext) -> pb.HeadResponse:
         digest = await asyncio.to_thread(self.store.head_digest)

@@ -113,6 +113,7 @@ class VerifyResult:
     head: ChainDigest
     first_bad_position: int | None = None
     problem: str = ""
+    witness: str = ""  # the witness of the expected digest the log disagrees with, if that is the problem
 
     def __bool__(self) -> bool:
         return self.ok

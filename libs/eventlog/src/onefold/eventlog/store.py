@@ -1160,9 +1160,9 @@ class EventStore:
         expected_position = 1
         checked = 0
 
-        def failed(position: int, problem: str) -> VerifyResult:
+        def failed(position: int, problem: str, witness: str = "") -> VerifyResult:
             return VerifyResult(
-                False, checked, ChainDigest(expected_position - 1, prev_hash), position, problem
+                False, checked, ChainDigest(expected_position - 1, prev_hash), position, problem, witness
             )
 
         with self.engine.connect() as conn:
@@ -1223,6 +1223,7 @@ class EventStore:
                             return failed(
                                 position,
                                 f"event {position} disagrees with the chain digest {_vouched(known)}",
+                                known.witness,
                             )
                     prev_hash = computed
                     expected_position += 1
@@ -1238,6 +1239,7 @@ class EventStore:
                 expected_position,
                 f"event {expected_position} is missing: the chain digest {_vouched(last)} "
                 f"names position {last.position}",
+                last.witness,
             )
         return VerifyResult(True, checked, ChainDigest(expected_position - 1, prev_hash))
 

@@ -3,9 +3,11 @@
 isort:skip_file
 Every event-sourced service serves this: the state of its log for auditors."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,15 +20,50 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class VerifyRequest(_message.Message):
+class WitnessedHash(_message.Message):
+    """A chain hash vouched for outside the log: by the witness stream or by a downstream service."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    POSITION_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    WITNESS_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    hash: _builtins.bytes
+    witness: _builtins.str
+    """who vouches for it; named when the log disagrees"""
     def __init__(
         self,
+        *,
+        position: _builtins.int = ...,
+        hash: _builtins.bytes = ...,
+        witness: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hash", b"hash", "position", b"position", "witness", b"witness"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WitnessedHash: _TypeAlias = WitnessedHash  # noqa: Y015
+
+@_typing.final
+class VerifyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expected(self) -> _containers.RepeatedCompositeFieldContainer[Global___WitnessedHash]:
+        """Hashes the log must hold (at most 100000): `onefold audit verify` reads them from the witnesses."""
+
+    def __init__(
+        self,
+        *,
+        expected: _abc.Iterable[Global___WitnessedHash] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected", b"expected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -47,6 +84,7 @@ class VerifyResponse(_message.Message):
     PROBLEM_FIELD_NUMBER: _builtins.int
     VERIFIED_AT_FIELD_NUMBER: _builtins.int
     DIGESTS_CHECKED_FIELD_NUMBER: _builtins.int
+    WITNESS_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     ok: _builtins.bool
     events_checked: _builtins.int
@@ -57,7 +95,9 @@ class VerifyResponse(_message.Message):
     problem: _builtins.str
     """a sentence naming what is wrong at that position"""
     digests_checked: _builtins.int
-    """published chain digests confirmed against the log"""
+    """chain digests confirmed against the log (recorded + expected)"""
+    witness: _builtins.str
+    """the witness the log disagrees with, when one does"""
     @_builtins.property
     def verified_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -72,10 +112,11 @@ class VerifyResponse(_message.Message):
         problem: _builtins.str = ...,
         verified_at: _timestamp_pb2.Timestamp | None = ...,
         digests_checked: _builtins.int = ...,
+        witness: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["verified_at", b"verified_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests_checked", b"digests_checked", "events_checked", b"events_checked", "first_bad_position", b"first_bad_position", "head_hash", b"head_hash", "head_position", b"head_position", "ok", b"ok", "problem", b"problem", "service", b"service", "verified_at", b"verified_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests_checked", b"digests_checked", "events_checked", b"events_checked", "first_bad_position", b"first_bad_position", "head_hash", b"head_hash", "head_position", b"head_position", "ok", b"ok", "problem", b"problem", "service", b"service", "verified_at", b"verified_at", "witness", b"witness"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
