@@ -54,7 +54,7 @@ from onefold.contracts.consent.v1 import consent_pb2_grpc
 from onefold.contracts.eventlog.v1 import eventlog_pb2, eventlog_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
-from onefold.eventlog.digests import Witnessed, read_witness
+from onefold.eventlog.digests import Witnessed, read_witness, witnessed_hashes
 from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.registry import EventRegistry
 from onefold.eventlog.store import EventStore
@@ -73,7 +73,6 @@ HASH_PREFIX = 12
 VERIFY_TIMEOUT_SECONDS = 300.0
 WITNESS_TIMEOUT_SECONDS = 60.0
 MAX_EXPECTED = 100_000  # what EventLogService.Verify accepts per call
-WITNESS_STREAM_NAME = "the witness stream"
 CALL_TIMEOUT_SECONDS = 60.0
 _IDENTIFIER = re.compile(r"^([a-z][a-z0-9_]{0,63}):(.+)$", re.DOTALL)
 _PROFILE_TYPES = {"profile", "profile_id"}
@@ -582,26 +581,10 @@ async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dic
 
 
 def expected_hashes(service: str, witnesses: dict[str, Witnessed]) -> list[eventlog_pb2.WitnessedHash]:
-    """The hashes `service`'s log must hold: its digests on the witness stream, then the heads the
-    other services recorded (in their own signed digests) as consumed from it."""
-    found: dict[tuple[int, bytes], str] = {}
-    own = witnesses.get(service)
-    for digest in own.expected() if own is not None else ():
-        found.setdefault((digest.position, digest.hash), WITNESS_STREAM_NAME)
-    for other, witnessed in witnesses.items():
-        for record in witnessed.records:
-            for head in record.digest.consumed:
-                if head.upstream == service and other != service:
-                    found.setdefault(
-                        (head.position, head.hash),
-                        f"{other}'s consumed head (witness record {record.sequence})",
-                    )
-    # Over the limit, the newest positions matter most: a rewrite reaches the head.
-    chosen = sorted(found.items(), key=lambda item: item[0][0])[-MAX_EXPECTED:]
-    return [
-        eventlog_pb2.WitnessedHash(position=position, hash=digest, witness=witness)
-        for (position, digest), witness in chosen
-    ]
+    """What the witnesses vouch for in `service`'s log; over the limit, the newest positions (a
+    rewrite always reaches the head)."""
+    chosen = witnessed_hashes(service, witnesses)[-MAX_EXPECTED:]
+    return [eventlog_pb2.WitnessedHash(position=d.position, hash=d.hash, witness=d.witness) for d in chosen]
 
 
 def verify_file(service: str, database: Path, expected: Sequence[eventlog_pb2.WitnessedHash]) -> Verified:

@@ -302,6 +302,27 @@ async def read_witness(js: JetStreamContext, services: Sequence[str]) -> dict[st
     return result
 
 
+WITNESS_STREAM_LABEL = "the witness stream"
+
+
+def witnessed_hashes(service: str, witnesses: Mapping[str, Witnessed]) -> list[ChainDigest]:
+    """The hashes `service`'s log must hold, each labelled with who vouches for it: its own signed
+    digests on the witness stream, then the heads the other services recorded as consumed of it."""
+    found: dict[tuple[int, bytes], str] = {}
+    own = witnesses.get(service)
+    for digest in own.expected() if own is not None else ():
+        found.setdefault((digest.position, digest.hash), WITNESS_STREAM_LABEL)
+    for other, witnessed in witnesses.items():
+        if other == service:
+            continue
+        for record in witnessed.records:
+            for head in record.digest.consumed:
+                if head.upstream == service:
+                    label = f"{other}'s consumed head (witness record {record.sequence})"
+                    found.setdefault((head.position, head.hash), label)
+    return [ChainDigest(position, digest, witness) for (position, digest), witness in sorted(found.items())]
+
+
 async def _witness_message(
     js: JetStreamContext, service: str, *, first: bool
 ) -> tuple[int, SignedDigest | None]:
