@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from onefold.eventlog import audit
+from onefold.eventlog import audit, keyaccess
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.digests import (
     CHAIN_HEALTH_NAME,
@@ -38,6 +39,7 @@ from onefold.eventlog.relay import OutboxRelay
 from onefold.eventlog.store import EventStore
 from onefold.eventlog.streams import StreamSettings
 from onefold.eventlog.subscriber import Handler, Subscriber
+from onefold.platform.client import Peers
 from onefold.platform.config import ConfigError, Settings
 from onefold.platform.grpc_server import ServiceRegistration
 from onefold.platform.service import ServiceContext
@@ -107,6 +109,8 @@ class EventSourcedService:
         self.projector = Projector(self.store, projections)
         self.projector.create_tables()
         bus = StreamSettings.from_config(ctx.settings.eventlog)
+        # Upstreams' events arrive sealed; their subject keys come from the upstream itself.
+        self.key_peers = Peers(ctx.settings.peers.model_dump(), ctx.settings.auth.service_token)
         self.relay = OutboxRelay(self.store, ctx.nats, service=self.name, stream_settings=bus)
         self.subscribers = [
             Subscriber(
@@ -118,6 +122,9 @@ class EventSourcedService:
                 name=subscription.name,
                 partitions=subscription.partitions,
                 stream_settings=bus,
+                keys=keyaccess.RemoteSubjectKeys(
+                    subscription.upstream, functools.partial(self.key_peers.channel, subscription.upstream)
+                ),
             )
             for subscription in subscriptions
         ]
@@ -137,7 +144,11 @@ class EventSourcedService:
         self._leader_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
-        return (*self._servicers(self), audit.registration(self.store, self.name))
+        return (
+            *self._servicers(self),
+            audit.registration(self.store, self.name),
+            keyaccess.registration(self.store),
+        )
 
     async def start(self) -> None:
         """Serve at once; run the relay, digests and subscribers while holding the leader lease.
@@ -167,6 +178,7 @@ class EventSourcedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._leader_task
         self.lease.release()
+        await self.key_peers.close()
         self.store.close()
 
     async def _lead(self) -> None:
