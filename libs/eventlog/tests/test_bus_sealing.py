@@ -17,6 +17,7 @@ from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.contracts.eventlog.v1 import eventlog_pb2, eventlog_pb2_grpc
 from onefold.eventlog import EventStore, NewEvent
+from onefold.eventlog.chain import envelope_hash
 from onefold.eventlog.keyaccess import KeysUnavailable, RemoteSubjectKeys, registration
 from onefold.eventlog.mapper import ERASED
 from onefold.eventlog.relay import OutboxRelay
@@ -191,6 +192,10 @@ async def test_a_forged_sealed_part_is_dead_lettered_not_applied(
     payload = bytearray(forged.payload)
     payload[20] ^= 0xFF
     forged.payload = bytes(payload)
+    # A forger who also links it to event 2 and re-hashes it passes the chain-link check: the
+    # sealed part must still authenticate.
+    forged.prev_hash = forged.hash
+    forged.hash = envelope_hash(forged)
     await js.publish("onefold.ingest.ContactCaptured.ws-1.0", forged.SerializeToString())
 
     token = credential_store.issue(ANY_WORKSPACE, ["service"]).token
