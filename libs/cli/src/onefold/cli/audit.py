@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import grpc
+import nats
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -59,7 +60,6 @@ from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.registry import EventRegistry
 from onefold.eventlog.store import EventStore
 from onefold.platform.config import ConfigError, NatsSettings
-from onefold.platform.nats import NatsConnection
 
 audit_app = typer.Typer(
     help="Audit consent (as of a time, with proof), verify the logs, and write reports.",
@@ -571,13 +571,19 @@ def nats_settings(data_dir: Path, url: str | None) -> NatsSettings:
 
 async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dict[str, Witnessed]:
     """Every service's witness records (its own signed digests; the heads others consumed of it)."""
-    connection = NatsConnection(settings, "onefold-cli-audit")
-    try:
-        async with asyncio.timeout(WITNESS_TIMEOUT_SECONDS):
-            client = await connection.connect_once()
+    async with asyncio.timeout(WITNESS_TIMEOUT_SECONDS):
+        # One attempt, no reconnects, nothing logged: the CLI's output is its table or its JSON.
+        client = await nats.connect(
+            settings.url,
+            name="onefold-cli-audit",
+            connect_timeout=settings.connect_timeout_seconds,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+        )
+        try:
             return await read_witness(client.jetstream(), services)
-    finally:
-        await connection.close()
+        finally:
+            await client.close()
 
 
 def expected_hashes(service: str, witnesses: dict[str, Witnessed]) -> list[eventlog_pb2.WitnessedHash]:
@@ -694,7 +700,7 @@ def verify(
         ),
     ] = None,
     token: Token = None,
-    nats: Annotated[
+    nats_url: Annotated[
         str | None,
         typer.Option(
             "--nats",
@@ -713,7 +719,7 @@ def verify(
         raise fail("no credential: pass --token or set ONEFOLD_TOKEN (see `onefold credentials create`)")
     try:
         targets = verify_targets(data_dir, service, target)
-        bus = nats_settings(data_dir, nats)
+        bus = nats_settings(data_dir, nats_url)
     except CliError as error:
         raise fail(error.message, error.code) from None
 
