@@ -494,9 +494,9 @@ async def test_a_message_with_a_broken_link_is_refused_and_dead_lettered(
 
 
 def test_tracking_table_of_an_older_release_gains_the_hash_column(
-    tmp_path: Path, registry: EventRegistry, kek: KeyEncryptionKey
+    database_url: str, registry: EventRegistry, kek: KeyEncryptionKey
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = database_url
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         conn.exec_driver_sql(
@@ -515,3 +515,42 @@ def test_tracking_table_of_an_older_release_gains_the_hash_column(
     assert store.tracked_head("ingest").hash == b"\x01" * 32
     assert "hash" in {c["name"] for c in sa.inspect(store.engine).get_columns(schema.tracking.name)}
     store.close()
+
+
+async def test_a_consistent_rewrite_is_named_on_each_database(
+    nats: NatsConnection, make_store: Callable[..., EventStore], kek: KeyEncryptionKey
+) -> None:
+    store = make_store()
+    signer = ChainSigner.from_key_encryption_key(kek)
+    await witness_log(store, nats, "test", counters(30), signer)
+    witnesses = await read_witness(await jetstream(nats), ["test"])
+    # Rewrite event 12 and re-hash everything after it, local digests included (SQL on either database).
+    events = schema.events
+    with store.engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(events).where(events.c.position >= 12).order_by(events.c.position)
+        ).all()
+        prev = store.hash_at(11) or b""
+        for row in rows:
+            payload = row.payload + b"\x00" if row.position == 12 else row.payload
+            digest = event_hash(
+                prev, row.position, row.stream_version, row.schema_version, row.occurred_at, row.recorded_at,
+                row.event_id.encode(), row.stream_id.encode(), row.type.encode(), row.workspace.encode(),
+                row.subject.encode(), row.metadata.encode(), payload,
+            )  # fmt: skip
+            conn.execute(
+                events.update()
+                .where(events.c.position == row.position)
+                .values(payload=payload, prev_hash=prev, hash=digest)
+            )
+            conn.execute(
+                schema.chain_digests.update()
+                .where(schema.chain_digests.c.position == row.position)
+                .values(hash=digest)
+            )
+            prev = digest
+    assert store.verify(expected=store.recorded_digests()).ok  # the database alone agrees with itself
+    result = store.verify(expected=[*witnessed_hashes("test", witnesses), *store.recorded_digests()])
+    assert not result.ok and result.first_bad_position == 20 and result.witness == WITNESS_STREAM_LABEL
+    with pytest.raises(ChainDiverged, match="event at position 30 differs"):
+        await check_start(store, await jetstream(nats), "test", signer)
