@@ -8,6 +8,7 @@ against what the witnesses hold (exactly what `EventLogService.Verify` does for 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from google.protobuf.descriptor import FieldDescriptor
+from hypothesis import given
+from hypothesis import strategies as st
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, BadRequestError
 from prometheus_client import REGISTRY
@@ -25,7 +28,7 @@ from onefold.consent.application import event_registry as consent_registry
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent, schema
-from onefold.eventlog.chain import GENESIS_HASH, envelope_hash, event_hash
+from onefold.eventlog.chain import GENESIS_HASH, canonical_metadata, envelope_hash, event_hash
 from onefold.eventlog.digests import (
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     WITNESS_STREAM_LABEL,
@@ -434,6 +437,24 @@ async def test_start_refuses_a_log_behind_or_beside_what_it_published(
 
 
 # -- the chain-link check of consumers ---------------------------------------------------------------
+
+
+@given(st.dictionaries(st.text(), st.text(), max_size=6))
+def test_canonical_metadata_is_exactly_the_stored_json(metadata: dict[str, str]) -> None:
+    assert canonical_metadata(metadata) == json.dumps(
+        metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def test_an_envelope_as_published_hashes_to_its_stored_hash(open_store: Callable[..., EventStore]) -> None:
+    store = open_store("ingest")
+    contact = events_pb2.ContactCaptured(profile_id="p1", email="a@example.com", name="A")
+    store.append([*counters(2), NewEvent("contact:p1", contact, subject="p1", metadata={"actor": "é\u2028"})])
+    for event in store.read(limit=3):
+        envelope = store.to_envelope(event, decrypt=False)  # what the relay publishes
+        assert envelope_hash(envelope) == event.hash
+        envelope.stream_version += 1
+        assert envelope_hash(envelope) != event.hash
 
 
 def counters(count: int) -> list[NewEvent]:

@@ -170,6 +170,8 @@ class EventSourcedService:
             log.error("eventlog.chain_diverged", service=self.name, problem=str(error))
             raise ConfigError(str(error)) from None
         self._witness_checked = client is not None
+        if self.ctx.set_health is not None:
+            await self.ctx.set_health(True, CHAIN_HEALTH_NAME)
         self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
 
     async def stop(self) -> None:
