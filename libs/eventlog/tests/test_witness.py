@@ -436,6 +436,24 @@ async def test_start_refuses_a_log_behind_or_beside_what_it_published(
         opened.close()
 
 
+async def test_a_service_with_an_empty_log_pins_its_key_and_starts_again(
+    nats: NatsConnection, open_store: Callable[..., EventStore], kek: KeyEncryptionKey
+) -> None:
+    store = open_store("segments")
+    signer = ChainSigner.from_key_encryption_key(kek)
+    published = await DigestPublisher(store, nats, service="segments", signer=signer).publish_now()
+    assert published is not None and published.position == 0
+    js = await jetstream(nats)
+    await check_start(store, js, "segments", signer)  # a restart on the same empty log
+    again = DigestPublisher(store, nats, service="segments", signer=signer)
+    store.append(counters(2))
+    assert await again.publish_now() == store.head_digest() and not again.alarm
+    witnessed = (await read_witness(js, ["segments"]))["segments"]
+    assert witnessed.pinned_key == signer.public_key and [
+        r.digest.digest.position for r in witnessed.records
+    ] == [0, 2]
+
+
 # -- the chain-link check of consumers ---------------------------------------------------------------
 
 

@@ -344,6 +344,8 @@ async def _witness_message(
 
 def divergence(store: DigestSource, witnessed: ChainDigest, *, head: ChainDigest | None = None) -> str:
     """The sentence saying how the log differs from a witnessed digest, or "" when it agrees."""
+    if witnessed.position == 0:
+        return ""  # a digest of the empty log (it pins the key early): no event to compare
     head = head or store.head_digest()
     if head.position < witnessed.position:
         return (

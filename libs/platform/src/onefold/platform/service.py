@@ -144,7 +144,12 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
     serve_metrics(settings.telemetry.metrics_port)
     await server.set_serving(False, NATS_HEALTH_NAME)
     nats.start()
-    await composition.start()
+    try:
+        await composition.start()
+    except BaseException:  # it refused to start: close what was opened, then say why
+        await server.stop()
+        await nats.close()
+        raise
     log.info("service.ready", port=port, grpc=f"{settings.grpc.host}:{port}", nats=settings.nats.url)
     try:
         await stop.wait()
