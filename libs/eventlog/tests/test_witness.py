@@ -8,6 +8,7 @@ against what the witnesses hold (exactly what `EventLogService.Verify` does for 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -28,8 +29,10 @@ from onefold.consent.application import event_registry as consent_registry
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent, schema
+from onefold.eventlog import service as eventlog_service
 from onefold.eventlog.chain import GENESIS_HASH, canonical_metadata, envelope_hash, event_hash
 from onefold.eventlog.digests import (
+    CHAIN_HEALTH_NAME,
     EXPECTED_LAST_SUBJECT_SEQUENCE,
     WITNESS_STREAM_LABEL,
     ChainDiverged,
@@ -54,7 +57,12 @@ from onefold.eventlog.streams import (
 from onefold.eventlog.subscriber import DLQ_ERROR, Subscriber, SubscriberSettings
 from onefold.identity.application import event_registry as identity_registry
 from onefold.ingest.application import event_registry as ingest_registry
+from onefold.platform.auth import CredentialStore
+from onefold.platform.config import load_settings
+from onefold.platform.database import create_engine
 from onefold.platform.nats import NatsConnection
+from onefold.platform.nats_server import NatsServerProcess
+from onefold.platform.service import ServiceContext
 
 REGISTRIES: dict[str, Callable[[], EventRegistry]] = {
     "ingest": ingest_registry,
@@ -593,3 +601,62 @@ async def test_a_consistent_rewrite_is_named_on_each_database(
     assert not result.ok and result.first_bad_position == 20 and result.witness == WITNESS_STREAM_LABEL
     with pytest.raises(ChainDiverged, match="event at position 30 differs"):
         await check_start(store, await jetstream(nats), "test", signer)
+
+
+# -- the service: a check deferred while NATS is down still runs before the relay ---------------------
+
+
+async def test_with_nats_down_at_start_the_log_is_checked_before_anything_is_relayed(
+    nats_server: NatsServerProcess,
+    nats: NatsConnection,
+    registry: EventRegistry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(eventlog_service, "START_CHECK_SECONDS", 0.2)
+    data = tmp_path / "data"
+    settings = load_settings(
+        "segments",
+        env={},
+        data_dir=str(data),
+        nats={"url": nats_server.url, "reconnect_wait_seconds": 0.1},
+        auth={"bootstrap_admin": False},
+        eventlog={"key_file": str(data / "keys" / "segments.kek")},
+        telemetry={"log_level": "WARNING"},
+    )
+    data.mkdir()
+    credentials = CredentialStore(settings.auth_database_url(), cache_seconds=0)
+    credentials.create_schema()
+    engine = create_engine(settings.database_url())
+    connection = NatsConnection(settings.nats, "segments-test")
+    health: list[tuple[bool, str]] = []
+
+    async def set_health(serving: bool, name: str) -> None:
+        health.append((serving, name))
+
+    ctx = ServiceContext(settings, engine, credentials, connection, set_health=set_health)
+    service = eventlog_service.EventSourcedService(ctx, registry=registry)
+    # Its earlier life: 5 events, witnessed.
+    service.store.append(counters(5))
+    assert await DigestPublisher(service.store, nats, service="segments", signer=service.signer).publish_now()
+    # Then, with NATS down, someone removes event 5 and its local digest; the service starts.
+    nats_server.kill()
+    with service.store.engine.begin() as conn:
+        conn.execute(sa.delete(schema.events).where(schema.events.c.position == 5))
+        conn.execute(sa.delete(schema.chain_digests))
+    connection.start()
+    try:
+        await service.start()  # nothing local contradicts it: serving, the witness check deferred
+        assert health == [(True, CHAIN_HEALTH_NAME)]
+        nats_server.start()
+        async with asyncio.timeout(30):
+            while (False, CHAIN_HEALTH_NAME) not in health:
+                await asyncio.sleep(0.05)
+        assert not service.leading.is_set()
+        assert service.store.published_position(stream_name("segments")) == 0  # nothing relayed
+        witnessed = (await read_witness(await jetstream(connection), ["segments"]))["segments"]
+        assert [r.digest.digest.position for r in witnessed.records] == [5]  # nothing new witnessed
+    finally:
+        await service.stop()
+        await connection.close()
+        engine.dispose()
