@@ -165,11 +165,17 @@ class EventSourcedService:
             )
             client = None
         try:
-            await check_start(self.store, client.jetstream() if client else None, self.name, self.signer)
+            try:
+                await check_start(self.store, client.jetstream() if client else None, self.name, self.signer)
+                self._witness_checked = client is not None
+            except ChainDiverged:
+                raise
+            except Exception as error:  # the witness stream did not answer: the leader checks later
+                log.warning("eventlog.witness_check_deferred", service=self.name, reason=str(error)[:300])
+                await check_start(self.store, None, self.name, self.signer)
         except ChainDiverged as error:
             log.error("eventlog.chain_diverged", service=self.name, problem=str(error))
             raise ConfigError(str(error)) from None
-        self._witness_checked = client is not None
         if self.ctx.set_health is not None:
             await self.ctx.set_health(True, CHAIN_HEALTH_NAME)
         self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
