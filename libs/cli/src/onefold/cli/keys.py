@@ -120,11 +120,14 @@ def rotate_service(
         store = EventStore(engine, service=service, registry=EventRegistry(), keys=current)
         store.create_schema()
         task = progress.add_task(service, total=None)
-        rewrapped = store.rewrap_data_keys(
-            batch_size=batch_size,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
-        )
-        progress.update(task, completed=progress.tasks[task].total or 0)
+        seen = [0]  # the last batch's total: a pass with nothing to do reports no batch at all
+
+        def advance(done: int, total: int) -> None:
+            seen[0] = total
+            progress.update(task, completed=done, total=total)
+
+        rewrapped = store.rewrap_data_keys(batch_size=batch_size, progress=advance)
+        progress.update(task, completed=seen[0], total=seen[0])
     finally:
         lease.release()
         engine.dispose()

@@ -782,10 +782,10 @@ class EventStore:
                     changes = [
                         {
                             "key_subject": subject,
-                            "new_wrapped_key": keys.wrap(keys.unwrap(bytes(w), subject), subject),
+                            "new_wrapped_key": keys.wrap(keys.unwrap(bytes(wrapped), subject), subject),
                         }
-                        for subject, w in rows
-                        if not keys.wrapped_by_this(bytes(w))
+                        for subject, wrapped in rows
+                        if not keys.wrapped_by_this(bytes(wrapped))
                     ]
                     if changes:
                         conn.execute(update, changes)
@@ -795,7 +795,7 @@ class EventStore:
                 done += len(rows)
                 changed_this_pass += len(changes)
                 if progress is not None:
-                    progress(min(done, max(total, done)), max(total, done))
+                    progress(done, max(total, done))  # keys created meanwhile can pass the count
             rewrapped += changed_this_pass
             if changed_this_pass == 0:
                 break
