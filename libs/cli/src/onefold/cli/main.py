@@ -115,6 +115,7 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
         )
     console.print(
         f"Call with metadata 'authorization: Bearer <credential>'. Logs: {supervisor.data_dir / 'logs'}. "
+        f"Keys: {supervisor.key_dir} (back them up apart from the data). "
         "Check with `onefold status`. Ctrl-C stops everything.",
         highlight=False,
     )
