@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from onefold.eventlog.registry import EventRegistry
 from onefold.eventlog.store import EventStore
 from onefold.platform.config import ConfigError, load_settings
 from onefold.platform.database import create_engine
+from onefold.platform.service import PRIVATE_UMASK
 
 keys_app = typer.Typer(help="Manage the services' key-encryption keys.", no_args_is_help=True)
 console = Console()
@@ -160,6 +162,7 @@ def rotate(
     if unknown:
         raise fail(f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
     data_dir = data_dir.resolve()
+    os.umask(PRIVATE_UMASK)  # key files, a -wal beside a database: the user's alone
     done: list[Rotated] = []
     try:
         with (

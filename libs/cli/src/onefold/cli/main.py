@@ -113,9 +113,9 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
             "Admin credential: created on the first start (see that output), or make one with "
             "`onefold credentials create --workspace default --scope admin`."
         )
+    console.print(f"Keys: {supervisor.key_dir} (back them up apart from the data dir).", highlight=False)
     console.print(
         f"Call with metadata 'authorization: Bearer <credential>'. Logs: {supervisor.data_dir / 'logs'}. "
-        f"Keys: {supervisor.key_dir} (back them up apart from the data). "
         "Check with `onefold status`. Ctrl-C stops everything.",
         highlight=False,
     )
