@@ -328,7 +328,7 @@ async def test_at_least_once_delivery_with_idempotent_handling_is_exactly_once(
             except TimeoutError:
                 continue
             if amount == 1:
-                await asyncio.to_thread(sub._apply, [sub._delivery(m) for m in msgs])
+                await asyncio.to_thread(sub._apply, [sub._delivery(m) for m in msgs], {})
             await sub.stop()
             sub = subscriber()
         else:

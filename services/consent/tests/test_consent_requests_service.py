@@ -37,7 +37,7 @@ from onefold.contracts.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from onefold.eventlog import KeyEncryptionKey
 from onefold.platform.auth import CredentialStore
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.processes import ServiceProcess
+from onefold.testing.processes import ServiceProcess, peer_env
 
 T = TypeVar("T")
 DEADLINE_SECONDS = 60.0
@@ -150,6 +150,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     built: Stack | None = None
     try:
         for process in processes:
+            if process.name == "identity":  # it asks ingest for the keys of the events it consumes
+                process.extra_env.update(peer_env(data, started[:1]))
             process.start()
             started.append(process)
         service_token = credentials.issue("*", ["service"], name="onefold services").token
@@ -294,10 +296,11 @@ def steps(request: pb.SubjectRequest) -> dict[str, pb.RequestStep]:
     return {step.service: step for step in request.steps}
 
 
-def bus_erasure(nats_url: str, workspace: str) -> pb.ErasureRequested | None:
-    """The ErasureRequested consent's relay published on the bus for `workspace`, if any yet."""
+def bus_erasure(nats_url: str, workspace: str) -> tuple[bytes, pb.ErasureRequested] | None:
+    """The ErasureRequested consent's relay published on the bus for `workspace` (the message as
+    stored in the stream, and its payload as parsed without any key), if any yet."""
 
-    async def fetch() -> pb.ErasureRequested | None:
+    async def fetch() -> tuple[bytes, pb.ErasureRequested] | None:
         client = await nats.connect(nats_url)
         try:
             stream = client.jetstream()
@@ -309,7 +312,7 @@ def bus_erasure(nats_url: str, workspace: str) -> pb.ErasureRequested | None:
             except nats.errors.TimeoutError:
                 return None
             envelope = EventEnvelope.FromString(messages[0].data)
-            return pb.ErasureRequested.FromString(envelope.payload)
+            return messages[0].data, pb.ErasureRequested.FromString(envelope.payload)
         finally:
             await client.close()
 
@@ -395,13 +398,12 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
     assert exported.erased_identifiers == 1 and b"lee@example.com" not in exported.SerializeToString()
     lookup = identity_pb2.ResolveRequest(identifier=identity_pb2.Identifier(type="user_id", value="lee"))
     assert not ws.call(ws.identity(), "Resolve", lookup, "profiles:read").found
-    # ErasureRequested went out on the bus, with the identifiers, for every listening service.
-    announced = wait_for(lambda: bus_erasure(stack.nats.url, ws.name), "ErasureRequested on the bus")
+    # ErasureRequested went out on the bus for every listening service: the identifiers sealed (a
+    # service reads them with consent's key for the request), their keyed hashes in clear.
+    raw, announced = wait_for(lambda: bus_erasure(stack.nats.url, ws.name), "ErasureRequested on the bus")
     assert announced.request_id == opened.request_id and announced.profile_id == profile_id
-    assert {(i.type, i.value) for i in announced.identifiers} >= {
-        ("user_id", "lee"),
-        ("anonymous_id", "cookie-lee"),
-    }
+    assert not announced.identifiers and b"lee" not in raw
+    assert len(announced.identifier_hashes) >= 2
 
     # Segments and journeys gain their calls (the stand-in): the retry completes the request.
     stack.start_consent(
@@ -435,9 +437,19 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
         assert metadata["x-onefold-workspace"] == ws.name and metadata["authorization"].startswith(
             "Bearer ofk_"
         )
-    assert (
-        ws.call(ws.consent(), "GetRequest", pb.GetRequestRequest(request_id=opened.request_id)) == completed
+    assert record["identifier_hashes"] == sorted(announced.identifier_hashes)
+    # The request's own key is shredded with the person: the proof stays, the identifiers do not.
+    kept = ws.call(ws.consent(), "GetRequest", pb.GetRequestRequest(request_id=opened.request_id))
+    assert not kept.identifiers and kept.identifier_hashes == completed.identifier_hashes
+    assert (kept.request_id, kept.type, kept.profile_id, kept.received_at, kept.due_at) == (
+        completed.request_id,
+        completed.type,
+        completed.profile_id,
+        completed.received_at,
+        completed.due_at,
     )
+    assert kept.completion_record == completed.completion_record and kept.steps == completed.steps
+    assert verify_signature(kek, kept.completion_record, kept.completion_signature)
     with pytest.raises(grpc.RpcError) as caught:
         ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -25,7 +25,7 @@ from onefold.eventlog import schema as eventlog_schema
 from onefold.platform.auth import CredentialStore
 from onefold.platform.database import create_engine
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.processes import ServiceProcess
+from onefold.testing.processes import ServiceProcess, peer_env
 
 T = TypeVar("T")
 RESOLVED = pb.EventResolved.DESCRIPTOR.full_name
@@ -93,9 +93,11 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     started: list[ServiceProcess] = []
     services = Services(data, nats, ingest, identity, credentials)
     try:
-        for service in (ingest, identity):
-            service.start()
-            started.append(service)
+        ingest.start()
+        started.append(ingest)
+        identity.extra_env.update(peer_env(data, [ingest]))
+        identity.start()
+        started.append(identity)
         yield services
     finally:
         services.close_channels()

@@ -47,8 +47,14 @@ _FLAG_ZLIB = 0x01
 _ZLIB_PREFIX = bytes((_FLAG_ZLIB,))
 # Compression pays only for larger plaintexts; below this it costs time and rarely saves bytes.
 COMPRESS_MIN_BYTES = 256
-# Every purpose `KeyEncryptionKey.derive` is called with; a rotation carries exactly these over.
-DERIVED_PURPOSES = ("blind-index", "dsr-completion-record")
+# Every purpose `KeyEncryptionKey.derive` is called with; a rotation carries exactly these over (a
+# purpose missing here would get a different key after a rotation, so `derive` refuses it).
+DERIVED_PURPOSES = (
+    "blind-index",  # store.blind_index: identifiers looked up by keyed hash
+    "dsr-completion-record",  # consent: signatures of completed data-subject requests
+    "dsr-identifier-hash",  # consent: keyed hashes of an erasure request's identifiers
+    "chain-digest-signing",  # digests: the Ed25519 key that signs chain heads (pinned by witnesses)
+)
 _DERIVED_LINE = "derived"
 
 

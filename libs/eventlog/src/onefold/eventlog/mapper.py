@@ -146,6 +146,41 @@ def mark_erased(message: Message, plan: PiiPlan) -> None:
             mark_erased(getattr(message, fd.name), inner)
 
 
+def _sealed_span(payload: bytes) -> tuple[int, int]:
+    """(start, end) of the sealed personal part of a payload that starts with SEALED_TAG."""
+    first = payload[_SEALED_LENGTH_AT] if len(payload) > _SEALED_LENGTH_AT else 0x80
+    if first < 0x80:  # a one-byte length: the common case
+        length, start = first, _SEALED_LENGTH_AT + 1
+    else:
+        length, start = _DecodeVarint(payload, _SEALED_LENGTH_AT)
+    end = start + length
+    if end > len(payload):
+        raise DecodeError("sealed personal data runs past the end of the payload")
+    return start, end
+
+
+def open_sealed(type_name: bytes, payload: bytes, subject: str, cipher: DataKeyCipher) -> bytes:
+    """The payload with its personal part decrypted, as protobuf bytes, without parsing: the public
+    part followed by the personal part (both serialisations of the same message type, so the
+    concatenation parses as the whole message). Used by the relay's peers on the bus, which know an
+    event's type name but not the producer's registry."""
+    if not payload.startswith(SEALED_TAG):
+        return payload
+    start, end = _sealed_span(payload)
+    return payload[end:] + cipher.open(payload[start:end], type_name + b"\x00" + subject.encode())
+
+
+def erased_plaintext(message_class: type[Message], plan: PiiPlan, payload: bytes) -> bytes:
+    """The payload of an erased subject's event: public fields kept, personal ones as ERASED markers."""
+    message = message_class()
+    if payload.startswith(SEALED_TAG):
+        message.ParseFromString(payload[_sealed_span(payload)[1] :])
+        mark_erased(message, plan)
+    else:
+        message.ParseFromString(payload)
+    return message.SerializeToString(deterministic=True)
+
+
 class EventMapper:
     """Encodes and decodes one event type's payload; the caller resolves the subject's cipher."""
 
@@ -195,22 +230,8 @@ class EventMapper:
 
     @staticmethod
     def plaintext(event_type: EventType, payload: bytes, subject: str, cipher: DataKeyCipher) -> bytes:
-        """The payload with its personal part decrypted, as protobuf bytes, without parsing: the public
-        part followed by the personal part (both serialisations of the same message type, so the
-        concatenation parses as the whole message). For relaying the current schema version."""
-        if not payload.startswith(SEALED_TAG):
-            return payload
-        first = payload[_SEALED_LENGTH_AT] if len(payload) > _SEALED_LENGTH_AT else 0x80
-        if first < 0x80:
-            length, start = first, _SEALED_LENGTH_AT + 1
-        else:
-            length, start = _DecodeVarint(payload, _SEALED_LENGTH_AT)
-        end = start + length
-        if end > len(payload):
-            raise DecodeError("sealed personal data runs past the end of the payload")
-        return payload[end:] + cipher.open(
-            payload[start:end], event_type.name_bytes + b"\x00" + subject.encode()
-        )
+        """The payload with its personal part decrypted, as protobuf bytes (see `open_sealed`)."""
+        return open_sealed(event_type.name_bytes, payload, subject, cipher)
 
     @staticmethod
     def decode(event_type: EventType, payload: bytes, subject: str, cipher: DataKeyCipher | None) -> Message:
@@ -223,14 +244,7 @@ class EventMapper:
         if not payload.startswith(SEALED_TAG):
             message.ParseFromString(payload)
             return message
-        first = payload[_SEALED_LENGTH_AT] if len(payload) > _SEALED_LENGTH_AT else 0x80
-        if first < 0x80:  # a one-byte length: the common case
-            length, start = first, _SEALED_LENGTH_AT + 1
-        else:
-            length, start = _DecodeVarint(payload, _SEALED_LENGTH_AT)
-        end = start + length
-        if end > len(payload):
-            raise DecodeError("sealed personal data runs past the end of the payload")
+        start, end = _sealed_span(payload)
         message.ParseFromString(payload[end:])
         if cipher is None:
             mark_erased(message, event_type.pii)

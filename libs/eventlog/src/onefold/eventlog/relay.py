@@ -1,8 +1,12 @@
 """The outbox relay: publishes a service's own log to its JetStream stream, in order, at least once.
 
 The events table is the outbox. The relay reads the events after the recorded published position,
-publishes them (body: the EventEnvelope with decrypted payload, header `Nats-Msg-Id = event_id`,
-trace context headers) and records the position once JetStream acknowledged them.
+publishes them (body: the EventEnvelope exactly as stored — personal fields still sealed with the
+subject's data key, so nothing personal is ever in clear on the bus and shredding the key erases the
+bus copies too; consumers get the keys from this service, see keyaccess — header
+`Nats-Msg-Id = event_id`, trace context headers) and records the position once JetStream acknowledged
+them. Events go out at the schema version they were stored with; their hashes cover exactly these
+bytes, so a consumer can check each event's chain link.
 
 How a batch is published:
 
@@ -312,13 +316,13 @@ class OutboxRelay:
         return total
 
     def _prepare(self, after_position: int) -> list[_Outgoing]:
-        """Read and encode a batch (in a worker thread: decrypting and encoding is CPU work)."""
+        """Read and encode a batch (in a worker thread: encoding is CPU work)."""
         limit = min(self.settings.batch_size, MAX_ATOMIC_BATCH) if self._atomic else self.settings.batch_size
         events = self.store.read(after_position=after_position, limit=limit)
         partitions = self.stream_settings.partitions
         outgoing: list[_Outgoing] = []
         for event in events:
-            envelope = self.store.to_envelope(event, decrypt=True)
+            envelope = self.store.to_envelope(event, decrypt=False)
             trace: tuple[tuple[str, str], ...] = ()
             if envelope.trace.traceparent:
                 trace = (("traceparent", envelope.trace.traceparent),)

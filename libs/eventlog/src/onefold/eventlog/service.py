@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from onefold.eventlog import audit
+from onefold.eventlog import audit, keyaccess
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.digests import DigestPublisher
 from onefold.eventlog.errors import MissingKeyEncryptionKey
@@ -30,6 +31,7 @@ from onefold.eventlog.relay import OutboxRelay
 from onefold.eventlog.store import EventStore
 from onefold.eventlog.streams import StreamSettings
 from onefold.eventlog.subscriber import Handler, Subscriber
+from onefold.platform.client import Peers
 from onefold.platform.config import ConfigError, Settings
 from onefold.platform.grpc_server import ServiceRegistration
 from onefold.platform.service import ServiceContext
@@ -102,6 +104,8 @@ class EventSourcedService:
         self.projector = Projector(self.store, projections)
         self.projector.create_tables()
         bus = StreamSettings.from_config(ctx.settings.eventlog)
+        # Upstreams' events arrive sealed; their subject keys come from the upstream itself.
+        self.key_peers = Peers(ctx.settings.peers.model_dump(), ctx.settings.auth.service_token)
         self.relay = OutboxRelay(self.store, ctx.nats, service=self.name, stream_settings=bus)
         self.digests = DigestPublisher(self.store, ctx.nats, service=self.name, stream_settings=bus)
         self.subscribers = [
@@ -114,6 +118,9 @@ class EventSourcedService:
                 name=subscription.name,
                 partitions=subscription.partitions,
                 stream_settings=bus,
+                keys=keyaccess.RemoteSubjectKeys(
+                    subscription.upstream, functools.partial(self.key_peers.channel, subscription.upstream)
+                ),
             )
             for subscription in subscriptions
         ]
@@ -123,7 +130,11 @@ class EventSourcedService:
         self._leader_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
-        return (*self._servicers(self), audit.registration(self.store, self.name))
+        return (
+            *self._servicers(self),
+            audit.registration(self.store, self.name),
+            keyaccess.registration(self.store),
+        )
 
     async def start(self) -> None:
         """Serve at once; run the relay, digests and subscribers while holding the leader lease."""
@@ -135,6 +146,7 @@ class EventSourcedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._leader_task
         self.lease.release()
+        await self.key_peers.close()
         self.store.close()
 
     async def _lead(self) -> None:

@@ -802,6 +802,21 @@ class EventStore:
         self.checkpoint_wal()
         return rewrapped
 
+    def data_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
+        """The unwrapped data keys of `subjects` (None = erased), for consumers of this log's events on
+        the bus (keyaccess.SubjectKeyServicer). A subject this log never held is absent."""
+        if self.keys is None:
+            raise MissingKeyEncryptionKey("subject keys need the service's key-encryption key")
+        table = schema.subject_keys
+        found: dict[str, bytes | None] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(subjects), _IN_CHUNK):
+                chunk = list(subjects[start : start + _IN_CHUNK])
+                query = sa.select(table.c.subject, table.c.wrapped_key).where(table.c.subject.in_(chunk))
+                for subject, wrapped in conn.execute(query):
+                    found[subject] = None if wrapped is None else self.keys.unwrap(bytes(wrapped), subject)
+        return found
+
     def is_erased(self, subject: str) -> bool:
         table = schema.subject_keys
         with self.engine.connect() as conn:

@@ -44,6 +44,8 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.eventlog.cipher import DataKeyCipher
+from onefold.eventlog.keyaccess import KeySource, KeysUnavailable, Unsealer, is_sealed
 from onefold.eventlog.streams import (
     StreamSettings,
     consumer_name,
@@ -136,11 +138,14 @@ class Subscriber:
         name: str | None = None,
         settings: SubscriberSettings | None = None,
         stream_settings: StreamSettings | None = None,
+        keys: KeySource | None = None,
     ) -> None:
         """`service` consumes the events published by `upstream`.
 
         `partitions`: only these partitions (None = all). `name` distinguishes two subscribers of the
-        same service to the same upstream (each has its own consumer and tracking rows).
+        same service to the same upstream (each has its own consumer and tracking rows). `keys`: the
+        upstream's subject keys, to open the sealed personal data of its events before the handler
+        sees them (keyaccess); without it a sealed event fails its batch.
         """
         self.store = store
         self.nats = nats
@@ -159,6 +164,7 @@ class Subscriber:
             else [event_filter(upstream, p) for p in self.partitions]
         )
         self.stats = SubscriberStats()
+        self._unsealer = Unsealer(keys) if keys is not None else None
         self._js: JetStreamContext | None = None
         self._client: Client | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -359,6 +365,7 @@ class Subscriber:
             deliveries.append(self._delivery(msg, envelope))
         if not deliveries:
             return
+        ciphers = await self._ciphers(deliveries)
         # The batch's span continues the trace of its first event (gRPC -> log -> NATS -> here);
         # the handler runs inside it (to_thread copies the context).
         first = deliveries[0].envelope
@@ -373,11 +380,26 @@ class Subscriber:
                 "onefold.first_position": first.position,
             },
         ):
-            await self._handle(deliveries)
+            await self._handle(deliveries, ciphers)
 
-    async def _handle(self, deliveries: Sequence[_Delivery]) -> None:
+    async def _ciphers(self, deliveries: Sequence[_Delivery]) -> dict[str, DataKeyCipher | None]:
+        """The upstream's keys for the sealed events of a batch (fetched before the transaction, so
+        no database transaction waits on a network call)."""
+        envelopes = [delivery.envelope for delivery in deliveries]
+        if self._unsealer is None:
+            if any(is_sealed(envelope) for envelope in envelopes):
+                raise KeysUnavailable(
+                    f"events from {self.upstream} carry sealed personal data and this subscriber "
+                    "has no key source for them"
+                )
+            return {}
+        return await self._unsealer.ciphers_for(envelopes)
+
+    async def _handle(
+        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
+    ) -> None:
         try:
-            await asyncio.to_thread(self._apply, deliveries)
+            await asyncio.to_thread(self._apply, deliveries, ciphers)
         except HandlerFailed as exc:
             self.stats.batch_failures += 1
             log.warning(
@@ -386,7 +408,7 @@ class Subscriber:
                 events=len(deliveries),
                 error=str(exc.__cause__ or exc),
             )
-            await self._apply_one_by_one(deliveries)
+            await self._apply_one_by_one(deliveries, ciphers)
             return
         for delivery in deliveries:
             await delivery.msg.ack()
@@ -396,7 +418,7 @@ class Subscriber:
             envelope = EventEnvelope.FromString(msg.data)
         return _Delivery(msg, envelope, self.tracking_key(partition_from_subject(msg.subject)))
 
-    def _apply(self, deliveries: Sequence[_Delivery]) -> None:
+    def _apply(self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]) -> None:
         """One transaction: the handler's writes and the tracking rows (worker thread)."""
         with self.store.transaction() as conn:
             tracked: dict[str, int] = {}
@@ -411,7 +433,7 @@ class Subscriber:
             skipped = len(deliveries) - len(fresh)
             if fresh:
                 try:
-                    self.handler(conn, [d.envelope for d in fresh])
+                    self.handler(conn, self._opened(fresh, ciphers))
                 except Exception as exc:
                     raise HandlerFailed(str(exc) or type(exc).__name__) from exc
                 last_per_key: dict[str, _Delivery] = {}
@@ -422,6 +444,16 @@ class Subscriber:
         self.stats.handled += len(fresh)
         self.stats.skipped += skipped
 
+    def _opened(
+        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
+    ) -> list[EventEnvelope]:
+        """The envelopes with their personal data opened, for the handler (the received envelopes
+        stay as they came: sealed, as their hashes cover them)."""
+        unsealer = self._unsealer
+        if unsealer is None:
+            return [delivery.envelope for delivery in deliveries]
+        return [unsealer.open(delivery.envelope, ciphers) for delivery in deliveries]
+
     def _skip_past(self, delivery: _Delivery) -> None:
         """Move the tracking row past a dead-lettered event (worker thread)."""
         with self.store.transaction() as conn:
@@ -431,13 +463,15 @@ class Subscriber:
                     conn, delivery.tracking_key, delivery.envelope.position, delivery.envelope.event_id
                 )
 
-    async def _apply_one_by_one(self, deliveries: Sequence[_Delivery]) -> None:
+    async def _apply_one_by_one(
+        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
+    ) -> None:
         for delivery in deliveries:
             # Deliveries before this one (a crashed earlier attempt, say) count as attempts too.
             attempt = max(1, delivery.msg.metadata.num_delivered)
             while True:
                 try:
-                    await asyncio.to_thread(self._apply, [delivery])
+                    await asyncio.to_thread(self._apply, [delivery], ciphers)
                     await delivery.msg.ack()
                     break
                 except HandlerFailed as exc:

@@ -24,7 +24,7 @@ from onefold.platform.config import NatsSettings
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.postgres import POSTGRES_ENV, postgres_admin_url, temporary_database
-from onefold.testing.processes import ServiceProcess
+from onefold.testing.processes import ServiceProcess, peer_env
 
 
 @pytest.fixture
@@ -89,12 +89,12 @@ def start_service(tmp_path: Path, nats_url: str) -> Iterator[Callable[..., Servi
     started: list[ServiceProcess] = []
 
     def start(name: str, data_dir: Path | None = None, **extra_env: str) -> ServiceProcess:
-        service = ServiceProcess(
-            name=name,
-            data_dir=data_dir or tmp_path / "data",
-            nats_url=nats_url,
-            extra_env={k.upper(): v for k, v in extra_env.items()},
-        )
+        data = data_dir or tmp_path / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        # Services started in one data dir can call each other, like under `onefold up`.
+        env = peer_env(data, (s for s in started if s.data_dir == data))
+        env.update({k.upper(): v for k, v in extra_env.items()})
+        service = ServiceProcess(name=name, data_dir=data, nats_url=nats_url, extra_env=env)
         service.start()
         started.append(service)
         return service

@@ -6,9 +6,11 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
 from onefold.platform.health import wait_for_health
 from onefold.platform.nats_server import die_with_parent
 from onefold.platform.ports import free_port
@@ -78,3 +80,19 @@ class ServiceProcess:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
+
+
+def peer_env(data_dir: Path, peers: Iterable[ServiceProcess]) -> dict[str, str]:
+    """The settings a service needs to call `peers` (already started) as `onefold up` gives them: their
+    addresses and a service credential from the data dir's credential store. Consumers need this to
+    ask their upstream for subject keys (events travel sealed on the bus)."""
+    credentials = CredentialStore(f"sqlite:///{data_dir / 'auth.db'}", cache_seconds=0)
+    try:
+        credentials.create_schema()
+        token = credentials.issue(ANY_WORKSPACE, ["service"], name="tests: service-to-service").token
+    finally:
+        credentials.engine.dispose()
+    env = {"ONEFOLD_AUTH__SERVICE_TOKEN": token}
+    for peer in peers:
+        env[f"ONEFOLD_PEERS__{peer.name.upper()}"] = peer.target
+    return env

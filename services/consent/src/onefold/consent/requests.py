@@ -93,6 +93,7 @@ from sqlalchemy.engine import Connection
 
 from onefold.consent.application import ConsentApplication, summary
 from onefold.consent.projections import (
+    SERVICES,
     TERMINAL_STATES,
     fold_request,
     ledger_stream,
@@ -113,7 +114,6 @@ from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.consent.requests")
 
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 PEER_SERVICES = ("ingest", "identity", "segments", "journeys")
 MAX_EXTENSION_DAYS = 60
 MAX_REASON_CHARS = 2000
@@ -121,6 +121,7 @@ MAX_RECTIFICATION_BYTES = 64 * 1024
 SIGNATURE_PURPOSE = "dsr-completion-record"
 EXPORT_FORMAT = "onefold.dsr.export/v1"
 RECORD_FORMAT = "onefold.dsr.completion/v1"
+IDENTIFIER_HASH_PURPOSE = "dsr-identifier-hash"
 SETTLED = frozenset({pb.STEP_STATE_DONE, pb.STEP_STATE_NOT_APPLICABLE})
 LOOP_CONCURRENCY = 8  # requests the background loop works on at once
 _EVENT_MARGIN_BYTES = 64 * 1024  # room for the rest of RequestCompleted beside the compressed export
@@ -189,6 +190,13 @@ def sign(keys: KeyEncryptionKey, record: str) -> str:
     return hmac.new(signing_key(keys), record.encode(), hashlib.sha256).hexdigest()
 
 
+def identifier_hash(keys: KeyEncryptionKey, identifier: identity_pb2.Identifier) -> str:
+    """A keyed hash of an erased identifier: proof of what was erased, kept after the identifier is
+    gone. Keyed (not a bare SHA-256) so nobody without the KEK can test guesses against it."""
+    text = f"{identifier.type}\x00{identifier.value}".encode()
+    return hmac.new(keys.derive(IDENTIFIER_HASH_PURPOSE), text, hashlib.sha256).hexdigest()
+
+
 def verify_signature(keys: KeyEncryptionKey, record: str, signature: str) -> bool:
     """Whether `signature` is the service's signature of the completion record `record`."""
     return hmac.compare_digest(sign(keys, record), signature)
@@ -230,6 +238,8 @@ def completion_record(request: pb.SubjectRequest, completed_at: datetime, export
     }
     if export:
         document["export_sha256"] = hashlib.sha256(export).hexdigest()
+    if request.identifier_hashes:
+        document["identifier_hashes"] = sorted(request.identifier_hashes)
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -607,6 +617,8 @@ class SubjectRequests:
                 self._complete(conn, request, export, self.now())
         if request.state == pb.REQUEST_STATE_COMPLETED:
             self._parts.pop(request_id, None)
+            if request.type == _ERASURE:
+                self._shred_requests(workspace, request.profile_id)
             log.info(
                 "dsr.completed", workspace=workspace, request_id=request_id, type=_type_name(request.type)
             )
@@ -622,6 +634,12 @@ class SubjectRequests:
             completion_record=record,
             completion_signature=sign(self.store.keys, record),
             export=export,
+            type=request.type,
+            profile_id=request.profile_id,
+            received_at=request.received_at,
+            due_at=request.due_at,
+            extended=request.extended,
+            identifier_hashes=request.identifier_hashes,
         )
         self._append(conn, request, [self._event(request, message, now)])
 
@@ -643,11 +661,13 @@ class SubjectRequests:
             folded = self._folded(request.workspace, request.request_id, conn)
             if folded.announced or folded.request.state in TERMINAL_STATES:
                 return
+            assert self.store.keys is not None  # the store refuses to start without one
             message = pb.ErasureRequested(
                 request_id=request.request_id,
                 workspace=request.workspace,
                 profile_id=request.profile_id,
                 identifiers=identifiers,
+                identifier_hashes=sorted({identifier_hash(self.store.keys, i) for i in identifiers}),
             )
             self._append(conn, folded.request, [self._event(folded.request, message, self.now())])
 
@@ -966,6 +986,34 @@ class SubjectRequests:
             log.warning("dsr.own_part_failed", request_id=request.request_id, error=repr(error))
             return Outcome(pb.STEP_STATE_FAILED, error=f"consent: {type(error).__name__}: {error}")
 
+    # ------------------------------------------------------------------------------ shredding
+
+    def _shred_requests(self, workspace: str, profile_id: str) -> None:
+        """After an erasure completed: shred the keys of every request of the person (this one's
+        identifiers, earlier access exports and corrections). What stays readable is the proof in
+        clear: dates, steps, the signed completion record and the identifiers' keyed hashes."""
+        requests = self.of_subjects(workspace, [profile_id])
+        for request in requests:
+            self.store.erase_subject(request_subject(workspace, request.request_id))
+        log.info("dsr.request_keys_shredded", workspace=workspace, requests=len(requests))
+
+    def _shred_completed_erasures(self) -> int:
+        """Finish shredding that a crash interrupted (completion committed, keys not yet shredded)."""
+        query = sa.select(requests_table.c.workspace, requests_table.c.profile_id).where(
+            requests_table.c.type == _ERASURE, requests_table.c.state == pb.REQUEST_STATE_COMPLETED
+        )
+        with self.store.engine.connect() as conn:
+            people = set(conn.execute(query).tuples())
+            subjects = {
+                request_subject(workspace, request.request_id): (workspace, profile_id)
+                for workspace, profile_id in people
+                for request in self.of_subjects(workspace, [profile_id])
+            }
+            left = set(subjects) - self.store.erased_subjects(conn, subjects)
+        for subject in left:
+            self.store.erase_subject(subject)
+        return len(left)
+
     # ------------------------------------------------------------------------------ the loop
 
     def _open_rows(self) -> list[pb.SubjectRequest]:
@@ -1012,6 +1060,9 @@ class SubjectRequests:
 
     async def run(self, leading: Callable[[], bool] = lambda: True) -> None:
         """Retry due steps until cancelled; only while `leading` (one replica does it)."""
+        shredded = await asyncio.to_thread(self._shred_completed_erasures)
+        if shredded:
+            log.info("dsr.interrupted_shredding_finished", keys=shredded)
         while True:
             await asyncio.sleep(self.timings.loop_interval_seconds)
             if not leading():

@@ -306,6 +306,8 @@ class ConsentProjection:
 
 REQUEST_UPDATES = (pb.RequestStepUpdated, pb.RequestExtended, pb.RequestCompleted, pb.RequestRefused)
 TERMINAL_STATES = frozenset({pb.REQUEST_STATE_COMPLETED, pb.REQUEST_STATE_REFUSED})
+# A request's steps, one per service, in this order.
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 
 
 def fold_request(request: pb.SubjectRequest, event: RecordedEvent, message: Message) -> None:
@@ -319,7 +321,10 @@ def fold_request(request: pb.SubjectRequest, event: RecordedEvent, message: Mess
                 step.CopyFrom(message.step)
                 break
         else:
-            request.steps.append(message.step)
+            # Only when RequestOpened was shredded (a completed erasure, read again): keep the order.
+            steps = sorted([*request.steps, message.step], key=lambda step: _step_rank(step.service))
+            del request.steps[:]
+            request.steps.extend(steps)
         if request.state == pb.REQUEST_STATE_OPEN:
             request.state = pb.REQUEST_STATE_IN_PROGRESS
     elif isinstance(message, pb.RequestExtended):
@@ -327,6 +332,14 @@ def fold_request(request: pb.SubjectRequest, event: RecordedEvent, message: Mess
         request.extended = True
         request.extension_reason = message.reason
     elif isinstance(message, pb.RequestCompleted):
+        if message.type:  # the proof in clear (the request's own key may be shredded since)
+            request.request_id, request.workspace = message.request_id, message.workspace
+            request.type, request.profile_id = message.type, message.profile_id
+            request.received_at.CopyFrom(message.received_at)
+            request.due_at.CopyFrom(message.due_at)
+            request.extended = message.extended
+            del request.identifier_hashes[:]
+            request.identifier_hashes.extend(message.identifier_hashes)
         request.state = pb.REQUEST_STATE_COMPLETED
         request.completed_at.FromDatetime(event.occurred_at)
         request.completion_record = message.completion_record
@@ -339,6 +352,12 @@ def fold_request(request: pb.SubjectRequest, event: RecordedEvent, message: Mess
     elif isinstance(message, pb.ErasureRequested):
         del request.identifiers[:]
         request.identifiers.extend(message.identifiers)
+        del request.identifier_hashes[:]
+        request.identifier_hashes.extend(message.identifier_hashes)
+
+
+def _step_rank(service: str) -> int:
+    return SERVICES.index(service) if service in SERVICES else len(SERVICES)
 
 
 def request_row(request: pb.SubjectRequest, position: int) -> dict[str, object]:

@@ -1548,6 +1548,7 @@ class SubjectRequest(_message.Message):
     IDENTIFIERS_FIELD_NUMBER: _builtins.int
     RECTIFICATION_FIELD_NUMBER: _builtins.int
     EXPORT_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_HASHES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     workspace: _builtins.str
     type: Global___RequestType.ValueType
@@ -1577,6 +1578,12 @@ class SubjectRequest(_message.Message):
     def completed_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[_identity_pb2.Identifier]: ...
+    @_builtins.property
+    def identifier_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Erasure: keyed hashes (HMAC-SHA256, a key derived from consent's KEK) of "type\\0value" of each
+        identifier erased: proof of what was erased that stays after the identifiers themselves are gone.
+        """
+
     def __init__(
         self,
         *,
@@ -1597,10 +1604,11 @@ class SubjectRequest(_message.Message):
         identifiers: _abc.Iterable[_identity_pb2.Identifier] | None = ...,
         rectification: _builtins.str = ...,
         export: _builtins.bytes = ...,
+        identifier_hashes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "due_at", b"due_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "completion_record", b"completion_record", "completion_signature", b"completion_signature", "due_at", b"due_at", "export", b"export", "extended", b"extended", "extension_reason", b"extension_reason", "identifiers", b"identifiers", "profile_id", b"profile_id", "received_at", b"received_at", "rectification", b"rectification", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "state", b"state", "steps", b"steps", "type", b"type", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "completion_record", b"completion_record", "completion_signature", b"completion_signature", "due_at", b"due_at", "export", b"export", "extended", b"extended", "extension_reason", b"extension_reason", "identifier_hashes", b"identifier_hashes", "identifiers", b"identifiers", "profile_id", b"profile_id", "received_at", b"received_at", "rectification", b"rectification", "refusal_reason", b"refusal_reason", "request_id", b"request_id", "state", b"state", "steps", b"steps", "type", b"type", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1694,11 +1702,29 @@ class RequestCompleted(_message.Message):
     COMPLETION_RECORD_FIELD_NUMBER: _builtins.int
     COMPLETION_SIGNATURE_FIELD_NUMBER: _builtins.int
     EXPORT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    RECEIVED_AT_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    EXTENDED_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_HASHES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     workspace: _builtins.str
     completion_record: _builtins.str
     completion_signature: _builtins.str
     export: _builtins.bytes
+    type: Global___RequestType.ValueType
+    """The proof kept in clear: a completed erasure shreds the request's own key (RequestOpened and the
+    identifiers become unreadable), so what the law asks to keep is repeated here.
+    """
+    profile_id: _builtins.str
+    extended: _builtins.bool
+    @_builtins.property
+    def received_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def identifier_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -1707,10 +1733,16 @@ class RequestCompleted(_message.Message):
         completion_record: _builtins.str = ...,
         completion_signature: _builtins.str = ...,
         export: _builtins.bytes = ...,
+        type: Global___RequestType.ValueType = ...,
+        profile_id: _builtins.str = ...,
+        received_at: _timestamp_pb2.Timestamp | None = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        extended: _builtins.bool = ...,
+        identifier_hashes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "received_at", b"received_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_record", b"completion_record", "completion_signature", b"completion_signature", "export", b"export", "request_id", b"request_id", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_record", b"completion_record", "completion_signature", b"completion_signature", "due_at", b"due_at", "export", b"export", "extended", b"extended", "identifier_hashes", b"identifier_hashes", "profile_id", b"profile_id", "received_at", b"received_at", "request_id", b"request_id", "type", b"type", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1751,11 +1783,16 @@ class ErasureRequested(_message.Message):
     WORKSPACE_FIELD_NUMBER: _builtins.int
     PROFILE_ID_FIELD_NUMBER: _builtins.int
     IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_HASHES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     workspace: _builtins.str
     profile_id: _builtins.str
     @_builtins.property
     def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[_identity_pb2.Identifier]: ...
+    @_builtins.property
+    def identifier_hashes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """see SubjectRequest.identifier_hashes"""
+
     def __init__(
         self,
         *,
@@ -1763,10 +1800,11 @@ class ErasureRequested(_message.Message):
         workspace: _builtins.str = ...,
         profile_id: _builtins.str = ...,
         identifiers: _abc.Iterable[_identity_pb2.Identifier] | None = ...,
+        identifier_hashes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers", "profile_id", b"profile_id", "request_id", b"request_id", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifier_hashes", b"identifier_hashes", "identifiers", b"identifiers", "profile_id", b"profile_id", "request_id", b"request_id", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

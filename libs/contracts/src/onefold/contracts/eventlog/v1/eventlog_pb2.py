@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"onefold/eventlog/v1/eventlog.proto\x12\x13onefold.eventlog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rVerifyRequest\"\xe6\x01\n\x0eVerifyResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x11\n\thead_hash\x18\x05 \x01(\x0c\x12\x1a\n\x12\x66irst_bad_position\x18\x06 \x01(\x04\x12\x0f\n\x07problem\x18\x07 \x01(\t\x12/\n\x0bverified_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64igests_checked\x18\t \x01(\r\"\r\n\x0bHeadRequest\"?\n\x0cHeadResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\x32\xb1\x01\n\x0f\x45ventLogService\x12Q\n\x06Verify\x12\".onefold.eventlog.v1.VerifyRequest\x1a#.onefold.eventlog.v1.VerifyResponse\x12K\n\x04Head\x12 .onefold.eventlog.v1.HeadRequest\x1a!.onefold.eventlog.v1.HeadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"onefold/eventlog/v1/eventlog.proto\x12\x13onefold.eventlog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x0f\n\rVerifyRequest\"\xe6\x01\n\x0eVerifyResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x11\n\thead_hash\x18\x05 \x01(\x0c\x12\x1a\n\x12\x66irst_bad_position\x18\x06 \x01(\x04\x12\x0f\n\x07problem\x18\x07 \x01(\t\x12/\n\x0bverified_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64igests_checked\x18\t \x01(\r\"\r\n\x0bHeadRequest\"?\n\x0cHeadResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\"&\n\x12SubjectKeysRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\"?\n\nSubjectKey\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x65rased\x18\x03 \x01(\x08\"D\n\x13SubjectKeysResponse\x12-\n\x04keys\x18\x01 \x03(\x0b\x32\x1f.onefold.eventlog.v1.SubjectKey2\xb1\x01\n\x0f\x45ventLogService\x12Q\n\x06Verify\x12\".onefold.eventlog.v1.VerifyRequest\x1a#.onefold.eventlog.v1.VerifyResponse\x12K\n\x04Head\x12 .onefold.eventlog.v1.HeadRequest\x1a!.onefold.eventlog.v1.HeadResponse2x\n\x11SubjectKeyService\x12\x63\n\x0eGetSubjectKeys\x12\'.onefold.eventlog.v1.SubjectKeysRequest\x1a(.onefold.eventlog.v1.SubjectKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,6 +40,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADREQUEST']._serialized_end=355
   _globals['_HEADRESPONSE']._serialized_start=357
   _globals['_HEADRESPONSE']._serialized_end=420
-  _globals['_EVENTLOGSERVICE']._serialized_start=423
-  _globals['_EVENTLOGSERVICE']._serialized_end=600
+  _globals['_SUBJECTKEYSREQUEST']._serialized_start=422
+  _globals['_SUBJECTKEYSREQUEST']._serialized_end=460
+  _globals['_SUBJECTKEY']._serialized_start=462
+  _globals['_SUBJECTKEY']._serialized_end=525
+  _globals['_SUBJECTKEYSRESPONSE']._serialized_start=527
+  _globals['_SUBJECTKEYSRESPONSE']._serialized_end=595
+  _globals['_EVENTLOGSERVICE']._serialized_start=598
+  _globals['_EVENTLOGSERVICE']._serialized_end=775
+  _globals['_SUBJECTKEYSERVICE']._serialized_start=777
+  _globals['_SUBJECTKEYSERVICE']._serialized_end=897
 # @@protoc_insertion_point(module_scope)

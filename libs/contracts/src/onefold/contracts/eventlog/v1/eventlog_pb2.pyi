@@ -3,9 +3,11 @@
 isort:skip_file
 Every event-sourced service serves this: the state of its log for auditors."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -120,3 +122,84 @@ class HeadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HeadResponse: _TypeAlias = HeadResponse  # noqa: Y015
+
+@_typing.final
+class SubjectKeysRequest(_message.Message):
+    """Subject key access: how a consumer reads the personal fields of another service's events.
+
+    Events travel on the bus exactly as stored: personal fields sealed with the data key of their
+    subject, which only the producing service holds (wrapped by its key-encryption key). A consumer
+    asks the producer for the data keys of the subjects in the batch it received, keeps them in
+    memory for a bounded time and never stores them. Shredding a subject's key at the producer
+    therefore makes every copy of its events unreadable: the log, the bus, dead-letter queues and
+    backups of any of them. Only service credentials may call this.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """at most 1000, each at most 256 characters"""
+
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subjects", b"subjects"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectKeysRequest: _TypeAlias = SubjectKeysRequest  # noqa: Y015
+
+@_typing.final
+class SubjectKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    DATA_KEY_FIELD_NUMBER: _builtins.int
+    ERASED_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    data_key: _builtins.bytes
+    """32 bytes (AES-256-GCM); empty when erased"""
+    erased: _builtins.bool
+    """the subject was erased: its sealed fields are gone for good"""
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        data_key: _builtins.bytes = ...,
+        erased: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_key", b"data_key", "erased", b"erased", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectKey: _TypeAlias = SubjectKey  # noqa: Y015
+
+@_typing.final
+class SubjectKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectKey]:
+        """one per known subject; a subject the log never held is absent"""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___SubjectKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubjectKeysResponse: _TypeAlias = SubjectKeysResponse  # noqa: Y015

@@ -138,3 +138,75 @@ class EventLogService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class SubjectKeyServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetSubjectKeys = channel.unary_unary(
+                '/onefold.eventlog.v1.SubjectKeyService/GetSubjectKeys',
+                request_serializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.SubjectKeysRequest.SerializeToString,
+                response_deserializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.SubjectKeysResponse.FromString,
+                _registered_method=True)
+
+
+class SubjectKeyServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def GetSubjectKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_SubjectKeyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetSubjectKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubjectKeys,
+                    request_deserializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.SubjectKeysRequest.FromString,
+                    response_serializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.SubjectKeysResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'onefold.eventlog.v1.SubjectKeyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('onefold.eventlog.v1.SubjectKeyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class SubjectKeyService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def GetSubjectKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.eventlog.v1.SubjectKeyService/GetSubjectKeys',
+            onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.SubjectKeysRequest.SerializeToString,
+            onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.SubjectKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

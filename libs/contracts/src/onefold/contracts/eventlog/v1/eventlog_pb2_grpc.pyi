@@ -56,3 +56,25 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_eventlog_pb2.HeadResponse, _abc.Awaitable[_eventlog_pb2.HeadResponse]]: ...
 
 def add_EventLogServiceServicer_to_server(servicer: EventLogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class SubjectKeyServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> SubjectKeyServiceAsyncStub: ...
+    GetSubjectKeys: _grpc.UnaryUnaryMultiCallable[_eventlog_pb2.SubjectKeysRequest, _eventlog_pb2.SubjectKeysResponse]
+
+@_typing.type_check_only
+class SubjectKeyServiceAsyncStub(SubjectKeyServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetSubjectKeys: _aio.UnaryUnaryMultiCallable[_eventlog_pb2.SubjectKeysRequest, _eventlog_pb2.SubjectKeysResponse]  # type: ignore[assignment]
+
+class SubjectKeyServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def GetSubjectKeys(
+        self,
+        request: _eventlog_pb2.SubjectKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventlog_pb2.SubjectKeysResponse, _abc.Awaitable[_eventlog_pb2.SubjectKeysResponse]]: ...
+
+def add_SubjectKeyServiceServicer_to_server(servicer: SubjectKeyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
