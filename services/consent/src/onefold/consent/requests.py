@@ -619,6 +619,7 @@ class SubjectRequests:
             self._parts.pop(request_id, None)
             if request.type == _ERASURE:
                 self._shred_requests(workspace, request.profile_id)
+                del request.identifiers[:]  # as every later read sees it: only the hashes stay
             log.info(
                 "dsr.completed", workspace=workspace, request_id=request_id, type=_type_name(request.type)
             )
