@@ -2,7 +2,9 @@
 
 `Verify` re-hashes the whole chain (and checks it against the digests recorded earlier, so a
 consistent rewrite of the newest events is caught too) and names the first position that is wrong;
-`Head` gives the current head. Both need the `audit:read` scope.
+`Head` gives the current head. Both answer for the whole installation's log (every workspace's
+events), so they need `installation:admin` — held by the bootstrap admin and service credentials,
+never implied by one workspace's `admin` or `audit:read`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import grpc
 
 from onefold.contracts.eventlog.v1 import eventlog_pb2 as pb
 from onefold.eventlog.store import EventStore
+from onefold.platform.auth import INSTALLATION_ADMIN
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventLogService"]
-SCOPES = {"Verify": "audit:read", "Head": "audit:read"}
+SCOPES = {"Verify": INSTALLATION_ADMIN, "Head": INSTALLATION_ADMIN}
 
 
 class EventLogServicer:
