@@ -86,8 +86,8 @@ subject, so 1,000,000 events have about 290,000).
   the consumer gets almost nothing delivered until the publishing ends (the timeline shows it), so
   the end-to-end figure then measures the publisher;
 - clusters: each EventResolved (its event_id is the ingest event id of a record) goes with the
-  live profile holding its first key (`identity_identifiers`), scored like Splink's; link refusals (LinkRefused, by type
-  and reason), profiles, merges counted from the log;
+  live profile holding its first key (`identity_identifiers`), scored like Splink's; link refusals
+  (LinkRefused, by type and reason), profiles, merges counted from the log;
 - rebuild: the graph events (ProfileCreated, IdentifierLinked, ProfilesMerged, ProfileUnmerged,
   ProfileProtectionSet, ProfileErased; not EventResolved) read with plain SQL in position order,
   each payload parsed as its message (the public fields, keys included, need no decryption) and
