@@ -44,17 +44,39 @@ Measured, for the rules "exact match on <type>" for every identifier type:
 
 Onefold, per rules mode. A real nats-server (JetStream, `sync_interval: always`) and a real identity
 service process (`python -m onefold.identity`, SQLite in a temporary data dir, a key file, a
-credential store holding an admin and a profiles:read credential). ONEFOLD_INGEST is created
-before the service starts, with the relay's own helper (`ensure_service_stream`). Each record
-becomes the EventEnvelope ingest's relay would publish (plaintext EventAccepted payload,
-Nats-Msg-Id = event id, positions 1..N, subject `onefold.ingest.EventAccepted.<ws>.<partition>`
-partitioned on the person's subject): an identify call for a record with an email or phone
-(traits.email / traits.phone), a track call otherwise; user_id and anonymous_id as themselves,
-device_id as context.device.id.
+credential store holding an admin, a profiles:read and a service credential). ONEFOLD_INGEST is
+created before the service starts, with the relay's own helper (`ensure_service_stream`).
+
+The events travel as ingest's relay publishes them: sealed. Before anything is timed, the records
+are appended (batches of 5000) to a real ingest EventStore in the bench process (`IngestLog`: a
+SQLite file in the temporary dir, the ingest event registry, a key-encryption key of its own),
+each as the EventAccepted the ingest service appends: an identify call for a record with an email
+or phone (traits.email / traits.phone), a track call otherwise; user_id and anonymous_id as
+themselves, device_id as context.device.id, message id = record id; stream, subject (the person:
+`<ws>:u:<HMAC of user_id>`, else the anonymous id's, from `IngestApplication.person`), blind
+indexes and partition key as ingest computes them. The store seals the personal fields with the
+subject's data key and chooses the event ids (UUIDs; `record_of` maps them back to the records).
+The log is then read back as the relay does: `to_envelope(decrypt=False)`, Nats-Msg-Id = event id,
+positions 1..N, subject `onefold.ingest.EventAccepted.<ws>.<partition>` from `event_subject`. The
+identity service opens them with keys it asks for: the bench process serves the ingest log's
+subject keys (`KeyServer`: a real GrpcServer with `keyaccess.registration`, checking credentials
+against the identity data dir's credential store) and the service is started with
+ONEFOLD_PEERS__INGEST = that server and ONEFOLD_AUTH__SERVICE_TOKEN = its service credential, as
+`onefold up` wires the services. Its RemoteSubjectKeys caches the keys (5 minutes, 100,000
+subjects), so a subject's key travels once per run unless the run outlasts that or has more
+subjects (about 0.3 per event here: a person's events without a user_id have their cookie's
+subject, so 1,000,000 events have about 290,000).
 
 - resolve: from the first publish until the service's tracking row of upstream "ingest" reaches N
   (polled every 50 ms on a read-only connection), with a timeline (events resolved at each tenth of
-  that time) and the identity process's CPU seconds over the phase, per event. Publishing
+  that time) and the identity process's CPU seconds over the phase, per event
+  (`service_cpu_us_per_event`; it includes opening the sealed payloads). The cost of sealing on the
+  producer's side, `key_server`: GetSubjectKeys calls, subjects asked for and keys served over the
+  phase (`subjects` is how many subjects the log has), the lookups' wall and CPU seconds
+  (`EventStore.data_keys`: query and unwrap), and the key server's whole CPU time (`cpu_seconds`,
+  `cpu_us_per_event`: the bench process's CPU time outside its publishing thread and its progress
+  watcher, i.e. gRPC, credential checks and lookups); `calls_total` / `keys_served_total` include
+  the latency phase. Publishing
   (`--publish`): `atomic` (default) sends what ingest's relay sends, atomic JetStream batches of
   1000 (one acknowledgement and one fsync per batch, the next after the ack); `async` uses
   `js.publish_async`, pipelined with up to 20,000 unacknowledged. Either way everything is
@@ -63,9 +85,9 @@ device_id as context.device.id.
   `async` and `sync_interval: always` every message is its own fsync (about 1,000-4,000/s here) and
   the consumer gets almost nothing delivered until the publishing ends (the timeline shows it), so
   the end-to-end figure then measures the publisher;
-- clusters: each EventResolved (its event_id is the record's) goes with the live profile holding
-  its first key (`identity_identifiers`), scored like Splink's; link refusals (LinkRefused, by type
-  and reason), profiles, merges counted from the log;
+- clusters: each EventResolved (its event_id is the ingest event id of a record) goes with the
+  live profile holding its first key (`identity_identifiers`), scored like Splink's; link refusals
+  (LinkRefused, by type and reason), profiles, merges counted from the log;
 - rebuild: the graph events (ProfileCreated, IdentifierLinked, ProfilesMerged, ProfileUnmerged,
   ProfileProtectionSet, ProfileErased; not EventResolved) read with plain SQL in position order,
   each payload parsed as its message (the public fields, keys included, need no decryption) and
@@ -94,9 +116,10 @@ Rules (`--rules`, default both, one service each, in turn):
 Runtime: the identity service spends about 0.8-1.2 ms of CPU per event (mostly its SQL read model
 and outbox relay), so it resolves at most about 1,000 events/s on one core, and 400-900/s on this
 shared 2-core machine. `--events 20000` takes about 1.5-2 minutes; 1,000,000 events take 20-40
-minutes per rules mode (both modes: about an hour; the bench process holds about 2 GB of envelopes
-and clusters then). Use `--rules unlimited`, `--latency-seconds 0` or a smaller `--events` for a
-quick look.
+minutes per rules mode (both modes: about an hour; the bench process holds about 2.5 GB of
+envelopes and clusters then). Building the sealed envelopes (untimed) takes about 150 µs per event,
+so 2-3 minutes per rules mode for 1,000,000, and their ingest log about 0.9 GB of the temporary dir.
+Use `--rules unlimited`, `--latency-seconds 0` or a smaller `--events` for a quick look.
 
 Targets (identity issue, a 2-core machine): resolve >= 20,000 events/s through the consumer, i.e.
 1,000,000 events carrying 3,000,000 identifiers in <= 60 s end to end; Onefold's clusters identical
@@ -121,7 +144,10 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+if TYPE_CHECKING:
+    from onefold.eventlog import EventStore
 
 IDENTIFIER_TYPES: tuple[str, ...] = ("user_id", "anonymous_id", "email", "phone", "device_id")
 TARGETS = {
@@ -551,87 +577,242 @@ def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
-def _person_subject(user_id: str, anonymous_id: str) -> str:
-    """Ingest's subject of an event's person (`<ws>:u:<keyed hash of user_id>`, else the anonymous
-    id's); the relay partitions on it. A plain hash stands in for ingest's HMAC."""
-    import hashlib
-
-    if user_id:
-        return f"{WORKSPACE}:u:{hashlib.blake2b(user_id.encode(), digest_size=16).hexdigest()}"
-    return f"{WORKSPACE}:a:{hashlib.blake2b(anonymous_id.encode(), digest_size=16).hexdigest()}"
+APPEND_BATCH = 5000  # events per ingest log transaction (the ingest service's largest commit group)
 
 
 class Outgoing(NamedTuple):
     subject: str
-    body: bytes  # EventEnvelope with the plaintext EventAccepted payload, as the ingest relay sends it
+    body: bytes  # the EventEnvelope exactly as ingest's relay publishes it (personal data sealed)
     event_id: str  # also the Nats-Msg-Id
     position: int
 
 
-def envelopes(records: Sequence[Record], first_position: int = 1, id_prefix: str = "") -> list[Outgoing]:
-    """The records as ingest's relay would publish them: identify calls for records with an email or
-    phone (traits.email / traits.phone), track calls otherwise; user_id and anonymous_id as
-    themselves, device_id as context.device.id. Positions first_position, first_position + 1, ..."""
-    from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
-    from onefold.contracts.ingest.v1 import ingest_pb2
-    from onefold.eventlog.streams import PARTITION_KEY, StreamSettings, event_subject
+class MeteredKeys:
+    """The ingest log's subject keys as the key server looks them up (`EventStore.data_keys`: one
+    query and one unwrap per subject), counted: calls, subjects asked for, keys given, wall and
+    CPU seconds of the lookups (the worker thread's own CPU time)."""
 
-    identify, track = ingest_pb2.EVENT_TYPE_IDENTIFY, ingest_pb2.EVENT_TYPE_TRACK
-    partitions = StreamSettings().partitions
-    base = int(time.time()) - 86_400
-    out: list[Outgoing] = []
-    for offset, record in enumerate(records):
-        ids = dict(record.identifiers)
-        user_id, anonymous_id = ids.get("user_id", ""), ids.get("anonymous_id", "")
-        email, phone, device = ids.get("email"), ids.get("phone"), ids.get("device_id")
-        event_id = id_prefix + record.event_id
-        event = ingest_pb2.TrackingEvent(
-            message_id=event_id, user_id=user_id, anonymous_id=anonymous_id, source_id=SOURCE_ID
+    def __init__(self, store: EventStore) -> None:
+        import threading
+
+        self.store = store
+        self.calls = 0
+        self.subjects = 0
+        self.keys = 0
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self._lock = threading.Lock()
+
+    def data_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        keys = self.store.data_keys(subjects)
+        seconds, cpu_seconds = time.perf_counter() - started, time.thread_time() - cpu_started
+        with self._lock:
+            self.calls += 1
+            self.subjects += len(subjects)
+            self.keys += len(keys)
+            self.seconds += seconds
+            self.cpu_seconds += cpu_seconds
+        return keys
+
+    def snapshot(self) -> tuple[int, int, int, float, float]:
+        with self._lock:
+            return self.calls, self.subjects, self.keys, self.seconds, self.cpu_seconds
+
+
+class IngestLog:
+    """The ingest service's side of the bus, in the bench process: a real ingest EventStore (SQLite
+    file, the ingest event registry, its own key-encryption key) the records are appended to as the
+    ingest service appends accepted events, read back and encoded as its relay publishes them, and
+    the keys of its subjects served the way the ingest service serves them (see KeyServer)."""
+
+    def __init__(self, directory: Any) -> None:
+        from pathlib import Path
+
+        from onefold.eventlog import EventStore
+        from onefold.eventlog.cipher import KeyEncryptionKey
+        from onefold.eventlog.projections import Projector
+        from onefold.ingest.application import IngestApplication, event_registry
+        from onefold.ingest.projections import IngestProjection
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.store = EventStore(
+            f"sqlite:///{directory / 'ingest.db'}",
+            service="ingest",
+            registry=event_registry(),
+            keys=KeyEncryptionKey.generate(),
         )
-        if email or phone:
-            event.type = identify
-            traits = event.traits.fields
-            if email:
-                traits["email"].string_value = email
-            if phone:
-                traits["phone"].string_value = phone
-        else:
-            event.type = track
-            event.event = "Product Viewed"
-            event.properties.fields["product_id"].string_value = f"sku-{offset % 5000}"
-        context = event.context.fields
-        context["library"].struct_value.fields["name"].string_value = "onefold-bench"
-        if device:
-            context["device"].struct_value.fields["id"].string_value = device
-        position = first_position + offset
-        event.timestamp.seconds = base + offset // 1000
-        event.timestamp.nanos = offset % 1000 * 1_000_000
-        accepted = ingest_pb2.EventAccepted(event=event, workspace=WORKSPACE, source_id=SOURCE_ID)
-        subject = _person_subject(user_id, anonymous_id)
-        metadata = {PARTITION_KEY: subject, "source": "ingest"}
-        envelope = EventEnvelope(
-            event_id=event_id,
-            type=ACCEPTED,
-            stream_id=f"ingest:{subject}",
-            position=position,
-            workspace=WORKSPACE,
-            payload=accepted.SerializeToString(),
-            source="ingest",
-            subject=subject,
-            metadata=metadata,
-        )
-        envelope.occurred_at.CopyFrom(event.timestamp)
-        envelope.recorded_at.CopyFrom(event.timestamp)
-        nats_subject = event_subject(
-            UPSTREAM,
-            event_type=ACCEPTED,
-            workspace=WORKSPACE,
-            stream_id=envelope.stream_id,
-            metadata=metadata,
-            partitions=partitions,
-        )
-        out.append(Outgoing(nats_subject, envelope.SerializeToString(), event_id, position))
-    return out
+        self.store.create_schema()
+        projection = IngestProjection()
+        Projector(self.store, [projection]).create_tables()
+        # Only for `person`: the subject (and blind indexes) of an event's person, as ingest computes them.
+        self.application = IngestApplication(self.store, projection=projection)
+        self.record_of: dict[str, str] = {}  # ingest's event id -> the record's id
+        self.subjects: set[str] = set()
+
+    def append(self, records: Sequence[Record]) -> list[Outgoing]:
+        """Append the records as ingest accepts them and return them as its relay publishes them.
+
+        Each record becomes the EventAccepted of an identify call when it has an email or phone
+        (traits.email / traits.phone), of a track call otherwise; user_id and anonymous_id as
+        themselves, device_id as context.device.id, the message id the record's id. Its stream
+        (`ingest:<subject>`), subject (the person: `<ws>:u:<HMAC of user_id>`, else the anonymous
+        id's), partition key and blind indexes are ingest's own; the store seals the personal
+        fields with the subject's data key and chooses the event id (a UUID), so `record_of` maps
+        it back to the record. Appended in batches of APPEND_BATCH, then read back in log order.
+        """
+        from datetime import UTC, datetime
+
+        from onefold.contracts.ingest.v1 import ingest_pb2
+        from onefold.eventlog import NewEvent
+        from onefold.eventlog.streams import PARTITION_KEY
+
+        identify, track = ingest_pb2.EVENT_TYPE_IDENTIFY, ingest_pb2.EVENT_TYPE_TRACK
+        person = self.application.person
+        after = self.store.head_position()
+        base = int(time.time()) - 86_400
+        for start in range(0, len(records), APPEND_BATCH):
+            batch = records[start : start + APPEND_BATCH]
+            new_events = []
+            for offset, record in enumerate(batch, start):
+                ids = dict(record.identifiers)
+                user_id, anonymous_id = ids.get("user_id", ""), ids.get("anonymous_id", "")
+                email, phone, device = ids.get("email"), ids.get("phone"), ids.get("device_id")
+                event = ingest_pb2.TrackingEvent(
+                    message_id=record.event_id,
+                    user_id=user_id,
+                    anonymous_id=anonymous_id,
+                    source_id=SOURCE_ID,
+                )
+                if email or phone:
+                    event.type = identify
+                    traits = event.traits.fields
+                    if email:
+                        traits["email"].string_value = email
+                    if phone:
+                        traits["phone"].string_value = phone
+                else:
+                    event.type = track
+                    event.event = "Product Viewed"
+                    event.properties.fields["product_id"].string_value = f"sku-{offset % 5000}"
+                context = event.context.fields
+                context["library"].struct_value.fields["name"].string_value = "onefold-bench"
+                if device:
+                    context["device"].struct_value.fields["id"].string_value = device
+                event.timestamp.seconds = base + offset // 1000
+                event.timestamp.nanos = offset % 1000 * 1_000_000
+                subject, user_index, anonymous_index = person(WORKSPACE, user_id, anonymous_id)
+                self.subjects.add(subject)
+                accepted = ingest_pb2.EventAccepted(
+                    event=event,
+                    workspace=WORKSPACE,
+                    source_id=SOURCE_ID,
+                    user_id_index=user_index,
+                    anonymous_id_index=anonymous_index,
+                )
+                new_events.append(
+                    NewEvent(
+                        stream_id=f"ingest:{subject}",
+                        message=accepted,
+                        subject=subject,
+                        workspace=WORKSPACE,
+                        occurred_at=datetime.fromtimestamp(event.timestamp.ToMicroseconds() / 1e6, UTC),
+                        metadata={PARTITION_KEY: subject},
+                    )
+                )
+            for record, recorded in zip(batch, self.store.append(new_events), strict=True):
+                self.record_of[recorded.event_id] = record.event_id
+        return self.outgoing(after)
+
+    def outgoing(self, after_position: int) -> list[Outgoing]:
+        """The log after `after_position` as the relay publishes it (OutboxRelay._prepare):
+        `to_envelope(decrypt=False)`, on the subject `event_subject` gives it."""
+        from onefold.eventlog.relay import MAX_ATOMIC_BATCH
+        from onefold.eventlog.streams import StreamSettings, event_subject
+
+        partitions = StreamSettings().partitions
+        out: list[Outgoing] = []
+        while events := self.store.read(after_position=after_position, limit=MAX_ATOMIC_BATCH):
+            for event in events:
+                envelope = self.store.to_envelope(event, decrypt=False)
+                subject = event_subject(
+                    UPSTREAM,
+                    event_type=event.type,
+                    workspace=event.workspace,
+                    stream_id=event.stream_id,
+                    metadata=event.metadata or {},
+                    partitions=partitions,
+                )
+                out.append(Outgoing(subject, envelope.SerializeToString(), event.event_id, event.position))
+            after_position = events[-1].position
+        return out
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class KeyServer:
+    """The ingest service's SubjectKeyService for the IngestLog's subjects, served from a thread of
+    the bench process: a real GrpcServer (authentication, scopes, error mapping) with
+    `keyaccess.registration`, credentials checked against `credentials_url` (the identity service's
+    credential store, where its service credential is issued). Lookups are counted (MeteredKeys)."""
+
+    def __init__(self, store: EventStore, credentials_url: str) -> None:
+        import threading
+
+        from onefold.platform.ports import free_port
+
+        self.keys = MeteredKeys(store)
+        self.credentials_url = credentials_url
+        self.port = free_port()  # known before it serves: the identity service is told it at start
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="bench-key-server", daemon=True)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._failure is not None:
+            raise RuntimeError(f"the bench's key server did not start: {self._failure or 'timed out'}")
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as failure:
+            self._failure = failure
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        from onefold.eventlog import keyaccess
+        from onefold.platform.auth import CredentialStore
+        from onefold.platform.config import GrpcSettings
+        from onefold.platform.grpc_server import GrpcServer
+
+        credentials = CredentialStore(self.credentials_url, cache_seconds=60)
+        # MeteredKeys is all the servicer uses of a store (data_keys).
+        registration = keyaccess.registration(cast("EventStore", self.keys))
+        settings = GrpcSettings(port=self.port, grace_seconds=1.0)
+        server = GrpcServer("ingest", settings, credentials, [registration])
+        try:
+            await server.start()
+            self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
+            self._ready.set()
+            await self._stopping.wait()
+        finally:
+            await server.stop()
+            credentials.engine.dispose()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread.is_alive():
+            self._thread.join(30)
 
 
 class ReadOnlyLog:
@@ -702,6 +883,11 @@ class ProgressWatcher:
                 self._stop.wait(self.interval)
         finally:
             log.close()
+
+    def cpu_seconds(self) -> float:
+        """This polling thread's CPU time so far."""
+        assert self._thread.ident is not None
+        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
 
     def wait(self, stall_seconds: float, what: str, log_path: Any) -> None:
         while not self.reached.wait(1.0):
@@ -785,30 +971,37 @@ def _memory_kb(pid: int) -> dict[str, int]:
 
 class IdentitySystem:
     """A real nats-server and a real identity service process (SQLite in a temporary data dir, a key
-    file, a credential store holding the bench's credentials), with ONEFOLD_INGEST created the way
-    the ingest relay creates it."""
+    file, a credential store holding the bench's credentials and a service credential), with
+    ONEFOLD_INGEST created the way the ingest relay creates it, and the ingest log's key server
+    (KeyServer) the service asks for subject keys (ONEFOLD_PEERS__INGEST, ONEFOLD_AUTH__SERVICE_TOKEN)."""
 
-    def __init__(self, directory: Any) -> None:
+    def __init__(self, directory: Any, ingest: IngestLog) -> None:
         from pathlib import Path
 
         from onefold.platform.auth import CredentialStore
         from onefold.platform.nats_server import NatsServerProcess
-        from onefold.testing.processes import ServiceProcess
+        from onefold.testing.processes import ServiceProcess, peer_env
 
         directory = Path(directory)
         self.nats = NatsServerProcess(directory / "nats")
         self.data_dir = directory / "identity"
         self.data_dir.mkdir(parents=True)
-        credentials = CredentialStore(f"sqlite:///{self.data_dir / 'auth.db'}", cache_seconds=0)
+        credentials_url = f"sqlite:///{self.data_dir / 'auth.db'}"
+        credentials = CredentialStore(credentials_url, cache_seconds=0)
         credentials.create_schema()
         self.admin_token = credentials.issue(WORKSPACE, ["admin"], name="bench admin").token
         self.read_token = credentials.issue(WORKSPACE, ["profiles:read"], name="bench reader").token
         credentials.engine.dispose()
+        self.key_server = KeyServer(ingest.store, credentials_url)
         self.service = ServiceProcess(
             name="identity",
             data_dir=self.data_dir,
             nats_url=self.nats.url,
-            extra_env={"ONEFOLD_AUTH__CACHE_SECONDS": "60", "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING"},
+            extra_env={
+                "ONEFOLD_AUTH__CACHE_SECONDS": "60",
+                "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING",
+                **peer_env(self.data_dir, []),  # the service credential (workspace *, scope service)
+            },
         )
         self.db_path = self.data_dir / "identity.db"
         self.key_file = self.data_dir / "keys" / "identity.kek"
@@ -819,7 +1012,11 @@ class IdentitySystem:
             # The stream first, as ingest's relay makes it: the subscriber then binds at once
             # instead of backing off until the stream exists.
             asyncio.run(self._ensure_streams())
+            self.service.extra_env["ONEFOLD_PEERS__INGEST"] = self.key_server.target
             self.service.start(timeout=60)
+            # After the fork: the service is not asked for keys before events arrive, and a fork
+            # while gRPC threads run here only makes gRPC warn that it skips its fork handlers.
+            self.key_server.start()
             asyncio.run(self._wait_for_consumer())
         except BaseException:
             self.stop()
@@ -868,7 +1065,10 @@ class IdentitySystem:
         try:
             self.service.stop()
         finally:
-            self.nats.stop()
+            try:
+                self.key_server.stop()
+            finally:
+                self.nats.stop()
 
 
 async def _set_unlimited_rules(target: str, token: str) -> dict[str, int]:
@@ -1054,9 +1254,10 @@ async def _get_profile_sequential(
     )
 
 
-def read_clusters(log: ReadOnlyLog, event_ids: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
-    """(event_id -> live profile id, key -> live profile id): each resolved event goes with the
-    live profile holding its first identifier (EventResolved.keys, priority order)."""
+def read_clusters(log: ReadOnlyLog, record_of: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(record id -> live profile id, key -> live profile id): each EventResolved whose event id
+    `record_of` maps to a record goes with the live profile holding its first identifier
+    (EventResolved.keys, priority order)."""
     from onefold.contracts.identity.v1 import identity_pb2 as ipb
 
     owners = {
@@ -1065,16 +1266,16 @@ def read_clusters(log: ReadOnlyLog, event_ids: Iterable[str]) -> tuple[dict[str,
             "SELECT key, profile_id FROM identity_identifiers WHERE workspace = ? AND NOT retired", WORKSPACE
         )
     }
-    wanted = set(event_ids)
     clusters: dict[str, str] = {}
     parse = ipb.EventResolved.FromString
     for (payload,) in log.rows("SELECT payload FROM events WHERE type = ?", RESOLVED):
         message = parse(payload)  # the public fields; the tracked event itself stays sealed
-        if message.event_id not in wanted:
+        record_id = record_of.get(message.event_id)
+        if record_id is None:
             continue
         keys = message.keys
         owner = owners.get(keys[0]) if keys else None
-        clusters[message.event_id] = owner if owner is not None else f"unresolved:{message.event_id}"
+        clusters[record_id] = owner if owner is not None else f"unresolved:{record_id}"
     return clusters, owners
 
 
@@ -1245,13 +1446,19 @@ def run_mode(
     def say(text: str) -> None:
         print(f"  [{mode}] {text}", file=sys.stderr, flush=True)
 
-    started = time.perf_counter()
-    outgoing = envelopes(dataset.records)
-    out["envelope_build_seconds"] = round(time.perf_counter() - started, 2)
-    out["envelope_mean_bytes"] = round(statistics.fmean(len(o.body) for o in outgoing)) if outgoing else 0
-
-    system = IdentitySystem(directory)
-    system.start()
+    # The envelopes as ingest's relay publishes them, built before anything is timed.
+    ingest = IngestLog(directory / "ingest")
+    try:
+        started = time.perf_counter()
+        outgoing = ingest.append(dataset.records)
+        out["envelope_build_seconds"] = round(time.perf_counter() - started, 2)
+        out["envelope_mean_bytes"] = round(statistics.fmean(len(o.body) for o in outgoing)) if outgoing else 0
+        out["subjects"] = len(ingest.subjects)
+        system = IdentitySystem(directory, ingest)
+        system.start()
+    except BaseException:
+        ingest.close()
+        raise
     try:
         if mode == "unlimited":
             limits = asyncio.run(_set_unlimited_rules(system.service.target, system.admin_token))
@@ -1261,6 +1468,9 @@ def run_mode(
             say(f"publishing {events:,} envelopes and resolving them ...")
             watcher.expect(events)
             cpu_before = _cpu_seconds(system.pid), _cpu_seconds(system.nats.pid)
+            # The bench process's CPU outside the publishing (main) thread and the watcher: the key server.
+            bench_cpu_before = time.process_time(), time.thread_time(), watcher.cpu_seconds()
+            keys_before = system.key_server.keys.snapshot()
             begin, begin_wall = time.perf_counter(), time.time()
             publisher = _publish if _option(args, "publish", "atomic") == "async" else _publish_atomic
             out["publish"] = "async" if publisher is _publish else "atomic"
@@ -1271,9 +1481,29 @@ def run_mode(
             out["resolve_timeline"] = _timeline(watcher.visible, begin_wall, resolve_seconds)
             service_cpu = _cpu_seconds(system.pid) - cpu_before[0]
             nats_cpu = _cpu_seconds(system.nats.pid) - cpu_before[1]
+            key_server_cpu = (
+                time.process_time()
+                - bench_cpu_before[0]
+                - (time.thread_time() - bench_cpu_before[1])
+                - (watcher.cpu_seconds() - bench_cpu_before[2])
+            )
+            calls, asked, served, lookup_seconds, lookup_cpu = (
+                after - before
+                for after, before in zip(system.key_server.keys.snapshot(), keys_before, strict=True)
+            )
+            out["key_server"] = {
+                "calls": calls,
+                "subjects_asked": asked,
+                "keys_served": served,
+                "lookup_seconds": round(lookup_seconds, 3),
+                "lookup_cpu_seconds": round(lookup_cpu, 3),
+                "cpu_seconds": round(key_server_cpu, 3),
+                "cpu_us_per_event": round(key_server_cpu * 1e6 / events, 1),
+            }
             out.update(
                 service_cpu_seconds=round(service_cpu, 2),
                 service_cpu_ms_per_event=round(service_cpu * 1000 / events, 3),
+                service_cpu_us_per_event=round(service_cpu * 1e6 / events, 1),
                 nats_server_cpu_seconds=round(nats_cpu, 2),
                 publish_seconds=round(publish_seconds, 3),
                 publish_events_per_second=round(events / publish_seconds),
@@ -1314,7 +1544,7 @@ def run_mode(
                 )
                 if resolved != events:
                     say(f"WARNING: {resolved:,} EventResolved for {events:,} events (dead-lettered?)")
-                clusters, live_owners = read_clusters(log, (r.event_id for r in dataset.records))
+                clusters, live_owners = read_clusters(log, ingest.record_of)
             finally:
                 log.close()
             out["clusters"] = clusters
@@ -1360,7 +1590,7 @@ def run_mode(
                     Record(f"paced-{i:07d}", r.person, r.identifiers)
                     for i, r in enumerate(dataset.records[int(rng.random() * events)] for _ in range(count))
                 ]
-                paced = envelopes(sample, first_position=events + 1)
+                paced = ingest.append(sample)  # positions events + 1 ...
                 say(f"{count:,} events at {paced_rate:.0f}/s ...")
                 log = ReadOnlyLog(system.db_path)
                 try:
@@ -1370,7 +1600,7 @@ def run_mode(
                 watcher.interval = (
                     0.002  # the tracking row polled every 2 ms: when each commit became visible
                 )
-                watcher.expect(events + count)
+                watcher.expect(paced[-1].position)
                 sent = asyncio.run(_publish_paced(system.nats.url, paced, paced_rate))
                 watcher.wait(stall, "paced resolve", system.service.log_path)
                 watcher.interval = 0.05
@@ -1378,8 +1608,11 @@ def run_mode(
         memory = _memory_kb(system.pid)
         out["rss_peak_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
         out["rss_end_mb"] = round(memory.get("VmRSS", 0) / 1024, 1)
+        calls, _, served, _, _ = system.key_server.keys.snapshot()
+        out["key_server"].update(calls_total=calls, keys_served_total=served)
     finally:
         system.stop()
+        ingest.close()
     warnings = [
         line[:300]
         for line in system.service.log_path.read_text(errors="replace").splitlines()
@@ -1524,10 +1757,16 @@ def _mode_lines(mode: str, figures: Mapping[str, Any]) -> None:
             f"Onefold ({mode}) Projector.rebuild() (SQL read model)",
             f"{get('projection_rebuild_seconds'):.2f} s",
         )
-    if get("service_cpu_ms_per_event") is not None:
+    if get("service_cpu_us_per_event") is not None:
         _line(
             f"Onefold ({mode}) identity CPU per event (nats-server CPU s)",
-            f"{get('service_cpu_ms_per_event'):.3f} ms ({get('nats_server_cpu_seconds'):.1f} s)",
+            f"{get('service_cpu_us_per_event'):.0f} µs ({get('nats_server_cpu_seconds'):.1f} s)",
+        )
+    if get("key_server") is not None:
+        _line(
+            f"Onefold ({mode}) subject keys served in calls / key server CPU",
+            f"{get('key_server', 'keys_served'):,} in {get('key_server', 'calls'):,} / "
+            f"{get('key_server', 'cpu_seconds'):.2f} s",
         )
     if get("get_profile_sequential") is not None:
         _line(

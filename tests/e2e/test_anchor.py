@@ -21,7 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from onefold.consent.application import event_registry
 from onefold.eventlog import EventStore, KeyEncryptionKey, NewEvent
 from onefold.eventlog.digests import WITNESS_STREAM_LABEL, read_witness
-from onefold.platform.auth import CredentialStore
+from onefold.platform.auth import INSTALLATION_ADMIN, CredentialStore
 from onefold.platform.config import NatsSettings
 from onefold.platform.nats import NatsConnection
 from onefold.testing.processes import ServiceProcess
@@ -99,7 +99,11 @@ def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(tmp_path: Path,
         while asyncio.run(witnessed_position(nats_url, "consent")) != 20:
             assert time.monotonic() < deadline, consent.log_path.read_text()[-3000:]
             time.sleep(0.2)
-        token = CredentialStore(f"sqlite:///{data_dir / 'auth.db'}").issue("default", ["admin"]).token
+        token = (
+            CredentialStore(f"sqlite:///{data_dir / 'auth.db'}")
+            .issue("default", ["admin", INSTALLATION_ADMIN])
+            .token
+        )
         intact = audit_verify(data_dir, token, consent.target, nats_url, "--json", status=0)
         [result] = json.loads(intact.stdout)
         assert result["ok"] and result["witnessed"] >= 1 and result["head_position"] == 20, intact.stdout

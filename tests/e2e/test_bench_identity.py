@@ -1,8 +1,9 @@
 """bench/identity.py on a small data set: the generator is deterministic and noisy as described,
-Splink's deterministic clusters equal the union-find reference, the metrics count right, and a real
-identity service (nats-server + `python -m onefold.identity`) resolves the events into exactly the
-connected components with unlimited rules and into a refinement of them with the default limits.
-No timing checks."""
+Splink's deterministic clusters equal the union-find reference, the metrics count right, the events
+are published sealed as ingest's relay publishes them, and a real identity service (nats-server +
+`python -m onefold.identity`, asking the bench's key server for subject keys) resolves them into
+exactly the connected components with unlimited rules and into a refinement of them with the
+default limits. No timing checks."""
 
 from __future__ import annotations
 
@@ -134,6 +135,55 @@ def test_generated_phones_are_valid_e164(dataset: Any) -> None:
         assert phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164) == phone
 
 
+def test_envelopes_are_sealed_as_ingests_relay_publishes_them(
+    bench: ModuleType, dataset: Any, tmp_path: Path
+) -> None:
+    """The bench publishes what ingest's relay publishes: its event store's rows as stored (personal
+    data sealed with the subject's key), partitioned on the person; the subject's key opens them."""
+    import asyncio
+
+    from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+    from onefold.contracts.ingest.v1 import ingest_pb2
+    from onefold.eventlog.keyaccess import LocalSubjectKeys, Unsealer, is_sealed
+    from onefold.eventlog.streams import StreamSettings, partition_of
+
+    records = dataset.records[:300]
+    ingest = bench.IngestLog(tmp_path / "ingest")
+    try:
+        outgoing = ingest.append(records)
+        assert [out.position for out in outgoing] == list(range(1, len(records) + 1))
+        envelopes = [EventEnvelope.FromString(out.body) for out in outgoing]
+        for record, out, envelope in zip(records, outgoing, envelopes, strict=True):
+            assert envelope.type == bench.ACCEPTED and is_sealed(envelope)
+            assert out.event_id == envelope.event_id and ingest.record_of[out.event_id] == record.event_id
+            assert envelope.subject.startswith(("bench:u:", "bench:a:"))
+            partition = partition_of(envelope.subject, StreamSettings().partitions)
+            assert out.subject == f"onefold.ingest.EventAccepted.bench.{partition}"
+            for _, value in record.identifiers:
+                assert value.encode() not in out.body
+        # one person, one subject: every event of a user_id is sealed for the same subject
+        by_user: dict[str, set[str]] = defaultdict(set)
+        for record, envelope in zip(records, envelopes, strict=True):
+            user_id = dict(record.identifiers).get("user_id")
+            if user_id:
+                by_user[user_id].add(envelope.subject)
+        assert by_user and all(len(subjects) == 1 for subjects in by_user.values())
+        assert len(ingest.subjects) == len({envelope.subject for envelope in envelopes})
+
+        unsealer = Unsealer(LocalSubjectKeys(ingest.store))
+        ciphers = asyncio.run(unsealer.ciphers_for(envelopes))
+        for record, envelope in zip(records, envelopes, strict=True):
+            accepted = ingest_pb2.EventAccepted.FromString(unsealer.open(envelope, ciphers).payload)
+            ids = dict(record.identifiers)
+            assert accepted.event.message_id == record.event_id
+            assert accepted.event.user_id == ids.get("user_id", "")
+            assert accepted.event.anonymous_id == ids.get("anonymous_id", "")
+            if "email" in ids:
+                assert accepted.event.traits.fields["email"].string_value == ids["email"]
+    finally:
+        ingest.close()
+
+
 def test_onefold_bench_identity_prints_json() -> None:
     """The whole bench through the CLI, Onefold with unlimited rules: a real nats-server and identity
     service resolve 2,000 events into exactly the connected components (and Splink's clusters)."""
@@ -177,6 +227,12 @@ def test_onefold_bench_identity_prints_json() -> None:
     assert run["get_profile"]["failures"] == 0 and run["get_profile"]["requests"] == 100
     assert run["resolve_latency"]["resolved"] == run["resolve_latency"]["events"] == 50
     assert run["rss_peak_mb"] > 0
+    # every subject's key asked for and served once (the service caches them), none for the paced
+    # events of the same people
+    keys = run["key_server"]
+    assert keys["calls"] > 0 and keys["keys_served"] == keys["subjects_asked"] == run["subjects"] > 0
+    assert keys["keys_served_total"] == keys["keys_served"]
+    assert run["service_cpu_us_per_event"] > 0 and keys["cpu_seconds"] > 0
     assert figures["rebuild_ratio_vs_splink"] > 0 and "met" in figures
 
 
@@ -191,5 +247,6 @@ def test_default_rules_refine_connected_components(bench: ModuleType, dataset: A
     reference = bench.connected_components(dataset.records, bench.IDENTIFIER_TYPES)
     assert len({(clusters[e], reference[e]) for e in clusters}) == len(set(clusters.values()))
     assert run["link_refusals"] > 0
+    assert run["key_server"]["keys_served"] == run["subjects"] > 0
     assert not bench.same_partition(clusters, reference)
     assert "get_profile" not in run

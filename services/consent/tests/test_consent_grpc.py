@@ -110,6 +110,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             "auditor": (ACME, ["audit:read"]),
             "globex_admin": (GLOBEX, ["admin"]),
             "globex": (GLOBEX, ["consent:read", "consent:write", "audit:read"]),
+            "installation": ("default", ["admin", "installation:admin"]),  # as `onefold up`'s bootstrap admin
         }
         tokens = {
             name: store.issue(workspace, granted).token for name, (workspace, granted) in scopes.items()
@@ -347,8 +348,17 @@ def test_audit_as_of_and_history_answer_with_evidence(running: Running) -> None:
 def test_event_log_verify_reports_ok(running: Running) -> None:
     running.grant("writer", _profile(), "marketing", "analytics", channels=("email", "sms"))
     eventlog = running.eventlog()
-    verified = eventlog.Verify(eventlog_pb2.VerifyRequest(), metadata=running.md("auditor"))
-    head = eventlog.Head(eventlog_pb2.HeadRequest(), metadata=running.md("auditor"))
+    # The whole installation's log: a workspace's auditor or admin may not see it.
+    for who in ("auditor", "admin"):
+        for call, request in (
+            (eventlog.Verify, eventlog_pb2.VerifyRequest()),
+            (eventlog.Head, eventlog_pb2.HeadRequest()),
+        ):
+            error = _fails(call, request, metadata=running.md(who))
+            assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "installation:admin" in (error.details() or "")
+    verified = eventlog.Verify(eventlog_pb2.VerifyRequest(), metadata=running.md("installation"))
+    head = eventlog.Head(eventlog_pb2.HeadRequest(), metadata=running.md("installation"))
     assert verified.ok and verified.service == "consent" and not verified.problem
     assert verified.first_bad_position == 0
     assert verified.events_checked == verified.head_position >= 4

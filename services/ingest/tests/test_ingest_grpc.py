@@ -17,6 +17,7 @@ from test_ingest_grpc_harness import ON_BOTH_DATABASES, PRICE_SCHEMA, Harness, e
 
 from onefold.contracts.common.v1 import envelope_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+from onefold.eventlog.keyaccess import LocalSubjectKeys, Unsealer
 from onefold.eventlog.streams import stream_name
 from onefold.platform.errors import details_of
 
@@ -286,10 +287,14 @@ async def test_accepted_events_reach_jetstream_partitioned_by_person(ingest: Har
     finally:
         await client.close()
     assert len(received) == 30
+    # The bus carries the events sealed, as stored; a consumer opens them with ingest's keys.
+    assert not any(b"person-" in envelope.payload for _subject, envelope in received)
+    unsealer = Unsealer(LocalSubjectKeys(ingest.store))
+    ciphers = await unsealer.ciphers_for([envelope for _subject, envelope in received])
     by_person: dict[str, set[str]] = {}
     order: dict[str, list[int]] = {}
     for subject, envelope in received:
-        accepted = pb.EventAccepted.FromString(envelope.payload)  # the bus carries plaintext
+        accepted = pb.EventAccepted.FromString(unsealer.open(envelope, ciphers).payload)
         person = accepted.event.user_id
         by_person.setdefault(person, set()).add(subject.rsplit(".", 1)[-1])
         order.setdefault(person, []).append(int(accepted.event.properties["n"]))

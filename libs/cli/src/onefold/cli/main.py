@@ -16,6 +16,7 @@ from onefold.cli import bench as bench_command
 from onefold.cli.audit import audit_app
 from onefold.cli.importer import import_file
 from onefold.cli.ingest_client import DataDir, fail
+from onefold.cli.keys import KeyDir, keys_app
 from onefold.cli.profile import profile_app
 from onefold.cli.quarantine import quarantine_app
 from onefold.cli.sources import apply, sources_app
@@ -38,6 +39,7 @@ app.add_typer(sources_app, name="sources")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
 app.add_typer(profile_app, name="profile")
+app.add_typer(keys_app, name="keys")
 app.command("apply")(apply)
 app.command("import")(import_file)
 app.command(
@@ -57,12 +59,14 @@ def up(
         Path | None,
         typer.Option("--config", "-c", envvar="ONEFOLD_CONFIG", help="YAML settings for the services"),
     ] = None,
+    key_dir: KeyDir = None,
 ) -> None:
     """Start nats-server (JetStream) and the five services; Ctrl-C stops everything."""
     supervisor = Supervisor(
         data_dir=data_dir.resolve(),
         nats_url=nats_url,
         config_file=config.resolve() if config else None,
+        key_dir=key_dir.resolve() if key_dir else None,
         report=_report,
     )
     stop = threading.Event()
@@ -109,6 +113,7 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
             "Admin credential: created on the first start (see that output), or make one with "
             "`onefold credentials create --workspace default --scope admin`."
         )
+    console.print(f"Keys: {supervisor.key_dir} (back them up apart from the data dir).", highlight=False)
     console.print(
         f"Call with metadata 'authorization: Bearer <credential>'. Logs: {supervisor.data_dir / 'logs'}. "
         "Check with `onefold status`. Ctrl-C stops everything.",

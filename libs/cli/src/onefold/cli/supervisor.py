@@ -5,6 +5,13 @@ SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops ser
 (they turn NOT_SERVING and finish in-flight calls), then NATS. Children ask the kernel to signal
 them if the supervisor itself dies, so no process outlives it. State that a second command needs
 (`onefold status`) is written to <data-dir>/run/endpoints.json.
+
+Everything it and the services create is private to the user (umask 077; the data dir is made
+0700/0600 on each start). Each service's key-encryption key lives outside the data dir, in the key
+dir (`--key-dir`, ONEFOLD_KEY_DIR, default ~/.config/onefold/keys/<installation id>/), so a copy of
+the data dir alone cannot be read; installations whose keys are still under <data-dir>/keys keep
+them there, with a warning. The service-to-service credential made at start is revoked at stop (and
+at the next start, after a crash).
 """
 
 from __future__ import annotations
@@ -17,22 +24,70 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import sqlalchemy as sa
+
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
 from onefold.platform.config import ConfigError, load_settings, prepare_data_dir
+from onefold.platform.errors import NotFound
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import NatsServerProcess, die_with_parent
 from onefold.platform.ports import free_port, port_in_use
-from onefold.platform.service import NATS_HEALTH_NAME, ensure_bootstrap_admin
+from onefold.platform.service import NATS_HEALTH_NAME, PRIVATE_UMASK, ensure_bootstrap_admin
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 HTTP_SERVICES = frozenset({"ingest"})  # the Segment-compatible tracking API
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
 SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
+KEY_DIR_ENV = "ONEFOLD_KEY_DIR"
+LEGACY_KEY_DIR = "keys"  # <data-dir>/keys: where keys lived before the key dir existed
+INSTALLATION_ID_FILE = "installation-id"
+KEY_SUFFIX = ".kek"
+
+
+def installation_id(data_dir: Path) -> str:
+    """A random id of this installation, kept in its data dir (names its key dir)."""
+    path = data_dir / INSTALLATION_ID_FILE
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    with contextlib.suppress(FileExistsError), path.open("x") as file:
+        file.write(uuid.uuid4().hex + "\n")
+    return path.read_text().strip()
+
+
+def default_key_dir(data_dir: Path) -> Path:
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return config_home / "onefold" / "keys" / installation_id(data_dir)
+
+
+def resolve_key_dir(data_dir: Path, key_dir: Path | None, services: tuple[str, ...] = SERVICES) -> Path:
+    """Where the services' key files are; refuses a layout that would make new keys for old data.
+
+    Keys already under <data-dir>/keys stay there unless a key dir is named; naming one while a
+    service's key is only in the data dir is an error (move the file first), never a fresh key."""
+    legacy = data_dir / LEGACY_KEY_DIR
+    legacy_keys = {name for name in services if (legacy / f"{name}{KEY_SUFFIX}").exists()}
+    if key_dir is None:
+        if legacy_keys:
+            return legacy
+        key_dir = default_key_dir(data_dir)
+    key_dir = key_dir.resolve()
+    stranded = sorted(name for name in legacy_keys if not (key_dir / f"{name}{KEY_SUFFIX}").exists())
+    if stranded and key_dir != legacy.resolve():
+        raise ConfigError(
+            f"the key-encryption keys of {', '.join(stranded)} are in {legacy}, not in {key_dir}; "
+            f"move the *{KEY_SUFFIX} files there first (without them the data cannot be read)"
+        )
+    return key_dir
+
+
+def key_file(key_dir: Path, service: str) -> Path:
+    return key_dir / f"{service}{KEY_SUFFIX}"
 
 
 @dataclass
@@ -59,6 +114,7 @@ class Supervisor:
     data_dir: Path
     nats_url: str | None = None
     config_file: Path | None = None
+    key_dir: Path | None = None
     report: Callable[[str], None] = print
     services: tuple[str, ...] = SERVICES
     children: dict[str, Child] = field(default_factory=dict)
@@ -66,6 +122,8 @@ class Supervisor:
     admin: IssuedCredential | None = None
     _lock: IO[str] | None = None
     _service_token: str = field(default="", repr=False)
+    _service_credential_id: str = ""
+    _auth_url: str = ""
     _stopping: bool = False
 
     # -- start ----------------------------------------------------------------------------------
@@ -74,6 +132,7 @@ class Supervisor:
         # Validate the configuration the services will read before starting anything, so a typo is
         # one sentence here rather than five crashed processes.
         settings = [load_settings(name, self.config_file) for name in self.services]
+        os.umask(PRIVATE_UMASK)  # what this process and its children create is the user's alone
         prepare_data_dir(self.data_dir)
         (self.data_dir / "run").mkdir(exist_ok=True)
         (self.data_dir / "logs").mkdir(exist_ok=True)
@@ -84,16 +143,37 @@ class Supervisor:
             lock.close()  # not ours: stop() must leave the running instance's files alone
             raise ConfigError(f"another `onefold up` is already running on {self.data_dir}") from None
         self._lock = lock
+        self._prepare_keys()
         # The store the services will read: the configured one, else the data dir's.
-        store = CredentialStore(settings[0].auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}")
+        self._auth_url = settings[0].auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
+        store = CredentialStore(self._auth_url)
         store.create_schema()
         self.admin = ensure_bootstrap_admin(store)
-        # A fresh service credential each start, for services calling each other; the last one is revoked.
+        # A fresh service credential each start, for services calling each other. Stop revokes it;
+        # after a crash (no stop) the one left active is revoked here.
         for row in store.list(ANY_WORKSPACE):
             if row["name"] == SERVICE_CREDENTIAL_NAME and row["revoked_at"] is None:
                 store.revoke(str(row["id"]))
-        self._service_token = store.issue(ANY_WORKSPACE, ["service"], name=SERVICE_CREDENTIAL_NAME).token
+        issued = store.issue(ANY_WORKSPACE, ["service"], name=SERVICE_CREDENTIAL_NAME)
+        self._service_token, self._service_credential_id = issued.token, issued.id
         store.engine.dispose()
+
+    def _prepare_keys(self) -> None:
+        """Settle the key dir; refuse to start a service whose data exists but whose key does not."""
+        self.key_dir = resolve_key_dir(self.data_dir, self.key_dir, self.services)
+        if self.key_dir.resolve().is_relative_to(self.data_dir.resolve()):
+            self.report(
+                f"the key-encryption keys are in {self.key_dir}, inside the data dir: a copy of it holds the "
+                "keys too; move them out (e.g. to ~/.config/onefold/keys/) and pass --key-dir"
+            )
+        for name in self.services:
+            database = self.data_dir / f"{name}.db"
+            if database.exists() and not key_file(self.key_dir, name).exists():
+                raise ConfigError(
+                    f"{database} exists but its key-encryption key {key_file(self.key_dir, name)} does not; "
+                    "pass the --key-dir that holds it (a new key could not read the data)"
+                )
+        self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _previous_ports(self) -> dict[str, int]:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -123,9 +203,9 @@ class Supervisor:
                 "ONEFOLD_NATS__URL": nats_url,
                 "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false",
                 "ONEFOLD_AUTH__SERVICE_TOKEN": self._service_token,
-                # Local use only: each service's key-encryption key in a 0600 file under the data dir.
+                # Local use only: each service's key-encryption key in a 0600 file in the key dir.
                 # In Kubernetes it comes from a Secret (ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY).
-                "ONEFOLD_EVENTLOG__KEY_FILE": str(self.data_dir / "keys" / f"{child.name}.kek"),
+                "ONEFOLD_EVENTLOG__KEY_FILE": str(key_file(self.key_dir or self.data_dir, child.name)),
             }
         )
         # Every service can reach the others (consent resolves subjects and runs data-subject requests).
@@ -246,10 +326,25 @@ class Supervisor:
         if self.nats:
             self.nats.stop()
         if self._lock:
+            self._revoke_service_credential()
             with contextlib.suppress(OSError):
                 (self.data_dir / ENDPOINTS_FILE).unlink()
             self._lock.close()
             self._lock = None
+
+    def _revoke_service_credential(self) -> None:
+        if not self._service_credential_id:
+            return
+        store = CredentialStore(self._auth_url)
+        try:
+            store.revoke(self._service_credential_id)
+        except NotFound:
+            pass  # revoked by hand meanwhile
+        except sa.exc.SQLAlchemyError:
+            self.report("could not revoke the service credential now; the next start revokes it")
+        finally:
+            store.engine.dispose()
+        self._service_credential_id, self._service_token = "", ""
 
 
 def _last_line(path: Path) -> str:

@@ -3,8 +3,9 @@
 `Verify` re-hashes the whole chain, checks it against the digests recorded earlier and against the
 hashes the caller brings from the witnesses (the witness stream, downstream services' consumed
 heads: `onefold audit verify` reads them from NATS), and names the first position that is wrong
-and the witness it disagrees with;
-`Head` gives the current head. Both need the `audit:read` scope.
+and the witness it disagrees with; `Head` gives the current head. Both answer for the whole
+installation's log (every workspace's events), so they need `installation:admin` — held by the
+bootstrap admin and service credentials, never implied by one workspace's `admin` or `audit:read`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import grpc
 from onefold.contracts.eventlog.v1 import eventlog_pb2 as pb
 from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.store import EventStore
+from onefold.platform.auth import INSTALLATION_ADMIN
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventLogService"]
-SCOPES = {"Verify": "audit:read", "Head": "audit:read"}
+SCOPES = {"Verify": INSTALLATION_ADMIN, "Head": INSTALLATION_ADMIN}
 MAX_EXPECTED = 100_000
 
 

@@ -11,6 +11,14 @@ Two levels of keys:
   from then on its ciphertext is noise.
 
 Wrapped-key format: ``b"\\x01" | kek_id (8) | nonce (12) | AES-GCM(dek) (32 + 16 tag)``.
+
+Rotation (`onefold keys rotate`, EventStore.rotate_key_encryption_key) replaces the KEK by a new one
+and re-wraps every data key. While it runs the new KEK carries the old one as `previous`, and a wrapped
+key's kek_id picks which one unwraps it, so a half-rotated table reads fine. Keys derived for other
+purposes (blind indexes, signatures) must not change with the KEK — stored blind indexes and
+signatures would stop matching — so a rotated KEK carries them along as plain derived keys (HMAC
+outputs: they cannot unwrap anything). Its text form is then several lines: the KEK's base64, then
+``derived <purpose> <base64>`` per purpose (`to_text` / `from_text`).
 Sealed-data format: ``flags (1) | nonce (12) | AES-GCM(plaintext)``; flag bit 0 = zlib-compressed.
 """
 
@@ -23,7 +31,7 @@ import hmac
 import os
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,12 +47,27 @@ _FLAG_ZLIB = 0x01
 _ZLIB_PREFIX = bytes((_FLAG_ZLIB,))
 # Compression pays only for larger plaintexts; below this it costs time and rarely saves bytes.
 COMPRESS_MIN_BYTES = 256
+# Every purpose `KeyEncryptionKey.derive` is called with; a rotation carries exactly these over (a
+# purpose missing here would get a different key after a rotation, so `derive` refuses it).
+DERIVED_PURPOSES = (
+    "blind-index",  # store.blind_index: identifiers looked up by keyed hash
+    "dsr-completion-record",  # consent: signatures of completed data-subject requests
+    "dsr-identifier-hash",  # consent: keyed hashes of an erasure request's identifiers
+    "chain-digest-signing",  # digests: the Ed25519 key that signs chain heads (pinned by witnesses)
+)
+_DERIVED_LINE = "derived"
 
 
 class KeyEncryptionKey:
     """The service's key-encryption key: wraps and unwraps per-subject data keys."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(
+        self,
+        key: bytes,
+        *,
+        derived: Mapping[str, bytes] | None = None,
+        previous: KeyEncryptionKey | None = None,
+    ) -> None:
         if len(key) != KEY_BYTES:
             raise MissingKeyEncryptionKey(
                 f"a key-encryption key must be {KEY_BYTES} bytes, got {len(key)}; "
@@ -54,6 +77,10 @@ class KeyEncryptionKey:
         self._aead = AESGCM(key)
         # Identifies the KEK without revealing it, so a mismatch is a clear error, not an InvalidTag.
         self.key_id = hashlib.sha256(b"onefold kek id\x00" + key).digest()[:8]
+        # None: derived from this key (never rotated). Otherwise carried over from before a rotation.
+        self._derived = dict(derived) if derived is not None else None
+        # The KEK being rotated away from: unwraps (never wraps) the keys not re-wrapped yet.
+        self.previous = previous
 
     @classmethod
     def generate(cls) -> KeyEncryptionKey:
@@ -77,14 +104,54 @@ class KeyEncryptionKey:
             )
         return cls.from_base64(text)
 
+    @classmethod
+    def from_text(cls, text: str) -> KeyEncryptionKey:
+        """Read `to_text`'s form: one base64 line, then any `derived <purpose> <base64>` lines."""
+        lines = [line.split() for line in text.strip().splitlines() if line.strip()]
+        if not lines or len(lines[0]) != 1:
+            raise MissingKeyEncryptionKey("the key-encryption key must start with one line of base64")
+        key = cls.from_base64(lines[0][0])._key
+        if len(lines) == 1:
+            return cls(key)
+        derived: dict[str, bytes] = {}
+        for line in lines[1:]:
+            if len(line) != 3 or line[0] != _DERIVED_LINE:
+                raise MissingKeyEncryptionKey(
+                    "each line after the key-encryption key must be 'derived <purpose> <base64>'"
+                )
+            derived[line[1]] = cls.from_base64(line[2])._key
+        return cls(key, derived=derived)
+
     def to_base64(self) -> str:
         return base64.b64encode(self._key).decode()
+
+    def to_text(self) -> str:
+        """The key as text for a key file or a Secret (with its carried-over derived keys, if any)."""
+        lines = [self.to_base64()]
+        for purpose, derived in sorted((self._derived or {}).items()):
+            lines.append(f"{_DERIVED_LINE} {purpose} {base64.b64encode(derived).decode()}")
+        return "\n".join(lines) + "\n"
+
+    def rotated(self) -> KeyEncryptionKey:
+        """A new random KEK that derives the same keys as this one and unwraps its keys meanwhile."""
+        derived = {purpose: self.derive(purpose) for purpose in DERIVED_PURPOSES}
+        derived.update(self._derived or {})
+        return KeyEncryptionKey(os.urandom(KEY_BYTES), derived=derived, previous=self)
+
+    def without_previous(self) -> KeyEncryptionKey:
+        return KeyEncryptionKey(self._key, derived=self._derived)
+
+    def wrapped_by_this(self, wrapped: bytes) -> bool:
+        """Whether `wrapped` was wrapped by this KEK (not by its previous one)."""
+        return wrapped[:1] == _WRAP_FORMAT and wrapped[1:9] == self.key_id
 
     def wrap(self, data_key: bytes, subject: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return _WRAP_FORMAT + self.key_id + nonce + self._aead.encrypt(nonce, data_key, subject.encode())
 
     def unwrap(self, wrapped: bytes, subject: str) -> bytes:
+        if self.previous is not None and self.previous.wrapped_by_this(wrapped):
+            return self.previous.unwrap(wrapped, subject)
         if wrapped[:1] != _WRAP_FORMAT or wrapped[1:9] != self.key_id:
             raise WrongKeyEncryptionKey(
                 f"the data key of subject '{subject}' was wrapped by a different key-encryption key "
@@ -99,7 +166,13 @@ class KeyEncryptionKey:
             ) from None
 
     def derive(self, purpose: str) -> bytes:
-        """A separate key for another purpose (e.g. blind indexes), so one key never serves two."""
+        """A separate key for another purpose (e.g. blind indexes), so one key never serves two.
+
+        `purpose` must be listed in DERIVED_PURPOSES, so a rotation keeps its key unchanged."""
+        if purpose not in DERIVED_PURPOSES:
+            raise ValueError(f"derived-key purpose '{purpose}' must be listed in cipher.DERIVED_PURPOSES")
+        if self._derived is not None:
+            return self._derived[purpose]
         return hmac.digest(self._key, b"onefold derive\x00" + purpose.encode(), "sha256")
 
 

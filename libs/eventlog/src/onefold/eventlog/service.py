@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from onefold.eventlog.digests import (
     check_start,
 )
 from onefold.eventlog.errors import MissingKeyEncryptionKey
+from onefold.eventlog.keyfile import load_key_file
 from onefold.eventlog.lease import LeaderLease
 from onefold.eventlog.projections import Projection, Projector
 from onefold.eventlog.registry import EventRegistry
@@ -66,20 +66,25 @@ def key_encryption_key(settings: Settings) -> KeyEncryptionKey:
 
     A key file that does not exist yet is created (mode 0600) — for `onefold up` on one machine.
     Without either the service refuses to start: personal data must never be written unprotected,
-    and a key made up on the spot in a container would be lost with it.
+    and a key made up on the spot in a container would be lost with it. A key file inside the data
+    directory is a warning: a copy of the directory (a backup) would hold both the data and its key.
     """
     config = settings.eventlog
     try:
         if config.key_encryption_key:
-            return KeyEncryptionKey.from_base64(config.key_encryption_key)
+            return KeyEncryptionKey.from_text(config.key_encryption_key)
         if config.key_file:
             path = Path(config.key_file)
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(descriptor, "w") as file:
-                    file.write(KeyEncryptionKey.generate().to_base64() + "\n")
-            return KeyEncryptionKey.from_base64(path.read_text())
+            kek = load_key_file(path, create=True)
+            if path.resolve().is_relative_to(settings.data_dir.resolve()):
+                log.warning(
+                    "eventlog.key_beside_data",
+                    key_file=str(path),
+                    data_dir=str(settings.data_dir),
+                    advice="keep the key-encryption key outside the data directory "
+                    "(onefold up --key-dir, eventlog.key_file or ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY)",
+                )
+            return kek
     except MissingKeyEncryptionKey as error:
         raise ConfigError(f"eventlog key-encryption key: {error}") from None
     except OSError as error:

@@ -741,6 +741,65 @@ class EventStore:
         if self.is_sqlite:
             self.checkpoint_wal()
 
+    def rewrap_data_keys(
+        self, *, batch_size: int = 1000, progress: Callable[[int, int], None] | None = None
+    ) -> int:
+        """Key rotation: re-wrap every live data key under this store's KEK; return how many changed.
+
+        The store's KEK is the new one with the old one as its `previous` (see keyfile.py): keys
+        still wrapped by the old KEK are unwrapped by it, re-wrapped by the new one and written back,
+        `batch_size` rows per transaction, in subject order. The data keys themselves do not change,
+        so nothing else is rewritten and every row is readable before, during and after. Interrupted,
+        it is simply run again: rows already re-wrapped are skipped. It repeats until a full pass
+        finds nothing left (a key written meanwhile by a process that had only the old KEK).
+        `progress(done, total)` is called after each batch.
+        """
+        if self.keys is None:
+            raise MissingKeyEncryptionKey("re-wrapping data keys needs the new key-encryption key")
+        keys = self.keys
+        table = schema.subject_keys
+        live = table.c.wrapped_key.is_not(None)
+        with self.engine.connect() as conn:
+            total = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(live)).scalar() or 0)
+        update = (
+            table.update()
+            .where(table.c.subject == sa.bindparam("key_subject"), live)
+            .values(wrapped_key=sa.bindparam("new_wrapped_key"))
+        )
+        rewrapped = 0
+        while True:
+            changed_this_pass, done, after = 0, 0, ""
+            while True:
+                with self.transaction() as conn:
+                    rows = conn.execute(
+                        sa.select(table.c.subject, table.c.wrapped_key)
+                        .where(table.c.subject > after, live)
+                        .order_by(table.c.subject)
+                        .limit(batch_size)
+                    ).all()
+                    changes = [
+                        {
+                            "key_subject": subject,
+                            "new_wrapped_key": keys.wrap(keys.unwrap(bytes(wrapped), subject), subject),
+                        }
+                        for subject, wrapped in rows
+                        if not keys.wrapped_by_this(bytes(wrapped))
+                    ]
+                    if changes:
+                        conn.execute(update, changes)
+                if not rows:
+                    break
+                after = rows[-1][0]
+                done += len(rows)
+                changed_this_pass += len(changes)
+                if progress is not None:
+                    progress(done, max(total, done))  # keys created meanwhile can pass the count
+            rewrapped += changed_this_pass
+            if changed_this_pass == 0:
+                break
+        self.checkpoint_wal()
+        return rewrapped
+
     def data_keys(self, subjects: Sequence[str]) -> dict[str, bytes | None]:
         """The unwrapped data keys of `subjects` (None = erased), for consumers of this log's events on
         the bus (keyaccess.SubjectKeyServicer). A subject this log never held is absent."""

@@ -4,7 +4,12 @@ A credential is `ofk_<id>_<secret>`. Only SHA-256 of the secret is stored (the s
 bits, so a slow password hash buys nothing). Each credential belongs to exactly one workspace and
 carries scopes; `admin` implies every scope inside its own workspace, never another's. Service
 credentials (workspace `*`, scope `service`) let Onefold services call each other on behalf of the
-workspace named in the `x-onefold-workspace` metadata.
+workspace named in the `x-onefold-workspace` metadata. `installation:admin` is the one scope about the
+whole installation rather than a workspace (e.g. the whole event log's counts and heads): a workspace's
+`admin` does not imply it; the bootstrap admin and service credentials hold it.
+
+Denied calls are logged through `DenialLog`: the reason and the method, never the presented token,
+rate-limited per (reason, method) so a flood of bad calls cannot fill the disk.
 
 The store is a small SQL database shared by the services of one installation (SQLite file under the
 data dir for `onefold up`, PostgreSQL in production); services only read it, and cache what they
@@ -19,7 +24,8 @@ import hmac
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,10 +35,13 @@ from sqlalchemy.engine import Engine
 from onefold.contracts.common.v1 import errors_pb2
 from onefold.platform.database import create_engine
 from onefold.platform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from onefold.platform.telemetry import get_logger
 
+INSTALLATION_ADMIN = "installation:admin"
 SCOPES = frozenset(
     {
         "admin",
+        INSTALLATION_ADMIN,
         "service",
         "ingest:write",
         "profiles:read",
@@ -86,7 +95,11 @@ class Principal:
         return self.workspace == ANY_WORKSPACE and "service" in self.scopes
 
     def has_scope(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes or (self.is_service and scope != "admin")
+        if scope in self.scopes:
+            return True
+        if scope == INSTALLATION_ADMIN:  # about every workspace: a workspace's admin never implies it
+            return self.is_service
+        return "admin" in self.scopes or (self.is_service and scope != "admin")
 
 
 @dataclass(frozen=True)
@@ -151,6 +164,11 @@ def require_workspace(requested: str) -> str:
     resolved = workspace_for(principal, requested) if requested else current_workspace()
     assert resolved is not None
     return resolved
+
+
+def current_principal_or_none() -> Principal | None:
+    """The authenticated caller, if authentication got that far (for logging a denied call)."""
+    return _current_principal.get()
 
 
 def require_scope(scope: str) -> Principal:
@@ -241,6 +259,24 @@ class CredentialStore:
             raise NotFound(f"no active credential with id '{credential_id}'")
         self._cache.clear()
 
+    def add_scopes(self, credential_id: str, scopes: Iterable[str]) -> None:
+        """Give an active credential these scopes too (no-op when it has them or is gone/revoked)."""
+        wanted = set(validate_scopes(scopes))
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                sa.select(credentials_table.c.scopes).where(
+                    credentials_table.c.id == credential_id, credentials_table.c.revoked_at.is_(None)
+                )
+            ).scalar()
+            if held is None or wanted <= set(held.split()):
+                return
+            conn.execute(
+                credentials_table.update()
+                .where(credentials_table.c.id == credential_id)
+                .values(scopes=" ".join(sorted(wanted | set(held.split()))))
+            )
+        self._cache.clear()
+
     def list(self, workspace: str | None = None) -> list[dict[str, object]]:
         query = sa.select(
             credentials_table.c.id,
@@ -282,3 +318,49 @@ class CredentialStore:
         principal = Principal(cred_id, row.workspace, frozenset(row.scopes.split()), row.name)
         self._cache[token] = (now, principal)
         return principal
+
+
+class DenialLog:
+    """Logs denied requests, at most `per_minute` lines per (reason, where) each minute.
+
+    The first lines of a minute are written; the rest are counted, and the next line written for
+    that key carries `suppressed` (how many were left out since the previous line). Callers pass
+    only what is safe to keep: a reason code, the method or route, ids — never a token or a secret.
+    """
+
+    def __init__(
+        self,
+        logger_name: str,
+        *,
+        per_minute: int = 10,
+        max_keys: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = get_logger(logger_name)
+        self.per_minute = per_minute
+        self.max_keys = max_keys
+        self._clock = clock
+        # (reason, where) -> [window start, lines written in it, suppressed since the last line]
+        self._windows: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def denied(self, reason: str, where: str, **fields: object) -> bool:
+        """Log one denial (or count it as suppressed); True when a line was written."""
+        now = self._clock()
+        key = (reason, where)
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= 60.0:
+            suppressed = int(window[2]) if window is not None else 0
+            window = [now, 0, suppressed]
+            self._windows[key] = window
+        self._windows.move_to_end(key)
+        while len(self._windows) > self.max_keys:  # a bounded table, whatever callers send
+            self._windows.popitem(last=False)
+        if window[1] >= self.per_minute:
+            window[2] += 1
+            return False
+        window[1] += 1
+        suppressed, window[2] = int(window[2]), 0
+        if suppressed:
+            fields["suppressed"] = suppressed
+        self._log.warning("auth.denied", reason=reason, where=where, **fields)
+        return True

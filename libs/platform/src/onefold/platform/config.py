@@ -8,6 +8,7 @@ typo in a config file must never be silently ignored.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -201,13 +202,46 @@ def load_settings(
         raise ConfigError(_explain(exc, origin)) from None
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
 def prepare_data_dir(path: Path) -> Path:
-    """Create the data directory and prove it is writable, or say why not in one sentence."""
+    """Create the data directory (0700) and prove it is writable, or say why not in one sentence.
+
+    What an older version left readable to others (0644 databases, 0755 directories) is made private
+    here: every directory 0700, every file 0600. Entries owned by another user are left alone."""
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        make_private(path)
         probe = path / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"data directory {path} is not usable: {exc.strerror or exc}") from None
     return path
+
+
+def make_private(root: Path) -> None:
+    """chmod `root` and everything under it to owner-only (dirs 0700, files 0600), without
+    following symbolic links; entries removed meanwhile (a concurrent writer) are skipped."""
+    me = os.geteuid()
+    _chmod_private(root, me)
+    for directory, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            _chmod_private(Path(directory) / name, me)
+
+
+def _chmod_private(path: Path, owner: int) -> None:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if info.st_uid != owner or not (stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+        return
+    mode = PRIVATE_DIR_MODE if stat.S_ISDIR(info.st_mode) else PRIVATE_FILE_MODE
+    if stat.S_IMODE(info.st_mode) != mode:
+        try:
+            path.chmod(mode)
+        except FileNotFoundError:
+            return

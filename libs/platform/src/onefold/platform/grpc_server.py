@@ -4,7 +4,8 @@ One interceptor wraps every RPC's behaviour (so ContextVars it sets are visible 
 own task): it extracts the trace context, authenticates the bearer credential, checks the workspace
 named in `x-onefold-workspace` and the method's scope, then maps raised OnefoldErrors to gRPC status
 codes with `google.rpc` details. Health checks and reflection are the only unauthenticated methods,
-because Kubernetes probes carry no credentials.
+because Kubernetes probes carry no credentials. Every UNAUTHENTICATED / PERMISSION_DENIED answer is
+logged (`auth.denied`, rate-limited, see auth.DenialLog).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ PUBLIC_METHOD_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 AUTHENTICATED = ""  # scope marker: any valid credential
+_DENIED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 @dataclass
@@ -67,6 +69,16 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
         self.policy = policy
         self.service = service
         self._tracer = tracer(f"onefold.{service}.grpc")
+        self.denials = auth.DenialLog("onefold.grpc")
+
+    def log_denied(self, method: str, error: OnefoldError) -> None:
+        """Record a refused call: reason, method and the caller's credential id when it was valid.
+
+        Not the peer address (personal data) nor the message (it may echo request fields)."""
+        principal = auth.current_principal_or_none()
+        fields = {"credential_id": principal.credential_id} if principal else {}
+        reason = errors_pb2.ErrorReason.Name(error.reason)
+        self.denials.denied(reason, method, service=self.service, code=error.code.name, **fields)
 
     async def intercept_service(
         self,
@@ -123,6 +135,8 @@ class _Guard:
                 except OnefoldError as error:
                     code = error.code
                     span.set_attribute("rpc.grpc.status_code", error.code.value[0])
+                    if code in _DENIED:
+                        self.interceptor.log_denied(self.method, error)
                     await context.abort_with_status(rpc_status.to_status(error.to_status()))
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     code = context.code() or grpc.StatusCode.CANCELLED

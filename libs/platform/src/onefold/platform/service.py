@@ -10,6 +10,7 @@ Nothing connects at import time.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +33,9 @@ from onefold.platform.telemetry import configure_logging, configure_tracing, get
 NATS_HEALTH_NAME = "onefold.nats"
 BOOTSTRAP_ADMIN_WORKSPACE = "default"
 BOOTSTRAP_ADMIN_ID = "0000000000000000"
+BOOTSTRAP_ADMIN_SCOPES = ("admin", auth.INSTALLATION_ADMIN)
+# Whatever a service creates (databases and their -wal/-shm, keys, logs) is for its own user only.
+PRIVATE_UMASK = 0o077
 log = get_logger("onefold.service")
 
 
@@ -98,18 +102,27 @@ def platform_registration(service: str, version: str) -> ServiceRegistration:
 
 
 def ensure_bootstrap_admin(store: CredentialStore) -> auth.IssuedCredential | None:
-    """Issue the first admin credential, once per installation; return it only to the one that made it."""
+    """Issue the first admin credential, once per installation; return it only to the one that made it.
+
+    The bootstrap admin also holds `installation:admin`; one issued before that scope existed is given
+    it here (it was the installation's administrator already), so `onefold audit verify` keeps working.
+    """
     if store.has_admin():
+        store.add_scopes(BOOTSTRAP_ADMIN_ID, BOOTSTRAP_ADMIN_SCOPES)
         return None
     try:
         return store.issue(
-            BOOTSTRAP_ADMIN_WORKSPACE, ["admin"], name="bootstrap admin", credential_id=BOOTSTRAP_ADMIN_ID
+            BOOTSTRAP_ADMIN_WORKSPACE,
+            BOOTSTRAP_ADMIN_SCOPES,
+            name="bootstrap admin",
+            credential_id=BOOTSTRAP_ADMIN_ID,
         )
     except sa.exc.IntegrityError:  # another process won the race; its output shows the credential
         return None
 
 
 async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> None:
+    os.umask(PRIVATE_UMASK)
     prepare_data_dir(settings.data_dir)
     store = CredentialStore(settings.auth_database_url(), cache_seconds=settings.auth.cache_seconds)
     await asyncio.to_thread(store.create_schema)

@@ -53,6 +53,7 @@ from onefold.ingest.application import IngestApplication, Source
 from onefold.ingest.domain import DEFAULT_LIMITS, Limits, PayloadTooLarge, parse_request
 from onefold.ingest.domain.segment import load_request, parse_loaded
 from onefold.ingest.entrypoints.http_openapi import BATCH_PATHS, CALL_DOCS, openapi_document
+from onefold.platform.auth import DenialLog
 from onefold.platform.config import ConfigError, HttpSettings
 from onefold.platform.errors import (
     AlreadyExists,
@@ -69,6 +70,8 @@ from onefold.platform.errors import (
 from onefold.platform.telemetry import extract_context, get_logger, tracer
 
 log = get_logger("onefold.ingest.http")
+# Refused write keys (401/403): logged by reason and route, never the key, at most N a minute each.
+DENIALS = DenialLog("onefold.ingest.http")
 
 HTTP_REQUESTS = Counter(
     "onefold_http_requests_total", "HTTP tracking API requests handled", ["route", "status"]
@@ -362,6 +365,10 @@ class TrackingApi:
                 try:
                     response = await self._ingest(request, reader, call)
                 except OnefoldError as error:
+                    if isinstance(error, Unauthenticated | PermissionDenied):
+                        DENIALS.denied(
+                            errors_pb2.ErrorReason.Name(error.reason), route, status=status_for(error)
+                        )
                     response = error_response(error)
                 except ClientDisconnected:
                     response = Response(status_code=400)
