@@ -488,7 +488,7 @@ def ingest_with_k8s_settings(tmp_path: Path, nats_server: NatsServerProcess) -> 
         env.pop(local)
     env["ONEFOLD_DATABASE__URL"] = f"sqlite:///{tmp_path / 'ingest.db'}"
     env["ONEFOLD_AUTH__DATABASE_URL"] = f"sqlite:///{tmp_path / 'auth.db'}"
-    service = ServiceProcess("ingest", tmp_path / "data", nats_server.url, extra_env=env)
+    service = ServiceProcess("ingest", tmp_path / "data", nats_server, extra_env=env)
     service.start()
     yield service
     service.stop()

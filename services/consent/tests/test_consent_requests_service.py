@@ -36,6 +36,7 @@ from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
 from onefold.contracts.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from onefold.eventlog import KeyEncryptionKey
 from onefold.platform.auth import CredentialStore
+from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.processes import ServiceProcess
 
@@ -121,7 +122,7 @@ class Stack:
             {"ONEFOLD_AUTH__SERVICE_TOKEN": self.service_token, "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
         )
         port = self.consent.port if self.consent is not None else 0
-        self.consent = ServiceProcess("consent", self.data, self.nats.url, port=port, extra_env=env)
+        self.consent = ServiceProcess("consent", self.data, self.nats, port=port, extra_env=env)
         self.consent.start()
         return self.consent
 
@@ -142,7 +143,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     nats_server.start()
     quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
     processes = [
-        ServiceProcess(name, data, nats_server.url, extra_env=quiet)
+        ServiceProcess(name, data, nats_server, extra_env=quiet)
         for name in ("ingest", "identity", "segments")
     ]
     stand_in = StandIn()
@@ -294,11 +295,11 @@ def steps(request: pb.SubjectRequest) -> dict[str, pb.RequestStep]:
     return {step.service: step for step in request.steps}
 
 
-def bus_erasure(nats_url: str, workspace: str) -> pb.ErasureRequested | None:
+def bus_erasure(nats_server: NatsServerProcess, workspace: str) -> pb.ErasureRequested | None:
     """The ErasureRequested consent's relay published on the bus for `workspace`, if any yet."""
 
     async def fetch() -> pb.ErasureRequested | None:
-        client = await nats.connect(nats_url)
+        client = await nats.connect(nats_server.url, **nats_server.connect_options(ADMIN))
         try:
             stream = client.jetstream()
             subscription = await stream.pull_subscribe(
@@ -396,7 +397,7 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
     lookup = identity_pb2.ResolveRequest(identifier=identity_pb2.Identifier(type="user_id", value="lee"))
     assert not ws.call(ws.identity(), "Resolve", lookup, "profiles:read").found
     # ErasureRequested went out on the bus, with the identifiers, for every listening service.
-    announced = wait_for(lambda: bus_erasure(stack.nats.url, ws.name), "ErasureRequested on the bus")
+    announced = wait_for(lambda: bus_erasure(stack.nats, ws.name), "ErasureRequested on the bus")
     assert announced.request_id == opened.request_id and announced.profile_id == profile_id
     assert {(i.type, i.value) for i in announced.identifiers} >= {
         ("user_id", "lee"),

@@ -24,6 +24,7 @@ The subject and stream names mirror onefold.eventlog.streams (pinned by the test
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -164,4 +165,4 @@ def environment_password(user: str) -> str:
 
 
 if __name__ == "__main__":  # the block deploy/k8s/components/nats/nats.yaml embeds
-    print(authorization_config(environment_password), end="")
+    sys.stdout.write(authorization_config(environment_password))

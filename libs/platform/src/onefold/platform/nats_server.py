@@ -74,6 +74,11 @@ class BusCredentials:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
 
+    @classmethod
+    def of_server(cls, store_dir: Path) -> BusCredentials:
+        """The credentials of the server whose store is `store_dir` (a NatsServerProcess's)."""
+        return cls(Path(store_dir) / "credentials")
+
     def password_file(self, user: str) -> Path:
         if user not in USERS:
             raise ConfigError(f"'{user}' is not a NATS user of Onefold (one of: {', '.join(USERS)})")
@@ -106,7 +111,7 @@ class NatsServerProcess:
         self.port = port or free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / "nats-server.log"
-        self.credentials = BusCredentials(self.store_dir / "credentials")
+        self.credentials = BusCredentials.of_server(self.store_dir)
 
     @property
     def url(self) -> str:
