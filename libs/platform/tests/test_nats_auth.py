@@ -35,6 +35,8 @@ from onefold.platform.bus_permissions import (
     durable_of,
     stream_of,
 )
+from onefold.platform.config import ConfigError, NatsSettings
+from onefold.platform.nats import connect_options, safe_url
 from onefold.platform.nats_server import NatsServerProcess
 
 EVENT = "onefold.ingest.EventAccepted.acme.3"
@@ -310,3 +312,12 @@ def test_a_password_file_made_readable_by_others_is_made_private_again(tmp_path:
         assert stat.S_IMODE(loose.stat().st_mode) == 0o600
     finally:
         server.stop()
+
+
+def test_an_unreadable_password_file_is_one_sentence_without_the_secret(tmp_path: Path) -> None:
+    missing = tmp_path / "identity.password"
+    with pytest.raises(ConfigError) as caught:
+        connect_options(NatsSettings(user="identity", password_file=str(missing)))
+    assert str(caught.value) == f"cannot read the NATS password file {missing}: No such file or directory"
+    assert safe_url("nats://identity:s3cret@127.0.0.1:4222") == "nats://127.0.0.1:4222"
+    assert safe_url("tls://nats:4222") == "tls://nats:4222"
