@@ -157,6 +157,7 @@ class NatsServerProcess:
             raise ConfigError(f"port {self.port} is already in use, so nats-server cannot listen there")
         config = self._write_config()
         log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.fchmod(log.fileno(), 0o600)  # also a log an older release created with the umask's mode
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)],
             stdout=log,
