@@ -190,7 +190,7 @@ def start_system(directory: Path) -> tuple[NatsServerProcess, ServiceProcess, st
     service = ServiceProcess(
         name="consent",
         data_dir=data_dir,
-        nats_url=nats_server.url,
+        nats=nats_server,
         extra_env={"ONEFOLD_AUTH__CACHE_SECONDS": "60", "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING"},
     )
     try:

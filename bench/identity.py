@@ -148,6 +148,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 if TYPE_CHECKING:
     from onefold.eventlog import EventStore
+    from onefold.platform.nats_server import NatsServerProcess
 
 IDENTIFIER_TYPES: tuple[str, ...] = ("user_id", "anonymous_id", "email", "phone", "device_id")
 TARGETS = {
@@ -996,7 +997,7 @@ class IdentitySystem:
         self.service = ServiceProcess(
             name="identity",
             data_dir=self.data_dir,
-            nats_url=self.nats.url,
+            nats=self.nats,
             extra_env={
                 "ONEFOLD_AUTH__CACHE_SECONDS": "60",
                 "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING",
@@ -1032,7 +1033,7 @@ class IdentitySystem:
 
         from onefold.eventlog.streams import StreamSettings, ensure_dlq_stream, ensure_service_stream
 
-        connection = await nats.connect(self.nats.url)
+        connection = await nats.connect(self.nats.url, **self.nats.connect_options(UPSTREAM))
         try:
             js = connection.jetstream()
             await ensure_service_stream(js, UPSTREAM, StreamSettings())
@@ -1046,7 +1047,7 @@ class IdentitySystem:
 
         from onefold.eventlog.streams import consumer_name, stream_name
 
-        connection = await nats.connect(self.nats.url)
+        connection = await nats.connect(self.nats.url, **self.nats.connect_options("identity"))
         try:
             js = connection.jetstream()
             deadline = time.monotonic() + within
@@ -1087,12 +1088,15 @@ async def _set_unlimited_rules(target: str, token: str) -> dict[str, int]:
     return {rule.type: rule.limit for rule in applied.identifiers}
 
 
-async def _publish(nats_url: str, batch: Sequence[Outgoing], max_pending: int = 20_000) -> float:
+async def _publish(
+    nats_server: NatsServerProcess, batch: Sequence[Outgoing], max_pending: int = 20_000
+) -> float:
     """js.publish_async of every envelope (Nats-Msg-Id = event id), pipelined; seconds until the
     last acknowledgement."""
     import nats
 
-    connection = await nats.connect(nats_url)
+    # The bench plays ingest: its NATS user may publish exactly these subjects.
+    connection = await nats.connect(nats_server.url, **nats_server.connect_options(UPSTREAM))
     try:
         js = connection.jetstream(publish_async_max_pending=max_pending)
         started = time.perf_counter()
@@ -1109,7 +1113,7 @@ async def _publish(nats_url: str, batch: Sequence[Outgoing], max_pending: int = 
     return seconds
 
 
-async def _publish_atomic(nats_url: str, batch: Sequence[Outgoing]) -> float:
+async def _publish_atomic(nats_server: NatsServerProcess, batch: Sequence[Outgoing]) -> float:
     """The relay's normal path: atomic JetStream batches of up to 1000 envelopes (one
     acknowledgement and one fsync per batch), the next sent once this one is acknowledged."""
     import uuid
@@ -1118,7 +1122,8 @@ async def _publish_atomic(nats_url: str, batch: Sequence[Outgoing]) -> float:
 
     from onefold.eventlog.relay import BATCH_COMMIT, BATCH_ID, BATCH_SEQUENCE, MAX_ATOMIC_BATCH, MSG_ID
 
-    connection = await nats.connect(nats_url)
+    # The bench plays ingest: its NATS user may publish exactly these subjects.
+    connection = await nats.connect(nats_server.url, **nats_server.connect_options(UPSTREAM))
     try:
         started = time.perf_counter()
         for start in range(0, len(batch), MAX_ATOMIC_BATCH):
@@ -1139,11 +1144,14 @@ async def _publish_atomic(nats_url: str, batch: Sequence[Outgoing]) -> float:
         await connection.close()
 
 
-async def _publish_paced(nats_url: str, batch: Sequence[Outgoing], rate: float) -> dict[str, float]:
+async def _publish_paced(
+    nats_server: NatsServerProcess, batch: Sequence[Outgoing], rate: float
+) -> dict[str, float]:
     """Publish one envelope every 1/rate s (open loop); event id -> time.time() just before its publish."""
     import nats
 
-    connection = await nats.connect(nats_url)
+    # The bench plays ingest: its NATS user may publish exactly these subjects.
+    connection = await nats.connect(nats_server.url, **nats_server.connect_options(UPSTREAM))
     sent: dict[str, float] = {}
     try:
         js = connection.jetstream(publish_async_max_pending=10_000)
@@ -1474,7 +1482,7 @@ def run_mode(
             begin, begin_wall = time.perf_counter(), time.time()
             publisher = _publish if _option(args, "publish", "atomic") == "async" else _publish_atomic
             out["publish"] = "async" if publisher is _publish else "atomic"
-            publish_seconds = asyncio.run(publisher(system.nats.url, outgoing))
+            publish_seconds = asyncio.run(publisher(system.nats, outgoing))
             resolved_at_publish_end = watcher.position
             watcher.wait(stall, "bulk resolve", system.service.log_path)
             resolve_seconds = watcher.reached_at - begin
@@ -1601,7 +1609,7 @@ def run_mode(
                     0.002  # the tracking row polled every 2 ms: when each commit became visible
                 )
                 watcher.expect(paced[-1].position)
-                sent = asyncio.run(_publish_paced(system.nats.url, paced, paced_rate))
+                sent = asyncio.run(_publish_paced(system.nats, paced, paced_rate))
                 watcher.wait(stall, "paced resolve", system.service.log_path)
                 watcher.interval = 0.05
                 out["resolve_latency"] = _paced_latency(system.db_path, head_before, sent, watcher.visible)

@@ -53,6 +53,7 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.platform.auth import CredentialStore
+from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.ports import free_port, wait_for_port
@@ -396,9 +397,10 @@ def summarise(latencies: list[float], failures: int) -> dict[str, Any]:
     }
 
 
-async def jetstream_rate(nats_url: str, events: list[dict[str, Any]]) -> float:
+async def jetstream_rate(nats_server: NatsServerProcess, events: list[dict[str, Any]]) -> float:
     payloads = [(e["messageId"], orjson.dumps(e)) for e in events]
-    connection = await nats.connect(nats_url)
+    # A raw stream outside Onefold's subjects: only the maintenance user may create it.
+    connection = await nats.connect(nats_server.url, **nats_server.connect_options(ADMIN))
     try:
         js = connection.jetstream(publish_async_max_pending=4000)
         await js.add_stream(name="BENCH_RAW", subjects=["bench.raw.>"])
@@ -437,7 +439,7 @@ def start_system(directory: Path) -> tuple[NatsServerProcess, ServiceProcess, Ta
     service = ServiceProcess(
         name="ingest",
         data_dir=data_dir,
-        nats_url=nats_server.url,
+        nats=nats_server,
         extra_env={
             "ONEFOLD_HTTP__PORT": str(http_port),
             "ONEFOLD_AUTH__CACHE_SECONDS": "60",
@@ -490,7 +492,7 @@ def run(events: int, latency_seconds: float) -> dict[str, Any]:
                 results["jetstream_events_per_s"] = round(
                     phase(
                         "raw JetStream publish_async",
-                        jetstream_rate(nats_server.url, make_events(events, "js")),
+                        jetstream_rate(nats_server, make_events(events, "js")),
                     )
                 )
                 results["grpc_events_per_s"] = round(

@@ -8,23 +8,37 @@ shared ConfigMap's settings and asks it the health names the probes ask.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import importlib
 import importlib.util
+import ipaddress
+import json
 import re
+import secrets
 import shutil
+import ssl
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from onefold.platform.bus_permissions import USERS, authorization_config, environment_password
 from onefold.platform.config import load_settings
 from onefold.platform.health import health_status, wait_for_health
+from onefold.platform.nats import connect_options
 from onefold.platform.nats_server import NatsServerProcess, nats_server_binary
+from onefold.platform.ports import free_port, wait_for_port
 from onefold.platform.service import NATS_HEALTH_NAME
 from onefold.testing.processes import ServiceProcess
 
@@ -34,6 +48,8 @@ GRPC_PORT = 50051
 # The key-encryption key's variable: settings `eventlog.key_encryption_key`, from a Secret
 # (onefold.eventlog.cipher.DEFAULT_KEK_ENV names the same variable).
 KEK_ENV = "ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY"
+NATS_SECRET = "onefold-nats"  # a `<user>-password` key per NATS user
+NATS_TLS_SECRET = "onefold-nats-tls"  # tls.crt, tls.key, ca.crt (cert-manager's layout)
 NAMESPACE = "onefold"
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "StorageClass", "PriorityClass"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet"}
@@ -307,7 +323,22 @@ def test_services_take_settings_from_the_config_map_and_secrets_by_reference(doc
         for env in container["env"]:
             assert "://" not in str(env.get("value", "")), f"{name}: a URL belongs in its Secret"
         assert refs[KEK_ENV] == {"name": f"onefold-{name}", "key": "key-encryption-key"}
-        assert not [v for v in spec["volumes"] if "secret" in v], "secrets come by env reference only"
+        assert not [v for v in spec["volumes"] if "secret" in v], "secrets come by reference only"
+        # The one Secret-backed volume: this service's NATS password (no other user's) and the CA.
+        values = {e["name"]: e.get("value") for e in container["env"]}
+        assert values["ONEFOLD_NATS__USER"] == name
+        (projected,) = [v for v in spec["volumes"] if "projected" in v]
+        sources = [source["secret"] for source in projected["projected"]["sources"]]
+        assert sources == [
+            {"name": NATS_SECRET, "items": [{"key": f"{name}-password", "path": "password"}]},
+            {"name": NATS_TLS_SECRET, "items": [{"key": "ca.crt", "path": "ca.crt"}]},
+        ]
+        assert projected["projected"]["defaultMode"] & 0o007 == 0, "not readable by others"
+        mount = next(m for m in container["volumeMounts"] if m["name"] == projected["name"])
+        assert mount["readOnly"] is True
+        data = config_data(docs)
+        for setting, file in (("PASSWORD_FILE", "password"), ("TLS_CA_FILE", "ca.crt")):
+            assert data[f"ONEFOLD_NATS__{setting}"] == f"{mount['mountPath']}/{file}"
 
 
 def test_config_map_is_accepted_by_the_settings_loader(docs: tuple[Doc, ...]) -> None:
@@ -320,12 +351,13 @@ def test_config_map_is_accepted_by_the_settings_loader(docs: tuple[Doc, ...]) ->
         assert settings.grpc.port == GRPC_PORT and settings.grpc.host == "0.0.0.0"
         assert settings.database_url().startswith("postgresql")
         assert settings.auth.bootstrap_admin is (name == "ingest")
+        assert settings.nats.user == name and settings.nats.password_file and settings.nats.tls_ca_file
     cipher = importlib.util.find_spec("onefold.eventlog.cipher")
     if cipher is not None:
         assert importlib.import_module("onefold.eventlog.cipher").DEFAULT_KEK_ENV == KEK_ENV
     nats_url = config_data(docs)["ONEFOLD_NATS__URL"]
     nats = one(docs, "Service", "nats")
-    assert nats_url == f"nats://nats:{nats['spec']['ports'][0]['port']}"
+    assert nats_url == f"tls://nats:{nats['spec']['ports'][0]['port']}"
 
 
 # --- NATS and PostgreSQL ---------------------------------------------------------------------------
@@ -350,21 +382,161 @@ def test_nats_is_a_three_node_jetstream_cluster_that_fsyncs(docs: tuple[Doc, ...
     assert pdb["spec"].get("maxUnavailable") == 1 or pdb["spec"].get("minAvailable") == 2
 
 
-def test_nats_server_accepts_the_config(tmp_path: Path) -> None:
+def test_nats_requires_tls_and_the_generated_authorization(docs: tuple[Doc, ...]) -> None:
+    config = nats_config(docs)
+    assert authorization_config(environment_password) in config, (
+        "the authorization block is stale: paste `python -m onefold.platform.bus_permissions` into nats.yaml"
+    )
+    assert "no_auth_user" not in config and "allow_non_tls" not in config
+    uncommented = "\n".join(line.split("#")[0] for line in config.splitlines())
+    files = (
+        "cert_file: /etc/nats-tls/tls.crt",
+        "key_file: /etc/nats-tls/tls.key",
+        "ca_file: /etc/nats-tls/ca.crt",
+    )
+    client_tls = re.search(r"^tls\s*\{([^}]*)\}", uncommented, re.MULTILINE)
+    assert client_tls and all(f in client_tls.group(1) for f in files), "clients must use TLS"
+    cluster_tls = re.search(r"cluster\s*\{[^}]*?tls\s*\{([^}]*)\}", uncommented)
+    assert cluster_tls and "verify: true" in cluster_tls.group(1), "routes need mutual TLS"
+
+    (container,) = pod_spec(one(docs, "StatefulSet", "nats"))["containers"]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "valueFrom" in e and "secretKeyRef" in e["valueFrom"]
+    }
+    for user in USERS:
+        variable = environment_password(user).removeprefix("$")
+        assert refs[variable] == {"name": NATS_SECRET, "key": f"{user}-password"}
+    volumes = {v["name"]: v for v in pod_spec(one(docs, "StatefulSet", "nats"))["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/nats-tls")
+    assert volumes[mount["name"]]["secret"]["secretName"] == NATS_TLS_SECRET and mount["readOnly"]
+
+
+def write_test_pki(directory: Path) -> None:
+    """A CA and a server certificate for localhost, in the layout of the Secret onefold-nats-tls."""
+    now = datetime.now(UTC)
+
+    def certificate(
+        subject: str,
+        key: ec.EllipticCurvePrivateKey,
+        issuer: x509.Name,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            names = [
+                x509.DNSName("localhost"),
+                x509.DNSName("nats"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            ]
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onefold test CA")])
+    ca = certificate("onefold test CA", ca_key, ca_name, ca_key, ca=True)
+    server = certificate("nats", server_key, ca_name, ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (directory / "ca.crt").write_bytes(ca.public_bytes(pem))
+    (directory / "tls.crt").write_bytes(server.public_bytes(pem))
+    (directory / "tls.key").write_bytes(
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+@pytest.fixture
+def k8s_nats(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """The prod nats.conf run by a real nats-server on this machine: its URL, TLS dir and passwords."""
     try:
         binary = nats_server_binary()
     except Exception:
         pytest.skip("nats-server is not installed")
-    path = tmp_path / "nats.conf"
-    path.write_text(nats_config(render("prod", "walk")))
-    out = subprocess.run(
-        [binary, "-t", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        env={"POD_NAME": "nats-0"},
-        timeout=30,
+    tls = tmp_path / "nats-tls"
+    tls.mkdir()
+    write_test_pki(tls)
+    client, cluster, monitor = free_port(), free_port(), free_port()
+    config = (
+        nats_config(render("prod", "walk"))
+        .replace("/etc/nats-tls/", f"{tls}/")
+        .replace("/var/run/nats/", f"{tmp_path}/")
+        .replace("/data/jetstream", str(tmp_path / "jetstream"))
+        .replace("0.0.0.0:4222", f"127.0.0.1:{client}")
+        .replace("0.0.0.0:6222", f"127.0.0.1:{cluster}")
+        .replace("0.0.0.0:8222", f"127.0.0.1:{monitor}")
     )
-    assert out.returncode == 0, out.stdout + out.stderr
+    path = tmp_path / "nats.conf"
+    path.write_text(config)
+    passwords = {user: secrets.token_urlsafe(24) for user in USERS}
+    env = {
+        "POD_NAME": "nats-0",
+        **{environment_password(u).removeprefix("$"): p for u, p in passwords.items()},
+    }
+    checked = subprocess.run(
+        [binary, "-t", "-c", str(path)], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with (tmp_path / "nats.log").open("wb") as log:
+        server = subprocess.Popen([binary, "-c", str(path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert wait_for_port(client, "127.0.0.1", 30), (tmp_path / "nats.log").read_text()
+        yield f"tls://localhost:{client}", tls, passwords
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+async def test_the_k8s_nats_config_refuses_plain_and_anonymous_clients(
+    k8s_nats: tuple[str, Path, dict[str, str]], tmp_path: Path
+) -> None:
+    url, tls, passwords = k8s_nats
+    trusted = ssl.create_default_context(cafile=str(tls / "ca.crt"))
+    once: dict[str, Any] = {"allow_reconnect": False, "max_reconnect_attempts": 0, "connect_timeout": 5}
+    with pytest.raises(Exception):  # noqa: B017 - the server's refusal, whatever nats-py calls it
+        await nats.connect(url, tls=trusted, **once)
+    with pytest.raises(Exception):  # noqa: B017 - a wrong password
+        await nats.connect(url, tls=trusted, user="ingest", password="guessed", **once)
+    with pytest.raises(Exception):  # noqa: B017 - a server certificate from an unknown CA
+        await nats.connect(
+            url, tls=ssl.create_default_context(), user="ingest", password=passwords["ingest"], **once
+        )
+
+    # A service as its Deployment configures it: its user, its password file, the CA file.
+    (tmp_path / "password").write_text(passwords["identity"] + "\n")
+    docs = render("prod", "walk")
+    env = {**config_data(docs), "ONEFOLD_NATS__URL": url, "ONEFOLD_NATS__USER": "identity"}
+    env["ONEFOLD_NATS__PASSWORD_FILE"] = str(tmp_path / "password")
+    env["ONEFOLD_NATS__TLS_CA_FILE"] = str(tls / "ca.crt")
+    settings = load_settings("identity", env=env).nats
+    client = await nats.connect(settings.url, **connect_options(settings), **once)
+    try:
+        assert client.is_connected
+    finally:
+        await client.close()
+
+    # A client that does not start TLS, even with the right password, gets no further than INFO.
+    host, port = url.removeprefix("tls://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        info = json.loads((await reader.readline()).decode().removeprefix("INFO "))
+        assert info["tls_required"] is True and info["auth_required"] is True
+        login = {"user": "identity", "pass": passwords["identity"], "verbose": False, "pedantic": False}
+        writer.write(f"CONNECT {json.dumps(login)}\r\nPING\r\n".encode())
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    assert b"PONG" not in answer, answer
 
 
 def test_dev_has_postgres_with_a_database_per_service(renderer: str) -> None:
@@ -484,11 +656,12 @@ def test_prod_services_may_reach_the_external_database(renderer: str) -> None:
 def ingest_with_k8s_settings(tmp_path: Path, nats_server: NatsServerProcess) -> Iterator[ServiceProcess]:
     """ingest started with the rendered ConfigMap (the address, data dir and secrets made local)."""
     env = {k: v for k, v in config_data(render("prod", "walk")).items() if k != "ONEFOLD_DATA_DIR"}
-    for local in ("ONEFOLD_GRPC__PORT", "ONEFOLD_NATS__URL"):
+    env.pop("ONEFOLD_GRPC__PORT")
+    for local in [key for key in env if key.startswith("ONEFOLD_NATS__")]:  # the local server's own
         env.pop(local)
     env["ONEFOLD_DATABASE__URL"] = f"sqlite:///{tmp_path / 'ingest.db'}"
     env["ONEFOLD_AUTH__DATABASE_URL"] = f"sqlite:///{tmp_path / 'auth.db'}"
-    service = ServiceProcess("ingest", tmp_path / "data", nats_server.url, extra_env=env)
+    service = ServiceProcess("ingest", tmp_path / "data", nats_server, extra_env=env)
     service.start()
     yield service
     service.stop()

@@ -41,7 +41,7 @@ def test_service_serves_authenticates_and_stops(
 
 def test_service_starts_before_nats_and_connects_when_it_arrives(tmp_path: Path) -> None:
     nats = NatsServerProcess(tmp_path / "nats")  # port chosen, server not started yet
-    service = ServiceProcess("consent", tmp_path / "data", nats.url)
+    service = ServiceProcess("consent", tmp_path / "data", nats)
     service.start()
     try:
         assert health_status(service.target) == "SERVING"
@@ -57,9 +57,9 @@ def test_service_starts_before_nats_and_connects_when_it_arrives(tmp_path: Path)
         nats.stop()
 
 
-def test_first_start_prints_the_admin_credential_once(tmp_path: Path, nats_url: str) -> None:
+def test_first_start_prints_the_admin_credential_once(tmp_path: Path, nats_server: NatsServerProcess) -> None:
     def run_once() -> str:
-        service = ServiceProcess("segments", tmp_path / "data", nats_url)
+        service = ServiceProcess("segments", tmp_path / "data", nats_server)
         service.start()
         service.stop()
         return service.log_path.read_text()

@@ -26,6 +26,7 @@ from onefold.eventlog import EventStore, NewEvent, RecordedEvent
 from onefold.eventlog.relay import MSG_ID, OutboxRelay, RelaySettings
 from onefold.eventlog.streams import event_filter, stream_name
 from onefold.eventlog.subscriber import Subscriber, SubscriberSettings
+from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 
@@ -189,7 +190,7 @@ SUBSCRIBER_PROCESS = textwrap.dedent(
     from onefold.platform.config import NatsSettings
     from onefold.platform.nats import NatsConnection
 
-    database_url, nats_url = sys.argv[1], sys.argv[2]
+    database_url, nats_settings = sys.argv[1], NatsSettings.model_validate_json(sys.argv[2])
     effects = sa.Table("effects", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
                        sa.Column("position", sa.BigInteger, nullable=False))
 
@@ -201,7 +202,7 @@ SUBSCRIBER_PROCESS = textwrap.dedent(
         registry = EventRegistry()
         registry.register(events_pb2.CounterChanged)
         store = EventStore(database_url, service="segments", registry=registry)
-        nats = NatsConnection(NatsSettings(url=nats_url, reconnect_wait_seconds=0.1), "segments")
+        nats = NatsConnection(nats_settings, "segments")
         nats.start()
         settings = SubscriberSettings(batch_size=25, fetch_timeout_seconds=0.3)
         sub = Subscriber(store, nats, service="segments", upstream="ingest", handler=handler, settings=settings)
@@ -213,17 +214,22 @@ SUBSCRIBER_PROCESS = textwrap.dedent(
 
 
 async def test_subscriber_process_killed_mid_consume_applies_every_event_exactly_once(
-    nats: NatsConnection, nats_url: str, open_store: Callable[..., EventStore], tmp_path: Path
+    nats: NatsConnection,
+    nats_server: NatsServerProcess,
+    open_store: Callable[..., EventStore],
+    tmp_path: Path,
 ) -> None:
     upstream = open_store("ingest", extra=effects_metadata)
     upstream.append(counters(2000))
     await OutboxRelay(upstream, nats, service="ingest").publish_available()
     downstream = open_store("segments", extra=effects_metadata)
     database_url = str(downstream.engine.url)
+    # admin: this test's segments consumes ingest, which the bus's consumption graph does not declare.
+    subscriber_nats = nats_server.client_settings(ADMIN, reconnect_wait_seconds=0.1).model_dump_json()
 
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [sys.executable, "-c", SUBSCRIBER_PROCESS, database_url, nats_url],
+            [sys.executable, "-c", SUBSCRIBER_PROCESS, database_url, subscriber_nats],
             stdout=subprocess.DEVNULL,
             stderr=open(tmp_path / "subscriber.log", "ab"),
         )

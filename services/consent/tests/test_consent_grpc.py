@@ -99,7 +99,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     nats = NatsServerProcess(tmp_path_factory.mktemp("nats"))
     nats.start()
     data = tmp_path_factory.mktemp("consent-data")
-    service = ServiceProcess("consent", data, nats.url)
+    service = ServiceProcess("consent", data, nats)
     try:
         service.start()
         store = CredentialStore(f"sqlite:///{data / 'auth.db'}", cache_seconds=0)

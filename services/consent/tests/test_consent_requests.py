@@ -34,6 +34,7 @@ from onefold.eventlog import ERASED
 from onefold.eventlog.projections import Projector
 from onefold.platform.client import Peers
 from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.ports import free_port
 
 WORKSPACE = "acme"
@@ -398,7 +399,9 @@ def test_requests_refuse_bad_input(consent: Any) -> None:
 # ------------------------------------------------------------------------------------------ bootstrap
 
 
-async def test_bootstrap_runs_the_retry_loop_while_started(tmp_path: Path, nats_url: str) -> None:
+async def test_bootstrap_runs_the_retry_loop_while_started(
+    tmp_path: Path, nats_server: NatsServerProcess
+) -> None:
     """The composition `python -m onefold.consent` runs: start() starts the loop (on the leader),
     which retries a failed step by itself; stop() cancels it."""
     from onefold.consent.bootstrap import compose
@@ -414,7 +417,7 @@ async def test_bootstrap_runs_the_retry_loop_while_started(tmp_path: Path, nats_
         "consent",
         env={},
         data_dir=str(data),
-        nats={"url": nats_url, "reconnect_wait_seconds": 0.1},
+        nats={**nats_server.client_settings("consent").model_dump(), "reconnect_wait_seconds": 0.1},
         auth={"cache_seconds": 0, "bootstrap_admin": False, "service_token": "ofk_service_token"},
         eventlog={"key_file": str(data / "keys" / "consent.kek")},
         peers={"identity": f"127.0.0.1:{free_port()}"},  # nobody answers there

@@ -37,6 +37,7 @@ from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
 from onefold.contracts.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from onefold.eventlog import KeyEncryptionKey
 from onefold.platform.auth import CredentialStore
+from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.processes import ServiceProcess, peer_env
 
@@ -122,7 +123,7 @@ class Stack:
             {"ONEFOLD_AUTH__SERVICE_TOKEN": self.service_token, "ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
         )
         port = self.consent.port if self.consent is not None else 0
-        self.consent = ServiceProcess("consent", self.data, self.nats.url, port=port, extra_env=env)
+        self.consent = ServiceProcess("consent", self.data, self.nats, port=port, extra_env=env)
         self.consent.start()
         return self.consent
 
@@ -143,7 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     nats_server.start()
     quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
     processes = [
-        ServiceProcess(name, data, nats_server.url, extra_env=quiet)
+        ServiceProcess(name, data, nats_server, extra_env=quiet)
         for name in ("ingest", "identity", "segments")
     ]
     stand_in = StandIn()
@@ -297,12 +298,12 @@ def steps(request: pb.SubjectRequest) -> dict[str, pb.RequestStep]:
     return {step.service: step for step in request.steps}
 
 
-def bus_erasure(nats_url: str, workspace: str) -> tuple[bytes, pb.ErasureRequested] | None:
+def bus_erasure(nats_server: NatsServerProcess, workspace: str) -> tuple[bytes, pb.ErasureRequested] | None:
     """The ErasureRequested consent's relay published on the bus for `workspace` (the message as
     stored in the stream, and its payload as parsed without any key), if any yet."""
 
     async def fetch() -> tuple[bytes, pb.ErasureRequested] | None:
-        client = await nats.connect(nats_url)
+        client = await nats.connect(nats_server.url, **nats_server.connect_options(ADMIN))
         try:
             stream = client.jetstream()
             subscription = await stream.pull_subscribe(
@@ -401,7 +402,7 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
     assert not ws.call(ws.identity(), "Resolve", lookup, "profiles:read").found
     # ErasureRequested went out on the bus for every listening service: the identifiers sealed (a
     # service reads them with consent's key for the request), their keyed hashes in clear.
-    raw, announced = wait_for(lambda: bus_erasure(stack.nats.url, ws.name), "ErasureRequested on the bus")
+    raw, announced = wait_for(lambda: bus_erasure(stack.nats, ws.name), "ErasureRequested on the bus")
     assert announced.request_id == opened.request_id and announced.profile_id == profile_id
     assert not announced.identifiers and b"lee" not in raw
     assert len(announced.identifier_hashes) >= 2
@@ -548,11 +549,11 @@ def plaintext_hits(root: Path, needles: Sequence[bytes]) -> list[str]:
     return hits
 
 
-def stream_hits(nats_url: str, needles: Sequence[bytes]) -> tuple[int, list[str]]:
+def stream_hits(nats_server: NatsServerProcess, needles: Sequence[bytes]) -> tuple[int, list[str]]:
     """(messages read, hits) over every message of every JetStream stream, headers included."""
 
     async def scan() -> tuple[int, list[str]]:
-        client = await nats.connect(nats_url)
+        client = await nats.connect(nats_server.url, **nats_server.connect_options(ADMIN))
         try:
             js = client.jetstream()
             read, hits = 0, []
@@ -638,5 +639,5 @@ def test_after_an_erasure_no_plaintext_of_the_person_is_left_in_any_file_or_stre
     assert len(done.identifier_hashes) >= 2 and not done.identifiers
 
     assert plaintext_hits(stack.data.parent, needles) == []
-    read, hits = stream_hits(stack.nats.url, needles)
+    read, hits = stream_hits(stack.nats, needles)
     assert read > 0 and hits == []

@@ -88,8 +88,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     nats.start()
     quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
     # One data dir, like `onefold up`: one credential store, a database and key file per service.
-    ingest = ServiceProcess("ingest", data, nats.url, extra_env=quiet)
-    identity = ServiceProcess("identity", data, nats.url, extra_env=quiet)
+    ingest = ServiceProcess("ingest", data, nats, extra_env=quiet)
+    identity = ServiceProcess("identity", data, nats, extra_env=quiet)
     started: list[ServiceProcess] = []
     services = Services(data, nats, ingest, identity, credentials)
     try:

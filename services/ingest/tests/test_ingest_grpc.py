@@ -19,7 +19,9 @@ from onefold.contracts.common.v1 import envelope_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.eventlog.keyaccess import LocalSubjectKeys, Unsealer
 from onefold.eventlog.streams import stream_name
+from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.errors import details_of
+from onefold.platform.nats_server import NatsServerProcess
 
 CALLS = [
     ("Track", pb.TrackRequest, pb.EVENT_TYPE_TRACK),
@@ -265,12 +267,14 @@ async def test_rate_limit_answers_resource_exhausted_with_retry_info(ingest: Har
     assert ok.status == pb.ACK_STATUS_ACCEPTED
 
 
-async def test_accepted_events_reach_jetstream_partitioned_by_person(ingest: Harness) -> None:
+async def test_accepted_events_reach_jetstream_partitioned_by_person(
+    ingest: Harness, shared_nats: NatsServerProcess
+) -> None:
     source = (await ingest.create_source()).source
     stub = ingest.stub(ingest.writer_token)
     sent = [event(user_id=f"person-{i % 3}", properties={"n": i}) for i in range(30)]
     await stub.Batch(pb.BatchRequest(source_id=source.source_id, events=sent))
-    client = await nats.connect(ingest.settings.nats.url)
+    client = await nats.connect(shared_nats.url, **shared_nats.connect_options(ADMIN))
     try:
         js = client.jetstream()
         subject = f"onefold.ingest.EventAccepted.{ingest.workspace}.>"

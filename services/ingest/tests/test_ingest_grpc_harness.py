@@ -26,7 +26,7 @@ from onefold.eventlog.service import key_encryption_key
 from onefold.ingest.application import event_registry
 from onefold.ingest.bootstrap import IngestComposition, compose
 from onefold.platform.auth import CredentialStore
-from onefold.platform.config import Settings, load_settings
+from onefold.platform.config import NatsSettings, Settings, load_settings
 from onefold.platform.database import create_engine
 from onefold.platform.grpc_server import GrpcServer
 from onefold.platform.nats import NatsConnection
@@ -118,15 +118,15 @@ class _AuthStub:
         return call
 
 
-def settings_for(data_dir: Path, nats_url: str, database_url: str = "", **overrides: Any) -> Settings:
+def settings_for(data_dir: Path, nats: NatsSettings, database_url: str = "", **overrides: Any) -> Settings:
     """The settings `python -m onefold.ingest` would load for this data dir (and database; empty =
-    the SQLite file <data_dir>/ingest.db)."""
+    the SQLite file <data_dir>/ingest.db), connecting to NATS with `nats` (its URL and credential)."""
     return load_settings(
         "ingest",
         env={},
         data_dir=str(data_dir),
         database={"url": database_url},
-        nats={"url": nats_url, "reconnect_wait_seconds": 0.1},
+        nats={**nats.model_dump(), "reconnect_wait_seconds": 0.1},
         auth={"cache_seconds": 0, "bootstrap_admin": False},
         eventlog={"key_file": str(data_dir / "keys" / "ingest.kek")},
         grpc={"port": 0, "grace_seconds": 0.5},
@@ -141,7 +141,7 @@ async def ingest(
 ) -> AsyncIterator[Harness]:
     on_postgres = getattr(request, "param", "sqlite") == "postgres"
     database_url = request.getfixturevalue("fresh_postgres_url") if on_postgres else ""
-    settings = settings_for(tmp_path / "data", shared_nats.url, database_url)
+    settings = settings_for(tmp_path / "data", shared_nats.client_settings("ingest"), database_url)
     settings.data_dir.mkdir(parents=True)
     credentials = CredentialStore(settings.auth_database_url(), cache_seconds=0)
     credentials.create_schema()
@@ -177,7 +177,7 @@ async def ingest(
 
 def open_log(data_dir: Path, database_url: str = "") -> EventStore:
     """The service's log as another process sees it (with the service's key file)."""
-    settings = settings_for(data_dir, "nats://127.0.0.1:1", database_url)
+    settings = settings_for(data_dir, NatsSettings(url="nats://127.0.0.1:1"), database_url)
     return EventStore(
         settings.database_url(),
         service="ingest",

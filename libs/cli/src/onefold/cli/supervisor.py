@@ -33,16 +33,18 @@ from typing import IO, Any
 import sqlalchemy as sa
 
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
-from onefold.platform.config import ConfigError, load_settings, prepare_data_dir
+from onefold.platform.bus_permissions import OPERATOR
+from onefold.platform.config import ConfigError, NatsSettings, load_settings, prepare_data_dir
 from onefold.platform.errors import NotFound
 from onefold.platform.health import health_status
-from onefold.platform.nats_server import NatsServerProcess, die_with_parent
+from onefold.platform.nats_server import BusCredentials, NatsServerProcess, die_with_parent
 from onefold.platform.ports import free_port, port_in_use
 from onefold.platform.service import NATS_HEALTH_NAME, PRIVATE_UMASK, ensure_bootstrap_admin
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 HTTP_SERVICES = frozenset({"ingest"})  # the Segment-compatible tracking API
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
+NATS_DIR = Path("nats")  # the embedded server's store, config and credentials
 SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
 KEY_DIR_ENV = "ONEFOLD_KEY_DIR"
 LEGACY_KEY_DIR = "keys"  # <data-dir>/keys: where keys lived before the key dir existed
@@ -190,7 +192,7 @@ class Supervisor:
             return self.nats_url
         previous = self._previous_ports().get("nats")
         port = previous if previous and not port_in_use(previous) else None
-        self.nats = NatsServerProcess(self.data_dir / "nats", port=port)
+        self.nats = NatsServerProcess(self.data_dir / NATS_DIR, port=port)
         self.nats.start()
         return self.nats.url
 
@@ -211,6 +213,9 @@ class Supervisor:
         # Every service can reach the others (consent resolves subjects and runs data-subject requests).
         for peer in self.children.values():
             env[f"ONEFOLD_PEERS__{peer.name.upper()}"] = f"127.0.0.1:{peer.port}"
+        if self.nats:
+            # Its own NATS user and password file (<data-dir>/nats/credentials, 0600), made on first start.
+            env.update(self.nats.client_environment(child.name))
         if child.http_port:
             env["ONEFOLD_HTTP__PORT"] = str(child.http_port)
         if self.config_file:
@@ -364,3 +369,10 @@ def read_endpoints(data_dir: Path) -> dict[str, Any]:
             f"nothing is running on {data_dir}: {path} is missing; start it with `onefold up`"
         ) from None
     return state
+
+
+def operator_nats_settings(data_dir: Path) -> NatsSettings:
+    """How a CLI command reads the bus of a running `onefold up`: as `operator`, which may only read
+    chain digests (onefold.platform.bus_permissions)."""
+    nats_url = str(read_endpoints(data_dir)["nats_url"])
+    return BusCredentials.of_server(data_dir / NATS_DIR).settings(OPERATOR, nats_url)

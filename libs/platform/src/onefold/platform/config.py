@@ -40,7 +40,18 @@ class HttpSettings(_Section):
 
 
 class NatsSettings(_Section):
-    url: str = "nats://127.0.0.1:4222"
+    """The bus. Every client needs a credential: the server refuses anonymous ones (docs/security.md)."""
+
+    url: str = Field(default="nats://127.0.0.1:4222", description="nats:// or tls:// (server TLS)")
+    user: str = Field(
+        default="", description="this service's NATS user (set by `onefold up`; in Kubernetes its name)"
+    )
+    password: str = Field(default="", repr=False, description="its password; prefer password_file")
+    password_file: str = Field(
+        default="",
+        description="file holding the password (`onefold up` writes it; in Kubernetes a mounted Secret)",
+    )
+    tls_ca_file: str = Field(default="", description="CA certificate of the server's TLS; empty = system CAs")
     connect_timeout_seconds: float = Field(default=2.0, gt=0)
     reconnect_wait_seconds: float = Field(default=1.0, gt=0)
 

@@ -2,23 +2,67 @@
 
 nats-py reconnects an established connection by itself, but gives up on a first connection that
 fails; NatsConnection retries that too, so a service may start before NATS does.
+
+Each client connects as its own NATS user (settings `nats.user` and `nats.password_file`) with its
+own reply inbox `_INBOX.<user>`, the only subjects the server lets it subscribe to
+(onefold.platform.bus_permissions). The password is read at each connect, so a rotated file is used
+by the next connection, and it is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client
 
-from onefold.platform.config import NatsSettings
+from onefold.platform.bus_permissions import inbox_prefix
+from onefold.platform.config import ConfigError, NatsSettings
 from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.nats")
 
 StateCallback = Callable[[bool], Awaitable[None]]
+
+
+def _password(settings: NatsSettings) -> str:
+    if settings.password or not settings.password_file:
+        return settings.password
+    path = Path(settings.password_file)
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the NATS password file {path}: {exc.strerror or exc}") from None
+
+
+def connect_options(settings: NatsSettings) -> dict[str, Any]:
+    """Keyword arguments for `nats.connect` that carry this client's credential and TLS trust."""
+    options: dict[str, Any] = {}
+    if settings.user:
+        options.update(
+            user=settings.user, password=_password(settings), inbox_prefix=inbox_prefix(settings.user)
+        )
+    if settings.tls_ca_file:
+        try:
+            options["tls"] = ssl.create_default_context(cafile=settings.tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the NATS CA certificate {settings.tls_ca_file}: {exc}") from None
+    return options
+
+
+def safe_url(url: str) -> str:
+    """The URL without any user:password written into it, for logs."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=host))
 
 
 class NatsConnection:
@@ -38,16 +82,25 @@ class NatsConnection:
         if self.on_state is not None:
             await self.on_state(connected)
 
+    @property
+    def url(self) -> str:
+        return safe_url(self.settings.url)
+
     async def _disconnected(self) -> None:
-        log.warning("nats.disconnected", url=self.settings.url)
+        log.warning("nats.disconnected", url=self.url)
         await self._notify(False)
 
     async def _reconnected(self) -> None:
-        log.info("nats.reconnected", url=self.settings.url)
+        log.info("nats.reconnected", url=self.url)
         await self._notify(True)
 
     async def _error(self, exc: Exception) -> None:
-        log.debug("nats.error", error=str(exc) or type(exc).__name__)
+        message = str(exc) or type(exc).__name__
+        if "permissions violation" in message.lower():
+            # A subject this service's NATS user may not use: a bug or a misdeclared consumption graph.
+            log.warning("nats.permission_denied", user=self.settings.user, error=message[:300])
+            return
+        log.debug("nats.error", error=message)
 
     async def connect_once(self) -> Client:
         client = await nats.connect(
@@ -60,9 +113,10 @@ class NatsConnection:
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
             error_cb=self._error,
+            **connect_options(self.settings),
         )
         self.client = client
-        log.info("nats.connected", url=self.settings.url)
+        log.info("nats.connected", url=self.url, user=self.settings.user)
         await self._notify(True)
         return client
 
@@ -75,7 +129,7 @@ class NatsConnection:
             except Exception as exc:
                 log.warning(
                     "nats.unreachable",
-                    url=self.settings.url,
+                    url=self.url,
                     error=str(exc) or type(exc).__name__,
                     retry_in_seconds=delay,
                 )

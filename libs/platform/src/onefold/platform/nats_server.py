@@ -4,20 +4,30 @@ Used by `onefold up` and by the test fixtures. JetStream runs with `sync_interva
 it acknowledges before fsync and can lose acknowledged writes on power loss (Jepsen, NATS 2.12.1).
 The port and store directory survive `kill()`/`start()`, so clients reconnect to the same address and
 find their streams again.
+
+The server always requires a credential: one user per service, `operator` and `admin`, with the
+permissions of onefold.platform.bus_permissions. Their random passwords are made on the first start
+into `<store_dir>/credentials/<user>.password` (directory 0700, files 0600) and kept across restarts;
+the config file that holds them is 0600 too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from onefold.platform.config import ConfigError
+from onefold.platform.bus_permissions import USERS, authorization_config
+from onefold.platform.config import ConfigError, NatsSettings
+from onefold.platform.nats import connect_options
 from onefold.platform.ports import free_port, port_in_use, wait_for_port
 
 _PR_SET_PDEATHSIG = 1
@@ -40,6 +50,60 @@ def nats_server_binary() -> str:
     return found
 
 
+def private_directory(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)  # also when an older release created it with the umask's mode
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text`, readable by the owner only from the first byte (never 0644 first)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    temporary.replace(path)
+
+
+class BusCredentials:
+    """One random password per bus user, each in its own 0600 file: made once, then kept."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @classmethod
+    def of_server(cls, store_dir: Path) -> BusCredentials:
+        """The credentials of the server whose store is `store_dir` (a NatsServerProcess's)."""
+        return cls(Path(store_dir) / "credentials")
+
+    def password_file(self, user: str) -> Path:
+        if user not in USERS:
+            raise ConfigError(f"'{user}' is not a NATS user of Onefold (one of: {', '.join(USERS)})")
+        return self.directory / f"{user}.password"
+
+    def ensure(self) -> None:
+        private_directory(self.directory)
+        for user in USERS:
+            path = self.password_file(user)
+            if path.exists():
+                path.chmod(0o600)
+            else:
+                write_private(path, secrets.token_urlsafe(32) + "\n")
+
+    def password(self, user: str) -> str:
+        return self.password_file(user).read_text().strip()
+
+    def settings(self, user: str, url: str, **overrides: Any) -> NatsSettings:
+        return NatsSettings(url=url, user=user, password_file=str(self.password_file(user)), **overrides)
+
+    def environment(self, user: str) -> dict[str, str]:
+        """For a child process: its user and password file (never the password itself)."""
+        return {"ONEFOLD_NATS__USER": user, "ONEFOLD_NATS__PASSWORD_FILE": str(self.password_file(user))}
+
+
 class NatsServerProcess:
     def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
         self.store_dir = Path(store_dir)
@@ -47,6 +111,7 @@ class NatsServerProcess:
         self.port = port or free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / "nats-server.log"
+        self.credentials = BusCredentials.of_server(self.store_dir)
 
     @property
     def url(self) -> str:
@@ -56,17 +121,32 @@ class NatsServerProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    def client_settings(self, user: str, **overrides: Any) -> NatsSettings:
+        """Settings for a client of this server connecting as `user` (a service, operator or admin)."""
+        return self.credentials.settings(user, self.url, **overrides)
+
+    def client_environment(self, user: str) -> dict[str, str]:
+        """ONEFOLD_NATS__* variables for a service process connecting as `user`."""
+        return {"ONEFOLD_NATS__URL": self.url, **self.credentials.environment(user)}
+
+    def connect_options(self, user: str) -> dict[str, Any]:
+        """Keyword arguments for a raw `nats.connect(server.url, **options)` as `user`."""
+        return connect_options(self.client_settings(user))
+
     def _write_config(self) -> Path:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(self.store_dir)
+        self.credentials.ensure()
         config = self.store_dir / "nats-server.conf"
-        config.write_text(
+        write_private(
+            config,
             f"listen: {self.host}:{self.port}\n"
             f"server_name: onefold_{self.port}\n"
             "jetstream {\n"
-            f'  store_dir: "{self.store_dir / "jetstream"}"\n'
+            f"  store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}\n"
             "  sync_interval: always\n"
             "}\n"
             "max_payload: 8MB\n"
+            + authorization_config(lambda user: json.dumps(self.credentials.password(user))),
         )
         return config
 
@@ -76,7 +156,8 @@ class NatsServerProcess:
         if port_in_use(self.port, self.host):
             raise ConfigError(f"port {self.port} is already in use, so nats-server cannot listen there")
         config = self._write_config()
-        log = self.log_path.open("ab")
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        os.fchmod(log.fileno(), 0o600)  # also a log an older release created with the umask's mode
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)],
             stdout=log,

@@ -1,8 +1,11 @@
 """Pytest fixtures shared by every test directory (registered by the root conftest.py).
 
-- `nats_server`: a real nats-server with JetStream on a free port and a temporary store; call
-  `.kill()` / `.start()` on it in fault tests (same port, same store).
-- `nats_url`: its URL; `nats_connection`: a connected onefold.platform NatsConnection to it.
+- `nats_server`: a real nats-server with JetStream on a free port and a temporary store, with the
+  product's authorization (a user per service, `operator`, `admin`: onefold.platform.bus_permissions);
+  call `.kill()` / `.start()` on it in fault tests (same port, same store). Clients connect with
+  `nats_server.client_settings(user)`, `.client_environment(user)` or `.connect_options(user)`.
+- `nats_url`: its URL; `nats_connection`: a connected onefold.platform NatsConnection to it as `admin`
+  (raw access for tests of the event log itself, which play several services on one connection).
 - `fresh_postgres_url`: an empty PostgreSQL database for one test (skips without
   ONEFOLD_TEST_POSTGRES_URL, fails under CI=true without it).
 - `database_url`: parametrised over SQLite (a temp file) and PostgreSQL.
@@ -20,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from onefold.platform.auth import CredentialStore
-from onefold.platform.config import NatsSettings
+from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.postgres import POSTGRES_ENV, postgres_admin_url, temporary_database
@@ -41,9 +44,9 @@ def nats_url(nats_server: NatsServerProcess) -> str:
 
 
 @pytest.fixture
-async def nats_connection(nats_url: str) -> AsyncIterator[NatsConnection]:
-    """A connected platform NatsConnection (reconnects quickly after `nats_server.kill()/.start()`)."""
-    connection = NatsConnection(NatsSettings(url=nats_url, reconnect_wait_seconds=0.1), "test")
+async def nats_connection(nats_server: NatsServerProcess) -> AsyncIterator[NatsConnection]:
+    """A connected platform NatsConnection as `admin` (reconnects quickly after `nats_server.kill()/.start()`)."""
+    connection = NatsConnection(nats_server.client_settings(ADMIN, reconnect_wait_seconds=0.1), "test")
     connection.start()
     async with asyncio.timeout(10):
         await connection.wait_connected()
@@ -85,7 +88,7 @@ def credential_store(tmp_path: Path) -> CredentialStore:
 
 
 @pytest.fixture
-def start_service(tmp_path: Path, nats_url: str) -> Iterator[Callable[..., ServiceProcess]]:
+def start_service(tmp_path: Path, nats_server: NatsServerProcess) -> Iterator[Callable[..., ServiceProcess]]:
     started: list[ServiceProcess] = []
 
     def start(name: str, data_dir: Path | None = None, **extra_env: str) -> ServiceProcess:
@@ -94,7 +97,7 @@ def start_service(tmp_path: Path, nats_url: str) -> Iterator[Callable[..., Servi
         # Services started in one data dir can call each other, like under `onefold up`.
         env = peer_env(data, (s for s in started if s.data_dir == data))
         env.update({k.upper(): v for k, v in extra_env.items()})
-        service = ServiceProcess(name=name, data_dir=data, nats_url=nats_url, extra_env=env)
+        service = ServiceProcess(name=name, data_dir=data, nats=nats_server, extra_env=env)
         service.start()
         started.append(service)
         return service

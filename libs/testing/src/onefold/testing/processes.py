@@ -12,19 +12,21 @@ from pathlib import Path
 
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
 from onefold.platform.health import wait_for_health
-from onefold.platform.nats_server import die_with_parent
+from onefold.platform.nats_server import NatsServerProcess, die_with_parent
 from onefold.platform.ports import free_port
 
 
 @dataclass
 class ServiceProcess:
-    """One service (`python -m onefold.<name>`) on a free port with its own data dir."""
+    """One service (`python -m onefold.<name>`) on a free port with its own data dir, connecting to
+    `nats` as its own NATS user (`nats_user`, by default the service's name)."""
 
     name: str
     data_dir: Path
-    nats_url: str
+    nats: NatsServerProcess
     port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    nats_user: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,9 +43,9 @@ class ServiceProcess:
             {
                 "ONEFOLD_DATA_DIR": str(self.data_dir),
                 "ONEFOLD_GRPC__PORT": str(self.port),
-                "ONEFOLD_NATS__URL": self.nats_url,
                 "ONEFOLD_AUTH__CACHE_SECONDS": "0",
                 "ONEFOLD_EVENTLOG__KEY_FILE": str(self.data_dir / "keys" / f"{self.name}.kek"),
+                **self.nats.client_environment(self.nats_user or self.name),
             }
         )
         env.update(self.extra_env)

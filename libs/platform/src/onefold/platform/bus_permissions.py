@@ -1,0 +1,168 @@
+"""Who may do what on the bus: one NATS user per service, least privilege, from one consumption graph.
+
+The graph below (which service consumes which upstream) is the only place this is declared; the
+nats-server authorization block of `onefold up`, of the tests and of deploy/k8s is rendered from it.
+
+A service may
+- publish only its own subjects (`onefold.<service>.>`: events and its chain digest) and its own
+  dead-letter subjects (`onefold.dlq.<service>.>`);
+- call the JetStream API for its own stream (info, create, update, read and delete a message), for
+  the shared dead-letter stream (info, create, update: write-only) and for the witness stream of chain
+  digests (read every digest);
+- create, read, delete and pull from only its durable consumers `<service>__<upstream>` on the streams
+  of the upstreams it consumes, and acknowledge their messages;
+- subscribe to nothing but its own reply inbox `_INBOX.<service>.>` (JetStream delivers pulled
+  messages and API answers there), so no service sees another's deliveries or replies.
+
+`operator` (the CLI: `onefold audit verify`) only reads chain digests: the witness stream, and the last
+digest of each service stream by subject (a direct get that cannot name any other subject). `admin`
+may do anything: it is used by no service, only for maintenance with the nats CLI and by tests that
+need raw access.
+
+The subject and stream names mirror onefold.eventlog.streams (pinned by the tests).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+SUBJECT_ROOT = "onefold"
+DLQ_STREAM = "ONEFOLD_DLQ"
+WITNESS_STREAM = "ONEFOLD_WITNESS"
+OPERATOR = "operator"
+ADMIN = "admin"
+
+# upstream services each service consumes (an upstream's events reach a service only through this).
+CONSUMES: Mapping[str, tuple[str, ...]] = {
+    "ingest": (),
+    "identity": ("ingest",),
+    "consent": ("identity",),
+    "segments": ("identity", "consent"),
+    "journeys": ("identity", "segments", "consent"),
+}
+SERVICES: tuple[str, ...] = tuple(CONSUMES)
+USERS: tuple[str, ...] = (*SERVICES, OPERATOR, ADMIN)
+
+_JS = "$JS.API"
+
+
+def stream_of(service: str) -> str:
+    return f"ONEFOLD_{service.upper()}"
+
+
+def durable_of(service: str, upstream: str) -> str:
+    return f"{service}__{upstream}"
+
+
+def digest_subject_of(service: str) -> str:
+    return f"{SUBJECT_ROOT}.{service}.digest"
+
+
+def inbox_prefix(user: str) -> str:
+    """Where a user's replies and pulled messages arrive; nobody else may subscribe there."""
+    return f"_INBOX.{user}"
+
+
+@dataclass(frozen=True)
+class BusUser:
+    name: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def _consumer_api(stream: str, consumer: str) -> tuple[str, ...]:
+    return (
+        f"{_JS}.CONSUMER.INFO.{stream}.{consumer}",
+        f"{_JS}.CONSUMER.CREATE.{stream}.{consumer}",
+        f"{_JS}.CONSUMER.CREATE.{stream}.{consumer}.>",  # the filter subject follows the name
+        f"{_JS}.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+        f"{_JS}.CONSUMER.DELETE.{stream}.{consumer}",  # a rewind re-creates the consumer
+        f"{_JS}.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    )
+
+
+def _digest_reader_api() -> tuple[str, ...]:
+    """Everything needed to read the witness stream (chain digests only, nothing personal)."""
+    return (
+        f"{_JS}.STREAM.INFO.{WITNESS_STREAM}",
+        f"{_JS}.STREAM.MSG.GET.{WITNESS_STREAM}",
+        f"{_JS}.DIRECT.GET.{WITNESS_STREAM}",
+        f"{_JS}.DIRECT.GET.{WITNESS_STREAM}.>",
+        f"{_JS}.CONSUMER.CREATE.{WITNESS_STREAM}",  # ephemeral and ordered consumers
+        *_consumer_api(WITNESS_STREAM, "*"),
+        f"$JS.FC.{WITNESS_STREAM}.>",
+    )
+
+
+def service_user(service: str) -> BusUser:
+    own = stream_of(service)
+    stream_api = ("INFO", "CREATE", "UPDATE", "MSG.GET", "MSG.DELETE")
+    publish = [
+        f"{SUBJECT_ROOT}.{service}.>",
+        f"{SUBJECT_ROOT}.dlq.{service}.>",
+        *(f"{_JS}.STREAM.{call}.{own}" for call in stream_api),
+        f"{_JS}.DIRECT.GET.{own}",
+        f"{_JS}.DIRECT.GET.{own}.>",
+        *(f"{_JS}.STREAM.{call}.{DLQ_STREAM}" for call in ("INFO", "CREATE", "UPDATE")),
+        # The witness stream: created by whichever service starts first, read by all.
+        f"{_JS}.STREAM.CREATE.{WITNESS_STREAM}",
+        f"{_JS}.STREAM.UPDATE.{WITNESS_STREAM}",
+        *_digest_reader_api(),
+    ]
+    for upstream in CONSUMES[service]:
+        publish += _consumer_api(stream_of(upstream), durable_of(service, upstream))
+    return BusUser(service, tuple(dict.fromkeys(publish)), (f"{inbox_prefix(service)}.>",))
+
+
+def operator_user() -> BusUser:
+    publish = [
+        *_digest_reader_api(),
+        *(f"{_JS}.DIRECT.GET.{stream_of(s)}.{digest_subject_of(s)}" for s in SERVICES),
+    ]
+    return BusUser(OPERATOR, tuple(publish), (f"{inbox_prefix(OPERATOR)}.>",))
+
+
+def admin_user() -> BusUser:
+    return BusUser(ADMIN, (">",), (">",))
+
+
+def bus_users() -> tuple[BusUser, ...]:
+    return (*(service_user(s) for s in SERVICES), operator_user(), admin_user())
+
+
+def _list(subjects: tuple[str, ...], indent: str) -> str:
+    return "[\n" + "".join(f'{indent}  "{s}"\n' for s in subjects) + f"{indent}]"
+
+
+def authorization_config(password: Callable[[str], str]) -> str:
+    """The nats-server `authorization` block; `password(user)` is the value as written in the config
+    (a quoted literal locally, a `$VARIABLE` taken from the environment in Kubernetes).
+
+    With users defined and no `no_auth_user`, the server refuses every client without a credential.
+    """
+    lines = ["authorization {", "  users: ["]
+    for user in bus_users():
+        lines += [
+            "    {",
+            f"      user: {user.name}",
+            f"      password: {password(user.name)}",
+            "      permissions: {",
+            f"        publish: {{ allow: {_list(user.publish, '        ')} }}",
+            f"        subscribe: {{ allow: {_list(user.subscribe, '        ')} }}",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def environment_password(user: str) -> str:
+    """The config variable nats-server resolves from its environment (deploy/k8s: from Secrets)."""
+    return f"$NATS_PASSWORD_{user.upper()}"
+
+
+if __name__ == "__main__":  # the block deploy/k8s/components/nats/nats.yaml embeds
+    sys.stdout.write(authorization_config(environment_password))
