@@ -22,8 +22,9 @@ from onefold.consent.application import event_registry
 from onefold.eventlog import EventStore, KeyEncryptionKey, NewEvent
 from onefold.eventlog.digests import WITNESS_STREAM_LABEL, read_witness
 from onefold.platform.auth import INSTALLATION_ADMIN, CredentialStore
-from onefold.platform.config import NatsSettings
+from onefold.platform.bus_permissions import OPERATOR
 from onefold.platform.nats import NatsConnection
+from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.processes import ServiceProcess
 
 ONEFOLD = [sys.executable, "-m", "onefold.cli"]
@@ -51,8 +52,8 @@ def seed_consent_log(data_dir: Path, count: int) -> None:
     store.close()
 
 
-async def witnessed_position(nats_url: str, service: str) -> int:
-    connection = NatsConnection(NatsSettings(url=nats_url), "test-anchor")
+async def witnessed_position(server: NatsServerProcess, service: str) -> int:
+    connection = NatsConnection(server.client_settings(OPERATOR), "test-anchor")
     client = await connection.connect_once()
     try:
         witnesses = await read_witness(client.jetstream(), [service])
@@ -63,8 +64,9 @@ async def witnessed_position(nats_url: str, service: str) -> int:
 
 
 def audit_verify(
-    data_dir: Path, token: str, target: str, nats_url: str, *extra: str, status: int
+    data_dir: Path, token: str, target: str, server: NatsServerProcess, *extra: str, status: int
 ) -> subprocess.CompletedProcess[str]:
+    """`onefold audit verify consent` reading the witnesses as the `operator` NATS user."""
     done = subprocess.run(
         [
             *ONEFOLD,
@@ -75,13 +77,19 @@ def audit_verify(
             "--target",
             target,
             "--nats",
-            nats_url,
+            server.url,
             "--data-dir",
             str(data_dir),
         ],
         capture_output=True,
         text=True,
-        env={**os.environ, "ONEFOLD_TOKEN": token, "COLUMNS": "250"},
+        env={
+            **os.environ,
+            "ONEFOLD_TOKEN": token,
+            "COLUMNS": "250",
+            "ONEFOLD_NATS__USER": OPERATOR,
+            "ONEFOLD_NATS__PASSWORD_FILE": str(server.credentials.password_file(OPERATOR)),
+        },
         timeout=120,
     )
     assert done.returncode == status, f"{done.returncode}\n{done.stdout}\n{done.stderr}"
@@ -89,14 +97,16 @@ def audit_verify(
     return done
 
 
-def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(tmp_path: Path, nats_url: str) -> None:
+def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(
+    tmp_path: Path, nats_server: NatsServerProcess
+) -> None:
     data_dir = tmp_path / "data"
     seed_consent_log(data_dir, 20)
-    consent = ServiceProcess(name="consent", data_dir=data_dir, nats_url=nats_url)
+    consent = ServiceProcess(name="consent", data_dir=data_dir, nats=nats_server)
     consent.start()
     try:
         deadline = time.monotonic() + 60
-        while asyncio.run(witnessed_position(nats_url, "consent")) != 20:
+        while asyncio.run(witnessed_position(nats_server, "consent")) != 20:
             assert time.monotonic() < deadline, consent.log_path.read_text()[-3000:]
             time.sleep(0.2)
         token = (
@@ -104,7 +114,7 @@ def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(tmp_path: Path,
             .issue("default", ["admin", INSTALLATION_ADMIN])
             .token
         )
-        intact = audit_verify(data_dir, token, consent.target, nats_url, "--json", status=0)
+        intact = audit_verify(data_dir, token, consent.target, nats_server, "--json", status=0)
         [result] = json.loads(intact.stdout)
         assert result["ok"] and result["witnessed"] >= 1 and result["head_position"] == 20, intact.stdout
         assert not result["from_file"] and result["witness_conflicts"] == []
@@ -119,7 +129,7 @@ def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(tmp_path: Path,
     database.commit()
     database.close()
 
-    refused = ServiceProcess(name="consent", data_dir=data_dir, nats_url=nats_url, port=consent.port)
+    refused = ServiceProcess(name="consent", data_dir=data_dir, nats=nats_server, port=consent.port)
     with contextlib.suppress(RuntimeError):  # it may exit before it ever reports SERVING
         refused.start()
     assert refused.process is not None
@@ -129,7 +139,7 @@ def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(tmp_path: Path,
     assert "Run `onefold audit verify consent`" in log
 
     # The service is down: audit verify reads its database file and checks it against the witnesses.
-    broken = audit_verify(data_dir, token, refused.target, nats_url, status=1)
+    broken = audit_verify(data_dir, token, refused.target, nats_server, status=1)
     assert "the consent log is not intact at position 16" in broken.stderr
     assert f"the witness that disagrees: {WITNESS_STREAM_LABEL}" in broken.stderr
     assert "from its file" in broken.stdout

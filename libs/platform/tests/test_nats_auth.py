@@ -19,7 +19,6 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js import api
 
 from onefold.eventlog import streams
 from onefold.platform.bus_permissions import (
@@ -242,7 +241,7 @@ async def test_operator_reads_chain_digests_and_nothing_else(
 ) -> None:
     operator = await bus(OPERATOR)
     for service in SERVICES:
-        assert not await operator.refused_publish(
+        assert await operator.refused_publish(
             f"$JS.API.DIRECT.GET.{stream_of(service)}.{digest_subject_of(service)}"
         )
         assert await operator.refused_publish(
@@ -255,29 +254,25 @@ async def test_operator_reads_chain_digests_and_nothing_else(
     assert await operator.refused_publish(f"$JS.API.STREAM.CREATE.{WITNESS_STREAM}")
     assert await operator.refused_publish(f"$JS.API.STREAM.INFO.{DLQ_STREAM}")
 
-    # A digest a service published to its own stream is readable by the operator, by subject.
+    # A digest a service published to the witness stream (which it may create) is readable by the operator.
     consent = await nats.connect(nats_server.url, **nats_server.connect_options("consent"))
     try:
         js = consent.jetstream()
-        await streams.ensure_stream(
-            js,
-            api.StreamConfig(name=stream_of("consent"), subjects=["onefold.consent.>"], allow_direct=True),
-        )
-        await js.publish(digest_subject_of("consent"), b'{"position": 7}')
+        await streams.ensure_witness_stream(js)
+        await js.publish(digest_subject_of("consent"), b'{"position": 7}', stream=WITNESS_STREAM)
     finally:
         await consent.close()
     reader = await nats.connect(nats_server.url, **nats_server.connect_options(OPERATOR))
     try:
-        last = await reader.jetstream().get_last_msg(
-            stream_of("consent"), digest_subject_of("consent"), direct=True
-        )
+        last = await reader.jetstream().get_last_msg(WITNESS_STREAM, digest_subject_of("consent"))
     finally:
         await reader.close()
-    assert json.loads(last.data) == {"position": 7}
+    assert json.loads(last.data or b"") == {"position": 7}
 
 
 def test_the_graph_names_what_the_event_log_uses() -> None:
     assert SUBJECT_ROOT == streams.SUBJECT_ROOT and DLQ_STREAM == streams.DLQ_STREAM
+    assert WITNESS_STREAM == streams.WITNESS_STREAM
     for service, upstream in itertools.product(SERVICES, SERVICES):
         assert stream_of(service) == streams.stream_name(service)
         assert durable_of(service, upstream) == streams.consumer_name(service, upstream)

@@ -48,7 +48,7 @@ from onefold.cli.consent import (
     service_connection,
 )
 from onefold.cli.ingest_client import CliError, Connection, DataDir, Token, err_console, fail
-from onefold.cli.supervisor import SERVICES, read_endpoints
+from onefold.cli.supervisor import SERVICES, operator_nats_settings, read_endpoints
 from onefold.contracts.common.v1 import envelope_pb2
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.consent.v1 import consent_pb2_grpc
@@ -60,6 +60,7 @@ from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.registry import EventRegistry
 from onefold.eventlog.store import EventStore
 from onefold.platform.config import ConfigError, NatsSettings
+from onefold.platform.nats import connect_options, safe_url
 
 audit_app = typer.Typer(
     help="Audit consent (as of a time, with proof), verify the logs, and write reports.",
@@ -557,16 +558,26 @@ def verify_targets(data_dir: Path, service: str | None, target: str | None) -> l
 
 
 def nats_settings(data_dir: Path, url: str | None) -> NatsSettings:
-    """How the CLI reaches the bus: `--nats`, ONEFOLD_NATS__URL, else the nats-server of `onefold up`."""
+    """How the CLI reads the witness stream: `--nats` or the ONEFOLD_NATS__* settings (URL, user,
+    password file, CA) when given, else `onefold up`'s bus as its `operator` user (digests only)."""
     url = url or os.environ.get("ONEFOLD_NATS__URL")
-    if not url:
+    if url:
         try:
-            url = str(read_endpoints(data_dir.resolve())["nats_url"])
-        except (ConfigError, KeyError):
-            raise CliError(
-                "cannot find NATS to read the witnesses: pass --nats nats://host:port or set ONEFOLD_NATS__URL"
-            ) from None
-    return NatsSettings(url=url)
+            return NatsSettings(
+                url=url,
+                user=os.environ.get("ONEFOLD_NATS__USER", ""),
+                password_file=os.environ.get("ONEFOLD_NATS__PASSWORD_FILE", ""),
+                tls_ca_file=os.environ.get("ONEFOLD_NATS__TLS_CA_FILE", ""),
+            )
+        except ValueError as error:
+            raise CliError(f"the NATS settings are not usable: {error}") from None
+    try:
+        return operator_nats_settings(data_dir.resolve())
+    except (ConfigError, KeyError):
+        raise CliError(
+            "cannot find NATS to read the witnesses: pass --nats nats://host:port (with ONEFOLD_NATS__USER "
+            "and ONEFOLD_NATS__PASSWORD_FILE for its operator credential) or run `onefold up`"
+        ) from None
 
 
 async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dict[str, Witnessed]:
@@ -579,6 +590,7 @@ async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dic
             connect_timeout=settings.connect_timeout_seconds,
             allow_reconnect=False,
             max_reconnect_attempts=0,
+            **connect_options(settings),
         )
         try:
             return await read_witness(client.jetstream(), services)
@@ -729,7 +741,7 @@ def verify(
         try:
             witnesses = await read_witnesses(bus, SERVICES)
         except Exception as error:  # NATS down or refusing: still verify each log on its own
-            witness_error = f"NATS at {bus.url} answered {type(error).__name__}: {str(error)[:200]}"
+            witness_error = f"NATS at {safe_url(bus.url)} answered {type(error).__name__}: {str(error)[:200]}"
         return await verify_all(targets, token, witnesses, data_dir), witness_error
 
     results, witness_error = asyncio.run(run())

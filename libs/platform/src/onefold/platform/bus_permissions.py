@@ -14,8 +14,7 @@ A service may
 - subscribe to nothing but its own reply inbox `_INBOX.<service>.>` (JetStream delivers pulled
   messages and API answers there), so no service sees another's deliveries or replies.
 
-`operator` (the CLI: `onefold audit verify`) only reads chain digests: the witness stream, and the last
-digest of each service stream by subject (a direct get that cannot name any other subject). `admin`
+`operator` (the CLI: `onefold audit verify`) only reads chain digests: the witness stream. `admin`
 may do anything: it is used by no service, only for maintenance with the nats CLI and by tests that
 need raw access.
 
@@ -118,11 +117,7 @@ def service_user(service: str) -> BusUser:
 
 
 def operator_user() -> BusUser:
-    publish = [
-        *_digest_reader_api(),
-        *(f"{_JS}.DIRECT.GET.{stream_of(s)}.{digest_subject_of(s)}" for s in SERVICES),
-    ]
-    return BusUser(OPERATOR, tuple(publish), (f"{inbox_prefix(OPERATOR)}.>",))
+    return BusUser(OPERATOR, _digest_reader_api(), (f"{inbox_prefix(OPERATOR)}.>",))
 
 
 def admin_user() -> BusUser:
