@@ -619,7 +619,7 @@ async def test_with_nats_down_at_start_the_log_is_checked_before_anything_is_rel
         "segments",
         env={},
         data_dir=str(data),
-        nats={"url": nats_server.url, "reconnect_wait_seconds": 0.1},
+        nats=nats_server.client_settings("segments", reconnect_wait_seconds=0.1).model_dump(),
         auth={"bootstrap_admin": False},
         eventlog={"key_file": str(data / "keys" / "segments.kek")},
         telemetry={"log_level": "WARNING"},

@@ -42,7 +42,7 @@ from nats.js.errors import APIError, NotFoundError
 from prometheus_client import Counter
 
 from onefold.eventlog.cipher import KeyEncryptionKey
-from onefold.eventlog.models import ChainDigest, VerifyResult
+from onefold.eventlog.models import ChainDigest
 from onefold.eventlog.streams import (
     WITNESS_STREAM,
     StreamSettings,
@@ -75,7 +75,6 @@ class DigestSource(Protocol):
     def hash_at(self, position: int) -> bytes | None: ...
     def tracked_heads(self) -> dict[str, ChainDigest]: ...
     def published_position(self, stream_name: str) -> int: ...
-    def verify(self, *, expected: Iterable[ChainDigest] = ()) -> VerifyResult: ...
     def record_digest(self, digest: ChainDigest) -> None: ...
 
 
