@@ -18,7 +18,9 @@ from pathlib import Path
 
 from google.protobuf.descriptor import FieldDescriptor
 
+from onefold.cli.audit import Verified, verdict
 from onefold.consent.application import event_registry
+from onefold.contracts.eventlog.v1 import eventlog_pb2
 from onefold.eventlog import EventStore, KeyEncryptionKey, NewEvent
 from onefold.eventlog.digests import WITNESS_STREAM_LABEL, read_witness
 from onefold.platform.auth import INSTALLATION_ADMIN, CredentialStore
@@ -143,3 +145,36 @@ def test_a_cut_log_is_refused_at_start_and_named_by_audit_verify(
     assert "the consent log is not intact at position 16" in broken.stderr
     assert f"the witness that disagrees: {WITNESS_STREAM_LABEL}" in broken.stderr
     assert "from its file" in broken.stdout
+
+
+def test_the_verdict_names_the_witness_conflicts_and_unchecked_witnesses() -> None:
+    broken = Verified(
+        "ingest",
+        "127.0.0.1:1",
+        eventlog_pb2.VerifyResponse(
+            service="ingest",
+            ok=False,
+            first_bad_position=25,
+            problem="event 25 disagrees with the chain digest witnessed by identity's consumed head",
+            witness="identity's consumed head (witness record 7)",
+        ),
+    )
+    conflict = "witness record 3 for position 9 is signed by a different key than the pinned one"
+    conflicted = Verified(
+        "consent",
+        "127.0.0.1:2",
+        eventlog_pb2.VerifyResponse(service="consent", ok=True),
+        witness_conflicts=[conflict],
+    )
+    intact = Verified("segments", "127.0.0.1:3", eventlog_pb2.VerifyResponse(service="segments", ok=True))
+    status, sentences = verdict([broken, conflicted, intact])
+    assert status == 1 and not conflicted.ok and intact.ok
+    assert sentences == [
+        "the ingest log is not intact at position 25: event 25 disagrees with the chain digest witnessed "
+        "by identity's consumed head (the witness that disagrees: identity's consumed head (witness record 7))",
+        f"the witness stream holds a conflicting digest of consent: {conflict}",
+    ]
+    status, sentences = verdict(
+        [intact], witness_error="NATS at nats://127.0.0.1:4222 answered TimeoutError: "
+    )
+    assert status == 2 and sentences[0].startswith("the logs could not be checked against their witnesses")
