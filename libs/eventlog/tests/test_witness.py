@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -606,15 +607,20 @@ async def test_a_consistent_rewrite_is_named_on_each_database(
 # -- the service: a check deferred while NATS is down still runs before the relay ---------------------
 
 
-async def test_with_nats_down_at_start_the_log_is_checked_before_anything_is_relayed(
-    nats_server: NatsServerProcess,
-    nats: NatsConnection,
-    registry: EventRegistry,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(eventlog_service, "START_CHECK_SECONDS", 0.2)
+@dataclass
+class RunningService:
+    service: eventlog_service.EventSourcedService
+    connection: NatsConnection
+    health: list[tuple[bool, str]]
+
+
+@pytest.fixture
+async def segments_service(
+    nats_server: NatsServerProcess, registry: EventRegistry, tmp_path: Path
+) -> AsyncIterator[RunningService]:
+    """An EventSourcedService named segments (the test event types), not started; stopped after."""
     data = tmp_path / "data"
+    data.mkdir()
     settings = load_settings(
         "segments",
         env={},
@@ -624,7 +630,6 @@ async def test_with_nats_down_at_start_the_log_is_checked_before_anything_is_rel
         eventlog={"key_file": str(data / "keys" / "segments.kek")},
         telemetry={"log_level": "WARNING"},
     )
-    data.mkdir()
     credentials = CredentialStore(settings.auth_database_url(), cache_seconds=0)
     credentials.create_schema()
     engine = create_engine(settings.database_url())
@@ -635,28 +640,69 @@ async def test_with_nats_down_at_start_the_log_is_checked_before_anything_is_rel
         health.append((serving, name))
 
     ctx = ServiceContext(settings, engine, credentials, connection, set_health=set_health)
-    service = eventlog_service.EventSourcedService(ctx, registry=registry)
+    running = RunningService(eventlog_service.EventSourcedService(ctx, registry=registry), connection, health)
+    yield running
+    await running.service.stop()
+    await connection.close()
+    engine.dispose()
+
+
+def cut_the_last_event(store: EventStore) -> None:
+    with store.engine.begin() as conn:
+        head = conn.execute(sa.select(sa.func.max(schema.events.c.position))).scalar()
+        conn.execute(sa.delete(schema.events).where(schema.events.c.position == head))
+        conn.execute(sa.delete(schema.chain_digests))
+
+
+async def test_with_nats_down_at_start_the_log_is_checked_before_anything_is_relayed(
+    nats_server: NatsServerProcess,
+    nats: NatsConnection,
+    segments_service: RunningService,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(eventlog_service, "START_CHECK_SECONDS", 0.2)
+    service, health = segments_service.service, segments_service.health
     # Its earlier life: 5 events, witnessed.
     service.store.append(counters(5))
     assert await DigestPublisher(service.store, nats, service="segments", signer=service.signer).publish_now()
     # Then, with NATS down, someone removes event 5 and its local digest; the service starts.
     nats_server.kill()
-    with service.store.engine.begin() as conn:
-        conn.execute(sa.delete(schema.events).where(schema.events.c.position == 5))
-        conn.execute(sa.delete(schema.chain_digests))
-    connection.start()
-    try:
-        await service.start()  # nothing local contradicts it: serving, the witness check deferred
-        assert health == [(True, CHAIN_HEALTH_NAME)]
-        nats_server.start()
-        async with asyncio.timeout(30):
-            while (False, CHAIN_HEALTH_NAME) not in health:
-                await asyncio.sleep(0.05)
-        assert not service.leading.is_set()
-        assert service.store.published_position(stream_name("segments")) == 0  # nothing relayed
-        witnessed = (await read_witness(await jetstream(connection), ["segments"]))["segments"]
-        assert [r.digest.digest.position for r in witnessed.records] == [5]  # nothing new witnessed
-    finally:
-        await service.stop()
-        await connection.close()
-        engine.dispose()
+    cut_the_last_event(service.store)
+    segments_service.connection.start()
+    await service.start()  # nothing local contradicts it: serving, the witness check deferred
+    assert health == [(True, CHAIN_HEALTH_NAME)]
+    nats_server.start()
+    async with asyncio.timeout(30):
+        while (False, CHAIN_HEALTH_NAME) not in health:
+            await asyncio.sleep(0.05)
+    assert not service.leading.is_set()
+    assert service.store.published_position(stream_name("segments")) == 0  # nothing relayed
+    witnessed = (await read_witness(await jetstream(nats), ["segments"]))["segments"]
+    assert [r.digest.digest.position for r in witnessed.records] == [5]  # nothing new witnessed
+
+
+async def test_a_log_cut_while_running_stops_the_relay_at_the_next_digest(
+    nats: NatsConnection, segments_service: RunningService
+) -> None:
+    service, health = segments_service.service, segments_service.health
+    service.store.append(counters(5))
+    segments_service.connection.start()
+    await service.start()
+    async with asyncio.timeout(30):  # leading: relayed and witnessed
+        while (
+            service.store.published_position(stream_name("segments")) != 5
+            or not service.digests.last_published
+        ):
+            await asyncio.sleep(0.05)
+    cut_the_last_event(service.store)
+    service.store.append(counters(1))  # position 5 again, another event: never to reach the bus
+    assert await service.digests.publish_now() is None
+    assert service.digests.diverged and "differs from the one already witnessed" in service.digests.alarm
+    async with asyncio.timeout(30):
+        while service.leading.is_set():
+            await asyncio.sleep(0.05)
+    assert (False, CHAIN_HEALTH_NAME) in health
+    # The relay (woken by the append, it found nothing after its position 5) is stopped; nothing
+    # of the reused position reached the bus.
+    assert service.relay._task is None and all(s._task is None for s in service.subscribers)
+    assert service.store.published_position(stream_name("segments")) == 5

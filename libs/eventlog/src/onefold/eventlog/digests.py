@@ -413,6 +413,9 @@ class DigestPublisher:
         self.on_alarm = on_alarm
         self.last_published: ChainDigest | None = None
         self.alarm = ""
+        # The alarm is about this log itself (cut or rewritten), not about someone else's record:
+        # nothing more may be relayed or witnessed from it.
+        self.diverged = False
         self._last_published_at = 0.0
         self._last_sequence: int | None = None  # subject sequence of the last witness record seen
         self._last_witnessed: ChainDigest | None = None
@@ -458,6 +461,7 @@ class DigestPublisher:
             return f"witness record {sequence} is not signed by this service's key"
         problem = await asyncio.to_thread(divergence, self.store, last.digest)
         if problem:
+            self.diverged = True
             return f"witness record {sequence}: {problem}"
         self._last_witnessed = last.digest
         return ""
@@ -498,6 +502,7 @@ class DigestPublisher:
                 digest = await asyncio.to_thread(self.store.head_digest)
                 problem = await asyncio.to_thread(divergence, self.store, witnessed, head=digest)
                 if problem:
+                    self.diverged = True
                     await self._raise_alarm(problem)
                     return None
             consumed = await asyncio.to_thread(self._consumed)

@@ -224,16 +224,23 @@ class EventSourcedService:
                 for subscriber in self.subscribers:
                     subscriber.start()
                 try:
-                    # Polls the lease's database connection: nothing in this process could signal it.
-                    while await asyncio.to_thread(self.lease.still_held):  # noqa: ASYNC110
+                    # Polls the lease's database connection (nothing here could signal its loss) and the digests.
+                    while not self.digests.diverged and await asyncio.to_thread(self.lease.still_held):  # noqa: ASYNC110
                         await asyncio.sleep(LEASE_CHECK_SECONDS)
-                    log.warning("eventlog.lease_lost", service=self.name)
+                    if not self.digests.diverged:
+                        log.warning("eventlog.lease_lost", service=self.name)
                 finally:
                     self.leading.clear()
                     for subscriber in self.subscribers:
                         await subscriber.stop()
                     await self.digests.stop()
                     await self.relay.stop()
+                if self.digests.diverged:
+                    # The log was cut or rewritten under the running service: stop relaying and
+                    # consuming on it (the alarm is raised); `onefold audit verify` names the position.
+                    log.error("eventlog.stopped_on_divergence", service=self.name, problem=self.digests.alarm)
+                    await asyncio.to_thread(self.lease.release)
+                    return
             await asyncio.sleep(LEASE_CHECK_SECONDS)
 
     async def _chain_alarm(self, problem: str) -> None:
