@@ -1,0 +1,355 @@
+"""Every RPC of every service, fuzzed: real ingest, identity and consent processes (each also serving
+PlatformService and EventLogService) get >= 10,000 authenticated calls of mutated and random request
+messages, built from the request descriptors with a fixed seed: huge strings, NULs, invalid UTF-8 in
+bytes fields, extreme integers, unknown enum values, out-of-range timestamps, NaN in Structs, deep
+nesting, random bytes as the serialized request. No call may answer INTERNAL or UNKNOWN, or an
+error sentence longer than MAX_MESSAGE_CHARS (echoed input); a failure names the RPC and the input
+(call number, seed and message) that did. The processes must keep serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool, message_factory, text_format
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
+from google.protobuf.message import Message
+
+from onefold.contracts.consent.v1 import consent_pb2
+from onefold.contracts.eventlog.v1 import eventlog_pb2
+from onefold.contracts.identity.v1 import identity_pb2
+from onefold.contracts.ingest.v1 import ingest_pb2
+from onefold.contracts.platform.v1 import platform_pb2
+from onefold.platform.auth import CredentialStore
+from onefold.platform.errors import MAX_MESSAGE_CHARS
+from onefold.platform.health import health_status
+from onefold.platform.nats_server import NatsServerProcess
+from onefold.testing.processes import ServiceProcess
+
+CALLS = 10_000
+CONCURRENCY = 12  # calls in flight: enough to keep three servers busy on two cores
+SEED = 20261205
+BAD_CODES = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+SERVICES_BY_PROCESS: dict[str, list[str]] = {
+    "ingest": ["onefold.ingest.v1.IngestService"],
+    "identity": ["onefold.identity.v1.IdentityService"],
+    "consent": ["onefold.consent.v1.ConsentService", "onefold.consent.v1.AuditService"],
+}
+EVERY_PROCESS = ["onefold.platform.v1.PlatformService", "onefold.eventlog.v1.EventLogService"]
+_MODULES = (consent_pb2, eventlog_pb2, identity_pb2, ingest_pb2, platform_pb2)  # loads the descriptors
+POOL = descriptor_pool.Default()
+
+# Strings that mean something to the services (so fuzzing reaches past "not found"), and nasty ones.
+KNOWN_TEXT = [
+    "email", "phone", "user_id", "anonymous_id", "device_id", "marketing", "analytics", "sms", "push",
+    "default", "a@example.com", "+8613800138000", "u1", "anon-1", "Order Completed", "plan", "admin",
+]  # fmt: skip
+NASTY_TEXT = [
+    "", " ", "\x00", "a\x00b", "\u202e\u0000", "💥" * 3, "'; DROP TABLE events; --", "../../etc/passwd",
+    "%s%n", "\ufeff", "\r\n", "\\", "{}", "[]", "null", "-1", "9" * 40, "é" * 300,
+]  # fmt: skip
+EXTREME_INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**32 - 1, 2**53 + 1, 2**63 - 1, -(2**63), 2**64 - 1]
+UNKNOWN_ENUMS = [99, -1, 2**31 - 1, -(2**31), 7, 1000]
+# Timestamps outside 0001-01-01 .. 9999-12-31 (seconds), and nanos outside 0 .. 999,999,999.
+TIMESTAMP_SECONDS = [0, 1_700_000_000, 253_402_300_800, -62_135_596_801, 2**62, -(2**62), 4_102_444_800]
+TIMESTAMP_NANOS = [0, 1, 999_999_999, 1_000_000_000, -1, 2**31 - 1, -(2**31)]
+
+
+@dataclass
+class Fuzzer:
+    """Half the requests are plausible with a few mutated values (so they get past the first check
+    and reach the application), half are nasty throughout."""
+
+    rng: random.Random
+    known: list[str]
+    nasty_rate: float = 0.5
+
+    def nasty(self) -> bool:
+        return self.rng.random() < self.nasty_rate
+
+    def text(self) -> str:
+        roll = self.rng.random()
+        if roll < 0.35 or not self.nasty():
+            return self.rng.choice(self.known)
+        if roll < 0.6:
+            return self.rng.choice(NASTY_TEXT)
+        if roll < 0.8:
+            alphabet = "abcXYZ019_-.:@ \x00\u00e9\u4e2d\U0001f600"
+            return "".join(self.rng.choice(alphabet) for _ in range(self.rng.randint(1, 40)))
+        if roll < 0.97:
+            return "x" * self.rng.choice([65, 257, 1025, 4097, 70_000])
+        return "y" * 1_048_576  # a megabyte: must not come back whole in an error
+
+    def blob(self) -> bytes:
+        if not self.nasty():
+            return b"\x01" * 32
+        return self.rng.choice(
+            [b"", b"\xff\xfe\xfd", b"\x00" * 32, self.rng.randbytes(self.rng.randint(1, 64)), b"z" * 70_000]
+        )
+
+    def number(self, field: FieldDescriptor) -> int | float | bool:
+        kind = field.type
+        if kind == FieldDescriptor.TYPE_BOOL:
+            return self.rng.random() < 0.5
+        if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            return self.rng.choice(
+                [0.0, -0.0, 1.5, float("nan"), float("inf"), -float("inf"), 1e308, -1e-320]
+            )
+        unsigned = kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED32,
+                            FieldDescriptor.TYPE_FIXED64)  # fmt: skip
+        bits = 64 if kind in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+                              FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64) else 32  # fmt: skip
+        low, high = (0, 2**bits - 1) if unsigned else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+        if not self.nasty():
+            return self.rng.randint(0, 30)
+        candidates = [v for v in EXTREME_INTS if low <= v <= high] + [self.rng.randint(0, 100)]
+        return self.rng.choice(candidates)
+
+    def enum(self, field: FieldDescriptor) -> int:
+        if self.rng.random() < 0.3 and self.nasty():
+            return self.rng.choice(UNKNOWN_ENUMS)
+        return self.rng.choice([value.number for value in field.enum_type.values])
+
+    def json_value(self, depth: int) -> object:
+        roll = self.rng.random()
+        if depth <= 0 or roll < 0.5:
+            return self.rng.choice(
+                [None, True, 1, -2.5, float("nan"), float("inf"), 2.0**60, self.text()[:100]]
+            )
+        if roll < 0.75:
+            return [self.json_value(depth - 1) for _ in range(self.rng.randint(0, 3))]
+        return {self.text()[:50]: self.json_value(depth - 1) for _ in range(self.rng.randint(0, 3))}
+
+    def deep_json(self) -> object:
+        value: object = "leaf"
+        for _ in range(self.rng.choice([16, 17, 20, 31, 40])):
+            value = {"a": value} if self.rng.random() < 0.7 else [value]
+        return value
+
+    def fill(self, message: Message, depth: int = 0) -> Message:
+        name = message.DESCRIPTOR.full_name
+        if name == "google.protobuf.Timestamp":
+            nasty = self.nasty()
+            message.seconds = self.rng.choice(TIMESTAMP_SECONDS if nasty else [1_700_000_000, 1_800_000_000])  # type: ignore[attr-defined]
+            message.nanos = self.rng.choice(TIMESTAMP_NANOS if nasty else [0, 5000])  # type: ignore[attr-defined]
+            return message
+        if name == "google.protobuf.Struct":
+            roll = self.rng.random()
+            values = {"deep": self.deep_json()} if roll < 0.2 and self.nasty() else {
+                self.text()[:40]: self.json_value(3) for _ in range(self.rng.randint(0, 4))
+            }  # fmt: skip
+            message.update(values)  # type: ignore[attr-defined]
+            return message
+        if name == "google.protobuf.Value":
+            holder = message_factory.GetMessageClass(POOL.FindMessageTypeByName("google.protobuf.Struct"))()
+            holder.update({"v": self.json_value(3)})  # type: ignore[attr-defined]
+            message.CopyFrom(holder.fields["v"])  # type: ignore[attr-defined]
+            return message
+        for field in message.DESCRIPTOR.fields:
+            if self.rng.random() < 0.35:
+                continue
+            self.set_field(message, field, depth)
+        return message
+
+    def set_field(self, message: Message, field: FieldDescriptor, depth: int) -> None:
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            target = getattr(message, field.name)
+            key_field, value_field = (
+                field.message_type.fields_by_name["key"],
+                field.message_type.fields_by_name["value"],
+            )
+            for _ in range(self.rng.randint(0, 3)):
+                key = self.scalar(key_field)
+                if value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                    if depth < 4:
+                        self.fill(target[key], depth + 1)
+                else:
+                    target[key] = self.scalar(value_field)
+            return
+        if field.is_repeated:
+            count = self.rng.choice([0, 1, 1, 2, 3] + ([1001, 2501] if self.rng.random() < 0.01 else []))
+            target = getattr(message, field.name)
+            for _ in range(count):
+                if field.type == FieldDescriptor.TYPE_MESSAGE:
+                    if depth < 4:
+                        self.fill(target.add(), depth + 1)
+                else:
+                    target.append(self.scalar(field))
+            return
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if depth < 4:
+                self.fill(getattr(message, field.name), depth + 1)
+            return
+        setattr(message, field.name, self.scalar(field))
+
+    def scalar(self, field: FieldDescriptor) -> object:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            return self.text()
+        if field.type == FieldDescriptor.TYPE_BYTES:
+            return self.blob()
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            return self.enum(field)
+        return self.number(field)
+
+    def request(self, method: MethodDescriptor) -> bytes:
+        """The serialized request: random bytes now and then, otherwise a filled-in message."""
+        if self.rng.random() < 0.08:
+            return self.rng.randbytes(self.rng.randint(0, 300))
+        self.nasty_rate = self.rng.choice([0.03, 0.6])
+        message = message_factory.GetMessageClass(method.input_type)()
+        return self.fill(message).SerializeToString()
+
+
+def every_method() -> list[tuple[str, MethodDescriptor]]:
+    methods = []
+    for process, names in SERVICES_BY_PROCESS.items():
+        for name in [*names, *EVERY_PROCESS]:
+            methods += [(process, method) for method in POOL.FindServiceByName(name).methods]
+    return methods
+
+
+def describe(method: MethodDescriptor, body: bytes) -> str:
+    """The input that failed, short enough to read: the message as text (or the raw bytes)."""
+    try:
+        message = message_factory.GetMessageClass(method.input_type).FromString(body)
+        shown = text_format.MessageToString(message, as_one_line=True)
+    except Exception:
+        shown = f"bytes {body[:200].hex()}"
+    shown = re.sub(r"(.)\1{15,}", lambda run: f"{run.group(1)}<x{len(run.group(0))}>", shown)
+    return shown[:600] + (" ..." if len(shown) > 600 else "")
+
+
+@dataclass
+class Stack:
+    targets: dict[str, str]
+    token: str
+    processes: list[ServiceProcess]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("grpc-fuzz")
+    data = root / "data"
+    data.mkdir()
+    credentials = CredentialStore(f"sqlite:///{data / 'auth.db'}", cache_seconds=0)
+    credentials.create_schema()
+    admin = credentials.issue("default", ["admin"], name="fuzz").token
+    service_token = credentials.issue("*", ["service"], name="onefold services").token
+    credentials.engine.dispose()
+    nats = NatsServerProcess(root / "nats")
+    nats.start()
+    # Credentials verified once a minute, not per call: the fuzz measures the handlers.
+    quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false", "ONEFOLD_AUTH__CACHE_SECONDS": "60"}
+    started: list[ServiceProcess] = []
+    try:
+        for name in ("ingest", "identity"):
+            process = ServiceProcess(name, data, nats.url, extra_env=quiet)
+            process.start()
+            started.append(process)
+        peers = {f"ONEFOLD_PEERS__{p.name.upper()}": p.target for p in started}
+        consent = ServiceProcess(
+            "consent",
+            data,
+            nats.url,
+            extra_env={**quiet, **peers, "ONEFOLD_AUTH__SERVICE_TOKEN": service_token},
+        )
+        consent.start()
+        started.append(consent)
+        yield Stack({p.name: p.target for p in started}, admin, started)
+    finally:
+        for process in reversed(started):
+            process.stop()
+        nats.stop()
+
+
+async def _seed_known_ids(stack: Stack, metadata: tuple[tuple[str, str], ...]) -> list[str]:
+    """Real ids for the fuzzer to use: a source, and its events' ids."""
+    async with grpc.aio.insecure_channel(stack.targets["ingest"]) as channel:
+        create = channel.unary_unary(
+            "/onefold.ingest.v1.IngestService/CreateSource",
+            response_deserializer=ingest_pb2.CreateSourceResponse.FromString,
+        )
+        created = await create(
+            ingest_pb2.CreateSourceRequest(name="fuzz", rate_limit_per_second=1_000_000).SerializeToString(),
+            metadata=metadata,
+        )
+    return [created.source.source_id, "acme", "req-1"]
+
+
+async def _fuzz(stack: Stack) -> tuple[Counter[str], list[str], int]:
+    metadata = (("authorization", f"Bearer {stack.token}"),)
+    fuzzer = Fuzzer(random.Random(SEED), KNOWN_TEXT + await _seed_known_ids(stack, metadata))
+    methods = every_method()
+    channels = {name: grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+                for name, target in stack.targets.items()}  # fmt: skip
+    codes: Counter[str] = Counter()
+    failures: list[str] = []
+    queue: asyncio.Queue[tuple[int, str, MethodDescriptor, list[bytes]]] = asyncio.Queue(
+        maxsize=CONCURRENCY * 2
+    )
+    calls = 0
+
+    async def produce() -> None:
+        for number in range(CALLS):
+            process, method = (
+                methods[number % len(methods)] if number < len(methods) else fuzzer.rng.choice(methods)
+            )
+            bodies = [
+                fuzzer.request(method)
+                for _ in range(fuzzer.rng.randint(1, 3) if method.client_streaming else 1)
+            ]
+            await queue.put((number, process, method, bodies))
+        for _ in range(CONCURRENCY):
+            await queue.put((-1, "", methods[0], []))
+
+    async def consume() -> None:
+        nonlocal calls
+        while True:
+            number, process, method, bodies = await queue.get()
+            if number < 0:
+                return
+            path = f"/{method.containing_service.full_name}/{method.name}"
+            channel = channels[process]
+            try:
+                if method.client_streaming:
+                    await channel.stream_unary(path)(iter(bodies), metadata=metadata, timeout=30)
+                else:
+                    await channel.unary_unary(path)(bodies[0], metadata=metadata, timeout=30)
+                code = grpc.StatusCode.OK
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code in BAD_CODES or len(error.details() or "") > MAX_MESSAGE_CHARS:
+                    failures.append(
+                        f"{path} answered {code.name} ({error.details()[:300]}) to call {number} "
+                        f"(seed {SEED}): {describe(method, bodies[0])}"
+                    )
+            codes[f"{path}:{code.name}"] += 1
+            calls += 1
+
+    try:
+        await asyncio.gather(produce(), *(consume() for _ in range(CONCURRENCY)))
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    return codes, failures, calls
+
+
+@pytest.mark.timeout(600)
+async def test_no_rpc_answers_internal_or_unknown_to_fuzzed_requests(stack: Stack) -> None:
+    codes, failures, calls = await _fuzz(stack)
+    assert calls >= CALLS
+    assert not failures, f"{len(failures)} calls failed:\n" + "\n".join(failures[:40])
+    # Every RPC was called, and answered something other than a transport failure.
+    called = {key.rsplit(":", 1)[0] for key in codes}
+    assert called == {f"/{m.containing_service.full_name}/{m.name}" for _, m in every_method()}
+    for process in stack.processes:
+        assert process.process is not None and process.process.poll() is None, f"{process.name} crashed"
+        assert health_status(process.target) == "SERVING"
