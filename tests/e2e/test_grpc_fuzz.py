@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pool, message_factory, text_format, timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
@@ -28,7 +28,7 @@ from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.platform.v1 import platform_pb2
 from onefold.platform.auth import CredentialStore
-from onefold.platform.errors import MAX_MESSAGE_CHARS
+from onefold.platform.errors import MAX_MESSAGE_CHARS, details_of
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.processes import ServiceProcess
@@ -353,3 +353,57 @@ async def test_no_rpc_answers_internal_or_unknown_to_fuzzed_requests(stack: Stac
     for process in stack.processes:
         assert process.process is not None and process.process.poll() is None, f"{process.name} crashed"
         assert health_status(process.target) == "SERVING"
+
+
+MEGABYTE = "x" * 1_048_576
+YEAR_10000 = timestamp_pb2.Timestamp(seconds=253_402_300_800)
+NEGATIVE_NANOS = timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=-1)
+TOO_MANY_NANOS = timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=1_000_000_000)
+SOMEONE = identity_pb2.ProfileRef(profile_id="p_someone")
+AUDIT_CASES = [
+    # (process, method, request, code, first violation's field)
+    ("identity", "IdentityService/GetProfile", identity_pb2.GetProfileRequest(profile=SOMEONE, as_of=YEAR_10000),
+     grpc.StatusCode.INVALID_ARGUMENT, "as_of"),
+    ("identity", "IdentityService/GetProfile", identity_pb2.GetProfileRequest(profile=SOMEONE, as_of=NEGATIVE_NANOS),
+     grpc.StatusCode.INVALID_ARGUMENT, "as_of"),
+    ("identity", "IdentityService/GetProfile", identity_pb2.GetProfileRequest(profile=SOMEONE, axis=99),  # type: ignore[arg-type]
+     grpc.StatusCode.INVALID_ARGUMENT, "axis"),
+    ("identity", "IdentityService/ListTimeline", identity_pb2.ListTimelineRequest(profile=SOMEONE, since=TOO_MANY_NANOS),
+     grpc.StatusCode.INVALID_ARGUMENT, "since"),
+    ("identity", "IdentityService/ListTimeline", identity_pb2.ListTimelineRequest(profile=SOMEONE, types=[3, 99]),  # type: ignore[list-item]
+     grpc.StatusCode.INVALID_ARGUMENT, "types[1]"),
+    ("consent", "ConsentService/CheckConsent",
+     consent_pb2.CheckConsentRequest(subject=SOMEONE, purpose_id="marketing", at=YEAR_10000),
+     grpc.StatusCode.INVALID_ARGUMENT, "at"),
+    ("consent", "AuditService/ConsentAsOf", consent_pb2.ConsentAsOfRequest(subject=SOMEONE, known_at=NEGATIVE_NANOS),
+     grpc.StatusCode.INVALID_ARGUMENT, "known_at"),
+    ("identity", "IdentityService/GetProfile",
+     identity_pb2.GetProfileRequest(profile=identity_pb2.ProfileRef(profile_id=MEGABYTE)),
+     grpc.StatusCode.NOT_FOUND, "profile.profile_id"),
+    ("identity", "IdentityService/GetProfile",
+     identity_pb2.GetProfileRequest(
+         profile=identity_pb2.ProfileRef(identifier=identity_pb2.Identifier(type=MEGABYTE, value="a@example.com"))
+     ),
+     grpc.StatusCode.INVALID_ARGUMENT, "profile.identifier.type"),
+    ("consent", "ConsentService/CheckConsent",
+     consent_pb2.CheckConsentRequest(subject=identity_pb2.ProfileRef(profile_id=MEGABYTE), purpose_id="marketing"),
+     grpc.StatusCode.NOT_FOUND, "subject.profile_id"),
+    ("consent", "ConsentService/GetRequest", consent_pb2.GetRequestRequest(request_id=MEGABYTE),
+     grpc.StatusCode.NOT_FOUND, "request_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("process", "method", "request_message", "code", "field"), AUDIT_CASES)
+def test_the_audits_inputs_answer_invalid_argument_or_not_found_with_a_bounded_message(
+    stack: Stack, process: str, method: str, request_message: Message, code: grpc.StatusCode, field: str
+) -> None:
+    package = "identity" if method.startswith("Identity") else "consent"
+    with grpc.insecure_channel(stack.targets[process]) as channel:
+        call = channel.unary_unary(f"/onefold.{package}.v1.{method}")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(request_message.SerializeToString(), metadata=(("authorization", f"Bearer {stack.token}"),))
+    error = refused.value
+    assert error.code() == code, error.details()  # type: ignore[attr-defined]
+    assert len(error.details()) <= 200, error.details()  # type: ignore[attr-defined]
+    _, violations = details_of(error)
+    assert violations[0][0] == field

@@ -3,7 +3,7 @@
 A property test sends generated events (deep and wide JSON, odd keys and strings) through the real
 HTTP and gRPC APIs of a running ingest, then reads every EventAccepted the log recorded and parses it
 exactly as the consumers do: the bus envelope with `EventEnvelope.FromString`, its payload with
-`EventAccepted.FromString` (identity's handler), and the event inside the deepest messages that
+`EventAccepted.FromString` and the identifier extraction (identity's handler), and the event inside the deepest messages that
 carry it onwards (identity's EventResolved, ListTimelineResponse, ExportSubjectResponse, and a
 profile's traits). Every acknowledged event must be there and parse; nothing may fail.
 
@@ -31,12 +31,14 @@ from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import EventStore
+from onefold.identity.domain.identifiers import default_rules, extract
 from onefold.ingest.domain import MAX_NESTING_DEPTH
 from onefold.ingest.entrypoints.http import HttpServer
 from onefold.platform.errors import details_of
 
 ACCEPTED = pb.EventAccepted.DESCRIPTOR.full_name
 EXAMPLES = 120
+IDENTITY_RULES = default_rules()
 
 keys = st.text(max_size=12) | st.sampled_from(["a", "", "/", "~0", "a.b", "\x00", "é中😀", "0", "123"])
 scalars = (
@@ -123,6 +125,7 @@ def parse_as_every_consumer(store: EventStore, after: int) -> tuple[int, int]:
         envelope = EventEnvelope.FromString(store.to_envelope(recorded).SerializeToString())
         accepted = pb.EventAccepted.FromString(envelope.payload)  # identity's handle_accepted
         event = accepted.event
+        extract(event, IDENTITY_RULES, lambda kind, value: f"{kind}:{value}")  # and its first step
         carriers = [
             identity_pb2.EventResolved(event_id=envelope.event_id, event=event),
             identity_pb2.ListTimelineResponse(entries=[identity_pb2.TimelineEntry(event=event)]),

@@ -3,12 +3,16 @@
 `check_request` runs for every request the platform's gRPC server deserialises (see
 `grpc_server.typed_registration`): each Timestamp set anywhere in the request must lie in
 0001-01-01 .. 9999-12-31 UTC with nanos 0 .. 999,999,999 (what `ToDatetime` and every database can
-hold), and each enum must hold a value its enum defines (proto3 lets a client send any int32).
-Both answer INVALID_ARGUMENT naming the field path, never INTERNAL.
+hold), each enum must hold a value its enum defines (proto3 lets a client send any int32), and each
+number in a google.protobuf.Struct or Value must be finite (JSON has no NaN or infinity, so no
+reader could take it back). Each answers INVALID_ARGUMENT naming the field path, never INTERNAL.
 
-Servicers use the others for what only they know: `id_arg` for an id the caller names (too long to
-exist: NOT_FOUND), `bounded_text` for a text with a size limit (INVALID_ARGUMENT), `echo` to quote
-client input in an error sentence without ever quoting more than a few dozen characters of it.
+Servicers use the others for what only they know: `optional_timestamp` to read a Timestamp,
+`id_arg` for an id the caller names (too long to exist: NOT_FOUND), `profile_ref_arg` for a person
+named by profile id or identifier, `bounded_text` for a text with a size limit (INVALID_ARGUMENT),
+`echo` to quote client input in an error sentence without ever quoting more than a few dozen
+characters of it. The platform's error mapping (errors.OnefoldError.to_status) bounds every message
+as the last defence.
 """
 
 from __future__ import annotations
@@ -75,15 +79,6 @@ def optional_timestamp(message: Message, name: str, field: str = "") -> datetime
     return timestamp_arg(field or name, getattr(message, name))
 
 
-def enum_arg(field: str, value: int, enum: FieldDescriptor | object) -> int:
-    """`value` when `enum` (an EnumDescriptor, or a generated enum wrapper) defines it."""
-    descriptor = getattr(enum, "DESCRIPTOR", enum)
-    if value not in descriptor.values_by_number:  # type: ignore[attr-defined]
-        message = f"is not a value of {descriptor.name}"  # type: ignore[attr-defined]
-        raise InvalidArgument(f"{field} {value} {message}", violations=[(field, message)])
-    return value
-
-
 def bounded_text(field: str, value: str, max_chars: int) -> str:
     """INVALID_ARGUMENT when `value` is longer than the limit (the message never quotes it whole)."""
     if len(value) > max_chars:
@@ -117,23 +112,23 @@ def _walk(message: Message, at: str, problems: list[tuple[str, str]]) -> None:
     for field, value in message.ListFields():
         path = f"{at}.{field.name}" if at else field.name
         if field.type == FieldDescriptor.TYPE_ENUM:
-            known = field.enum_type.values_by_number
+            enum = field.enum_type
+            assert enum is not None  # an enum field always has its enum type
+            known = enum.values_by_number
             for i, number in enumerate(value if field.is_repeated else (value,)):
                 if number not in known:
                     where = f"{path}[{i}]" if field.is_repeated else path
-                    problems.append((where, f"is not a value of {field.enum_type.name}"))
+                    problems.append((where, f"is not a value of {enum.name}"))
             continue
         if field.type != FieldDescriptor.TYPE_MESSAGE:
             continue
         kind = field.message_type
+        assert kind is not None  # a message field always has its message type
         if kind.full_name in _NOT_WALKED:
             continue
         if kind.GetOptions().map_entry:
-            value_field = kind.fields_by_name["value"]
-            if (
-                value_field.type == FieldDescriptor.TYPE_MESSAGE
-                and value_field.message_type.full_name not in _NOT_WALKED
-            ):
+            value_kind = kind.fields_by_name["value"].message_type
+            if value_kind is not None and value_kind.full_name not in _NOT_WALKED:
                 for key, item in value.items():
                     _check(item, f"{path}[{echo(str(key), 32)}]", problems)
             continue

@@ -319,11 +319,13 @@ def parse_event(
 
     # Timestamps last: they only matter if the rest is sound, and their failures have their own kind.
     times: list[Violation] = []
-    given = item.get("originalTimestamp")
+    # The device's clock: originalTimestamp, else timestamp. Both are checked when both are sent, so
+    # a malformed one is never silently ignored.
+    device_time = _timestamp(item.get("originalTimestamp"), "originalTimestamp", times)
     given_key = "originalTimestamp"
-    if given is None:
-        given, given_key = item.get("timestamp"), "timestamp"
-    device_time = _timestamp(given, given_key, times)
+    stated = _timestamp(item.get("timestamp"), "timestamp", times)
+    if device_time is None:
+        device_time, given_key = stated, "timestamp"
     sent_raw = item.get("sentAt")
     sent_at = _timestamp(defaults.sent_at if sent_raw is None else sent_raw, "sentAt", times)
     if problems:
