@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 import httpx
+import orjson
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
@@ -32,7 +34,7 @@ from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import EventStore
 from onefold.identity.domain.identifiers import default_rules, extract
-from onefold.ingest.domain import MAX_NESTING_DEPTH
+from onefold.ingest.domain import MAX_NESTING_DEPTH, parse_request
 from onefold.ingest.entrypoints.http import HttpServer
 from onefold.platform.errors import details_of
 
@@ -280,3 +282,21 @@ def test_a_struct_past_protobufs_own_depth_is_still_refused_before_any_consumer_
     ok.event.traits.update(chain(MAX_NESTING_DEPTH))
     assert pb.EventAccepted.FromString(ok.SerializeToString()) == ok
     assert isinstance(ok.event.traits, struct_pb2.Struct)
+
+
+@pytest.mark.parametrize("timestamp", [[], "yesterday", True])
+def test_a_malformed_timestamp_beside_original_timestamp_is_quarantined_not_ignored(
+    timestamp: object,
+) -> None:
+    """originalTimestamp wins, but a `timestamp` no reader could use is not recorded unnoticed."""
+    now = datetime.now(UTC)
+    event = {"type": "track", "userId": "u1", "event": "e", "originalTimestamp": now.isoformat()}
+    [intake] = parse_request(
+        orjson.dumps({**event, "timestamp": timestamp}), "track", received_at=now
+    ).intakes
+    assert intake.event is None
+    assert [v.path for v in intake.verdict.violations] == ["/timestamp"]
+    [same] = parse_request(
+        orjson.dumps({**event, "timestamp": now.isoformat()}), "track", received_at=now
+    ).intakes
+    assert same.event is not None and same.event.original_timestamp == now

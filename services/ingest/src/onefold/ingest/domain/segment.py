@@ -321,11 +321,13 @@ def parse_event(
     times: list[Violation] = []
     # The device's clock: originalTimestamp, else timestamp. Both are checked when both are sent, so
     # a malformed one is never silently ignored.
-    device_time = _timestamp(item.get("originalTimestamp"), "originalTimestamp", times)
+    original_raw, stated_raw = item.get("originalTimestamp"), item.get("timestamp")
+    device_time = _timestamp(original_raw, "originalTimestamp", times)
     given_key = "originalTimestamp"
-    stated = _timestamp(item.get("timestamp"), "timestamp", times)
-    if device_time is None:
-        device_time, given_key = stated, "timestamp"
+    if stated_raw != original_raw:  # SDKs often send the same text twice: read it once
+        stated = _timestamp(stated_raw, "timestamp", times)
+        if device_time is None:
+            device_time, given_key = stated, "timestamp"
     sent_raw = item.get("sentAt")
     sent_at = _timestamp(defaults.sent_at if sent_raw is None else sent_raw, "sentAt", times)
     if problems:
