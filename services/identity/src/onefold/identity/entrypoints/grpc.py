@@ -13,7 +13,12 @@ from onefold.contracts.identity.v1 import identity_pb2_grpc
 from onefold.identity.application import IdentityApplication
 from onefold.platform import auth
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
-from onefold.platform.validation import optional_timestamp, profile_ref_arg
+from onefold.platform.validation import (
+    MAX_IDENTIFIER_TYPE_CHARS,
+    bounded_text,
+    optional_timestamp,
+    profile_ref_arg,
+)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"]
 SCOPES = {
@@ -52,10 +57,10 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def Resolve(
         self, request: pb.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResolveResponse:
+        # Only the type is bounded: a value too long to have been recorded is simply not found.
+        bounded_text("identifier.type", request.identifier.type, MAX_IDENTIFIER_TYPE_CHARS)
         return await asyncio.to_thread(
-            self.app.resolve_identifier,
-            auth.current_workspace(),
-            profile_ref_arg("", pb.ProfileRef(identifier=request.identifier)).identifier,
+            self.app.resolve_identifier, auth.current_workspace(), request.identifier
         )
 
     async def ListTimeline(
