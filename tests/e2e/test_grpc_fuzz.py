@@ -324,6 +324,7 @@ async def _fuzz(stack: Stack) -> tuple[Counter[str], list[str], int]:
     methods = every_method()
     channels = {name: grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
                 for name, target in stack.targets.items()}  # fmt: skip
+    streaming_channels = {name: grpc.insecure_channel(target) for name, target in stack.targets.items()}
     codes: Counter[str] = Counter()
     failures: list[str] = []
     queue: asyncio.Queue[tuple[int, str, MethodDescriptor, list[bytes]]] = asyncio.Queue(
@@ -351,18 +352,22 @@ async def _fuzz(stack: Stack) -> tuple[Counter[str], list[str], int]:
             if number < 0:
                 return
             path = f"/{method.containing_service.full_name}/{method.name}"
-            channel = channels[process]
             try:
                 if method.client_streaming:
-                    await channel.stream_unary(path)(iter(bodies), metadata=metadata, timeout=30)
+                    # The sync client: grpc.aio's reports its own INTERNAL ("Internal error from
+                    # Core") instead of the server's status when the server ends a client stream
+                    # early, as it does on a malformed message (grpc/grpc#36066).
+                    upload = streaming_channels[process].stream_unary(path)
+                    await asyncio.to_thread(upload, iter(bodies), metadata=metadata, timeout=30)
                 else:
-                    await channel.unary_unary(path)(bodies[0], metadata=metadata, timeout=30)
+                    await channels[process].unary_unary(path)(bodies[0], metadata=metadata, timeout=30)
                 code = grpc.StatusCode.OK
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                if code in BAD_CODES or len(error.details() or "") > MAX_MESSAGE_CHARS:
+            except grpc.RpcError as error:
+                code = error.code()  # type: ignore[attr-defined]
+                details = error.details() or ""  # type: ignore[attr-defined]
+                if code in BAD_CODES or len(details) > MAX_MESSAGE_CHARS:
                     failures.append(
-                        f"{path} answered {code.name} ({error.details()[:300]}) to call {number} "
+                        f"{path} answered {code.name} ({details[:300]}) to call {number} "
                         f"(seed {SEED}): {describe(method, bodies[0])}"
                     )
             codes[f"{path}:{code.name}"] += 1
@@ -373,6 +378,8 @@ async def _fuzz(stack: Stack) -> tuple[Counter[str], list[str], int]:
     finally:
         for channel in channels.values():
             await channel.close()
+        for sync_channel in streaming_channels.values():
+            sync_channel.close()
     return codes, failures, calls
 
 
