@@ -46,6 +46,13 @@ HTTP_SERVICES = frozenset({"ingest"})  # the Segment-compatible tracking API
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
 NATS_DIR = Path("nats")  # the embedded server's store, config and credentials
 SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
+# A child that ran this long before dying had been healthy: its restart backoff starts again at 1 s
+# (crashes hours apart are not a crash loop), while a child dying right after each start backs off
+# 1, 2, 4 ... 30 s.
+HEALTHY_RUN_SECONDS = 60.0
+MAX_RESTART_BACKOFF_SECONDS = 30
+
+
 KEY_DIR_ENV = "ONEFOLD_KEY_DIR"
 LEGACY_KEY_DIR = "keys"  # <data-dir>/keys: where keys lived before the key dir existed
 INSTALLATION_ID_FILE = "installation-id"
@@ -97,8 +104,9 @@ class Child:
     name: str
     port: int
     process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
+    restarts: int = 0  # restarts since it last ran HEALTHY_RUN_SECONDS: the backoff's exponent
     next_restart_at: float = 0.0
+    started_at: float | None = None  # supervisor clock; None until the watch first sees it alive
     nats_connected: bool | None = None
     http_port: int = 0
 
@@ -127,6 +135,7 @@ class Supervisor:
     _service_credential_id: str = ""
     _auth_url: str = ""
     _stopping: bool = False
+    clock: Callable[[], float] = time.monotonic  # for the restart backoff
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -283,7 +292,7 @@ class Supervisor:
 
     def watch_once(self, nats_url: str) -> None:
         """Restart what died and report NATS connectivity changes; called about twice a second."""
-        now = time.monotonic()
+        now = self.clock()
         if self.nats and not self.nats.running() and not self._stopping:
             code = self.nats.process.returncode if self.nats.process else None
             self.report(f"nats-server exited unexpectedly (code {code}); restarting it on the same port")
@@ -295,7 +304,9 @@ class Supervisor:
         for child in self.children.values():
             if child.process and child.process.poll() is not None and not self._stopping:
                 if child.next_restart_at == 0.0:
-                    backoff = min(2**child.restarts, 30)
+                    if child.started_at is not None and now - child.started_at >= HEALTHY_RUN_SECONDS:
+                        child.restarts = 0
+                    backoff = min(2**child.restarts, MAX_RESTART_BACKOFF_SECONDS)
                     child.next_restart_at = now + backoff
                     self.report(
                         f"{child.name} exited unexpectedly (code {child.process.returncode}); "
@@ -305,7 +316,10 @@ class Supervisor:
                     child.restarts += 1
                     child.next_restart_at = 0.0
                     self._spawn(child, nats_url)
+                    child.started_at = now
                 continue
+            if child.started_at is None:
+                child.started_at = now
             connected = health_status(child.target, NATS_HEALTH_NAME, timeout=0.5) == "SERVING"
             if child.nats_connected is not None and connected != child.nats_connected:
                 state = "reconnected to NATS" if connected else "lost its NATS connection"

@@ -16,6 +16,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from onefold.contracts.common.v1 import errors_pb2
 
 ERROR_DOMAIN = "onefold"
+# The last defence against echoing a client's input whole (a megabyte id would not even fit in the
+# status trailer): every status message, field path and description is cut to these lengths.
+MAX_MESSAGE_CHARS = 1024
+MAX_FIELD_CHARS = 256
+MAX_DESCRIPTION_CHARS = 512
+MAX_VIOLATIONS = 100
+
+
+def bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class OnefoldError(Exception):
@@ -39,14 +49,18 @@ class OnefoldError(Exception):
     def to_status(self) -> status_pb2.Status:
         details: list[any_pb2.Any] = []
         info = error_details_pb2.ErrorInfo(
-            reason=errors_pb2.ErrorReason.Name(self.reason), domain=ERROR_DOMAIN, metadata=self.metadata
+            reason=errors_pb2.ErrorReason.Name(self.reason),
+            domain=ERROR_DOMAIN,
+            metadata={key: bounded(value, MAX_FIELD_CHARS) for key, value in self.metadata.items()},
         )
         details.append(_pack(info))
         if self.violations:
             bad = error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                    for f, d in self.violations
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=bounded(f, MAX_FIELD_CHARS), description=bounded(d, MAX_DESCRIPTION_CHARS)
+                    )
+                    for f, d in self.violations[:MAX_VIOLATIONS]
                 ]
             )
             details.append(_pack(bad))
@@ -54,7 +68,9 @@ class OnefoldError(Exception):
             retry = error_details_pb2.RetryInfo()
             retry.retry_delay.FromMilliseconds(int(self.retry_after_seconds * 1000))
             details.append(_pack(retry))
-        return status_pb2.Status(code=_CODE[self.code], message=self.message, details=details)
+        return status_pb2.Status(
+            code=_CODE[self.code], message=bounded(self.message, MAX_MESSAGE_CHARS), details=details
+        )
 
 
 def _pack(message: object) -> any_pb2.Any:

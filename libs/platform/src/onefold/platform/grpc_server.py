@@ -33,6 +33,7 @@ from onefold.platform.auth import CredentialStore
 from onefold.platform.config import ConfigError, GrpcSettings
 from onefold.platform.errors import InvalidArgument, OnefoldError, Unauthenticated
 from onefold.platform.telemetry import RPC_DURATION, RPC_REQUESTS, extract_context, get_logger, tracer
+from onefold.platform.validation import check_request
 
 log = get_logger("onefold.grpc")
 
@@ -254,6 +255,7 @@ def _checked_unary(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
             raise request.error()
+        check_request(request)
         return await behaviour(request, context)
 
     return call
@@ -265,6 +267,7 @@ def _checked_stream(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable
             async for request in requests:
                 if isinstance(request, _Malformed):
                     raise request.error()
+                check_request(request)
                 yield request
 
         return await behaviour(checked(), context)
@@ -275,8 +278,9 @@ def _checked_stream(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable
 def typed_registration(
     service: ServiceDescriptor, messages: ModuleType, servicer: object, scopes: Mapping[str, str]
 ) -> ServiceRegistration:
-    """Register `servicer`'s `async def` methods for `service`, with requests that fail to parse
-    answered INVALID_ARGUMENT (never UNKNOWN) before the servicer sees them. Unary-unary and
+    """Register `servicer`'s `async def` methods for `service`, with requests that fail to parse, or
+    hold an out-of-range Timestamp or unknown enum value (validation.check_request), answered
+    INVALID_ARGUMENT (never UNKNOWN or INTERNAL) before the servicer sees them. Unary-unary and
     client-streaming methods; `messages` is the generated `_pb2` module holding the message classes."""
     methods: dict[str, grpc.RpcMethodHandler] = {}
     for method in service.methods:

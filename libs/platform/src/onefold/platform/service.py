@@ -26,7 +26,7 @@ from onefold.platform import __version__, auth
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import ConfigError, Settings, load_settings, prepare_data_dir
 from onefold.platform.database import create_engine
-from onefold.platform.grpc_server import AUTHENTICATED, GrpcServer, ServiceRegistration
+from onefold.platform.grpc_server import AUTHENTICATED, GrpcServer, ServiceRegistration, typed_registration
 from onefold.platform.nats import NatsConnection
 from onefold.platform.telemetry import configure_logging, configure_tracing, get_logger, serve_metrics
 
@@ -93,11 +93,11 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
 
 
 def platform_registration(service: str, version: str) -> ServiceRegistration:
-    servicer = PlatformServicer(service, version)
-    return ServiceRegistration(
-        full_name=platform_pb2.DESCRIPTOR.services_by_name["PlatformService"].full_name,
-        register=lambda server: platform_pb2_grpc.add_PlatformServiceServicer_to_server(servicer, server),
-        scopes={"WhoAmI": AUTHENTICATED},
+    return typed_registration(
+        platform_pb2.DESCRIPTOR.services_by_name["PlatformService"],
+        platform_pb2,
+        PlatformServicer(service, version),
+        {"WhoAmI": AUTHENTICATED},
     )
 
 

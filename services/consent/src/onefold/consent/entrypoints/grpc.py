@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import grpc
 
@@ -22,6 +21,7 @@ from onefold.platform.client import Peers
 from onefold.platform.errors import FailedPrecondition, InvalidArgument
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 from onefold.platform.telemetry import get_logger
+from onefold.platform.validation import id_arg, optional_timestamp, profile_ref_arg
 
 CONSENT = pb.DESCRIPTOR.services_by_name["ConsentService"]
 AUDIT = pb.DESCRIPTOR.services_by_name["AuditService"]
@@ -44,8 +44,13 @@ def _actor() -> str:
     return principal.credential_id if principal is not None else ""
 
 
-def _when(message: object, name: str) -> datetime | None:
-    return getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None  # type: ignore[attr-defined]
+def _request_id(
+    request: pb.GetRequestRequest
+    | pb.RetryRequestRequest
+    | pb.ExtendRequestRequest
+    | pb.RefuseRequestRequest,
+) -> str:
+    return id_arg("request_id", request.request_id, "data-subject request")
 
 
 def _written(written: Written) -> pb.LedgerWriteResponse:
@@ -69,7 +74,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
 
     async def _subject(self, ref: object) -> tuple[str, str]:
         workspace = auth.current_workspace()
-        return workspace, await resolve_subject(self.peers, workspace, ref)  # type: ignore[arg-type]
+        return workspace, await resolve_subject(self.peers, workspace, profile_ref_arg("subject", ref))
 
     async def CheckConsent(
         self, request: pb.CheckConsentRequest, context: grpc.aio.ServicerContext
@@ -81,7 +86,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             profile_id,
             request.purpose_id,
             request.channel,
-            at=_when(request, "at"),
+            at=optional_timestamp(request, "at"),
             jurisdiction=request.jurisdiction,
         )
         return outcome.to_proto(live)
@@ -96,11 +101,11 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             )
         workspace = auth.current_workspace()
         checks = []
-        for check in request.checks:
-            profile_id = await resolve_subject(self.peers, workspace, check.subject)
-            checks.append(
-                (profile_id, check.purpose_id, check.channel, _when(check, "at"), int(check.jurisdiction))
-            )
+        for i, check in enumerate(request.checks):
+            subject = profile_ref_arg(f"checks[{i}].subject", check.subject)
+            profile_id = await resolve_subject(self.peers, workspace, subject, f"checks[{i}].subject")
+            at = optional_timestamp(check, "at", f"checks[{i}].at")
+            checks.append((profile_id, check.purpose_id, check.channel, at, int(check.jurisdiction)))
         results = self.app.check_batch(workspace, checks)
         return pb.CheckConsentBatchResponse(results=[outcome.to_proto(live) for live, outcome in results])
 
@@ -174,13 +179,13 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def GetRequest(
         self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
-        return await asyncio.to_thread(self.requests.get, auth.current_workspace(), request.request_id)
+        return await asyncio.to_thread(self.requests.get, auth.current_workspace(), _request_id(request))
 
     async def RetryRequest(
         self, request: pb.RetryRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
         workspace = auth.current_workspace()
-        current = await asyncio.to_thread(self.requests.get, workspace, request.request_id)
+        current = await asyncio.to_thread(self.requests.get, workspace, _request_id(request))
         if current.state in TERMINAL_STATES:
             state = pb.RequestState.Name(current.state).removeprefix("REQUEST_STATE_").lower()
             raise FailedPrecondition(
@@ -194,7 +199,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         return await asyncio.to_thread(
             self.requests.extend,
             auth.current_workspace(),
-            request.request_id,
+            _request_id(request),
             request.days,
             request.reason,
             _actor(),
@@ -204,7 +209,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self, request: pb.RefuseRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
         return await asyncio.to_thread(
-            self.requests.refuse, auth.current_workspace(), request.request_id, request.reason, _actor()
+            self.requests.refuse, auth.current_workspace(), _request_id(request), request.reason, _actor()
         )
 
     async def ListRequests(
@@ -231,13 +236,13 @@ class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
         self, request: pb.ConsentAsOfRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConsentAsOfResponse:
         workspace = auth.current_workspace()
-        profile_id = await resolve_subject(self.peers, workspace, request.subject)
+        profile_id = await resolve_subject(self.peers, workspace, profile_ref_arg("subject", request.subject))
         live, state = await asyncio.to_thread(
             self.app.as_of,
             workspace,
             profile_id,
-            as_of=_when(request, "as_of"),
-            known_at=_when(request, "known_at"),
+            as_of=optional_timestamp(request, "as_of"),
+            known_at=optional_timestamp(request, "known_at"),
         )
         return pb.ConsentAsOfResponse(
             profile_id=live,
@@ -251,7 +256,7 @@ class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
         self, request: pb.HistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.HistoryResponse:
         workspace = auth.current_workspace()
-        profile_id = await resolve_subject(self.peers, workspace, request.subject)
+        profile_id = await resolve_subject(self.peers, workspace, profile_ref_arg("subject", request.subject))
         live, events = await asyncio.to_thread(self.app.history, workspace, profile_id)
         answer = pb.HistoryResponse(profile_id=live)
         for event, message in events:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC
 
 import grpc
 
@@ -14,6 +13,12 @@ from onefold.contracts.identity.v1 import identity_pb2_grpc
 from onefold.identity.application import IdentityApplication
 from onefold.platform import auth
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
+from onefold.platform.validation import (
+    MAX_IDENTIFIER_TYPE_CHARS,
+    bounded_text,
+    optional_timestamp,
+    profile_ref_arg,
+)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["IdentityService"]
 SCOPES = {
@@ -41,18 +46,19 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def GetProfile(
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.Profile:
-        as_of = request.as_of.ToDatetime(tzinfo=UTC) if request.HasField("as_of") else None
         return await asyncio.to_thread(
             self.app.get_profile,
             auth.current_workspace(),
-            request.profile,
-            as_of=as_of,
+            profile_ref_arg("profile", request.profile),
+            as_of=optional_timestamp(request, "as_of"),
             occurred_axis=request.axis == pb.TIME_AXIS_OCCURRED,
         )
 
     async def Resolve(
         self, request: pb.ResolveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResolveResponse:
+        # Only the type is bounded: a value too long to have been recorded is simply not found.
+        bounded_text("identifier.type", request.identifier.type, MAX_IDENTIFIER_TYPE_CHARS)
         return await asyncio.to_thread(
             self.app.resolve_identifier, auth.current_workspace(), request.identifier
         )
@@ -63,13 +69,13 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         entries, token = await asyncio.to_thread(
             self.app.timeline,
             auth.current_workspace(),
-            request.profile,
+            profile_ref_arg("profile", request.profile),
             page_size=request.page.page_size,
             page_token=request.page.page_token,
             names=list(request.event_names),
             types=list(request.types),
-            since=request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None,
-            until=request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None,
+            since=optional_timestamp(request, "since"),
+            until=optional_timestamp(request, "until"),
         )
         response = pb.ListTimelineResponse(entries=entries)
         response.page.next_page_token = token
@@ -78,7 +84,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def GetMergeHistory(
         self, request: pb.GetMergeHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetMergeHistoryResponse:
-        records = await asyncio.to_thread(self.app.merge_history, auth.current_workspace(), request.profile)
+        records = await asyncio.to_thread(
+            self.app.merge_history, auth.current_workspace(), profile_ref_arg("profile", request.profile)
+        )
         return pb.GetMergeHistoryResponse(records=records)
 
     async def SearchProfiles(
@@ -94,7 +102,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> pb.MergeProfilesResponse:
         workspace = auth.current_workspace()
         survivor = await asyncio.to_thread(
-            self.app.merge, workspace, request.survivor, request.merged, request.reason, _actor()
+            self.app.merge,
+            workspace,
+            profile_ref_arg("survivor", request.survivor),
+            profile_ref_arg("merged", request.merged),
+            request.reason,
+            _actor(),
         )
         profile = await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=survivor))
         return pb.MergeProfilesResponse(profile=profile)
@@ -106,7 +119,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         parts = await asyncio.to_thread(
             self.app.unmerge,
             workspace,
-            request.profile,
+            profile_ref_arg("profile", request.profile),
             identifier=request.identifier if request.WhichOneof("split") == "identifier" else None,
             event_id=request.event_id,
             reason=request.reason,
@@ -123,7 +136,11 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> pb.Profile:
         workspace = auth.current_workspace()
         live = await asyncio.to_thread(
-            self.app.set_protection, workspace, request.profile, request.protected, _actor()
+            self.app.set_protection,
+            workspace,
+            profile_ref_arg("profile", request.profile),
+            request.protected,
+            _actor(),
         )
         return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
 
@@ -149,7 +166,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> pb.Profile:
         workspace = auth.current_workspace()
         live = await asyncio.to_thread(
-            self.app.rectify, workspace, request.profile, request.traits, request.request_id, _actor()
+            self.app.rectify,
+            workspace,
+            profile_ref_arg("profile", request.profile),
+            request.traits,
+            request.request_id,
+            _actor(),
         )
         return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
 

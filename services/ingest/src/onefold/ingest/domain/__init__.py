@@ -13,6 +13,7 @@ The service layer's path for one request:
 from onefold.ingest.domain.dedupe import first_sightings
 from onefold.ingest.domain.model import (
     DEFAULT_LIMITS,
+    MAX_NESTING_DEPTH,
     CallType,
     CanonicalEvent,
     Consent,
@@ -37,11 +38,18 @@ from onefold.ingest.domain.protos import (
     quarantined_record,
     to_proto,
 )
-from onefold.ingest.domain.segment import BatchDefaults, parse_event, parse_request, to_json
+from onefold.ingest.domain.segment import (
+    BatchDefaults,
+    parse_event,
+    parse_request,
+    raise_if_undeliverable,
+    to_json,
+)
 from onefold.ingest.domain.tracking_plan import CompiledPlan, PlanCache, PlanMode, TrackingPlan, decide
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_NESTING_DEPTH",
     "BatchDefaults",
     "CallType",
     "CanonicalEvent",
@@ -71,6 +79,7 @@ __all__ = [
     "parse_tracking_event",
     "plan_from_proto",
     "quarantined_record",
+    "raise_if_undeliverable",
     "to_json",
     "to_proto",
 ]

@@ -155,6 +155,18 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+# How deeply an event may nest objects and arrays, the event object itself being level 1 (so
+# `properties` holds 15 more). Not a per-deployment limit: it keeps every event decodable by every
+# consumer. Protobuf readers stop at 100 nested messages (Python's upb, C++, Java), and a JSON object
+# costs 3 of them inside a google.protobuf.Struct (map entry, Value, Struct), an array 2; the deepest
+# message that carries an event (identity's ExportSubjectResponse > TimelineEntry > TrackingEvent)
+# adds 4. At 16 the worst case is about 4 + 3 * 16 = 52 levels: a margin of about half. Ingest
+# refuses a deeper event with 400 / INVALID_ARGUMENT; accepting it would lose it downstream (the
+# consumer's parse fails and dead-letters it), and quarantine could never replay it.
+MAX_NESTING_DEPTH = 16
+# Violation rules no consumer could decode past: the whole request is refused, never acknowledged.
+UNDELIVERABLE_RULES = frozenset({"maxDepth"})
+
 
 class PayloadTooLarge(InvalidArgument):
     """400 in HTTP, INVALID_ARGUMENT in gRPC, with its own machine-readable reason."""

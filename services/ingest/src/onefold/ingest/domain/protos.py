@@ -32,8 +32,10 @@ from onefold.ingest.domain.segment import (
     KNOWN_KEYS,
     MAX_SAFE_INTEGER,
     BatchDefaults,
+    check_envelope_depth,
     parse_event,
     raise_if_rejected,
+    raise_if_undeliverable,
     replayable_json,
 )
 from onefold.ingest.domain.timestamps import format_timestamp
@@ -415,6 +417,7 @@ def parse_batch_request(
         raise InvalidArgument(
             "the batch envelope is malformed", violations=[(v.path.lstrip("/"), v.message) for v in problems]
         )
+    check_envelope_depth(defaults.context, defaults.integrations)
     intakes = tuple(
         parse_tracking_event(
             event,
@@ -426,10 +429,12 @@ def parse_batch_request(
         )
         for i, event in enumerate(request.events)
     )
+    numbered = [
+        replace(intake, index=intake.index - first_index) for intake in intakes if intake.event is None
+    ]
+    raise_if_undeliverable(numbered, prefix_batch=True)
     if strict:
-        raise_if_rejected(
-            (replace(intake, index=intake.index - first_index) for intake in intakes), prefix_batch=True
-        )
+        raise_if_rejected(numbered, prefix_batch=True)
     return ParsedRequest(write_key=None, intakes=intakes)
 
 

@@ -22,6 +22,8 @@ import orjson
 
 from onefold.ingest.domain.model import (
     DEFAULT_LIMITS,
+    MAX_NESTING_DEPTH,
+    UNDELIVERABLE_RULES,
     CallType,
     CanonicalEvent,
     Consent,
@@ -169,9 +171,27 @@ def parse_loaded(
             )
             for i, item in enumerate(items)
         )
+    raise_if_undeliverable(intakes, prefix_batch=is_batch)
     if strict:
         raise_if_rejected(intakes, prefix_batch=is_batch)
     return ParsedRequest(write_key=write_key, intakes=intakes)
+
+
+def raise_if_undeliverable(intakes: Iterable[Intake], *, prefix_batch: bool, prefix: str = "") -> None:
+    """An event no consumer could decode (UNDELIVERABLE_RULES) refuses the whole request, as an
+    unusable body does: acknowledging it would lose it downstream, and a replay could never fix it.
+    Field paths start `batch[i]` for a batch's events, else `prefix` (gRPC: "event")."""
+    problems = [
+        (field_path(v.path, f"batch[{intake.index}]" if prefix_batch else prefix) or "event", v.message)
+        for intake in intakes
+        if intake.event is None
+        for v in intake.verdict.violations
+        if v.rule in UNDELIVERABLE_RULES
+    ]
+    if problems:
+        field, message = problems[0]
+        more = f" ({len(problems) - 1} more events too)" if len(problems) > 1 else ""
+        raise InvalidArgument(f"{field} {message}{more}", violations=problems)
 
 
 def raise_if_rejected(intakes: Iterable[Intake], *, prefix_batch: bool) -> None:
@@ -220,6 +240,7 @@ def _batch_envelope(document: JsonObject, limits: Limits) -> tuple[list[Any], Ba
     ]
     if problems:
         raise InvalidArgument("the batch envelope is malformed", violations=problems)
+    check_envelope_depth(document.get("context"), document.get("integrations"))
     return items, BatchDefaults(document.get("context"), document.get("integrations"), document.get("sentAt"))
 
 
@@ -238,7 +259,16 @@ def parse_event(
     try:
         raw = orjson.dumps(item)
     except (orjson.JSONEncodeError, TypeError):
+        # orjson refuses 255 levels and more; say so when that is why.
+        too_deep = _too_deep(item, "", 1) if isinstance(item, dict) else None
+        if too_deep is not None:
+            return _undeliverable(index, item, too_deep)
         return _rejected(index, item, call, defaults, [Violation("", "cannot be encoded as JSON", "json")])
+    if isinstance(item, dict) and raw.count(b"{") + raw.count(b"[") > MAX_NESTING_DEPTH:
+        # Only then can it nest too deep (brackets inside strings count too: a cheap upper bound).
+        too_deep = _too_deep(item, "", 1)
+        if too_deep is not None:
+            return _undeliverable(index, item, too_deep)
     if not isinstance(item, dict):
         return _rejected(index, item, call, defaults, [Violation("", "must be a JSON object", "type")])
     if len(raw) > limits.max_event_bytes:
@@ -289,11 +319,15 @@ def parse_event(
 
     # Timestamps last: they only matter if the rest is sound, and their failures have their own kind.
     times: list[Violation] = []
-    given = item.get("originalTimestamp")
+    # The device's clock: originalTimestamp, else timestamp. Both are checked when both are sent, so
+    # a malformed one is never silently ignored.
+    original_raw, stated_raw = item.get("originalTimestamp"), item.get("timestamp")
+    device_time = _timestamp(original_raw, "originalTimestamp", times)
     given_key = "originalTimestamp"
-    if given is None:
-        given, given_key = item.get("timestamp"), "timestamp"
-    device_time = _timestamp(given, given_key, times)
+    if stated_raw != original_raw:  # SDKs often send the same text twice: read it once
+        stated = _timestamp(stated_raw, "timestamp", times)
+        if device_time is None:
+            device_time, given_key = stated, "timestamp"
     sent_raw = item.get("sentAt")
     sent_at = _timestamp(defaults.sent_at if sent_raw is None else sent_raw, "sentAt", times)
     if problems:
@@ -338,6 +372,50 @@ def parse_event(
     if not message_id:
         event = _with_derived_message_id(event, client_timed)
     return Intake(index=index, event=event, verdict=Verdict.accepted(), message_id=event.message_id)
+
+
+DEPTH_MESSAGE = (
+    f"nests objects and arrays more than {MAX_NESTING_DEPTH} levels deep (the event itself is level 1); "
+    "the limit keeps every event readable by every consumer"
+)
+
+
+def _too_deep(value: object, at: str, level: int) -> str | None:
+    """The JSON pointer of the first object or array nested past MAX_NESTING_DEPTH, if any."""
+    if level > MAX_NESTING_DEPTH:
+        return at
+    if isinstance(value, dict):
+        members: Iterable[tuple[object, object]] = value.items()
+    elif isinstance(value, list):
+        members = enumerate(value)
+    else:
+        return None
+    for key, inner in members:
+        if isinstance(inner, dict | list):
+            found = _too_deep(inner, f"{at}/{pointer(str(key)[:64])[1:]}", level + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def check_envelope_depth(context: object, integrations: object) -> None:
+    """A batch's own context / integrations become each event's (level 2): the same limit."""
+    for key, value in (("context", context), ("integrations", integrations)):
+        if isinstance(value, dict):
+            found = _too_deep(value, f"/{key}", 2)
+            if found is not None:
+                raise InvalidArgument(
+                    f"{field_path(found)} {DEPTH_MESSAGE}", violations=[(field_path(found), DEPTH_MESSAGE)]
+                )
+
+
+def _undeliverable(index: int, item: object, at: str) -> Intake:
+    return Intake(
+        index=index,
+        event=None,
+        verdict=Verdict.quarantined(FailureKind.SIZE_VIOLATION, [Violation(at, DEPTH_MESSAGE, "maxDepth")]),
+        message_id=_client_message_id(item),
+    )
 
 
 class _Fields:

@@ -14,7 +14,13 @@ from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.ingest.application import IngestApplication, Source, source_to_proto
-from onefold.ingest.domain import CallType, PayloadTooLarge, parse_batch_request, parse_tracking_event
+from onefold.ingest.domain import (
+    CallType,
+    PayloadTooLarge,
+    parse_batch_request,
+    parse_tracking_event,
+    raise_if_undeliverable,
+)
 from onefold.platform import auth
 from onefold.platform.errors import InvalidArgument, ResourceExhausted
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
@@ -68,6 +74,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         intake = parse_tracking_event(
             event, call=call, received_at=self.app.clock(), source_id=source.source_id, limits=source.limits
         )
+        raise_if_undeliverable([intake], prefix_batch=False, prefix="event")
         return (await self.app.submit(source, [intake]))[0]
 
     async def Track(self, request: pb.TrackRequest, context: grpc.aio.ServicerContext) -> pb.EventAck:

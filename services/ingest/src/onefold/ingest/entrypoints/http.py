@@ -56,6 +56,10 @@ from onefold.ingest.entrypoints.http_openapi import BATCH_PATHS, CALL_DOCS, open
 from onefold.platform.auth import DenialLog
 from onefold.platform.config import ConfigError, HttpSettings
 from onefold.platform.errors import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_FIELD_CHARS,
+    MAX_MESSAGE_CHARS,
+    MAX_VIOLATIONS,
     AlreadyExists,
     Conflict,
     FailedPrecondition,
@@ -66,6 +70,7 @@ from onefold.platform.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    bounded,
 )
 from onefold.platform.telemetry import extract_context, get_logger, tracer
 
@@ -145,11 +150,14 @@ def error_response(error: OnefoldError) -> Response:
     status = status_for(error)
     body: dict[str, Any] = {
         "success": False,
-        "message": error.message,
+        "message": bounded(error.message, MAX_MESSAGE_CHARS),
         "reason": errors_pb2.ErrorReason.Name(error.reason),
     }
     if error.violations:
-        body["violations"] = [{"field": f, "description": d} for f, d in error.violations]
+        body["violations"] = [
+            {"field": bounded(f, MAX_FIELD_CHARS), "description": bounded(d, MAX_DESCRIPTION_CHARS)}
+            for f, d in error.violations[:MAX_VIOLATIONS]
+        ]
     headers: dict[str, str] = {}
     if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="onefold", charset="UTF-8"'

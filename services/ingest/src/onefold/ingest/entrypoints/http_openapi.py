@@ -4,17 +4,24 @@ Written by hand rather than derived, so it states exactly what the wire accepts:
 event shapes, the write key as HTTP basic auth, the limits, and every status the API answers. It is
 precise enough for schemathesis to generate valid and invalid requests from it.
 
-Two levels, as in the domain: the *request* schema (a JSON object; for a batch an array of at most
-2,500 items) is what a 400 enforces; the per-event rules (required ids, `event` for track, ...) are
-documented too, but an event that breaks them is quarantined with its reasons and the request still
-answers 200, like Segment (an SDK drops the whole request on a 400, losing the good events with it).
+Two levels, as in the domain, and the document keeps them apart so that it says exactly what the
+server does:
+
+- the request bodies (`Call`, `Batch`) are what a 400 enforces: a JSON object, a string writeKey,
+  for a batch an array of at most 2,500 items with object (or null) context and integrations; plus
+  what a schema cannot say, in the descriptions: the byte limits and the nesting depth;
+- the per-event rules (`TrackEvent` ... `AliasEvent`, `BatchItem`: required ids, `event` for track,
+  types) say what is accepted rather than quarantined. An event that breaks them is quarantined with
+  its reasons and the request still answers 200, like Segment (an SDK drops the whole request on a
+  400, losing the good events with it). Each operation names its event schema in
+  `x-onefold-event-schema`; the request body does not require it, because the server does not.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from onefold.ingest.domain import DEFAULT_LIMITS, Limits
+from onefold.ingest.domain import DEFAULT_LIMITS, MAX_NESTING_DEPTH, Limits
 
 CALL_DOCS: dict[str, tuple[str, str]] = {
     "track": ("Track", "Record an action the user performed (`event` names it)."),
@@ -41,19 +48,35 @@ def _error_response(description: str, headers: dict[str, Any] | None = None) -> 
 
 
 def _schemas(limits: Limits) -> dict[str, Any]:
+    # An absent key and a null one are the same to the server, so optional fields are nullable.
     identifier = {
-        "description": "A string, or an integer (stored as its decimal string).",
+        "description": "A string, or an integer (stored as its decimal string). Surrounding spaces are "
+        "removed; an empty one counts as absent.",
         "anyOf": [
-            {"type": "string", "maxLength": limits.max_id_length},
+            {"type": "string", "maxLength": limits.max_id_length, "nullable": True},
             {"type": "integer"},
         ],
     }
-    timestamp = {"type": "string", "format": "date-time", "description": "ISO-8601 date and time"}
-    free_object = {"type": "object", "additionalProperties": True}
+    required_identifier = {
+        **identifier,
+        "anyOf": [{"type": "string", "maxLength": limits.max_id_length}, {"type": "integer"}],
+    }
+    timestamp = {
+        "description": "An ISO-8601 date and time (RFC 3339, e.g. 2024-05-01T12:30:00.000Z; no zone means "
+        "UTC) or epoch milliseconds; an empty string counts as absent. After Segment's clock-skew correction it must lie within the "
+        "source's age and future limits, or the event is quarantined.",
+        "anyOf": [
+            {"type": "string", "pattern": r"^$|^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}", "nullable": True},
+            {"type": "number"},
+        ],
+    }
+    free_object = {"type": "object", "additionalProperties": True, "nullable": True}
+    text = {"type": "string", "nullable": True}
     common = {
         "messageId": {
             "type": "string",
             "maxLength": limits.max_message_id_length,
+            "nullable": True,
             "description": "The dedupe key; derived from the content when absent.",
         },
         "anonymousId": identifier,
@@ -67,11 +90,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         "timestamp": timestamp,
         "originalTimestamp": timestamp,
         "sentAt": timestamp,
-        "receivedAt": {**timestamp, "description": "Set by the server; a client value is ignored."},
-        "writeKey": {
-            "type": "string",
-            "description": "The source's write key, for clients that cannot send basic auth.",
-        },
+        "receivedAt": {"description": "Set by the server; a client value is ignored."},
     }
     user_or_anonymous = [{"required": ["userId"]}, {"required": ["anonymousId"]}]
 
@@ -90,17 +109,19 @@ def _schemas(limits: Limits) -> dict[str, Any]:
             schema["anyOf"] = user_or_anonymous
         return schema
 
-    calls = {
-        "Track": call({"event": {"type": "string", "minLength": 1}, "properties": free_object}, ["event"]),
+    events = {
+        "Track": call({"event": {"type": "string", "pattern": r"\S"}, "properties": free_object}, ["event"]),
         "Identify": call(
             {"traits": {**free_object, "maxProperties": limits.max_identify_traits}},
         ),
-        "Page": call({"name": {"type": "string"}, "category": {"type": "string"}, "properties": free_object}),
-        "Screen": call(
-            {"name": {"type": "string"}, "category": {"type": "string"}, "properties": free_object}
+        "Page": call({"name": text, "category": text, "properties": free_object}),
+        "Screen": call({"name": text, "category": text, "properties": free_object}),
+        "Group": call({"groupId": required_identifier, "traits": free_object}, ["groupId"]),
+        "Alias": call(
+            {"userId": required_identifier, "previousId": required_identifier},
+            ["userId", "previousId"],
+            ids=False,
         ),
-        "Group": call({"groupId": identifier, "traits": free_object}, ["groupId"]),
-        "Alias": call({"previousId": identifier}, ["userId", "previousId"], ids=False),
     }
     batch_item = {
         "description": "One call of a batch; `type` names it. Batch-level `context`, `integrations` and "
@@ -108,7 +129,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         "anyOf": [
             {
                 "allOf": [
-                    _ref(name),
+                    _ref(f"{name}Event"),
                     {
                         "type": "object",
                         "required": ["type"],
@@ -116,18 +137,39 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                     },
                 ]
             }
-            for name in calls
+            for name in events
         ],
+    }
+    write_key = {
+        "type": "string",
+        "nullable": True,
+        "description": "The source's write key, for clients that cannot send basic auth.",
+    }
+    depth = (
+        f"Events may nest objects and arrays at most {MAX_NESTING_DEPTH} levels deep (the event itself "
+        "is level 1); a deeper one makes the whole request a 400 naming its field path, because no "
+        "consumer could read it."
+    )
+    single_call = {
+        "type": "object",
+        "description": "One event, checked against its event schema (`x-onefold-event-schema` of the "
+        "operation): what breaks it is quarantined with its reasons (200), not refused. " + depth,
+        "properties": {"writeKey": write_key},
+        "additionalProperties": True,
     }
     batch = {
         "type": "object",
+        "description": "Many events; each item is checked against `BatchItem` and quarantined with its "
+        "reasons (200) when it breaks it. " + depth,
         "required": ["batch"],
         "properties": {
-            "batch": {"type": "array", "maxItems": limits.max_batch_events, "items": _ref("BatchItem")},
-            "context": free_object,
-            "integrations": free_object,
-            "sentAt": timestamp,
-            "writeKey": common["writeKey"],
+            "batch": {"type": "array", "maxItems": limits.max_batch_events, "items": {}},
+            "context": {**free_object, "nullable": True},
+            "integrations": {**free_object, "nullable": True},
+            "sentAt": {
+                "description": "Applies to every item; a bad value quarantines the items it applies to."
+            },
+            "writeKey": write_key,
         },
         "additionalProperties": True,
     }
@@ -198,8 +240,9 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         "properties": {"status": {"type": "string", "enum": ["ok"]}},
     }
     return {
-        **calls,
+        **{f"{name}Event": schema for name, schema in events.items()},
         "BatchItem": batch_item,
+        "Call": single_call,
         "Batch": batch,
         "Violation": violation,
         "EventResult": event_result,
@@ -209,7 +252,9 @@ def _schemas(limits: Limits) -> dict[str, Any]:
     }
 
 
-def _post(summary: str, description: str, schema: str, limit: int, limits: Limits) -> dict[str, Any]:
+def _post(
+    summary: str, description: str, schema: str, event_schema: str, limit: int, limits: Limits
+) -> dict[str, Any]:
     retry_after = {
         "Retry-After": {
             "description": "Seconds to wait before retrying",
@@ -223,15 +268,17 @@ def _post(summary: str, description: str, schema: str, limit: int, limits: Limit
         "Content-Type is not checked (browser SDKs send text/plain). Answers only after the events are "
         "durably recorded. An event that breaks the spec or the tracking plan is quarantined with its "
         "reasons; the request still succeeds.",
-        "operationId": schema[0].lower() + schema[1:],
+        "operationId": summary[0].lower() + summary[1:],
         "requestBody": {"required": True, "content": {JSON: {"schema": _ref(schema)}}},
+        "x-onefold-event-schema": f"#/components/schemas/{event_schema}",
         "responses": {
             "200": {
                 "description": "Recorded: accepted, deduplicated or quarantined, as `events` details.",
                 "content": {JSON: {"schema": _ref("Success")}},
             },
             "400": _error_response(
-                "The request is unusable: not UTF-8, not JSON, not an object, too large, or too many events."
+                "The request is unusable: not UTF-8, not JSON, not an object, too large, too many events, "
+                f"or an event nested more than {MAX_NESTING_DEPTH} levels deep."
             ),
             "401": _error_response(
                 "Missing or unknown write key.",
@@ -248,13 +295,16 @@ def _post(summary: str, description: str, schema: str, limit: int, limits: Limit
 def openapi_document(limits: Limits = DEFAULT_LIMITS, server_url: str | None = None) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for call, (name, text) in CALL_DOCS.items():
-        paths[f"/v1/{call}"] = {"post": _post(name, text, name, limits.max_event_bytes, limits)}
+        paths[f"/v1/{call}"] = {
+            "post": _post(name, text, "Call", f"{name}Event", limits.max_event_bytes, limits)
+        }
     for path in BATCH_PATHS:
         operation = _post(
             "Batch",
             f"Many calls in one request (at most {limits.max_batch_events} events); "
             "`/v1/b` is the same endpoint.",
             "Batch",
+            "BatchItem",
             limits.max_batch_bytes,
             limits,
         )
