@@ -31,7 +31,7 @@ from onefold.platform.auth import CredentialStore
 from onefold.platform.errors import MAX_MESSAGE_CHARS, details_of
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.processes import ServiceProcess
+from onefold.testing.processes import ServiceProcess, peer_env
 
 CALLS = 10_000
 CONCURRENCY = 12  # calls in flight: enough to keep three servers busy on two cores
@@ -258,14 +258,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     started: list[ServiceProcess] = []
     try:
         for name in ("ingest", "identity"):
-            process = ServiceProcess(name, data, nats.url, extra_env=quiet)
+            # identity asks ingest for the subject keys of the events it consumes
+            process = ServiceProcess(name, data, nats, extra_env={**quiet, **peer_env(data, started)})
             process.start()
             started.append(process)
         peers = {f"ONEFOLD_PEERS__{p.name.upper()}": p.target for p in started}
         consent = ServiceProcess(
             "consent",
             data,
-            nats.url,
+            nats,
             extra_env={**quiet, **peers, "ONEFOLD_AUTH__SERVICE_TOKEN": service_token},
         )
         consent.start()
