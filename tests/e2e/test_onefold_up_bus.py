@@ -80,6 +80,12 @@ async def probe_the_bus(data_dir: Path) -> dict[str, object]:
     operator = await nats.connect(url, error_cb=on_error, **connect_options(operator_nats_settings(data_dir)))
     await operator.subscribe("onefold.>")
     await operator.flush()
+    # The server's refusal reaches error_cb as a task of its own: wait for it (bounded), then close.
+    deadline = asyncio.get_running_loop().time() + 10
+    while not any("subscription" in v.lower() for v in violations):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     await operator.close()
     seen["violations"] = violations
     return seen

@@ -83,7 +83,7 @@ def test_credentials_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
     assert token.startswith("ofk_")
     # Only a hash is stored. (Scan before opening SQLite here: closing another descriptor of the same
     # file would drop this process's POSIX locks on it.)
-    secret = token.rsplit("_", 1)[1]
+    secret = token.split("_", 2)[2]  # ofk_<id>_<secret>; the secret itself may contain "_"
     assert secret not in (tmp_path / "auth.db").read_bytes().decode(errors="replace")
     store = CredentialStore(f"sqlite:///{tmp_path / 'auth.db'}", cache_seconds=0)
     principal = store.authenticate(token)
