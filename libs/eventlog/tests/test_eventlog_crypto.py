@@ -171,7 +171,7 @@ def test_blind_index_is_keyed_normalised_and_per_field(store: EventStore) -> Non
     assert digest == store.blind_index("ada@example.com", field="email")
     assert digest != store.blind_index("ada@example.com", field="phone")
     assert digest != BlindIndex(KeyEncryptionKey.generate()).digest("ada@example.com", field="email")
-    assert "ada" not in digest and len(digest) == 64
+    assert "example" not in digest and len(digest) == 64  # ("ada" alone is hex, so it can occur)
     assert store.blind_index("Ada", case_sensitive=True) != store.blind_index("ada", case_sensitive=True)
     keyless = EventStore(store.engine, service="test", registry=store.registry)
     with pytest.raises(MissingKeyEncryptionKey):

@@ -242,14 +242,21 @@ class Supervisor:
 
     def start_services(self, nats_url: str) -> None:
         previous = self._previous_ports()
-        for name in self.services:
-            port = previous.get(name)
-            if not port or port_in_use(port):
+        taken: set[int] = set()
+
+        def port_for(key: str) -> int:
+            # Each port was free when chosen but is bound only when its child starts: never hand
+            # the same one to two children (the OS may offer a just-released port again).
+            port = previous.get(key)
+            while not port or port in taken or port_in_use(port):
                 port = free_port()
-            child = Child(name, port)
+            taken.add(port)
+            return port
+
+        for name in self.services:
+            child = Child(name, port_for(name))
             if name in HTTP_SERVICES:
-                http_port = previous.get(f"{name}/http")
-                child.http_port = http_port if http_port and not port_in_use(http_port) else free_port()
+                child.http_port = port_for(f"{name}/http")
             self.children[name] = child
         for child in list(self.children.values()):  # every port is known first: each child gets its peers'
             self._spawn(child, nats_url)
