@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -225,9 +226,9 @@ def prepare_data_dir(path: Path) -> Path:
     try:
         path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         make_private(path)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        # A file of this process's own (several services start at once in one data dir).
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"ok")
     except OSError as exc:
         raise ConfigError(f"data directory {path} is not usable: {exc.strerror or exc}") from None
     return path
