@@ -137,6 +137,25 @@ def test_sources_create_list_rotate_disable_and_apply_idempotently(cli: Cli, tmp
     assert entry["disabled"] is True
 
 
+EXAMPLE_SOURCE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "source.yaml"
+
+
+def test_the_example_source_yaml_applies_and_ingest_keeps_its_plan(cli: Cli) -> None:
+    first = cli.run("apply", "-f", str(EXAMPLE_SOURCE)).stdout
+    assert "source/website created: src_" in first
+    [website] = [s for s in cli.json("sources", "list") if s["name"] == "website"]  # type: ignore[union-attr]
+    assert website["rateLimitPerSecond"] == 5000
+    plan = website["trackingPlan"]
+    assert plan["mode"] == "PLAN_MODE_BLOCK" and plan["unplannedMode"] == "PLAN_MODE_FLAG"
+    assert set(json.loads(plan["eventSchemas"]["Order Completed"])["required"]) == {
+        "orderId",
+        "revenue",
+        "currency",
+    }
+    assert json.loads(plan["identifyTraitsSchema"])["required"] == ["email"]
+    assert "unchanged" in cli.run("apply", "-f", str(EXAMPLE_SOURCE)).stdout
+
+
 CSV = """userId,email,plan,traits.company.name,context.ip,timestamp
 u1,a@example.com,pro,Acme,10.0.0.1,2024-01-02T03:04:05Z
 u2,b@example.com,free
