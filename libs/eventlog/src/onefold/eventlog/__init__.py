@@ -1,8 +1,9 @@
 """onefold.eventlog: each service's append-only, hash-chained, crypto-shredding event log.
 
-See DESIGN.md, "The event log". The pieces: `EventStore` (recorder: SQL, positions, chain, keys),
-`EventMapper` (message <-> stored payload, encrypting personal fields), `KeyEncryptionKey` /
-`DataKeyCipher` (AES-GCM), `EventRegistry` (protobuf full names, upcasters), and projections.
+See docs/architecture.md, "The event log". The pieces: `EventStore` (recorder: SQL, positions,
+chain, keys), `EventMapper` (message <-> stored payload, encrypting personal fields),
+`KeyEncryptionKey` / `DataKeyCipher` (AES-GCM), `EventRegistry` (protobuf full names, upcasters),
+and projections.
 """
 
 from onefold.eventlog.cipher import BlindIndex, DataKeyCipher, KeyEncryptionKey

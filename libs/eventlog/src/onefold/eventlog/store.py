@@ -234,7 +234,7 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class EventStore:
-    """The event log of one service (see the module docstring and DESIGN.md, "The event log")."""
+    """The event log of one service (see the module docstring and docs/architecture.md, "The event log")."""
 
     def __init__(
         self,

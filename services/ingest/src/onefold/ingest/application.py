@@ -2,7 +2,7 @@
 
 The HTTP and gRPC entrypoints call only what is declared here.
 
-Writes and where they go (all in the service's own event log, see DESIGN.md "The event log"):
+Writes and where they go (all in the service's own event log, see docs/architecture.md, "The event log"):
 
 - an accepted event: `EventAccepted` on stream `ingest:<subject>`, where the subject is the person
   (`<workspace>:u:<hmac of user_id>`, else `<workspace>:a:<hmac of anonymous_id>`). The subject's data
