@@ -12,7 +12,7 @@ Two levels of keys:
 
 Wrapped-key format: ``b"\\x01" | kek_id (8) | nonce (12) | AES-GCM(dek) (32 + 16 tag)``.
 
-Rotation (`onefold keys rotate`, EventStore.rotate_key_encryption_key) replaces the KEK by a new one
+Rotation (`onefold keys rotate`, EventStore.rewrap_data_keys) replaces the KEK by a new one
 and re-wraps every data key. While it runs the new KEK carries the old one as `previous`, and a wrapped
 key's kek_id picks which one unwraps it, so a half-rotated table reads fine. Keys derived for other
 purposes (blind indexes, signatures) must not change with the KEK — stored blind indexes and

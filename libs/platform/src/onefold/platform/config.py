@@ -78,7 +78,8 @@ class EventLogSettings(_Section):
     )
     key_file: str = Field(
         default="",
-        description="file holding the key instead (created by `onefold up` under the data dir for local use)",
+        description="file holding the key instead (for local use `onefold up` creates it in the key dir, "
+        "outside the data dir)",
     )
     partitions: int = Field(default=16, ge=1, le=1024, description="NATS subject partitions per workspace")
     bus_max_age_hours: float = Field(default=168.0, gt=0, description="how long the bus keeps events")
