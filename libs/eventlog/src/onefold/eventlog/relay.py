@@ -72,21 +72,6 @@ _ORDER_GUARD_REFUSAL = "wrong last msg ID"
 EXPECTED_LAST_MSG_ID = "Nats-Expected-Last-Msg-Id"
 
 
-class RecordedEventLike(Protocol):
-    @property
-    def position(self) -> int: ...
-    @property
-    def event_id(self) -> str: ...
-    @property
-    def stream_id(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def workspace(self) -> str: ...
-    @property
-    def metadata(self) -> Any: ...
-
-
 class OutboxStore(Protocol):
     """What the relay needs of an EventStore."""
 
