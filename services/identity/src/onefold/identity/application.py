@@ -51,6 +51,7 @@ from onefold.identity.domain.identifiers import (
     rules_from_proto,
     rules_to_proto,
 )
+from onefold.identity.domain.traits import profile_traits
 from onefold.identity.projections import (
     IdentityProjection,
     events_stream,
@@ -316,18 +317,21 @@ class IdentityApplication:
                 out.append(new)
         keys = [ident.key for ident in extracted.identifiers]
         subject = subject_of(workspace, profile_id) if profile_id else f"{workspace}:e:{envelope.event_id}"
+        # Only identify sets profile traits: a group call's traits describe the group, and the
+        # context.traits of other calls describe the user at that moment (docs/collection.md).
         if profile_id and event.type == ingest_pb2.EVENT_TYPE_IDENTIFY and event.traits.fields:
+            traits = profile_traits(event.traits, graph.rules.default_phone_region)
             out.append(
                 NewEvent(
                     stream_id=profile_stream(workspace, profile_id),
                     message=pb.TraitsUpdated(
                         profile_id=profile_id,
                         workspace=workspace,
-                        traits=event.traits,
+                        traits=traits,
                         source_id=accepted.source_id,
                         evidence_event_id=envelope.event_id,
                         keys=keys,
-                        trait_keys=self.trait_keys(event.traits),
+                        trait_keys=self.trait_keys(traits),
                     ),
                     subject=subject,
                     workspace=workspace,
@@ -970,6 +974,7 @@ class IdentityApplication:
             live, _ = self.locate(conn, workspace, ref)
             if conn.execute(sa.select(profiles.c.erased).where(profiles.c.profile_id == live)).scalar():
                 raise FailedPrecondition("the profile was erased; there is nothing to correct")
+            traits = profile_traits(traits, self.rules(conn, workspace).default_phone_region)
             self._append(
                 conn,
                 [

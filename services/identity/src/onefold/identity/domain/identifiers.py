@@ -257,6 +257,20 @@ def _compile_paths(types: Sequence[TypeRule]) -> Iterator[tuple[TypeRule, str, t
                 yield rule, head, ()
 
 
+def _read_for_the_user(user_traits: struct_pb2.Struct | None, head: str, rest: tuple[str, ...]) -> bool:
+    """Whether a path into the event's structs names the user. `user_traits` is None on a group
+    call, whose `traits` describe the group (its email is the company's). `context.traits.X` gives
+    way to the user's own `traits.X`: top-level traits win per key, as in the traits ingest stores
+    (docs/collection.md), so one event links one value of X."""
+    if head == "traits":
+        return user_traits is not None
+    if head != "context" or rest[0] != "traits" or len(rest) < 2:
+        return True
+    if user_traits is None or not user_traits.fields:
+        return True
+    return _struct_value(user_traits, rest[1:]) is None
+
+
 def extract(
     event: ingest_pb2.TrackingEvent,
     rules: Rules,
@@ -267,9 +281,12 @@ def extract(
     `key_of(type, value)` is the keyed hash."""
     found: list[tuple[TypeRule, str]] = []
     structs: dict[str, struct_pb2.Struct | None] = {}
+    user_traits = event.traits if event.type != ingest_pb2.EVENT_TYPE_GROUP else None
     for rule, head, rest in rules.plan:
         if not rest:
             value: Any = getattr(event, head)
+        elif not _read_for_the_user(user_traits, head, rest):
+            continue
         else:
             if head in structs:
                 struct = structs[head]

@@ -45,6 +45,7 @@ from onefold.ingest.domain.timestamps import (
     parse_timestamp,
     sanity_problem,
 )
+from onefold.ingest.domain.traits import identify_traits
 from onefold.platform.errors import InvalidArgument
 
 BATCH = "batch"
@@ -307,14 +308,18 @@ def parse_event(
     if defaults.integrations:
         integrations = {**defaults.integrations, **integrations}
     _require_ids(kind, fields.present, problems, event_name=event_name)
-    if kind is CallType.IDENTIFY and len(traits) > limits.max_identify_traits:
-        problems.append(
-            Violation(
-                "/traits",
-                f"has {len(traits)} traits; identify allows at most {limits.max_identify_traits}",
-                "maxProperties",
+    if kind is CallType.IDENTIFY:
+        # What the profile gets, so what the limit and the tracking plan judge (domain/traits.py).
+        traits = identify_traits(traits, context)
+        if len(traits) > limits.max_identify_traits:
+            problems.append(
+                Violation(
+                    "/traits",
+                    f"has {len(traits)} traits (with those of context.traits); identify allows at "
+                    f"most {limits.max_identify_traits}",
+                    "maxProperties",
+                )
             )
-        )
     consent = _consent(context, problems)
 
     # Timestamps last: they only matter if the rest is sound, and their failures have their own kind.
