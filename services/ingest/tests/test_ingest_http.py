@@ -450,9 +450,17 @@ async def test_health_openapi_unknown_paths_and_methods(http: Api) -> None:
         "scheme": "basic",
         "description": "The write key as the user name, empty password.",
     }
-    error(await http.post("/v1/nope", {}), 404, "NOT_FOUND")
+    missing = error(await http.post("/v1/identfy", {}), 404, "NOT_FOUND")
+    assert missing["message"] == (
+        "no such endpoint: /v1/identfy; the tracking API takes POST to /v1/track, /v1/identify, "
+        "/v1/page, /v1/screen, /v1/group, /v1/alias, /v1/batch"
+    )
     wrong_method = await http.client.get("/v1/track")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.json()["message"] == "GET is not allowed on /v1/track; it takes POST"
+    assert (await http.client.post("/health")).json()[
+        "message"
+    ] == "POST is not allowed on /health; it takes HEAD, GET"
 
 
 async def test_serve_binds_a_free_port_and_refuses_a_taken_one(http: Api) -> None:

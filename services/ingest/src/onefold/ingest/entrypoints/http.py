@@ -438,11 +438,19 @@ def _declared_length(request: Request) -> int | None:
         return None
 
 
+_CALL_PATHS = ", ".join(f"/v1/{call}" for call in CALL_DOCS) + ", /v1/batch"
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
+    """Routing's own refusals, in the shape of every other error: a sentence that says what to send."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
-    messages = {404: f"no such endpoint: {request.url.path[:100]}", 405: "method not allowed"}
-    body = {"success": False, "message": messages.get(status, "request failed"), "reason": "NOT_FOUND"}
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    path = request.url.path[:100]
+    messages = {
+        404: f"no such endpoint: {path}; the tracking API takes POST to {_CALL_PATHS}",
+        405: f"{request.method[:10]} is not allowed on {path}; it takes {headers.get('Allow', 'POST')}",
+    }
+    body = {"success": False, "message": messages.get(status, "request failed"), "reason": "NOT_FOUND"}
     if status == 405:
         body["reason"] = "VALIDATION_FAILED"
     return json_response(body, status, headers)
