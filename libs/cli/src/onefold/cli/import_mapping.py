@@ -164,7 +164,9 @@ def parse_map_options(options: list[str]) -> dict[str, str]:
 def parse_map_document(document: Any, where: str) -> dict[str, str]:
     """A --map-file's YAML: a mapping of column name to field (`-` or null skips the column)."""
     if not isinstance(document, Mapping):
-        raise MappingError(f"{where} must be a YAML mapping of column name to field, e.g. 'Full Name: traits.name'")
+        raise MappingError(
+            f"{where} must be a YAML mapping of column name to field, e.g. 'Full Name: traits.name'"
+        )
     explicit: dict[str, str] = {}
     for column, target in document.items():
         if not isinstance(column, str) or not (target is None or isinstance(target, str)):
@@ -271,11 +273,15 @@ def _overlaps(fields: list[ColumnField]) -> list[RefusedColumn]:
         if mapped.field is None:
             continue
         for other_field, other_column in claimed.items():
-            if mapped.field == other_field or (mapped.field + ".").startswith(other_field + ".") or (
-                other_field + "."
-            ).startswith(mapped.field + "."):
+            if (
+                mapped.field == other_field
+                or (mapped.field + ".").startswith(other_field + ".")
+                or (other_field + ".").startswith(mapped.field + ".")
+            ):
                 refused.append(
-                    RefusedColumn(mapped.column, f"it maps to {mapped.field}, as does column {other_column!r}")
+                    RefusedColumn(
+                        mapped.column, f"it maps to {mapped.field}, as does column {other_column!r}"
+                    )
                 )
                 break
         else:
