@@ -293,7 +293,7 @@ def _missing(fields: list[ColumnField], call: CallType) -> tuple[str, ...]:
     given = {mapped.field for mapped in fields if mapped.field is not None}
     missing = []
     if not given & {"userId", "anonymousId"}:
-        missing.append(f"a {call.value} import needs a userId or anonymousId column")
+        missing.append("no column gives the userId or anonymousId every call needs")
     if call is CallType.track and "event" not in given:
         missing.append("a track import needs an event column (the event name)")
     return tuple(missing)
