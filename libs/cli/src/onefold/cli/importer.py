@@ -36,6 +36,7 @@ import typer
 import yaml
 from google.protobuf import timestamp_pb2
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -646,10 +647,11 @@ def print_mapping(mapping: ColumnMapping, out: Console) -> None:
         table.add_column(column)
     reasons = {refused.column: refused.reason for refused in mapping.refused}
     for mapped in mapping.columns:
+        # Column names are the file's text: never read as rich markup.
         if mapped.column in reasons:
-            table.add_row(mapped.column, "[red]refused[/red]", reasons[mapped.column])
+            table.add_row(escape(mapped.column), "[red]refused[/red]", escape(reasons[mapped.column]))
         else:
-            table.add_row(mapped.column, mapped.field or "(not sent)", mapped.rule)
+            table.add_row(escape(mapped.column), escape(mapped.field or "(not sent)"), mapped.rule)
     out.print(table)
 
 
