@@ -1,17 +1,22 @@
-"""`onefold import FILE --source ID`: bulk import of CSV / NDJSON identify and track records.
+"""`onefold import FILE --source ID`: bulk import of CSV / NDJSON identify and track records (docs/import.md).
 
 Each record becomes a TrackingEvent sent with the gRPC Batch call (a few batches in flight, answers
-taken in file order); the service validates, dedupes and quarantines. The client only turns lines
-into events and reports lines it cannot turn into one (unparseable CSV/JSON, wrong JSON types).
+taken in file order); the service validates, dedupes and quarantines. The client turns lines into
+events and reports lines it cannot turn into one (unparseable CSV/JSON, wrong JSON types). A CSV
+file's columns are mapped to fields from the header alone (import_mapping.py), and a file with
+columns the rules cannot place is refused before anything is sent.
 
 Idempotent: an event without its own messageId gets a deterministic one, a hash of the file's
-SHA-256 and the line number, so sending the same line again is a duplicate the service drops.
+SHA-256, the line number and (for CSV) the mapping, so sending the same line again is a duplicate
+the service drops, while the same file mapped differently is a different import.
 Resumable: after every acknowledged batch, a state file in <data-dir>/imports/ records the file's
 SHA-256 and the last line whose fate is known; a re-run continues after it (`--restart` re-sends
-everything, which the service then answers as duplicates).
+everything, which the service then answers as duplicates). The state file also keeps every run's
+own counts, so a report says what this run did apart from the whole file's totals.
 
 Exit status: 0 when every row was accepted or a duplicate, 1 when any was quarantined or rejected
-(after the full report), 2 for usage, configuration and connection errors (see `import_file`).
+(after the full report), 2 for usage, configuration and connection errors and refused mappings
+(see `import_file`).
 """
 
 from __future__ import annotations
@@ -766,19 +771,23 @@ def import_file(
 ) -> None:
     """Import identify/track records; resumable, and re-running imports nothing twice.
 
-    CSV columns become fields of the call (see docs/import.md): userId, anonymousId, messageId,
-    timestamp, type (and event for track) stay top-level; traits.* / properties.* / context.* columns
-    go into those objects; any other column is a trait of an identify call (name, first_name, email …
-    as Segment's reserved traits) or a property of a track call. Columns that cannot be placed
-    (groupId, receivedAt, foo.bar …) are refused before anything is sent: map them with --map or
-    --map-file, or skip them with --map COLUMN=-. Check with --dry-run. NDJSON lines are Segment
-    calls already.
+    CSV columns become fields as follows (details: docs/import.md):
+    userId, anonymousId, messageId, timestamp, type, event (track): top-level;
+    traits.*, properties.*, context.* columns: into those objects;
+    other columns: traits of identify calls (name, first_name, email … are
+    Segment's reserved traits), properties of track calls;
+    groupId, receivedAt, foo.bar …: refused before anything is sent.
+    --map COLUMN=FIELD and --map-file rename, --map COLUMN=- skips a column;
+    --dry-run shows the mapping and the first rows. NDJSON lines are Segment
+    calls as they are.
 
+    The report says what this run did, then the whole file's counts.
     Exit status (of the whole file, lines sent by earlier runs included):
     0: every row was accepted or was a duplicate;
-    1: some rows were quarantined or rejected: the report lists them by line; re-running sends nothing twice;
-    2: a usage, configuration, credential or connection error, or a refused mapping; re-run to resume
-    after the last saved line.
+    1: some rows were quarantined or rejected: the report lists them by line;
+    re-running sends nothing twice;
+    2: a usage, configuration, credential or connection error, or a refused
+    mapping; re-run to resume after the last saved line.
     """
     if fmt is None:
         suffix = file.suffix.lower()
