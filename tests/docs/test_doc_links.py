@@ -150,3 +150,20 @@ def test_the_check_reports_each_kind_of_broken_link(tmp_path: Path) -> None:
         "README.md:3: '#intro' names a heading that does not exist",
         "README.md:7: 'docs/absent.md' names a file that does not exist",
     ]
+
+
+def test_every_test_a_document_cites_exists() -> None:
+    # docs/consent.md proves each article with a named test; a renamed test must not leave it citing air.
+    cited = {
+        (path.relative_to(ROOT), name)
+        for path in (ROOT / "docs").glob("*.md")
+        for name in re.findall(r"`(test_\w+)`", path.read_text(encoding="utf-8"))
+    }
+    assert any(path.name == "consent.md" for path, _name in cited)
+    defined = {
+        match
+        for path in _tracked_files(ROOT, (".py",))
+        if path.name.startswith("test_")
+        for match in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(encoding="utf-8"), re.M)
+    }
+    assert sorted(f"{path}: {name}" for path, name in cited if name not in defined) == []

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from google.protobuf.json_format import MessageToDict
 
+from onefold.cli.import_mapping import CallType, map_columns
 from onefold.cli.importer import (
     BadRecord,
-    CallType,
     default_message_id,
     file_digest,
     read_csv,
+    read_csv_header,
     read_ndjson,
     to_event,
 )
@@ -23,19 +24,20 @@ from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 
 
 def test_csv_columns_map_to_ids_traits_properties_and_dotted_objects(tmp_path: Path) -> None:
-    data = tmp_path / "c.csv"
-    data.write_text(
-        "User_ID,anonymousId,email,traits.company.name,context.ip,Event,price,properties.sku\n"
-        "u1,,a@example.com,Acme,10.0.0.1,,,\n"
-        "u2,anon-2,,,,Order Completed,9.99,SKU-1\n"
+    people = tmp_path / "people.csv"
+    people.write_text(
+        "User_ID,anonymousId,email,name,traits.company.name,context.ip\nu1,,a@example.com,Ann,Acme,10.0.0.1\n"
     )
-    identify, track = [record.document for record in read_csv(data, None)]
+    [identify] = [r.document for r in read_csv(people, map_columns(read_csv_header(people), None))]
     assert identify == {
         "userId": "u1",
         "type": "identify",
-        "traits": {"company": {"name": "Acme"}, "email": "a@example.com"},
+        "traits": {"company": {"name": "Acme"}, "email": "a@example.com", "name": "Ann"},
         "context": {"ip": "10.0.0.1"},
     }
+    orders = tmp_path / "orders.csv"
+    orders.write_text("userId,anonymousId,Event,price,properties.sku\nu2,anon-2,Order Completed,9.99,SKU-1\n")
+    [track] = [r.document for r in read_csv(orders, map_columns(read_csv_header(orders), None))]
     assert track == {
         "userId": "u2",
         "anonymousId": "anon-2",
@@ -48,7 +50,7 @@ def test_csv_columns_map_to_ids_traits_properties_and_dotted_objects(tmp_path: P
 def test_csv_line_numbers_count_physical_lines_and_bad_rows_do_not_stop_reading(tmp_path: Path) -> None:
     data = tmp_path / "c.csv"
     data.write_bytes(b'userId,note\nu1,"two\nlines"\nu2\nu3,\xff\xfe\n\nu4,ok\n')
-    records = list(read_csv(data, CallType.identify))
+    records = list(read_csv(data, map_columns(read_csv_header(data), CallType.identify)))
     assert [(r.line, r.error) for r in records] == [
         (2, None),
         (4, "has 1 fields; the header has 2"),
@@ -104,6 +106,8 @@ def test_message_ids_are_a_deterministic_hash_of_the_file_and_line(tmp_path: Pat
     sha, lines = file_digest(data)
     assert lines == 2
     assert default_message_id(sha, 2) == default_message_id(sha, 2) != default_message_id(sha, 3)
+    # The same CSV line sent under another mapping is another event, not a duplicate to drop.
+    assert default_message_id(sha, 2, "mapping-a") != default_message_id(sha, 2, "mapping-b")
 
 
 def test_plans_compare_by_content_and_unknown_keys_are_named() -> None:

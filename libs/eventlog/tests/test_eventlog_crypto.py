@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from onefold.contracts.eventlog.testing.v1 import events_pb2
+from onefold.contracts.options.v1 import options_pb2
 from onefold.eventlog import (
     ERASED,
     BlindIndex,
     EventRegistry,
     EventStore,
+    InvalidEvent,
     KeyEncryptionKey,
     MissingKeyEncryptionKey,
     NewEvent,
@@ -176,3 +179,35 @@ def test_blind_index_is_keyed_normalised_and_per_field(store: EventStore) -> Non
     keyless = EventStore(store.engine, service="test", registry=store.registry)
     with pytest.raises(MissingKeyEncryptionKey):
         keyless.blind_index("x")
+
+
+def test_a_blind_index_field_accepts_only_a_keyed_hash(store: EventStore) -> None:
+    digest = store.blind_index("ada@example.com", field="email")
+    store.append([NewEvent("profile:a", profile("ada@example.com", email_index=digest), subject="a")])
+    head = store.head_position()
+    # The value itself in a blind-index field would be personal data in clear: refused, not echoed.
+    with pytest.raises(InvalidEvent) as caught:
+        store.append(
+            [NewEvent("profile:a", profile("ada@example.com", email_index="ada@example.com"), subject="a")]
+        )
+    assert "email_index" in str(caught.value) and "ada@" not in str(caught.value)
+    assert store.head_position() == head
+
+
+def test_a_blind_index_mark_on_a_field_that_cannot_hold_a_hash_is_refused() -> None:
+    assert EventRegistry().register(events_pb2.ProfileUpdated).blind_index == ("email_index",)
+    # A message declared on the fly: an int64 cannot hold a keyed hash, so registering it fails.
+    file = descriptor_pb2.FileDescriptorProto(
+        name="onefold_test_bad_blind_index.proto", package="onefold.test.bad", syntax="proto3"
+    )
+    file.dependency.append(options_pb2.DESCRIPTOR.name)
+    field = file.message_type.add(name="Bad").field.add(
+        name="count", number=1, type=descriptor_pb2.FieldDescriptorProto.TYPE_INT64
+    )
+    field.options.Extensions[options_pb2.blind_index] = True
+    descriptor_pool.Default().Add(file)
+    bad = message_factory.GetMessageClass(
+        descriptor_pool.Default().FindMessageTypeByName("onefold.test.bad.Bad")
+    )
+    with pytest.raises(InvalidEvent, match=r"Bad\.count is marked blind_index"):
+        EventRegistry().register(bad)

@@ -83,7 +83,9 @@ def sample_events(registry: EventRegistry, count: int, start: int = 0) -> list[N
         message = event_type.message_class()
         for fd in message.DESCRIPTOR.fields:
             if fd.type == FieldDescriptor.TYPE_STRING and not fd.is_repeated:
-                setattr(message, fd.name, f"{fd.name}-{i}")
+                # A blind-index field holds a keyed hash (hex); any other text field, readable text.
+                text = f"{fd.number:04x}{i:012x}" if fd.name in event_type.blind_index else f"{fd.name}-{i}"
+                setattr(message, fd.name, text)
         subject = f"person-{i % 3}" if event_type.pii.has_pii else ""
         events.append(NewEvent(f"stream-{i % 5}", message, subject=subject, workspace="ws-1"))
     return events

@@ -1,4 +1,4 @@
-"""One test per article of PIPL and GDPR that the consent ledger enforces (see COMPLIANCE.md), through
+"""One test per article of PIPL and GDPR that the consent ledger enforces (docs/consent.md lists them), through
 the application in process on a real SQLite file, with an injectable clock.
 
 GDPR Art. 18 / PIPL Art. 44 (restriction) are not here: a restriction is only set through a

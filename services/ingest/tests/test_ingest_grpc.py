@@ -247,6 +247,8 @@ async def test_upload_stream_counts_every_batch(ingest: Harness) -> None:
 async def test_rate_limit_answers_resource_exhausted_with_retry_info(ingest: Harness) -> None:
     source = (await ingest.create_source(rate=1)).source
     stub = ingest.stub(ingest.writer_token)
+    still = ingest.app.clock()
+    ingest.app.clock = lambda: still  # no refill while the burst is sent, however slow the machine
     events = [event(user_id=f"u{i}") for i in range(500)]
     for _ in range(5):  # a burst of one maximal batch (2,500 events) is allowed
         await stub.Batch(pb.BatchRequest(source_id=source.source_id, events=events))

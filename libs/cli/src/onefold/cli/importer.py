@@ -1,17 +1,22 @@
-"""`onefold import FILE --source ID`: bulk import of CSV / NDJSON identify and track records.
+"""`onefold import FILE --source ID`: bulk import of CSV / NDJSON identify and track records (docs/import.md).
 
 Each record becomes a TrackingEvent sent with the gRPC Batch call (a few batches in flight, answers
-taken in file order); the service validates, dedupes and quarantines. The client only turns lines
-into events and reports lines it cannot turn into one (unparseable CSV/JSON, wrong JSON types).
+taken in file order); the service validates, dedupes and quarantines. The client turns lines into
+events and reports lines it cannot turn into one (unparseable CSV/JSON, wrong JSON types). A CSV
+file's columns are mapped to fields from the header alone (import_mapping.py), and a file with
+columns the rules cannot place is refused before anything is sent.
 
 Idempotent: an event without its own messageId gets a deterministic one, a hash of the file's
-SHA-256 and the line number, so sending the same line again is a duplicate the service drops.
+SHA-256, the line number and (for CSV) the mapping, so sending the same line again is a duplicate
+the service drops, while the same file mapped differently is a different import.
 Resumable: after every acknowledged batch, a state file in <data-dir>/imports/ records the file's
 SHA-256 and the last line whose fate is known; a re-run continues after it (`--restart` re-sends
-everything, which the service then answers as duplicates).
+everything, which the service then answers as duplicates). The state file also keeps every run's
+own counts, so a report says what this run did apart from the whole file's totals.
 
 Exit status: 0 when every row was accepted or a duplicate, 1 when any was quarantined or rejected
-(after the full report), 2 for usage, configuration and connection errors (see `import_file`).
+(after the full report), 2 for usage, configuration and connection errors and refused mappings
+(see `import_file`).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import hashlib
 import json
 import math
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -32,11 +38,22 @@ from typing import Annotated, Any
 
 import grpc
 import typer
+import yaml
 from google.protobuf import timestamp_pb2
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from onefold.cli.import_mapping import (
+    SKIP,
+    CallType,
+    ColumnMapping,
+    MappingError,
+    map_columns,
+    parse_map_document,
+    parse_map_options,
+)
 from onefold.cli.ingest_client import (
     CliError,
     Connection,
@@ -62,8 +79,10 @@ MAX_BATCH_EVENTS = 2500
 IN_FLIGHT = 3  # batches awaiting an answer at once
 RETRY_SECONDS = 60.0  # how long an unavailable or rate-limited service is retried
 MAX_SAFE_INTEGER = 2**53
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_STATE_VERSIONS = (1, 2)  # version 1 had no run history
 REPORT_PRINT_LIMIT = 50
+DRY_RUN_ROWS = 5
 EXIT_NOT_ALL_IMPORTED = 1  # some rows quarantined or rejected; 2 (usage, config, connection) is fail()'s
 
 TYPES = {
@@ -88,18 +107,11 @@ ID_FIELDS = {"anonymousId", "userId", "previousId", "groupId"}  # numbers are ac
 OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
 TIME_FIELDS = {"timestamp": "timestamp", "originalTimestamp": "original_timestamp", "sentAt": "sent_at"}
 SERVER_FIELDS = {"receivedAt", "writeKey"}  # the server's to set; dropped
-# CSV headers that name top-level fields, matched ignoring case, '_' and '-'.
-CSV_TOP_LEVEL = {key.lower(): key for key in (*STRING_FIELDS, *TIME_FIELDS, "type")}
 
 
 class Format(StrEnum):
     csv = "csv"
     ndjson = "ndjson"
-
-
-class CallType(StrEnum):
-    identify = "identify"
-    track = "track"
 
 
 class BadRecord(Exception):
@@ -154,25 +166,25 @@ def read_ndjson(path: Path) -> Iterator[Record]:
             yield Record(number, document=document)
 
 
-def _set_path(target: dict[str, Any], dotted: str, value: str) -> None:
-    parts = dotted.split(".")
-    node = target
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    node[parts[-1]] = value
+def read_csv_header(path: Path) -> list[str]:
+    """The header row's column names (stripped); the mapping is decided from these alone."""
+    with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as f:
+        try:
+            header = next(csv.reader(f), [])
+        except csv.Error as error:
+            raise CliError(f"{path}: the header row is not valid CSV: {error}") from None
+    columns = [column.strip() for column in header]
+    if not any(columns):
+        raise CliError(f"{path}: the first line must be a header row naming the columns")
+    if any(_has_surrogate(column) for column in columns):
+        raise CliError(f"{path}: the header row is not valid UTF-8")
+    return columns
 
 
-def _csv_header_key(column: str) -> str:
-    return column.strip().lower().replace("_", "").replace("-", "")
-
-
-def read_csv(path: Path, default_type: CallType | None) -> Iterator[Record]:
+def read_csv(path: Path, mapping: ColumnMapping) -> Iterator[Record]:
     with path.open("r", encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f)
-        header: list[str] | None = None
+        header_read = False
         while True:
             start = reader.line_num + 1
             try:
@@ -182,52 +194,25 @@ def read_csv(path: Path, default_type: CallType | None) -> Iterator[Record]:
             except csv.Error as error:
                 yield Record(start, error=f"not valid CSV: {error}")
                 continue
-            if header is None:
-                header = [column.strip() for column in row]
-                if not any(header):
-                    raise CliError(f"{path}: the first line must be a header row naming the columns")
+            if not header_read:
+                header_read = True
                 continue
             if not row or row == [""]:
                 continue
             if any(_has_surrogate(cell) for cell in row):
                 yield Record(start, error="the line is not valid UTF-8")
                 continue
-            if len(row) != len(header):
-                yield Record(start, error=f"has {len(row)} fields; the header has {len(header)}")
+            if len(row) != len(mapping.columns):
+                yield Record(start, error=f"has {len(row)} fields; the header has {len(mapping.columns)}")
                 continue
-            yield Record(start, document=csv_row_document(header, row, default_type))
+            try:
+                yield Record(start, document=mapping.document(row))
+            except ValueError as error:
+                yield Record(start, error=str(error))
 
 
 def _has_surrogate(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
-
-
-def csv_row_document(header: list[str], row: list[str], default_type: CallType | None) -> dict[str, Any]:
-    top: dict[str, Any] = {}
-    nested: list[tuple[str, str]] = []
-    rest: list[tuple[str, str]] = []
-    for column, value in zip(header, row, strict=True):
-        if value == "" or not column:
-            continue  # an empty cell is an absent field
-        key = CSV_TOP_LEVEL.get(_csv_header_key(column))
-        if key is not None:
-            top[key] = value.strip()
-        elif column.split(".", 1)[0] in OBJECT_FIELDS and "." in column:
-            nested.append((column, value))
-        else:
-            rest.append((column, value))
-    call = str(
-        top.get("type")
-        or (default_type.value if default_type else ("track" if "event" in top else "identify"))
-    ).lower()
-    top["type"] = call
-    document: dict[str, Any] = dict(top)
-    for column, value in nested:
-        _set_path(document, column, value)
-    bucket = "properties" if call == "track" else "traits"
-    for column, value in rest:
-        document.setdefault(bucket, {})[column] = value
-    return document
 
 
 # --- documents -> TrackingEvents -----------------------------------------------------------------
@@ -300,11 +285,41 @@ def to_event(document: dict[str, Any], default_type: CallType | None, message_id
     return event
 
 
-def default_message_id(file_sha: str, line: int) -> str:
-    return str(uuid.uuid5(IMPORT_NAMESPACE, f"{file_sha}:{line}"))
+def default_message_id(file_sha: str, line: int, mapping_fingerprint: str = "") -> str:
+    mapped = f":{mapping_fingerprint}" if mapping_fingerprint else ""
+    return str(uuid.uuid5(IMPORT_NAMESPACE, f"{file_sha}:{line}{mapped}"))
 
 
 # --- state and report ----------------------------------------------------------------------------
+
+
+@dataclass
+class RunCounts:
+    """What one run of the import did; the file's totals (on ImportState) add up the runs since the
+    last --restart."""
+
+    started_at: str
+    restart: bool = False
+    resumed_after_line: int = 0
+    done_earlier: int = 0  # rows whose fate earlier runs already recorded; not sent by this run
+    sent: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    rejected: int = 0  # bad lines found by this run
+    finished: bool = False
+
+    def summary(self) -> str:
+        parts = [f"{self.sent} sent"]
+        if self.sent:
+            parts[0] += (
+                f" ({self.accepted} accepted, {self.duplicates} duplicates, {self.quarantined} quarantined)"
+            )
+        if self.rejected:
+            parts.append(f"{self.rejected} bad lines not sent")
+        if self.done_earlier:
+            parts.append(f"{self.done_earlier} already sent earlier")
+        return "this run: " + ", ".join(parts)
 
 
 @dataclass
@@ -320,38 +335,77 @@ class ImportState:
     quarantined: int = 0
     rejected: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[RunCounts] = field(default_factory=list)  # oldest first; kept across --restart
+
+    @property
+    def this_run(self) -> RunCounts:
+        return self.runs[-1]
+
+    def start_run(self, *, restart: bool) -> RunCounts:
+        run = RunCounts(
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            restart=restart,
+            resumed_after_line=0 if self.complete else self.last_line,
+            done_earlier=self.accepted + self.duplicates + self.quarantined + self.rejected,
+        )
+        self.runs.append(run)
+        return run
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": STATE_VERSION, **self.__dict__}
+        return {"version": STATE_VERSION, **asdict(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImportState:
         data = {k: v for k, v in data.items() if k != "version"}
+        data["runs"] = [RunCounts(**run) for run in data.get("runs", [])]
         return cls(**data)
 
-    def report(self) -> dict[str, Any]:
+    def report(self, mapping: ColumnMapping | None) -> dict[str, Any]:
         return {
             "file": self.file,
             "sha256": self.sha256,
             "source_id": self.source_id,
             "lines": self.lines,
             "complete": self.complete,
+            "this_run": asdict(self.this_run),
+            # The whole file, every run since the last --restart:
             "accepted": self.accepted,
             "duplicates": self.duplicates,
             "quarantined": self.quarantined,
             "rejected": self.rejected,
+            "runs": [asdict(run) for run in self.runs],
+            "mapping": mapping_report(mapping) if mapping else None,
             "problems": sorted(self.problems, key=lambda p: p["line"]),
         }
 
 
-def state_path(data_dir: Path, sha256: str, source_id: str) -> Path:
-    return data_dir / "imports" / f"{sha256[:32]}-{source_id}.json"
+def mapping_report(mapping: ColumnMapping) -> dict[str, Any]:
+    return {
+        "call_type": mapping.call_type.value,
+        "columns": [asdict(column) for column in mapping.columns],
+        "refused": [asdict(refused) for refused in mapping.refused],
+        "missing": list(mapping.missing),
+    }
+
+
+def mapping_fingerprint(mapping: ColumnMapping | None) -> str:
+    """Part of a CSV import's identity: the same file mapped differently is a different import (its
+    rows become different events), so it gets its own message ids and its own saved progress."""
+    if mapping is None:
+        return ""
+    chosen = [mapping.call_type.value, *(f"{c.column}={c.field or SKIP}" for c in mapping.columns)]
+    return hashlib.sha256("\n".join(chosen).encode()).hexdigest()[:16]
+
+
+def state_path(data_dir: Path, sha256: str, source_id: str, fingerprint: str) -> Path:
+    mapped = f"-{fingerprint}" if fingerprint else ""
+    return data_dir / "imports" / f"{sha256[:32]}{mapped}-{source_id}.json"
 
 
 def load_state(path: Path) -> ImportState | None:
     try:
         data = json.loads(path.read_text())
-        if data.get("version") != STATE_VERSION:
+        if data.get("version") not in READABLE_STATE_VERSIONS:
             return None
         return ImportState.from_json(data)
     except (OSError, ValueError, TypeError):
@@ -406,7 +460,12 @@ class Chunk:
 
 
 def chunks(
-    records: Iterator[Record], *, sha: str, default_type: CallType | None, after: int, batch: int
+    records: Iterator[Record],
+    *,
+    message_id: Callable[[int], str],
+    default_type: CallType | None,
+    after: int,
+    batch: int,
 ) -> Iterator[Chunk]:
     current = Chunk(end_line=after)
     for record in records:
@@ -415,7 +474,7 @@ def chunks(
         event: pb.TrackingEvent | None = None
         if record.error is None and record.document is not None:
             try:
-                event = to_event(record.document, default_type, default_message_id(sha, record.line))
+                event = to_event(record.document, default_type, message_id(record.line))
             except BadRecord as error:
                 record.error = str(error)
         if event is None:
@@ -465,17 +524,23 @@ async def send_batch(
 
 
 def record_answer(state: ImportState, chunk: Chunk, response: pb.BatchResponse) -> None:
+    run = state.this_run
     state.problems.extend(chunk.rejects)
     state.rejected += len(chunk.rejects)
+    run.rejected += len(chunk.rejects)
+    run.sent += len(chunk.events)
     for position, answer in enumerate(response.results):
         line = chunk.lines[answer.index if answer.index < len(chunk.lines) else position]
         status = STATUS.get(answer.status, "unknown")
         if answer.status == pb.ACK_STATUS_ACCEPTED:
             state.accepted += 1
+            run.accepted += 1
         elif answer.status == pb.ACK_STATUS_DUPLICATE:
             state.duplicates += 1
+            run.duplicates += 1
         else:
             state.quarantined += 1
+            run.quarantined += 1
         if answer.status == pb.ACK_STATUS_QUARANTINED or answer.reasons:
             state.problems.append(
                 {
@@ -498,6 +563,7 @@ async def run_import(
     state: ImportState,
     state_file: Path,
     *,
+    message_id: Callable[[int], str],
     default_type: CallType | None,
     batch: int,
     stop_after: int | None,
@@ -528,7 +594,7 @@ async def run_import(
                 os._exit(3)  # as abrupt as a crash: the state file is all that is left
 
         for chunk in chunks(
-            records, sha=state.sha256, default_type=default_type, after=state.last_line, batch=batch
+            records, message_id=message_id, default_type=default_type, after=state.last_line, batch=batch
         ):
             if not chunk.events:
                 pending.append((chunk, asyncio.ensure_future(_empty())))
@@ -542,6 +608,7 @@ async def run_import(
             await settle_oldest()
     state.complete = True
     state.last_line = state.lines
+    state.this_run.finished = True
     save_state(state_file, state)
     progress.update(task, completed=state.lines)
 
@@ -550,14 +617,19 @@ async def _empty() -> pb.BatchResponse:
     return pb.BatchResponse()
 
 
-def print_report(state: ImportState, *, resumed_from: int) -> None:
-    table = Table(title=f"import of {state.file} into {state.source_id}", show_header=True)
+def print_report(state: ImportState) -> None:
+    run = state.this_run
+    console.print(run.summary(), highlight=False)
+    if run.resumed_after_line:
+        console.print(f"(this run resumed after line {run.resumed_after_line})", highlight=False)
+    table = Table(
+        title=f"the whole file {state.file} in {state.source_id}, {len(state.runs)} run(s) so far",
+        show_header=True,
+    )
     for column in ("accepted", "duplicates", "quarantined", "rejected (bad lines)"):
         table.add_column(column, justify="right")
     table.add_row(str(state.accepted), str(state.duplicates), str(state.quarantined), str(state.rejected))
     console.print(table)
-    if resumed_from:
-        console.print(f"(resumed after line {resumed_from}; counts cover the whole file)", highlight=False)
     problems = sorted(state.problems, key=lambda p: p["line"])
     if not problems:
         return
@@ -574,26 +646,121 @@ def print_report(state: ImportState, *, resumed_from: int) -> None:
         console.print(f"… and {len(problems) - REPORT_PRINT_LIMIT} more (see --report)", highlight=False)
 
 
+def print_mapping(mapping: ColumnMapping, out: Console) -> None:
+    table = Table(title=f"columns -> {mapping.call_type.value} fields", show_header=True)
+    for column in ("column", "field", "rule"):
+        table.add_column(column)
+    reasons = {refused.column: refused.reason for refused in mapping.refused}
+    for mapped in mapping.columns:
+        # Column names are the file's text: never read as rich markup.
+        if mapped.column in reasons:
+            table.add_row(escape(mapped.column), "[red]refused[/red]", escape(reasons[mapped.column]))
+        else:
+            table.add_row(escape(mapped.column), escape(mapped.field or "(not sent)"), mapped.rule)
+    out.print(table)
+
+
+def dry_run(
+    records: Iterator[Record],
+    mapping: ColumnMapping | None,
+    message_id: Callable[[int], str],
+    *,
+    default_type: CallType | None,
+    as_json: bool,
+) -> None:
+    """The mapping and the first rows as they would be sent (as Segment JSON, message ids included);
+    nothing is sent and no service is needed."""
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        if len(rows) >= DRY_RUN_ROWS:
+            break
+        if record.document is None:
+            rows.append({"line": record.line, "rejected": record.error})
+            continue
+        try:
+            event = to_event(record.document, default_type, message_id(record.line))
+        except BadRecord as error:
+            rows.append({"line": record.line, "rejected": str(error)})
+            continue
+        rows.append({"line": record.line, "call": {**record.document, "messageId": event.message_id}})
+    if as_json:
+        document = {"mapping": mapping_report(mapping) if mapping else None, "rows": rows}
+        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        return
+    if mapping is not None:
+        print_mapping(mapping, console)
+    console.print(f"the first {len(rows)} row(s) as they would be sent (dry run: nothing was sent):")
+    for row in rows:
+        console.print_json(json.dumps(row, ensure_ascii=False))
+
+
+def load_explicit_mapping(map_options: list[str], map_file: Path | None) -> dict[str, str]:
+    """--map-file's mapping, overridden column by column by --map options."""
+    explicit: dict[str, str] = {}
+    try:
+        if map_file is not None:
+            try:
+                document = yaml.safe_load(map_file.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+                raise MappingError(f"cannot read --map-file {map_file}: {type(error).__name__}") from None
+            explicit.update(parse_map_document(document, str(map_file)))
+        explicit.update(parse_map_options(map_options))
+    except MappingError as error:
+        raise fail(str(error)) from None
+    return explicit
+
+
 def import_file(
     file: Annotated[
         Path, typer.Argument(help="a CSV (with a header row) or NDJSON file", exists=True, dir_okay=False)
     ],
-    source: Annotated[str, typer.Option("--source", "-s", help="the source id (src_…) to import into")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", "-s", help="the source id (src_…) to import into; not needed with --dry-run"
+        ),
+    ] = None,
     fmt: Annotated[
         Format | None, typer.Option("--format", help="csv or ndjson (default: from the file name)")
     ] = None,
     call_type: Annotated[
         CallType | None,
         typer.Option(
-            "--type", help="the call type of records that do not say (default: track if they name an event)"
+            "--type",
+            help="the call type of the rows (CSV default: track if a column gives the event name, else identify)",
         ),
     ] = None,
+    map_options: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map",
+            metavar="COLUMN=FIELD",
+            help="CSV: send COLUMN as FIELD (userId, traits.plan, properties.sku, context.ip …; - skips it); "
+            "repeatable",
+        ),
+    ] = None,
+    map_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--map-file", exists=True, dir_okay=False, help="CSV: a YAML mapping of column to field, as --map"
+        ),
+    ] = None,
+    dry_run_only: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help=f"show the mapping and the first {DRY_RUN_ROWS} rows as they would be sent; send nothing",
+        ),
+    ] = False,
     batch: Annotated[
         int, typer.Option("--batch", min=1, max=MAX_BATCH_EVENTS, help="events per Batch call")
     ] = 500,
     report: Annotated[
         Path | None, typer.Option("--report", help="also write the report as JSON here")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the report as JSON instead of tables")
+    ] = False,
     restart: Annotated[
         bool, typer.Option("--restart", help="ignore the saved progress; send every line again")
     ] = False,
@@ -604,12 +771,24 @@ def import_file(
 ) -> None:
     """Import identify/track records; resumable, and re-running imports nothing twice.
 
+    CSV columns become fields as follows (details: docs/import.md):
+    userId, anonymousId, messageId, timestamp, type, event (track): top-level;
+    traits.*, properties.*, context.* columns: into those objects;
+    other columns: traits of identify calls (name, first_name, email … are
+    Segment's reserved traits), properties of track calls;
+    groupId, receivedAt, foo.bar …: refused before anything is sent.
+    --map COLUMN=FIELD and --map-file rename, --map COLUMN=- skips a column;
+    --dry-run shows the mapping and the first rows. NDJSON lines are Segment
+    calls as they are.
+
+    The report says what this run did, then the whole file's counts.
     Exit status (of the whole file, lines sent by earlier runs included):
     0: every row was accepted or was a duplicate;
-    1: some rows were quarantined or rejected: the report lists them by line; re-running sends nothing twice;
-    2: a usage, configuration, credential or connection error; re-run to resume after the last saved line.
+    1: some rows were quarantined or rejected: the report lists them by line;
+    re-running sends nothing twice;
+    2: a usage, configuration, credential or connection error, or a refused
+    mapping; re-run to resume after the last saved line.
     """
-    conn = connect(data_dir, target, token)
     if fmt is None:
         suffix = file.suffix.lower()
         if suffix == ".csv":
@@ -618,6 +797,36 @@ def import_file(
             fmt = Format.ndjson
         else:
             raise fail(f"cannot tell the format of {file.name}; pass --format csv or --format ndjson")
+    mapping: ColumnMapping | None = None
+    if fmt is Format.csv:
+        try:
+            header = read_csv_header(file)
+        except CliError as error:
+            raise fail(error.message, error.code) from None
+        mapping = map_columns(header, call_type, load_explicit_mapping(map_options or [], map_file))
+        call_type = mapping.call_type
+    elif map_options or map_file:
+        raise fail("--map and --map-file apply to CSV files; NDJSON lines are Segment calls already")
+    if mapping is not None and not mapping.ok:
+        if dry_run_only and not as_json:
+            print_mapping(mapping, console)
+        raise fail(mapping.problem())
+
+    sha, lines = file_digest(file)
+    fingerprint = mapping_fingerprint(mapping)
+
+    def message_id(line: int) -> str:
+        return default_message_id(sha, line, fingerprint)
+
+    def records() -> Iterator[Record]:
+        return read_ndjson(file) if mapping is None else read_csv(file, mapping)
+
+    if dry_run_only:
+        dry_run(records(), mapping, message_id, default_type=call_type, as_json=as_json)
+        return
+    if source is None:
+        raise fail("--source is required (the source id to import into)")
+    conn = connect(data_dir, target, token)
 
     async def check_source() -> pb.Source:
         async with ingest_stub(conn) as stub:
@@ -626,22 +835,25 @@ def import_file(
 
     if run_async(conn, check_source).disabled:
         raise fail(f"source {source} is disabled; it accepts no events")
-    sha, lines = file_digest(file)
-    state_file = state_path(data_dir.resolve(), sha, source)
-    state = None if restart else load_state(state_file)
+    state_file = state_path(data_dir.resolve(), sha, source, fingerprint)
+    saved = load_state(state_file)
+    state = None if restart else saved
     if state is None:
         state = ImportState(file=str(file), sha256=sha, source_id=source, lines=lines)
-    resumed_from = 0 if state.complete else state.last_line
+        state.runs = saved.runs if saved else []  # the run history outlives --restart
+    run = state.start_run(restart=restart)
+    info = err_console if as_json else console
     if state.complete:
-        console.print(
+        info.print(
             f"{file} (sha256 {sha[:12]}…) was already imported into {source}; nothing to send "
             "(--restart sends it again, answered as duplicates)",
             highlight=False,
         )
+        run.finished = True
+        save_state(state_file, state)
     else:
-        if resumed_from:
-            console.print(f"resuming {file} after line {resumed_from}", highlight=False)
-        records = read_ndjson(file) if fmt is Format.ndjson else read_csv(file, call_type)
+        if run.resumed_after_line:
+            info.print(f"resuming {file} after line {run.resumed_after_line}", highlight=False)
         progress = Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -655,9 +867,10 @@ def import_file(
                 asyncio.run(
                     run_import(
                         conn,
-                        records,
+                        records(),
                         state,
                         state_file,
+                        message_id=message_id,
                         default_type=call_type,
                         batch=batch,
                         stop_after=stop_after,
@@ -669,10 +882,13 @@ def import_file(
         except grpc.RpcError as error:
             done = f" (lines up to {state.last_line} are done; re-run to resume)" if state.last_line else ""
             raise fail(describe_rpc_error(error, conn.target).rstrip(".") + done + ".") from None
-    print_report(state, resumed_from=resumed_from)
+    if as_json:
+        sys.stdout.write(json.dumps(state.report(mapping), indent=2, ensure_ascii=False) + "\n")
+    else:
+        print_report(state)
     if report is not None:
-        report.write_text(json.dumps(state.report(), indent=2))
-        console.print(f"report written to {report}", highlight=False)
+        report.write_text(json.dumps(state.report(mapping), indent=2))
+        info.print(f"report written to {report}", highlight=False)
     if state.quarantined or state.rejected:
         err_console.print(
             f"not every row was imported: {state.quarantined} quarantined, {state.rejected} rejected "

@@ -16,6 +16,7 @@ Upcasting covers two kinds of change:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,8 +143,36 @@ def _copy_kind(fd: FieldDescriptor) -> int:
     return COPY_PRESENT_SCALAR if fd.has_presence else COPY_SCALAR
 
 
+_HEX_DIGEST = re.compile(r"[0-9a-f]{16,}")
+
+
 def blind_index_fields(descriptor: Any) -> tuple[str, ...]:
-    return tuple(fd.name for fd in descriptor.fields if _is_marked(fd, options_pb2.blind_index))
+    """The top-level fields marked `blind_index`; a mark that cannot hold a keyed hash is refused."""
+    names = []
+    for fd in descriptor.fields:
+        if not _is_marked(fd, options_pb2.blind_index):
+            continue
+        if fd.type != FieldDescriptor.TYPE_STRING or _is_marked(fd, options_pb2.pii):
+            raise InvalidEvent(
+                f"{descriptor.full_name}.{fd.name} is marked blind_index: it must be a string (or repeated "
+                "string) holding a keyed hash, and not also pii"
+            )
+        names.append(fd.name)
+    return tuple(names)
+
+
+def check_blind_indexes(event_type: EventType, message: Message) -> None:
+    """Refuse an event whose blind-index fields hold anything but keyed hashes (lower-case hex, as
+    `EventStore.blind_index` returns): the value itself there would be personal data in clear."""
+    for name in event_type.blind_index:
+        value = getattr(message, name)
+        for item in (value,) if isinstance(value, str) else value:
+            if item and _HEX_DIGEST.fullmatch(item) is None:
+                # The value is never echoed: it may be the very personal data the mark protects.
+                raise InvalidEvent(
+                    f"{event_type.name}.{name} is a blind index and must hold a keyed hash from "
+                    "EventStore.blind_index, not a value"
+                )
 
 
 @dataclass(frozen=True)
@@ -157,9 +186,12 @@ class EventType:
     legacy_upcast: Upcaster | None = None
     # Encoded once: the chain hashes the type name of every event.
     name_bytes: bytes = field(init=False, repr=False, compare=False)
+    # Fields that must hold keyed hashes only (checked on append).
+    blind_index: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name_bytes", self.name.encode())
+        object.__setattr__(self, "blind_index", blind_index_fields(self.message_class.DESCRIPTOR))
 
     @property
     def appendable(self) -> bool:

@@ -67,7 +67,7 @@ from onefold.eventlog.models import (
     make_recorded_event,
     to_micros,
 )
-from onefold.eventlog.registry import EventRegistry, EventType
+from onefold.eventlog.registry import EventRegistry, EventType, check_blind_indexes
 from onefold.platform.database import create_engine
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
@@ -351,9 +351,11 @@ class EventStore:
     def _append(self, conn: Connection, events: Sequence[NewEvent]) -> list[RecordedEvent]:
         registry_for = self.registry.for_message
         event_types: list[EventType] = [registry_for(event.message) for event in events]
-        for event_type in event_types:
+        for event, event_type in zip(events, event_types, strict=True):
             if not event_type.appendable:
                 raise InvalidEvent(f"event type '{event_type.name}' is a legacy type kept for reading only")
+            if event_type.blind_index:
+                check_blind_indexes(event_type, event.message)
         if self.is_postgres:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _APPEND_LOCK_KEY})
         head_position, prev_hash = self._head(conn)

@@ -224,10 +224,6 @@ class CredentialStore:
             if exists.first() is None:
                 conn.execute(workspaces_table.insert().values(name=name, created_at=datetime.now(UTC)))
 
-    def list_workspaces(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(sa.select(workspaces_table.c.name).order_by("name")).scalars())
-
     def issue(
         self, workspace: str, scopes: Iterable[str], name: str = "", *, credential_id: str | None = None
     ) -> IssuedCredential:

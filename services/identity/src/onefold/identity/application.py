@@ -16,7 +16,6 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -108,12 +107,6 @@ def event_registry() -> EventRegistry:
     ):
         registry.register(message)
     return registry
-
-
-@dataclass(frozen=True)
-class ProfileView:
-    profile: pb.Profile
-    family: list[str]
 
 
 def _new_profile_id() -> str:

@@ -529,11 +529,12 @@ class IngestApplication:
         """
         rate = max(source.rate_limit_per_second, 0.001)
         capacity = max(2.0 * rate, float(source.limits.max_batch_events))
-        now = time.monotonic()
+        # The injectable clock, so tests can hold time still; a clock stepped back refills nothing.
+        now = self.clock().timestamp()
         bucket = self._buckets.get(source.source_id)
         if bucket is None:
             bucket = self._buckets[source.source_id] = _Bucket(capacity, now)
-        bucket.tokens = min(capacity, bucket.tokens + (now - bucket.updated) * rate)
+        bucket.tokens = min(capacity, bucket.tokens + max(now - bucket.updated, 0.0) * rate)
         bucket.updated = now
         if bucket.tokens < events:
             retry_after = round(max((events - bucket.tokens) / rate, 0.001), 3)

@@ -22,7 +22,6 @@ from onefold.contracts.ingest.v1 import ingest_pb2
 
 DEFAULT_LIMIT = 5
 MAX_VALUE_CHARS = 256
-MAX_TYPE_CHARS = 64
 NORMALISERS = ("email", "phone", "lower", "trim", "none")
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")

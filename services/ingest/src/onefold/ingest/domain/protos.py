@@ -58,7 +58,6 @@ KIND_TO_PROTO: dict[FailureKind, pb.FailureKind.ValueType] = {
     FailureKind.TIMESTAMP_VIOLATION: pb.FAILURE_KIND_TIMESTAMP_VIOLATION,
     FailureKind.UNPLANNED_EVENT: pb.FAILURE_KIND_UNPLANNED_EVENT,
 }
-PROTO_TO_KIND = {v: k for k, v in KIND_TO_PROTO.items()}
 
 
 # --- canonical event <-> TrackingEvent ---------------------------------------------------------
@@ -443,10 +442,6 @@ def parse_batch_request(
 
 def violations_to_proto(violations: Iterable[Violation]) -> list[pb.Violation]:
     return [pb.Violation(path=v.path, message=v.message, rule=v.rule) for v in violations]
-
-
-def violations_from_proto(violations: Iterable[pb.Violation]) -> tuple[Violation, ...]:
-    return tuple(Violation(v.path, v.message, v.rule) for v in violations)
 
 
 def ack(intake: Intake, verdict: Verdict, *, duplicate: bool = False, quarantine_id: str = "") -> pb.EventAck:

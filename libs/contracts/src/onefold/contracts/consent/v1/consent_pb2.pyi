@@ -773,7 +773,7 @@ Global___PreferenceSet: _TypeAlias = PreferenceSet  # noqa: Y015
 @_typing.final
 class ObjectionRecorded(_message.Message):
     """An objection to processing (GDPR 21) or a refusal of personalised marketing (PIPL 24). For a
-    direct-marketing purpose it is absolute until the person lifts it themselves.
+    direct-marketing purpose it is absolute: checks deny and new grants are refused until ObjectionLifted.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1092,7 +1092,9 @@ class CheckConsentRequest(_message.Message):
     channel: _builtins.str
     """"" = any channel (purpose-wide consent)"""
     jurisdiction: Global___Jurisdiction.ValueType
-    """unset: the jurisdiction of the subject's latest consent, else the purpose's first"""
+    """Unset: the jurisdiction of the consent to this purpose, else of the subject's latest consent, else
+    the purpose's first legal basis (PIPL before GDPR).
+    """
     @_builtins.property
     def subject(self) -> _identity_pb2.ProfileRef: ...
     @_builtins.property
@@ -1570,7 +1572,7 @@ class SubjectRequest(_message.Message):
     def received_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def due_at(self) -> _timestamp_pb2.Timestamp:
-        """GDPR 12(3): one month, extendable by two"""
+        """GDPR 12(3): one calendar month, extendable once by up to 60 days"""
 
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___RequestStep]: ...
@@ -2067,7 +2069,7 @@ class HistoryEntry(_message.Message):
     SUMMARY_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
-    """a sentence, e.g. "granted marketing on email (notice privacy v3, zh-CN)" """
+    """a sentence, e.g. "granted marketing on email (notice privacy v3, PIPL, via web)" """
     @_builtins.property
     def evidence(self) -> Global___Evidence: ...
     @_builtins.property

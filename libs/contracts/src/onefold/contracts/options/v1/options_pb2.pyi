@@ -17,4 +17,6 @@ pii: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _bu
 key (crypto-shredding): once the subject is erased they read back as an "erased" marker.
 """
 blind_index: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.bool]
-"""Marks an identifier that must stay searchable: stored as a keyed hash (blind index), never plaintext."""
+"""Marks an identifier that must stay searchable: stored as a keyed hash (blind index), never plaintext.
+The event log refuses to append an event whose marked field holds anything but such a hash.
+"""
