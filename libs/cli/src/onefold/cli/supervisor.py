@@ -203,12 +203,12 @@ class Supervisor:
     def _assign_ports(self, settings: PortsSettings) -> dict[str, int]:
         """The port of every endpoint this run listens on: the configured ones, each checked free
         now (before anything starts), and free ports where the setting says 0."""
-        wanted = {GRPC_PORT_KEYS[name]: 0 for name in self.services}
-        wanted |= {HTTP_PORT_KEYS[name]: 0 for name in self.services if name in HTTP_PORT_KEYS}
+        keys = [GRPC_PORT_KEYS[name] for name in self.services]
+        keys += [HTTP_PORT_KEYS[name] for name in self.services if name in HTTP_PORT_KEYS]
         if not self.nats_url:
-            wanted[NATS_PORT_KEY] = 0
+            keys.append(NATS_PORT_KEY)
         configured = settings.chosen()
-        ports = {key: configured[key] for key in wanted}
+        ports = {key: configured[key] for key in keys}
         by_port: dict[int, list[str]] = {}
         for key, port in ports.items():
             if port:
@@ -223,10 +223,11 @@ class Supervisor:
         busy = [key for key, port in ports.items() if port and port_in_use(port)]
         if busy:
             raise ConfigError(_ports_in_use_message(busy, ports))
-        for key, port in ports.items():
+        for key in [key for key, port in ports.items() if not port]:
             # Each free port is bound only when its child starts: never hand the same one to two
             # endpoints (the OS may offer a just-released port again).
-            while not port or port in by_port:
+            port = free_port()
+            while port in by_port:
                 port = free_port()
             by_port[port] = [key]
             ports[key] = port
