@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import threading
@@ -21,9 +20,9 @@ from onefold.cli.keys import KeyDir, keys_app
 from onefold.cli.profile import profile_app
 from onefold.cli.quarantine import quarantine_app
 from onefold.cli.sources import apply, sources_app
-from onefold.cli.supervisor import Supervisor, endpoint_statuses, read_endpoints
+from onefold.cli.supervisor import Supervisor, read_endpoints
 from onefold.platform.auth import SCOPES, CredentialStore
-from onefold.platform.config import PORT_OFFSETS, ConfigError
+from onefold.platform.config import ConfigError
 from onefold.platform.errors import OnefoldError
 from onefold.platform.health import health_status
 
@@ -64,7 +63,6 @@ def up(
         int | None,
         typer.Option(
             min=0,
-            max=65535 - max(PORT_OFFSETS.values()),
             help="first of the endpoints' consecutive ports (default 7460, setting ports.base); "
             "0 = free ports",
         ),
@@ -137,6 +135,10 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
 ) -> None:
     """Show every endpoint and its health; exit 0 only when every one is SERVING."""
+    import json
+
+    from onefold.cli.supervisor import endpoint_statuses
+
     try:
         state = read_endpoints(data_dir.resolve())
     except ConfigError as error:

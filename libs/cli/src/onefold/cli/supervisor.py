@@ -40,7 +40,15 @@ import sqlalchemy as sa
 
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
 from onefold.platform.bus_permissions import OPERATOR
-from onefold.platform.config import ConfigError, NatsSettings, PortsSettings, load_settings, prepare_data_dir
+from onefold.platform.config import (
+    MAX_PORT_BASE,
+    PORT_OFFSETS,
+    ConfigError,
+    NatsSettings,
+    PortsSettings,
+    load_settings,
+    prepare_data_dir,
+)
 from onefold.platform.errors import NotFound
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import BusCredentials, NatsServerProcess, die_with_parent
@@ -154,6 +162,11 @@ class Supervisor:
     def prepare(self) -> None:
         # Validate the configuration the services will read before starting anything, so a typo is
         # one sentence here rather than five crashed processes.
+        if self.port_base is not None and self.port_base > MAX_PORT_BASE:
+            raise ConfigError(
+                f"--port-base {self.port_base} leaves no room for the {len(PORT_OFFSETS)} consecutive ports "
+                f"of the endpoints; give at most {MAX_PORT_BASE}"
+            )
         overrides: dict[str, Any] = {"ports": {"base": self.port_base}} if self.port_base is not None else {}
         settings = [load_settings(name, self.config_file, **overrides) for name in self.services]
         os.umask(PRIVATE_UMASK)  # what this process and its children create is the user's alone

@@ -134,6 +134,7 @@ PORT_OFFSETS: dict[str, int] = {
     "nats": 6,
 }
 DEFAULT_PORT_BASE = 7460
+MAX_PORT_BASE = 65535 - max(PORT_OFFSETS.values())
 
 
 class PortsSettings(_Section):
@@ -144,7 +145,7 @@ class PortsSettings(_Section):
     base: int = Field(
         default=DEFAULT_PORT_BASE,
         ge=0,
-        le=65535 - max(PORT_OFFSETS.values()),
+        le=MAX_PORT_BASE,
         description="first of the consecutive ports below; 0 = free ports chosen at each start",
     )
     ingest_http: int | None = Field(default=None, ge=1, le=65535, description="default base+0")
