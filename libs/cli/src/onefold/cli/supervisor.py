@@ -226,11 +226,11 @@ class Supervisor:
         for key, port in ports.items():
             if port:
                 by_port.setdefault(port, []).append(key)
-        shared = {port: keys for port, keys in by_port.items() if len(keys) > 1}
+        shared = {port: sharing for port, sharing in by_port.items() if len(sharing) > 1}
         if shared:
-            port, keys = next(iter(shared.items()))
+            port, sharing = next(iter(shared.items()))
             raise ConfigError(
-                f"the settings {' and '.join(f'ports.{key}' for key in keys)} both give port {port}; "
+                f"the settings {' and '.join(f'ports.{key}' for key in sharing)} both give port {port}; "
                 "give each endpoint its own port"
             )
         busy = [key for key, port in ports.items() if port and port_in_use(port)]
@@ -409,6 +409,7 @@ class Supervisor:
         self._service_credential_id, self._service_token = "", ""
 
 
+# How messages and `onefold status` name each endpoint (by its `ports` setting) for people.
 ENDPOINT_LABELS = {
     "ingest_http": "ingest HTTP",
     "ingest_grpc": "ingest gRPC",
@@ -420,14 +421,14 @@ ENDPOINT_LABELS = {
 }
 
 
-def _setting_names(key: str) -> str:
+def _setting_and_variable(key: str) -> str:
     return f"ports.{key} (ONEFOLD_PORTS__{key.upper()})"
 
 
 def _ports_in_use_message(busy: list[str], ports: dict[str, int]) -> str:
     taken = ", ".join(f"{ports[key]} ({ENDPOINT_LABELS[key]})" for key in busy)
     what = f"port {taken} is" if len(busy) == 1 else f"ports {taken} are"
-    settings = _setting_names(busy[0]) if len(busy) == 1 else "ports.<endpoint>"
+    settings = _setting_and_variable(busy[0]) if len(busy) == 1 else "ports.<endpoint>"
     return (
         f"{what} already in use (by another program or another `onefold up`); "
         f"choose other ports with `onefold up --port-base N` (moves every endpoint) "
