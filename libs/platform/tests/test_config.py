@@ -114,3 +114,40 @@ def test_bad_ingest_value_in_a_file_names_the_file(tmp_path: Path) -> None:
     config.write_text("ingest:\n  dedupe_window: 60\n")
     with pytest.raises(ConfigError, match=r"unknown configuration key 'ingest\.dedupe_window'"):
         load_settings("ingest", config, env={})
+
+
+EXAMPLE_SETTINGS = Path(__file__).resolve().parents[3] / "deploy" / "examples" / "onefold.yaml"
+
+
+def test_ports_are_fixed_by_default_shifted_by_base_and_set_one_by_one() -> None:
+    assert load_settings("ingest", env={}).ports.chosen() == {
+        "ingest_http": 7460,
+        "ingest_grpc": 7461,
+        "identity": 7462,
+        "consent": 7463,
+        "segments": 7464,
+        "journeys": 7465,
+        "nats": 7466,
+    }
+    env = {"ONEFOLD_PORTS__BASE": "8000", "ONEFOLD_PORTS__NATS": "4222"}
+    chosen = load_settings("ingest", env=env).ports.chosen()
+    assert (chosen["ingest_http"], chosen["journeys"], chosen["nats"]) == (8000, 8005, 4222)
+    # base 0: every endpoint not set on its own gets a free port at start
+    chosen = load_settings(
+        "ingest", env={"ONEFOLD_PORTS__BASE": "0", "ONEFOLD_PORTS__CONSENT": "9000"}
+    ).ports.chosen()
+    assert chosen.pop("consent") == 9000
+    assert set(chosen.values()) == {0}
+
+
+def test_a_port_base_too_high_for_every_endpoint_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"invalid configuration value for 'ports\.base'"):
+        load_settings("ingest", env={"ONEFOLD_PORTS__BASE": "65530"})
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'ports\.ingest'"):
+        load_settings("ingest", env={"ONEFOLD_PORTS__INGEST": "7000"})
+
+
+def test_the_example_settings_file_loads_for_every_service() -> None:
+    for service in ("ingest", "identity", "consent", "segments", "journeys"):
+        settings = load_settings(service, EXAMPLE_SETTINGS, env={})
+        assert settings.ports.chosen()["ingest_http"] == 7460

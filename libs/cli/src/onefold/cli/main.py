@@ -20,12 +20,11 @@ from onefold.cli.keys import KeyDir, keys_app
 from onefold.cli.profile import profile_app
 from onefold.cli.quarantine import quarantine_app
 from onefold.cli.sources import apply, sources_app
-from onefold.cli.supervisor import SERVICES, Supervisor, read_endpoints
+from onefold.cli.supervisor import Supervisor, read_endpoints
 from onefold.platform.auth import SCOPES, CredentialStore
 from onefold.platform.config import ConfigError
 from onefold.platform.errors import OnefoldError
 from onefold.platform.health import health_status
-from onefold.platform.service import NATS_HEALTH_NAME
 
 app = typer.Typer(
     name="onefold",
@@ -60,6 +59,14 @@ def up(
         typer.Option("--config", "-c", envvar="ONEFOLD_CONFIG", help="YAML settings for the services"),
     ] = None,
     key_dir: KeyDir = None,
+    port_base: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="first of the endpoints' consecutive ports (default 7460, setting ports.base); "
+            "0 = free ports",
+        ),
+    ] = None,
 ) -> None:
     """Start nats-server (JetStream) and the five services; Ctrl-C stops everything."""
     supervisor = Supervisor(
@@ -68,6 +75,7 @@ def up(
         config_file=config.resolve() if config else None,
         key_dir=key_dir.resolve() if key_dir else None,
         report=_report,
+        port_base=port_base,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -122,23 +130,45 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
 
 
 @app.command()
-def status(data_dir: DataDir = Path(".onefold")) -> None:
-    """Show each service's health; exit 0 only when every service is SERVING."""
+def status(
+    data_dir: DataDir = Path(".onefold"),
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
+) -> None:
+    """Show every endpoint and its health; exit 0 only when every one is SERVING."""
+    import json
+
+    from onefold.cli.supervisor import endpoint_statuses
+
     try:
         state = read_endpoints(data_dir.resolve())
     except ConfigError as error:
         raise fail(str(error), code=1) from None
+    endpoints = endpoint_statuses(state)
+    all_serving = all(endpoint.health == "SERVING" for endpoint in endpoints)
+    if as_json:
+        listed = {
+            endpoint.key: {
+                "label": endpoint.label,
+                "address": endpoint.address,
+                "health": endpoint.health,
+                "nats_connection": endpoint.nats_connection,
+            }
+            for endpoint in endpoints
+        }
+        typer.echo(json.dumps({"all_serving": all_serving, "endpoints": listed}, indent=2))
+        raise typer.Exit(0 if all_serving else 1)
     table = Table(show_header=True)
-    for column in ("service", "endpoint", "health", "NATS connection"):
+    for column in ("endpoint", "address", "health", "NATS connection", "port setting"):
         table.add_column(column)
-    all_serving = True
-    for name in SERVICES:
-        target = state["services"].get(name)
-        overall = health_status(target) if target else "NOT STARTED"
-        nats = health_status(target, NATS_HEALTH_NAME) if overall == "SERVING" else "-"
-        all_serving &= overall == "SERVING"
-        colour = "green" if overall == "SERVING" else "red"
-        table.add_row(name, target or "-", f"[{colour}]{overall}[/{colour}]", nats)
+    for endpoint in endpoints:
+        colour = "green" if endpoint.health == "SERVING" else "red"
+        table.add_row(
+            endpoint.label,
+            endpoint.address,
+            f"[{colour}]{endpoint.health}[/{colour}]",
+            endpoint.nats_connection,
+            f"ports.{endpoint.key}",
+        )
     console.print(table)
     raise typer.Exit(0 if all_serving else 1)
 

@@ -4,7 +4,11 @@ The supervisor owns the children: it starts them in order, waits until every ser
 SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops services first
 (they turn NOT_SERVING and finish in-flight calls), then NATS. Children ask the kernel to signal
 them if the supervisor itself dies, so no process outlives it. State that a second command needs
-(`onefold status`) is written to <data-dir>/run/endpoints.json.
+(`onefold status`) is written to <data-dir>/run/endpoints.json while it runs.
+
+Every endpoint has a fixed port from the `ports` settings (7460-7466 by default, `--port-base`
+moves them all), so clients keep their addresses across restarts. A port already taken stops the
+start before any process is started, naming the endpoint and the setting that moves it.
 
 Everything it and the services create is private to the user (umask 077; the data dir is made
 0700/0600 on each start). Each service's key-encryption key lives outside the data dir, in the key
@@ -21,6 +25,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,12 +34,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
 from onefold.platform.bus_permissions import OPERATOR
-from onefold.platform.config import ConfigError, NatsSettings, load_settings, prepare_data_dir
+from onefold.platform.config import (
+    MAX_PORT_BASE,
+    PORT_OFFSETS,
+    ConfigError,
+    NatsSettings,
+    PortsSettings,
+    load_settings,
+    prepare_data_dir,
+)
 from onefold.platform.errors import NotFound
 from onefold.platform.health import health_status
 from onefold.platform.nats_server import BusCredentials, NatsServerProcess, die_with_parent
@@ -42,7 +56,11 @@ from onefold.platform.ports import free_port, port_in_use
 from onefold.platform.service import NATS_HEALTH_NAME, PRIVATE_UMASK, ensure_bootstrap_admin
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
-HTTP_SERVICES = frozenset({"ingest"})  # the Segment-compatible tracking API
+# The `ports` setting (onefold.platform.config.PORT_OFFSETS) of each service's gRPC listener, and of
+# the HTTP listeners (ingest's: the Segment-compatible tracking API).
+GRPC_PORT_KEYS = {name: name for name in SERVICES} | {"ingest": "ingest_grpc"}
+HTTP_PORT_KEYS = {"ingest": "ingest_http"}
+NATS_PORT_KEY = "nats"
 ENDPOINTS_FILE = Path("run") / "endpoints.json"
 NATS_DIR = Path("nats")  # the embedded server's store, config and credentials
 SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
@@ -127,6 +145,8 @@ class Supervisor:
     key_dir: Path | None = None
     report: Callable[[str], None] = print
     services: tuple[str, ...] = SERVICES
+    port_base: int | None = None  # `--port-base`: beats ports.base of the config file and environment
+    ports: dict[str, int] = field(default_factory=dict)  # each endpoint's port, settled by prepare()
     children: dict[str, Child] = field(default_factory=dict)
     nats: NatsServerProcess | None = None
     admin: IssuedCredential | None = None
@@ -142,7 +162,13 @@ class Supervisor:
     def prepare(self) -> None:
         # Validate the configuration the services will read before starting anything, so a typo is
         # one sentence here rather than five crashed processes.
-        settings = [load_settings(name, self.config_file) for name in self.services]
+        if self.port_base is not None and self.port_base > MAX_PORT_BASE:
+            raise ConfigError(
+                f"--port-base {self.port_base} leaves no room for the {len(PORT_OFFSETS)} consecutive ports "
+                f"of the endpoints; give at most {MAX_PORT_BASE}"
+            )
+        overrides: dict[str, Any] = {"ports": {"base": self.port_base}} if self.port_base is not None else {}
+        settings = [load_settings(name, self.config_file, **overrides) for name in self.services]
         os.umask(PRIVATE_UMASK)  # what this process and its children create is the user's alone
         prepare_data_dir(self.data_dir)
         (self.data_dir / "run").mkdir(exist_ok=True)
@@ -154,6 +180,7 @@ class Supervisor:
             lock.close()  # not ours: stop() must leave the running instance's files alone
             raise ConfigError(f"another `onefold up` is already running on {self.data_dir}") from None
         self._lock = lock
+        self.ports = self._assign_ports(settings[0].ports)
         self._prepare_keys()
         # The store the services will read: the configured one, else the data dir's.
         self._auth_url = settings[0].auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
@@ -186,22 +213,43 @@ class Supervisor:
                 )
         self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def _previous_ports(self) -> dict[str, int]:
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            saved = json.loads((self.data_dir / ENDPOINTS_FILE).read_text())
-            ports = {name: int(target.rsplit(":", 1)[1]) for name, target in saved["services"].items()}
-            ports.update(
-                (f"{name}/http", int(url.rsplit(":", 1)[1])) for name, url in saved.get("http", {}).items()
+    def _assign_ports(self, settings: PortsSettings) -> dict[str, int]:
+        """The port of every endpoint this run listens on: the configured ones, each checked free
+        now (before anything starts), and free ports where the setting says 0."""
+        keys = [GRPC_PORT_KEYS[name] for name in self.services]
+        keys += [HTTP_PORT_KEYS[name] for name in self.services if name in HTTP_PORT_KEYS]
+        if not self.nats_url:
+            keys.append(NATS_PORT_KEY)
+        configured = settings.chosen()
+        ports = {key: configured[key] for key in keys}
+        by_port: dict[int, list[str]] = {}
+        for key, port in ports.items():
+            if port:
+                by_port.setdefault(port, []).append(key)
+        shared = {port: sharing for port, sharing in by_port.items() if len(sharing) > 1}
+        if shared:
+            port, sharing = next(iter(shared.items()))
+            raise ConfigError(
+                f"the settings {' and '.join(f'ports.{key}' for key in sharing)} both give port {port}; "
+                "give each endpoint its own port"
             )
-            return ports
-        return {}
+        busy = [key for key, port in ports.items() if port and port_in_use(port)]
+        if busy:
+            raise ConfigError(_ports_in_use_message(busy, ports))
+        for key in [key for key, port in ports.items() if not port]:
+            # Each free port is bound only when its child starts: never hand the same one to two
+            # endpoints (the OS may offer a just-released port again).
+            port = free_port()
+            while port in by_port:
+                port = free_port()
+            by_port[port] = [key]
+            ports[key] = port
+        return ports
 
     def start_nats(self) -> str:
         if self.nats_url:
             return self.nats_url
-        previous = self._previous_ports().get("nats")
-        port = previous if previous and not port_in_use(previous) else None
-        self.nats = NatsServerProcess(self.data_dir / NATS_DIR, port=port)
+        self.nats = NatsServerProcess(self.data_dir / NATS_DIR, port=self.ports[NATS_PORT_KEY])
         self.nats.start()
         return self.nats.url
 
@@ -241,22 +289,10 @@ class Supervisor:
         log.close()
 
     def start_services(self, nats_url: str) -> None:
-        previous = self._previous_ports()
-        taken: set[int] = set()
-
-        def port_for(key: str) -> int:
-            # Each port was free when chosen but is bound only when its child starts: never hand
-            # the same one to two children (the OS may offer a just-released port again).
-            port = previous.get(key)
-            while not port or port in taken or port_in_use(port):
-                port = free_port()
-            taken.add(port)
-            return port
-
         for name in self.services:
-            child = Child(name, port_for(name))
-            if name in HTTP_SERVICES:
-                child.http_port = port_for(f"{name}/http")
+            child = Child(name, self.ports[GRPC_PORT_KEYS[name]])
+            if name in HTTP_PORT_KEYS:
+                child.http_port = self.ports[HTTP_PORT_KEYS[name]]
             self.children[name] = child
         for child in list(self.children.values()):  # every port is known first: each child gets its peers'
             self._spawn(child, nats_url)
@@ -373,12 +409,92 @@ class Supervisor:
         self._service_credential_id, self._service_token = "", ""
 
 
+# How messages and `onefold status` name each endpoint (by its `ports` setting) for people.
+ENDPOINT_LABELS = {
+    "ingest_http": "ingest HTTP",
+    "ingest_grpc": "ingest gRPC",
+    "identity": "identity gRPC",
+    "consent": "consent gRPC",
+    "segments": "segments gRPC",
+    "journeys": "journeys gRPC",
+    "nats": "NATS",
+}
+
+
+def _setting_and_variable(key: str) -> str:
+    return f"ports.{key} (ONEFOLD_PORTS__{key.upper()})"
+
+
+def _ports_in_use_message(busy: list[str], ports: dict[str, int]) -> str:
+    taken = ", ".join(f"{ports[key]} ({ENDPOINT_LABELS[key]})" for key in busy)
+    what = f"port {taken} is" if len(busy) == 1 else f"ports {taken} are"
+    settings = _setting_and_variable(busy[0]) if len(busy) == 1 else "ports.<endpoint>"
+    return (
+        f"{what} already in use (by another program or another `onefold up`); "
+        f"choose other ports with `onefold up --port-base N` (moves every endpoint) "
+        f"or the setting ports.base (ONEFOLD_PORTS__BASE), or move one endpoint with {settings}"
+    )
+
+
 def _last_line(path: Path) -> str:
     with contextlib.suppress(OSError):
         lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
         if lines:
             return lines[-1].strip()
     return "no output"
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """One endpoint of a running `onefold up`, as `onefold status` shows it."""
+
+    key: str  # its `ports` setting
+    address: str
+    health: str  # SERVING, NOT_SERVING, UNREACHABLE … or NOT STARTED
+    nats_connection: str = "-"  # a service's connection to the bus (gRPC endpoints only)
+
+    @property
+    def label(self) -> str:
+        return ENDPOINT_LABELS[self.key]
+
+
+def endpoint_statuses(state: dict[str, Any]) -> list[EndpointStatus]:
+    """Every endpoint listed in a run's endpoints.json, each asked for its health now."""
+    statuses = []
+    for name in SERVICES:
+        if name in HTTP_PORT_KEYS:
+            url = state.get("http", {}).get(name)
+            health = _http_health(url) if url else "NOT STARTED"
+            statuses.append(EndpointStatus(HTTP_PORT_KEYS[name], url or "-", health))
+        target = state["services"].get(name)
+        health = health_status(target) if target else "NOT STARTED"
+        nats = health_status(target, NATS_HEALTH_NAME) if health == "SERVING" else "-"
+        statuses.append(EndpointStatus(GRPC_PORT_KEYS[name], target or "-", health, nats))
+    nats_url = str(state.get("nats_url") or "")
+    statuses.append(EndpointStatus(NATS_PORT_KEY, nats_url or "-", _nats_health(nats_url)))
+    return statuses
+
+
+def _http_health(url: str) -> str:
+    import httpx  # here, not at import: most commands never make an HTTP call
+
+    try:
+        response = httpx.get(f"{url}/health", timeout=1.0)
+    except httpx.HTTPError:
+        return "UNREACHABLE"
+    return "SERVING" if response.status_code == 200 else f"HTTP {response.status_code}"
+
+
+def _nats_health(url: str) -> str:
+    """SERVING when the server accepts connections (its protocol needs a credential to say more)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return "NOT STARTED"
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 4222), timeout=1.0):
+            return "SERVING"
+    except OSError:
+        return "UNREACHABLE"
 
 
 def read_endpoints(data_dir: Path) -> dict[str, Any]:

@@ -122,6 +122,49 @@ class PeersSettings(_Section):
     journeys: str = ""
 
 
+# Where `onefold up` puts each endpoint on this machine: the port `base` plus this offset, unless
+# the endpoint's own key is set. Fixed (not random) so an SDK or script keeps its URL across restarts.
+PORT_OFFSETS: dict[str, int] = {
+    "ingest_http": 0,
+    "ingest_grpc": 1,
+    "identity": 2,
+    "consent": 3,
+    "segments": 4,
+    "journeys": 5,
+    "nats": 6,
+}
+DEFAULT_PORT_BASE = 7460
+MAX_PORT_BASE = 65535 - max(PORT_OFFSETS.values())
+
+
+class PortsSettings(_Section):
+    """The ports of `onefold up` (a service started on its own uses grpc.port and http.port).
+
+    base 0 picks free ports at each start (for test suites running beside a developer's instance)."""
+
+    base: int = Field(
+        default=DEFAULT_PORT_BASE,
+        ge=0,
+        le=MAX_PORT_BASE,
+        description="first of the consecutive ports below; 0 = free ports chosen at each start",
+    )
+    ingest_http: int | None = Field(default=None, ge=1, le=65535, description="default base+0")
+    ingest_grpc: int | None = Field(default=None, ge=1, le=65535, description="default base+1")
+    identity: int | None = Field(default=None, ge=1, le=65535, description="default base+2")
+    consent: int | None = Field(default=None, ge=1, le=65535, description="default base+3")
+    segments: int | None = Field(default=None, ge=1, le=65535, description="default base+4")
+    journeys: int | None = Field(default=None, ge=1, le=65535, description="default base+5")
+    nats: int | None = Field(default=None, ge=1, le=65535, description="default base+6 (the embedded server)")
+
+    def chosen(self) -> dict[str, int]:
+        """Each endpoint's port: its own key, else base + offset; 0 where a free port is to be picked."""
+        ports: dict[str, int] = {}
+        for name, offset in PORT_OFFSETS.items():
+            own: int | None = getattr(self, name)
+            ports[name] = own if own is not None else (self.base + offset if self.base else 0)
+        return ports
+
+
 class TelemetrySettings(_Section):
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|console)$")
@@ -141,6 +184,7 @@ class Settings(_Section):
     eventlog: EventLogSettings = EventLogSettings()
     ingest: IngestSettings = IngestSettings()
     peers: PeersSettings = PeersSettings()
+    ports: PortsSettings = PortsSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
 
     def database_url(self) -> str:

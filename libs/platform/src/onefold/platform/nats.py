@@ -73,6 +73,7 @@ class NatsConnection:
         self.client: Client | None = None
         self.connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # set by close(): the disconnect that follows is ours, not a fault
 
     async def _notify(self, connected: bool) -> None:
         if connected:
@@ -87,7 +88,10 @@ class NatsConnection:
         return safe_url(self.settings.url)
 
     async def _disconnected(self) -> None:
-        log.warning("nats.disconnected", url=self.url)
+        if self._closing:
+            log.info("nats.closed", url=self.url)
+        else:
+            log.warning("nats.disconnected", url=self.url)
         await self._notify(False)
 
     async def _reconnected(self) -> None:
@@ -147,6 +151,7 @@ class NatsConnection:
         return self.client
 
     async def close(self) -> None:
+        self._closing = True
         if self._task and not self._task.done():
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
