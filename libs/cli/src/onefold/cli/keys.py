@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from onefold.cli.ingest_client import CliError, DataDir, fail
-from onefold.cli.supervisor import KEY_DIR_ENV, SERVICES, key_file, resolve_key_dir
+from onefold.cli.options import KeyDir
+from onefold.cli.supervisor import SERVICES, key_file, resolve_key_dir
 from onefold.eventlog.errors import MissingKeyEncryptionKey, WrongKeyEncryptionKey
 from onefold.eventlog.keyfile import (
     load_key_file,
@@ -47,17 +48,6 @@ from onefold.platform.service import PRIVATE_UMASK
 
 keys_app = typer.Typer(help="Manage the services' key-encryption keys.", no_args_is_help=True)
 console = Console()
-
-KeyDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--key-dir",
-        envvar=KEY_DIR_ENV,
-        help="where `onefold up` keeps the services' key-encryption keys "
-        "(default: ~/.config/onefold/keys/<installation id>/, or <data-dir>/keys where they already are)",
-        show_default=False,
-    ),
-]
 
 
 @dataclass(frozen=True)
