@@ -115,7 +115,7 @@ def parse_time(text: str | None, option: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _stamp(moment: datetime) -> Timestamp:
+def stamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
@@ -298,9 +298,9 @@ async def _as_of(
 ) -> pb.ConsentAsOfResponse:
     request = pb.ConsentAsOfRequest(subject=subject)
     if as_of is not None:
-        request.as_of.CopyFrom(_stamp(as_of))
+        request.as_of.CopyFrom(stamp(as_of))
     if known_at is not None:
-        request.known_at.CopyFrom(_stamp(known_at))
+        request.known_at.CopyFrom(stamp(known_at))
     async with channel_to(conn) as channel:
         answer: pb.ConsentAsOfResponse = await consent_pb2_grpc.AuditServiceStub(channel).ConsentAsOf(
             request, timeout=CALL_TIMEOUT_SECONDS
@@ -1128,11 +1128,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _request_type(value: int) -> str:
+def request_type_name(value: int) -> str:
     return pb.RequestType.Name(value).removeprefix("REQUEST_TYPE_").lower()  # type: ignore[arg-type]
 
 
-def _request_state(value: int) -> str:
+def request_state_name(value: int) -> str:
     return pb.RequestState.Name(value).removeprefix("REQUEST_STATE_").lower().replace("_", " ")  # type: ignore[arg-type]
 
 
@@ -1284,8 +1284,8 @@ def render_report(data: ReportData) -> str:
                 request_rows.append(
                     [
                         f"<code>{e(request.request_id)}</code>",
-                        e(_request_type(request.type)),
-                        e(_request_state(request.state)),
+                        e(request_type_name(request.type)),
+                        e(request_state_name(request.state)),
                         e(when(request.received_at)),
                         e(when(request.due_at, seconds=False))
                         + (" (extended: " + e(request.extension_reason) + ")" if request.extended else ""),
