@@ -115,7 +115,7 @@ def parse_time(text: str | None, option: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def stamp(moment: datetime) -> Timestamp:
+def to_timestamp(moment: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
@@ -298,9 +298,9 @@ async def _as_of(
 ) -> pb.ConsentAsOfResponse:
     request = pb.ConsentAsOfRequest(subject=subject)
     if as_of is not None:
-        request.as_of.CopyFrom(stamp(as_of))
+        request.as_of.CopyFrom(to_timestamp(as_of))
     if known_at is not None:
-        request.known_at.CopyFrom(stamp(known_at))
+        request.known_at.CopyFrom(to_timestamp(known_at))
     async with channel_to(conn) as channel:
         answer: pb.ConsentAsOfResponse = await consent_pb2_grpc.AuditServiceStub(channel).ConsentAsOf(
             request, timeout=CALL_TIMEOUT_SECONDS

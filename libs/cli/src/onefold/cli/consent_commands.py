@@ -184,7 +184,7 @@ def check(
     token: Token = None,
 ) -> None:
     """May the subject be processed for a purpose (on a channel)? Exit 0 allow, 1 deny."""
-    from onefold.cli.audit import evidence_dict, parse_time, stamp
+    from onefold.cli.audit import evidence_dict, parse_time, to_timestamp
     from onefold.contracts.consent.v1 import consent_pb2 as pb
 
     try:
@@ -193,7 +193,7 @@ def check(
         raise fail(error.message, error.code) from None
     request = pb.CheckConsentRequest(subject=_subject(subject), purpose_id=purpose, channel=channel)
     if moment is not None:
-        request.at.CopyFrom(stamp(moment))
+        request.at.CopyFrom(to_timestamp(moment))
     conn = _connection(data_dir, target, token)
     answer: pb.CheckConsentResponse = _call(conn, "CheckConsent", request)
     decision = pb.Decision.Name(answer.decision).removeprefix("DECISION_").lower()

@@ -22,7 +22,8 @@ from onefold.cli.output import console, fail, print_table
 from onefold.platform.config_error import ConfigError
 
 if TYPE_CHECKING:
-    import click
+    # typer carries its own copy of click; these are the types its groups are written against.
+    from typer import _click as click
 
     from onefold.cli.supervisor import Supervisor
 
@@ -114,6 +115,7 @@ class LazyGroup(TyperGroup):
 def load(name: str, lazy: LazyCommand) -> click.Command:
     """The click command of a LAZY_COMMANDS entry, importing its module."""
     target = getattr(importlib.import_module(lazy.module), lazy.attribute)
+    command: click.Command
     if isinstance(target, typer.Typer):
         command = typer.main.get_group(target)
     else:
