@@ -36,7 +36,9 @@ def test_importing_the_entrypoint_imports_no_service_library() -> None:
     assert _loaded(_modules_after("import onefold.cli.main"), (*SERVICE_LIBRARIES, "pydantic")) == []
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["consent", "--help"], ["credentials", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["consent", "--help"], ["credentials", "--help"], ["profile", "--help"]]
+)
 def test_help_imports_no_service_library(argv: list[str]) -> None:
     run = f"from onefold.cli.main import app\ntry:\n    app({argv!r})\nexcept SystemExit:\n    pass"
     assert _loaded(_modules_after(run)) == []
@@ -74,3 +76,11 @@ def test_a_lazy_group_runs_through_the_root_command() -> None:
     result = CliRunner().invoke(app, ["credentials", "--help"])
     assert result.exit_code == 0, result.output
     assert "revoke" in result.output
+
+
+def test_the_event_types_profile_timeline_names_are_those_of_the_contract() -> None:
+    from onefold.cli.profile import EVENT_TYPES
+    from onefold.contracts.ingest.v1 import ingest_pb2
+
+    contract = {name.removeprefix("EVENT_TYPE_").lower() for name in ingest_pb2.EventType.keys()}
+    assert set(EVENT_TYPES) == contract - {"unspecified"}

@@ -8,7 +8,6 @@ profile.py) over gRPC (the generated stubs) and lets the service validate. The t
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -117,6 +116,8 @@ def run_async(
 ) -> T:
     """Run a coroutine; turn RPC failures and CliError into one sentence on stderr and an exit code
     (2, or what `exit_codes` says for the failure's status code)."""
+    import asyncio
+
     import grpc
 
     try:
