@@ -82,5 +82,5 @@ def test_the_event_types_profile_timeline_names_are_those_of_the_contract() -> N
     from onefold.cli.profile import EVENT_TYPES
     from onefold.contracts.ingest.v1 import ingest_pb2
 
-    contract = {name.removeprefix("EVENT_TYPE_").lower() for name in ingest_pb2.EventType.keys()}
+    contract = {name.removeprefix("EVENT_TYPE_").lower() for name, _ in ingest_pb2.EventType.items()}
     assert set(EVENT_TYPES) == contract - {"unspecified"}
