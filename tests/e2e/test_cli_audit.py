@@ -107,7 +107,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 @pytest.fixture(scope="module")
 def applied(system: System) -> System:
     first = system.cli("apply", "-f", str(EXAMPLE)).stdout
-    assert "consentmodel set (version 1): 5 purposes, 5 channels, 4 notice versions" in first
+    assert "consent model set (version 1): 5 purposes, 5 channels, 4 notice versions" in first
     assert re.search(r"notice privacy v1 \(zh-CN\): text sha256 [0-9a-f]{64}", first), first
     again = system.cli("apply", "-f", str(EXAMPLE)).stdout
     assert "unchanged" in again and "set (version" not in again

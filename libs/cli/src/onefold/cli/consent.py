@@ -479,10 +479,10 @@ async def apply_consent_models(conn: Connection, specs: list[ConsentModelSpec]) 
                 f"{len(spec.model.notices)} notice versions"
             )
             if current.version and same_apart_from_version(current, spec.model):
-                lines.append(f"consentmodel (version {current.version}) unchanged: {counts}")
+                lines.append(f"consent model unchanged (version {current.version}): {counts}")
                 continue
             stored: pb.ConsentModel = await stub.SetModel(pb.SetModelRequest(model=spec.model))
-            lines.append(f"consentmodel set (version {stored.version}): {counts}")
+            lines.append(f"consent model set (version {stored.version}): {counts}")
             for notice in stored.notices:
                 lines.append(
                     f"  notice {notice.notice_id} v{notice.version} ({notice.language or 'no language'}): "

@@ -46,7 +46,6 @@ from onefold.cli.ingest_client import (
     connect,
     fail,
     run_async,
-    same_apart_from_version,
 )
 from onefold.cli.output import console, print_json, print_table
 
@@ -732,7 +731,7 @@ async def apply_rules(conn: Connection, specs: Sequence[RulesSpec]) -> list[str]
         for spec in specs:
             before = await stub.GetRules(pb.GetRulesRequest())
             stored = await stub.SetRules(pb.SetRulesRequest(rules=spec.rules))
-            if before.version and same_apart_from_version(before, stored):
+            if before.version and stored.version == before.version:
                 lines.append(f"identity rules unchanged (version {stored.version})")
             else:
                 lines.append(f"identity rules set (version {stored.version})")
