@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +36,6 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from onefold.cli.consent import (
     ConsentTarget,
@@ -48,6 +45,7 @@ from onefold.cli.consent import (
     service_connection,
 )
 from onefold.cli.ingest_client import CliError, Connection, DataDir, Token, err_console, fail
+from onefold.cli.output import print_json, print_table
 from onefold.cli.supervisor import SERVICES, operator_nats_settings, read_endpoints
 from onefold.contracts.common.v1 import envelope_pb2
 from onefold.contracts.consent.v1 import consent_pb2 as pb
@@ -367,7 +365,7 @@ def consent(
             "objections": list(answer.objections),
             "states": [state_dict(s) for s in answer.states],
         }
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        print_json(document)
         return
     names = purpose_names(model)
     title = f"consent of profile {answer.profile_id}"
@@ -375,38 +373,32 @@ def consent(
         title += f" as of {moment:%Y-%m-%d %H:%M:%S} UTC"
     if knew is not None:
         title += f", as the ledger knew it at {knew:%Y-%m-%d %H:%M:%S} UTC"
-    table = Table(show_header=True, title=escape(title))
-    for column in (
-        "purpose",
-        "channel",
-        "status",
-        "notice",
-        "law",
-        "guardian",
-        "expires",
-        "since",
-        "evidence",
-        "hash",
-    ):
-        table.add_column(column)
+    rows = []
     colours = {"granted": "green", "withdrawn": "red", "expired": "yellow"}
     for state in answer.states:
         status = status_name(state.status)
         colour = colours.get(status, "white")
         purpose = state.purpose_id + (f" ({names[state.purpose_id]})" if state.purpose_id in names else "")
-        table.add_row(
-            escape(purpose),
-            escape(channel_name(state.channel)),
-            f"[{colour}]{status}[/{colour}]",
-            escape(f"{state.notice_id} v{state.notice_version}") if state.notice_id else "",
-            jurisdiction_name(state.jurisdiction),
-            "yes" if state.guardian_given else "",
-            when(state.expires_at, seconds=False) if state.HasField("expires_at") else "",
-            when(state.evidence.occurred_at),
-            f"#{state.evidence.position} {short_type(state.evidence.event_type)}",
-            state.evidence.hash.hex()[:HASH_PREFIX],
+        rows.append(
+            (
+                escape(purpose),
+                escape(channel_name(state.channel)),
+                f"[{colour}]{status}[/{colour}]",
+                escape(f"{state.notice_id} v{state.notice_version}") if state.notice_id else "",
+                jurisdiction_name(state.jurisdiction),
+                "yes" if state.guardian_given else "",
+                when(state.expires_at, seconds=False) if state.HasField("expires_at") else "",
+                when(state.evidence.occurred_at),
+                f"#{state.evidence.position} {short_type(state.evidence.event_type)}",
+                state.evidence.hash.hex()[:HASH_PREFIX],
+            )
         )
-    console.print(table)
+    print_table(
+        ("purpose", "channel", "status", "notice", "law", "guardian", "expires", "since", "evidence", "hash"),
+        rows,
+        title=escape(title),
+        markup=True,
+    )
     notes = [f"{answer.events_replayed} ledger event(s) replayed"]  # printed without markup
     if not answer.states:
         notes.append("no consent recorded")
@@ -474,21 +466,23 @@ def history(
             "entries": [history_entry_dict(entry) for entry in answer.entries],
             "requests": [request_dict(r) for r in answer.requests],
         }
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        print_json(document)
         return
-    table = Table(show_header=True, title=escape(f"consent history of profile {answer.profile_id}"))
-    for column in ("position", "occurred", "recorded", "what happened", "proof", "hash"):
-        table.add_column(column, overflow="fold")
-    for entry in answer.entries:
-        table.add_row(
-            str(entry.evidence.position),
-            when(entry.evidence.occurred_at),
-            when(entry.evidence.recorded_at),
-            escape(entry.summary),
-            escape(proof_words(decode_event(entry.event), entry.event)),
-            entry.evidence.hash.hex()[:HASH_PREFIX],
-        )
-    console.print(table)
+    print_table(
+        ("position", "occurred", "recorded", "what happened", "proof", "hash"),
+        [
+            (
+                str(entry.evidence.position),
+                when(entry.evidence.occurred_at),
+                when(entry.evidence.recorded_at),
+                entry.summary,
+                proof_words(decode_event(entry.event), entry.event),
+                entry.evidence.hash.hex()[:HASH_PREFIX],
+            )
+            for entry in answer.entries
+        ],
+        title=f"consent history of profile {answer.profile_id}",
+    )
     console.print(f"{len(answer.entries)} change(s)", highlight=False)
 
 
@@ -747,36 +741,33 @@ def verify(
     results, witness_error = asyncio.run(run())
     status, sentences = verdict(results, witness_error)
     if as_json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print_json([r.to_dict() for r in results])
     else:
-        table = Table(show_header=True, title="event log verification")
-        for column in (
-            "service",
-            "ok",
-            "events checked",
-            "witnessed",
-            "head",
-            "first bad position",
-            "problem",
-        ):
-            table.add_column(column, overflow="fold")
+        rows = []
         for result in results:
             answer = result.answer
             if answer is None:
-                table.add_row(result.service, "[yellow]?[/yellow]", "", "", "", "", escape(result.error))
+                rows.append((result.service, "[yellow]?[/yellow]", "", "", "", "", escape(result.error)))
                 continue
             problem = answer.problem or "; ".join(result.witness_conflicts)
-            table.add_row(
-                result.service,
-                "[green]ok[/green]" if result.ok else "[red]NOT OK[/red]",
-                f"{answer.events_checked:,}" + (" (from its file)" if result.from_file else ""),
-                f"{result.witnessed:,}",
-                f"#{answer.head_position} {answer.head_hash.hex()[:HASH_PREFIX]}"
-                + ("" if answer.ok else " (last intact)"),
-                str(answer.first_bad_position) if answer.first_bad_position else "",
-                escape(problem),
+            rows.append(
+                (
+                    result.service,
+                    "[green]ok[/green]" if result.ok else "[red]NOT OK[/red]",
+                    f"{answer.events_checked:,}" + (" (from its file)" if result.from_file else ""),
+                    f"{result.witnessed:,}",
+                    f"#{answer.head_position} {answer.head_hash.hex()[:HASH_PREFIX]}"
+                    + ("" if answer.ok else " (last intact)"),
+                    str(answer.first_bad_position) if answer.first_bad_position else "",
+                    escape(problem),
+                )
             )
-        console.print(table)
+        print_table(
+            ("service", "ok", "events checked", "witnessed", "head", "first bad position", "problem"),
+            rows,
+            title="event log verification",
+            markup=True,
+        )
     for sentence in sentences:
         err_console.print(f"[red]error:[/red] {escape(sentence)}", highlight=False, soft_wrap=True)
     raise typer.Exit(status)

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import IO, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from onefold.cli.ingest_client import CliError, DataDir, fail
-from onefold.cli.options import KeyDir
+from onefold.cli.options import Json, KeyDir
+from onefold.cli.output import console, err_console, print_json
 from onefold.cli.supervisor import SERVICES, key_file, resolve_key_dir
 from onefold.eventlog.errors import MissingKeyEncryptionKey, WrongKeyEncryptionKey
 from onefold.eventlog.keyfile import (
@@ -47,7 +47,6 @@ from onefold.platform.database import create_engine
 from onefold.platform.service import PRIVATE_UMASK
 
 keys_app = typer.Typer(help="Manage the services' key-encryption keys.", no_args_is_help=True)
-console = Console()
 
 
 @dataclass(frozen=True)
@@ -140,6 +139,7 @@ def rotate(
         typer.Option("--config", "-c", envvar="ONEFOLD_CONFIG", help="YAML settings of the services"),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="data keys re-wrapped per transaction")] = 1000,
+    as_json: Json = False,
 ) -> None:
     """Replace key-encryption keys and re-wrap every data key under the new one (services stopped).
 
@@ -162,7 +162,7 @@ def rotate(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=console,
+                console=err_console if as_json else console,  # stdout holds only the JSON
             ) as progress,
         ):
             for name in names:
@@ -181,9 +181,23 @@ def rotate(
     except (ConfigError, MissingKeyEncryptionKey, WrongKeyEncryptionKey) as error:
         raise fail(str(error)) from None
     finally:
-        for rotated in done:
-            how = "resumed and finished" if rotated.resumed else "rotated"
-            console.print(
-                f"{rotated.service}: key {how} ({rotated.key_file}); {rotated.rewrapped:,} data keys re-wrapped",
-                highlight=False,
+        if as_json:
+            print_json(
+                [
+                    {
+                        "service": rotated.service,
+                        "key_file": str(rotated.key_file),
+                        "rewrapped": rotated.rewrapped,
+                        "resumed": rotated.resumed,
+                    }
+                    for rotated in done
+                ]
             )
+        else:
+            for rotated in done:
+                how = "resumed and finished" if rotated.resumed else "rotated"
+                console.print(
+                    f"{rotated.service}: key {how} ({rotated.key_file}); {rotated.rewrapped:,} data keys "
+                    "re-wrapped",
+                    highlight=False,
+                )

@@ -54,12 +54,12 @@ def print_table(
 ) -> None:
     """A table: rich on a terminal, tab-separated lines otherwise (see the module docstring).
 
-    Cells are plain text unless `markup` is set; then they may carry rich markup (colours) and any
-    data in them must already be escaped with `escape`."""
+    Cells and title are plain text unless `markup` is set; then they may carry rich markup (colours)
+    and any data in them must already be escaped with `escape`."""
     rows = list(rows)
     if not sys.stdout.isatty():
         if title:
-            sys.stdout.write(f"# {title}\n")
+            sys.stdout.write(f"# {plain(title) if markup else title}\n")
         lines = ["\t".join(columns)]
         for row in rows:
             cells = [plain(cell) if markup else cell for cell in row]
@@ -68,7 +68,7 @@ def print_table(
         return
     from rich.table import Table
 
-    table = Table(title=title or None, show_header=True, title_justify="left")
+    table = Table(title=(title if markup else escape(title)) or None, show_header=True, title_justify="left")
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,6 @@ from typing import Annotated, Any
 import typer
 import yaml
 from google.protobuf.json_format import MessageToDict
-from rich.console import Console
-from rich.table import Table
 
 from onefold.cli.consent import (
     ApplyConsentTarget,
@@ -55,6 +52,8 @@ from onefold.cli.ingest_client import (
     ingest_stub,
     run_async,
 )
+from onefold.cli.options import Json
+from onefold.cli.output import console, print_json, print_table
 from onefold.cli.profile import (
     apply_rules,
     identity_connection,
@@ -68,7 +67,6 @@ from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 sources_app = typer.Typer(
     help="Create, list and manage ingest sources and their write keys.", no_args_is_help=True
 )
-console = Console()
 
 MODES = {"allow": pb.PLAN_MODE_ALLOW, "flag": pb.PLAN_MODE_FLAG, "block": pb.PLAN_MODE_BLOCK}
 MODE_NAMES = {value: name for name, value in MODES.items()} | {pb.PLAN_MODE_UNSPECIFIED: "allow"}
@@ -235,6 +233,7 @@ def create(
     name: Annotated[str, typer.Argument(help="a name for people, unique in the workspace by convention")],
     plan: Annotated[Path | None, typer.Option("--plan", help="tracking plan file (JSON or YAML)")] = None,
     rate: Annotated[int, typer.Option("--rate", min=0, help="events per second (0 = service default)")] = 0,
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
@@ -251,6 +250,9 @@ def create(
             return response
 
     created = run_async(conn, call)
+    if as_json:
+        print_json({"source": MessageToDict(created.source), "write_key": created.write_key})
+        return
     console.print(f"source {created.source.source_id} '{created.source.name}' created", highlight=False)
     console.print("write key (shown once, keep it safe):", highlight=False)
     console.print(created.write_key, highlight=False, soft_wrap=True)
@@ -258,7 +260,7 @@ def create(
 
 @sources_app.command("list")
 def list_sources(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
@@ -272,30 +274,32 @@ def list_sources(
 
     found = run_async(conn, call)
     if as_json:
-        sys.stdout.write(json.dumps([MessageToDict(s) for s in found], indent=2) + "\n")
+        print_json([MessageToDict(s) for s in found])
         return
-    table = Table(show_header=True)
-    for column in ("id", "name", "key", "plan", "rate/s", "disabled", "created"):
-        table.add_column(column)
-    for source in found:
-        table.add_row(
-            source.source_id,
-            source.name,
-            f"…{source.write_key_hint}",
-            _plan_summary(source),
-            str(source.rate_limit_per_second or "default"),
-            "yes" if source.disabled else "",
-            source.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
-            if source.HasField("created_at")
-            else "",
-        )
-    console.print(table)
+    print_table(
+        ("id", "name", "key", "plan", "rate/s", "disabled", "created"),
+        [
+            (
+                source.source_id,
+                source.name,
+                f"…{source.write_key_hint}",
+                _plan_summary(source),
+                str(source.rate_limit_per_second or "default"),
+                "yes" if source.disabled else "",
+                source.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
+                if source.HasField("created_at")
+                else "",
+            )
+            for source in found
+        ],
+    )
 
 
 @sources_app.command("rotate-key")
 def rotate_key(
     source_id: Annotated[str, typer.Argument(help="the source's id (src_…)")],
     grace: Annotated[str, typer.Option("--grace", help="how long the old key keeps working, e.g. 24h")] = "0",
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
@@ -312,6 +316,9 @@ def rotate_key(
             return response
 
     rotated = run_async(conn, call)
+    if as_json:
+        print_json({"source_id": source_id, "write_key": rotated.write_key, "grace_seconds": seconds})
+        return
     console.print(
         f"new write key for {source_id} (shown once; the old one works for {seconds} s more):",
         highlight=False,
@@ -322,6 +329,7 @@ def rotate_key(
 @sources_app.command("disable")
 def disable(
     source_id: Annotated[str, typer.Argument(help="the source's id (src_…)")],
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
@@ -335,6 +343,9 @@ def disable(
             return source
 
     source = run_async(conn, call)
+    if as_json:
+        print_json(MessageToDict(source))
+        return
     console.print(f"source {source.source_id} '{source.name}' is disabled", highlight=False)
 
 
