@@ -37,7 +37,12 @@ def test_importing_the_entrypoint_imports_no_service_library() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["consent", "--help"], ["credentials", "--help"], ["profile", "--help"]]
+    "argv",
+    [
+        ["--help"],
+        ["status", "--help"],
+        *([group, "--help"] for group in ("consent", "credentials", "keys", "profile", "quarantine")),
+    ],
 )
 def test_help_imports_no_service_library(argv: list[str]) -> None:
     run = f"from onefold.cli.main import app\ntry:\n    app({argv!r})\nexcept SystemExit:\n    pass"
@@ -84,3 +89,11 @@ def test_the_event_types_profile_timeline_names_are_those_of_the_contract() -> N
 
     contract = {name.removeprefix("EVENT_TYPE_").lower() for name, _ in ingest_pb2.EventType.items()}
     assert set(EVENT_TYPES) == contract - {"unspecified"}
+
+
+def test_the_failure_kinds_quarantine_names_are_those_of_the_contract() -> None:
+    from onefold.cli.quarantine import KINDS
+    from onefold.contracts.ingest.v1 import ingest_pb2
+
+    contract = {name.removeprefix("FAILURE_KIND_").lower() for name, _ in ingest_pb2.FailureKind.items()}
+    assert set(KINDS) == contract - {"unspecified"}

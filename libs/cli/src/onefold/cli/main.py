@@ -17,8 +17,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from onefold.cli.options import DataDir, KeyDir
-from onefold.cli.output import console, fail, print_table
+from onefold.cli.options import DataDir, Json, KeyDir
+from onefold.cli.output import console, fail, print_json, print_table
 from onefold.platform.config_error import ConfigError
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
 
 
 @app.command()
-def status(data_dir: DataDir = Path(".onefold")) -> None:
+def status(data_dir: DataDir = Path(".onefold"), as_json: Json = False) -> None:
     """Show each service's health; exit 0 only when every service is SERVING."""
     from onefold.cli.supervisor import SERVICES, read_endpoints
 
@@ -221,14 +221,20 @@ def status(data_dir: DataDir = Path(".onefold")) -> None:
     from onefold.platform.health import health_status
     from onefold.platform.service import NATS_HEALTH_NAME
 
-    rows = []
-    all_serving = True
+    health = {}
     for name in SERVICES:
         target = state["services"].get(name)
         overall = health_status(target) if target else "NOT STARTED"
         nats = health_status(target, NATS_HEALTH_NAME) if overall == "SERVING" else "-"
-        all_serving &= overall == "SERVING"
-        colour = "green" if overall == "SERVING" else "red"
-        rows.append((name, escape(target or "-"), f"[{colour}]{overall}[/{colour}]", nats))
-    print_table(("service", "endpoint", "health", "NATS connection"), rows, markup=True)
+        health[name] = {"endpoint": target, "health": overall, "nats": nats}
+    all_serving = all(service["health"] == "SERVING" for service in health.values())
+    if as_json:
+        print_json({"services": health, "all_serving": all_serving})
+    else:
+        rows = []
+        for name, service in health.items():
+            colour = "green" if service["health"] == "SERVING" else "red"
+            overall = f"[{colour}]{service['health']}[/{colour}]"
+            rows.append((name, escape(service["endpoint"] or "-"), overall, service["nats"]))
+        print_table(("service", "endpoint", "health", "NATS connection"), rows, markup=True)
     raise typer.Exit(0 if all_serving else 1)

@@ -4,30 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from google.protobuf.json_format import MessageToDict
 
-from onefold.cli.importer import STATUS, kind_name
 from onefold.cli.ingest_client import DataDir, Target, Token, connect, fail, ingest_stub, run_async
 from onefold.cli.options import Json
 from onefold.cli.output import console, print_json, print_table
-from onefold.contracts.common.v1 import pagination_pb2
-from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
+# gRPC and the generated messages load when a command calls the service, not for `--help`.
+if TYPE_CHECKING:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 
 quarantine_app = typer.Typer(help="List and replay quarantined events.", no_args_is_help=True)
 
-KINDS = {kind_name(value): value for value in pb.FailureKind.values() if value}
+# onefold.ingest.v1.FailureKind without its prefix (a test keeps the two equal).
+KINDS = (
+    "schema_violation",
+    "size_violation",
+    "protocol_violation",
+    "timestamp_violation",
+    "unplanned_event",
+    "subject_erased",
+)
 
 
 def _kind(value: str | None) -> int:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if not value:
         return 0
-    kind = KINDS.get(value.lower().replace("-", "_"))
-    if kind is None:
+    name = value.lower().replace("-", "_")
+    if name not in KINDS:
         raise fail(f"--kind must be one of {', '.join(KINDS)} (got {value!r})")
-    return kind
+    return pb.FailureKind.Value(f"FAILURE_KIND_{name.upper()}")
 
 
 Kind = Annotated[str | None, typer.Option("--kind", help=f"only this failure kind: {', '.join(KINDS)}")]
@@ -39,6 +49,8 @@ def _reasons(reasons: Sequence[pb.Violation]) -> str:
 
 
 def _describe(record: pb.EventQuarantined) -> tuple[str, str]:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if record.HasField("event"):
         event = record.event
         call = pb.EventType.Name(event.type).removeprefix("EVENT_TYPE_").lower()
@@ -60,6 +72,12 @@ def list_quarantined(
     token: Token = None,
 ) -> None:
     """List quarantined events and why (needs the audit:read scope)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from onefold.cli.importer import kind_name
+    from onefold.contracts.common.v1 import pagination_pb2
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     kind_value = _kind(kind)
     conn = connect(data_dir, target, token)
 
@@ -128,6 +146,11 @@ def replay(
     token: Token = None,
 ) -> None:
     """Re-submit quarantined events through the source's current checks (after fixing the plan)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from onefold.cli.importer import STATUS, kind_name
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if not ids and not replay_all:
         raise fail("name events with --id (repeatable) or pass --all (with --source / --kind to narrow)")
     if ids and replay_all:
