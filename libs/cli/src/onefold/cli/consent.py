@@ -62,16 +62,6 @@ T = TypeVar("T")
 
 CONSENT_KIND = "ConsentModel"
 
-ConsentTarget = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        envvar="ONEFOLD_CONSENT_TARGET",
-        help="consent gRPC host:port (default: from <data-dir>/run/endpoints.json)",
-        show_default=False,
-    ),
-]
-
 
 # --- reaching a service ---------------------------------------------------------------------------
 

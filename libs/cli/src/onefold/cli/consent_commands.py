@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onefold.cli.options import DataDir, Json, Token
+from onefold.cli.options import ConsentTarget, DataDir, Json, Token
 from onefold.cli.output import CliError, console, fail, print_json, print_table
 
 if TYPE_CHECKING:
@@ -45,15 +45,6 @@ Subject = Annotated[
 Purposes = Annotated[list[str], typer.Option("--purpose", "-p", help="a purpose id; repeatable")]
 Channels = Annotated[
     list[str] | None, typer.Option("--channel", help="a channel; repeatable (default: every channel)")
-]
-Target = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        envvar="ONEFOLD_CONSENT_TARGET",
-        help="consent gRPC host:port (default: from <data-dir>/run/endpoints.json)",
-        show_default=False,
-    ),
 ]
 
 
@@ -130,7 +121,7 @@ def grant(
     source: Annotated[str, typer.Option(help="where the consent was collected")] = "operator",
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Target = None,
+    target: ConsentTarget = None,
     token: Token = None,
 ) -> None:
     """Record that the subject consented to purposes (on channels), having been shown a notice."""
@@ -155,7 +146,7 @@ def withdraw(
     source: Annotated[str, typer.Option(help="where the withdrawal was received")] = "operator",
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Target = None,
+    target: ConsentTarget = None,
     token: Token = None,
 ) -> None:
     """Record that the subject withdrew consent to purposes (on channels)."""
@@ -180,7 +171,7 @@ def check(
     at: Annotated[str | None, typer.Option(help="decide as of this ISO 8601 time (default: now)")] = None,
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Target = None,
+    target: ConsentTarget = None,
     token: Token = None,
 ) -> None:
     """May the subject be processed for a purpose (on a channel)? Exit 0 allow, 1 deny."""
@@ -275,7 +266,7 @@ def open_request(
     lift: Annotated[bool, typer.Option("--lift", help="restriction: lift it instead of setting it")] = False,
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Target = None,
+    target: ConsentTarget = None,
     token: Token = None,
 ) -> None:
     """Open a data-subject request (access, erasure, rectification, restriction) and run it."""
@@ -299,7 +290,7 @@ def list_requests(
     overdue: Annotated[bool, typer.Option("--overdue", help="only requests past their due date")] = False,
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Target = None,
+    target: ConsentTarget = None,
     token: Token = None,
 ) -> None:
     """List the workspace's data-subject requests."""
@@ -329,7 +320,7 @@ def show_request(
     request_id: Annotated[str, typer.Argument(help="the request id (from `requests open` or `list`)")],
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Target = None,
+    target: ConsentTarget = None,
     token: Token = None,
 ) -> None:
     """Show a data-subject request: its state, due date and the step of each service."""

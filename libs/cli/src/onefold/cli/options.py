@@ -39,3 +39,13 @@ KeyDir = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+ConsentTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        envvar="ONEFOLD_CONSENT_TARGET",
+        help="consent gRPC host:port (default: from <data-dir>/run/endpoints.json)",
+        show_default=False,
+    ),
+]
