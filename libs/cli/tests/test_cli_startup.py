@@ -36,12 +36,13 @@ def test_importing_the_entrypoint_imports_no_service_library() -> None:
     assert _loaded(_modules_after("import onefold.cli.main"), (*SERVICE_LIBRARIES, "pydantic")) == []
 
 
+# Every group and command but `import`, whose module (importer.py) still loads gRPC when imported.
 @pytest.mark.parametrize(
     "argv",
     [
         ["--help"],
         ["status", "--help"],
-        *([group, "--help"] for group in ("consent", "credentials", "keys", "profile", "quarantine")),
+        *([group, "--help"] for group in LAZY_COMMANDS if group != "import"),
     ],
 )
 def test_help_imports_no_service_library(argv: list[str]) -> None:
@@ -97,3 +98,11 @@ def test_the_failure_kinds_quarantine_names_are_those_of_the_contract() -> None:
 
     contract = {name.removeprefix("FAILURE_KIND_").lower() for name, _ in ingest_pb2.FailureKind.items()}
     assert set(KINDS) == contract - {"unspecified"}
+
+
+def test_the_plan_modes_sources_names_are_those_of_the_contract() -> None:
+    from onefold.cli.sources import PLAN_MODES
+    from onefold.contracts.ingest.v1 import ingest_pb2
+
+    contract = {name.removeprefix("PLAN_MODE_").lower() for name, _ in ingest_pb2.PlanMode.items()}
+    assert set(PLAN_MODES) == contract - {"unspecified"}

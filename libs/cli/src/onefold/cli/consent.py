@@ -39,10 +39,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-import typer
 
 from onefold.cli.ingest_client import (
     CHANNEL_OPTIONS,
@@ -479,17 +478,6 @@ async def apply_consent_models(conn: Connection, specs: list[ConsentModelSpec]) 
                     f"text sha256 {notice.text_sha256}"
                 )
     return lines
-
-
-ApplyConsentTarget = Annotated[
-    str | None,
-    typer.Option(
-        "--consent-target",
-        envvar="ONEFOLD_CONSENT_TARGET",
-        help="consent gRPC host:port for ConsentModel (default: from <data-dir>/run/endpoints.json)",
-        show_default=False,
-    ),
-]
 
 
 def consent_documents(documents: list[Any], where: str) -> list[tuple[str, Any]]:

@@ -49,3 +49,13 @@ ConsentTarget = Annotated[
         show_default=False,
     ),
 ]
+
+ApplyConsentTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--consent-target",
+        envvar="ONEFOLD_CONSENT_TARGET",
+        help="consent gRPC host:port for ConsentModel (default: from <data-dir>/run/endpoints.json)",
+        show_default=False,
+    ),
+]
