@@ -107,7 +107,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 @pytest.fixture(scope="module")
 def applied(system: System) -> System:
     first = system.cli("apply", "-f", str(EXAMPLE)).stdout
-    assert "consentmodel set (version 1): 5 purposes, 5 channels, 4 notice versions" in first
+    assert "consent model set (version 1): 5 purposes, 5 channels, 4 notice versions" in first
     assert re.search(r"notice privacy v1 \(zh-CN\): text sha256 [0-9a-f]{64}", first), first
     again = system.cli("apply", "-f", str(EXAMPLE)).stdout
     assert "unchanged" in again and "set (version" not in again
@@ -329,7 +329,7 @@ def test_audit_consent_history_verify_report_and_tampering(applied: System, tmp_
     # -- audit verify: every service's log is intact
     verified = applied.cli("audit", "verify").stdout
     for name in SERVICES:
-        assert re.search(rf"{name}\s+│\s+ok", verified), verified
+        assert re.search(rf"^{name}\tok\t", verified, re.MULTILINE), verified  # piped: tab-separated
     as_json = json.loads(applied.cli("audit", "verify", "--json").stdout)
     assert [r["service"] for r in as_json] == list(SERVICES) and all(r["ok"] for r in as_json)
 
@@ -365,7 +365,7 @@ def test_audit_consent_history_verify_report_and_tampering(applied: System, tmp_
     assert f"not intact at position {tampered}" in broken.stderr
     assert "NOT OK" in broken.stdout and f"event {tampered} was altered" in broken.stdout
     everything = applied.cli("audit", "verify", status=1)
-    assert re.search(r"ingest\s+│\s+ok", everything.stdout)
+    assert re.search(r"^ingest\tok\t", everything.stdout, re.MULTILINE)
     flagged = tmp_path / "flagged.html"
     written = applied.cli("audit", "report", "prof_li", "--html", str(flagged))
     assert f"not intact at position {tampered}" in written.stderr

@@ -314,6 +314,11 @@ def test_blocked_values_never_link(identity: Identity) -> None:
     with pytest.raises(InvalidArgument, match="default_phone_region"):
         identity.app.set_rules(WS, pb.IdentityRules(default_phone_region="XX"), "a")
     assert identity.app.get_rules(WS).version == 1
+    # The same rules again (a re-run `onefold apply`) are no new version and no new event.
+    assert identity.app.set_rules(WS, rules, "admin") == stored
+    assert len(identity.log(pb.IdentityRulesSet)) == 1
+    changed = identity.app.set_rules(WS, pb.IdentityRules(default_phone_region="CN"), "admin")
+    assert changed.version == 2 and len(identity.log(pb.IdentityRulesSet)) == 2
 
 
 def test_a_device_shared_by_two_logged_in_users_does_not_merge_them(identity: Identity) -> None:

@@ -20,53 +20,42 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import os
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import grpc
-import nats
 import typer
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from onefold.cli.consent import (
-    ConsentTarget,
-    channel_to,
-    describe_service_error,
-    run_call,
-    service_connection,
-)
 from onefold.cli.ingest_client import CliError, Connection, DataDir, Token, err_console, fail
+from onefold.cli.options import ConsentTarget
+from onefold.cli.output import console, print_json, print_table
 from onefold.cli.supervisor import SERVICES, operator_nats_settings, read_endpoints
-from onefold.contracts.common.v1 import envelope_pb2
-from onefold.contracts.consent.v1 import consent_pb2 as pb
-from onefold.contracts.consent.v1 import consent_pb2_grpc
-from onefold.contracts.eventlog.v1 import eventlog_pb2, eventlog_pb2_grpc
-from onefold.contracts.identity.v1 import identity_pb2
-from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
-from onefold.eventlog.digests import Witnessed, read_witness, witnessed_hashes
-from onefold.eventlog.models import ChainDigest
-from onefold.eventlog.registry import EventRegistry
-from onefold.eventlog.store import EventStore
-from onefold.platform.config import ConfigError, NatsSettings
-from onefold.platform.nats import connect_options, safe_url
+from onefold.platform.config_error import ConfigError
+
+# gRPC, NATS, the generated messages and the event log load in the functions that use them, so that
+# `onefold audit --help` (and the consent commands borrowing the helpers here) start quickly.
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf.message import Message
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from onefold.contracts.common.v1 import envelope_pb2
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+    from onefold.contracts.eventlog.v1 import eventlog_pb2
+    from onefold.contracts.identity.v1 import identity_pb2
+    from onefold.contracts.platform.v1 import platform_pb2
+    from onefold.eventlog.digests import Witnessed
+    from onefold.platform.config import NatsSettings
 
 audit_app = typer.Typer(
     help="Audit consent (as of a time, with proof), verify the logs, and write reports.",
     no_args_is_help=True,
 )
-console = Console()
 
 EXIT_NOT_INTACT = 1
 EXIT_ERROR = 2
@@ -89,6 +78,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON instead of a ta
 
 
 def parse_subject(text: str) -> identity_pb2.ProfileRef:
+    from onefold.contracts.identity.v1 import identity_pb2
+
     text = text.strip()
     if not text:
         raise CliError("name the subject: a profile id, or TYPE:VALUE such as email:a@example.com")
@@ -115,7 +106,9 @@ def parse_time(text: str | None, option: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _stamp(moment: datetime) -> Timestamp:
+def to_timestamp(moment: datetime) -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
@@ -137,10 +130,14 @@ def iso(stamp: Timestamp | None) -> str | None:
 
 
 def status_name(status: int) -> str:
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     return pb.ConsentStatus.Name(status).removeprefix("CONSENT_STATUS_").lower()  # type: ignore[arg-type]
 
 
 def jurisdiction_name(value: int) -> str:
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     if not value:
         return ""
     return pb.Jurisdiction.Name(value).removeprefix("JURISDICTION_")  # type: ignore[arg-type]
@@ -181,6 +178,8 @@ def state_dict(state: pb.ConsentState) -> dict[str, Any]:
 
 def decode_event(envelope: envelope_pb2.EventEnvelope) -> Message | None:
     """The ledger event carried by a history entry (decrypted by the service), or None."""
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     package, _, name = envelope.type.rpartition(".")
     if package != pb.DESCRIPTOR.package or name not in pb.DESCRIPTOR.message_types_by_name:
         return None
@@ -190,6 +189,8 @@ def decode_event(envelope: envelope_pb2.EventEnvelope) -> Message | None:
 
 
 def _actor_words(actor: envelope_pb2.Actor) -> str:
+    from onefold.contracts.common.v1 import envelope_pb2
+
     if not actor.id and not actor.display_name and not actor.kind:
         return ""
     who = actor.display_name or actor.id
@@ -207,6 +208,8 @@ def _actor_words(actor: envelope_pb2.Actor) -> str:
 
 def proof_words(message: Message | None, envelope: envelope_pb2.EventEnvelope | None = None) -> str:
     """The proof recorded with a ledger event, in plain words (for the history and the report)."""
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     parts: list[str] = []
     if message is None:
         return ""
@@ -287,6 +290,8 @@ def proof_words(message: Message | None, envelope: envelope_pb2.EventEnvelope | 
 
 
 def _consent_connection(data_dir: Path, target: str | None, token: str | None) -> Connection:
+    from onefold.cli.consent import service_connection
+
     try:
         return service_connection(data_dir, "consent", target, token)
     except CliError as error:
@@ -296,11 +301,15 @@ def _consent_connection(data_dir: Path, target: str | None, token: str | None) -
 async def _as_of(
     conn: Connection, subject: identity_pb2.ProfileRef, as_of: datetime | None, known_at: datetime | None
 ) -> pb.ConsentAsOfResponse:
+    from onefold.cli.consent import channel_to
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+    from onefold.contracts.consent.v1 import consent_pb2_grpc
+
     request = pb.ConsentAsOfRequest(subject=subject)
     if as_of is not None:
-        request.as_of.CopyFrom(_stamp(as_of))
+        request.as_of.CopyFrom(to_timestamp(as_of))
     if known_at is not None:
-        request.known_at.CopyFrom(_stamp(known_at))
+        request.known_at.CopyFrom(to_timestamp(known_at))
     async with channel_to(conn) as channel:
         answer: pb.ConsentAsOfResponse = await consent_pb2_grpc.AuditServiceStub(channel).ConsentAsOf(
             request, timeout=CALL_TIMEOUT_SECONDS
@@ -310,6 +319,11 @@ async def _as_of(
 
 async def _optional_model(channel: grpc.aio.Channel) -> pb.ConsentModel | None:
     """The workspace's model, for purpose names; None when the credential may not read it."""
+    import grpc
+
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+    from onefold.contracts.consent.v1 import consent_pb2_grpc
+
     try:
         model: pb.ConsentModel = await consent_pb2_grpc.ConsentServiceStub(channel).GetModel(
             pb.GetModelRequest(), timeout=CALL_TIMEOUT_SECONDS
@@ -343,6 +357,8 @@ def consent(
     token: Token = None,
 ) -> None:
     """A subject's consent per purpose and channel, now or as of a time, with the evidence."""
+    from onefold.cli.consent import channel_to, run_call
+
     try:
         ref = parse_subject(subject)
         moment = parse_time(as_of, "--as-of")
@@ -367,7 +383,7 @@ def consent(
             "objections": list(answer.objections),
             "states": [state_dict(s) for s in answer.states],
         }
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        print_json(document)
         return
     names = purpose_names(model)
     title = f"consent of profile {answer.profile_id}"
@@ -375,38 +391,32 @@ def consent(
         title += f" as of {moment:%Y-%m-%d %H:%M:%S} UTC"
     if knew is not None:
         title += f", as the ledger knew it at {knew:%Y-%m-%d %H:%M:%S} UTC"
-    table = Table(show_header=True, title=escape(title))
-    for column in (
-        "purpose",
-        "channel",
-        "status",
-        "notice",
-        "law",
-        "guardian",
-        "expires",
-        "since",
-        "evidence",
-        "hash",
-    ):
-        table.add_column(column)
+    rows = []
     colours = {"granted": "green", "withdrawn": "red", "expired": "yellow"}
     for state in answer.states:
         status = status_name(state.status)
         colour = colours.get(status, "white")
         purpose = state.purpose_id + (f" ({names[state.purpose_id]})" if state.purpose_id in names else "")
-        table.add_row(
-            escape(purpose),
-            escape(channel_name(state.channel)),
-            f"[{colour}]{status}[/{colour}]",
-            escape(f"{state.notice_id} v{state.notice_version}") if state.notice_id else "",
-            jurisdiction_name(state.jurisdiction),
-            "yes" if state.guardian_given else "",
-            when(state.expires_at, seconds=False) if state.HasField("expires_at") else "",
-            when(state.evidence.occurred_at),
-            f"#{state.evidence.position} {short_type(state.evidence.event_type)}",
-            state.evidence.hash.hex()[:HASH_PREFIX],
+        rows.append(
+            (
+                escape(purpose),
+                escape(channel_name(state.channel)),
+                f"[{colour}]{status}[/{colour}]",
+                escape(f"{state.notice_id} v{state.notice_version}") if state.notice_id else "",
+                jurisdiction_name(state.jurisdiction),
+                "yes" if state.guardian_given else "",
+                when(state.expires_at, seconds=False) if state.HasField("expires_at") else "",
+                when(state.evidence.occurred_at),
+                f"#{state.evidence.position} {short_type(state.evidence.event_type)}",
+                state.evidence.hash.hex()[:HASH_PREFIX],
+            )
         )
-    console.print(table)
+    print_table(
+        ("purpose", "channel", "status", "notice", "law", "guardian", "expires", "since", "evidence", "hash"),
+        rows,
+        title=escape(title),
+        markup=True,
+    )
     notes = [f"{answer.events_replayed} ledger event(s) replayed"]  # printed without markup
     if not answer.states:
         notes.append("no consent recorded")
@@ -421,6 +431,8 @@ def consent(
 
 
 def history_entry_dict(entry: pb.HistoryEntry) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
     message = decode_event(entry.event)
     return {
         **evidence_dict(entry.evidence),
@@ -432,6 +444,8 @@ def history_entry_dict(entry: pb.HistoryEntry) -> dict[str, Any]:
 
 
 def request_dict(request: pb.SubjectRequest) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
     document = MessageToDict(request, preserving_proto_field_name=True)
     document.pop("export", None)  # the export itself is the subject's data, not the audit trail's
     return document
@@ -439,6 +453,12 @@ def request_dict(request: pb.SubjectRequest) -> dict[str, Any]:
 
 async def _history(conn: Connection, ref: identity_pb2.ProfileRef) -> pb.HistoryResponse | None:
     """The subject's history; None when nothing was ever recorded for it."""
+    import grpc
+
+    from onefold.cli.consent import channel_to
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+    from onefold.contracts.consent.v1 import consent_pb2_grpc
+
     async with channel_to(conn) as channel:
         try:
             answer: pb.HistoryResponse = await consent_pb2_grpc.AuditServiceStub(channel).History(
@@ -460,6 +480,8 @@ def history(
     token: Token = None,
 ) -> None:
     """Every change to a subject's consent, in the order recorded, with its proof."""
+    from onefold.cli.consent import run_call
+
     try:
         ref = parse_subject(subject)
     except CliError as error:
@@ -474,21 +496,23 @@ def history(
             "entries": [history_entry_dict(entry) for entry in answer.entries],
             "requests": [request_dict(r) for r in answer.requests],
         }
-        sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        print_json(document)
         return
-    table = Table(show_header=True, title=escape(f"consent history of profile {answer.profile_id}"))
-    for column in ("position", "occurred", "recorded", "what happened", "proof", "hash"):
-        table.add_column(column, overflow="fold")
-    for entry in answer.entries:
-        table.add_row(
-            str(entry.evidence.position),
-            when(entry.evidence.occurred_at),
-            when(entry.evidence.recorded_at),
-            escape(entry.summary),
-            escape(proof_words(decode_event(entry.event), entry.event)),
-            entry.evidence.hash.hex()[:HASH_PREFIX],
-        )
-    console.print(table)
+    print_table(
+        ("position", "occurred", "recorded", "what happened", "proof", "hash"),
+        [
+            (
+                str(entry.evidence.position),
+                when(entry.evidence.occurred_at),
+                when(entry.evidence.recorded_at),
+                entry.summary,
+                proof_words(decode_event(entry.event), entry.event),
+                entry.evidence.hash.hex()[:HASH_PREFIX],
+            )
+            for entry in answer.entries
+        ],
+        title=f"consent history of profile {answer.profile_id}",
+    )
     console.print(f"{len(answer.entries)} change(s)", highlight=False)
 
 
@@ -560,6 +584,8 @@ def verify_targets(data_dir: Path, service: str | None, target: str | None) -> l
 def nats_settings(data_dir: Path, url: str | None) -> NatsSettings:
     """How the CLI reads the witness stream: `--nats` or the ONEFOLD_NATS__* settings (URL, user,
     password file, CA) when given, else `onefold up`'s bus as its `operator` user (digests only)."""
+    from onefold.platform.config import NatsSettings
+
     url = url or os.environ.get("ONEFOLD_NATS__URL")
     if url:
         try:
@@ -582,6 +608,11 @@ def nats_settings(data_dir: Path, url: str | None) -> NatsSettings:
 
 async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dict[str, Witnessed]:
     """Every service's witness records (its own signed digests; the heads others consumed of it)."""
+    import nats
+
+    from onefold.eventlog.digests import read_witness
+    from onefold.platform.nats import connect_options
+
     async with asyncio.timeout(WITNESS_TIMEOUT_SECONDS):
         # One attempt, no reconnects, nothing logged: the CLI's output is its table or its JSON.
         client = await nats.connect(
@@ -601,12 +632,20 @@ async def read_witnesses(settings: NatsSettings, services: Sequence[str]) -> dic
 def expected_hashes(service: str, witnesses: dict[str, Witnessed]) -> list[eventlog_pb2.WitnessedHash]:
     """What the witnesses vouch for in `service`'s log; over the limit, the newest positions (a
     rewrite always reaches the head)."""
+    from onefold.contracts.eventlog.v1 import eventlog_pb2
+    from onefold.eventlog.digests import witnessed_hashes
+
     chosen = witnessed_hashes(service, witnesses)[-MAX_EXPECTED:]
     return [eventlog_pb2.WitnessedHash(position=d.position, hash=d.hash, witness=d.witness) for d in chosen]
 
 
 def verify_file(service: str, database: Path, expected: Sequence[eventlog_pb2.WitnessedHash]) -> Verified:
     """Verify a stopped service's SQLite log from its file (read only: no schema, no keys needed)."""
+    from onefold.contracts.eventlog.v1 import eventlog_pb2
+    from onefold.eventlog.models import ChainDigest
+    from onefold.eventlog.registry import EventRegistry
+    from onefold.eventlog.store import EventStore
+
     store = EventStore(f"sqlite:///{database}", service=service, registry=EventRegistry())
     try:
         result = store.verify(
@@ -640,6 +679,10 @@ async def verify_all(
 ) -> list[Verified]:
     """Verify each log (through its service, or from its file in `data_dir` when it is not running)
     against the witnesses' hashes; `witnesses` None = only against itself (NATS was unreachable)."""
+    import grpc
+
+    from onefold.cli.consent import channel_to, describe_service_error
+    from onefold.contracts.eventlog.v1 import eventlog_pb2, eventlog_pb2_grpc
 
     async def one(name: str, address: str) -> Verified:
         expected = expected_hashes(name, witnesses) if witnesses is not None else []
@@ -727,6 +770,8 @@ def verify(
     refuses to start on a log that diverges) is read from its database file in the data dir.
 
     Exit 1 when a log is not intact, 2 when one could not be verified, 0 when all are intact."""
+    from onefold.platform.nats import safe_url
+
     if not token:
         raise fail("no credential: pass --token or set ONEFOLD_TOKEN (see `onefold credentials create`)")
     try:
@@ -747,36 +792,33 @@ def verify(
     results, witness_error = asyncio.run(run())
     status, sentences = verdict(results, witness_error)
     if as_json:
-        sys.stdout.write(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+        print_json([r.to_dict() for r in results])
     else:
-        table = Table(show_header=True, title="event log verification")
-        for column in (
-            "service",
-            "ok",
-            "events checked",
-            "witnessed",
-            "head",
-            "first bad position",
-            "problem",
-        ):
-            table.add_column(column, overflow="fold")
+        rows = []
         for result in results:
             answer = result.answer
             if answer is None:
-                table.add_row(result.service, "[yellow]?[/yellow]", "", "", "", "", escape(result.error))
+                rows.append((result.service, "[yellow]?[/yellow]", "", "", "", "", escape(result.error)))
                 continue
             problem = answer.problem or "; ".join(result.witness_conflicts)
-            table.add_row(
-                result.service,
-                "[green]ok[/green]" if result.ok else "[red]NOT OK[/red]",
-                f"{answer.events_checked:,}" + (" (from its file)" if result.from_file else ""),
-                f"{result.witnessed:,}",
-                f"#{answer.head_position} {answer.head_hash.hex()[:HASH_PREFIX]}"
-                + ("" if answer.ok else " (last intact)"),
-                str(answer.first_bad_position) if answer.first_bad_position else "",
-                escape(problem),
+            rows.append(
+                (
+                    result.service,
+                    "[green]ok[/green]" if result.ok else "[red]NOT OK[/red]",
+                    f"{answer.events_checked:,}" + (" (from its file)" if result.from_file else ""),
+                    f"{result.witnessed:,}",
+                    f"#{answer.head_position} {answer.head_hash.hex()[:HASH_PREFIX]}"
+                    + ("" if answer.ok else " (last intact)"),
+                    str(answer.first_bad_position) if answer.first_bad_position else "",
+                    escape(problem),
+                )
             )
-        console.print(table)
+        print_table(
+            ("service", "ok", "events checked", "witnessed", "head", "first bad position", "problem"),
+            rows,
+            title="event log verification",
+            markup=True,
+        )
     for sentence in sentences:
         err_console.print(f"[red]error:[/red] {escape(sentence)}", highlight=False, soft_wrap=True)
     raise typer.Exit(status)
@@ -804,6 +846,11 @@ async def _requests_of(
     channel: grpc.aio.Channel, profile_id: str, from_history: Sequence[pb.SubjectRequest]
 ) -> tuple[list[pb.SubjectRequest] | None, str]:
     """The subject's data-subject requests, or None and why they could not be listed."""
+    import grpc
+
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+    from onefold.contracts.consent.v1 import consent_pb2_grpc
+
     try:
         answer: pb.ListRequestsResponse = await consent_pb2_grpc.ConsentServiceStub(channel).ListRequests(
             pb.ListRequestsRequest(), timeout=CALL_TIMEOUT_SECONDS
@@ -826,6 +873,12 @@ async def _requests_of(
 async def gather_report(
     conn: Connection, subject: str, ref: identity_pb2.ProfileRef, data_dir: Path
 ) -> ReportData:
+    import grpc
+
+    from onefold.cli.consent import channel_to
+    from onefold.contracts.identity.v1 import identity_pb2
+    from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
+
     generated = datetime.now(UTC)
     current = await _as_of(conn, ref, None, None)
     history_answer = await _history(conn, identity_pb2.ProfileRef(profile_id=current.profile_id))
@@ -872,6 +925,8 @@ def report(
 ) -> None:
     """A self-contained HTML report for people: consent over time, every change with its proof, the
     subject's requests and whether each service's log is intact."""
+    from onefold.cli.consent import run_call
+
     try:
         ref = parse_subject(subject)
     except CliError as error:
@@ -938,6 +993,8 @@ def _dt(stamp: Timestamp) -> datetime:
 def timeline_rows(history_answer: pb.HistoryResponse | None, purposes: dict[str, str]) -> dict[str, Row]:
     """Per purpose and channel (and objections, restriction, erasure) the status changes, in the
     order they happened in the world (occurred time, then log position) — as an as-of replay folds."""
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     rows: dict[str, Row] = {}
     if history_answer is None:
         return rows
@@ -1128,17 +1185,23 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _request_type(value: int) -> str:
+def request_type_name(value: int) -> str:
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     return pb.RequestType.Name(value).removeprefix("REQUEST_TYPE_").lower()  # type: ignore[arg-type]
 
 
-def _request_state(value: int) -> str:
+def request_state_name(value: int) -> str:
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     return pb.RequestState.Name(value).removeprefix("REQUEST_STATE_").lower().replace("_", " ")  # type: ignore[arg-type]
 
 
 def render_report(data: ReportData) -> str:
     """The report as one HTML document: inline CSS and SVG, no scripts, no external resources;
     every value from the services is escaped."""
+    from onefold.contracts.consent.v1 import consent_pb2 as pb
+
     e = html.escape
     names = data.purposes
 
@@ -1284,8 +1347,8 @@ def render_report(data: ReportData) -> str:
                 request_rows.append(
                     [
                         f"<code>{e(request.request_id)}</code>",
-                        e(_request_type(request.type)),
-                        e(_request_state(request.state)),
+                        e(request_type_name(request.type)),
+                        e(request_state_name(request.state)),
                         e(when(request.received_at)),
                         e(when(request.due_at, seconds=False))
                         + (" (extended: " + e(request.extension_reason) + ")" if request.extended else ""),

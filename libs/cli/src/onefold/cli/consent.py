@@ -39,10 +39,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 import grpc
-import typer
 
 from onefold.cli.ingest_client import (
     CHANNEL_OPTIONS,
@@ -61,16 +60,6 @@ from onefold.platform.config import ConfigError
 T = TypeVar("T")
 
 CONSENT_KIND = "ConsentModel"
-
-ConsentTarget = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        envvar="ONEFOLD_CONSENT_TARGET",
-        help="consent gRPC host:port (default: from <data-dir>/run/endpoints.json)",
-        show_default=False,
-    ),
-]
 
 
 # --- reaching a service ---------------------------------------------------------------------------
@@ -479,27 +468,16 @@ async def apply_consent_models(conn: Connection, specs: list[ConsentModelSpec]) 
                 f"{len(spec.model.notices)} notice versions"
             )
             if current.version and same_apart_from_version(current, spec.model):
-                lines.append(f"consentmodel (version {current.version}) unchanged: {counts}")
+                lines.append(f"consent model unchanged (version {current.version}): {counts}")
                 continue
             stored: pb.ConsentModel = await stub.SetModel(pb.SetModelRequest(model=spec.model))
-            lines.append(f"consentmodel set (version {stored.version}): {counts}")
+            lines.append(f"consent model set (version {stored.version}): {counts}")
             for notice in stored.notices:
                 lines.append(
                     f"  notice {notice.notice_id} v{notice.version} ({notice.language or 'no language'}): "
                     f"text sha256 {notice.text_sha256}"
                 )
     return lines
-
-
-ApplyConsentTarget = Annotated[
-    str | None,
-    typer.Option(
-        "--consent-target",
-        envvar="ONEFOLD_CONSENT_TARGET",
-        help="consent gRPC host:port for ConsentModel (default: from <data-dir>/run/endpoints.json)",
-        show_default=False,
-    ),
-]
 
 
 def consent_documents(documents: list[Any], where: str) -> list[tuple[str, Any]]:

@@ -8,58 +8,31 @@ profile.py) over gRPC (the generated stubs) and lets the service validate. The t
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import grpc
-import typer
-from google.protobuf.message import Message
-from rich.console import Console
-
+from onefold.cli.options import DataDir as DataDir
+from onefold.cli.options import Target as Target
+from onefold.cli.options import Token as Token
+from onefold.cli.output import CliError, fail
+from onefold.cli.output import err_console as err_console
 from onefold.cli.supervisor import read_endpoints
-from onefold.contracts.ingest.v1 import ingest_pb2_grpc
-from onefold.platform.client import authenticated_channel
-from onefold.platform.config import ConfigError
-from onefold.platform.errors import details_of
+from onefold.platform.config_error import ConfigError
+
+# gRPC and the generated stubs load when a command first calls a service, not when it parses.
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf.message import Message
+
+    from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 
 T = TypeVar("T")
 
-err_console = Console(stderr=True)
-
 # 32 MB: an Upload/Batch answer for a large batch of quarantined events can be big.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 32 * 1024 * 1024),)
-
-DataDir = Annotated[
-    Path, typer.Option("--data-dir", "-d", envvar="ONEFOLD_DATA_DIR", help="where state and logs live")
-]
-Token = Annotated[
-    str | None,
-    typer.Option(
-        "--token", envvar="ONEFOLD_TOKEN", help="API credential (or env ONEFOLD_TOKEN)", show_default=False
-    ),
-]
-Target = Annotated[
-    str | None,
-    typer.Option(
-        "--target",
-        envvar="ONEFOLD_INGEST_TARGET",
-        help="ingest gRPC host:port (default: from <data-dir>/run/endpoints.json)",
-        show_default=False,
-    ),
-]
-
-
-class CliError(Exception):
-    """A failure to report as one sentence (exit code 2 unless given)."""
-
-    def __init__(self, message: str, code: int = 2) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
 
 
 def same_apart_from_version(left: Message, right: Message) -> bool:
@@ -73,11 +46,6 @@ def same_apart_from_version(left: Message, right: Message) -> bool:
         return copy.SerializeToString(deterministic=True)
 
     return content(left) == content(right)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code)
 
 
 @dataclass(frozen=True)
@@ -103,6 +71,9 @@ def resolve(data_dir: Path, target: str | None, token: str | None, service: str 
 
 @asynccontextmanager
 async def ingest_stub(conn: Connection) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
+    from onefold.contracts.ingest.v1 import ingest_pb2_grpc
+    from onefold.platform.client import authenticated_channel
+
     channel = authenticated_channel(conn.target, conn.token, options=CHANNEL_OPTIONS)
     try:
         yield ingest_pb2_grpc.IngestServiceStub(channel)
@@ -114,6 +85,10 @@ def describe_rpc_error(
     error: grpc.aio.AioRpcError | grpc.RpcError, target: str, service: str = "ingest"
 ) -> str:
     """One sentence for a failed call: what the service said, plus field violations if any."""
+    import grpc
+
+    from onefold.platform.errors import details_of
+
     code = error.code() if callable(getattr(error, "code", None)) else None
     message = (error.details() if callable(getattr(error, "details", None)) else "") or ""
     if code == grpc.StatusCode.UNAVAILABLE and (not message or "connect" in message.lower()):
@@ -141,6 +116,10 @@ def run_async(
 ) -> T:
     """Run a coroutine; turn RPC failures and CliError into one sentence on stderr and an exit code
     (2, or what `exit_codes` says for the failure's status code)."""
+    import asyncio
+
+    import grpc
+
     try:
         return asyncio.run(_call(factory))
     except CliError as error:

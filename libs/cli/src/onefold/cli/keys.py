@@ -22,42 +22,21 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from onefold.cli.ingest_client import CliError, DataDir, fail
-from onefold.cli.supervisor import KEY_DIR_ENV, SERVICES, key_file, resolve_key_dir
-from onefold.eventlog.errors import MissingKeyEncryptionKey, WrongKeyEncryptionKey
-from onefold.eventlog.keyfile import (
-    load_key_file,
-    previous_path,
-    remove_file,
-    write_key_file,
-    write_text_file,
-)
-from onefold.eventlog.lease import LeaderLease
-from onefold.eventlog.registry import EventRegistry
-from onefold.eventlog.store import EventStore
-from onefold.platform.config import ConfigError, load_settings
-from onefold.platform.database import create_engine
-from onefold.platform.service import PRIVATE_UMASK
+from onefold.cli.options import Json, KeyDir
+from onefold.cli.output import console, err_console, print_json
+from onefold.cli.supervisor import SERVICES, key_file, resolve_key_dir
+from onefold.platform.config_error import ConfigError
+
+# The event log, SQLAlchemy and the settings models load when a rotation runs, not for `--help`.
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 keys_app = typer.Typer(help="Manage the services' key-encryption keys.", no_args_is_help=True)
-console = Console()
-
-KeyDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--key-dir",
-        envvar=KEY_DIR_ENV,
-        help="where `onefold up` keeps the services' key-encryption keys "
-        "(default: ~/.config/onefold/keys/<installation id>/, or <data-dir>/keys where they already are)",
-        show_default=False,
-    ),
-]
 
 
 @dataclass(frozen=True)
@@ -94,6 +73,19 @@ def rotate_service(
     progress: Progress,
 ) -> Rotated:
     """Rotate one service's key (see the module docstring); resumes an interrupted rotation."""
+    from onefold.eventlog.keyfile import (
+        load_key_file,
+        previous_path,
+        remove_file,
+        write_key_file,
+        write_text_file,
+    )
+    from onefold.eventlog.lease import LeaderLease
+    from onefold.eventlog.registry import EventRegistry
+    from onefold.eventlog.store import EventStore
+    from onefold.platform.config import load_settings
+    from onefold.platform.database import create_engine
+
     settings = load_settings(service, config, data_dir=str(data_dir))
     if settings.eventlog.key_encryption_key:
         raise CliError(
@@ -150,11 +142,17 @@ def rotate(
         typer.Option("--config", "-c", envvar="ONEFOLD_CONFIG", help="YAML settings of the services"),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="data keys re-wrapped per transaction")] = 1000,
+    as_json: Json = False,
 ) -> None:
     """Replace key-encryption keys and re-wrap every data key under the new one (services stopped).
 
     Interrupted, run it again: it resumes. Backups taken before the rotation cannot be read with the
     new key; keep the data dir's backups and key backups in step (see docs/security.md)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from onefold.eventlog.errors import MissingKeyEncryptionKey, WrongKeyEncryptionKey
+    from onefold.platform.service import PRIVATE_UMASK
+
     names = list(SERVICES) if all_services else list(dict.fromkeys(service or ()))
     if not names or (all_services and service):
         raise fail("name the services with --service NAME (repeatable), or pass --all")
@@ -172,7 +170,7 @@ def rotate(
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
-                console=console,
+                console=err_console if as_json else console,  # stdout holds only the JSON
             ) as progress,
         ):
             for name in names:
@@ -191,9 +189,23 @@ def rotate(
     except (ConfigError, MissingKeyEncryptionKey, WrongKeyEncryptionKey) as error:
         raise fail(str(error)) from None
     finally:
-        for rotated in done:
-            how = "resumed and finished" if rotated.resumed else "rotated"
-            console.print(
-                f"{rotated.service}: key {how} ({rotated.key_file}); {rotated.rewrapped:,} data keys re-wrapped",
-                highlight=False,
+        if as_json:
+            print_json(
+                [
+                    {
+                        "service": rotated.service,
+                        "key_file": str(rotated.key_file),
+                        "rewrapped": rotated.rewrapped,
+                        "resumed": rotated.resumed,
+                    }
+                    for rotated in done
+                ]
             )
+        else:
+            for rotated in done:
+                how = "resumed and finished" if rotated.resumed else "rotated"
+                console.print(
+                    f"{rotated.service}: key {how} ({rotated.key_file}); {rotated.rewrapped:,} data keys "
+                    "re-wrapped",
+                    highlight=False,
+                )

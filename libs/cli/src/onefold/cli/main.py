@@ -1,53 +1,138 @@
-"""The `onefold` command. Thin: each command parses, calls a library or a service, and prints."""
+"""The `onefold` command. Thin: each command parses, calls a library or a service, and prints.
+
+Start-up is kept short (`onefold --help` and `onefold status` answer in well under a second): the
+command groups are listed from LAZY_COMMANDS, with their help, and a group's module (with gRPC, the
+generated messages, SQLAlchemy ...) is imported only when that group runs. Commands import what
+only they need inside their functions.
+"""
 
 from __future__ import annotations
 
-import signal
-import sys
-import threading
+import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from typer.core import TyperGroup
 
-from onefold.cli import bench as bench_command
-from onefold.cli.audit import audit_app
-from onefold.cli.importer import import_file
-from onefold.cli.ingest_client import DataDir, fail
-from onefold.cli.keys import KeyDir, keys_app
-from onefold.cli.profile import profile_app
-from onefold.cli.quarantine import quarantine_app
-from onefold.cli.sources import apply, sources_app
-from onefold.cli.supervisor import Supervisor, read_endpoints
-from onefold.platform.auth import SCOPES, CredentialStore
-from onefold.platform.config import ConfigError
-from onefold.platform.errors import OnefoldError
-from onefold.platform.health import health_status
+from onefold.cli.options import DataDir, Json, KeyDir
+from onefold.cli.output import console, fail, print_json, print_table
+from onefold.platform.config_error import ConfigError
+
+if TYPE_CHECKING:
+    # typer carries its own copy of click; these are the types its groups are written against.
+    from typer import _click as click
+
+    from onefold.cli.supervisor import Supervisor
+
+
+@dataclass(frozen=True)
+class LazyCommand:
+    """A command or command group imported when it runs: `attribute` of `module` is a typer.Typer
+    (a group) or a function (one command)."""
+
+    module: str
+    attribute: str
+    help: str
+    context_settings: dict[str, Any] = field(default_factory=dict)
+
+
+LAZY_COMMANDS = {
+    "apply": LazyCommand(
+        "onefold.cli.sources",
+        "apply",
+        "Declare sources, the workspace's identity rules and its consent model from YAML files.",
+    ),
+    "import": LazyCommand(
+        "onefold.cli.importer",
+        "import_file",
+        "Import identify/track records; resumable, and re-running imports nothing twice.",
+    ),
+    "bench": LazyCommand(
+        "onefold.cli.bench",
+        "bench",
+        "Run a benchmark from bench/ (e.g. `onefold bench eventlog --json`).",
+        {"allow_extra_args": True, "ignore_unknown_options": True},
+    ),
+    "credentials": LazyCommand(
+        "onefold.cli.credentials", "credentials_app", "Create, list and revoke API credentials."
+    ),
+    "sources": LazyCommand(
+        "onefold.cli.sources", "sources_app", "Create, list and manage ingest sources and their write keys."
+    ),
+    "quarantine": LazyCommand(
+        "onefold.cli.quarantine", "quarantine_app", "List and replay quarantined events."
+    ),
+    "audit": LazyCommand(
+        "onefold.cli.audit",
+        "audit_app",
+        "Audit consent (as of a time, with proof), verify the logs, and write reports.",
+    ),
+    "profile": LazyCommand(
+        "onefold.cli.profile",
+        "profile_app",
+        "Look up profiles (by id or TYPE:VALUE), their timeline and merge history; merge and unmerge.",
+    ),
+    "consent": LazyCommand(
+        "onefold.cli.consent_commands",
+        "consent_app",
+        "Grant, withdraw and check consent; open and follow data-subject requests.",
+    ),
+    "keys": LazyCommand("onefold.cli.keys", "keys_app", "Manage the services' key-encryption keys."),
+}
+
+_LISTING = "onefold.listing"  # set in ctx.meta while help lists the commands
+
+
+class LazyGroup(TyperGroup):
+    """The root group: lists LAZY_COMMANDS without importing them; imports one when it is invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if (command := super().get_command(ctx, cmd_name)) is not None:
+            return command
+        lazy = LAZY_COMMANDS.get(cmd_name)
+        if lazy is None:
+            return None
+        if ctx.meta.get(_LISTING):
+            return typer.main.TyperCommand(name=cmd_name, help=lazy.help)  # a name and a line of help
+        command = load(cmd_name, lazy)
+        self.commands[cmd_name] = command
+        return command
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        ctx.meta[_LISTING] = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            ctx.meta[_LISTING] = False
+
+
+def load(name: str, lazy: LazyCommand) -> click.Command:
+    """The click command of a LAZY_COMMANDS entry, importing its module."""
+    target = getattr(importlib.import_module(lazy.module), lazy.attribute)
+    command: click.Command
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)
+    else:
+        single = typer.Typer()
+        single.command(name, context_settings=lazy.context_settings or None)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
 
 app = typer.Typer(
     name="onefold",
+    cls=LazyGroup,
     help="Onefold: an event-sourced Customer Data Platform.",
     no_args_is_help=True,
     add_completion=False,
 )
-credentials_app = typer.Typer(help="Create, list and revoke API credentials.", no_args_is_help=True)
-app.add_typer(credentials_app, name="credentials")
-app.add_typer(sources_app, name="sources")
-app.add_typer(quarantine_app, name="quarantine")
-app.add_typer(audit_app, name="audit")
-app.add_typer(profile_app, name="profile")
-app.add_typer(keys_app, name="keys")
-app.command("apply")(apply)
-app.command("import")(import_file)
-app.command(
-    "bench",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-    help="Run a benchmark from bench/ (e.g. `onefold bench eventlog --json`).",
-)(bench_command.bench)
-
-console = Console()
 
 
 @app.command()
@@ -69,6 +154,11 @@ def up(
     ] = None,
 ) -> None:
     """Start nats-server (JetStream) and the five services; Ctrl-C stops everything."""
+    import signal
+    import threading
+
+    from onefold.cli.supervisor import Supervisor
+
     supervisor = Supervisor(
         data_dir=data_dir.resolve(),
         nats_url=nats_url,
@@ -101,15 +191,14 @@ def _report(message: str) -> None:
 
 
 def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
-    table = Table(title="Onefold is up", show_header=True)
-    table.add_column("service")
-    table.add_column("gRPC endpoint")
-    table.add_column("health")
-    table.add_column("HTTP")
-    for name, child in supervisor.children.items():
-        table.add_row(name, child.target, health_status(child.target), child.http_url)
-    table.add_row("nats", nats_url, "started here" if supervisor.nats else "external", "")
-    console.print(table)
+    from onefold.platform.health import health_status
+
+    rows = [
+        (name, child.target, health_status(child.target), child.http_url)
+        for name, child in supervisor.children.items()
+    ]
+    rows.append(("nats", nats_url, "started here" if supervisor.nats else "external", ""))
+    print_table(("service", "gRPC endpoint", "health", "HTTP"), rows, title="Onefold is up")
     if supervisor.admin:
         console.print(
             f"Admin credential for workspace '{supervisor.admin.workspace}' (shown once, keep it safe):\n"
@@ -130,14 +219,9 @@ def _print_endpoints(supervisor: Supervisor, nats_url: str) -> None:
 
 
 @app.command()
-def status(
-    data_dir: DataDir = Path(".onefold"),
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object instead of a table")] = False,
-) -> None:
+def status(data_dir: DataDir = Path(".onefold"), as_json: Json = False) -> None:
     """Show every endpoint and its health; exit 0 only when every one is SERVING."""
-    import json
-
-    from onefold.cli.supervisor import endpoint_statuses
+    from onefold.cli.supervisor import endpoint_statuses, read_endpoints
 
     try:
         state = read_endpoints(data_dir.resolve())
@@ -155,89 +239,20 @@ def status(
             }
             for endpoint in endpoints
         }
-        typer.echo(json.dumps({"all_serving": all_serving, "endpoints": listed}, indent=2))
-        raise typer.Exit(0 if all_serving else 1)
-    table = Table(show_header=True)
-    for column in ("endpoint", "address", "health", "NATS connection", "port setting"):
-        table.add_column(column)
-    for endpoint in endpoints:
-        colour = "green" if endpoint.health == "SERVING" else "red"
-        table.add_row(
-            endpoint.label,
-            endpoint.address,
-            f"[{colour}]{endpoint.health}[/{colour}]",
-            endpoint.nats_connection,
-            f"ports.{endpoint.key}",
-        )
-    console.print(table)
+        print_json({"all_serving": all_serving, "endpoints": listed})
+    else:
+        rows = []
+        for endpoint in endpoints:
+            colour = "green" if endpoint.health == "SERVING" else "red"
+            health = f"[{colour}]{endpoint.health}[/{colour}]"
+            rows.append(
+                (
+                    endpoint.label,
+                    escape(endpoint.address),
+                    health,
+                    endpoint.nats_connection,
+                    f"ports.{endpoint.key}",
+                )
+            )
+        print_table(("endpoint", "address", "health", "NATS connection", "port setting"), rows, markup=True)
     raise typer.Exit(0 if all_serving else 1)
-
-
-def _store(data_dir: Path, auth_db: str | None) -> CredentialStore:
-    store = CredentialStore(auth_db or f"sqlite:///{data_dir.resolve() / 'auth.db'}")
-    store.create_schema()
-    return store
-
-
-AuthDb = Annotated[
-    str | None,
-    typer.Option(envvar="ONEFOLD_AUTH__DATABASE_URL", help="credential store URL (default: in the data dir)"),
-]
-
-
-@credentials_app.command("create")
-def credentials_create(
-    workspace: Annotated[str, typer.Option(help="the workspace the credential belongs to")],
-    scope: Annotated[list[str], typer.Option(help=f"repeatable; one of: {', '.join(sorted(SCOPES))}")],
-    name: Annotated[str, typer.Option(help="a label for people")] = "",
-    data_dir: DataDir = Path(".onefold"),
-    auth_db: AuthDb = None,
-) -> None:
-    """Create a credential; its secret is printed once and only its hash is stored."""
-    try:
-        issued = _store(data_dir, auth_db).issue(workspace, scope, name)
-    except (OnefoldError, ConfigError) as error:
-        raise fail(str(error)) from None
-    console.print(
-        f"credential {issued.id} for workspace '{issued.workspace}' with scopes {', '.join(issued.scopes)}"
-    )
-    console.print(issued.token, highlight=False, soft_wrap=True)
-
-
-@credentials_app.command("list")
-def credentials_list(
-    workspace: Annotated[str | None, typer.Option()] = None,
-    data_dir: DataDir = Path(".onefold"),
-    auth_db: AuthDb = None,
-) -> None:
-    """List credentials (never their secrets)."""
-    table = Table(show_header=True)
-    for column in ("id", "workspace", "name", "scopes", "created", "revoked"):
-        table.add_column(column)
-    try:
-        rows = _store(data_dir, auth_db).list(workspace)
-    except (OnefoldError, ConfigError) as error:
-        raise fail(str(error)) from None
-    for row in rows:
-        table.add_row(
-            *(str(row[k] or "") for k in ("id", "workspace", "name", "scopes", "created_at", "revoked_at"))
-        )
-    console.print(table)
-
-
-@credentials_app.command("revoke")
-def credentials_revoke(
-    credential_id: str,
-    data_dir: DataDir = Path(".onefold"),
-    auth_db: AuthDb = None,
-) -> None:
-    """Revoke a credential; services stop accepting it within their cache time (5 s by default)."""
-    try:
-        _store(data_dir, auth_db).revoke(credential_id)
-    except (OnefoldError, ConfigError) as error:
-        raise fail(str(error)) from None
-    console.print(f"revoked {credential_id}")
-
-
-def run() -> None:  # pragma: no cover - console script shim
-    sys.exit(app())

@@ -28,20 +28,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import grpc
 import typer
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.timestamp_pb2 import Timestamp
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from onefold.cli.ingest_client import (
     CHANNEL_OPTIONS,
@@ -52,29 +46,31 @@ from onefold.cli.ingest_client import (
     connect,
     fail,
     run_async,
-    same_apart_from_version,
 )
-from onefold.contracts.common.v1 import pagination_pb2
-from onefold.contracts.identity.v1 import identity_pb2 as pb
-from onefold.contracts.identity.v1 import identity_pb2_grpc
-from onefold.contracts.ingest.v1 import ingest_pb2
-from onefold.platform.client import authenticated_channel
+from onefold.cli.output import console, print_json, print_table
+
+# gRPC and the generated messages load in the commands that call the service, so that
+# `onefold profile --help` stays quick.
+if TYPE_CHECKING:
+    import grpc
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+    from onefold.contracts.identity.v1 import identity_pb2_grpc
+    from onefold.contracts.ingest.v1 import ingest_pb2
 
 profile_app = typer.Typer(
     help="Look up profiles (by id or TYPE:VALUE), their timeline and merge history; merge and unmerge.",
     no_args_is_help=True,
 )
-console = Console()
 
 SERVICE = "identity"
 EXIT_NOT_FOUND = 1
-NOT_FOUND_EXIT = {grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND}
 _TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-EVENT_TYPES = {
-    name.removeprefix("EVENT_TYPE_").lower(): value
-    for name, value in ingest_pb2.EventType.items()
-    if value != ingest_pb2.EVENT_TYPE_UNSPECIFIED
-}
+# onefold.ingest.v1.EventType without its prefix (a test keeps the two equal).
+EVENT_TYPES = ("track", "identify", "page", "screen", "group", "alias")
+# `profile get` with many ids: calls in flight at once on its one channel.
+CONCURRENT_LOOKUPS = 16
 
 IdentityTarget = Annotated[
     str | None,
@@ -95,6 +91,9 @@ Reason = Annotated[str, typer.Option("--reason", help="why (kept in the merge hi
 
 @asynccontextmanager
 async def identity_stub(conn: Connection) -> AsyncIterator[identity_pb2_grpc.IdentityServiceStub]:
+    from onefold.contracts.identity.v1 import identity_pb2_grpc
+    from onefold.platform.client import authenticated_channel
+
     channel = authenticated_channel(conn.target, conn.token, options=CHANNEL_OPTIONS)
     try:
         yield identity_pb2_grpc.IdentityServiceStub(channel)
@@ -106,7 +105,15 @@ def identity_connection(data_dir: Path, target: str | None, token: str | None) -
     return connect(data_dir, target, token, service=SERVICE)
 
 
+def not_found_exit() -> dict[grpc.StatusCode, int]:
+    import grpc
+
+    return {grpc.StatusCode.NOT_FOUND: EXIT_NOT_FOUND}
+
+
 def parse_identifier(text: str, what: str = "an identifier") -> pb.Identifier:
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     type_name, colon, value = text.partition(":")
     if not colon or not _TYPE.match(type_name) or not value.strip():
         raise CliError(f"{what} is written TYPE:VALUE, e.g. email:ann@example.com (got {text!r})")
@@ -115,6 +122,8 @@ def parse_identifier(text: str, what: str = "an identifier") -> pb.Identifier:
 
 def parse_ref(text: str) -> pb.ProfileRef:
     """TYPE:VALUE names a profile by identifier; anything without a colon is a profile id."""
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     text = text.strip()
     if not text:
         raise CliError("name the profile by its id or by an identifier as TYPE:VALUE")
@@ -136,6 +145,8 @@ def _moment(text: str | None, option: str) -> datetime | None:
 
 
 def _timestamp(moment: datetime) -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     stamp = Timestamp()
     stamp.FromDatetime(moment)
     return stamp
@@ -152,6 +163,8 @@ def _when(stamp: Timestamp) -> str:
 
 
 def _as_dict(message: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
@@ -164,10 +177,6 @@ def _whole_numbers(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _whole_numbers(item) for key, item in value.items()}
     return value
-
-
-def _print_json(document: Any) -> None:
-    sys.stdout.write(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
 
 
 # --- printing ------------------------------------------------------------------------------------
@@ -188,33 +197,47 @@ def print_profile(profile: pb.Profile, heading: str = "") -> None:
     )
     if profile.merged_profile_ids:
         console.print(f"merged in: {', '.join(profile.merged_profile_ids)}", highlight=False)
-    identifiers = Table(title="identifiers", show_header=True, title_justify="left")
-    for column in ("type", "value", "linked at", "first on profile"):
-        identifiers.add_column(column)
-    for item in profile.identifiers:
-        identifiers.add_row(
-            escape(item.identifier.type),
-            escape(item.identifier.value),  # people's data: never read as rich markup
-            _when(item.linked_at),
-            "" if item.original_profile_id == profile.profile_id else item.original_profile_id,
-        )
-    console.print(identifiers)
-    traits = Table(title="traits", show_header=True, title_justify="left")
-    for column in ("name", "value", "source", "updated at"):
-        traits.add_column(column)
-    for trait in profile.traits:
-        value = json.dumps(_whole_numbers(MessageToDict(trait.value)), ensure_ascii=False)
-        traits.add_row(escape(trait.name), escape(value), escape(trait.source_id), _when(trait.updated_at))
-    console.print(traits)
+    from google.protobuf.json_format import MessageToDict
+
+    print_table(
+        ("type", "value", "linked at", "first on profile"),
+        [
+            (
+                item.identifier.type,
+                item.identifier.value,
+                _when(item.linked_at),
+                "" if item.original_profile_id == profile.profile_id else item.original_profile_id,
+            )
+            for item in profile.identifiers
+        ],
+        title="identifiers",
+    )
+    print_table(
+        ("name", "value", "source", "updated at"),
+        [
+            (
+                trait.name,
+                json.dumps(_whole_numbers(MessageToDict(trait.value)), ensure_ascii=False),
+                trait.source_id,
+                _when(trait.updated_at),
+            )
+            for trait in profile.traits
+        ],
+        title="traits",
+    )
 
 
 def _event_summary(event: ingest_pb2.TrackingEvent) -> str:
+    from onefold.contracts.ingest.v1 import ingest_pb2
+
     kind = ingest_pb2.EventType.Name(event.type).removeprefix("EVENT_TYPE_").lower()
     name = event.event or event.name
     return f"{kind} '{name}'" if name else kind
 
 
 def _history_row(record: pb.MergeRecord) -> tuple[str, ...]:
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     kind = pb.MergeRecord.Kind.Name(record.kind).removeprefix("KIND_").lower().replace("_", " ")
     if record.kind == pb.MergeRecord.KIND_MERGED:
         what = f"{record.merged_id} into {record.survivor_id}"
@@ -236,9 +259,105 @@ def _history_row(record: pb.MergeRecord) -> tuple[str, ...]:
 # --- commands ------------------------------------------------------------------------------------
 
 
+def read_refs(refs: Sequence[str], file: str | None) -> list[str]:
+    """The profile references of `profile get`: the arguments, then the lines of --file (`-` is
+    stdin); blank lines and lines starting with # are skipped."""
+    found = [ref for ref in refs if ref.strip()]
+    if file is not None:
+        try:
+            lines: Iterable[str] = sys.stdin if file == "-" else Path(file).read_text().splitlines()
+        except OSError as error:
+            raise CliError(f"cannot read --file {file}: {error.strerror}") from None
+        found.extend(line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not found:
+        raise CliError("name at least one profile: an id or TYPE:VALUE, or --file with one per line")
+    return found
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """One `profile get` reference and what the service answered for it."""
+
+    ref: str
+    profile: pb.Profile | None = None
+    error: str = ""  # the service's sentence: no such profile, or why this reference was refused
+    exit_code: int = 0  # EXIT_NOT_FOUND, or 2 for a reference the service refused
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.profile is None:
+            return {"ref": self.ref, "error": self.error}
+        return {"ref": self.ref, "profile": _as_dict(self.profile)}
+
+
+async def look_up(conn: Connection, requests: Sequence[tuple[str, pb.GetProfileRequest]]) -> list[Lookup]:
+    """GetProfile for each reference, concurrently over one channel (the identity service has no
+    batch call). A reference that is unknown or refused is reported in its Lookup; a failure that
+    concerns every call (unreachable service, refused credential) is raised."""
+    import asyncio
+
+    import grpc
+
+    from onefold.cli.ingest_client import describe_rpc_error
+
+    per_reference = {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+    limit = asyncio.Semaphore(CONCURRENT_LOOKUPS)
+    async with identity_stub(conn) as stub:
+
+        async def one(ref: str, request: pb.GetProfileRequest) -> Lookup:
+            async with limit:
+                try:
+                    return Lookup(ref, profile=await stub.GetProfile(request))
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in per_reference:
+                        raise
+                    code = EXIT_NOT_FOUND if error.code() == grpc.StatusCode.NOT_FOUND else 2
+                    return Lookup(ref, error=describe_rpc_error(error, conn.target, SERVICE), exit_code=code)
+
+        return list(await asyncio.gather(*(one(ref, request) for ref, request in requests)))
+
+
+def print_lookups(lookups: Sequence[Lookup]) -> None:
+    """One row per reference, in the order given."""
+    rows = []
+    for lookup in lookups:
+        profile = lookup.profile
+        if profile is None:
+            rows.append((lookup.ref, "", lookup.error, "", "", ""))
+            continue
+        flags = [
+            flag for flag, on in (("erased", profile.erased), ("merged", bool(profile.redirected_from))) if on
+        ]
+        rows.append(
+            (
+                lookup.ref,
+                profile.profile_id,
+                ", ".join(["found", *flags]),
+                str(len(profile.identifiers)),
+                str(profile.event_count),
+                _when(profile.last_seen),
+            )
+        )
+    print_table(("reference", "profile id", "result", "identifiers", "events", "last seen"), rows)
+
+
 @profile_app.command("get")
 def get(
-    ref: Ref,
+    refs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="REF...",
+            help="profile ids, or identifiers as TYPE:VALUE (email:a@b.com)",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        str | None,
+        typer.Option("--file", "-f", help="read more references from this file, one per line (- for stdin)"),
+    ] = None,
     as_of: Annotated[
         str | None,
         typer.Option("--as-of", help="the profile as of this time (ISO 8601, e.g. 2026-01-01T00:00:00Z)"),
@@ -255,31 +374,49 @@ def get(
     target: IdentityTarget = None,
     token: Token = None,
 ) -> None:
-    """Show a profile: identifiers, traits, counts (exit 1 when no profile matches)."""
+    """Show profiles: one in full (identifiers, traits, counts), several as one row each.
+
+    Exit 1 when a reference matches no profile (the others are still shown)."""
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     axes = {"recorded": pb.TIME_AXIS_RECORDED, "occurred": pb.TIME_AXIS_OCCURRED}
     try:
-        request = pb.GetProfileRequest(profile=parse_ref(ref))
+        names = read_refs(refs or [], file)
         if axis.lower() not in axes:
             raise CliError(f"--axis must be recorded or occurred (got {axis!r})")
         moment = _moment(as_of, "--as-of")
+        requests = [(name, pb.GetProfileRequest(profile=parse_ref(name))) for name in names]
     except CliError as error:
         raise _usage(error) from None
     if moment is not None:
-        request.as_of.CopyFrom(_timestamp(moment))
-        request.axis = axes[axis.lower()]
+        for _, request in requests:
+            request.as_of.CopyFrom(_timestamp(moment))
+            request.axis = axes[axis.lower()]
     conn = identity_connection(data_dir, target, token)
-
-    async def call() -> pb.Profile:
-        async with identity_stub(conn) as stub:
-            profile: pb.Profile = await stub.GetProfile(request)
-            return profile
-
-    profile = run_async(conn, call, NOT_FOUND_EXIT)
-    if as_json:
-        _print_json(_as_dict(profile))
+    lookups = run_async(conn, lambda: look_up(conn, requests))
+    failed = [lookup for lookup in lookups if lookup.profile is None]
+    if len(lookups) == 1 and file is None:  # one reference: the profile in full, as before batches
+        if failed:
+            raise fail(failed[0].error, failed[0].exit_code)
+        profile = lookups[0].profile
+        assert profile is not None
+        if as_json:
+            print_json(_as_dict(profile))
+        else:
+            print_profile(
+                profile,
+                f"profile {profile.profile_id}" + (f" as of {as_of} ({axis.lower()})" if moment else ""),
+            )
         return
-    heading = f"profile {profile.profile_id}" + (f" as of {as_of} ({axis.lower()})" if moment else "")
-    print_profile(profile, heading)
+    if as_json:
+        print_json([lookup.to_dict() for lookup in lookups])
+    else:
+        print_lookups(lookups)
+    if failed:
+        raise fail(
+            f"{len(failed)} of {len(lookups)} references matched no profile or were refused (see above)",
+            max(lookup.exit_code for lookup in failed),
+        )
 
 
 @profile_app.command("timeline")
@@ -301,13 +438,16 @@ def timeline(
     token: Token = None,
 ) -> None:
     """The profile's events, newest first (everything merged into it included)."""
+    from onefold.contracts.common.v1 import pagination_pb2
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+    from onefold.contracts.ingest.v1 import ingest_pb2
+
     try:
         request = pb.ListTimelineRequest(profile=parse_ref(ref), event_names=event or [])
         for name in kind or []:
-            value = EVENT_TYPES.get(name.lower())
-            if value is None:
+            if name.lower() not in EVENT_TYPES:
                 raise CliError(f"--type must be one of {', '.join(EVENT_TYPES)} (got {name!r})")
-            request.types.append(value)
+            request.types.append(ingest_pb2.EventType.Value(f"EVENT_TYPE_{name.upper()}"))
         for option, text, field in (("--since", since, "since"), ("--until", until, "until")):
             moment = _moment(text, option)
             if moment is not None:
@@ -331,22 +471,24 @@ def timeline(
                     break
         return entries[:limit]
 
-    entries = run_async(conn, call, NOT_FOUND_EXIT)
+    entries = run_async(conn, call, not_found_exit())
     if as_json:
-        _print_json([_as_dict(entry) for entry in entries])
+        print_json([_as_dict(entry) for entry in entries])
         return
-    table = Table(show_header=True, title=f"{len(entries)} event(s), newest first", title_justify="left")
-    for column in ("occurred at", "event", "messageId", "event id", "resolved to"):
-        table.add_column(column)
-    for entry in entries:
-        table.add_row(
-            _when(entry.occurred_at),
-            escape(_event_summary(entry.event)),
-            escape(entry.event.message_id),
-            entry.event_id,
-            entry.resolved_profile_id,
-        )
-    console.print(table)
+    print_table(
+        ("occurred at", "event", "messageId", "event id", "resolved to"),
+        [
+            (
+                _when(entry.occurred_at),
+                _event_summary(entry.event),
+                entry.event.message_id,
+                entry.event_id,
+                entry.resolved_profile_id,
+            )
+            for entry in entries
+        ],
+        title=f"{len(entries)} event(s), newest first",
+    )
 
 
 @profile_app.command("history")
@@ -358,6 +500,8 @@ def history(
     token: Token = None,
 ) -> None:
     """Merges, unmerges and refused links of the profile, oldest first, with their evidence."""
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     try:
         request = pb.GetMergeHistoryRequest(profile=parse_ref(ref))
     except CliError as error:
@@ -368,16 +512,15 @@ def history(
         async with identity_stub(conn) as stub:
             return list((await stub.GetMergeHistory(request)).records)
 
-    records = run_async(conn, call, NOT_FOUND_EXIT)
+    records = run_async(conn, call, not_found_exit())
     if as_json:
-        _print_json([_as_dict(record) for record in records])
+        print_json([_as_dict(record) for record in records])
         return
-    table = Table(show_header=True, title=f"{len(records)} record(s)", title_justify="left")
-    for column in ("recorded at", "what", "profiles", "rule", "evidence event", "reason", "by"):
-        table.add_column(column)
-    for record in records:
-        table.add_row(*(escape(cell) for cell in _history_row(record)))
-    console.print(table)
+    print_table(
+        ("recorded at", "what", "profiles", "rule", "evidence event", "reason", "by"),
+        [_history_row(record) for record in records],
+        title=f"{len(records)} record(s)",
+    )
 
 
 @profile_app.command("unmerge")
@@ -396,6 +539,8 @@ def unmerge(
     token: Token = None,
 ) -> None:
     """Split a wrongly merged profile back into its parts (by identifier or by event)."""
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     try:
         if (identifier is None) == (event_id is None):
             raise CliError("name what to split along: --identifier TYPE:VALUE or --event ID (one of them)")
@@ -414,9 +559,9 @@ def unmerge(
         async with identity_stub(conn) as stub:
             return list((await stub.UnmergeProfile(request)).profiles)
 
-    parts = run_async(conn, call, NOT_FOUND_EXIT)
+    parts = run_async(conn, call, not_found_exit())
     if as_json:
-        _print_json([_as_dict(part) for part in parts])
+        print_json([_as_dict(part) for part in parts])
         return
     console.print(
         f"unmerged into {len(parts)} profiles: {', '.join(p.profile_id for p in parts)}", highlight=False
@@ -436,6 +581,8 @@ def merge(
     token: Token = None,
 ) -> None:
     """Merge two profiles by hand; the merged id redirects to the survivor (undo with unmerge)."""
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     try:
         if not reason.strip():
             raise CliError("--reason must say why")
@@ -450,9 +597,9 @@ def merge(
         async with identity_stub(conn) as stub:
             return (await stub.MergeProfiles(request)).profile
 
-    profile = run_async(conn, call, NOT_FOUND_EXIT)
+    profile = run_async(conn, call, not_found_exit())
     if as_json:
-        _print_json(_as_dict(profile))
+        print_json(_as_dict(profile))
         return
     console.print(f"merged into {profile.profile_id}", highlight=False)
     print_profile(profile)
@@ -520,6 +667,8 @@ def is_identity_rules(document: Any) -> bool:
 
 def rules_from_document(document: dict[Any, Any], where: str) -> pb.IdentityRules:
     """An IdentityRules message from a `kind: IdentityRules` document (the service validates the rest)."""
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     fields = _checked(document, RULES_KEYS, RULES_KEY_NAMES, where)
     rules = pb.IdentityRules(
         trait_source_precedence=_strings(
@@ -575,13 +724,15 @@ def parse_rules_documents(documents: Sequence[tuple[str, Any]]) -> list[RulesSpe
 
 
 async def apply_rules(conn: Connection, specs: Sequence[RulesSpec]) -> list[str]:
+    from onefold.contracts.identity.v1 import identity_pb2 as pb
+
     lines: list[str] = []
     async with identity_stub(conn) as stub:
         for spec in specs:
             before = await stub.GetRules(pb.GetRulesRequest())
             stored = await stub.SetRules(pb.SetRulesRequest(rules=spec.rules))
-            if before.version and same_apart_from_version(before, stored):
-                lines.append(f"identity rules unchanged (applied again as version {stored.version})")
+            if before.version and stored.version == before.version:
+                lines.append(f"identity rules unchanged (version {stored.version})")
             else:
                 lines.append(f"identity rules set (version {stored.version})")
     return lines

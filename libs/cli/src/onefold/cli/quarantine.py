@@ -2,35 +2,42 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from google.protobuf.json_format import MessageToDict
-from rich.console import Console
-from rich.table import Table
 
-from onefold.cli.importer import STATUS, kind_name
 from onefold.cli.ingest_client import DataDir, Target, Token, connect, fail, ingest_stub, run_async
-from onefold.contracts.common.v1 import pagination_pb2
-from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+from onefold.cli.options import Json
+from onefold.cli.output import console, print_json, print_table
+
+# gRPC and the generated messages load when a command calls the service, not for `--help`.
+if TYPE_CHECKING:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 
 quarantine_app = typer.Typer(help="List and replay quarantined events.", no_args_is_help=True)
-console = Console()
 
-KINDS = {kind_name(value): value for value in pb.FailureKind.values() if value}
+# onefold.ingest.v1.FailureKind without its prefix (a test keeps the two equal).
+KINDS = (
+    "schema_violation",
+    "size_violation",
+    "protocol_violation",
+    "timestamp_violation",
+    "unplanned_event",
+    "subject_erased",
+)
 
 
 def _kind(value: str | None) -> int:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if not value:
         return 0
-    kind = KINDS.get(value.lower().replace("-", "_"))
-    if kind is None:
+    name = value.lower().replace("-", "_")
+    if name not in KINDS:
         raise fail(f"--kind must be one of {', '.join(KINDS)} (got {value!r})")
-    return kind
+    return pb.FailureKind.Value(f"FAILURE_KIND_{name.upper()}")
 
 
 Kind = Annotated[str | None, typer.Option("--kind", help=f"only this failure kind: {', '.join(KINDS)}")]
@@ -42,6 +49,8 @@ def _reasons(reasons: Sequence[pb.Violation]) -> str:
 
 
 def _describe(record: pb.EventQuarantined) -> tuple[str, str]:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if record.HasField("event"):
         event = record.event
         call = pb.EventType.Name(event.type).removeprefix("EVENT_TYPE_").lower()
@@ -57,12 +66,18 @@ def list_quarantined(
         bool, typer.Option("--include-replayed", help="also replayed events")
     ] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="at most this many")] = 1000,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
 ) -> None:
     """List quarantined events and why (needs the audit:read scope)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from onefold.cli.importer import kind_name
+    from onefold.contracts.common.v1 import pagination_pb2
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     kind_value = _kind(kind)
     conn = connect(data_dir, target, token)
 
@@ -92,24 +107,28 @@ def list_quarantined(
             entry = MessageToDict(item, preserving_proto_field_name=True)
             entry["kind"] = kind_name(item.record.kind)
             out.append(entry)
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        print_json(out)
         return
-    table = Table(show_header=True, title=f"{len(events)} quarantined event(s)")
-    for column in ("id", "source", "kind", "call", "messageId", "reasons", "quarantined at", "replayed"):
-        table.add_column(column)
+    rows = []
     for item in events:
         call_text, message_id = _describe(item.record)
-        table.add_row(
-            item.quarantine_id,
-            item.record.source_id,
-            kind_name(item.record.kind),
-            call_text,
-            message_id,
-            _reasons(item.record.reasons),
-            item.quarantined_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
-            "yes" if item.replayed else "",
+        rows.append(
+            (
+                item.quarantine_id,
+                item.record.source_id,
+                kind_name(item.record.kind),
+                call_text,
+                message_id,
+                _reasons(item.record.reasons),
+                item.quarantined_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+                "yes" if item.replayed else "",
+            )
         )
-    console.print(table)
+    print_table(
+        ("id", "source", "kind", "call", "messageId", "reasons", "quarantined at", "replayed"),
+        rows,
+        title=f"{len(events)} quarantined event(s)",
+    )
 
 
 @quarantine_app.command("replay")
@@ -121,12 +140,17 @@ def replay(
     source: SourceId = None,
     kind: Kind = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="say what would happen; change nothing")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
 ) -> None:
     """Re-submit quarantined events through the source's current checks (after fixing the plan)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from onefold.cli.importer import STATUS, kind_name
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if not ids and not replay_all:
         raise fail("name events with --id (repeatable) or pass --all (with --source / --kind to narrow)")
     if ids and replay_all:
@@ -156,19 +180,21 @@ def replay(
             **counts,
             "results": [MessageToDict(r, preserving_proto_field_name=True) for r in results],
         }
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        print_json(document)
         return
-    table = Table(show_header=True, title="replay (dry run: nothing changed)" if dry_run else "replay")
-    for column in ("messageId", "outcome", "kind", "reasons"):
-        table.add_column(column)
-    for answer in results:
-        table.add_row(
-            answer.message_id,
-            STATUS.get(answer.status, "?"),
-            kind_name(answer.kind) if answer.kind else "",
-            _reasons(answer.reasons),
-        )
-    console.print(table)
+    print_table(
+        ("messageId", "outcome", "kind", "reasons"),
+        [
+            (
+                answer.message_id,
+                STATUS.get(answer.status, "?"),
+                kind_name(answer.kind) if answer.kind else "",
+                _reasons(answer.reasons),
+            )
+            for answer in results
+        ],
+        title="replay (dry run: nothing changed)" if dry_run else "replay",
+    )
     verb = "would be" if dry_run else "were"
     console.print(
         f"{len(results)} event(s): {counts['accepted']} {verb} accepted, {counts['duplicate']} duplicate(s), "

@@ -25,25 +25,13 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-import yaml
-from google.protobuf.json_format import MessageToDict
-from rich.console import Console
-from rich.table import Table
 
-from onefold.cli.consent import (
-    ApplyConsentTarget,
-    apply_consent,
-    consent_documents,
-    is_consent_model,
-    parse_consent_documents,
-)
 from onefold.cli.ingest_client import (
     CliError,
     Connection,
@@ -55,23 +43,25 @@ from onefold.cli.ingest_client import (
     ingest_stub,
     run_async,
 )
+from onefold.cli.options import ApplyConsentTarget, Json
+from onefold.cli.output import console, print_json, print_table
 from onefold.cli.profile import (
     apply_rules,
     identity_connection,
     is_identity_rules,
     parse_rules_documents,
 )
-from onefold.contracts.common.v1 import pagination_pb2
-from onefold.contracts.ingest.v1 import ingest_pb2 as pb
-from onefold.contracts.ingest.v1 import ingest_pb2_grpc
+
+# gRPC, the generated messages and YAML load in the commands that use them, not for `--help`.
+if TYPE_CHECKING:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+    from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 
 sources_app = typer.Typer(
     help="Create, list and manage ingest sources and their write keys.", no_args_is_help=True
 )
-console = Console()
 
-MODES = {"allow": pb.PLAN_MODE_ALLOW, "flag": pb.PLAN_MODE_FLAG, "block": pb.PLAN_MODE_BLOCK}
-MODE_NAMES = {value: name for name, value in MODES.items()} | {pb.PLAN_MODE_UNSPECIFIED: "allow"}
+PLAN_MODES = ("allow", "flag", "block")  # onefold.ingest.v1.PlanMode without its prefix
 PLAN_KEYS = {
     "mode": "mode",
     "unplannedMode": "unplanned_mode",
@@ -127,13 +117,17 @@ def _checked_keys(
 
 
 def _mode(value: Any, where: str) -> pb.PlanMode.ValueType:
-    mode = MODES.get(str(value).lower()) if value is not None else pb.PLAN_MODE_ALLOW
-    if mode is None:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
+    name = str(value).lower() if value is not None else "allow"
+    if name not in PLAN_MODES:
         raise CliError(f"{where} must be one of allow, flag, block (got {value!r})")
-    return mode
+    return pb.PlanMode.Value(f"PLAN_MODE_{name.upper()}")
 
 
 def plan_from_document(document: Any, where: str) -> pb.TrackingPlan:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if not isinstance(document, dict):
         raise CliError(f"{where} must be a mapping with mode, unplannedMode, events, identifyTraits")
     fields = _checked_keys(document, PLAN_KEYS, PLAN_KEY_NAMES, where)
@@ -152,6 +146,8 @@ def plan_from_document(document: Any, where: str) -> pb.TrackingPlan:
 
 
 def load_document(path: Path) -> list[Any]:
+    import yaml
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -175,6 +171,8 @@ def load_plan(path: Path) -> pb.TrackingPlan:
 
 
 def _plan_json(plan: pb.TrackingPlan) -> tuple[int, int, dict[str, Any], Any]:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     def parsed(text: str) -> Any:
         try:
             return json.loads(text) if text else None
@@ -190,6 +188,8 @@ def _plan_json(plan: pb.TrackingPlan) -> tuple[int, int, dict[str, Any], Any]:
 
 
 def plans_equal(current: pb.Source, wanted: pb.TrackingPlan) -> bool:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     have = current.tracking_plan if current.HasField("tracking_plan") else pb.TrackingPlan()
     return _plan_json(have) == _plan_json(wanted)
 
@@ -198,6 +198,9 @@ def plans_equal(current: pb.Source, wanted: pb.TrackingPlan) -> bool:
 
 
 async def all_sources(stub: ingest_pb2_grpc.IngestServiceStub) -> AsyncIterator[pb.Source]:
+    from onefold.contracts.common.v1 import pagination_pb2
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     token = ""
     while True:
         page = await stub.ListSources(
@@ -218,11 +221,17 @@ def _duration_seconds(text: str) -> int:
 
 
 def _plan_summary(source: pb.Source) -> str:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     if not source.HasField("tracking_plan"):
         return "-"
     plan = source.tracking_plan
+
+    def mode_name(mode: int) -> str:
+        return pb.PlanMode.Name(mode).removeprefix("PLAN_MODE_").lower().replace("unspecified", "allow")  # type: ignore[arg-type]
+
     return (
-        f"v{plan.version} {MODE_NAMES.get(plan.mode, '?')}/{MODE_NAMES.get(plan.unplanned_mode, '?')} "
+        f"v{plan.version} {mode_name(plan.mode)}/{mode_name(plan.unplanned_mode)} "
         f"({len(plan.event_schemas)} events{', traits' if plan.identify_traits_schema else ''})"
     )
 
@@ -235,11 +244,16 @@ def create(
     name: Annotated[str, typer.Argument(help="a name for people, unique in the workspace by convention")],
     plan: Annotated[Path | None, typer.Option("--plan", help="tracking plan file (JSON or YAML)")] = None,
     rate: Annotated[int, typer.Option("--rate", min=0, help="events per second (0 = service default)")] = 0,
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
 ) -> None:
     """Create a source; its write key is printed once (only a hash is stored)."""
+    from google.protobuf.json_format import MessageToDict
+
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     conn = connect(data_dir, target, token)
 
     async def call() -> pb.CreateSourceResponse:
@@ -251,6 +265,9 @@ def create(
             return response
 
     created = run_async(conn, call)
+    if as_json:
+        print_json({"source": MessageToDict(created.source), "write_key": created.write_key})
+        return
     console.print(f"source {created.source.source_id} '{created.source.name}' created", highlight=False)
     console.print("write key (shown once, keep it safe):", highlight=False)
     console.print(created.write_key, highlight=False, soft_wrap=True)
@@ -258,12 +275,14 @@ def create(
 
 @sources_app.command("list")
 def list_sources(
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
 ) -> None:
     """List the workspace's sources (never their write keys)."""
+    from google.protobuf.json_format import MessageToDict
+
     conn = connect(data_dir, target, token)
 
     async def call() -> list[pb.Source]:
@@ -272,35 +291,39 @@ def list_sources(
 
     found = run_async(conn, call)
     if as_json:
-        sys.stdout.write(json.dumps([MessageToDict(s) for s in found], indent=2) + "\n")
+        print_json([MessageToDict(s) for s in found])
         return
-    table = Table(show_header=True)
-    for column in ("id", "name", "key", "plan", "rate/s", "disabled", "created"):
-        table.add_column(column)
-    for source in found:
-        table.add_row(
-            source.source_id,
-            source.name,
-            f"…{source.write_key_hint}",
-            _plan_summary(source),
-            str(source.rate_limit_per_second or "default"),
-            "yes" if source.disabled else "",
-            source.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
-            if source.HasField("created_at")
-            else "",
-        )
-    console.print(table)
+    print_table(
+        ("id", "name", "key", "plan", "rate/s", "disabled", "created"),
+        [
+            (
+                source.source_id,
+                source.name,
+                f"…{source.write_key_hint}",
+                _plan_summary(source),
+                str(source.rate_limit_per_second or "default"),
+                "yes" if source.disabled else "",
+                source.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M")
+                if source.HasField("created_at")
+                else "",
+            )
+            for source in found
+        ],
+    )
 
 
 @sources_app.command("rotate-key")
 def rotate_key(
     source_id: Annotated[str, typer.Argument(help="the source's id (src_…)")],
     grace: Annotated[str, typer.Option("--grace", help="how long the old key keeps working, e.g. 24h")] = "0",
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
 ) -> None:
     """Issue a new write key; the old one keeps working for the grace period."""
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     seconds = _duration_seconds(grace)
     conn = connect(data_dir, target, token)
 
@@ -312,6 +335,9 @@ def rotate_key(
             return response
 
     rotated = run_async(conn, call)
+    if as_json:
+        print_json({"source_id": source_id, "write_key": rotated.write_key, "grace_seconds": seconds})
+        return
     console.print(
         f"new write key for {source_id} (shown once; the old one works for {seconds} s more):",
         highlight=False,
@@ -322,11 +348,16 @@ def rotate_key(
 @sources_app.command("disable")
 def disable(
     source_id: Annotated[str, typer.Argument(help="the source's id (src_…)")],
+    as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
     target: Target = None,
     token: Token = None,
 ) -> None:
     """Stop collecting from a source: its write key stops working. Idempotent."""
+    from google.protobuf.json_format import MessageToDict
+
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     conn = connect(data_dir, target, token)
 
     async def call() -> pb.Source:
@@ -335,6 +366,9 @@ def disable(
             return source
 
     source = run_async(conn, call)
+    if as_json:
+        print_json(MessageToDict(source))
+        return
     console.print(f"source {source.source_id} '{source.name}' is disabled", highlight=False)
 
 
@@ -349,6 +383,8 @@ class SourceSpec:
 
 
 def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]:
+    from onefold.cli.consent import is_consent_model
+
     specs: list[SourceSpec] = []
     for number, document in enumerate(documents, start=1):
         at = where if len(documents) == 1 else f"{where} (document {number})"
@@ -382,6 +418,8 @@ def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]
 
 
 async def apply_specs(conn: Connection, specs: list[SourceSpec]) -> list[str]:
+    from onefold.contracts.ingest.v1 import ingest_pb2 as pb
+
     lines: list[str] = []
     async with ingest_stub(conn) as stub:
         existing: dict[str, pb.Source] = {}
@@ -440,6 +478,8 @@ def apply(
 ) -> None:
     """Declare sources (create those absent by name, set tracking plans that changed), the
     workspace's identity rules and its consent model (purposes, channels, notices)."""
+    from onefold.cli.consent import apply_consent, consent_documents, parse_consent_documents
+
     try:
         documents = load_document(file)
         where = str(file)

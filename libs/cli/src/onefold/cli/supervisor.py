@@ -33,27 +33,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
-
-from onefold.platform.auth import ANY_WORKSPACE, CredentialStore, IssuedCredential
 from onefold.platform.bus_permissions import OPERATOR
-from onefold.platform.config import (
-    MAX_PORT_BASE,
-    PORT_OFFSETS,
-    ConfigError,
-    NatsSettings,
-    PortsSettings,
-    load_settings,
-    prepare_data_dir,
-)
-from onefold.platform.errors import NotFound
-from onefold.platform.health import health_status
-from onefold.platform.nats_server import BusCredentials, NatsServerProcess, die_with_parent
+from onefold.platform.config_error import ConfigError
 from onefold.platform.ports import free_port, port_in_use
-from onefold.platform.service import NATS_HEALTH_NAME, PRIVATE_UMASK, ensure_bootstrap_admin
+
+# `onefold status` and every client command read endpoints.json through this module; what only
+# `onefold up` needs (SQLAlchemy, gRPC, settings models, nats-server) is imported where it is used.
+if TYPE_CHECKING:
+    from onefold.platform.auth import IssuedCredential
+    from onefold.platform.config import NatsSettings, PortsSettings
+    from onefold.platform.nats_server import NatsServerProcess
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
 # The `ports` setting (onefold.platform.config.PORT_OFFSETS) of each service's gRPC listener, and of
@@ -162,6 +154,10 @@ class Supervisor:
     def prepare(self) -> None:
         # Validate the configuration the services will read before starting anything, so a typo is
         # one sentence here rather than five crashed processes.
+        from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
+        from onefold.platform.config import MAX_PORT_BASE, PORT_OFFSETS, load_settings, prepare_data_dir
+        from onefold.platform.service import PRIVATE_UMASK, ensure_bootstrap_admin
+
         if self.port_base is not None and self.port_base > MAX_PORT_BASE:
             raise ConfigError(
                 f"--port-base {self.port_base} leaves no room for the {len(PORT_OFFSETS)} consecutive ports "
@@ -249,11 +245,15 @@ class Supervisor:
     def start_nats(self) -> str:
         if self.nats_url:
             return self.nats_url
+        from onefold.platform.nats_server import NatsServerProcess
+
         self.nats = NatsServerProcess(self.data_dir / NATS_DIR, port=self.ports[NATS_PORT_KEY])
         self.nats.start()
         return self.nats.url
 
     def _spawn(self, child: Child, nats_url: str) -> None:
+        from onefold.platform.nats_server import die_with_parent
+
         env = dict(os.environ)
         env.update(
             {
@@ -298,6 +298,8 @@ class Supervisor:
             self._spawn(child, nats_url)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
+        from onefold.platform.health import health_status
+
         deadline = time.monotonic() + timeout
         pending = set(self.children)
         while pending and time.monotonic() < deadline:
@@ -334,6 +336,9 @@ class Supervisor:
     # -- watch ----------------------------------------------------------------------------------
 
     def watch_once(self, nats_url: str) -> None:
+        from onefold.platform.health import health_status
+        from onefold.platform.service import NATS_HEALTH_NAME
+
         """Restart what died and report NATS connectivity changes; called about twice a second."""
         now = self.clock()
         if self.nats and not self.nats.running() and not self._stopping:
@@ -397,6 +402,11 @@ class Supervisor:
     def _revoke_service_credential(self) -> None:
         if not self._service_credential_id:
             return
+        import sqlalchemy as sa
+
+        from onefold.platform.auth import CredentialStore
+        from onefold.platform.errors import NotFound
+
         store = CredentialStore(self._auth_url)
         try:
             store.revoke(self._service_credential_id)
@@ -460,6 +470,9 @@ class EndpointStatus:
 
 def endpoint_statuses(state: dict[str, Any]) -> list[EndpointStatus]:
     """Every endpoint listed in a run's endpoints.json, each asked for its health now."""
+    from onefold.platform.health import health_status
+    from onefold.platform.service import NATS_HEALTH_NAME
+
     statuses = []
     for name in SERVICES:
         if name in HTTP_PORT_KEYS:
@@ -511,5 +524,7 @@ def read_endpoints(data_dir: Path) -> dict[str, Any]:
 def operator_nats_settings(data_dir: Path) -> NatsSettings:
     """How a CLI command reads the bus of a running `onefold up`: as `operator`, which may only read
     chain digests (onefold.platform.bus_permissions)."""
+    from onefold.platform.nats_server import BusCredentials
+
     nats_url = str(read_endpoints(data_dir)["nats_url"])
     return BusCredentials.of_server(data_dir / NATS_DIR).settings(OPERATOR, nats_url)

@@ -35,27 +35,10 @@ from sqlalchemy.engine import Engine
 from onefold.contracts.common.v1 import errors_pb2
 from onefold.platform.database import create_engine
 from onefold.platform.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from onefold.platform.scopes import INSTALLATION_ADMIN as INSTALLATION_ADMIN
+from onefold.platform.scopes import SCOPES as SCOPES
 from onefold.platform.telemetry import get_logger
 
-INSTALLATION_ADMIN = "installation:admin"
-SCOPES = frozenset(
-    {
-        "admin",
-        INSTALLATION_ADMIN,
-        "service",
-        "ingest:write",
-        "profiles:read",
-        "profiles:write",
-        "consent:read",
-        "consent:write",
-        "segments:read",
-        "segments:write",
-        "journeys:read",
-        "journeys:write",
-        "audit:read",
-        "dsr:write",
-    }
-)
 ANY_WORKSPACE = "*"
 WORKSPACE_HEADER = "x-onefold-workspace"
 _WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")

@@ -17,9 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-
-class ConfigError(Exception):
-    """Configuration that cannot work; the message is one sentence for a person."""
+from onefold.platform.config_error import ConfigError as ConfigError
 
 
 class _Section(BaseModel):

@@ -448,6 +448,12 @@ class IdentityApplication:
         with self._writing() as conn:
             current = self.rules(conn, workspace)
             stored = rules_to_proto(validated)
+            if current.version:
+                # The same rules again (`onefold apply` re-run) are no new version: nothing to record.
+                unchanged = rules_to_proto(current)
+                stored.version = unchanged.version
+                if stored == unchanged:
+                    return unchanged
             stored.version = current.version + 1
             self._append(
                 conn,
