@@ -13,7 +13,6 @@ the config file that holds them is 0600 too.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -22,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,24 @@ from onefold.platform.ports import free_port, port_in_use, wait_for_port
 _PR_SET_PDEATHSIG = 1
 
 
+def _resolve_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not Linux: children are not tied to their parent
+        return None
+
+
+# Resolved here, in the parent: loading a library or looking up a symbol between fork and exec takes
+# the dynamic loader's lock, which another thread (gRPC's, say) may have held at the fork — the child
+# would wait for it forever.
+_PRCTL = _resolve_prctl()
+
+
 def die_with_parent() -> None:
     """In a child between fork and exec: ask Linux to SIGTERM it when its parent dies, so no
     server or service outlives a supervisor or test that was killed."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def nats_server_binary() -> str:
