@@ -19,12 +19,10 @@ Steps, one per service: ingest, identity, consent, segments, journeys.
   personal data — is kept as JSON), or NOT_APPLICABLE when the service has nothing to do for that
   request type (the reason is the step's confirmation). A service that does not answer — no address
   configured (peers.<name>) or no service credential, UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED —
-  is never DONE: PENDING when it was not reached or does not offer the call yet (UNIMPLEMENTED), FAILED
+  is never DONE: PENDING when it was not reached or does not serve the call (UNIMPLEMENTED), FAILED
   (with attempts and last_error) when a call failed. So a request completes only when all five
-  services answered: with segments and journeys not offering EraseSubject / ExportSubject yet (they
-  come with their own issues), access and erasure requests stay IN_PROGRESS, their steps for those
-  two services PENDING. That is deliberate: a completion record signed while two services still
-  hold the person's data would be false.
+  services answered: a completion record signed while a service may still hold the person's data
+  would be false.
 - Retries never restart a request: RetryRequest and the background loop (`run`, started by the
   bootstrap, only on the replica holding the log's leader lease) attempt only the steps not settled,
   the loop with exponential backoff per step (`Timings`). Each attempt is a RequestStepUpdated event;
@@ -42,13 +40,12 @@ Per type:
 - ERASURE (GDPR 17, PIPL 47): consent's own part runs at once (ConsentSubjectErased, then the
   subject's key is shredded: checks deny with ERASED). The other services need the person's
   identifiers: they are collected from identity (GetProfile), recorded in ErasureRequested (which the
-  outbox relay publishes on the bus for every listening service), then ingest EraseSubject (user_ids,
-  anonymous_ids), identity EraseSubject (the identifiers), segments and journeys EraseSubject are
-  called concurrently, each with a timeout. Until identity has answered, those steps wait (PENDING,
+  outbox relay publishes on the bus for every listening service), then EraseSubject is called on
+  ingest, identity, segments and journeys concurrently, each with a timeout. Until identity has answered, those steps wait (PENDING,
   "waiting for the subject's identifiers").
-- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest and identity (with the identifiers from
-  GetProfile), consent's own ledger (GetConsents, the history with proof, the person's requests),
-  and segments/journeys ExportSubject; assembled into one JSON document (format
+- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest, identity, segments and journeys (with
+  the identifiers from GetProfile) and consent's own ledger (GetConsents, the history with proof,
+  the person's requests); assembled into one JSON document (format
   "onefold.dsr.export/v1", event payloads decoded) kept encrypted in RequestCompleted.export and
   returned by GetRequest. The parts are held in memory until the request completes (never written in
   clear); one lost with a restart is fetched again before completing. The export travels in one
@@ -62,10 +59,13 @@ Per type:
   encrypted in the request and sent to identity, which owns traits (RectifyProfile: the corrected
   values replace what was set before); the other steps are NOT_APPLICABLE.
 
-The calls to segments and journeys: their APIs do not exist yet; consent calls
-`/onefold.<service>.v1.<Service>Service/EraseSubject` and `/ExportSubject` with a SubjectRequest
-(request_id, workspace, type, profile_id, identifiers) and takes any successful answer as the
-confirmation. A service that does not serve the method answers UNIMPLEMENTED: PENDING.
+The calls: every other service serves the same declared contract, onefold.common.v1.DataSubjectService
+(ExportSubject, EraseSubject; scope dsr:write), called through one typed client
+(adapters.data_subjects). Each gets the same request — request_id, the profile id, the identifiers
+as (type, value) pairs — and answers from what it holds: ingest by user_id / anonymous_id, identity
+by any identifier, segments and journeys by profile id (they hold nothing yet and answer zero). The
+confirmation is the answer's counts (an erasure's erased profile ids too); an access request's part
+is its counts, its events (payloads decoded) and its typed records (e.g. identity's SubjectExport).
 """
 
 from __future__ import annotations
