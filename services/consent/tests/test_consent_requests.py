@@ -4,7 +4,8 @@ extension (GDPR 12(3)), refusals with reasons (PIPL 50, GDPR 12(4)), restriction
 erasure's consent part and its steps for services that are not reachable (GDPR 17, PIPL 47),
 retries with backoff against a real address nobody answers on, rectification (GDPR 16, PIPL 46).
 
-The saga across real ingest, identity and segments processes is in test_consent_requests_service.py.
+The saga across real ingest, identity, segments and journeys processes is in
+test_consent_requests_service.py.
 """
 
 from __future__ import annotations

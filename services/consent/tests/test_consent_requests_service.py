@@ -1,18 +1,16 @@
-"""Data-subject requests across real processes: a nats-server, ingest, identity, segments and consent
-(`python -m onefold.<name>`), one data dir and credential store as `onefold up` makes them, consent
-calling the others with a service credential (ONEFOLD_PEERS__*, ONEFOLD_AUTH__SERVICE_TOKEN).
+"""Data-subject requests across real processes: a nats-server, ingest, identity, segments, journeys
+and consent (`python -m onefold.<name>`), one data dir and credential store as `onefold up` makes
+them, consent calling the others' DataSubjectService with a service credential (ONEFOLD_PEERS__*,
+ONEFOLD_AUTH__SERVICE_TOKEN).
 
-Segments and journeys do not offer EraseSubject / ExportSubject yet (later issues): the real segments
-process answers UNIMPLEMENTED and journeys has no address here, so both steps stay PENDING and the
-request stays IN_PROGRESS — a request completes only when all five services answered. To show the
-completion, consent is then restarted with segments and journeys pointing at a stand-in gRPC server
-that answers those two calls the way the later services will (it records what it was sent).
+A request completes only when all five services answered: a service with no address configured, or
+one that does not serve DataSubjectService (UNIMPLEMENTED; here consent's own port stands for such a
+service), keeps its step PENDING and the request IN_PROGRESS.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -20,7 +18,6 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +28,7 @@ import nats
 import pytest
 
 from onefold.consent.requests import verify_signature
+from onefold.contracts.common.v1 import data_subject_pb2, data_subject_pb2_grpc
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.consent.v1 import consent_pb2_grpc
@@ -63,45 +61,6 @@ def auth(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
-class StandIn:
-    """Segments and journeys as they will answer once their data-subject calls exist: a real gRPC
-    server serving `/onefold.<service>.v1.<Service>Service/EraseSubject` and `/ExportSubject`, which
-    records every call (service, method, the SubjectRequest, the metadata)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, pb.SubjectRequest, dict[str, str]]] = []
-        self.server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        for service in ("segments", "journeys"):
-            handlers = {
-                method: grpc.unary_unary_rpc_method_handler(
-                    self._handler(service, method),
-                    request_deserializer=pb.SubjectRequest.FromString,
-                    response_serializer=lambda answer: answer,
-                )
-                for method in ("EraseSubject", "ExportSubject")
-            }
-            self.server.add_generic_rpc_handlers(
-                (
-                    grpc.method_handlers_generic_handler(
-                        f"onefold.{service}.v1.{service.capitalize()}Service", handlers
-                    ),
-                )
-            )
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _handler(self, service: str, method: str) -> Callable[[pb.SubjectRequest, Any], bytes]:
-        def handle(request: pb.SubjectRequest, context: Any) -> bytes:
-            self.calls.append((service, method, request, dict(context.invocation_metadata())))
-            return json.dumps({"service": service, "method": method, "memberships": 0}).encode()
-
-        return handle
-
-
 @dataclass
 class Stack:
     data: Path
@@ -109,7 +68,7 @@ class Stack:
     ingest: ServiceProcess
     identity: ServiceProcess
     segments: ServiceProcess
-    stand_in: StandIn
+    journeys: ServiceProcess
     credentials: CredentialStore
     service_token: str
     consent: ServiceProcess | None = None
@@ -146,9 +105,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
     processes = [
         ServiceProcess(name, data, nats_server, extra_env=quiet)
-        for name in ("ingest", "identity", "segments")
+        for name in ("ingest", "identity", "segments", "journeys")
     ]
-    stand_in = StandIn()
     started: list[ServiceProcess] = []
     built: Stack | None = None
     try:
@@ -158,8 +116,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             process.start()
             started.append(process)
         service_token = credentials.issue("*", ["service"], name="onefold services").token
-        ingest, identity, segments = processes
-        built = Stack(data, nats_server, ingest, identity, segments, stand_in, credentials, service_token)
+        ingest, identity, segments, journeys = processes
+        built = Stack(data, nats_server, ingest, identity, segments, journeys, credentials, service_token)
         yield built
     finally:
         if built is not None:
@@ -169,7 +127,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 built.consent.stop()
         for process in reversed(started):
             process.stop()
-        stand_in.server.stop(0)
         nats_server.stop()
         credentials.engine.dispose()
 
@@ -183,6 +140,9 @@ class Workspace:
 
     def ingest(self) -> ingest_pb2_grpc.IngestServiceStub:
         return ingest_pb2_grpc.IngestServiceStub(self.stack.channel(self.stack.ingest))
+
+    def data_subject(self, service: ServiceProcess) -> data_subject_pb2_grpc.DataSubjectServiceStub:
+        return data_subject_pb2_grpc.DataSubjectServiceStub(self.stack.channel(service))
 
     def identity(self) -> identity_pb2_grpc.IdentityServiceStub:
         return identity_pb2_grpc.IdentityServiceStub(self.stack.channel(self.stack.identity))
@@ -322,7 +282,7 @@ def bus_erasure(nats_server: NatsServerProcess, workspace: str) -> tuple[bytes, 
     return asyncio.run(fetch())
 
 
-def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and_journeys_pending_then_complete(
+def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pending_then_complete(
     stack: Stack,
 ) -> None:
     stack.start_consent(
@@ -348,7 +308,7 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
         assert by_service["consent"].state == DONE  # consent's own part does not wait
         identity = by_service["identity"]
         assert identity.state == FAILED and identity.attempts >= 1 and "UNAVAILABLE" in identity.last_error
-        for service in ("ingest", "segments"):  # they need the identifiers identity holds
+        for service in ("ingest", "segments"):  # they wait for the identifiers identity holds
             assert by_service[service].state == PENDING and by_service[service].attempts == 0
             assert "waiting for the subject's identifiers" in by_service[service].last_error
         assert (
@@ -377,16 +337,15 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
     assert all("UNAVAILABLE" in error for error in errors), errors
     by_service = steps(retried)
     assert retried.request_id == opened.request_id and retried.received_at == opened.received_at
-    assert {s: by_service[s].state for s in ("ingest", "identity", "consent")} == dict.fromkeys(
-        ("ingest", "identity", "consent"), DONE
-    )
+    answered = ("ingest", "identity", "consent", "segments")
+    assert {s: by_service[s].state for s in answered} == dict.fromkeys(answered, DONE)
     assert by_service["consent"].attempts == 1  # done once, not redone
     assert json.loads(by_service["identity"].confirmation)["profile_ids"] == [profile_id]
     ingest_confirmation = json.loads(by_service["ingest"].confirmation)
     assert ingest_confirmation["identifiers_erased"] == 2 and ingest_confirmation["events_affected"] >= 2
-    # Segments answers UNIMPLEMENTED, journeys has no address: pending, never done, so not complete.
-    assert by_service["segments"].state == PENDING and "UNIMPLEMENTED" in by_service["segments"].last_error
-    assert by_service["journeys"].state == PENDING
+    assert json.loads(by_service["segments"].confirmation) == {"records_erased": 0}  # it holds none yet
+    # Journeys has no address: pending, never done, so the request is not complete.
+    assert by_service["journeys"].state == PENDING and "peers.journeys" in by_service["journeys"].last_error
     assert retried.state == pb.REQUEST_STATE_IN_PROGRESS and not retried.completion_record
     assert [
         r.request_id for r in ws.call(ws.consent(), "ListRequests", pb.ListRequestsRequest()).requests
@@ -394,11 +353,14 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
 
     # The erasure happened in each service that answered.
     exported = ws.call(
-        ws.ingest(),
+        ws.data_subject(stack.ingest),
         "ExportSubject",
-        ingest_pb2.ExportSubjectRequest(identifiers=ingest_pb2.SubjectIdentifiers(user_ids=["lee"])),
+        data_subject_pb2.ExportSubjectRequest(
+            identifiers=[data_subject_pb2.SubjectIdentifier(type="user_id", value="lee")]
+        ),
     )
-    assert exported.erased_identifiers == 1 and b"lee@example.com" not in exported.SerializeToString()
+    assert exported.counts["erased_identifiers"] == 1
+    assert b"lee@example.com" not in exported.SerializeToString()
     lookup = identity_pb2.ResolveRequest(identifier=identity_pb2.Identifier(type="user_id", value="lee"))
     assert not ws.call(ws.identity(), "Resolve", lookup, "profiles:read").found
     # ErasureRequested went out on the bus for every listening service: the identifiers sealed (a
@@ -408,12 +370,27 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
     assert not announced.identifiers and b"lee" not in raw
     assert len(announced.identifier_hashes) >= 2
 
-    # Segments and journeys gain their calls (the stand-in): the retry completes the request.
+    # Journeys' address now leads to a server that does not serve DataSubjectService (consent's own
+    # port): UNIMPLEMENTED keeps the step pending.
+    assert stack.consent is not None
+    not_serving = stack.consent.target
     stack.start_consent(
         ingest=stack.ingest.target,
         identity=stack.identity.target,
-        segments=stack.stand_in.target,
-        journeys=stack.stand_in.target,
+        segments=stack.segments.target,
+        journeys=not_serving,
+    )
+    unanswered = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
+    journeys = steps(unanswered)["journeys"]
+    assert journeys.state == PENDING and "UNIMPLEMENTED" in journeys.last_error
+    assert unanswered.state == pb.REQUEST_STATE_IN_PROGRESS
+
+    # Journeys reachable: the retry completes the request.
+    stack.start_consent(
+        ingest=stack.ingest.target,
+        identity=stack.identity.target,
+        segments=stack.segments.target,
+        journeys=stack.journeys.target,
     )
     completed = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
     assert completed.state == pb.REQUEST_STATE_COMPLETED
@@ -424,22 +401,11 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_segments_and
     assert record["steps"]["ingest"]["confirmation"] == ingest_confirmation
     assert record["steps"]["identity"]["confirmation"]["profile_ids"] == [profile_id]
     assert record["steps"]["consent"]["confirmation"]["profiles_erased"] == [profile_id]
-    assert record["steps"]["segments"]["confirmation"]["answered"] == "EraseSubject"
+    for service in ("segments", "journeys"):
+        assert record["steps"][service]["confirmation"] == {"records_erased": 0}
     assert record["steps"]["identity"]["attempts"] >= 2
     kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
     assert verify_signature(kek, completed.completion_record, completed.completion_signature)
-    erase_calls = [call for call in stack.stand_in.calls if call[2].request_id == opened.request_id]
-    assert sorted(service for service, *_ in erase_calls) == ["journeys", "segments"]
-    for _service, method, sent, metadata in erase_calls:
-        assert (
-            method == "EraseSubject"
-            and sent.profile_id == profile_id
-            and sent.type == pb.REQUEST_TYPE_ERASURE
-        )
-        assert ("user_id", "lee") in {(i.type, i.value) for i in sent.identifiers}
-        assert metadata["x-onefold-workspace"] == ws.name and metadata["authorization"].startswith(
-            "Bearer ofk_"
-        )
     assert record["identifier_hashes"] == sorted(announced.identifier_hashes)
     # The request's own key is shredded with the person: the proof stays, the identifiers do not.
     kept = ws.call(ws.consent(), "GetRequest", pb.GetRequestRequest(request_id=opened.request_id))
@@ -462,8 +428,8 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     stack.start_consent(
         ingest=stack.ingest.target,
         identity=stack.identity.target,
-        segments=stack.stand_in.target,
-        journeys=stack.stand_in.target,
+        segments=stack.segments.target,
+        journeys=stack.journeys.target,
     )
     ws = make_workspace(stack)
     profile_id = ws.send_person("kim", "cookie-kim", "kim@example.com")
@@ -485,10 +451,12 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     names = {e["payload"]["event"].get("event") for e in services["ingest"]["events"]}
     assert "Order Completed" in names  # payloads decoded, not base64
     assert "kim@example.com" in json.dumps(services["ingest"])
-    assert [p["profile_id"] for p in services["identity"]["profiles"]] == [profile_id]
+    assert [p["profile_id"] for p in services["identity"]["records"]["profiles"]] == [profile_id]
+    assert services["identity"]["counts"]["profiles"] == 1
     assert [s["purpose_id"] for s in services["consent"]["consents"]["states"]] == ["marketing"]
     assert services["consent"]["history"][0]["event"]["proof"]["ip_address"] == "198.51.100.4"
-    assert json.loads(base64.b64decode(services["segments"]["response_base64"]))["method"] == "ExportSubject"
+    for service in ("segments", "journeys"):  # they hold nothing about a person yet
+        assert services[service] == {"counts": {"records": 0}}
     record = json.loads(completed.completion_record)
     assert record["export_sha256"] == hashlib.sha256(completed.export).hexdigest()
     kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
@@ -595,8 +563,8 @@ def test_after_an_erasure_no_plaintext_of_the_person_is_left_in_any_file_or_stre
     stack.start_consent(
         ingest=stack.ingest.target,
         identity=stack.identity.target,
-        segments=stack.stand_in.target,
-        journeys=stack.stand_in.target,
+        segments=stack.segments.target,
+        journeys=stack.journeys.target,
     )
     ws = make_workspace(stack)
     person = {

@@ -835,7 +835,7 @@ def test_export_gives_everything_about_a_data_subject(identity: Identity) -> Non
     assert exported.events[-1].event.anonymous_id == "c-ann"
     assert history_kinds(exported.history) == ["MERGED"]
     assert identity.app.export_subject(WS, [pb.Identifier(type="user_id", value="nobody")]) == (
-        pb.ExportSubjectResponse()
+        pb.SubjectExport()
     )
     with pytest.raises(InvalidArgument):
         identity.app.export_subject(WS, [])
@@ -849,10 +849,10 @@ def test_erasure_shreds_the_profile_and_its_identifiers_never_resolve_again(iden
     old = identity.owner("anonymous_id", "c-old")
     identity.send(anonymous_id="c-old", user_id="ann")  # an old profile merged into Ann's
     assert identity.owner("anonymous_id", "c-old") == ann
-    erased = identity.app.erase_subject(
+    erased_ids, unlinked = identity.app.erase_subject(
         WS, [pb.Identifier(type="email", value="ann@example.com")], "dsr-7", "dpo"
     )
-    assert sorted(erased.profile_ids) == sorted([ann, old]) and erased.identifiers_unlinked == 6
+    assert sorted(erased_ids) == sorted([ann, old]) and unlinked == 6
     # Her identifiers resolve to nothing; asking by them is "not found".
     for type_name, value in [
         ("user_id", "ann"),
@@ -895,8 +895,10 @@ def test_erasure_shreds_the_profile_and_its_identifiers_never_resolve_again(iden
     }
     assert identity.app.get_profile(WS, pid(ann)).erased
     # Erasing again is harmless and finds nothing new; a restarted service still refuses the keys.
-    again = identity.app.erase_subject(WS, [pb.Identifier(type="user_id", value="ann")], "dsr-7", "dpo")
-    assert again.identifiers_unlinked <= 6
+    _, unlinked_again = identity.app.erase_subject(
+        WS, [pb.Identifier(type="user_id", value="ann")], "dsr-7", "dpo"
+    )
+    assert unlinked_again <= 6
     restarted = identity.fresh_app()
     with identity.store.transaction() as conn:
         restarted.handle_accepted(conn, [identity.event(user_id="ann", anonymous_id="c-ann")])

@@ -17,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
 
+from onefold.contracts.common.v1 import data_subject_pb2 as ds
+from onefold.contracts.common.v1 import data_subject_pb2_grpc
 from onefold.contracts.common.v1.pagination_pb2 import PageRequest
 from onefold.contracts.identity.v1 import identity_pb2 as pb
 from onefold.contracts.identity.v1 import identity_pb2_grpc
@@ -57,6 +59,9 @@ class Services:
 
     def identity_stub(self) -> identity_pb2_grpc.IdentityServiceStub:
         return identity_pb2_grpc.IdentityServiceStub(self.channel("identity"))
+
+    def data_subject_stub(self) -> data_subject_pb2_grpc.DataSubjectServiceStub:
+        return data_subject_pb2_grpc.DataSubjectServiceStub(self.channel("identity"))
 
     def ingest_stub(self) -> ingest_pb2_grpc.IngestServiceStub:
         return ingest_pb2_grpc.IngestServiceStub(self.channel("ingest"))
@@ -287,14 +292,12 @@ def test_credentials_see_only_their_own_workspace_and_scope(services: Services, 
         metadata=outsider,
     )
     assert list(found.profile_ids) == []
-    exported = stub.ExportSubject(
-        pb.ExportSubjectRequest(identifiers=[pb.Identifier(type="user_id", value="lee")]), metadata=outsider
-    )
-    assert exported == pb.ExportSubjectResponse()
-    erased = stub.EraseSubject(
-        pb.EraseSubjectRequest(identifiers=[pb.Identifier(type="user_id", value="lee")]), metadata=outsider
-    )
-    assert list(erased.profile_ids) == []
+    data_subject = services.data_subject_stub()
+    lee = [ds.SubjectIdentifier(type="user_id", value="lee")]
+    exported = data_subject.ExportSubject(ds.ExportSubjectRequest(identifiers=lee), metadata=outsider)
+    assert dict(exported.counts) == {"profiles": 0, "timeline": 0, "merges": 0}
+    erased = data_subject.EraseSubject(ds.EraseSubjectRequest(identifiers=lee), metadata=outsider)
+    assert list(erased.profile_ids) == [] and dict(erased.counts) == {"identifiers_unlinked": 0}
     assert workspace.profile("user_id", "lee") == mine  # untouched
 
     # The right workspace with the wrong scope.
@@ -305,10 +308,8 @@ def test_credentials_see_only_their_own_workspace_and_scope(services: Services, 
         lambda: stub.MergeProfiles(
             pb.MergeProfilesRequest(survivor=by_id, merged=by_id, reason="r"), metadata=reader
         ),
-        lambda: stub.EraseSubject(
-            pb.EraseSubjectRequest(identifiers=[pb.Identifier(type="user_id", value="lee")]), metadata=reader
-        ),
-        lambda: stub.ExportSubject(pb.ExportSubjectRequest(identifiers=[]), metadata=reader),
+        lambda: data_subject.EraseSubject(ds.EraseSubjectRequest(identifiers=lee), metadata=reader),
+        lambda: data_subject.ExportSubject(ds.ExportSubjectRequest(identifiers=lee), metadata=reader),
     ):
         assert code_of(call)[0] == grpc.StatusCode.PERMISSION_DENIED
     assert workspace.profile("user_id", "lee") == mine
@@ -365,8 +366,12 @@ def test_malformed_requests_are_invalid_argument_with_a_sentence(
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "reason" in message
     # Bytes that are no protobuf message at all.
     channel = services.channel("identity")
-    for method in ("GetProfile", "SetRules", "EraseSubject"):
-        raw = channel.unary_unary(f"/onefold.identity.v1.IdentityService/{method}")
+    for method in (
+        "onefold.identity.v1.IdentityService/GetProfile",
+        "onefold.identity.v1.IdentityService/SetRules",
+        "onefold.common.v1.DataSubjectService/EraseSubject",
+    ):
+        raw = channel.unary_unary(f"/{method}")
         code, message = code_of(
             functools.partial(raw, b"\xff\xff\xff\xff garbage", metadata=admin, timeout=10)
         )

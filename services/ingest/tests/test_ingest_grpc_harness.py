@@ -19,6 +19,7 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
+from onefold.contracts.common.v1 import data_subject_pb2_grpc
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import EventStore
@@ -77,6 +78,12 @@ class Harness:
         channel = grpc.aio.insecure_channel(self.target)
         self._channels.append(channel)
         stub = ingest_pb2_grpc.IngestServiceStub(channel)
+        return _AuthStub(stub, token) if token else stub  # type: ignore[return-value]
+
+    def data_subject(self, token: str | None = None) -> data_subject_pb2_grpc.DataSubjectServiceStub:
+        channel = grpc.aio.insecure_channel(self.target)
+        self._channels.append(channel)
+        stub = data_subject_pb2_grpc.DataSubjectServiceStub(channel)
         return _AuthStub(stub, token) if token else stub  # type: ignore[return-value]
 
     def token(self, scopes: list[str], workspace: str | None = None) -> str:

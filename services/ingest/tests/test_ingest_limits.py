@@ -4,7 +4,7 @@ A property test sends generated events (deep and wide JSON, odd keys and strings
 HTTP and gRPC APIs of a running ingest, then reads every EventAccepted the log recorded and parses it
 exactly as the consumers do: the bus envelope with `EventEnvelope.FromString`, its payload with
 `EventAccepted.FromString` and the identifier extraction (identity's handler), and the event inside the deepest messages that
-carry it onwards (identity's EventResolved, ListTimelineResponse, ExportSubjectResponse, and a
+carry it onwards (identity's EventResolved, ListTimelineResponse, SubjectExport, and a
 profile's traits). Every acknowledged event must be there and parse; nothing may fail.
 
 Events nested deeper than MAX_NESTING_DEPTH are refused whole, 400 / INVALID_ARGUMENT, naming the
@@ -131,9 +131,9 @@ def parse_as_every_consumer(store: EventStore, after: int) -> tuple[int, int]:
         carriers = [
             identity_pb2.EventResolved(event_id=envelope.event_id, event=event),
             identity_pb2.ListTimelineResponse(entries=[identity_pb2.TimelineEntry(event=event)]),
-            identity_pb2.ExportSubjectResponse(events=[identity_pb2.TimelineEntry(event=event)]),
+            identity_pb2.SubjectExport(events=[identity_pb2.TimelineEntry(event=event)]),
             identity_pb2.TraitsUpdated(traits=event.traits),
-            identity_pb2.ExportSubjectResponse(
+            identity_pb2.SubjectExport(
                 profiles=[
                     identity_pb2.Profile(
                         traits=[identity_pb2.Trait(name=k, value=v) for k, v in event.traits.fields.items()]

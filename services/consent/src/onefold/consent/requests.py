@@ -19,12 +19,10 @@ Steps, one per service: ingest, identity, consent, segments, journeys.
   personal data — is kept as JSON), or NOT_APPLICABLE when the service has nothing to do for that
   request type (the reason is the step's confirmation). A service that does not answer — no address
   configured (peers.<name>) or no service credential, UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED —
-  is never DONE: PENDING when it was not reached or does not offer the call yet (UNIMPLEMENTED), FAILED
+  is never DONE: PENDING when it was not reached or does not serve the call (UNIMPLEMENTED), FAILED
   (with attempts and last_error) when a call failed. So a request completes only when all five
-  services answered: with segments and journeys not offering EraseSubject / ExportSubject yet (they
-  come with their own issues), access and erasure requests stay IN_PROGRESS, their steps for those
-  two services PENDING. That is deliberate: a completion record signed while two services still
-  hold the person's data would be false.
+  services answered: a completion record signed while a service may still hold the person's data
+  would be false.
 - Retries never restart a request: RetryRequest and the background loop (`run`, started by the
   bootstrap, only on the replica holding the log's leader lease) attempt only the steps not settled,
   the loop with exponential backoff per step (`Timings`). Each attempt is a RequestStepUpdated event;
@@ -42,13 +40,12 @@ Per type:
 - ERASURE (GDPR 17, PIPL 47): consent's own part runs at once (ConsentSubjectErased, then the
   subject's key is shredded: checks deny with ERASED). The other services need the person's
   identifiers: they are collected from identity (GetProfile), recorded in ErasureRequested (which the
-  outbox relay publishes on the bus for every listening service), then ingest EraseSubject (user_ids,
-  anonymous_ids), identity EraseSubject (the identifiers), segments and journeys EraseSubject are
-  called concurrently, each with a timeout. Until identity has answered, those steps wait (PENDING,
+  outbox relay publishes on the bus for every listening service), then EraseSubject is called on
+  ingest, identity, segments and journeys concurrently, each with a timeout. Until identity has answered, those steps wait (PENDING,
   "waiting for the subject's identifiers").
-- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest and identity (with the identifiers from
-  GetProfile), consent's own ledger (GetConsents, the history with proof, the person's requests),
-  and segments/journeys ExportSubject; assembled into one JSON document (format
+- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest, identity, segments and journeys (with
+  the identifiers from GetProfile) and consent's own ledger (GetConsents, the history with proof,
+  the person's requests); assembled into one JSON document (format
   "onefold.dsr.export/v1", event payloads decoded) kept encrypted in RequestCompleted.export and
   returned by GetRequest. The parts are held in memory until the request completes (never written in
   clear); one lost with a restart is fetched again before completing. The export travels in one
@@ -62,16 +59,18 @@ Per type:
   encrypted in the request and sent to identity, which owns traits (RectifyProfile: the corrected
   values replace what was set before); the other steps are NOT_APPLICABLE.
 
-The calls to segments and journeys: their APIs do not exist yet; consent calls
-`/onefold.<service>.v1.<Service>Service/EraseSubject` and `/ExportSubject` with a SubjectRequest
-(request_id, workspace, type, profile_id, identifiers) and takes any successful answer as the
-confirmation. A service that does not serve the method answers UNIMPLEMENTED: PENDING.
+The calls: every other service serves the same declared contract, onefold.common.v1.DataSubjectService
+(ExportSubject, EraseSubject; scope dsr:write), called through one typed client
+(adapters.data_subjects). Each gets the same request — request_id, the profile id, the identifiers
+as (type, value) pairs — and answers from what it holds: ingest by user_id / anonymous_id, identity
+by any identifier, segments and journeys by profile id (they hold nothing yet and answer zero). The
+confirmation is the answer's counts (an erasure's erased profile ids too); an access request's part
+is its counts, its events (payloads decoded) and its typed records (e.g. identity's SubjectExport).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import calendar
 import hashlib
 import hmac
@@ -91,6 +90,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
+from onefold.consent.adapters.data_subjects import DataSubject, DataSubjects
 from onefold.consent.application import ConsentApplication, summary
 from onefold.consent.projections import (
     SERVICES,
@@ -104,7 +104,6 @@ from onefold.consent.projections import requests as requests_table
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
-from onefold.contracts.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 from onefold.eventlog import EventStore, KeyEncryptionKey, MissingKeyEncryptionKey
 from onefold.eventlog.models import NewEvent, to_micros
 from onefold.eventlog.streams import PARTITION_KEY
@@ -327,6 +326,7 @@ class SubjectRequests:
         self.store: EventStore = application.store
         self.peers = peers
         self.timings = timings or Timings()
+        self.data_subjects = DataSubjects(peers, self.timings.call_timeout_seconds)
         self._locks: dict[str, asyncio.Lock] = {}
         self._parts: dict[str, dict[str, Any]] = {}  # access: request id -> service -> export part
         self._overdue_logged: set[str] = set()
@@ -825,130 +825,58 @@ class SubjectRequests:
         self, service: str, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
     ) -> Outcome:
         erasure = request.type == _ERASURE
-        method = "EraseSubject" if erasure else "ExportSubject"
-        channel = self.peers.channel(service)
-        if channel is None:
-            return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
-        metadata = self.peers.acting_for(request.workspace)
-        timeout = self.timings.call_timeout_seconds
+        method = {_ERASURE: "EraseSubject", _RECTIFICATION: "RectifyProfile"}.get(
+            request.type, "ExportSubject"
+        )
         try:
-            if service == "ingest":
-                user_ids = [i.value for i in identifiers if i.type == "user_id"]
-                anonymous_ids = [i.value for i in identifiers if i.type == "anonymous_id"]
-                if not user_ids and not anonymous_ids:
-                    reason = (
-                        "identity knows no user_id or anonymous_id of the subject, so ingest holds no "
-                        "events under them"
-                    )
-                    return Outcome(
-                        pb.STEP_STATE_NOT_APPLICABLE,
-                        {"not_applicable": reason},
-                        part={"not_applicable": reason},
-                    )
-                names = ingest_pb2.SubjectIdentifiers(user_ids=user_ids, anonymous_ids=anonymous_ids)
-                ingest = ingest_pb2_grpc.IngestServiceStub(channel)
-                if erasure:
-                    erased = await ingest.EraseSubject(
-                        ingest_pb2.EraseSubjectRequest(identifiers=names), metadata=metadata, timeout=timeout
-                    )
-                    return Outcome(
-                        pb.STEP_STATE_DONE,
-                        {
-                            "identifiers_erased": erased.identifiers_erased,
-                            "events_affected": erased.events_affected,
-                        },
-                    )
-                exported = await ingest.ExportSubject(
-                    ingest_pb2.ExportSubjectRequest(identifiers=names), metadata=metadata, timeout=timeout
-                )
-                return Outcome(
-                    pb.STEP_STATE_DONE,
-                    {"events": len(exported.events), "erased_identifiers": exported.erased_identifiers},
-                    part={
-                        "events": [_envelope(e) for e in exported.events],
-                        "erased_identifiers": exported.erased_identifiers,
-                    },
-                )
-            if service == "identity":
-                identity = identity_pb2_grpc.IdentityServiceStub(channel)
-                if request.type == _RECTIFICATION:
-                    if not identifiers:
-                        return Outcome(
-                            pb.STEP_STATE_FAILED, error="identity knows no such profile: nothing to correct"
-                        )
-                    corrections = struct_pb2.Struct()
-                    corrections.update(json.loads(request.rectification))
-                    corrected = await identity.RectifyProfile(
-                        identity_pb2.RectifyProfileRequest(
-                            profile=identity_pb2.ProfileRef(profile_id=request.profile_id),
-                            traits=corrections,
-                            request_id=request.request_id,
-                        ),
-                        metadata=metadata,
-                        timeout=timeout,
-                    )
-                    method = "RectifyProfile"
-                    done = {
-                        "profile_id": corrected.profile_id,
-                        "traits_corrected": sorted(corrections.fields),
-                    }
-                    return Outcome(pb.STEP_STATE_DONE, done, part=done)
-                if not identifiers:
-                    found = {"profile_found": False}
-                    return Outcome(pb.STEP_STATE_DONE, found, part=found)
-                if erasure:
-                    answer = await identity.EraseSubject(
-                        identity_pb2.EraseSubjectRequest(
-                            identifiers=identifiers, request_id=request.request_id
-                        ),
-                        metadata=metadata,
-                        timeout=timeout,
-                    )
-                    return Outcome(
-                        pb.STEP_STATE_DONE,
-                        {
-                            "profile_ids": list(answer.profile_ids),
-                            "identifiers_unlinked": answer.identifiers_unlinked,
-                        },
-                    )
-                export = await identity.ExportSubject(
-                    identity_pb2.ExportSubjectRequest(identifiers=identifiers),
-                    metadata=metadata,
-                    timeout=timeout,
-                )
-                return Outcome(
-                    pb.STEP_STATE_DONE,
-                    {
-                        "profiles": len(export.profiles),
-                        "timeline": len(export.events),
-                        "merges": len(export.history),
-                    },
-                    part=_message(export),
-                )
-            # segments, journeys: their APIs come with their own issues (see the module docstring).
-            subject = pb.SubjectRequest(
-                request_id=request.request_id,
-                workspace=request.workspace,
-                type=request.type,
-                profile_id=request.profile_id,
-                identifiers=identifiers,
-            )
-            call = channel.unary_unary(
-                f"/onefold.{service}.v1.{service.capitalize()}Service/{method}",
-                request_serializer=lambda message: message.SerializeToString(),
-                response_deserializer=lambda data: data,
-            )
-            answer_bytes: bytes = await call(subject, metadata=metadata, timeout=timeout)
-            return Outcome(
-                pb.STEP_STATE_DONE,
-                {"answered": method, "response_bytes": len(answer_bytes)},
-                part={"response_base64": base64.b64encode(answer_bytes).decode()},
-            )
+            if request.type == _RECTIFICATION:
+                return await self._rectify(request, identifiers)
+            subject = DataSubject(request.request_id, (request.profile_id,), identifiers)
+            if erasure:
+                erased = await self.data_subjects.erase(service, request.workspace, subject)
+                if erased is None:
+                    return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
+                confirmation: dict[str, Any] = dict(erased.counts)
+                if erased.profile_ids:
+                    confirmation["profile_ids"] = list(erased.profile_ids)
+                return Outcome(pb.STEP_STATE_DONE, confirmation)
+            exported = await self.data_subjects.export(service, request.workspace, subject)
+            if exported is None:
+                return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
+            part: dict[str, Any] = {"counts": dict(exported.counts)}
+            if exported.events:
+                part["events"] = [_envelope(e) for e in exported.events]
+            if exported.HasField("records"):
+                part["records"] = _message(exported.records)
+            return Outcome(pb.STEP_STATE_DONE, dict(exported.counts), part=part)
         except grpc.aio.AioRpcError as error:
             return _rpc_failure(service, method, error)
         except Exception as error:  # a bad answer, a broken channel: the step fails and is retried
             log.warning("dsr.call_failed", service=service, method=method, error=repr(error))
             return Outcome(pb.STEP_STATE_FAILED, error=f"{service} {method}: {type(error).__name__}: {error}")
+
+    async def _rectify(
+        self, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
+    ) -> Outcome:
+        """Identity owns traits: the corrections replace what was set before (RectifyProfile)."""
+        if not identifiers:
+            return Outcome(pb.STEP_STATE_FAILED, error="identity knows no such profile: nothing to correct")
+        channel = self.peers.channel("identity")
+        if channel is None:
+            return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable("identity"), attempted=False)
+        corrections = struct_pb2.Struct()
+        corrections.update(json.loads(request.rectification))
+        corrected = await identity_pb2_grpc.IdentityServiceStub(channel).RectifyProfile(
+            identity_pb2.RectifyProfileRequest(
+                profile=identity_pb2.ProfileRef(profile_id=request.profile_id),
+                traits=corrections,
+                request_id=request.request_id,
+            ),
+            metadata=self.peers.acting_for(request.workspace),
+            timeout=self.timings.call_timeout_seconds,
+        )
+        done = {"profile_id": corrected.profile_id, "traits_corrected": sorted(corrections.fields)}
+        return Outcome(pb.STEP_STATE_DONE, done, part=done)
 
     def _own(self, request: pb.SubjectRequest) -> Outcome:
         """Consent's own part: erase the subject's ledger, or export it."""

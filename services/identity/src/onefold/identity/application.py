@@ -1014,12 +1014,10 @@ class IdentityApplication:
                 found.append(live)
         return found
 
-    def export_subject(
-        self, workspace: str, identifiers_: Sequence[pb.Identifier]
-    ) -> pb.ExportSubjectResponse:
+    def export_subject(self, workspace: str, identifiers_: Sequence[pb.Identifier]) -> pb.SubjectExport:
         with self.store.engine.connect() as conn:
             found = self._subject_profiles(conn, workspace, identifiers_)
-        answer = pb.ExportSubjectResponse()
+        answer = pb.SubjectExport()
         for profile_id in found:
             ref = pb.ProfileRef(profile_id=profile_id)
             answer.profiles.append(self.get_profile(workspace, ref))
@@ -1034,10 +1032,11 @@ class IdentityApplication:
 
     def erase_subject(
         self, workspace: str, identifiers_: Sequence[pb.Identifier], request_id: str, actor: str
-    ) -> pb.EraseSubjectResponse:
+    ) -> tuple[list[str], int]:
         """Crypto-shred every profile the identifiers lead to (with everything merged into it), then
-        retire its identifiers so they never resolve again. Idempotent: a repeated request finds the
-        same profiles (retired identifiers still name them) and completes what is missing."""
+        retire its identifiers so they never resolve again: (the profile ids erased, identifiers
+        unlinked). Idempotent: a repeated request finds the same profiles (retired identifiers still
+        name them) and completes what is missing."""
         with self.store.engine.connect() as conn:
             found = self._subject_profiles(conn, workspace, identifiers_)
             plan = []
@@ -1056,7 +1055,8 @@ class IdentityApplication:
                     )
                 ]
                 plan.append((profile_id, members, keys))
-        answer = pb.EraseSubjectResponse()
+        erased_ids: list[str] = []
+        unlinked = 0
         for profile_id, members, keys in plan:
             # First retire the identifiers (no new event can reach the profile from then on), then
             # destroy the keys. A crash in between is completed by repeating the request.
@@ -1086,9 +1086,9 @@ class IdentityApplication:
                     )
             for member in members:
                 self.store.erase_subject(subject_of(workspace, member))
-            answer.profile_ids.extend(members)
-            answer.identifiers_unlinked += len(keys)
-        return answer
+            erased_ids.extend(members)
+            unlinked += len(keys)
+        return erased_ids, unlinked
 
 
 _RESOLVED_IDS = uuid.UUID("6f9a1c2e-5b7d-4e0a-9c3f-1d2b8e7a4f60")

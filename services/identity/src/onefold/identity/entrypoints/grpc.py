@@ -11,7 +11,8 @@ import grpc
 from onefold.contracts.identity.v1 import identity_pb2 as pb
 from onefold.contracts.identity.v1 import identity_pb2_grpc
 from onefold.identity.application import IdentityApplication
-from onefold.platform import auth
+from onefold.identity.entrypoints.data_subject import IdentityDataSubjectServicer
+from onefold.platform import auth, data_subject
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 from onefold.platform.validation import (
     MAX_IDENTIFIER_TYPE_CHARS,
@@ -28,9 +29,7 @@ SCOPES = {
     ),
     **dict.fromkeys(("MergeProfiles", "UnmergeProfile", "SetProtection"), "profiles:write"),
     "SetRules": "admin",
-    "ExportSubject": "dsr:write",
     "RectifyProfile": "dsr:write",
-    "EraseSubject": "dsr:write",
 }
 
 
@@ -154,13 +153,6 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> pb.IdentityRules:
         return await asyncio.to_thread(self.app.set_rules, auth.current_workspace(), request.rules, _actor())
 
-    async def ExportSubject(
-        self, request: pb.ExportSubjectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ExportSubjectResponse:
-        return await asyncio.to_thread(
-            self.app.export_subject, auth.current_workspace(), list(request.identifiers)
-        )
-
     async def RectifyProfile(
         self, request: pb.RectifyProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.Profile:
@@ -175,17 +167,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         )
         return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
 
-    async def EraseSubject(
-        self, request: pb.EraseSubjectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EraseSubjectResponse:
-        return await asyncio.to_thread(
-            self.app.erase_subject,
-            auth.current_workspace(),
-            list(request.identifiers),
-            request.request_id,
-            _actor(),
-        )
-
 
 def registrations(application: IdentityApplication) -> Sequence[ServiceRegistration]:
-    return (typed_registration(SERVICE, pb, IdentityServicer(application), SCOPES),)
+    return (
+        typed_registration(SERVICE, pb, IdentityServicer(application), SCOPES),
+        data_subject.registration(IdentityDataSubjectServicer(application)),
+    )

@@ -159,7 +159,7 @@ DEFAULT_LIMITS = Limits()
 # `properties` holds 15 more). Not a per-deployment limit: it keeps every event decodable by every
 # consumer. Protobuf readers stop at 100 nested messages (Python's upb, C++, Java), and a JSON object
 # costs 3 of them inside a google.protobuf.Struct (map entry, Value, Struct), an array 2; the deepest
-# message that carries an event (identity's ExportSubjectResponse > TimelineEntry > TrackingEvent)
+# message that carries an event (identity's SubjectExport > TimelineEntry > TrackingEvent)
 # adds 4. At 16 the worst case is about 4 + 3 * 16 = 52 levels: a margin of about half. Ingest
 # refuses a deeper event with 400 / INVALID_ARGUMENT; accepting it would lose it downstream (the
 # consumer's parse fails and dead-letters it), and quarantine could never replay it.

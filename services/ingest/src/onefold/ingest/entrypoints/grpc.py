@@ -21,7 +21,8 @@ from onefold.ingest.domain import (
     parse_tracking_event,
     raise_if_undeliverable,
 )
-from onefold.platform import auth
+from onefold.ingest.entrypoints.data_subject import IngestDataSubjectServicer
+from onefold.platform import auth, data_subject
 from onefold.platform.errors import InvalidArgument, ResourceExhausted
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
@@ -35,8 +36,6 @@ SCOPES = {
         ("CreateSource", "GetSource", "ListSources", "RotateWriteKey", "SetTrackingPlan", "DisableSource"),
         "admin",
     ),
-    "ExportSubject": "dsr:write",
-    "EraseSubject": "dsr:write",
 }
 MAX_UPLOAD_WAIT_SECONDS = 5.0  # an Upload stream waits out its rate limit instead of failing
 
@@ -238,24 +237,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> pb.Source:
         return source_to_proto(await self.app.disable_source(auth.current_workspace(), request.source_id))
 
-    # --------------------------------------------------------------------- data-subject requests
-
-    async def ExportSubject(
-        self, request: pb.ExportSubjectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ExportSubjectResponse:
-        envelopes, erased = await self.app.export_subject(
-            auth.current_workspace(), request.identifiers.user_ids, request.identifiers.anonymous_ids
-        )
-        return pb.ExportSubjectResponse(events=envelopes, erased_identifiers=erased)
-
-    async def EraseSubject(
-        self, request: pb.EraseSubjectRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EraseSubjectResponse:
-        erased, affected = await self.app.erase_subject(
-            auth.current_workspace(), request.identifiers.user_ids, request.identifiers.anonymous_ids
-        )
-        return pb.EraseSubjectResponse(identifiers_erased=erased, events_affected=affected)
-
 
 def registrations(application: IngestApplication) -> Sequence[ServiceRegistration]:
-    return (typed_registration(SERVICE, pb, IngestServicer(application), SCOPES),)
+    return (
+        typed_registration(SERVICE, pb, IngestServicer(application), SCOPES),
+        data_subject.registration(IngestDataSubjectServicer(application)),
+    )

@@ -1253,27 +1253,11 @@ class SetRulesRequest(_message.Message):
 Global___SetRulesRequest: _TypeAlias = SetRulesRequest  # noqa: Y015
 
 @_typing.final
-class ExportSubjectRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
+class SubjectExport(_message.Message):
+    """Identity's part of an access request, the `records` of DataSubjectService.ExportSubject
+    (onefold.common.v1): the person's profiles, their timelines and merge history.
+    """
 
-    IDENTIFIERS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identifier]: ...
-    def __init__(
-        self,
-        *,
-        identifiers: _abc.Iterable[Global___Identifier] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ExportSubjectRequest: _TypeAlias = ExportSubjectRequest  # noqa: Y015
-
-@_typing.final
-class ExportSubjectResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PROFILES_FIELD_NUMBER: _builtins.int
@@ -1298,7 +1282,7 @@ class ExportSubjectResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
+Global___SubjectExport: _TypeAlias = SubjectExport  # noqa: Y015
 
 @_typing.final
 class RectifyProfileRequest(_message.Message):
@@ -1331,51 +1315,3 @@ class RectifyProfileRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RectifyProfileRequest: _TypeAlias = RectifyProfileRequest  # noqa: Y015
-
-@_typing.final
-class EraseSubjectRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IDENTIFIERS_FIELD_NUMBER: _builtins.int
-    REQUEST_ID_FIELD_NUMBER: _builtins.int
-    request_id: _builtins.str
-    @_builtins.property
-    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Identifier]: ...
-    def __init__(
-        self,
-        *,
-        identifiers: _abc.Iterable[Global___Identifier] | None = ...,
-        request_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers", "request_id", b"request_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EraseSubjectRequest: _TypeAlias = EraseSubjectRequest  # noqa: Y015
-
-@_typing.final
-class EraseSubjectResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PROFILE_IDS_FIELD_NUMBER: _builtins.int
-    IDENTIFIERS_UNLINKED_FIELD_NUMBER: _builtins.int
-    identifiers_unlinked: _builtins.int
-    @_builtins.property
-    def profile_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """the profiles erased (survivors and everything merged into them)"""
-
-    def __init__(
-        self,
-        *,
-        profile_ids: _abc.Iterable[_builtins.str] | None = ...,
-        identifiers_unlinked: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers_unlinked", b"identifiers_unlinked", "profile_ids", b"profile_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EraseSubjectResponse: _TypeAlias = EraseSubjectResponse  # noqa: Y015

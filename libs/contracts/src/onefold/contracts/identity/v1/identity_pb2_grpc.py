@@ -84,20 +84,10 @@ class IdentityServiceStub:
                 request_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.SetRulesRequest.SerializeToString,
                 response_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.IdentityRules.FromString,
                 _registered_method=True)
-        self.ExportSubject = channel.unary_unary(
-                '/onefold.identity.v1.IdentityService/ExportSubject',
-                request_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.ExportSubjectRequest.SerializeToString,
-                response_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.ExportSubjectResponse.FromString,
-                _registered_method=True)
         self.RectifyProfile = channel.unary_unary(
                 '/onefold.identity.v1.IdentityService/RectifyProfile',
                 request_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.RectifyProfileRequest.SerializeToString,
                 response_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.Profile.FromString,
-                _registered_method=True)
-        self.EraseSubject = channel.unary_unary(
-                '/onefold.identity.v1.IdentityService/EraseSubject',
-                request_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.EraseSubjectRequest.SerializeToString,
-                response_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.EraseSubjectResponse.FromString,
                 _registered_method=True)
 
 
@@ -164,19 +154,7 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ExportSubject(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def RectifyProfile(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def EraseSubject(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,20 +213,10 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     request_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.SetRulesRequest.FromString,
                     response_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.IdentityRules.SerializeToString,
             ),
-            'ExportSubject': grpc.unary_unary_rpc_method_handler(
-                    servicer.ExportSubject,
-                    request_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.ExportSubjectRequest.FromString,
-                    response_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.ExportSubjectResponse.SerializeToString,
-            ),
             'RectifyProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.RectifyProfile,
                     request_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.RectifyProfileRequest.FromString,
                     response_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.Profile.SerializeToString,
-            ),
-            'EraseSubject': grpc.unary_unary_rpc_method_handler(
-                    servicer.EraseSubject,
-                    request_deserializer=onefold_dot_identity_dot_v1_dot_identity__pb2.EraseSubjectRequest.FromString,
-                    response_serializer=onefold_dot_identity_dot_v1_dot_identity__pb2.EraseSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -532,33 +500,6 @@ class IdentityService:
             _registered_method=True)
 
     @staticmethod
-    def ExportSubject(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/onefold.identity.v1.IdentityService/ExportSubject',
-            onefold_dot_identity_dot_v1_dot_identity__pb2.ExportSubjectRequest.SerializeToString,
-            onefold_dot_identity_dot_v1_dot_identity__pb2.ExportSubjectResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def RectifyProfile(request,
             target,
             options=(),
@@ -575,33 +516,6 @@ class IdentityService:
             '/onefold.identity.v1.IdentityService/RectifyProfile',
             onefold_dot_identity_dot_v1_dot_identity__pb2.RectifyProfileRequest.SerializeToString,
             onefold_dot_identity_dot_v1_dot_identity__pb2.Profile.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def EraseSubject(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/onefold.identity.v1.IdentityService/EraseSubject',
-            onefold_dot_identity_dot_v1_dot_identity__pb2.EraseSubjectRequest.SerializeToString,
-            onefold_dot_identity_dot_v1_dot_identity__pb2.EraseSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

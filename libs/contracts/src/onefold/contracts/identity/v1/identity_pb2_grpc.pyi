@@ -45,9 +45,7 @@ class IdentityServiceStub:
     SetProtection: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetProtectionRequest, _identity_pb2.Profile]
     GetRules: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetRulesRequest, _identity_pb2.IdentityRules]
     SetRules: _grpc.UnaryUnaryMultiCallable[_identity_pb2.SetRulesRequest, _identity_pb2.IdentityRules]
-    ExportSubject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.ExportSubjectRequest, _identity_pb2.ExportSubjectResponse]
     RectifyProfile: _grpc.UnaryUnaryMultiCallable[_identity_pb2.RectifyProfileRequest, _identity_pb2.Profile]
-    EraseSubject: _grpc.UnaryUnaryMultiCallable[_identity_pb2.EraseSubjectRequest, _identity_pb2.EraseSubjectResponse]
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -62,9 +60,7 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     SetProtection: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetProtectionRequest, _identity_pb2.Profile]  # type: ignore[assignment]
     GetRules: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetRulesRequest, _identity_pb2.IdentityRules]  # type: ignore[assignment]
     SetRules: _aio.UnaryUnaryMultiCallable[_identity_pb2.SetRulesRequest, _identity_pb2.IdentityRules]  # type: ignore[assignment]
-    ExportSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.ExportSubjectRequest, _identity_pb2.ExportSubjectResponse]  # type: ignore[assignment]
     RectifyProfile: _aio.UnaryUnaryMultiCallable[_identity_pb2.RectifyProfileRequest, _identity_pb2.Profile]  # type: ignore[assignment]
-    EraseSubject: _aio.UnaryUnaryMultiCallable[_identity_pb2.EraseSubjectRequest, _identity_pb2.EraseSubjectResponse]  # type: ignore[assignment]
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -138,24 +134,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_identity_pb2.IdentityRules, _abc.Awaitable[_identity_pb2.IdentityRules]]: ...
 
     @_abc_1.abstractmethod
-    def ExportSubject(
-        self,
-        request: _identity_pb2.ExportSubjectRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.ExportSubjectResponse, _abc.Awaitable[_identity_pb2.ExportSubjectResponse]]: ...
-
-    @_abc_1.abstractmethod
     def RectifyProfile(
         self,
         request: _identity_pb2.RectifyProfileRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.Profile, _abc.Awaitable[_identity_pb2.Profile]]: ...
-
-    @_abc_1.abstractmethod
-    def EraseSubject(
-        self,
-        request: _identity_pb2.EraseSubjectRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_identity_pb2.EraseSubjectResponse, _abc.Awaitable[_identity_pb2.EraseSubjectResponse]]: ...
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

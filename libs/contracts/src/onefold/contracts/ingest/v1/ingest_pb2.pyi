@@ -13,7 +13,6 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-from onefold.contracts.common.v1 import envelope_pb2 as _envelope_pb2
 from onefold.contracts.common.v1 import pagination_pb2 as _pagination_pb2
 import builtins as _builtins
 import sys
@@ -1063,126 +1062,6 @@ class DisableSourceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DisableSourceRequest: _TypeAlias = DisableSourceRequest  # noqa: Y015
-
-@_typing.final
-class SubjectIdentifiers(_message.Message):
-    """Data-subject requests for the ingest service's own data. Identifiers are matched exactly
-    (case-sensitive) within the caller's workspace.
-    """
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_IDS_FIELD_NUMBER: _builtins.int
-    ANONYMOUS_IDS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def anonymous_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        user_ids: _abc.Iterable[_builtins.str] | None = ...,
-        anonymous_ids: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_ids", b"anonymous_ids", "user_ids", b"user_ids"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SubjectIdentifiers: _TypeAlias = SubjectIdentifiers  # noqa: Y015
-
-@_typing.final
-class ExportSubjectRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IDENTIFIERS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def identifiers(self) -> Global___SubjectIdentifiers: ...
-    def __init__(
-        self,
-        *,
-        identifiers: Global___SubjectIdentifiers | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ExportSubjectRequest: _TypeAlias = ExportSubjectRequest  # noqa: Y015
-
-@_typing.final
-class ExportSubjectResponse(_message.Message):
-    """Every event of the identifiers (accepted and quarantined), decrypted, in log order."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EVENTS_FIELD_NUMBER: _builtins.int
-    ERASED_IDENTIFIERS_FIELD_NUMBER: _builtins.int
-    erased_identifiers: _builtins.int
-    """Identifiers whose data keys were already erased: their events are listed with personal
-    fields unreadable.
-    """
-    @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.EventEnvelope]: ...
-    def __init__(
-        self,
-        *,
-        events: _abc.Iterable[_envelope_pb2.EventEnvelope] | None = ...,
-        erased_identifiers: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["erased_identifiers", b"erased_identifiers", "events", b"events"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ExportSubjectResponse: _TypeAlias = ExportSubjectResponse  # noqa: Y015
-
-@_typing.final
-class EraseSubjectRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IDENTIFIERS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def identifiers(self) -> Global___SubjectIdentifiers: ...
-    def __init__(
-        self,
-        *,
-        identifiers: Global___SubjectIdentifiers | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["identifiers", b"identifiers"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EraseSubjectRequest: _TypeAlias = EraseSubjectRequest  # noqa: Y015
-
-@_typing.final
-class EraseSubjectResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IDENTIFIERS_ERASED_FIELD_NUMBER: _builtins.int
-    EVENTS_AFFECTED_FIELD_NUMBER: _builtins.int
-    identifiers_erased: _builtins.int
-    """data keys destroyed (already-erased ones count too)"""
-    events_affected: _builtins.int
-    """events whose personal fields are now unreadable"""
-    def __init__(
-        self,
-        *,
-        identifiers_erased: _builtins.int = ...,
-        events_affected: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_affected", b"events_affected", "identifiers_erased", b"identifiers_erased"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EraseSubjectResponse: _TypeAlias = EraseSubjectResponse  # noqa: Y015
 
 @_typing.final
 class EventAccepted(_message.Message):

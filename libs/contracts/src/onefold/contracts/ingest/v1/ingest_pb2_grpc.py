@@ -114,16 +114,6 @@ class IngestServiceStub:
                 request_serializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.DisableSourceRequest.SerializeToString,
                 response_deserializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.Source.FromString,
                 _registered_method=True)
-        self.ExportSubject = channel.unary_unary(
-                '/onefold.ingest.v1.IngestService/ExportSubject',
-                request_serializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.ExportSubjectRequest.SerializeToString,
-                response_deserializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.ExportSubjectResponse.FromString,
-                _registered_method=True)
-        self.EraseSubject = channel.unary_unary(
-                '/onefold.ingest.v1.IngestService/EraseSubject',
-                request_serializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.EraseSubjectRequest.SerializeToString,
-                response_deserializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.EraseSubjectResponse.FromString,
-                _registered_method=True)
 
 
 class IngestServiceServicer:
@@ -225,18 +215,6 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ExportSubject(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def EraseSubject(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_IngestServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -319,16 +297,6 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.DisableSource,
                     request_deserializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.DisableSourceRequest.FromString,
                     response_serializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.Source.SerializeToString,
-            ),
-            'ExportSubject': grpc.unary_unary_rpc_method_handler(
-                    servicer.ExportSubject,
-                    request_deserializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.ExportSubjectRequest.FromString,
-                    response_serializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.ExportSubjectResponse.SerializeToString,
-            ),
-            'EraseSubject': grpc.unary_unary_rpc_method_handler(
-                    servicer.EraseSubject,
-                    request_deserializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.EraseSubjectRequest.FromString,
-                    response_serializer=onefold_dot_ingest_dot_v1_dot_ingest__pb2.EraseSubjectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -763,60 +731,6 @@ class IngestService:
             '/onefold.ingest.v1.IngestService/DisableSource',
             onefold_dot_ingest_dot_v1_dot_ingest__pb2.DisableSourceRequest.SerializeToString,
             onefold_dot_ingest_dot_v1_dot_ingest__pb2.Source.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ExportSubject(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/onefold.ingest.v1.IngestService/ExportSubject',
-            onefold_dot_ingest_dot_v1_dot_ingest__pb2.ExportSubjectRequest.SerializeToString,
-            onefold_dot_ingest_dot_v1_dot_ingest__pb2.ExportSubjectResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def EraseSubject(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/onefold.ingest.v1.IngestService/EraseSubject',
-            onefold_dot_ingest_dot_v1_dot_ingest__pb2.EraseSubjectRequest.SerializeToString,
-            onefold_dot_ingest_dot_v1_dot_ingest__pb2.EraseSubjectResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,8 +50,6 @@ class IngestServiceStub:
     RotateWriteKey: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RotateWriteKeyRequest, _ingest_pb2.RotateWriteKeyResponse]
     SetTrackingPlan: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.SetTrackingPlanRequest, _ingest_pb2.Source]
     DisableSource: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.DisableSourceRequest, _ingest_pb2.Source]
-    ExportSubject: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.ExportSubjectRequest, _ingest_pb2.ExportSubjectResponse]
-    EraseSubject: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.EraseSubjectRequest, _ingest_pb2.EraseSubjectResponse]
 
 @_typing.type_check_only
 class IngestServiceAsyncStub(IngestServiceStub):
@@ -72,8 +70,6 @@ class IngestServiceAsyncStub(IngestServiceStub):
     RotateWriteKey: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RotateWriteKeyRequest, _ingest_pb2.RotateWriteKeyResponse]  # type: ignore[assignment]
     SetTrackingPlan: _aio.UnaryUnaryMultiCallable[_ingest_pb2.SetTrackingPlanRequest, _ingest_pb2.Source]  # type: ignore[assignment]
     DisableSource: _aio.UnaryUnaryMultiCallable[_ingest_pb2.DisableSourceRequest, _ingest_pb2.Source]  # type: ignore[assignment]
-    ExportSubject: _aio.UnaryUnaryMultiCallable[_ingest_pb2.ExportSubjectRequest, _ingest_pb2.ExportSubjectResponse]  # type: ignore[assignment]
-    EraseSubject: _aio.UnaryUnaryMultiCallable[_ingest_pb2.EraseSubjectRequest, _ingest_pb2.EraseSubjectResponse]  # type: ignore[assignment]
 
 class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -187,19 +183,5 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingest_pb2.DisableSourceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.Source, _abc.Awaitable[_ingest_pb2.Source]]: ...
-
-    @_abc_1.abstractmethod
-    def ExportSubject(
-        self,
-        request: _ingest_pb2.ExportSubjectRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_ingest_pb2.ExportSubjectResponse, _abc.Awaitable[_ingest_pb2.ExportSubjectResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def EraseSubject(
-        self,
-        request: _ingest_pb2.EraseSubjectRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_ingest_pb2.EraseSubjectResponse, _abc.Awaitable[_ingest_pb2.EraseSubjectResponse]]: ...
 
 def add_IngestServiceServicer_to_server(servicer: IngestServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

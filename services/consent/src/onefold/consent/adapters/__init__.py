@@ -1,0 +1,1 @@
+"""Consent's clients of other services' declared contracts."""
