@@ -35,7 +35,7 @@ _PR_SET_PDEATHSIG = 1
 
 def _resolve_prctl() -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: children are not tied to their parent
         return None
 
