@@ -513,7 +513,10 @@ def plaintext_hits(root: Path, needles: Sequence[bytes]) -> list[str]:
     hits = []
     for path in sorted(root.rglob("*")):
         if path.is_file():
-            data = path.read_bytes()
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:  # a running nats-server removed it meanwhile (compaction)
+                continue
             hits.extend(f"{path.relative_to(root)}: {needle!r}" for needle in needles if needle in data)
     return hits
 
