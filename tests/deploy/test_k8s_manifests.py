@@ -477,7 +477,8 @@ def k8s_nats(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     )
     path = tmp_path / "nats.conf"
     path.write_text(config)
-    passwords = {user: secrets.token_urlsafe(24) for user in USERS}
+    # nats-server parses a $VARIABLE's value as config: one starting with a digit reads as a number.
+    passwords = {user: "p" + secrets.token_hex(24) for user in USERS}
     env = {
         "POD_NAME": "nats-0",
         **{environment_password(u).removeprefix("$"): p for u, p in passwords.items()},
