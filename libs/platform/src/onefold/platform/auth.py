@@ -154,6 +154,12 @@ def current_principal_or_none() -> Principal | None:
     return _current_principal.get()
 
 
+def current_credential_id() -> str:
+    """The calling credential's id, recorded as the actor of what a call writes ("" when none)."""
+    principal = _current_principal.get()
+    return principal.credential_id if principal is not None else ""
+
+
 def require_scope(scope: str) -> Principal:
     principal = current_principal()
     if not principal.has_scope(scope):

@@ -39,11 +39,6 @@ MAX_BATCH = 1000
 log = get_logger("onefold.consent.grpc")
 
 
-def _actor() -> str:
-    principal = auth.current_principal()
-    return principal.credential_id if principal is not None else ""
-
-
 def _request_id(
     request: pb.GetRequestRequest
     | pb.RetryRequestRequest
@@ -113,20 +108,30 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self, request: pb.GrantConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
-        return _written(await asyncio.to_thread(self.app.grant, workspace, profile_id, request, _actor()))
+        return _written(
+            await asyncio.to_thread(
+                self.app.grant, workspace, profile_id, request, auth.current_credential_id()
+            )
+        )
 
     async def WithdrawConsent(
         self, request: pb.WithdrawConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
-        return _written(await asyncio.to_thread(self.app.withdraw, workspace, profile_id, request, _actor()))
+        return _written(
+            await asyncio.to_thread(
+                self.app.withdraw, workspace, profile_id, request, auth.current_credential_id()
+            )
+        )
 
     async def RecordObjection(
         self, request: pb.RecordObjectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
         return _written(
-            await asyncio.to_thread(self.app.record_objection, workspace, profile_id, request, _actor())
+            await asyncio.to_thread(
+                self.app.record_objection, workspace, profile_id, request, auth.current_credential_id()
+            )
         )
 
     async def SetPreference(
@@ -134,7 +139,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
         return _written(
-            await asyncio.to_thread(self.app.set_preference, workspace, profile_id, request, _actor())
+            await asyncio.to_thread(
+                self.app.set_preference, workspace, profile_id, request, auth.current_credential_id()
+            )
         )
 
     async def GetConsents(
@@ -151,7 +158,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def SetModel(
         self, request: pb.SetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConsentModel:
-        return await asyncio.to_thread(self.app.set_model, auth.current_workspace(), request.model, _actor())
+        return await asyncio.to_thread(
+            self.app.set_model, auth.current_workspace(), request.model, auth.current_credential_id()
+        )
 
     # -------------------------------------------------------------------------- data-subject requests
 
@@ -171,7 +180,9 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self, request: pb.OpenRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
         workspace, profile_id = await self._subject(request.subject)
-        opened = await asyncio.to_thread(self.requests.open, workspace, profile_id, request, _actor())
+        opened = await asyncio.to_thread(
+            self.requests.open, workspace, profile_id, request, auth.current_credential_id()
+        )
         if opened.state in TERMINAL_STATES:
             return opened
         return await self._pass(workspace, opened.request_id)
@@ -202,14 +213,18 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             _request_id(request),
             request.days,
             request.reason,
-            _actor(),
+            auth.current_credential_id(),
         )
 
     async def RefuseRequest(
         self, request: pb.RefuseRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
         return await asyncio.to_thread(
-            self.requests.refuse, auth.current_workspace(), _request_id(request), request.reason, _actor()
+            self.requests.refuse,
+            auth.current_workspace(),
+            _request_id(request),
+            request.reason,
+            auth.current_credential_id(),
         )
 
     async def ListRequests(

@@ -21,11 +21,6 @@ def _identifiers(request: pb.ExportSubjectRequest | pb.EraseSubjectRequest) -> l
     return [identity_pb2.Identifier(type=i.type, value=i.value) for i in request.identifiers]
 
 
-def _actor() -> str:
-    principal = auth.current_principal()
-    return principal.credential_id if principal is not None else ""
-
-
 class IdentityDataSubjectServicer(data_subject_pb2_grpc.DataSubjectServiceServicer):
     def __init__(self, application: IdentityApplication) -> None:
         self.app = application
@@ -63,6 +58,6 @@ class IdentityDataSubjectServicer(data_subject_pb2_grpc.DataSubjectServiceServic
                 auth.current_workspace(),
                 _identifiers(request),
                 request.request_id,
-                _actor(),
+                auth.current_credential_id(),
             )
         return pb.EraseSubjectResponse(counts={"identifiers_unlinked": unlinked}, profile_ids=profile_ids)

@@ -33,11 +33,6 @@ SCOPES = {
 }
 
 
-def _actor() -> str:
-    principal = auth.current_principal()
-    return principal.credential_id if principal is not None else ""
-
-
 class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     def __init__(self, application: IdentityApplication) -> None:
         self.app = application
@@ -106,7 +101,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             profile_ref_arg("survivor", request.survivor),
             profile_ref_arg("merged", request.merged),
             request.reason,
-            _actor(),
+            auth.current_credential_id(),
         )
         profile = await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=survivor))
         return pb.MergeProfilesResponse(profile=profile)
@@ -122,7 +117,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             identifier=request.identifier if request.WhichOneof("split") == "identifier" else None,
             event_id=request.event_id,
             reason=request.reason,
-            actor=_actor(),
+            actor=auth.current_credential_id(),
         )
         profiles = [
             await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=part))
@@ -139,7 +134,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             workspace,
             profile_ref_arg("profile", request.profile),
             request.protected,
-            _actor(),
+            auth.current_credential_id(),
         )
         return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
 
@@ -151,7 +146,9 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def SetRules(
         self, request: pb.SetRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.IdentityRules:
-        return await asyncio.to_thread(self.app.set_rules, auth.current_workspace(), request.rules, _actor())
+        return await asyncio.to_thread(
+            self.app.set_rules, auth.current_workspace(), request.rules, auth.current_credential_id()
+        )
 
     async def RectifyProfile(
         self, request: pb.RectifyProfileRequest, context: grpc.aio.ServicerContext
@@ -163,7 +160,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             profile_ref_arg("profile", request.profile),
             request.traits,
             request.request_id,
-            _actor(),
+            auth.current_credential_id(),
         )
         return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
 
