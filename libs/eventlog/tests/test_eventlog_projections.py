@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +16,7 @@ from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import EventStore, NewEvent, RecordedEvent
 from onefold.eventlog.projections import (
     Projection,
+    ProjectionBehind,
     Projector,
     SnapshotStore,
     StreamFold,
@@ -141,7 +143,7 @@ def test_rebuild_equals_live_state(
     store = make_store(fresh=True)
     projector, totals, profiles = make_projector(store)
     for batch in batches:
-        projector.append(batch)
+        projector.write(lambda conn, batch=batch: projector.record(conn, batch))
     live = read_model_state(store)
     expected_totals: dict[str, int] = {}
     for batch in batches:
@@ -160,17 +162,24 @@ def test_rebuild_equals_live_state(
     assert seen[-1][0] == seen[-1][1] == store.head_position()
 
 
-def test_lagging_projection_is_not_applied_live_and_catches_up(make_store: StoreFactory) -> None:
+def test_a_write_over_a_lagging_projection_catches_it_up_first(make_store: StoreFactory) -> None:
     store = make_store()
     projector, totals, _profiles = make_projector(store)
-    store.append(
-        [NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=5))]
-    )  # bypasses projector
-    projector.append([NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=1))])
-    assert read_model_state(store)[0] == []  # it lagged, so live apply waited
-    assert projector.catch_up() == 4
+    store.append([NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=5))])  # bypasses it
+    one = [NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=1))]
+    with pytest.raises(ProjectionBehind), store.transaction() as conn:
+        projector.record(conn, one)  # never folded out of order...
+    assert read_model_state(store)[0] == [] and store.head_position() == 1  # ...and rolled back
+    seen_by_work: list[list[tuple[str, int, int]]] = []
+
+    def work(conn: Connection) -> None:
+        seen_by_work.append(read_model_state(store)[0])
+        projector.record(conn, one)
+
+    projector.write(work)
+    assert seen_by_work[-1] == [("a", 5, 1)]  # the work ran against a caught-up read model
     assert read_model_state(store)[0] == [("a", 6, 2)]
-    projector.append([NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=1))])
+    projector.write(lambda conn: projector.record(conn, one))
     assert read_model_state(store)[0] == [("a", 7, 3)]
     assert projector.rebuild(totals, progress=True) == 3
     assert read_model_state(store)[0] == [("a", 7, 3)]

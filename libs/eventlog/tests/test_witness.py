@@ -642,7 +642,11 @@ async def segments_service(
         health.append((serving, name))
 
     ctx = ServiceContext(settings, engine, credentials, connection, set_health=set_health)
-    running = RunningService(eventlog_service.EventSourcedService(ctx, registry=registry), connection, health)
+    running = RunningService(
+        eventlog_service.EventSourcedService(ctx, eventlog_service.ServiceLog(ctx, events=registry), None),
+        connection,
+        health,
+    )
     yield running
     await running.service.stop()
     await connection.close()

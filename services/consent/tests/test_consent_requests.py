@@ -406,6 +406,7 @@ async def test_bootstrap_runs_the_retry_loop_while_started(
     """The composition `python -m onefold.consent` runs: start() starts the loop (on the leader),
     which retries a failed step by itself; stop() cancels it."""
     from onefold.consent.bootstrap import compose
+    from onefold.eventlog.service import Loop
     from onefold.platform.auth import CredentialStore
     from onefold.platform.config import load_settings
     from onefold.platform.database import create_engine
@@ -429,13 +430,13 @@ async def test_bootstrap_runs_the_retry_loop_while_started(
     engine = create_engine(settings.database_url())
     nats_connection = NatsConnection(settings.nats, "consent-test")
     composition = compose(ServiceContext(settings, engine, credentials, nats_connection))
-    composition.requests.timings = Timings(
+    composition.application.requests.timings = Timings(
         loop_interval_seconds=0.05, retry_base_seconds=0.1, retry_max_seconds=0.2
     )
     nats_connection.start()
     await composition.start()
     try:
-        requests_ = composition.requests
+        requests_ = composition.application.requests
         opened = await asyncio.to_thread(open_request, requests_, pb.REQUEST_TYPE_ERASURE)
         first = await requests_.process(WORKSPACE, opened.request_id)
         assert steps(first)["identity"].attempts == 1
@@ -452,11 +453,12 @@ async def test_bootstrap_runs_the_retry_loop_while_started(
         async with asyncio.timeout(30):
             identity = await retried_by_the_loop()
         assert identity.state == FAILED and "UNAVAILABLE" in identity.last_error
-        tasks = list(composition._tasks)  # the request loop and the PIPL 47 duties
-        assert tasks and not any(task.done() for task in tasks)
+        tasks = [loop.task for loop in composition.components if isinstance(loop, Loop)]
+        assert len(tasks) == 2  # the request loop and the PIPL 47 duties
+        assert all(task is not None and not task.done() for task in tasks)
     finally:
         await composition.stop()
         await nats_connection.close()
         engine.dispose()
         credentials.engine.dispose()
-    assert all(task.done() for task in tasks)
+    assert all(task is not None and task.done() for task in tasks)

@@ -23,9 +23,10 @@ from onefold.contracts.common.v1 import data_subject_pb2_grpc
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import EventStore
-from onefold.eventlog.service import key_encryption_key
-from onefold.ingest.application import event_registry
-from onefold.ingest.bootstrap import IngestComposition, compose
+from onefold.eventlog.service import EventSourcedService, key_encryption_key
+from onefold.ingest.application import IngestApplication, event_registry
+from onefold.ingest.bootstrap import compose
+from onefold.ingest.entrypoints.http import HttpServer
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import NatsSettings, Settings, load_settings
 from onefold.platform.database import create_engine
@@ -54,7 +55,7 @@ def shared_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 @dataclass
 class Harness:
     settings: Settings
-    composition: IngestComposition
+    composition: EventSourcedService[IngestApplication]
     server: GrpcServer
     credentials: CredentialStore
     workspace: str
@@ -63,12 +64,16 @@ class Harness:
     _channels: list[grpc.aio.Channel]
 
     @property
-    def app(self) -> Any:
+    def app(self) -> IngestApplication:
         return self.composition.application
 
     @property
+    def http(self) -> HttpServer:
+        return next(c for c in self.composition.components if isinstance(c, HttpServer))
+
+    @property
     def store(self) -> EventStore:
-        return self.composition.service.store
+        return self.composition.store
 
     @property
     def target(self) -> str:

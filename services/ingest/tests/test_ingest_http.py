@@ -112,7 +112,7 @@ class Api:
 @pytest.fixture
 async def http(ingest: Harness) -> AsyncIterator[Api]:  # noqa: F811
     created = await ingest.create_source("website")
-    server = ingest.composition.http
+    server = ingest.http
     assert isinstance(server, HttpServer)
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         yield Api(ingest, client, created.write_key, created.source.source_id)
@@ -466,7 +466,7 @@ async def test_health_openapi_unknown_paths_and_methods(http: Api) -> None:
 
 
 async def test_serve_binds_a_free_port_and_refuses_a_taken_one(http: Api) -> None:
-    taken = http.ingest.composition.http
+    taken = http.ingest.http
     assert taken is not None and taken.port > 0
     with pytest.raises(ConfigError, match=f"port {taken.port} .* already in use"):
         await serve(http.ingest.app, HttpSettings(port=taken.port)).start()

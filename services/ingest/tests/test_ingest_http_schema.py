@@ -96,7 +96,7 @@ def fuzz(base_url: str, write_key: str) -> tuple[Counter[tuple[str, str, int]], 
 @pytest.mark.timeout(120)
 async def test_schemathesis_finds_no_5xx_and_the_api_conforms_to_its_document(ingest: Harness) -> None:  # noqa: F811
     created = await ingest.create_source("fuzzed")
-    server = ingest.composition.http
+    server = ingest.http
     assert isinstance(server, HttpServer)
     statuses, failures = await asyncio.to_thread(fuzz, server.url, created.write_key)
     assert not failures, "\n\n".join(failures)
@@ -176,7 +176,7 @@ def fuzz_events(base_url: str, write_key: str) -> tuple[Counter[str], list[str]]
 @pytest.mark.timeout(120)
 async def test_an_event_its_event_schema_refuses_is_quarantined_never_accepted(ingest: Harness) -> None:  # noqa: F811
     created = await ingest.create_source("fuzzed events")
-    server = ingest.composition.http
+    server = ingest.http
     assert isinstance(server, HttpServer)
     outcomes, failures = await asyncio.to_thread(fuzz_events, server.url, created.write_key)
     assert not failures, "\n".join(failures[:20])

@@ -194,7 +194,7 @@ def run_property(url: str, target: str, write_key: str, source_id: str, token: s
 @pytest.mark.timeout(300)
 async def test_every_event_ingest_acknowledges_parses_as_every_consumer_parses_it(ingest: Harness) -> None:  # noqa: F811
     created = await ingest.create_source("limits", rate=10_000_000)
-    server = ingest.composition.http
+    server = ingest.http
     assert isinstance(server, HttpServer)
     deepest = await asyncio.to_thread(
         run_property,
@@ -222,7 +222,7 @@ async def test_http_refuses_a_batch_with_an_event_nested_too_deep_naming_the_pat
     depth: int,
 ) -> None:
     created = await ingest.create_source("deep")
-    server = ingest.composition.http
+    server = ingest.http
     assert isinstance(server, HttpServer)
     good = {"type": "identify", "userId": "u1", "traits": chain(MAX_NESTING_DEPTH)}
     deep = {"type": "identify", "userId": "u2", "traits": chain(depth)}
@@ -242,7 +242,7 @@ async def test_http_refuses_a_batch_with_an_event_nested_too_deep_naming_the_pat
 
 async def test_http_refuses_a_batch_context_nested_too_deep(ingest: Harness) -> None:  # noqa: F811
     created = await ingest.create_source("deep")
-    server = ingest.composition.http
+    server = ingest.http
     assert isinstance(server, HttpServer)
     context = chain(MAX_NESTING_DEPTH + 1)
     async with httpx.AsyncClient(base_url=server.url, auth=httpx.BasicAuth(created.write_key, "")) as client:

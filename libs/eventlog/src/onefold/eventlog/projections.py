@@ -1,8 +1,10 @@
 """Projections (read models folded from the log), replay, as-of reads and snapshots.
 
-- A `Projection` owns some tables and folds events into them with `handle`. The `Projector` applies
-  events to projections live (in the append's own transaction, when the projection is up to date)
-  or by catching up from its tracking row (`projection:<name>`), and `rebuild`s a projection by
+- A `Projection` owns some tables and folds events into them with `handle`. The `Projector` is the
+  one write path of every service: `write(work)` runs a transaction in which `record(conn, events)`
+  appends, folds into every projection and moves the tracking rows (`projection:<name>`) together,
+  after checking the projections are current. It also catches up from the tracking rows and
+  `rebuild`s a projection by
   resetting its tables and re-folding the whole log, with an optional rich progress bar. A rebuilt
   projection equals the live one because both run the same `handle` over the same events in order.
 - `fold_stream` answers as-of questions: the state of a stream as the system knew it at T
@@ -29,8 +31,10 @@ from onefold.eventlog.mapper import EventMapper, NeedsKey
 from onefold.eventlog.models import NewEvent, RecordedEvent
 from onefold.eventlog.registry import EventType, pii_plan
 from onefold.eventlog.store import EventStore
+from onefold.platform.errors import Unavailable
 
 S = TypeVar("S")
+T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 ProgressCallback = Callable[[int, int], None]  # (events done, events total)
 
@@ -53,6 +57,10 @@ class BufferedProjection(Projection, Protocol):
     def flush(self, conn: Connection) -> None: ...
 
 
+class ProjectionBehind(Exception):
+    """A projection has not seen every event before this transaction's (see Projector.record)."""
+
+
 def tracking_name(projection: Projection) -> str:
     return f"projection:{projection.name}"
 
@@ -69,21 +77,45 @@ class Projector:
         if tables:
             tables[0].metadata.create_all(self.store.engine, tables=tables)
 
-    def append(self, events: Sequence[NewEvent]) -> list[RecordedEvent]:
-        """Append and, in the same transaction, apply to every projection that is up to date.
+    def record(self, conn: Connection, events: Sequence[NewEvent]) -> list[RecordedEvent]:
+        """THE write path: append `events` and fold them into every projection, with the tracking
+        rows, in the caller's transaction (from `write` or a subscriber's batch).
 
-        A projection that lags (e.g. while it is rebuilt) is left to `catch_up`, so an event is
-        never applied out of order or twice.
+        Decisions are taken against the read models, so they must have seen every earlier event:
+        raises ProjectionBehind when one lags (after an interrupted rebuild, or events written
+        without it); `write` then rolls back, catches up and runs the work again. The messages are
+        folded as given: nothing is re-read or decoded.
         """
-        with self.store.transaction() as conn:
-            recorded = self.store.append(events, conn=conn)
-            if not recorded:
-                return recorded
-            first = recorded[0].position
-            for projection in self.projections:
-                if self.store.tracking_position(tracking_name(projection), conn=conn) == first - 1:
-                    self._apply(conn, projection, recorded)
+        recorded = self.store.append(events, conn=conn)
+        if not recorded:
+            return recorded
+        first = recorded[0].position
+        for projection in self.projections:
+            if self.store.tracking_position(tracking_name(projection), conn=conn) != first - 1:
+                raise ProjectionBehind(projection.name)
+        for projection in self.projections:
+            handle = projection.handle
+            for event, new in zip(recorded, events, strict=True):
+                handle(conn, event, new.message)
+            flush = getattr(projection, "flush", None)
+            if flush is not None:
+                flush(conn)
+            last = recorded[-1]
+            self.store.record_tracking(conn, tracking_name(projection), last.position, last.event_id)
         return recorded
+
+    def write(self, work: Callable[[Connection], T], *, attempts: int = 3) -> T:
+        """Run `work(conn)` in one write transaction; when a projection was behind, catch up and run
+        it again (so nothing is decided against a stale read model). Call on the writer thread."""
+        for _attempt in range(attempts):
+            try:
+                with self.store.transaction() as conn:
+                    return work(conn)
+            except ProjectionBehind:
+                self.catch_up()
+        raise Unavailable(
+            f"the {self.store.service} read model is being rebuilt; retry", retry_after_seconds=1.0
+        )
 
     def _apply(self, conn: Connection, projection: Projection, events: Sequence[RecordedEvent]) -> None:
         decode = self.store.decode

@@ -203,6 +203,15 @@ class EventRegistry:
         self._types: dict[str, EventType] = {}
         self._by_class: dict[type[Message], EventType] = {}
 
+    @classmethod
+    def of(cls, *message_classes: type[Message]) -> EventRegistry:
+        """The registry of a service's `domain/events.py`: every type at schema version 1; types
+        with upcasters are added with `register` on the result."""
+        registry = cls()
+        for message_class in message_classes:
+            registry.register(message_class)
+        return registry
+
     def register(
         self,
         message_class: type[Message],

@@ -1,15 +1,22 @@
 """An event-sourced service, composed: what every Onefold service's bootstrap builds.
 
-The service's own log (EventStore on the service database, its projections), the outbox relay that
-publishes the log to the service's JetStream stream, signed chain digests published to the witness
-stream, and the durable subscribers to upstream services. It refuses to run on a log that is behind
-or diverges from what it already published (digests.check_start): at start, or — when NATS is not
-reachable then — before the relay or the digests publish anything. Every replica serves; only the holder of the leader lease
-(one per database, see lease.py) runs the relay, digests and subscribers. It implements onefold.platform.service.Composition, so a
-service's bootstrap is one call:
+Two objects, built in this order by the service's `bootstrap.compose`:
 
-    def compose(ctx: ServiceContext) -> EventSourcedService:
-        return EventSourcedService(ctx, registry=..., servicers=..., subscriptions=...)
+1. `ServiceLog` — the service's own log (EventStore on the service database), its projections with
+   the one write path (`Projector.write` / `record`) and the one writer thread (`Writer`). The
+   application is built on it.
+2. `EventSourcedService` — everything around the application: the outbox relay that publishes the
+   log to the service's JetStream stream, signed chain digests on the witness stream, the durable
+   subscribers to upstream services (their batches run on the writer thread too), the audit and key
+   servicers. It refuses to run on a log that is behind or diverges from what it already published
+   (digests.check_start): at start, or — when NATS is not reachable then — before the relay or the
+   digests publish anything. Every replica serves; only the holder of the leader lease (one per
+   database, see lease.py) runs the relay, digests and subscribers.
+
+    def compose(ctx: ServiceContext) -> EventSourcedService[Application]:
+        log = ServiceLog(ctx, events=events.REGISTRY, projections=[projection])
+        app = Application(log, ...)
+        return EventSourcedService(ctx, log, app, servicers=grpc.registrations(app), subscriptions=...)
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
 
 from onefold.eventlog import audit, keyaccess
 from onefold.eventlog.cipher import KeyEncryptionKey
@@ -39,13 +47,15 @@ from onefold.eventlog.relay import OutboxRelay
 from onefold.eventlog.store import EventStore
 from onefold.eventlog.streams import StreamSettings
 from onefold.eventlog.subscriber import Handler, Subscriber
+from onefold.eventlog.writer import Writer
 from onefold.platform.client import Peers
 from onefold.platform.config import ConfigError, Settings
 from onefold.platform.grpc_server import ServiceRegistration
 from onefold.platform.service import ServiceContext
 from onefold.platform.telemetry import get_logger
 
-log = get_logger("onefold.eventlog")
+logger = get_logger("onefold.eventlog")
+A = TypeVar("A")
 LEASE_CHECK_SECONDS = 2.0
 # How long start waits for NATS to compare the log with the witness stream; later, the leader does.
 START_CHECK_SECONDS = 5.0
@@ -77,7 +87,7 @@ def key_encryption_key(settings: Settings) -> KeyEncryptionKey:
             path = Path(config.key_file)
             kek = load_key_file(path, create=True)
             if path.resolve().is_relative_to(settings.data_dir.resolve()):
-                log.warning(
+                logger.warning(
                     "eventlog.key_beside_data",
                     key_file=str(path),
                     data_dir=str(settings.data_dir),
@@ -95,24 +105,69 @@ def key_encryption_key(settings: Settings) -> KeyEncryptionKey:
     )
 
 
-class EventSourcedService:
+class Component(Protocol):
+    """Something the application runs beside its RPCs (a refresher, a timer wheel, a duty loop)."""
+
+    async def start(self) -> object: ...
+
+    async def stop(self) -> object: ...
+
+
+class ServiceLog:
+    """The service's own log, read models and writer thread: what its application is built on."""
+
     def __init__(
-        self,
-        ctx: ServiceContext,
-        *,
-        registry: EventRegistry,
-        projections: Sequence[Projection] = (),
-        servicers: Callable[[EventSourcedService], Sequence[ServiceRegistration]] = lambda _service: (),
-        subscriptions: Sequence[Subscription] = (),
+        self, ctx: ServiceContext, *, events: EventRegistry, projections: Sequence[Projection] = ()
     ) -> None:
-        self.ctx = ctx
         self.name = ctx.settings.service
-        keys = key_encryption_key(ctx.settings)
-        self.store = EventStore(ctx.engine, service=self.name, registry=registry, keys=keys)
-        self.signer = ChainSigner.from_key_encryption_key(keys)
+        self.keys = key_encryption_key(ctx.settings)
+        self.store = EventStore(ctx.engine, service=self.name, registry=events, keys=self.keys)
         self.store.create_schema()
         self.projector = Projector(self.store, projections)
         self.projector.create_tables()
+        self.writer = Writer(self.name)
+        # Set while this replica holds the leader lease (runs the relay, subscribers and duties).
+        self.leading = asyncio.Event()
+
+
+class Loop:
+    """A component that runs `run()` as a task from start to stop (a duty loop, a retry loop)."""
+
+    def __init__(self, name: str, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.name = name
+        self.run = run
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+
+class EventSourcedService(Generic[A]):
+    """The running service around `application` (its use cases, kept here for tests and benches)."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        log: ServiceLog,
+        application: A,
+        *,
+        servicers: Sequence[ServiceRegistration] = (),
+        subscriptions: Sequence[Subscription] = (),
+        components: Sequence[Component] = (),
+    ) -> None:
+        self.ctx = ctx
+        self.log = log
+        self.application = application
+        self.name = log.name
+        self.store = log.store
+        self.signer = ChainSigner.from_key_encryption_key(log.keys)
         bus = StreamSettings.from_config(ctx.settings.eventlog)
         # Upstreams' events arrive sealed; their subject keys come from the upstream itself.
         self.key_peers = Peers(ctx.settings.peers.model_dump(), ctx.settings.auth.service_token)
@@ -130,6 +185,7 @@ class EventSourcedService:
                 keys=keyaccess.RemoteSubjectKeys(
                     subscription.upstream, functools.partial(self.key_peers.channel, subscription.upstream)
                 ),
+                writer=log.writer,
             )
             for subscription in subscriptions
         ]
@@ -143,14 +199,15 @@ class EventSourcedService:
             on_alarm=self._chain_alarm,
         )
         self._witness_checked = False
-        self._servicers = servicers
+        self._servicers = tuple(servicers)
+        self.components = tuple(components)
         self.lease = LeaderLease(ctx.engine, f"{self.name}:eventlog")
-        self.leading = asyncio.Event()
+        self.leading = log.leading
         self._leader_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
         return (
-            *self._servicers(self),
+            *self._servicers,
             audit.registration(self.store, self.name),
             keyaccess.registration(self.store),
         )
@@ -161,11 +218,15 @@ class EventSourcedService:
         Raises ConfigError (the service does not start) when the log is behind or diverges from
         what this service already published.
         """
+        await self.log.writer.run(self.log.projector.catch_up)
+        await self.log.writer.start()
+        for component in self.components:
+            await component.start()
         try:
             async with asyncio.timeout(START_CHECK_SECONDS):
                 client = await self.ctx.nats.wait_connected()
         except TimeoutError:
-            log.warning(
+            logger.warning(
                 "eventlog.witness_check_deferred", service=self.name, reason="NATS is not reachable yet"
             )
             client = None
@@ -176,20 +237,25 @@ class EventSourcedService:
             except ChainDiverged:
                 raise
             except Exception as error:  # the witness stream did not answer: the leader checks later
-                log.warning("eventlog.witness_check_deferred", service=self.name, reason=str(error)[:300])
+                logger.warning("eventlog.witness_check_deferred", service=self.name, reason=str(error)[:300])
                 await check_start(self.store, None, self.name, self.signer)
         except ChainDiverged as error:
-            log.error("eventlog.chain_diverged", service=self.name, problem=str(error))
+            logger.error("eventlog.chain_diverged", service=self.name, problem=str(error))
             raise ConfigError(str(error)) from None
         if self.ctx.set_health is not None:
             await self.ctx.set_health(True, CHAIN_HEALTH_NAME)
         self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
 
     async def stop(self) -> None:
+        # Components first (an API stops taking requests and what it queued is committed), then the
+        # relay and subscribers, then the writer thread.
+        for component in reversed(self.components):
+            await component.stop()
         if self._leader_task is not None:
             self._leader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._leader_task
+        await self.log.writer.stop()
         self.lease.release()
         await self.key_peers.close()
         self.store.close()
@@ -199,7 +265,7 @@ class EventSourcedService:
             try:
                 acquired = await asyncio.to_thread(self.lease.try_acquire)
             except Exception as error:  # the database is down: keep trying, never give up leading
-                log.warning("eventlog.lease_unavailable", service=self.name, error=str(error))
+                logger.warning("eventlog.lease_unavailable", service=self.name, error=str(error))
                 acquired = False
             if acquired and not self._witness_checked:
                 try:
@@ -208,16 +274,16 @@ class EventSourcedService:
                     self._witness_checked = True
                 except ChainDiverged as error:
                     # Nothing is relayed or witnessed from this log: it stays as found, for the audit.
-                    log.error("eventlog.chain_diverged", service=self.name, problem=str(error))
+                    logger.error("eventlog.chain_diverged", service=self.name, problem=str(error))
                     await self._chain_alarm(str(error))
                     await asyncio.to_thread(self.lease.release)
                     return
                 except Exception as error:  # NATS went away again: try on the next round
-                    log.warning("eventlog.witness_check_failed", service=self.name, error=str(error))
+                    logger.warning("eventlog.witness_check_failed", service=self.name, error=str(error))
                     acquired = False
                     await asyncio.to_thread(self.lease.release)
             if acquired:
-                log.info("eventlog.leading", service=self.name)
+                logger.info("eventlog.leading", service=self.name)
                 self.leading.set()
                 self.relay.start()
                 self.digests.start()
@@ -228,7 +294,7 @@ class EventSourcedService:
                     while not self.digests.diverged and await asyncio.to_thread(self.lease.still_held):  # noqa: ASYNC110
                         await asyncio.sleep(LEASE_CHECK_SECONDS)
                     if not self.digests.diverged:
-                        log.warning("eventlog.lease_lost", service=self.name)
+                        logger.warning("eventlog.lease_lost", service=self.name)
                 finally:
                     self.leading.clear()
                     for subscriber in self.subscribers:
@@ -238,7 +304,9 @@ class EventSourcedService:
                 if self.digests.diverged:
                     # The log was cut or rewritten under the running service: stop relaying and
                     # consuming on it (the alarm is raised); `onefold audit verify` names the position.
-                    log.error("eventlog.stopped_on_divergence", service=self.name, problem=self.digests.alarm)
+                    logger.error(
+                        "eventlog.stopped_on_divergence", service=self.name, problem=self.digests.alarm
+                    )
                     await asyncio.to_thread(self.lease.release)
                     return
             await asyncio.sleep(LEASE_CHECK_SECONDS)

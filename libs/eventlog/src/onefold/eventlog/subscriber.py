@@ -37,10 +37,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import nats.errors
 from google.protobuf.message import DecodeError
@@ -66,6 +66,7 @@ from onefold.eventlog.streams import (
     partition_from_subject,
     stream_name,
 )
+from onefold.eventlog.writer import Writer
 from onefold.platform.nats import NatsConnection
 from onefold.platform.telemetry import extract_context, get_logger, tracer
 
@@ -164,19 +165,22 @@ class Subscriber:
         settings: SubscriberSettings | None = None,
         stream_settings: StreamSettings | None = None,
         keys: KeySource | None = None,
+        writer: Writer | None = None,
     ) -> None:
         """`service` consumes the events published by `upstream`.
 
         `partitions`: only these partitions (None = all). `name` distinguishes two subscribers of the
         same service to the same upstream (each has its own consumer and tracking rows). `keys`: the
         upstream's subject keys, to open the sealed personal data of its events before the handler
-        sees them (keyaccess); without it a sealed event fails its batch.
+        sees them (keyaccess); without it a sealed event fails its batch. `writer`: the service's
+        writer thread, where every batch is applied (without it, a worker thread of its own).
         """
         self.store = store
         self.nats = nats
         self.service = service
         self.upstream = upstream
         self.handler = handler
+        self._write: Callable[..., Awaitable[Any]] = writer.run if writer is not None else asyncio.to_thread
         self.partitions = sorted(set(partitions)) if partitions is not None else None
         self.settings = settings or SubscriberSettings()
         self.stream_settings = stream_settings or StreamSettings()
@@ -430,7 +434,7 @@ class Subscriber:
         self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
     ) -> None:
         try:
-            refusals = await asyncio.to_thread(self._apply, deliveries, ciphers)
+            refusals = await self._write(self._apply, deliveries, ciphers)
         except HandlerFailed as exc:
             self.stats.batch_failures += 1
             log.warning(
@@ -564,7 +568,7 @@ class Subscriber:
             attempt = max(1, delivery.msg.metadata.num_delivered)
             while True:
                 try:
-                    refusals = await asyncio.to_thread(self._apply, [delivery], ciphers)
+                    refusals = await self._write(self._apply, [delivery], ciphers)
                     if refusals:
                         await self._refuse(delivery, refusals[0].reason)
                     else:
@@ -574,7 +578,7 @@ class Subscriber:
                     error = str(exc.__cause__ or exc) or type(exc).__name__
                     if attempt >= self.settings.max_deliver:
                         await self._dead_letter(delivery.msg, delivery.envelope, error, attempts=attempt)
-                        await asyncio.to_thread(self._skip_past, delivery)
+                        await self._write(self._skip_past, delivery)
                         await delivery.msg.ack()
                         break
                     log.info(

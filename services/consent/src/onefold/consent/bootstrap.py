@@ -8,63 +8,60 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 from onefold.consent import application, duties
 from onefold.consent.entrypoints import consumers, grpc
 from onefold.consent.projections import ConsentProjection
 from onefold.consent.requests import SubjectRequests
-from onefold.eventlog.service import EventSourcedService
+from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog
 from onefold.platform.client import Peers
-from onefold.platform.grpc_server import ServiceRegistration
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "consent"
 
 
-class ConsentComposition:
-    def __init__(self, ctx: ServiceContext) -> None:
-        projection = ConsentProjection()
-        settings = ctx.settings
-        self.peers = Peers(settings.peers.model_dump(), settings.auth.service_token)
-        self.service = EventSourcedService(
-            ctx,
-            registry=application.event_registry(),
-            projections=[projection],
-            servicers=lambda _service: grpc.registrations(self.application, self.peers, self.requests),
-            subscriptions=consumers.subscriptions(lambda: self.application),
-        )
-        self.application = application.ConsentApplication(self.service.store, projection)
-        self.requests = SubjectRequests(self.application, self.peers)
-        self._tasks: list[asyncio.Task[None]] = []
+@dataclass(frozen=True)
+class ConsentUseCases:
+    """What the service runs: the ledger's use cases and the data-subject requests."""
 
-    def registrations(self) -> Sequence[ServiceRegistration]:
-        return self.service.registrations()
+    ledger: application.ConsentApplication
+    requests: SubjectRequests
+
+
+class _PeersChannels:
+    """Closes the channels to the other services when the service stops."""
+
+    def __init__(self, peers: Peers) -> None:
+        self.peers = peers
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.application.catch_up)
-        await self.service.start()
-        leading = self.service.leading.is_set
-        self._tasks = [
-            asyncio.create_task(self.requests.run(leading), name="consent-subject-requests"),
-            asyncio.create_task(
-                duties.run_duties(self.application, self.requests, leading), name="consent-duties"
-            ),
-        ]
+        return None
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.service.stop()
         await self.peers.close()
 
 
-def compose(ctx: ServiceContext) -> ConsentComposition:
-    return ConsentComposition(ctx)
+def compose(ctx: ServiceContext) -> EventSourcedService[ConsentUseCases]:
+    projection = ConsentProjection()
+    settings = ctx.settings
+    log = ServiceLog(ctx, events=application.event_registry(), projections=[projection])
+    peers = Peers(settings.peers.model_dump(), settings.auth.service_token)
+    consent = application.ConsentApplication(log.store, projection)
+    requests = SubjectRequests(consent, peers)
+    leading = log.leading.is_set
+    return EventSourcedService(
+        ctx,
+        log,
+        ConsentUseCases(consent, requests),
+        servicers=grpc.registrations(consent, peers, requests),
+        subscriptions=consumers.subscriptions(consent),
+        components=[
+            _PeersChannels(peers),
+            Loop("consent-subject-requests", lambda: requests.run(leading)),
+            Loop("consent-duties", lambda: duties.run_duties(consent, requests, leading)),
+        ],
+    )
 
 
 def main() -> int:

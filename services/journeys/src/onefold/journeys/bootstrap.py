@@ -5,7 +5,7 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService
+from onefold.eventlog.service import EventSourcedService, ServiceLog
 from onefold.journeys import application
 from onefold.journeys.entrypoints import consumers, grpc
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
@@ -13,11 +13,13 @@ from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 SERVICE_NAME = "journeys"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService:
+def compose(ctx: ServiceContext) -> EventSourcedService[None]:
+    log = ServiceLog(ctx, events=application.event_registry())
     return EventSourcedService(
         ctx,
-        registry=application.event_registry(),
-        servicers=grpc.registrations,
+        log,
+        None,
+        servicers=grpc.registrations(),
         subscriptions=consumers.subscriptions(),
     )
 

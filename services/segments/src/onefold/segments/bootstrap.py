@@ -5,7 +5,7 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService
+from onefold.eventlog.service import EventSourcedService, ServiceLog
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 from onefold.segments import application
 from onefold.segments.entrypoints import consumers, grpc
@@ -13,11 +13,13 @@ from onefold.segments.entrypoints import consumers, grpc
 SERVICE_NAME = "segments"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService:
+def compose(ctx: ServiceContext) -> EventSourcedService[None]:
+    log = ServiceLog(ctx, events=application.event_registry())
     return EventSourcedService(
         ctx,
-        registry=application.event_registry(),
-        servicers=grpc.registrations,
+        log,
+        None,
+        servicers=grpc.registrations(),
         subscriptions=consumers.subscriptions(),
     )
 

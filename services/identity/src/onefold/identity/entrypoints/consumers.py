@@ -3,16 +3,12 @@ every event ingest accepted is resolved to a profile, in the subscriber's transa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from onefold.eventlog.service import Subscription
 from onefold.identity.application import IdentityApplication
 
 
-def subscriptions(application: Callable[[], IdentityApplication]) -> Sequence[Subscription]:
+def subscriptions(application: IdentityApplication) -> Sequence[Subscription]:
     """`application` is called per batch: the composition builds the application after the store."""
-    return (
-        Subscription(
-            upstream="ingest", handler=lambda conn, envelopes: application().handle_accepted(conn, envelopes)
-        ),
-    )
+    return (Subscription(upstream="ingest", handler=application.handle_accepted),)

@@ -9,7 +9,6 @@ import grpc
 
 from onefold.contracts.common.v1 import data_subject_pb2 as pb
 from onefold.contracts.common.v1 import data_subject_pb2_grpc
-from onefold.eventlog.service import EventSourcedService
 from onefold.platform import data_subject
 from onefold.platform.data_subject import require_subject
 from onefold.platform.grpc_server import ServiceRegistration
@@ -33,5 +32,5 @@ class JourneysDataSubjectServicer(data_subject_pb2_grpc.DataSubjectServiceServic
         return pb.EraseSubjectResponse(counts={"records_erased": 0})
 
 
-def registrations(_service: EventSourcedService) -> Sequence[ServiceRegistration]:
+def registrations() -> Sequence[ServiceRegistration]:
     return (data_subject.registration(JourneysDataSubjectServicer()),)
