@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from onefold.contracts.eventlog.testing.v1 import events_pb2
-from onefold.eventlog import EventRegistry
+from onefold.eventlog import EventRegistry, InvalidEvent
 from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.writer import Writer
 from onefold.platform.errors import InvalidArgument, Unavailable
@@ -77,7 +77,16 @@ class _Fold(Handlers):
 def test_dispatch_by_declared_type_and_the_check_that_every_event_is_handled() -> None:
     assert _Fold().dispatch(events_pb2.CounterChanged(), 1) == 2
     assert _Fold().dispatch(events_pb2.ProfileUpdated(), 1) is None
-    registry = EventRegistry.of(events_pb2.CounterChanged, events_pb2.ProfileUpdated)
+    registry = EventRegistry.declared_in(
+        events_pb2, upcasters={"onefold.eventlog.testing.v1.CounterChanged": {1: lambda message: message}}
+    )
+    assert registry.names() == [
+        "onefold.eventlog.testing.v1.CounterChanged",
+        "onefold.eventlog.testing.v1.ProfileUpdated",
+    ]
+    assert registry.for_name("onefold.eventlog.testing.v1.CounterChanged").schema_version == 2
+    with pytest.raises(InvalidEvent, match="no upcaster"):
+        EventRegistry.declared_in(events_pb2)
     with pytest.raises(AssertionError, match="ProfileUpdated"):
         assert_events_handled(registry, _Fold)
     assert_events_handled(

@@ -204,12 +204,25 @@ class EventRegistry:
         self._by_class: dict[type[Message], EventType] = {}
 
     @classmethod
-    def of(cls, *message_classes: type[Message]) -> EventRegistry:
-        """The registry of a service's `domain/events.py`: every type at schema version 1; types
-        with upcasters are added with `register` on the result."""
+    def declared_in(
+        cls, *proto_modules: Any, upcasters: Mapping[str, Mapping[int, Upcaster]] | None = None
+    ) -> EventRegistry:
+        """The registry of a service's `domain/events.py`: every message of these generated
+        modules that declares `option (onefold.options.v1.event_schema_version) = N;`, at version
+        N, with `upcasters[full name]` for versions below N."""
+        upcasters = dict(upcasters or {})
         registry = cls()
-        for message_class in message_classes:
-            registry.register(message_class)
+        for module in proto_modules:
+            for descriptor in module.DESCRIPTOR.message_types_by_name.values():
+                version = descriptor.GetOptions().Extensions[options_pb2.event_schema_version]
+                if version:
+                    registry.register(
+                        getattr(module, descriptor.name),
+                        schema_version=version,
+                        upcasters=upcasters.pop(descriptor.full_name, None),
+                    )
+        if upcasters:
+            raise InvalidEvent(f"upcasters for types that are not declared events: {sorted(upcasters)}")
         return registry
 
     def register(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n onefold/options/v1/options.proto\x12\x12onefold.options.v1\x1a google/protobuf/descriptor.proto:,\n\x03pii\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x08:4\n\x0b\x62lind_index\x12\x1d.google.protobuf.FieldOptions\x18\xd2\x86\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n onefold/options/v1/options.proto\x12\x12onefold.options.v1\x1a google/protobuf/descriptor.proto:,\n\x03pii\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x08:4\n\x0b\x62lind_index\x12\x1d.google.protobuf.FieldOptions\x18\xd2\x86\x03 \x01(\x08:?\n\x14\x65vent_schema_version\x12\x1f.google.protobuf.MessageOptions\x18\xb5\x87\x03 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

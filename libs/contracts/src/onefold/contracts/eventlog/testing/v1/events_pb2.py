@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from onefold.contracts.options.v1 import options_pb2 as onefold_dot_options_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(onefold/eventlog/testing/v1/events.proto\x12\x1bonefold.eventlog.testing.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a onefold/options/v1/options.proto\"-\n\x07\x41\x64\x64ress\x12\x14\n\x06street\x18\x01 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04\x63ity\x18\x02 \x01(\t\"\x98\x03\n\x0eProfileUpdated\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12-\n\x06traits\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\x88\xb5\x18\x01\x12U\n\nproperties\x18\x06 \x03(\x0b\x32;.onefold.eventlog.testing.v1.ProfileUpdated.PropertiesEntryB\x04\x88\xb5\x18\x01\x12\x35\n\x07\x61\x64\x64ress\x18\x07 \x01(\x0b\x32$.onefold.eventlog.testing.v1.Address\x12\x1b\n\rphone_numbers\x18\x08 \x03(\tB\x04\x88\xb5\x18\x01\x12\x13\n\x05photo\x18\t \x01(\x0c\x42\x04\x88\xb5\x18\x01\x12\x19\n\x0b\x65mail_index\x18\n \x01(\tB\x04\x90\xb5\x18\x01\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"0\n\x0e\x43ounterChanged\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\"<\n\rLegacyNameSet\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x17\n\tfull_name\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\"\x94\x01\n\x0c\x43ounterState\x12\x45\n\x06totals\x18\x01 \x03(\x0b\x32\x35.onefold.eventlog.testing.v1.CounterState.TotalsEntry\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x1a-\n\x0bTotalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\x0f\x43ontactCaptured\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(onefold/eventlog/testing/v1/events.proto\x12\x1bonefold.eventlog.testing.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a onefold/options/v1/options.proto\"-\n\x07\x41\x64\x64ress\x12\x14\n\x06street\x18\x01 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04\x63ity\x18\x02 \x01(\t\"\x9e\x03\n\x0eProfileUpdated\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12-\n\x06traits\x18\x05 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\x88\xb5\x18\x01\x12U\n\nproperties\x18\x06 \x03(\x0b\x32;.onefold.eventlog.testing.v1.ProfileUpdated.PropertiesEntryB\x04\x88\xb5\x18\x01\x12\x35\n\x07\x61\x64\x64ress\x18\x07 \x01(\x0b\x32$.onefold.eventlog.testing.v1.Address\x12\x1b\n\rphone_numbers\x18\x08 \x03(\tB\x04\x88\xb5\x18\x01\x12\x13\n\x05photo\x18\t \x01(\x0c\x42\x04\x88\xb5\x18\x01\x12\x19\n\x0b\x65mail_index\x18\n \x01(\tB\x04\x90\xb5\x18\x01\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:\x04\xa8\xbb\x18\x01\"6\n\x0e\x43ounterChanged\x12\x0f\n\x07\x63ounter\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03:\x04\xa8\xbb\x18\x02\"<\n\rLegacyNameSet\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x17\n\tfull_name\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\"\x94\x01\n\x0c\x43ounterState\x12\x45\n\x06totals\x18\x01 \x03(\x0b\x32\x35.onefold.eventlog.testing.v1.CounterState.TotalsEntry\x12\x0e\n\x06\x65vents\x18\x02 \x01(\x03\x1a-\n\x0bTotalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"l\n\x0f\x43ontactCaptured\x12\x12\n\nprofile_id\x18\x01 \x01(\t\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01\x12\x12\n\x04name\x18\x03 \x01(\tB\x04\x88\xb5\x18\x01\x12\x0c\n\x04plan\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROFILEUPDATED'].fields_by_name['photo']._serialized_options = b'\210\265\030\001'
   _globals['_PROFILEUPDATED'].fields_by_name['email_index']._loaded_options = None
   _globals['_PROFILEUPDATED'].fields_by_name['email_index']._serialized_options = b'\220\265\030\001'
+  _globals['_PROFILEUPDATED']._loaded_options = None
+  _globals['_PROFILEUPDATED']._serialized_options = b'\250\273\030\001'
+  _globals['_COUNTERCHANGED']._loaded_options = None
+  _globals['_COUNTERCHANGED']._serialized_options = b'\250\273\030\002'
   _globals['_LEGACYNAMESET'].fields_by_name['full_name']._loaded_options = None
   _globals['_LEGACYNAMESET'].fields_by_name['full_name']._serialized_options = b'\210\265\030\001'
   _globals['_COUNTERSTATE_TOTALSENTRY']._loaded_options = None
@@ -62,17 +66,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDRESS']._serialized_start=137
   _globals['_ADDRESS']._serialized_end=182
   _globals['_PROFILEUPDATED']._serialized_start=185
-  _globals['_PROFILEUPDATED']._serialized_end=593
+  _globals['_PROFILEUPDATED']._serialized_end=599
   _globals['_PROFILEUPDATED_PROPERTIESENTRY']._serialized_start=544
   _globals['_PROFILEUPDATED_PROPERTIESENTRY']._serialized_end=593
-  _globals['_COUNTERCHANGED']._serialized_start=595
-  _globals['_COUNTERCHANGED']._serialized_end=643
-  _globals['_LEGACYNAMESET']._serialized_start=645
-  _globals['_LEGACYNAMESET']._serialized_end=705
-  _globals['_COUNTERSTATE']._serialized_start=708
-  _globals['_COUNTERSTATE']._serialized_end=856
-  _globals['_COUNTERSTATE_TOTALSENTRY']._serialized_start=811
-  _globals['_COUNTERSTATE_TOTALSENTRY']._serialized_end=856
-  _globals['_CONTACTCAPTURED']._serialized_start=858
-  _globals['_CONTACTCAPTURED']._serialized_end=966
+  _globals['_COUNTERCHANGED']._serialized_start=601
+  _globals['_COUNTERCHANGED']._serialized_end=655
+  _globals['_LEGACYNAMESET']._serialized_start=657
+  _globals['_LEGACYNAMESET']._serialized_end=717
+  _globals['_COUNTERSTATE']._serialized_start=720
+  _globals['_COUNTERSTATE']._serialized_end=868
+  _globals['_COUNTERSTATE_TOTALSENTRY']._serialized_start=823
+  _globals['_COUNTERSTATE_TOTALSENTRY']._serialized_end=868
+  _globals['_CONTACTCAPTURED']._serialized_start=870
+  _globals['_CONTACTCAPTURED']._serialized_end=978
 # @@protoc_insertion_point(module_scope)
