@@ -1,6 +1,11 @@
-"""CLI start-up benchmark: the median wall time of `onefold --help`, `onefold status` (nothing
-running) and a few command groups' `--help`, beside `python -c pass` and `python -c "import typer"`
-measured in the same run.
+"""CLI start-up benchmark: the median wall time of `onefold --help`, `onefold status` (against a
+running suite's endpoints, and with nothing running) and a few command groups' `--help`, beside
+`python -c pass` and `python -c "import typer"` measured in the same run.
+
+The "running suite" is stood in for by real listeners in this process — a gRPC health service
+answering SERVING for every service and its NATS connection, an HTTP server answering /health and a
+TCP listener for NATS — named in an endpoints.json as `onefold up` writes it, so `status` does the
+whole round of health checks a user's `onefold status` does.
 
     python bench/cli.py [--runs N] [--uncached-runs N] [--json]
     onefold bench cli --json
@@ -16,22 +21,26 @@ states of Python's bytecode cache:
 - uncached: an empty private cache that is never written (PYTHONDONTWRITEBYTECODE), so every module,
   the standard library included, is compiled from source on each run: the ceiling.
 
-Targets (a 2-core machine): `onefold --help` and `onefold status` median <= 300 ms, installed and
-cached. `met` in the JSON says which were met.
+Targets (a 2-core machine): `onefold --help` and `onefold status` (suite running) median <= 300 ms,
+installed and cached. `met` in the JSON says which were met.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.server
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +53,65 @@ def onefold_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "onefold.cli"]
 
 
-def commands(data_dir: Path) -> dict[str, list[str]]:
+def commands(data_dir: Path, running_dir: Path) -> dict[str, list[str]]:
     onefold = onefold_command()
     measured = {
         "python_pass": [sys.executable, "-c", "pass"],
         "import_typer": [sys.executable, "-c", "import typer"],
         "help": [*onefold, "--help"],
-        "status": [*onefold, "status", "--data-dir", str(data_dir)],
+        "status": [*onefold, "status", "--data-dir", str(running_dir)],
+        "status_nothing_running": [*onefold, "status", "--data-dir", str(data_dir)],
     }
     measured.update({f"{group}_help": [*onefold, group, "--help"] for group in GROUPS})
     return measured
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def running_suite(data_dir: Path) -> Iterator[None]:
+    """Listeners answering as a healthy suite does, named in data_dir/run/endpoints.json."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from onefold.platform.health import NATS_HEALTH_NAME
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = health.HealthServicer()
+    for name in ("", NATS_HEALTH_NAME):
+        servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    nats = socket.create_server(("127.0.0.1", 0))
+    target = f"127.0.0.1:{grpc_port}"
+    services = dict.fromkeys(("ingest", "identity", "consent", "segments", "journeys"), target)
+    state = {
+        "pid": os.getpid(),
+        "nats_url": f"nats://127.0.0.1:{nats.getsockname()[1]}",
+        "services": services,
+        "http": {"ingest": f"http://127.0.0.1:{web.server_address[1]}"},
+    }
+    (data_dir / "run").mkdir(parents=True)
+    (data_dir / "run" / "endpoints.json").write_text(json.dumps(state))
+    try:
+        yield
+    finally:
+        server.stop(None)
+        web.shutdown()
+        nats.close()
 
 
 def environment(state: str, cache_dir: Path) -> dict[str, str]:
@@ -97,9 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{platform.python_version()}",
         "load_average": [round(load, 2) for load in os.getloadavg()],
     }
-    with tempfile.TemporaryDirectory(prefix="onefold-bench-cli-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="onefold-bench-cli-") as tmp,
+        running_suite(Path(tmp) / "running"),
+    ):
         directory = Path(tmp)
-        measured = commands(directory / "data")
+        measured = commands(directory / "data", directory / "running")
         for state, runs in (
             ("installed", args.runs),
             ("cached", args.runs),

@@ -35,11 +35,10 @@ from cryptography.x509.oid import NameOID
 
 from onefold.platform.bus_permissions import USERS, authorization_config, environment_password
 from onefold.platform.config import load_settings
-from onefold.platform.health import health_status, wait_for_health
+from onefold.platform.health import NATS_HEALTH_NAME, health_status, wait_for_health
 from onefold.platform.nats import connect_options
 from onefold.platform.nats_server import NatsServerProcess, nats_server_binary
 from onefold.platform.ports import free_port, wait_for_port
-from onefold.platform.service import NATS_HEALTH_NAME
 from onefold.testing.processes import ServiceProcess
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"

@@ -21,12 +21,24 @@ def bench_dir() -> Path:
     raise typer.BadParameter("cannot find the bench/ directory; set ONEFOLD_BENCH_DIR")
 
 
-def bench(ctx: typer.Context, name: str = typer.Argument(help="benchmark name, e.g. eventlog")) -> None:
+def available(directory: Path) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _names_help() -> str:
+    try:
+        return "benchmark: " + ", ".join(available(bench_dir()))
+    except typer.BadParameter:
+        return "benchmark name (bench/NAME.py of the checkout)"
+
+
+def bench(ctx: typer.Context, name: str = typer.Argument(help=_names_help())) -> None:
     directory = bench_dir()
     path = directory / f"{name}.py"
     if not path.is_file():
-        available = sorted(p.stem for p in directory.glob("*.py") if not p.stem.startswith("_"))
-        raise typer.BadParameter(f"no benchmark '{name}'; available: {', '.join(available) or 'none'}")
+        raise typer.BadParameter(
+            f"no benchmark '{name}'; available: {', '.join(available(directory)) or 'none'}"
+        )
     spec = importlib.util.spec_from_file_location(f"onefold_bench_{name}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

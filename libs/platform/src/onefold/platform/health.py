@@ -7,6 +7,11 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# The health-service name under which every service reports its NATS connection (onefold.platform.service).
+NATS_HEALTH_NAME = "onefold.nats"
+# The answers that say something about the service; anything else (a timeout) says nothing.
+DEFINITE = frozenset({"SERVING", "NOT_SERVING"})
+
 
 def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
     """'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN' … or 'UNREACHABLE'."""

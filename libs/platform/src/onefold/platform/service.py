@@ -27,10 +27,10 @@ from onefold.platform.auth import CredentialStore
 from onefold.platform.config import ConfigError, Settings, load_settings, prepare_data_dir
 from onefold.platform.database import create_engine
 from onefold.platform.grpc_server import AUTHENTICATED, GrpcServer, ServiceRegistration, typed_registration
+from onefold.platform.health import NATS_HEALTH_NAME
 from onefold.platform.nats import NatsConnection
 from onefold.platform.telemetry import configure_logging, configure_tracing, get_logger, serve_metrics
 
-NATS_HEALTH_NAME = "onefold.nats"
 BOOTSTRAP_ADMIN_WORKSPACE = "default"
 BOOTSTRAP_ADMIN_ID = "0000000000000000"
 BOOTSTRAP_ADMIN_SCOPES = ("admin", auth.INSTALLATION_ADMIN)
