@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nats.js.errors import NotFoundError
 from sqlalchemy.engine import Connection
+from structlog.testing import capture_logs
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
@@ -351,3 +352,32 @@ async def test_at_least_once_delivery_with_idempotent_handling_is_exactly_once(
     for s, d in deltas:
         expected[f"counter:{s}"] = expected.get(f"counter:{s}", 0) + d
     assert totals == expected
+
+
+async def test_a_subscriber_started_before_its_upstream_waits_quietly_then_consumes(
+    nats: NatsConnection, open_store: Callable[..., EventStore]
+) -> None:
+    """On a first start a service may come up before the upstream has created its stream: that is
+    no trouble to warn about, and the events flow once the stream exists."""
+    downstream = open_store("segments", extra=effects_metadata)
+    subscriber = Subscriber(
+        downstream,
+        nats,
+        service="segments",
+        upstream="journeys",
+        handler=apply_effects,
+        settings=SubscriberSettings(batch_size=100, fetch_timeout_seconds=0.3, error_backoff_seconds=0.05),
+    )
+    with capture_logs() as logs:
+        subscriber.start()
+        async with asyncio.timeout(30):
+            while not any(entry["event"] == "subscriber.waiting_for_upstream" for entry in logs):
+                await asyncio.sleep(0.05)
+        upstream = open_store("journeys", extra=effects_metadata)
+        upstream.append(counters(5))
+        await publish(upstream, nats, service="journeys")
+        async with asyncio.timeout(30):
+            while applied_positions(downstream) != [1, 2, 3, 4, 5]:
+                await asyncio.sleep(0.05)
+        await subscriber.stop()
+    assert not [entry for entry in logs if entry["log_level"] == "warning"]

@@ -71,6 +71,8 @@ from onefold.platform.nats import NatsConnection
 from onefold.platform.telemetry import extract_context, get_logger, tracer
 
 log = get_logger("onefold.eventlog.subscriber")
+# JetStream's error code for "stream not found".
+STREAM_NOT_FOUND = 10059
 
 Handler = Callable[[Connection, Sequence[EventEnvelope]], None]
 
@@ -257,6 +259,17 @@ class Subscriber:
                 continue
             except asyncio.CancelledError:
                 raise
+            except NotFoundError as exc:
+                self._suspect = True
+                if exc.err_code == STREAM_NOT_FOUND:
+                    # The upstream creates its stream when it starts; on a first start it may come up
+                    # after us. Nothing is wrong: wait for it without a warning.
+                    log.info("subscriber.waiting_for_upstream", consumer=self.durable, stream=self.stream)
+                else:
+                    self._trouble("subscriber.fetch_failed", exc, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.settings.error_backoff_max_seconds)
+                continue
             except Exception as exc:
                 self._suspect = True  # e.g. the consumer was deleted: reconcile re-creates it
                 self._trouble("subscriber.fetch_failed", exc, delay)
