@@ -186,6 +186,7 @@ class EventSourcedService(Generic[A]):
                     subscription.upstream, functools.partial(self.key_peers.channel, subscription.upstream)
                 ),
                 writer=log.writer,
+                catch_up=log.projector.catch_up,
             )
             for subscription in subscriptions
         ]

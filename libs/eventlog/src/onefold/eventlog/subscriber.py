@@ -56,6 +56,7 @@ from onefold.eventlog.chain import envelope_hash
 from onefold.eventlog.cipher import DataKeyCipher
 from onefold.eventlog.keyaccess import KeySource, KeysUnavailable, Unsealer, is_sealed
 from onefold.eventlog.models import ChainDigest
+from onefold.eventlog.projections import ProjectionBehind
 from onefold.eventlog.streams import (
     StreamSettings,
     consumer_name,
@@ -168,6 +169,7 @@ class Subscriber:
         stream_settings: StreamSettings | None = None,
         keys: KeySource | None = None,
         writer: Writer | None = None,
+        catch_up: Callable[[], object] | None = None,
     ) -> None:
         """`service` consumes the events published by `upstream`.
 
@@ -176,6 +178,8 @@ class Subscriber:
         upstream's subject keys, to open the sealed personal data of its events before the handler
         sees them (keyaccess); without it a sealed event fails its batch. `writer`: the service's
         writer thread, where every batch is applied (without it, a worker thread of its own).
+        `catch_up`: brings the service's read models up to its log when a handler finds them behind
+        (`ProjectionBehind`); the batch is then applied again — such a batch is never dead-lettered.
         """
         self.store = store
         self.nats = nats
@@ -183,6 +187,7 @@ class Subscriber:
         self.upstream = upstream
         self.handler = handler
         self._write: Callable[..., Awaitable[Any]] = writer.run if writer is not None else asyncio.to_thread
+        self._catch_up = catch_up
         self.partitions = sorted(set(partitions)) if partitions is not None else None
         self.settings = settings or SubscriberSettings()
         self.stream_settings = stream_settings or StreamSettings()
@@ -447,7 +452,14 @@ class Subscriber:
         self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
     ) -> None:
         try:
-            refusals = await self._write(self._apply, deliveries, ciphers)
+            try:
+                refusals = await self._write(self._apply, deliveries, ciphers)
+            except ProjectionBehind as behind:
+                if self._catch_up is None:
+                    raise
+                log.info("subscriber.read_model_behind", consumer=self.durable, projection=str(behind))
+                await self._write(self._catch_up)
+                refusals = await self._write(self._apply, deliveries, ciphers)
         except HandlerFailed as exc:
             self.stats.batch_failures += 1
             log.warning(
@@ -503,6 +515,8 @@ class Subscriber:
             if fresh:
                 try:
                     self.handler(conn, self._opened(fresh, ciphers))
+                except ProjectionBehind:
+                    raise  # not the events' fault: _handle catches the read model up and retries
                 except Exception as exc:
                     raise HandlerFailed(str(exc) or type(exc).__name__) from exc
                 last_per_key: dict[str, _Delivery] = {}
