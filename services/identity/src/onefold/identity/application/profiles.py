@@ -5,6 +5,7 @@ on a connection of its own (`asyncio.to_thread`), never behind the writer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -119,7 +120,8 @@ class ProfileReads(IdentityState):
             owners = self.owners(conn, workspace, keys_in(message for _, message in history))
             profile = self._assemble(conn, workspace, live, history, owners, self.live_of(conn, workspace))
             if len(self._profiles) >= PROFILE_CACHE_SIZE:
-                self._profiles.pop(next(iter(self._profiles)), None)
+                with contextlib.suppress(KeyError):  # another read emptied it meanwhile
+                    self._profiles.popitem(last=False)
             kept = pb.Profile()
             kept.CopyFrom(profile)
             self._profiles[(workspace, live)] = (marker, kept)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
@@ -60,8 +61,11 @@ class IdentityState:
         self._graphs: dict[str, IdentityGraph] = {}
         self._head = -1
         self._keys: dict[tuple[str, str], str] = {}
-        # (workspace, live profile) -> ((family streams' head, family), the assembled profile 360).
-        self._profiles: dict[tuple[str, str], tuple[tuple[int, tuple[str, ...]], pb.Profile]] = {}
+        # (workspace, live profile) -> ((family streams' head, family), the assembled profile 360),
+        # oldest first. Read threads share it: only single (atomic) dict operations touch it.
+        self._profiles: OrderedDict[tuple[str, str], tuple[tuple[int, tuple[str, ...]], pb.Profile]] = (
+            OrderedDict()
+        )
 
     # ------------------------------------------------------------------------------ keys
 
