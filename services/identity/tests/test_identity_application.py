@@ -4,6 +4,7 @@ transaction per batch), and the profile 360 is read back through the application
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -976,3 +977,35 @@ async def test_counts_and_timelines_agree_after_repeated_unmerges_and_an_erasure
     assert await identity.app.get_profile(WS, pid(ann)) == ann_before
     assert len(await all_timeline(identity.app, pid(ann))) == 3
     assert ERASED not in traits_of(await identity.app.get_profile(WS, pid(ann)))
+
+
+async def test_concurrent_use_cases_write_one_at_a_time_and_read_beside_the_writer(
+    identity: Identity,
+) -> None:
+    """Manual changes and subscriber batches all run on the one writer thread; reads run beside
+    them. Started together, every change lands and the graph stays the fold of the log."""
+    for n in range(8):
+        # People 4 and 5 are anonymous (two user ids would never merge).
+        user_id = "" if n in (4, 5) else f"u{n}"
+        identity.send(type=IDENTIFY, user_id=user_id, anonymous_id=f"c-u{n}", traits={"n": n})
+    owners = [await identity.owner("anonymous_id", f"c-u{n}") for n in range(8)]
+
+    def batch(first: int) -> None:
+        with identity.store.transaction() as conn:
+            identity.app.handle_accepted(conn, [identity.event(anonymous_id=f"c-u{first}", name="Again")])
+
+    writes = [identity.app.set_protection(WS, pid(owner), True, "op") for owner in owners[:4]]
+    writes += [identity.app.merge(WS, pid(owners[4]), pid(owners[5]), "same person", "op")]
+    writes += [identity.app.log.writer.run(batch, n) for n in range(6, 8)]
+    reads = [identity.app.get_profile(WS, pid(owner)) for owner in owners]
+    await asyncio.gather(*writes, *reads)
+
+    for owner in owners[:4]:
+        assert (await identity.app.get_profile(WS, pid(owner))).protected
+    assert (await identity.app.get_profile(WS, pid(owners[5]))).redirected_from == owners[5]
+    for n in (6, 7):
+        assert (await identity.app.get_profile(WS, pid(owners[n]))).event_count == 2
+    # The graph holds the protections set concurrently: a shared identifier merges neither profile.
+    identity.send(anonymous_id="c-u0", user_id="u1")
+    assert await identity.owner("user_id", "u1") == owners[1]
+    assert await identity.owner("anonymous_id", "c-u0") == owners[0]
