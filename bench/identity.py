@@ -91,7 +91,7 @@ subject, so 1,000,000 events have about 290,000).
 - rebuild: the graph events (ProfileCreated, IdentifierLinked, ProfilesMerged, ProfileUnmerged,
   ProfileProtectionSet, ProfileErased; not EventResolved) read with plain SQL in position order,
   each payload parsed as its message (the public fields, keys included, need no decryption) and
-  folded into a fresh IdentityGraph as `fold_into` does; checked equal to the live read model.
+  folded into a fresh IdentityGraph as `GraphFold` does; checked equal to the live read model.
   Compared with Splink's link + cluster. `--projection-rebuild` also times
   `Projector.rebuild()` of the SQL read model on a copy of the database (it decrypts every event:
   minutes for large runs, so off by default);
@@ -1294,10 +1294,10 @@ class _Position(NamedTuple):
 def rebuild_graph(path: Any) -> tuple[float, Any, int]:
     """Fold the identity log's graph events into a fresh IdentityGraph: plain SQL on a read-only
     connection, in position order, each payload parsed as its message (public fields, no
-    decryption), the common three applied as `fold_into` does and the rest through `fold_into`.
+    decryption), the common three applied as `GraphFold` does and the rest through `GraphFold`.
     Returns (seconds, graph, events folded)."""
     from onefold.contracts.identity.v1 import identity_pb2 as ipb
-    from onefold.identity.application import fold_into
+    from onefold.identity.domain.fold import GraphFold
     from onefold.identity.domain.graph import IdentityGraph
     from onefold.identity.domain.identifiers import default_rules, rules_from_proto
 
@@ -1315,6 +1315,7 @@ def rebuild_graph(path: Any) -> tuple[float, Any, int]:
         try:
             started = time.perf_counter()
             graph = IdentityGraph(rules)
+            fold = GraphFold(graph).fold
             link, create, merge = graph.link, graph.create, graph.merge
             parse_linked = ipb.IdentifierLinked.FromString
             parse_created = ipb.ProfileCreated.FromString
@@ -1336,7 +1337,7 @@ def rebuild_graph(path: Any) -> tuple[float, Any, int]:
                         merged = parse_merged(payload)
                         merge(merged.survivor_id, merged.merged_id)
                     else:
-                        fold_into(graph, _Position(position), other[event_type](payload))  # type: ignore[arg-type]
+                        fold(_Position(position), other[event_type](payload))  # type: ignore[arg-type]
                 folded += len(rows)
             seconds = time.perf_counter() - started
         finally:
@@ -1356,8 +1357,8 @@ def rebuild_projection(system: IdentitySystem, directory: Any) -> tuple[float, i
     from onefold.eventlog import EventStore
     from onefold.eventlog.cipher import KeyEncryptionKey
     from onefold.eventlog.projections import Projector
-    from onefold.identity.application import event_registry
-    from onefold.identity.projections import IdentityProjection
+    from onefold.identity.adapters.read_model import IdentityProjection
+    from onefold.identity.domain.events import REGISTRY
     from onefold.platform.database import create_engine
 
     copy = Path(directory) / "identity-copy.db"
@@ -1372,7 +1373,7 @@ def rebuild_projection(system: IdentitySystem, directory: Any) -> tuple[float, i
     store = EventStore(
         engine,
         service="identity",
-        registry=event_registry(),
+        registry=REGISTRY,
         keys=KeyEncryptionKey.from_base64(system.key_file.read_text()),
     )
     try:

@@ -56,7 +56,7 @@ from onefold.eventlog.streams import (
     stream_name,
 )
 from onefold.eventlog.subscriber import DLQ_ERROR, Subscriber, SubscriberSettings
-from onefold.identity.application import event_registry as identity_registry
+from onefold.identity.domain.events import REGISTRY as IDENTITY_REGISTRY
 from onefold.ingest.application import event_registry as ingest_registry
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import load_settings
@@ -67,7 +67,7 @@ from onefold.platform.service import ServiceContext
 
 REGISTRIES: dict[str, Callable[[], EventRegistry]] = {
     "ingest": ingest_registry,
-    "identity": identity_registry,
+    "identity": lambda: IDENTITY_REGISTRY,
     "consent": consent_registry,
 }
 FAST = SubscriberSettings(batch_size=100, fetch_timeout_seconds=0.3, retry_backoff_seconds=0.01)
@@ -396,7 +396,7 @@ async def test_a_conflicting_digest_raises_the_alarm_and_is_never_published(
 async def test_start_refuses_a_log_behind_or_beside_what_it_published(
     nats: NatsConnection, tmp_path: Path, kek: KeyEncryptionKey
 ) -> None:
-    registry = identity_registry()
+    registry = IDENTITY_REGISTRY
     store = EventStore(
         f"sqlite:///{tmp_path / 'identity.db'}", service="identity", registry=registry, keys=kek
     )

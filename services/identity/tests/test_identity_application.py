@@ -4,8 +4,9 @@ transaction per batch), and the profile 360 is read back through the application
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,10 +24,14 @@ from onefold.eventlog import ERASED, EventStore
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.models import RecordedEvent
 from onefold.eventlog.projections import Projector
-from onefold.identity.application import IdentityApplication, event_registry
-from onefold.identity.projections import IdentityProjection
+from onefold.eventlog.service import ServiceLog
+from onefold.identity.adapters.read_model import IdentityProjection
+from onefold.identity.application import IdentityApplication
+from onefold.identity.domain.events import REGISTRY
+from onefold.platform.config import load_settings
 from onefold.platform.database import create_engine
 from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFound
+from onefold.platform.service import ServiceContext
 
 WS = "acme"
 TRACK = ingest_pb2.EVENT_TYPE_TRACK
@@ -42,6 +47,16 @@ def pid(profile_id: str) -> pb.ProfileRef:
     return pb.ProfileRef(profile_id=profile_id)
 
 
+def service_log(engine: sa.Engine, kek: KeyEncryptionKey, data_dir: Path) -> ServiceLog:
+    """The identity service's log on `engine` (its store, read model and writer thread), as the
+    service's bootstrap builds it."""
+    settings = load_settings(
+        "identity", env={}, data_dir=str(data_dir), eventlog={"key_encryption_key": kek.to_text()}
+    )
+    ctx = ServiceContext(settings, engine, credentials=None, nats=None)  # type: ignore[arg-type]
+    return ServiceLog(ctx, events=REGISTRY, projections=[IdentityProjection()])
+
+
 @dataclass
 class Identity:
     """The identity application on a real database, fed like the ingest subscriber feeds it."""
@@ -49,6 +64,8 @@ class Identity:
     store: EventStore
     app: IdentityApplication
     kek: KeyEncryptionKey
+    data_dir: Path
+    logs: list[ServiceLog] = field(default_factory=list)
     position: int = 0
     sent: list[EventEnvelope] = field(default_factory=list)
 
@@ -101,11 +118,11 @@ class Identity:
         self.deliver(envelope)
         return envelope.event_id
 
-    def profile(self, type_name: str, value: str, **kwargs: Any) -> pb.Profile:
-        return self.app.get_profile(WS, ref(type_name, value), **kwargs)
+    async def profile(self, type_name: str, value: str, **kwargs: Any) -> pb.Profile:
+        return await self.app.get_profile(WS, ref(type_name, value), **kwargs)
 
-    def owner(self, type_name: str, value: str, workspace: str = WS) -> str:
-        answer = self.app.resolve_identifier(workspace, pb.Identifier(type=type_name, value=value))
+    async def owner(self, type_name: str, value: str, workspace: str = WS) -> str:
+        answer = await self.app.resolve_identifier(workspace, pb.Identifier(type=type_name, value=value))
         return answer.profile_id if answer.found else ""
 
     def log(self, message_type: type[Any]) -> list[tuple[RecordedEvent, Any]]:
@@ -122,19 +139,20 @@ class Identity:
 
     def fresh_app(self) -> IdentityApplication:
         """A new application (a restarted process) on the same database and key."""
-        store = EventStore(self.store.engine, service="identity", registry=event_registry(), keys=self.kek)
-        return IdentityApplication(store, IdentityProjection())
+        log = service_log(self.store.engine, self.kek, self.data_dir)
+        self.logs.append(log)
+        return IdentityApplication(log)
 
 
 @pytest.fixture
-def identity(database_url: str) -> Iterator[Identity]:
+async def identity(database_url: str, tmp_path: Path) -> AsyncIterator[Identity]:
     engine = create_engine(database_url)
     kek = KeyEncryptionKey.generate()
-    store = EventStore(engine, service="identity", registry=event_registry(), keys=kek)
-    store.create_schema()
-    projection = IdentityProjection()
-    Projector(store, [projection]).create_tables()
-    yield Identity(store=store, app=IdentityApplication(store, projection), kek=kek)
+    log = service_log(engine, kek, tmp_path)
+    identity = Identity(store=log.store, app=IdentityApplication(log), kek=kek, data_dir=tmp_path, logs=[log])
+    yield identity
+    for each in identity.logs:
+        await each.writer.stop()
     engine.dispose()
 
 
@@ -150,11 +168,13 @@ def history_kinds(records: Sequence[pb.MergeRecord]) -> list[str]:
     return [pb.MergeRecord.Kind.Name(r.kind).removeprefix("KIND_") for r in records]
 
 
-def all_timeline(app: IdentityApplication, profile: pb.ProfileRef, **filters: Any) -> list[pb.TimelineEntry]:
+async def all_timeline(
+    app: IdentityApplication, profile: pb.ProfileRef, **filters: Any
+) -> list[pb.TimelineEntry]:
     entries: list[pb.TimelineEntry] = []
     token = ""
     for _ in range(100):
-        page, token = app.timeline(
+        page, token = await app.timeline(
             WS, profile, page_size=filters.pop("page_size", 50), page_token=token, **filters
         )
         entries.extend(page)
@@ -166,11 +186,11 @@ def all_timeline(app: IdentityApplication, profile: pb.ProfileRef, **filters: An
 # ------------------------------------------------------------------------------------------ stories
 
 
-def test_the_classic_stitching_story_ends_in_one_profile(identity: Identity) -> None:
+async def test_the_classic_stitching_story_ends_in_one_profile(identity: Identity) -> None:
     # Anonymous browsing on a laptop: a cookie and a device id, nothing else.
     browse = identity.send(anonymous_id="cookie-laptop", context={"device": {"id": "laptop-1"}})
-    laptop = identity.owner("anonymous_id", "cookie-laptop")
-    assert laptop and identity.owner("device_id", "laptop-1") == laptop
+    laptop = await identity.owner("anonymous_id", "cookie-laptop")
+    assert laptop and await identity.owner("device_id", "laptop-1") == laptop
     # She logs in: user id and e-mail (written sloppily) join the browsing profile.
     identity.send(
         type=IDENTIFY,
@@ -178,24 +198,24 @@ def test_the_classic_stitching_story_ends_in_one_profile(identity: Identity) -> 
         user_id="u-ann",
         traits={"email": "  Ann@Example.COM ", "name": "Ann", "phone": "138 0013 8000"},
     )
-    assert identity.owner("user_id", "u-ann") == laptop
-    assert identity.owner("email", "ann@example.com") == laptop
+    assert await identity.owner("user_id", "u-ann") == laptop
+    assert await identity.owner("email", "ann@example.com") == laptop
     # On her phone she browses anonymously first (a second profile) and then logs in there too.
     identity.send(anonymous_id="cookie-phone", context={"device": {"id": "phone-1"}}, name="Opened")
-    phone_profile = identity.owner("anonymous_id", "cookie-phone")
+    phone_profile = await identity.owner("anonymous_id", "cookie-phone")
     assert phone_profile and phone_profile != laptop
     identity.send(anonymous_id="cookie-phone", user_id="u-ann", context={"device": {"id": "phone-1"}})
-    assert identity.owner("anonymous_id", "cookie-phone") == laptop
+    assert await identity.owner("anonymous_id", "cookie-phone") == laptop
     # The store's till knew her member card only, from an earlier purchase (a third profile) ...
     identity.send(type=IDENTIFY, traits={"member_card": "MC-77"}, source_id="pos")
-    card_profile = identity.owner("member_card", "MC-77")
+    card_profile = await identity.owner("member_card", "MC-77")
     assert card_profile not in ("", laptop)
     # ... until at the counter she gives the card and the phone number her login had.
     counter = identity.send(
         type=IDENTIFY, traits={"member_card": "MC-77", "phone": "+86 138-0013-8000"}, source_id="pos"
     )
 
-    profile = identity.profile("member_card", "MC-77")
+    profile = await identity.profile("member_card", "MC-77")
     assert profile.profile_id == laptop and not profile.redirected_from
     assert identifiers_of(profile) == {
         ("user_id", "u-ann"),
@@ -233,33 +253,33 @@ def test_the_classic_stitching_story_ends_in_one_profile(identity: Identity) -> 
         ("phone", "13800138000"),
         ("email", "ANN@example.com"),
     }:
-        assert identity.owner(type_name, value) == laptop
-    redirected = identity.app.get_profile(WS, pid(phone_profile))
+        assert await identity.owner(type_name, value) == laptop
+    redirected = await identity.app.get_profile(WS, pid(phone_profile))
     assert redirected.profile_id == laptop and redirected.redirected_from == phone_profile
-    history = identity.app.merge_history(WS, pid(laptop))
+    history = await identity.app.merge_history(WS, pid(laptop))
     assert history_kinds(history) == ["MERGED", "MERGED"]
     assert [(r.merged_id, r.rule) for r in history] == [
         (phone_profile, "identifier:device_id"),
         (card_profile, "identifier:member_card"),
     ]
     assert history[1].evidence_event_id == counter
-    assert len(all_timeline(identity.app, pid(laptop))) == 6
+    assert len(await all_timeline(identity.app, pid(laptop))) == 6
 
 
-def test_a_second_user_id_never_merges_and_the_refusal_is_in_the_history(identity: Identity) -> None:
+async def test_a_second_user_id_never_merges_and_the_refusal_is_in_the_history(identity: Identity) -> None:
     identity.send(type=IDENTIFY, user_id="u1", traits={"email": "shared@example.com"})
-    first = identity.owner("user_id", "u1")
+    first = await identity.owner("user_id", "u1")
     evidence = identity.send(type=IDENTIFY, user_id="u2", traits={"email": "shared@example.com"})
-    second = identity.owner("user_id", "u2")
+    second = await identity.owner("user_id", "u2")
     assert second and second != first
     # The e-mail stays where it was; u2's profile has only its user id.
-    assert identity.owner("email", "shared@example.com") == first
-    assert identifiers_of(identity.app.get_profile(WS, pid(second))) == {("user_id", "u2")}
-    assert identifiers_of(identity.app.get_profile(WS, pid(first))) == {
+    assert await identity.owner("email", "shared@example.com") == first
+    assert identifiers_of(await identity.app.get_profile(WS, pid(second))) == {("user_id", "u2")}
+    assert identifiers_of(await identity.app.get_profile(WS, pid(first))) == {
         ("user_id", "u1"),
         ("email", "shared@example.com"),
     }
-    [refused] = identity.app.merge_history(WS, pid(second))
+    [refused] = await identity.app.merge_history(WS, pid(second))
     assert refused.kind == pb.MergeRecord.KIND_LINK_REFUSED
     assert (refused.survivor_id, refused.merged_id, refused.rule) == (second, first, "merge_limit")
     assert refused.evidence_event_id == evidence
@@ -268,15 +288,19 @@ def test_a_second_user_id_never_merges_and_the_refusal_is_in_the_history(identit
     # Per-type limits hold for new identifiers as well: a sixth e-mail is refused, not linked.
     for number in range(6):
         identity.send(type=IDENTIFY, user_id="u1", traits={"email": f"e{number}@example.com"})
-    emails = [i for i in identity.app.get_profile(WS, pid(first)).identifiers if i.identifier.type == "email"]
-    assert len(emails) == 5 and identity.owner("email", "e5@example.com") == ""
-    assert history_kinds(identity.app.merge_history(WS, pid(first)))[-1] == "LINK_REFUSED"
+    emails = [
+        i
+        for i in (await identity.app.get_profile(WS, pid(first))).identifiers
+        if i.identifier.type == "email"
+    ]
+    assert len(emails) == 5 and await identity.owner("email", "e5@example.com") == ""
+    assert history_kinds(await identity.app.merge_history(WS, pid(first)))[-1] == "LINK_REFUSED"
     # A manual merge of the two user ids is refused with the limit it would break.
     with pytest.raises(FailedPrecondition, match="2 user_id identifiers, limit 1"):
-        identity.app.merge(WS, pid(first), pid(second), "same person?", "op")
+        await identity.app.merge(WS, pid(first), pid(second), "same person?", "op")
 
 
-def test_blocked_values_never_link(identity: Identity) -> None:
+async def test_blocked_values_never_link(identity: Identity) -> None:
     rules = pb.IdentityRules(
         identifiers=[
             pb.IdentifierRule(type="email", blocked_values=[" Counter@Shop.example "]),
@@ -284,70 +308,73 @@ def test_blocked_values_never_link(identity: Identity) -> None:
         ],
         default_phone_region="CN",
     )
-    stored = identity.app.set_rules(WS, rules, "admin")
+    stored = await identity.app.set_rules(WS, rules, "admin")
     assert stored.version == 1
     email_rule = next(r for r in stored.identifiers if r.type == "email")
     assert list(email_rule.blocked_values) == ["counter@shop.example"]  # normalised
-    assert identity.app.get_rules(WS) == stored
-    assert identity.app.get_rules("another-workspace").version == 0  # rules are per workspace
+    assert await identity.app.get_rules(WS) == stored
+    assert (await identity.app.get_rules("another-workspace")).version == 0  # rules are per workspace
     for user in ("u1", "u2"):
         identity.send(
             type=IDENTIFY,
             user_id=user,
             traits={"email": "counter@shop.example", "phone": "+86 21 6888 8888"},
         )
-    first, second = identity.owner("user_id", "u1"), identity.owner("user_id", "u2")
+    first, second = await identity.owner("user_id", "u1"), await identity.owner("user_id", "u2")
     assert first and second and first != second
-    assert identity.owner("email", "counter@shop.example") == ""
-    assert identity.owner("phone", "02168888888") == ""
+    assert await identity.owner("email", "counter@shop.example") == ""
+    assert await identity.owner("phone", "02168888888") == ""
     # An anonymous visitor who types the blocked e-mail is not folded into anyone either.
     identity.send(type=IDENTIFY, anonymous_id="c-9", traits={"email": "COUNTER@shop.example"})
-    visitor = identity.owner("anonymous_id", "c-9")
+    visitor = await identity.owner("anonymous_id", "c-9")
     assert visitor not in ("", first, second)
-    assert identifiers_of(identity.app.get_profile(WS, pid(visitor))) == {("anonymous_id", "c-9")}
+    assert identifiers_of(await identity.app.get_profile(WS, pid(visitor))) == {("anonymous_id", "c-9")}
     assert identity.log(pb.LinkRefused) == []  # blocked values are dropped, not refused
     # Rules that cannot work are refused with the field at fault.
     with pytest.raises(InvalidArgument, match="blocked_values"):
-        identity.app.set_rules(
+        await identity.app.set_rules(
             WS, pb.IdentityRules(identifiers=[pb.IdentifierRule(type="phone", blocked_values=["x"])]), "a"
         )
     with pytest.raises(InvalidArgument, match="default_phone_region"):
-        identity.app.set_rules(WS, pb.IdentityRules(default_phone_region="XX"), "a")
-    assert identity.app.get_rules(WS).version == 1
+        await identity.app.set_rules(WS, pb.IdentityRules(default_phone_region="XX"), "a")
+    assert (await identity.app.get_rules(WS)).version == 1
     # The same rules again (a re-run `onefold apply`) are no new version and no new event.
-    assert identity.app.set_rules(WS, rules, "admin") == stored
+    assert await identity.app.set_rules(WS, rules, "admin") == stored
     assert len(identity.log(pb.IdentityRulesSet)) == 1
-    changed = identity.app.set_rules(WS, pb.IdentityRules(default_phone_region="CN"), "admin")
+    changed = await identity.app.set_rules(WS, pb.IdentityRules(default_phone_region="CN"), "admin")
     assert changed.version == 2 and len(identity.log(pb.IdentityRulesSet)) == 2
 
 
-def test_a_device_shared_by_two_logged_in_users_does_not_merge_them(identity: Identity) -> None:
+async def test_a_device_shared_by_two_logged_in_users_does_not_merge_them(identity: Identity) -> None:
     tablet = {"device": {"id": "family-tablet"}}
     identity.send(user_id="mum", anonymous_id="c-1", context=tablet)
     identity.send(user_id="dad", anonymous_id="c-1", context=tablet)
     identity.send(anonymous_id="c-2", context=tablet)  # logged out: the tablet's first user has it
-    mum, dad = identity.owner("user_id", "mum"), identity.owner("user_id", "dad")
+    mum, dad = await identity.owner("user_id", "mum"), await identity.owner("user_id", "dad")
     assert mum and dad and mum != dad
-    assert identity.owner("device_id", "family-tablet") == mum
-    assert identity.owner("anonymous_id", "c-2") == mum
-    assert identifiers_of(identity.app.get_profile(WS, pid(dad))) == {("user_id", "dad")}
-    refusals = [r.rule for r in identity.app.merge_history(WS, pid(dad))]
+    assert await identity.owner("device_id", "family-tablet") == mum
+    assert await identity.owner("anonymous_id", "c-2") == mum
+    assert identifiers_of(await identity.app.get_profile(WS, pid(dad))) == {("user_id", "dad")}
+    refusals = [r.rule for r in await identity.app.merge_history(WS, pid(dad))]
     assert refusals == ["merge_limit", "merge_limit"]  # the device id and the cookie
     # Dad's later events follow his user id only.
     identity.send(user_id="dad", context=tablet, name="Bought")
-    assert identity.app.get_profile(WS, pid(dad)).event_count == 2
-    assert identity.app.get_profile(WS, pid(mum)).event_count == 2
+    assert (await identity.app.get_profile(WS, pid(dad))).event_count == 2
+    assert (await identity.app.get_profile(WS, pid(mum))).event_count == 2
 
 
-def test_a_protected_profile_is_not_merged_by_a_shared_identifier(identity: Identity) -> None:
+async def test_a_protected_profile_is_not_merged_by_a_shared_identifier(identity: Identity) -> None:
     identity.send(type=IDENTIFY, user_id="vip", traits={"email": "vip@example.com"})
     identity.send(anonymous_id="kiosk", context={"device": {"id": "kiosk-1"}})
-    vip, kiosk = identity.owner("user_id", "vip"), identity.owner("anonymous_id", "kiosk")
-    protected = identity.app.set_protection(WS, ref("anonymous_id", "kiosk"), True, "ops")
-    assert protected == kiosk and identity.app.get_profile(WS, pid(kiosk)).protected
+    vip, kiosk = await identity.owner("user_id", "vip"), await identity.owner("anonymous_id", "kiosk")
+    protected = await identity.app.set_protection(WS, ref("anonymous_id", "kiosk"), True, "ops")
+    assert protected == kiosk and (await identity.app.get_profile(WS, pid(kiosk))).protected
     evidence = identity.send(type=IDENTIFY, anonymous_id="kiosk", traits={"email": "vip@example.com"})
-    assert identity.owner("anonymous_id", "kiosk") == kiosk and identity.owner("user_id", "vip") == vip
-    [refused] = identity.app.merge_history(WS, pid(vip))
+    assert (
+        await identity.owner("anonymous_id", "kiosk") == kiosk
+        and await identity.owner("user_id", "vip") == vip
+    )
+    [refused] = await identity.app.merge_history(WS, pid(vip))
     assert (refused.kind, refused.rule, refused.merged_id, refused.evidence_event_id) == (
         pb.MergeRecord.KIND_LINK_REFUSED,
         "protected",
@@ -359,19 +386,18 @@ def test_a_protected_profile_is_not_merged_by_a_shared_identifier(identity: Iden
     with identity.store.transaction() as conn:
         restarted.handle_accepted(conn, [identity.event(anonymous_id="kiosk", user_id="vip")])
     assert (
-        restarted.resolve_identifier(WS, pb.Identifier(type="anonymous_id", value="kiosk")).profile_id
-        == kiosk
-    )
+        await restarted.resolve_identifier(WS, pb.Identifier(type="anonymous_id", value="kiosk"))
+    ).profile_id == kiosk
     # ... and once lifted, the next shared identifier merges as usual.
-    restarted.set_protection(WS, pid(kiosk), False, "ops")
+    await restarted.set_protection(WS, pid(kiosk), False, "ops")
     with identity.store.transaction() as conn:
         restarted.handle_accepted(conn, [identity.event(anonymous_id="kiosk", user_id="vip")])
     assert (
-        restarted.resolve_identifier(WS, pb.Identifier(type="anonymous_id", value="kiosk")).profile_id == vip
-    )
+        await restarted.resolve_identifier(WS, pb.Identifier(type="anonymous_id", value="kiosk"))
+    ).profile_id == vip
 
 
-def _two_people(identity: Identity) -> tuple[str, str]:
+async def _two_people(identity: Identity) -> tuple[str, str]:
     """Ann (user id, e-mail, laptop cookie, traits) and Bob (an anonymous phone with traits)."""
     day = datetime(2026, 1, 5, 9, tzinfo=UTC)
     identity.send(anonymous_id="c-ann", context={"device": {"id": "d-ann"}}, at=day)
@@ -389,7 +415,7 @@ def _two_people(identity: Identity) -> tuple[str, str]:
         traits={"plan": "free", "city": "Lyon"},
         at=day + timedelta(minutes=3),
     )
-    return identity.owner("user_id", "ann"), identity.owner("anonymous_id", "c-bob")
+    return await identity.owner("user_id", "ann"), await identity.owner("anonymous_id", "c-bob")
 
 
 def _wrong_merge(identity: Identity) -> str:
@@ -399,22 +425,22 @@ def _wrong_merge(identity: Identity) -> str:
     )
 
 
-def test_unmerge_by_event_restores_both_profiles_exactly(identity: Identity) -> None:
-    ann, bob = _two_people(identity)
-    before = {p: identity.app.get_profile(WS, pid(p)) for p in (ann, bob)}
+async def test_unmerge_by_event_restores_both_profiles_exactly(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
+    before = {p: await identity.app.get_profile(WS, pid(p)) for p in (ann, bob)}
     wrong = _wrong_merge(identity)
-    merged = identity.app.get_profile(WS, pid(bob))
+    merged = await identity.app.get_profile(WS, pid(bob))
     assert merged.profile_id == ann and merged.redirected_from == bob and merged.event_count == 5
     assert list(merged.merged_profile_ids) == [bob]
 
-    parts = identity.app.unmerge(
+    parts = await identity.app.unmerge(
         WS, pid(ann), identifier=None, event_id=wrong, reason="shared phone", actor="op"
     )
     assert parts == [ann, bob]
-    after = {p: identity.app.get_profile(WS, pid(p)) for p in (ann, bob)}
+    after = {p: await identity.app.get_profile(WS, pid(p)) for p in (ann, bob)}
     # Bob is exactly as he was; Ann too, plus the wrong event itself: it carried her user id, so it is hers.
     assert after[bob] == before[bob]
-    wrong_entry = all_timeline(identity.app, pid(ann))[0]
+    wrong_entry = (await all_timeline(identity.app, pid(ann)))[0]
     assert wrong_entry.event_id == wrong
     restored = pb.Profile()
     restored.CopyFrom(after[ann])
@@ -422,8 +448,8 @@ def test_unmerge_by_event_restores_both_profiles_exactly(identity: Identity) -> 
     restored.last_seen.CopyFrom(before[ann].last_seen)
     assert restored == before[ann]
     assert after[ann].last_seen == wrong_entry.occurred_at
-    assert wrong not in {e.event_id for e in all_timeline(identity.app, pid(bob))}
-    history = identity.app.merge_history(WS, pid(ann))
+    assert wrong not in {e.event_id for e in await all_timeline(identity.app, pid(bob))}
+    history = await identity.app.merge_history(WS, pid(ann))
     assert history_kinds(history) == ["MERGED", "UNMERGED"]
     assert (history[1].reason, history[1].actor, history[1].evidence_event_id) == (
         "shared phone",
@@ -433,20 +459,22 @@ def test_unmerge_by_event_restores_both_profiles_exactly(identity: Identity) -> 
     assert [p.profile_id for p in history[1].parts] == [ann, bob]
     # Unmerging again along the same event has nothing left to split.
     with pytest.raises(FailedPrecondition):
-        identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason="again", actor="op")
+        await identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason="again", actor="op")
     with pytest.raises(NotFound):
-        identity.app.unmerge(WS, pid(ann), identifier=None, event_id="no-such-event", reason="x", actor="op")
+        await identity.app.unmerge(
+            WS, pid(ann), identifier=None, event_id="no-such-event", reason="x", actor="op"
+        )
     with pytest.raises(InvalidArgument):
-        identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason=" ", actor="op")
+        await identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason=" ", actor="op")
 
 
-def test_unmerge_by_identifier_splits_it_off_for_good(identity: Identity) -> None:
-    ann, bob = _two_people(identity)
-    before = identity.app.get_profile(WS, pid(bob))
+async def test_unmerge_by_identifier_splits_it_off_for_good(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
+    before = await identity.app.get_profile(WS, pid(bob))
     _wrong_merge(identity)
     split = pb.Identifier(type="anonymous_id", value="c-bob")
     with pytest.raises(NotFound):  # the identifier must be on the profile named
-        identity.app.unmerge(
+        await identity.app.unmerge(
             WS,
             pid(ann),
             identifier=pb.Identifier(type="user_id", value="x"),
@@ -454,43 +482,45 @@ def test_unmerge_by_identifier_splits_it_off_for_good(identity: Identity) -> Non
             reason="r",
             actor="op",
         )
-    parts = identity.app.unmerge(
+    parts = await identity.app.unmerge(
         WS, ref("user_id", "ann"), identifier=split, event_id="", reason="r", actor="op"
     )
     assert parts == [ann, bob]
-    assert identity.app.get_profile(WS, pid(bob)) == before
+    assert await identity.app.get_profile(WS, pid(bob)) == before
     # The split identifier never merges anything again, whatever comes with it.
     identity.send(anonymous_id="c-bob", user_id="ann")
     identity.send(type=IDENTIFY, anonymous_id="c-bob", traits={"email": "ann@example.com"})
-    assert identity.owner("anonymous_id", "c-bob") == bob and identity.owner("user_id", "ann") == ann
-    assert identity.app.get_profile(WS, pid(bob)) == before  # both events resolved to Ann
-    assert identity.app.get_profile(WS, pid(ann)).event_count == 2 + 3
-    assert [r.rule for r in identity.app.merge_history(WS, pid(ann))][-2:] == ["split", "split"]
+    assert (
+        await identity.owner("anonymous_id", "c-bob") == bob and await identity.owner("user_id", "ann") == ann
+    )
+    assert await identity.app.get_profile(WS, pid(bob)) == before  # both events resolved to Ann
+    assert (await identity.app.get_profile(WS, pid(ann))).event_count == 2 + 3
+    assert [r.rule for r in await identity.app.merge_history(WS, pid(ann))][-2:] == ["split", "split"]
     # A restarted service keeps it split (the flag is part of the read model).
     restarted = identity.fresh_app()
     with identity.store.transaction() as conn:
         restarted.handle_accepted(conn, [identity.event(anonymous_id="c-bob", user_id="ann")])
-    assert restarted.resolve_identifier(WS, split).profile_id == bob
+    assert (await restarted.resolve_identifier(WS, split)).profile_id == bob
 
 
-def test_manual_merge_redirects_and_can_be_undone(identity: Identity) -> None:
-    ann, bob = _two_people(identity)
-    bob_before = identity.app.get_profile(WS, pid(bob))
+async def test_manual_merge_redirects_and_can_be_undone(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
+    bob_before = await identity.app.get_profile(WS, pid(bob))
     with pytest.raises(InvalidArgument, match="reason"):
-        identity.app.merge(WS, pid(ann), pid(bob), "", "op")
+        await identity.app.merge(WS, pid(ann), pid(bob), "", "op")
     with pytest.raises(FailedPrecondition):
-        identity.app.merge(WS, pid(ann), ref("email", "ann@example.com"), "same", "op")
+        await identity.app.merge(WS, pid(ann), ref("email", "ann@example.com"), "same", "op")
     with pytest.raises(NotFound):
-        identity.app.merge(WS, pid(ann), pid("no-such-profile"), "r", "op")
-    survivor = identity.app.merge(
+        await identity.app.merge(WS, pid(ann), pid("no-such-profile"), "r", "op")
+    survivor = await identity.app.merge(
         WS, pid(ann), ref("anonymous_id", "c-bob"), "called the shop: same person", "op"
     )
     assert survivor == ann
-    redirected = identity.app.get_profile(WS, pid(bob))
+    redirected = await identity.app.get_profile(WS, pid(bob))
     assert (redirected.profile_id, redirected.redirected_from) == (ann, bob)
     assert redirected.event_count == 4 and list(redirected.merged_profile_ids) == [bob]
-    assert identity.owner("device_id", "d-bob") == ann
-    [record] = identity.app.merge_history(WS, pid(bob))
+    assert await identity.owner("device_id", "d-bob") == ann
+    [record] = await identity.app.merge_history(WS, pid(bob))
     assert (record.kind, record.rule, record.reason, record.actor) == (
         pb.MergeRecord.KIND_MERGED,
         "manual",
@@ -498,7 +528,7 @@ def test_manual_merge_redirects_and_can_be_undone(identity: Identity) -> None:
         "op",
     )
     # The merge joined no identifiers on an event, so splitting along any of Bob's undoes it.
-    parts = identity.app.unmerge(
+    parts = await identity.app.unmerge(
         WS,
         pid(ann),
         identifier=pb.Identifier(type="device_id", value="d-bob"),
@@ -507,21 +537,21 @@ def test_manual_merge_redirects_and_can_be_undone(identity: Identity) -> None:
         actor="op",
     )
     assert parts == [ann, bob]
-    assert identity.app.get_profile(WS, pid(bob)) == bob_before
+    assert await identity.app.get_profile(WS, pid(bob)) == bob_before
 
 
-def _partition(
+async def _partition(
     identity: Identity, workspace: str, identifiers: Sequence[tuple[str, str]]
 ) -> set[frozenset[str]]:
     groups: dict[str, set[str]] = {}
     for type_name, value in identifiers:
-        owner = identity.owner(type_name, value, workspace)
+        owner = await identity.owner(type_name, value, workspace)
         assert owner, (workspace, type_name, value)
         groups.setdefault(owner, set()).add(f"{type_name}:{value}")
     return {frozenset(group) for group in groups.values()}
 
 
-def test_events_out_of_order_end_in_the_same_profiles(identity: Identity) -> None:
+async def test_events_out_of_order_end_in_the_same_profiles(identity: Identity) -> None:
     def story(workspace: str) -> list[EventEnvelope]:
         base = datetime(2026, 2, 1, tzinfo=UTC)
         return [
@@ -567,33 +597,35 @@ def test_events_out_of_order_end_in_the_same_profiles(identity: Identity) -> Non
         frozenset({"anonymous_id:c9"}),
     }
     assert (
-        _partition(identity, "ordered", identifiers)
-        == _partition(identity, "reversed", identifiers)
+        await _partition(identity, "ordered", identifiers)
+        == await _partition(identity, "reversed", identifiers)
         == expected
     )
     for workspace in ("ordered", "reversed"):
-        profile = identity.app.get_profile(workspace, ref("user_id", "u1"))
+        profile = await identity.app.get_profile(workspace, ref("user_id", "u1"))
         assert profile.event_count == 4
         # First and last seen follow when things happened, not the order they arrived in.
         assert profile.first_seen.ToDatetime(tzinfo=UTC) == datetime(2026, 2, 1, tzinfo=UTC)
         assert profile.last_seen.ToDatetime(tzinfo=UTC) == datetime(2026, 2, 1, 3, tzinfo=UTC)
     # Workspaces never share profiles, even with the same identifier values.
-    assert identity.owner("user_id", "u1", "ordered") != identity.owner("user_id", "u1", "reversed")
+    assert await identity.owner("user_id", "u1", "ordered") != await identity.owner(
+        "user_id", "u1", "reversed"
+    )
 
 
-def test_the_same_event_delivered_twice_counts_once(identity: Identity) -> None:
+async def test_the_same_event_delivered_twice_counts_once(identity: Identity) -> None:
     first = identity.event(type=IDENTIFY, user_id="u1", traits={"email": "u1@example.com"})
     second = identity.event(user_id="u1")
     identity.deliver(first, second)
     identity.deliver(first)  # a redelivery, in a later batch
     assert len(identity.log(pb.EventResolved)) == 2
-    assert identity.profile("user_id", "u1").event_count == 2
+    assert (await identity.profile("user_id", "u1")).event_count == 2
 
 
-def _workload(identity: Identity) -> None:
+async def _workload(identity: Identity) -> None:
     """Every kind of identity event: creations, links, merges, refusals, traits, rules, protection,
     manual merge, both kinds of unmerge and an erasure."""
-    identity.app.set_rules(
+    await identity.app.set_rules(
         WS,
         pb.IdentityRules(
             identifiers=[pb.IdentifierRule(type="email", blocked_values=["test@example.com"])],
@@ -601,17 +633,17 @@ def _workload(identity: Identity) -> None:
         ),
         "admin",
     )
-    ann, bob = _two_people(identity)
+    ann, bob = await _two_people(identity)
     wrong = _wrong_merge(identity)
     identity.send(type=IDENTIFY, user_id="ann", traits={"plan": "enterprise"}, source_id="crm")
     identity.send(type=IDENTIFY, user_id="ann", traits={"plan": "free"})  # the CRM's value wins
     identity.send(type=IDENTIFY, user_id="zoe", traits={"email": "ann@example.com", "phone": "13800138000"})
-    identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason="wrong", actor="op")
+    await identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason="wrong", actor="op")
     identity.send(
         anonymous_id="c-carl", context={"device": {"id": "d-carl"}}, traits={"email": "test@example.com"}
     )
-    identity.app.merge(WS, pid(bob), ref("anonymous_id", "c-carl"), "same household", "op")
-    identity.app.unmerge(
+    await identity.app.merge(WS, pid(bob), ref("anonymous_id", "c-carl"), "same household", "op")
+    await identity.app.unmerge(
         WS,
         pid(bob),
         identifier=pb.Identifier(type="device_id", value="d-carl"),
@@ -619,7 +651,7 @@ def _workload(identity: Identity) -> None:
         reason="no",
         actor="op",
     )
-    identity.app.set_protection(WS, ref("user_id", "zoe"), True, "op")
+    await identity.app.set_protection(WS, ref("user_id", "zoe"), True, "op")
     identity.send(anonymous_id="c-zoe", user_id="zoe", name="Checkout")
     identity.send(type=IDENTIFY, user_id="dan", traits={"email": "dan@example.com", "phone": "not a phone"})
     identity.deliver(
@@ -629,44 +661,48 @@ def _workload(identity: Identity) -> None:
         ),
         identity.event(anonymous_id="c-bob", user_id="eve"),  # Bob's old phone cookie: a merge
     )
-    identity.app.erase_subject(WS, [pb.Identifier(type="user_id", value="dan")], "dsr-1", "op")
+    await identity.app.erase_subject(WS, [pb.Identifier(type="user_id", value="dan")], "dsr-1", "op")
     identity.send(type=IDENTIFY, traits={"phone": "123"})  # no usable identifier at all
 
 
-def _all_profiles(identity: Identity, app: IdentityApplication) -> dict[str, pb.Profile]:
-    from onefold.identity.projections import profiles
+async def _all_profiles(identity: Identity, app: IdentityApplication) -> dict[str, pb.Profile]:
+    from onefold.identity.adapters.read_model import profiles
 
     with identity.store.engine.connect() as conn:
         ids = [
             row[0] for row in conn.execute(sa.select(profiles.c.profile_id).order_by(profiles.c.profile_id))
         ]
-    return {profile_id: app.get_profile(WS, pid(profile_id)) for profile_id in ids}
+    return {profile_id: await app.get_profile(WS, pid(profile_id)) for profile_id in ids}
 
 
-def test_a_rebuilt_read_model_equals_the_live_one(identity: Identity) -> None:
-    _workload(identity)
+async def test_a_rebuilt_read_model_equals_the_live_one(identity: Identity) -> None:
+    await _workload(identity)
     live_tables = identity.tables()
-    live_profiles = _all_profiles(identity, identity.app)
+    live_profiles = await _all_profiles(identity, identity.app)
     assert len(live_profiles) >= 6 and live_tables["identity_trait_index"]
     assert any(p.erased for p in live_profiles.values()) and any(p.protected for p in live_profiles.values())
     # The counters of the read model agree with the timelines the log gives.
     for profile in live_profiles.values():
         if not profile.redirected_from and not profile.erased:
-            assert profile.event_count == len(all_timeline(identity.app, pid(profile.profile_id))), profile
+            assert profile.event_count == len(await all_timeline(identity.app, pid(profile.profile_id))), (
+                profile
+            )
     folded = Projector(identity.store, [IdentityProjection()]).rebuild(IdentityProjection(), batch_size=7)
     assert folded == identity.store.head_position()
     assert identity.tables() == live_tables
     # A restarted service (its graph loaded from the rebuilt tables) answers exactly the same.
     restarted = identity.fresh_app()
-    assert _all_profiles(identity, restarted) == live_profiles
+    assert await _all_profiles(identity, restarted) == live_profiles
     for profile_id in live_profiles:
-        assert restarted.merge_history(WS, pid(profile_id)) == identity.app.merge_history(WS, pid(profile_id))
+        assert await restarted.merge_history(WS, pid(profile_id)) == await identity.app.merge_history(
+            WS, pid(profile_id)
+        )
     # ... and goes on resolving the same way as the live one would.
     with identity.store.transaction() as conn:
         restarted.handle_accepted(conn, [identity.event(anonymous_id="c-new", user_id="ann")])
-    assert restarted.resolve_identifier(WS, pb.Identifier(type="anonymous_id", value="c-new")).profile_id == (
-        identity.owner("user_id", "ann")
-    )
+    assert (
+        await restarted.resolve_identifier(WS, pb.Identifier(type="anonymous_id", value="c-new"))
+    ).profile_id == (await identity.owner("user_id", "ann"))
 
 
 def _recorded_at(identity: Identity, event_id: str) -> datetime:
@@ -674,7 +710,7 @@ def _recorded_at(identity: Identity, event_id: str) -> datetime:
     return event.recorded_at
 
 
-def test_as_of_shows_the_earlier_profile_on_both_time_axes(identity: Identity) -> None:
+async def test_as_of_shows_the_earlier_profile_on_both_time_axes(identity: Identity) -> None:
     jan, feb, mar = (datetime(2026, month, 1, tzinfo=UTC) for month in (1, 2, 3))
     identity.send(anonymous_id="c1", context={"device": {"id": "d1"}}, at=jan)
     login = identity.send(type=IDENTIFY, anonymous_id="c1", user_id="u1", traits={"plan": "free"}, at=mar)
@@ -686,56 +722,59 @@ def test_as_of_shows_the_earlier_profile_on_both_time_axes(identity: Identity) -
     assert _recorded_at(identity, late) > knew_then
     identity.send(anonymous_id="c2", context={"device": {"id": "d2"}}, at=feb)  # a second profile ...
     merge = identity.send(anonymous_id="c2", user_id="u1", at=mar + timedelta(days=1))  # ... merged later
-    profile_now = identity.profile("user_id", "u1")
+    profile_now = await identity.profile("user_id", "u1")
     assert identifiers_of(profile_now) >= {("phone", "+8613800138000"), ("anonymous_id", "c2")}
     assert traits_of(profile_now)["plan"] == "free"  # the latest by occurred time
 
     # Recorded axis: what the service knew when the login was recorded (no phone, no second cookie).
-    then = identity.profile("user_id", "u1", as_of=knew_then)
+    then = await identity.profile("user_id", "u1", as_of=knew_then)
     assert identifiers_of(then) == {("anonymous_id", "c1"), ("device_id", "d1"), ("user_id", "u1")}
     assert traits_of(then) == {"plan": "free"} and then.event_count == 2
     assert then.profile_id == profile_now.profile_id
     # Occurred axis: what had happened by mid-February, as known now: no login yet, the phone already.
     mid_feb = feb + timedelta(days=14)
-    world = identity.profile("anonymous_id", "c1", as_of=mid_feb, occurred_axis=True)
+    world = await identity.profile("anonymous_id", "c1", as_of=mid_feb, occurred_axis=True)
     assert identifiers_of(world) == {("anonymous_id", "c1"), ("device_id", "d1"), ("phone", "+8613800138000")}
     assert traits_of(world) == {"plan": "trial", "phone": "+8613800138000"} and world.event_count == 2
     assert world.first_seen.ToDatetime(tzinfo=UTC) == jan and world.last_seen.ToDatetime(tzinfo=UTC) == feb
     # Before the merge the second cookie was a profile of its own; the user id did not exist yet.
-    separate = identity.profile("anonymous_id", "c2", as_of=mid_feb, occurred_axis=True)
+    separate = await identity.profile("anonymous_id", "c2", as_of=mid_feb, occurred_axis=True)
     assert separate.profile_id != profile_now.profile_id and separate.event_count == 1
     assert list(separate.merged_profile_ids) == []
     with pytest.raises(NotFound):
-        identity.profile("user_id", "u1", as_of=mid_feb, occurred_axis=True)
+        await identity.profile("user_id", "u1", as_of=mid_feb, occurred_axis=True)
     with pytest.raises(NotFound):
-        identity.profile("user_id", "u1", as_of=jan - timedelta(days=1))
-    merged_then = identity.profile("anonymous_id", "c2", as_of=_recorded_at(identity, merge))
+        await identity.profile("user_id", "u1", as_of=jan - timedelta(days=1))
+    merged_then = await identity.profile("anonymous_id", "c2", as_of=_recorded_at(identity, merge))
     assert merged_then.profile_id == profile_now.profile_id and list(merged_then.merged_profile_ids) == [
         separate.profile_id
     ]
 
 
-def test_invalid_identifiers_are_reported_on_the_event_and_never_linked(identity: Identity) -> None:
+async def test_invalid_identifiers_are_reported_on_the_event_and_never_linked(identity: Identity) -> None:
     event_id = identity.send(
         type=IDENTIFY,
         user_id="u1",
         traits={"phone": "12345", "email": "no-at-sign", "member_card": "M-1"},
     )
     [(_, resolved)] = identity.log(pb.EventResolved)
-    assert resolved.event_id == event_id and resolved.profile_id == identity.owner("user_id", "u1")
+    assert resolved.event_id == event_id and resolved.profile_id == await identity.owner("user_id", "u1")
     reported = {(i.type, i.reason) for i in resolved.invalid_identifiers}
     assert reported == {
         ("phone", "not a valid phone number (default region CN)"),
         ("email", "not an email address"),
     }
-    assert identifiers_of(identity.profile("user_id", "u1")) == {("user_id", "u1"), ("member_card", "M-1")}
+    assert identifiers_of(await identity.profile("user_id", "u1")) == {
+        ("user_id", "u1"),
+        ("member_card", "M-1"),
+    }
     # Asking for a profile by an invalid identifier is a clear refusal, not "not found".
     with pytest.raises(InvalidArgument, match="phone"):
-        identity.app.resolve_identifier(WS, pb.Identifier(type="phone", value="12345"))
+        await identity.app.resolve_identifier(WS, pb.Identifier(type="phone", value="12345"))
     with pytest.raises(InvalidArgument, match="unknown identifier type 'shoe_size'"):
-        identity.app.resolve_identifier(WS, pb.Identifier(type="shoe_size", value="42"))
+        await identity.app.resolve_identifier(WS, pb.Identifier(type="shoe_size", value="42"))
     with pytest.raises(InvalidArgument):
-        identity.app.get_profile(WS, pb.ProfileRef())
+        await identity.app.get_profile(WS, pb.ProfileRef())
     # An event with nothing usable is resolved to no profile, with its problems recorded.
     nothing = identity.send(type=IDENTIFY, traits={"phone": "999"})
     [(event, unresolved)] = [(e, m) for e, m in identity.log(pb.EventResolved) if m.event_id == nothing]
@@ -743,10 +782,10 @@ def test_invalid_identifiers_are_reported_on_the_event_and_never_linked(identity
     assert [i.type for i in unresolved.invalid_identifiers] == ["phone"]
     # A phone number with its country code is valid whatever the default region.
     identity.send(user_id="u2", traits={"phone": "+49 30 901820"})
-    assert identity.owner("phone", "+4930901820") == identity.owner("user_id", "u2") != ""
+    assert await identity.owner("phone", "+4930901820") == await identity.owner("user_id", "u2") != ""
 
 
-def test_timeline_pages_newest_first_and_filters(identity: Identity) -> None:
+async def test_timeline_pages_newest_first_and_filters(identity: Identity) -> None:
     start = datetime(2026, 3, 1, tzinfo=UTC)
     names = ["Viewed", "Added", "Viewed", "Bought", "Viewed", "Added", "Bought"]
     sent = [
@@ -761,7 +800,7 @@ def test_timeline_pages_newest_first_and_filters(identity: Identity) -> None:
     pages: list[list[str]] = []
     token = ""
     while True:
-        page, token = identity.app.timeline(WS, profile, page_size=3, page_token=token)
+        page, token = await identity.app.timeline(WS, profile, page_size=3, page_token=token)
         pages.append([entry.event_id for entry in page])
         if not token:
             break
@@ -770,86 +809,88 @@ def test_timeline_pages_newest_first_and_filters(identity: Identity) -> None:
     assert flat == [identify, *reversed(sent)]  # newest first, no gaps, nothing twice
     assert [len(page) for page in pages if page] == [3, 3, 2]
 
-    bought = all_timeline(identity.app, profile, names=["Bought"], page_size=1)
+    bought = await all_timeline(identity.app, profile, names=["Bought"], page_size=1)
     assert [e.event_id for e in bought] == [sent[6], sent[3]]
     assert all(e.event.event == "Bought" and e.resolved_profile_id for e in bought)
-    identifies = all_timeline(identity.app, profile, types=[IDENTIFY])
+    identifies = await all_timeline(identity.app, profile, types=[IDENTIFY])
     assert [e.event_id for e in identifies] == [identify]
-    window = all_timeline(
+    window = await all_timeline(
         identity.app, profile, since=start + timedelta(hours=2), until=start + timedelta(hours=4), page_size=2
     )
     assert [e.event_id for e in window] == [sent[4], sent[3], sent[2]]
     assert window[0].occurred_at.ToDatetime(tzinfo=UTC) == start + timedelta(hours=4)
-    assert all_timeline(identity.app, profile, names=["Refunded"]) == []
+    assert await all_timeline(identity.app, profile, names=["Refunded"]) == []
     with pytest.raises(InvalidArgument, match="page_token"):
-        identity.app.timeline(WS, profile, page_size=3, page_token="not-a-token")
+        await identity.app.timeline(WS, profile, page_size=3, page_token="not-a-token")
     with pytest.raises(NotFound):
-        identity.app.timeline(WS, ref("user_id", "nobody"), page_size=3, page_token="")
+        await identity.app.timeline(WS, ref("user_id", "nobody"), page_size=3, page_token="")
 
 
-def test_search_by_trait_finds_the_live_profile_with_that_value_now(identity: Identity) -> None:
+async def test_search_by_trait_finds_the_live_profile_with_that_value_now(identity: Identity) -> None:
     identity.send(type=IDENTIFY, user_id="u1", traits={"plan": "pro", "seats": 5, "beta": True})
     identity.send(type=IDENTIFY, user_id="u2", traits={"plan": "pro"})
     identity.send(type=IDENTIFY, anonymous_id="c3", traits={"plan": "free"})
     u1, u2, c3 = (
-        identity.owner("user_id", "u1"),
-        identity.owner("user_id", "u2"),
-        identity.owner("anonymous_id", "c3"),
+        await identity.owner("user_id", "u1"),
+        await identity.owner("user_id", "u2"),
+        await identity.owner("anonymous_id", "c3"),
     )
     value = struct_pb2.Value
 
-    assert sorted(identity.app.search(WS, "plan", value(string_value="pro"), 10)) == sorted([u1, u2])
-    assert identity.app.search(WS, "seats", value(number_value=5), 10) == [u1]
-    assert identity.app.search(WS, "beta", value(bool_value=True), 10) == [u1]
-    assert identity.app.search(WS, "plan", value(string_value="PRO"), 10) == []  # exact values only
-    assert len(identity.app.search(WS, "plan", value(string_value="pro"), 1)) == 1
-    assert identity.app.search("other-workspace", "plan", value(string_value="pro"), 10) == []
-    assert identity.app.search(WS, "plan", value(string_value="free"), 10) == [c3]
+    assert sorted(await identity.app.search(WS, "plan", value(string_value="pro"), 10)) == sorted([u1, u2])
+    assert await identity.app.search(WS, "seats", value(number_value=5), 10) == [u1]
+    assert await identity.app.search(WS, "beta", value(bool_value=True), 10) == [u1]
+    assert await identity.app.search(WS, "plan", value(string_value="PRO"), 10) == []  # exact values only
+    assert len(await identity.app.search(WS, "plan", value(string_value="pro"), 1)) == 1
+    assert await identity.app.search("other-workspace", "plan", value(string_value="pro"), 10) == []
+    assert await identity.app.search(WS, "plan", value(string_value="free"), 10) == [c3]
     # u2 changes plan: the old value no longer finds it.
     identity.send(type=IDENTIFY, user_id="u2", traits={"plan": "free"})
-    assert identity.app.search(WS, "plan", value(string_value="pro"), 10) == [u1]
-    assert sorted(identity.app.search(WS, "plan", value(string_value="free"), 10)) == sorted([u2, c3])
+    assert await identity.app.search(WS, "plan", value(string_value="pro"), 10) == [u1]
+    assert sorted(await identity.app.search(WS, "plan", value(string_value="free"), 10)) == sorted([u2, c3])
     # The anonymous free profile is merged into u2's: search answers the survivor, once.
     identity.send(anonymous_id="c3", user_id="u2")
-    assert identity.owner("anonymous_id", "c3") == u2
-    assert identity.app.search(WS, "plan", value(string_value="free"), 10) == [u2]
+    assert await identity.owner("anonymous_id", "c3") == u2
+    assert await identity.app.search(WS, "plan", value(string_value="free"), 10) == [u2]
     with pytest.raises(InvalidArgument):
-        identity.app.search(WS, "", value(string_value="pro"), 10)
+        await identity.app.search(WS, "", value(string_value="pro"), 10)
     with pytest.raises(InvalidArgument):
-        identity.app.search(
+        await identity.app.search(
             WS, "plan", value(list_value=struct_pb2.ListValue(values=[value(string_value="pro")])), 10
         )
 
 
-def test_export_gives_everything_about_a_data_subject(identity: Identity) -> None:
-    ann, bob = _two_people(identity)
+async def test_export_gives_everything_about_a_data_subject(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
     wrong = _wrong_merge(identity)
-    exported = identity.app.export_subject(
+    exported = await identity.app.export_subject(
         WS,
         [pb.Identifier(type="email", value="ANN@example.com"), pb.Identifier(type="user_id", value="nobody")],
     )
     [profile] = exported.profiles
-    assert profile == identity.app.get_profile(WS, pid(ann))
-    assert [e.event_id for e in exported.events] == [e.event_id for e in all_timeline(identity.app, pid(ann))]
+    assert profile == await identity.app.get_profile(WS, pid(ann))
+    assert [e.event_id for e in exported.events] == [
+        e.event_id for e in await all_timeline(identity.app, pid(ann))
+    ]
     assert len(exported.events) == 5 and exported.events[0].event_id == wrong
     assert exported.events[-1].event.anonymous_id == "c-ann"
     assert history_kinds(exported.history) == ["MERGED"]
-    assert identity.app.export_subject(WS, [pb.Identifier(type="user_id", value="nobody")]) == (
+    assert await identity.app.export_subject(WS, [pb.Identifier(type="user_id", value="nobody")]) == (
         pb.SubjectExport()
     )
     with pytest.raises(InvalidArgument):
-        identity.app.export_subject(WS, [])
+        await identity.app.export_subject(WS, [])
     assert bob
 
 
-def test_erasure_shreds_the_profile_and_its_identifiers_never_resolve_again(identity: Identity) -> None:
-    ann, bob = _two_people(identity)
+async def test_erasure_shreds_the_profile_and_its_identifiers_never_resolve_again(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
     identity.send(anonymous_id="c-ann2", user_id="ann")  # a second cookie, linked
     identity.send(anonymous_id="c-old", name="Old visit")
-    old = identity.owner("anonymous_id", "c-old")
+    old = await identity.owner("anonymous_id", "c-old")
     identity.send(anonymous_id="c-old", user_id="ann")  # an old profile merged into Ann's
-    assert identity.owner("anonymous_id", "c-old") == ann
-    erased_ids, unlinked = identity.app.erase_subject(
+    assert await identity.owner("anonymous_id", "c-old") == ann
+    erased_ids, unlinked = await identity.app.erase_subject(
         WS, [pb.Identifier(type="email", value="ann@example.com")], "dsr-7", "dpo"
     )
     assert sorted(erased_ids) == sorted([ann, old]) and unlinked == 6
@@ -861,13 +902,13 @@ def test_erasure_shreds_the_profile_and_its_identifiers_never_resolve_again(iden
         ("anonymous_id", "c-old"),
         ("device_id", "d-ann"),
     ]:
-        assert identity.owner(type_name, value) == ""
+        assert await identity.owner(type_name, value) == ""
         with pytest.raises(NotFound):
-            identity.profile(type_name, value)
+            await identity.profile(type_name, value)
     # By id the profile says it is erased, with no identifier left on it.
-    profile = identity.app.get_profile(WS, pid(ann))
+    profile = await identity.app.get_profile(WS, pid(ann))
     assert profile.erased and list(profile.identifiers) == []
-    assert identity.app.get_profile(WS, pid(old)).redirected_from == old
+    assert (await identity.app.get_profile(WS, pid(old))).redirected_from == old
     # In the log, the values are unreadable: identifiers, traits, the events themselves. (Personal
     # string and Struct fields decode as the ERASED marker; personal message fields come back empty.)
     linked = [m for _, m in identity.log(pb.IdentifierLinked) if m.profile_id in (ann, old)]
@@ -883,38 +924,38 @@ def test_erasure_shreds_the_profile_and_its_identifiers_never_resolve_again(iden
         raw = Path(str(identity.store.engine.url.database)).read_bytes()
         assert b"ann@example.com" not in raw and b"c-ann" not in raw
     # Bob is untouched.
-    assert identity.profile("anonymous_id", "c-bob").profile_id == bob
-    assert traits_of(identity.app.get_profile(WS, pid(bob))) == {"plan": "free", "city": "Lyon"}
+    assert (await identity.profile("anonymous_id", "c-bob")).profile_id == bob
+    assert traits_of(await identity.app.get_profile(WS, pid(bob))) == {"plan": "free", "city": "Lyon"}
     # New events with her old identifiers do not bring her back.
     identity.send(type=IDENTIFY, user_id="ann", traits={"email": "ann@example.com"})
     identity.send(user_id="ann", anonymous_id="c-new")
-    assert identity.owner("user_id", "ann") == identity.owner("email", "ann@example.com") == ""
-    fresh = identity.owner("anonymous_id", "c-new")
-    assert fresh not in ("", ann) and identifiers_of(identity.app.get_profile(WS, pid(fresh))) == {
+    assert await identity.owner("user_id", "ann") == await identity.owner("email", "ann@example.com") == ""
+    fresh = await identity.owner("anonymous_id", "c-new")
+    assert fresh not in ("", ann) and identifiers_of(await identity.app.get_profile(WS, pid(fresh))) == {
         ("anonymous_id", "c-new")
     }
-    assert identity.app.get_profile(WS, pid(ann)).erased
+    assert (await identity.app.get_profile(WS, pid(ann))).erased
     # Erasing again is harmless and finds nothing new; a restarted service still refuses the keys.
-    _, unlinked_again = identity.app.erase_subject(
+    _, unlinked_again = await identity.app.erase_subject(
         WS, [pb.Identifier(type="user_id", value="ann")], "dsr-7", "dpo"
     )
     assert unlinked_again <= 6
     restarted = identity.fresh_app()
     with identity.store.transaction() as conn:
         restarted.handle_accepted(conn, [identity.event(user_id="ann", anonymous_id="c-ann")])
-    assert not restarted.resolve_identifier(WS, pb.Identifier(type="user_id", value="ann")).found
+    assert not (await restarted.resolve_identifier(WS, pb.Identifier(type="user_id", value="ann"))).found
     assert len(identity.log(pb.ProfileErased)) == 1
 
 
-def test_counts_and_timelines_agree_after_repeated_unmerges_and_an_erasure(identity: Identity) -> None:
-    ann, bob = _two_people(identity)
+async def test_counts_and_timelines_agree_after_repeated_unmerges_and_an_erasure(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
     wrong = _wrong_merge(identity)  # carries Ann's user id and Bob's cookie
-    identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason="r", actor="op")
+    await identity.app.unmerge(WS, pid(ann), identifier=None, event_id=wrong, reason="r", actor="op")
     # Bob's profile is merged by hand with a third one and split again: the wrong event, in the
     # family's streams, still belongs to Ann (it carries her user id), not to Bob.
     identity.send(anonymous_id="c-carl", context={"device": {"id": "d-carl"}})
-    identity.app.merge(WS, pid(bob), ref("anonymous_id", "c-carl"), "household", "op")
-    identity.app.unmerge(
+    await identity.app.merge(WS, pid(bob), ref("anonymous_id", "c-carl"), "household", "op")
+    await identity.app.unmerge(
         WS,
         pid(bob),
         identifier=pb.Identifier(type="anonymous_id", value="c-carl"),
@@ -922,17 +963,49 @@ def test_counts_and_timelines_agree_after_repeated_unmerges_and_an_erasure(ident
         reason="r",
         actor="op",
     )
-    for profile_id in (ann, bob, identity.owner("anonymous_id", "c-carl")):
-        profile = identity.app.get_profile(WS, pid(profile_id))
-        timeline = all_timeline(identity.app, pid(profile_id))
+    for profile_id in (ann, bob, await identity.owner("anonymous_id", "c-carl")):
+        profile = await identity.app.get_profile(WS, pid(profile_id))
+        timeline = await all_timeline(identity.app, pid(profile_id))
         assert profile.event_count == len(timeline), profile_id
         assert list(profile.merged_profile_ids) == []
-    assert identity.app.get_profile(WS, pid(ann)).event_count == 3
-    assert identity.app.get_profile(WS, pid(bob)).event_count == 2
+    assert (await identity.app.get_profile(WS, pid(ann))).event_count == 3
+    assert (await identity.app.get_profile(WS, pid(bob))).event_count == 2
     # Erasing Bob leaves nothing of his in Ann's profile or timeline, though his streams stay in
     # her family (they were one profile once).
-    ann_before = identity.app.get_profile(WS, pid(ann))
-    identity.app.erase_subject(WS, [pb.Identifier(type="anonymous_id", value="c-bob")], "dsr", "dpo")
-    assert identity.app.get_profile(WS, pid(ann)) == ann_before
-    assert len(all_timeline(identity.app, pid(ann))) == 3
-    assert ERASED not in traits_of(identity.app.get_profile(WS, pid(ann)))
+    ann_before = await identity.app.get_profile(WS, pid(ann))
+    await identity.app.erase_subject(WS, [pb.Identifier(type="anonymous_id", value="c-bob")], "dsr", "dpo")
+    assert await identity.app.get_profile(WS, pid(ann)) == ann_before
+    assert len(await all_timeline(identity.app, pid(ann))) == 3
+    assert ERASED not in traits_of(await identity.app.get_profile(WS, pid(ann)))
+
+
+async def test_concurrent_use_cases_write_one_at_a_time_and_read_beside_the_writer(
+    identity: Identity,
+) -> None:
+    """Manual changes and subscriber batches all run on the one writer thread; reads run beside
+    them. Started together, every change lands and the graph stays the fold of the log."""
+    for n in range(8):
+        # People 4 and 5 are anonymous (two user ids would never merge).
+        user_id = "" if n in (4, 5) else f"u{n}"
+        identity.send(type=IDENTIFY, user_id=user_id, anonymous_id=f"c-u{n}", traits={"n": n})
+    owners = [await identity.owner("anonymous_id", f"c-u{n}") for n in range(8)]
+
+    def batch(first: int) -> None:
+        with identity.store.transaction() as conn:
+            identity.app.handle_accepted(conn, [identity.event(anonymous_id=f"c-u{first}", name="Again")])
+
+    writes = [identity.app.set_protection(WS, pid(owner), True, "op") for owner in owners[:4]]
+    writes += [identity.app.merge(WS, pid(owners[4]), pid(owners[5]), "same person", "op")]
+    writes += [identity.app.log.writer.run(batch, n) for n in range(6, 8)]
+    reads = [identity.app.get_profile(WS, pid(owner)) for owner in owners]
+    await asyncio.gather(*writes, *reads)
+
+    for owner in owners[:4]:
+        assert (await identity.app.get_profile(WS, pid(owner))).protected
+    assert (await identity.app.get_profile(WS, pid(owners[5]))).redirected_from == owners[5]
+    for n in (6, 7):
+        assert (await identity.app.get_profile(WS, pid(owners[n]))).event_count == 2
+    # The graph holds the protections set concurrently: a shared identifier merges neither profile.
+    identity.send(anonymous_id="c-u0", user_id="u1")
+    assert await identity.owner("user_id", "u1") == owners[1]
+    assert await identity.owner("anonymous_id", "c-u0") == owners[0]

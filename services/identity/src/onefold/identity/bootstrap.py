@@ -6,18 +6,19 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 from __future__ import annotations
 
 from onefold.eventlog.service import EventSourcedService, ServiceLog
-from onefold.identity import application
+from onefold.identity.adapters.read_model import IdentityProjection
+from onefold.identity.application import IdentityApplication
+from onefold.identity.domain.events import REGISTRY
 from onefold.identity.entrypoints import consumers, grpc
-from onefold.identity.projections import IdentityProjection
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "identity"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService[application.IdentityApplication]:
+def compose(ctx: ServiceContext) -> EventSourcedService[IdentityApplication]:
     projection = IdentityProjection()
-    log = ServiceLog(ctx, events=application.event_registry(), projections=[projection])
-    identity = application.IdentityApplication(log.store, projection)
+    log = ServiceLog(ctx, events=REGISTRY, projections=[projection])
+    identity = IdentityApplication(log)
     return EventSourcedService(
         ctx,
         log,

@@ -112,12 +112,23 @@ class IdentityGraph:
     def _count(self, profile_id: str, type_name: str) -> int:
         return len(self.members.get(profile_id, {}).get(type_name, ()))
 
-    def _fits(self, left: str, right: str) -> bool:
+    def fits(self, left: str, right: str) -> bool:
+        """Whether merging the two live profiles keeps every identifier type within its limit."""
         a, b = self.members.get(left, {}), self.members.get(right, {})
         limit = self.rules.limit
         return all(
             len(keys) + len(b.get(type_name, ())) <= limit(type_name) for type_name, keys in a.items()
         ) and all(len(keys) <= limit(type_name) for type_name, keys in b.items() if type_name not in a)
+
+    def limits_broken(self, left: str, right: str) -> str:
+        """What merging the two live profiles would put over the limits (for the refusal)."""
+        a, b = self.members.get(left, {}), self.members.get(right, {})
+        problems = []
+        for type_name in sorted(set(a) | set(b)):
+            total = len(a.get(type_name, ())) + len(b.get(type_name, ()))
+            if total > self.rules.limit(type_name):
+                problems.append(f"{total} {type_name} identifiers, limit {self.rules.limit(type_name)}")
+        return "; ".join(problems)
 
     # ------------------------------------------------------------------------------ deciding
 
@@ -170,7 +181,7 @@ class IdentityGraph:
                 ops.append(Refused(current, ident, "split", owner, evidence))
             elif owner in self.protected or current in self.protected:
                 emit(Refused(current, ident, "protected", owner, evidence))
-            elif not self._fits(current, owner):
+            elif not self.fits(current, owner):
                 emit(Refused(current, ident, "merge_limit", owner, evidence))
             else:
                 survivor, merged = (

@@ -4,8 +4,6 @@ with their identifiers retired."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 from google.protobuf import any_pb2
 
@@ -34,9 +32,7 @@ class IdentityDataSubjectServicer(data_subject_pb2_grpc.DataSubjectServiceServic
         require_subject(request)
         export = identity_pb2.SubjectExport()
         if request.identifiers:
-            export = await asyncio.to_thread(
-                self.app.export_subject, auth.current_workspace(), _identifiers(request)
-            )
+            export = await self.app.export_subject(auth.current_workspace(), _identifiers(request))
         records = any_pb2.Any()
         records.Pack(export)
         counts = {
@@ -53,8 +49,7 @@ class IdentityDataSubjectServicer(data_subject_pb2_grpc.DataSubjectServiceServic
         profile_ids: list[str] = []
         unlinked = 0
         if request.identifiers:
-            profile_ids, unlinked = await asyncio.to_thread(
-                self.app.erase_subject,
+            profile_ids, unlinked = await self.app.erase_subject(
                 auth.current_workspace(),
                 _identifiers(request),
                 request.request_id,

@@ -1,9 +1,8 @@
 """gRPC servicer of the identity service: onefold.identity.v1.IdentityService, a thin adapter to the
-application (its blocking work runs in worker threads)."""
+application."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import grpc
@@ -40,8 +39,7 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def GetProfile(
         self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.Profile:
-        return await asyncio.to_thread(
-            self.app.get_profile,
+        return await self.app.get_profile(
             auth.current_workspace(),
             profile_ref_arg("profile", request.profile),
             as_of=optional_timestamp(request, "as_of"),
@@ -53,15 +51,12 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     ) -> pb.ResolveResponse:
         # Only the type is bounded: a value too long to have been recorded is simply not found.
         bounded_text("identifier.type", request.identifier.type, MAX_IDENTIFIER_TYPE_CHARS)
-        return await asyncio.to_thread(
-            self.app.resolve_identifier, auth.current_workspace(), request.identifier
-        )
+        return await self.app.resolve_identifier(auth.current_workspace(), request.identifier)
 
     async def ListTimeline(
         self, request: pb.ListTimelineRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListTimelineResponse:
-        entries, token = await asyncio.to_thread(
-            self.app.timeline,
+        entries, token = await self.app.timeline(
             auth.current_workspace(),
             profile_ref_arg("profile", request.profile),
             page_size=request.page.page_size,
@@ -78,16 +73,16 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
     async def GetMergeHistory(
         self, request: pb.GetMergeHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetMergeHistoryResponse:
-        records = await asyncio.to_thread(
-            self.app.merge_history, auth.current_workspace(), profile_ref_arg("profile", request.profile)
+        records = await self.app.merge_history(
+            auth.current_workspace(), profile_ref_arg("profile", request.profile)
         )
         return pb.GetMergeHistoryResponse(records=records)
 
     async def SearchProfiles(
         self, request: pb.SearchProfilesRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchProfilesResponse:
-        found = await asyncio.to_thread(
-            self.app.search, auth.current_workspace(), request.trait, request.value, request.page.page_size
+        found = await self.app.search(
+            auth.current_workspace(), request.trait, request.value, request.page.page_size
         )
         return pb.SearchProfilesResponse(profile_ids=found)
 
@@ -95,23 +90,21 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
         self, request: pb.MergeProfilesRequest, context: grpc.aio.ServicerContext
     ) -> pb.MergeProfilesResponse:
         workspace = auth.current_workspace()
-        survivor = await asyncio.to_thread(
-            self.app.merge,
+        survivor = await self.app.merge(
             workspace,
             profile_ref_arg("survivor", request.survivor),
             profile_ref_arg("merged", request.merged),
             request.reason,
             auth.current_credential_id(),
         )
-        profile = await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=survivor))
+        profile = await self.app.get_profile(workspace, pb.ProfileRef(profile_id=survivor))
         return pb.MergeProfilesResponse(profile=profile)
 
     async def UnmergeProfile(
         self, request: pb.UnmergeProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.UnmergeProfileResponse:
         workspace = auth.current_workspace()
-        parts = await asyncio.to_thread(
-            self.app.unmerge,
+        parts = await self.app.unmerge(
             workspace,
             profile_ref_arg("profile", request.profile),
             identifier=request.identifier if request.WhichOneof("split") == "identifier" else None,
@@ -119,50 +112,43 @@ class IdentityServicer(identity_pb2_grpc.IdentityServiceServicer):
             reason=request.reason,
             actor=auth.current_credential_id(),
         )
-        profiles = [
-            await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=part))
-            for part in parts
-        ]
+        profiles = [await self.app.get_profile(workspace, pb.ProfileRef(profile_id=part)) for part in parts]
         return pb.UnmergeProfileResponse(profiles=profiles)
 
     async def SetProtection(
         self, request: pb.SetProtectionRequest, context: grpc.aio.ServicerContext
     ) -> pb.Profile:
         workspace = auth.current_workspace()
-        live = await asyncio.to_thread(
-            self.app.set_protection,
+        live = await self.app.set_protection(
             workspace,
             profile_ref_arg("profile", request.profile),
             request.protected,
             auth.current_credential_id(),
         )
-        return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
+        return await self.app.get_profile(workspace, pb.ProfileRef(profile_id=live))
 
     async def GetRules(
         self, request: pb.GetRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.IdentityRules:
-        return await asyncio.to_thread(self.app.get_rules, auth.current_workspace())
+        return await self.app.get_rules(auth.current_workspace())
 
     async def SetRules(
         self, request: pb.SetRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.IdentityRules:
-        return await asyncio.to_thread(
-            self.app.set_rules, auth.current_workspace(), request.rules, auth.current_credential_id()
-        )
+        return await self.app.set_rules(auth.current_workspace(), request.rules, auth.current_credential_id())
 
     async def RectifyProfile(
         self, request: pb.RectifyProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.Profile:
         workspace = auth.current_workspace()
-        live = await asyncio.to_thread(
-            self.app.rectify,
+        live = await self.app.rectify(
             workspace,
             profile_ref_arg("profile", request.profile),
             request.traits,
             request.request_id,
             auth.current_credential_id(),
         )
-        return await asyncio.to_thread(self.app.get_profile, workspace, pb.ProfileRef(profile_id=live))
+        return await self.app.get_profile(workspace, pb.ProfileRef(profile_id=live))
 
 
 def registrations(application: IdentityApplication) -> Sequence[ServiceRegistration]:

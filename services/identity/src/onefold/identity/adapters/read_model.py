@@ -11,8 +11,8 @@ identifiers and trait values appear only as keyed hashes; their values stay encr
 - `identity_trait_index`: (trait name, keyed hash of its value) -> profile, for search by trait.
 - `identity_rules`: the workspace's resolution rules (protobuf bytes).
 
-The application writes them in the same transaction as the events it appends (with the messages in
-hand); `IdentityProjection.handle` is the same fold for a rebuild from the log.
+The service's one write path (`Projector.record`) folds the events it appends into them in the same
+transaction (with the messages in hand); a rebuild runs the same `handle` over the log.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from sqlalchemy.engine import Connection
 
 from onefold.contracts.identity.v1 import identity_pb2 as pb
 from onefold.eventlog import schema as eventlog_schema
+from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.models import RecordedEvent, to_micros
+from onefold.identity.domain.streams import events_stream
 
 PROJECTION_NAME = "identity"
 metadata = sa.MetaData()
@@ -79,22 +81,6 @@ rules = sa.Table(
     sa.Column("rules", sa.LargeBinary, nullable=False),  # onefold.identity.v1.IdentityRules
     sa.Column("version", sa.BigInteger, nullable=False),
 )
-
-
-def profile_stream(workspace: str, profile_id: str) -> str:
-    return f"identity-profile:{workspace}:{profile_id}"
-
-
-def events_stream(workspace: str, profile_id: str) -> str:
-    return f"identity-events:{workspace}:{profile_id}"
-
-
-def rules_stream(workspace: str) -> str:
-    return f"identity-rules:{workspace}"
-
-
-def subject_of(workspace: str, profile_id: str) -> str:
-    return f"{workspace}:p:{profile_id}"
 
 
 @dataclass
@@ -157,9 +143,10 @@ _ADD_STATS = (
 )
 
 
-class IdentityProjection:
+class IdentityProjection(Handlers):
     """The fold of the identity log into the tables above (a BufferedProjection: the per-event
-    counters of EventResolved are summed in memory and written once per batch)."""
+    counters of EventResolved, new profiles, identifiers and trait keys are kept in memory and
+    written once per batch, in `flush`; everything that reads or moves rows flushes first)."""
 
     name = PROJECTION_NAME
     tables: Sequence[sa.Table] = (profiles, identifiers, family, trait_index, rules)
@@ -179,84 +166,102 @@ class IdentityProjection:
         self._trait_rows.clear()
 
     def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
-        if isinstance(message, pb.EventResolved):
-            if not message.profile_id:
-                return
-            moment = to_micros(event.occurred_at)
-            stats = self._stats.get(message.profile_id)
-            if stats is None:
-                self._stats[message.profile_id] = _Stats(moment, moment, 1)
-            else:
-                stats.first = min(stats.first, moment)
-                stats.last = max(stats.last, moment)
-                stats.count += 1
+        self.dispatch(message, conn, event, message)
+
+    @handles(pb.EventResolved)
+    def _resolved(self, conn: Connection, event: RecordedEvent, message: pb.EventResolved) -> None:
+        if not message.profile_id:
             return
-        if isinstance(message, pb.IdentifierLinked):
-            # Buffered too: a new profile's identifiers are inserted together, once per batch.
-            self._new_identifiers[(message.workspace, message.key)] = {
-                "workspace": message.workspace,
-                "key": message.key,
-                "type": message.type,
+        moment = to_micros(event.occurred_at)
+        stats = self._stats.get(message.profile_id)
+        if stats is None:
+            self._stats[message.profile_id] = _Stats(moment, moment, 1)
+        else:
+            stats.first = min(stats.first, moment)
+            stats.last = max(stats.last, moment)
+            stats.count += 1
+
+    @handles(pb.IdentifierLinked)
+    def _linked(self, conn: Connection, event: RecordedEvent, message: pb.IdentifierLinked) -> None:
+        # Buffered too: a new profile's identifiers are inserted together, once per batch.
+        self._new_identifiers[(message.workspace, message.key)] = {
+            "workspace": message.workspace,
+            "key": message.key,
+            "type": message.type,
+            "profile_id": message.profile_id,
+            "linked_position": event.position,
+            "split": False,
+            "retired": False,
+        }
+
+    @handles(pb.TraitsUpdated)
+    def _traits(self, conn: Connection, event: RecordedEvent, message: pb.TraitsUpdated) -> None:
+        # Buffered: an identify call carries traits, so this is on the hot path.
+        self._trait_rows.extend(
+            {"workspace": message.workspace, "trait_key": key, "profile_id": message.profile_id}
+            for key in message.trait_keys
+        )
+
+    @handles(pb.ProfileCreated)
+    def _created(self, conn: Connection, event: RecordedEvent, message: pb.ProfileCreated) -> None:
+        self._new_profiles.append(
+            {
                 "profile_id": message.profile_id,
-                "linked_position": event.position,
-                "split": False,
-                "retired": False,
+                "workspace": message.workspace,
+                "created_position": event.position,
+                "protected": False,
+                "erased": False,
+                "event_count": 0,
             }
-            return
-        if isinstance(message, pb.TraitsUpdated):
-            # Buffered: an identify call carries traits, so this is on the hot path.
-            self._trait_rows.extend(
-                {"workspace": message.workspace, "trait_key": key, "profile_id": message.profile_id}
-                for key in message.trait_keys
-            )
-            return
-        if isinstance(message, pb.ProfileCreated):
-            self._new_profiles.append(
+        )
+
+    @handles(pb.ProfilesMerged)
+    def _merged(self, conn: Connection, event: RecordedEvent, message: pb.ProfilesMerged) -> None:
+        self.flush(conn)
+        self._merge(conn, message.workspace, message.survivor_id, message.merged_id)
+
+    @handles(pb.ProfileUnmerged)
+    def _unmerged(self, conn: Connection, event: RecordedEvent, message: pb.ProfileUnmerged) -> None:
+        self.flush(conn)
+        self._unmerge(conn, event, message)
+
+    @handles(pb.ProfileProtectionSet)
+    def _protection(self, conn: Connection, event: RecordedEvent, message: pb.ProfileProtectionSet) -> None:
+        self.flush(conn)
+        conn.execute(
+            profiles.update()
+            .where(profiles.c.profile_id == message.profile_id)
+            .values(protected=message.protected)
+        )
+
+    @handles(pb.IdentityRulesSet)
+    def _rules(self, conn: Connection, event: RecordedEvent, message: pb.IdentityRulesSet) -> None:
+        conn.execute(rules.delete().where(rules.c.workspace == message.workspace))
+        conn.execute(
+            rules.insert(),
+            [
                 {
-                    "profile_id": message.profile_id,
                     "workspace": message.workspace,
-                    "created_position": event.position,
-                    "protected": False,
-                    "erased": False,
-                    "event_count": 0,
+                    "rules": message.rules.SerializeToString(deterministic=True),
+                    "version": message.rules.version,
                 }
-            )
-            return
-        self.flush(conn)  # everything below reads or moves rows the buffers may touch
-        if isinstance(message, pb.ProfilesMerged):
-            self._merge(conn, message.workspace, message.survivor_id, message.merged_id)
-        elif isinstance(message, pb.ProfileUnmerged):
-            self._unmerge(conn, event, message)
-        elif isinstance(message, pb.ProfileProtectionSet):
+            ],
+        )
+
+    @handles(pb.ProfileErased)
+    def _erased(self, conn: Connection, event: RecordedEvent, message: pb.ProfileErased) -> None:
+        self.flush(conn)
+        ids = list(message.profile_ids)
+        conn.execute(
+            profiles.update().where(profiles.c.profile_id.in_(ids)).values(erased=True, protected=False)
+        )
+        for chunk in _chunks(list(message.keys)):
             conn.execute(
-                profiles.update()
-                .where(profiles.c.profile_id == message.profile_id)
-                .values(protected=message.protected)
+                identifiers.update()
+                .where(identifiers.c.workspace == message.workspace, identifiers.c.key.in_(chunk))
+                .values(retired=True)  # the profile stays named: a repeated erasure finds it
             )
-        elif isinstance(message, pb.IdentityRulesSet):
-            conn.execute(rules.delete().where(rules.c.workspace == message.workspace))
-            conn.execute(
-                rules.insert(),
-                [
-                    {
-                        "workspace": message.workspace,
-                        "rules": message.rules.SerializeToString(deterministic=True),
-                        "version": message.rules.version,
-                    }
-                ],
-            )
-        elif isinstance(message, pb.ProfileErased):
-            ids = list(message.profile_ids)
-            conn.execute(
-                profiles.update().where(profiles.c.profile_id.in_(ids)).values(erased=True, protected=False)
-            )
-            for chunk in _chunks(list(message.keys)):
-                conn.execute(
-                    identifiers.update()
-                    .where(identifiers.c.workspace == message.workspace, identifiers.c.key.in_(chunk))
-                    .values(retired=True)  # the profile stays named: a repeated erasure finds it
-                )
-            conn.execute(trait_index.delete().where(trait_index.c.profile_id.in_(ids)))
+        conn.execute(trait_index.delete().where(trait_index.c.profile_id.in_(ids)))
 
     def flush(self, conn: Connection) -> None:
         if self._trait_rows:
