@@ -27,7 +27,7 @@ import grpc
 import nats
 import pytest
 
-from onefold.consent.requests import verify_signature
+from onefold.consent.domain.subject_request import verify_signature
 from onefold.contracts.common.v1 import data_subject_pb2, data_subject_pb2_grpc
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
