@@ -7,7 +7,7 @@ of the subject `<workspace>:dsr:<request_id>`. Events: RequestOpened (state OPEN
 service) → RequestStepUpdated (the first one moves the request to IN_PROGRESS) → RequestCompleted
 (COMPLETED), or RequestRefused (REFUSED, with the reason shown to the person: PIPL 50, GDPR 12(4));
 RequestExtended moves the deadline once. The read model `consent_requests` folds the same events
-(projections.fold_request) for listing and deadlines.
+(the same fold: domain.subject_request.RequestFold) for listing and deadlines.
 
 Deadlines (GDPR 12(3)): due one calendar month after receipt (31 January → 28/29 February). One
 extension of at most 60 days, with a reason for the person, given before the first month ends.
