@@ -80,15 +80,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
-from google.protobuf import struct_pb2, symbol_database
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
-from onefold.consent.adapters.data_subjects import DataSubject, DataSubjects
 from onefold.consent.adapters.read_model import request_from_row, request_rows
+from onefold.consent.adapters.request_steps import PeerSteps
 from onefold.consent.application.as_of_history import AsOfHistory
 from onefold.consent.application.consent_log import ConsentLog
 from onefold.consent.application.ledger_writes import LedgerWrites
@@ -118,9 +116,8 @@ from onefold.consent.domain.subject_request import (
     type_name,
     waiting,
 )
-from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
-from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
+from onefold.contracts.identity.v1 import identity_pb2
 from onefold.eventlog import MissingKeyEncryptionKey
 from onefold.eventlog.models import NewEvent, to_micros
 from onefold.eventlog.streams import PARTITION_KEY
@@ -163,29 +160,6 @@ class Folded:
     announced: bool = False
 
 
-def _rpc_failure(service: str, method: str, error: grpc.aio.AioRpcError) -> StepOutcome:
-    code = error.code()
-    details = error.details() or ""
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return StepOutcome(
-            pb.STEP_STATE_PENDING, error=f"{service} does not offer {method} yet (UNIMPLEMENTED): {details}"
-        )
-    return StepOutcome(pb.STEP_STATE_FAILED, error=f"{service} {method}: {code.name}: {details}")
-
-
-def _envelope(envelope: EventEnvelope) -> dict[str, Any]:
-    """An event envelope as JSON, its payload decoded (a person reads fields, not base64)."""
-    document = MessageToDict(envelope, preserving_proto_field_name=True)
-    try:
-        message_class = symbol_database.Default().GetSymbol(envelope.type)
-    except KeyError:
-        return document
-    document["payload"] = MessageToDict(
-        message_class.FromString(envelope.payload), preserving_proto_field_name=True
-    )
-    return document
-
-
 def _message(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
@@ -207,9 +181,8 @@ class SubjectRequests:
         self.ledger = ledger
         self.history = history
         self.store = consent_log.store
-        self.peers = peers
         self.timings = timings or Timings()
-        self.data_subjects = DataSubjects(peers, self.timings.call_timeout_seconds)
+        self.peer_steps = PeerSteps(peers, self.timings.call_timeout_seconds)
         self._locks: dict[str, asyncio.Lock] = {}
         self._parts: dict[str, dict[str, Any]] = {}  # access: request id -> service -> export part
         self._overdue_logged: set[str] = set()
@@ -294,14 +267,6 @@ class SubjectRequests:
             if recorded.stream_id == request_stream(request.workspace, request.request_id):
                 fold_request(request, recorded, new.message)
 
-    def _unreachable(self, service: str) -> str:
-        if service == "consent" or self.peers.known(service):
-            return ""
-        return (
-            f"{service} is not reachable from here: no address or service credential is configured "
-            f"(peers.{service}, auth.service_token); the step waits until one is"
-        )
-
     def _initial_steps(self, kind: int, now: datetime) -> list[pb.RequestStep]:
         steps = []
         for service in SERVICES:
@@ -311,7 +276,7 @@ class SubjectRequests:
                 step.state = pb.STEP_STATE_NOT_APPLICABLE
                 step.confirmation = json.dumps({"not_applicable": reason})
             else:
-                step.last_error = self._unreachable(service)
+                step.last_error = self.peer_steps.unreachable(service)
             step.updated_at.FromDatetime(now)
             steps.append(step)
         return steps
@@ -611,7 +576,7 @@ class SubjectRequests:
         return (
             step.state not in SETTLED
             and step.service in ACTIONS.get(request.type, frozenset())
-            and not self._unreachable(step.service)
+            and not self.peer_steps.unreachable(step.service)
             and (not due_only or self._due(request, step, now))
         )
 
@@ -628,7 +593,7 @@ class SubjectRequests:
             updates: dict[str, pb.RequestStep] = {}
             for step in request.steps:
                 if step.state not in SETTLED and step.service in ACTIONS.get(request.type, frozenset()):
-                    why = self._unreachable(step.service)
+                    why = self.peer_steps.unreachable(step.service)
                     if why and (changed := waiting(step, why, now)) is not None:
                         updates[step.service] = changed
             wanted = {step.service for step in request.steps if self._wants(request, step, now, due_only)}
@@ -667,7 +632,7 @@ class SubjectRequests:
             if erasure and not folded.announced:
                 await self._announce(request, identifiers)
             for service in sorted(dependants):
-                calls[service] = asyncio.create_task(self._call(service, request, identifiers))
+                calls[service] = asyncio.create_task(self.peer_steps.call(service, request, identifiers))
         results: dict[str, StepOutcome] = {}
         if own is not None:
             results["consent"] = await own
@@ -705,98 +670,21 @@ class SubjectRequests:
         if folded.announced:
             return list(request.identifiers)
         awaiting = dependants - {"identity"}
-        why = self._unreachable("identity")
+        why = self.peer_steps.unreachable("identity")
         if not why and (request.type == _ACCESS or "identity" in wanted):
-            channel = self.peers.channel("identity")
-            assert channel is not None
-            try:
-                profile = await identity_pb2_grpc.IdentityServiceStub(channel).GetProfile(
-                    identity_pb2.GetProfileRequest(
-                        profile=identity_pb2.ProfileRef(profile_id=request.profile_id)
-                    ),
-                    metadata=self.peers.acting_for(request.workspace),
-                    timeout=self.timings.call_timeout_seconds,
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return []
-                failure = _rpc_failure("identity", "GetProfile", error)
-                failure.error = f"collecting the subject's identifiers: {failure.error}"
-                if "identity" in wanted:
-                    updates["identity"] = failure.step(steps["identity"], now)
-                why = f"{WAITING_FOR_IDENTIFIERS}: {failure.error}"
-            else:
-                named = dict.fromkeys((p.identifier.type, p.identifier.value) for p in profile.identifiers)
-                return [identity_pb2.Identifier(type=kind, value=value) for kind, value in named]
+            found = await self.peer_steps.profile_identifiers(request)
+            if not isinstance(found, StepOutcome):
+                return found
+            found.error = f"collecting the subject's identifiers: {found.error}"
+            if "identity" in wanted:
+                updates["identity"] = found.step(steps["identity"], now)
+            why = f"{WAITING_FOR_IDENTIFIERS}: {found.error}"
         else:
             why = WAITING_FOR_IDENTIFIERS + (f" ({why})" if why else "")
         for service in awaiting & wanted:
             if service not in updates and (changed := waiting(steps[service], why, now)) is not None:
                 updates[service] = changed
         return None
-
-    async def _call(
-        self, service: str, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
-    ) -> StepOutcome:
-        erasure = request.type == _ERASURE
-        method = {_ERASURE: "EraseSubject", _RECTIFICATION: "RectifyProfile"}.get(
-            request.type, "ExportSubject"
-        )
-        try:
-            if request.type == _RECTIFICATION:
-                return await self._rectify(request, identifiers)
-            subject = DataSubject(request.request_id, (request.profile_id,), identifiers)
-            if erasure:
-                erased = await self.data_subjects.erase(service, request.workspace, subject)
-                if erased is None:
-                    return StepOutcome(
-                        pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False
-                    )
-                confirmation: dict[str, Any] = dict(erased.counts)
-                if erased.profile_ids:
-                    confirmation["profile_ids"] = list(erased.profile_ids)
-                return StepOutcome(pb.STEP_STATE_DONE, confirmation)
-            exported = await self.data_subjects.export(service, request.workspace, subject)
-            if exported is None:
-                return StepOutcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
-            part: dict[str, Any] = {"counts": dict(exported.counts)}
-            if exported.events:
-                part["events"] = [_envelope(e) for e in exported.events]
-            if exported.HasField("records"):
-                part["records"] = _message(exported.records)
-            return StepOutcome(pb.STEP_STATE_DONE, dict(exported.counts), part=part)
-        except grpc.aio.AioRpcError as error:
-            return _rpc_failure(service, method, error)
-        except Exception as error:  # a bad answer, a broken channel: the step fails and is retried
-            log.warning("dsr.call_failed", service=service, method=method, error=repr(error))
-            return StepOutcome(
-                pb.STEP_STATE_FAILED, error=f"{service} {method}: {type(error).__name__}: {error}"
-            )
-
-    async def _rectify(
-        self, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
-    ) -> StepOutcome:
-        """Identity owns traits: the corrections replace what was set before (RectifyProfile)."""
-        if not identifiers:
-            return StepOutcome(
-                pb.STEP_STATE_FAILED, error="identity knows no such profile: nothing to correct"
-            )
-        channel = self.peers.channel("identity")
-        if channel is None:
-            return StepOutcome(pb.STEP_STATE_PENDING, error=self._unreachable("identity"), attempted=False)
-        corrections = struct_pb2.Struct()
-        corrections.update(json.loads(request.rectification))
-        corrected = await identity_pb2_grpc.IdentityServiceStub(channel).RectifyProfile(
-            identity_pb2.RectifyProfileRequest(
-                profile=identity_pb2.ProfileRef(profile_id=request.profile_id),
-                traits=corrections,
-                request_id=request.request_id,
-            ),
-            metadata=self.peers.acting_for(request.workspace),
-            timeout=self.timings.call_timeout_seconds,
-        )
-        done = {"profile_id": corrected.profile_id, "traits_corrected": sorted(corrections.fields)}
-        return StepOutcome(pb.STEP_STATE_DONE, done, part=done)
 
     async def _own(self, request: pb.SubjectRequest) -> StepOutcome:
         """Consent's own part: erase the subject's ledger, or export it."""
