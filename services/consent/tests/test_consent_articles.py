@@ -441,3 +441,32 @@ def test_gdpr_art7_1_history_shows_proof_for_auditors(consent) -> None:
     assert live == "p1"
     assert [m.proof.collection_point for _, m in history] == ["pos:store-17", ""]
     assert [e.position for e, _ in history] == sorted(e.position for e, _ in history)
+
+
+def test_history_is_rendered_by_the_service_from_its_fold(consent) -> None:
+    """The audit history's rows (type, summary, proof in words) and each answer's timeline come from
+    the service — clients print them (the CLI keeps no fold of its own)."""
+    consent.grant("p1", "marketing", channels=["email"], proof=consent.proof(collection_point="pos:store-17"))
+    consent.grant("p1", "analytics")
+    consent.withdraw("p1", "marketing", channels=["email"])
+    consent.object("p1", "analytics")
+    answer = consent.sync(consent.app.history.history(consent.workspace, "p1"))
+    assert answer.profile_id == "p1"
+    assert [e.type for e in answer.entries] == [
+        "ConsentGranted",
+        "ConsentGranted",
+        "ConsentWithdrawn",
+        "ObjectionRecorded",
+    ]
+    first = answer.entries[0]
+    assert first.summary.startswith("granted marketing on email (notice privacy v1, PIPL")
+    assert "collected via api at pos:store-17" in first.proof and "under PIPL" in first.proof
+    assert first.evidence.event_type == "onefold.consent.v1.ConsentGranted"
+    timeline = {row.key: (row.label, [c.status for c in row.changes]) for row in answer.timeline}
+    assert timeline == {
+        "consent|marketing|email": ("Marketing (marketing) · email", ["granted", "withdrawn"]),
+        # an objection ends the grant for the purpose, as the fold does
+        "consent|analytics|": ("Analytics (analytics) · all channels", ["granted", "withdrawn"]),
+        "objection|analytics": ("objection to Analytics (analytics)", ["objection"]),
+    }
+    assert [row.key.split("|")[0] for row in answer.timeline] == ["consent", "consent", "objection"]
