@@ -220,9 +220,10 @@ class ConsentReadModel(Handlers):
             self._fold_ledger(conn, event, message)
         self.dispatch(message, conn, message, event)
 
-    def _fold_ledger(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
-        """`consent_state` follows the ledger's own fold (LedgerState), written once per batch."""
-        workspace, profile_id = getattr(message, "workspace"), getattr(message, "profile_id")  # noqa: B009
+    def _fold_ledger(self, conn: Connection, event: RecordedEvent, message: Any) -> None:
+        """`consent_state` follows the ledger's own fold (LedgerState), written once per batch.
+        `message` is a ledger event: each names its workspace and profile."""
+        workspace, profile_id = message.workspace, message.profile_id
         ledger = self._pending.get((workspace, profile_id))
         if ledger is None:
             ledger = self._pending[(workspace, profile_id)] = current_ledger(conn, workspace, profile_id)
@@ -276,8 +277,8 @@ class ConsentReadModel(Handlers):
         conn.execute(request_rows.insert(), [request_row(message.request, event.position)])
 
     @handles(pb.RequestStepUpdated, pb.RequestExtended, pb.RequestCompleted, pb.RequestRefused)
-    def _request_updated(self, conn: Connection, message: Message, event: RecordedEvent) -> None:
-        request_id, workspace = getattr(message, "request_id"), getattr(message, "workspace")  # noqa: B009
+    def _request_updated(self, conn: Connection, message: Any, event: RecordedEvent) -> None:
+        request_id, workspace = message.request_id, message.workspace
         row = conn.execute(sa.select(request_rows).where(request_rows.c.request_id == request_id)).first()
         if row is None or row.workspace != workspace:
             return  # an update of a request this read model never saw opened: nothing to fold into
