@@ -745,7 +745,7 @@ class SubjectRequests:
             request_rows.c.type == _ERASURE, request_rows.c.state == pb.REQUEST_STATE_COMPLETED
         )
         with self.store.engine.connect() as conn:
-            people = set(conn.execute(query).tuples())
+            people = {(row.workspace, row.profile_id) for row in conn.execute(query)}
             subjects = {
                 request_subject(workspace, request.request_id): (workspace, profile_id)
                 for workspace, profile_id in people
