@@ -55,9 +55,9 @@ from pathlib import Path
 from typing import Any
 
 from onefold.cli.consent import model_from_document
-from onefold.consent.application import event_registry
-from onefold.consent.domain.ledger import LedgerState
-from onefold.consent.projections import LEDGER_TYPES, ConsentProjection, evidence_of
+from onefold.consent.adapters.read_model import ConsentReadModel
+from onefold.consent.domain.events import REGISTRY
+from onefold.consent.domain.ledger import LEDGER_EVENTS, LedgerState, evidence_of
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.consent.v1 import consent_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
@@ -413,14 +413,12 @@ def raw_read_rate(database: Path) -> tuple[int, float]:
 
 def open_store(data_dir: Path) -> EventStore:
     keys = KeyEncryptionKey.from_base64((data_dir / "keys" / "consent.kek").read_text())
-    return EventStore(
-        f"sqlite:///{data_dir / 'consent.db'}", service="consent", registry=event_registry(), keys=keys
-    )
+    return EventStore(f"sqlite:///{data_dir / 'consent.db'}", service="consent", registry=REGISTRY, keys=keys)
 
 
 def fold_rate(store: EventStore) -> tuple[int, int, float]:
     """Fold every ledger event of the store into one LedgerState per subject (stream)."""
-    types = {t.DESCRIPTOR.full_name: t for t in LEDGER_TYPES}
+    types = {name: REGISTRY.for_name(name).message_class for name in LEDGER_EVENTS}
     states: dict[str, LedgerState] = {}
     folded = 0
     started = time.perf_counter()
@@ -438,7 +436,7 @@ def fold_rate(store: EventStore) -> tuple[int, int, float]:
 
 
 def rebuild_rate(store: EventStore) -> tuple[int, float]:
-    projection = ConsentProjection()
+    projection = ConsentReadModel()
     started = time.perf_counter()
     applied = Projector(store, [projection]).rebuild(projection)
     return applied, applied / (time.perf_counter() - started)

@@ -19,7 +19,7 @@ from pathlib import Path
 from google.protobuf.descriptor import FieldDescriptor
 
 from onefold.cli.audit import Verified, verdict
-from onefold.consent.application import event_registry
+from onefold.consent.domain.events import REGISTRY
 from onefold.contracts.eventlog.v1 import eventlog_pb2
 from onefold.eventlog import EventStore, KeyEncryptionKey, NewEvent
 from onefold.eventlog.digests import WITNESS_STREAM_LABEL, read_witness
@@ -38,7 +38,7 @@ def seed_consent_log(data_dir: Path, count: int) -> None:
     keys.mkdir(parents=True)
     kek = KeyEncryptionKey.generate()
     (keys / "consent.kek").write_text(kek.to_base64() + "\n")
-    registry = event_registry()
+    registry = REGISTRY
     types = [registry.for_name(name) for name in sorted(registry.names())]
     types = [t for t in types if t.appendable and not t.pii.has_pii]
     events = []

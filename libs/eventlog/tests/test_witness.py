@@ -26,7 +26,7 @@ from nats.js.errors import APIError, BadRequestError
 from prometheus_client import REGISTRY
 from sqlalchemy.engine import Connection
 
-from onefold.consent.application import event_registry as consent_registry
+from onefold.consent.domain.events import REGISTRY as CONSENT_REGISTRY
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent, schema
@@ -68,7 +68,7 @@ from onefold.platform.service import ServiceContext
 REGISTRIES: dict[str, Callable[[], EventRegistry]] = {
     "ingest": ingest_registry,
     "identity": lambda: IDENTITY_REGISTRY,
-    "consent": consent_registry,
+    "consent": lambda: CONSENT_REGISTRY,
 }
 FAST = SubscriberSettings(batch_size=100, fetch_timeout_seconds=0.3, retry_backoff_seconds=0.01)
 
@@ -343,7 +343,7 @@ def conflicts_counted(service: str) -> float:
 async def test_a_conflicting_digest_raises_the_alarm_and_is_never_published(
     nats: NatsConnection, tmp_path: Path, kek: KeyEncryptionKey
 ) -> None:
-    registry = consent_registry()
+    registry = CONSENT_REGISTRY
     store = EventStore(f"sqlite:///{tmp_path / 'consent.db'}", service="consent", registry=registry, keys=kek)
     store.create_schema()
     signer = ChainSigner.from_key_encryption_key(kek)

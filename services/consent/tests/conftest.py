@@ -13,27 +13,34 @@ injectable clock, and a factory for consent models.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, TypeVar, cast
 
 import pytest
 import sqlalchemy as sa
 from google.protobuf.message import Message
 
-from onefold.consent.application import ConsentApplication, Written, event_registry
-from onefold.consent.domain.ledger import Outcome
+from onefold.consent.adapters.read_model import ConsentReadModel
+from onefold.consent.application import ConsentApplication, Written
+from onefold.consent.domain.events import REGISTRY
+from onefold.consent.domain.ledger import ConsentDecision, ledger_stream
 from onefold.consent.domain.model import SEPARATE_CONSENT_KINDS
-from onefold.consent.projections import ConsentProjection, ledger_stream
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.eventlog import EventStore
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.models import RecordedEvent
-from onefold.eventlog.projections import Projector
+from onefold.eventlog.service import ServiceLog
+from onefold.platform.client import Peers
 from onefold.platform.database import create_engine
+
+T = TypeVar("T")
 
 WORKSPACE = "acme"
 CHANNELS = ("email", "sms", "push", "wechat")
@@ -197,13 +204,31 @@ def build_model(
 class ConsentHarness:
     """The consent application on a real database, with shortcuts for the ledger's use cases."""
 
-    store: EventStore
+    log: ServiceLog
     app: ConsentApplication
-    projection: ConsentProjection
+    projection: ConsentReadModel
     clock: Clock
-    kek: KeyEncryptionKey
+    loop: asyncio.AbstractEventLoop  # runs the async use cases for the synchronous shortcuts
     workspace: str = WORKSPACE
     actor: str = "cred-test"
+
+    @property
+    def store(self) -> EventStore:
+        return self.log.store
+
+    @property
+    def kek(self) -> KeyEncryptionKey:
+        assert self.log.keys is not None
+        return self.log.keys
+
+    def sync(self, use_case: Coroutine[Any, Any, T]) -> T:
+        """Run an (async) use case to its end, from a test with or without an event loop."""
+        return asyncio.run_coroutine_threadsafe(use_case, self.loop).result()
+
+    def close(self) -> None:
+        self.sync(self.log.writer.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.store.engine.dispose()
 
     # The builders, for tests (a test module cannot import this conftest).
     notice = staticmethod(notice)
@@ -216,14 +241,16 @@ class ConsentHarness:
     def set_model(
         self, model: pb.ConsentModel | None = None, workspace: str | None = None
     ) -> pb.ConsentModel:
-        return self.app.set_model(workspace or self.workspace, model or build_model(), "admin")
+        return self.sync(
+            self.app.model.set_model(workspace or self.workspace, model or build_model(), "admin")
+        )
 
     def publish(self, message: pb.Notice, workspace: str | None = None) -> pb.ConsentModel:
         """Add a notice version to the workspace's current model."""
         current = pb.ConsentModel()
-        current.CopyFrom(self.app.get_model(workspace or self.workspace))
+        current.CopyFrom(self.sync(self.app.model.get_model(workspace or self.workspace)))
         current.notices.append(message)
-        return self.app.set_model(workspace or self.workspace, current, "admin")
+        return self.sync(self.app.model.set_model(workspace or self.workspace, current, "admin"))
 
     # -------------------------------------------------------------------------- the ledger
 
@@ -246,7 +273,7 @@ class ConsentHarness:
         )
         if occurred_at is not None:
             message.occurred_at.FromDatetime(occurred_at)
-        return self.app.grant(workspace or self.workspace, profile_id, message, self.actor)
+        return self.sync(self.app.ledger.grant(workspace or self.workspace, profile_id, message, self.actor))
 
     def withdraw(
         self,
@@ -260,11 +287,13 @@ class ConsentHarness:
         message = pb.WithdrawConsentRequest(purpose_ids=list(purposes), channels=list(channels), **request)
         if occurred_at is not None:
             message.occurred_at.FromDatetime(occurred_at)
-        return self.app.withdraw(workspace or self.workspace, profile_id, message, self.actor)
+        return self.sync(
+            self.app.ledger.withdraw(workspace or self.workspace, profile_id, message, self.actor)
+        )
 
     def object(self, profile_id: str, purpose_id: str, *, lift: bool = False) -> Written:
         request = pb.RecordObjectionRequest(purpose_id=purpose_id, lift=lift)
-        return self.app.record_objection(self.workspace, profile_id, request, self.actor)
+        return self.sync(self.app.ledger.record_objection(self.workspace, profile_id, request, self.actor))
 
     def check(
         self,
@@ -275,9 +304,11 @@ class ConsentHarness:
         at: datetime | None = None,
         jurisdiction: int = 0,
         workspace: str | None = None,
-    ) -> Outcome:
-        return self.app.check(
-            workspace or self.workspace, profile_id, purpose_id, channel, at=at, jurisdiction=jurisdiction
+    ) -> ConsentDecision:
+        return self.sync(
+            self.app.checks.check(
+                workspace or self.workspace, profile_id, purpose_id, channel, at=at, jurisdiction=jurisdiction
+            )
         )[1]
 
     # -------------------------------------------------------------------------- upstream (identity)
@@ -285,7 +316,7 @@ class ConsentHarness:
     def deliver(self, *envelopes: Any) -> None:
         """One identity subscriber batch: one store transaction around the handler."""
         with self.store.transaction() as conn:
-            self.app.handle_identity(conn, list(envelopes))
+            self.app.identity.handle_identity(conn, list(envelopes))
 
     # -------------------------------------------------------------------------- reading back
 
@@ -296,25 +327,30 @@ class ConsentHarness:
 
     def state_rows(self) -> list[tuple[Any, ...]]:
         """Every row of the consent_state read model, sorted (to compare live and rebuilt)."""
-        from onefold.consent.projections import state
+        from onefold.consent.adapters.read_model import state
 
         with self.store.engine.connect() as conn:
             return sorted(tuple(row) for row in conn.execute(sa.select(state)))
 
     def rebuild(self) -> int:
         """Drop the read models and fold the whole log into them again."""
-        return Projector(self.store, [self.projection]).rebuild(self.projection)
+        return self.log.projector.rebuild(self.projection)
 
 
 def make_harness(url: str) -> ConsentHarness:
-    engine = create_engine(url)
-    kek = KeyEncryptionKey.generate()
-    store = EventStore(engine, service="consent", registry=event_registry(), keys=kek)
-    store.create_schema()
-    projection = ConsentProjection()
-    Projector(store, [projection]).create_tables()
+    """The service's log as the bootstrap builds it (ServiceLog), on `url`, with a fresh key."""
+    settings = SimpleNamespace(
+        service="consent",
+        eventlog=SimpleNamespace(key_encryption_key=KeyEncryptionKey.generate().to_text(), key_file=None),
+    )
+    ctx = SimpleNamespace(settings=settings, engine=create_engine(url))
+    projection = ConsentReadModel()
+    log = ServiceLog(cast(Any, ctx), events=REGISTRY, projections=[projection])
     clock = Clock()
-    return ConsentHarness(store, ConsentApplication(store, projection, clock=clock), projection, clock, kek)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="consent-harness", daemon=True).start()
+    application = ConsentApplication(log, Peers({}, ""), clock=clock)
+    return ConsentHarness(log, application, projection, clock, loop)
 
 
 @pytest.fixture
@@ -333,7 +369,7 @@ def make_consent() -> Iterator[Callable[[str], ConsentHarness]]:
 
     yield make
     for harness in made:
-        harness.store.engine.dispose()
+        harness.close()
 
 
 @pytest.fixture

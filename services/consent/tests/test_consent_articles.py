@@ -41,7 +41,7 @@ def test_pipl_art13_non_consent_basis_allows_and_is_recorded(consent, make_model
     assert "contract" in outcome.explanation and "PIPL Art. 13" in outcome.explanation
     assert outcome.evidence is None
     # The basis is recorded per jurisdiction in the model.
-    stored = consent.app.get_model(consent.workspace)
+    stored = consent.sync(consent.app.model.get_model(consent.workspace))
     assert dict(_purpose(stored, "orders")[1].legal_bases) == {
         "PIPL": pb.LEGAL_BASIS_CONTRACT,
         "GDPR": pb.LEGAL_BASIS_CONTRACT,
@@ -132,7 +132,7 @@ def test_pipl_art14_material_notice_change_requires_reconsent(consent) -> None:
         None,  # removed
     ]
     for edit in edits:
-        edited = consent.app.get_model(consent.workspace)
+        edited = consent.sync(consent.app.model.get_model(consent.workspace))
         if edit is None:
             del edited.notices[0]
         else:
@@ -140,7 +140,7 @@ def test_pipl_art14_material_notice_change_requires_reconsent(consent) -> None:
         with pytest.raises(FailedPrecondition, match="publish a new version"):
             consent.set_model(edited)
     # The same model again is fine (re-applying a file).
-    consent.set_model(consent.app.get_model(consent.workspace))
+    consent.set_model(consent.sync(consent.app.model.get_model(consent.workspace)))
 
 
 def test_pipl_art14_non_material_notice_change_keeps_consent(consent) -> None:
@@ -267,7 +267,10 @@ def test_pipl_art28_29_sensitive_purpose_needs_separate_consent(consent, make_mo
     assert "sensitive" in outcome.explanation
     assert consent.check("p1", "marketing", "email").reason == pb.DECISION_REASON_NO_CONSENT
     # A sensitive purpose is marked as such in the model (its kind) and keeps consent as its basis.
-    assert _purpose(consent.app.get_model(consent.workspace), "health")[1].kind == pb.PURPOSE_KIND_SENSITIVE
+    assert (
+        _purpose(consent.sync(consent.app.model.get_model(consent.workspace)), "health")[1].kind
+        == pb.PURPOSE_KIND_SENSITIVE
+    )
 
 
 def test_pipl_art31_under_14_needs_guardian_consent(consent) -> None:
@@ -331,7 +334,7 @@ def test_pipl_art38_39_cross_border_needs_recipient_and_separate_consent(consent
         transfer = _purpose(model, "transfer")[1]
         transfer.recipient.ClearField(name)
         assert name in str(_model_error(model))
-    stored = _purpose(consent.app.get_model(consent.workspace), "transfer")[1]
+    stored = _purpose(consent.sync(consent.app.model.get_model(consent.workspace)), "transfer")[1]
     assert stored.recipient.country == "DE" and list(stored.recipient.data_types)
 
     # Separate consent: never bundled.
@@ -434,7 +437,36 @@ def test_gdpr_art7_1_every_consent_event_carries_proof(consent) -> None:
 def test_gdpr_art7_1_history_shows_proof_for_auditors(consent) -> None:
     consent.grant("p1", "marketing", channels=["email"], proof=consent.proof(collection_point="pos:store-17"))
     consent.withdraw("p1", "marketing", channels=["email"])
-    live, history = consent.app.history(consent.workspace, "p1")
+    live, history = consent.sync(consent.app.history.ledger_history(consent.workspace, "p1"))
     assert live == "p1"
     assert [m.proof.collection_point for _, m in history] == ["pos:store-17", ""]
     assert [e.position for e, _ in history] == sorted(e.position for e, _ in history)
+
+
+def test_history_is_rendered_by_the_service_from_its_fold(consent) -> None:
+    """The audit history's rows (type, summary, proof in words) and each answer's timeline come from
+    the service — clients print them (the CLI keeps no fold of its own)."""
+    consent.grant("p1", "marketing", channels=["email"], proof=consent.proof(collection_point="pos:store-17"))
+    consent.grant("p1", "analytics")
+    consent.withdraw("p1", "marketing", channels=["email"])
+    consent.object("p1", "analytics")
+    answer = consent.sync(consent.app.history.history(consent.workspace, "p1"))
+    assert answer.profile_id == "p1"
+    assert [e.type for e in answer.entries] == [
+        "ConsentGranted",
+        "ConsentGranted",
+        "ConsentWithdrawn",
+        "ObjectionRecorded",
+    ]
+    first = answer.entries[0]
+    assert first.summary.startswith("granted marketing on email (notice privacy v1, PIPL")
+    assert "collected via api at pos:store-17" in first.proof and "under PIPL" in first.proof
+    assert first.evidence.event_type == "onefold.consent.v1.ConsentGranted"
+    timeline = {row.key: (row.label, [c.status for c in row.changes]) for row in answer.timeline}
+    assert timeline == {
+        "consent|marketing|email": ("Marketing (marketing) · email", ["granted", "withdrawn"]),
+        # an objection ends the grant for the purpose, as the fold does
+        "consent|analytics|": ("Analytics (analytics) · all channels", ["granted", "withdrawn"]),
+        "objection|analytics": ("objection to Analytics (analytics)", ["objection"]),
+    }
+    assert [row.key.split("|")[0] for row in answer.timeline] == ["consent", "consent", "objection"]

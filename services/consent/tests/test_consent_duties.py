@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from onefold.consent import duties
-from onefold.consent.projections import requests as requests_table
-from onefold.consent.requests import SubjectRequests
+from onefold.consent.adapters.read_model import request_rows
+from onefold.consent.application import duties
 from onefold.contracts.consent.v1 import consent_pb2 as pb
-from onefold.platform.client import Peers
 
 
 @pytest.fixture
@@ -40,8 +38,8 @@ def test_pipl_art47_expired_consents_are_recorded_by_the_duty(consent) -> None:
     given = datetime.now(UTC) - timedelta(days=40)
     written = consent.grant("p1", "newsletter", channels=["email"], occurred_at=given)
     consent.grant("p2", "marketing", channels=["email"])  # no validity: never expires
-    assert duties.expire_due(consent.app, datetime.now(UTC)) == 1
-    assert duties.expire_due(consent.app, datetime.now(UTC)) == 0  # done once
+    assert consent.sync(duties.expire_due(consent.app.consent_log, datetime.now(UTC))) == 1
+    assert consent.sync(duties.expire_due(consent.app.consent_log, datetime.now(UTC))) == 0  # done once
     expired = [m for _, m in consent.ledger("p1") if isinstance(m, pb.ConsentExpired)]
     assert [(m.purpose_id, m.grant_event_id) for m in expired] == [
         ("newsletter", written.recorded[0].event_id)
@@ -63,9 +61,14 @@ def test_pipl_art47_retention_past_withdrawal_opens_an_erasure_request(retained)
     consent.grant("unlimited", "marketing", channels=["email"], occurred_at=long_ago)
     consent.withdraw("unlimited", "marketing", channels=["email"], occurred_at=long_ago)  # no retention set
     now = datetime.now(UTC)
-    assert [d.profile_id for d in duties.retention_due(consent.app, now)] == ["gone"]
+    assert [d.profile_id for d in consent.sync(duties.retention_due(consent.app.consent_log, now))] == [
+        "gone"
+    ]
     # Thirty days later the second one is due too.
-    assert {d.profile_id for d in duties.retention_due(consent.app, now + timedelta(days=31))} == {
+    assert {
+        d.profile_id
+        for d in consent.sync(duties.retention_due(consent.app.consent_log, now + timedelta(days=31)))
+    } == {
         "gone",
         "recent",
     }
@@ -75,24 +78,23 @@ def test_pipl_art47_the_duty_loop_opens_one_request_per_subject(retained) -> Non
     consent = retained(1)
     consent.grant("gone", "offers", channels=["email"], occurred_at=datetime.now(UTC) - timedelta(days=3))
     consent.withdraw("gone", "offers", channels=["email"], occurred_at=datetime.now(UTC) - timedelta(days=2))
-    subject_requests = SubjectRequests(consent.app, Peers({}, ""))
 
     async def two_rounds() -> None:
         task = asyncio.create_task(
-            duties.run_duties(consent.app, subject_requests, lambda: True, interval_seconds=0)
+            duties.run_duties(consent.app.consent_log, consent.app.requests, lambda: True, interval_seconds=0)
         )
         deadline = asyncio.get_running_loop().time() + 20
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
             with consent.store.engine.connect() as conn:
-                if conn.execute(sa.select(sa.func.count()).select_from(requests_table)).scalar():
+                if conn.execute(sa.select(sa.func.count()).select_from(request_rows)).scalar():
                     break
         await asyncio.sleep(0.2)  # further rounds must not open a second request
         task.cancel()
 
     asyncio.run(two_rounds())
     with consent.store.engine.connect() as conn:
-        rows = conn.execute(sa.select(requests_table.c.profile_id, requests_table.c.type)).all()
+        rows = conn.execute(sa.select(request_rows.c.profile_id, request_rows.c.type)).all()
     assert [(r.profile_id, r.type) for r in rows] == [("gone", pb.REQUEST_TYPE_ERASURE)]
     opened = [m for _, m in consent.ledger("gone") if isinstance(m, pb.ConsentSubjectErased)]
     assert opened  # consent's own step of the erasure ran: the subject's checks now deny

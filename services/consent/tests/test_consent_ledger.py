@@ -168,9 +168,13 @@ def _assert_replay_equals_live(consent, now: datetime) -> None:
             live = consent.check(profile, purpose, channel)
             folded = consent.check(profile, purpose, channel, at=now)
             assert _answer(live) == _answer(folded), (profile, purpose, channel)
-        current = consent.app.consents(consent.workspace, profile)
-        _, replayed = consent.app.as_of(consent.workspace, profile, as_of=None, known_at=None)
-        _, as_of_now = consent.app.as_of(consent.workspace, profile, as_of=now, known_at=None)
+        current = consent.sync(consent.app.history.consents(consent.workspace, profile))
+        _, replayed = consent.sync(
+            consent.app.history.as_of(consent.workspace, profile, as_of=None, known_at=None)
+        )
+        _, as_of_now = consent.sync(
+            consent.app.history.as_of(consent.workspace, profile, as_of=now, known_at=None)
+        )
         assert list(current.states) == replayed.states() == as_of_now.states()
         assert list(current.objections) == sorted(replayed.objections) == sorted(as_of_now.objections)
 
@@ -233,10 +237,14 @@ def test_as_of_answers_at_each_boundary_on_both_axes(consent) -> None:
     assert grant.recorded_at < withdrawal.recorded_at < late.recorded_at
 
     def occurred(at: datetime) -> dict[tuple[str, str], int]:
-        return _states(consent.app.as_of(consent.workspace, "p1", as_of=at, known_at=None)[1])
+        return _states(
+            consent.sync(consent.app.history.as_of(consent.workspace, "p1", as_of=at, known_at=None))[1]
+        )
 
     def known(at: datetime) -> dict[tuple[str, str], int]:
-        return _states(consent.app.as_of(consent.workspace, "p1", as_of=None, known_at=at)[1])
+        return _states(
+            consent.sync(consent.app.history.as_of(consent.workspace, "p1", as_of=None, known_at=at))[1]
+        )
 
     marketing, analytics = ("marketing", "email"), ("analytics", "sms")
     granted, withdrawn = pb.CONSENT_STATUS_GRANTED, pb.CONSENT_STATUS_WITHDRAWN
@@ -255,9 +263,13 @@ def test_as_of_answers_at_each_boundary_on_both_axes(consent) -> None:
     assert known(late.recorded_at - US) == {marketing: withdrawn}
     assert known(late.recorded_at) == {marketing: withdrawn, analytics: granted}
     # Both axes: true at t_late, but not known before it was recorded.
-    both = consent.app.as_of(consent.workspace, "p1", as_of=t_late, known_at=late.recorded_at - US)[1]
+    both = consent.sync(
+        consent.app.history.as_of(consent.workspace, "p1", as_of=t_late, known_at=late.recorded_at - US)
+    )[1]
     assert _states(both) == {} and both.events == 0
-    both = consent.app.as_of(consent.workspace, "p1", as_of=t_late, known_at=late.recorded_at)[1]
+    both = consent.sync(
+        consent.app.history.as_of(consent.workspace, "p1", as_of=t_late, known_at=late.recorded_at)
+    )[1]
     assert _states(both) == {analytics: granted} and both.events == 1
 
     # Checks at a time answer on the occurred axis, at each boundary.
@@ -323,12 +335,12 @@ def test_malformed_requests_get_clear_errors_and_change_nothing(consent) -> None
     refused(lambda: consent.withdraw("p1", "marketing", occurred_at=future), "occurred_at", "in the future")
     refused(lambda: consent.check("p1", "marketing", "email", at=future), "at", "future")
     refused(
-        lambda: consent.app.as_of(consent.workspace, "p1", as_of=future, known_at=None),
+        lambda: consent.sync(consent.app.history.as_of(consent.workspace, "p1", as_of=future, known_at=None)),
         "as_of",
         "in the future",
     )
     refused(
-        lambda: consent.app.as_of(consent.workspace, "p1", as_of=None, known_at=future),
+        lambda: consent.sync(consent.app.history.as_of(consent.workspace, "p1", as_of=None, known_at=future)),
         "known_at",
         "in the future",
     )
@@ -393,7 +405,9 @@ def test_merge_combines_consent_conservatively(consent, identity_event) -> None:
         return outcome.decision, outcome.reason
 
     for profile in ("s", "m"):  # the merged id now answers for the survivor
-        assert consent.app.check(consent.workspace, profile, "marketing", "email")[0] == "s"
+        assert (
+            consent.sync(consent.app.checks.check(consent.workspace, profile, "marketing", "email"))[0] == "s"
+        )
         # A withdrawal on either side wins over a grant on the other, whichever came later.
         assert decided(profile, "marketing", "email") == (DENY, pb.DECISION_REASON_WITHDRAWN)
         assert decided(profile, "analytics", "email") == (DENY, pb.DECISION_REASON_WITHDRAWN)
@@ -403,7 +417,7 @@ def test_merge_combines_consent_conservatively(consent, identity_event) -> None:
         assert decided(profile, "personalisation", "email") == (DENY, pb.DECISION_REASON_OBJECTION)
     # Of two grants, the one expiring first stands.
     assert consent.check("s", "newsletter", "email").evidence == m_newsletter
-    assert consent.app.consents(consent.workspace, "m").profile_id == "s"
+    assert consent.sync(consent.app.history.consents(consent.workspace, "m")).profile_id == "s"
 
     # A later grant on the merged subject counts (it is recorded on the survivor's ledger).
     written = consent.grant("m", "marketing", channels=["email"])
@@ -418,7 +432,7 @@ def test_merge_combines_consent_conservatively(consent, identity_event) -> None:
     _merge(consent, identity_event, "s", "m")
     assert consent.store.head_position() == head
     _merge(consent, identity_event, "x", "s")
-    assert consent.app.check(consent.workspace, "m", "marketing", "email")[0] == "x"
+    assert consent.sync(consent.app.checks.check(consent.workspace, "m", "marketing", "email"))[0] == "x"
     assert decided("m", "marketing", "email") == (ALLOW, pb.DECISION_REASON_GRANTED)
     assert decided("m", "personalisation", "email") == (DENY, pb.DECISION_REASON_OBJECTION)
 
@@ -429,7 +443,7 @@ def test_merge_combines_consent_conservatively(consent, identity_event) -> None:
     assert consent.state_rows() == live
     assert {(p, q): decided(p, q, "email") for p in ("s", "m", "x") for q in PURPOSES} == answers
     # The history of the survivor shows the merged profile's ledger too.
-    _, history = consent.app.history(consent.workspace, "x")
+    _, history = consent.sync(consent.app.history.ledger_history(consent.workspace, "x"))
     assert {e.stream_id.rsplit(":", 1)[1] for e, _ in history} == {"s", "m", "x"}
 
 
@@ -455,7 +469,11 @@ def test_as_of_before_a_merge_answers_from_the_merged_profiles_own_ledger(consen
 
     def states(profile: str, **at) -> dict[tuple[str, str], int]:
         return _states(
-            consent.app.as_of(consent.workspace, profile, **{"as_of": None, "known_at": None, **at})[1]
+            consent.sync(
+                consent.app.history.as_of(
+                    consent.workspace, profile, **{"as_of": None, "known_at": None, **at}
+                )
+            )[1]
         )
 
     # Before the merge, m's consents were its own: an auditor sees its grant, not s's withdrawal.
@@ -492,9 +510,9 @@ def test_unmerge_survives_a_rebuild(consent, identity_event) -> None:
             )
         )
     )
-    assert consent.app.check(consent.workspace, "m", "analytics", "email")[0] == "m"
+    assert consent.sync(consent.app.checks.check(consent.workspace, "m", "analytics", "email"))[0] == "m"
     consent.rebuild()
-    assert consent.app.check(consent.workspace, "m", "analytics", "email")[0] == "m"
+    assert consent.sync(consent.app.checks.check(consent.workspace, "m", "analytics", "email"))[0] == "m"
 
 
 # ------------------------------------------------------------------------------------ identity: tracked consent

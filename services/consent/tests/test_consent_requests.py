@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from onefold.consent.projections import ConsentProjection, requests, subject_of
-from onefold.consent.requests import (
+from onefold.consent.adapters.read_model import ConsentReadModel, request_rows
+from onefold.consent.application.subject_requests import SubjectRequests, Timings
+from onefold.consent.domain.ledger import subject_of
+from onefold.consent.domain.subject_request import (
     SERVICES,
     WAITING_FOR_IDENTIFIERS,
-    SubjectRequests,
-    Timings,
     add_month,
     completion_record,
     request_stream,
@@ -48,12 +48,41 @@ PENDING, DONE, FAILED, NA = (
 NO_PEERS = Peers({}, "")
 
 
-def dsr(harness: Any, peers: Peers = NO_PEERS, **timings: float) -> SubjectRequests:
-    return SubjectRequests(harness.app, peers, timings=Timings(**timings))
+class RequestsInTest:
+    """The request use cases for these tests: the saga's passes (`process`, `tick`) are awaited by
+    the test; the others run to their end on the harness's loop."""
+
+    def __init__(self, harness: Any, requests_: SubjectRequests) -> None:
+        self.harness = harness
+        self.requests = requests_
+        self.process = requests_.process
+        self.tick = requests_.tick
+
+    def open(self, *args: Any, **kwargs: Any) -> pb.SubjectRequest:
+        return self.harness.sync(self.requests.open(*args, **kwargs))
+
+    def get(self, workspace: str, request_id: str) -> pb.SubjectRequest:
+        return self.harness.sync(self.requests.get(workspace, request_id))
+
+    def extend(self, *args: Any) -> pb.SubjectRequest:
+        return self.harness.sync(self.requests.extend(*args))
+
+    def refuse(self, *args: Any) -> pb.SubjectRequest:
+        return self.harness.sync(self.requests.refuse(*args))
+
+    def list_requests(self, workspace: str, **kwargs: Any) -> list[pb.SubjectRequest]:
+        return self.harness.sync(self.requests.list_requests(workspace, **kwargs))
+
+
+def dsr(harness: Any, peers: Peers = NO_PEERS, **timings: float) -> RequestsInTest:
+    app = harness.app
+    return RequestsInTest(
+        harness, SubjectRequests(app.consent_log, app.ledger, app.history, peers, timings=Timings(**timings))
+    )
 
 
 def open_request(
-    requests_: SubjectRequests, kind: int, profile_id: str = "p1", workspace: str = WORKSPACE, **fields: Any
+    requests_: RequestsInTest, kind: int, profile_id: str = "p1", workspace: str = WORKSPACE, **fields: Any
 ) -> pb.SubjectRequest:
     message = pb.OpenRequestRequest(type=kind, **fields)  # type: ignore[arg-type]
     return requests_.open(workspace, profile_id, message, actor="cred-dsr")
@@ -71,9 +100,9 @@ def stream_version(harness: Any, request: pb.SubjectRequest) -> int:
     return harness.store.stream_version(request_stream(request.workspace, request.request_id))
 
 
-def request_rows(harness: Any) -> list[tuple[Any, ...]]:
+def read_request_rows(harness: Any) -> list[tuple[Any, ...]]:
     with harness.store.engine.connect() as conn:
-        return sorted(tuple(row) for row in conn.execute(sa.select(requests)))
+        return sorted(tuple(row) for row in conn.execute(sa.select(request_rows)))
 
 
 # ------------------------------------------------------------------------------------------ deadlines
@@ -133,9 +162,9 @@ def test_gdpr_art12_3_deadline_one_month_extension_once_and_overdue_list(
     assert [r.request_id for r in listed] == [second.request_id]
     assert listed[0].refusal_reason == "the requester could not be identified"
     # The listing comes from the read model, which equals a replay of the log.
-    live = request_rows(harness)
+    live = read_request_rows(harness)
     Projector(harness.store, [harness.projection]).rebuild(harness.projection)
-    assert request_rows(harness) == live
+    assert read_request_rows(harness) == live
     # Another workspace sees none of it.
     assert requests_.list_requests("globex") == []
     with pytest.raises(NotFound):
@@ -257,9 +286,9 @@ async def test_gdpr_art17_erasure_consent_part_at_once_unreachable_services_pend
     again = await requests_.process(WORKSPACE, opened.request_id)
     assert again == processed and stream_version(harness, opened) == version
     assert await requests_.tick() == []  # nothing due for the background loop either
-    live = request_rows(harness)
-    Projector(harness.store, [ConsentProjection()]).rebuild(harness.projection)
-    assert request_rows(harness) == live
+    live = read_request_rows(harness)
+    Projector(harness.store, [ConsentReadModel()]).rebuild(harness.projection)
+    assert read_request_rows(harness) == live
 
 
 async def test_erasure_retries_an_unreachable_identity_with_backoff(consent: Any) -> None:
@@ -378,7 +407,7 @@ async def test_gdpr_art16_pipl_art46_rectification_is_recorded_and_waits_for_ide
     # The corrections are personal data: encrypted in the log, absent from the read model.
     (event,) = consent.store.read_stream(request_stream(WORKSPACE, opened.request_id))
     assert b"lee.new@example.com" not in event.payload
-    assert not any("lee.new" in str(value) for row in request_rows(consent) for value in row)
+    assert not any("lee.new" in str(value) for row in read_request_rows(consent) for value in row)
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -437,15 +466,15 @@ async def test_bootstrap_runs_the_retry_loop_while_started(
     await composition.start()
     try:
         requests_ = composition.application.requests
-        opened = await asyncio.to_thread(open_request, requests_, pb.REQUEST_TYPE_ERASURE)
+        opened = await requests_.open(
+            WORKSPACE, "p1", pb.OpenRequestRequest(type=pb.REQUEST_TYPE_ERASURE), actor="cred-dsr"
+        )
         first = await requests_.process(WORKSPACE, opened.request_id)
         assert steps(first)["identity"].attempts == 1
 
         async def retried_by_the_loop() -> pb.RequestStep:
             while True:
-                identity = steps(await asyncio.to_thread(requests_.get, WORKSPACE, opened.request_id))[
-                    "identity"
-                ]
+                identity = steps(await requests_.get(WORKSPACE, opened.request_id))["identity"]
                 if identity.attempts >= 3:
                     return identity
                 await asyncio.sleep(0.05)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
 import uuid
@@ -27,7 +28,7 @@ import grpc
 import nats
 import pytest
 
-from onefold.consent.requests import verify_signature
+from onefold.consent.domain.subject_request import verify_signature
 from onefold.contracts.common.v1 import data_subject_pb2, data_subject_pb2_grpc
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
@@ -523,9 +524,11 @@ def plaintext_hits(root: Path, needles: Sequence[bytes]) -> list[str]:
 
 def copy_live(source: Path, target: Path) -> None:
     """A backup of a running installation: every file that exists while it is copied (temporary
-    files the servers remove meanwhile are skipped, as a backup tool would)."""
-    for path in source.rglob("*"):
-        if path.is_file():
+    files and directories the servers remove meanwhile are skipped, as a backup tool would: os.walk
+    passes over a directory that vanished while it was listed, where Path.rglob raises)."""
+    for directory, _, names in os.walk(source):
+        for name in names:
+            path = Path(directory) / name
             copied = target / path.relative_to(source)
             copied.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):

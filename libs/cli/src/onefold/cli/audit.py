@@ -41,7 +41,6 @@ from onefold.platform.config_error import ConfigError
 # `onefold audit --help` (and the consent commands borrowing the helpers here) start quickly.
 if TYPE_CHECKING:
     import grpc
-    from google.protobuf.message import Message
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from onefold.contracts.common.v1 import envelope_pb2
@@ -176,114 +175,16 @@ def state_dict(state: pb.ConsentState) -> dict[str, Any]:
     }
 
 
-def decode_event(envelope: envelope_pb2.EventEnvelope) -> Message | None:
-    """The ledger event carried by a history entry (decrypted by the service), or None."""
-    from onefold.contracts.consent.v1 import consent_pb2 as pb
+def event_dict(envelope: envelope_pb2.EventEnvelope) -> dict[str, Any] | None:
+    """The ledger event carried by a history entry (decrypted by the service) as JSON, or None."""
+    from google.protobuf import symbol_database
+    from google.protobuf.json_format import MessageToDict
 
-    package, _, name = envelope.type.rpartition(".")
-    if package != pb.DESCRIPTOR.package or name not in pb.DESCRIPTOR.message_types_by_name:
+    try:
+        message_class = symbol_database.Default().GetSymbol(envelope.type)
+    except KeyError:
         return None
-    message_class = getattr(pb, name)
-    message: Message = message_class.FromString(envelope.payload)
-    return message
-
-
-def _actor_words(actor: envelope_pb2.Actor) -> str:
-    from onefold.contracts.common.v1 import envelope_pb2
-
-    if not actor.id and not actor.display_name and not actor.kind:
-        return ""
-    who = actor.display_name or actor.id
-    kind = actor.kind
-    if kind == envelope_pb2.Actor.KIND_USER:
-        return f"given by the person themselves{f' ({who})' if who else ''}"
-    if kind == envelope_pb2.Actor.KIND_AGENT:
-        return f"recorded by staff member {who}" if who else "recorded by a staff member"
-    if kind == envelope_pb2.Actor.KIND_SERVICE:
-        return f"recorded by the {who} service" if who else "recorded by a service"
-    if kind == envelope_pb2.Actor.KIND_SYSTEM:
-        return "recorded automatically by the system"
-    return f"recorded by {who}" if who else ""
-
-
-def proof_words(message: Message | None, envelope: envelope_pb2.EventEnvelope | None = None) -> str:
-    """The proof recorded with a ledger event, in plain words (for the history and the report)."""
-    from onefold.contracts.consent.v1 import consent_pb2 as pb
-
-    parts: list[str] = []
-    if message is None:
-        return ""
-    proof: pb.Proof | None = (
-        getattr(message, "proof", None) if "proof" in message.DESCRIPTOR.fields_by_name else None
-    )
-    if proof is not None:
-        if proof.notice_id:
-            shown = f"shown notice '{proof.notice_id}' version {proof.notice_version}"
-            if proof.language:
-                shown += f" in {proof.language}"
-            parts.append(shown)
-        if proof.text_sha256:
-            parts.append(f"the notice text's SHA-256 fingerprint is {proof.text_sha256[:16]}…")
-        if proof.source or proof.collection_point:
-            collected = f"collected via {proof.source or 'an unnamed channel'}"
-            if proof.collection_point:
-                collected += f" at {proof.collection_point}"
-            parts.append(collected)
-        if proof.jurisdiction:
-            law = f"under {jurisdiction_name(proof.jurisdiction)}"
-            if proof.country:
-                law += f" (country {proof.country})"
-            parts.append(law)
-        actor = _actor_words(proof.actor)
-        if actor:
-            parts.append(actor)
-        if proof.ip_address:
-            parts.append(f"from IP address {proof.ip_address}")
-        if proof.user_agent:
-            parts.append(f"using {proof.user_agent}")
-        if proof.evidence_event_id:
-            parts.append(f"carried by tracked event {proof.evidence_event_id}")
-    if isinstance(message, pb.ConsentGranted):
-        if message.subject_age:
-            parts.append(f"the person's stated age was {message.subject_age}")
-        if message.guardian_given:
-            guardian = message.guardian
-            words = "a parent or guardian consented"
-            details = ", ".join(
-                text
-                for text in (
-                    guardian.relation,
-                    f"verified by {guardian.verified_by}" if guardian.verified_by else "",
-                )
-                if text
-            )
-            parts.append(words + (f" ({details})" if details else ""))
-        if message.HasField("expires_at"):
-            parts.append(f"valid until {when(message.expires_at, seconds=False)}")
-    elif isinstance(message, pb.ConsentWithdrawn):
-        if message.reason:
-            parts.append(f"reason given: {message.reason}")
-    elif isinstance(message, pb.ConsentExpired):
-        parts.append(f"the grant (event {message.grant_event_id}) reached the end of its validity")
-    elif isinstance(message, pb.ConsentsMerged):
-        parts.append(
-            f"profile {message.merged_profile_id} was found to be the same person "
-            f"(identity event {message.evidence_event_id or 'unknown'}); the stricter answer was kept"
-        )
-    elif isinstance(message, pb.ConsentsUnmerged):
-        parts.append(
-            f"identity split {', '.join(message.revived_profile_ids) or 'profiles'} off again "
-            f"(identity event {message.evidence_event_id or 'unknown'}); they answer from their own "
-            "records again, consents given to this profile stay here"
-        )
-    elif isinstance(message, pb.ConsentSubjectErased | pb.RestrictionSet) and message.request_id:
-        parts.append(f"by data-subject request {message.request_id}")
-    if envelope is not None and envelope.actor.id and not (proof is not None and proof.actor.id):
-        parts.append(f"recorded with credential {envelope.actor.id}")
-    if not parts:
-        return "no proof details recorded"
-    sentence = "; ".join(parts)
-    return sentence[0].upper() + sentence[1:] + "."
+    return MessageToDict(message_class.FromString(envelope.payload), preserving_proto_field_name=True)
 
 
 # --- calls ----------------------------------------------------------------------------------------
@@ -433,13 +334,13 @@ def consent(
 def history_entry_dict(entry: pb.HistoryEntry) -> dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
-    message = decode_event(entry.event)
     return {
         **evidence_dict(entry.evidence),
+        "type": entry.type,
         "summary": entry.summary,
-        "proof": proof_words(message, entry.event),
+        "proof": entry.proof,
         "actor": MessageToDict(entry.event.actor, preserving_proto_field_name=True),
-        "event": MessageToDict(message, preserving_proto_field_name=True) if message is not None else None,
+        "event": event_dict(entry.event),
     }
 
 
@@ -506,7 +407,7 @@ def history(
                 when(entry.evidence.occurred_at),
                 when(entry.evidence.recorded_at),
                 entry.summary,
-                proof_words(decode_event(entry.event), entry.event),
+                entry.proof,
                 entry.evidence.hash.hex()[:HASH_PREFIX],
             )
             for entry in answer.entries
@@ -990,72 +891,26 @@ def _dt(stamp: Timestamp) -> datetime:
     return stamp.ToDatetime(tzinfo=UTC)
 
 
-def timeline_rows(history_answer: pb.HistoryResponse | None, purposes: dict[str, str]) -> dict[str, Row]:
-    """Per purpose and channel (and objections, restriction, erasure) the status changes, in the
-    order they happened in the world (occurred time, then log position) — as an as-of replay folds."""
-    from onefold.contracts.consent.v1 import consent_pb2 as pb
-
-    rows: dict[str, Row] = {}
+def timeline_rows(history_answer: pb.HistoryResponse | None) -> dict[str, Row]:
+    """Per purpose and channel (and objections, restriction, erasure) the status changes, as the
+    service's fold rendered them (HistoryResponse.timeline)."""
     if history_answer is None:
-        return rows
-
-    def label(purpose_id: str, channel: str) -> str:
-        name = purposes.get(purpose_id)
-        return f"{name} ({purpose_id})" if name else purpose_id
-
-    def change(key: str, text: str, at: datetime, position: int, status: str, expires: Any = None) -> None:
-        rows.setdefault(key, Row(text)).changes.append(Change(at, position, status, expires))
-
-    entries = sorted(history_answer.entries, key=lambda e: (_dt(e.evidence.occurred_at), e.evidence.position))
-    for entry in entries:
-        message = decode_event(entry.event)
-        at, position = _dt(entry.evidence.occurred_at), entry.evidence.position
-        if isinstance(message, pb.ConsentGranted | pb.ConsentWithdrawn | pb.ConsentExpired):
-            key = f"consent|{message.purpose_id}|{message.channel}"
-            text = f"{label(message.purpose_id, message.channel)} · {channel_name(message.channel)}"
-            if isinstance(message, pb.ConsentGranted):
-                expires = _dt(message.expires_at) if message.HasField("expires_at") else None
-                change(key, text, at, position, "granted", expires)
-            elif isinstance(message, pb.ConsentWithdrawn):
-                change(key, text, at, position, "withdrawn")
-            else:
-                change(key, text, at, position, "expired")
-        elif isinstance(message, pb.ConsentsMerged):
-            combined = {f"consent|{s.purpose_id}|{s.channel}": s for s in message.combined}
-            for key, row in list(rows.items()):
-                if key.startswith("consent|") and key not in combined:
-                    change(key, row.label, at, position, "none")
-            for key, state in combined.items():
-                text = f"{label(state.purpose_id, state.channel)} · {channel_name(state.channel)}"
-                expires = _dt(state.expires_at) if state.HasField("expires_at") else None
-                change(key, text, at, position, status_name(state.status), expires)
-            for purpose_id in message.objections:
-                change(
-                    f"objection|{purpose_id}",
-                    f"objection to {label(purpose_id, '')}",
-                    at,
-                    position,
-                    "objection",
+        return {}
+    return {
+        row.key: Row(
+            row.label,
+            [
+                Change(
+                    _dt(change.at),
+                    change.position,
+                    change.status,
+                    _dt(change.expires_at) if change.HasField("expires_at") else None,
                 )
-            if message.restricted:
-                change("restriction", "restriction of processing", at, position, "restricted")
-        elif isinstance(message, pb.ObjectionRecorded | pb.ObjectionLifted):
-            status = "objection" if isinstance(message, pb.ObjectionRecorded) else "none"
-            text = f"objection to {label(message.purpose_id, '')}"
-            change(f"objection|{message.purpose_id}", text, at, position, status)
-            if status == "objection":  # an objection ends every grant for the purpose (as the fold does)
-                for key, row in list(rows.items()):
-                    if (
-                        key.startswith(f"consent|{message.purpose_id}|")
-                        and row.changes[-1].status == "granted"
-                    ):
-                        change(key, row.label, at, position, "withdrawn")
-        elif isinstance(message, pb.RestrictionSet):
-            status = "restricted" if message.restricted else "none"
-            change("restriction", "restriction of processing", at, position, status)
-        elif isinstance(message, pb.ConsentSubjectErased):
-            change("erased", "erasure", at, position, "erased")
-    return dict(sorted(rows.items(), key=lambda item: (item[0].split("|")[0] != "consent", item[0])))
+                for change in row.changes
+            ],
+        )
+        for row in history_answer.timeline
+    }
 
 
 def periods(row: Row, start: datetime, end: datetime) -> list[Period]:
@@ -1284,7 +1139,7 @@ def render_report(data: ReportData) -> str:
     sections.append(f"<p class='muted small'>Replayed from {current.events_replayed} ledger event(s).</p>")
 
     # -- over time
-    rows = timeline_rows(data.history, names)
+    rows = timeline_rows(data.history)
     sections.append(
         "<h2>Consent over time</h2><p class='small muted'>One line per purpose and channel, from the first "
         "recorded answer until now (the dashed line). Times are when the answer was given (UTC); hover a "
@@ -1299,14 +1154,13 @@ def render_report(data: ReportData) -> str:
     else:
         history_rows = []
         for entry in data.history.entries:
-            message = decode_event(entry.event)
             history_rows.append(
                 [
                     e(str(entry.evidence.position)),
                     e(when(entry.evidence.occurred_at)),
                     e(when(entry.evidence.recorded_at)),
                     e(entry.summary),
-                    e(proof_words(message, entry.event)),
+                    e(entry.proof),
                     f"<code>{e(entry.evidence.hash.hex())}</code>",
                 ]
             )

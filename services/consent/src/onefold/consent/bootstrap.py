@@ -8,25 +8,15 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from onefold.consent import application, duties
+from onefold.consent.adapters.read_model import ConsentReadModel
+from onefold.consent.application import ConsentApplication
+from onefold.consent.domain.events import REGISTRY
 from onefold.consent.entrypoints import consumers, grpc
-from onefold.consent.projections import ConsentProjection
-from onefold.consent.requests import SubjectRequests
 from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog
 from onefold.platform.client import Peers
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "consent"
-
-
-@dataclass(frozen=True)
-class ConsentUseCases:
-    """What the service runs: the ledger's use cases and the data-subject requests."""
-
-    ledger: application.ConsentApplication
-    requests: SubjectRequests
 
 
 class _PeersChannels:
@@ -42,24 +32,21 @@ class _PeersChannels:
         await self.peers.close()
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService[ConsentUseCases]:
-    projection = ConsentProjection()
-    settings = ctx.settings
-    log = ServiceLog(ctx, events=application.event_registry(), projections=[projection])
-    peers = Peers(settings.peers.model_dump(), settings.auth.service_token)
-    consent = application.ConsentApplication(log.store, projection)
-    requests = SubjectRequests(consent, peers)
+def compose(ctx: ServiceContext) -> EventSourcedService[ConsentApplication]:
+    log = ServiceLog(ctx, events=REGISTRY, projections=[ConsentReadModel()])
+    peers = Peers(ctx.settings.peers.model_dump(), ctx.settings.auth.service_token)
+    application = ConsentApplication(log, peers)
     leading = log.leading.is_set
     return EventSourcedService(
         ctx,
         log,
-        ConsentUseCases(consent, requests),
-        servicers=grpc.registrations(consent, peers, requests),
-        subscriptions=consumers.subscriptions(consent),
+        application,
+        servicers=grpc.registrations(application, peers),
+        subscriptions=consumers.subscriptions(application.identity),
         components=[
             _PeersChannels(peers),
-            Loop("consent-subject-requests", lambda: requests.run(leading)),
-            Loop("consent-duties", lambda: duties.run_duties(consent, requests, leading)),
+            Loop("consent-subject-requests", lambda: application.requests.run(leading)),
+            Loop("consent-duties", lambda: application.run_duties(leading)),
         ],
     )
 

@@ -33,6 +33,8 @@ from google.protobuf.message import Message
 
 from onefold.consent.domain.model import Model, jurisdiction_name
 from onefold.contracts.consent.v1 import consent_pb2 as pb
+from onefold.eventlog.dispatch import Handlers, handles
+from onefold.eventlog.models import RecordedEvent
 
 Key = tuple[str, str]  # (purpose_id, channel); channel "" = every channel
 
@@ -105,7 +107,10 @@ class Entry:
 
 
 @dataclass
-class LedgerState:
+class LedgerState(Handlers):
+    """A subject's ledger folded: the fold takes the event types its `@handles` methods name
+    (LEDGER_EVENTS); preferences are kept for GetConsents, decisions never read them."""
+
     entries: dict[Key, Entry] = field(default_factory=dict)
     objections: dict[str, Evidence] = field(default_factory=dict)
     restricted: Evidence | None = None
@@ -115,60 +120,98 @@ class LedgerState:
 
     def apply(self, evidence: Evidence, message: Message) -> None:
         self.events += 1
-        if isinstance(message, pb.ConsentGranted):
-            if _older(evidence, self.entries.get((message.purpose_id, message.channel))):
-                return
-            self.entries[(message.purpose_id, message.channel)] = Entry(
-                pb.CONSENT_STATUS_GRANTED,
-                evidence,
-                message.notice_id,
-                message.notice_version,
-                message.jurisdiction,
-                message.guardian_given,
-                message.expires_at.ToDatetime(tzinfo=UTC) if message.HasField("expires_at") else None,
-            )
-        elif isinstance(message, pb.ConsentWithdrawn):
-            previous = self.entries.get((message.purpose_id, message.channel))
-            if _older(evidence, previous):
-                return
-            self.entries[(message.purpose_id, message.channel)] = Entry(
-                pb.CONSENT_STATUS_WITHDRAWN,
-                evidence,
-                previous.notice_id if previous else "",
-                previous.notice_version if previous else "",
-                previous.jurisdiction if previous else 0,
-            )
-        elif isinstance(message, pb.ConsentExpired):
-            key = (message.purpose_id, message.channel)
-            current = self.entries.get(key)
-            if current is not None and current.evidence.event_id == message.grant_event_id:
-                self.entries[key] = replace(current, status=pb.CONSENT_STATUS_EXPIRED, evidence=evidence)
-        elif isinstance(message, pb.ObjectionRecorded):
-            self.objections[message.purpose_id] = evidence
-            # An objection also ends every grant for the purpose: lifting it later does not bring an
-            # old grant back; the person must consent again.
-            for key, entry in list(self.entries.items()):
-                if key[0] == message.purpose_id and entry.status == pb.CONSENT_STATUS_GRANTED:
-                    self.entries[key] = replace(entry, status=pb.CONSENT_STATUS_WITHDRAWN, evidence=evidence)
-        elif isinstance(message, pb.ObjectionLifted):
-            self.objections.pop(message.purpose_id, None)
-        elif isinstance(message, pb.RestrictionSet):
-            self.restricted = evidence if message.restricted else None
-        elif isinstance(message, pb.PreferenceSet):
-            self.preferences[f"{message.channel}/{message.key}"] = message.value
-        elif isinstance(message, pb.ConsentsMerged):
-            self.entries = {
-                (state.purpose_id, state.channel): Entry.from_proto(state) for state in message.combined
-            }
-            for purpose_id in message.objections:
-                self.objections.setdefault(purpose_id, evidence)
-            if message.restricted and self.restricted is None:
-                self.restricted = evidence
-        elif isinstance(message, pb.ConsentSubjectErased):
-            self.erased = evidence
+        self.dispatch(message, evidence, message)
+
+    @handles(pb.ConsentGranted)
+    def _granted(self, evidence: Evidence, message: pb.ConsentGranted) -> None:
+        if _older(evidence, self.entries.get((message.purpose_id, message.channel))):
+            return
+        self.entries[(message.purpose_id, message.channel)] = Entry(
+            pb.CONSENT_STATUS_GRANTED,
+            evidence,
+            message.notice_id,
+            message.notice_version,
+            message.jurisdiction,
+            message.guardian_given,
+            message.expires_at.ToDatetime(tzinfo=UTC) if message.HasField("expires_at") else None,
+        )
+
+    @handles(pb.ConsentWithdrawn)
+    def _withdrawn(self, evidence: Evidence, message: pb.ConsentWithdrawn) -> None:
+        previous = self.entries.get((message.purpose_id, message.channel))
+        if _older(evidence, previous):
+            return
+        self.entries[(message.purpose_id, message.channel)] = Entry(
+            pb.CONSENT_STATUS_WITHDRAWN,
+            evidence,
+            previous.notice_id if previous else "",
+            previous.notice_version if previous else "",
+            previous.jurisdiction if previous else 0,
+        )
+
+    @handles(pb.ConsentExpired)
+    def _expired(self, evidence: Evidence, message: pb.ConsentExpired) -> None:
+        key = (message.purpose_id, message.channel)
+        current = self.entries.get(key)
+        if current is not None and current.evidence.event_id == message.grant_event_id:
+            self.entries[key] = replace(current, status=pb.CONSENT_STATUS_EXPIRED, evidence=evidence)
+
+    @handles(pb.ObjectionRecorded)
+    def _objected(self, evidence: Evidence, message: pb.ObjectionRecorded) -> None:
+        self.objections[message.purpose_id] = evidence
+        # An objection also ends every grant for the purpose: lifting it later does not bring an
+        # old grant back; the person must consent again.
+        for key, entry in list(self.entries.items()):
+            if key[0] == message.purpose_id and entry.status == pb.CONSENT_STATUS_GRANTED:
+                self.entries[key] = replace(entry, status=pb.CONSENT_STATUS_WITHDRAWN, evidence=evidence)
+
+    @handles(pb.ObjectionLifted)
+    def _objection_lifted(self, evidence: Evidence, message: pb.ObjectionLifted) -> None:
+        self.objections.pop(message.purpose_id, None)
+
+    @handles(pb.RestrictionSet)
+    def _restriction(self, evidence: Evidence, message: pb.RestrictionSet) -> None:
+        self.restricted = evidence if message.restricted else None
+
+    @handles(pb.PreferenceSet)
+    def _preference(self, evidence: Evidence, message: pb.PreferenceSet) -> None:
+        self.preferences[f"{message.channel}/{message.key}"] = message.value
+
+    @handles(pb.ConsentsMerged)
+    def _merged(self, evidence: Evidence, message: pb.ConsentsMerged) -> None:
+        self.entries = {
+            (state.purpose_id, state.channel): Entry.from_proto(state) for state in message.combined
+        }
+        for purpose_id in message.objections:
+            self.objections.setdefault(purpose_id, evidence)
+        if message.restricted and self.restricted is None:
+            self.restricted = evidence
+
+    @handles(pb.ConsentSubjectErased)
+    def _erased(self, evidence: Evidence, message: pb.ConsentSubjectErased) -> None:
+        self.erased = evidence
 
     def states(self) -> list[pb.ConsentState]:
         return [self.entries[key].to_proto(key) for key in sorted(self.entries)]
+
+
+# The event types of a subject's ledger: what its fold handles (as-of replays and the history read these).
+LEDGER_EVENTS = LedgerState.handled_types()
+
+
+def ledger_stream(workspace: str, profile_id: str) -> str:
+    return f"consent:{workspace}:{profile_id}"
+
+
+def subject_of(workspace: str, profile_id: str) -> str:
+    """The subject whose data key seals the personal proof of a profile's ledger."""
+    return f"{workspace}:c:{profile_id}"
+
+
+def evidence_of(event: RecordedEvent) -> Evidence:
+    return Evidence(
+        event.event_id, event.position, event.hash, event.type, event.recorded_at, event.occurred_at
+    )
 
 
 def combine(survivor: LedgerState, merged: LedgerState) -> tuple[list[pb.ConsentState], list[str], bool]:
@@ -196,7 +239,9 @@ def _stricter(a: Entry, b: Entry) -> Entry:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class ConsentDecision:
+    """What CheckConsent answers: allow or deny, why, and the ledger event it rests on."""
+
     decision: int  # pb.Decision
     reason: int  # pb.DecisionReason
     explanation: str
@@ -214,13 +259,13 @@ class Outcome:
         return answer
 
 
-def _deny(reason: int, explanation: str, evidence: Evidence | None = None) -> Outcome:
-    return Outcome(pb.DECISION_DENY, reason, explanation, evidence)
+def _deny(reason: int, explanation: str, evidence: Evidence | None = None) -> ConsentDecision:
+    return ConsentDecision(pb.DECISION_DENY, reason, explanation, evidence)
 
 
 def decide(
     model: Model, state: LedgerState, purpose: pb.Purpose, channel: str, at: datetime, jurisdiction: int
-) -> Outcome:
+) -> ConsentDecision:
     purpose_id = purpose.purpose_id
     if state.erased is not None:
         return _deny(pb.DECISION_REASON_ERASED, "the subject's personal data was erased", state.erased)
@@ -253,7 +298,7 @@ def decide(
     if basis != pb.LEGAL_BASIS_CONSENT:
         article = "PIPL Art. 13" if jurisdiction_name(where) == "PIPL" else "GDPR Art. 6"
         basis_name = pb.LegalBasis.Name(basis).removeprefix("LEGAL_BASIS_").lower()  # type: ignore[arg-type]
-        return Outcome(
+        return ConsentDecision(
             pb.DECISION_ALLOW,
             pb.DECISION_REASON_NON_CONSENT_BASIS,
             f"{purpose_id} rests on {basis_name} ({article}), not on consent",
@@ -282,7 +327,7 @@ def decide(
             f"consent was given under version {entry.notice_version}: ask again (PIPL Art. 14)",
             entry.evidence,
         )
-    return Outcome(
+    return ConsentDecision(
         pb.DECISION_ALLOW,
         pb.DECISION_REASON_GRANTED,
         f"the subject consented to {scope} under notice {entry.notice_id} version {entry.notice_version}",

@@ -1,7 +1,6 @@
 """gRPC servicers of the consent service: onefold.consent.v1.ConsentService (the ledger, checks and
 data-subject requests) and onefold.consent.v1.AuditService (compliance officers), thin adapters to
-the application and to requests.SubjectRequests; blocking work runs in worker threads, the calls a
-data-subject request makes to the other services run in this event loop (with timeouts)."""
+the application's use cases (which are async: writes on the writer thread, reads in threads)."""
 
 from __future__ import annotations
 
@@ -10,10 +9,9 @@ from collections.abc import Sequence
 
 import grpc
 
-from onefold.consent.application import ConsentApplication, Written, summary
-from onefold.consent.entrypoints.subjects import resolve_subject
-from onefold.consent.projections import TERMINAL_STATES
-from onefold.consent.requests import SubjectRequests
+from onefold.consent.adapters.subjects import resolve_subject
+from onefold.consent.application import ConsentApplication, Written
+from onefold.consent.domain.subject_request import TERMINAL_STATES
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.contracts.consent.v1 import consent_pb2_grpc
 from onefold.platform import auth
@@ -60,12 +58,10 @@ def _written(written: Written) -> pb.LedgerWriteResponse:
 
 
 class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
-    def __init__(
-        self, application: ConsentApplication, peers: Peers, requests: SubjectRequests | None = None
-    ) -> None:
+    def __init__(self, application: ConsentApplication, peers: Peers) -> None:
         self.app = application
         self.peers = peers
-        self.requests = requests or SubjectRequests(application, peers)
+        self.requests = application.requests
 
     async def _subject(self, ref: object) -> tuple[str, str]:
         workspace = auth.current_workspace()
@@ -75,8 +71,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
         self, request: pb.CheckConsentRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckConsentResponse:
         workspace, profile_id = await self._subject(request.subject)
-        # A check is one indexed read: run it inline rather than pay a thread hop on every send.
-        live, outcome = self.app.check(
+        live, outcome = await self.app.checks.check(
             workspace,
             profile_id,
             request.purpose_id,
@@ -101,7 +96,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             profile_id = await resolve_subject(self.peers, workspace, subject, f"checks[{i}].subject")
             at = optional_timestamp(check, "at", f"checks[{i}].at")
             checks.append((profile_id, check.purpose_id, check.channel, at, int(check.jurisdiction)))
-        results = self.app.check_batch(workspace, checks)
+        results = await self.app.checks.check_batch(workspace, checks)
         return pb.CheckConsentBatchResponse(results=[outcome.to_proto(live) for live, outcome in results])
 
     async def GrantConsent(
@@ -109,9 +104,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
         return _written(
-            await asyncio.to_thread(
-                self.app.grant, workspace, profile_id, request, auth.current_credential_id()
-            )
+            await self.app.ledger.grant(workspace, profile_id, request, auth.current_credential_id())
         )
 
     async def WithdrawConsent(
@@ -119,9 +112,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
         return _written(
-            await asyncio.to_thread(
-                self.app.withdraw, workspace, profile_id, request, auth.current_credential_id()
-            )
+            await self.app.ledger.withdraw(workspace, profile_id, request, auth.current_credential_id())
         )
 
     async def RecordObjection(
@@ -129,8 +120,8 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
         return _written(
-            await asyncio.to_thread(
-                self.app.record_objection, workspace, profile_id, request, auth.current_credential_id()
+            await self.app.ledger.record_objection(
+                workspace, profile_id, request, auth.current_credential_id()
             )
         )
 
@@ -139,27 +130,25 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     ) -> pb.LedgerWriteResponse:
         workspace, profile_id = await self._subject(request.subject)
         return _written(
-            await asyncio.to_thread(
-                self.app.set_preference, workspace, profile_id, request, auth.current_credential_id()
-            )
+            await self.app.ledger.set_preference(workspace, profile_id, request, auth.current_credential_id())
         )
 
     async def GetConsents(
         self, request: pb.GetConsentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetConsentsResponse:
         workspace, profile_id = await self._subject(request.subject)
-        return await asyncio.to_thread(self.app.consents, workspace, profile_id)
+        return await self.app.history.consents(workspace, profile_id)
 
     async def GetModel(
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConsentModel:
-        return await asyncio.to_thread(self.app.get_model, auth.current_workspace())
+        return await self.app.model.get_model(auth.current_workspace())
 
     async def SetModel(
         self, request: pb.SetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConsentModel:
-        return await asyncio.to_thread(
-            self.app.set_model, auth.current_workspace(), request.model, auth.current_credential_id()
+        return await self.app.model.set_model(
+            auth.current_workspace(), request.model, auth.current_credential_id()
         )
 
     # -------------------------------------------------------------------------- data-subject requests
@@ -174,15 +163,13 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
             raise
         except Exception:  # the request is recorded either way: answer with what it is now
             log.exception("dsr.pass_failed", workspace=workspace, request_id=request_id)
-            return await asyncio.to_thread(self.requests.get, workspace, request_id)
+            return await self.requests.get(workspace, request_id)
 
     async def OpenRequest(
         self, request: pb.OpenRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
         workspace, profile_id = await self._subject(request.subject)
-        opened = await asyncio.to_thread(
-            self.requests.open, workspace, profile_id, request, auth.current_credential_id()
-        )
+        opened = await self.requests.open(workspace, profile_id, request, auth.current_credential_id())
         if opened.state in TERMINAL_STATES:
             return opened
         return await self._pass(workspace, opened.request_id)
@@ -190,13 +177,13 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def GetRequest(
         self, request: pb.GetRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
-        return await asyncio.to_thread(self.requests.get, auth.current_workspace(), _request_id(request))
+        return await self.requests.get(auth.current_workspace(), _request_id(request))
 
     async def RetryRequest(
         self, request: pb.RetryRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
         workspace = auth.current_workspace()
-        current = await asyncio.to_thread(self.requests.get, workspace, _request_id(request))
+        current = await self.requests.get(workspace, _request_id(request))
         if current.state in TERMINAL_STATES:
             state = pb.RequestState.Name(current.state).removeprefix("REQUEST_STATE_").lower()
             raise FailedPrecondition(
@@ -207,8 +194,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def ExtendRequest(
         self, request: pb.ExtendRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
-        return await asyncio.to_thread(
-            self.requests.extend,
+        return await self.requests.extend(
             auth.current_workspace(),
             _request_id(request),
             request.days,
@@ -219,8 +205,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def RefuseRequest(
         self, request: pb.RefuseRequestRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubjectRequest:
-        return await asyncio.to_thread(
-            self.requests.refuse,
+        return await self.requests.refuse(
             auth.current_workspace(),
             _request_id(request),
             request.reason,
@@ -230,8 +215,7 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
     async def ListRequests(
         self, request: pb.ListRequestsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRequestsResponse:
-        listed = await asyncio.to_thread(
-            self.requests.list_requests,
+        listed = await self.requests.list_requests(
             auth.current_workspace(),
             overdue_only=request.overdue_only,
             state=request.state,
@@ -240,20 +224,16 @@ class ConsentServicer(consent_pb2_grpc.ConsentServiceServicer):
 
 
 class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
-    def __init__(
-        self, application: ConsentApplication, peers: Peers, requests: SubjectRequests | None = None
-    ) -> None:
+    def __init__(self, application: ConsentApplication, peers: Peers) -> None:
         self.app = application
         self.peers = peers
-        self.requests = requests or SubjectRequests(application, peers)
 
     async def ConsentAsOf(
         self, request: pb.ConsentAsOfRequest, context: grpc.aio.ServicerContext
     ) -> pb.ConsentAsOfResponse:
         workspace = auth.current_workspace()
         profile_id = await resolve_subject(self.peers, workspace, profile_ref_arg("subject", request.subject))
-        live, state = await asyncio.to_thread(
-            self.app.as_of,
+        live, state = await self.app.history.as_of(
             workspace,
             profile_id,
             as_of=optional_timestamp(request, "as_of"),
@@ -272,31 +252,15 @@ class AuditServicer(consent_pb2_grpc.AuditServiceServicer):
     ) -> pb.HistoryResponse:
         workspace = auth.current_workspace()
         profile_id = await resolve_subject(self.peers, workspace, profile_ref_arg("subject", request.subject))
-        live, events = await asyncio.to_thread(self.app.history, workspace, profile_id)
-        answer = pb.HistoryResponse(profile_id=live)
-        for event, message in events:
-            entry = answer.entries.add(summary=summary(event, message))
-            entry.evidence.CopyFrom(
-                pb.Evidence(
-                    event_id=event.event_id, position=event.position, hash=event.hash, event_type=event.type
-                )
-            )
-            entry.evidence.recorded_at.FromDatetime(event.recorded_at)
-            entry.evidence.occurred_at.FromDatetime(event.occurred_at)
-            envelope = self.app.store.to_envelope(event, decrypt=False)
-            envelope.payload = message.SerializeToString(deterministic=True)
-            entry.event.CopyFrom(envelope)
+        answer = await self.app.history.history(workspace, profile_id)
         answer.requests.extend(
-            await asyncio.to_thread(self.requests.of_subjects, workspace, list({live, profile_id}))
+            await self.app.requests.of_subjects(workspace, list({answer.profile_id, profile_id}))
         )
         return answer
 
 
-def registrations(
-    application: ConsentApplication, peers: Peers, requests: SubjectRequests | None = None
-) -> Sequence[ServiceRegistration]:
-    requests = requests or SubjectRequests(application, peers)
+def registrations(application: ConsentApplication, peers: Peers) -> Sequence[ServiceRegistration]:
     return (
-        typed_registration(CONSENT, pb, ConsentServicer(application, peers, requests), CONSENT_SCOPES),
-        typed_registration(AUDIT, pb, AuditServicer(application, peers, requests), AUDIT_SCOPES),
+        typed_registration(CONSENT, pb, ConsentServicer(application, peers), CONSENT_SCOPES),
+        typed_registration(AUDIT, pb, AuditServicer(application, peers), AUDIT_SCOPES),
     )

@@ -2063,15 +2063,25 @@ Global___HistoryRequest: _TypeAlias = HistoryRequest  # noqa: Y015
 
 @_typing.final
 class HistoryEntry(_message.Message):
+    """One row of a subject's history, rendered by the service from its ledger (clients only print it)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVIDENCE_FIELD_NUMBER: _builtins.int
     SUMMARY_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
     summary: _builtins.str
     """a sentence, e.g. "granted marketing on email (notice privacy v3, PIPL, via web)" """
+    type: _builtins.str
+    """the event type's short name, e.g. "ConsentGranted" """
+    proof: _builtins.str
+    """the proof recorded with the event, in plain words"""
     @_builtins.property
-    def evidence(self) -> Global___Evidence: ...
+    def evidence(self) -> Global___Evidence:
+        """position, hash, type, occurred and recorded time"""
+
     @_builtins.property
     def event(self) -> _envelope_pb2.EventEnvelope:
         """the ledger event, decrypted"""
@@ -2082,14 +2092,83 @@ class HistoryEntry(_message.Message):
         evidence: Global___Evidence | None = ...,
         summary: _builtins.str = ...,
         event: _envelope_pb2.EventEnvelope | None = ...,
+        type: _builtins.str = ...,
+        proof: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "evidence", b"evidence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "evidence", b"evidence", "summary", b"summary"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "evidence", b"evidence", "proof", b"proof", "summary", b"summary", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HistoryEntry: _TypeAlias = HistoryEntry  # noqa: Y015
+
+@_typing.final
+class TimelineChange(_message.Message):
+    """How one answer (a purpose on a channel, an objection, the restriction, the erasure) changed over
+    time, as the ledger's fold saw it: changes in the order they happened in the world.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    position: _builtins.int
+    status: _builtins.str
+    """granted | withdrawn | expired | none | objection | restricted | erased"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """occurred time"""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """a grant's end of validity, when it has one"""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        position: _builtins.int = ...,
+        status: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "expires_at", b"expires_at", "position", b"position", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineChange: _TypeAlias = TimelineChange  # noqa: Y015
+
+@_typing.final
+class TimelineRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """"consent|<purpose>|<channel>", "objection|<purpose>", "restriction", "erased" """
+    label: _builtins.str
+    """for people, with the purpose's name from the model"""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineChange]: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        label: _builtins.str = ...,
+        changes: _abc.Iterable[Global___TimelineChange] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "key", b"key", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineRow: _TypeAlias = TimelineRow  # noqa: Y015
 
 @_typing.final
 class HistoryResponse(_message.Message):
@@ -2098,21 +2177,27 @@ class HistoryResponse(_message.Message):
     PROFILE_ID_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     REQUESTS_FIELD_NUMBER: _builtins.int
+    TIMELINE_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEntry]: ...
     @_builtins.property
     def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubjectRequest]: ...
+    @_builtins.property
+    def timeline(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimelineRow]:
+        """consents first, then objections, restriction, erasure"""
+
     def __init__(
         self,
         *,
         profile_id: _builtins.str = ...,
         entries: _abc.Iterable[Global___HistoryEntry] | None = ...,
         requests: _abc.Iterable[Global___SubjectRequest] | None = ...,
+        timeline: _abc.Iterable[Global___TimelineRow] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "profile_id", b"profile_id", "requests", b"requests"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "profile_id", b"profile_id", "requests", b"requests", "timeline", b"timeline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Read models of the consent service, folded from its own log.
+"""The read model of the consent service (its projection), folded from its own log.
 
 - `consent_state`: per subject, one row per (kind, purpose, channel): the current answer for a
   consent ("consent"), standing objections ("objection"), a restriction ("restriction") and erasure
@@ -24,8 +24,10 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
-from onefold.consent.domain.ledger import Entry, Evidence, LedgerState
+from onefold.consent.domain.ledger import LEDGER_EVENTS, Entry, Evidence, LedgerState, evidence_of
+from onefold.consent.domain.subject_request import fold_request
 from onefold.contracts.consent.v1 import consent_pb2 as pb
+from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.models import RecordedEvent, from_micros, to_micros
 
 PROJECTION_NAME = "consent"
@@ -69,7 +71,7 @@ models = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
 )
 
-requests = sa.Table(
+request_rows = sa.Table(
     "consent_requests",
     metadata,
     sa.Column("request_id", sa.String(64), primary_key=True),
@@ -88,32 +90,6 @@ requests = sa.Table(
     sa.Column("completion_record", sa.Text, nullable=False, default=""),
     sa.Column("completion_signature", sa.String(64), nullable=False, default=""),
 )
-
-LEDGER_TYPES = (
-    pb.ConsentGranted,
-    pb.ConsentWithdrawn,
-    pb.ConsentExpired,
-    pb.ObjectionRecorded,
-    pb.ObjectionLifted,
-    pb.RestrictionSet,
-    pb.ConsentsMerged,
-    pb.ConsentSubjectErased,
-)
-
-
-def ledger_stream(workspace: str, profile_id: str) -> str:
-    return f"consent:{workspace}:{profile_id}"
-
-
-def subject_of(workspace: str, profile_id: str) -> str:
-    return f"{workspace}:c:{profile_id}"
-
-
-def evidence_of(event: RecordedEvent) -> Evidence:
-    return Evidence(
-        event.event_id, event.position, event.hash, event.type, event.recorded_at, event.occurred_at
-    )
-
 
 _STATE_COLUMNS = (
     "kind, purpose_id, channel, status, notice_id, notice_version, jurisdiction, guardian_given, "
@@ -161,7 +137,7 @@ def _fold_rows(rows: Iterable[Sequence[Any]]) -> LedgerState:
     return ledger
 
 
-def load_state(conn: Connection, workspace: str, profile_id: str) -> LedgerState:
+def current_ledger(conn: Connection, workspace: str, profile_id: str) -> LedgerState:
     """The subject's current state from the rows (what CheckConsent decides on)."""
     rows = conn.exec_driver_sql(
         f"SELECT {_STATE_COLUMNS} FROM consent_state WHERE workspace = {'?' if conn.dialect.name == 'sqlite' else '%s'} "
@@ -212,9 +188,12 @@ def _rows(workspace: str, profile_id: str, ledger: LedgerState) -> list[dict[str
     return out
 
 
-class ConsentProjection:
+class ConsentReadModel(Handlers):
+    """The projection: ledger events into `consent_state` (by the ledger's fold), merges into
+    `consent_aliases`, the model, and the requests' public fields."""
+
     name = PROJECTION_NAME
-    tables: Sequence[sa.Table] = (state, aliases, models, requests)
+    tables: Sequence[sa.Table] = (state, aliases, models, request_rows)
 
     def __init__(self) -> None:
         # Subjects whose state changed in this batch, folded in memory and written once in `flush`
@@ -237,127 +216,82 @@ class ConsentProjection:
                 conn.execute(state.insert(), rows)
 
     def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
-        if isinstance(message, LEDGER_TYPES):
-            workspace, profile_id = message.workspace, message.profile_id
-            ledger = self._pending.get((workspace, profile_id))
-            if ledger is None:
-                ledger = self._pending[(workspace, profile_id)] = load_state(conn, workspace, profile_id)
-            ledger.apply(evidence_of(event), message)
-            if isinstance(message, pb.ConsentsMerged):
-                conn.execute(
-                    aliases.delete().where(
-                        aliases.c.workspace == workspace, aliases.c.profile_id == message.merged_profile_id
-                    )
-                )
-                conn.execute(
-                    aliases.insert(),
-                    [
-                        {
-                            "workspace": workspace,
-                            "profile_id": message.merged_profile_id,
-                            "survivor_id": profile_id,
-                        }
-                    ],
-                )
-                # Whatever had been merged into the merged profile now lives on in the survivor too.
-                conn.execute(
-                    aliases.update()
-                    .where(
-                        aliases.c.workspace == workspace, aliases.c.survivor_id == message.merged_profile_id
-                    )
-                    .values(survivor_id=profile_id)
-                )
-        elif isinstance(message, pb.ConsentsUnmerged):
-            if message.revived_profile_ids:
-                conn.execute(
-                    aliases.delete().where(
-                        aliases.c.workspace == message.workspace,
-                        aliases.c.profile_id.in_(list(message.revived_profile_ids)),
-                    )
-                )
-        elif isinstance(message, pb.ConsentModelSet):
-            conn.execute(models.delete().where(models.c.workspace == message.workspace))
-            conn.execute(
-                models.insert(),
-                [
-                    {
-                        "workspace": message.workspace,
-                        "model": message.model.SerializeToString(deterministic=True),
-                        "version": message.model.version,
-                    }
-                ],
+        if message.DESCRIPTOR.full_name in LEDGER_EVENTS:
+            self._fold_ledger(conn, event, message)
+        self.dispatch(message, conn, message, event)
+
+    def _fold_ledger(self, conn: Connection, event: RecordedEvent, message: Any) -> None:
+        """`consent_state` follows the ledger's own fold (LedgerState), written once per batch.
+        `message` is a ledger event: each names its workspace and profile."""
+        workspace, profile_id = message.workspace, message.profile_id
+        ledger = self._pending.get((workspace, profile_id))
+        if ledger is None:
+            ledger = self._pending[(workspace, profile_id)] = current_ledger(conn, workspace, profile_id)
+        ledger.apply(evidence_of(event), message)
+
+    @handles(pb.ConsentsMerged)
+    def _merged(self, conn: Connection, message: pb.ConsentsMerged, event: RecordedEvent) -> None:
+        workspace, profile_id = message.workspace, message.profile_id
+        conn.execute(
+            aliases.delete().where(
+                aliases.c.workspace == workspace, aliases.c.profile_id == message.merged_profile_id
             )
-        elif isinstance(message, pb.RequestOpened):
-            conn.execute(requests.insert(), [request_row(message.request, event.position)])
-        elif isinstance(message, REQUEST_UPDATES):
-            row = conn.execute(sa.select(requests).where(requests.c.request_id == message.request_id)).first()
-            if row is None or row.workspace != message.workspace:
-                return  # an update of a request this read model never saw opened: nothing to fold into
-            request = request_from_row(row)
-            fold_request(request, event, message)
+        )
+        conn.execute(
+            aliases.insert(),
+            [{"workspace": workspace, "profile_id": message.merged_profile_id, "survivor_id": profile_id}],
+        )
+        # Whatever had been merged into the merged profile now lives on in the survivor too.
+        conn.execute(
+            aliases.update()
+            .where(aliases.c.workspace == workspace, aliases.c.survivor_id == message.merged_profile_id)
+            .values(survivor_id=profile_id)
+        )
+
+    @handles(pb.ConsentsUnmerged)
+    def _unmerged(self, conn: Connection, message: pb.ConsentsUnmerged, event: RecordedEvent) -> None:
+        if message.revived_profile_ids:
             conn.execute(
-                requests.update()
-                .where(requests.c.request_id == message.request_id)
-                .values(request_row(request, event.position))
+                aliases.delete().where(
+                    aliases.c.workspace == message.workspace,
+                    aliases.c.profile_id.in_(list(message.revived_profile_ids)),
+                )
             )
+
+    @handles(pb.ConsentModelSet)
+    def _model_set(self, conn: Connection, message: pb.ConsentModelSet, event: RecordedEvent) -> None:
+        conn.execute(models.delete().where(models.c.workspace == message.workspace))
+        conn.execute(
+            models.insert(),
+            [
+                {
+                    "workspace": message.workspace,
+                    "model": message.model.SerializeToString(deterministic=True),
+                    "version": message.model.version,
+                }
+            ],
+        )
+
+    @handles(pb.RequestOpened)
+    def _request_opened(self, conn: Connection, message: pb.RequestOpened, event: RecordedEvent) -> None:
+        conn.execute(request_rows.insert(), [request_row(message.request, event.position)])
+
+    @handles(pb.RequestStepUpdated, pb.RequestExtended, pb.RequestCompleted, pb.RequestRefused)
+    def _request_updated(self, conn: Connection, message: Any, event: RecordedEvent) -> None:
+        request_id, workspace = message.request_id, message.workspace
+        row = conn.execute(sa.select(request_rows).where(request_rows.c.request_id == request_id)).first()
+        if row is None or row.workspace != workspace:
+            return  # an update of a request this read model never saw opened: nothing to fold into
+        request = request_from_row(row)
+        fold_request(request, event, message)
+        conn.execute(
+            request_rows.update()
+            .where(request_rows.c.request_id == request_id)
+            .values(request_row(request, event.position))
+        )
 
 
 # ------------------------------------------------------------------------------ data-subject requests
-
-REQUEST_UPDATES = (pb.RequestStepUpdated, pb.RequestExtended, pb.RequestCompleted, pb.RequestRefused)
-TERMINAL_STATES = frozenset({pb.REQUEST_STATE_COMPLETED, pb.REQUEST_STATE_REFUSED})
-# A request's steps, one per service, in this order.
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
-
-
-def fold_request(request: pb.SubjectRequest, event: RecordedEvent, message: Message) -> None:
-    """Apply one event of a request's stream to the request (in place): the one fold behind both
-    the read model and GetRequest (which folds the stream itself, decrypting the personal parts)."""
-    if isinstance(message, pb.RequestOpened):
-        request.CopyFrom(message.request)
-    elif isinstance(message, pb.RequestStepUpdated):
-        for step in request.steps:
-            if step.service == message.step.service:
-                step.CopyFrom(message.step)
-                break
-        else:
-            # Only when RequestOpened was shredded (a completed erasure, read again): keep the order.
-            steps = sorted([*request.steps, message.step], key=lambda step: _step_rank(step.service))
-            del request.steps[:]
-            request.steps.extend(steps)
-        if request.state == pb.REQUEST_STATE_OPEN:
-            request.state = pb.REQUEST_STATE_IN_PROGRESS
-    elif isinstance(message, pb.RequestExtended):
-        request.due_at.CopyFrom(message.due_at)
-        request.extended = True
-        request.extension_reason = message.reason
-    elif isinstance(message, pb.RequestCompleted):
-        if message.type:  # the proof in clear (the request's own key may be shredded since)
-            request.request_id, request.workspace = message.request_id, message.workspace
-            request.type, request.profile_id = message.type, message.profile_id
-            request.received_at.CopyFrom(message.received_at)
-            request.due_at.CopyFrom(message.due_at)
-            request.extended = message.extended
-            del request.identifier_hashes[:]
-            request.identifier_hashes.extend(message.identifier_hashes)
-        request.state = pb.REQUEST_STATE_COMPLETED
-        request.completed_at.FromDatetime(event.occurred_at)
-        request.completion_record = message.completion_record
-        request.completion_signature = message.completion_signature
-        request.export = message.export
-    elif isinstance(message, pb.RequestRefused):
-        request.state = pb.REQUEST_STATE_REFUSED
-        request.refusal_reason = message.reason
-        request.completed_at.FromDatetime(event.occurred_at)  # when it was answered: with the refusal
-    elif isinstance(message, pb.ErasureRequested):
-        del request.identifiers[:]
-        request.identifiers.extend(message.identifiers)
-        del request.identifier_hashes[:]
-        request.identifier_hashes.extend(message.identifier_hashes)
-
-
-def _step_rank(service: str) -> int:
-    return SERVICES.index(service) if service in SERVICES else len(SERVICES)
 
 
 def request_row(request: pb.SubjectRequest, position: int) -> dict[str, object]:

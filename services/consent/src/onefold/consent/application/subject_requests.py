@@ -7,7 +7,7 @@ of the subject `<workspace>:dsr:<request_id>`. Events: RequestOpened (state OPEN
 service) → RequestStepUpdated (the first one moves the request to IN_PROGRESS) → RequestCompleted
 (COMPLETED), or RequestRefused (REFUSED, with the reason shown to the person: PIPL 50, GDPR 12(4));
 RequestExtended moves the deadline once. The read model `consent_requests` folds the same events
-(projections.fold_request) for listing and deadlines.
+(the same fold: domain.subject_request.RequestFold) for listing and deadlines.
 
 Deadlines (GDPR 12(3)): due one calendar month after receipt (31 January → 28/29 February). One
 extension of at most 60 days, with a reason for the person, given before the first month ends.
@@ -71,9 +71,6 @@ is its counts, its events (payloads decoded) and its typed records (e.g. identit
 from __future__ import annotations
 
 import asyncio
-import calendar
-import hashlib
-import hmac
 import json
 import re
 import uuid
@@ -83,28 +80,45 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
-from google.protobuf import struct_pb2, symbol_database
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
-from onefold.consent.adapters.data_subjects import DataSubject, DataSubjects
-from onefold.consent.application import ConsentApplication, summary
-from onefold.consent.projections import (
+from onefold.consent.adapters.read_model import request_from_row, request_rows
+from onefold.consent.adapters.request_steps import PeerSteps
+from onefold.consent.application.as_of_history import AsOfHistory
+from onefold.consent.application.consent_log import ConsentLog
+from onefold.consent.application.ledger_writes import LedgerWrites
+from onefold.consent.domain.ledger import ledger_stream, subject_of
+from onefold.consent.domain.rendering import summary
+from onefold.consent.domain.subject_request import (
+    ACTIONS,
+    EXPORT_FORMAT,
+    MAX_EXTENSION_DAYS,
+    NOT_APPLICABLE,
+    PEER_SERVICES,
     SERVICES,
+    SETTLED,
     TERMINAL_STATES,
+    WAITING_FOR_IDENTIFIERS,
+    StepOutcome,
+    add_month,
+    completion_record,
+    corrections_given,
     fold_request,
-    ledger_stream,
-    request_from_row,
-    subject_of,
+    identifier_hash,
+    iso,
+    reason_given,
+    request_stream,
+    request_subject,
+    sign,
+    type_name,
+    waiting,
 )
-from onefold.consent.projections import requests as requests_table
-from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
-from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
-from onefold.eventlog import EventStore, KeyEncryptionKey, MissingKeyEncryptionKey
+from onefold.contracts.identity.v1 import identity_pb2
+from onefold.eventlog import MissingKeyEncryptionKey
 from onefold.eventlog.models import NewEvent, to_micros
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.platform.client import Peers
@@ -113,41 +127,11 @@ from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.consent.requests")
 
-PEER_SERVICES = ("ingest", "identity", "segments", "journeys")
-MAX_EXTENSION_DAYS = 60
-MAX_REASON_CHARS = 2000
-MAX_RECTIFICATION_BYTES = 64 * 1024
-SIGNATURE_PURPOSE = "dsr-completion-record"
-EXPORT_FORMAT = "onefold.dsr.export/v1"
-RECORD_FORMAT = "onefold.dsr.completion/v1"
-IDENTIFIER_HASH_PURPOSE = "dsr-identifier-hash"
-SETTLED = frozenset({pb.STEP_STATE_DONE, pb.STEP_STATE_NOT_APPLICABLE})
 LOOP_CONCURRENCY = 8  # requests the background loop works on at once
 _EVENT_MARGIN_BYTES = 64 * 1024  # room for the rest of RequestCompleted beside the compressed export
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ACCESS, _ERASURE = pb.REQUEST_TYPE_ACCESS, pb.REQUEST_TYPE_ERASURE
 _RECTIFICATION, _RESTRICTION = pb.REQUEST_TYPE_RECTIFICATION, pb.REQUEST_TYPE_RESTRICTION
-
-# The services each request type calls (the others' steps are NOT_APPLICABLE).
-ACTIONS: dict[int, frozenset[str]] = {
-    _ACCESS: frozenset(SERVICES),
-    _ERASURE: frozenset(SERVICES),
-    _RESTRICTION: frozenset({"consent"}),
-    _RECTIFICATION: frozenset({"identity"}),
-}
-NOT_APPLICABLE: dict[tuple[int, str], str] = {
-    **{
-        (_RESTRICTION, service): f"{service} processes a person only after CheckConsent, which now denies "
-        "with RESTRICTED (GDPR Art. 18, PIPL Art. 44): the data is kept, not processed"
-        for service in PEER_SERVICES
-    },
-    (_RECTIFICATION, "ingest"): "collected events are the record of what a source sent; corrections "
-    "apply to the profile, which identity keeps",
-    (_RECTIFICATION, "consent"): "the consent ledger holds no traits",
-    (_RECTIFICATION, "segments"): "segments derive from identity's traits and follow their correction",
-    (_RECTIFICATION, "journeys"): "journeys read the profile from identity and follow its correction",
-}
-WAITING_FOR_IDENTIFIERS = "waiting for the subject's identifiers from identity (GetProfile)"
 
 
 @dataclass(frozen=True)
@@ -167,81 +151,6 @@ class Timings:
         )
 
 
-def request_stream(workspace: str, request_id: str) -> str:
-    return f"dsr:{workspace}:{request_id}"
-
-
-def request_subject(workspace: str, request_id: str) -> str:
-    return f"{workspace}:dsr:{request_id}"
-
-
-def add_month(moment: datetime) -> datetime:
-    """One calendar month later; the day is clamped to the month's last (31 Jan → 28/29 Feb)."""
-    year, month = (moment.year + 1, 1) if moment.month == 12 else (moment.year, moment.month + 1)
-    return moment.replace(year=year, month=month, day=min(moment.day, calendar.monthrange(year, month)[1]))
-
-
-def signing_key(keys: KeyEncryptionKey) -> bytes:
-    return keys.derive(SIGNATURE_PURPOSE)
-
-
-def sign(keys: KeyEncryptionKey, record: str) -> str:
-    return hmac.new(signing_key(keys), record.encode(), hashlib.sha256).hexdigest()
-
-
-def identifier_hash(keys: KeyEncryptionKey, identifier: identity_pb2.Identifier) -> str:
-    """A keyed hash of an erased identifier: proof of what was erased, kept after the identifier is
-    gone. Keyed (not a bare SHA-256) so nobody without the KEK can test guesses against it."""
-    text = f"{identifier.type}\x00{identifier.value}".encode()
-    return hmac.new(keys.derive(IDENTIFIER_HASH_PURPOSE), text, hashlib.sha256).hexdigest()
-
-
-def verify_signature(keys: KeyEncryptionKey, record: str, signature: str) -> bool:
-    """Whether `signature` is the service's signature of the completion record `record`."""
-    return hmac.compare_digest(sign(keys, record), signature)
-
-
-def _iso(stamp: Any) -> str:
-    return stamp.ToDatetime(tzinfo=UTC).isoformat()
-
-
-def _type_name(kind: int) -> str:
-    return pb.RequestType.Name(kind).removeprefix("REQUEST_TYPE_").lower()  # type: ignore[arg-type]
-
-
-def _state_name(state: int) -> str:
-    return pb.StepState.Name(state).removeprefix("STEP_STATE_").lower()  # type: ignore[arg-type]
-
-
-def completion_record(request: pb.SubjectRequest, completed_at: datetime, export: bytes = b"") -> str:
-    """Canonical JSON (sorted keys, no spaces) of the request and every service's confirmation."""
-    document: dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "request_id": request.request_id,
-        "workspace": request.workspace,
-        "type": _type_name(request.type),
-        "profile_id": request.profile_id,
-        "received_at": _iso(request.received_at),
-        "due_at": _iso(request.due_at),
-        "extended": request.extended,
-        "completed_at": completed_at.isoformat(),
-        "steps": {
-            step.service: {
-                "state": _state_name(step.state),
-                "attempts": step.attempts,
-                "updated_at": _iso(step.updated_at),
-                "confirmation": json.loads(step.confirmation) if step.confirmation else {},
-            }
-            for step in request.steps
-        },
-    }
-    if export:
-        document["export_sha256"] = hashlib.sha256(export).hexdigest()
-    if request.identifier_hashes:
-        document["identifier_hashes"] = sorted(request.identifier_hashes)
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 @dataclass
 class Folded:
     """A request folded from its stream, and whether ErasureRequested was appended (identifiers
@@ -251,89 +160,36 @@ class Folded:
     announced: bool = False
 
 
-@dataclass
-class Outcome:
-    """What one attempt at one service came to."""
-
-    state: int
-    confirmation: dict[str, Any] | None = None
-    error: str = ""
-    attempted: bool = True
-    part: Any = None  # access: the service's part of the export (never persisted in clear)
-
-    def step(self, previous: pb.RequestStep, now: datetime) -> pb.RequestStep:
-        step = pb.RequestStep(
-            service=previous.service,
-            state=self.state,  # type: ignore[arg-type]
-            attempts=previous.attempts + (1 if self.attempted else 0),
-            last_error=self.error,
-            confirmation=json.dumps(self.confirmation, sort_keys=True)
-            if self.confirmation is not None
-            else "",
-        )
-        step.updated_at.FromDatetime(now)
-        return step
-
-
-def _waiting(previous: pb.RequestStep, why: str, now: datetime) -> pb.RequestStep | None:
-    """The step, still PENDING, with a new explanation (None when it already says so)."""
-    if previous.state == pb.STEP_STATE_PENDING and previous.last_error == why:
-        return None
-    step = pb.RequestStep(service=previous.service, state=pb.STEP_STATE_PENDING, attempts=previous.attempts)
-    step.last_error = why
-    step.updated_at.FromDatetime(now)
-    return step
-
-
-def _rpc_failure(service: str, method: str, error: grpc.aio.AioRpcError) -> Outcome:
-    code = error.code()
-    details = error.details() or ""
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return Outcome(
-            pb.STEP_STATE_PENDING, error=f"{service} does not offer {method} yet (UNIMPLEMENTED): {details}"
-        )
-    return Outcome(pb.STEP_STATE_FAILED, error=f"{service} {method}: {code.name}: {details}")
-
-
-def _envelope(envelope: EventEnvelope) -> dict[str, Any]:
-    """An event envelope as JSON, its payload decoded (a person reads fields, not base64)."""
-    document = MessageToDict(envelope, preserving_proto_field_name=True)
-    try:
-        message_class = symbol_database.Default().GetSymbol(envelope.type)
-    except KeyError:
-        return document
-    document["payload"] = MessageToDict(
-        message_class.FromString(envelope.payload), preserving_proto_field_name=True
-    )
-    return document
-
-
 def _message(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
 class SubjectRequests:
-    """The use cases of data-subject requests (blocking ones run in threads; the saga is async)."""
+    """The use cases of data-subject requests: writes on the writer thread, reads in threads of
+    their own, the calls to the other services in the event loop."""
 
     def __init__(
         self,
-        application: ConsentApplication,
+        consent_log: ConsentLog,
+        ledger: LedgerWrites,
+        history: AsOfHistory,
         peers: Peers,
         *,
         timings: Timings | None = None,
     ) -> None:
-        self.app = application
-        self.store: EventStore = application.store
-        self.peers = peers
+        self.consent_log = consent_log
+        self.ledger = ledger
+        self.history = history
+        self.store = consent_log.store
         self.timings = timings or Timings()
-        self.data_subjects = DataSubjects(peers, self.timings.call_timeout_seconds)
+        self.peer_steps = PeerSteps(peers, self.timings.call_timeout_seconds)
         self._locks: dict[str, asyncio.Lock] = {}
         self._parts: dict[str, dict[str, Any]] = {}  # access: request id -> service -> export part
         self._overdue_logged: set[str] = set()
         self._too_large: set[str] = set()  # access exports over the log's event limit (logged once)
 
     def now(self) -> datetime:
-        return self.app.clock()
+        return self.consent_log.clock()
 
     # ------------------------------------------------------------------------------ reading
 
@@ -349,47 +205,47 @@ class SubjectRequests:
                 folded.announced = True
         return folded
 
-    def _folded(self, workspace: str, request_id: str, conn: Connection | None = None) -> Folded:
+    def _folded(self, conn: Connection, workspace: str, request_id: str) -> Folded:
         if not _REQUEST_ID.match(request_id):
             raise InvalidArgument("request_id is not a request id", violations=[("request_id", "invalid")])
-        if conn is None:
-            with self.store.engine.connect() as own:
-                return self._folded(workspace, request_id, own)
         folded = self._load(conn, workspace, request_id)
         if folded is None:
             raise NotFound(f"no data-subject request {request_id} in this workspace")
         return folded
 
-    def get(self, workspace: str, request_id: str) -> pb.SubjectRequest:
+    async def get(self, workspace: str, request_id: str) -> pb.SubjectRequest:
         """The whole request, personal parts decrypted (identifiers, corrections, the export)."""
-        return self._folded(workspace, request_id).request
+        return await self.consent_log.read(lambda conn: self._folded(conn, workspace, request_id).request)
 
-    def list_requests(
+    async def list_requests(
         self, workspace: str, *, overdue_only: bool = False, state: int = 0
     ) -> list[pb.SubjectRequest]:
         """The workspace's requests (public fields), soonest due first."""
-        query = sa.select(requests_table).where(requests_table.c.workspace == workspace)
+        query = sa.select(request_rows).where(request_rows.c.workspace == workspace)
         if state:
-            query = query.where(requests_table.c.state == state)
+            query = query.where(request_rows.c.state == state)
         if overdue_only:
             query = query.where(
-                requests_table.c.due_at < to_micros(self.now()),
-                requests_table.c.state.notin_(list(TERMINAL_STATES)),
+                request_rows.c.due_at < to_micros(self.now()),
+                request_rows.c.state.notin_(list(TERMINAL_STATES)),
             )
-        query = query.order_by(requests_table.c.due_at, requests_table.c.request_id)
-        with self.store.engine.connect() as conn:
-            return [request_from_row(row) for row in conn.execute(query)]
-
-    def of_subjects(self, workspace: str, profile_ids: Sequence[str]) -> list[pb.SubjectRequest]:
-        query = (
-            sa.select(requests_table)
-            .where(
-                requests_table.c.workspace == workspace, requests_table.c.profile_id.in_(list(profile_ids))
-            )
-            .order_by(requests_table.c.received_at, requests_table.c.request_id)
+        query = query.order_by(request_rows.c.due_at, request_rows.c.request_id)
+        return await self.consent_log.read(
+            lambda conn: [request_from_row(row) for row in conn.execute(query)]
         )
-        with self.store.engine.connect() as conn:
-            return [request_from_row(row) for row in conn.execute(query)]
+
+    @staticmethod
+    def _of_subjects(conn: Connection, workspace: str, profile_ids: Sequence[str]) -> list[pb.SubjectRequest]:
+        query = (
+            sa.select(request_rows)
+            .where(request_rows.c.workspace == workspace, request_rows.c.profile_id.in_(list(profile_ids)))
+            .order_by(request_rows.c.received_at, request_rows.c.request_id)
+        )
+        return [request_from_row(row) for row in conn.execute(query)]
+
+    async def of_subjects(self, workspace: str, profile_ids: Sequence[str]) -> list[pb.SubjectRequest]:
+        """The requests of these profiles (public fields), in the order received."""
+        return await self.consent_log.read(lambda conn: self._of_subjects(conn, workspace, profile_ids))
 
     # ------------------------------------------------------------------------------ writing
 
@@ -407,17 +263,9 @@ class SubjectRequests:
 
     def _append(self, conn: Connection, request: pb.SubjectRequest, events: Sequence[NewEvent]) -> None:
         """Append to the request's stream and fold the events into `request` too."""
-        for recorded, new in zip(self.app.append(conn, events), events, strict=True):
+        for recorded, new in zip(self.consent_log.record(conn, events), events, strict=True):
             if recorded.stream_id == request_stream(request.workspace, request.request_id):
                 fold_request(request, recorded, new.message)
-
-    def _unreachable(self, service: str) -> str:
-        if service == "consent" or self.peers.known(service):
-            return ""
-        return (
-            f"{service} is not reachable from here: no address or service credential is configured "
-            f"(peers.{service}, auth.service_token); the step waits until one is"
-        )
 
     def _initial_steps(self, kind: int, now: datetime) -> list[pb.RequestStep]:
         steps = []
@@ -428,12 +276,12 @@ class SubjectRequests:
                 step.state = pb.STEP_STATE_NOT_APPLICABLE
                 step.confirmation = json.dumps({"not_applicable": reason})
             else:
-                step.last_error = self._unreachable(service)
+                step.last_error = self.peer_steps.unreachable(service)
             step.updated_at.FromDatetime(now)
             steps.append(step)
         return steps
 
-    def open(
+    async def open(
         self, workspace: str, profile_id: str, message: pb.OpenRequestRequest, actor: str = ""
     ) -> pb.SubjectRequest:
         """Record a request (RequestOpened). A restriction is applied in the same transaction;
@@ -450,7 +298,7 @@ class SubjectRequests:
             )
         rectification = ""
         if kind == _RECTIFICATION:
-            rectification = _corrections(message.rectification)
+            rectification = corrections_given(message.rectification)
         elif message.rectification:
             raise InvalidArgument(
                 "rectification is only for rectification requests",
@@ -472,18 +320,24 @@ class SubjectRequests:
         )
         request.received_at.FromDatetime(now)
         request.due_at.FromDatetime(add_month(now))
-        with self.store.transaction() as conn:
-            self._append(conn, request, [self._event(request, pb.RequestOpened(request=request), now, actor)])
+
+        def write(conn: Connection) -> pb.SubjectRequest:
+            opened = pb.SubjectRequest()
+            opened.CopyFrom(request)  # folded in place: a retried transaction starts from the original
+            self._append(conn, opened, [self._event(opened, pb.RequestOpened(request=opened), now, actor)])
             if kind == _RESTRICTION:
-                self._restrict(conn, request, message.restrict, now, actor)
-        log.info("dsr.opened", workspace=workspace, request_id=request.request_id, type=_type_name(kind))
-        return request
+                self._restrict(conn, opened, message.restrict, now, actor)
+            return opened
+
+        opened = await self.consent_log.write(write)
+        log.info("dsr.opened", workspace=workspace, request_id=opened.request_id, type=type_name(kind))
+        return opened
 
     def _restrict(
         self, conn: Connection, request: pb.SubjectRequest, restricted: bool, now: datetime, actor: str
     ) -> None:
         workspace = request.workspace
-        live = self.app.live_profile(conn, workspace, request.profile_id)
+        live = self.consent_log.live_profile(conn, workspace, request.profile_id)
         ledger = NewEvent(
             stream_id=ledger_stream(workspace, live),
             message=pb.RestrictionSet(
@@ -494,9 +348,9 @@ class SubjectRequests:
             occurred_at=now,
             metadata={PARTITION_KEY: live, **({"actor": actor} if actor else {})},
         )
-        (recorded,) = self.app.append(conn, [ledger])
+        (recorded,) = self.consent_log.record(conn, [ledger])
         previous = next(step for step in request.steps if step.service == "consent")
-        done = Outcome(
+        done = StepOutcome(
             pb.STEP_STATE_DONE,
             {"profile_id": live, "restricted": restricted, "ledger_event_id": recorded.event_id},
         )
@@ -515,7 +369,7 @@ class SubjectRequests:
         )
         self._complete(conn, request, b"", now)
 
-    def extend(
+    async def extend(
         self, workspace: str, request_id: str, days: int, reason: str, actor: str = ""
     ) -> pb.SubjectRequest:
         """GDPR 12(3): once, by at most 60 days, with the reason the person is told, within the
@@ -525,9 +379,10 @@ class SubjectRequests:
                 f"an extension is 1 to {MAX_EXTENSION_DAYS} days (GDPR Art. 12(3))",
                 violations=[("days", f"{days} given")],
             )
-        reason = _reason(reason, "an extension needs the reason the person is told (GDPR Art. 12(3))")
-        with self.store.transaction() as conn:
-            request = self._folded(workspace, request_id, conn).request
+        reason = reason_given(reason, "an extension needs the reason the person is told (GDPR Art. 12(3))")
+
+        def write(conn: Connection) -> pb.SubjectRequest:
+            request = self._folded(conn, workspace, request_id).request
             self._require_open(request, "extended")
             if request.extended:
                 raise FailedPrecondition(
@@ -548,17 +403,25 @@ class SubjectRequests:
             self._append(conn, request, [self._event(request, message, now, actor)])
             return request
 
-    def refuse(self, workspace: str, request_id: str, reason: str, actor: str = "") -> pb.SubjectRequest:
+        return await self.consent_log.write(write)
+
+    async def refuse(
+        self, workspace: str, request_id: str, reason: str, actor: str = ""
+    ) -> pb.SubjectRequest:
         """PIPL 50, GDPR 12(4): a refusal carries the reason shown to the person. Steps already
         done stay done (they happened); nothing more is attempted."""
-        reason = _reason(
+        reason = reason_given(
             reason, "a refusal needs the reason shown to the person (PIPL Art. 50, GDPR Art. 12(4))"
         )
-        with self.store.transaction() as conn:
-            request = self._folded(workspace, request_id, conn).request
+
+        def write(conn: Connection) -> pb.SubjectRequest:
+            request = self._folded(conn, workspace, request_id).request
             self._require_open(request, "refused")
             message = pb.RequestRefused(request_id=request_id, workspace=workspace, reason=reason)
             self._append(conn, request, [self._event(request, message, self.now(), actor)])
+            return request
+
+        request = await self.consent_log.write(write)
         self._parts.pop(request_id, None)
         log.info("dsr.refused", workspace=workspace, request_id=request_id)
         return request
@@ -571,7 +434,7 @@ class SubjectRequests:
                 f"the request is {state}; it cannot be {verb}", violations=[("request_id", state)]
             )
 
-    def _record(
+    async def _record(
         self,
         workspace: str,
         request_id: str,
@@ -579,11 +442,14 @@ class SubjectRequests:
         regress: frozenset[str] = frozenset(),
     ) -> pb.SubjectRequest:
         """Append the step updates (check-and-set under the log's write lock: a step another pass
-        settled meanwhile is left alone) and, when every step is settled, complete the request."""
-        with self.store.transaction() as conn:
-            request = self._folded(workspace, request_id, conn).request
+        settled meanwhile is left alone) and, when every step is settled, complete the request; after
+        an erasure completed, shred the keys of the person's requests."""
+
+        def write(conn: Connection) -> tuple[pb.SubjectRequest, bool]:
+            """The request, and whether this transaction completed it."""
+            request = self._folded(conn, workspace, request_id).request
             if request.state in TERMINAL_STATES:
-                return request
+                return request, False
             current = {step.service: step for step in request.steps}
             events = [
                 self._event(
@@ -601,7 +467,7 @@ class SubjectRequests:
                 if request.type == _ACCESS:
                     parts = self._parts.get(request_id, {})
                     if any(step.service not in parts for step in request.steps):
-                        return request  # a part was lost (restart): the next pass fetches it again
+                        return request, False  # a part was lost (restart): the next pass fetches it again
                     export = self._assemble(request, parts)
                     if len(zlib.compress(export, 1)) > self.store.max_event_bytes - _EVENT_MARGIN_BYTES:
                         if request_id not in self._too_large:
@@ -613,17 +479,24 @@ class SubjectRequests:
                                 bytes=len(export),
                                 limit=self.store.max_event_bytes,
                             )
-                        return request
+                        return request, False
                 self._complete(conn, request, export, self.now())
-        if request.state == pb.REQUEST_STATE_COMPLETED:
-            self._parts.pop(request_id, None)
-            if request.type == _ERASURE:
-                self._shred_requests(workspace, request.profile_id)
-                del request.identifiers[:]  # as every later read sees it: only the hashes stay
-            log.info(
-                "dsr.completed", workspace=workspace, request_id=request_id, type=_type_name(request.type)
-            )
-        return request
+                return request, True
+            return request, False
+
+        def record() -> pb.SubjectRequest:
+            request, completed = self.consent_log.log.projector.write(write)
+            if completed:
+                self._parts.pop(request_id, None)
+                if request.type == _ERASURE:
+                    self._shred_requests(workspace, request.profile_id)
+                    del request.identifiers[:]  # as every later read sees it: only the hashes stay
+                log.info(
+                    "dsr.completed", workspace=workspace, request_id=request_id, type=type_name(request.type)
+                )
+            return request
+
+        return await self.consent_log.log.writer.run(record)
 
     def _complete(self, conn: Connection, request: pb.SubjectRequest, export: bytes, now: datetime) -> None:
         if self.store.keys is None:
@@ -650,27 +523,33 @@ class SubjectRequests:
             "request_id": request.request_id,
             "workspace": request.workspace,
             "profile_id": request.profile_id,
-            "received_at": _iso(request.received_at),
+            "received_at": iso(request.received_at),
             "generated_at": self.now().isoformat(),
             "services": {service: parts[service] for service in SERVICES},
         }
         return json.dumps(document, sort_keys=True, ensure_ascii=False, default=str).encode()
 
-    def _announce(self, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]) -> None:
+    async def _announce(
+        self, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
+    ) -> None:
         """ErasureRequested: the identifiers, for the services' calls and for the bus (relay)."""
-        with self.store.transaction() as conn:
-            folded = self._folded(request.workspace, request.request_id, conn)
-            if folded.announced or folded.request.state in TERMINAL_STATES:
-                return
-            assert self.store.keys is not None  # the store refuses to start without one
-            message = pb.ErasureRequested(
-                request_id=request.request_id,
-                workspace=request.workspace,
-                profile_id=request.profile_id,
-                identifiers=identifiers,
-                identifier_hashes=sorted({identifier_hash(self.store.keys, i) for i in identifiers}),
-            )
-            self._append(conn, folded.request, [self._event(folded.request, message, self.now())])
+        await self.consent_log.write(lambda conn: self._announce_in(conn, request, identifiers))
+
+    def _announce_in(
+        self, conn: Connection, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
+    ) -> None:
+        folded = self._folded(conn, request.workspace, request.request_id)
+        if folded.announced or folded.request.state in TERMINAL_STATES:
+            return
+        assert self.store.keys is not None  # the store refuses to start without one
+        message = pb.ErasureRequested(
+            request_id=request.request_id,
+            workspace=request.workspace,
+            profile_id=request.profile_id,
+            identifiers=identifiers,
+            identifier_hashes=sorted({identifier_hash(self.store.keys, i) for i in identifiers}),
+        )
+        self._append(conn, folded.request, [self._event(folded.request, message, self.now())])
 
     # ------------------------------------------------------------------------------ the saga
 
@@ -697,7 +576,7 @@ class SubjectRequests:
         return (
             step.state not in SETTLED
             and step.service in ACTIONS.get(request.type, frozenset())
-            and not self._unreachable(step.service)
+            and not self.peer_steps.unreachable(step.service)
             and (not due_only or self._due(request, step, now))
         )
 
@@ -705,7 +584,7 @@ class SubjectRequests:
         """One pass of the saga: attempt the steps not settled (with `due_only`, only those whose
         backoff has passed), record each result, complete the request when all are settled."""
         async with self._lock(request_id):
-            folded = await asyncio.to_thread(self._folded, workspace, request_id)
+            folded = await self.consent_log.read(lambda conn: self._folded(conn, workspace, request_id))
             request = folded.request
             if request.state in TERMINAL_STATES:
                 self._locks.pop(request_id, None)
@@ -714,14 +593,14 @@ class SubjectRequests:
             updates: dict[str, pb.RequestStep] = {}
             for step in request.steps:
                 if step.state not in SETTLED and step.service in ACTIONS.get(request.type, frozenset()):
-                    why = self._unreachable(step.service)
-                    if why and (changed := _waiting(step, why, now)) is not None:
+                    why = self.peer_steps.unreachable(step.service)
+                    if why and (changed := waiting(step, why, now)) is not None:
                         updates[step.service] = changed
             wanted = {step.service for step in request.steps if self._wants(request, step, now, due_only)}
             regress: frozenset[str] = frozenset()
             if (request.type in (_ERASURE, _RECTIFICATION) and wanted) or request.type == _ACCESS:
                 regress = await self._run(folded, wanted, updates, now)
-            request = await asyncio.to_thread(self._record, workspace, request_id, updates, regress)
+            request = await self._record(workspace, request_id, updates, regress)
             if request.state in TERMINAL_STATES:
                 self._locks.pop(request_id, None)
             return request
@@ -741,20 +620,20 @@ class SubjectRequests:
                     parts[step.service] = json.loads(step.confirmation or "{}")
                 elif step.state == pb.STEP_STATE_DONE and step.service not in parts:
                     refetch.add(step.service)
-        own: asyncio.Task[Outcome] | None = None
+        own: asyncio.Task[StepOutcome] | None = None
         if "consent" in wanted or "consent" in refetch:
-            own = asyncio.create_task(asyncio.to_thread(self._own, request))
+            own = asyncio.create_task(self._own(request))
         dependants = (wanted | refetch) & set(PEER_SERVICES)
         identifiers: list[identity_pb2.Identifier] | None = None
         if dependants:
             identifiers = await self._identifiers(folded, wanted, dependants, steps, updates, now)
-        calls: dict[str, asyncio.Task[Outcome]] = {}
+        calls: dict[str, asyncio.Task[StepOutcome]] = {}
         if identifiers is not None:
             if erasure and not folded.announced:
-                await asyncio.to_thread(self._announce, request, identifiers)
+                await self._announce(request, identifiers)
             for service in sorted(dependants):
-                calls[service] = asyncio.create_task(self._call(service, request, identifiers))
-        results: dict[str, Outcome] = {}
+                calls[service] = asyncio.create_task(self.peer_steps.call(service, request, identifiers))
+        results: dict[str, StepOutcome] = {}
         if own is not None:
             results["consent"] = await own
         for service, task in calls.items():
@@ -790,104 +669,33 @@ class SubjectRequests:
         request = folded.request
         if folded.announced:
             return list(request.identifiers)
-        waiting = dependants - {"identity"}
-        why = self._unreachable("identity")
+        awaiting = dependants - {"identity"}
+        why = self.peer_steps.unreachable("identity")
         if not why and (request.type == _ACCESS or "identity" in wanted):
-            channel = self.peers.channel("identity")
-            assert channel is not None
-            try:
-                profile = await identity_pb2_grpc.IdentityServiceStub(channel).GetProfile(
-                    identity_pb2.GetProfileRequest(
-                        profile=identity_pb2.ProfileRef(profile_id=request.profile_id)
-                    ),
-                    metadata=self.peers.acting_for(request.workspace),
-                    timeout=self.timings.call_timeout_seconds,
-                )
-            except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.NOT_FOUND:
-                    return []
-                failure = _rpc_failure("identity", "GetProfile", error)
-                failure.error = f"collecting the subject's identifiers: {failure.error}"
-                if "identity" in wanted:
-                    updates["identity"] = failure.step(steps["identity"], now)
-                why = f"{WAITING_FOR_IDENTIFIERS}: {failure.error}"
-            else:
-                named = dict.fromkeys((p.identifier.type, p.identifier.value) for p in profile.identifiers)
-                return [identity_pb2.Identifier(type=kind, value=value) for kind, value in named]
+            found = await self.peer_steps.profile_identifiers(request)
+            if not isinstance(found, StepOutcome):
+                return found
+            found.error = f"collecting the subject's identifiers: {found.error}"
+            if "identity" in wanted:
+                updates["identity"] = found.step(steps["identity"], now)
+            why = f"{WAITING_FOR_IDENTIFIERS}: {found.error}"
         else:
             why = WAITING_FOR_IDENTIFIERS + (f" ({why})" if why else "")
-        for service in waiting & wanted:
-            if service not in updates and (changed := _waiting(steps[service], why, now)) is not None:
+        for service in awaiting & wanted:
+            if service not in updates and (changed := waiting(steps[service], why, now)) is not None:
                 updates[service] = changed
         return None
 
-    async def _call(
-        self, service: str, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
-    ) -> Outcome:
-        erasure = request.type == _ERASURE
-        method = {_ERASURE: "EraseSubject", _RECTIFICATION: "RectifyProfile"}.get(
-            request.type, "ExportSubject"
-        )
-        try:
-            if request.type == _RECTIFICATION:
-                return await self._rectify(request, identifiers)
-            subject = DataSubject(request.request_id, (request.profile_id,), identifiers)
-            if erasure:
-                erased = await self.data_subjects.erase(service, request.workspace, subject)
-                if erased is None:
-                    return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
-                confirmation: dict[str, Any] = dict(erased.counts)
-                if erased.profile_ids:
-                    confirmation["profile_ids"] = list(erased.profile_ids)
-                return Outcome(pb.STEP_STATE_DONE, confirmation)
-            exported = await self.data_subjects.export(service, request.workspace, subject)
-            if exported is None:
-                return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable(service), attempted=False)
-            part: dict[str, Any] = {"counts": dict(exported.counts)}
-            if exported.events:
-                part["events"] = [_envelope(e) for e in exported.events]
-            if exported.HasField("records"):
-                part["records"] = _message(exported.records)
-            return Outcome(pb.STEP_STATE_DONE, dict(exported.counts), part=part)
-        except grpc.aio.AioRpcError as error:
-            return _rpc_failure(service, method, error)
-        except Exception as error:  # a bad answer, a broken channel: the step fails and is retried
-            log.warning("dsr.call_failed", service=service, method=method, error=repr(error))
-            return Outcome(pb.STEP_STATE_FAILED, error=f"{service} {method}: {type(error).__name__}: {error}")
-
-    async def _rectify(
-        self, request: pb.SubjectRequest, identifiers: Sequence[identity_pb2.Identifier]
-    ) -> Outcome:
-        """Identity owns traits: the corrections replace what was set before (RectifyProfile)."""
-        if not identifiers:
-            return Outcome(pb.STEP_STATE_FAILED, error="identity knows no such profile: nothing to correct")
-        channel = self.peers.channel("identity")
-        if channel is None:
-            return Outcome(pb.STEP_STATE_PENDING, error=self._unreachable("identity"), attempted=False)
-        corrections = struct_pb2.Struct()
-        corrections.update(json.loads(request.rectification))
-        corrected = await identity_pb2_grpc.IdentityServiceStub(channel).RectifyProfile(
-            identity_pb2.RectifyProfileRequest(
-                profile=identity_pb2.ProfileRef(profile_id=request.profile_id),
-                traits=corrections,
-                request_id=request.request_id,
-            ),
-            metadata=self.peers.acting_for(request.workspace),
-            timeout=self.timings.call_timeout_seconds,
-        )
-        done = {"profile_id": corrected.profile_id, "traits_corrected": sorted(corrections.fields)}
-        return Outcome(pb.STEP_STATE_DONE, done, part=done)
-
-    def _own(self, request: pb.SubjectRequest) -> Outcome:
+    async def _own(self, request: pb.SubjectRequest) -> StepOutcome:
         """Consent's own part: erase the subject's ledger, or export it."""
         workspace, profile_id = request.workspace, request.profile_id
         try:
             if request.type == _ERASURE:
-                erased = self.app.erase_subject(workspace, profile_id, request.request_id)
-                return Outcome(pb.STEP_STATE_DONE, {"profiles_erased": erased})
-            consents = self.app.consents(workspace, profile_id)
+                erased = await self.ledger.erase_subject(workspace, profile_id, request.request_id)
+                return StepOutcome(pb.STEP_STATE_DONE, {"profiles_erased": erased})
+            consents = await self.history.consents(workspace, profile_id)
             try:
-                live, history = self.app.history(workspace, profile_id)
+                live, history = await self.history.ledger_history(workspace, profile_id)
             except NotFound:
                 live, history = consents.profile_id, []
             part = {
@@ -904,39 +712,44 @@ class SubjectRequests:
                     }
                     for event, message in history
                 ],
-                "requests": [_message(r) for r in self.of_subjects(workspace, list({live, profile_id}))],
+                "requests": [
+                    _message(r) for r in await self.of_subjects(workspace, list({live, profile_id}))
+                ],
             }
-            return Outcome(
+            return StepOutcome(
                 pb.STEP_STATE_DONE,
                 {"consent_states": len(consents.states), "ledger_events": len(history)},
                 part=part,
             )
         except Exception as error:
             log.warning("dsr.own_part_failed", request_id=request.request_id, error=repr(error))
-            return Outcome(pb.STEP_STATE_FAILED, error=f"consent: {type(error).__name__}: {error}")
+            return StepOutcome(pb.STEP_STATE_FAILED, error=f"consent: {type(error).__name__}: {error}")
 
     # ------------------------------------------------------------------------------ shredding
 
     def _shred_requests(self, workspace: str, profile_id: str) -> None:
         """After an erasure completed: shred the keys of every request of the person (this one's
         identifiers, earlier access exports and corrections). What stays readable is the proof in
-        clear: dates, steps, the signed completion record and the identifiers' keyed hashes."""
-        requests = self.of_subjects(workspace, [profile_id])
+        clear: dates, steps, the signed completion record and the identifiers' keyed hashes.
+        On the writer thread."""
+        with self.store.engine.connect() as conn:
+            requests = self._of_subjects(conn, workspace, [profile_id])
         for request in requests:
             self.store.erase_subject(request_subject(workspace, request.request_id))
         log.info("dsr.request_keys_shredded", workspace=workspace, requests=len(requests))
 
     def _shred_completed_erasures(self) -> int:
-        """Finish shredding that a crash interrupted (completion committed, keys not yet shredded)."""
-        query = sa.select(requests_table.c.workspace, requests_table.c.profile_id).where(
-            requests_table.c.type == _ERASURE, requests_table.c.state == pb.REQUEST_STATE_COMPLETED
+        """Finish shredding that a crash interrupted (completion committed, keys not yet shredded).
+        On the writer thread."""
+        query = sa.select(request_rows.c.workspace, request_rows.c.profile_id).where(
+            request_rows.c.type == _ERASURE, request_rows.c.state == pb.REQUEST_STATE_COMPLETED
         )
         with self.store.engine.connect() as conn:
-            people = set(conn.execute(query).tuples())
+            people = {(row.workspace, row.profile_id) for row in conn.execute(query)}
             subjects = {
                 request_subject(workspace, request.request_id): (workspace, profile_id)
                 for workspace, profile_id in people
-                for request in self.of_subjects(workspace, [profile_id])
+                for request in self._of_subjects(conn, workspace, [profile_id])
             }
             left = set(subjects) - self.store.erased_subjects(conn, subjects)
         for subject in left:
@@ -945,28 +758,28 @@ class SubjectRequests:
 
     # ------------------------------------------------------------------------------ the loop
 
-    def _open_rows(self) -> list[pb.SubjectRequest]:
+    @staticmethod
+    def _open_rows(conn: Connection) -> list[pb.SubjectRequest]:
         query = (
-            sa.select(requests_table)
-            .where(requests_table.c.state.notin_(list(TERMINAL_STATES)))
-            .order_by(requests_table.c.due_at)
+            sa.select(request_rows)
+            .where(request_rows.c.state.notin_(list(TERMINAL_STATES)))
+            .order_by(request_rows.c.due_at)
         )
-        with self.store.engine.connect() as conn:
-            return [request_from_row(row) for row in conn.execute(query)]
+        return [request_from_row(row) for row in conn.execute(query)]
 
     async def tick(self) -> list[str]:
         """One round of the background loop: process every open request with a step due (or all
         steps settled but not completed), several at once. Returns the request ids processed."""
         now = self.now()
         due: list[pb.SubjectRequest] = []
-        for request in await asyncio.to_thread(self._open_rows):
+        for request in await self.consent_log.read(self._open_rows):
             if request.due_at.ToDatetime(tzinfo=UTC) < now and request.request_id not in self._overdue_logged:
                 self._overdue_logged.add(request.request_id)
                 log.warning(
                     "dsr.overdue",
                     workspace=request.workspace,
                     request_id=request.request_id,
-                    due_at=_iso(request.due_at),
+                    due_at=iso(request.due_at),
                 )
             if request.request_id in self._too_large:
                 continue
@@ -989,7 +802,7 @@ class SubjectRequests:
 
     async def run(self, leading: Callable[[], bool] = lambda: True) -> None:
         """Retry due steps until cancelled; only while `leading` (one replica does it)."""
-        shredded = await asyncio.to_thread(self._shred_completed_erasures)
+        shredded = await self.consent_log.log.writer.run(self._shred_completed_erasures)
         if shredded:
             log.info("dsr.interrupted_shredding_finished", keys=shredded)
         while True:
@@ -1002,54 +815,3 @@ class SubjectRequests:
                 raise
             except Exception:
                 log.exception("dsr.tick_failed")
-
-
-def _reason(reason: str, missing: str) -> str:
-    reason = reason.strip()
-    if not reason:
-        raise InvalidArgument(missing, violations=[("reason", "required")])
-    if len(reason) > MAX_REASON_CHARS:
-        raise InvalidArgument(
-            f"a reason is at most {MAX_REASON_CHARS} characters", violations=[("reason", "too long")]
-        )
-    return reason
-
-
-def _corrections(text: str) -> str:
-    if not text.strip():
-        raise InvalidArgument(
-            "a rectification request names the corrections: a JSON object of trait -> corrected value",
-            violations=[("rectification", "required")],
-        )
-    if len(text.encode()) > MAX_RECTIFICATION_BYTES:
-        raise InvalidArgument(
-            f"rectification is at most {MAX_RECTIFICATION_BYTES} bytes",
-            violations=[("rectification", "too long")],
-        )
-    try:
-        corrections = json.loads(text)
-    except ValueError as error:
-        raise InvalidArgument(
-            f"rectification is not JSON: {error}", violations=[("rectification", "not JSON")]
-        ) from None
-    if not isinstance(corrections, dict) or not corrections:
-        raise InvalidArgument(
-            "rectification must be a JSON object of trait -> corrected value, with at least one trait",
-            violations=[("rectification", "not an object")],
-        )
-    return json.dumps(corrections, sort_keys=True, ensure_ascii=False)
-
-
-__all__ = [
-    "ACTIONS",
-    "SERVICES",
-    "SubjectRequests",
-    "Timings",
-    "add_month",
-    "completion_record",
-    "request_stream",
-    "request_subject",
-    "sign",
-    "signing_key",
-    "verify_signature",
-]

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from onefold.consent.application import ConsentApplication
-from onefold.consent.projections import requests, state
-from onefold.consent.requests import SubjectRequests
+from onefold.consent.adapters.read_model import request_rows, state
+from onefold.consent.application.consent_log import ConsentLog
+from onefold.consent.application.subject_requests import SubjectRequests
+from onefold.consent.domain.model import Model
 from onefold.contracts.consent.v1 import consent_pb2 as pb
 from onefold.eventlog.models import from_micros, to_micros
 from onefold.platform.telemetry import get_logger
@@ -36,9 +38,10 @@ class Due:
     profile_id: str
 
 
-def expire_due(app: ConsentApplication, now: datetime) -> int:
+async def expire_due(consent_log: ConsentLog, now: datetime) -> int:
     """Append ConsentExpired for grants whose validity ended by `now`; returns how many."""
-    with app.store.transaction() as conn:
+
+    def write(conn: Connection) -> int:
         rows = conn.execute(
             sa.select(
                 state.c.workspace,
@@ -57,7 +60,7 @@ def expire_due(app: ConsentApplication, now: datetime) -> int:
             .limit(EXPIRY_BATCH)
         ).all()
         events = [
-            app.ledger_event(
+            consent_log.ledger_event(
                 row.workspace,
                 row.profile_id,
                 pb.ConsentExpired(
@@ -72,14 +75,17 @@ def expire_due(app: ConsentApplication, now: datetime) -> int:
             )
             for row in rows
         ]
-        app.append(conn, events)
-    return len(events)
+        consent_log.record(conn, events)
+        return len(events)
+
+    return await consent_log.write(write)
 
 
-def retention_due(app: ConsentApplication, now: datetime) -> list[Due]:
+async def retention_due(consent_log: ConsentLog, now: datetime) -> list[Due]:
     """Subjects due for deletion under their purposes' retention limits (see the module docstring)."""
     answers: dict[tuple[str, str], list[tuple[str, int, int | None, int]]] = {}
-    with app.store.engine.connect() as conn:
+
+    def read(conn: Connection) -> tuple[set[tuple[str, str]], set[tuple[str, str]], dict[str, Model]]:
         erased = {
             (row.workspace, row.profile_id)
             for row in conn.execute(
@@ -89,8 +95,9 @@ def retention_due(app: ConsentApplication, now: datetime) -> list[Due]:
         asked = {
             (row.workspace, row.profile_id)
             for row in conn.execute(
-                sa.select(requests.c.workspace, requests.c.profile_id).where(
-                    requests.c.type == pb.REQUEST_TYPE_ERASURE, requests.c.state != pb.REQUEST_STATE_REFUSED
+                sa.select(request_rows.c.workspace, request_rows.c.profile_id).where(
+                    request_rows.c.type == pb.REQUEST_TYPE_ERASURE,
+                    request_rows.c.state != pb.REQUEST_STATE_REFUSED,
                 )
             )
         }
@@ -107,7 +114,9 @@ def retention_due(app: ConsentApplication, now: datetime) -> list[Due]:
             answers.setdefault((row.workspace, row.profile_id), []).append(
                 (row.purpose_id, row.status, row.expires_at, row.occurred_at)
             )
-        models = {workspace: app.model(conn, workspace) for workspace, _ in answers}
+        return erased, asked, {workspace: consent_log.model(conn, workspace) for workspace, _ in answers}
+
+    erased, asked, models = await consent_log.read(read)
     cut = to_micros(now)
     due: list[Due] = []
     for (workspace, profile_id), rows in answers.items():
@@ -134,7 +143,7 @@ def retention_due(app: ConsentApplication, now: datetime) -> list[Due]:
 
 
 async def run_duties(
-    app: ConsentApplication,
+    consent_log: ConsentLog,
     requests_: SubjectRequests,
     leading: Callable[[], bool],
     *,
@@ -146,13 +155,12 @@ async def run_duties(
         if not leading():
             continue
         try:
-            now = app.clock()
-            expired = await asyncio.to_thread(expire_due, app, now)
+            now = consent_log.clock()
+            expired = await expire_due(consent_log, now)
             if expired:
                 log.info("consent.expired", count=expired)
-            for item in await asyncio.to_thread(retention_due, app, now):
-                request = await asyncio.to_thread(
-                    requests_.open,
+            for item in await retention_due(consent_log, now):
+                request = await requests_.open(
                     item.workspace,
                     item.profile_id,
                     pb.OpenRequestRequest(type=pb.REQUEST_TYPE_ERASURE),
