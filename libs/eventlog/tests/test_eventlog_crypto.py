@@ -211,3 +211,13 @@ def test_a_blind_index_mark_on_a_field_that_cannot_hold_a_hash_is_refused() -> N
     )
     with pytest.raises(InvalidEvent, match=r"Bad\.count is marked blind_index"):
         EventRegistry().register(bad)
+
+
+def test_public_decode_reads_public_fields_without_a_key(store: EventStore) -> None:
+    store.append([NewEvent("profile:a", profile("ada@example.com", name="Ada"), subject="a")])
+    (event,) = store.read()
+    public = store.decode(event, decrypt=False)
+    assert isinstance(public, events_pb2.ProfileUpdated)
+    assert public.plan == "pro" and public.address.city == "Paris" and public.profile_id == "p"
+    assert public.email == ERASED and public.name == ERASED  # never decrypted...
+    assert store.decode(event).email == "ada@example.com"  # ...though the key is there

@@ -1025,17 +1025,20 @@ class EventStore:
 
     # ------------------------------------------------------------------------------------ decode
 
-    def decode(self, event: RecordedEvent, *, conn: Connection | None = None) -> Message:
+    def decode(
+        self, event: RecordedEvent, *, conn: Connection | None = None, decrypt: bool = True
+    ) -> Message:
         """The event's message: decrypted, upcast to the current type and version.
 
         Personal fields of an erased subject come back as `mapper.ERASED` (strings) or empty.
         Pass `conn` when decoding inside the transaction that appended the event (its data key
-        may be new and not yet visible to other connections). Raises UnknownEventType or
-        CorruptPayload.
+        may be new and not yet visible to other connections). `decrypt=False` reads the public
+        fields only (personal ones come back as for an erased subject) without fetching or using a
+        key: for folds that never look at personal data. Raises UnknownEventType or CorruptPayload.
         """
         event_type = self.registry.for_name(event.type)
         cipher = None
-        if event_type.pii.has_pii and event.payload.startswith(SEALED_TAG):
+        if decrypt and event_type.pii.has_pii and event.payload.startswith(SEALED_TAG):
             cipher = self._cipher_for_read(event, conn)
         try:
             message = EventMapper.decode(event_type, event.payload, event.subject, cipher)

@@ -49,7 +49,10 @@ class AsOfHistory:
         )
         state = LedgerState()
         for event in events:
-            state.apply(evidence_of(event), self.store.decode(event, conn=conn))
+            # The ledger fold reads public fields only (domain/ledger.py): no key is needed to replay
+            # it; a preference's value is personal, so preferences are decrypted.
+            message = self.store.decode(event, conn=conn, decrypt=with_preferences)
+            state.apply(evidence_of(event), message)
         return state
 
     def ledger_at(
@@ -73,7 +76,7 @@ class AsOfHistory:
         for event in self.store.read_streams(
             [ledger_stream(workspace, p) for p in [live, *merged]], types=[_MERGED], conn=conn
         ):
-            message = self.store.decode(event, conn=conn)
+            message = self.store.decode(event, conn=conn, decrypt=False)  # the profile ids are public
             assert isinstance(message, pb.ConsentsMerged)
             into[message.merged_profile_id] = (message.profile_id, event)
         current, seen = profile_id, {profile_id}
