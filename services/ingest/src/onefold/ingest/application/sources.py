@@ -209,8 +209,9 @@ class SourceUseCases:
         return False
 
     async def refresh_sources(self) -> None:
-        """Pick up source changes made by other replicas sharing the database (a loop)."""
-        while True:
+        """Pick up source changes made by other replicas sharing the database (a loop; none when
+        `source_refresh_seconds` is 0)."""
+        while self.source_refresh_seconds > 0:
             await asyncio.sleep(self.source_refresh_seconds)
             try:
                 await asyncio.to_thread(self._load_sources)
