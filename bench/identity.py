@@ -53,7 +53,7 @@ SQLite file in the temporary dir, the ingest event registry, a key-encryption ke
 each as the EventAccepted the ingest service appends: an identify call for a record with an email
 or phone (traits.email / traits.phone), a track call otherwise; user_id and anonymous_id as
 themselves, device_id as context.device.id, message id = record id; stream, subject (the person:
-`<ws>:u:<HMAC of user_id>`, else the anonymous id's, from `IngestApplication.person`), blind
+`<ws>:u:<HMAC of user_id>`, else the anonymous id's, from ingest's `subjects.person`), blind
 indexes and partition key as ingest computes them. The store seals the personal fields with the
 subject's data key and chooses the event ids (UUIDs; `record_of` maps them back to the records).
 The log is then read back as the relay does: `to_envelope(decrypt=False)`, Nats-Msg-Id = event id,
@@ -133,6 +133,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -632,23 +633,20 @@ class IngestLog:
 
         from onefold.eventlog import EventStore
         from onefold.eventlog.cipher import KeyEncryptionKey
-        from onefold.eventlog.projections import Projector
-        from onefold.ingest.application import IngestApplication, event_registry
-        from onefold.ingest.projections import IngestProjection
+        from onefold.ingest.application.subjects import person
+        from onefold.ingest.domain.events import REGISTRY
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.store = EventStore(
             f"sqlite:///{directory / 'ingest.db'}",
             service="ingest",
-            registry=event_registry(),
+            registry=REGISTRY,
             keys=KeyEncryptionKey.generate(),
         )
         self.store.create_schema()
-        projection = IngestProjection()
-        Projector(self.store, [projection]).create_tables()
-        # Only for `person`: the subject (and blind indexes) of an event's person, as ingest computes them.
-        self.application = IngestApplication(self.store, projection=projection)
+        # The subject (and blind indexes) of an event's person, as ingest computes them.
+        self.person = functools.partial(person, self.store)
         self.record_of: dict[str, str] = {}  # ingest's event id -> the record's id
         self.subjects: set[str] = set()
 
@@ -670,7 +668,7 @@ class IngestLog:
         from onefold.eventlog.streams import PARTITION_KEY
 
         identify, track = ingest_pb2.EVENT_TYPE_IDENTIFY, ingest_pb2.EVENT_TYPE_TRACK
-        person = self.application.person
+        person = self.person
         after = self.store.head_position()
         base = int(time.time()) - 86_400
         for start in range(0, len(records), APPEND_BATCH):

@@ -57,7 +57,7 @@ from onefold.eventlog.streams import (
 )
 from onefold.eventlog.subscriber import DLQ_ERROR, Subscriber, SubscriberSettings
 from onefold.identity.domain.events import REGISTRY as IDENTITY_REGISTRY
-from onefold.ingest.application import event_registry as ingest_registry
+from onefold.ingest.domain.events import REGISTRY as INGEST_REGISTRY
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import load_settings
 from onefold.platform.database import create_engine
@@ -66,7 +66,7 @@ from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.service import ServiceContext
 
 REGISTRIES: dict[str, Callable[[], EventRegistry]] = {
-    "ingest": ingest_registry,
+    "ingest": lambda: INGEST_REGISTRY,
     "identity": lambda: IDENTITY_REGISTRY,
     "consent": lambda: CONSENT_REGISTRY,
 }
@@ -250,7 +250,7 @@ async def test_a_consumer_witnesses_its_upstream(
     nats: NatsConnection, tmp_path: Path, open_store: Callable[..., EventStore], kek: KeyEncryptionKey
 ) -> None:
     """ingest published a digest only at 10; identity's digest records it applied ingest up to 25."""
-    registry = ingest_registry()
+    registry = INGEST_REGISTRY
     ingest = EventStore(f"sqlite:///{tmp_path / 'ingest.db'}", service="ingest", registry=registry, keys=kek)
     ingest.create_schema()
     events = sample_events(registry, 30)

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+from pydantic import Field
 
-from onefold.platform.config import ConfigError, load_settings, prepare_data_dir
+from onefold.platform.config import ConfigError, ServiceSection, load_settings, prepare_data_dir
 
 
 def test_defaults_then_file_then_environment(tmp_path: Path) -> None:
@@ -57,63 +58,58 @@ def test_unusable_data_dir(tmp_path: Path) -> None:
         prepare_data_dir(a_file / "data")
 
 
-def test_ingest_section_from_file_and_environment(tmp_path: Path) -> None:
-    defaults = load_settings("ingest", env={}).ingest
-    assert defaults.dedupe_window_seconds == 24 * 3600
-    assert defaults.default_rate_limit_per_second == 1000
-    assert (defaults.max_group_events, defaults.linger_seconds) == (5000, 0.0005)
+class TuningSettings(ServiceSection):
+    """A service's own section, as a service declares one (ingest's is onefold.ingest.settings)."""
+
+    section = "ingest"
+
+    window_seconds: float = Field(default=60.0, gt=0)
+    batch: int = Field(default=10, gt=0)
+
+
+def test_a_service_section_from_file_and_environment(tmp_path: Path) -> None:
+    defaults = load_settings("ingest", env={}, sections=[TuningSettings]).section(TuningSettings)
+    assert (defaults.window_seconds, defaults.batch) == (60.0, 10)
 
     config = tmp_path / "onefold.yaml"
-    config.write_text(
-        "ingest:\n  dedupe_window_seconds: 7200\n  max_group_events: 200\n  linger_seconds: 0\n"
-    )
+    config.write_text("ingest:\n  window_seconds: 7200\n  batch: 200\n")
     settings = load_settings(
-        "ingest",
-        config,
-        env={
-            "ONEFOLD_INGEST__DEDUPE_WINDOW_SECONDS": "3600",
-            "ONEFOLD_INGEST__DEFAULT_RATE_LIMIT_PER_SECOND": "2.5",
-        },
+        "ingest", config, env={"ONEFOLD_INGEST__WINDOW_SECONDS": "3600"}, sections=[TuningSettings]
     )
-    assert settings.ingest.dedupe_window_seconds == 3600  # environment beats the file
-    assert settings.ingest.default_rate_limit_per_second == 2.5
-    assert (settings.ingest.max_group_events, settings.ingest.linger_seconds) == (200, 0)
+    tuning = settings.section(TuningSettings)
+    assert tuning.window_seconds == 3600  # environment beats the file
+    assert tuning.batch == 200
 
 
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        ("dedupe_window_seconds", "0"),
-        ("dedupe_window_seconds", "-60"),
-        ("dedupe_window_seconds", "inf"),
-        ("dedupe_window_seconds", "a day"),
-        ("default_rate_limit_per_second", "0"),
-        ("default_rate_limit_per_second", "nan"),
-        ("max_group_events", "0"),
-        ("max_group_events", "1.5"),
-        ("linger_seconds", "-0.001"),
-    ],
-)
-def test_bad_ingest_value_is_one_sentence_naming_the_key(key: str, value: str) -> None:
+def test_a_bad_service_section_value_is_one_sentence_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_settings("ingest", env={f"ONEFOLD_INGEST__{key.upper()}": value})
-    message = str(caught.value)
-    assert message.startswith(f"invalid configuration value for 'ingest.{key}' in defaults and environment: ")
-    assert "\n" not in message
-
-
-def test_bad_ingest_value_in_a_file_names_the_file(tmp_path: Path) -> None:
-    config = tmp_path / "onefold.yaml"
-    config.write_text("ingest:\n  default_rate_limit_per_second: -5\n")
-    with pytest.raises(ConfigError) as caught:
-        load_settings("ingest", config, env={})
+        load_settings("ingest", env={"ONEFOLD_INGEST__BATCH": "0"}, sections=[TuningSettings])
     assert str(caught.value) == (
-        f"invalid configuration value for 'ingest.default_rate_limit_per_second' in {config} "
-        "(or ONEFOLD_* environment): Input should be greater than 0"
+        "invalid configuration value for 'ingest.batch' in defaults and environment: "
+        "Input should be greater than 0"
     )
-    config.write_text("ingest:\n  dedupe_window: 60\n")
-    with pytest.raises(ConfigError, match=r"unknown configuration key 'ingest\.dedupe_window'"):
-        load_settings("ingest", config, env={})
+    config = tmp_path / "onefold.yaml"
+    config.write_text("ingest:\n  window: 60\n")
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'ingest\.window' in .*onefold\.yaml"):
+        load_settings("ingest", config, env={}, sections=[TuningSettings])
+    config.write_text("ingest: 60\n")
+    with pytest.raises(ConfigError, match=r"configuration section 'ingest' in .* must hold a mapping"):
+        load_settings("ingest", config, env={}, sections=[TuningSettings])
+
+
+def test_a_service_section_is_kept_for_its_owner_by_the_other_services(tmp_path: Path) -> None:
+    """One onefold.yaml for every service: the others load it without knowing the section's keys."""
+    config = tmp_path / "onefold.yaml"
+    config.write_text("ingest:\n  window_seconds: 5\n  batch: 0\n")
+    for service in ("identity", "consent", "segments", "journeys"):
+        load_settings(service, config, env={"ONEFOLD_INGEST__BATCH": "-1"})
+    # Read there anyway, it is validated then.
+    with pytest.raises(ConfigError, match=r"invalid configuration value for 'ingest\.batch'"):
+        load_settings("identity", config, env={}).section(TuningSettings)
+    # Anything else that is not a section of the platform or of a service stays an error.
+    config.write_text("ingets:\n  batch: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown configuration key 'ingets'"):
+        load_settings("identity", config, env={})
 
 
 EXAMPLE_SETTINGS = Path(__file__).resolve().parents[3] / "deploy" / "examples" / "onefold.yaml"

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.eventlog.cipher import DataKeyCipher, new_data_key
 from onefold.eventlog.mapper import EventMapper, split
-from onefold.ingest.application import event_registry
+from onefold.ingest.domain.events import REGISTRY
 from onefold.ingest.domain.protos import NonFiniteNumber, _escape, _fill_struct, _plain, struct_to_dict
 from onefold.ingest.domain.segment import _has_long_digit_run
 
@@ -116,7 +116,6 @@ def tracking_events(draw: st.DrawFn) -> pb.TrackingEvent:
 def test_ingest_records_encode_like_the_general_split(
     event: pb.TrackingEvent, shape: int, raw_json: bytes
 ) -> None:
-    registry = event_registry()
     cipher = DataKeyCipher(new_data_key())
     accepted = pb.EventAccepted(workspace="w", user_id_index="i")
     quarantined = pb.EventQuarantined(quarantine_id="q", raw_json=raw_json)
@@ -125,7 +124,7 @@ def test_ingest_records_encode_like_the_general_split(
             record.event.CopyFrom(event)
         elif shape == 2:
             record.event.SetInParent()
-        event_type = registry.for_message(record)
+        event_type = REGISTRY.for_message(record)
         assert event_type.pii.direct_steps is not None
         payload = EventMapper.encode(event_type, record, "subject", cipher, bytes(12))
         public, personal = split(record, event_type.pii)

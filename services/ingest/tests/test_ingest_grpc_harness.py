@@ -24,8 +24,9 @@ from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import EventStore
 from onefold.eventlog.service import EventSourcedService, key_encryption_key
-from onefold.ingest.application import IngestApplication, event_registry
+from onefold.ingest.application import IngestApplication
 from onefold.ingest.bootstrap import compose
+from onefold.ingest.domain.events import REGISTRY
 from onefold.ingest.entrypoints.http import HttpServer
 from onefold.platform.auth import CredentialStore
 from onefold.platform.config import NatsSettings, Settings, load_settings
@@ -193,7 +194,7 @@ def open_log(data_dir: Path, database_url: str = "") -> EventStore:
     return EventStore(
         settings.database_url(),
         service="ingest",
-        registry=event_registry(),
+        registry=REGISTRY,
         keys=key_encryption_key(settings),
     )
 

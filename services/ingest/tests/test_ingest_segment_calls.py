@@ -11,9 +11,9 @@ from onefold.contracts.common.v1 import errors_pb2
 from onefold.ingest.domain import (
     CallType,
     Consent,
+    Disposition,
     FailureKind,
     Limits,
-    Outcome,
     PayloadTooLarge,
     field_path,
     parse_event,
@@ -36,7 +36,7 @@ def one(body: dict[str, object], call: str, **kwargs: object):  # type: ignore[n
 def accepted(body: dict[str, object], call: str):  # type: ignore[no-untyped-def]
     intake = one(body, call)
     assert intake.event is not None, intake.verdict
-    assert intake.verdict.outcome is Outcome.ACCEPTED
+    assert intake.verdict.disposition is Disposition.ACCEPTED
     return intake.event
 
 

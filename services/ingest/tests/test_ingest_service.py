@@ -23,10 +23,10 @@ from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 from onefold.eventlog import ERASED
 from onefold.eventlog.projections import Projector
+from onefold.ingest.adapters.read_model import IngestProjection
 from onefold.ingest.application import IngestApplication
-from onefold.ingest.projections import IngestProjection
+from onefold.ingest.settings import IngestSettings
 from onefold.platform.auth import CredentialStore
-from onefold.platform.config import IngestSettings
 from onefold.platform.errors import FailedPrecondition, Unauthenticated
 from onefold.testing.processes import ServiceProcess
 

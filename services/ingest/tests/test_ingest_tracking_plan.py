@@ -10,8 +10,8 @@ import pytest
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.ingest.domain import (
     CanonicalEvent,
+    Disposition,
     FailureKind,
-    Outcome,
     PlanCache,
     PlanMode,
     TrackingPlan,
@@ -63,12 +63,12 @@ GOOD_ORDER = {"type": "track", "event": "Order Completed", "properties": {"order
 
 
 def test_allow_accepts_without_checking() -> None:
-    assert PlanCache().get(plan(PlanMode.ALLOW)).check(event(BAD_ORDER)).outcome is Outcome.ACCEPTED
+    assert PlanCache().get(plan(PlanMode.ALLOW)).check(event(BAD_ORDER)).disposition is Disposition.ACCEPTED
 
 
 def test_flag_accepts_with_violations_attached() -> None:
     verdict = PlanCache().get(plan(PlanMode.FLAG)).check(event(BAD_ORDER))
-    assert verdict.outcome is Outcome.FLAGGED and verdict.kind is None
+    assert verdict.disposition is Disposition.FLAGGED and verdict.kind is None
     assert verdict.violations == (
         Violation("/properties/total", "properties.total must be bigger than or equal to 0", "minimum"),
     )
@@ -76,13 +76,13 @@ def test_flag_accepts_with_violations_attached() -> None:
 
 def test_block_quarantines_with_the_reason() -> None:
     verdict = PlanCache().get(plan(PlanMode.BLOCK)).check(event(BAD_ORDER))
-    assert verdict.outcome is Outcome.QUARANTINED and verdict.kind is FailureKind.SCHEMA_VIOLATION
+    assert verdict.disposition is Disposition.QUARANTINED and verdict.kind is FailureKind.SCHEMA_VIOLATION
     assert verdict.violations[0].path == "/properties/total"
 
 
 def test_valid_events_pass_in_every_mode() -> None:
     for mode in PlanMode:
-        assert PlanCache().get(plan(mode)).check(event(GOOD_ORDER)).outcome is Outcome.ACCEPTED
+        assert PlanCache().get(plan(mode)).check(event(GOOD_ORDER)).disposition is Disposition.ACCEPTED
 
 
 def test_nested_paths_are_json_pointers() -> None:
@@ -107,19 +107,19 @@ def test_validation_never_fills_defaults_into_the_event() -> None:
 
 
 @pytest.mark.parametrize(
-    ("unplanned", "outcome", "kind"),
+    ("unplanned", "disposition", "kind"),
     [
-        (PlanMode.ALLOW, Outcome.ACCEPTED, None),
-        (PlanMode.FLAG, Outcome.FLAGGED, None),
-        (PlanMode.BLOCK, Outcome.QUARANTINED, FailureKind.UNPLANNED_EVENT),
+        (PlanMode.ALLOW, Disposition.ACCEPTED, None),
+        (PlanMode.FLAG, Disposition.FLAGGED, None),
+        (PlanMode.BLOCK, Disposition.QUARANTINED, FailureKind.UNPLANNED_EVENT),
     ],
 )
-def test_unplanned_events(unplanned: PlanMode, outcome: Outcome, kind: FailureKind | None) -> None:
+def test_unplanned_events(unplanned: PlanMode, disposition: Disposition, kind: FailureKind | None) -> None:
     verdict = (
         PlanCache().get(plan(PlanMode.BLOCK, unplanned)).check(event({"type": "track", "event": "Mystery"}))
     )
-    assert (verdict.outcome, verdict.kind) == (outcome, kind)
-    if outcome is not Outcome.ACCEPTED:
+    assert (verdict.disposition, verdict.kind) == (disposition, kind)
+    if disposition is not Disposition.ACCEPTED:
         assert verdict.violations[0].path == "/event"
 
 
@@ -135,7 +135,7 @@ def test_identify_traits_schema() -> None:
     assert bad.kind is FailureKind.SCHEMA_VIOLATION and bad.violations[0].path == "/traits/email"
     assert bad.violations[0].message == "traits.email must be email"
     good = compiled.check(event({"type": "identify", "traits": {"email": "pgibbons@example.com"}}))
-    assert good.outcome is Outcome.ACCEPTED
+    assert good.disposition is Disposition.ACCEPTED
 
 
 def test_other_call_types_are_not_checked() -> None:
@@ -146,7 +146,7 @@ def test_other_call_types_are_not_checked() -> None:
         {"type": "group", "groupId": "g"},
         {"type": "alias", "previousId": "p"},
     ):
-        assert compiled.check(event(body)).outcome is Outcome.ACCEPTED
+        assert compiled.check(event(body)).disposition is Disposition.ACCEPTED
 
 
 def test_decide_keeps_parse_failures_and_defers_to_the_plan_otherwise() -> None:
@@ -155,7 +155,7 @@ def test_decide_keeps_parse_failures_and_defers_to_the_plan_otherwise() -> None:
     assert decide(broken, compiled) is broken.verdict
     parsed = parse_event({"userId": "u", **BAD_ORDER}, received_at=NOW)
     assert decide(parsed, compiled).kind is FailureKind.SCHEMA_VIOLATION
-    assert decide(parsed, None).outcome is Outcome.ACCEPTED
+    assert decide(parsed, None).disposition is Disposition.ACCEPTED
 
 
 def test_plans_compile_once_per_version(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -220,10 +220,10 @@ def test_plan_from_proto() -> None:
     compiled = PlanCache().get(domain_plan)
     assert compiled.check(event(BAD_ORDER)).kind is FailureKind.SCHEMA_VIOLATION
     assert (
-        compiled.check(event({"type": "track", "event": "Anything", "properties": {"x": 1}})).outcome
-        is Outcome.ACCEPTED
+        compiled.check(event({"type": "track", "event": "Anything", "properties": {"x": 1}})).disposition
+        is Disposition.ACCEPTED
     )
-    assert compiled.check(event({"type": "track", "event": "Else"})).outcome is Outcome.FLAGGED
+    assert compiled.check(event({"type": "track", "event": "Else"})).disposition is Disposition.FLAGGED
 
 
 def test_plan_from_proto_names_bad_json() -> None:
@@ -243,5 +243,6 @@ def test_unspecified_modes_mean_allow() -> None:
     )
     assert domain_plan.mode is PlanMode.ALLOW
     assert (
-        PlanCache().get(domain_plan).check(event({"type": "track", "event": "E"})).outcome is Outcome.ACCEPTED
+        PlanCache().get(domain_plan).check(event({"type": "track", "event": "E"})).disposition
+        is Disposition.ACCEPTED
     )

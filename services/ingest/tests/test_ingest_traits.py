@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from onefold.ingest.domain import (
     CallType,
     CanonicalEvent,
-    Outcome,
+    Disposition,
     PlanCache,
     PlanMode,
     TrackingPlan,
@@ -145,10 +145,10 @@ def test_a_plan_that_requires_email_judges_both_sdk_shapes_alike() -> None:
     rudderstack = {"type": "identify", "userId": "u1", "context": {"traits": {"email": "ann@example.com"}}}
     neither = {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}
     verdicts = [
-        decide(parse_event(body, received_at=NOW), compiled).outcome
+        decide(parse_event(body, received_at=NOW), compiled).disposition
         for body in (segment, rudderstack, neither)
     ]
-    assert verdicts == [Outcome.ACCEPTED, Outcome.ACCEPTED, Outcome.QUARANTINED]
+    assert verdicts == [Disposition.ACCEPTED, Disposition.ACCEPTED, Disposition.QUARANTINED]
 
 
 def test_the_identify_traits_limit_counts_the_merged_traits() -> None:

@@ -3,6 +3,12 @@
 Environment variables are `ONEFOLD_<SECTION>__<KEY>` (e.g. `ONEFOLD_GRPC__PORT=50051`); a few
 top-level ones (`ONEFOLD_DATA_DIR`, `ONEFOLD_CONFIG`) have no section. Unknown keys are errors: a
 typo in a config file must never be silently ignored.
+
+The sections every service reads are declared here. A service's own section (ingest's collection
+tuning, say) is declared by the service as a `ServiceSection` and read with
+`settings.section(TheClass)`; its `ServiceSpec` names it, so `load_settings` validates it before the
+service starts. One onefold.yaml serves every service: a section named after a service is kept
+as it is by the others (only its owner knows its keys).
 """
 
 from __future__ import annotations
@@ -10,12 +16,12 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from onefold.platform.config_error import ConfigError as ConfigError
 
@@ -84,28 +90,16 @@ class EventLogSettings(_Section):
     bus_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
 
 
-class IngestSettings(_Section):
-    """The ingest service's collection settings (other services ignore this section)."""
+class ServiceSection(_Section):
+    """Settings one service owns, under the top-level key `section` (`ONEFOLD_<SECTION>__<KEY>`).
 
-    dedupe_window_seconds: float = Field(
-        default=24 * 3600.0,
-        gt=0,
-        le=366 * 24 * 3600.0,
-        description="how long an accepted messageId makes a repeat a duplicate (at most a year)",
-    )
-    default_rate_limit_per_second: float = Field(
-        default=1000.0,
-        gt=0,
-        le=2**32 - 1,
-        description="events per second of a source created without its own rate (rate 0)",
-    )
-    max_group_events: int = Field(default=5000, gt=0, description="most events committed in one transaction")
-    linger_seconds: float = Field(
-        default=0.0005,
-        ge=0,
-        le=1,
-        description="how long a group commit waits for more callers; 0 = not at all",
-    )
+    Declared by the service (e.g. `onefold.ingest.settings.IngestSettings`), named in its
+    `ServiceSpec.sections`, read with `Settings.section`. Unknown keys are errors, as everywhere."""
+
+    section: ClassVar[str]
+
+
+SectionT = TypeVar("SectionT", bound=ServiceSection)
 
 
 class PeersSettings(_Section):
@@ -180,10 +174,20 @@ class Settings(_Section):
     database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     eventlog: EventLogSettings = EventLogSettings()
-    ingest: IngestSettings = IngestSettings()
     peers: PeersSettings = PeersSettings()
     ports: PortsSettings = PortsSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    # Service-owned sections as loaded (name -> mapping), and where they came from, for `section`.
+    _service_sections: dict[str, dict[str, Any]] = PrivateAttr(default_factory=dict)
+    _origin: str = PrivateAttr(default="defaults and environment")
+
+    def section(self, section_class: type[SectionT]) -> SectionT:
+        """The service's own section (see ServiceSection); raises ConfigError like load_settings."""
+        name = section_class.section
+        try:
+            return section_class.model_validate(self._service_sections.get(name, {}))
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, self._origin, name)) from None
 
     def database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / (self.service + '.db')}"
@@ -218,9 +222,10 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _explain(error: ValidationError, origin: str) -> str:
+def _explain(error: ValidationError, origin: str, section: str = "") -> str:
     first = error.errors()[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    where = ".".join(str(part) for part in ((section,) if section else ()) + tuple(first["loc"]))
+    where = where or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"unknown configuration key '{where}' in {origin}"
     return f"invalid configuration value for '{where}' in {origin}: {first['msg']}"
@@ -230,9 +235,14 @@ def load_settings(
     service: str,
     config_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
+    *,
+    sections: Sequence[type[ServiceSection]] = (),
     **overrides: Any,
 ) -> Settings:
-    """Build the settings of one service; raises ConfigError with a one-sentence reason."""
+    """Build the settings of one service; raises ConfigError with a one-sentence reason.
+
+    `sections`: the service's own sections, validated here too. Sections named after a service
+    (`PeersSettings`' names) are kept for their owner, whichever service loads the file."""
     env = os.environ if env is None else env
     data: dict[str, Any] = {"service": service}
     config_file = config_file or env.get("ONEFOLD_CONFIG") or None
@@ -251,10 +261,22 @@ def load_settings(
         data = _merge(data, loaded)
     data = _merge(data, _env_overrides(env))
     data = _merge(data, overrides)
+    owned = {*PeersSettings.model_fields, *(section.section for section in sections)}
+    service_sections: dict[str, dict[str, Any]] = {}
+    for name in owned & data.keys():
+        value = data.pop(name)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"configuration section '{name}' in {origin} must hold a mapping of settings")
+        service_sections[name] = dict(value)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, origin)) from None
+    settings._service_sections = service_sections
+    settings._origin = origin
+    for section in sections:
+        settings.section(section)
+    return settings
 
 
 PRIVATE_DIR_MODE = 0o700

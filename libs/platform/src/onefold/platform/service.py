@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from onefold.contracts.platform.v1 import platform_pb2, platform_pb2_grpc
 from onefold.platform import __version__, auth
 from onefold.platform.auth import CredentialStore
-from onefold.platform.config import ConfigError, Settings, load_settings, prepare_data_dir
+from onefold.platform.config import ConfigError, ServiceSection, Settings, load_settings, prepare_data_dir
 from onefold.platform.database import create_engine
 from onefold.platform.grpc_server import AUTHENTICATED, GrpcServer, ServiceRegistration, typed_registration
 from onefold.platform.health import NATS_HEALTH_NAME
@@ -72,6 +72,8 @@ class ServiceSpec:
     name: str
     compose: Callable[[ServiceContext], Composition]
     version: str = __version__
+    # The service's own settings sections, validated with the rest before anything starts.
+    sections: Sequence[type[ServiceSection]] = ()
 
 
 class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
@@ -179,7 +181,7 @@ async def serve(spec: ServiceSpec, settings: Settings, stop: asyncio.Event) -> N
 def run_service(spec: ServiceSpec, config_file: str | Path | None = None) -> int:
     """Entry point for `python -m onefold.<service>`; returns the process exit code."""
     try:
-        settings = load_settings(spec.name, config_file)
+        settings = load_settings(spec.name, config_file, sections=spec.sections)
     except ConfigError as error:
         sys.stderr.write(f"onefold-{spec.name}: {error}\n")
         return 2

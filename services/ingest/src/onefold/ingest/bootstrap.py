@@ -10,23 +10,23 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from onefold.eventlog.service import EventSourcedService, ServiceLog
-from onefold.ingest import application
+from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog
+from onefold.ingest.adapters.read_model import IngestProjection
+from onefold.ingest.application import IngestApplication
+from onefold.ingest.domain.events import REGISTRY
 from onefold.ingest.entrypoints import consumers, grpc
 from onefold.ingest.entrypoints.http import serve as serve_http
-from onefold.ingest.projections import IngestProjection
+from onefold.ingest.settings import IngestSettings
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "ingest"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService[application.IngestApplication]:
-    projection = IngestProjection()
-    log = ServiceLog(ctx, events=application.event_registry(), projections=[projection])
-    tuning = ctx.settings.ingest
-    ingest = application.IngestApplication(
-        log.store,
-        projection=projection,
+def compose(ctx: ServiceContext) -> EventSourcedService[IngestApplication]:
+    log = ServiceLog(ctx, events=REGISTRY, projections=[IngestProjection()])
+    tuning = ctx.settings.section(IngestSettings)
+    ingest = IngestApplication(
+        log,
         dedupe_window=timedelta(seconds=tuning.dedupe_window_seconds),
         default_rate_limit_per_second=tuning.default_rate_limit_per_second,
         max_group_events=tuning.max_group_events,
@@ -38,11 +38,14 @@ def compose(ctx: ServiceContext) -> EventSourcedService[application.IngestApplic
         ingest,
         servicers=grpc.registrations(ingest),
         subscriptions=consumers.subscriptions(),
-        # Stopped in reverse: the HTTP API stops taking requests, then what was queued is committed
-        # (every acknowledged event is in the log) before the relay stops.
-        components=[ingest, serve_http(ingest, ctx.settings.http)],
+        # Stopped in reverse, before the writer: the HTTP API stops taking requests, then what was
+        # queued is committed (every acknowledged event is in the log) before the relay stops.
+        components=[
+            Loop("ingest-source-refresh", ingest.refresh_sources),
+            serve_http(ingest, ctx.settings.http),
+        ],
     )
 
 
 def main() -> int:
-    return run_service(ServiceSpec(name=SERVICE_NAME, compose=compose))
+    return run_service(ServiceSpec(name=SERVICE_NAME, compose=compose, sections=[IngestSettings]))

@@ -34,7 +34,9 @@ class FailureKind(StrEnum):
     UNPLANNED_EVENT = "unplanned_event"
 
 
-class Outcome(StrEnum):
+class Disposition(StrEnum):
+    """What happens to an event: collected as it is, collected with violations, or quarantined."""
+
     ACCEPTED = "accepted"
     FLAGGED = "flagged"  # accepted, with tracking-plan violations attached
     QUARANTINED = "quarantined"
@@ -52,7 +54,7 @@ class Violation:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    outcome: Outcome
+    disposition: Disposition
     violations: tuple[Violation, ...] = ()
     kind: FailureKind | None = None  # set exactly when quarantined
 
@@ -62,18 +64,18 @@ class Verdict:
 
     @staticmethod
     def flagged(violations: Sequence[Violation]) -> Verdict:
-        return Verdict(Outcome.FLAGGED, tuple(violations)) if violations else _ACCEPTED
+        return Verdict(Disposition.FLAGGED, tuple(violations)) if violations else _ACCEPTED
 
     @staticmethod
     def quarantined(kind: FailureKind, violations: Sequence[Violation]) -> Verdict:
-        return Verdict(Outcome.QUARANTINED, tuple(violations), kind)
+        return Verdict(Disposition.QUARANTINED, tuple(violations), kind)
 
     @property
     def is_quarantined(self) -> bool:
-        return self.outcome is Outcome.QUARANTINED
+        return self.disposition is Disposition.QUARANTINED
 
 
-_ACCEPTED = Verdict(Outcome.ACCEPTED)
+_ACCEPTED = Verdict(Disposition.ACCEPTED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,11 +18,11 @@ from onefold.ingest.domain.model import (
     CallType,
     CanonicalEvent,
     Consent,
+    Disposition,
     FailureKind,
     Intake,
     JsonObject,
     Limits,
-    Outcome,
     ParsedRequest,
     PayloadTooLarge,
     Verdict,
@@ -478,7 +478,7 @@ def accepted_record(
     anonymous_id_index: str = "",
 ) -> pb.EventAccepted:
     """The EventAccepted to append; the blind indexes are the event store's keyed hashes of the ids."""
-    if verdict.outcome is Outcome.QUARANTINED:
+    if verdict.disposition is Disposition.QUARANTINED:
         raise ValueError("a quarantined event is recorded with quarantined_record")
     record = pb.EventAccepted(
         workspace=workspace,
