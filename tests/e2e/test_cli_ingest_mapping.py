@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.json_format import MessageToDict
 
+from onefold.cli.client import CliError
 from onefold.cli.import_mapping import CallType, map_columns
 from onefold.cli.importer import (
     BadRecord,
@@ -18,7 +19,6 @@ from onefold.cli.importer import (
     read_ndjson,
     to_event,
 )
-from onefold.cli.ingest_client import CliError
 from onefold.cli.sources import parse_source_documents, plan_from_document, plans_equal
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 

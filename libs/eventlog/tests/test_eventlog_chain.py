@@ -17,7 +17,6 @@ from onefold.eventlog.chain import event_hash
 
 StoreFactory = Callable[..., EventStore]
 events_table = schema.events
-CONTENT_COLUMNS = [c.name for c in events_table.columns if c.name != "position"]
 
 
 def fill(store: EventStore, count: int) -> None:

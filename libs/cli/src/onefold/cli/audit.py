@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from onefold.cli.ingest_client import CliError, Connection, DataDir, Token, err_console, fail
+from onefold.cli.client import CliError, Connection, DataDir, Token, err_console, fail
 from onefold.cli.options import ConsentTarget
 from onefold.cli.output import console, print_json, print_table
 from onefold.cli.supervisor import SERVICES, operator_nats_settings, read_endpoints

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from onefold.cli.ingest_client import (
+from onefold.cli.client import (
     CHANNEL_OPTIONS,
     CliError,
     Connection,

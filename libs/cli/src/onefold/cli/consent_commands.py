@@ -24,7 +24,7 @@ from onefold.cli.options import ConsentTarget, DataDir, Json, Token
 from onefold.cli.output import CliError, console, fail, print_json, print_table
 
 if TYPE_CHECKING:
-    from onefold.cli.ingest_client import Connection
+    from onefold.cli.client import Connection
     from onefold.contracts.consent.v1 import consent_pb2 as pb
     from onefold.contracts.identity.v1 import identity_pb2
 

@@ -45,16 +45,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from onefold.cli.import_mapping import (
-    SKIP,
-    CallType,
-    ColumnMapping,
-    MappingError,
-    map_columns,
-    parse_map_document,
-    parse_map_options,
-)
-from onefold.cli.ingest_client import (
+from onefold.cli.client import (
     CliError,
     Connection,
     DataDir,
@@ -65,6 +56,15 @@ from onefold.cli.ingest_client import (
     fail,
     ingest_stub,
     run_async,
+)
+from onefold.cli.import_mapping import (
+    SKIP,
+    CallType,
+    ColumnMapping,
+    MappingError,
+    map_columns,
+    parse_map_document,
+    parse_map_options,
 )
 from onefold.contracts.ingest.v1 import ingest_pb2 as pb
 from onefold.contracts.ingest.v1 import ingest_pb2_grpc
@@ -402,7 +402,7 @@ def state_path(data_dir: Path, sha256: str, source_id: str, fingerprint: str) ->
     return data_dir / "imports" / f"{sha256[:32]}{mapped}-{source_id}.json"
 
 
-def load_state(path: Path) -> ImportState | None:
+def load_import_state(path: Path) -> ImportState | None:
     try:
         data = json.loads(path.read_text())
         if data.get("version") not in READABLE_STATE_VERSIONS:
@@ -412,7 +412,7 @@ def load_state(path: Path) -> ImportState | None:
         return None
 
 
-def save_state(path: Path, state: ImportState) -> None:
+def save_import_state(path: Path, state: ImportState) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     with temporary.open("w") as f:
@@ -586,7 +586,7 @@ async def run_import(
                     other.cancel()
                 raise
             record_answer(state, chunk, response)
-            save_state(state_file, state)
+            save_import_state(state_file, state)
             progress.update(task, completed=state.last_line)
             if stop_after is not None and state.accepted + state.duplicates + state.quarantined >= stop_after:
                 progress.stop()
@@ -609,7 +609,7 @@ async def run_import(
     state.complete = True
     state.last_line = state.lines
     state.this_run.finished = True
-    save_state(state_file, state)
+    save_import_state(state_file, state)
     progress.update(task, completed=state.lines)
 
 
@@ -836,7 +836,7 @@ def import_file(
     if run_async(conn, check_source).disabled:
         raise fail(f"source {source} is disabled; it accepts no events")
     state_file = state_path(data_dir.resolve(), sha, source, fingerprint)
-    saved = load_state(state_file)
+    saved = load_import_state(state_file)
     state = None if restart else saved
     if state is None:
         state = ImportState(file=str(file), sha256=sha, source_id=source, lines=lines)
@@ -850,7 +850,7 @@ def import_file(
             highlight=False,
         )
         run.finished = True
-        save_state(state_file, state)
+        save_import_state(state_file, state)
     else:
         if run.resumed_after_line:
             info.print(f"resuming {file} after line {run.resumed_after_line}", highlight=False)

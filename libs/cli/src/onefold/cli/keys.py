@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Annotated
 
 import typer
 
-from onefold.cli.ingest_client import CliError, DataDir, fail
+from onefold.cli.client import CliError, DataDir, fail
 from onefold.cli.options import Json, KeyDir
 from onefold.cli.output import console, err_console, print_json
 from onefold.cli.supervisor import SERVICES, key_file, resolve_key_dir

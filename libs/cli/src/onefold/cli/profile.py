@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onefold.cli.ingest_client import (
+from onefold.cli.client import (
     CHANNEL_OPTIONS,
     CliError,
     Connection,
@@ -297,7 +297,7 @@ async def look_up(conn: Connection, requests: Sequence[tuple[str, pb.GetProfileR
 
     import grpc
 
-    from onefold.cli.ingest_client import describe_rpc_error
+    from onefold.cli.client import describe_rpc_error
 
     per_reference = {
         grpc.StatusCode.NOT_FOUND,

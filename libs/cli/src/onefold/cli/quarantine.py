@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onefold.cli.ingest_client import DataDir, Target, Token, connect, fail, ingest_stub, run_async
+from onefold.cli.client import DataDir, Target, Token, connect, fail, ingest_stub, run_async
 from onefold.cli.options import Json
 from onefold.cli.output import console, print_json, print_table
 

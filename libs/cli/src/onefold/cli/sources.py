@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onefold.cli.ingest_client import (
+from onefold.cli.client import (
     CliError,
     Connection,
     DataDir,

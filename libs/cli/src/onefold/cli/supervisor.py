@@ -252,7 +252,7 @@ class Supervisor:
         return self.nats.url
 
     def _spawn(self, child: Child, nats_url: str) -> None:
-        from onefold.platform.nats_server import die_with_parent
+        from onefold.platform.nats_server import tied_to_parent
 
         env = dict(os.environ)
         env.update(
@@ -279,12 +279,11 @@ class Supervisor:
             env["ONEFOLD_CONFIG"] = str(self.config_file)
         log = (self.data_dir / "logs" / f"{child.name}.log").open("ab")
         child.process = subprocess.Popen(
-            [sys.executable, "-m", f"onefold.{child.name}"],
+            tied_to_parent([sys.executable, "-m", f"onefold.{child.name}"]),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         log.close()
 

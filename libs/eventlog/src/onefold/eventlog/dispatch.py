@@ -7,9 +7,10 @@
         def handle(self, conn, event, message):
             self.dispatch(message, conn, event, message)
 
-A service declares its events once (`domain/events.py`, an `EventRegistry.of(...)`); its fold and
-projection handle them with `@handles`; `onefold.testing.assert_events_handled` fails when a
-registered type is handled by neither (the way an event used to vanish silently from reads).
+A service declares its events once, in its proto (`domain/events.py` is
+`EventRegistry.declared_in(<service>_pb2)`); its fold and projection handle them with `@handles`;
+`onefold.testing.events.assert_events_handled` fails when a declared type is handled by neither
+(the way an event used to vanish silently from reads).
 """
 
 from __future__ import annotations

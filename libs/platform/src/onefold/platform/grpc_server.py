@@ -124,6 +124,9 @@ class _Guard:
     async def run(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[Any]]) -> Any:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        # A call is counted before its status is sent where the guard sends it (abort_with_status
+        # sends it at once), so whoever saw the answer also sees it counted.
+        counted = False
         parent = extract_context(_metadata(context))
         token = otel_context.attach(parent)
         try:
@@ -138,6 +141,8 @@ class _Guard:
                     span.set_attribute("rpc.grpc.status_code", error.code.value[0])
                     if code in _DENIED:
                         self.interceptor.log_denied(self.method, error)
+                    self._count(code, started)
+                    counted = True
                     await context.abort_with_status(rpc_status.to_status(error.to_status()))
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     code = context.code() or grpc.StatusCode.CANCELLED
@@ -153,12 +158,18 @@ class _Guard:
                     internal = OnefoldError(
                         f"internal error while handling {self.method}; reference {reference} in the service log"
                     )
+                    self._count(code, started)
+                    counted = True
                     await context.abort_with_status(rpc_status.to_status(internal.to_status()))
         finally:
             otel_context.detach(token)
-            service = self.interceptor.service
-            RPC_REQUESTS.labels(service, self.method, code.name).inc()
-            RPC_DURATION.labels(service, self.method).observe(time.perf_counter() - started)
+            if not counted:
+                self._count(code, started)
+
+    def _count(self, code: grpc.StatusCode, started: float) -> None:
+        service = self.interceptor.service
+        RPC_REQUESTS.labels(service, self.method, code.name).inc()
+        RPC_DURATION.labels(service, self.method).observe(time.perf_counter() - started)
 
 
 def _wrap(

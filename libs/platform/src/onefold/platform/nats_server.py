@@ -13,7 +13,6 @@ the config file that holds them is 0600 too.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
@@ -21,7 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,24 +32,30 @@ from onefold.platform.ports import free_port, port_in_use, wait_for_port
 _PR_SET_PDEATHSIG = 1
 
 
-def _resolve_prctl() -> Callable[..., int] | None:
-    try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux: children are not tied to their parent
-        return None
+# Run by a fresh interpreter before the real program: ask Linux to SIGTERM this process when its
+# parent dies (the setting survives exec), give up if the parent is already gone, then become argv.
+_LAUNCHER = f"""
+import ctypes, os, signal, sys
+ctypes.CDLL("libc.so.6", use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
-# Resolved here, in the parent: loading a library or looking up a symbol between fork and exec takes
-# the dynamic loader's lock, which another thread (gRPC's, say) may have held at the fork — the child
-# would wait for it forever.
-_PRCTL = _resolve_prctl()
+def tied_to_parent(argv: Sequence[str]) -> list[str]:
+    """The command line that runs `argv` so that Linux SIGTERMs it when this process dies: no server
+    or service outlives a supervisor or test that was killed.
 
-
-def die_with_parent() -> None:
-    """In a child between fork and exec: ask Linux to SIGTERM it when its parent dies, so no
-    server or service outlives a supervisor or test that was killed."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    The child ties itself, in a small launcher that then execs `argv` (same pid), rather than in a
+    `preexec_fn`: a preexec_fn makes subprocess run Python's fork handlers in the child between
+    fork and exec, gRPC's among them, and while this process has gRPC calls in flight (a supervisor
+    that health-checks, a test that calls its services) those abort the child now and then
+    ("epoll_wait error: Bad file descriptor", SIGABRT) before it ever runs.
+    """
+    if not sys.platform.startswith("linux"):  # elsewhere children are not tied to their parent
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
 
 
 def nats_server_binary() -> str:
@@ -172,11 +177,10 @@ class NatsServerProcess:
         log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         os.fchmod(log.fileno(), 0o600)  # also a log an older release created with the umask's mode
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-c", str(config)],
+            tied_to_parent([nats_server_binary(), "-c", str(config)]),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor, which stops us in order
-            preexec_fn=die_with_parent,
         )
         log.close()
         if not wait_for_port(self.port, self.host, timeout):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
 from onefold.platform.health import wait_for_health
-from onefold.platform.nats_server import NatsServerProcess, die_with_parent
+from onefold.platform.nats_server import NatsServerProcess, tied_to_parent
 from onefold.platform.ports import free_port
 
 
@@ -56,11 +56,10 @@ class ServiceProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"onefold.{self.name}"],
+                tied_to_parent([sys.executable, "-m", f"onefold.{self.name}"]),
                 env=self.env(),
                 stdout=log,
                 stderr=log,
-                preexec_fn=die_with_parent,
             )
         if not wait_for_health(self.target, timeout=timeout):
             self.stop()

@@ -1,25 +1,26 @@
-"""Composition root of the journeys service: its event log, servicers and consumers, wired together.
-
-Nothing here runs at import time; `main()` hands the composition to the platform runner.
-"""
+"""Composition root of the journeys service: its log, the application on it, and the service
+around them (servicers, subscriptions), built in that order. Nothing runs at import time;
+`main()` hands `compose` to the platform runner (`python -m onefold.journeys`)."""
 
 from __future__ import annotations
 
 from onefold.eventlog.service import EventSourcedService, ServiceLog
-from onefold.journeys import application
+from onefold.journeys.application import JourneysApplication
+from onefold.journeys.domain import events
 from onefold.journeys.entrypoints import consumers, grpc
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "journeys"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService[None]:
-    log = ServiceLog(ctx, events=application.event_registry())
+def compose(ctx: ServiceContext) -> EventSourcedService[JourneysApplication]:
+    log = ServiceLog(ctx, events=events.REGISTRY)
+    application = JourneysApplication(log)
     return EventSourcedService(
         ctx,
         log,
-        None,
-        servicers=grpc.registrations(),
+        application,
+        servicers=grpc.registrations(application),
         subscriptions=consumers.subscriptions(),
     )
 

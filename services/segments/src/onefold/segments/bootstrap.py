@@ -1,25 +1,26 @@
-"""Composition root of the segments service: its event log, servicers and consumers, wired together.
-
-Nothing here runs at import time; `main()` hands the composition to the platform runner.
-"""
+"""Composition root of the segments service: its log, the application on it, and the service
+around them (servicers, subscriptions), built in that order. Nothing runs at import time;
+`main()` hands `compose` to the platform runner (`python -m onefold.segments`)."""
 
 from __future__ import annotations
 
 from onefold.eventlog.service import EventSourcedService, ServiceLog
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
-from onefold.segments import application
+from onefold.segments.application import SegmentsApplication
+from onefold.segments.domain import events
 from onefold.segments.entrypoints import consumers, grpc
 
 SERVICE_NAME = "segments"
 
 
-def compose(ctx: ServiceContext) -> EventSourcedService[None]:
-    log = ServiceLog(ctx, events=application.event_registry())
+def compose(ctx: ServiceContext) -> EventSourcedService[SegmentsApplication]:
+    log = ServiceLog(ctx, events=events.REGISTRY)
+    application = SegmentsApplication(log)
     return EventSourcedService(
         ctx,
         log,
-        None,
-        servicers=grpc.registrations(),
+        application,
+        servicers=grpc.registrations(application),
         subscriptions=consumers.subscriptions(),
     )
 

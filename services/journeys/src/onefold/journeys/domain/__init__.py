@@ -1,1 +1,2 @@
-"""The journeys domain: events folded into state, and the invariants that guard them. No I/O."""
+"""The journeys domain: the events it records (`events.py`), the folds of those events into state
+(`Handlers` with `@handles` methods) and the decisions taken on that state. No I/O."""

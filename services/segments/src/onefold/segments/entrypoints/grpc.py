@@ -1,5 +1,7 @@
-"""gRPC servicers of the segments service. Until its API lands it serves the platform's own (health,
-reflection, onefold.platform.v1.PlatformService) and the data-subject contract."""
+"""gRPC servicers of the segments service: they translate requests, call the application and
+translate its answers — no SQL, no business rules. Until its API lands the service serves the
+platform's own (health, reflection, onefold.platform.v1.PlatformService, the event log's) and the
+data-subject contract."""
 
 from __future__ import annotations
 
@@ -9,28 +11,33 @@ import grpc
 
 from onefold.contracts.common.v1 import data_subject_pb2 as pb
 from onefold.contracts.common.v1 import data_subject_pb2_grpc
-from onefold.platform import data_subject
+from onefold.platform import auth, data_subject
 from onefold.platform.data_subject import require_subject
 from onefold.platform.grpc_server import ServiceRegistration
+from onefold.segments.application import SegmentsApplication
 
 
 class SegmentsDataSubjectServicer(data_subject_pb2_grpc.DataSubjectServiceServicer):
-    """Segments stores nothing about a person yet, so its honest answer is an empty export and an
-    erasure of zero records. When it starts storing personal data (or anything keyed by profile),
-    both calls must cover it: a completion record claims every service erased the person."""
+    """Segments' side of the data-subject contract. It keys what it holds by profile, so it answers
+    from `profile_ids` (identity resolves the identifiers to those)."""
+
+    def __init__(self, application: SegmentsApplication) -> None:
+        self.app = application
 
     async def ExportSubject(
         self, request: pb.ExportSubjectRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExportSubjectResponse:
         require_subject(request)
-        return pb.ExportSubjectResponse(counts={"records": 0})
+        counts = await self.app.export_subject(auth.current_workspace(), request.profile_ids)
+        return pb.ExportSubjectResponse(counts=counts)
 
     async def EraseSubject(
         self, request: pb.EraseSubjectRequest, context: grpc.aio.ServicerContext
     ) -> pb.EraseSubjectResponse:
         require_subject(request)
-        return pb.EraseSubjectResponse(counts={"records_erased": 0})
+        counts = await self.app.erase_subject(auth.current_workspace(), request.profile_ids)
+        return pb.EraseSubjectResponse(counts=counts)
 
 
-def registrations() -> Sequence[ServiceRegistration]:
-    return (data_subject.registration(SegmentsDataSubjectServicer()),)
+def registrations(application: SegmentsApplication) -> Sequence[ServiceRegistration]:
+    return (data_subject.registration(SegmentsDataSubjectServicer(application)),)

@@ -1,9 +1,9 @@
-"""Talking to the services from the CLI: where they are, which credential, and one-sentence errors.
+"""The CLI as a client of the services, shared by every command: where they are, which credential,
+and failures as one sentence.
 
-The CLI is a client like any other: it speaks onefold.ingest.v1 (and onefold.identity.v1, see
-profile.py) over gRPC (the generated stubs) and lets the service validate. The target comes from
-`--target` or the data dir's run/endpoints.json (written by `onefold up`); the credential from
-`--token` or ONEFOLD_TOKEN.
+The CLI is a client like any other: it speaks each service's API (the generated stubs) and lets the
+service validate. The target comes from `--target` or the data dir's run/endpoints.json (written
+by `onefold up`); the credential from `--token` or ONEFOLD_TOKEN.
 """
 
 from __future__ import annotations

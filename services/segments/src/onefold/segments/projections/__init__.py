@@ -1,1 +1,0 @@
-"""Read models of the segments service, fed by its events."""
