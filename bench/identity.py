@@ -1347,7 +1347,7 @@ def rebuild_graph(path: Any) -> tuple[float, Any, int]:
 
 
 def rebuild_projection(system: IdentitySystem, directory: Any) -> tuple[float, int]:
-    """Projector(store, [IdentityProjection()]).rebuild() on a copy of the service's database (the
+    """Projector(store, [IdentityProjection(store)]).rebuild() on a copy of the service's database (the
     read model's SQL tables folded again from the whole log, decrypting as the service does)."""
     import sqlite3
     from pathlib import Path
@@ -1376,7 +1376,8 @@ def rebuild_projection(system: IdentitySystem, directory: Any) -> tuple[float, i
     )
     try:
         started = time.perf_counter()
-        folded = Projector(store, [IdentityProjection()]).rebuild(IdentityProjection())
+        projection = IdentityProjection(store)
+        folded = Projector(store, [projection]).rebuild(projection)
         return time.perf_counter() - started, folded
     finally:
         store.close()

@@ -643,7 +643,9 @@ async def segments_service(
 
     ctx = ServiceContext(settings, engine, credentials, connection, set_health=set_health)
     running = RunningService(
-        eventlog_service.EventSourcedService(ctx, eventlog_service.ServiceLog(ctx, events=registry), None),
+        eventlog_service.EventSourcedService(
+            ctx, eventlog_service.ServiceLog(eventlog_service.open_event_store(ctx, registry)), None
+        ),
         connection,
         health,
     )

@@ -20,8 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -339,13 +338,12 @@ class ConsentHarness:
 
 def make_harness(url: str) -> ConsentHarness:
     """The service's log as the bootstrap builds it (ServiceLog), on `url`, with a fresh key."""
-    settings = SimpleNamespace(
-        service="consent",
-        eventlog=SimpleNamespace(key_encryption_key=KeyEncryptionKey.generate().to_text(), key_file=None),
+    store = EventStore(
+        create_engine(url), service="consent", registry=REGISTRY, keys=KeyEncryptionKey.generate()
     )
-    ctx = SimpleNamespace(settings=settings, engine=create_engine(url))
+    store.create_schema()
     projection = ConsentReadModel()
-    log = ServiceLog(cast(Any, ctx), events=REGISTRY, projections=[projection])
+    log = ServiceLog(store, projections=[projection])
     clock = Clock()
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="consent-harness", daemon=True).start()

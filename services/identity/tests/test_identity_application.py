@@ -28,10 +28,8 @@ from onefold.eventlog.service import ServiceLog
 from onefold.identity.adapters.read_model import IdentityProjection
 from onefold.identity.application import IdentityApplication
 from onefold.identity.domain.events import REGISTRY
-from onefold.platform.config import load_settings
 from onefold.platform.database import create_engine
 from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFound
-from onefold.platform.service import ServiceContext
 
 WS = "acme"
 TRACK = ingest_pb2.EVENT_TYPE_TRACK
@@ -47,14 +45,12 @@ def pid(profile_id: str) -> pb.ProfileRef:
     return pb.ProfileRef(profile_id=profile_id)
 
 
-def service_log(engine: sa.Engine, kek: KeyEncryptionKey, data_dir: Path) -> ServiceLog:
+def service_log(engine: sa.Engine, kek: KeyEncryptionKey) -> ServiceLog:
     """The identity service's log on `engine` (its store, read model and writer thread), as the
     service's bootstrap builds it."""
-    settings = load_settings(
-        "identity", env={}, data_dir=str(data_dir), eventlog={"key_encryption_key": kek.to_text()}
-    )
-    ctx = ServiceContext(settings, engine, credentials=None, nats=None)  # type: ignore[arg-type]
-    return ServiceLog(ctx, events=REGISTRY, projections=[IdentityProjection()])
+    store = EventStore(engine, service="identity", registry=REGISTRY, keys=kek)
+    store.create_schema()
+    return ServiceLog(store, projections=[IdentityProjection(store)])
 
 
 @dataclass
@@ -139,7 +135,7 @@ class Identity:
 
     def fresh_app(self) -> IdentityApplication:
         """A new application (a restarted process) on the same database and key."""
-        log = service_log(self.store.engine, self.kek, self.data_dir)
+        log = service_log(self.store.engine, self.kek)
         self.logs.append(log)
         return IdentityApplication(log)
 
@@ -148,7 +144,7 @@ class Identity:
 async def identity(database_url: str, tmp_path: Path) -> AsyncIterator[Identity]:
     engine = create_engine(database_url)
     kek = KeyEncryptionKey.generate()
-    log = service_log(engine, kek, tmp_path)
+    log = service_log(engine, kek)
     identity = Identity(store=log.store, app=IdentityApplication(log), kek=kek, data_dir=tmp_path, logs=[log])
     yield identity
     for each in identity.logs:
@@ -687,7 +683,8 @@ async def test_a_rebuilt_read_model_equals_the_live_one(identity: Identity) -> N
             assert profile.event_count == len(await all_timeline(identity.app, pid(profile.profile_id))), (
                 profile
             )
-    folded = Projector(identity.store, [IdentityProjection()]).rebuild(IdentityProjection(), batch_size=7)
+    projection = IdentityProjection(identity.store)
+    folded = Projector(identity.store, [projection]).rebuild(projection, batch_size=7)
     assert folded == identity.store.head_position()
     assert identity.tables() == live_tables
     # A restarted service (its graph loaded from the rebuilt tables) answers exactly the same.

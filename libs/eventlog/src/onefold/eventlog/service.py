@@ -1,11 +1,12 @@
 """An event-sourced service, composed: what every Onefold service's bootstrap builds.
 
-Two objects, built in this order by the service's `bootstrap.compose`:
+Built in this order by the service's `bootstrap.compose`:
 
-1. `ServiceLog` — the service's own log (EventStore on the service database), its projections with
-   the one write path (`Projector.write` / `record`) and the one writer thread (`Writer`). The
-   application is built on it.
-2. `EventSourcedService` — everything around the application: the outbox relay that publishes the
+1. `open_event_store` — the service's own log (EventStore on the service database, with its
+   key-encryption key); a read model that reads the log (not only the event it folds) is given it.
+2. `ServiceLog` — that store, its projections with the one write path (`Projector.write` /
+   `record`) and the one writer thread (`Writer`). The application is built on it.
+3. `EventSourcedService` — everything around the application: the outbox relay that publishes the
    log to the service's JetStream stream, signed chain digests on the witness stream, the durable
    subscribers to upstream services (their batches run on the writer thread too), the audit and key
    servicers. It refuses to run on a log that is behind or diverges from what it already published
@@ -14,7 +15,8 @@ Two objects, built in this order by the service's `bootstrap.compose`:
    database, see lease.py) runs the relay, digests and subscribers.
 
     def compose(ctx: ServiceContext) -> EventSourcedService[Application]:
-        log = ServiceLog(ctx, events=events.REGISTRY, projections=[projection])
+        store = open_event_store(ctx, events.REGISTRY)
+        log = ServiceLog(store, projections=[ReadModel()])
         app = Application(log, ...)
         return EventSourcedService(ctx, log, app, servicers=grpc.registrations(app), subscriptions=...)
 """
@@ -113,16 +115,24 @@ class Component(Protocol):
     async def stop(self) -> object: ...
 
 
+def open_event_store(ctx: ServiceContext, events: EventRegistry) -> EventStore:
+    """The service's own log on its database, with its key-encryption key (tables created)."""
+    store = EventStore(
+        ctx.engine, service=ctx.settings.service, registry=events, keys=key_encryption_key(ctx.settings)
+    )
+    store.create_schema()
+    return store
+
+
 class ServiceLog:
     """The service's own log, read models and writer thread: what its application is built on."""
 
-    def __init__(
-        self, ctx: ServiceContext, *, events: EventRegistry, projections: Sequence[Projection] = ()
-    ) -> None:
-        self.name = ctx.settings.service
-        self.keys = key_encryption_key(ctx.settings)
-        self.store = EventStore(ctx.engine, service=self.name, registry=events, keys=self.keys)
-        self.store.create_schema()
+    def __init__(self, store: EventStore, *, projections: Sequence[Projection] = ()) -> None:
+        if store.keys is None:
+            raise ConfigError("a service's log needs its key-encryption key (open it with open_event_store)")
+        self.name = store.service
+        self.keys = store.keys
+        self.store = store
         self.projector = Projector(self.store, projections)
         self.projector.create_tables()
         self.writer = Writer(self.name)

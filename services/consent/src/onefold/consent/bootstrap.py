@@ -12,7 +12,7 @@ from onefold.consent.adapters.read_model import ConsentReadModel
 from onefold.consent.application import ConsentApplication
 from onefold.consent.domain.events import REGISTRY
 from onefold.consent.entrypoints import consumers, grpc
-from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog
+from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog, open_event_store
 from onefold.platform.client import Peers
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
@@ -33,7 +33,7 @@ class _PeersChannels:
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[ConsentApplication]:
-    log = ServiceLog(ctx, events=REGISTRY, projections=[ConsentReadModel()])
+    log = ServiceLog(open_event_store(ctx, REGISTRY), projections=[ConsentReadModel()])
     peers = Peers(ctx.settings.peers.model_dump(), ctx.settings.auth.service_token)
     application = ConsentApplication(log, peers)
     leading = log.leading.is_set

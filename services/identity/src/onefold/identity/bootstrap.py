@@ -5,7 +5,7 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService, ServiceLog
+from onefold.eventlog.service import EventSourcedService, ServiceLog, open_event_store
 from onefold.identity.adapters.read_model import IdentityProjection
 from onefold.identity.application import IdentityApplication
 from onefold.identity.domain.events import REGISTRY
@@ -16,8 +16,8 @@ SERVICE_NAME = "identity"
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[IdentityApplication]:
-    projection = IdentityProjection()
-    log = ServiceLog(ctx, events=REGISTRY, projections=[projection])
+    store = open_event_store(ctx, REGISTRY)
+    log = ServiceLog(store, projections=[IdentityProjection(store)])
     identity = IdentityApplication(log)
     return EventSourcedService(
         ctx,

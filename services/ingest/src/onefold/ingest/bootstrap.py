@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog
+from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog, open_event_store
 from onefold.ingest.adapters.read_model import IngestProjection
 from onefold.ingest.application import IngestApplication
 from onefold.ingest.domain.events import REGISTRY
@@ -23,7 +23,7 @@ SERVICE_NAME = "ingest"
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[IngestApplication]:
-    log = ServiceLog(ctx, events=REGISTRY, projections=[IngestProjection()])
+    log = ServiceLog(open_event_store(ctx, REGISTRY), projections=[IngestProjection()])
     tuning = ctx.settings.section(IngestSettings)
     ingest = IngestApplication(
         log,

@@ -4,7 +4,7 @@ around them (servicers, subscriptions), built in that order. Nothing runs at imp
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService, ServiceLog
+from onefold.eventlog.service import EventSourcedService, ServiceLog, open_event_store
 from onefold.journeys.application import JourneysApplication
 from onefold.journeys.domain import events
 from onefold.journeys.entrypoints import consumers, grpc
@@ -14,7 +14,7 @@ SERVICE_NAME = "journeys"
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[JourneysApplication]:
-    log = ServiceLog(ctx, events=events.REGISTRY)
+    log = ServiceLog(open_event_store(ctx, events.REGISTRY))
     application = JourneysApplication(log)
     return EventSourcedService(
         ctx,

@@ -4,7 +4,7 @@ around them (servicers, subscriptions), built in that order. Nothing runs at imp
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService, ServiceLog
+from onefold.eventlog.service import EventSourcedService, ServiceLog, open_event_store
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 from onefold.segments.application import SegmentsApplication
 from onefold.segments.domain import events
@@ -14,7 +14,7 @@ SERVICE_NAME = "segments"
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[SegmentsApplication]:
-    log = ServiceLog(ctx, events=events.REGISTRY)
+    log = ServiceLog(open_event_store(ctx, events.REGISTRY))
     application = SegmentsApplication(log)
     return EventSourcedService(
         ctx,

@@ -25,9 +25,9 @@ from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.identity.v1 import identity_pb2 as pb
-from onefold.eventlog import schema as eventlog_schema
 from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.models import RecordedEvent, to_micros
+from onefold.eventlog.store import EventStore
 from onefold.identity.domain.streams import events_stream
 
 PROJECTION_NAME = "identity"
@@ -151,7 +151,9 @@ class IdentityProjection(Handlers):
     name = PROJECTION_NAME
     tables: Sequence[sa.Table] = (profiles, identifiers, family, trait_index, rules)
 
-    def __init__(self) -> None:
+    def __init__(self, store: EventStore) -> None:
+        # An unmerge re-reads the parts' earlier EventResolved events from the service's own log.
+        self.store = store
         self._stats: dict[str, _Stats] = {}
         self._new_identifiers: dict[tuple[str, str], dict[str, object]] = {}
         self._new_profiles: list[dict[str, object]] = []
@@ -393,17 +395,15 @@ class IdentityProjection(Handlers):
         # Each event (and its counters) goes with the profile holding its first identifier that anyone
         # still holds (as the application reads it: `_belongs`); here, when that is one of the parts.
         streams = [events_stream(workspace, m) for m in members]
-        found: list[tuple[pb.EventResolved, int]] = []
+        found: list[tuple[pb.EventResolved, int]] = []  # (event, occurred µs)
         for chunk in _chunks(streams):
-            rows = conn.execute(
-                sa.select(eventlog_schema.events.c.payload, eventlog_schema.events.c.occurred_at).where(
-                    eventlog_schema.events.c.stream_id.in_(chunk),
-                    eventlog_schema.events.c.type == _RESOLVED,
-                    eventlog_schema.events.c.position < event.position,
-                )
-            )
-            # Public fields only; no key needed.
-            found.extend((pb.EventResolved.FromString(payload), occurred) for payload, occurred in rows)
+            for earlier in self.store.read_streams(
+                chunk, types=[_RESOLVED], before_position=event.position, conn=conn
+            ):
+                # Only public fields are read (keys, profile ids): no subject key is needed.
+                resolved = self.store.decode(earlier, conn=conn, decrypt=False)
+                assert isinstance(resolved, pb.EventResolved)
+                found.append((resolved, to_micros(earlier.occurred_at)))
         holders: dict[str, str] = {}
         for chunk in _chunks(sorted({key for resolved, _ in found for key in resolved.keys})):
             rows = conn.execute(
