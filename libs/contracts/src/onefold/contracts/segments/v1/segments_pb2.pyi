@@ -1539,3 +1539,386 @@ class Backfill(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Backfill: _TypeAlias = Backfill  # noqa: Y015
+
+@_typing.final
+class Occurrence(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    The per-profile state the service keeps on disk (encrypted under the profile's data key), one per
+    (workspace, profile_id). Not an event of the log: it is what the log's change events were decided
+    from, so it can always be rebuilt by folding the profile's history again.
+
+    An event's place in time: (at, event_id) orders events the same way however late they arrive.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_US_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    at_us: _builtins.int
+    """when it happened, microseconds since the epoch"""
+    event_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        at_us: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_us", b"at_us", "event_id", b"event_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Occurrence: _TypeAlias = Occurrence  # noqa: Y015
+
+@_typing.final
+class RecentState(_message.Message):
+    """The latest matching events (at most the number the tests need), newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LATEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def latest(self) -> _containers.RepeatedCompositeFieldContainer[Global___Occurrence]: ...
+    def __init__(
+        self,
+        *,
+        latest: _abc.Iterable[Global___Occurrence] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecentState: _TypeAlias = RecentState  # noqa: Y015
+
+@_typing.final
+class WindowState(_message.Message):
+    """Every matching event younger than the window, oldest first, with the property's value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def occurrences(self) -> _containers.RepeatedCompositeFieldContainer[Global___Occurrence]: ...
+    @_builtins.property
+    def values(self) -> _struct_pb2.ListValue:
+        """one per occurrence"""
+
+    def __init__(
+        self,
+        *,
+        occurrences: _abc.Iterable[Global___Occurrence] | None = ...,
+        values: _struct_pb2.ListValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["values", b"values"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["occurrences", b"occurrences", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WindowState: _TypeAlias = WindowState  # noqa: Y015
+
+@_typing.final
+class AllTimeState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    NUMBERS_FIELD_NUMBER: _builtins.int
+    SUM_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    FIRST_AT_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_AT_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    DISTINCT_FIELD_NUMBER: _builtins.int
+    DISTINCT_COUNTS_FIELD_NUMBER: _builtins.int
+    DISTINCT_FIRST_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """matching events"""
+    numbers: _builtins.int
+    """of which with a numeric property value"""
+    sum: _builtins.str
+    """exact: "numerator/denominator" """
+    @_builtins.property
+    def min(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def max(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def first_at(self) -> Global___Occurrence: ...
+    @_builtins.property
+    def first(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def last_at(self) -> Global___Occurrence: ...
+    @_builtins.property
+    def last(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def distinct(self) -> _struct_pb2.ListValue:
+        """MOST_FREQUENT / UNIQUE_COUNT: each distinct value, how often and when first seen (parallel lists)."""
+
+    @_builtins.property
+    def distinct_counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def distinct_first(self) -> _containers.RepeatedCompositeFieldContainer[Global___Occurrence]: ...
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        numbers: _builtins.int = ...,
+        sum: _builtins.str = ...,
+        min: _struct_pb2.Value | None = ...,
+        max: _struct_pb2.Value | None = ...,
+        first_at: Global___Occurrence | None = ...,
+        first: _struct_pb2.Value | None = ...,
+        last_at: Global___Occurrence | None = ...,
+        last: _struct_pb2.Value | None = ...,
+        distinct: _struct_pb2.ListValue | None = ...,
+        distinct_counts: _abc.Iterable[_builtins.int] | None = ...,
+        distinct_first: _abc.Iterable[Global___Occurrence] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["distinct", b"distinct", "first", b"first", "first_at", b"first_at", "last", b"last", "last_at", b"last_at", "max", b"max", "min", b"min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "distinct", b"distinct", "distinct_counts", b"distinct_counts", "distinct_first", b"distinct_first", "first", b"first", "first_at", b"first_at", "last", b"last", "last_at", b"last_at", "max", b"max", "min", b"min", "numbers", b"numbers", "sum", b"sum"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AllTimeState: _TypeAlias = AllTimeState  # noqa: Y015
+
+@_typing.final
+class AfterState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AFTER_FIELD_NUMBER: _builtins.int
+    THEN_NOT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def after(self) -> Global___Occurrence:
+        """the latest `after` event (unset: none)"""
+
+    @_builtins.property
+    def then_not(self) -> Global___Occurrence:
+        """the latest `then_not` event (unset: none)"""
+
+    def __init__(
+        self,
+        *,
+        after: Global___Occurrence | None = ...,
+        then_not: Global___Occurrence | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "then_not", b"then_not"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "then_not", b"then_not"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AfterState: _TypeAlias = AfterState  # noqa: Y015
+
+@_typing.final
+class PurchasesState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    IN_LOOKBACK_FIELD_NUMBER: _builtins.int
+    REVENUES_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    @_builtins.property
+    def first(self) -> Global___Occurrence: ...
+    @_builtins.property
+    def latest(self) -> _containers.RepeatedCompositeFieldContainer[Global___Occurrence]:
+        """the latest 20, newest first"""
+
+    @_builtins.property
+    def in_lookback(self) -> _containers.RepeatedCompositeFieldContainer[Global___Occurrence]:
+        """every purchase within the lookback, oldest first"""
+
+    @_builtins.property
+    def revenues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """one per in_lookback"""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        first: Global___Occurrence | None = ...,
+        latest: _abc.Iterable[Global___Occurrence] | None = ...,
+        in_lookback: _abc.Iterable[Global___Occurrence] | None = ...,
+        revenues: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first", b"first"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "first", b"first", "in_lookback", b"in_lookback", "latest", b"latest", "revenues", b"revenues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurchasesState: _TypeAlias = PurchasesState  # noqa: Y015
+
+@_typing.final
+class FeatureState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    RECENT_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    ALL_TIME_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
+    PURCHASES_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """the feature's canonical description (domain/definitions.py feature_key)"""
+    @_builtins.property
+    def recent(self) -> Global___RecentState: ...
+    @_builtins.property
+    def window(self) -> Global___WindowState: ...
+    @_builtins.property
+    def all_time(self) -> Global___AllTimeState: ...
+    @_builtins.property
+    def after(self) -> Global___AfterState: ...
+    @_builtins.property
+    def purchases(self) -> Global___PurchasesState: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        recent: Global___RecentState | None = ...,
+        window: Global___WindowState | None = ...,
+        all_time: Global___AllTimeState | None = ...,
+        after: Global___AfterState | None = ...,
+        purchases: Global___PurchasesState | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "all_time", b"all_time", "purchases", b"purchases", "recent", b"recent", "state", b"state", "window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "all_time", b"all_time", "key", b"key", "purchases", b"purchases", "recent", b"recent", "state", b"state", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_state: _TypeAlias = _typing.Literal["recent", "window", "all_time", "after", "purchases"]  # noqa: Y015
+    _WhichOneofArgType_state: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_state) -> _WhichOneofReturnType_state | None: ...
+
+Global___FeatureState: _TypeAlias = FeatureState  # noqa: Y015
+
+@_typing.final
+class OutputState(_message.Message):
+    """What was last emitted for one definition: a segment membership (value true), a tag's value or a
+    computed trait's value. Absent: not a member, no tag, no value.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    SINCE_US_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    since_us: _builtins.int
+    definition_version: _builtins.int
+    @_builtins.property
+    def value(self) -> _struct_pb2.Value: ...
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _struct_pb2.Value | None = ...,
+        since_us: _builtins.int = ...,
+        reasons: _abc.Iterable[Global___Reason] | None = ...,
+        definition_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "name", b"name", "reasons", b"reasons", "since_us", b"since_us", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutputState: _TypeAlias = OutputState  # noqa: Y015
+
+@_typing.final
+class ProfileState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class TraitSetAtEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Occurrence: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Occurrence | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class DueUsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    TRAITS_FIELD_NUMBER: _builtins.int
+    TRAIT_SET_AT_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    DUE_US_FIELD_NUMBER: _builtins.int
+    STARTED_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    started: _builtins.bool
+    """every definition was evaluated once (a new profile's first input)"""
+    @_builtins.property
+    def traits(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def trait_set_at(self) -> _containers.MessageMap[_builtins.str, Global___Occurrence]:
+        """per top-level trait: the setting that stands (later wins)"""
+
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureState]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___OutputState]: ...
+    @_builtins.property
+    def due_us(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per definition: the next moment its output may change by time alone (a timer)."""
+
+    def __init__(
+        self,
+        *,
+        profile_id: _builtins.str = ...,
+        traits: _struct_pb2.Struct | None = ...,
+        trait_set_at: _abc.Mapping[_builtins.str, Global___Occurrence] | None = ...,
+        features: _abc.Iterable[Global___FeatureState] | None = ...,
+        outputs: _abc.Iterable[Global___OutputState] | None = ...,
+        due_us: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        started: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["traits", b"traits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["due_us", b"due_us", "features", b"features", "outputs", b"outputs", "profile_id", b"profile_id", "started", b"started", "trait_set_at", b"trait_set_at", "traits", b"traits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileState: _TypeAlias = ProfileState  # noqa: Y015
