@@ -1811,9 +1811,12 @@ class OutputState(_message.Message):
     SINCE_US_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     since_us: _builtins.int
     definition_version: _builtins.int
+    kind: _builtins.str
+    """the definition's kind ("segment", "tag", …): how to withdraw it once archived"""
     @_builtins.property
     def value(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -1826,10 +1829,11 @@ class OutputState(_message.Message):
         since_us: _builtins.int = ...,
         reasons: _abc.Iterable[Global___Reason] | None = ...,
         definition_version: _builtins.int = ...,
+        kind: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "name", b"name", "reasons", b"reasons", "since_us", b"since_us", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "kind", b"kind", "name", b"name", "reasons", b"reasons", "since_us", b"since_us", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
