@@ -77,7 +77,7 @@ _LIST_OPERAND = frozenset({pb.OPERATOR_IN, pb.OPERATOR_NOT_IN})
 
 
 @dataclass(frozen=True, slots=True)
-class Test:
+class Check:
     """A compiled Predicate. Operands are scalars (checked), so the test is hashable."""
 
     op: int
@@ -96,8 +96,8 @@ class Test:
         return {"op": self.op, "value": self.value, "values": list(self.values)}
 
     @staticmethod
-    def from_json(data: Json) -> Test:
-        return Test(data["op"], data["value"], tuple(data["values"]))
+    def from_json(data: Json) -> Check:
+        return Check(data["op"], data["value"], tuple(data["values"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ class Filter:
 
     type: str = "track"
     name: str = ""
-    where: tuple[tuple[str, Test], ...] = ()
+    where: tuple[tuple[str, Check], ...] = ()
 
     def text(self) -> str:
         label = self.type if not self.name else f"{self.type} {json.dumps(self.name, ensure_ascii=False)}"
@@ -121,7 +121,7 @@ class Filter:
 
     @staticmethod
     def from_json(data: Json) -> Filter:
-        return Filter(data["type"], data["name"], tuple((p, Test.from_json(t)) for p, t in data["where"]))
+        return Filter(data["type"], data["name"], tuple((p, Check.from_json(t)) for p, t in data["where"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,19 +249,19 @@ class Not:
 @dataclass(frozen=True, slots=True)
 class TraitLeaf:
     path: str
-    test: Test
+    test: Check
 
 
 @dataclass(frozen=True, slots=True)
 class ComputedLeaf:
     name: str
-    test: Test
+    test: Check
 
 
 @dataclass(frozen=True, slots=True)
 class TagLeaf:
     name: str
-    test: Test | None  # None: the tag has any value
+    test: Check | None  # None: the tag has any value
 
 
 @dataclass(frozen=True, slots=True)
@@ -664,17 +664,17 @@ class _Checker:
             self.fail(where, "a dotted path of non-empty names is required")
         return path
 
-    def predicate(self, p: pb.Predicate, path: str, numeric: bool = False) -> Test:
+    def predicate(self, p: pb.Predicate, path: str, numeric: bool = False) -> Check:
         op = p.op
         has_value = p.HasField("value")
         value = _scalar(p.value) if has_value else None
         if op == pb.OPERATOR_UNSPECIFIED or op not in pb.Operator.values():
             self.fail(f"{path}.op", "required")
-            return Test(pb.OPERATOR_EXISTS)
+            return Check(pb.OPERATOR_EXISTS)
         if op in _NO_OPERAND:
             if has_value or p.values:
                 self.fail(f"{path}.value", "EXISTS and NOT_EXISTS take no value")
-            return Test(op)
+            return Check(op)
         if op in _LIST_OPERAND:
             if has_value:
                 self.fail(f"{path}.value", "IN and NOT_IN take `values`, not `value`")
@@ -689,7 +689,7 @@ class _Checker:
                     self.fail(f"{path}.values[{i}]", "must be a number: the tested value is a number")
                 else:
                     values.append(_scalar(v))
-            return Test(op, None, tuple(values))
+            return Check(op, None, tuple(values))
         if p.values:
             self.fail(f"{path}.values", "only IN and NOT_IN take `values`")
         kind = p.value.WhichOneof("kind") if has_value else None
@@ -714,7 +714,7 @@ class _Checker:
             self.fail(f"{path}.value", "must be a number: the tested value is a number")
         if kind == "number_value" and not math.isfinite(p.value.number_value):
             self.fail(f"{path}.value", "must be finite")
-        return Test(op, value)
+        return Check(op, value)
 
     def filter(self, f: pb.EventFilter, path: str) -> Filter:
         kind = f.type or "track"
@@ -722,7 +722,7 @@ class _Checker:
             self.fail(f"{path}.type", f"must be one of {', '.join(EVENT_TYPES)}")
         if kind == "identify" and f.event:
             self.fail(f"{path}.event", "identify calls have no name")
-        where: list[tuple[str, Test]] = []
+        where: list[tuple[str, Check]] = []
         for i, w in enumerate(f.where):
             prop = self.path(w.path, f"{path}.where[{i}].path")
             if not w.HasField("predicate"):

@@ -51,7 +51,7 @@ from onefold.segments.domain.definitions import (
     SegmentSpec,
     TagLeaf,
     TagSpec,
-    Test,
+    Check,
     TraitLeaf,
     Window,
     format_duration,
@@ -104,7 +104,7 @@ class View:
 # Predicates and filters.
 
 
-def holds(test: Test, observed: Json) -> bool:
+def holds(test: Check, observed: Json) -> bool:
     """Whether `observed` satisfies `test` (module docstring)."""
     op = test.op
     if op == pb.OPERATOR_EXISTS:
