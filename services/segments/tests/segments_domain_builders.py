@@ -72,7 +72,11 @@ def in_segment(name: str) -> pb.Condition:
 
 
 def performed(
-    name: str = "", min_count: int = 0, max_count: int = 0, within: int | None = None, **where: tuple[str, Any]
+    name: str = "",
+    min_count: int = 0,
+    max_count: int = 0,
+    within: int | None = None,
+    **where: tuple[str, Any],
 ) -> pb.Condition:
     p = pb.Performed(event=event_filter(name, **where), min_count=min_count, max_count=max_count)
     if within is not None:
@@ -153,7 +157,5 @@ def rfm(
 _ids = iter(range(10**9))
 
 
-def event(
-    name: str, at: int, type: str = "track", event_id: str | None = None, **properties: Any
-) -> Event:
+def event(name: str, at: int, type: str = "track", event_id: str | None = None, **properties: Any) -> Event:
     return Event(at, event_id or f"e{next(_ids):09d}", type, name, properties)

@@ -28,9 +28,9 @@ from onefold.contracts.segments.v1 import segments_pb2 as pb
 from onefold.platform.errors import InvalidArgument
 from onefold.segments.domain.definitions import (
     AllTime,
+    Check,
     Filter,
     Recent,
-    Check,
     TraitKey,
     Window,
     compile_workspace,
@@ -124,8 +124,14 @@ def test_unknown_and_wrong_kind_references() -> None:
         tag("t", (trait("a", "EXISTS"), "x")),
     )
     assert found == [
-        ("definitions[0].segment.condition.all_of.conditions[0].in_segment", "no segment of the workspace has this name"),
-        ("definitions[0].segment.condition.all_of.conditions[1].tag.tag", "no tag of the workspace has this name"),
+        (
+            "definitions[0].segment.condition.all_of.conditions[0].in_segment",
+            "no segment of the workspace has this name",
+        ),
+        (
+            "definitions[0].segment.condition.all_of.conditions[1].tag.tag",
+            "no tag of the workspace has this name",
+        ),
         (
             "definitions[0].segment.condition.all_of.conditions[2].computed_trait.computed_trait",
             "no computed trait of the workspace has this name",
@@ -178,7 +184,9 @@ def test_windows_must_be_above_zero() -> None:
 
 
 def test_aggregations_and_properties() -> None:
-    assert violations(computed("c", "SUM")) == [("definitions[0].computed_trait.property", "SUM needs a property")]
+    assert violations(computed("c", "SUM")) == [
+        ("definitions[0].computed_trait.property", "SUM needs a property")
+    ]
     assert paths(computed("c", "MOST_FREQUENT")) == ["definitions[0].computed_trait.property"]
     assert paths(computed("c", "COUNT", "total")) == ["definitions[0].computed_trait.property"]
     assert paths(computed("c", "UNSPECIFIED")) == ["definitions[0].computed_trait.aggregation"]
@@ -192,7 +200,10 @@ def test_operators_against_value_types() -> None:
         try:
             compile_workspace([segment("s", condition)])
         except InvalidArgument as error:
-            return [p.removeprefix("definitions[0].segment.condition.trait.predicate.") for p, _ in error.violations]
+            return [
+                p.removeprefix("definitions[0].segment.condition.trait.predicate.")
+                for p, _ in error.violations
+            ]
         return []
 
     assert check(pred("GT", True)) == ["value"]
@@ -247,7 +258,9 @@ def test_not_performed_after_needs_two_different_filters() -> None:
 
 def test_tags() -> None:
     assert paths(tag("t")) == ["definitions[0].tag.rules"]
-    assert paths(tag("t", (trait("a", "EXISTS"), "x"), copy_trait="city")) == ["definitions[0].tag.copy_trait"]
+    assert paths(tag("t", (trait("a", "EXISTS"), "x"), copy_trait="city")) == [
+        "definitions[0].tag.copy_trait"
+    ]
     assert paths(tag("t", (trait("a", "EXISTS"), ""))) == ["definitions[0].tag.rules[0].value"]
     ws = compile_workspace([tag("city", copy_trait="address.city")])
     assert ws.index[TraitKey("address")] == ("city",)
@@ -286,7 +299,9 @@ def test_lifecycle_thresholds_ascend() -> None:
     ]
     assert paths(lifecycle(relative=-1)) == ["definitions[0].lifecycle.relative"]
     assert paths(lifecycle(reactivated_for=0)) == ["definitions[0].lifecycle.reactivated_for"]
-    compile_workspace([lifecycle(churning_after=DAY, dormant_after=2 * DAY, lost_after=3 * DAY, relative=1.5)])
+    compile_workspace(
+        [lifecycle(churning_after=DAY, dormant_after=2 * DAY, lost_after=3 * DAY, relative=1.5)]
+    )
 
 
 def test_batch_definitions_need_a_schedule_and_are_not_in_the_realtime_index() -> None:
@@ -306,19 +321,29 @@ def test_validate_one_definition_against_the_workspace() -> None:
     with pytest.raises(InvalidArgument) as caught:
         validate(segment("s", all_of(in_segment("old"), trait("plan", "GT", True))), others)
     assert caught.value.violations == [
-        ("definition.segment.condition.all_of.conditions[0].in_segment", "no segment of the workspace has this name"),
-        ("definition.segment.condition.all_of.conditions[1].trait.predicate.value", "GT, GE, LT, LE compare numbers or strings"),
+        (
+            "definition.segment.condition.all_of.conditions[0].in_segment",
+            "no segment of the workspace has this name",
+        ),
+        (
+            "definition.segment.condition.all_of.conditions[1].trait.predicate.value",
+            "GT, GE, LT, LE compare numbers or strings",
+        ),
     ]
     # A broken peer is not this definition's problem; a cycle through it is.
     with pytest.raises(InvalidArgument) as caught:
         validate(segment("buyers", in_segment("s")), [segment("s", in_segment("buyers"))])
-    assert caught.value.violations == [("definition.segment.condition.in_segment", "forms a cycle: buyers -> s -> buyers")]
+    assert caught.value.violations == [
+        ("definition.segment.condition.in_segment", "forms a cycle: buyers -> s -> buyers")
+    ]
 
 
 def test_violations_never_quote_the_definitions_values() -> None:
     secret = "ann@example.com"
     with pytest.raises(InvalidArgument) as caught:
-        compile_workspace([segment("s", trait("email", "GT", [secret])), segment("t", trait("email", "STARTS_WITH", 5))])
+        compile_workspace(
+            [segment("s", trait("email", "GT", [secret])), segment("t", trait("email", "STARTS_WITH", 5))]
+        )
     text = caught.value.message + repr(caught.value.violations)
     assert secret not in text
 

@@ -33,6 +33,7 @@ from onefold.segments.domain import lifecycle, rfm
 from onefold.segments.domain.definitions import (
     AllOf,
     AnyOf,
+    Check,
     Compiled,
     ComputedLeaf,
     ComputedSpec,
@@ -51,7 +52,6 @@ from onefold.segments.domain.definitions import (
     SegmentSpec,
     TagLeaf,
     TagSpec,
-    Check,
     TraitLeaf,
     Window,
     format_duration,
