@@ -39,8 +39,14 @@ def thresholds(spec: LifecycleSpec, latest: list[Occurrence], count: int) -> tup
         return absolute
     times = sorted(at for at, _ in latest)
     median = statistics.median(b - a for a, b in itertools.pairwise(times))
-    scaled = math.ceil(spec.relative * median)
-    return (max(absolute[0], scaled), max(absolute[1], scaled), max(absolute[2], scaled))
+    factor = spec.relative * median / spec.churning_after
+    if factor <= 1:
+        return absolute
+    return (
+        math.ceil(absolute[0] * factor),
+        math.ceil(absolute[1] * factor),
+        math.ceil(absolute[2] * factor),
+    )
 
 
 def stage(
