@@ -32,7 +32,7 @@ from onefold.segments.domain.evaluate import Reason, holds, matches, tag_text
 from onefold.segments.domain.features import Event
 from onefold.segments.domain.fold import ProfileState, Resolved, TraitsSet, advance, apply, recompute
 
-O = pb.Operator
+OP = pb.Operator
 
 
 def check(op: int, value: Any = None, values: tuple[Any, ...] = ()) -> Check:
@@ -42,35 +42,35 @@ def check(op: int, value: Any = None, values: tuple[Any, ...] = ()) -> Check:
 @pytest.mark.parametrize(
     ("test", "observed", "expected"),
     [
-        (check(O.OPERATOR_EQ, 1.0), 1, True),  # numbers as numbers
-        (check(O.OPERATOR_EQ, 1.0), "1", False),  # a string is not a number
-        (check(O.OPERATOR_EQ, 1.0), True, False),  # nor a boolean
-        (check(O.OPERATOR_EQ, True), True, True),
-        (check(O.OPERATOR_EQ, True), 1.0, False),
-        (check(O.OPERATOR_EQ, "Gold"), "gold", False),  # strings exactly
-        (check(O.OPERATOR_NE, "gold"), "silver", True),
-        (check(O.OPERATOR_NE, "gold"), None, False),  # missing: only NOT_EXISTS holds
-        (check(O.OPERATOR_GT, 3.0), 3.5, True),
-        (check(O.OPERATOR_GT, 3.0), 3.0, False),
-        (check(O.OPERATOR_GE, 3.0), 3.0, True),
-        (check(O.OPERATOR_LT, 3.0), "2", False),  # no coercion
-        (check(O.OPERATOR_LE, "2026-01-01"), "2025-12-31T23:00:00Z", True),  # ISO dates order as text
-        (check(O.OPERATOR_GT, 3.0), None, False),
-        (check(O.OPERATOR_IN, None, ("a", 2.0)), 2, True),
-        (check(O.OPERATOR_IN, None, ("a", 2.0)), "b", False),
-        (check(O.OPERATOR_NOT_IN, None, ("a", 2.0)), "b", True),
-        (check(O.OPERATOR_NOT_IN, None, ("a",)), None, False),
-        (check(O.OPERATOR_CONTAINS, "ld"), "gold", True),
-        (check(O.OPERATOR_CONTAINS, "x"), ["x", "y"], True),
-        (check(O.OPERATOR_CONTAINS, 2.0), [1, 2], True),
-        (check(O.OPERATOR_CONTAINS, "x"), ["xy"], False),
-        (check(O.OPERATOR_CONTAINS, "1"), 12, False),
-        (check(O.OPERATOR_STARTS_WITH, "go"), "gold", True),
-        (check(O.OPERATOR_STARTS_WITH, "go"), ["gold"], False),
-        (check(O.OPERATOR_EXISTS), "", True),
-        (check(O.OPERATOR_EXISTS), None, False),
-        (check(O.OPERATOR_NOT_EXISTS), None, True),
-        (check(O.OPERATOR_NOT_EXISTS), 0, False),
+        (check(OP.OPERATOR_EQ, 1.0), 1, True),  # numbers as numbers
+        (check(OP.OPERATOR_EQ, 1.0), "1", False),  # a string is not a number
+        (check(OP.OPERATOR_EQ, 1.0), True, False),  # nor a boolean
+        (check(OP.OPERATOR_EQ, True), True, True),
+        (check(OP.OPERATOR_EQ, True), 1.0, False),
+        (check(OP.OPERATOR_EQ, "Gold"), "gold", False),  # strings exactly
+        (check(OP.OPERATOR_NE, "gold"), "silver", True),
+        (check(OP.OPERATOR_NE, "gold"), None, False),  # missing: only NOT_EXISTS holds
+        (check(OP.OPERATOR_GT, 3.0), 3.5, True),
+        (check(OP.OPERATOR_GT, 3.0), 3.0, False),
+        (check(OP.OPERATOR_GE, 3.0), 3.0, True),
+        (check(OP.OPERATOR_LT, 3.0), "2", False),  # no coercion
+        (check(OP.OPERATOR_LE, "2026-01-01"), "2025-12-31T23:00:00Z", True),  # ISO dates order as text
+        (check(OP.OPERATOR_GT, 3.0), None, False),
+        (check(OP.OPERATOR_IN, None, ("a", 2.0)), 2, True),
+        (check(OP.OPERATOR_IN, None, ("a", 2.0)), "b", False),
+        (check(OP.OPERATOR_NOT_IN, None, ("a", 2.0)), "b", True),
+        (check(OP.OPERATOR_NOT_IN, None, ("a",)), None, False),
+        (check(OP.OPERATOR_CONTAINS, "ld"), "gold", True),
+        (check(OP.OPERATOR_CONTAINS, "x"), ["x", "y"], True),
+        (check(OP.OPERATOR_CONTAINS, 2.0), [1, 2], True),
+        (check(OP.OPERATOR_CONTAINS, "x"), ["xy"], False),
+        (check(OP.OPERATOR_CONTAINS, "1"), 12, False),
+        (check(OP.OPERATOR_STARTS_WITH, "go"), "gold", True),
+        (check(OP.OPERATOR_STARTS_WITH, "go"), ["gold"], False),
+        (check(OP.OPERATOR_EXISTS), "", True),
+        (check(OP.OPERATOR_EXISTS), None, False),
+        (check(OP.OPERATOR_NOT_EXISTS), None, True),
+        (check(OP.OPERATOR_NOT_EXISTS), 0, False),
     ],
 )
 def test_predicates(test: Check, observed: Any, expected: bool) -> None:
@@ -168,7 +168,7 @@ def test_tag_and_segment_and_computed_references() -> None:
             (
                 pb.Condition(
                     computed_trait=pb.ComputedTraitTest(
-                        computed_trait="orders", predicate=pb.Predicate(op=O.OPERATOR_GE, value=_v(2))
+                        computed_trait="orders", predicate=pb.Predicate(op=OP.OPERATOR_GE, value=_v(2))
                     )
                 ),
                 "repeat",
