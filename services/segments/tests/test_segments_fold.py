@@ -184,10 +184,20 @@ def test_recompute_evaluates_batch_definitions() -> None:
     nightly = segment("nightly", performed("a"))
     nightly.evaluation = pb.EVALUATION_BATCH
     nightly.schedule = "0 3 * * *"
-    ws = compile_workspace([nightly])
+    nightly.segment.condition.performed.within.CopyFrom(dur(DAY))
+    ws = compile_workspace([nightly, segment("reader", in_segment("nightly"))])
     state = ProfileState("p")
     assert apply(ws, state, Resolved(event("a", T0)), T0).changes == []
-    assert [type(c) for c in recompute(ws, state, T0 + 1).changes] == [Entered]
+    assert state.next_timer() is None  # no timers for a BATCH definition
+    changes = recompute(ws, state, T0 + 1, ["nightly"]).changes
+    assert [(type(c), c.name) for c in changes] == [(Entered, "nightly"), (Entered, "reader")]
+    assert state.next_timer() is None
+    assert advance(ws, state, T0 + 2 * DAY).changes == []  # still a member until the next run
+    fresh = ProfileState("q")
+    apply(ws, fresh, Resolved(event("a", T0)), T0)
+    fresh_changes = recompute(ws, ProfileState.from_proto(fresh.to_proto()), T0 + 2 * DAY).changes
+    assert fresh_changes == []  # the event is out of the window by the time of the run
+    assert [type(c) for c in recompute(ws, ProfileState("r"), T0).changes] == []
 
 
 # ------------------------------------------------------------------------------------------------
@@ -206,7 +216,11 @@ def workspaces(draw: st.DrawFn) -> list[pb.Definition]:
         options: list[st.SearchStrategy[pb.Condition]] = [
             st.builds(
                 lambda n, lo, extra, w, v: performed(
-                    n, min_count=lo, max_count=(lo + extra - 1) if extra else 0, within=w, **({"v": ("GE", v)} if v is not None else {})
+                    n,
+                    min_count=lo,
+                    max_count=(lo + extra - 1) if extra else 0,
+                    within=w,
+                    **({"v": ("GE", v)} if v is not None else {}),
                 ),
                 st.sampled_from(NAMES),
                 st.integers(1, 3),
@@ -222,7 +236,11 @@ def workspaces(draw: st.DrawFn) -> list[pb.Definition]:
         ]
         numeric = [n for n, k in kinds.items() if k == "numeric"]
         if numeric:
-            options.append(st.builds(lambda n, v: computed_test(n, "GE", v), st.sampled_from(numeric), st.integers(0, 12)))
+            options.append(
+                st.builds(
+                    lambda n, v: computed_test(n, "GE", v), st.sampled_from(numeric), st.integers(0, 12)
+                )
+            )
         segments = [n for n, k in kinds.items() if k == "segment"]
         if segments:
             options.append(st.sampled_from(segments).map(in_segment))
@@ -254,7 +272,9 @@ def workspaces(draw: st.DrawFn) -> list[pb.Definition]:
             kinds[name] = "tag"
         elif kind == "computed":
             aggregation = draw(
-                st.sampled_from(["COUNT", "SUM", "AVG", "MIN", "MAX", "FIRST", "LAST", "MOST_FREQUENT", "UNIQUE_COUNT"])
+                st.sampled_from(
+                    ["COUNT", "SUM", "AVG", "MIN", "MAX", "FIRST", "LAST", "MOST_FREQUENT", "UNIQUE_COUNT"]
+                )
             )
             prop = "" if aggregation == "COUNT" else draw(st.sampled_from(["v", "c"]))
             window = draw(st.one_of(st.none(), windows))
@@ -277,7 +297,9 @@ def workspaces(draw: st.DrawFn) -> list[pb.Definition]:
                 purchases=pb.Purchases(event=event_filter("c"), revenue_property="v"),
                 lookback=dur(12 * HOUR),
                 cut_offs=pb.Rfm.CutOffs(
-                    recency_days=[1 / 24, 2 / 24, 4 / 24, 6 / 24], frequency=[2, 3, 4, 5], monetary=[1, 5, 10, 20]
+                    recency_days=[1 / 24, 2 / 24, 4 / 24, 6 / 24],
+                    frequency=[2, 3, 4, 5],
+                    monetary=[1, 5, 10, 20],
                 ),
             )
             definitions.append(pb.Definition(name=name, version=1, rfm=r))
@@ -287,7 +309,10 @@ def workspaces(draw: st.DrawFn) -> list[pb.Definition]:
 
 properties = st.fixed_dictionaries(
     {},
-    optional={"v": st.one_of(st.integers(0, 10), st.sampled_from(["s", "t"])), "c": st.sampled_from(["x", "y", "z"])},
+    optional={
+        "v": st.one_of(st.integers(0, 10), st.sampled_from(["s", "t"])),
+        "c": st.sampled_from(["x", "y", "z"]),
+    },
 )
 steps = st.lists(
     st.one_of(
@@ -302,7 +327,9 @@ steps = st.lists(
             st.just("traits"),
             st.integers(0, 3),
             st.integers(0, 2),
-            st.fixed_dictionaries({}, optional={"plan": st.sampled_from(["gold", "free"]), "age": st.integers(0, 60)}),
+            st.fixed_dictionaries(
+                {}, optional={"plan": st.sampled_from(["gold", "free"]), "age": st.integers(0, 60)}
+            ),
             st.none(),
         ),
     ),
@@ -341,12 +368,14 @@ def _batch(ws: Workspace, inputs: list[tuple[int, Input]], now: int) -> ProfileS
     return state
 
 
-SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
 @given(workspaces(), steps, st.integers(0, 30))
-def test_batch_equals_incremental(definitions: list[pb.Definition], raw: list[tuple[Any, ...]], extra_h: int) -> None:
+def test_batch_equals_incremental(
+    definitions: list[pb.Definition], raw: list[tuple[Any, ...]], extra_h: int
+) -> None:
     ws = compile_workspace(definitions)
     inputs = _inputs(raw, "e")
     now = inputs[-1][0] + extra_h * HOUR

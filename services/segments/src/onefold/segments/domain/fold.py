@@ -18,8 +18,11 @@ Timers are per definition: `due[name]` is the earliest moment its value may chan
 `next_timer` is the earliest of them; firing late is fine (`advance` and `apply` both evaluate every
 definition due at or before `now`), firing early only costs an evaluation.
 
-Realtime definitions only: BATCH definitions are left to `recompute` on their schedule, though
-their accumulators are kept current so a recompute needs no history.
+Realtime definitions only: BATCH definitions are left to `recompute` on their schedule (no timers),
+though their accumulators are kept current so a recompute needs no history.
+
+Each input is applied exactly once (the subscriber's tracking row guarantees it): counts and sums
+would count a replayed event twice.
 """
 
 from __future__ import annotations
@@ -359,23 +362,25 @@ def _settle(
     for name in sorted(set(state.outputs) - set(workspace.definitions)):
         gone = state.outputs.pop(name)
         changes.append(_undo(name, gone, "archived", gone.version))
-    for name in [n for n in state.due if n not in workspace.definitions]:
+    for name in [
+        n for n in state.due if n not in workspace.definitions or not workspace.definitions[n].realtime
+    ]:
         del state.due[name]
+    chosen: set[str]
     if everything or not state.started:
-        names = [n for n in workspace.order if workspace.definitions[n].realtime]
+        chosen = {n for n in workspace.order if workspace.definitions[n].realtime}
         state.started = True
     else:
-        due = [n for n, moment in state.due.items() if moment <= now]
-        names = workspace.affected(keys, [*due, *extra])
-        if extra:
-            explicit = set(extra)
-            names = [n for n in workspace.order if n in explicit or n in set(names)]
+        chosen = set(workspace.affected(keys, [n for n, moment in state.due.items() if moment <= now]))
+    explicit = [n for n in extra if n in workspace.definitions]
+    chosen.update(explicit, workspace.affected((), explicit))
+    names = [n for n in workspace.order if n in chosen]
     outputs = {name: output.value for name, output in state.outputs.items()}
     for name in names:
         compiled = workspace.definitions[name]
         view = View(state.traits, state.features, outputs, now, workspace.rfm_boundaries)
         answer = evaluate(compiled, view)
-        if answer.due is None:
+        if answer.due is None or not compiled.realtime:  # BATCH: only on its schedule
             state.due.pop(name, None)
         else:
             state.due[name] = answer.due
