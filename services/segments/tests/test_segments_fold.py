@@ -396,3 +396,40 @@ def test_a_merge_equals_one_profile_with_both_histories(
     apply(ws, survivor, Merged(other), now)
     together = sorted(a + b, key=lambda step: step[0])
     assert survivor.values() == _batch(ws, together, now).values()
+
+
+def test_an_event_re_evaluates_only_what_it_can_affect(monkeypatch: Any) -> None:
+    from onefold.segments.domain import fold
+
+    ws = compile_workspace(
+        [
+            segment("a_buyers", performed("a")),
+            segment("b_buyers", performed("b")),
+            segment("both", all_of(in_segment("a_buyers"), trait("plan", "EXISTS"))),
+            computed("b_count", "COUNT", event="b"),
+            tag("plan", copy_trait="plan"),
+        ]
+    )
+    state = ProfileState("p")
+    apply(ws, state, Resolved(event("x", T0)), T0)  # the first input evaluates everything
+    seen: list[str] = []
+    real = fold.evaluate
+
+    def spy(compiled: Any, view: Any) -> Any:
+        seen.append(compiled.name)
+        return real(compiled, view)
+
+    monkeypatch.setattr(fold, "evaluate", spy)
+    apply(ws, state, Resolved(event("a", T0)), T0)
+    assert seen == ["a_buyers", "both"]
+    seen.clear()
+    apply(ws, state, Resolved(event("b", T0)), T0)
+    assert sorted(seen) == ["b_buyers", "b_count"]
+    seen.clear()
+    apply(ws, state, TraitsSet({"plan": "gold"}, (T0, "t")), T0)
+    assert sorted(seen) == ["both", "plan"]
+    seen.clear()
+    apply(ws, state, TraitsSet({"plan": "gold"}, (T0 + 1, "u")), T0 + 1)  # the same value: nothing
+    assert seen == []
+    apply(ws, state, Resolved(event("c", T0)), T0 + 1)
+    assert seen == []

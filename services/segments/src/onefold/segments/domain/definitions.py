@@ -109,9 +109,12 @@ class Filter:
     where: tuple[tuple[str, Check], ...] = ()
 
     def text(self) -> str:
-        label = self.type if not self.name else f"{self.type} {json.dumps(self.name, ensure_ascii=False)}"
-        if self.type == "track" and self.name:
-            label = json.dumps(self.name, ensure_ascii=False)
+        # A named track event reads as its quoted name; anything else says its type first.
+        quoted = json.dumps(self.name, ensure_ascii=False)
+        if self.name:
+            label = quoted if self.type == "track" else f"{self.type} {quoted}"
+        else:
+            label = f"any {self.type}"
         for path, test in self.where:
             label += f" where {path} {test.text()}"
         return label

@@ -24,7 +24,7 @@ dotted into objects ("address.city").
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -213,6 +213,7 @@ def _leaf(node: Node, view: View) -> tuple[bool, str, Json, Micros | None]:
             text += f" <= {node.max_count}"
         if node.within:
             text += f" within {format_duration(node.within)}"
+        # The count is exact up to what the test needs (the feature keeps max(N, M + 1) times).
         ranks = (node.min_count, node.max_count + 1) if node.max_count else (node.min_count,)
         return value, text, float(count), acc.next_change(now, node.within, ranks)
     if isinstance(node, NotAfterLeaf):
@@ -228,9 +229,8 @@ def _leaf(node: Node, view: View) -> tuple[bool, str, Json, Micros | None]:
     raise TypeError(f"not a leaf: {type(node).__name__}")
 
 
-def _earliest(moments: object) -> Micros | None:
-    present = [m for m in moments if m is not None]  # type: ignore[attr-defined]
-    return min(present, default=None)
+def _earliest(moments: Iterable[Micros | None]) -> Micros | None:
+    return min((m for m in moments if m is not None), default=None)
 
 
 # ------------------------------------------------------------------------------------------------

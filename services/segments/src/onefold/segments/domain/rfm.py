@@ -62,7 +62,8 @@ def recency_score(age: Micros, bounds_days: Bounds) -> int:
 
 
 def _micros(days: float) -> Micros:
-    return math.ceil(days * DAY) if math.isfinite(days) else 2**62
+    """Days as microseconds, rounded: a boundary computed as age / DAY maps back to that age."""
+    return round(days * DAY) if math.isfinite(days) else 2**62
 
 
 def cell(cells: Sequence[Cell], r: int, f: int) -> str | None:
