@@ -400,11 +400,12 @@ class Workspace:
 
 def validate(
     definition: pb.Definition, others: Iterable[pb.Definition] = (), prefix: str = "definition"
-) -> None:
+) -> Workspace:
     """Check one definition (ApplyDefinition) against the workspace's other live definitions:
-    raises InvalidArgument naming every problem as (field path, reason)."""
+    raises InvalidArgument naming every problem as (field path, reason) under `prefix`; else the
+    workspace as it would be with it (for a preview). Problems of the others are not its own."""
     peers = [d for d in others if d.name != definition.name and not d.archived]
-    compile_workspace([*peers, definition], prefixes={definition.name: prefix}, only=definition.name)
+    return compile_workspace([*peers, definition], prefixes={definition.name: prefix}, only=definition.name)
 
 
 def compile_workspace(

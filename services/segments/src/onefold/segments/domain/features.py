@@ -301,8 +301,9 @@ class AllTimeAcc:
         if self.feature.distinct:
             key = canonical(value)
             seen = self.distinct.get(key)
-            if seen is not None:
-                self.distinct[key] = (seen[0] + 1, min(seen[1], occurrence), seen[2])
+            if seen is not None:  # the earliest occurrence's spelling of the value stands (1 vs 1.0)
+                earliest = (occurrence, value) if occurrence < seen[1] else (seen[1], seen[2])
+                self.distinct[key] = (seen[0] + 1, *earliest)
             elif len(self.distinct) < MAX_DISTINCT:
                 self.distinct[key] = (1, occurrence, value)
 
@@ -324,7 +325,8 @@ class AllTimeAcc:
         for key, (count, first, value) in other.distinct.items():
             seen = self.distinct.get(key)
             if seen is not None:
-                self.distinct[key] = (seen[0] + count, min(seen[1], first), seen[2])
+                earliest = (first, value) if first < seen[1] else (seen[1], seen[2])
+                self.distinct[key] = (seen[0] + count, *earliest)
             elif len(self.distinct) < MAX_DISTINCT:
                 self.distinct[key] = (count, first, value)
 
