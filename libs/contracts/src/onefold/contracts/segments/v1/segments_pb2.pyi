@@ -569,8 +569,9 @@ Global___Purchases: _TypeAlias = Purchases  # noqa: Y015
 class Lifecycle(_message.Message):
     """Lifecycle stage tag: registered → first_purchase → active (repeat) → churning → dormant → lost,
     and reactivated (a purchase after churning, dormant or lost). Each threshold is a time since the
-    last purchase; with `relative`, a customer with at least three purchases uses `relative` times
-    their own median time between purchases instead, when that is longer.
+    last purchase, reached at exactly that time; with `relative`, a customer with at least three
+    purchases starts churning at `relative` times their own median time between purchases instead,
+    when that is longer, and the dormant and lost thresholds move by the same factor.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -630,7 +631,8 @@ class Rfm(_message.Message):
     @_typing.final
     class CutOffs(_message.Message):
         """Scores from workspace quintiles, recomputed on `schedule` (the cut-offs in between are those of
-        the last run), or from fixed cut-offs: four ascending boundaries per measure.
+        the last run), or from fixed cut-offs: four ascending boundaries per measure. A value at or above
+        a boundary has reached it: score = 1 + boundaries reached (recency: 5 - boundaries reached).
         """
 
         DESCRIPTOR: _descriptor.Descriptor
@@ -702,7 +704,10 @@ class Rfm(_message.Message):
 
     @_builtins.property
     def cells(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rfm.Cell]:
-        """unset: Champions, Loyal, … Hibernating (docs/segments.md)"""
+        """Unset: the default cells, first match wins: Champions (R 5, F 4-5), Loyal (3-4, 4-5), Potential
+        Loyalists (4-5, 2-3), New (5, 1), Promising (4, 1), Need Attention (3, 3), About to Sleep (3, 1-2),
+        At Risk (1-2, 3-4), Can't Lose (1-2, 5), Hibernating (1-2, 1-2).
+        """
 
     def __init__(
         self,
