@@ -433,3 +433,42 @@ def test_an_event_re_evaluates_only_what_it_can_affect(monkeypatch: Any) -> None
     assert seen == []
     apply(ws, state, Resolved(event("c", T0)), T0 + 1)
     assert seen == []
+
+
+def test_the_stored_states_personal_fields_are_marked() -> None:
+    """Everything holding a trait, a property value or an observed value is personal."""
+    from onefold.contracts.options.v1 import options_pb2
+
+    def personal(message: Any) -> set[str]:
+        return {
+            f"{message.DESCRIPTOR.name}.{f.name}"
+            for f in message.DESCRIPTOR.fields
+            if f.GetOptions().Extensions[options_pb2.pii]
+        }
+
+    marked = set().union(
+        *(
+            personal(m)
+            for m in (
+                pb.ProfileState,
+                pb.WindowState,
+                pb.AllTimeState,
+                pb.PurchasesState,
+                pb.OutputState,
+                pb.Reason,
+            )
+        )
+    )
+    assert marked == {
+        "ProfileState.traits",
+        "WindowState.values",
+        "AllTimeState.sum",
+        "AllTimeState.min",
+        "AllTimeState.max",
+        "AllTimeState.first",
+        "AllTimeState.last",
+        "AllTimeState.distinct",
+        "PurchasesState.revenues",
+        "OutputState.value",
+        "Reason.observed",
+    }
