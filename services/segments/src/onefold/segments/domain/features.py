@@ -236,9 +236,9 @@ class WindowAcc:
         self.entries = sorted(merged.items(), key=lambda e: e[0])
 
     def next_change(self, now: Micros) -> Micros | None:
-        """The oldest entry leaves at exactly its time + window."""
-        moments = [o[0] + self.feature.window for o, _ in self.entries if o[0] + self.feature.window > now]
-        return min(moments, default=None)
+        """The oldest entry still inside leaves at exactly its time + window."""
+        first = bisect.bisect_right(self.entries, now - self.feature.window, key=lambda e: e[0][0])
+        return self.entries[first][0][0] + self.feature.window if first < len(self.entries) else None
 
     def aggregate(self, aggregation: int, now: Micros) -> Json:
         """The aggregation over the entries inside the window at `now` (expired or not yet)."""
@@ -498,8 +498,10 @@ class PurchasesAcc:
         """The next purchase leaving the lookback (stage thresholds are lifecycle.py's)."""
         if not self.feature.lookback:
             return None
-        moments = [o[0] + self.feature.lookback for o, _ in self.in_lookback]
-        return min((m for m in moments if m > now), default=None)
+        first = bisect.bisect_right(self.in_lookback, now - self.feature.lookback, key=lambda e: e[0][0])
+        return (
+            self.in_lookback[first][0][0] + self.feature.lookback if first < len(self.in_lookback) else None
+        )
 
     def to_proto(self) -> pb.FeatureState:
         state = pb.PurchasesState(
