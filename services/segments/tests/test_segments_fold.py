@@ -45,6 +45,7 @@ from onefold.segments.domain.fold import (
     TraitsSet,
     advance,
     apply,
+    backfill,
     close,
     recompute,
     resolved,
@@ -472,3 +473,26 @@ def test_the_stored_states_personal_fields_are_marked() -> None:
         "OutputState.value",
         "Reason.observed",
     }
+
+
+def test_a_new_definition_is_backfilled_from_history_once() -> None:
+    before = [segment("buyers", performed("a"))]
+    after = [
+        *before,
+        segment("twice", performed("a", min_count=2, within=DAY)),
+        computed("n", "COUNT", event="a"),
+    ]
+    history = [event("a", T0), event("a", T0 + HOUR), event("b", T0 + HOUR)]
+    old, new = compile_workspace(before), compile_workspace(after)
+    state = ProfileState("p")
+    apply(old, state, Resolved(history[0]), T0)
+    for e in history[1:]:  # live under the new definitions, before the backfill reached the profile
+        apply(new, state, Resolved(e), e.at)
+    added = set(new.features) - set(old.features)
+    for _ in range(2):  # resumed: the same answer
+        result = backfill(new, state, history, added, T0 + 2 * HOUR)
+    assert state.values() == {"buyers": True, "twice": True, "n": 2.0}
+    assert result.changes == []  # the second run changes nothing
+    expected = _batch(new, [(e.at, Resolved(e)) for e in history], T0 + 2 * HOUR)
+    assert state.values() == expected.values()
+    assert state.next_timer() == expected.next_timer() == T0 + DAY

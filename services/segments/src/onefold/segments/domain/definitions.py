@@ -905,7 +905,3 @@ def format_duration(micros: Micros) -> str:
         if micros % size == 0:
             return f"{micros // size}{unit}"
     return f"{micros}us"
-
-
-def duration_micros(d: duration_pb2.Duration) -> Micros:
-    return d.seconds * SECOND + d.nanos // 1000

@@ -312,6 +312,35 @@ def recompute(
     return _settle(workspace, state, now, set(), False, "condition", "", extra=chosen)
 
 
+def backfill(
+    workspace: Workspace,
+    state: ProfileState,
+    history: Iterable[Event],
+    features: Iterable[Feature],
+    now: Micros,
+) -> Result:
+    """A new or changed definition needs features the profile's accumulators never saw: rebuild
+    those (and only those: the others observed every event already) from the profile's history
+    records, then re-evaluate the definitions reading them. Idempotent: the features restart empty,
+    so a backfill resumed after a crash, or racing events that arrived live meanwhile (they are in
+    the history too), counts each event once."""
+    _sync(workspace, state)
+    fresh = {f: new_accumulator(f) for f in features if f in state.features}
+    state.features.update(fresh)
+    for e in history:
+        for feature, acc in fresh.items():
+            if isinstance(acc, AfterAcc):
+                assert isinstance(feature, After)
+                if matches(feature.after, e):
+                    acc.observe_after(e)
+                if matches(feature.then_not, e):
+                    acc.observe_then_not(e)
+            elif not isinstance(feature, After) and matches(feature.filter, e):
+                acc.observe(e)
+    readers = [n for n in workspace.order if set(workspace.definitions[n].features) & fresh.keys()]
+    return recompute(workspace, state, now, readers)
+
+
 def close(state: ProfileState, why: str, versions: Mapping[str, int] | None = None) -> Result:
     """Every output of the profile withdrawn (it was merged into another, or erased): the exits and
     removals to append on its stream. The state is emptied of outputs and timers."""
