@@ -21,6 +21,10 @@ definition due at or before `now`), firing early only costs an evaluation.
 Realtime definitions only: BATCH definitions are left to `recompute` on their schedule (no timers),
 though their accumulators are kept current so a recompute needs no history.
 
+`backfill` rebuilds the features a new definition brought from the profile's history records;
+`close` withdraws every output of a profile merged into another or erased; `recompute` runs a
+BATCH definition or re-evaluates after a backfill.
+
 Each input is applied exactly once (the subscriber's tracking row guarantees it): counts and sums
 would count a replayed event twice.
 """
