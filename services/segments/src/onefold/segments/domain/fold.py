@@ -1,0 +1,451 @@
+"""A profile's segments state, folded from identity's events and the passing of time.
+
+`apply(workspace, state, input, now)` folds one identity input (a resolved event, traits set, another
+profile merged in) and `advance(workspace, state, now)` a timer firing; both return the changes to
+append (entered / exited with reasons, tag and computed-trait changes) and the next timer moment.
+The state (`ProfileState`) is what the application keeps on disk per profile (`to_proto`), with the
+outputs last emitted, so a change is whatever differs from them.
+
+**Batch equals incremental.** Outputs are a pure function of (the events observed, the traits,
+now): the accumulators do not depend on arrival order (features.py), and a definition is
+re-evaluated whenever anything it reads may have changed — its features or trait keys (by the
+workspace's index), an output it reads (downstream, in topological order), or time (its `due`
+moment, kept per definition). A definition nothing touched would evaluate to what it already holds,
+so skipping it is an optimisation, not a different answer. A profile's very first input evaluates
+everything once (`started`), since a definition can hold on an empty profile ("not performed …").
+
+Timers are per definition: `due[name]` is the earliest moment its value may change by time alone.
+`next_timer` is the earliest of them; firing late is fine (`advance` and `apply` both evaluate every
+definition due at or before `now`), firing early only costs an evaluation.
+
+Realtime definitions only: BATCH definitions are left to `recompute` on their schedule (no timers),
+though their accumulators are kept current so a recompute needs no history.
+
+`backfill` rebuilds the features a new definition brought from the profile's history records;
+`close` withdraws every output of a profile merged into another or erased; `recompute` runs a
+BATCH definition or re-evaluates after a backfill.
+
+Each input is applied exactly once (the subscriber's tracking row guarantees it): counts and sums
+would count a replayed event twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from onefold.contracts.identity.v1 import identity_pb2
+from onefold.contracts.ingest.v1 import ingest_pb2
+from onefold.contracts.segments.v1 import segments_pb2 as pb
+from onefold.segments.domain.definitions import (
+    After,
+    Compiled,
+    Feature,
+    Json,
+    Micros,
+    TraitKey,
+    Workspace,
+    feature_from_key,
+)
+from onefold.segments.domain.evaluate import Answer, Reason, View, evaluate, matches
+from onefold.segments.domain.features import (
+    Accumulator,
+    AfterAcc,
+    Event,
+    Occurrence,
+    canonical,
+    from_struct,
+    from_value,
+    load_accumulator,
+    merge,
+    new_accumulator,
+    to_struct,
+    to_value,
+)
+
+_EVENT_TYPES = {
+    ingest_pb2.EVENT_TYPE_TRACK: "track",
+    ingest_pb2.EVENT_TYPE_IDENTIFY: "identify",
+    ingest_pb2.EVENT_TYPE_PAGE: "page",
+    ingest_pb2.EVENT_TYPE_SCREEN: "screen",
+    ingest_pb2.EVENT_TYPE_GROUP: "group",
+    ingest_pb2.EVENT_TYPE_ALIAS: "alias",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs.
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    event: Event
+    cause: str = ""  # identity's event id
+
+
+@dataclass(frozen=True, slots=True)
+class TraitsSet:
+    traits: Mapping[str, Json]
+    at: Occurrence  # (occurred, evidence event id): per key, the later setting wins
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    other: ProfileState  # the merged-in profile's state (`close` it for its own stream)
+    cause: str = ""
+
+
+Input = Resolved | TraitsSet | Merged
+
+
+def resolved(message: identity_pb2.EventResolved, cause: str = "") -> Resolved:
+    """The domain's view of an opened EventResolved: when it happened (the skew-corrected
+    timestamp, else the time ingest received it), its type, name and properties."""
+    e = message.event
+    stamp = e.timestamp if e.HasField("timestamp") else e.received_at
+    at = stamp.seconds * 1_000_000 + stamp.nanos // 1000
+    name = e.event if e.type == ingest_pb2.EVENT_TYPE_TRACK else e.name
+    return Resolved(
+        Event(at, message.event_id, _EVENT_TYPES.get(e.type, ""), name, from_struct(e.properties)), cause
+    )
+
+
+def traits_set(message: identity_pb2.TraitsUpdated, occurred_at: Micros, cause: str = "") -> TraitsSet:
+    return TraitsSet(from_struct(message.traits), (occurred_at, message.evidence_event_id), cause)
+
+
+# ------------------------------------------------------------------------------------------------
+# Changes.
+
+
+@dataclass(frozen=True, slots=True)
+class Entered:
+    name: str
+    version: int
+    reasons: tuple[Reason, ...]
+
+    def to_event(self, workspace: str, profile_id: str, cause: str) -> pb.SegmentEntered:
+        return pb.SegmentEntered(
+            workspace=workspace,
+            profile_id=profile_id,
+            segment=self.name,
+            definition_version=self.version,
+            reasons=[r.to_proto() for r in self.reasons],
+            cause_event_id=cause,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    name: str
+    version: int
+    why: str  # "condition", "timer", "merged", "erased", "archived"
+
+    def to_event(self, workspace: str, profile_id: str, cause: str) -> pb.SegmentExited:
+        return pb.SegmentExited(
+            workspace=workspace,
+            profile_id=profile_id,
+            segment=self.name,
+            definition_version=self.version,
+            cause_event_id=cause,
+            why=self.why,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TagSet:
+    name: str
+    version: int
+    value: str  # "" = removed
+    reasons: tuple[Reason, ...]
+
+    def to_event(self, workspace: str, profile_id: str, cause: str) -> pb.TagChanged:
+        return pb.TagChanged(
+            workspace=workspace,
+            profile_id=profile_id,
+            tag=self.name,
+            value=self.value,
+            definition_version=self.version,
+            reasons=[r.to_proto() for r in self.reasons],
+            cause_event_id=cause,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ComputedSet:
+    name: str
+    version: int
+    value: Json  # None = none
+
+    def to_event(self, workspace: str, profile_id: str, cause: str) -> pb.ComputedTraitChanged:
+        message = pb.ComputedTraitChanged(
+            workspace=workspace,
+            profile_id=profile_id,
+            name=self.name,
+            definition_version=self.version,
+            cause_event_id=cause,
+        )
+        message.value.CopyFrom(to_value(self.value))
+        return message
+
+
+Change = Entered | Exited | TagSet | ComputedSet
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    changes: list[Change]
+    next_timer: Micros | None
+    cause: str = ""  # identity's event id ("" = time passed)
+
+
+# ------------------------------------------------------------------------------------------------
+# State.
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    kind: str  # the definition's kind, to undo it the right way when it is archived
+    value: Json  # segment: True; tag: its value; computed trait: its value
+    since: Micros
+    reasons: tuple[Reason, ...] = ()
+    version: int = 0
+
+
+@dataclass
+class ProfileState:
+    profile_id: str = ""
+    traits: dict[str, Json] = field(default_factory=dict)
+    trait_at: dict[str, Occurrence] = field(default_factory=dict)
+    features: dict[Feature, Accumulator] = field(default_factory=dict)
+    outputs: dict[str, Output] = field(default_factory=dict)
+    due: dict[str, Micros] = field(default_factory=dict)
+    started: bool = False
+
+    def next_timer(self) -> Micros | None:
+        return min(self.due.values(), default=None)
+
+    def values(self) -> dict[str, Json]:
+        """Every output's current value: what a batch recompute and an incremental fold agree on."""
+        return {name: output.value for name, output in self.outputs.items()}
+
+    def to_proto(self) -> pb.ProfileState:
+        message = pb.ProfileState(profile_id=self.profile_id, started=self.started)
+        message.traits.CopyFrom(to_struct(self.traits))
+        for key, (at, event_id) in self.trait_at.items():
+            message.trait_set_at[key].CopyFrom(pb.Occurrence(at_us=at, event_id=event_id))
+        message.features.extend(acc.to_proto() for acc in self.features.values())
+        for name, output in sorted(self.outputs.items()):
+            item = message.outputs.add(
+                name=name, since_us=output.since, definition_version=output.version, kind=output.kind
+            )
+            item.value.CopyFrom(to_value(output.value))
+            item.reasons.extend(r.to_proto() for r in output.reasons)
+        message.due_us.update(self.due)
+        return message
+
+    @staticmethod
+    def from_proto(message: pb.ProfileState) -> ProfileState:
+        state = ProfileState(profile_id=message.profile_id, started=message.started)
+        state.traits = from_struct(message.traits)
+        state.trait_at = {k: (o.at_us, o.event_id) for k, o in message.trait_set_at.items()}
+        for item in message.features:
+            feature = feature_from_key(item.key)
+            state.features[feature] = load_accumulator(feature, item)
+        for o in message.outputs:
+            reasons = tuple(Reason(r.condition, from_value(r.observed)) for r in o.reasons)
+            state.outputs[o.name] = Output(
+                o.kind, from_value(o.value), o.since_us, reasons, o.definition_version
+            )
+        state.due = dict(message.due_us)
+        return state
+
+
+# ------------------------------------------------------------------------------------------------
+# The fold.
+
+
+def apply(workspace: Workspace, state: ProfileState, item: Input, now: Micros) -> Result:
+    """Fold one identity input at `now` (the processing moment; windows are measured from it)."""
+    _sync(workspace, state)
+    keys: set[Feature | TraitKey] = set()
+    everything = False
+    why = "condition"
+    if isinstance(item, Resolved):
+        for feature, acc in state.features.items():
+            if isinstance(acc, AfterAcc):
+                assert isinstance(feature, After)
+                if matches(feature.after, item.event):
+                    acc.observe_after(item.event)
+                    keys.add(feature)
+                if matches(feature.then_not, item.event):
+                    acc.observe_then_not(item.event)
+                    keys.add(feature)
+            elif not isinstance(feature, After) and matches(feature.filter, item.event):
+                acc.observe(item.event)
+                keys.add(feature)
+    elif isinstance(item, TraitsSet):
+        for key, value in item.traits.items():
+            if _set_trait(state, key, value, item.at):
+                keys.add(TraitKey(key))
+    else:
+        other = item.other
+        for key, value in other.traits.items():
+            _set_trait(state, key, value, other.trait_at.get(key, (0, "")))
+        for feature, acc in other.features.items():
+            if feature in state.features:
+                merge(state.features[feature], acc)
+        everything, why = True, "merged"
+    return _settle(workspace, state, now, keys, everything, why, item.cause)
+
+
+def advance(workspace: Workspace, state: ProfileState, now: Micros) -> Result:
+    """A timer fired: evaluate what is due at or before `now` (and what reads it)."""
+    _sync(workspace, state)
+    return _settle(workspace, state, now, set(), False, "timer", "")
+
+
+def recompute(
+    workspace: Workspace, state: ProfileState, now: Micros, names: Iterable[str] | None = None
+) -> Result:
+    """Evaluate the named definitions (default: all, BATCH ones included) and what reads them: a
+    scheduled BATCH run, or a definition just backfilled."""
+    _sync(workspace, state)
+    chosen = list(workspace.order) if names is None else list(names)
+    return _settle(workspace, state, now, set(), False, "condition", "", extra=chosen)
+
+
+def backfill(
+    workspace: Workspace,
+    state: ProfileState,
+    history: Iterable[Event],
+    features: Iterable[Feature],
+    now: Micros,
+) -> Result:
+    """A new or changed definition needs features the profile's accumulators never saw: rebuild
+    those (and only those: the others observed every event already) from the profile's history
+    records, then re-evaluate the definitions reading them. Idempotent: the features restart empty,
+    so a backfill resumed after a crash, or racing events that arrived live meanwhile (they are in
+    the history too), counts each event once."""
+    _sync(workspace, state)
+    fresh = {f: new_accumulator(f) for f in features if f in state.features}
+    state.features.update(fresh)
+    for e in history:
+        for feature, acc in fresh.items():
+            if isinstance(acc, AfterAcc):
+                assert isinstance(feature, After)
+                if matches(feature.after, e):
+                    acc.observe_after(e)
+                if matches(feature.then_not, e):
+                    acc.observe_then_not(e)
+            elif not isinstance(feature, After) and matches(feature.filter, e):
+                acc.observe(e)
+    readers = [n for n in workspace.order if set(workspace.definitions[n].features) & fresh.keys()]
+    return recompute(workspace, state, now, readers)
+
+
+def close(state: ProfileState, why: str, versions: Mapping[str, int] | None = None) -> Result:
+    """Every output of the profile withdrawn (it was merged into another, or erased): the exits and
+    removals to append on its stream. The state is emptied of outputs and timers."""
+    changes = [
+        _undo(name, output, why, (versions or {}).get(name, output.version))
+        for name, output in sorted(state.outputs.items())
+    ]
+    state.outputs.clear()
+    state.due.clear()
+    return Result(changes, None)
+
+
+def _set_trait(state: ProfileState, key: str, value: Json, at: Occurrence) -> bool:
+    current = state.trait_at.get(key)
+    if current is not None and at < current:
+        return False
+    changed = key not in state.traits or canonical(state.traits[key]) != canonical(value)
+    state.traits[key] = value
+    state.trait_at[key] = at
+    return changed
+
+
+def _sync(workspace: Workspace, state: ProfileState) -> None:
+    """Accumulators for exactly the workspace's features (a new feature starts empty: the
+    application backfills it from history; a feature no definition needs any more is dropped)."""
+    for feature in workspace.features:
+        if feature not in state.features:
+            state.features[feature] = new_accumulator(feature)
+    if len(state.features) != len(workspace.features):
+        wanted = set(workspace.features)
+        for feature in [f for f in state.features if f not in wanted]:
+            del state.features[feature]
+
+
+def _settle(
+    workspace: Workspace,
+    state: ProfileState,
+    now: Micros,
+    keys: set[Feature | TraitKey],
+    everything: bool,
+    why: str,
+    cause: str,
+    extra: Iterable[str] = (),
+) -> Result:
+    for acc in state.features.values():
+        acc.expire(now)
+    changes: list[Change] = []
+    for name in sorted(set(state.outputs) - set(workspace.definitions)):
+        gone = state.outputs.pop(name)
+        changes.append(_undo(name, gone, "archived", gone.version))
+    for name in [
+        n for n in state.due if n not in workspace.definitions or not workspace.definitions[n].realtime
+    ]:
+        del state.due[name]
+    chosen: set[str]
+    if everything or not state.started:
+        chosen = {n for n in workspace.order if workspace.definitions[n].realtime}
+        state.started = True
+    else:
+        chosen = set(workspace.affected(keys, [n for n, moment in state.due.items() if moment <= now]))
+    explicit = [n for n in extra if n in workspace.definitions]
+    chosen.update(explicit, workspace.affected((), explicit))
+    names = [n for n in workspace.order if n in chosen]
+    outputs = {name: output.value for name, output in state.outputs.items()}
+    for name in names:
+        compiled = workspace.definitions[name]
+        view = View(state.traits, state.features, outputs, now, workspace.rfm_boundaries)
+        answer = evaluate(compiled, view)
+        if answer.due is None or not compiled.realtime:  # BATCH: only on its schedule
+            state.due.pop(name, None)
+        else:
+            state.due[name] = answer.due
+        change = _compare(compiled, state, answer, now, why)
+        if change is not None:
+            changes.append(change)
+        outputs[name] = answer.value
+        if answer.value is None:
+            outputs.pop(name)
+    return Result(changes, state.next_timer(), cause)
+
+
+def _compare(compiled: Compiled, state: ProfileState, answer: Answer, now: Micros, why: str) -> Change | None:
+    name, previous = compiled.name, state.outputs.get(compiled.name)
+    if answer.value is None:
+        if previous is None:
+            return None
+        del state.outputs[name]
+        return _undo(name, previous, why, compiled.version)
+    if previous is not None and canonical(previous.value) == canonical(answer.value):
+        return None
+    state.outputs[name] = Output(compiled.kind, answer.value, now, answer.reasons, compiled.version)
+    if compiled.kind == "segment":
+        return Entered(name, compiled.version, answer.reasons)
+    if compiled.kind == "computed_trait":
+        return ComputedSet(name, compiled.version, answer.value)
+    return TagSet(name, compiled.version, str(answer.value), answer.reasons)
+
+
+def _undo(name: str, output: Output, why: str, version: int) -> Change:
+    if output.kind == "segment":
+        return Exited(name, version, why)
+    if output.kind == "computed_trait":
+        return ComputedSet(name, version, None)
+    return TagSet(name, version, "", ())
