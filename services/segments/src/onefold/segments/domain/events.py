@@ -1,8 +1,9 @@
 """The events the segments service records in its log: declared once, in its proto.
 
-Segments records none yet. Its events will be the messages of
-`protos/onefold/segments/v1/segments.proto` that carry `option (onefold.options.v1.event_schema_version)`;
-this becomes `EventRegistry.declared_in(segments_pb2, upcasters={...})`.
+Segments appends none yet: its events are declared in `protos/onefold/segments/v1/segments.proto`
+(the messages with `option (onefold.options.v1.event_schema_version)`), and the pure fold that
+produces them is in `domain/fold.py`. This becomes `EventRegistry.declared_in(segments_pb2)` in the
+same change that adds the read model folding them, so the events-handled check holds at every step.
 """
 
 from __future__ import annotations
