@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,14 +16,23 @@ DEFINITE = frozenset({"SERVING", "NOT_SERVING"})
 
 def health_status(target: str, service: str = "", timeout: float = 1.0) -> str:
     """'SERVING', 'NOT_SERVING', 'SERVICE_UNKNOWN' … or 'UNREACHABLE'."""
-    try:
-        with grpc.insecure_channel(target) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-    except grpc.RpcError as error:
-        return "SERVICE_UNKNOWN" if error.code() == grpc.StatusCode.NOT_FOUND else "UNREACHABLE"
+    return health_statuses(target, [service], timeout)[0]
+
+
+def health_statuses(target: str, services: Sequence[str], timeout: float = 1.0) -> list[str]:
+    """The status of each health service name of one target, over one channel."""
+    answers = []
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in services:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                answers.append(str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)))
+            except grpc.RpcError as error:
+                answers.append(
+                    "SERVICE_UNKNOWN" if error.code() == grpc.StatusCode.NOT_FOUND else "UNREACHABLE"
+                )
+    return answers
 
 
 def wait_for_health(target: str, service: str = "", want: str = "SERVING", timeout: float = 30.0) -> bool:
