@@ -14,14 +14,9 @@ from onefold.contracts.common.v1 import data_subject_pb2 as pb
 from onefold.contracts.common.v1 import data_subject_pb2_grpc
 from onefold.journeys.bootstrap import SERVICE_NAME, compose
 from onefold.journeys.domain.events import REGISTRY
-from onefold.platform.auth import CredentialStore
-from onefold.platform.config import load_settings
-from onefold.platform.database import create_engine
-from onefold.platform.grpc_server import GrpcServer
-from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.platform.service import ServiceContext
 from onefold.testing.events import assert_events_handled
+from onefold.testing.services import composed_service
 
 
 def test_every_declared_event_is_handled() -> None:
@@ -32,32 +27,12 @@ def test_every_declared_event_is_handled() -> None:
 async def test_the_composed_service_serves_the_data_subject_contract(
     tmp_path: Path, nats_server: NatsServerProcess
 ) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    settings = load_settings(
-        SERVICE_NAME,
-        env={},
-        data_dir=str(data),
-        nats={**nats_server.client_settings(SERVICE_NAME).model_dump(), "reconnect_wait_seconds": 0.1},
-        auth={"cache_seconds": 0, "bootstrap_admin": False},
-        eventlog={"key_file": str(tmp_path / "keys" / f"{SERVICE_NAME}.kek")},
-        grpc={"port": 0, "grace_seconds": 0.5},
-        telemetry={"log_level": "WARNING"},
-    )
-    credentials = CredentialStore(settings.auth_database_url(), cache_seconds=0)
-    credentials.create_schema()
-    engine = create_engine(settings.database_url())
-    nats = NatsConnection(settings.nats, f"{SERVICE_NAME}-smoke-test")
-    service = await asyncio.to_thread(compose, ServiceContext(settings, engine, credentials, nats))
-    server = GrpcServer(SERVICE_NAME, settings.grpc, credentials, service.registrations())
-    await server.start()
-    nats.start()
-    await service.start()
-    try:
+    async with composed_service(SERVICE_NAME, compose, tmp_path, nats_server) as running:
         async with asyncio.timeout(30):
-            await service.leading.wait()  # holds the lease: relay, digests and subscribers run
-        metadata = (("authorization", f"Bearer {credentials.issue('acme', ['dsr:write']).token}"),)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            await running.service.leading.wait()  # holds the lease: relay, digests and subscribers run
+        token = running.credentials.issue("acme", ["dsr:write"]).token
+        metadata = (("authorization", f"Bearer {token}"),)
+        async with grpc.aio.insecure_channel(running.target) as channel:
             stub = data_subject_pb2_grpc.DataSubjectServiceStub(channel)
             exported = await stub.ExportSubject(
                 pb.ExportSubjectRequest(request_id="r-1", profile_ids=["p-1"]), metadata=metadata
@@ -67,14 +42,8 @@ async def test_the_composed_service_serves_the_data_subject_contract(
             )
             with pytest.raises(grpc.aio.AioRpcError) as nobody:
                 await stub.EraseSubject(pb.EraseSubjectRequest(request_id="r-2"), metadata=metadata)
-        # It holds nothing about anyone yet, and says so; a request naming nobody is refused.
-        assert dict(exported.counts) == {"records": 0} and not exported.events
-        assert dict(erased.counts) == {"records_erased": 0}
-        assert nobody.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        await service.stop()
-        await server.stop()
-        await nats.close()
-        engine.dispose()
-        credentials.engine.dispose()
-    assert not service.leading.is_set()
+    # It holds nothing about anyone yet, and says so; a request naming nobody is refused.
+    assert dict(exported.counts) == {"records": 0} and not exported.events
+    assert dict(erased.counts) == {"records_erased": 0}
+    assert nobody.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert not running.service.leading.is_set()  # stopped
