@@ -542,7 +542,7 @@ def expected_hashes(service: str, witnesses: dict[str, Witnessed]) -> list[event
 
 def verify_file(service: str, database: Path, expected: Sequence[eventlog_pb2.WitnessedHash]) -> Verified:
     """Verify a stopped service's SQLite log from its file (read only: no schema, no keys needed)."""
-    from onefold.contracts.eventlog.v1 import eventlog_pb2
+    from onefold.eventlog.audit import verify_response
     from onefold.eventlog.models import ChainDigest
     from onefold.eventlog.registry import EventRegistry
     from onefold.eventlog.store import EventStore
@@ -557,18 +557,7 @@ def verify_file(service: str, database: Path, expected: Sequence[eventlog_pb2.Wi
         )
     finally:
         store.close()
-    answer = eventlog_pb2.VerifyResponse(
-        service=service,
-        ok=result.ok,
-        events_checked=result.events_checked,
-        head_position=result.head.position,
-        head_hash=result.head.hash,
-        first_bad_position=result.first_bad_position or 0,
-        problem=result.problem,
-        digests_checked=len(expected),
-        witness=result.witness,
-    )
-    answer.verified_at.FromDatetime(datetime.now(UTC))
+    answer = verify_response(service, result, digests_checked=len(expected))
     return Verified(service, str(database), answer, from_file=True)
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import grpc
 
 from onefold.contracts.eventlog.v1 import eventlog_pb2 as pb
-from onefold.eventlog.models import ChainDigest
+from onefold.eventlog.models import ChainDigest, VerifyResult
 from onefold.eventlog.store import EventStore
 from onefold.platform.auth import INSTALLATION_ADMIN
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
@@ -24,6 +24,23 @@ from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 SERVICE = pb.DESCRIPTOR.services_by_name["EventLogService"]
 SCOPES = {"Verify": INSTALLATION_ADMIN, "Head": INSTALLATION_ADMIN}
 MAX_EXPECTED = 100_000
+
+
+def verify_response(service: str, result: VerifyResult, *, digests_checked: int) -> pb.VerifyResponse:
+    """A verification's answer, as the Verify RPC and `onefold audit verify --database` give it."""
+    answer = pb.VerifyResponse(
+        service=service,
+        ok=result.ok,
+        events_checked=result.events_checked,
+        head_position=result.head.position,
+        head_hash=result.head.hash,
+        first_bad_position=result.first_bad_position or 0,
+        problem=result.problem,
+        digests_checked=digests_checked,
+        witness=result.witness,
+    )
+    answer.verified_at.FromDatetime(datetime.now(UTC))
+    return answer
 
 
 class EventLogServicer:
@@ -35,19 +52,7 @@ class EventLogServicer:
         # The witnesses first: where they and the local table disagree, the witness is named.
         digests = [*witnessed, *self.store.recorded_digests()]
         result = self.store.verify(expected=digests)
-        answer = pb.VerifyResponse(
-            service=self.service,
-            ok=result.ok,
-            events_checked=result.events_checked,
-            head_position=result.head.position,
-            head_hash=result.head.hash,
-            first_bad_position=result.first_bad_position or 0,
-            problem=result.problem,
-            digests_checked=len(digests),
-            witness=result.witness,
-        )
-        answer.verified_at.FromDatetime(datetime.now(UTC))
-        return answer
+        return verify_response(self.service, result, digests_checked=len(digests))
 
     async def Verify(self, request: pb.VerifyRequest, context: grpc.aio.ServicerContext) -> pb.VerifyResponse:
         if len(request.expected) > MAX_EXPECTED:
