@@ -55,6 +55,8 @@ async def test_one_bad_request_fails_alone_and_a_database_error_asks_to_retry() 
     await writer.stop()
     with pytest.raises(Unavailable):
         await group.submit([3])  # stopped: refused, not lost
+    with pytest.raises(Unavailable):
+        await writer.run(commit, [4])
 
 
 async def test_stop_commits_what_was_queued() -> None:

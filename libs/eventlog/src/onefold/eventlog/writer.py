@@ -59,9 +59,15 @@ class Writer:
         self.service = service
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{service}-writer")
         self._groups: list[GroupCommit[Any, Any]] = []
+        self._stopped = False
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` on the writer thread (one unit of work: it opens its own transaction)."""
+        """Run `fn(*args)` on the writer thread (one unit of work: it opens its own transaction).
+
+        After `stop` (the service is shutting down while gRPC may still answer) a write is refused
+        with UNAVAILABLE, so the caller retries elsewhere or later."""
+        if self._stopped:
+            raise Unavailable(f"the {self.service} service is stopping; retry", retry_after_seconds=1.0)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def group(
@@ -93,6 +99,7 @@ class Writer:
         """Commit what is already queued, then stop the thread."""
         for group in self._groups:
             await group.stop()
+        self._stopped = True
         self._executor.shutdown(wait=True)
 
 
