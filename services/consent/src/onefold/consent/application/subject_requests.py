@@ -261,8 +261,11 @@ class SubjectRequests:
             metadata={PARTITION_KEY: request.profile_id, **({"actor": actor} if actor else {})},
         )
 
-    def _append(self, conn: Connection, request: pb.SubjectRequest, events: Sequence[NewEvent]) -> None:
-        """Append to the request's stream and fold the events into `request` too."""
+    def _record_and_fold(
+        self, conn: Connection, request: pb.SubjectRequest, events: Sequence[NewEvent]
+    ) -> None:
+        """Record through the one write path (the log's projector) and fold the events into the
+        in-memory `request` too, so the caller decides its next step on what was just recorded."""
         for recorded, new in zip(self.consent_log.record(conn, events), events, strict=True):
             if recorded.stream_id == request_stream(request.workspace, request.request_id):
                 fold_request(request, recorded, new.message)
@@ -324,7 +327,9 @@ class SubjectRequests:
         def write(conn: Connection) -> pb.SubjectRequest:
             opened = pb.SubjectRequest()
             opened.CopyFrom(request)  # folded in place: a retried transaction starts from the original
-            self._append(conn, opened, [self._event(opened, pb.RequestOpened(request=opened), now, actor)])
+            self._record_and_fold(
+                conn, opened, [self._event(opened, pb.RequestOpened(request=opened), now, actor)]
+            )
             if kind == _RESTRICTION:
                 self._restrict(conn, opened, message.restrict, now, actor)
             return opened
@@ -354,7 +359,7 @@ class SubjectRequests:
             pb.STEP_STATE_DONE,
             {"profile_id": live, "restricted": restricted, "ledger_event_id": recorded.event_id},
         )
-        self._append(
+        self._record_and_fold(
             conn,
             request,
             [
@@ -400,7 +405,7 @@ class SubjectRequests:
                 )
             message = pb.RequestExtended(request_id=request_id, workspace=workspace, reason=reason)
             message.due_at.FromDatetime(due + timedelta(days=days))
-            self._append(conn, request, [self._event(request, message, now, actor)])
+            self._record_and_fold(conn, request, [self._event(request, message, now, actor)])
             return request
 
         return await self.consent_log.write(write)
@@ -418,7 +423,7 @@ class SubjectRequests:
             request = self._folded(conn, workspace, request_id).request
             self._require_open(request, "refused")
             message = pb.RequestRefused(request_id=request_id, workspace=workspace, reason=reason)
-            self._append(conn, request, [self._event(request, message, self.now(), actor)])
+            self._record_and_fold(conn, request, [self._event(request, message, self.now(), actor)])
             return request
 
         request = await self.consent_log.write(write)
@@ -461,7 +466,7 @@ class SubjectRequests:
                 if current[service].state not in SETTLED or service in regress
             ]
             if events:
-                self._append(conn, request, events)
+                self._record_and_fold(conn, request, events)
             if all(step.state in SETTLED for step in request.steps):
                 export = b""
                 if request.type == _ACCESS:
@@ -515,7 +520,7 @@ class SubjectRequests:
             extended=request.extended,
             identifier_hashes=request.identifier_hashes,
         )
-        self._append(conn, request, [self._event(request, message, now)])
+        self._record_and_fold(conn, request, [self._event(request, message, now)])
 
     def _assemble(self, request: pb.SubjectRequest, parts: dict[str, Any]) -> bytes:
         document = {
@@ -549,7 +554,7 @@ class SubjectRequests:
             identifiers=identifiers,
             identifier_hashes=sorted({identifier_hash(self.store.keys, i) for i in identifiers}),
         )
-        self._append(conn, folded.request, [self._event(folded.request, message, self.now())])
+        self._record_and_fold(conn, folded.request, [self._event(folded.request, message, self.now())])
 
     # ------------------------------------------------------------------------------ the saga
 
