@@ -645,6 +645,17 @@ class EventStore:
         self._check_erasure_epoch(conn)
         return self._ciphers(conn, subjects, create=True)
 
+    def data_ciphers(
+        self, conn: Connection, subjects: Iterable[str], *, create: bool
+    ) -> dict[str, DataKeyCipher | None]:
+        """The data keys of `subjects` (None = erased; absent = none yet and not `create`d), for a
+        service's own state sealed under a subject's key beside its events (shredding the key
+        erases both)."""
+        if self.keys is None:
+            raise MissingKeyEncryptionKey("sealing personal state needs the key-encryption key")
+        self._check_erasure_epoch(conn)
+        return self._ciphers(conn, subjects, create=create)
+
     def _ciphers(
         self, conn: Connection, subjects: Iterable[str], *, create: bool
     ) -> dict[str, DataKeyCipher | None]:
@@ -711,37 +722,44 @@ class EventStore:
             raise CorruptPayload(event.position, event.type, f"no data key exists for subject '{subject}'")
         return ciphers[subject]
 
-    def erase_subject(self, subject: str) -> None:
+    def erase_subject(self, subject: str, *, conn: Connection | None = None) -> None:
         """Crypto-shred `subject`: destroy its data key, so its personal fields read as erased.
 
         Events stay (and the chain still verifies); snapshots of the subject are deleted. On SQLite
         the write-ahead log is checkpointed and truncated afterwards, and freed space is zeroed
-        (secure_delete), so the old wrapped key leaves no copy in the file.
+        (secure_delete), so the old wrapped key leaves no copy in the file. Given `conn`, the key is
+        destroyed in that transaction (with whatever else it erases) and the caller checkpoints.
         """
         if not subject:
             raise InvalidEvent("erase_subject needs a subject")
-        now = time.time_ns() // 1000
-        table = schema.subject_keys
-        with self.transaction() as conn:
-            updated = conn.execute(
-                table.update()
-                .where(table.c.subject == subject)
-                .values(wrapped_key=None, erased_at=sa.func.coalesce(table.c.erased_at, now))
-            ).rowcount
-            if not updated:
-                conn.execute(
-                    table.insert().values(subject=subject, wrapped_key=None, created_at=now, erased_at=now)
-                )
-            conn.execute(schema.snapshots.delete().where(schema.snapshots.c.subject == subject))
-            conn.execute(
-                schema.eventlog_state.update()
-                .where(schema.eventlog_state.c.name == schema.ERASURE_EPOCH)
-                .values(value=schema.eventlog_state.c.value + 1)
-            )
+        if conn is not None:
+            self._destroy_key(conn, subject)
+        else:
+            with self.transaction() as own:
+                self._destroy_key(own, subject)
         with self._key_lock:
             self._key_cache.put(subject, None)
-        if self.is_sqlite:
+        if conn is None and self.is_sqlite:
             self.checkpoint_wal()
+
+    def _destroy_key(self, conn: Connection, subject: str) -> None:
+        now = time.time_ns() // 1000
+        table = schema.subject_keys
+        updated = conn.execute(
+            table.update()
+            .where(table.c.subject == subject)
+            .values(wrapped_key=None, erased_at=sa.func.coalesce(table.c.erased_at, now))
+        ).rowcount
+        if not updated:
+            conn.execute(
+                table.insert().values(subject=subject, wrapped_key=None, created_at=now, erased_at=now)
+            )
+        conn.execute(schema.snapshots.delete().where(schema.snapshots.c.subject == subject))
+        conn.execute(
+            schema.eventlog_state.update()
+            .where(schema.eventlog_state.c.name == schema.ERASURE_EPOCH)
+            .values(value=schema.eventlog_state.c.value + 1)
+        )
 
     def rewrap_data_keys(
         self, *, batch_size: int = 1000, progress: Callable[[int, int], None] | None = None

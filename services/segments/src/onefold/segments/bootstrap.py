@@ -1,27 +1,34 @@
-"""Composition root of the segments service: its log, the application on it, and the service
-around them (servicers, subscriptions), built in that order. Nothing runs at import time;
-`main()` hands `compose` to the platform runner (`python -m onefold.segments`)."""
+"""Composition root of the segments service: its log and read model, the application on them, and
+the service around them (servicers, the identity subscriber, and — on the leader — the timer and
+backfill loops), built in that order. Nothing runs at import time; `main()` hands `compose` to the
+platform runner (`python -m onefold.segments`)."""
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService, ServiceLog, open_event_store
+from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog, open_event_store
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
+from onefold.segments.adapters.read_model import SegmentsReadModel
 from onefold.segments.application import SegmentsApplication
-from onefold.segments.domain import events
+from onefold.segments.domain.events import REGISTRY
 from onefold.segments.entrypoints import consumers, grpc
 
 SERVICE_NAME = "segments"
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[SegmentsApplication]:
-    log = ServiceLog(open_event_store(ctx, events.REGISTRY))
+    log = ServiceLog(open_event_store(ctx, REGISTRY), projections=[SegmentsReadModel()])
     application = SegmentsApplication(log)
+    leading = log.leading.is_set
     return EventSourcedService(
         ctx,
         log,
         application,
         servicers=grpc.registrations(application),
-        subscriptions=consumers.subscriptions(),
+        subscriptions=consumers.subscriptions(application.profiles),
+        components=[
+            Loop("segments-timers", lambda: application.run_timers(leading)),
+            Loop("segments-backfills", lambda: application.run_backfills(leading)),
+        ],
     )
 
 

@@ -115,6 +115,27 @@ def traits_set(message: identity_pb2.TraitsUpdated, occurred_at: Micros, cause: 
     return TraitsSet(from_struct(message.traits), (occurred_at, message.evidence_event_id), cause)
 
 
+def record_of(item: Resolved | TraitsSet, keys: Iterable[str]) -> pb.HistoryRecord:
+    """What the service keeps of an input, to backfill and rebuild from (`from_record` reverses it)."""
+    if isinstance(item, Resolved):
+        e = item.event
+        return pb.HistoryRecord(
+            at_us=e.at,
+            event_id=e.event_id,
+            keys=list(keys),
+            event=pb.ObservedEvent(type=e.type, name=e.name, properties=to_struct(e.properties)),
+        )
+    at, event_id = item.at
+    return pb.HistoryRecord(at_us=at, event_id=event_id, keys=list(keys), traits=to_struct(item.traits))
+
+
+def from_record(record: pb.HistoryRecord) -> Resolved | TraitsSet:
+    if record.WhichOneof("record") == "traits":
+        return TraitsSet(from_struct(record.traits), (record.at_us, record.event_id))
+    e = record.event
+    return Resolved(Event(record.at_us, record.event_id, e.type, e.name, from_struct(e.properties)))
+
+
 # ------------------------------------------------------------------------------------------------
 # Changes.
 
@@ -140,7 +161,7 @@ class Entered:
 class Exited:
     name: str
     version: int
-    why: str  # "condition", "timer", "merged", "erased", "archived"
+    why: str  # "condition", "timer", "merged", "unmerged", "erased", "archived"
 
     def to_event(self, workspace: str, profile_id: str, cause: str) -> pb.SegmentExited:
         return pb.SegmentExited(
@@ -266,8 +287,12 @@ class ProfileState:
 # The fold.
 
 
-def apply(workspace: Workspace, state: ProfileState, item: Input, now: Micros) -> Result:
-    """Fold one identity input at `now` (the processing moment; windows are measured from it)."""
+def apply(
+    workspace: Workspace, state: ProfileState, item: Input, now: Micros, held: frozenset[str] = frozenset()
+) -> Result:
+    """Fold one identity input at `now` (the processing moment; windows are measured from it).
+    `held` definitions (and what reads them) are not evaluated: a backfill will, once it has rebuilt
+    their features from the profile's history (until then their answer would rest on part of it)."""
     _sync(workspace, state)
     keys: set[Feature | TraitKey] = set()
     everything = False
@@ -297,23 +322,29 @@ def apply(workspace: Workspace, state: ProfileState, item: Input, now: Micros) -
             if feature in state.features:
                 merge(state.features[feature], acc)
         everything, why = True, "merged"
-    return _settle(workspace, state, now, keys, everything, why, item.cause)
+    return _settle(workspace, state, now, keys, everything, why, item.cause, held=held)
 
 
-def advance(workspace: Workspace, state: ProfileState, now: Micros) -> Result:
+def advance(
+    workspace: Workspace, state: ProfileState, now: Micros, held: frozenset[str] = frozenset()
+) -> Result:
     """A timer fired: evaluate what is due at or before `now` (and what reads it)."""
     _sync(workspace, state)
-    return _settle(workspace, state, now, set(), False, "timer", "")
+    return _settle(workspace, state, now, set(), False, "timer", "", held=held)
 
 
 def recompute(
-    workspace: Workspace, state: ProfileState, now: Micros, names: Iterable[str] | None = None
+    workspace: Workspace,
+    state: ProfileState,
+    now: Micros,
+    names: Iterable[str] | None = None,
+    held: frozenset[str] = frozenset(),
 ) -> Result:
     """Evaluate the named definitions (default: all, BATCH ones included) and what reads them: a
     scheduled BATCH run, or a definition just backfilled."""
     _sync(workspace, state)
     chosen = list(workspace.order) if names is None else list(names)
-    return _settle(workspace, state, now, set(), False, "condition", "", extra=chosen)
+    return _settle(workspace, state, now, set(), False, "condition", "", extra=chosen, held=held)
 
 
 def backfill(
@@ -322,6 +353,8 @@ def backfill(
     history: Iterable[Event],
     features: Iterable[Feature],
     now: Micros,
+    names: Iterable[str] = (),
+    held: frozenset[str] = frozenset(),
 ) -> Result:
     """A new or changed definition needs features the profile's accumulators never saw: rebuild
     those (and only those: the others observed every event already) from the profile's history
@@ -342,7 +375,7 @@ def backfill(
             elif not isinstance(feature, After) and matches(feature.filter, e):
                 acc.observe(e)
     readers = [n for n in workspace.order if set(workspace.definitions[n].features) & fresh.keys()]
-    return recompute(workspace, state, now, readers)
+    return recompute(workspace, state, now, [*readers, *names], held)
 
 
 def close(state: ProfileState, why: str, versions: Mapping[str, int] | None = None) -> Result:
@@ -355,6 +388,34 @@ def close(state: ProfileState, why: str, versions: Mapping[str, int] | None = No
     state.outputs.clear()
     state.due.clear()
     return Result(changes, None)
+
+
+def rebuild(
+    workspace: Workspace,
+    profile_id: str,
+    inputs: Iterable[Input],
+    now: Micros,
+    previous: ProfileState | None,
+    why: str,
+) -> tuple[ProfileState, Result]:
+    """A profile's state folded afresh from its inputs (a part of an unmerged profile, from the
+    history records that go with it), and the changes from what `previous` had emitted."""
+    state = ProfileState(profile_id)
+    for item in inputs:
+        apply(workspace, state, item, now)
+    recompute(workspace, state, now)
+    before = previous.outputs if previous is not None else {}
+    changes: list[Change] = []
+    for name in [n for n in workspace.order if n in before or n in state.outputs]:
+        old, new = before.get(name), state.outputs.get(name)
+        if new is None:
+            assert old is not None
+            changes.append(_undo(name, old, why, old.version))
+        elif old is None or canonical(old.value) != canonical(new.value):
+            changes.append(_announce(name, new))
+    for name in sorted(set(before) - set(workspace.order)):
+        changes.append(_undo(name, before[name], "archived", before[name].version))
+    return state, Result(changes, state.next_timer())
 
 
 def _set_trait(state: ProfileState, key: str, value: Json, at: Occurrence) -> bool:
@@ -388,6 +449,7 @@ def _settle(
     why: str,
     cause: str,
     extra: Iterable[str] = (),
+    held: frozenset[str] = frozenset(),
 ) -> Result:
     for acc in state.features.values():
         acc.expire(now)
@@ -407,7 +469,7 @@ def _settle(
         chosen = set(workspace.affected(keys, [n for n, moment in state.due.items() if moment <= now]))
     explicit = [n for n in extra if n in workspace.definitions]
     chosen.update(explicit, workspace.affected((), explicit))
-    names = [n for n in workspace.order if n in chosen]
+    names = [n for n in workspace.order if n in chosen and n not in held]
     outputs = {name: output.value for name, output in state.outputs.items()}
     for name in names:
         compiled = workspace.definitions[name]
@@ -435,12 +497,16 @@ def _compare(compiled: Compiled, state: ProfileState, answer: Answer, now: Micro
         return _undo(name, previous, why, compiled.version)
     if previous is not None and canonical(previous.value) == canonical(answer.value):
         return None
-    state.outputs[name] = Output(compiled.kind, answer.value, now, answer.reasons, compiled.version)
-    if compiled.kind == "segment":
-        return Entered(name, compiled.version, answer.reasons)
-    if compiled.kind == "computed_trait":
-        return ComputedSet(name, compiled.version, answer.value)
-    return TagSet(name, compiled.version, str(answer.value), answer.reasons)
+    output = state.outputs[name] = Output(compiled.kind, answer.value, now, answer.reasons, compiled.version)
+    return _announce(name, output)
+
+
+def _announce(name: str, output: Output) -> Change:
+    if output.kind == "segment":
+        return Entered(name, output.version, output.reasons)
+    if output.kind == "computed_trait":
+        return ComputedSet(name, output.version, output.value)
+    return TagSet(name, output.version, str(output.value), output.reasons)
 
 
 def _undo(name: str, output: Output, why: str, version: int) -> Change:

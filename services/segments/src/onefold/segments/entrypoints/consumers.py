@@ -1,17 +1,13 @@
-"""Events the segments service consumes from upstream services (durable subscribers, onefold.eventlog).
-
-Segments is granted identity's and consent's streams (`CONSUMES` in onefold.platform.bus_permissions)
-but subscribes to nothing yet. A subscription is `Subscription(upstream, handler)`; the handler is
-a sync method of the application, given each batch's open transaction on the writer thread, which
-appends with `projector.record(conn, events)`.
-"""
+"""Events the segments service consumes: identity's stream (resolved events, traits, merges,
+unmerges, erasures), handled on the writer thread in the subscriber's batch transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from onefold.eventlog.service import Subscription
+from onefold.segments.application.profiles import ProfileFolds
 
 
-def subscriptions() -> Sequence[Subscription]:
-    return ()
+def subscriptions(profiles: ProfileFolds) -> Sequence[Subscription]:
+    return (Subscription(upstream="identity", handler=profiles.handle_identity),)

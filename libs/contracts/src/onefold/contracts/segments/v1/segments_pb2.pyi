@@ -1548,8 +1548,8 @@ Global___Backfill: _TypeAlias = Backfill  # noqa: Y015
 @_typing.final
 class Occurrence(_message.Message):
     """---------------------------------------------------------------------------------------------
-    The per-profile state the service keeps on disk (encrypted under the profile's data key), one per
-    (workspace, profile_id). Not an event of the log: it is what the log's change events were decided
+    The per-profile state the service keeps on disk, one per (workspace, profile_id), sealed whole
+    under the profile's data key (the `pii` marks inside say which parts are personal). Not an event of the log: it is what the log's change events were decided
     from, so it can always be rebuilt by folding the profile's history again.
 
     An event's place in time: (at, event_id) orders events the same way however late they arrive.
@@ -1931,3 +1931,97 @@ class ProfileState(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProfileState: _TypeAlias = ProfileState  # noqa: Y015
+
+@_typing.final
+class ObservedEvent(_message.Message):
+    """What the service keeps of each input identity sent about a profile (encrypted under the profile's
+    data key), so a new definition can be backfilled and an unmerged profile's parts rebuilt without
+    asking identity: one block per profile per consumed batch, in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    PROPERTIES_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """"track", "page", "screen", "identify", "group", "alias" """
+    name: _builtins.str
+    @_builtins.property
+    def properties(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        properties: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["properties", b"properties"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "properties", b"properties", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObservedEvent: _TypeAlias = ObservedEvent  # noqa: Y015
+
+@_typing.final
+class HistoryRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_US_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    TRAITS_FIELD_NUMBER: _builtins.int
+    at_us: _builtins.int
+    """when it happened (the event's timestamp, or the traits' evidence)"""
+    event_id: _builtins.str
+    """the ingest event id (the order of records at the same moment)"""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The event's identifiers (keyed hashes, priority order): after an unmerge the record goes with
+        the part that holds the first of them.
+        """
+
+    @_builtins.property
+    def event(self) -> Global___ObservedEvent: ...
+    @_builtins.property
+    def traits(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        at_us: _builtins.int = ...,
+        event_id: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        event: Global___ObservedEvent | None = ...,
+        traits: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "record", b"record", "traits", b"traits"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_us", b"at_us", "event", b"event", "event_id", b"event_id", "keys", b"keys", "record", b"record", "traits", b"traits"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_record: _TypeAlias = _typing.Literal["event", "traits"]  # noqa: Y015
+    _WhichOneofArgType_record: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_record) -> _WhichOneofReturnType_record | None: ...
+
+Global___HistoryRecord: _TypeAlias = HistoryRecord  # noqa: Y015
+
+@_typing.final
+class HistoryBlock(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryRecord]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___HistoryRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HistoryBlock: _TypeAlias = HistoryBlock  # noqa: Y015
