@@ -148,6 +148,10 @@ class SegmentsHarness:
     def fire_timers(self) -> int:
         return self.log.projector.write(self.app.profiles.fire_due)
 
+    def run_schedules(self) -> int | None:
+        """Start the scheduled runs due now (as the loop does); the next moment one falls due."""
+        return self.sync(self.app.schedules.run_once())
+
     # -------------------------------------------------------------------------- reading back
 
     def members(self, name: str) -> list[str]:
@@ -203,3 +207,11 @@ def make_segments() -> Iterator[Callable[..., SegmentsHarness]]:
 @pytest.fixture
 def segments(tmp_path: Path, make_segments: Callable[..., SegmentsHarness]) -> SegmentsHarness:
     return make_segments(f"sqlite:///{tmp_path / 'segments.db'}")
+
+
+@pytest.fixture
+def segments_on_both_databases(
+    database_url: str, make_segments: Callable[..., SegmentsHarness]
+) -> SegmentsHarness:
+    """As `segments`, once on SQLite and once on PostgreSQL (skipped without it)."""
+    return make_segments(database_url)

@@ -14,8 +14,10 @@ from segments_domain_builders import (
     computed,
     computed_test,
     in_segment,
+    negated,
     not_after,
     performed,
+    rfm,
     segment,
     tag,
     trait,
@@ -23,6 +25,7 @@ from segments_domain_builders import (
 
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.segments.v1 import segments_pb2 as pb
+from onefold.eventlog.models import from_micros
 from onefold.platform.errors import FailedPrecondition, InvalidArgument
 
 WORKSPACE = "acme"
@@ -100,6 +103,7 @@ def test_traits_tags_computed_traits_and_segments_reading_them(segments) -> None
     shown = segments.profile("p-1")
     assert [(t.tag, t.value) for t in shown.tags] == [("tier", "gold")]
     assert shown.computed_traits["spend"].number_value == 100
+    segments.clock.advance(1)  # a later setting (at the same moment the event ids would decide)
     segments.traits("p-1", plan="silver")
     assert [(t.tag, t.value) for t in segments.profile("p-1").tags] == [("tier", "basic")]
 
@@ -255,8 +259,6 @@ def test_replay_equals_live_and_memberships_as_of_a_moment(segments) -> None:
     live = segments.member_rows()
     segments.rebuild()
     assert segments.member_rows() == live == [("acme", "recent", "p-2")]
-    from onefold.eventlog.models import from_micros
-
     then = segments.profile("p-1", as_of=from_micros(start + HOUR // 2))
     assert [m.segment for m in then.segments] == ["recent"]
     now = segments.profile("p-1", as_of=from_micros(segments.clock.now))
@@ -282,3 +284,70 @@ def test_members_page_and_preview(segments) -> None:
         )
     )
     assert list(rest.profile_ids) == ["p-5"] and not rest.page.next_page_token
+
+
+def test_a_batch_definition_changes_only_on_its_schedule(segments) -> None:
+    batch = segment("buyers", performed("Order Completed"))
+    batch.evaluation, batch.schedule, batch.time_zone = pb.EVALUATION_BATCH, "0 3 * * *", "Asia/Shanghai"
+    segments.apply(batch)
+    segments.run_backfills()
+    segments.run_schedules()  # its first run: at once
+    segments.run_backfills()
+    segments.track("p-1", "Order Completed")
+    assert segments.members("buyers") == []  # not per event
+    upcoming = segments.run_schedules()
+    assert upcoming is not None and upcoming > segments.clock.now
+    segments.clock.now = upcoming
+    segments.run_schedules()
+    segments.run_backfills()
+    assert segments.members("buyers") == ["p-1"]
+    # 03:00 in Shanghai is 19:00 UTC.
+    assert from_micros(upcoming).hour == 19
+
+
+def test_rfm_by_quintiles_scores_the_workspace_on_its_schedule(segments) -> None:
+    segments.apply(rfm("rfm"))
+    segments.run_backfills()
+    for i in range(10):  # p-9: the most recent, most frequent, biggest spender
+        segments.clock.advance(DAY)
+        for _ in range(i + 1):
+            segments.track(f"p-{i}", "Order Completed", revenue=10.0 * (i + 1))
+    segments.run_schedules()
+    segments.run_backfills()
+    cells = {t.value for p in ("p-0", "p-9") for t in segments.profile(p).tags}
+    assert cells and all(cells)
+    top = [t.value for t in segments.profile("p-9").tags]
+    bottom = [t.value for t in segments.profile("p-0").tags]
+    assert top != bottom and top == ["Champions"]
+
+
+def test_a_bad_schedule_or_time_zone_is_refused(segments) -> None:
+    batch = segment("buyers", performed("Order Completed"))
+    batch.evaluation, batch.schedule, batch.time_zone = pb.EVALUATION_BATCH, "61 * * * *", "Mars/Olympus"
+    with pytest.raises(InvalidArgument) as bad:
+        segments.apply(batch)
+    assert {path for path, _ in bad.value.violations} == {"definition.schedule", "definition.time_zone"}
+
+
+def test_the_same_definition_live_and_backfilled_agree_on_both_databases(segments_on_both_databases) -> None:
+    harness = segments_on_both_databases
+    window = all_of(
+        performed("Viewed", min_count=2, within=DAY), negated(performed("Order Completed", within=DAY))
+    )
+    harness.apply(segment("live", window))
+    harness.apply(computed("views_live", "COUNT", event="Viewed", window=2 * DAY))
+    harness.run_backfills()
+    for step in range(40):
+        harness.clock.advance(HOUR * (step % 7 + 1))
+        profile = f"p-{step % 5}"
+        harness.track(profile, "Order Completed" if step % 6 == 0 else "Viewed")
+        if step % 9 == 0:
+            harness.fire_timers()
+    harness.apply(segment("backfilled", window))
+    harness.apply(computed("views_backfilled", "COUNT", event="Viewed", window=2 * DAY))
+    harness.run_backfills()
+    harness.fire_timers()
+    assert harness.members("live") == harness.members("backfilled")
+    for i in range(5):
+        values = harness.profile(f"p-{i}").computed_traits
+        assert values.get("views_live") == values.get("views_backfilled")

@@ -1,6 +1,6 @@
 """Composition root of the segments service: its log and read model, the application on them, and
-the service around them (servicers, the identity subscriber, and — on the leader — the timer and
-backfill loops), built in that order. Nothing runs at import time; `main()` hands `compose` to the
+the service around them (servicers, the identity subscriber, and — on the leader — the timer,
+backfill and schedule loops), built in that order. Nothing runs at import time; `main()` hands `compose` to the
 platform runner (`python -m onefold.segments`)."""
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def compose(ctx: ServiceContext) -> EventSourcedService[SegmentsApplication]:
         components=[
             Loop("segments-timers", lambda: application.run_timers(leading)),
             Loop("segments-backfills", lambda: application.run_backfills(leading)),
+            Loop("segments-schedules", lambda: application.run_schedules(leading)),
         ],
     )
 

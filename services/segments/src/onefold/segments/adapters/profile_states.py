@@ -9,6 +9,8 @@
 - `segments_aliases`: a profile merged into another -> the survivor that now holds its state.
 - `segments_backfills`: passes over every profile of a workspace (a definition set or archived, a
   scheduled BATCH run), with the cursor they reached, so a restart resumes them.
+- `segments_schedules`: when each scheduled definition (BATCH, RFM by quintiles) last ran, and the
+  RFM quintile boundaries that run computed.
 
 These are written in the same transaction as the change events and the subscriber's tracking row
 (they are what the events were decided from). Nothing personal is readable without the profile's
@@ -17,6 +19,7 @@ key: shredding it (an erasure) leaves the sealed rows unreadable, and erasure de
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from onefold.contracts.segments.v1 import segments_pb2 as pb
 from onefold.eventlog.cipher import DataKeyCipher
 from onefold.eventlog.mapper import associated_data
 from onefold.eventlog.store import EventStore
+from onefold.segments.domain.definitions import CutOffs
 from onefold.segments.domain.fold import ProfileState
 from onefold.segments.domain.streams import subject_of
 
@@ -79,6 +83,16 @@ backfills = sa.Table(
     sa.Column("events_total", sa.BigInteger, nullable=False),
     sa.Column("finished", sa.Boolean, nullable=False),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
+)
+
+schedules = sa.Table(
+    "segments_schedules",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("last_run_us", sa.BigInteger, nullable=False),
+    # RFM by quintiles: the workspace's boundaries from that run (JSON), used until the next run.
+    sa.Column("boundaries", sa.Text, nullable=True),
 )
 
 _STATE_TYPE = pb.ProfileState.DESCRIPTOR.full_name
@@ -406,3 +420,41 @@ class ProfileStates:
             _backfill(r)
             for r in conn.execute(query.order_by(backfills.c.created_at_us, backfills.c.backfill_id))
         ]
+
+    # -------------------------------------------------------------------------- schedules
+
+    def last_runs(self, conn: Connection) -> dict[tuple[str, str], int]:
+        return {
+            (str(w), str(n)): int(t)
+            for w, n, t in conn.execute(
+                sa.select(schedules.c.workspace, schedules.c.name, schedules.c.last_run_us)
+            )
+        }
+
+    def record_run(
+        self, conn: Connection, workspace: str, name: str, at: int, boundaries: CutOffs | None = None
+    ) -> None:
+        where = (schedules.c.workspace == workspace) & (schedules.c.name == name)
+        conn.execute(schedules.delete().where(where))
+        conn.execute(
+            schedules.insert().values(
+                workspace=workspace,
+                name=name,
+                last_run_us=at,
+                boundaries=None if boundaries is None else json.dumps(dataclasses.astuple(boundaries)),
+            )
+        )
+
+    def rfm_boundaries(self, conn: Connection, workspace: str) -> tuple[int, dict[str, CutOffs]]:
+        """(the latest run's moment, each RFM definition's quintile boundaries from its last run)."""
+        latest, out = 0, {}
+        for name, at, text in conn.execute(
+            sa.select(schedules.c.name, schedules.c.last_run_us, schedules.c.boundaries).where(
+                schedules.c.workspace == workspace
+            )
+        ):
+            latest = max(latest, int(at))
+            if text:
+                recency, frequency, monetary = json.loads(str(text))
+                out[str(name)] = CutOffs(tuple(recency), tuple(frequency), tuple(monetary))
+        return latest, out

@@ -202,3 +202,7 @@ def held_by(conn: Connection, workspace: str, profile_ids: Sequence[str]) -> lis
             )
         )
     ]
+
+
+def workspaces_with_definitions(conn: Connection) -> list[str]:
+    return [str(r[0]) for r in conn.execute(sa.select(definitions.c.workspace).distinct())]

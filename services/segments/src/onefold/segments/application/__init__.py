@@ -4,6 +4,7 @@
   handler), timers firing, backfills working through profiles — all on the writer thread;
 - `definitions` (definitions.py): set, archive, read and preview definitions;
 - `queries` (queries.py): members, a profile's memberships now or as of a moment, history;
+- `schedules` (schedules.py): BATCH definitions and RFM quintiles on their cron schedules;
 - the data-subject contract (export counts, erasure).
 """
 
@@ -21,6 +22,7 @@ from onefold.segments.adapters.read_model import held_by
 from onefold.segments.application.definitions import Definitions
 from onefold.segments.application.profiles import Clock, ProfileFolds, wall_clock
 from onefold.segments.application.queries import Queries
+from onefold.segments.application.schedules import Schedules
 from onefold.segments.application.workspaces import Workspaces
 
 
@@ -28,16 +30,20 @@ class SegmentsApplication:
     def __init__(self, log: ServiceLog, *, clock: Clock = wall_clock) -> None:
         self.log = log
         self.states = ProfileStates(log.store)
-        workspaces = Workspaces()
+        workspaces = Workspaces(self.states)
         self.profiles = ProfileFolds(log, self.states, workspaces, clock)
         self.definitions = Definitions(log, self.states, workspaces, self.profiles)
         self.queries = Queries(log, self.states, workspaces)
+        self.schedules = Schedules(log, self.states, workspaces, self.profiles)
 
     async def run_timers(self, leading: Callable[[], bool]) -> None:
         await self.profiles.run_timers(leading)
 
     async def run_backfills(self, leading: Callable[[], bool]) -> None:
         await self.profiles.run_backfills(leading)
+
+    async def run_schedules(self, leading: Callable[[], bool]) -> None:
+        await self.schedules.run(leading)
 
     # The data-subject contract: what segments holds about a person is keyed by profile id (and
     # the ids merged into it): its state, history records, and current memberships, tags and values.

@@ -8,30 +8,35 @@ import threading
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.segments.v1 import segments_pb2 as pb
-from onefold.segments.adapters.profile_states import Backfill
+from onefold.segments.adapters.profile_states import Backfill, ProfileStates
 from onefold.segments.adapters.read_model import definitions_position, workspace_definitions
 from onefold.segments.domain.definitions import Workspace, compile_workspace, feature_from_key
 
 
 class Workspaces:
-    def __init__(self) -> None:
+    """Compiled definitions per workspace, recompiled when a definition changes or a scheduled RFM
+    run moved the quintile boundaries."""
+
+    def __init__(self, states: ProfileStates) -> None:
+        self.states = states
         self._lock = threading.Lock()
-        self._compiled: dict[str, tuple[int, Workspace, list[pb.Definition]]] = {}
+        self._compiled: dict[str, tuple[tuple[int, int], Workspace, list[pb.Definition]]] = {}
 
     def compiled(self, conn: Connection, workspace: str) -> Workspace:
         return self.load(conn, workspace)[0]
 
     def load(self, conn: Connection, workspace: str) -> tuple[Workspace, list[pb.Definition]]:
         """(the compiled live definitions, every definition as stored, archived included)."""
-        position = definitions_position(conn, workspace)
+        last_run, boundaries = self.states.rfm_boundaries(conn, workspace)
+        key = (definitions_position(conn, workspace), last_run)
         with self._lock:
             cached = self._compiled.get(workspace)
-        if cached is not None and cached[0] == position:
+        if cached is not None and cached[0] == key:
             return cached[1], cached[2]
         position, stored = workspace_definitions(conn, workspace)
-        compiled = compile_workspace(stored)
+        compiled = compile_workspace(stored, rfm_boundaries=boundaries)
         with self._lock:
-            self._compiled[workspace] = (position, compiled, stored)
+            self._compiled[workspace] = ((position, last_run), compiled, stored)
         return compiled, stored
 
 

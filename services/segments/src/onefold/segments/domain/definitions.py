@@ -29,7 +29,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from croniter import croniter
 from google.protobuf import duration_pb2, struct_pb2
 
 from onefold.contracts.segments.v1 import segments_pb2 as pb
@@ -545,8 +547,12 @@ class _Checker:
             self.fail("name", "must match [a-z][a-z0-9_]{0,62}")
         if d.evaluation == pb.EVALUATION_BATCH and not d.schedule.strip():
             self.fail("schedule", "a BATCH definition needs a cron schedule")
-        if d.schedule.strip() and len(d.schedule.split()) not in (5, 6):
+        if d.schedule.strip() and (
+            len(d.schedule.split()) not in (5, 6) or not croniter.is_valid(d.schedule)
+        ):
             self.fail("schedule", "must be a cron expression of 5 (or 6) fields")
+        if d.time_zone and not _known_zone(d.time_zone):
+            self.fail("time_zone", "not an IANA time zone (e.g. Asia/Shanghai)")
         kind = d.WhichOneof("kind")
         spec: Spec | None = None
         if kind == "segment":
@@ -871,6 +877,14 @@ class _Checker:
                 )
             )
         return RfmSpec(feature, cut_offs, tuple(cells) or DEFAULT_CELLS)
+
+
+def _known_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _scalar(value: struct_pb2.Value) -> Scalar:
