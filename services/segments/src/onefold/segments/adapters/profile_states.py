@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.segments.v1 import segments_pb2 as pb
@@ -139,6 +141,13 @@ def _backfill(row: sa.Row[tuple[object, ...]]) -> Backfill:
     )
 
 
+def _upsert(conn: Connection, table: sa.Table, key: tuple[str, ...]) -> sa.Insert:
+    """INSERT ... ON CONFLICT (key) DO UPDATE, executed with many rows at once (one statement)."""
+    insert = (pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect).insert(table)
+    updates = {c.name: insert.excluded[c.name] for c in table.columns if c.name not in key}
+    return insert.on_conflict_do_update(index_elements=list(key), set_=updates)
+
+
 def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield list(items[start : start + _IN_CHUNK])
@@ -205,9 +214,8 @@ class ProfileStates:
                     "next_timer_us": state.next_timer(),
                 }
             )
-        self.delete(conn, workspace, [s.profile_id for s in states])
         if rows:
-            conn.execute(profile_states.insert(), rows)
+            conn.execute(_upsert(conn, profile_states, ("workspace", "profile_id")), rows)
 
     def delete(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> None:
         for chunk in _chunks(profile_ids):

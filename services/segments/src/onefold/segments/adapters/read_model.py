@@ -8,8 +8,8 @@
   not here: they stay sealed in the profile's state (adapters/profile_states.py) and its events.
   ListMembers pages over this table; a profile's current outputs are one indexed query.
 
-Membership rows are buffered per batch and written in `flush` (one delete and one insert for the
-whole batch), so a batch that moves many profiles costs two statements, not two per event.
+Membership rows are buffered per batch and written in `flush` (one executemany delete and one
+executemany upsert for the whole batch), so a batch that moves many profiles costs two statements.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.segments.v1 import segments_pb2 as pb
@@ -77,17 +79,26 @@ class SegmentsReadModel(Handlers):
         pending, self._pending = self._pending, {}
         if not pending:
             return
-        keys = list(pending)
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
+        gone = [{"w": k[0], "n": k[1], "p": k[2]} for k, row in pending.items() if row is None]
+        if gone:
             conn.execute(
                 members.delete().where(
-                    sa.tuple_(members.c.workspace, members.c.name, members.c.profile_id).in_(chunk)
-                )
+                    members.c.workspace == sa.bindparam("w"),
+                    members.c.name == sa.bindparam("n"),
+                    members.c.profile_id == sa.bindparam("p"),
+                ),
+                gone,
             )
         rows = [row for row in pending.values() if row is not None]
         if rows:
-            conn.execute(members.insert(), rows)
+            insert = (pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect).insert(members)
+            updates = {c: insert.excluded[c] for c in ("kind", "since_us", "definition_version")}
+            conn.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["workspace", "name", "profile_id"], set_=updates
+                ),
+                rows,
+            )
 
     @handles(pb.DefinitionSet)
     def _definition_set(self, conn: Connection, message: pb.DefinitionSet, event: RecordedEvent) -> None:

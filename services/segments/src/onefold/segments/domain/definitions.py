@@ -22,6 +22,7 @@ with no floating-point rounding, and a timer lands on the exact moment a window 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -185,11 +186,15 @@ class TraitKey:
     name: str
 
 
+# A workspace has a few hundred features at most, and every stored state names each of its
+# accumulators by key: both directions are looked up per profile, so they are memoised.
+@functools.lru_cache(maxsize=4096)
 def feature_key(feature: Feature) -> str:
     """The feature's canonical text: the key of its accumulator in a stored ProfileState."""
     return json.dumps(_feature_json(feature), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def feature_from_key(key: str) -> Feature:
     data = json.loads(key)
     kind = data["kind"]
