@@ -110,6 +110,14 @@ class Filter:
     type: str = "track"
     name: str = ""
     where: tuple[tuple[str, Check], ...] = ()
+    # Features (keys of every profile's accumulators) hash their filters on each lookup: computed once.
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.type, self.name, self.where)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def text(self) -> str:
         # A named track event reads as its quoted name; anything else says its type first.

@@ -31,7 +31,7 @@ would count a replayed event twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
 from onefold.contracts.identity.v1 import identity_pb2
@@ -234,12 +234,70 @@ class Output:
     version: int = 0
 
 
+class Accumulators(MutableMapping[Feature, Accumulator]):
+    """A profile's accumulators by feature, decoded from the stored state only when read.
+
+    An event reads the few features it matches and the definitions it can affect read theirs; with
+    a hundred definitions, decoding and re-encoding every accumulator of every profile an event
+    touches would be most of the work. Untouched accumulators stay as the stored messages and are
+    written back as they were. Expiry follows reads: `expire_at(now)` expires what is decoded and
+    whatever is decoded later in the same pass, so an answer sees exactly what an eager expiry of
+    every accumulator would have left (expiring is idempotent and depends only on `now`)."""
+
+    __slots__ = ("_decoded", "_now", "_stored")
+
+    def __init__(self) -> None:
+        self._decoded: dict[Feature, Accumulator] = {}
+        self._stored: dict[Feature, pb.FeatureState] = {}
+        self._now: Micros | None = None
+
+    def store(self, feature: Feature, message: pb.FeatureState) -> None:
+        self._decoded.pop(feature, None)
+        self._stored[feature] = message
+
+    def expire_at(self, now: Micros | None) -> None:
+        self._now = now
+        if now is not None:
+            for acc in self._decoded.values():
+                acc.expire(now)
+
+    def __getitem__(self, feature: Feature) -> Accumulator:
+        acc = self._decoded.get(feature)
+        if acc is None:
+            acc = load_accumulator(feature, self._stored.pop(feature))  # KeyError when absent
+            if self._now is not None:
+                acc.expire(self._now)
+            self._decoded[feature] = acc
+        return acc
+
+    def __setitem__(self, feature: Feature, acc: Accumulator) -> None:
+        self._stored.pop(feature, None)
+        self._decoded[feature] = acc
+
+    def __delitem__(self, feature: Feature) -> None:
+        if self._stored.pop(feature, None) is None:
+            del self._decoded[feature]
+
+    def __contains__(self, feature: object) -> bool:
+        return feature in self._decoded or feature in self._stored
+
+    def __iter__(self) -> Iterator[Feature]:
+        yield from list(self._decoded)
+        yield from list(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._decoded) + len(self._stored)
+
+    def messages(self) -> list[pb.FeatureState]:
+        return [acc.to_proto() for acc in self._decoded.values()] + list(self._stored.values())
+
+
 @dataclass
 class ProfileState:
     profile_id: str = ""
     traits: dict[str, Json] = field(default_factory=dict)
     trait_at: dict[str, Occurrence] = field(default_factory=dict)
-    features: dict[Feature, Accumulator] = field(default_factory=dict)
+    features: Accumulators = field(default_factory=Accumulators)
     outputs: dict[str, Output] = field(default_factory=dict)
     due: dict[str, Micros] = field(default_factory=dict)
     started: bool = False
@@ -256,7 +314,7 @@ class ProfileState:
         message.traits.CopyFrom(to_struct(self.traits))
         for key, (at, event_id) in self.trait_at.items():
             message.trait_set_at[key].CopyFrom(pb.Occurrence(at_us=at, event_id=event_id))
-        message.features.extend(acc.to_proto() for acc in self.features.values())
+        message.features.extend(self.features.messages())
         for name, output in sorted(self.outputs.items()):
             item = message.outputs.add(
                 name=name, since_us=output.since, definition_version=output.version, kind=output.kind
@@ -272,8 +330,7 @@ class ProfileState:
         state.traits = from_struct(message.traits)
         state.trait_at = {k: (o.at_us, o.event_id) for k, o in message.trait_set_at.items()}
         for item in message.features:
-            feature = feature_from_key(item.key)
-            state.features[feature] = load_accumulator(feature, item)
+            state.features.store(feature_from_key(item.key), item)
         for o in message.outputs:
             reasons = tuple(Reason(r.condition, from_value(r.observed)) for r in o.reasons)
             state.outputs[o.name] = Output(
@@ -298,16 +355,21 @@ def apply(
     everything = False
     why = "condition"
     if isinstance(item, Resolved):
-        for feature, acc in state.features.items():
-            if isinstance(acc, AfterAcc):
-                assert isinstance(feature, After)
+        for feature in state.features:
+            if isinstance(feature, After):
                 if matches(feature.after, item.event):
-                    acc.observe_after(item.event)
+                    after = state.features[feature]
+                    assert isinstance(after, AfterAcc)
+                    after.observe_after(item.event)
                     keys.add(feature)
                 if matches(feature.then_not, item.event):
-                    acc.observe_then_not(item.event)
+                    after = state.features[feature]
+                    assert isinstance(after, AfterAcc)
+                    after.observe_then_not(item.event)
                     keys.add(feature)
-            elif not isinstance(feature, After) and matches(feature.filter, item.event):
+            elif matches(feature.filter, item.event):
+                acc = state.features[feature]
+                assert not isinstance(acc, AfterAcc)
                 acc.observe(item.event)
                 keys.add(feature)
     elif isinstance(item, TraitsSet):
@@ -451,8 +513,7 @@ def _settle(
     extra: Iterable[str] = (),
     held: frozenset[str] = frozenset(),
 ) -> Result:
-    for acc in state.features.values():
-        acc.expire(now)
+    state.features.expire_at(now)
     changes: list[Change] = []
     for name in sorted(set(state.outputs) - set(workspace.definitions)):
         gone = state.outputs.pop(name)
@@ -485,6 +546,7 @@ def _settle(
         outputs[name] = answer.value
         if answer.value is None:
             outputs.pop(name)
+    state.features.expire_at(None)  # the next input observes before it expires, as here
     return Result(changes, state.next_timer(), cause)
 
 
