@@ -344,7 +344,8 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
     assert json.loads(by_service["identity"].confirmation)["profile_ids"] == [profile_id]
     ingest_confirmation = json.loads(by_service["ingest"].confirmation)
     assert ingest_confirmation["identifiers_erased"] == 2 and ingest_confirmation["events_affected"] >= 2
-    assert json.loads(by_service["segments"].confirmation) == {"records_erased": 0}  # it holds none yet
+    # No definitions: nothing to withdraw, but whatever it kept of the person (state, history) is gone.
+    assert json.loads(by_service["segments"].confirmation) == {"outputs_withdrawn": 0, "profiles_erased": 1}
     # Journeys has no address: pending, never done, so the request is not complete.
     assert by_service["journeys"].state == PENDING and "peers.journeys" in by_service["journeys"].last_error
     assert retried.state == pb.REQUEST_STATE_IN_PROGRESS and not retried.completion_record
@@ -402,8 +403,8 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
     assert record["steps"]["ingest"]["confirmation"] == ingest_confirmation
     assert record["steps"]["identity"]["confirmation"]["profile_ids"] == [profile_id]
     assert record["steps"]["consent"]["confirmation"]["profiles_erased"] == [profile_id]
-    for service in ("segments", "journeys"):
-        assert record["steps"][service]["confirmation"] == {"records_erased": 0}
+    assert record["steps"]["segments"]["confirmation"] == {"outputs_withdrawn": 0, "profiles_erased": 1}
+    assert record["steps"]["journeys"]["confirmation"] == {"records_erased": 0}
     assert record["steps"]["identity"]["attempts"] >= 2
     kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
     assert verify_signature(kek, completed.completion_record, completed.completion_signature)
@@ -456,8 +457,13 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     assert services["identity"]["counts"]["profiles"] == 1
     assert [s["purpose_id"] for s in services["consent"]["consents"]["states"]] == ["marketing"]
     assert services["consent"]["history"][0]["event"]["proof"]["ip_address"] == "198.51.100.4"
-    for service in ("segments", "journeys"):  # they hold nothing about a person yet
-        assert services[service] == {"counts": {"records": 0}}
+    assert services["journeys"] == {"counts": {"records": 0}}  # it holds nothing about a person yet
+    # Segments has no definitions here: no memberships, tags or values; only what it keeps to compute them.
+    held = services["segments"]["counts"]
+    assert {k: held.get(k, 0) for k in ("segments", "tags", "computed_traits")} == dict.fromkeys(
+        ("segments", "tags", "computed_traits"), 0
+    )
+    assert set(held) <= {"segments", "tags", "computed_traits", "profile_states", "history_records"}
     record = json.loads(completed.completion_record)
     assert record["export_sha256"] == hashlib.sha256(completed.export).hexdigest()
     kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
