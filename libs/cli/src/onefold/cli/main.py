@@ -43,7 +43,7 @@ LAZY_COMMANDS = {
     "apply": LazyCommand(
         "onefold.cli.sources",
         "apply",
-        "Declare sources, the workspace's identity rules and its consent model from YAML files.",
+        "Declare sources, identity rules, the consent model and segments definitions from YAML files.",
     ),
     "import": LazyCommand(
         "onefold.cli.importer",
@@ -79,6 +79,11 @@ LAZY_COMMANDS = {
         "onefold.cli.consent_commands",
         "consent_app",
         "Grant, withdraw and check consent; open and follow data-subject requests.",
+    ),
+    "segments": LazyCommand(
+        "onefold.cli.segments",
+        "segments_app",
+        "Segments, tags, computed traits, lifecycle and RFM: definitions, members, a profile's and why.",
     ),
     "keys": LazyCommand("onefold.cli.keys", "keys_app", "Manage the services' key-encryption keys."),
 }

@@ -59,3 +59,13 @@ ApplyConsentTarget = Annotated[
         show_default=False,
     ),
 ]
+
+ApplySegmentsTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--segments-target",
+        envvar="ONEFOLD_SEGMENTS_TARGET",
+        help="segments gRPC host:port for segments definitions (default: from <data-dir>/run/endpoints.json)",
+        show_default=False,
+    ),
+]

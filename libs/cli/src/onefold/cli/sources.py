@@ -18,7 +18,9 @@ and a source document (`onefold apply -f`) is:
 Several documents may be given in one file (`---`). Applying is idempotent: a source is found by name
 (created when absent) and its plan is set only when it differs. A `kind: IdentityRules` document in
 the same file sets the workspace's identity resolution rules (see profile.py), and a
-`kind: ConsentModel` document its consent purposes, channels and notices (see consent.py).
+`kind: ConsentModel` document its consent purposes, channels and notices (see consent.py), and
+`kind: Segment`, `Tag`, `ComputedTrait`, `Lifecycle` and `Rfm` documents the segments service's
+definitions (segments_yaml.py, docs/segments.md).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from onefold.cli.client import (
     ingest_stub,
     run_async,
 )
-from onefold.cli.options import ApplyConsentTarget, Json
+from onefold.cli.options import ApplyConsentTarget, ApplySegmentsTarget, Json
 from onefold.cli.output import console, print_json, print_table
 from onefold.cli.profile import (
     apply_rules,
@@ -384,6 +386,7 @@ class SourceSpec:
 
 def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]:
     from onefold.cli.consent import is_consent_model
+    from onefold.cli.segments_yaml import KINDS, is_definition
 
     specs: list[SourceSpec] = []
     for number, document in enumerate(documents, start=1):
@@ -392,12 +395,15 @@ def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]
             continue  # for the identity service
         if is_consent_model(document):
             continue  # for the consent service (consent.py)
+        if is_definition(document):
+            continue  # for the segments service (segments.py)
         if not isinstance(document, dict):
             raise CliError(f"{at} must be a mapping with kind: Source")
         fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
         if fields.get("kind") != "Source":
             raise CliError(
-                f"{at}: kind must be 'Source', 'IdentityRules' or 'ConsentModel' (got {fields.get('kind')!r})"
+                f"{at}: kind must be 'Source', 'IdentityRules', 'ConsentModel' or a segments kind "
+                f"({', '.join(KINDS)}) (got {fields.get('kind')!r})"
             )
         name = fields.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -459,7 +465,8 @@ def apply(
         typer.Option(
             "--file",
             "-f",
-            help="a YAML or JSON file of kind: Source / IdentityRules / ConsentModel documents",
+            help="a YAML or JSON file of kind: Source / IdentityRules / ConsentModel / Segment / Tag / "
+            "ComputedTrait / Lifecycle / Rfm documents",
         ),
     ],
     data_dir: DataDir = Path(".onefold"),
@@ -475,10 +482,24 @@ def apply(
         ),
     ] = None,
     consent_target: ApplyConsentTarget = None,
+    segments_target: ApplySegmentsTarget = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="segments definitions only: check each and print how many profiles it would hold now",
+        ),
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="do not follow the segments definitions' backfills")
+    ] = False,
 ) -> None:
     """Declare sources (create those absent by name, set tracking plans that changed), the
-    workspace's identity rules and its consent model (purposes, channels, notices)."""
+    workspace's identity rules, its consent model (purposes, channels, notices) and segments
+    definitions (applied in the order they read each other; changed ones are backfilled)."""
     from onefold.cli.consent import apply_consent, consent_documents, parse_consent_documents
+    from onefold.cli.segments import apply_segments
+    from onefold.cli.segments_yaml import parse_definition_documents
 
     try:
         documents = load_document(file)
@@ -492,9 +513,15 @@ def apply(
         )
         consent_models = parse_consent_documents(consent_documents(documents, where), file.parent)
         specs = parse_source_documents(documents, where)
+        definitions = parse_definition_documents(documents, where)
+        if dry_run and (specs or rules or consent_models):
+            raise CliError(
+                f"--dry-run checks segments definitions only; {where} also holds sources, identity "
+                "rules or a consent model"
+            )
     except CliError as error:
         raise fail(error.message, error.code) from None
-    if specs or not (rules or consent_models):
+    if specs or not (rules or consent_models or definitions):
         conn = connect(data_dir, target, token)
         for line in run_async(conn, lambda: apply_specs(conn, specs)):
             console.print(line, highlight=False, soft_wrap=True)
@@ -504,3 +531,5 @@ def apply(
             console.print(line, highlight=False, soft_wrap=True)
     if consent_models:
         apply_consent(consent_models, data_dir, consent_target, token)
+    if definitions:
+        apply_segments(definitions, data_dir, segments_target, token, dry_run=dry_run, wait=not no_wait)
