@@ -163,12 +163,27 @@ async def apply_definitions(
     conn: Connection, specs: Sequence[DefinitionSpec], dry_run: bool
 ) -> tuple[list[str], list[tuple[str, str]]]:
     """Apply each definition in order: the lines to print, and (name, backfill id) to follow."""
+    from onefold.contracts.segments.v1 import segments_pb2 as pb
+
     lines: list[str] = []
     backfills: list[tuple[str, str]] = []
     async with segments_stub(conn) as stub:
+        stored: set[str] = set()
+        if dry_run:
+            listed = await stub.ListDefinitions(pb.ListDefinitionsRequest())
+            stored = {d.name for d in listed.definitions}
+        file_names = {spec.definition.name for spec in specs}
         for spec in specs:
-            response = await _apply_one(stub, spec, dry_run)
             label = f"{_kind(spec.definition).lower()}/{spec.definition.name}"
+            # The service checks a definition against what is stored: one reading a definition that
+            # only this file brings can be checked once that one is applied, not in a dry run.
+            unstored = sorted((spec.references() & file_names) - stored) if dry_run else []
+            if unstored:
+                lines.append(
+                    f"{label} not checked: it reads {', '.join(unstored)}, not applied yet (dry run)"
+                )
+                continue
+            response = await _apply_one(stub, spec, dry_run)
             if not response.changed:
                 lines.append(f"{label} unchanged (version {response.definition.version})")
             elif dry_run:

@@ -399,13 +399,13 @@ def definition_from_document(document: Any, where: str) -> pb.Definition:
     kind = KINDS.get(str(document.get("kind")))
     if kind is None:
         raise at.key("kind").error(f"must be one of {', '.join(KINDS)} (got {_shown(document.get('kind'))})")
-    fields = _mapping(document, at, (*COMMON_KEYS, *KIND_KEYS[kind]), f"a {document['kind']}")
-    name = _text(fields.get("name"), at.key("name"), required=True)
+    name = _text(document.get("name"), at.key("name"), required=True)
     if not _NAME.fullmatch(name):
         raise at.key("name").error(
             f"must be lower case letters, digits and _ starting with a letter, at most 63 (got {_shown(name)})"
         )
     at = _Path(f"{where} ({name})")
+    fields = _mapping(document, at, (*COMMON_KEYS, *KIND_KEYS[kind]), f"a {document['kind']}")
     definition = pb.Definition(
         name=name,
         description=_text(fields.get("description"), at.key("description")),
