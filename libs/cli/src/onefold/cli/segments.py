@@ -91,13 +91,17 @@ def _when(stamp: Any) -> str:
 
 
 def _observed(value: Any) -> str:
+    """A Value as JSON, a whole number without ".0" (a count reads 2, not 2.0)."""
     import json
 
-    from google.protobuf.json_format import MessageToJson
+    from google.protobuf.json_format import MessageToDict
 
     if value.WhichOneof("kind") is None:
         return ""
-    return json.dumps(json.loads(MessageToJson(value)), ensure_ascii=False)
+    plain = MessageToDict(value)
+    if isinstance(plain, float) and plain.is_integer():
+        plain = int(plain)
+    return json.dumps(plain, ensure_ascii=False)
 
 
 def _why(reasons: Sequence[pb.Reason]) -> str:

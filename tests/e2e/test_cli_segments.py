@@ -1,0 +1,208 @@
+"""Segments from the operator's side, end to end: `onefold up` (real nats-server and the five service
+processes), `onefold apply -f deploy/examples/segments.yaml`, one person's identify and orders sent
+to ingest's HTTP API with a source's write key, and `onefold segments ...` reading what the segments
+service made of them: membership and tags with their reasons, members, history, as-of and errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from onefold.cli.segments_yaml import definition_document, parse_definition_documents
+from onefold.cli.sources import load_document
+
+ONEFOLD = [sys.executable, "-m", "onefold.cli"]
+TOKEN = re.compile(r"ofk_[0-9a-f]{16}_[A-Za-z0-9_-]+")
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "segments.yaml"
+# A changed definition's backfill is followed to its end; a slow machine may need a while.
+APPLY_SECONDS = 300
+T = TypeVar("T")
+
+
+@dataclass
+class Cli:
+    data_dir: Path
+    token: str
+
+    def run(self, *args: str, status: int = 0, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [*ONEFOLD, *args, "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ONEFOLD_TOKEN": self.token, "COLUMNS": "250"},
+            timeout=timeout,
+        )
+        assert done.returncode == status, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[tuple[Cli, subprocess.Popen[bytes]]]:
+    data_dir = tmp_path / "data"
+    output = tmp_path / "up.out"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [*ONEFOLD, "up", "--data-dir", str(data_dir)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    try:
+        text = _wait_for(lambda: _printed(output, process, "Ctrl-C stops everything"), "onefold up")
+        yield Cli(data_dir, TOKEN.findall(text)[0]), process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def _printed(output: Path, process: subprocess.Popen[bytes], needle: str) -> str:
+    text = output.read_text()
+    if process.poll() is not None:
+        raise AssertionError(f"onefold up exited early:\n{text}")
+    return text if needle in text else ""
+
+
+def _wait_for(probe: Callable[[], T], what: str, timeout: float = 120.0) -> T:
+    deadline = time.monotonic() + timeout
+    while not (found := probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return found
+
+
+@pytest.mark.slow
+def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reasons(
+    up: tuple[Cli, subprocess.Popen[bytes]],
+) -> None:
+    cli, _ = up
+    specs = parse_definition_documents(load_document(EXAMPLE), str(EXAMPLE))
+    names = [spec.definition.name for spec in specs]
+
+    # A dry run on the empty workspace checks what it can and stores nothing.
+    dry = cli.run("apply", "-f", str(EXAMPLE), "--dry-run").stdout
+    assert "computedtrait/spend_90d valid; would hold 0 profiles now (dry run)" in dry
+    assert "segment/big_spenders_90d not checked: it reads spend_90d, not applied yet" in dry
+    assert cli.json("segments", "list") == []
+
+    # The example file applies cleanly, each definition after those it reads, backfills followed.
+    applied = cli.run("apply", "-f", str(EXAMPLE), timeout=APPLY_SECONDS).stdout
+    for name in names:
+        assert re.search(rf"/{name} set \(version 1\)", applied), applied
+        assert f"backfill of {name} (version 1) finished" in applied, applied
+    again = cli.run("apply", "-f", str(EXAMPLE), "--no-wait").stdout
+    assert again.count("unchanged (version 1)") == len(names) and "backfill" not in again
+    listed = cli.json("segments", "list")
+    assert sorted(d["name"] for d in listed) == sorted(names)
+    # What `segments get` prints is what the file says.
+    shown = yaml.safe_load(cli.run("segments", "get", "customer_tier").stdout)
+    by_name = {spec.definition.name: spec.definition for spec in specs}
+    assert shown == definition_document(by_name["customer_tier"])
+
+    # One person: an identify with traits and two orders, through ingest's HTTP API.
+    write_key = cli.json("sources", "create", "web")["write_key"]
+    endpoints = json.loads((cli.data_dir / "run" / "endpoints.json").read_text())
+    user = f"ann-{uuid.uuid4().hex[:8]}"
+    batch = [
+        {
+            "type": "identify",
+            "userId": user,
+            "messageId": uuid.uuid4().hex,
+            "traits": {"email": "ann@example.com", "plan": "gold", "address": {"city": "Berlin"}},
+        },
+        *(
+            {
+                "type": "track",
+                "userId": user,
+                "event": "Order Completed",
+                "messageId": uuid.uuid4().hex,
+                "properties": {"revenue": revenue, "currency": "EUR"},
+            }
+            for revenue in (700, 450.5)
+        ),
+    ]
+    answer = httpx.post(
+        f"{endpoints['http']['ingest']}/v1/batch", json={"batch": batch}, auth=(write_key, "")
+    )
+    assert answer.status_code == 200 and answer.json()["accepted"] == 3, answer.text
+
+    def profile_id() -> str:
+        done = subprocess.run(
+            [*ONEFOLD, "profile", "get", f"user_id:{user}", "--json", "--data-dir", str(cli.data_dir)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ONEFOLD_TOKEN": cli.token},
+            timeout=60,
+        )
+        return str(json.loads(done.stdout)["profile_id"]) if done.returncode == 0 else ""
+
+    person = _wait_for(profile_id, "identity's profile")
+
+    def in_the_segment() -> dict[str, Any] | None:
+        found: dict[str, Any] = cli.json("segments", "profile", person)
+        tags = {t["tag"]: t["value"] for t in found.get("tags", [])}
+        segments = {s["segment"] for s in found.get("segments", [])}
+        return found if "big_spenders_90d" in segments and tags.get("customer_tier") == "vip" else None
+
+    held = _wait_for(in_the_segment, "the spend segment and the vip tag")
+    (membership,) = held["segments"]
+    assert membership["reasons"] == [{"condition": "computed_trait spend_90d GE 1000", "observed": 1150.5}]
+    tags = {t["tag"]: t for t in held["tags"]}
+    assert tags["city"]["value"] == "Berlin"
+    assert tags["city"]["reasons"] == [{"condition": "trait address.city", "observed": "Berlin"}]
+    assert tags["customer_tier"]["reasons"] == [
+        {"condition": "in_segment big_spenders_90d", "observed": True}
+    ]
+    assert tags["lifecycle_stage"]["value"] == "active"
+    assert held["computed_traits"] == {"spend_90d": 1150.5, "orders_all_time": 2}
+    table = cli.run("segments", "profile", person).stdout
+    assert "big_spenders_90d" in table and "computed_trait spend_90d GE 1000 (saw 1150.5)" in table
+
+    members = cli.json("segments", "members", "big_spenders_90d", "--limit", "10")
+    assert members == {"profile_ids": [person], "total": 1, "next_page_token": ""}
+    assert cli.json("segments", "members", "cart_abandoned")["profile_ids"] == []
+
+    # History: the tier went loyal (the plan trait) then vip (the segment); one entry into the segment.
+    tier = cli.json("segments", "history", person, "--segment", "customer_tier")
+    assert [(c["change"], c["value"]) for c in tier] == [("tag", "loyal"), ("tag", "vip")]
+    entered = cli.json("segments", "history", person, "--segment", "big_spenders_90d")
+    assert [(c["change"], c["definition_version"]) for c in entered] == [("entered", 1)]
+    assert entered[0]["reasons"][0]["condition"] == "computed_trait spend_90d GE 1000"
+    everything = cli.run("segments", "history", person).stdout
+    assert "entered" in everything and "spend_90d" in everything and "lifecycle_stage" in everything
+
+    # As of a moment before anything happened: nothing held.
+    before = cli.json("segments", "profile", person, "--as-of", "2000-01-01T00:00:00Z")
+    assert not before.get("segments") and not before.get("tags")
+
+    # Errors are one sentence: unknown names exit 1; a definition another one reads is not archived.
+    missing = cli.run("segments", "get", "no_such_thing", status=1)
+    assert missing.stderr.startswith("error: no definition named 'no_such_thing'")
+    refused = cli.run("segments", "archive", "big_spenders_90d", status=2)
+    assert "still read by other definitions" in refused.stderr
+    archived = cli.json("segments", "archive", "cart_abandoned")
+    assert archived["archived"] is True
+    assert "cart_abandoned" not in {d["name"] for d in cli.json("segments", "list")}
+    assert "cart_abandoned" in {d["name"] for d in cli.json("segments", "list", "--archived")}
