@@ -176,6 +176,8 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
         {"condition": "in_segment big_spenders_90d", "observed": True}
     ]
     assert tags["lifecycle_stage"]["value"] == "active"
+    # Two purchases today: recency 5, frequency 2 (the cut-offs' first boundary reached).
+    assert tags["rfm"]["value"] == "Potential Loyalists"
     assert held["computed_traits"] == {"spend_90d": 1150.5, "orders_all_time": 2}
     table = cli.run("segments", "profile", person).stdout
     assert "big_spenders_90d" in table and "computed_trait spend_90d GE 1000 (saw 1150.5)" in table

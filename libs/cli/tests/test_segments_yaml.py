@@ -71,7 +71,8 @@ def test_the_example_file_converts_in_dependency_order_and_the_service_checker_a
             predicate=pb.Predicate(op=pb.OPERATOR_GE, value={"number_value": 1000}),
         )
     )
-    assert by_name["rfm"].rfm.cells == [] and not by_name["rfm"].rfm.HasField("cut_offs")  # the defaults
+    assert by_name["rfm"].rfm.cells == []  # the default cells
+    assert list(by_name["rfm"].rfm.cut_offs.frequency) == [2, 3, 5, 8]
     assert by_name["city"].tag.copy_trait == "address.city"
 
 
