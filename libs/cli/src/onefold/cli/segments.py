@@ -325,9 +325,10 @@ def get(
     target: SegmentsTarget = None,
     token: Token = None,
 ) -> None:
-    """Print a definition as the YAML `onefold apply -f` reads (version facts as comments).
+    """Print a definition as the YAML that `onefold apply -f` reads.
 
-    Exit 1 when no definition has that name."""
+    Its version, when and by whom it was set come first, as a comment. Exit 1 when no definition
+    has that name."""
     from onefold.cli.segments_yaml import definition_document
     from onefold.contracts.segments.v1 import segments_pb2 as pb
 
@@ -357,8 +358,10 @@ def archive(
     target: SegmentsTarget = None,
     token: Token = None,
 ) -> None:
-    """Archive a definition no other definition reads; every profile's membership or value of it is
-    withdrawn (recorded with why "archived"). Exit 1 when no definition has that name."""
+    """Archive a definition that no other definition reads.
+
+    Every profile's membership or value of it is withdrawn (recorded with why "archived").
+    Exit 1 when no definition has that name."""
     from onefold.contracts.segments.v1 import segments_pb2 as pb
 
     conn = segments_connection(data_dir, target, token)
@@ -382,14 +385,9 @@ def _load_specs(file: Path) -> list[DefinitionSpec]:
     from onefold.cli.sources import load_document
 
     documents = load_document(file)
-    specs = parse_definition_documents(documents, str(file))
-    if not specs or len(specs) != len(documents):
-        others = [d.get("kind") if isinstance(d, dict) else d for d in documents if not is_definition(d)]
-        if others or not specs:
-            raise CliError(
-                f"{file} must hold segments definitions only (kind: Segment, Tag, ComputedTrait, …)"
-            )
-    return specs
+    if not documents or not all(is_definition(document) for document in documents):
+        raise CliError(f"{file} must hold segments definitions only (kind: Segment, Tag, ComputedTrait, …)")
+    return parse_definition_documents(documents, str(file))
 
 
 @segments_app.command("preview")
@@ -400,8 +398,9 @@ def preview(
     target: SegmentsTarget = None,
     token: Token = None,
 ) -> None:
-    """How many profiles each definition of the file would hold now, with a sample of their ids;
-    nothing is stored."""
+    """How many profiles each definition of the file would hold now (nothing is stored).
+
+    A sample of their ids is shown beside each count."""
     from onefold.contracts.segments.v1 import segments_pb2 as pb
 
     try:
@@ -503,8 +502,9 @@ def profile(
     target: SegmentsTarget = None,
     token: Token = None,
 ) -> None:
-    """A profile's segments, tags and computed traits, each with why (the conditions that held and
-    the values they saw)."""
+    """A profile's segments, tags and computed traits, each with why.
+
+    Why: the conditions that held and the values they saw."""
     from onefold.contracts.segments.v1 import segments_pb2 as pb
 
     try:
