@@ -199,6 +199,21 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
     before = cli.json("segments", "profile", person, "--as-of", "2000-01-01T00:00:00Z")
     assert not before.get("segments") and not before.get("tags")
 
+    # What the service refuses is printed per field, by YAML path, then one sentence.
+    bad = cli.data_dir.parent / "bad.yaml"
+    bad.write_text(
+        "kind: Segment\nname: odd\ncondition:\n  all_of:\n"
+        "    - performed: {event: Order Completed, min_count: 5, max_count: 2}\n"
+        "    - in_segment: no_such_segment\n"
+    )
+    lines = cli.run("apply", "-f", str(bad), status=2).stderr.splitlines()
+    assert lines == [
+        "  condition.all_of[0].performed.max_count: must not be below min_count",
+        "  condition.all_of[1].in_segment: no segment of the workspace has this name",
+        f"error: {bad} (odd) was refused: the definition is not valid (each field above)",
+    ]
+    assert "odd" not in {d["name"] for d in cli.json("segments", "list")}
+
     # Errors are one sentence: unknown names exit 1; a definition another one reads is not archived.
     missing = cli.run("segments", "get", "no_such_thing", status=1)
     assert missing.stderr.startswith("error: no definition named 'no_such_thing'")
