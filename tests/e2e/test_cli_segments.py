@@ -105,6 +105,9 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
     dry = cli.run("apply", "-f", str(EXAMPLE), "--dry-run").stdout
     assert "computedtrait/spend_90d valid; would hold 0 profiles now (dry run)" in dry
     assert "segment/big_spenders_90d not checked: it reads spend_90d, not applied yet" in dry
+    previewed = cli.json("segments", "preview", "-f", str(EXAMPLE))
+    assert previewed["spend_90d"] == {"size": 0, "sample_profile_ids": []}
+    assert previewed["big_spenders_90d"] is None  # it reads spend_90d, not applied yet
     assert cli.json("segments", "list") == []
 
     # The example file applies cleanly, each definition after those it reads, backfills followed.

@@ -138,20 +138,17 @@ class Refused(Exception):
         self.violations = violations
 
 
-async def _apply_one(
-    stub: segments_pb2_grpc.SegmentsServiceStub, spec: DefinitionSpec, dry_run: bool
-) -> pb.ApplyDefinitionResponse:
+@asynccontextmanager
+async def _refusals(spec: DefinitionSpec) -> AsyncIterator[None]:
+    """A definition the service refuses (INVALID_ARGUMENT, FAILED_PRECONDITION) as Refused, with
+    its field violations as YAML paths."""
     import grpc
 
     from onefold.cli.segments_yaml import yaml_path
-    from onefold.contracts.segments.v1 import segments_pb2 as pb
     from onefold.platform.errors import details_of
 
     try:
-        response: pb.ApplyDefinitionResponse = await stub.ApplyDefinition(
-            pb.ApplyDefinitionRequest(definition=spec.definition, dry_run=dry_run)
-        )
-        return response
+        yield
     except grpc.aio.AioRpcError as error:
         if error.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
             raise
@@ -163,6 +160,33 @@ async def _apply_one(
         raise Refused(spec, message, [(yaml_path(f), text) for f, text in violations]) from None
 
 
+def _print_refused(refused: Refused) -> typer.Exit:
+    for path, text in refused.violations:
+        err_console.print(f"  {path}: {text}", highlight=False, markup=False, soft_wrap=True)
+    return fail(
+        f"{refused.spec.where} ({refused.spec.definition.name}) was refused: {refused.message}"
+        + (" (each field above)" if refused.violations else "")
+    )
+
+
+async def _unapplied_reads(
+    stub: segments_pb2_grpc.SegmentsServiceStub, specs: Sequence[DefinitionSpec]
+) -> dict[str, list[str]]:
+    """Per definition, the definitions of the same file it reads that are not stored yet. The
+    service checks a definition against what is stored, so such a one can be checked (or
+    previewed) only once those are applied."""
+    from onefold.contracts.segments.v1 import segments_pb2 as pb
+
+    listed = await stub.ListDefinitions(pb.ListDefinitionsRequest())
+    stored = {d.name for d in listed.definitions}
+    in_file = {spec.definition.name for spec in specs}
+    return {
+        spec.definition.name: sorted((spec.references() & in_file) - stored)
+        for spec in specs
+        if (spec.references() & in_file) - stored
+    }
+
+
 async def apply_definitions(
     conn: Connection, specs: Sequence[DefinitionSpec], dry_run: bool
 ) -> tuple[list[str], list[tuple[str, str]]]:
@@ -172,22 +196,17 @@ async def apply_definitions(
     lines: list[str] = []
     backfills: list[tuple[str, str]] = []
     async with segments_stub(conn) as stub:
-        stored: set[str] = set()
-        if dry_run:
-            listed = await stub.ListDefinitions(pb.ListDefinitionsRequest())
-            stored = {d.name for d in listed.definitions}
-        file_names = {spec.definition.name for spec in specs}
+        unapplied = await _unapplied_reads(stub, specs) if dry_run else {}
         for spec in specs:
             label = f"{_kind(spec.definition).lower()}/{spec.definition.name}"
-            # The service checks a definition against what is stored: one reading a definition that
-            # only this file brings can be checked once that one is applied, not in a dry run.
-            unstored = sorted((spec.references() & file_names) - stored) if dry_run else []
-            if unstored:
-                lines.append(
-                    f"{label} not checked: it reads {', '.join(unstored)}, not applied yet (dry run)"
-                )
+            if spec.definition.name in unapplied:
+                reads = ", ".join(unapplied[spec.definition.name])
+                lines.append(f"{label} not checked: it reads {reads}, not applied yet (dry run)")
                 continue
-            response = await _apply_one(stub, spec, dry_run)
+            async with _refusals(spec):
+                response: pb.ApplyDefinitionResponse = await stub.ApplyDefinition(
+                    pb.ApplyDefinitionRequest(definition=spec.definition, dry_run=dry_run)
+                )
             if not response.changed:
                 lines.append(f"{label} unchanged (version {response.definition.version})")
             elif dry_run:
@@ -248,12 +267,7 @@ def apply_segments(
     try:
         lines, backfills = run_async(conn, call)
     except Refused as refused:
-        for path, text in refused.violations:
-            err_console.print(f"  {path}: {text}", highlight=False, markup=False, soft_wrap=True)
-        raise fail(
-            f"{refused.spec.where} ({refused.spec.definition.name}) was refused: {refused.message}"
-            + (" (each field above)" if refused.violations else "")
-        ) from None
+        raise _print_refused(refused) from None
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
     if not backfills:
@@ -409,11 +423,22 @@ def preview(
         raise fail(error.message, error.code) from None
     conn = segments_connection(data_dir, target, token)
 
-    async def call() -> list[pb.PreviewResponse]:
+    async def call() -> list[pb.PreviewResponse | None]:
+        answers: list[pb.PreviewResponse | None] = []
         async with segments_stub(conn) as stub:
-            return [await stub.Preview(pb.PreviewRequest(definition=spec.definition)) for spec in specs]
+            unapplied = await _unapplied_reads(stub, specs)
+            for spec in specs:
+                if spec.definition.name in unapplied:
+                    answers.append(None)
+                    continue
+                async with _refusals(spec):
+                    answers.append(await stub.Preview(pb.PreviewRequest(definition=spec.definition)))
+        return answers
 
-    previews = run_async(conn, call)
+    try:
+        previews = run_async(conn, call)
+    except Refused as refused:
+        raise _print_refused(refused) from None
     if as_json:
         print_json(
             {
@@ -421,6 +446,8 @@ def preview(
                     "size": answer.size,
                     "sample_profile_ids": list(answer.sample_profile_ids),
                 }
+                if answer is not None
+                else None
                 for spec, answer in zip(specs, previews, strict=True)
             }
         )
@@ -429,6 +456,12 @@ def preview(
         ("name", "profiles", "sample"),
         [
             (spec.definition.name, str(answer.size), " ".join(answer.sample_profile_ids))
+            if answer is not None
+            else (
+                spec.definition.name,
+                "-",
+                "not previewed: it reads definitions of this file not applied yet",
+            )
             for spec, answer in zip(specs, previews, strict=True)
         ],
     )
