@@ -103,7 +103,7 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
 
     # A dry run on the empty workspace checks what it can and stores nothing.
     dry = cli.run("apply", "-f", str(EXAMPLE), "--dry-run").stdout
-    assert "computedtrait/spend_90d valid; would hold 0 profiles now (dry run)" in dry
+    assert "computed_trait/spend_90d valid; would hold 0 profiles now (dry run)" in dry
     assert "segment/big_spenders_90d not checked: it reads spend_90d, not applied yet" in dry
     previewed = cli.json("segments", "preview", "-f", str(EXAMPLE))
     assert previewed["spend_90d"] == {"size": 0, "sample_profile_ids": []}

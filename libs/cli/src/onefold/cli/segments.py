@@ -119,6 +119,11 @@ def _kind(definition: pb.Definition) -> str:
     return DOCUMENT_KINDS.get(definition.WhichOneof("kind") or "", "?")
 
 
+def _label(definition: pb.Definition) -> str:
+    """`kind/name` as the apply and archive lines print it: computed_trait/spend_90d."""
+    return f"{definition.WhichOneof('kind') or 'definition'}/{definition.name}"
+
+
 def _yaml(documents: list[dict[str, Any]]) -> str:
     import yaml
 
@@ -198,7 +203,7 @@ async def apply_definitions(
     async with segments_stub(conn) as stub:
         unapplied = await _unapplied_reads(stub, specs) if dry_run else {}
         for spec in specs:
-            label = f"{_kind(spec.definition).lower()}/{spec.definition.name}"
+            label = _label(spec.definition)
             if spec.definition.name in unapplied:
                 reads = ", ".join(unapplied[spec.definition.name])
                 lines.append(f"{label} not checked: it reads {reads}, not applied yet (dry run)")
@@ -389,9 +394,7 @@ def archive(
     if as_json:
         print_json(_as_dict(definition))
         return
-    console.print(
-        f"{_kind(definition).lower()}/{name} archived (version {definition.version})", highlight=False
-    )
+    console.print(f"{_label(definition)} archived (version {definition.version})", highlight=False)
 
 
 def _load_specs(file: Path) -> list[DefinitionSpec]:
