@@ -123,8 +123,9 @@ def test_invalid_definitions_are_refused_with_the_field_named(segments) -> None:
     with pytest.raises(InvalidArgument) as cycle:
         segments.apply(segment("a", in_segment("b")))
     assert "cycle" in str(cycle.value.violations)
-    with pytest.raises(FailedPrecondition):
-        segments.archive("a")  # b reads it
+    with pytest.raises(FailedPrecondition) as still_read:
+        segments.archive("a")
+    assert [path for path, _ in still_read.value.violations] == ["b.segment.condition.in_segment"]
 
 
 def test_an_unchanged_definition_keeps_its_version_and_a_change_bumps_it(segments) -> None:

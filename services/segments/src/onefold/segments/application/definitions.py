@@ -76,7 +76,9 @@ class Definitions:
             shown.CopyFrom(definition)
             return pb.ApplyDefinitionResponse(definition=shown, changed=True, preview_size=size)
         work = functools.partial(self._set, workspace=workspace, definition=definition, actor=actor)
-        return await self.log.writer.run(self.log.projector.write, work)
+        response = await self.log.writer.run(self.log.projector.write, work)
+        self.profiles.wake_backfills()
+        return response
 
     def _set(
         self, conn: Connection, *, workspace: str, definition: pb.Definition, actor: str
@@ -115,7 +117,9 @@ class Definitions:
         """Archive a definition no other live definition reads; every profile's output of it is
         withdrawn (SegmentExited / TagChanged "" with why "archived") by a pass over the profiles."""
         work = functools.partial(self._archive, workspace=workspace, name=name, actor=actor)
-        return await self.log.writer.run(self.log.projector.write, work)
+        archived = await self.log.writer.run(self.log.projector.write, work)
+        self.profiles.wake_backfills()
+        return archived
 
     def _archive(self, conn: Connection, *, workspace: str, name: str, actor: str) -> pb.Definition:
         _, stored = self.workspaces.load(conn, workspace)
@@ -126,7 +130,7 @@ class Definitions:
             return current
         others = [d for d in stored if d.name != name]
         try:
-            compile_workspace(others)
+            compile_workspace(others, prefixes={d.name: d.name for d in others})  # paths name the reader
         except InvalidArgument as exc:
             raise FailedPrecondition(
                 f"{name!r} is still read by other definitions; archive or change them first",

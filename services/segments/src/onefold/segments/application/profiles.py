@@ -374,8 +374,12 @@ class ProfileFolds:
             finished=False,
         )
         self.states.start_backfill(conn, backfill, self.clock())
-        self._poke(self._wake_backfills)
         return backfill
+
+    def wake_backfills(self) -> None:
+        """Call once the transaction that started a backfill committed (the loop reads on its own
+        connection: woken earlier it would find nothing and sleep)."""
+        self._poke(self._wake_backfills)
 
     def backfill_page(self, conn: Connection, *, backfill: Backfill) -> Backfill:
         """The next BACKFILL_PAGE profiles of a backfill: features rebuilt from history, definitions

@@ -116,6 +116,7 @@ class Schedules:
                 self.record, workspace=workspace, definition=definition, boundaries=boundaries
             )
             await self.log.writer.run(self.log.projector.write, work)
+            self.profiles.wake_backfills()
             log.info("segments.scheduled_run", workspace=workspace, definition=definition.name)
         return upcoming
 
