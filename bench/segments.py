@@ -239,7 +239,9 @@ def tag(name: str, *rules: tuple[pb.Condition, str], copy_trait: str = "") -> pb
 
 def computed(name: str, aggregation: str, event: str, prop: str = "", window: int = 0) -> pb.Definition:
     trait = pb.ComputedTrait(
-        event=events_named(event), aggregation=pb.Aggregation.Value(f"AGGREGATION_{aggregation}"), property=prop
+        event=events_named(event),
+        aggregation=pb.Aggregation.Value(f"AGGREGATION_{aggregation}"),
+        property=prop,
     )
     if window:
         trait.window.CopyFrom(duration(window))
@@ -283,7 +285,9 @@ def definitions(timer_window: int) -> list[pb.Definition]:
         )
     for campaign in CAMPAIGNS:
         out.append(
-            segment(f"opened_{campaign}", performed("Email Opened", ("campaign", "EQ", campaign), within=14 * DAY))
+            segment(
+                f"opened_{campaign}", performed("Email Opened", ("campaign", "EQ", campaign), within=14 * DAY)
+            )
         )
     out += [
         tag(
@@ -346,12 +350,19 @@ def definitions(timer_window: int) -> list[pb.Definition]:
         segment("eur_buyers", performed("Order Completed", ("currency", "EQ", "EUR"), within=90 * DAY)),
         segment(TIMER_SEGMENT, performed(TIMER_EVENT, within=timer_window)),
         segment("vip", all_of(in_segment("big_spenders"), tag_is("plan_tier", "EQ", "premium"))),
-        segment("at_risk_vip", all_of(in_segment("vip"), tag_is("stage", "IN", values=["churning", "dormant"]))),
+        segment(
+            "at_risk_vip", all_of(in_segment("vip"), tag_is("stage", "IN", values=["churning", "dormant"]))
+        ),
         segment("abandoners_marketable", all_of(in_segment("cart_abandoned_1d"), tag_is("marketable"))),
         segment("win_back", all_of(in_segment("inactive_30d"), in_segment("repeat_buyers"))),
-        segment("electronics_fans_emea", all_of(in_segment("frequent_electronics"), tag_is("region", "EQ", "emea"))),
+        segment(
+            "electronics_fans_emea",
+            all_of(in_segment("frequent_electronics"), tag_is("region", "EQ", "emea")),
+        ),
         segment("browsers_not_buyers", all_of(in_segment("engaged_browsers"), in_segment("never_purchased"))),
-        segment("young_big_spenders", all_of(in_segment("big_spenders"), tag_is("age_band", "EQ", "under_25"))),
+        segment(
+            "young_big_spenders", all_of(in_segment("big_spenders"), tag_is("age_band", "EQ", "under_25"))
+        ),
         segment("email_vip", all_of(in_segment("vip"), in_segment("email_engaged"))),
         segment("lapsed_loyal", all_of(in_segment("loyal"), negated(in_segment("active_7d")))),
         segment("fashion_beauty", all_of(in_segment("frequent_fashion"), in_segment("frequent_beauty"))),
@@ -682,7 +693,8 @@ def raw_insert_floor(directory: Path, traffic: Traffic, events: int) -> dict[str
             ]
             connection.execute("BEGIN IMMEDIATE")
             connection.executemany(
-                "INSERT INTO events (event_id, stream_id, type, payload, occurred_at) VALUES (?, ?, ?, ?, ?)", rows
+                "INSERT INTO events (event_id, stream_id, type, payload, occurred_at) VALUES (?, ?, ?, ?, ?)",
+                rows,
             )
             connection.execute("COMMIT")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -844,7 +856,9 @@ def raw_history_read(database: Path) -> dict[str, Any]:
     try:
         started = time.perf_counter()
         records = blocks = 0
-        cursor = connection.execute(f"SELECT profile_id, records, block FROM {history_table.name} ORDER BY seq")
+        cursor = connection.execute(
+            f"SELECT profile_id, records, block FROM {history_table.name} ORDER BY seq"
+        )
         while rows := cursor.fetchmany(5000):
             blocks += len(rows)
             records += sum(r[1] for r in rows)
@@ -926,7 +940,9 @@ def run(sizes: Sizes, seed: int) -> dict[str, Any]:
             results["timer"] = timer(system, traffic, int(sizes.timer_window_s * SECOND))
             say(f"backfill over {sizes.backfill_events:,} history records ...")
             results["backfill"] = backfill(system, traffic, sizes.backfill_events)
-            results["database_mb"] = round(sum(f.stat().st_size for f in directory.glob("segments.db*")) / 2**20)
+            results["database_mb"] = round(
+                sum(f.stat().st_size for f in directory.glob("segments.db*")) / 2**20
+            )
         finally:
             system.close()
     results["memory"] = memory_mb()
@@ -947,7 +963,8 @@ def run(sizes: Sizes, seed: int) -> dict[str, Any]:
     latency_ = results["latency"]
     timer_ = results["timer"]
     results["met"] = {
-        "throughput_events_per_s": full_size and throughput_["events_per_s"] >= TARGETS["throughput_events_per_s"],
+        "throughput_events_per_s": full_size
+        and throughput_["events_per_s"] >= TARGETS["throughput_events_per_s"],
         "entered_p99_ms": full_size
         and latency_["segment_entered"] > 0
         and latency_["entered_p99_ms"] <= TARGETS["entered_p99_ms"],
@@ -955,7 +972,8 @@ def run(sizes: Sizes, seed: int) -> dict[str, Any]:
         and timer_["fired_after_expiry_max_s"] <= TARGETS["timer_exit_delay_s"],
         "backfill_10m_seconds": results["backfill"]["seconds_at_10m"] <= TARGETS["backfill_10m_seconds"]
         and results["at_target_size"]["backfill_events"],
-        "rss_mb": results["at_target_size"]["profiles"] and results["memory"]["peak_rss_mb"] <= TARGETS["rss_mb"],
+        "rss_mb": results["at_target_size"]["profiles"]
+        and results["memory"]["peak_rss_mb"] <= TARGETS["rss_mb"],
     }
     results["load_average"] = [round(x, 2) for x in os.getloadavg()]
     results["max_rss_mb_getrusage"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
