@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -515,7 +516,7 @@ class System:
         for backfill in running:
             while not backfill.finished:
                 backfill = self.log.projector.write(
-                    lambda conn, b=backfill: self.app.profiles.backfill_page(conn, backfill=b)
+                    functools.partial(self.app.profiles.backfill_page, backfill=backfill)
                 )
                 pages += 1
                 if report is not None:
