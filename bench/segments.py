@@ -33,7 +33,7 @@ Phases:
   subscriber's size (256), the envelopes built between batches and not timed: events/s over the
   handler's wall time, the process CPU µs per event (`time.process_time`, handler only). Floor: raw
   `sqlite3.executemany` of as many rows of the same size (the serialized envelopes) into a table of
-  the same shape, a commit per batch, in the same directory;
+  the same shape, a commit per batch (WAL, synchronous=FULL, as the store), in the same directory;
 - latency: events paced at LATENCY_RATE/s by a producer thread into a queue; a consumer takes what
   is waiting (up to 256) and runs the handler's transaction, as the subscriber does after a fetch.
   Latency = the commit that appended the SegmentEntered minus the moment the event was produced,
@@ -675,13 +675,13 @@ def throughput(system: System, traffic: Traffic, events: int) -> dict[str, Any]:
 
 def raw_insert_floor(directory: Path, traffic: Traffic, events: int) -> dict[str, Any]:
     """sqlite3 executemany of `events` rows (the serialized envelopes) into a table shaped like the
-    log's, a commit per subscriber batch, WAL as the store runs it."""
+    log's, a commit per subscriber batch, WAL and synchronous=FULL as the store runs it."""
     now = wall_clock()
     payloads = [traffic.event(traffic.some_profile(), now).SerializeToString() for _ in range(events)]
     connection = sqlite3.connect(directory / "floor.db", isolation_level=None)
     try:
         connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA synchronous=FULL")
         connection.execute(
             "CREATE TABLE events (position INTEGER PRIMARY KEY, event_id TEXT UNIQUE, stream_id TEXT, "
             "type TEXT, payload BLOB, occurred_at INTEGER)"
