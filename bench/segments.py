@@ -715,14 +715,18 @@ def latency(system: System, traffic: Traffic, seconds: float) -> dict[str, Any]:
     # Only the producer thread draws from its own generator (random.Random is not shared).
     producer_traffic = Traffic(traffic.profiles, seed=traffic.rng.randrange(1 << 30))
 
+    producing: list[float] = []  # the producer's first and last moment
+
     def produce() -> None:
         begin = time.perf_counter()
+        producing.append(begin)
         for i in range(total):
             delay = begin + i / LATENCY_RATE - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             envelope = producer_traffic.event(producer_traffic.some_profile(), wall_clock())
             produced.put((time.perf_counter(), envelope))
+        producing.append(time.perf_counter())
         produced.put(None)
 
     head = system.store.head_position()
@@ -770,6 +774,8 @@ def latency(system: System, traffic: Traffic, seconds: float) -> dict[str, Any]:
             "subscriber and the outbox relay's publish of the SegmentEntered to JetStream"
         ),
         "rate_per_s": LATENCY_RATE,
+        # Below the rate when the producer thread was starved of the GIL by the handler.
+        "produced_per_s": round(total / max(producing[-1] - producing[0], 1e-9)),
         "events": len(every),
         "segment_entered": len(latencies),
         "entered_p50_ms": round(percentile(latencies, 50), 2),
