@@ -1049,7 +1049,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.quick:
-        sizes = Sizes(2000, 2000, args.definitions, 10_000, 2.0, 1.0, 2000)
+        sizes = Sizes(1000, 1000, args.definitions, 5000, 1.0, 1.0, 1000)
     else:
         sizes = Sizes(
             args.profiles,
