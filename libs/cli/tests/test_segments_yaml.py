@@ -356,6 +356,10 @@ def test_a_misspelt_kind_names_the_segments_kinds_too() -> None:
         parse_source_documents([{"kind": "Segmnet", "name": "s"}], "f.yaml")
     assert "Segment, Tag, ComputedTrait, Lifecycle, Rfm" in raised.value.message
     assert "'Segmnet'" in raised.value.message
+    # Its keys are a segment's, not a source's: the kind is what is wrong, and what is said.
+    with pytest.raises(CliError) as keyed:
+        parse_source_documents([{"kind": "Segmnt", "name": "s", "condition": {"trait": "plan"}}], "f.yaml")
+    assert "kind must be" in keyed.value.message and "'Segmnt'" in keyed.value.message
 
 
 def test_a_document_of_another_kind_is_left_to_its_own_reader() -> None:

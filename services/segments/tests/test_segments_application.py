@@ -61,6 +61,18 @@ def test_an_event_enters_a_segment_with_the_reasons_and_the_profile_reads_them_b
     assert shown.segments[0].reasons[0].observed.number_value == 2
 
 
+def test_the_why_shown_now_is_current_while_the_entry_keeps_its_own(segments) -> None:
+    segments.apply(computed("spend", "SUM", "total", event="Order Completed"))
+    segments.apply(segment("big", computed_test("spend", "GE", 25)))
+    segments.run_backfills()
+    segments.track("p-1", "Order Completed", total=30)
+    segments.clock.advance(HOUR)
+    segments.track("p-1", "Order Completed", total=20)
+    entered = [m for m in segments.events("p-1") if isinstance(m, pb.SegmentEntered)]
+    assert len(entered) == 1 and entered[0].reasons[0].observed.number_value == 30  # not announced again
+    assert segments.profile("p-1").segments[0].reasons[0].observed.number_value == 50
+
+
 def test_a_window_expiring_exits_at_the_timer_with_a_controllable_clock(segments) -> None:
     segments.apply(segment("recent", performed("Viewed", within=HOUR)))
     segments.run_backfills()
@@ -125,7 +137,7 @@ def test_invalid_definitions_are_refused_with_the_field_named(segments) -> None:
     assert "cycle" in str(cycle.value.violations)
     with pytest.raises(FailedPrecondition) as still_read:
         segments.archive("a")
-    assert [path for path, _ in still_read.value.violations] == ["b.segment.condition.in_segment"]
+    assert still_read.value.violations == [("b.segment.condition.in_segment", "reads 'a'")]
 
 
 def test_an_unchanged_definition_keeps_its_version_and_a_change_bumps_it(segments) -> None:

@@ -340,8 +340,8 @@ def test_rfm_cells_by_time() -> None:
     last = T0 + 7 * HOUR
     assert state.values() == {"rfm": "Champions"}  # R5 F5
     (reason,) = state.outputs["rfm"].reasons
-    # The reasons are those of the change: Champions since the fifth purchase (F4).
-    assert reason.condition == "rfm R5 F4 M5 (frequency 5, monetary 1000)"
+    # Champions since the fifth purchase (F4, announced then); the reasons kept are the latest.
+    assert reason.condition == "rfm R5 F5 M5 (frequency 8, monetary 1600)"
     assert state.next_timer() == last + 10 * DAY
     advance(ws, state, last + 10 * DAY - 1)
     assert state.values() == {"rfm": "Champions"}

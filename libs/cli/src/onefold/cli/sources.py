@@ -399,12 +399,13 @@ def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]
             continue  # for the segments service (segments.py)
         if not isinstance(document, dict):
             raise CliError(f"{at} must be a mapping with kind: Source")
-        fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
-        if fields.get("kind") != "Source":
+        # The kind first: a misspelt one must not be read as a Source and refused for its keys.
+        if document.get("kind") != "Source":
             raise CliError(
                 f"{at}: kind must be 'Source', 'IdentityRules', 'ConsentModel' or a segments kind "
-                f"({', '.join(KINDS)}) (got {fields.get('kind')!r})"
+                f"({', '.join(KINDS)}) (got {document.get('kind')!r})"
             )
+        fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
         name = fields.get("name")
         if not isinstance(name, str) or not name.strip():
             raise CliError(f"{at}: name is required")

@@ -134,7 +134,7 @@ class Definitions:
         except InvalidArgument as exc:
             raise FailedPrecondition(
                 f"{name!r} is still read by other definitions; archive or change them first",
-                violations=list(exc.violations),
+                violations=[(path, f"reads {name!r}") for path, _ in exc.violations],
             ) from None
         version = current.version + 1
         self.log.projector.record(

@@ -31,6 +31,7 @@ would count a replayed event twice.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
@@ -558,6 +559,8 @@ def _compare(compiled: Compiled, state: ProfileState, answer: Answer, now: Micro
         del state.outputs[name]
         return _undo(name, previous, why, compiled.version)
     if previous is not None and canonical(previous.value) == canonical(answer.value):
+        if previous.reasons != answer.reasons:  # the same answer for newer reasons: shown, not announced
+            state.outputs[name] = dataclasses.replace(previous, reasons=answer.reasons)
         return None
     output = state.outputs[name] = Output(compiled.kind, answer.value, now, answer.reasons, compiled.version)
     return _announce(name, output)
