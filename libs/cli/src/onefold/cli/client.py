@@ -9,7 +9,7 @@ by `onefold up`); the credential from `--token` or ONEFOLD_TOKEN.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from onefold.contracts.ingest.v1 import ingest_pb2_grpc
 
 T = TypeVar("T")
+S = TypeVar("S")  # a generated gRPC stub
 
 # 32 MB: an Upload/Batch answer for a large batch of quarantined events can be big.
 CHANNEL_OPTIONS = (("grpc.max_receive_message_length", 32 * 1024 * 1024),)
@@ -70,15 +71,21 @@ def resolve(data_dir: Path, target: str | None, token: str | None, service: str 
 
 
 @asynccontextmanager
-async def ingest_stub(conn: Connection) -> AsyncIterator[ingest_pb2_grpc.IngestServiceStub]:
-    from onefold.contracts.ingest.v1 import ingest_pb2_grpc
+async def service_stub(conn: Connection, stub_class: Callable[[grpc.aio.Channel], S]) -> AsyncIterator[S]:
+    """A service's generated stub on an authenticated channel, closed when the block ends."""
     from onefold.platform.client import authenticated_channel
 
     channel = authenticated_channel(conn.target, conn.token, options=CHANNEL_OPTIONS)
     try:
-        yield ingest_pb2_grpc.IngestServiceStub(channel)
+        yield stub_class(channel)
     finally:
         await channel.close()
+
+
+def ingest_stub(conn: Connection) -> AbstractAsyncContextManager[ingest_pb2_grpc.IngestServiceStub]:
+    from onefold.contracts.ingest.v1 import ingest_pb2_grpc
+
+    return service_stub(conn, ingest_pb2_grpc.IngestServiceStub)
 
 
 def describe_rpc_error(

@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onefold.cli.client import (
-    CHANNEL_OPTIONS,
     CliError,
     Connection,
     DataDir,
@@ -46,6 +45,7 @@ from onefold.cli.client import (
     connect,
     fail,
     run_async,
+    service_stub,
 )
 from onefold.cli.output import console, print_json, print_table
 
@@ -89,16 +89,10 @@ Reason = Annotated[str, typer.Option("--reason", help="why (kept in the merge hi
 # --- talking to the identity service -------------------------------------------------------------
 
 
-@asynccontextmanager
-async def identity_stub(conn: Connection) -> AsyncIterator[identity_pb2_grpc.IdentityServiceStub]:
+def identity_stub(conn: Connection) -> AbstractAsyncContextManager[identity_pb2_grpc.IdentityServiceStub]:
     from onefold.contracts.identity.v1 import identity_pb2_grpc
-    from onefold.platform.client import authenticated_channel
 
-    channel = authenticated_channel(conn.target, conn.token, options=CHANNEL_OPTIONS)
-    try:
-        yield identity_pb2_grpc.IdentityServiceStub(channel)
-    finally:
-        await channel.close()
+    return service_stub(conn, identity_pb2_grpc.IdentityServiceStub)
 
 
 def identity_connection(data_dir: Path, target: str | None, token: str | None) -> Connection:

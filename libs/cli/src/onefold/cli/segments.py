@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onefold.cli.client import CliError, Connection, DataDir, Token, connect, fail, run_async
+from onefold.cli.client import CliError, Connection, DataDir, Token, connect, fail, run_async, service_stub
 from onefold.cli.options import Json
 from onefold.cli.output import console, err_console, print_json, print_table
 
@@ -58,17 +58,10 @@ def segments_connection(data_dir: Path, target: str | None, token: str | None) -
     return connect(data_dir, target, token, service=SERVICE)
 
 
-@asynccontextmanager
-async def segments_stub(conn: Connection) -> AsyncIterator[segments_pb2_grpc.SegmentsServiceStub]:
-    from onefold.cli.client import CHANNEL_OPTIONS
+def segments_stub(conn: Connection) -> AbstractAsyncContextManager[segments_pb2_grpc.SegmentsServiceStub]:
     from onefold.contracts.segments.v1 import segments_pb2_grpc
-    from onefold.platform.client import authenticated_channel
 
-    channel = authenticated_channel(conn.target, conn.token, options=CHANNEL_OPTIONS)
-    try:
-        yield segments_pb2_grpc.SegmentsServiceStub(channel)
-    finally:
-        await channel.close()
+    return service_stub(conn, segments_pb2_grpc.SegmentsServiceStub)
 
 
 def not_found_exit() -> dict[grpc.StatusCode, int]:
