@@ -398,6 +398,22 @@ class Workspace:
     index: Mapping[Feature | TraitKey, tuple[str, ...]]
     downstream: Mapping[str, tuple[str, ...]]  # name -> itself and every realtime dependent, in order
     rfm_boundaries: Mapping[str, CutOffs] = field(default_factory=dict)
+    feature_set: frozenset[Feature] = frozenset()
+    # (event type, event name) -> the features whose filters name it, or any name of that type:
+    # an event is tested against those alone, not against every feature of the workspace.
+    by_event: Mapping[tuple[str, str], tuple[Feature, ...]] = field(default_factory=dict)
+    _watching: dict[tuple[str, str], tuple[Feature, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def watching(self, type_: str, name: str) -> tuple[Feature, ...]:
+        """The features an event of this type and name may count for (their filters decide)."""
+        found = self._watching.get((type_, name))
+        if found is None:
+            named = self.by_event.get((type_, name), ())
+            found = tuple(dict.fromkeys((*named, *self.by_event.get((type_, ""), ()))))
+            self._watching[(type_, name)] = found
+        return found
 
     def affected(self, keys: Iterable[Feature | TraitKey], names: Iterable[str] = ()) -> list[str]:
         """The realtime definitions `keys` can change, plus `names` and their downstream, in order."""
@@ -534,7 +550,18 @@ def _index(compiled: dict[str, Compiled], boundaries: dict[str, CutOffs]) -> Wor
         index={k: tuple(sorted(v, key=position.__getitem__)) for k, v in index.items()},
         downstream=downstream,
         rfm_boundaries=boundaries,
+        feature_set=frozenset(features),
+        by_event=_by_event(features),
     )
+
+
+def _by_event(features: Iterable[Feature]) -> dict[tuple[str, str], tuple[Feature, ...]]:
+    found: dict[tuple[str, str], dict[Feature, None]] = {}
+    for feature in features:
+        filters = (feature.after, feature.then_not) if isinstance(feature, After) else (feature.filter,)
+        for f in filters:
+            found.setdefault((f.type, f.name), {})[feature] = None
+    return {key: tuple(named) for key, named in found.items()}
 
 
 class _Checker:

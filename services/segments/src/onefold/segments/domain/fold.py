@@ -279,6 +279,14 @@ class Accumulators(MutableMapping[Feature, Accumulator]):
         if self._stored.pop(feature, None) is None:
             del self._decoded[feature]
 
+    def holds_exactly(self, wanted: frozenset[Feature]) -> bool:
+        """Whether the features kept are exactly `wanted` (without decoding any)."""
+        return (
+            len(self._decoded) + len(self._stored) == len(wanted)
+            and wanted.issuperset(self._stored)
+            and wanted.issuperset(self._decoded)
+        )
+
     def __contains__(self, feature: object) -> bool:
         return feature in self._decoded or feature in self._stored
 
@@ -356,7 +364,7 @@ def apply(
     everything = False
     why = "condition"
     if isinstance(item, Resolved):
-        for feature in state.features:
+        for feature in workspace.watching(item.event.type, item.event.name):
             if isinstance(feature, After):
                 if matches(feature.after, item.event):
                     after = state.features[feature]
@@ -494,13 +502,13 @@ def _set_trait(state: ProfileState, key: str, value: Json, at: Occurrence) -> bo
 def _sync(workspace: Workspace, state: ProfileState) -> None:
     """Accumulators for exactly the workspace's features (a new feature starts empty: the
     application backfills it from history; a feature no definition needs any more is dropped)."""
+    if state.features.holds_exactly(workspace.feature_set):
+        return
     for feature in workspace.features:
         if feature not in state.features:
             state.features[feature] = new_accumulator(feature)
-    if len(state.features) != len(workspace.features):
-        wanted = set(workspace.features)
-        for feature in [f for f in state.features if f not in wanted]:
-            del state.features[feature]
+    for feature in [f for f in state.features if f not in workspace.feature_set]:
+        del state.features[feature]
 
 
 def _settle(
