@@ -104,7 +104,8 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
     # A dry run on the empty workspace checks what it can and stores nothing.
     dry = cli.run("apply", "-f", str(EXAMPLE), "--dry-run").stdout
     assert "computed_trait/spend_90d valid; would hold 0 profiles now (dry run)" in dry
-    assert "segment/big_spenders_90d not checked: it reads spend_90d, not applied yet" in dry
+    # The file's definitions are checked together: one reading another of the file is previewed too.
+    assert "segment/big_spenders_90d valid; would hold 0 profiles now (dry run)" in dry
     previewed = cli.json("segments", "preview", "-f", str(EXAMPLE))
     assert previewed["spend_90d"] == {"size": 0, "sample_profile_ids": []}
     assert previewed["big_spenders_90d"] is None  # it reads spend_90d, not applied yet
@@ -216,6 +217,22 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
         f"error: {bad} (odd) was refused: the definition is not valid (each field above)",
     ]
     assert "odd" not in {d["name"] for d in cli.json("segments", "list")}
+
+    # A file is applied all or none: every document's problems are printed (a cycle between two
+    # documents of the file named as one), and a valid document beside them is not stored either.
+    several = cli.data_dir.parent / "several.yaml"
+    several.write_text(
+        "kind: Segment\nname: ping\ncondition: {in_segment: pong}\n---\n"
+        "kind: Segment\nname: pong\ncondition: {in_segment: ping}\n---\n"
+        "kind: Segment\nname: fine\ncondition: {trait: email, exists: true}\n"
+    )
+    lines = cli.run("apply", "-f", str(several), status=2).stderr.splitlines()
+    assert lines[0] == f"{several} (document 1) segment/ping:", lines
+    assert lines[1] == "  condition.in_segment: forms a cycle: ping -> pong -> ping", lines
+    assert lines[2] == f"{several} (document 2) segment/pong:", lines
+    assert lines[3] == "  condition.in_segment: forms a cycle: pong -> ping -> pong", lines
+    assert lines[4].startswith("error: 2 documents were refused, nothing was applied"), lines
+    assert not {"ping", "pong", "fine"} & {d["name"] for d in cli.json("segments", "list")}
 
     # Errors are one sentence: unknown names exit 1; a definition another one reads is not archived.
     missing = cli.run("segments", "get", "no_such_thing", status=1)

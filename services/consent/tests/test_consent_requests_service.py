@@ -518,11 +518,14 @@ def test_gdpr_art16_pipl_art46_rectification_corrects_identity_traits(stack: Sta
 def plaintext_hits(root: Path, needles: Sequence[bytes]) -> list[str]:
     """Every file under `root` holding one of `needles` (as bytes, any case variant given)."""
     hits = []
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
+    # os.walk, not Path.rglob: a running nats-server removes directories (compaction batches) while
+    # they are listed, and os.walk passes over a vanished directory where rglob raises
+    for directory, _, names in os.walk(root):
+        for name in sorted(names):
+            path = Path(directory) / name
             try:
                 data = path.read_bytes()
-            except FileNotFoundError:  # a running nats-server removed it meanwhile (compaction)
+            except FileNotFoundError:  # removed meanwhile, like the directories above
                 continue
             hits.extend(f"{path.relative_to(root)}: {needle!r}" for needle in needles if needle in data)
     return hits

@@ -140,6 +140,40 @@ def test_invalid_definitions_are_refused_with_the_field_named(segments) -> None:
     assert still_read.value.violations == [("b.segment.condition.in_segment", "reads 'a'")]
 
 
+def test_several_definitions_apply_together_all_or_none(segments) -> None:
+    def apply_all(*definitions: pb.Definition) -> list[pb.ApplyDefinitionResponse]:
+        return segments.sync(segments.app.definitions.apply_all(WORKSPACE, definitions, "cred-test"))
+
+    # Each reads the other: a cycle, named for both; the valid one beside them is not stored.
+    with pytest.raises(InvalidArgument) as cycle:
+        apply_all(
+            segment("ping", in_segment("pong")),
+            segment("pong", in_segment("ping")),
+            segment("ok", trait("plan", "EXISTS")),
+        )
+    assert sorted(path for path, _ in cycle.value.violations) == [
+        "definitions[0].segment.condition.in_segment",
+        "definitions[1].segment.condition.in_segment",
+    ]
+    with pytest.raises(InvalidArgument) as twice:
+        apply_all(segment("ok", trait("plan", "EXISTS")), segment("ok", trait("plan", "EQ", "pro")))
+    assert twice.value.violations == [("definitions[1].name", "the request sets this name twice")]
+    assert segments.sync(segments.app.definitions.listed(WORKSPACE, include_archived=True)) == []
+
+    # Read before it is defined, in one request: both stored, each with its own backfill.
+    first = apply_all(segment("pros", in_segment("plan_set")), segment("plan_set", trait("plan", "EXISTS")))
+    assert [(r.definition.name, r.definition.version, r.changed) for r in first] == [
+        ("pros", 1, True),
+        ("plan_set", 1, True),
+    ]
+    assert all(r.backfill_id for r in first)
+    again = apply_all(segment("plan_set", trait("plan", "EXISTS")), segment("pros", in_segment("plan_set")))
+    assert [(r.changed, r.backfill_id) for r in again] == [(False, ""), (False, "")]
+    segments.run_backfills()
+    segments.traits("p-1", plan="pro")
+    assert segments.members("pros") == ["p-1"]
+
+
 def test_an_unchanged_definition_keeps_its_version_and_a_change_bumps_it(segments) -> None:
     first = segments.apply(segment("a", trait("plan", "EXISTS")))
     again = segments.apply(segment("a", trait("plan", "EXISTS")))

@@ -9,6 +9,7 @@ is not evaluated on the changed definition before that), unless `--no-wait`.
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -127,19 +128,18 @@ def _yaml(documents: list[dict[str, Any]]) -> str:
 
 
 class Refused(Exception):
-    """The service refused a document: (YAML path, reason) pairs to print one per line."""
+    """The service refused documents: per document, (YAML path, reason) pairs to print one per line."""
 
-    def __init__(self, spec: DefinitionSpec, message: str, violations: list[tuple[str, str]]) -> None:
+    def __init__(self, message: str, problems: list[tuple[DefinitionSpec, list[tuple[str, str]]]]) -> None:
         super().__init__(message)
-        self.spec = spec
         self.message = message
-        self.violations = violations
+        self.problems = problems
 
 
 @asynccontextmanager
-async def _refusals(spec: DefinitionSpec) -> AsyncIterator[None]:
-    """A definition the service refuses (INVALID_ARGUMENT, FAILED_PRECONDITION) as Refused, with
-    its field violations as YAML paths."""
+async def _refusals(specs: Sequence[DefinitionSpec], batch: bool = False) -> AsyncIterator[None]:
+    """Definitions the service refuses (INVALID_ARGUMENT, FAILED_PRECONDITION) as Refused, each
+    field violation under its document (`definitions[i].…` in a batch) as a YAML path."""
     import grpc
 
     from onefold.cli.segments_yaml import yaml_path
@@ -154,17 +154,36 @@ async def _refusals(spec: DefinitionSpec) -> AsyncIterator[None]:
             _, violations = details_of(error)
         except Exception:  # a status without rich details: the message alone
             violations = []
-        message = (error.details() or "refused").rstrip(".")
-        raise Refused(spec, message, [(yaml_path(f), text) for f, text in violations]) from None
+        by_spec: dict[int, list[tuple[str, str]]] = {}
+        for field, text in violations:
+            index, path = 0, field
+            if batch:
+                found = _BATCH_FIELD.match(field)
+                if found is None:  # about the request itself (its size)
+                    by_spec.setdefault(0, []).append((field, text))
+                    continue
+                index, path = int(found.group(1)), "definition" + found.group(2)
+            by_spec.setdefault(index, []).append((yaml_path(path), text))
+        problems = [(specs[i], paths) for i, paths in sorted(by_spec.items())] or [(specs[0], [])]
+        raise Refused((error.details() or "refused").rstrip("."), problems) from None
+
+
+_BATCH_FIELD = re.compile(r"^definitions\[(\d+)\](.*)$")
 
 
 def _print_refused(refused: Refused) -> typer.Exit:
-    for path, text in refused.violations:
-        err_console.print(f"  {path}: {text}", highlight=False, markup=False, soft_wrap=True)
-    return fail(
-        f"{refused.spec.where} ({refused.spec.definition.name}) was refused: {refused.message}"
-        + (" (each field above)" if refused.violations else "")
-    )
+    for spec, violations in refused.problems:
+        if len(refused.problems) > 1:
+            err_console.print(f"{spec.where} {_label(spec.definition)}:", highlight=False, markup=False)
+        for path, text in violations:
+            err_console.print(f"  {path}: {text}", highlight=False, markup=False, soft_wrap=True)
+    if len(refused.problems) == 1:
+        spec = refused.problems[0][0]
+        return fail(
+            f"{spec.where} ({spec.definition.name}) was refused: {refused.message}"
+            + (" (each field above)" if refused.problems[0][1] else "")
+        )
+    return fail(f"{len(refused.problems)} documents were refused, nothing was applied: {refused.message}")
 
 
 async def _unapplied_reads(
@@ -188,31 +207,26 @@ async def _unapplied_reads(
 async def apply_definitions(
     conn: Connection, specs: Sequence[DefinitionSpec], dry_run: bool
 ) -> tuple[list[str], list[tuple[str, str]]]:
-    """Apply each definition in order: the lines to print, and (name, backfill id) to follow."""
+    """Apply the file's definitions together, all or none (they may read each other in any
+    order): the lines to print, and (name, backfill id) to follow."""
     from onefold.contracts.segments.v1 import segments_pb2 as pb
 
     lines: list[str] = []
     backfills: list[tuple[str, str]] = []
-    async with segments_stub(conn) as stub:
-        unapplied = await _unapplied_reads(stub, specs) if dry_run else {}
-        for spec in specs:
-            label = _label(spec.definition)
-            if spec.definition.name in unapplied:
-                reads = ", ".join(unapplied[spec.definition.name])
-                lines.append(f"{label} not checked: it reads {reads}, not applied yet (dry run)")
-                continue
-            async with _refusals(spec):
-                response: pb.ApplyDefinitionResponse = await stub.ApplyDefinition(
-                    pb.ApplyDefinitionRequest(definition=spec.definition, dry_run=dry_run)
-                )
-            if not response.changed:
-                lines.append(f"{label} unchanged (version {response.definition.version})")
-            elif dry_run:
-                lines.append(f"{label} valid; would hold {response.preview_size} profiles now (dry run)")
-            else:
-                lines.append(f"{label} set (version {response.definition.version})")
-                if response.backfill_id:
-                    backfills.append((spec.definition.name, response.backfill_id))
+    async with segments_stub(conn) as stub, _refusals(specs, batch=True):
+        applied: pb.ApplyDefinitionsResponse = await stub.ApplyDefinitions(
+            pb.ApplyDefinitionsRequest(definitions=[spec.definition for spec in specs], dry_run=dry_run)
+        )
+    for spec, response in zip(specs, applied.results, strict=True):
+        label = _label(spec.definition)
+        if not response.changed:
+            lines.append(f"{label} unchanged (version {response.definition.version})")
+        elif dry_run:
+            lines.append(f"{label} valid; would hold {response.preview_size} profiles now (dry run)")
+        else:
+            lines.append(f"{label} set (version {response.definition.version})")
+            if response.backfill_id:
+                backfills.append((spec.definition.name, response.backfill_id))
     return lines, backfills
 
 
@@ -280,7 +294,7 @@ def apply_segments(
     for state in run_async(conn, lambda: follow_backfills(conn, backfills)):
         console.print(
             f"backfill of {state.definition} (version {state.definition_version}) finished: "
-            f"{state.events_done} events",
+            + (f"{state.events_done:,} history records read" if state.events_total else "no history to read"),
             highlight=False,
         )
 
@@ -427,7 +441,7 @@ def preview(
                 if spec.definition.name in unapplied:
                     answers.append(None)
                     continue
-                async with _refusals(spec):
+                async with _refusals([spec]):
                     answers.append(await stub.Preview(pb.PreviewRequest(definition=spec.definition)))
         return answers
 

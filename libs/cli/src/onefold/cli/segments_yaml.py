@@ -104,7 +104,7 @@ class DefinitionSpec:
     definition: pb.Definition
 
     def references(self) -> set[str]:
-        """The other definitions it reads (so a file's documents can be applied in order)."""
+        """The other definitions it reads (a preview of one needs those stored first)."""
         return set(_references(self.definition))
 
 
@@ -548,8 +548,8 @@ PARSERS: dict[str, Callable[[pb.Definition, dict[str, Any], _Path], None]] = {
 
 
 def parse_definition_documents(documents: list[Any], where: str) -> list[DefinitionSpec]:
-    """The file's definition documents, each named `where (document N)` when the file has several,
-    in an order where each comes after the file's definitions it reads."""
+    """The file's definition documents in the file's order, each named `where (document N)` when
+    the file has several (the service checks them together, so their order does not matter)."""
     specs = [
         DefinitionSpec(
             where if len(documents) == 1 else f"{where} (document {number})",
@@ -567,31 +567,7 @@ def parse_definition_documents(documents: list[Any], where: str) -> list[Definit
                 f"{spec.where}: name {spec.definition.name!r} is also used by {seen[spec.definition.name]}"
             )
         seen[spec.definition.name] = spec.where
-    return _dependency_order(specs)
-
-
-def _dependency_order(specs: list[DefinitionSpec]) -> list[DefinitionSpec]:
-    """Specs ordered so that each follows those it reads (a cycle is left for the service to name)."""
-    by_name = {spec.definition.name: spec for spec in specs}
-    ordered: list[DefinitionSpec] = []
-    visiting: set[str] = set()
-    done: set[str] = set()
-
-    def visit(spec: DefinitionSpec) -> None:
-        name = spec.definition.name
-        if name in done or name in visiting:
-            return
-        visiting.add(name)
-        for reference in sorted(spec.references()):
-            if reference in by_name:
-                visit(by_name[reference])
-        visiting.discard(name)
-        done.add(name)
-        ordered.append(spec)
-
-    for spec in specs:
-        visit(spec)
-    return ordered
+    return specs
 
 
 def _references(definition: pb.Definition) -> Iterable[str]:

@@ -158,6 +158,15 @@ def load_document(path: Path) -> list[Any]:
         if path.suffix.lower() == ".json":
             return [json.loads(text)]
         return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except json.JSONDecodeError as error:
+        raise CliError(
+            f"{path} is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})"
+        ) from None
+    except yaml.MarkedYAMLError as error:
+        # The mark says where the parser gave up; 1-based as editors count.
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise CliError(f"{path} is not valid YAML: {error.problem or error.context}{where}") from None
     except (ValueError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CliError(

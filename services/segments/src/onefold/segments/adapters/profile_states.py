@@ -280,7 +280,15 @@ class ProfileStates:
                 out[str(profile_id)] = str(survivor)
         return out
 
-    def merged_into(self, conn: Connection, workspace: str, profile_id: str) -> list[str]:
+    def family(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> list[str]:
+        """These profiles and every profile merged into them (`alias` keeps merges flat, but a
+        chain is followed anyway): what a data-subject request about them covers."""
+        ids = list(dict.fromkeys(profile_ids))
+        for profile_id in ids:  # grows as merged profiles are found
+            ids.extend(p for p in self._merged_into(conn, workspace, profile_id) if p not in ids)
+        return ids
+
+    def _merged_into(self, conn: Connection, workspace: str, profile_id: str) -> list[str]:
         return [
             str(r[0])
             for r in conn.execute(

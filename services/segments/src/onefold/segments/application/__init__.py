@@ -14,8 +14,6 @@ import asyncio
 import functools
 from collections.abc import Callable, Mapping, Sequence
 
-from sqlalchemy.engine import Connection
-
 from onefold.eventlog.service import ServiceLog
 from onefold.segments.adapters.profile_states import ProfileStates
 from onefold.segments.adapters.read_model import held_by
@@ -54,7 +52,7 @@ class SegmentsApplication:
 
     def _export_counts(self, workspace: str, profile_ids: Sequence[str]) -> dict[str, int]:
         with self.log.store.engine.connect() as conn:
-            ids = self._family(conn, workspace, profile_ids)
+            ids = self.states.family(conn, workspace, profile_ids)
             held = held_by(conn, workspace, ids)
             states = len(self.states.load(conn, workspace, ids))
             records = self.states.history_records(conn, workspace, ids)
@@ -66,12 +64,6 @@ class SegmentsApplication:
             "profile_states": states,
             "history_records": records,
         }
-
-    def _family(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> list[str]:
-        ids = list(dict.fromkeys(profile_ids))
-        for profile_id in list(ids):
-            ids.extend(p for p in self.states.merged_into(conn, workspace, profile_id) if p not in ids)
-        return ids
 
     async def erase_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
         """Withdraw every output (recorded as exits with why "erased"), delete the state and history

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Sequence
 
 from sqlalchemy.engine import Connection
 
@@ -15,10 +16,25 @@ from onefold.segments.adapters.profile_states import ProfileStates
 from onefold.segments.application.profiles import BACKFILL_PAGE, ProfileFolds
 from onefold.segments.application.workspaces import Workspaces
 from onefold.segments.domain import fold
-from onefold.segments.domain.definitions import Workspace, compile_workspace, feature_key, validate
+from onefold.segments.domain.definitions import (
+    Workspace,
+    compile_workspace,
+    feature_key,
+    validate,
+    validate_all,
+)
 from onefold.segments.domain.streams import definition_stream
 
 PREVIEW_SAMPLE = 10
+
+
+def _latest(stored: Sequence[pb.Definition], name: str) -> pb.Definition | None:
+    return next((d for d in stored if d.name == name), None)
+
+
+def _unchanged(current: pb.Definition | None, definition: pb.Definition) -> bool:
+    """Applying it again changes nothing (an archived one is set anew, as a new version)."""
+    return current is not None and not current.archived and _content(current) == _content(definition)
 
 
 def _content(definition: pb.Definition) -> bytes:
@@ -62,56 +78,99 @@ class Definitions:
     async def apply(
         self, workspace: str, definition: pb.Definition, actor: str, *, dry_run: bool = False
     ) -> pb.ApplyDefinitionResponse:
-        """Validate against the workspace's other definitions; unless `dry_run` or unchanged, store
-        it as a new version and start its backfill (history for new features, then every profile
-        re-evaluated). A dry run answers with the preview size."""
-        stored = await asyncio.to_thread(self._stored, workspace)
-        validate(definition, stored)
-        current = next((d for d in stored if d.name == definition.name), None)
-        if current is not None and not current.archived and _content(current) == _content(definition):
-            return pb.ApplyDefinitionResponse(definition=current, changed=False)
-        if dry_run:
-            size, _ = await self.preview(workspace, definition)
-            shown = pb.Definition()
-            shown.CopyFrom(definition)
-            return pb.ApplyDefinitionResponse(definition=shown, changed=True, preview_size=size)
-        work = functools.partial(self._set, workspace=workspace, definition=definition, actor=actor)
-        response = await self.log.writer.run(self.log.projector.write, work)
-        self.profiles.wake_backfills()
-        return response
+        """One definition (ApplyDefinition): `apply_all` of it, its problems under `definition.`."""
+        return (
+            await self.apply_all(workspace, [definition], actor, dry_run=dry_run, prefixes=["definition"])
+        )[0]
 
-    def _set(
-        self, conn: Connection, *, workspace: str, definition: pb.Definition, actor: str
+    async def apply_all(
+        self,
+        workspace: str,
+        definitions: Sequence[pb.Definition],
+        actor: str,
+        *,
+        dry_run: bool = False,
+        prefixes: Sequence[str] = (),
+    ) -> list[pb.ApplyDefinitionResponse]:
+        """Validate together against the workspace's other definitions; unless `dry_run`, store
+        every changed one as a new version in one transaction and start its backfill (history for
+        new features, then every profile re-evaluated). A dry run answers with preview sizes."""
+        stored = await asyncio.to_thread(self._stored, workspace)
+        compiled = validate_all(definitions, stored, prefixes)
+        if dry_run:
+            return [await self._dry_run(workspace, compiled, stored, d) for d in definitions]
+        work = functools.partial(
+            self._set_all, workspace=workspace, definitions=definitions, actor=actor, prefixes=prefixes
+        )
+        responses = await self.log.writer.run(self.log.projector.write, work)
+        self.profiles.wake_backfills()
+        return responses
+
+    async def _dry_run(
+        self, workspace: str, compiled: Workspace, stored: Sequence[pb.Definition], definition: pb.Definition
     ) -> pb.ApplyDefinitionResponse:
-        before, stored = self.workspaces.load(conn, workspace)
-        validate(definition, stored)  # again: another write may have landed since the check
-        current = next((d for d in stored if d.name == definition.name), None)
-        if current is not None and not current.archived and _content(current) == _content(definition):
+        current = _latest(stored, definition.name)
+        if _unchanged(current, definition):
             return pb.ApplyDefinitionResponse(definition=current, changed=False)
-        saved = pb.Definition()
-        saved.CopyFrom(definition)
-        saved.version = (current.version if current is not None else 0) + 1
-        saved.archived = False
-        saved.updated_by = actor
-        saved.updated_at.FromMicroseconds(self.profiles.clock())
-        self.log.projector.record(
-            conn,
-            [
-                NewEvent(
-                    stream_id=definition_stream(workspace, saved.name),
-                    message=pb.DefinitionSet(workspace=workspace, definition=saved),
-                    workspace=workspace,
-                    occurred_at=from_micros(self.profiles.clock()),
-                    metadata={"actor": actor},
-                )
-            ],
-        )
+        size, _ = await asyncio.to_thread(self._preview, workspace, compiled, definition.name)
+        shown = pb.Definition()
+        shown.CopyFrom(definition)
+        return pb.ApplyDefinitionResponse(definition=shown, changed=True, preview_size=size)
+
+    def _set_all(
+        self,
+        conn: Connection,
+        *,
+        workspace: str,
+        definitions: Sequence[pb.Definition],
+        actor: str,
+        prefixes: Sequence[str],
+    ) -> list[pb.ApplyDefinitionResponse]:
+        before, stored = self.workspaces.load(conn, workspace)
+        validate_all(definitions, stored, prefixes)  # again: another write may have landed since the check
+        responses: list[pb.ApplyDefinitionResponse] = []
+        for definition in definitions:
+            current = _latest(stored, definition.name)
+            if _unchanged(current, definition):
+                responses.append(pb.ApplyDefinitionResponse(definition=current, changed=False))
+                continue
+            saved = pb.Definition()
+            saved.CopyFrom(definition)
+            saved.version = (current.version if current is not None else 0) + 1
+            saved.archived = False
+            saved.updated_by = actor
+            saved.updated_at.FromMicroseconds(self.profiles.clock())
+            self.log.projector.record(
+                conn,
+                [
+                    NewEvent(
+                        stream_id=definition_stream(workspace, saved.name),
+                        message=pb.DefinitionSet(workspace=workspace, definition=saved),
+                        workspace=workspace,
+                        occurred_at=from_micros(self.profiles.clock()),
+                        metadata={"actor": actor},
+                    )
+                ],
+            )
+            responses.append(pb.ApplyDefinitionResponse(definition=saved, changed=True))
         after = self.workspaces.compiled(conn, workspace)
-        new_features = [feature_key(f) for f in after.features if f not in set(before.features)]
-        backfill = self.profiles.start_backfill(
-            conn, workspace, saved.name, saved.version, new_features, [saved.name]
-        )
-        return pb.ApplyDefinitionResponse(definition=saved, changed=True, backfill_id=backfill.backfill_id)
+        rebuilt = set(before.features)  # a feature two new definitions read is rebuilt once
+        for response in responses:
+            if not response.changed:
+                continue
+            saved = response.definition
+            new_features = [f for f in after.definitions[saved.name].features if f not in rebuilt]
+            rebuilt.update(new_features)
+            backfill = self.profiles.start_backfill(
+                conn,
+                workspace,
+                saved.name,
+                saved.version,
+                [feature_key(f) for f in new_features],
+                [saved.name],
+            )
+            response.backfill_id = backfill.backfill_id
+        return responses
 
     async def archive(self, workspace: str, name: str, actor: str) -> pb.Definition:
         """Archive a definition no other live definition reads; every profile's output of it is

@@ -261,9 +261,7 @@ class ProfileFolds:
 
     def _erased(self, conn: Connection, work: _Pass, profile_ids: Sequence[str], now: Micros) -> None:
         """Every output withdrawn (recorded), then state, history and key gone (in `_finish`)."""
-        ids = list(dict.fromkeys(profile_ids))
-        for profile_id in ids:
-            ids.extend(p for p in self.states.merged_into(conn, work.workspace, profile_id) if p not in ids)
+        ids = self.states.family(conn, work.workspace, profile_ids)
         loaded = self.states.load(conn, work.workspace, [p for p in ids if p not in work.states])
         work.states.update(loaded)
         for profile_id in ids:

@@ -27,7 +27,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -435,8 +435,28 @@ def validate(
     """Check one definition (ApplyDefinition) against the workspace's other live definitions:
     raises InvalidArgument naming every problem as (field path, reason) under `prefix`; else the
     workspace as it would be with it (for a preview). Problems of the others are not its own."""
-    peers = [d for d in others if d.name != definition.name and not d.archived]
-    return compile_workspace([*peers, definition], prefixes={definition.name: prefix}, only=definition.name)
+    return validate_all([definition], others, prefixes=[prefix])
+
+
+def validate_all(
+    batch: Sequence[pb.Definition], others: Iterable[pb.Definition] = (), prefixes: Sequence[str] = ()
+) -> Workspace:
+    """Check several definitions together (ApplyDefinitions) against the workspace's others: they
+    may read each other in any order; each one's problems are reported under its prefix (default
+    `definitions[i]`), a name given twice included."""
+    names = [d.name for d in batch]
+    labels = list(prefixes) or [f"definitions[{i}]" for i in range(len(batch))]
+    twice = [
+        (f"{labels[i]}.name", "the request sets this name twice")
+        for i, n in enumerate(names)
+        if n in names[:i]
+    ]
+    if twice:
+        raise InvalidArgument("the definitions are not valid", violations=twice)
+    peers = [d for d in others if d.name not in names and not d.archived]
+    return compile_workspace(
+        [*peers, *batch], prefixes=dict(zip(names, labels, strict=True)), only=frozenset(names)
+    )
 
 
 def compile_workspace(
@@ -444,10 +464,10 @@ def compile_workspace(
     *,
     rfm_boundaries: Mapping[str, CutOffs] | None = None,
     prefixes: Mapping[str, str] | None = None,
-    only: str | None = None,
+    only: frozenset[str] | None = None,
 ) -> Workspace:
     """Compile a workspace's live definitions (archived ones are skipped). Violations are reported
-    under `definitions[i].` (or `prefixes[name]`), and, with `only`, for that definition alone."""
+    under `definitions[i].` (or `prefixes[name]`), and, with `only`, for those definitions alone."""
     live = [d for d in definitions if not d.archived]
     kinds: dict[str, str] = {}
     numeric: set[str] = set()
@@ -466,13 +486,13 @@ def compile_workspace(
         if definition.name in seen:
             checker.fail("name", "another definition of the workspace has this name")
         seen.add(definition.name)
-        if only is None or definition.name == only:
+        if only is None or definition.name in only:
             violations.extend(checker.violations)
         if result is not None and not checker.violations:
             compiled[definition.name] = result
             paths[definition.name] = checker.reference_paths
     for name, cycle in _cycles(paths):
-        if only is None or name == only:
+        if only is None or name in only:
             referenced = cycle[1]
             where = paths[name][referenced]
             violations.append((where, "forms a cycle: " + " -> ".join(cycle)))

@@ -10,6 +10,7 @@ import grpc
 from onefold.contracts.segments.v1 import segments_pb2 as pb
 from onefold.contracts.segments.v1 import segments_pb2_grpc
 from onefold.platform import auth, data_subject
+from onefold.platform.errors import InvalidArgument
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 from onefold.platform.validation import bounded_text, optional_timestamp
 from onefold.segments.application import SegmentsApplication
@@ -28,9 +29,10 @@ SCOPES = {
         ),
         "segments:read",
     ),
-    **dict.fromkeys(("ApplyDefinition", "ArchiveDefinition"), "segments:write"),
+    **dict.fromkeys(("ApplyDefinition", "ApplyDefinitions", "ArchiveDefinition"), "segments:write"),
 }
 MAX_NAME_CHARS = 64
+MAX_DEFINITIONS_PER_APPLY = 500
 MAX_ID_CHARS = 128
 
 
@@ -47,6 +49,22 @@ class SegmentsServicer(segments_pb2_grpc.SegmentsServiceServicer):
             auth.current_credential_id(),
             dry_run=request.dry_run,
         )
+
+    async def ApplyDefinitions(
+        self, request: pb.ApplyDefinitionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApplyDefinitionsResponse:
+        if len(request.definitions) > MAX_DEFINITIONS_PER_APPLY:
+            raise InvalidArgument(
+                f"at most {MAX_DEFINITIONS_PER_APPLY} definitions per request",
+                violations=[("definitions", f"{len(request.definitions)} given")],
+            )
+        results = await self.app.definitions.apply_all(
+            auth.current_workspace(),
+            list(request.definitions),
+            auth.current_credential_id(),
+            dry_run=request.dry_run,
+        )
+        return pb.ApplyDefinitionsResponse(results=results)
 
     async def ArchiveDefinition(
         self, request: pb.ArchiveDefinitionRequest, context: grpc.aio.ServicerContext

@@ -1111,6 +1111,56 @@ class ApplyDefinitionResponse(_message.Message):
 Global___ApplyDefinitionResponse: _TypeAlias = ApplyDefinitionResponse  # noqa: Y015
 
 @_typing.final
+class ApplyDefinitionsRequest(_message.Message):
+    """Several definitions at once, all or none: checked together (so they may read each other, in any
+    order, and every problem of every one is reported under `definitions[i]`), stored in one
+    transaction. What `onefold apply -f` sends for a file.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEFINITIONS_FIELD_NUMBER: _builtins.int
+    DRY_RUN_FIELD_NUMBER: _builtins.int
+    dry_run: _builtins.bool
+    @_builtins.property
+    def definitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Definition]: ...
+    def __init__(
+        self,
+        *,
+        definitions: _abc.Iterable[Global___Definition] | None = ...,
+        dry_run: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definitions", b"definitions", "dry_run", b"dry_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyDefinitionsRequest: _TypeAlias = ApplyDefinitionsRequest  # noqa: Y015
+
+@_typing.final
+class ApplyDefinitionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyDefinitionResponse]:
+        """one per definition, in the request's order"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ApplyDefinitionResponse] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApplyDefinitionsResponse: _TypeAlias = ApplyDefinitionsResponse  # noqa: Y015
+
+@_typing.final
 class ArchiveDefinitionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class SegmentsServiceStub:
                 request_serializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionRequest.SerializeToString,
                 response_deserializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionResponse.FromString,
                 _registered_method=True)
+        self.ApplyDefinitions = channel.unary_unary(
+                '/onefold.segments.v1.SegmentsService/ApplyDefinitions',
+                request_serializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionsRequest.SerializeToString,
+                response_deserializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionsResponse.FromString,
+                _registered_method=True)
         self.ArchiveDefinition = channel.unary_unary(
                 '/onefold.segments.v1.SegmentsService/ArchiveDefinition',
                 request_serializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ArchiveDefinitionRequest.SerializeToString,
@@ -85,6 +90,12 @@ class SegmentsServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ApplyDefinition(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyDefinitions(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +156,11 @@ def add_SegmentsServiceServicer_to_server(servicer, server):
                     servicer.ApplyDefinition,
                     request_deserializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionRequest.FromString,
                     response_serializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionResponse.SerializeToString,
+            ),
+            'ApplyDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyDefinitions,
+                    request_deserializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionsRequest.FromString,
+                    response_serializer=onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionsResponse.SerializeToString,
             ),
             'ArchiveDefinition': grpc.unary_unary_rpc_method_handler(
                     servicer.ArchiveDefinition,
@@ -214,6 +230,33 @@ class SegmentsService:
             '/onefold.segments.v1.SegmentsService/ApplyDefinition',
             onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionRequest.SerializeToString,
             onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.segments.v1.SegmentsService/ApplyDefinitions',
+            onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionsRequest.SerializeToString,
+            onefold_dot_segments_dot_v1_dot_segments__pb2.ApplyDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,7 @@ class SegmentsServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SegmentsServiceAsyncStub: ...
     ApplyDefinition: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ApplyDefinitionRequest, _segments_pb2.ApplyDefinitionResponse]
+    ApplyDefinitions: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ApplyDefinitionsRequest, _segments_pb2.ApplyDefinitionsResponse]
     ArchiveDefinition: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ArchiveDefinitionRequest, _segments_pb2.Definition]
     GetDefinition: _grpc.UnaryUnaryMultiCallable[_segments_pb2.GetDefinitionRequest, _segments_pb2.Definition]
     ListDefinitions: _grpc.UnaryUnaryMultiCallable[_segments_pb2.ListDefinitionsRequest, _segments_pb2.ListDefinitionsResponse]
@@ -53,6 +54,7 @@ class SegmentsServiceStub:
 class SegmentsServiceAsyncStub(SegmentsServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ApplyDefinition: _aio.UnaryUnaryMultiCallable[_segments_pb2.ApplyDefinitionRequest, _segments_pb2.ApplyDefinitionResponse]  # type: ignore[assignment]
+    ApplyDefinitions: _aio.UnaryUnaryMultiCallable[_segments_pb2.ApplyDefinitionsRequest, _segments_pb2.ApplyDefinitionsResponse]  # type: ignore[assignment]
     ArchiveDefinition: _aio.UnaryUnaryMultiCallable[_segments_pb2.ArchiveDefinitionRequest, _segments_pb2.Definition]  # type: ignore[assignment]
     GetDefinition: _aio.UnaryUnaryMultiCallable[_segments_pb2.GetDefinitionRequest, _segments_pb2.Definition]  # type: ignore[assignment]
     ListDefinitions: _aio.UnaryUnaryMultiCallable[_segments_pb2.ListDefinitionsRequest, _segments_pb2.ListDefinitionsResponse]  # type: ignore[assignment]
@@ -69,6 +71,13 @@ class SegmentsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _segments_pb2.ApplyDefinitionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_segments_pb2.ApplyDefinitionResponse, _abc.Awaitable[_segments_pb2.ApplyDefinitionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ApplyDefinitions(
+        self,
+        request: _segments_pb2.ApplyDefinitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segments_pb2.ApplyDefinitionsResponse, _abc.Awaitable[_segments_pb2.ApplyDefinitionsResponse]]: ...
 
     @_abc_1.abstractmethod
     def ArchiveDefinition(
