@@ -90,7 +90,9 @@ def evaluate(
     leaving = acc.next_change(now)
     due = min([t for t in moments if t > now] + ([leaving] if leaving is not None else []), default=None)
     name = cell(spec.cells, r, f)
-    observed: Json = {"recency_days": m.recency_days, "frequency": float(m.frequency), "monetary": m.monetary}
+    # Shown to a person: days to two places (about a quarter of an hour), not 2.0000115740740743.
+    shown_recency = round(m.recency_days, 2)
+    observed: Json = {"recency_days": shown_recency, "frequency": float(m.frequency), "monetary": m.monetary}
     text = f"rfm R{r} F{f} M{v} (frequency {m.frequency}, monetary {format_number(m.monetary)})"
     return name, [(text, observed)] if name else [], due
 
