@@ -4,9 +4,10 @@ controllable clock, and identity's events built as the subscriber hands them ove
 - `segments`: a `SegmentsHarness` on a fresh SQLite file; `make_segments(url)` on any database URL
   (a second harness on the same file is the service restarted).
 - The harness's shortcuts: `apply(definition)`, `track(profile, event, at, **properties)`,
-  `traits(profile, **traits)`, `merge(survivor, merged)`, `unmerge(...)`, `erase(profile)` deliver
-  identity envelopes in one subscriber batch (`deliver`); `fire_timers()` and `run_backfills()` run
-  the loops' work once; `members(name)`, `outputs(profile)`, `events(profile)` read back.
+  `traits(profile, **traits)`, `merge(survivor, merged)`, `unmerge(kept, parts)` deliver identity
+  envelopes in one subscriber batch (`deliver`); `fire_timers()` and `run_backfills()` run the loops'
+  work once; `members(name)`, `profile(profile, as_of)`, `history(profile)`, `events(profile)` read
+  back.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from google.protobuf.message import Message
 
+from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
@@ -145,6 +147,16 @@ class SegmentsHarness:
     def merge(self, survivor: str, merged: str) -> None:
         self.deliver(identity_pb2.ProfilesMerged(survivor_id=survivor, merged_id=merged, workspace=WORKSPACE))
 
+    def unmerge(self, kept: str, parts: dict[str, list[str]]) -> None:
+        """Identity splits `kept` into `parts` (profile id -> its identifier keys)."""
+        self.deliver(
+            identity_pb2.ProfileUnmerged(
+                profile_id=kept,
+                workspace=WORKSPACE,
+                parts=[identity_pb2.ProfileUnmerged.Part(profile_id=p, keys=k) for p, k in parts.items()],
+            )
+        )
+
     def fire_timers(self) -> int:
         return self.log.projector.write(self.app.profiles.fire_due)
 
@@ -167,6 +179,9 @@ class SegmentsHarness:
 
     def profile(self, profile_id: str, as_of: datetime | None = None) -> pb.ProfileSegments:
         return self.sync(self.app.queries.profile(WORKSPACE, profile_id, as_of))
+
+    def history(self, profile_id: str, name: str = "") -> pb.GetMembershipHistoryResponse:
+        return self.sync(self.app.queries.history(WORKSPACE, profile_id, name, pagination_pb2.PageRequest()))
 
     def events(self, profile_id: str) -> list[Message]:
         return [self.store.decode(e) for e in self.store.read_stream(profile_stream(WORKSPACE, profile_id))]

@@ -595,7 +595,7 @@ def history(
 
     conn = segments_connection(data_dir, target, token)
 
-    async def call() -> list[pb.MembershipChange]:
+    async def call() -> tuple[str, list[pb.MembershipChange]]:
         changes: list[pb.MembershipChange] = []
         page_token = ""
         async with segments_stub(conn) as stub:
@@ -607,19 +607,30 @@ def history(
                 changes.extend(found.changes)
                 page_token = found.page.next_page_token
                 if not page_token:
-                    return changes
+                    return found.profile_id, changes
 
-    changes = run_async(conn, call)
+    answered_for, changes = run_async(conn, call)
     if as_json:
         print_json([_as_dict(change) for change in changes])
         return
+    title = f"history of profile {answered_for}"
+    if answered_for != profile_id:
+        title += f" (merged into it: {profile_id})"
     print_table(
-        ("at", "name", "change", "value", "version", "why"),
+        ("at", "profile", "name", "change", "value", "version", "why"),
         [
-            (_when(c.at), c.segment, c.change, c.value, str(c.definition_version), _why(c.reasons))
+            (
+                _when(c.at),
+                c.profile_id,
+                c.segment,
+                c.change,
+                c.value,
+                str(c.definition_version),
+                _why(c.reasons),
+            )
             for c in changes
         ],
-        title=f"history of profile {profile_id}",
+        title=title,
     )
 
 

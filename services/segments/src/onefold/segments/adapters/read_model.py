@@ -7,6 +7,8 @@
   segment's member, a profile with a tag or a computed trait's value. Values are personal and are
   not here: they stay sealed in the profile's state (adapters/profile_states.py) and its events.
   ListMembers pages over this table; a profile's current outputs are one indexed query.
+- `segments_merges`: each profile's merges into another and separations from it, with their moment:
+  which profile an id stood for at a past moment (`holder_at`), for as-of reads.
 
 Membership rows are buffered per batch and written in `flush` (one executemany delete and one
 executemany upsert for the whole batch), so a batch that moves many profiles costs two statements.
@@ -54,14 +56,25 @@ members = sa.Table(
     sa.Index("segments_members_by_profile", "workspace", "profile_id"),
 )
 
+merges = sa.Table(
+    "segments_merges",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("position", sa.BigInteger, primary_key=True),
+    sa.Column("at_us", sa.BigInteger, nullable=False),
+    sa.Column("survivor_id", sa.String(64), nullable=False),  # "" = separated: itself again
+)
+
 MemberKey = tuple[str, str, str]  # (workspace, definition name, profile id)
 
 
 class SegmentsReadModel(Handlers):
-    """The projection: definitions into `segments_definitions`, change events into `segments_members`."""
+    """The projection: definitions into `segments_definitions`, change events into `segments_members`,
+    merges and separations into `segments_merges`."""
 
     name = PROJECTION_NAME
-    tables: Sequence[sa.Table] = (definitions, members)
+    tables: Sequence[sa.Table] = (definitions, members, merges)
 
     def __init__(self) -> None:
         # Per batch: the membership rows to write (None = the row goes), written once in `flush`.
@@ -171,6 +184,27 @@ class SegmentsReadModel(Handlers):
         else:
             self._hold(*key, "computed_trait", message, event)
 
+    @handles(pb.ProfileMerged)
+    def _merged(self, conn: Connection, message: pb.ProfileMerged, event: RecordedEvent) -> None:
+        self._link(conn, message.workspace, message.profile_id, message.survivor_id, event)
+
+    @handles(pb.ProfileSeparated)
+    def _separated(self, conn: Connection, message: pb.ProfileSeparated, event: RecordedEvent) -> None:
+        self._link(conn, message.workspace, message.profile_id, "", event)
+
+    def _link(
+        self, conn: Connection, workspace: str, profile_id: str, survivor_id: str, event: RecordedEvent
+    ) -> None:
+        conn.execute(
+            merges.insert().values(
+                workspace=workspace,
+                profile_id=profile_id,
+                position=event.position,
+                at_us=to_micros(event.occurred_at),
+                survivor_id=survivor_id,
+            )
+        )
+
     def _hold(
         self, workspace: str, name: str, profile_id: str, kind: str, message: Any, event: RecordedEvent
     ) -> None:
@@ -213,6 +247,24 @@ def held_by(conn: Connection, workspace: str, profile_ids: Sequence[str]) -> lis
             )
         )
     ]
+
+
+def holder_at(conn: Connection, workspace: str, profile_id: str, at: int) -> str:
+    """The profile `profile_id` stood for at `at` (microseconds, inclusive): itself, or the profile it
+    had been merged into by then and not separated from again, followed through merges of merges."""
+    holder, seen = profile_id, {profile_id}
+    while True:
+        latest = conn.execute(
+            sa.select(merges.c.survivor_id)
+            .where(merges.c.workspace == workspace, merges.c.profile_id == holder, merges.c.at_us <= at)
+            .order_by(merges.c.at_us.desc(), merges.c.position.desc())
+            .limit(1)
+        ).scalar()
+        # `seen`: a merge chain never loops back, unless clocks of successive leaders disagreed.
+        if not latest or latest in seen:
+            return holder
+        holder = str(latest)
+        seen.add(holder)
 
 
 def workspaces_with_definitions(conn: Connection) -> list[str]:

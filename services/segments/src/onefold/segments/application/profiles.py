@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
@@ -62,17 +63,20 @@ def wall_clock() -> Micros:
     return to_micros(datetime.now(UTC))
 
 
+def profile_event(workspace: str, profile_id: str, message: Message, now: Micros) -> NewEvent:
+    return NewEvent(
+        stream_id=profile_stream(workspace, profile_id),
+        message=message,
+        subject=subject_of(workspace, profile_id),
+        workspace=workspace,
+        occurred_at=from_micros(now),
+        metadata={PARTITION_KEY: profile_id},
+    )
+
+
 def change_events(workspace: str, profile_id: str, result: Result, now: Micros) -> list[NewEvent]:
-    at = from_micros(now)
     return [
-        NewEvent(
-            stream_id=profile_stream(workspace, profile_id),
-            message=change.to_event(workspace, profile_id, result.cause),
-            subject=subject_of(workspace, profile_id),
-            workspace=workspace,
-            occurred_at=at,
-            metadata={PARTITION_KEY: profile_id},
-        )
+        profile_event(workspace, profile_id, change.to_event(workspace, profile_id, result.cause), now)
         for change in result.changes
     ]
 
@@ -136,7 +140,7 @@ class ProfileFolds:
             elif isinstance(message, identity_pb2.ProfilesMerged):
                 self._merged(conn, work, envelope, message, now)
             elif isinstance(message, identity_pb2.ProfileUnmerged):
-                self._unmerged(conn, work, message, now)
+                self._unmerged(conn, work, envelope, message, now)
             elif isinstance(message, identity_pb2.ProfileErased):
                 self._erased(conn, work, [message.profile_id, *message.profile_ids], now)
         for work in passes.values():
@@ -220,6 +224,10 @@ class ProfileFolds:
                 held_for(work.holds, survivor),
             )
             work.emit(survivor, result, now)
+        merged = pb.ProfileMerged(
+            workspace=work.workspace, profile_id=gone, survivor_id=survivor, cause_event_id=envelope.event_id
+        )
+        work.events.append(profile_event(work.workspace, gone, merged, now))
         work.changed.discard(gone)
         self.states.delete(conn, work.workspace, [gone])
         self.states.alias(conn, work.workspace, gone, survivor)
@@ -230,7 +238,12 @@ class ProfileFolds:
                 work.live[key] = survivor
 
     def _unmerged(
-        self, conn: Connection, work: _Pass, message: identity_pb2.ProfileUnmerged, now: Micros
+        self,
+        conn: Connection,
+        work: _Pass,
+        envelope: EventEnvelope,
+        message: identity_pb2.ProfileUnmerged,
+        now: Micros,
     ) -> None:
         """Each part rebuilt from the history records that go with it (by the first identifier key
         of each record; records without one stay with the part keeping the profile id)."""
@@ -249,6 +262,15 @@ class ProfileFolds:
             work.states.update(self.states.load(conn, work.workspace, [kept]))
         self.states.delete_history(conn, work.workspace, [kept])
         self.states.unalias(conn, work.workspace, [p for p in by_part if p != kept])
+        for part in by_part:
+            if part != kept:
+                separated = pb.ProfileSeparated(
+                    workspace=work.workspace,
+                    profile_id=part,
+                    separated_from_id=kept,
+                    cause_event_id=envelope.event_id,
+                )
+                work.events.append(profile_event(work.workspace, part, separated, now))
         for part, items in by_part.items():
             previous = work.states.get(part) if part == kept else None
             state, result = fold.rebuild(

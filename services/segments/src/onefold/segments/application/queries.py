@@ -1,6 +1,10 @@
 """Who is in what, and why: members, a profile's memberships and tags now or as of a moment (replayed
 from its stream of change events), its membership history, a backfill's progress. Reads run on
-their own connections and never wait behind the writer."""
+their own connections and never wait behind the writer.
+
+Merges are followed as a compliance reading expects: as of a moment, an id answers as the profile it
+stood for then (a later merge or unmerge does not rewrite the past); a history is that of the profile
+the id stands for now, with the changes recorded under every profile merged into it."""
 
 from __future__ import annotations
 
@@ -13,11 +17,11 @@ from google.protobuf.message import Message
 
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.segments.v1 import segments_pb2 as pb
-from onefold.eventlog.models import RecordedEvent, to_micros
+from onefold.eventlog.models import to_micros
 from onefold.eventlog.service import ServiceLog
 from onefold.platform.errors import InvalidArgument, NotFound
 from onefold.segments.adapters.profile_states import ProfileStates
-from onefold.segments.adapters.read_model import members
+from onefold.segments.adapters.read_model import holder_at, members
 from onefold.segments.application.workspaces import Workspaces
 from onefold.segments.domain.features import to_value
 from onefold.segments.domain.streams import profile_stream
@@ -102,14 +106,17 @@ class Queries:
         return answer
 
     def _profile_as_of(self, workspace: str, profile_id: str, as_of: datetime) -> pb.ProfileSegments:
-        """Replayed from the profile's change events up to `as_of` (occurred time)."""
-        limit = to_micros(as_of)
+        """Replayed up to `as_of` from the change events of the profile `profile_id` stood for then.
+        The survivor of a merge was evaluated on both histories from the merge on, so its own
+        stream is the whole answer."""
+        with self.log.store.engine.connect() as conn:
+            holder = holder_at(conn, workspace, profile_id, to_micros(as_of))
         segments: dict[str, pb.ProfileSegments.Membership] = {}
         tags: dict[str, pb.ProfileSegments.TagValue] = {}
         computed: dict[str, object] = {}
-        for event, message in self._changes(workspace, profile_id):
-            if to_micros(event.occurred_at) > limit:
-                break
+        store = self.log.store
+        for event in store.read_stream(profile_stream(workspace, holder), occurred_before=as_of):
+            message = store.decode(event)
             if isinstance(message, pb.SegmentEntered):
                 membership = pb.ProfileSegments.Membership(segment=message.segment, reasons=message.reasons)
                 membership.since.FromDatetime(event.occurred_at)
@@ -129,17 +136,13 @@ class Queries:
                 else:
                     computed[message.name] = message.value
         answer = pb.ProfileSegments(
-            profile_id=profile_id,
+            profile_id=holder,
             segments=[segments[k] for k in sorted(segments)],
             tags=[tags[k] for k in sorted(tags)],
         )
         for name, value in computed.items():
             answer.computed_traits[name].CopyFrom(value)  # type: ignore[arg-type]
         return answer
-
-    def _changes(self, workspace: str, profile_id: str) -> list[tuple[RecordedEvent, Message]]:
-        store = self.log.store
-        return [(e, store.decode(e)) for e in store.read_stream(profile_stream(workspace, profile_id))]
 
     async def history(
         self, workspace: str, profile_id: str, name: str, page: pagination_pb2.PageRequest
@@ -149,16 +152,24 @@ class Queries:
     def _history(
         self, workspace: str, profile_id: str, name: str, page: pagination_pb2.PageRequest
     ) -> pb.GetMembershipHistoryResponse:
+        store = self.log.store
+        with store.engine.connect() as conn:
+            live = self.states.live(conn, workspace, [profile_id])[profile_id]
+            folded = self.states.family(conn, workspace, [live])
+            events = store.read_streams(
+                [profile_stream(workspace, p) for p in folded], types=_CHANGE_TYPES, conn=conn
+            )
         changes: list[pb.MembershipChange] = []
-        for event, message in self._changes(workspace, profile_id):
-            change = _change(message)
-            if change is not None and (not name or change.segment == name):
+        for event in events:
+            change = _change(store.decode(event))
+            if not name or change.segment == name:
                 change.at.FromDatetime(event.occurred_at)
                 changes.append(change)
         start, size = _offset(page.page_token), _page_size(page)
         shown = changes[start : start + size]
         more = start + size < len(changes)
         return pb.GetMembershipHistoryResponse(
+            profile_id=live,
             changes=shown,
             page=pagination_pb2.PageResponse(
                 next_page_token=str(start + size) if more else "", total_size=len(changes)
@@ -178,9 +189,16 @@ class Queries:
         return await asyncio.to_thread(read)
 
 
-def _change(message: Message) -> pb.MembershipChange | None:
+_CHANGE_TYPES = [
+    m.DESCRIPTOR.full_name
+    for m in (pb.SegmentEntered, pb.SegmentExited, pb.TagChanged, pb.ComputedTraitChanged)
+]
+
+
+def _change(message: Message) -> pb.MembershipChange:
     if isinstance(message, pb.SegmentEntered):
         return pb.MembershipChange(
+            profile_id=message.profile_id,
             segment=message.segment,
             change="entered",
             definition_version=message.definition_version,
@@ -188,6 +206,7 @@ def _change(message: Message) -> pb.MembershipChange | None:
         )
     if isinstance(message, pb.SegmentExited):
         return pb.MembershipChange(
+            profile_id=message.profile_id,
             segment=message.segment,
             change="exited",
             value=message.why,
@@ -195,17 +214,18 @@ def _change(message: Message) -> pb.MembershipChange | None:
         )
     if isinstance(message, pb.TagChanged):
         return pb.MembershipChange(
+            profile_id=message.profile_id,
             segment=message.tag,
             change="tag",
             value=message.value,
             definition_version=message.definition_version,
             reasons=message.reasons,
         )
-    if isinstance(message, pb.ComputedTraitChanged):
-        return pb.MembershipChange(
-            segment=message.name,
-            change="computed_trait",
-            value=MessageToJson(message.value, indent=None),
-            definition_version=message.definition_version,
-        )
-    return None
+    assert isinstance(message, pb.ComputedTraitChanged)
+    return pb.MembershipChange(
+        profile_id=message.profile_id,
+        segment=message.name,
+        change="computed_trait",
+        value=MessageToJson(message.value, indent=None),
+        definition_version=message.definition_version,
+    )

@@ -1050,6 +1050,75 @@ class ComputedTraitChanged(_message.Message):
 Global___ComputedTraitChanged: _TypeAlias = ComputedTraitChanged  # noqa: Y015
 
 @_typing.final
+class ProfileMerged(_message.Message):
+    """Identity merged `profile_id` into `survivor_id` (on the merged profile's stream): from this moment
+    its id answers as the survivor's. With ProfileSeparated, what an as-of read follows to find the
+    profile an id stood for at a past moment.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    SURVIVOR_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    profile_id: _builtins.str
+    """the profile merged away"""
+    survivor_id: _builtins.str
+    """the profile holding it from then on"""
+    cause_event_id: _builtins.str
+    """identity's ProfilesMerged"""
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        profile_id: _builtins.str = ...,
+        survivor_id: _builtins.str = ...,
+        cause_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_event_id", b"cause_event_id", "profile_id", b"profile_id", "survivor_id", b"survivor_id", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileMerged: _TypeAlias = ProfileMerged  # noqa: Y015
+
+@_typing.final
+class ProfileSeparated(_message.Message):
+    """Identity's unmerge took `profile_id` out of `separated_from_id` as a profile of its own (on the
+    part's stream): from this moment its id answers for itself.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    SEPARATED_FROM_ID_FIELD_NUMBER: _builtins.int
+    CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    profile_id: _builtins.str
+    separated_from_id: _builtins.str
+    cause_event_id: _builtins.str
+    """identity's ProfileUnmerged"""
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        profile_id: _builtins.str = ...,
+        separated_from_id: _builtins.str = ...,
+        cause_event_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_event_id", b"cause_event_id", "profile_id", b"profile_id", "separated_from_id", b"separated_from_id", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileSeparated: _TypeAlias = ProfileSeparated  # noqa: Y015
+
+@_typing.final
 class ApplyDefinitionRequest(_message.Message):
     """---------------------------------------------------------------------------------------------
     The API. The workspace is the caller's credential's.
@@ -1431,6 +1500,7 @@ class ProfileSegments(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     COMPUTED_TRAITS_FIELD_NUMBER: _builtins.int
     profile_id: _builtins.str
+    """the profile answered for: the asked one, or the one it was merged into (then)"""
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileSegments.Membership]: ...
     @_builtins.property
@@ -1490,12 +1560,15 @@ class MembershipChange(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
     segment: _builtins.str
     """or the tag / computed trait's name"""
     change: _builtins.str
     """"entered", "exited", "tag", "computed_trait" """
     value: _builtins.str
     definition_version: _builtins.int
+    profile_id: _builtins.str
+    """the profile it was recorded under: the one answered for, or one merged into it"""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1509,10 +1582,11 @@ class MembershipChange(_message.Message):
         value: _builtins.str = ...,
         definition_version: _builtins.int = ...,
         reasons: _abc.Iterable[Global___Reason] | None = ...,
+        profile_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "change", b"change", "definition_version", b"definition_version", "reasons", b"reasons", "segment", b"segment", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "change", b"change", "definition_version", b"definition_version", "profile_id", b"profile_id", "reasons", b"reasons", "segment", b"segment", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1524,6 +1598,9 @@ class GetMembershipHistoryResponse(_message.Message):
 
     CHANGES_FIELD_NUMBER: _builtins.int
     PAGE_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    profile_id: _builtins.str
+    """the profile answered for: the asked one, or the one it is merged into now"""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___MembershipChange]: ...
     @_builtins.property
@@ -1533,10 +1610,11 @@ class GetMembershipHistoryResponse(_message.Message):
         *,
         changes: _abc.Iterable[Global___MembershipChange] | None = ...,
         page: _pagination_pb2.PageResponse | None = ...,
+        profile_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["page", b"page"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "page", b"page"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "page", b"page", "profile_id", b"profile_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
