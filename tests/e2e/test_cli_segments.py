@@ -193,6 +193,7 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
     # History: the tier went loyal (the plan trait) then vip (the segment); one entry into the segment.
     tier = cli.json("segments", "history", person, "--segment", "customer_tier")
     assert [(c["change"], c["value"]) for c in tier] == [("tag", "loyal"), ("tag", "vip")]
+    assert {c["profile_id"] for c in tier} == {person}  # each change names the profile it was recorded under
     entered = cli.json("segments", "history", person, "--segment", "big_spenders_90d")
     assert [(c["change"], c["definition_version"]) for c in entered] == [("entered", 1)]
     assert entered[0]["reasons"][0]["condition"] == "computed_trait spend_90d GE 1000"
