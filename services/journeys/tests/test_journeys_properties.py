@@ -1,0 +1,133 @@
+"""Properties of the journeys domain: split buckets are stable and spread as the percentages say,
+the fold of a stream equals the state built decision by decision, message ids never repeat within
+a run, and personal values are sealed by the event log."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from journeys_domain_builders import NO_FACTS, T0, Run, cart_journey, compiled, track
+
+from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.journeys.domain import instance as decide
+from onefold.journeys.domain.definitions import SplitArm
+from onefold.journeys.domain.events import REGISTRY
+from onefold.journeys.domain.instance import Instance, bucket, split_arm
+
+ids = st.text(st.characters(codec="utf-8"), max_size=20)
+
+
+@given(journey=ids, profile=ids, key=ids)
+def test_a_bucket_is_stable_and_in_range(journey: str, profile: str, key: str) -> None:
+    chosen = bucket(journey, profile, key)
+    assert 0 <= chosen < 100 and chosen == bucket(journey, profile, key)
+
+
+@given(percents=st.lists(st.integers(1, 100), min_size=1, max_size=5).filter(lambda p: sum(p) <= 100))
+def test_split_arms_cover_every_bucket_by_their_percent(percents: list[int]) -> None:
+    arms = [SplitArm(f"a{i}", p, "", False) for i, p in enumerate(percents)]
+    arms.append(SplitArm("rest", 100 - sum(percents), "", False))
+    counted = Counter(split_arm(arms, b).name for b in range(100))
+    assert all(counted[arm.name] == arm.percent for arm in arms)
+
+
+def test_buckets_spread_evenly_over_many_profiles() -> None:
+    # Deterministic (a hash, no randomness): 20,000 profiles, 200 expected per bucket.
+    counted = Counter(bucket("promo", f"profile-{i}", "") for i in range(20_000))
+    assert set(counted) == set(range(100))
+    assert max(counted.values()) < 260 and min(counted.values()) > 140
+    arms = [SplitArm("treated", 90, "", False), SplitArm("control", 10, "", True)]
+    control = sum(split_arm(arms, bucket("promo", f"profile-{i}", "")).control for i in range(20_000))
+    assert 1800 < control < 2200
+
+
+def test_the_bucket_depends_on_journey_profile_and_key() -> None:
+    base = [bucket("promo", f"p-{i}", "") for i in range(200)]
+    assert base != [bucket("other", f"p-{i}", "") for i in range(200)]
+    assert base != [bucket("promo", f"p-{i}", "cart") for i in range(200)]
+
+
+# A run: the profile enters, then a series of moves, each one hour later than the last.
+MOVES = st.lists(
+    st.sampled_from(["timer", "checkout", "order", "other_cart", "withdraw", "enter", "archive", "sent"]),
+    max_size=12,
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(moves=MOVES, reentry=st.sampled_from(["REENTRY_NEVER", "REENTRY_AFTER_EXIT", "REENTRY_ALWAYS"]))
+def test_replaying_the_stream_gives_the_state_built_incrementally(moves: list[str], reentry: str) -> None:
+    run = Run(
+        compiled(
+            cart_journey(
+                entry={
+                    "event": {"event": {"event": "Cart Updated"}, "entity_key": "cart_id"},
+                    "reentry": reentry,
+                }
+            )
+        )
+    )
+    run.enter(T0, entity_key="c-1")
+    now = T0
+    for move in moves:
+        now += timedelta(hours=13)
+        instance, graph = run.instance, run.graph
+        if move == "timer":
+            events = decide.on_timer(instance, graph, now, NO_FACTS)
+        elif move in ("checkout", "order", "other_cart"):
+            name = "Checkout Started" if move == "checkout" else "Order Completed"
+            cart = "c-2" if move == "other_cart" else "c-1"
+            events = decide.on_event(
+                instance, graph, track(name, now, cart_id=cart, revenue=3), now, NO_FACTS
+            )
+        elif move == "withdraw":
+            events = decide.withdraw_consent(instance, "marketing", pb.CHANNEL_UNSPECIFIED, "ev")
+        elif move == "enter":
+            events = decide.enter(
+                instance,
+                graph,
+                now,
+                NO_FACTS,
+                workspace="acme",
+                profile_id="p-1",
+                entity_key="c-1",
+                trigger="event",
+            )
+        elif move == "archive":
+            events = decide.archive(instance)
+        else:
+            pending = instance.pending()
+            events = [pb.MessageSent(instance=instance.ref, message_id=pending[0])] if pending else []
+        run.record(now, events)
+        # Nothing is left half-done: an active instance always waits on a timer.
+        assert not run.instance.active or run.instance.fires_at is not None
+    assert Instance.fold(run.log) == run.instance
+    queued = [event.message_id for _, event in run.log if isinstance(event, pb.MessageQueued)]
+    assert len(queued) == len(set(queued))  # every send of every entry has its own id
+    stopped = {event.message_id for _, event in run.log if isinstance(event, pb.MessageSuppressed)}
+    sent = {event.message_id for _, event in run.log if isinstance(event, pb.MessageSent)}
+    assert not stopped & sent  # a message is either sent or suppressed, never both
+
+
+def test_personal_values_are_marked_for_sealing() -> None:
+    personal = {
+        name: REGISTRY.for_name(f"onefold.journeys.v1.{name}").pii.names
+        for name in (
+            "JourneyEntered",
+            "MessageSent",
+            "TraitUpdateRequested",
+            "GoalReached",
+            "JourneyDraftSaved",
+        )
+    }
+    assert personal == {
+        "JourneyEntered": ("properties",),
+        "MessageSent": ("recipient",),
+        "TraitUpdateRequested": ("value",),
+        "GoalReached": ("revenue",),
+        "JourneyDraftSaved": (),  # the author's code, not a person's data
+    }
+    assert all(REGISTRY.for_name(name).schema_version == 1 for name in REGISTRY.names())
