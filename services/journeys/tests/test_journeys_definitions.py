@@ -86,6 +86,8 @@ def test_every_problem_is_listed_with_its_path() -> None:
         ("steps[2].split.arms", "percentages must sum to 100, not 90"),
         ("steps[3].branch.arms[0].when.in_segment", "no segment named 'whales'"),
         ("steps[1].send.next", "no step named 'sms'"),
+        ("steps[2]", "step 'pick' is unreachable from 'hold'"),
+        ("steps[3]", "step 'check' is unreachable from 'hold'"),
     }
 
 
@@ -154,6 +156,9 @@ def test_entry_and_step_requirements() -> None:
         ("steps[3].send.channel", "required: email, sms, push or wechat"),
         ("steps[3].send.purpose", "required: the consent purpose the message is sent for"),
         ("goals[0].conversion_window", "must be longer than zero"),
+        ("steps[1]", "step 'w' is unreachable from 's'"),
+        ("steps[2]", "step 'u' is unreachable from 's'"),
+        ("steps[3]", "step 'c' is unreachable from 's'"),
     }
 
 

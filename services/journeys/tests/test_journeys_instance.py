@@ -19,7 +19,13 @@ from journeys_domain_builders import (
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.journeys.domain import instance as decide
-from onefold.journeys.domain.instance import Facts, Instance, message_id, next_local_time
+from onefold.journeys.domain.instance import (
+    Facts,
+    Instance,
+    message_id,
+    next_local_time,
+    next_scheduled_entry,
+)
 
 HOUR = timedelta(hours=1)
 
@@ -324,33 +330,57 @@ def split_journey(goals: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def test_a_control_instance_sends_nothing_and_stays_for_its_conversion_window() -> None:
+def control_and_treated_profiles() -> tuple[str, str]:
+    profiles = [f"p-{i}" for i in range(100)]
+    control = next(p for p in profiles if decide.bucket("promo", p, "") >= 50)
+    treated = next(p for p in profiles if decide.bucket("promo", p, "") < 50)
+    return control, treated
+
+
+def test_a_control_instance_sends_nothing_but_its_conversions_count_within_the_window() -> None:
     goal = {"name": "buy", "event": {"event": "Order Completed"}, "conversion_window": "172800s"}
     graph = compiled(split_journey([goal]))
-    control = next(p for p in (f"p-{i}" for i in range(100)) if decide.bucket("promo", p, "") >= 50)
+    control, treated = control_and_treated_profiles()
     run = Run(graph, control)
     events = run.enter(T0)
-    assert types(events) == ["JourneyEntered", "StepEntered", "SplitAssigned", "WaitScheduled"]
-    assigned, scheduled = events[2], events[3]
+    assert types(events) == ["JourneyEntered", "StepEntered", "SplitAssigned", "JourneyExited"]
+    assigned, exited = events[2], events[3]
     assert isinstance(assigned, pb.SplitAssigned) and (assigned.arm, assigned.control) == ("holdout", True)
-    assert isinstance(scheduled, pb.WaitScheduled) and scheduled.reason == "holdout"
-    assert scheduled.fires_at.ToDatetime(tzinfo=UTC) == T0 + timedelta(days=2)
-    # Its conversion counts; then the window closes.
-    run.record(
-        T0 + HOUR,
-        decide.on_event(run.instance, graph, track("Order Completed", T0 + HOUR), T0 + HOUR, NO_FACTS),
-    )
-    assert run.instance.goals == {"buy": 0.0} and run.instance.active
-    exited = decide.on_timer(run.instance, graph, T0 + timedelta(days=2), NO_FACTS)
-    assert isinstance(exited[0], pb.JourneyExited) and exited[0].reason == "control"
-
-
-def test_a_control_instance_without_windowed_goals_exits_at_once() -> None:
-    graph = compiled(split_journey([]))
-    control = next(p for p in (f"p-{i}" for i in range(100)) if decide.bucket("promo", p, "") >= 50)
-    treated = next(p for p in (f"p-{i}" for i in range(100)) if decide.bucket("promo", p, "") < 50)
-    assert types(Run(graph, control).enter(T0))[-1] == "JourneyExited"
+    assert isinstance(exited, pb.JourneyExited) and exited.reason == "control"
+    late = track("Order Completed", T0 + timedelta(days=2, seconds=1))
+    assert decide.on_event(run.instance, graph, late, late.at, NO_FACTS) == []
+    in_time = track("Order Completed", T0 + timedelta(days=2))
+    assert types(decide.on_event(run.instance, graph, in_time, in_time.at, NO_FACTS)) == ["GoalReached"]
     assert "MessageQueued" in types(Run(graph, treated).enter(T0))
+
+
+def test_a_goal_without_a_window_counts_only_while_the_instance_runs() -> None:
+    graph = compiled(split_journey([{"name": "buy", "event": {"event": "Order Completed"}}]))
+    control, _ = control_and_treated_profiles()
+    run = Run(graph, control)
+    run.enter(T0)
+    assert decide.on_event(run.instance, graph, track("Order Completed", T0), T0, NO_FACTS) == []
+
+
+def test_a_completed_journey_still_converts_within_the_window_and_ignores_exit_rules() -> None:
+    data = cart_journey(
+        entry={"api": {}},
+        steps=[send("mail", "welcome")],
+        goals=[
+            {
+                "name": "buy",
+                "event": {"event": "Order Completed"},
+                "conversion_window": "604800s",
+                "exit_on_reach": True,
+            }
+        ],
+    )
+    run = Run(compiled(data))
+    assert types(run.enter(T0))[-1] == "JourneyExited"
+    order = track("Order Completed", T0 + timedelta(days=3))
+    events = run.record(order.at, decide.on_event(run.instance, run.graph, order, order.at, NO_FACTS))
+    assert types(events) == ["GoalReached"]  # no second exit, and the queued mail is not stopped
+    assert decide.on_event(run.instance, run.graph, order, order.at, NO_FACTS) == []  # once per entry
 
 
 def test_withdrawn_consent_stops_the_pending_sends_of_that_purpose_only() -> None:
@@ -374,13 +404,20 @@ def test_withdrawn_consent_stops_the_pending_sends_of_that_purpose_only() -> Non
     assert run.instance.pending() == [] and run.instance.active
 
 
-def test_erasure_and_archive_end_an_active_instance_only() -> None:
+def test_erasure_and_archive_stop_unsent_messages_and_end_an_active_instance() -> None:
     run = cart_run()
     run.enter(T0, entity_key="c-1")
     events = run.record(T0, decide.erase(run.instance))
     assert isinstance(events[-1], pb.JourneyExited) and events[-1].reason == "erased"
     assert decide.erase(run.instance) == [] and decide.archive(run.instance) == []
     assert decide.on_timer(run.instance, run.graph, T0 + HOUR, NO_FACTS) == []
+    # A completed instance whose last message is still queued: erasure stops the message.
+    done = Run(compiled(cart_journey(entry={"api": {}}, steps=[send("mail", "welcome")])))
+    done.enter(T0)
+    (pending,) = done.instance.pending()
+    assert decide.erase(done.instance) == [
+        pb.MessageSuppressed(instance=done.instance.ref, message_id=pending, reason="stopped: erased")
+    ]
 
 
 def test_late_callbacks_of_an_earlier_entry_leave_the_current_one_alone() -> None:
@@ -441,3 +478,28 @@ def test_the_fold_shows_the_instance_as_get_instance_answers() -> None:
     assert view.fires_at.ToDatetime(tzinfo=UTC) == T0 + HOUR + timedelta(days=1)
     assert view.entered_at.ToDatetime(tzinfo=UTC) == T0 and not view.HasField("exited_at")
     assert [(m.step, m.status) for m in view.messages] == [("remind", "sent")]
+
+
+def test_what_enters_a_journey() -> None:
+    cart = compiled(cart_journey())
+    assert decide.enters_on_event(cart, track("Cart Updated", T0, cart_id="c-9"))
+    assert not decide.enters_on_event(cart, track("Cart Viewed", T0))
+    assert decide.entity_key_of(cart, track("Cart Updated", T0, cart_id=7.0)) == "7"
+    assert decide.entity_key_of(cart, track("Cart Updated", T0)) == ""
+    leavers = compiled(cart_journey(entry={"segment": {"segment": "vip", "on_exit": True}}))
+    assert decide.enters_on_segment(leavers, "vip", exited=True)
+    assert not decide.enters_on_segment(leavers, "vip", exited=False)
+    assert not decide.enters_on_event(leavers, track("Cart Updated", T0))
+
+
+def test_when_a_schedule_enters_its_audience() -> None:
+    daily = compiled(cart_journey(entry={"schedule": {"cron": "0 9 * * *", "time_zone": "America/New_York"}}))
+    # 09:00 in New York: 14:00 UTC in winter, 13:00 UTC once daylight saving starts (8 March 2026).
+    assert next_scheduled_entry(daily, datetime(2026, 3, 7, 14, 0, tzinfo=UTC)) == datetime(
+        2026, 3, 8, 13, 0, tzinfo=UTC
+    )
+    once = compiled(cart_journey(entry={"schedule": {"once_at": "2026-04-01T09:00:00Z"}}))
+    moment = datetime(2026, 4, 1, 9, 0, tzinfo=UTC)
+    assert next_scheduled_entry(once, T0) == moment
+    assert next_scheduled_entry(once, moment) is None
+    assert next_scheduled_entry(compiled(cart_journey()), T0) is None

@@ -285,21 +285,6 @@ _KINDS: Mapping[type, str] = {
 }
 
 
-def edges(step: Step) -> tuple[str, ...]:
-    """The steps this one can lead to ("" = completion is left out)."""
-    if isinstance(step, WaitForEventStep):
-        targets: tuple[str, ...] = (step.on_event, step.on_timeout)
-    elif isinstance(step, BranchStep):
-        targets = (*(target for _, target in step.arms), step.otherwise)
-    elif isinstance(step, SplitStep):
-        targets = tuple(arm.next for arm in step.arms)
-    elif isinstance(step, ExitStep):
-        targets = ()
-    else:
-        targets = (step.next,)
-    return tuple(target for target in targets if target)
-
-
 # Entry.
 
 
@@ -423,8 +408,16 @@ class _Checker:
         start = j.start or (j.steps[0].name if j.steps else "")
         if j.start and j.start not in indexes:
             self.fail("start", f"no step named {j.start!r}")
+        # The graph as written (first step of each name, edges to existing steps only): unreachable
+        # steps and loops are found even when some steps failed to compile.
+        graph: dict[str, tuple[str, ...]] = {}
+        waiting: set[str] = set()
         for i, s in enumerate(j.steps):
-            self.edges(s, f"steps[{i}]", indexes)
+            targets = self.edges(s, f"steps[{i}]", indexes)
+            if indexes.get(s.name) == i:
+                graph[s.name] = targets
+                if s.WhichOneof("kind") in WAIT_KINDS:
+                    waiting.add(s.name)
         exit_rules = tuple(
             ExitRule(
                 self.filter(rule.event, f"exit_rules[{i}].event", required=True),
@@ -433,8 +426,7 @@ class _Checker:
             for i, rule in enumerate(j.exit_rules)
         )
         goals = self.goals(j.goals)
-        if not self.problems:
-            self.graph(steps, start, indexes)
+        self.graph(graph, waiting, start, indexes)
         if self.problems or entry is None:
             return None, self.problems
         return (
@@ -579,7 +571,8 @@ class _Checker:
             self.fail(f"{path}.purpose", f"no consent purpose named {s.purpose!r}")
         return SendStep(name, s.channel, s.template, s.purpose, s.next)
 
-    def edges(self, s: pb.Step, path: str, steps: Mapping[str, int]) -> None:
+    def edges(self, s: pb.Step, path: str, steps: Mapping[str, int]) -> tuple[str, ...]:
+        """The steps `s` leads to; an edge to no step is a problem (and left out)."""
         kind = s.WhichOneof("kind")
         named: list[tuple[str, str]] = []
         if kind in ("wait", "send", "update_trait"):
@@ -594,21 +587,23 @@ class _Checker:
         for field_name, target in named:
             if target and target not in steps:
                 self.fail(f"{path}.{kind}.{field_name}", f"no step named {target!r}")
+        return tuple(target for _, target in named if target in steps)
 
-    def graph(self, steps: Mapping[str, Step], start: str, indexes: Mapping[str, int]) -> None:
+    def graph(
+        self, graph: Mapping[str, tuple[str, ...]], waiting: set[str], start: str, indexes: Mapping[str, int]
+    ) -> None:
         """Unreachable steps, and loops that would run without ever waiting."""
         reached: set[str] = set()
-        todo = [start] if start in steps else []
+        todo = [start] if start in graph else []
         while todo:
             current = todo.pop()
             if current not in reached:
                 reached.add(current)
-                todo.extend(edges(steps[current]))
-        for name in sorted(set(steps) - reached, key=indexes.__getitem__):
+                todo.extend(graph[current])
+        for name in sorted(set(graph) - reached, key=indexes.__getitem__):
             self.fail(f"steps[{indexes[name]}]", f"step {name!r} is unreachable from {start!r}")
-        for cycle in _loops_without_wait(steps):
-            where = indexes[cycle[0]]
-            self.fail(f"steps[{where}]", "a loop without a wait: " + " -> ".join(cycle))
+        for cycle in _loops_without_wait(graph, waiting):
+            self.fail(f"steps[{indexes[cycle[0]]}]", "a loop without a wait: " + " -> ".join(cycle))
 
     # Conditions and filters.
 
@@ -734,10 +729,10 @@ class _Checker:
         return tuple(compiled)
 
 
-def _loops_without_wait(steps: Mapping[str, Step]) -> list[list[str]]:
-    """Cycles among the steps that do not wait (each found once, from its first step in name
+def _loops_without_wait(graph: Mapping[str, tuple[str, ...]], waiting: set[str]) -> list[list[str]]:
+    """Cycles among the steps that do not wait, each reported once (from its first step in name
     order): such a loop would run forever inside one decision."""
-    instant = {name: step for name, step in steps.items() if kind_of(step) not in WAIT_KINDS}
+    instant = {name: targets for name, targets in graph.items() if name not in waiting}
     found: list[list[str]] = []
     reported: set[str] = set()
     for start in sorted(instant):
@@ -745,7 +740,7 @@ def _loops_without_wait(steps: Mapping[str, Step]) -> list[list[str]]:
         visited: set[str] = set()
         while stack:
             node, path = stack.pop()
-            for target in edges(instant[node]):
+            for target in instant[node]:
                 if target == start and start not in reported:
                     found.append([*path, start])
                     reported.update(path)

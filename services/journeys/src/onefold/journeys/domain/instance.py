@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+from croniter import croniter
 from google.protobuf.json_format import MessageToDict, ParseDict
 from google.protobuf.message import Message
 
@@ -47,6 +48,9 @@ from onefold.journeys.domain.definitions import (
     Json,
     Not,
     Observed,
+    OnEvent,
+    OnSchedule,
+    OnSegment,
     SendStep,
     SplitArm,
     SplitStep,
@@ -104,8 +108,7 @@ class Instance(Handlers):
     exited_at: datetime | None = None
     exit_reason: str = ""
     step: str = ""
-    fires_at: datetime | None = None  # the pending timer: a wait, a wait's timeout, a holdout's end
-    wait_reason: str = ""
+    fires_at: datetime | None = None  # the pending timer: a wait ends, or a wait's timeout
     properties: dict[str, Json] = field(default_factory=dict)  # the entry event's
     arm: str = ""
     control: bool = False
@@ -132,7 +135,7 @@ class Instance(Handlers):
         self.ref = pb.InstanceRef()
         self.ref.CopyFrom(message.instance)
         self.active, self.entered_at, self.exited_at, self.exit_reason = True, at, None, ""
-        self.step, self.fires_at, self.wait_reason = "", None, ""
+        self.step, self.fires_at = "", None
         self.properties = MessageToDict(message.properties)
         self.arm, self.control = "", False
         self.messages, self.goals = {}, {}
@@ -140,13 +143,12 @@ class Instance(Handlers):
     @handles(pb.StepEntered)
     def _step(self, at: datetime, message: pb.StepEntered) -> None:
         if self._current(message.instance):
-            self.step, self.fires_at, self.wait_reason = message.step, None, ""
+            self.step, self.fires_at = message.step, None
 
     @handles(pb.WaitScheduled)
     def _wait(self, at: datetime, message: pb.WaitScheduled) -> None:
         if self._current(message.instance):
             self.fires_at = message.fires_at.ToDatetime(tzinfo=UTC)
-            self.wait_reason = message.reason
 
     @handles(pb.SplitAssigned)
     def _split(self, at: datetime, message: pb.SplitAssigned) -> None:
@@ -183,7 +185,7 @@ class Instance(Handlers):
     def _exited(self, at: datetime, message: pb.JourneyExited) -> None:
         if self._current(message.instance):
             self.active, self.exited_at, self.exit_reason = False, at, message.reason
-            self.fires_at, self.wait_reason = None, ""
+            self.fires_at = None
 
     def _current(self, ref: pb.InstanceRef) -> bool:
         # Late provider callbacks of an earlier entry must not touch the current one.
@@ -292,6 +294,31 @@ def enter(
     return events + _advance(state, journey, journey.start, "", now, facts)
 
 
+def enters_on_event(journey: CompiledJourney, event: Observed) -> bool:
+    trigger = journey.entry.trigger
+    return isinstance(trigger, OnEvent) and trigger.event.matches(event)
+
+
+def enters_on_segment(journey: CompiledJourney, segment: str, *, exited: bool) -> bool:
+    """Whether the profile entering (or, `exited`, leaving) `segment` enters the journey."""
+    trigger = journey.entry.trigger
+    return isinstance(trigger, OnSegment) and trigger.segment == segment and trigger.on_exit == exited
+
+
+def next_scheduled_entry(journey: CompiledJourney, after: datetime) -> datetime | None:
+    """When a scheduled journey next enters its audience, strictly after `after` (UTC); None when
+    it never will again (a one-off already past) or is not scheduled. Cron runs on the wall clock
+    of the schedule's time zone, so "0 9 * * *" stays at 09:00 there across daylight saving."""
+    trigger = journey.entry.trigger
+    if not isinstance(trigger, OnSchedule):
+        return None
+    if trigger.once_at is not None:
+        return trigger.once_at if trigger.once_at > after else None
+    local = after.astimezone(ZoneInfo(trigger.time_zone))
+    following: datetime = croniter(trigger.cron, local).get_next(datetime)
+    return following.astimezone(UTC)
+
+
 def entity_key_of(journey: CompiledJourney, event: Observed) -> str:
     """The instance an entry event opens: the value of the trigger's entity key property ("" when
     the journey keys instances by profile only, or the event lacks it)."""
@@ -306,11 +333,9 @@ def entity_key_of(journey: CompiledJourney, event: Observed) -> str:
 
 
 def on_timer(instance: Instance, journey: CompiledJourney, now: datetime, facts: Facts) -> list[Message]:
-    """The instance's timer, if it is due: a wait ends, a wait for an event times out, a holdout ends."""
+    """The instance's timer, if it is due: a wait ends, or a wait for an event times out."""
     if not instance.active or instance.fires_at is None or now < instance.fires_at:
         return []
-    if instance.wait_reason == "holdout":
-        return _exit(instance, "control")  # its conversion windows are over
     step = journey.steps[instance.step]
     if isinstance(step, WaitForEventStep):
         return _advance(instance, journey, step.on_timeout, "timeout", now, facts)
@@ -322,13 +347,20 @@ def on_event(
     instance: Instance, journey: CompiledJourney, event: Observed, now: datetime, facts: Facts
 ) -> list[Message]:
     """A profile's event: goals first (a purchase that ends the journey still converts it), then exit
-    rules, then the wait for an event it may end."""
-    if not instance.active or not _concerns(instance, journey, event):
+    rules, then the wait for an event it may end.
+
+    A goal with a conversion window counts within the window even after the instance has ended
+    (a welcome series completes when its last message is queued; the purchase comes days later),
+    and for control instances, which end at their split: that is the baseline of the uplift. A goal
+    without a window counts while the instance runs. Goals count for the latest entry."""
+    if instance.entry_seq == 0 or not _concerns(instance, journey, event):
         return []
     events: list[Message] = []
     assert instance.entered_at is not None
     for goal in journey.goals:
         if goal.name in instance.goals or not goal.event.matches(event):
+            continue
+        if goal.window is None and not instance.active:
             continue
         if goal.window is not None and event.at > instance.entered_at + goal.window:
             continue
@@ -340,8 +372,10 @@ def on_event(
                 cause_event_id=event.event_id,
             )
         )
-        if goal.exit_on_reach:
+        if goal.exit_on_reach and instance.active:
             return events + _stop(instance, f"goal: {goal.name}", event.event_id)
+    if not instance.active:
+        return events
     for rule in journey.exit_rules:
         if rule.event.matches(event):
             return events + _stop(instance, f"exit_rule: {rule.reason}", event.event_id)
@@ -368,13 +402,14 @@ def _concerns(instance: Instance, journey: CompiledJourney, event: Observed) -> 
 
 
 def erase(instance: Instance) -> list[Message]:
-    """The profile is being erased: its pending sends stop and the instance exits."""
-    return _stop(instance, "erased") if instance.active else []
+    """The profile is being erased: its unsent messages stop (also those of an instance that has
+    ended) and the instance exits."""
+    return _stop(instance, "erased")
 
 
 def archive(instance: Instance) -> list[Message]:
-    """The journey was archived: its instances in flight exit."""
-    return _stop(instance, "archived") if instance.active else []
+    """The journey was archived: its unsent messages stop and its instances in flight exit."""
+    return _stop(instance, "archived")
 
 
 def withdraw_consent(instance: Instance, purpose: str, channel: int, evidence_id: str) -> list[Message]:
@@ -394,7 +429,7 @@ def withdraw_consent(instance: Instance, purpose: str, channel: int, evidence_id
 
 
 def _exit(instance: Instance, reason: str, cause_event_id: str = "") -> list[Message]:
-    """The instance ends where the journey ends (completion, an exit step, a holdout's end): what it
+    """The instance ends where the journey ends (completion, an exit step, a control arm): what it
     queued on the way is still sent."""
     return [pb.JourneyExited(instance=instance.ref, reason=reason, cause_event_id=cause_event_id)]
 
@@ -402,12 +437,12 @@ def _exit(instance: Instance, reason: str, cause_event_id: str = "") -> list[Mes
 def _stop(instance: Instance, reason: str, cause_event_id: str = "") -> list[Message]:
     """The instance is stopped from outside its path (an exit rule, a goal, archive, erasure, a
     restart): what it has not sent yet is suppressed — a reminder queued before the purchase that
-    ended the journey must not go out after it."""
+    ended the journey must not go out after it — and, if it still runs, it exits."""
     suppressed: list[Message] = [
-        pb.MessageSuppressed(instance=instance.ref, message_id=message_id, reason=f"exited: {reason}")
+        pb.MessageSuppressed(instance=instance.ref, message_id=message_id, reason=f"stopped: {reason}")
         for message_id in instance.pending()
     ]
-    return [*suppressed, *_exit(instance, reason, cause_event_id)]
+    return suppressed + (_exit(instance, reason, cause_event_id) if instance.active else [])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,7 +497,9 @@ def _advance(
                 )
             )
             if arm.control:
-                return events + _hold_out(state, journey, now)
+                # Held out: it sends nothing more; its goals still count within their windows.
+                record(*_exit(state, "control"))
+                return events
             target, via = arm.next, f"split {arm.name}"
         elif isinstance(step, SendStep):
             record(
@@ -486,16 +523,6 @@ def _advance(
             record(*_exit(state, step.reason))
             return events
     raise AssertionError(f"journey {journey.name!r} looped without a wait (it was compiled unchecked)")
-
-
-def _hold_out(state: Instance, journey: CompiledJourney, now: datetime) -> list[Message]:
-    """A control instance sends nothing, but stays until its longest conversion window is over so
-    its conversions count as the baseline; without windowed goals there is nothing to wait for."""
-    windows = [goal.window for goal in journey.goals if goal.window is not None]
-    if not windows:
-        return _exit(state, "control")
-    assert state.entered_at is not None
-    return [_scheduled(state.ref, state.step, state.entered_at + max(windows), "holdout")]
 
 
 def _scheduled(ref: pb.InstanceRef, step: str, fires_at: datetime, reason: str) -> pb.WaitScheduled:
