@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from journeys_domain_builders import (
     NO_FACTS,
     T0,
@@ -15,6 +16,7 @@ from journeys_domain_builders import (
     send,
     track,
     types,
+    wait,
 )
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
@@ -503,3 +505,61 @@ def test_when_a_schedule_enters_its_audience() -> None:
     assert next_scheduled_entry(once, T0) == moment
     assert next_scheduled_entry(once, moment) is None
     assert next_scheduled_entry(compiled(cart_journey()), T0) is None
+
+
+def test_a_late_event_that_happened_before_the_entry_or_the_wait_changes_nothing() -> None:
+    run = cart_run()
+    run.enter(T0, entity_key="c-1")
+    before_entry = track("Order Completed", T0 - timedelta(minutes=5), cart_id="c-1", revenue=9)
+    assert decide.on_event(run.instance, run.graph, before_entry, T0 + HOUR / 2, NO_FACTS) == []
+    data = cart_journey(
+        steps=[
+            wait("first", 600, "hold"),
+            {
+                "name": "hold",
+                "wait_for_event": {
+                    "event": {"event": "Checkout Started"},
+                    "timeout": "3600s",
+                    "on_event": "",
+                },
+            },
+        ]
+    )
+    waiting = Run(compiled(data))
+    waiting.enter(T0)
+    later = T0 + timedelta(minutes=10)
+    waiting.record(later, decide.on_timer(waiting.instance, waiting.graph, later, NO_FACTS))
+    assert waiting.instance.step == "hold"
+    during_first_wait = track("Checkout Started", T0 + timedelta(minutes=5))
+    assert decide.on_event(waiting.instance, waiting.graph, during_first_wait, later, NO_FACTS) == []
+    in_the_wait = track("Checkout Started", later)
+    assert types(decide.on_event(waiting.instance, waiting.graph, in_the_wait, later, NO_FACTS)) == [
+        "JourneyExited"
+    ]
+
+
+def test_an_instance_refuses_the_graph_of_another_version() -> None:
+    run = cart_run()
+    run.enter(T0, entity_key="c-1")
+    newer = compiled(cart_journey(), version=2)
+    with pytest.raises(ValueError, match="runs abandoned_cart version 1, not abandoned_cart version 2"):
+        decide.on_timer(run.instance, newer, T0 + HOUR, NO_FACTS)
+    with pytest.raises(ValueError):
+        decide.on_event(run.instance, newer, track("Order Completed", T0 + HOUR), T0 + HOUR, NO_FACTS)
+    # A new entry runs the version it is given (the published one).
+    again = decide.enter(
+        run.instance, newer, T0 + HOUR, NO_FACTS, workspace="acme", profile_id="p-1", trigger="api"
+    )
+    assert again == []  # still in the journey (reentry after exit)
+    run.record(T0 + HOUR, decide.archive(run.instance))
+    (entered, *_) = decide.enter(
+        run.instance, newer, T0 + HOUR, NO_FACTS, workspace="acme", profile_id="p-1", trigger="api"
+    )
+    assert isinstance(entered, pb.JourneyEntered) and entered.instance.version == 2
+
+
+def test_stream_and_subject_names() -> None:
+    assert decide.instance_stream("acme", "abandoned_cart", "p-1", "c-1") == (
+        "journeys-instance:acme:abandoned_cart:p-1:c-1"
+    )
+    assert decide.subject_of("acme", "p-1") == "acme:j:p-1"

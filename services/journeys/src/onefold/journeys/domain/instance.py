@@ -18,7 +18,12 @@ the same key; an event that does not carry the key property concerns every insta
 
 Which came first, an awaited event or its timeout, is decided by when each happened: an event that
 occurred before the timeout wins even if it arrives after the timer is due but before it fired; an
-event that occurred at or after the timeout leaves the instance to its timer.
+event that occurred at or after the timeout leaves the instance to its timer. Likewise an event
+that arrives late but occurred before the entry (or before the wait began) concerns the instance
+no more than it would have on time.
+
+An instance runs the version it entered with: the decisions on an entered instance refuse the
+graph of any other version (a caller's mistake that would move people onto steps they never saw).
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ class Instance(Handlers):
     exited_at: datetime | None = None
     exit_reason: str = ""
     step: str = ""
+    step_since: datetime | None = None
     fires_at: datetime | None = None  # the pending timer: a wait ends, or a wait's timeout
     properties: dict[str, Json] = field(default_factory=dict)  # the entry event's
     arm: str = ""
@@ -135,7 +141,7 @@ class Instance(Handlers):
         self.ref = pb.InstanceRef()
         self.ref.CopyFrom(message.instance)
         self.active, self.entered_at, self.exited_at, self.exit_reason = True, at, None, ""
-        self.step, self.fires_at = "", None
+        self.step, self.step_since, self.fires_at = "", None, None
         self.properties = MessageToDict(message.properties)
         self.arm, self.control = "", False
         self.messages, self.goals = {}, {}
@@ -143,7 +149,7 @@ class Instance(Handlers):
     @handles(pb.StepEntered)
     def _step(self, at: datetime, message: pb.StepEntered) -> None:
         if self._current(message.instance):
-            self.step, self.fires_at = message.step, None
+            self.step, self.step_since, self.fires_at = message.step, at, None
 
     @handles(pb.WaitScheduled)
     def _wait(self, at: datetime, message: pb.WaitScheduled) -> None:
@@ -231,9 +237,6 @@ _STATUS: Mapping[type, str] = {
     pb.MessageDelivered: "delivered",
     pb.MessageFailed: "failed",
 }
-
-# The event types of an instance's stream: what its fold handles.
-INSTANCE_EVENTS = Instance.handled_types()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -336,6 +339,7 @@ def on_timer(instance: Instance, journey: CompiledJourney, now: datetime, facts:
     """The instance's timer, if it is due: a wait ends, or a wait for an event times out."""
     if not instance.active or instance.fires_at is None or now < instance.fires_at:
         return []
+    _same_version(instance, journey)
     step = journey.steps[instance.step]
     if isinstance(step, WaitForEventStep):
         return _advance(instance, journey, step.on_timeout, "timeout", now, facts)
@@ -355,8 +359,11 @@ def on_event(
     without a window counts while the instance runs. Goals count for the latest entry."""
     if instance.entry_seq == 0 or not _concerns(instance, journey, event):
         return []
-    events: list[Message] = []
+    _same_version(instance, journey)
     assert instance.entered_at is not None
+    if event.at < instance.entered_at:
+        return []
+    events: list[Message] = []
     for goal in journey.goals:
         if goal.name in instance.goals or not goal.event.matches(event):
             continue
@@ -383,11 +390,20 @@ def on_event(
     if (
         isinstance(step, WaitForEventStep)
         and instance.fires_at is not None
-        and event.at < instance.fires_at
+        and instance.step_since is not None
+        and instance.step_since <= event.at < instance.fires_at
         and step.event.matches(event)
     ):
         events += _advance(instance, journey, step.on_event, "event", now, facts)
     return events
+
+
+def _same_version(instance: Instance, journey: CompiledJourney) -> None:
+    if (instance.ref.journey, instance.ref.version) != (journey.name, journey.version):
+        raise ValueError(
+            f"the instance runs {instance.ref.journey} version {instance.ref.version}, "
+            f"not {journey.name} version {journey.version}"
+        )
 
 
 def _concerns(instance: Instance, journey: CompiledJourney, event: Observed) -> bool:
