@@ -81,13 +81,13 @@ def test_every_problem_is_listed_with_its_path() -> None:
         ("entry.schedule.cron", "must be a cron expression of 5 (or 6) fields"),
         ("entry.schedule.time_zone", "not an IANA time zone (e.g. Asia/Shanghai)"),
         ("steps[0].wait_for_event.timeout", "must be longer than zero"),
-        ("steps[1].send.template", "no template named 'no_such_template'"),
-        ("steps[1].send.purpose", "no consent purpose named 'spam'"),
+        ("steps[1].send.template", 'no template named "no_such_template"'),
+        ("steps[1].send.purpose", 'no consent purpose named "spam"'),
         ("steps[2].split.arms", "percentages must sum to 100, not 90"),
-        ("steps[3].branch.arms[0].when.in_segment", "no segment named 'whales'"),
-        ("steps[1].send.next", "no step named 'sms'"),
-        ("steps[2]", "step 'pick' is unreachable from 'hold'"),
-        ("steps[3]", "step 'check' is unreachable from 'hold'"),
+        ("steps[3].branch.arms[0].when.in_segment", 'no segment named "whales"'),
+        ("steps[1].send.next", 'no step named "sms"'),
+        ("steps[2]", 'step "pick" is unreachable from "hold"'),
+        ("steps[3]", 'step "check" is unreachable from "hold"'),
     }
 
 
@@ -112,7 +112,7 @@ def test_graph_problems_unreachable_steps_and_loops_without_a_wait() -> None:
         ]
     )
     assert problems(data) == {
-        ("steps[3]", "step 'orphan' is unreachable from 'check'"),
+        ("steps[3]", 'step "orphan" is unreachable from "check"'),
         ("steps[0]", "a loop without a wait: check -> mail -> check"),
     }
 
@@ -129,10 +129,10 @@ def test_the_message_of_an_invalid_journey_names_every_problem() -> None:
     assert refused.value.problems == (
         Problem("steps[1].name", "steps[0] has this name already"),
         Problem("steps[1].wait.duration", "must be longer than zero"),
-        Problem("steps[0].send.next", "no step named 'sms'"),
+        Problem("steps[0].send.next", 'no step named "sms"'),
     )
-    assert str(refused.value).startswith("journey 'abandoned_cart' is not valid: steps[1].name: ")
-    assert ("steps[0].send.next", "no step named 'sms'") in refused.value.violations
+    assert str(refused.value).startswith('journey "abandoned_cart" is not valid: steps[1].name: ')
+    assert ("steps[0].send.next", 'no step named "sms"') in refused.value.violations
 
 
 def test_entry_and_step_requirements() -> None:
@@ -156,9 +156,9 @@ def test_entry_and_step_requirements() -> None:
         ("steps[3].send.channel", "required: email, sms, push or wechat"),
         ("steps[3].send.purpose", "required: the consent purpose the message is sent for"),
         ("goals[0].conversion_window", "must be longer than zero"),
-        ("steps[1]", "step 'w' is unreachable from 's'"),
-        ("steps[2]", "step 'u' is unreachable from 's'"),
-        ("steps[3]", "step 'c' is unreachable from 's'"),
+        ("steps[1]", 'step "w" is unreachable from "s"'),
+        ("steps[2]", 'step "u" is unreachable from "s"'),
+        ("steps[3]", 'step "c" is unreachable from "s"'),
     }
 
 
@@ -212,7 +212,7 @@ def test_predicates_are_checked() -> None:
 def test_a_stored_version_compiles_without_the_workspace_references() -> None:
     # Checked when it was applied; a segment archived since must not strand its instances.
     data = cart_journey(entry={"segment": {"segment": "retired_segment"}})
-    assert ("entry.segment.segment", "no segment named 'retired_segment'") in problems(data)
+    assert ("entry.segment.segment", 'no segment named "retired_segment"') in problems(data)
     assert compile_journey(journey(data), None).entry.trigger.segment == "retired_segment"  # type: ignore[union-attr]
 
 
@@ -256,3 +256,24 @@ def test_event_filters_match_type_name_and_properties() -> None:
     assert not rule.event.matches(track("Order Completed", T0, order={"total": 50}))
     assert not rule.event.matches(track("Order Completed", T0))
     assert not rule.event.matches(track("Order Refunded", T0, order={"total": 150}))
+
+
+def test_property_and_trait_paths_are_names_joined_by_dots() -> None:
+    data = cart_journey(
+        entry={"event": {"event": {"event": "Cart Updated"}, "entity_key": "cart..id"}},
+        steps=[{"name": "set", "update_trait": {"trait": ".plan", "value": "gold"}}],
+        exit_rules=[
+            {
+                "event": {
+                    "event": "Order Completed",
+                    "where": [{"path": "", "predicate": {"op": "OPERATOR_EXISTS"}}],
+                }
+            }
+        ],
+    )
+    dots = 'must be names joined by dots (e.g. "address.city")'
+    assert problems(data) == {
+        ("entry.event.entity_key", dots),
+        ("steps[0].update_trait.trait", dots),
+        ("exit_rules[0].event.where[0].path", "required"),
+    }

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.dispatch import Handlers, handles
+from onefold.journeys.domain.definitions import quoted
 from onefold.platform.errors import FailedPrecondition, NotFound
 
 
@@ -99,7 +100,7 @@ def save(catalog: Catalog, workspace: str, journey: pb.Journey, actor: str) -> l
     """A new draft version, unless the journey is unchanged since the latest version (re-applying the
     same file is a no-op). `journey` has been validated; its server-set fields are ignored."""
     if catalog.archived:
-        raise FailedPrecondition(f"journey {journey.name!r} is archived; apply it under another name")
+        raise FailedPrecondition(f"journey {quoted(journey.name)} is archived; apply it under another name")
     code = _code_of(journey)
     if catalog.versions and _code_of(catalog.versions[catalog.latest]) == code:
         return []
@@ -111,10 +112,10 @@ def save(catalog: Catalog, workspace: str, journey: pb.Journey, actor: str) -> l
 def publish(catalog: Catalog, workspace: str, name: str, version: int, actor: str) -> list[Message]:
     """Make `version` (0: the latest) the one people enter; publishing a paused journey resumes it."""
     if catalog.archived:
-        raise FailedPrecondition(f"journey {name!r} is archived")
+        raise FailedPrecondition(f"journey {quoted(name)} is archived")
     chosen = version or catalog.latest
     if chosen not in catalog.versions:
-        raise NotFound(f"journey {name!r} has no version {chosen}")
+        raise NotFound(f"journey {quoted(name)} has no version {chosen}")
     if catalog.running and catalog.published == chosen:
         return []
     return [pb.JourneyPublished(workspace=workspace, name=name, version=chosen, actor=actor)]
@@ -122,9 +123,9 @@ def publish(catalog: Catalog, workspace: str, name: str, version: int, actor: st
 
 def pause(catalog: Catalog, workspace: str, name: str, actor: str) -> list[Message]:
     if catalog.archived:
-        raise FailedPrecondition(f"journey {name!r} is archived")
+        raise FailedPrecondition(f"journey {quoted(name)} is archived")
     if not catalog.published:
-        raise FailedPrecondition(f"journey {name!r} was never published: there is nothing to pause")
+        raise FailedPrecondition(f"journey {quoted(name)} was never published: there is nothing to pause")
     if catalog.paused:
         return []
     return [pb.JourneyPaused(workspace=workspace, name=name, actor=actor)]
@@ -132,7 +133,7 @@ def pause(catalog: Catalog, workspace: str, name: str, actor: str) -> list[Messa
 
 def archive(catalog: Catalog, workspace: str, name: str, actor: str) -> list[Message]:
     if not catalog.versions:
-        raise NotFound(f"no journey {name!r}")
+        raise NotFound(f"no journey {quoted(name)}")
     if catalog.archived:
         return []
     return [pb.JourneyArchived(workspace=workspace, name=name, actor=actor)]

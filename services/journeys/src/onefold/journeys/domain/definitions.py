@@ -17,6 +17,7 @@ no explicit exit step.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -67,7 +68,7 @@ class InvalidJourney(InvalidArgument):
         self.problems = tuple(problems)
         listed = "; ".join(str(problem) for problem in self.problems)
         super().__init__(
-            f"journey {name!r} is not valid: {listed}",
+            f"journey {quoted(name)} is not valid: {listed}",
             violations=[(problem.path, problem.reason) for problem in self.problems],
         )
 
@@ -407,7 +408,7 @@ class _Checker:
             indexes.setdefault(s.name, i)
         start = j.start or (j.steps[0].name if j.steps else "")
         if j.start and j.start not in indexes:
-            self.fail("start", f"no step named {j.start!r}")
+            self.fail("start", f"no step named {quoted(j.start)}")
         # The graph as written (first step of each name, edges to existing steps only): unreachable
         # steps and loops are found even when some steps failed to compile.
         graph: dict[str, tuple[str, ...]] = {}
@@ -449,9 +450,10 @@ class _Checker:
         kind = e.WhichOneof("trigger")
         trigger: Trigger | None = None
         if kind == "event":
-            trigger = OnEvent(
-                self.filter(e.event.event, "entry.event.event", required=True), e.event.entity_key.strip()
-            )
+            entity_key = e.event.entity_key
+            if entity_key:
+                self.dotted(entity_key, "entry.event.entity_key")
+            trigger = OnEvent(self.filter(e.event.event, "entry.event.event", required=True), entity_key)
         elif kind == "segment":
             self.segment(e.segment.segment, "entry.segment.segment")
             trigger = OnSegment(e.segment.segment, e.segment.on_exit)
@@ -513,8 +515,7 @@ class _Checker:
             return self.send(s.name, s.send, f"{path}.send")
         if kind == "update_trait":
             u = s.update_trait
-            if not u.trait.strip():
-                self.fail(f"{path}.update_trait.trait", "required")
+            self.dotted(u.trait, f"{path}.update_trait.trait")
             if not u.HasField("value"):
                 self.fail(f"{path}.update_trait.value", "required (null clears the trait)")
             return UpdateTraitStep(s.name, u.trait, MessageToDict(u.value), u.next)
@@ -564,11 +565,11 @@ class _Checker:
         if not s.template:
             self.fail(f"{path}.template", "required")
         elif self.known is not None and s.template not in self.known.templates:
-            self.fail(f"{path}.template", f"no template named {s.template!r}")
+            self.fail(f"{path}.template", f"no template named {quoted(s.template)}")
         if not s.purpose:
             self.fail(f"{path}.purpose", "required: the consent purpose the message is sent for")
         elif self.known is not None and s.purpose not in self.known.purposes:
-            self.fail(f"{path}.purpose", f"no consent purpose named {s.purpose!r}")
+            self.fail(f"{path}.purpose", f"no consent purpose named {quoted(s.purpose)}")
         return SendStep(name, s.channel, s.template, s.purpose, s.next)
 
     def edges(self, s: pb.Step, path: str, steps: Mapping[str, int]) -> tuple[str, ...]:
@@ -586,7 +587,7 @@ class _Checker:
             named += [(f"arms[{i}].next", arm.next) for i, arm in enumerate(s.split.arms)]
         for field_name, target in named:
             if target and target not in steps:
-                self.fail(f"{path}.{kind}.{field_name}", f"no step named {target!r}")
+                self.fail(f"{path}.{kind}.{field_name}", f"no step named {quoted(target)}")
         return tuple(target for _, target in named if target in steps)
 
     def graph(
@@ -601,7 +602,7 @@ class _Checker:
                 reached.add(current)
                 todo.extend(graph[current])
         for name in sorted(set(graph) - reached, key=indexes.__getitem__):
-            self.fail(f"steps[{indexes[name]}]", f"step {name!r} is unreachable from {start!r}")
+            self.fail(f"steps[{indexes[name]}]", f"step {quoted(name)} is unreachable from {quoted(start)}")
         for cycle in _loops_without_wait(graph, waiting):
             self.fail(f"steps[{indexes[cycle[0]]}]", "a loop without a wait: " + " -> ".join(cycle))
 
@@ -621,8 +622,7 @@ class _Checker:
         if test == "negated":
             return Not(self.condition(c.negated, f"{path}.negated"))
         if test == "trait":
-            if not c.trait.trait.strip():
-                self.fail(f"{path}.trait.trait", "required")
+            self.dotted(c.trait.trait, f"{path}.trait.trait")
             return TraitIs(c.trait.trait, self.predicate(c.trait.predicate, f"{path}.trait.predicate"))
         if test == "tag":
             if not c.tag.tag.strip():
@@ -638,17 +638,23 @@ class _Checker:
             return InSegment(c.in_segment)
         if test == "entry_property":
             p = c.entry_property
-            if not p.path.strip():
-                self.fail(f"{path}.entry_property.path", "required")
+            self.dotted(p.path, f"{path}.entry_property.path")
             return EntryPropertyIs(p.path, self.predicate(p.predicate, f"{path}.entry_property.predicate"))
         self.fail(path, "set one of all_of, any_of, negated, trait, tag, in_segment, entry_property")
         return AllOf(())
+
+    def dotted(self, property_path: str, path: str) -> None:
+        """A trait or property path: names joined by dots, into nested objects ("address.city")."""
+        if not property_path:
+            self.fail(path, "required")
+        elif any(not part.strip() for part in property_path.split(".")):
+            self.fail(path, 'must be names joined by dots (e.g. "address.city")')
 
     def segment(self, name: str, path: str) -> None:
         if not name:
             self.fail(path, "required: a segment's name")
         elif self.known is not None and name not in self.known.segments:
-            self.fail(path, f"no segment named {name!r}")
+            self.fail(path, f"no segment named {quoted(name)}")
 
     def predicate(self, p: spb.Predicate, path: str) -> Check:
         op = p.op
@@ -699,8 +705,7 @@ class _Checker:
             self.fail(f"{path}.event", "required: the track event's name")
         where: list[tuple[str, Check]] = []
         for i, clause in enumerate(f.where):
-            if not clause.path.strip():
-                self.fail(f"{path}.where[{i}].path", "required")
+            self.dotted(clause.path, f"{path}.where[{i}].path")
             where.append((clause.path, self.predicate(clause.predicate, f"{path}.where[{i}].predicate")))
         return Filter(kind, f.event, tuple(where))
 
@@ -754,6 +759,11 @@ def _loops_without_wait(graph: Mapping[str, tuple[str, ...]], waiting: set[str])
 
 # ------------------------------------------------------------------------------------------------
 # Helpers shared with the decisions.
+
+
+def quoted(name: str) -> str:
+    """A name as problems and errors quote it: "sms"."""
+    return json.dumps(name, ensure_ascii=False)
 
 
 def known_zone(name: str) -> bool:
