@@ -183,8 +183,8 @@ Global___SegmentTrigger: _TypeAlias = SegmentTrigger  # noqa: Y015
 
 @_typing.final
 class ScheduleTrigger(_message.Message):
-    """Enter the members of `segment` (every profile the application is given, when unset) on a
-    schedule: a cron expression in `time_zone`, or once at `once_at`.
+    """Enter the members of `segment` (unset: every profile of the workspace) on a schedule: a cron
+    expression on the wall clock of `time_zone`, or once at `once_at`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1192,7 +1192,9 @@ class MessageSuppressed(_message.Message):
     CONSENT_EVIDENCE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     reason: _builtins.str
-    """"consent: WITHDRAWN", "consent_withdrawn", "exited", …"""
+    """"consent: <CheckConsent's reason>" (refused when sending), "consent withdrawn" (while queued),
+    "stopped: <exit reason>" (the instance was stopped before it was sent)
+    """
     consent_evidence_id: _builtins.str
     """the ledger event the refusal rests on ("" when none)"""
     @_builtins.property
@@ -1329,8 +1331,8 @@ class JourneyExited(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
     reason: _builtins.str
-    """"completed", "exit_step: <reason>", "exit_rule: <reason>", "goal: <name>", "control",
-    "archived", "erased", "restarted"
+    """"completed" (the path ended), an exit step's reason, "control" (held out at a split),
+    "exit_rule: <reason>", "goal: <name>", "archived", "erased", "restarted" (re-entered)
     """
     cause_event_id: _builtins.str
     @_builtins.property
