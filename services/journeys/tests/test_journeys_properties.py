@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from journeys_domain_builders import NO_FACTS, T0, Run, cart_journey, compiled, track
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.eventlog.cipher import DataKeyCipher, new_data_key
+from onefold.eventlog.mapper import ERASED, EventMapper
 from onefold.journeys.domain import instance as decide
 from onefold.journeys.domain.definitions import SplitArm
 from onefold.journeys.domain.events import REGISTRY
@@ -131,3 +133,30 @@ def test_personal_values_are_marked_for_sealing() -> None:
         "JourneyDraftSaved": (),  # the author's code, not a person's data
     }
     assert all(REGISTRY.for_name(name).schema_version == 1 for name in REGISTRY.names())
+
+
+def test_the_event_log_seals_personal_values_and_shreds_them_on_erasure() -> None:
+    ref = pb.InstanceRef(workspace="acme", journey="welcome", version=1, profile_id="p-1", entry_seq=1)
+    entered = pb.JourneyEntered(instance=ref, trigger="event")
+    entered.properties["email"] = "ana@example.com"
+    trait = pb.TraitUpdateRequested(instance=ref, step="set", trait="nickname")
+    trait.value.string_value = "Annie"
+    sent = pb.MessageSent(instance=ref, message_id="msg_1", recipient="ana@example.com")
+    goal = pb.GoalReached(instance=ref, goal="buy", revenue=1234.5)
+    subject = decide.subject_of("acme", "p-1")
+    cipher = DataKeyCipher(new_data_key())
+    erased = {}
+    for message in (entered, trait, sent, goal):
+        event_type = REGISTRY.for_message(message)
+        stored = EventMapper.encode(event_type, message, subject, cipher)
+        assert b"ana@example.com" not in stored and b"Annie" not in stored
+        assert EventMapper.decode(event_type, stored, subject, cipher) == message
+        # The subject's key destroyed: what is not personal stays readable, the rest is gone.
+        erased[message.DESCRIPTOR.name] = EventMapper.decode(event_type, stored, subject, None)
+    assert all(message.instance == ref for message in erased.values())  # type: ignore[attr-defined]
+    assert dict(erased["JourneyEntered"].properties) == {ERASED: ERASED}  # type: ignore[attr-defined]
+    assert erased["TraitUpdateRequested"] == pb.TraitUpdateRequested(
+        instance=ref, step="set", trait="nickname"
+    )
+    assert erased["MessageSent"].recipient == ERASED  # type: ignore[attr-defined]
+    assert erased["GoalReached"].revenue == 0  # type: ignore[attr-defined]

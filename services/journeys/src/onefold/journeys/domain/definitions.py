@@ -306,7 +306,7 @@ class OnSchedule:
     cron: str  # "" = once, at `once_at`
     time_zone: str
     once_at: datetime | None
-    segment: str  # "" = every profile the application is given
+    segment: str  # "" = every profile of the workspace
 
 
 @dataclass(frozen=True, slots=True)
