@@ -16,7 +16,9 @@ old instance's events never meet a different journey of the same name.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from google.protobuf.message import Message
 
@@ -40,7 +42,7 @@ class Catalog(Handlers):
     archived: bool = False
 
     @staticmethod
-    def fold(messages: list[Message]) -> Catalog:
+    def fold(messages: Iterable[Message]) -> Catalog:
         catalog = Catalog()
         for message in messages:
             catalog.apply(message)
@@ -96,7 +98,7 @@ class Catalog(Handlers):
         return journey
 
 
-def save(catalog: Catalog, workspace: str, journey: pb.Journey, actor: str) -> list[Message]:
+def save(catalog: Catalog, workspace: str, journey: pb.Journey, actor: str, now: datetime) -> list[Message]:
     """A new draft version, unless the journey is unchanged since the latest version (re-applying the
     same file is a no-op). `journey` has been validated; its server-set fields are ignored."""
     if catalog.archived:
@@ -106,6 +108,7 @@ def save(catalog: Catalog, workspace: str, journey: pb.Journey, actor: str) -> l
         return []
     code.version = catalog.latest + 1
     code.updated_by = actor
+    code.updated_at.FromDatetime(now)
     return [pb.JourneyDraftSaved(workspace=workspace, journey=code, actor=actor)]
 
 
