@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from journeys_domain_builders import NO_FACTS, T0, Run, cart_journey, compiled, track
+from journeys_domain_builders import KNOWN, NO_FACTS, T0, Run, cart_journey, compiled, journey, track
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.cipher import DataKeyCipher, new_data_key
 from onefold.eventlog.mapper import ERASED, EventMapper
 from onefold.journeys.domain import instance as decide
-from onefold.journeys.domain.definitions import SplitArm
+from onefold.journeys.domain.definitions import InvalidJourney, SplitArm, compile_journey, validate
 from onefold.journeys.domain.events import REGISTRY
-from onefold.journeys.domain.instance import Instance, bucket, split_arm
+from onefold.journeys.domain.instance import Facts, Instance, bucket, split_arm
 
 ids = st.text(st.characters(codec="utf-8"), max_size=20)
 
@@ -160,3 +162,66 @@ def test_the_event_log_seals_personal_values_and_shreds_them_on_erasure() -> Non
     )
     assert erased["MessageSent"].recipient == ERASED  # type: ignore[attr-defined]
     assert erased["GoalReached"].revenue == 0  # type: ignore[attr-defined]
+
+
+# Random journeys of a few steps: each leads on to the next one (so most are reachable) and, for
+# branches and splits, also anywhere, backwards included, which makes loops.
+STEP_NAMES = ["a", "b", "c", "d", "e"]
+
+
+@st.composite
+def random_steps(draw: st.DrawFn) -> list[dict[str, Any]]:
+    count = draw(st.integers(1, len(STEP_NAMES)))
+    names = STEP_NAMES[:count]
+    anywhere = st.sampled_from([*names, ""])
+    steps: list[dict[str, Any]] = []
+    for i, name in enumerate(names):
+        following = names[i + 1] if i + 1 < count else ""
+        kinds = ["wait", "send", "branch", "split", "update_trait"] + (["exit"] if not following else [])
+        kind = draw(st.sampled_from(kinds))
+        onward = draw(st.sampled_from([following, following, following, *names, ""]))
+        if kind == "wait":
+            body: dict[str, Any] = {"duration": "60s", "next": onward}
+        elif kind == "send":
+            body = {"channel": "CHANNEL_PUSH", "template": "welcome", "purpose": "marketing", "next": onward}
+        elif kind == "branch":
+            body = {"arms": [{"when": {"in_segment": "vip"}, "next": following}], "otherwise": draw(anywhere)}
+        elif kind == "split":
+            arms = [
+                {"name": "x", "percent": 50, "next": following},
+                {"name": "y", "percent": 50, "next": draw(anywhere)},
+            ]
+            body = {"arms": arms}
+        elif kind == "update_trait":
+            body = {"trait": "seen", "value": True, "next": onward}
+        else:
+            body = {}
+        steps.append({"name": name, kind: body})
+    return steps
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=random_steps(), vip=st.booleans(), profile=st.sampled_from(["p-1", "p-2", "p-3", "p-4"]))
+def test_a_journey_without_problems_always_comes_to_rest(
+    steps: list[dict[str, Any]], vip: bool, profile: str
+) -> None:
+    data = {"name": "random", "entry": {"api": {}, "reentry": "REENTRY_ALWAYS"}, "steps": steps}
+    message = journey(data)
+    problems = validate(message, KNOWN)
+    if problems:
+        with pytest.raises(InvalidJourney):
+            compile_journey(message, KNOWN)
+        return
+    graph = compile_journey(message, KNOWN)
+    facts = Facts(segments=frozenset({"vip"}) if vip else frozenset())
+    run = Run(graph, profile)
+    now = T0
+    run.enter(now, facts)
+    # Every decision ends waiting or exited, and a waiting instance's timers move it on until it exits
+    # or keeps looping through waits (bounded here).
+    for _ in range(10):
+        assert not run.instance.active or run.instance.fires_at is not None
+        if not run.instance.active:
+            break
+        now = run.instance.fires_at or now
+        run.record(now, decide.on_timer(run.instance, graph, now, facts))
