@@ -563,3 +563,12 @@ def test_stream_and_subject_names() -> None:
         "journeys-instance:acme:abandoned_cart:p-1:c-1"
     )
     assert decide.subject_of("acme", "p-1") == "acme:j:p-1"
+
+
+def test_a_null_trait_value_asks_to_clear_the_trait() -> None:
+    data = cart_journey(
+        entry={"api": {}}, steps=[{"name": "clear", "update_trait": {"trait": "coupon", "value": None}}]
+    )
+    events = Run(compiled(data)).enter(T0)
+    requested = next(e for e in events if isinstance(e, pb.TraitUpdateRequested))
+    assert requested.trait == "coupon" and requested.value.WhichOneof("kind") == "null_value"

@@ -176,7 +176,7 @@ class Instance(Handlers):
     ) -> None:
         known = self.messages.get(message.message_id)
         if known is not None and self._current(message.instance):
-            self.messages[message.message_id] = replace(known, status=_STATUS[type(message)])
+            self.messages[message.message_id] = replace(known, status=MESSAGE_OUTCOME[type(message)])
 
     @handles(pb.TraitUpdateRequested)
     def _trait(self, at: datetime, message: pb.TraitUpdateRequested) -> None:
@@ -231,7 +231,8 @@ class Instance(Handlers):
         return view
 
 
-_STATUS: Mapping[type, str] = {
+# What each provider-side event makes of a queued message: its status, and the stats' counter.
+MESSAGE_OUTCOME: Mapping[type[Message], str] = {
     pb.MessageSent: "sent",
     pb.MessageSuppressed: "suppressed",
     pb.MessageDelivered: "delivered",

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.dispatch import Handlers, handles
+from onefold.journeys.domain.instance import MESSAGE_OUTCOME
 
 Z_95 = 1.959963984540054  # the standard normal quantile of 0.975
 
@@ -117,7 +118,7 @@ class Stats(Handlers):
     ) -> None:
         step = self._of(message.instance).message_steps.get(message.message_id)
         if step is not None:
-            self._step(message.instance, step)[_OUTCOME[type(message)]] += 1
+            self._step(message.instance, step)[MESSAGE_OUTCOME[type(message)]] += 1
 
     @handles(pb.GoalReached)
     def _goal(self, message: pb.GoalReached) -> None:
@@ -174,14 +175,6 @@ class Stats(Handlers):
         if measured is not None:
             response.uplift.CopyFrom(measured.to_proto())
         return response
-
-
-_OUTCOME: dict[type, str] = {
-    pb.MessageSent: "sent",
-    pb.MessageSuppressed: "suppressed",
-    pb.MessageDelivered: "delivered",
-    pb.MessageFailed: "failed",
-}
 
 
 def _key(ref: pb.InstanceRef) -> InstanceKey:
