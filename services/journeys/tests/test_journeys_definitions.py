@@ -222,7 +222,9 @@ def test_a_stored_version_compiles_without_the_workspace_references() -> None:
         (Check(spb.OPERATOR_EQ, 1.0), 1, True),
         (Check(spb.OPERATOR_EQ, 1.0), True, False),  # a boolean is not a number
         (Check(spb.OPERATOR_EQ, True), True, True),
-        (Check(spb.OPERATOR_NE, "a"), None, True),
+        (Check(spb.OPERATOR_NE, "a"), None, False),  # missing: only NOT_EXISTS holds
+        (Check(spb.OPERATOR_NOT_IN, None, ("a",)), None, False),
+        (Check(spb.OPERATOR_NE, "a"), "b", True),
         (Check(spb.OPERATOR_GT, 10.0), 10.5, True),
         (Check(spb.OPERATOR_GT, 10.0), "11", False),  # no comparing across types
         (Check(spb.OPERATOR_LE, "b"), "a", True),

@@ -96,21 +96,25 @@ class Check:
     values: tuple[Scalar, ...] = ()
 
     def holds(self, found: Json) -> bool:
+        """As segments reads the same Predicate: a missing value (None) passes NOT_EXISTS only, so
+        "plan NE gold" does not hold for a profile without a plan."""
         if self.op == spb.OPERATOR_EXISTS:
             return found is not None
         if self.op == spb.OPERATOR_NOT_EXISTS:
             return found is None
+        if found is None:
+            return False
         if self.op == spb.OPERATOR_EQ:
-            return found is not None and _equal(found, self.value)
+            return _equal(found, self.value)
         if self.op == spb.OPERATOR_NE:
-            return not (found is not None and _equal(found, self.value))
+            return not _equal(found, self.value)
         if self.op == spb.OPERATOR_IN:
-            return found is not None and any(_equal(found, v) for v in self.values)
+            return any(_equal(found, v) for v in self.values)
         if self.op == spb.OPERATOR_NOT_IN:
-            return not (found is not None and any(_equal(found, v) for v in self.values))
+            return not any(_equal(found, v) for v in self.values)
         if self.op == spb.OPERATOR_CONTAINS:
-            if isinstance(found, str) and isinstance(self.value, str):
-                return self.value in found
+            if isinstance(found, str):
+                return isinstance(self.value, str) and self.value in found
             return isinstance(found, list) and any(_equal(item, self.value) for item in found)
         if self.op == spb.OPERATOR_STARTS_WITH:
             return isinstance(found, str) and isinstance(self.value, str) and found.startswith(self.value)
