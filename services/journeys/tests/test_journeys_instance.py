@@ -572,3 +572,25 @@ def test_a_null_trait_value_asks_to_clear_the_trait() -> None:
     events = Run(compiled(data)).enter(T0)
     requested = next(e for e in events if isinstance(e, pb.TraitUpdateRequested))
     assert requested.trait == "coupon" and requested.value.WhichOneof("kind") == "null_value"
+
+
+def test_the_entry_event_given_again_changes_nothing() -> None:
+    graph = compiled(cart_journey(exit_rules=[{"event": {"event": "Cart Updated"}, "reason": "changed"}]))
+    instance = Instance()
+    added = track("Cart Updated", T0, "e-7", cart_id="c-1")
+    events = decide.enter(
+        instance,
+        graph,
+        T0,
+        NO_FACTS,
+        workspace="acme",
+        profile_id="p-1",
+        entity_key="c-1",
+        trigger="event",
+        cause_event_id=added.event_id,
+        properties=added.properties,
+    )
+    instance = Instance.fold((T0, event) for event in events)
+    assert decide.on_event(instance, graph, added, T0, NO_FACTS) == []
+    another = track("Cart Updated", T0, "e-8", cart_id="c-1")
+    assert types(decide.on_event(instance, graph, another, T0, NO_FACTS)) == ["JourneyExited"]

@@ -729,6 +729,8 @@ class _Checker:
                 self.fail(f"{path}.name", "another goal has this name")
             names.add(g.name)
             event = self.filter(g.event, f"{path}.event", required=True)
+            if g.revenue_property:
+                self.dotted(g.revenue_property, f"{path}.revenue_property")
             window = (
                 self.duration(g.conversion_window, f"{path}.conversion_window")
                 if g.HasField("conversion_window")

@@ -115,6 +115,7 @@ class Instance(Handlers):
     step: str = ""
     step_since: datetime | None = None
     fires_at: datetime | None = None  # the pending timer: a wait ends, or a wait's timeout
+    entered_by: str = ""  # the upstream event that caused the entry ("" = schedule, API)
     properties: dict[str, Json] = field(default_factory=dict)  # the entry event's
     arm: str = ""
     control: bool = False
@@ -142,6 +143,7 @@ class Instance(Handlers):
         self.ref.CopyFrom(message.instance)
         self.active, self.entered_at, self.exited_at, self.exit_reason = True, at, None, ""
         self.step, self.step_since, self.fires_at = "", None, None
+        self.entered_by = message.cause_event_id
         self.properties = MessageToDict(message.properties)
         self.arm, self.control = "", False
         self.messages, self.goals = {}, {}
@@ -357,8 +359,14 @@ def on_event(
     A goal with a conversion window counts within the window even after the instance has ended
     (a welcome series completes when its last message is queued; the purchase comes days later),
     and for control instances, which end at their split: that is the baseline of the uplift. A goal
-    without a window counts while the instance runs. Goals count for the latest entry."""
+    without a window counts while the instance runs. Goals count for the latest entry.
+
+    The event the instance entered with is not one of its run: given here too (a consumer passing
+    every event on, a redelivery) it changes nothing, where it would otherwise meet the instance's
+    own exit rules and goals as if it had come after the entry."""
     if instance.entry_seq == 0 or not _concerns(instance, journey, event):
+        return []
+    if event.event_id and event.event_id == instance.entered_by:
         return []
     _same_version(instance, journey)
     assert instance.entered_at is not None
