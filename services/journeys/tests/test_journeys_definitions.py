@@ -279,3 +279,11 @@ def test_property_and_trait_paths_are_names_joined_by_dots() -> None:
         ("steps[0].update_trait.trait", dots),
         ("exit_rules[0].event.where[0].path", "required"),
     }
+
+
+def test_a_wait_for_an_event_needs_the_event_and_a_timeout() -> None:
+    data = cart_journey(steps=[{"name": "hold", "wait_for_event": {"on_event": "", "on_timeout": ""}}])
+    assert problems(data) == {
+        ("steps[0].wait_for_event.event.event", "required: the track event's name"),
+        ("steps[0].wait_for_event.timeout", "required: how long to wait for the event"),
+    }

@@ -497,9 +497,11 @@ class _Checker:
         if kind == "wait_for_event":
             w = s.wait_for_event
             event = self.filter(w.event, f"{path}.wait_for_event.event", required=True)
+            timeout = timedelta(0)
             if not w.HasField("timeout"):
                 self.fail(f"{path}.wait_for_event.timeout", "required: how long to wait for the event")
-            timeout = self.duration(w.timeout, f"{path}.wait_for_event.timeout")
+            else:
+                timeout = self.duration(w.timeout, f"{path}.wait_for_event.timeout")
             return WaitForEventStep(s.name, event, timeout, w.on_event, w.on_timeout)
         if kind == "branch":
             b = s.branch
