@@ -13,15 +13,18 @@ import pytest
 from onefold.contracts.common.v1 import data_subject_pb2 as pb
 from onefold.contracts.common.v1 import data_subject_pb2_grpc
 from onefold.journeys.bootstrap import SERVICE_NAME, compose
+from onefold.journeys.domain.catalog import Catalog
 from onefold.journeys.domain.events import REGISTRY
+from onefold.journeys.domain.instance import Instance
+from onefold.journeys.domain.stats import Stats
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.events import assert_events_handled
 from onefold.testing.services import composed_service
 
 
 def test_every_declared_event_is_handled() -> None:
-    # Pass the domain's folds and the read model's projection here as they are written.
-    assert_events_handled(REGISTRY)
+    # The read model's projection joins these once it is written.
+    assert_events_handled(REGISTRY, Catalog, Instance, Stats)
 
 
 async def test_the_composed_service_serves_the_data_subject_contract(

@@ -1,0 +1,74 @@
+"""A journey's counters and its uplift over the control group."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import pytest
+from journeys_domain_builders import NO_FACTS, T0, Run, cart_journey, compiled, track
+
+from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.journeys.domain import instance as decide
+from onefold.journeys.domain.stats import Stats, uplift
+
+HOUR = timedelta(hours=1)
+
+
+def test_counters_per_journey_and_step() -> None:
+    stats = Stats()
+    for profile, ordered in (("p-1", True), ("p-2", False)):
+        run = Run(compiled(cart_journey()), profile)
+        run.enter(T0, entity_key="c-1")
+        run.record(T0 + HOUR, decide.on_timer(run.instance, run.graph, T0 + HOUR, NO_FACTS))
+        if ordered:
+            order = track("Order Completed", T0 + 2 * HOUR, cart_id="c-1", revenue=40)
+            run.record(
+                T0 + 2 * HOUR, decide.on_event(run.instance, run.graph, order, T0 + 2 * HOUR, NO_FACTS)
+            )
+        else:
+            (pending,) = run.instance.pending()
+            run.record(T0 + HOUR, [pb.MessageSent(instance=run.instance.ref, message_id=pending)])
+            run.record(T0 + HOUR, [pb.MessageFailed(instance=run.instance.ref, message_id=pending)])
+        for _, event in run.log:
+            stats.apply(event)
+    report = stats.report("abandoned_cart")
+    assert (report.entered, report.exited, report.active, report.converted) == (2, 1, 1, 1)
+    assert report.revenue == 40 and dict(report.exits_by_reason) == {"exit_rule: ordered": 1}
+    steps = {s.step: s for s in report.steps}
+    assert steps["hold"].entered == 2
+    assert (steps["remind"].queued, steps["remind"].sent, steps["remind"].suppressed) == (2, 1, 1)
+    assert steps["remind"].failed == 1 and steps["later"].entered == 2
+    assert not report.HasField("uplift")  # no split, no control group
+    assert stats.report("abandoned_cart", version=2).entered == 0
+    assert stats.report("other").entered == 0
+
+
+def test_uplift_is_the_difference_of_conversions_with_a_normal_interval() -> None:
+    measured = uplift(treated=1000, treated_converted=150, control=500, control_converted=50)
+    assert measured is not None
+    assert measured.uplift == pytest.approx(0.05)
+    half = 1.959963984540054 * math.sqrt(0.15 * 0.85 / 1000 + 0.1 * 0.9 / 500)
+    low, high = measured.interval
+    assert (low, high) == (pytest.approx(0.05 - half), pytest.approx(0.05 + half))
+    assert low > 0  # significant at 95%
+    assert uplift(10, 1, 0, 0) is None and uplift(0, 0, 10, 1) is None
+
+
+def test_uplift_from_split_assignments_and_goals() -> None:
+    ref = {"workspace": "acme", "journey": "promo", "version": 1, "entity_key": ""}
+    stats = Stats()
+    for i, (control, converted) in enumerate(
+        [(False, True), (False, False), (True, False), (True, True), (True, False)]
+    ):
+        instance = pb.InstanceRef(profile_id=f"p-{i}", entry_seq=1, **ref)
+        stats.apply(pb.JourneyEntered(instance=instance))
+        stats.apply(pb.SplitAssigned(instance=instance, step="pick", arm="x", control=control))
+        if converted:
+            stats.apply(pb.GoalReached(instance=instance, goal="buy", revenue=10))
+    report = stats.report("promo")
+    assert (report.uplift.treated, report.uplift.treated_converted) == (2, 1)
+    assert (report.uplift.control, report.uplift.control_converted) == (3, 1)
+    assert report.uplift.uplift == pytest.approx(0.5 - 1 / 3)
+    assert report.uplift.ci_low < report.uplift.uplift < report.uplift.ci_high
+    assert report.revenue == 20 and report.converted == 2
