@@ -211,7 +211,9 @@ def http_server() -> Iterator[HttpServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     recorder = HttpServer(url=f"http://127.0.0.1:{server.server_address[1]}/v1/messages")
-    thread = threading.Thread(target=server.serve_forever, name="test-http-provider", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="test-http-provider", daemon=True
+    )
     thread.start()
     try:
         yield recorder
