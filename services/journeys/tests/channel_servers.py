@@ -184,7 +184,9 @@ class HttpServer:
 
 
 @contextmanager
-def http_server() -> Iterator[HttpServer]:
+def http_server(*, tls: ssl.SSLContext | None = None) -> Iterator[HttpServer]:
+    """A running HTTP server (HTTPS with `tls`) taking POSTs at /v1/messages."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
@@ -210,7 +212,10 @@ def http_server() -> Iterator[HttpServer]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
-    recorder = HttpServer(url=f"http://127.0.0.1:{server.server_address[1]}/v1/messages")
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    scheme = "https" if tls is not None else "http"
+    recorder = HttpServer(url=f"{scheme}://127.0.0.1:{server.server_address[1]}/v1/messages")
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="test-http-provider", daemon=True
     )

@@ -3,7 +3,10 @@ credential and idempotency headers, and how answers, outages and timeouts become
 
 from __future__ import annotations
 
-from channel_servers import Answer, http_server
+from pathlib import Path
+
+from channel_servers import Answer, http_server, self_signed_certificate, server_tls_context
+from structlog.testing import capture_logs
 
 from onefold.journeys.adapters.providers.base import Delivery, DeliveryStatus, Message
 from onefold.journeys.adapters.providers.http import HttpProvider
@@ -151,12 +154,20 @@ async def test_an_outage_is_retried_with_the_same_key_then_recorded_as_failed() 
             RetryPolicy(attempts=3, base_delay_seconds=1.0, max_delay_seconds=10.0),
             sleep=record_wait,
         )
-        delivery = await provider.send(text_message("msg-sms-outage"))
+        with capture_logs() as logs:
+            delivery = await provider.send(text_message("msg-sms-outage"))
         await provider.aclose()
     assert delivery == Delivery(DeliveryStatus.FAILED, error="gave up after 3 attempts: HTTP 503", attempts=3)
     assert [r.headers["idempotency-key"] for r in server.received] == ["msg-sms-outage"] * 3
     assert len(waits) == 2
     assert 0 <= waits[0] <= 1.0 and 0 <= waits[1] <= 2.0  # full jitter below base * 2^(retry-1)
+    assert [entry["event"] for entry in logs] == [
+        "journeys.delivery_retry",
+        "journeys.delivery_retry",
+        "journeys.delivery_failed",
+    ]
+    assert logs[-1]["message_id"] == "msg-sms-outage" and logs[-1]["error"] == "HTTP 503"
+    assert PHONE not in repr(logs) and "Your code" not in repr(logs)
 
 
 async def test_a_provider_back_after_an_outage_delivers_on_a_later_attempt() -> None:
@@ -195,3 +206,41 @@ async def test_an_answer_that_is_not_json_still_counts_as_delivered() -> None:
         delivery = await provider.send(text_message())
         await provider.aclose()
     assert delivery == Delivery.delivered("")
+
+
+async def test_https_to_an_endpoint_signed_by_a_configured_ca(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    with http_server(tls=server_tls_context(cert, key)) as server:
+        trusting = HttpProvider(channel(server.url, ca_file=str(cert)), secret="t")
+        delivered = await trusting.send(text_message("m-trusted"))
+        await trusting.aclose()
+        untrusting = HttpProvider(channel(server.url), secret="t")
+        refused = await untrusting.send(text_message("m-untrusted"))
+        await untrusting.aclose()
+    assert delivered.status is DeliveryStatus.DELIVERED
+    assert refused == Delivery.retryable("HTTP connection failed (ConnectError)")
+    assert [r.headers["idempotency-key"] for r in server.received] == ["m-trusted"]
+
+
+async def test_an_email_api_gets_subject_and_both_bodies() -> None:
+    email = Message(
+        message_id="m-mail",
+        workspace="acme",
+        profile_id="p-1",
+        channel="email",
+        to="ann@example.com",
+        subject="Hi",
+        text="Hello",
+        html="<p>Hello</p>",
+    )
+    with http_server() as server:
+        provider = HttpProvider(channel(server.url), secret="t")
+        await provider.send(email)
+        await provider.aclose()
+    assert server.received[0].body == {
+        "message_id": "m-mail",
+        "to": "ann@example.com",
+        "subject": "Hi",
+        "text": "Hello",
+        "html": "<p>Hello</p>",
+    }

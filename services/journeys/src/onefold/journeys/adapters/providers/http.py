@@ -10,6 +10,7 @@ or the kind of transport failure, never the answer's body, which may quote the n
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
@@ -62,7 +63,10 @@ class HttpProvider:
             headers["Authorization"] = f"Bearer {secret}"
         elif settings.auth == "header":
             headers[settings.secret_header] = secret
-        self._client = client or httpx.AsyncClient(timeout=settings.timeout_seconds)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
+        )
+        self._client = client or httpx.AsyncClient(timeout=settings.timeout_seconds, verify=verify)
         self._headers = headers
 
     async def send(self, message: Message) -> Delivery:

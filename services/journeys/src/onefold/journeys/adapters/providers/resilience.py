@@ -11,8 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from onefold.journeys.adapters.providers.base import Delivery, DeliveryStatus, Message, Provider
+from onefold.platform.telemetry import get_logger
 
 Sleep = Callable[[float], Awaitable[None]]
+
+log = get_logger("onefold.journeys.channels")
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,22 @@ class Retrying:
             delivery = await self.inner.send(message)
             if delivery.status is not DeliveryStatus.RETRYABLE:
                 return replace(delivery, attempts=attempt)
+            # Ids, the provider's kind and the bounded error only: nothing personal reaches the log.
+            context = {"channel": message.channel, "provider": self.kind, "message_id": message.message_id}
             if attempt >= self.policy.attempts:
+                log.warning("journeys.delivery_failed", attempts=attempt, error=delivery.error, **context)
                 return replace(
                     Delivery.failed(f"gave up after {attempt} attempts: {delivery.error}"), attempts=attempt
                 )
-            await self._sleep(backoff_delay(attempt, self.policy, self._rng))
+            delay = backoff_delay(attempt, self.policy, self._rng)
+            log.info(
+                "journeys.delivery_retry",
+                attempt=attempt,
+                delay_seconds=round(delay, 3),
+                error=delivery.error,
+                **context,
+            )
+            await self._sleep(delay)
             attempt += 1
 
     async def aclose(self) -> None:

@@ -112,7 +112,7 @@ class SandboxProvider:
         return await asyncio.to_thread(self._erase, workspace, profile_id)
 
     async def aclose(self) -> None:
-        return None
+        self.engine.dispose()
 
     def _kept(self, message_id: str) -> bool:
         with self.engine.connect() as conn:

@@ -87,6 +87,7 @@ class HttpChannel(_ChannelBase):
     credential: SecretSource = SecretSource()
     secret_header: str = Field(default="X-Api-Key", pattern=r"^[A-Za-z0-9-]+$")
     timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    ca_file: str = Field(default="", description="CA of the endpoint's certificate; empty = system CAs")
     id_field: str = Field(default="id", description="field of the JSON answer holding the provider's id")
 
 
