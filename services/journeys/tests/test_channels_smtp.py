@@ -168,3 +168,9 @@ def test_without_verification_any_certificate_is_accepted() -> None:
     provider = SmtpProvider(settings(465, security="tls", validate_certs=False), password="")
     context = provider._tls_context
     assert context is not None and context.verify_mode == ssl.CERT_NONE
+
+
+@pytest.mark.parametrize("message_id", ["", "a b", "id>\r\nBcc: eve@example.com", "x@y", "é", "x" * 201])
+def test_a_message_id_that_could_break_a_header_is_refused_when_the_message_is_built(message_id: str) -> None:
+    with pytest.raises(ValueError, match="message_id"):
+        Message(message_id=message_id, workspace="acme", profile_id="p-1", channel="email", to=ANN)

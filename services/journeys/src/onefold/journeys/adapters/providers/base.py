@@ -8,11 +8,13 @@ reason), so it can be recorded in the log and shown to an operator as it is.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 MAX_ERROR_CHARS = 200
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9._:+=-]{1,200}")
 
 
 class DeliveryStatus(enum.StrEnum):
@@ -40,6 +42,11 @@ class Message:
     html: str = ""  # email only
     template: str = ""  # the provider's own template id (WeChat template messages)
     data: Mapping[str, str] = field(default_factory=dict)  # push payload, WeChat template fields
+
+    def __post_init__(self) -> None:
+        if not _MESSAGE_ID.fullmatch(self.message_id):
+            # It travels as an SMTP Message-ID and an HTTP header: no spaces, brackets or line breaks.
+            raise ValueError("a message_id is 1-200 characters of A-Z a-z 0-9 . _ : + = -")
 
     def __repr__(self) -> str:
         return (

@@ -20,6 +20,7 @@ from onefold.journeys.adapters.providers.settings import HttpChannel
 
 # WeChat's template-message API answers HTTP 200 with an `errcode`; -1 is "system busy, retry".
 _WECHAT_BUSY = -1
+MAX_PROVIDER_ID_CHARS = 200
 
 
 def request_body(message: Message) -> dict[str, Any]:
@@ -54,9 +55,7 @@ def request_body(message: Message) -> dict[str, Any]:
 class HttpProvider:
     kind = "http"
 
-    def __init__(
-        self, settings: HttpChannel, secret: str, *, client: httpx.AsyncClient | None = None
-    ) -> None:
+    def __init__(self, settings: HttpChannel, secret: str) -> None:
         self.settings = settings
         headers = {"User-Agent": "onefold-journeys"}
         if settings.auth == "bearer":
@@ -66,7 +65,7 @@ class HttpProvider:
         verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=settings.ca_file) if settings.ca_file else True
         )
-        self._client = client or httpx.AsyncClient(timeout=settings.timeout_seconds, verify=verify)
+        self._client = httpx.AsyncClient(timeout=settings.timeout_seconds, verify=verify)
         self._headers = headers
 
     async def send(self, message: Message) -> Delivery:
@@ -91,12 +90,16 @@ class HttpProvider:
                 return Delivery.failed(
                     f"WeChat errcode {errcode}" if isinstance(errcode, int) else "WeChat error"
                 )
-            return Delivery.delivered(str(answer.get("msgid", "")))
-        provider_id = answer.get(self.settings.id_field, "")
-        return Delivery.delivered(str(provider_id) if isinstance(provider_id, str | int) else "")
+            return Delivery.delivered(_provider_id(answer.get("msgid")))
+        return Delivery.delivered(_provider_id(answer.get(self.settings.id_field)))
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _provider_id(value: object) -> str:
+    """The provider's id for the message, as text of bounded length (anything else: none)."""
+    return str(value)[:MAX_PROVIDER_ID_CHARS] if isinstance(value, str | int) else ""
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any]:

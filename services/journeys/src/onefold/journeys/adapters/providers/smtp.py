@@ -59,11 +59,12 @@ class SmtpProvider:
                 tls_context=self._tls_context,
                 timeout=settings.timeout_seconds,
             )
-        except aiosmtplib.SMTPRecipientsRefused as exc:
+        except aiosmtplib.SMTPRecipientsRefused as exc:  # one recipient per message: its refusal
+            refusal = exc.recipients[0] if exc.recipients else None
             return (
-                _by_code(exc.recipients[0].code, exc.recipients[0].message)
-                if exc.recipients
-                else (Delivery.failed("SMTP recipient refused"))
+                _by_code(refusal.code, refusal.message)
+                if refusal
+                else Delivery.failed("SMTP recipient refused")
             )
         except aiosmtplib.SMTPResponseException as exc:
             return _by_code(exc.code, exc.message)
