@@ -51,8 +51,16 @@ def sandbox_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def sandbox(log: ServiceLog, sandbox_path: Path) -> SandboxProvider:
+    """The sandbox on a SQLite file of its own, as `onefold up` has it."""
     sealer = SubjectKeySealer(log, profile_subject, SEALED_PURPOSE)
     return SandboxProvider(create_engine(f"sqlite:///{sandbox_path}"), sealer)
+
+
+@pytest.fixture
+def sandbox_anywhere(log: ServiceLog, database_url: str) -> SandboxProvider:
+    """The sandbox on SQLite and on PostgreSQL (`journeys.channels.sandbox_database_url`)."""
+    sealer = SubjectKeySealer(log, profile_subject, SEALED_PURPOSE)
+    return SandboxProvider(create_engine(database_url), sealer)
 
 
 def message(message_id: str = "msg-1", profile_id: str = "p-zoe", channel: str = "email") -> Message:
@@ -88,30 +96,30 @@ async def test_a_send_is_kept_sealed_and_opens_for_its_profile(
 
 
 async def test_a_message_id_is_kept_once_and_a_repeat_gets_the_first_delivery(
-    sandbox: SandboxProvider,
+    sandbox_anywhere: SandboxProvider,
 ) -> None:
-    first = await sandbox.send(message())
-    again = await sandbox.send(message())
+    first = await sandbox_anywhere.send(message())
+    again = await sandbox_anywhere.send(message())
     assert again == first
-    assert await sandbox.count("acme", "p-zoe") == 1
+    assert await sandbox_anywhere.count("acme", "p-zoe") == 1
 
 
-async def test_concurrent_repeats_of_one_message_are_kept_once(sandbox: SandboxProvider) -> None:
-    deliveries = await asyncio.gather(*(sandbox.send(message()) for _ in range(8)))
+async def test_concurrent_repeats_of_one_message_are_kept_once(sandbox_anywhere: SandboxProvider) -> None:
+    deliveries = await asyncio.gather(*(sandbox_anywhere.send(message()) for _ in range(8)))
     assert {d.status for d in deliveries} == {DeliveryStatus.DELIVERED}
-    assert await sandbox.count("acme", "p-zoe") == 1
+    assert await sandbox_anywhere.count("acme", "p-zoe") == 1
 
 
-async def test_count_and_erase_are_per_profile_and_workspace(sandbox: SandboxProvider) -> None:
+async def test_count_and_erase_are_per_profile_and_workspace(sandbox_anywhere: SandboxProvider) -> None:
     for n in range(3):
-        await sandbox.send(message(f"zoe-{n}", channel=("email", "sms", "wechat")[n]))
-    await sandbox.send(message("ann-1", profile_id="p-ann"))
-    assert await sandbox.count("acme", "p-zoe") == 3
-    assert await sandbox.count("other-workspace", "p-zoe") == 0
-    assert await sandbox.erase("acme", "p-zoe") == 3
-    assert await sandbox.count("acme", "p-zoe") == 0
-    assert await sandbox.sends("acme", "p-zoe") == []
-    assert [s.message_id for s in await sandbox.sends("acme", "p-ann")] == ["ann-1"]
+        await sandbox_anywhere.send(message(f"zoe-{n}", channel=("email", "sms", "wechat")[n]))
+    await sandbox_anywhere.send(message("ann-1", profile_id="p-ann"))
+    assert await sandbox_anywhere.count("acme", "p-zoe") == 3
+    assert await sandbox_anywhere.count("other-workspace", "p-zoe") == 0
+    assert await sandbox_anywhere.erase("acme", "p-zoe") == 3
+    assert await sandbox_anywhere.count("acme", "p-zoe") == 0
+    assert await sandbox_anywhere.sends("acme", "p-zoe") == []
+    assert [s.message_id for s in await sandbox_anywhere.sends("acme", "p-ann")] == ["ann-1"]
 
 
 async def test_shredding_the_profiles_key_leaves_its_kept_sends_unreadable(
