@@ -148,3 +148,12 @@ async def test_a_sealed_send_cannot_be_opened_as_another_profiles(
     engine.dispose()
     with pytest.raises(InvalidTag):  # bound to its subject: a moved value does not authenticate
         await sandbox.sends("acme", "p-ann")
+
+
+async def test_a_service_that_is_stopping_makes_a_send_retryable_not_lost(
+    sandbox: SandboxProvider, log: ServiceLog
+) -> None:
+    await log.writer.stop()  # no more writes: no new data key can be made
+    delivery = await sandbox.send(message("msg-while-stopping"))
+    assert delivery == Delivery.retryable("the sandbox cannot store now (Unavailable)")
+    assert await sandbox.count("acme", "p-zoe") == 0

@@ -49,13 +49,12 @@ class Retrying:
         inner: Provider,
         policy: RetryPolicy,
         *,
-        rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.inner = inner
         self.kind = inner.kind
         self.policy = policy
-        self._rng = rng or random.Random()
+        self._rng = random.Random()
         self._sleep = sleep
 
     async def send(self, message: Message) -> Delivery:

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from onefold.journeys.adapters.providers.base import Delivery, Message
 from onefold.journeys.adapters.providers.sealing import ProfileErased, Sealer
+from onefold.platform.errors import Unavailable
 
 metadata = sa.MetaData()
 
@@ -73,6 +74,12 @@ class SandboxProvider:
         metadata.create_all(engine)
 
     async def send(self, message: Message) -> Delivery:
+        try:
+            return await self._send(message)
+        except (OperationalError, Unavailable) as exc:  # its database busy or gone, the service stopping
+            return Delivery.retryable(f"the sandbox cannot store now ({type(exc).__name__})")
+
+    async def _send(self, message: Message) -> Delivery:
         if await asyncio.to_thread(self._kept, message.message_id):
             return Delivery.delivered(provider_message_id(message.message_id))
         personal = {
