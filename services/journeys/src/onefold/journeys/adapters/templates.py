@@ -7,6 +7,10 @@ mutating what it is given, ranges bounded), a `*` or `**` that would build somet
 refused, its source and its output are bounded, and a variable it names that the profile lacks is
 an error rather than an empty string (StrictUndefined): a "Hello ," must never go out.
 
+What the sandbox does not bound: time (nested loops over ranges of 100,000 render for long) and
+the memory of some filters given huge widths (`center`, `format`). Templates come from a
+workspace's users holding `journeys:write`, so these are theirs to misuse, not the public's.
+
 Errors name the template, the part (subject, text, html), the line and the missing variable, and
 never a value: what a template failed on is a person's data. HTML is autoescaped (a trait holding
 `<script>` arrives as text); subjects and plain text are not.
@@ -171,12 +175,15 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _environment(*, autoescape: bool) -> _BoundedSandbox:
-    return _BoundedSandbox(
+    environment = _BoundedSandbox(
         undefined=_ReportingUndefined,
         autoescape=autoescape,
         keep_trailing_newline=True,
         auto_reload=False,
     )
+    # lorem ipsum of any length on demand: of no use in a message, a way to fill the memory.
+    del environment.globals["lipsum"]
+    return environment
 
 
 class Templates:
