@@ -247,14 +247,10 @@ class Templates:
             else:
                 problem = "a key computed while rendering is undefined"
             raise TemplateError(compiled.name, compiled.part, problem, line=_line(exc, filename)) from None
-        except UndefinedError as exc:  # raised by Jinja itself (e.g. an undefined callable)
-            raise TemplateError(
-                compiled.name, compiled.part, "uses an undefined variable", line=_line(exc, filename)
-            ) from None
         except SecurityError as exc:
             problem = f"is not allowed: {exc}"
             raise TemplateError(compiled.name, compiled.part, problem, line=_line(exc, filename)) from None
-        except TemplateError:
+        except TemplateError:  # the output bound
             raise
         except Exception as exc:  # a filter or operator failing on a value: name the kind, not the value
             problem = f"failed with {type(exc).__name__}"
