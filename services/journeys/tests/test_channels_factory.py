@@ -205,3 +205,22 @@ def test_secrets_given_as_values_never_show_in_the_settings(tmp_path: Path) -> N
     shown = repr(settings) + str(settings)
     assert "tok-SECRET-1" not in shown and "pw-SECRET-2" not in shown
     assert isinstance(settings.push, SandboxChannel)
+
+
+def test_a_secret_given_in_the_wrong_place_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load(
+            tmp_path,
+            {
+                "channels": {
+                    "email": {
+                        "kind": "smtp",
+                        "host": "h",
+                        "from_address": "a@b.example",
+                        "password": "pw-SECRET-3",
+                    }
+                }
+            },
+        )
+    assert "journeys.channels.email.smtp.password" in str(raised.value)
+    assert "pw-SECRET-3" not in str(raised.value)
