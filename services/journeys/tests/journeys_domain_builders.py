@@ -17,7 +17,13 @@ T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday
 KNOWN = Known(
     segments=frozenset({"vip", "cart_abandoners"}),
     purposes=frozenset({"marketing"}),
-    templates=frozenset({"cart_reminder", "cart_sms", "welcome", "vip_offer"}),
+    templates={
+        "cart_reminder": pb.CHANNEL_EMAIL,
+        "cart_sms": pb.CHANNEL_SMS,
+        "welcome": pb.CHANNEL_EMAIL,
+        "welcome_wechat": pb.CHANNEL_WECHAT,
+        "vip_offer": pb.CHANNEL_EMAIL,
+    },
 )
 NO_FACTS = Facts()
 

@@ -278,7 +278,7 @@ BRANCHY = {
             },
         },
         send("vip", "vip_offer"),
-        send("cn", "welcome", channel="CHANNEL_WECHAT"),
+        send("cn", "welcome_wechat", channel="CHANNEL_WECHAT"),
         {"name": "set_source", "update_trait": {"trait": "acquired_by", "value": "ad", "next": "welcome"}},
         send("welcome", "welcome"),
     ],

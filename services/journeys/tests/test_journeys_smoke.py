@@ -17,6 +17,7 @@ from onefold.journeys.domain.catalog import Catalog
 from onefold.journeys.domain.events import REGISTRY
 from onefold.journeys.domain.instance import Instance
 from onefold.journeys.domain.stats import Stats
+from onefold.journeys.domain.templates import TemplateVersions
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.events import assert_events_handled
 from onefold.testing.services import composed_service
@@ -24,7 +25,7 @@ from onefold.testing.services import composed_service
 
 def test_every_declared_event_is_handled() -> None:
     # The read model's projection joins these once it is written.
-    assert_events_handled(REGISTRY, Catalog, Instance, Stats)
+    assert_events_handled(REGISTRY, Catalog, TemplateVersions, Instance, Stats)
 
 
 async def test_the_composed_service_serves_the_data_subject_contract(

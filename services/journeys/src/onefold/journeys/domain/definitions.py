@@ -21,7 +21,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
@@ -80,7 +80,7 @@ class Known:
 
     segments: frozenset[str] = frozenset()
     purposes: frozenset[str] = frozenset()
-    templates: frozenset[str] = frozenset()
+    templates: Mapping[str, int] = field(default_factory=dict)  # name -> the Channel it renders for
 
 
 # ------------------------------------------------------------------------------------------------
@@ -572,6 +572,12 @@ class _Checker:
             self.fail(f"{path}.template", "required")
         elif self.known is not None and s.template not in self.known.templates:
             self.fail(f"{path}.template", f"no template named {quoted(s.template)}")
+        elif self.known is not None and s.channel and self.known.templates[s.template] != s.channel:
+            made_for = channel_name(self.known.templates[s.template])
+            self.fail(
+                f"{path}.template",
+                f"template {quoted(s.template)} is for {made_for}, not {channel_name(s.channel)}",
+            )
         if not s.purpose:
             self.fail(f"{path}.purpose", "required: the consent purpose the message is sent for")
         elif self.known is not None and s.purpose not in self.known.purposes:
@@ -772,6 +778,13 @@ def _loops_without_wait(graph: Mapping[str, tuple[str, ...]], waiting: set[str])
 def quoted(name: str) -> str:
     """A name as problems and errors quote it: "sms"."""
     return json.dumps(name, ensure_ascii=False)
+
+
+def channel_name(channel: int) -> str:
+    """ "email", "sms", "push", "wechat" (as YAML spells a Channel)."""
+    return (
+        pb.Channel.Name(channel).removeprefix("CHANNEL_").lower() if channel in pb.Channel.values() else "?"
+    )
 
 
 def known_zone(name: str) -> bool:

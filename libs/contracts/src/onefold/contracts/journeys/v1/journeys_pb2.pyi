@@ -831,12 +831,94 @@ class Journey(_message.Message):
 Global___Journey: _TypeAlias = Journey  # noqa: Y015
 
 @_typing.final
-class JourneyDraftSaved(_message.Message):
+class Template(_message.Message):
+    """A message template: Jinja2 (sandboxed) over the person's traits, tags and the entry event's
+    properties (`traits.first_name`, `event.cart_id`). Email has a subject, a text and an HTML body
+    (escaped); the other channels a text body, push and WeChat also a title. A journey's send step
+    names one of the workspace's templates of the step's channel.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    HTML_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_BY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """unique in the workspace: [a-z][a-z0-9_]{0,62}"""
+    channel: Global___Channel.ValueType
+    subject: _builtins.str
+    """email; push and WeChat: the title"""
+    text: _builtins.str
+    html: _builtins.str
+    """email only"""
+    version: _builtins.int
+    """Server-set."""
+    updated_by: _builtins.str
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        channel: Global___Channel.ValueType = ...,
+        subject: _builtins.str = ...,
+        text: _builtins.str = ...,
+        html: _builtins.str = ...,
+        version: _builtins.int = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "html", b"html", "name", b"name", "subject", b"subject", "text", b"text", "updated_at", b"updated_at", "updated_by", b"updated_by", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Template: _TypeAlias = Template  # noqa: Y015
+
+@_typing.final
+class TemplateSaved(_message.Message):
     """---------------------------------------------------------------------------------------------
     Events of this service's log.
 
-    Stream `journeys-definition:<workspace>:<name>`: a version saved (as a draft).
+    Stream `journeys-template:<workspace>:<name>`: a template's new version (send steps render the
+    latest).
     """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    actor: _builtins.str
+    @_builtins.property
+    def template(self) -> Global___Template:
+        """version set"""
+
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        template: Global___Template | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "template", b"template", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TemplateSaved: _TypeAlias = TemplateSaved  # noqa: Y015
+
+@_typing.final
+class JourneyDraftSaved(_message.Message):
+    """Stream `journeys-definition:<workspace>:<name>`: a version saved (as a draft)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1356,6 +1438,9 @@ Global___JourneyExited: _TypeAlias = JourneyExited  # noqa: Y015
 class ApplyJourneysRequest(_message.Message):
     """---------------------------------------------------------------------------------------------
     The API. The workspace is the caller's credential's.
+
+    Templates and journeys checked together (a journey may name a template of the same request)
+    and stored all or none.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1363,22 +1448,26 @@ class ApplyJourneysRequest(_message.Message):
     JOURNEYS_FIELD_NUMBER: _builtins.int
     PUBLISH_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
     publish: _builtins.bool
     """publish each saved version (else it stays a draft)"""
     dry_run: _builtins.bool
     """validate only"""
     @_builtins.property
     def journeys(self) -> _containers.RepeatedCompositeFieldContainer[Global___Journey]: ...
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]: ...
     def __init__(
         self,
         *,
         journeys: _abc.Iterable[Global___Journey] | None = ...,
         publish: _builtins.bool = ...,
         dry_run: _builtins.bool = ...,
+        templates: _abc.Iterable[Global___Template] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "journeys", b"journeys", "publish", b"publish"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "journeys", b"journeys", "publish", b"publish", "templates", b"templates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1411,21 +1500,83 @@ class ApplyJourneysResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class AppliedTemplate(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        TEMPLATE_FIELD_NUMBER: _builtins.int
+        CHANGED_FIELD_NUMBER: _builtins.int
+        changed: _builtins.bool
+        @_builtins.property
+        def template(self) -> Global___Template:
+            """as stored; an unchanged template keeps its version"""
+
+        def __init__(
+            self,
+            *,
+            template: Global___Template | None = ...,
+            changed: _builtins.bool = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["template", b"template"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "template", b"template"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     JOURNEYS_FIELD_NUMBER: _builtins.int
+    TEMPLATES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def journeys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyJourneysResponse.Applied]: ...
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApplyJourneysResponse.AppliedTemplate]: ...
     def __init__(
         self,
         *,
         journeys: _abc.Iterable[Global___ApplyJourneysResponse.Applied] | None = ...,
+        templates: _abc.Iterable[Global___ApplyJourneysResponse.AppliedTemplate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["journeys", b"journeys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["journeys", b"journeys", "templates", b"templates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ApplyJourneysResponse: _TypeAlias = ApplyJourneysResponse  # noqa: Y015
+
+@_typing.final
+class ListTemplatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
+
+@_typing.final
+class ListTemplatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]: ...
+    def __init__(
+        self,
+        *,
+        templates: _abc.Iterable[Global___Template] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["templates", b"templates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
 
 @_typing.final
 class GetJourneyRequest(_message.Message):
@@ -1488,6 +1639,30 @@ class ListJourneysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListJourneysResponse: _TypeAlias = ListJourneysResponse  # noqa: Y015
+
+@_typing.final
+class PublishJourneyRequest(_message.Message):
+    """Publish a saved version (0 = the latest): people enter it from now on; a paused journey resumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishJourneyRequest: _TypeAlias = PublishJourneyRequest  # noqa: Y015
 
 @_typing.final
 class PauseJourneyRequest(_message.Message):
@@ -1698,6 +1873,93 @@ class Instance(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Instance: _TypeAlias = Instance  # noqa: Y015
+
+@_typing.final
+class InstanceHistoryRequest(_message.Message):
+    """Why a person did or did not get a message: every event of their instances of a journey (each
+    entry, in order), with the consent evidence each send or suppression rests on.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    PROFILE_ID_FIELD_NUMBER: _builtins.int
+    ENTITY_KEY_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    profile_id: _builtins.str
+    entity_key: _builtins.str
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        profile_id: _builtins.str = ...,
+        entity_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entity_key", b"entity_key", "journey", b"journey", "profile_id", b"profile_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceHistoryRequest: _TypeAlias = InstanceHistoryRequest  # noqa: Y015
+
+@_typing.final
+class InstanceHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Entry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        AT_FIELD_NUMBER: _builtins.int
+        ENTRY_SEQ_FIELD_NUMBER: _builtins.int
+        EVENT_FIELD_NUMBER: _builtins.int
+        STEP_FIELD_NUMBER: _builtins.int
+        MESSAGE_ID_FIELD_NUMBER: _builtins.int
+        DETAIL_FIELD_NUMBER: _builtins.int
+        CONSENT_EVIDENCE_ID_FIELD_NUMBER: _builtins.int
+        entry_seq: _builtins.int
+        event: _builtins.str
+        """"JourneyEntered", "MessageSent", …"""
+        step: _builtins.str
+        message_id: _builtins.str
+        detail: _builtins.str
+        """the reason, arm, channel or trigger, for people"""
+        consent_evidence_id: _builtins.str
+        @_builtins.property
+        def at(self) -> _timestamp_pb2.Timestamp: ...
+        def __init__(
+            self,
+            *,
+            at: _timestamp_pb2.Timestamp | None = ...,
+            entry_seq: _builtins.int = ...,
+            event: _builtins.str = ...,
+            step: _builtins.str = ...,
+            message_id: _builtins.str = ...,
+            detail: _builtins.str = ...,
+            consent_evidence_id: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "consent_evidence_id", b"consent_evidence_id", "detail", b"detail", "entry_seq", b"entry_seq", "event", b"event", "message_id", b"message_id", "step", b"step"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceHistoryResponse.Entry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___InstanceHistoryResponse.Entry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InstanceHistoryResponse: _TypeAlias = InstanceHistoryResponse  # noqa: Y015
 
 @_typing.final
 class JourneyStatsRequest(_message.Message):

@@ -49,6 +49,11 @@ class JourneysServiceStub:
                 request_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListJourneysRequest.SerializeToString,
                 response_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListJourneysResponse.FromString,
                 _registered_method=True)
+        self.PublishJourney = channel.unary_unary(
+                '/onefold.journeys.v1.JourneysService/PublishJourney',
+                request_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.PublishJourneyRequest.SerializeToString,
+                response_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.Journey.FromString,
+                _registered_method=True)
         self.PauseJourney = channel.unary_unary(
                 '/onefold.journeys.v1.JourneysService/PauseJourney',
                 request_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.PauseJourneyRequest.SerializeToString,
@@ -68,6 +73,16 @@ class JourneysServiceStub:
                 '/onefold.journeys.v1.JourneysService/GetInstance',
                 request_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.GetInstanceRequest.SerializeToString,
                 response_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.Instance.FromString,
+                _registered_method=True)
+        self.InstanceHistory = channel.unary_unary(
+                '/onefold.journeys.v1.JourneysService/InstanceHistory',
+                request_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.InstanceHistoryRequest.SerializeToString,
+                response_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.InstanceHistoryResponse.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/onefold.journeys.v1.JourneysService/ListTemplates',
+                request_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListTemplatesResponse.FromString,
                 _registered_method=True)
         self.JourneyStats = channel.unary_unary(
                 '/onefold.journeys.v1.JourneysService/JourneyStats',
@@ -97,6 +112,12 @@ class JourneysServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishJourney(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseJourney(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -116,6 +137,18 @@ class JourneysServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInstance(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InstanceHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -145,6 +178,11 @@ def add_JourneysServiceServicer_to_server(servicer, server):
                     request_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListJourneysRequest.FromString,
                     response_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListJourneysResponse.SerializeToString,
             ),
+            'PublishJourney': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishJourney,
+                    request_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.PublishJourneyRequest.FromString,
+                    response_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.Journey.SerializeToString,
+            ),
             'PauseJourney': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseJourney,
                     request_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.PauseJourneyRequest.FromString,
@@ -164,6 +202,16 @@ def add_JourneysServiceServicer_to_server(servicer, server):
                     servicer.GetInstance,
                     request_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.GetInstanceRequest.FromString,
                     response_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.Instance.SerializeToString,
+            ),
+            'InstanceHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstanceHistory,
+                    request_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.InstanceHistoryRequest.FromString,
+                    response_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.InstanceHistoryResponse.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListTemplatesResponse.SerializeToString,
             ),
             'JourneyStats': grpc.unary_unary_rpc_method_handler(
                     servicer.JourneyStats,
@@ -252,6 +300,33 @@ class JourneysService:
             '/onefold.journeys.v1.JourneysService/ListJourneys',
             onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListJourneysRequest.SerializeToString,
             onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListJourneysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishJourney(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.journeys.v1.JourneysService/PublishJourney',
+            onefold_dot_journeys_dot_v1_dot_journeys__pb2.PublishJourneyRequest.SerializeToString,
+            onefold_dot_journeys_dot_v1_dot_journeys__pb2.Journey.FromString,
             options,
             channel_credentials,
             insecure,
@@ -360,6 +435,60 @@ class JourneysService:
             '/onefold.journeys.v1.JourneysService/GetInstance',
             onefold_dot_journeys_dot_v1_dot_journeys__pb2.GetInstanceRequest.SerializeToString,
             onefold_dot_journeys_dot_v1_dot_journeys__pb2.Instance.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstanceHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.journeys.v1.JourneysService/InstanceHistory',
+            onefold_dot_journeys_dot_v1_dot_journeys__pb2.InstanceHistoryRequest.SerializeToString,
+            onefold_dot_journeys_dot_v1_dot_journeys__pb2.InstanceHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.journeys.v1.JourneysService/ListTemplates',
+            onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListTemplatesRequest.SerializeToString,
+            onefold_dot_journeys_dot_v1_dot_journeys__pb2.ListTemplatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

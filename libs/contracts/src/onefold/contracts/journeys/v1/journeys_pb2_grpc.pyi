@@ -42,10 +42,13 @@ class JourneysServiceStub:
     ApplyJourneys: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.ApplyJourneysRequest, _journeys_pb2.ApplyJourneysResponse]
     GetJourney: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.GetJourneyRequest, _journeys_pb2.Journey]
     ListJourneys: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.ListJourneysRequest, _journeys_pb2.ListJourneysResponse]
+    PublishJourney: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.PublishJourneyRequest, _journeys_pb2.Journey]
     PauseJourney: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.PauseJourneyRequest, _journeys_pb2.Journey]
     ArchiveJourney: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.ArchiveJourneyRequest, _journeys_pb2.Journey]
     EnterJourney: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.EnterJourneyRequest, _journeys_pb2.EnterJourneyResponse]
     GetInstance: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.GetInstanceRequest, _journeys_pb2.Instance]
+    InstanceHistory: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.InstanceHistoryRequest, _journeys_pb2.InstanceHistoryResponse]
+    ListTemplates: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.ListTemplatesRequest, _journeys_pb2.ListTemplatesResponse]
     JourneyStats: _grpc.UnaryUnaryMultiCallable[_journeys_pb2.JourneyStatsRequest, _journeys_pb2.JourneyStatsResponse]
 
 @_typing.type_check_only
@@ -54,10 +57,13 @@ class JourneysServiceAsyncStub(JourneysServiceStub):
     ApplyJourneys: _aio.UnaryUnaryMultiCallable[_journeys_pb2.ApplyJourneysRequest, _journeys_pb2.ApplyJourneysResponse]  # type: ignore[assignment]
     GetJourney: _aio.UnaryUnaryMultiCallable[_journeys_pb2.GetJourneyRequest, _journeys_pb2.Journey]  # type: ignore[assignment]
     ListJourneys: _aio.UnaryUnaryMultiCallable[_journeys_pb2.ListJourneysRequest, _journeys_pb2.ListJourneysResponse]  # type: ignore[assignment]
+    PublishJourney: _aio.UnaryUnaryMultiCallable[_journeys_pb2.PublishJourneyRequest, _journeys_pb2.Journey]  # type: ignore[assignment]
     PauseJourney: _aio.UnaryUnaryMultiCallable[_journeys_pb2.PauseJourneyRequest, _journeys_pb2.Journey]  # type: ignore[assignment]
     ArchiveJourney: _aio.UnaryUnaryMultiCallable[_journeys_pb2.ArchiveJourneyRequest, _journeys_pb2.Journey]  # type: ignore[assignment]
     EnterJourney: _aio.UnaryUnaryMultiCallable[_journeys_pb2.EnterJourneyRequest, _journeys_pb2.EnterJourneyResponse]  # type: ignore[assignment]
     GetInstance: _aio.UnaryUnaryMultiCallable[_journeys_pb2.GetInstanceRequest, _journeys_pb2.Instance]  # type: ignore[assignment]
+    InstanceHistory: _aio.UnaryUnaryMultiCallable[_journeys_pb2.InstanceHistoryRequest, _journeys_pb2.InstanceHistoryResponse]  # type: ignore[assignment]
+    ListTemplates: _aio.UnaryUnaryMultiCallable[_journeys_pb2.ListTemplatesRequest, _journeys_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     JourneyStats: _aio.UnaryUnaryMultiCallable[_journeys_pb2.JourneyStatsRequest, _journeys_pb2.JourneyStatsResponse]  # type: ignore[assignment]
 
 class JourneysServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -81,6 +87,13 @@ class JourneysServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _journeys_pb2.ListJourneysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_journeys_pb2.ListJourneysResponse, _abc.Awaitable[_journeys_pb2.ListJourneysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PublishJourney(
+        self,
+        request: _journeys_pb2.PublishJourneyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_pb2.Journey, _abc.Awaitable[_journeys_pb2.Journey]]: ...
 
     @_abc_1.abstractmethod
     def PauseJourney(
@@ -109,6 +122,20 @@ class JourneysServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _journeys_pb2.GetInstanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_journeys_pb2.Instance, _abc.Awaitable[_journeys_pb2.Instance]]: ...
+
+    @_abc_1.abstractmethod
+    def InstanceHistory(
+        self,
+        request: _journeys_pb2.InstanceHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_pb2.InstanceHistoryResponse, _abc.Awaitable[_journeys_pb2.InstanceHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTemplates(
+        self,
+        request: _journeys_pb2.ListTemplatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_journeys_pb2.ListTemplatesResponse, _abc.Awaitable[_journeys_pb2.ListTemplatesResponse]]: ...
 
     @_abc_1.abstractmethod
     def JourneyStats(
