@@ -781,10 +781,10 @@ def quoted(name: str) -> str:
 
 
 def channel_name(channel: int) -> str:
-    """ "email", "sms", "push", "wechat" (as YAML spells a Channel)."""
-    return (
-        pb.Channel.Name(channel).removeprefix("CHANNEL_").lower() if channel in pb.Channel.values() else "?"
-    )
+    """The Channel as YAML spells it: "email", "sms", "push", "wechat"."""
+    if channel not in pb.Channel.values():
+        return "?"
+    return pb.Channel.Name(pb.Channel.ValueType(channel)).removeprefix("CHANNEL_").lower()
 
 
 def known_zone(name: str) -> bool:
