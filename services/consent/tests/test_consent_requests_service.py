@@ -404,7 +404,11 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
     assert record["steps"]["identity"]["confirmation"]["profile_ids"] == [profile_id]
     assert record["steps"]["consent"]["confirmation"]["profiles_erased"] == [profile_id]
     assert record["steps"]["segments"]["confirmation"] == {"outputs_withdrawn": 0, "profiles_erased": 1}
-    assert record["steps"]["journeys"]["confirmation"] == {"records_erased": 0}
+    assert record["steps"]["journeys"]["confirmation"] == {
+        "instances_stopped": 0,
+        "sandbox_sends_erased": 0,
+        "profiles_erased": 1,
+    }
     assert record["steps"]["identity"]["attempts"] >= 2
     kek = KeyEncryptionKey.from_base64((stack.data / "keys" / "consent.kek").read_text())
     assert verify_signature(kek, completed.completion_record, completed.completion_signature)
@@ -457,7 +461,10 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     assert services["identity"]["counts"]["profiles"] == 1
     assert [s["purpose_id"] for s in services["consent"]["consents"]["states"]] == ["marketing"]
     assert services["consent"]["history"][0]["event"]["proof"]["ip_address"] == "198.51.100.4"
-    assert services["journeys"] == {"counts": {"records": 0}}  # it holds nothing about a person yet
+    # The person entered no journey here: journeys answers with each kind it holds, all none.
+    assert services["journeys"] == {
+        "counts": {"journey_instances": 0, "messages": 0, "profile_facts": 0, "sandbox_sends": 0}
+    }
     # Segments has no definitions here: no memberships, tags or values; only what it keeps to compute them.
     held = services["segments"]["counts"]
     assert {k: held.get(k, 0) for k in ("segments", "tags", "computed_traits")} == dict.fromkeys(

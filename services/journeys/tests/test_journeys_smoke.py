@@ -12,11 +12,11 @@ import pytest
 
 from onefold.contracts.common.v1 import data_subject_pb2 as pb
 from onefold.contracts.common.v1 import data_subject_pb2_grpc
+from onefold.journeys.adapters.read_model import JourneysReadModel
 from onefold.journeys.bootstrap import SERVICE_NAME, compose
 from onefold.journeys.domain.catalog import Catalog
 from onefold.journeys.domain.events import REGISTRY
 from onefold.journeys.domain.instance import Instance
-from onefold.journeys.domain.stats import Stats
 from onefold.journeys.domain.templates import TemplateVersions
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.events import assert_events_handled
@@ -24,8 +24,7 @@ from onefold.testing.services import composed_service
 
 
 def test_every_declared_event_is_handled() -> None:
-    # The read model's projection joins these once it is written.
-    assert_events_handled(REGISTRY, Catalog, TemplateVersions, Instance, Stats)
+    assert_events_handled(REGISTRY, Catalog, TemplateVersions, Instance, JourneysReadModel)
 
 
 async def test_the_composed_service_serves_the_data_subject_contract(
@@ -46,8 +45,14 @@ async def test_the_composed_service_serves_the_data_subject_contract(
             )
             with pytest.raises(grpc.aio.AioRpcError) as nobody:
                 await stub.EraseSubject(pb.EraseSubjectRequest(request_id="r-2"), metadata=metadata)
-    # It holds nothing about anyone yet, and says so; a request naming nobody is refused.
-    assert dict(exported.counts) == {"records": 0} and not exported.events
-    assert dict(erased.counts) == {"records_erased": 0}
+    # It holds nothing about this person, and says so by kind; a request naming nobody is refused.
+    assert dict(exported.counts) == {
+        "journey_instances": 0,
+        "messages": 0,
+        "profile_facts": 0,
+        "sandbox_sends": 0,
+    }
+    assert not exported.events
+    assert dict(erased.counts) == {"instances_stopped": 0, "sandbox_sends_erased": 0, "profiles_erased": 1}
     assert nobody.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not running.service.leading.is_set()  # stopped

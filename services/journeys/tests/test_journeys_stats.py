@@ -1,22 +1,94 @@
-"""A journey's counters and its uplift over the control group."""
+"""A journey's counters (the read model's tally, summed by the stats query) and its uplift over the
+control group: instances' events recorded through the real write path into a SQLite log."""
 
 from __future__ import annotations
 
+import asyncio
 import math
-from datetime import timedelta
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
+from google.protobuf.message import Message
 from journeys_domain_builders import NO_FACTS, T0, Run, cart_journey, compiled, track
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.eventlog import EventStore
+from onefold.eventlog.cipher import KeyEncryptionKey
+from onefold.eventlog.models import NewEvent
+from onefold.eventlog.service import ServiceLog
+from onefold.journeys.adapters.read_model import JourneysReadModel
+from onefold.journeys.application.queries import Queries
 from onefold.journeys.domain import instance as decide
-from onefold.journeys.domain.stats import Stats, uplift
+from onefold.journeys.domain.catalog import definition_stream
+from onefold.journeys.domain.events import REGISTRY
+from onefold.journeys.domain.instance import instance_stream, subject_of
+from onefold.journeys.domain.stats import uplift
+from onefold.platform.database import create_engine
+from onefold.platform.errors import NotFound
 
 HOUR = timedelta(hours=1)
 
 
-def test_counters_per_journey_and_step() -> None:
-    stats = Stats()
+class Stats:
+    """The journeys log and read model on a fresh SQLite file: events recorded, stats read back."""
+
+    def __init__(self, path: Path) -> None:
+        store = EventStore(
+            create_engine(f"sqlite:///{path}"),
+            service="journeys",
+            registry=REGISTRY,
+            keys=KeyEncryptionKey.generate(),
+        )
+        store.create_schema()
+        self.log = ServiceLog(store, projections=[JourneysReadModel()])
+        self.queries = Queries(self.log)
+        self.known: set[str] = set()
+
+    def apply(self, at: datetime, message: Message) -> None:
+        self.record([(at, message)])
+
+    def record(self, timed: Iterable[tuple[datetime, Message]]) -> None:
+        events = []
+        for at, message in timed:
+            ref: pb.InstanceRef = message.instance  # type: ignore[attr-defined]
+            if ref.journey not in self.known:  # the stats of a journey the catalog knows
+                self.known.add(ref.journey)
+                saved = pb.JourneyDraftSaved(
+                    workspace=ref.workspace, journey=pb.Journey(name=ref.journey, version=1)
+                )
+                events.append(
+                    NewEvent(
+                        definition_stream(ref.workspace, ref.journey),
+                        saved,
+                        workspace=ref.workspace,
+                        occurred_at=at,
+                    )
+                )
+            events.append(
+                NewEvent(
+                    instance_stream(ref.workspace, ref.journey, ref.profile_id, ref.entity_key),
+                    message,
+                    subject=subject_of(ref.workspace, ref.profile_id),
+                    workspace=ref.workspace,
+                    occurred_at=at,
+                )
+            )
+        self.log.projector.write(lambda conn: self.log.projector.record(conn, events))
+
+    def report(self, journey: str, version: int = 0) -> pb.JourneyStatsResponse:
+        return asyncio.run(self.queries.stats("acme", journey, version))
+
+
+@pytest.fixture
+def stats(tmp_path: Path) -> Iterator[Stats]:
+    made = Stats(tmp_path / "journeys.db")
+    yield made
+    made.log.store.engine.dispose()
+
+
+def test_counters_per_journey_and_step(stats: Stats) -> None:
     for profile, ordered in (("p-1", True), ("p-2", False)):
         run = Run(compiled(cart_journey()), profile)
         run.enter(T0, entity_key="c-1")
@@ -30,8 +102,7 @@ def test_counters_per_journey_and_step() -> None:
             (pending,) = run.instance.pending()
             run.record(T0 + HOUR, [pb.MessageSent(instance=run.instance.ref, message_id=pending)])
             run.record(T0 + HOUR, [pb.MessageFailed(instance=run.instance.ref, message_id=pending)])
-        for _, event in run.log:
-            stats.apply(event)
+        stats.record(run.log)
     report = stats.report("abandoned_cart")
     assert (report.entered, report.exited, report.active, report.converted) == (2, 1, 1, 1)
     assert report.revenue == 40 and dict(report.exits_by_reason) == {"exit_rule: ordered": 1}
@@ -41,7 +112,8 @@ def test_counters_per_journey_and_step() -> None:
     assert steps["remind"].failed == 1 and steps["later"].entered == 2
     assert not report.HasField("uplift")  # no split, no control group
     assert stats.report("abandoned_cart", version=2).entered == 0
-    assert stats.report("other").entered == 0
+    with pytest.raises(NotFound):
+        stats.report("other")
 
 
 def test_uplift_is_the_difference_of_conversions_with_a_normal_interval() -> None:
@@ -55,17 +127,16 @@ def test_uplift_is_the_difference_of_conversions_with_a_normal_interval() -> Non
     assert uplift(10, 1, 0, 0) is None and uplift(0, 0, 10, 1) is None
 
 
-def test_uplift_from_split_assignments_and_goals() -> None:
+def test_uplift_from_split_assignments_and_goals(stats: Stats) -> None:
     ref = {"workspace": "acme", "journey": "promo", "version": 1, "entity_key": ""}
-    stats = Stats()
     for i, (control, converted) in enumerate(
         [(False, True), (False, False), (True, False), (True, True), (True, False)]
     ):
         instance = pb.InstanceRef(profile_id=f"p-{i}", entry_seq=1, **ref)
-        stats.apply(pb.JourneyEntered(instance=instance))
-        stats.apply(pb.SplitAssigned(instance=instance, step="pick", arm="x", control=control))
+        stats.apply(T0, pb.JourneyEntered(instance=instance))
+        stats.apply(T0, pb.SplitAssigned(instance=instance, step="pick", arm="x", control=control))
         if converted:
-            stats.apply(pb.GoalReached(instance=instance, goal="buy", revenue=10))
+            stats.apply(T0, pb.GoalReached(instance=instance, goal="buy", revenue=10))
     report = stats.report("promo")
     assert (report.uplift.treated, report.uplift.treated_converted) == (2, 1)
     assert (report.uplift.control, report.uplift.control_converted) == (3, 1)

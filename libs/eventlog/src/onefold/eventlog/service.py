@@ -140,6 +140,21 @@ class ServiceLog:
         self.leading = asyncio.Event()
 
 
+class ClosedAtStop:
+    """A component that closes what the application holds open (channels to other services,
+    providers' connections) when the service stops."""
+
+    def __init__(self, *closers: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.closers = closers
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for close in self.closers:
+            await close()
+
+
 class Loop:
     """A component that runs `run()` as a task from start to stop (a duty loop, a retry loop)."""
 

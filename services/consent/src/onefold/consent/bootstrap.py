@@ -12,24 +12,11 @@ from onefold.consent.adapters.read_model import ConsentReadModel
 from onefold.consent.application import ConsentApplication
 from onefold.consent.domain.events import REGISTRY
 from onefold.consent.entrypoints import consumers, grpc
-from onefold.eventlog.service import EventSourcedService, Loop, ServiceLog, open_event_store
+from onefold.eventlog.service import ClosedAtStop, EventSourcedService, Loop, ServiceLog, open_event_store
 from onefold.platform.client import Peers
 from onefold.platform.service import ServiceContext, ServiceSpec, run_service
 
 SERVICE_NAME = "consent"
-
-
-class _PeersChannels:
-    """Closes the channels to the other services when the service stops."""
-
-    def __init__(self, peers: Peers) -> None:
-        self.peers = peers
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        await self.peers.close()
 
 
 def compose(ctx: ServiceContext) -> EventSourcedService[ConsentApplication]:
@@ -44,7 +31,7 @@ def compose(ctx: ServiceContext) -> EventSourcedService[ConsentApplication]:
         servicers=grpc.registrations(application, peers),
         subscriptions=consumers.subscriptions(application.identity),
         components=[
-            _PeersChannels(peers),
+            ClosedAtStop(peers.close),
             Loop("consent-subject-requests", lambda: application.requests.run(leading)),
             Loop("consent-duties", lambda: application.run_duties(leading)),
         ],

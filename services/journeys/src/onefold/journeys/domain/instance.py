@@ -180,6 +180,10 @@ class Instance(Handlers):
         if known is not None and self._current(message.instance):
             self.messages[message.message_id] = replace(known, status=MESSAGE_OUTCOME[type(message)])
 
+    @handles(pb.MessageDeferred)
+    def _deferred(self, at: datetime, message: pb.MessageDeferred) -> None:
+        """Nothing changes: a deferred message is still queued, to be tried at `until`."""
+
     @handles(pb.TraitUpdateRequested)
     def _trait(self, at: datetime, message: pb.TraitUpdateRequested) -> None:
         """Nothing to keep: identity applies the trait; the event is the request's record."""

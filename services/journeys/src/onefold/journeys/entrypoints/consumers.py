@@ -1,17 +1,19 @@
-"""Events the journeys service consumes from upstream services (durable subscribers, onefold.eventlog).
-
-Journeys is granted identity's, segments' and consent's streams (`CONSUMES` in
-onefold.platform.bus_permissions) but subscribes to nothing yet. A subscription is `Subscription(upstream, handler)`; the handler is
-a sync method of the application, given each batch's open transaction on the writer thread, which
-appends with `projector.record(conn, events)`.
-"""
+"""Events the journeys service consumes: identity's (resolved events enter and move instances,
+traits, erasures), segments' (memberships and tags, segment-triggered entries) and consent's
+(withdrawals stop queued messages) — each handled on the writer thread in the subscriber's batch
+transaction."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from onefold.eventlog.service import Subscription
+from onefold.journeys.application.runs import Runs
 
 
-def subscriptions() -> Sequence[Subscription]:
-    return ()
+def subscriptions(runs: Runs) -> Sequence[Subscription]:
+    return (
+        Subscription(upstream="identity", handler=runs.handle_identity),
+        Subscription(upstream="segments", handler=runs.handle_segments),
+        Subscription(upstream="consent", handler=runs.handle_consent),
+    )

@@ -1298,6 +1298,41 @@ class MessageSuppressed(_message.Message):
 Global___MessageSuppressed: _TypeAlias = MessageSuppressed  # noqa: Y015
 
 @_typing.final
+class MessageDeferred(_message.Message):
+    """Not sent yet, and not dropped: quiet hours in the person's time zone (or a provider's rate)
+    hold it until `until`, when it is tried again.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    reason: _builtins.str
+    """"quiet hours", …"""
+    @_builtins.property
+    def instance(self) -> Global___InstanceRef: ...
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        instance: Global___InstanceRef | None = ...,
+        message_id: _builtins.str = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance", b"instance", "message_id", b"message_id", "reason", b"reason", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageDeferred: _TypeAlias = MessageDeferred  # noqa: Y015
+
+@_typing.final
 class MessageDelivered(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

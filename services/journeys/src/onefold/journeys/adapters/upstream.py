@@ -1,0 +1,76 @@
+"""Journeys' typed clients of the services it asks: consent (CheckConsentBatch before every send,
+the purposes a journey may name) and segments (the segments a journey may name). Calls go through
+`Peers` with the service credential, acting for the workspace; they fail fast and raise gRPC's
+errors; a service with no address configured raises Unavailable (journeys never sends unchecked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from onefold.contracts.consent.v1 import consent_pb2, consent_pb2_grpc
+from onefold.contracts.identity.v1 import identity_pb2
+from onefold.contracts.segments.v1 import segments_pb2, segments_pb2_grpc
+from onefold.journeys.domain.definitions import Known
+from onefold.platform.client import Peers
+from onefold.platform.errors import Unavailable
+
+# CheckConsentBatch takes this many checks per call (consent's own bound).
+CHECKS_PER_CALL = 500
+
+
+@dataclass(frozen=True)
+class ConsentCheck:
+    profile_id: str
+    purpose: str
+    channel: str  # consent's channel name: "email", "sms", …
+
+
+class Upstream:
+    def __init__(self, peers: Peers, call_timeout_seconds: float) -> None:
+        self.peers = peers
+        self.timeout = call_timeout_seconds
+
+    def _channel(self, service: str):  # type: ignore[no-untyped-def]
+        channel = self.peers.channel(service)
+        if channel is None:
+            raise Unavailable(f"journeys has no address of {service} (peers.{service})")
+        return channel
+
+    async def check_consent(
+        self, workspace: str, checks: Sequence[ConsentCheck]
+    ) -> list[consent_pb2.CheckConsentResponse]:
+        """One answer per check, in order (CHECKS_PER_CALL a call)."""
+        stub = consent_pb2_grpc.ConsentServiceStub(self._channel("consent"))
+        answers: list[consent_pb2.CheckConsentResponse] = []
+        for start in range(0, len(checks), CHECKS_PER_CALL):
+            request = consent_pb2.CheckConsentBatchRequest(
+                checks=[
+                    consent_pb2.CheckConsentRequest(
+                        subject=identity_pb2.ProfileRef(profile_id=c.profile_id),
+                        purpose_id=c.purpose,
+                        channel=c.channel,
+                    )
+                    for c in checks[start : start + CHECKS_PER_CALL]
+                ]
+            )
+            response = await stub.CheckConsentBatch(
+                request, metadata=self.peers.acting_for(workspace), timeout=self.timeout
+            )
+            answers.extend(response.results)
+        return answers
+
+    async def known(self, workspace: str) -> Known:
+        """The workspace's live segments (and tags, which a branch may also test) and purposes."""
+        metadata = self.peers.acting_for(workspace)
+        consent = consent_pb2_grpc.ConsentServiceStub(self._channel("consent"))
+        segments = segments_pb2_grpc.SegmentsServiceStub(self._channel("segments"))
+        model = await consent.GetModel(consent_pb2.GetModelRequest(), metadata=metadata, timeout=self.timeout)
+        listed = await segments.ListDefinitions(
+            segments_pb2.ListDefinitionsRequest(), metadata=metadata, timeout=self.timeout
+        )
+        return Known(
+            segments=frozenset(d.name for d in listed.definitions if d.WhichOneof("kind") == "segment"),
+            purposes=frozenset(p.purpose_id for p in model.purposes),
+        )

@@ -1,0 +1,456 @@
+"""People moving through journeys: entries (an event, a segment change, the API), the events that
+move or end their instances, timers firing, consent withdrawn, archive and erasure — all on the
+writer thread, a batch at a time.
+
+Each pass loads the instances it needs and the profiles' facts once, decides in memory with the
+pure domain (domain/instance.py), folds each decision's events into the instance it holds so the
+next input of the same batch sees them, and records everything through the projector at the end,
+in the one transaction (with the subscriber's tracking row, for an upstream batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from sqlalchemy.engine import Connection
+
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.contracts.consent.v1 import consent_pb2
+from onefold.contracts.identity.v1 import identity_pb2
+from onefold.contracts.ingest.v1 import ingest_pb2
+from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.contracts.segments.v1 import segments_pb2
+from onefold.eventlog.models import NewEvent, from_micros, to_micros
+from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.streams import PARTITION_KEY
+from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
+from onefold.journeys.adapters.read_model import catalog, instances
+from onefold.journeys.application.catalog import Clock, Journeys, Running
+from onefold.journeys.domain import instance as decide
+from onefold.journeys.domain.definitions import CompiledJourney, Json, Observed
+from onefold.journeys.domain.instance import Instance, instance_stream, subject_of
+from onefold.platform.errors import NotFound
+from onefold.platform.telemetry import get_logger
+
+log = get_logger("onefold.journeys")
+TIMER_BATCH = 500
+IDLE_WAIT_SECONDS = 60.0
+
+_EVENT_TYPES = {
+    ingest_pb2.EVENT_TYPE_TRACK: "track",
+    ingest_pb2.EVENT_TYPE_PAGE: "page",
+    ingest_pb2.EVENT_TYPE_SCREEN: "screen",
+    ingest_pb2.EVENT_TYPE_IDENTIFY: "identify",
+}
+# Consent's channel names, as a journey's Channel.
+_CONSENT_CHANNELS = {
+    "": pb.CHANNEL_UNSPECIFIED,
+    "email": pb.CHANNEL_EMAIL,
+    "sms": pb.CHANNEL_SMS,
+    "push": pb.CHANNEL_PUSH,
+    "wechat": pb.CHANNEL_WECHAT,
+}
+
+InstanceKey = tuple[str, str, str]  # (journey, profile id, entity key) within a workspace
+
+
+def observed(message: identity_pb2.EventResolved) -> Observed:
+    """The journey's view of an opened EventResolved (the skew-corrected time, else received)."""
+    e = message.event
+    stamp = e.timestamp if e.HasField("timestamp") else e.received_at
+    name = e.event if e.type == ingest_pb2.EVENT_TYPE_TRACK else e.name
+    return Observed(
+        _EVENT_TYPES.get(e.type, ""),
+        name,
+        MessageToDict(e.properties),
+        message.event_id,
+        stamp.ToDatetime(tzinfo=UTC),
+    )
+
+
+@dataclass
+class _Pass:
+    """One batch's work on one workspace."""
+
+    workspace: str
+    now: datetime
+    instances: dict[InstanceKey, Instance] = field(default_factory=dict)
+    facts: dict[str, MutableFacts] = field(default_factory=dict)
+    facts_changed: set[str] = field(default_factory=set)
+    events: list[NewEvent] = field(default_factory=list)
+
+    def record(
+        self, instance: Instance, profile_id: str, key: InstanceKey, decided: Iterable[Message]
+    ) -> None:
+        for message in decided:
+            instance.apply(self.now, message)
+            self.events.append(
+                NewEvent(
+                    stream_id=instance_stream(self.workspace, key[0], profile_id, key[2]),
+                    message=message,
+                    subject=subject_of(self.workspace, profile_id),
+                    workspace=self.workspace,
+                    occurred_at=self.now,
+                    metadata={PARTITION_KEY: profile_id},
+                )
+            )
+
+
+class Runs:
+    def __init__(self, log_: ServiceLog, journeys: Journeys, facts: ProfileFacts, clock: Clock) -> None:
+        self.log = log_
+        self.journeys = journeys
+        self.facts = facts
+        self.clock = clock
+        self._wake_timers = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.on_queued: Callable[[], None] = lambda: None  # the sender's wake-up, set by the application
+
+    # -------------------------------------------------------------------------- a pass
+
+    def _open(self, conn: Connection, workspace: str, profile_ids: Iterable[str]) -> _Pass:
+        work = _Pass(workspace, self.clock())
+        ids = list(dict.fromkeys(profile_ids))
+        work.facts = self.facts.load(conn, workspace, ids)
+        rows = conn.execute(
+            sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
+                (instances.c.workspace == workspace) & instances.c.profile_id.in_(ids)
+            )
+        ).all()
+        self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
+        return work
+
+    def _load(self, conn: Connection, work: _Pass, keys: Sequence[InstanceKey]) -> None:
+        """Fold the instances of `keys` not yet held, from their streams, in one read."""
+        wanted = {instance_stream(work.workspace, *key): key for key in keys if key not in work.instances}
+        for key in wanted.values():
+            work.instances[key] = Instance()
+        store = self.log.store
+        for event in store.read_streams(list(wanted), conn=conn):
+            work.instances[wanted[event.stream_id]].apply(event.occurred_at, store.decode(event, conn=conn))
+
+    def _instance(self, conn: Connection, work: _Pass, key: InstanceKey) -> Instance:
+        if key not in work.instances:
+            self._load(conn, work, [key])
+        return work.instances[key]
+
+    def _profile_instances(self, work: _Pass, profile_id: str) -> list[tuple[InstanceKey, Instance]]:
+        return [(key, i) for key, i in work.instances.items() if key[1] == profile_id and i.entry_seq]
+
+    def _finish(self, conn: Connection, work: _Pass) -> None:
+        self.facts.save(conn, work.workspace, {p: work.facts[p] for p in work.facts_changed})
+        self.log.projector.record(conn, work.events)
+        if any(isinstance(e.message, pb.MessageQueued) for e in work.events):
+            self.on_queued()
+        if any(isinstance(e.message, pb.WaitScheduled) for e in work.events):
+            self._poke()
+
+    # -------------------------------------------------------------------------- entering
+
+    def _enter(
+        self,
+        conn: Connection,
+        work: _Pass,
+        journey: CompiledJourney,
+        profile_id: str,
+        entity_key: str,
+        *,
+        trigger: str,
+        cause_event_id: str = "",
+        properties: dict[str, Json] | None = None,
+    ) -> tuple[Instance, str]:
+        """Enter `profile_id` into the running `journey`; (the instance, why not or "")."""
+        key = (journey.name, profile_id, entity_key)
+        instance = self._instance(conn, work, key)
+        refused = decide.may_enter(instance, journey, work.now)
+        if refused is not None:
+            return instance, refused
+        decided = decide.enter(
+            instance,
+            journey,
+            work.now,
+            work.facts.setdefault(profile_id, MutableFacts()).frozen(),
+            workspace=work.workspace,
+            profile_id=profile_id,
+            entity_key=entity_key,
+            trigger=trigger,
+            cause_event_id=cause_event_id,
+            properties=properties,
+        )
+        work.record(instance, profile_id, key, decided)
+        return instance, ""
+
+    async def enter_by_api(
+        self, workspace: str, name: str, profile_id: str, entity_key: str, properties: dict[str, Json]
+    ) -> pb.EnterJourneyResponse:
+        def work_on(conn: Connection) -> pb.EnterJourneyResponse:
+            running = {r.name: r.journey for r in self.journeys.running(conn, workspace)}
+            if name not in running:
+                if self.journeys.status(conn, workspace, name) == pb.JOURNEY_STATUS_UNSPECIFIED:
+                    raise NotFound(f"no journey named {name!r}")
+                return pb.EnterJourneyResponse(entered=False, refused="not published")
+            work = self._open(conn, workspace, [profile_id])
+            instance, refused = self._enter(
+                conn, work, running[name], profile_id, entity_key, trigger="api", properties=properties
+            )
+            self._finish(conn, work)
+            return pb.EnterJourneyResponse(entered=not refused, refused=refused, instance=instance.to_proto())
+
+        return await self.log.writer.run(self.log.projector.write, work_on)
+
+    # -------------------------------------------------------------------------- upstream: identity
+
+    def handle_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """Identity's events: resolved events enter journeys and move instances; traits are kept as
+        facts; an erased profile's instances stop."""
+        parsed: list[Message] = []
+        for envelope in envelopes:
+            if envelope.type == identity_pb2.EventResolved.DESCRIPTOR.full_name:
+                parsed.append(identity_pb2.EventResolved.FromString(envelope.payload))
+            elif envelope.type == identity_pb2.TraitsUpdated.DESCRIPTOR.full_name:
+                parsed.append(identity_pb2.TraitsUpdated.FromString(envelope.payload))
+            elif envelope.type == identity_pb2.ProfileErased.DESCRIPTOR.full_name:
+                parsed.append(identity_pb2.ProfileErased.FromString(envelope.payload))
+        for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
+            mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
+            profile_ids = [m.profile_id for m in mine if m.profile_id]  # type: ignore[attr-defined]
+            work = self._open(conn, workspace, profile_ids)
+            running = {r.name: r for r in self.journeys.running(conn, workspace)}
+            for message in mine:
+                if isinstance(message, identity_pb2.EventResolved) and message.profile_id:
+                    self._resolved(conn, work, running, message)
+                elif isinstance(message, identity_pb2.TraitsUpdated):
+                    facts = work.facts.setdefault(message.profile_id, MutableFacts())
+                    facts.traits.update(MessageToDict(message.traits))
+                    work.facts_changed.add(message.profile_id)
+                elif isinstance(message, identity_pb2.ProfileErased):
+                    self._erase(conn, work, [message.profile_id, *message.profile_ids])
+            self._finish(conn, work)
+
+    def _resolved(
+        self, conn: Connection, work: _Pass, live: dict[str, Running], message: identity_pb2.EventResolved
+    ) -> None:
+        profile_id = message.profile_id
+        event = observed(message)
+        facts = work.facts.setdefault(profile_id, MutableFacts())
+        zone = message.event.context.fields.get("timezone")
+        if zone is not None and zone.string_value and zone.string_value != facts.time_zone:
+            facts.time_zone = zone.string_value
+            work.facts_changed.add(profile_id)
+        for key, instance in self._profile_instances(work, profile_id):
+            if key[0] not in live:
+                continue  # paused or archived: nothing advances
+            journey = self.journeys.compiled(conn, work.workspace, key[0], instance.ref.version)
+            decided = decide.on_event(instance, journey, event, work.now, facts.frozen())
+            work.record(instance, profile_id, key, decided)
+        for entry in live.values():
+            if decide.enters_on_event(entry.journey, event):
+                entity_key = decide.entity_key_of(entry.journey, event)
+                self._enter(
+                    conn,
+                    work,
+                    entry.journey,
+                    profile_id,
+                    entity_key,
+                    trigger="event",
+                    cause_event_id=event.event_id,
+                    properties=dict(event.properties),
+                )
+
+    # -------------------------------------------------------------------------- upstream: segments
+
+    def handle_segments(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """Segments' changes: memberships and tags kept as facts; entering or leaving a segment
+        enters the journeys triggered by it."""
+        parsed: list[tuple[str, Message]] = []
+        for envelope in envelopes:
+            for kind in (segments_pb2.SegmentEntered, segments_pb2.SegmentExited, segments_pb2.TagChanged):
+                if envelope.type == kind.DESCRIPTOR.full_name:
+                    parsed.append((envelope.event_id, kind.FromString(envelope.payload)))
+        for workspace in dict.fromkeys(m.workspace for _, m in parsed):  # type: ignore[attr-defined]
+            mine = [(i, m) for i, m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
+            work = self._open(conn, workspace, [m.profile_id for _, m in mine])  # type: ignore[attr-defined]
+            running = self.journeys.running(conn, workspace)
+            for event_id, message in mine:
+                profile_id: str = message.profile_id  # type: ignore[attr-defined]
+                facts = work.facts.setdefault(profile_id, MutableFacts())
+                work.facts_changed.add(profile_id)
+                if isinstance(message, segments_pb2.TagChanged):
+                    if message.value:
+                        facts.tags[message.tag] = message.value
+                    else:
+                        facts.tags.pop(message.tag, None)
+                    continue
+                assert isinstance(message, segments_pb2.SegmentEntered | segments_pb2.SegmentExited)
+                exited = isinstance(message, segments_pb2.SegmentExited)
+                (facts.segments.discard if exited else facts.segments.add)(message.segment)
+                for entry in running:
+                    if decide.enters_on_segment(entry.journey, message.segment, exited=exited):
+                        self._enter(
+                            conn,
+                            work,
+                            entry.journey,
+                            profile_id,
+                            "",
+                            trigger="segment_exit" if exited else "segment_entry",
+                            cause_event_id=event_id,
+                        )
+            self._finish(conn, work)
+
+    # -------------------------------------------------------------------------- upstream: consent
+
+    def handle_consent(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """A withdrawal, an expiry or an objection stops the messages queued for that purpose (and
+        channel) at once; CheckConsent before each send catches everything else."""
+        stops: list[tuple[str, str, str, str, str]] = []  # workspace, profile, purpose, channel, evidence
+        for envelope in envelopes:
+            message: consent_pb2.ConsentWithdrawn | consent_pb2.ConsentExpired | consent_pb2.ObjectionRecorded
+            if envelope.type == consent_pb2.ConsentWithdrawn.DESCRIPTOR.full_name:
+                message = consent_pb2.ConsentWithdrawn.FromString(envelope.payload)
+                channel = message.channel
+            elif envelope.type == consent_pb2.ConsentExpired.DESCRIPTOR.full_name:
+                message = consent_pb2.ConsentExpired.FromString(envelope.payload)
+                channel = message.channel
+            elif envelope.type == consent_pb2.ObjectionRecorded.DESCRIPTOR.full_name:
+                message = consent_pb2.ObjectionRecorded.FromString(envelope.payload)
+                channel = ""
+            else:
+                continue
+            stops.append(
+                (message.workspace, message.profile_id, message.purpose_id, channel, envelope.event_id)
+            )
+        for workspace in dict.fromkeys(s[0] for s in stops):
+            mine = [s for s in stops if s[0] == workspace]
+            work = self._open(conn, workspace, [s[1] for s in mine])
+            for _, profile_id, purpose, channel, evidence in mine:
+                if channel not in _CONSENT_CHANNELS:
+                    continue  # a channel journeys never sends on
+                for key, instance in self._profile_instances(work, profile_id):
+                    decided = decide.withdraw_consent(instance, purpose, _CONSENT_CHANNELS[channel], evidence)
+                    work.record(instance, profile_id, key, decided)
+            self._finish(conn, work)
+
+    # -------------------------------------------------------------------------- timers
+
+    def fire_due(self, conn: Connection) -> int:
+        """Advance every instance of a running journey whose timer is due (up to TIMER_BATCH)."""
+        now = self.clock()
+        rows = conn.execute(
+            sa.select(
+                instances.c.workspace, instances.c.journey, instances.c.profile_id, instances.c.entity_key
+            )
+            .where(instances.c.fires_at_us <= to_micros(now))
+            .order_by(instances.c.fires_at_us)
+            .limit(TIMER_BATCH * 4)
+        ).all()
+        fired = 0
+        for workspace in dict.fromkeys(str(r[0]) for r in rows):
+            live = {r.name for r in self.journeys.running(conn, workspace)}
+            keys = [(str(j), str(p), str(k)) for w, j, p, k in rows if w == workspace and j in live]
+            keys = keys[: TIMER_BATCH - fired]
+            if not keys:
+                continue
+            work = _Pass(workspace, now)
+            work.facts = self.facts.load(conn, workspace, [k[1] for k in keys])
+            self._load(conn, work, keys)
+            for key in keys:
+                instance = work.instances[key]
+                journey = self.journeys.compiled(conn, workspace, key[0], instance.ref.version)
+                decided = decide.on_timer(instance, journey, now, work.facts[key[1]].frozen())
+                work.record(instance, key[1], key, decided)
+                fired += 1
+            self._finish(conn, work)
+        return fired
+
+    def earliest_timer(self) -> datetime | None:
+        """The next due timer of a running journey (paused journeys' timers wait for publish)."""
+        query = (
+            sa.select(sa.func.min(instances.c.fires_at_us))
+            .select_from(
+                instances.join(
+                    catalog,
+                    (catalog.c.workspace == instances.c.workspace) & (catalog.c.name == instances.c.journey),
+                )
+            )
+            .where(catalog.c.status == pb.JOURNEY_STATUS_PUBLISHED)
+        )
+        with self.log.store.engine.connect() as conn:
+            found = conn.execute(query).scalar()
+        return None if found is None else from_micros(int(found))
+
+    async def run_timers(self, leading: Callable[[], bool]) -> None:
+        """Until cancelled, on the leader: fire timers at their moment (sleeping until the earliest,
+        woken early when a batch schedules an earlier one or a journey is published)."""
+        self._loop = asyncio.get_running_loop()
+        while True:
+            wait = IDLE_WAIT_SECONDS
+            if leading():
+                try:
+                    fired = await self.log.writer.run(self.log.projector.write, self.fire_due)
+                    if fired >= TIMER_BATCH:
+                        continue
+                    earliest = await asyncio.to_thread(self.earliest_timer)
+                    if earliest is not None:
+                        wait = min(wait, max(0.0, (earliest - self.clock()).total_seconds()))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("journeys.timers_failed")
+                    wait = 5.0
+            else:
+                wait = 2.0
+            self._wake_timers.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_timers.wait(), timeout=max(wait, 0.001))
+
+    def _poke(self) -> None:
+        """Wake the timer loop (from the writer thread: through the loop)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake_timers.set)
+
+    def wake_timers(self) -> None:
+        """A journey was published or resumed: its due timers fire now."""
+        self._poke()
+
+    # -------------------------------------------------------------------------- archive, erasure
+
+    def archive_instances(self, conn: Connection, workspace: str, name: str) -> None:
+        """The journey was archived: every instance in flight exits, its unsent messages stop."""
+        rows = conn.execute(
+            sa.select(instances.c.profile_id, instances.c.entity_key).where(
+                (instances.c.workspace == workspace) & (instances.c.journey == name) & instances.c.active
+            )
+        ).all()
+        work = _Pass(workspace, self.clock())
+        keys = [(name, str(p), str(k)) for p, k in rows]
+        self._load(conn, work, keys)
+        for key in keys:
+            work.record(work.instances[key], key[1], key, decide.archive(work.instances[key]))
+        self._finish(conn, work)
+
+    def _erase(self, conn: Connection, work: _Pass, profile_ids: Sequence[str]) -> None:
+        for profile_id in profile_ids:
+            for key, instance in self._profile_instances(work, profile_id):
+                work.record(instance, profile_id, key, decide.erase(instance))
+            work.facts.pop(profile_id, None)
+            work.facts_changed.discard(profile_id)
+
+    def erase(self, conn: Connection, *, workspace: str, profile_ids: Sequence[str]) -> int:
+        """A data-subject erasure: every instance stops (recorded, with reason "erased"), the facts
+        go, and the profiles' keys are shredded — their instances' personal fields read as erased.
+        Returns how many instances were stopped."""
+        work = self._open(conn, workspace, profile_ids)
+        self._erase(conn, work, profile_ids)
+        stopped = sum(1 for e in work.events if isinstance(e.message, pb.JourneyExited))
+        self._finish(conn, work)
+        self.facts.delete(conn, workspace, profile_ids)
+        for profile_id in profile_ids:
+            self.log.store.erase_subject(subject_of(workspace, profile_id), conn=conn)
+        return stopped
