@@ -8,89 +8,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import yaml
+from e2e_up import ONEFOLD, Cli, wait_for
 
 from onefold.cli.segments_yaml import definition_document, parse_definition_documents
 from onefold.cli.sources import load_document
 
-ONEFOLD = [sys.executable, "-m", "onefold.cli"]
-TOKEN = re.compile(r"ofk_[0-9a-f]{16}_[A-Za-z0-9_-]+")
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "segments.yaml"
 # A changed definition's backfill is followed to its end; a slow machine may need a while.
 APPLY_SECONDS = 300
-T = TypeVar("T")
-
-
-@dataclass
-class Cli:
-    data_dir: Path
-    token: str
-
-    def run(self, *args: str, status: int = 0, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [*ONEFOLD, *args, "--data-dir", str(self.data_dir)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "ONEFOLD_TOKEN": self.token, "COLUMNS": "250"},
-            timeout=timeout,
-        )
-        assert done.returncode == status, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
-        return done
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "--json").stdout)
-
-
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[tuple[Cli, subprocess.Popen[bytes]]]:
-    data_dir = tmp_path / "data"
-    output = tmp_path / "up.out"
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            [*ONEFOLD, "up", "--data-dir", str(data_dir)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "COLUMNS": "200"},
-        )
-    try:
-        text = _wait_for(lambda: _printed(output, process, "Ctrl-C stops everything"), "onefold up")
-        yield Cli(data_dir, TOKEN.findall(text)[0]), process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
-
-
-def _printed(output: Path, process: subprocess.Popen[bytes], needle: str) -> str:
-    text = output.read_text()
-    if process.poll() is not None:
-        raise AssertionError(f"onefold up exited early:\n{text}")
-    return text if needle in text else ""
-
-
-def _wait_for(probe: Callable[[], T], what: str, timeout: float = 120.0) -> T:
-    deadline = time.monotonic() + timeout
-    while not (found := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return found
 
 
 @pytest.mark.slow
@@ -162,7 +95,7 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
         )
         return str(json.loads(done.stdout)["profile_id"]) if done.returncode == 0 else ""
 
-    person = _wait_for(profile_id, "identity's profile")
+    person = wait_for(profile_id, "identity's profile")
 
     def in_the_segment() -> dict[str, Any] | None:
         found: dict[str, Any] = cli.json("segments", "profile", person)
@@ -170,7 +103,7 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
         segments = {s["segment"] for s in found.get("segments", [])}
         return found if "big_spenders_90d" in segments and tags.get("customer_tier") == "vip" else None
 
-    held = _wait_for(in_the_segment, "the spend segment and the vip tag")
+    held = wait_for(in_the_segment, "the spend segment and the vip tag")
     (membership,) = held["segments"]
     assert membership["reasons"] == [{"condition": "computed_trait spend_90d GE 1000", "observed": 1150.5}]
     tags = {t["tag"]: t for t in held["tags"]}
