@@ -116,7 +116,7 @@ def _trigger(journey: pb.Journey) -> str:
     return kind or ""
 
 
-def _yaml(documents: list[dict[str, Any]]) -> str:
+def dump_documents(documents: list[dict[str, Any]]) -> str:
     import yaml
 
     class BlockDumper(yaml.SafeDumper):
@@ -346,7 +346,7 @@ def get(
         return
     sys.stdout.write(
         f"# version {journey.version} ({_status(journey)}, saved {_when(journey.updated_at)} "
-        f"by {journey.updated_by or '?'})\n" + _yaml([journey_document(journey)])
+        f"by {journey.updated_by or '?'})\n" + dump_documents([journey_document(journey)])
     )
 
 
@@ -439,7 +439,7 @@ def templates(
         print_json([_as_dict(t) for t in found.templates])
         return
     if as_yaml:
-        sys.stdout.write(_yaml([template_document(t) for t in found.templates]))
+        sys.stdout.write(dump_documents([template_document(t) for t in found.templates]))
         return
     print_table(
         ("name", "channel", "version", "subject", "updated", "by"),
@@ -571,8 +571,10 @@ def history(
     target: JourneysTarget = None,
     token: Token = None,
 ) -> None:
-    """Why a person did or did not get a message: every event of their instances of a journey,
-    oldest first, each send or suppression with the consent ledger event it rests on."""
+    """Why a person did or did not get a message: each event of their instances, with its consent evidence.
+
+    Every event of each entry into the journey, oldest first; a send or a suppression names the
+    consent ledger event it rests on (look it up with `onefold audit history`)."""
     from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 
     conn = journeys_connection(data_dir, target, token)

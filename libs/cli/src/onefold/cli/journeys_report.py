@@ -9,8 +9,10 @@ from html import escape
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 
-# What happened to a step's messages, in the order a reader follows them, and each bar's colour.
+# What happened to a step's messages, in the order a reader follows them (queued is all of them),
+# and each bar's colour.
 MESSAGE_OUTCOMES = (
+    ("queued", "#6b4fbb"),
     ("sent", "#2f6fdb"),
     ("suppressed", "#9a9a9a"),
     ("delivered", "#2e9e5b"),
@@ -124,13 +126,13 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _sends(step: pb.StepStats) -> bool:
     """Whether the step queued messages (a send step): the others have no bars to draw."""
-    return any(getattr(step, outcome) for outcome, _ in MESSAGE_OUTCOMES) or step.queued > 0
+    return any(getattr(step, outcome) for outcome, _ in MESSAGE_OUTCOMES)
 
 
 def _step_chart(step: pb.StepStats) -> str:
     """A horizontal bar per message outcome, scaled to the step's largest count."""
     counts = [(outcome, colour, getattr(step, outcome)) for outcome, colour in MESSAGE_OUTCOMES]
-    scale = max(step.queued, *(count for _, _, count in counts)) or 1
+    scale = max(count for _, _, count in counts) or 1
     width = LABEL_WIDTH + BAR_WIDTH + COUNT_WIDTH
     height = len(counts) * (BAR_HEIGHT + 6)
     bars = []

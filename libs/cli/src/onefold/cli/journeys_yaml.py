@@ -306,7 +306,7 @@ def _entry(value: Any, at: YamlPath) -> pb.Entry:
     trigger = triggers[0]
     for key, owner in (("entity_key", "event"), ("on_exit", "segment")):
         if key in fields and trigger != owner:
-            raise at.key(key).error(f"belongs to a {owner} trigger, not to {trigger}")
+            raise at.key(key).error(f"belongs to the {owner} trigger, not to {trigger}")
     entry = pb.Entry()
     if trigger == "event":
         entry.event.event.CopyFrom(parse_event_filter(fields["event"], at.key("event")))
@@ -349,7 +349,7 @@ def _step(value: Any, at: YamlPath) -> pb.Step:
     kind = kinds[0]
     here = at.key(kind)
     if "next" in fields and kind not in KINDS_WITH_NEXT:
-        raise at.key("next").error(f"is not for a {kind} step (it leads on through its own fields)")
+        raise at.key("next").error(f"is not for {kind} steps (they lead on through their own fields)")
     next_step = text_at(fields.get("next"), at.key("next"))
     if kind == "wait":
         step.wait.CopyFrom(_wait(fields["wait"], here))
