@@ -144,6 +144,8 @@ class DocumentProblems:
 
 
 class Refused(Exception):
+    """The service refused the file's journeys and templates (all of them: nothing was stored)."""
+
     def __init__(self, message: str, problems: list[DocumentProblems]) -> None:
         super().__init__(message)
         self.message = message
