@@ -154,9 +154,9 @@ def test_short_and_long_predicates_are_the_same_test() -> None:
     ],
 )
 def test_durations(text: str, seconds: int, nanos: int, written: str) -> None:
-    from onefold.cli.segments_yaml import _Path
+    from onefold.cli.segments_yaml import YamlPath
 
-    duration = parse_duration(text, _Path("f.yaml", ("window",)))
+    duration = parse_duration(text, YamlPath("f.yaml", ("window",)))
     assert (duration.seconds, duration.nanos) == (seconds, nanos)
     assert format_duration(duration) == written
 

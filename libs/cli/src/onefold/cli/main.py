@@ -43,7 +43,8 @@ LAZY_COMMANDS = {
     "apply": LazyCommand(
         "onefold.cli.sources",
         "apply",
-        "Declare sources, identity rules, the consent model and segments definitions from YAML files.",
+        "Declare sources, identity rules, the consent model, segments definitions, journeys and templates "
+        "from YAML files.",
     ),
     "import": LazyCommand(
         "onefold.cli.importer",
@@ -84,6 +85,11 @@ LAZY_COMMANDS = {
         "onefold.cli.segments",
         "segments_app",
         "Segments, tags, computed traits, lifecycle and RFM: definitions, members, a profile's and why.",
+    ),
+    "journeys": LazyCommand(
+        "onefold.cli.journeys",
+        "journeys_app",
+        "Journeys: list, get, publish, pause, archive; enter a person, follow an instance and why; stats.",
     ),
     "keys": LazyCommand("onefold.cli.keys", "keys_app", "Manage the services' key-encryption keys."),
 }

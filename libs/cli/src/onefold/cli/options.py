@@ -69,3 +69,13 @@ ApplySegmentsTarget = Annotated[
         show_default=False,
     ),
 ]
+
+ApplyJourneysTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--journeys-target",
+        envvar="ONEFOLD_JOURNEYS_TARGET",
+        help="journeys gRPC host:port for journeys and templates (default: from <data-dir>/run/endpoints.json)",
+        show_default=False,
+    ),
+]

@@ -38,7 +38,7 @@ KINDS = {
     "Rfm": "rfm",
 }
 DOCUMENT_KINDS = {field: kind for kind, field in KINDS.items()}
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 COMMON_KEYS = ("kind", "api_version", "name", "description", "evaluation", "schedule", "time_zone")
 KIND_KEYS = {
     "segment": ("condition",),
@@ -115,18 +115,18 @@ def snake(key: Any) -> str:
     return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", str(key)).lower()
 
 
-class _Path:
+class YamlPath:
     """Where a value is, for one sentence: the document, then the YAML path inside it."""
 
     def __init__(self, document: str, parts: tuple[str, ...] = ()) -> None:
         self.document = document
         self.parts = parts
 
-    def key(self, name: str) -> _Path:
-        return _Path(self.document, (*self.parts, f".{name}" if self.parts else name))
+    def key(self, name: str) -> YamlPath:
+        return YamlPath(self.document, (*self.parts, f".{name}" if self.parts else name))
 
-    def index(self, number: int) -> _Path:
-        return _Path(self.document, (*self.parts, f"[{number}]"))
+    def index(self, number: int) -> YamlPath:
+        return YamlPath(self.document, (*self.parts, f"[{number}]"))
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -136,10 +136,10 @@ class _Path:
         return CliError(f"{self.document}: {path} {message}" if path else f"{self.document}: {message}")
 
 
-def _mapping(value: Any, at: _Path, allowed: Iterable[str], what: str) -> dict[str, Any]:
+def checked_mapping(value: Any, at: YamlPath, allowed: Iterable[str], what: str) -> dict[str, Any]:
     names = tuple(allowed)
     if not isinstance(value, dict):
-        raise at.error(f"must be a mapping of {what} (got {_shown(value)})")
+        raise at.error(f"must be a mapping of {what} (got {shown(value)})")
     out: dict[str, Any] = {}
     for key, item in value.items():
         name = snake(key)
@@ -151,48 +151,48 @@ def _mapping(value: Any, at: _Path, allowed: Iterable[str], what: str) -> dict[s
     return out
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _text(value: Any, at: _Path, *, required: bool = False) -> str:
+def text_at(value: Any, at: YamlPath, *, required: bool = False) -> str:
     if value is None:
         if required:
             raise at.error("is required")
         return ""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise at.error(f"must be text (got {_shown(value)})")
+        raise at.error(f"must be text (got {shown(value)})")
     text = str(value).strip()
     if required and not text:
         raise at.error("is required")
     return text
 
 
-def _whole(value: Any, at: _Path, low: int = 0, high: int = 2**32 - 1) -> int:
+def whole_number_at(value: Any, at: YamlPath, low: int = 0, high: int = 2**32 - 1) -> int:
     if value is None:
         return 0
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise at.error(f"must be a whole number from {low} to {high} (got {_shown(value)})")
+        raise at.error(f"must be a whole number from {low} to {high} (got {shown(value)})")
     return value
 
 
-def _number(value: Any, at: _Path) -> float:
+def number_at(value: Any, at: YamlPath) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise at.error(f"must be a number (got {_shown(value)})")
+        raise at.error(f"must be a number (got {shown(value)})")
     return float(value)
 
 
-def parse_duration(value: Any, at: _Path) -> duration_pb2.Duration:
+def parse_duration(value: Any, at: YamlPath) -> duration_pb2.Duration:
     """ "30d", "24h", "15m", "90s", "1d12h", "500ms" (w = 7 days) to a Duration above zero."""
     text = value.strip().lower().replace(" ", "") if isinstance(value, str) else ""
     if not text or _DURATION.sub("", text) or not _DURATION.search(text):
-        raise at.error(f"must be a duration like 30d, 24h or 15m (got {_shown(value)})")
+        raise at.error(f"must be a duration like 30d, 24h or 15m (got {shown(value)})")
     nanos = 0
     for amount, unit in _DURATION.findall(text):
         nanos += int(amount) * (1_000_000 if unit == "ms" else DURATION_UNITS[unit] * NANOS)
     if nanos <= 0:
-        raise at.error(f"must be longer than zero (got {_shown(value)})")
+        raise at.error(f"must be longer than zero (got {shown(value)})")
     return duration_pb2.Duration(seconds=nanos // NANOS, nanos=nanos % NANOS)
 
 
@@ -206,25 +206,25 @@ def format_duration(duration: duration_pb2.Duration) -> str:
     return f"{nanos // 1_000_000}ms"
 
 
-def _scalar(value: Any, at: _Path) -> struct_pb2.Value:
+def scalar_at(value: Any, at: YamlPath) -> struct_pb2.Value:
     if isinstance(value, bool):
         return struct_pb2.Value(bool_value=value)
     if isinstance(value, int | float):
-        return struct_pb2.Value(number_value=_number(value, at))
+        return struct_pb2.Value(number_value=number_at(value, at))
     if isinstance(value, str):
         return struct_pb2.Value(string_value=value)
-    raise at.error(f"must be a string, number or boolean (got {_shown(value)})")
+    raise at.error(f"must be a string, number or boolean (got {shown(value)})")
 
 
-def _operator(name: Any, at: _Path) -> pb.Operator.ValueType:
+def _operator(name: Any, at: YamlPath) -> pb.Operator.ValueType:
     key = snake(name).strip().removeprefix("operator_")
     key = OPERATOR_ALIASES.get(key, key)
     if key not in OPERATORS:
-        raise at.error(f"must be one of {', '.join(OPERATORS)} (got {_shown(name)})")
+        raise at.error(f"must be one of {', '.join(OPERATORS)} (got {shown(name)})")
     return OPERATORS[key]
 
 
-def _predicate(fields: dict[str, Any], at: _Path) -> pb.Predicate:
+def parse_predicate(fields: dict[str, Any], at: YamlPath) -> pb.Predicate:
     """A test, written `op: gte, value: 100` or short, as one operator key: `gte: 100`,
     `in: [a, b]`, `exists: true`."""
     if "op" in fields or "value" in fields or "values" in fields:
@@ -236,7 +236,7 @@ def _predicate(fields: dict[str, Any], at: _Path) -> pb.Predicate:
         op = _operator(fields["op"], at.key("op"))
         predicate = pb.Predicate(op=op)
         if "value" in fields:
-            predicate.value.CopyFrom(_scalar(fields["value"], at.key("value")))
+            predicate.value.CopyFrom(scalar_at(fields["value"], at.key("value")))
         if "values" in fields:
             predicate.values.extend(_list_values(fields["values"], at.key("values")))
         return predicate
@@ -248,53 +248,53 @@ def _predicate(fields: dict[str, Any], at: _Path) -> pb.Predicate:
     predicate = pb.Predicate(op=op)
     if op in (pb.OPERATOR_EXISTS, pb.OPERATOR_NOT_EXISTS):
         if operand is not True:
-            raise at.key(key).error(f"is written `{key}: true` (got {_shown(operand)})")
+            raise at.key(key).error(f"is written `{key}: true` (got {shown(operand)})")
     elif op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN):
         predicate.values.extend(_list_values(operand, at.key(key)))
     else:
-        predicate.value.CopyFrom(_scalar(operand, at.key(key)))
+        predicate.value.CopyFrom(scalar_at(operand, at.key(key)))
     return predicate
 
 
-def _list_values(value: Any, at: _Path) -> list[struct_pb2.Value]:
+def _list_values(value: Any, at: YamlPath) -> list[struct_pb2.Value]:
     if not isinstance(value, list) or not value:
-        raise at.error(f"must be a non-empty list (got {_shown(value)})")
-    return [_scalar(item, at.index(i)) for i, item in enumerate(value)]
+        raise at.error(f"must be a non-empty list (got {shown(value)})")
+    return [scalar_at(item, at.index(i)) for i, item in enumerate(value)]
 
 
-def _property_test(value: Any, at: _Path) -> pb.Predicate:
+def _property_test(value: Any, at: YamlPath) -> pb.Predicate:
     """A `where` entry's test: a plain value means equal to it."""
     if isinstance(value, dict):
-        return _predicate({snake(k): v for k, v in value.items()}, at)
-    return pb.Predicate(op=pb.OPERATOR_EQ, value=_scalar(value, at))
+        return parse_predicate({snake(k): v for k, v in value.items()}, at)
+    return pb.Predicate(op=pb.OPERATOR_EQ, value=scalar_at(value, at))
 
 
-def _where(value: Any, at: _Path) -> list[pb.EventFilter.PropertyFilter]:
+def _where(value: Any, at: YamlPath) -> list[pb.EventFilter.PropertyFilter]:
     if value is None:
         return []
     if not isinstance(value, dict) or not value:
-        raise at.error(f"must map property paths to tests, e.g. {{total: {{gte: 50}}}} (got {_shown(value)})")
+        raise at.error(f"must map property paths to tests, e.g. {{total: {{gte: 50}}}} (got {shown(value)})")
     return [
         pb.EventFilter.PropertyFilter(path=str(path), predicate=_property_test(test, at.key(str(path))))
         for path, test in value.items()
     ]
 
 
-def _event_type(value: Any, at: _Path) -> str:
-    kind = _text(value, at).lower()
+def _event_type(value: Any, at: YamlPath) -> str:
+    kind = text_at(value, at).lower()
     if kind and kind not in EVENT_TYPES:
-        raise at.error(f"must be one of {', '.join(EVENT_TYPES)} (got {_shown(value)})")
+        raise at.error(f"must be one of {', '.join(EVENT_TYPES)} (got {shown(value)})")
     return "" if kind == "track" else kind
 
 
-def _event_filter(value: Any, at: _Path) -> pb.EventFilter:
+def parse_event_filter(value: Any, at: YamlPath) -> pb.EventFilter:
     """An event: its name alone ("Order Completed"), or {type, event, where}."""
     if isinstance(value, str):
-        return pb.EventFilter(event=_text(value, at, required=True))
-    fields = _mapping(value, at, ("type", "event", "where"), "type, event, where")
+        return pb.EventFilter(event=text_at(value, at, required=True))
+    fields = checked_mapping(value, at, ("type", "event", "where"), "type, event, where")
     return pb.EventFilter(
         type=_event_type(fields.get("type"), at.key("type")),
-        event=_text(fields.get("event"), at.key("event")),
+        event=text_at(fields.get("event"), at.key("event")),
         where=_where(fields.get("where"), at.key("where")),
     )
 
@@ -302,7 +302,7 @@ def _event_filter(value: Any, at: _Path) -> pb.EventFilter:
 # --- conditions ----------------------------------------------------------------------------------
 
 
-def parse_condition(value: Any, at: _Path) -> pb.Condition:
+def parse_condition(value: Any, at: YamlPath) -> pb.Condition:
     if not isinstance(value, dict):
         raise at.error(f"must be a condition: a mapping with one of {', '.join((*GROUPS, *LEAVES))}")
     fields = {snake(k): v for k, v in value.items()}
@@ -327,60 +327,60 @@ def parse_condition(value: Any, at: _Path) -> pb.Condition:
         return pb.Condition(negated=parse_condition(fields["not"], here))
     if test == "in_segment":
         _no_more(rest, at)
-        return pb.Condition(in_segment=_text(fields[test], here, required=True))
+        return pb.Condition(in_segment=text_at(fields[test], here, required=True))
     if test == "performed":
         _no_more(rest, at)
         return pb.Condition(performed=_performed(fields[test], here))
     if test == "not_performed_after":
         _no_more(rest, at)
         return pb.Condition(not_performed_after=_not_performed_after(fields[test], here))
-    name = _text(fields[test], here, required=True)
+    name = text_at(fields[test], here, required=True)
     if test == "tag":
         tag = pb.TagTest(tag=name)
         if rest:
-            tag.predicate.CopyFrom(_predicate(rest, at))
+            tag.predicate.CopyFrom(parse_predicate(rest, at))
         return pb.Condition(tag=tag)
     if not rest:
         raise at.error(f"needs a test beside {test}, e.g. `gte: 100` or `exists: true`")
     if test == "trait":
-        return pb.Condition(trait=pb.TraitTest(trait=name, predicate=_predicate(rest, at)))
+        return pb.Condition(trait=pb.TraitTest(trait=name, predicate=parse_predicate(rest, at)))
     return pb.Condition(
-        computed_trait=pb.ComputedTraitTest(computed_trait=name, predicate=_predicate(rest, at))
+        computed_trait=pb.ComputedTraitTest(computed_trait=name, predicate=parse_predicate(rest, at))
     )
 
 
-def _no_more(rest: dict[str, Any], at: _Path) -> None:
+def _no_more(rest: dict[str, Any], at: YamlPath) -> None:
     if rest:
         raise at.key(sorted(rest)[0]).error("cannot stand beside it (a condition tests one thing)")
 
 
-def _performed(value: Any, at: _Path) -> pb.Performed:
+def _performed(value: Any, at: YamlPath) -> pb.Performed:
     if isinstance(value, str):
-        return pb.Performed(event=pb.EventFilter(event=_text(value, at, required=True)))
+        return pb.Performed(event=pb.EventFilter(event=text_at(value, at, required=True)))
     allowed = ("type", "event", "where", "min_count", "max_count", "within")
-    fields = _mapping(value, at, allowed, ", ".join(allowed))
+    fields = checked_mapping(value, at, allowed, ", ".join(allowed))
     performed = pb.Performed(
         event=pb.EventFilter(
             type=_event_type(fields.get("type"), at.key("type")),
-            event=_text(fields.get("event"), at.key("event")),
+            event=text_at(fields.get("event"), at.key("event")),
             where=_where(fields.get("where"), at.key("where")),
         ),
-        min_count=_whole(fields.get("min_count"), at.key("min_count")),
-        max_count=_whole(fields.get("max_count"), at.key("max_count")),
+        min_count=whole_number_at(fields.get("min_count"), at.key("min_count")),
+        max_count=whole_number_at(fields.get("max_count"), at.key("max_count")),
     )
     if fields.get("within") is not None:
         performed.within.CopyFrom(parse_duration(fields["within"], at.key("within")))
     return performed
 
 
-def _not_performed_after(value: Any, at: _Path) -> pb.NotPerformedAfter:
-    fields = _mapping(value, at, ("after", "then_not", "within"), "after, then_not, within")
+def _not_performed_after(value: Any, at: YamlPath) -> pb.NotPerformedAfter:
+    fields = checked_mapping(value, at, ("after", "then_not", "within"), "after, then_not, within")
     for key in ("after", "then_not", "within"):
         if fields.get(key) is None:
             raise at.key(key).error("is required")
     return pb.NotPerformedAfter(
-        after=_event_filter(fields["after"], at.key("after")),
-        then_not=_event_filter(fields["then_not"], at.key("then_not")),
+        after=parse_event_filter(fields["after"], at.key("after")),
+        then_not=parse_event_filter(fields["then_not"], at.key("then_not")),
         within=parse_duration(fields["within"], at.key("within")),
     )
 
@@ -393,90 +393,88 @@ def is_definition(document: Any) -> bool:
 
 
 def definition_from_document(document: Any, where: str) -> pb.Definition:
-    at = _Path(where)
+    at = YamlPath(where)
     if not isinstance(document, dict):
         raise at.error(f"must be a mapping with kind: {' | '.join(KINDS)}")
     kind = KINDS.get(str(document.get("kind")))
     if kind is None:
-        raise at.key("kind").error(f"must be one of {', '.join(KINDS)} (got {_shown(document.get('kind'))})")
-    name = _text(document.get("name"), at.key("name"), required=True)
-    if not _NAME.fullmatch(name):
+        raise at.key("kind").error(f"must be one of {', '.join(KINDS)} (got {shown(document.get('kind'))})")
+    name = text_at(document.get("name"), at.key("name"), required=True)
+    if not NAME.fullmatch(name):
         raise at.key("name").error(
-            f"must be lower case letters, digits and _ starting with a letter, at most 63 (got {_shown(name)})"
+            f"must be lower case letters, digits and _ starting with a letter, at most 63 (got {shown(name)})"
         )
-    at = _Path(f"{where} ({name})")
-    fields = _mapping(document, at, (*COMMON_KEYS, *KIND_KEYS[kind]), f"a {document['kind']}")
+    at = YamlPath(f"{where} ({name})")
+    fields = checked_mapping(document, at, (*COMMON_KEYS, *KIND_KEYS[kind]), f"a {document['kind']}")
     definition = pb.Definition(
         name=name,
-        description=_text(fields.get("description"), at.key("description")),
-        schedule=_text(fields.get("schedule"), at.key("schedule")),
-        time_zone=_text(fields.get("time_zone"), at.key("time_zone")),
+        description=text_at(fields.get("description"), at.key("description")),
+        schedule=text_at(fields.get("schedule"), at.key("schedule")),
+        time_zone=text_at(fields.get("time_zone"), at.key("time_zone")),
     )
     if fields.get("evaluation") is not None:
-        evaluation = _text(fields["evaluation"], at.key("evaluation")).lower()
+        evaluation = text_at(fields["evaluation"], at.key("evaluation")).lower()
         if evaluation not in EVALUATIONS:
-            raise at.key("evaluation").error(
-                f"must be realtime or batch (got {_shown(fields['evaluation'])})"
-            )
+            raise at.key("evaluation").error(f"must be realtime or batch (got {shown(fields['evaluation'])})")
         definition.evaluation = EVALUATIONS[evaluation]
     PARSERS[kind](definition, fields, at)
     return definition
 
 
-def _segment(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
+def _segment(definition: pb.Definition, fields: dict[str, Any], at: YamlPath) -> None:
     if fields.get("condition") is None:
         raise at.key("condition").error("is required")
     definition.segment.condition.CopyFrom(parse_condition(fields["condition"], at.key("condition")))
 
 
-def _tag(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
+def _tag(definition: pb.Definition, fields: dict[str, Any], at: YamlPath) -> None:
     rules, copy_trait = fields.get("rules"), fields.get("copy_trait")
     if (rules is None) == (copy_trait is None):
         raise at.error("a Tag needs either rules (a value per condition) or copy_trait (a trait's own value)")
     if copy_trait is not None:
-        definition.tag.copy_trait = _text(copy_trait, at.key("copy_trait"), required=True)
+        definition.tag.copy_trait = text_at(copy_trait, at.key("copy_trait"), required=True)
         return
     here = at.key("rules")
     if not isinstance(rules, list) or not rules:
         raise here.error("must be a non-empty list of {value, when}")
     for i, rule in enumerate(rules):
-        fields_i = _mapping(rule, here.index(i), ("value", "when"), "value, when")
+        fields_i = checked_mapping(rule, here.index(i), ("value", "when"), "value, when")
         if fields_i.get("when") is None:
             raise here.index(i).key("when").error("is required")
         definition.tag.rules.add(
-            value=_text(fields_i.get("value"), here.index(i).key("value"), required=True),
+            value=text_at(fields_i.get("value"), here.index(i).key("value"), required=True),
             when=parse_condition(fields_i["when"], here.index(i).key("when")),
         )
 
 
-def _computed_trait(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
+def _computed_trait(definition: pb.Definition, fields: dict[str, Any], at: YamlPath) -> None:
     for key in ("event", "aggregation"):
         if fields.get(key) is None:
             raise at.key(key).error("is required")
     aggregation = snake(fields["aggregation"]).removeprefix("aggregation_")
     if aggregation not in AGGREGATIONS:
         raise at.key("aggregation").error(
-            f"must be one of {', '.join(AGGREGATIONS)} (got {_shown(fields['aggregation'])})"
+            f"must be one of {', '.join(AGGREGATIONS)} (got {shown(fields['aggregation'])})"
         )
     trait = definition.computed_trait
-    trait.event.CopyFrom(_event_filter(fields["event"], at.key("event")))
+    trait.event.CopyFrom(parse_event_filter(fields["event"], at.key("event")))
     trait.aggregation = AGGREGATIONS[aggregation]
-    trait.property = _text(fields.get("property"), at.key("property"))
+    trait.property = text_at(fields.get("property"), at.key("property"))
     if fields.get("window") is not None:
         trait.window.CopyFrom(parse_duration(fields["window"], at.key("window")))
 
 
-def _purchases(value: Any, at: _Path) -> pb.Purchases:
-    fields = _mapping(value, at, ("event", "revenue_property"), "event, revenue_property")
+def _purchases(value: Any, at: YamlPath) -> pb.Purchases:
+    fields = checked_mapping(value, at, ("event", "revenue_property"), "event, revenue_property")
     purchases = pb.Purchases(
-        revenue_property=_text(fields.get("revenue_property"), at.key("revenue_property"))
+        revenue_property=text_at(fields.get("revenue_property"), at.key("revenue_property"))
     )
     if fields.get("event") is not None:
-        purchases.event.CopyFrom(_event_filter(fields["event"], at.key("event")))
+        purchases.event.CopyFrom(parse_event_filter(fields["event"], at.key("event")))
     return purchases
 
 
-def _lifecycle(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
+def _lifecycle(definition: pb.Definition, fields: dict[str, Any], at: YamlPath) -> None:
     lifecycle = definition.lifecycle
     lifecycle.SetInParent()
     if fields.get("purchases") is not None:
@@ -485,10 +483,10 @@ def _lifecycle(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> 
         if fields.get(key) is not None:
             getattr(lifecycle, key).CopyFrom(parse_duration(fields[key], at.key(key)))
     if fields.get("relative") is not None:
-        lifecycle.relative = _number(fields["relative"], at.key("relative"))
+        lifecycle.relative = number_at(fields["relative"], at.key("relative"))
 
 
-def _rfm(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
+def _rfm(definition: pb.Definition, fields: dict[str, Any], at: YamlPath) -> None:
     rfm = definition.rfm
     rfm.SetInParent()
     if fields.get("purchases") is not None:
@@ -498,29 +496,29 @@ def _rfm(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
     if fields.get("cut_offs") is not None:
         here = at.key("cut_offs")
         measures = ("recency_days", "frequency", "monetary")
-        cut_offs = _mapping(fields["cut_offs"], here, measures, ", ".join(measures))
+        cut_offs = checked_mapping(fields["cut_offs"], here, measures, ", ".join(measures))
         rfm.cut_offs.SetInParent()
         for measure in measures:
             values = cut_offs.get(measure)
             if not isinstance(values, list) or len(values) != 4:
                 raise here.key(measure).error(
-                    f"must be a list of 4 ascending boundaries (got {_shown(values)})"
+                    f"must be a list of 4 ascending boundaries (got {shown(values)})"
                 )
             getattr(rfm.cut_offs, measure).extend(
-                _number(v, here.key(measure).index(i)) for i, v in enumerate(values)
+                number_at(v, here.key(measure).index(i)) for i, v in enumerate(values)
             )
     if fields.get("cells") is not None:
         here = at.key("cells")
         if not isinstance(fields["cells"], list) or not fields["cells"]:
             raise here.error("must be a non-empty list of {name, recency, frequency}")
         for i, cell in enumerate(fields["cells"]):
-            cell_fields = _mapping(
+            cell_fields = checked_mapping(
                 cell, here.index(i), ("name", "recency", "frequency"), "name, recency, frequency"
             )
             r_low, r_high = _score_range(cell_fields.get("recency"), here.index(i).key("recency"))
             f_low, f_high = _score_range(cell_fields.get("frequency"), here.index(i).key("frequency"))
             rfm.cells.add(
-                name=_text(cell_fields.get("name"), here.index(i).key("name"), required=True),
+                name=text_at(cell_fields.get("name"), here.index(i).key("name"), required=True),
                 recency_min=r_low,
                 recency_max=r_high,
                 frequency_min=f_low,
@@ -528,17 +526,17 @@ def _rfm(definition: pb.Definition, fields: dict[str, Any], at: _Path) -> None:
             )
 
 
-def _score_range(value: Any, at: _Path) -> tuple[int, int]:
+def _score_range(value: Any, at: YamlPath) -> tuple[int, int]:
     """A score 1-5 (`5`) or a range of them (`[1, 2]`)."""
     if isinstance(value, list) and len(value) == 2:
-        return _whole(value[0], at.index(0), 1, 5), _whole(value[1], at.index(1), 1, 5)
+        return whole_number_at(value[0], at.index(0), 1, 5), whole_number_at(value[1], at.index(1), 1, 5)
     if isinstance(value, int) and not isinstance(value, bool):
-        score = _whole(value, at, 1, 5)
+        score = whole_number_at(value, at, 1, 5)
         return score, score
-    raise at.error(f"must be a score 1-5 or a range [low, high] (got {_shown(value)})")
+    raise at.error(f"must be a score 1-5 or a range [low, high] (got {shown(value)})")
 
 
-PARSERS: dict[str, Callable[[pb.Definition, dict[str, Any], _Path], None]] = {
+PARSERS: dict[str, Callable[[pb.Definition, dict[str, Any], YamlPath], None]] = {
     "segment": _segment,
     "tag": _tag,
     "computed_trait": _computed_trait,
@@ -643,7 +641,7 @@ def definition_document(definition: pb.Definition) -> dict[str, Any]:
             ]
     elif kind == "computed_trait":
         trait = definition.computed_trait
-        document["event"] = _filter_document(trait.event)
+        document["event"] = event_filter_document(trait.event)
         document["aggregation"] = AGGREGATION_NAMES.get(trait.aggregation, str(trait.aggregation))
         if trait.property:
             document["property"] = trait.property
@@ -689,7 +687,7 @@ def _plain_number(value: float) -> int | float:
     return int(value) if value == int(value) and abs(value) < 2**53 else value
 
 
-def _value(value: struct_pb2.Value) -> Any:
+def plain_value(value: struct_pb2.Value) -> Any:
     kind = value.WhichOneof("kind")
     if kind == "number_value":
         return _plain_number(value.number_value)
@@ -706,11 +704,11 @@ def predicate_document(predicate: pb.Predicate) -> dict[str, Any]:
     if predicate.op in (pb.OPERATOR_EXISTS, pb.OPERATOR_NOT_EXISTS):
         return {name: True}
     if predicate.op in (pb.OPERATOR_IN, pb.OPERATOR_NOT_IN):
-        return {name: [_value(v) for v in predicate.values]}
-    return {name: _value(predicate.value)}
+        return {name: [plain_value(v) for v in predicate.values]}
+    return {name: plain_value(predicate.value)}
 
 
-def _filter_document(event: pb.EventFilter) -> str | dict[str, Any]:
+def event_filter_document(event: pb.EventFilter) -> str | dict[str, Any]:
     if not event.type and not event.where:
         return event.event
     document: dict[str, Any] = {}
@@ -726,7 +724,7 @@ def _filter_document(event: pb.EventFilter) -> str | dict[str, Any]:
 def _purchases_document(purchases: pb.Purchases) -> dict[str, Any]:
     document: dict[str, Any] = {}
     if purchases.HasField("event"):
-        document["event"] = _filter_document(purchases.event)
+        document["event"] = event_filter_document(purchases.event)
     if purchases.revenue_property:
         document["revenue_property"] = purchases.revenue_property
     return document
@@ -770,8 +768,8 @@ def condition_document(condition: pb.Condition) -> dict[str, Any]:
         then = condition.not_performed_after
         return {
             "not_performed_after": {
-                "after": _filter_document(then.after),
-                "then_not": _filter_document(then.then_not),
+                "after": event_filter_document(then.after),
+                "then_not": event_filter_document(then.then_not),
                 "within": format_duration(then.within),
             }
         }

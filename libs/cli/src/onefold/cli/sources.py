@@ -20,7 +20,8 @@ Several documents may be given in one file (`---`). Applying is idempotent: a so
 the same file sets the workspace's identity resolution rules (see profile.py), and a
 `kind: ConsentModel` document its consent purposes, channels and notices (see consent.py), and
 `kind: Segment`, `Tag`, `ComputedTrait`, `Lifecycle` and `Rfm` documents the segments service's
-definitions (segments_yaml.py, docs/segments.md).
+definitions (segments_yaml.py, docs/segments.md), and `kind: Journey` and `Template` documents the
+journeys service's journeys and message templates (journeys_yaml.py, docs/journeys.md).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from onefold.cli.client import (
     ingest_stub,
     run_async,
 )
-from onefold.cli.options import ApplyConsentTarget, ApplySegmentsTarget, Json
+from onefold.cli.options import ApplyConsentTarget, ApplyJourneysTarget, ApplySegmentsTarget, Json
 from onefold.cli.output import console, print_json, print_table
 from onefold.cli.profile import (
     apply_rules,
@@ -395,6 +396,8 @@ class SourceSpec:
 
 def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]:
     from onefold.cli.consent import is_consent_model
+    from onefold.cli.journeys_yaml import KINDS as JOURNEY_KINDS
+    from onefold.cli.journeys_yaml import is_journey_document
     from onefold.cli.segments_yaml import KINDS, is_definition
 
     specs: list[SourceSpec] = []
@@ -406,13 +409,16 @@ def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]
             continue  # for the consent service (consent.py)
         if is_definition(document):
             continue  # for the segments service (segments.py)
+        if is_journey_document(document):
+            continue  # for the journeys service (journeys.py)
         if not isinstance(document, dict):
             raise CliError(f"{at} must be a mapping with kind: Source")
         # The kind first: a misspelt one must not be read as a Source and refused for its keys.
         if document.get("kind") != "Source":
             raise CliError(
-                f"{at}: kind must be 'Source', 'IdentityRules', 'ConsentModel' or a segments kind "
-                f"({', '.join(KINDS)}) (got {document.get('kind')!r})"
+                f"{at}: kind must be 'Source', 'IdentityRules', 'ConsentModel', a segments kind "
+                f"({', '.join(KINDS)}) or a journeys kind ({', '.join(JOURNEY_KINDS)}) "
+                f"(got {document.get('kind')!r})"
             )
         fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
         name = fields.get("name")
@@ -476,7 +482,7 @@ def apply(
             "--file",
             "-f",
             help="a YAML or JSON file of kind: Source / IdentityRules / ConsentModel / Segment / Tag / "
-            "ComputedTrait / Lifecycle / Rfm documents",
+            "ComputedTrait / Lifecycle / Rfm / Journey / Template documents",
         ),
     ],
     data_dir: DataDir = Path(".onefold"),
@@ -493,12 +499,18 @@ def apply(
     ] = None,
     consent_target: ApplyConsentTarget = None,
     segments_target: ApplySegmentsTarget = None,
+    journeys_target: ApplyJourneysTarget = None,
     dry_run: Annotated[
         bool,
         typer.Option(
             "--dry-run",
-            help="segments definitions only: check each and print how many profiles it would hold now",
+            help="segments definitions, journeys and templates only: check them and store nothing "
+            "(definitions: print how many profiles each would hold now)",
         ),
+    ] = False,
+    publish: Annotated[
+        bool,
+        typer.Option("--publish", help="journeys: publish each saved version (else it is saved as a draft)"),
     ] = False,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="do not follow the segments definitions' backfills")
@@ -506,8 +518,11 @@ def apply(
 ) -> None:
     """Declare sources (create those absent by name, set tracking plans that changed), the
     workspace's identity rules, its consent model (purposes, channels, notices) and segments
-    definitions (applied in the order they read each other; changed ones are backfilled)."""
+    definitions (applied in the order they read each other; changed ones are backfilled), journeys
+    and message templates (together, all or none)."""
     from onefold.cli.consent import apply_consent, consent_documents, parse_consent_documents
+    from onefold.cli.journeys import apply_journeys
+    from onefold.cli.journeys_yaml import parse_journey_documents
     from onefold.cli.segments import apply_segments
     from onefold.cli.segments_yaml import parse_definition_documents
 
@@ -524,14 +539,17 @@ def apply(
         consent_models = parse_consent_documents(consent_documents(documents, where), file.parent)
         specs = parse_source_documents(documents, where)
         definitions = parse_definition_documents(documents, where)
+        journeys = parse_journey_documents(documents, where)
         if dry_run and (specs or rules or consent_models):
             raise CliError(
-                f"--dry-run checks segments definitions only; {where} also holds sources, identity "
-                "rules or a consent model"
+                f"--dry-run checks segments definitions, journeys and templates only; {where} also "
+                "holds sources, identity rules or a consent model"
             )
+        if publish and not journeys.journeys:
+            raise CliError(f"--publish publishes journeys; {where} holds none")
     except CliError as error:
         raise fail(error.message, error.code) from None
-    if specs or not (rules or consent_models or definitions):
+    if specs or not (rules or consent_models or definitions or journeys):
         conn = connect(data_dir, target, token)
         for line in run_async(conn, lambda: apply_specs(conn, specs)):
             console.print(line, highlight=False, soft_wrap=True)
@@ -543,3 +561,5 @@ def apply(
         apply_consent(consent_models, data_dir, consent_target, token)
     if definitions:
         apply_segments(definitions, data_dir, segments_target, token, dry_run=dry_run, wait=not no_wait)
+    if journeys:
+        apply_journeys(journeys, data_dir, journeys_target, token, dry_run=dry_run, publish=publish)
