@@ -1,6 +1,6 @@
 """Journeys end to end, from the outside: `onefold up` (real nats-server, the five services), the
-consent model applied, a journey and its templates applied over gRPC, people's events sent to
-ingest's HTTP API — and what happened read back: the consented person's email sent through the
+consent model and the example journeys file applied with the CLI, a second journey over gRPC
+sending the example's templates, people's events sent to ingest's HTTP API — and what happened read back: the consented person's email sent through the
 sandbox with the consent evidence, the person without consent suppressed with the reason, an order
 ending the cart's instance by its exit rule, the results, and nothing personal in clear on disk."""
 
@@ -16,13 +16,14 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+import yaml
 from e2e_up import ONEFOLD, Cli, wait_for
 from google.protobuf.json_format import ParseDict
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.contracts.journeys.v1 import journeys_pb2_grpc
 
-CONSENT_EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "consent.yaml"
+EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 
 CART_JOURNEY = {
     "name": "cart_rescue",
@@ -53,16 +54,6 @@ CART_JOURNEY = {
         }
     ],
 }
-TEMPLATES = [
-    {
-        "name": "cart_reminder",
-        "channel": "CHANNEL_EMAIL",
-        "subject": "{{ traits.firstName }}, your cart is waiting",
-        "text": "Cart {{ event.cart_id }} still holds your items.",
-        "html": "<p>Cart <b>{{ event.cart_id }}</b> still holds your items.</p>",
-    },
-    {"name": "cart_sms", "channel": "CHANNEL_SMS", "text": "Your cart {{ event.cart_id }} is waiting."},
-]
 
 
 def _journeys(
@@ -102,7 +93,23 @@ def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
     up: tuple[Cli, subprocess.Popen[bytes]],
 ) -> None:
     cli, _ = up
-    cli.run("apply", "-f", str(CONSENT_EXAMPLE))
+    cli.run("apply", "-f", str(EXAMPLES / "consent.yaml"))
+    # The example journey and its templates, from the operator's side: applied together and
+    # published, listed, read back as the YAML that was applied, its templates listed.
+    applied_example = cli.run("apply", "-f", str(EXAMPLES / "journeys.yaml"), "--publish").stdout
+    assert "abandoned_cart" in applied_example and "cart_reminder" in applied_example, applied_example
+    listed = cli.json("journeys", "list")
+    assert [(j["name"], j["version"], j["status"]) for j in listed] == [
+        ("abandoned_cart", 1, "JOURNEY_STATUS_PUBLISHED")
+    ]
+    shown = yaml.safe_load(cli.run("journeys", "get", "abandoned_cart").stdout)
+    (written,) = [
+        d for d in yaml.safe_load_all((EXAMPLES / "journeys.yaml").read_text()) if d["kind"] == "Journey"
+    ]
+    assert shown["steps"] == written["steps"] and shown["entry"] == written["entry"]
+    again_example = cli.run("apply", "-f", str(EXAMPLES / "journeys.yaml"), "--publish").stdout
+    assert "unchanged" in again_example and "version 2" not in again_example, again_example
+    assert {t["name"] for t in cli.json("journeys", "templates")} == {"cart_reminder", "cart_sms"}
     write_key = cli.json("sources", "create", "web")["write_key"]
     stub, auth, channel = _journeys(cli)
     with channel:
@@ -116,21 +123,17 @@ def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
             'journeys[0].steps[0].send.template: no template named "no_such_template"'
             in refused.value.details()
         )
-        assert not stub.ListJourneys(pb.ListJourneysRequest(), metadata=auth).journeys
+        names = [j.name for j in stub.ListJourneys(pb.ListJourneysRequest(), metadata=auth).journeys]
+        assert names == ["abandoned_cart"]
 
         request = pb.ApplyJourneysRequest(
             journeys=[ParseDict(CART_JOURNEY, pb.Journey())],
-            templates=[ParseDict(t, pb.Template()) for t in TEMPLATES],
             publish=True,
         )
         applied = stub.ApplyJourneys(request, metadata=auth)
         assert [a.journey.status for a in applied.journeys] == [pb.JOURNEY_STATUS_PUBLISHED]
-        assert [(t.template.name, t.template.version) for t in applied.templates] == [
-            ("cart_reminder", 1),
-            ("cart_sms", 1),
-        ]
         again = stub.ApplyJourneys(request, metadata=auth)  # the same file again changes nothing
-        assert not any(a.changed for a in again.journeys) and not any(t.changed for t in again.templates)
+        assert not any(a.changed for a in again.journeys)
 
         # Two people known by their email; only Ann consents to marketing by email.
         ann, bob = f"ann-{uuid.uuid4().hex[:8]}", f"bob-{uuid.uuid4().hex[:8]}"
@@ -239,6 +242,14 @@ def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
         assert stats.revenue == 80 and dict(stats.exits_by_reason) == {"exit_rule: ordered": 1}
         remind = {s.step: s for s in stats.steps}["remind"]
         assert (remind.queued, remind.sent, remind.delivered, remind.suppressed) == (2, 1, 1, 1)
+
+    # The same, as the operator reads it: the history table names Bob's reason; the report a file.
+    why = cli.run("journeys", "history", "cart_rescue", bob_id, "--key", carts[bob]).stdout
+    assert "suppressed: consent: no_consent" in why
+    report = cli.data_dir.parent / "cart_rescue.html"
+    cli.run("journeys", "stats", "cart_rescue", "--html", str(report))
+    page = report.read_text()
+    assert "cart_rescue" in page and "<svg" in page and "exit_rule: ordered" in page
 
     # Nothing of Ann's in clear in the journeys database or the sandbox's.
     for name in ("journeys.db", "journeys-sandbox.db"):

@@ -114,9 +114,9 @@ def test_the_example_converts_to_the_journey_and_templates_it_means() -> None:
     assert set(by_name) == {"cart_reminder", "cart_sms"}
     email = by_name["cart_reminder"]
     assert email.channel == pb.CHANNEL_EMAIL
-    assert email.subject == "{{ traits.first_name }}, your cart is waiting"
+    assert email.subject == "{{ traits.firstName }}, your cart is waiting"
     assert "{{ event.cart_id }}" in email.text and "{{ event.cart_id }}" in email.html
-    assert email.html.startswith("<p>Hello {{ traits.first_name }},</p>")
+    assert email.html.startswith("<p>Hello {{ traits.firstName }},</p>")
     assert by_name["cart_sms"].channel == pb.CHANNEL_SMS
     assert "{{ event.cart_id }}" in by_name["cart_sms"].text
 
