@@ -38,9 +38,10 @@ CART_JOURNEY = {
                 "channel": "CHANNEL_EMAIL",
                 "template": "cart_reminder",
                 "purpose": "marketing",
-                "next": "hold",
+                "next": "mark",
             },
         },
+        {"name": "mark", "update_trait": {"trait": "cart_reminded", "value": True, "next": "hold"}},
         {"name": "hold", "wait": {"duration": "86400s", "next": "nudge"}},
         {"name": "nudge", "send": {"channel": "CHANNEL_SMS", "template": "cart_sms", "purpose": "marketing"}},
     ],
@@ -242,6 +243,21 @@ def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
         assert stats.revenue == 80 and dict(stats.exits_by_reason) == {"exit_rule: ordered": 1}
         remind = {s.step: s for s in stats.steps}["remind"]
         assert (remind.queued, remind.sent, remind.delivered, remind.suppressed) == (2, 1, 1, 1)
+
+    # The journey's trait step reached identity: Ann's profile holds it, from the journey as source.
+    def marked() -> dict[str, Any] | None:
+        done = subprocess.run(
+            [*ONEFOLD, "profile", "get", ann_id, "--json", "--data-dir", str(cli.data_dir)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ONEFOLD_TOKEN": cli.token},
+            timeout=60,
+        )
+        profile: dict[str, Any] = json.loads(done.stdout)
+        return profile if "cart_reminded" in json.dumps(profile) else None
+
+    profile = wait_for(marked, "the trait set by the journey")
+    assert "journey:cart_rescue" in json.dumps(profile), profile
 
     # The same, as the operator reads it: the history table names Bob's reason; the report a file.
     why = cli.run("journeys", "history", "cart_rescue", bob_id, "--key", carts[bob]).stdout

@@ -36,7 +36,7 @@ ADMIN = "admin"
 # upstream services each service consumes (an upstream's events reach a service only through this).
 CONSUMES: Mapping[str, tuple[str, ...]] = {
     "ingest": (),
-    "identity": ("ingest",),
+    "identity": ("ingest", "journeys"),  # journeys: the traits its steps set
     "consent": ("identity",),
     "segments": ("identity", "consent"),
     "journeys": ("identity", "segments", "consent"),

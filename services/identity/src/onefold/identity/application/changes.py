@@ -5,22 +5,26 @@ decided against the graph and the read model as committed."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
 from sqlalchemy.engine import Connection
 
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.identity.v1 import identity_pb2 as pb
+from onefold.contracts.journeys.v1 import journeys_pb2
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.identity.adapters.read_model import profiles
 from onefold.identity.application.state import IdentityState, new_profile_id
 from onefold.identity.domain.graph import Merged
-from onefold.identity.domain.profile import RECTIFICATION_SOURCE
+from onefold.identity.domain.profile import JOURNEY_SOURCE, RECTIFICATION_SOURCE
 from onefold.identity.domain.streams import events_stream, profile_stream
 from onefold.identity.domain.traits import profile_traits
 from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
 _RESOLVED = [pb.EventResolved.DESCRIPTOR.full_name]
+_TRAIT_REQUESTED = journeys_pb2.TraitUpdateRequested.DESCRIPTOR.full_name
 _CREATED = [pb.ProfileCreated.DESCRIPTOR.full_name]
 
 
@@ -194,3 +198,40 @@ class ProfileChanges(IdentityState):
             conn, workspace, [self.manual_event(workspace, live, message, actor, personal=True)]
         )
         return live
+
+    def handle_journeys(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """The journeys subscriber's handler: a journey step's trait (TraitUpdateRequested) recorded
+        on the live profile as TraitsUpdated from source "journey:<name>", with the request's event
+        id as its evidence. A profile unknown here, erased, or whose value was shredded before it
+        arrived (the person was erased in journeys) is passed over."""
+        for envelope in envelopes:
+            if envelope.type != _TRAIT_REQUESTED:
+                continue
+            request = journeys_pb2.TraitUpdateRequested.FromString(envelope.payload)
+            workspace = request.instance.workspace
+            if not request.trait or request.value.WhichOneof("kind") is None:
+                continue
+            try:
+                live, _ = self.locate(conn, workspace, pb.ProfileRef(profile_id=request.instance.profile_id))
+            except NotFound:
+                continue
+            if conn.execute(sa.select(profiles.c.erased).where(profiles.c.profile_id == live)).scalar():
+                continue
+            traits = struct_pb2.Struct()
+            *parents, leaf = request.trait.split(".")
+            holder = traits
+            for parent in parents:  # "address.city" sets city inside the address object
+                holder = holder.fields[parent].struct_value
+            holder.fields[leaf].CopyFrom(request.value)
+            traits = profile_traits(traits, self.rules(conn, workspace).default_phone_region)
+            message = pb.TraitsUpdated(
+                profile_id=live,
+                workspace=workspace,
+                traits=traits,
+                source_id=JOURNEY_SOURCE + request.instance.journey,
+                evidence_event_id=envelope.event_id,
+                trait_keys=self.trait_keys(traits),
+            )
+            self.record_change(
+                conn, workspace, [self.manual_event(workspace, live, message, "journeys", personal=True)]
+            )

@@ -14,6 +14,8 @@ from onefold.identity.domain.identifiers import Rules
 
 # Traits corrected at a data subject's request carry this source (and outrank every other source).
 RECTIFICATION_SOURCE = "rectification:"
+# Traits a journey step set (TraitUpdateRequested): the source names the journey.
+JOURNEY_SOURCE = "journey:"
 
 
 def belongs(
