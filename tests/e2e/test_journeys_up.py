@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,27 @@ def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
 
     profile = wait_for(marked, "the trait set by the journey")
     assert "journey:cart_rescue" in json.dumps(profile), profile
+
+    # A journey scheduled once, a moment from now, without a segment: everyone journeys has heard
+    # of (Ann and Bob) enters when the moment comes, and its trait step marks them.
+    once_at = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    welcome = {
+        "name": "welcome_once",
+        "entry": {"schedule": {"once_at": once_at}},
+        "steps": [{"name": "mark", "update_trait": {"trait": "welcomed", "value": True}}],
+    }
+    stub, auth, channel = _journeys(cli)
+    with channel:
+        stub.ApplyJourneys(
+            pb.ApplyJourneysRequest(journeys=[ParseDict(welcome, pb.Journey())], publish=True), metadata=auth
+        )
+
+        def scheduled() -> pb.JourneyStatsResponse | None:
+            found = stub.JourneyStats(pb.JourneyStatsRequest(journey="welcome_once"), metadata=auth)
+            return found if found.entered >= 2 else None
+
+        ran = wait_for(scheduled, "the scheduled entry")
+        assert (ran.entered, dict(ran.exits_by_reason)) == (2, {"completed": 2})
 
     # The same, as the operator reads it: the history table names Bob's reason; the report a file.
     why = cli.run("journeys", "history", "cart_rescue", bob_id, "--key", carts[bob]).stdout

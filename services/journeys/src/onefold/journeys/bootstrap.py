@@ -1,7 +1,7 @@
 """Composition root of the journeys service: its log and read model, the channels (providers and
 the sandbox, sealed under the profiles' keys), the clients of consent and segments, the
 application on them, and the service around them (servicers, the identity, segments and consent
-subscribers, and — on the leader — the timer and sender loops), built in that order. Nothing runs
+subscribers, and — on the leader — the timer, sender and schedule loops), built in that order. Nothing runs
 at import time; `main()` hands `compose` to the platform runner (`python -m onefold.journeys`)."""
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ def compose(ctx: ServiceContext) -> EventSourcedService[JourneysApplication]:
             ClosedAtStop(peers.close, channels.aclose),
             Loop("journeys-timers", lambda: application.run_timers(leading)),
             Loop("journeys-sender", lambda: application.run_sender(leading)),
+            Loop("journeys-schedules", lambda: application.run_schedules(leading)),
         ],
     )
 

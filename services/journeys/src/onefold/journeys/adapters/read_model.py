@@ -55,6 +55,15 @@ versions = sa.Table(
     sa.Column("journey", sa.LargeBinary, nullable=False),
 )
 
+schedules = sa.Table(
+    "journeys_schedules",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    # The schedule's last moment that ran (or the first publish): the next run is its next moment.
+    sa.Column("after_us", sa.BigInteger, nullable=False),
+)
+
 templates = sa.Table(
     "journeys_templates",
     metadata,
@@ -142,7 +151,7 @@ def _ref_where(table: sa.Table, ref: pb.InstanceRef) -> sa.ColumnElement[bool]:
 
 class JourneysReadModel(Handlers):
     name = PROJECTION_NAME
-    tables: Sequence[sa.Table] = (catalog, versions, templates, instances, outbox, tally, entries)
+    tables: Sequence[sa.Table] = (catalog, versions, schedules, templates, instances, outbox, tally, entries)
 
     def __init__(self) -> None:
         # Counters are summed per batch and written once in `flush` (one upsert per counter).
@@ -208,6 +217,28 @@ class JourneysReadModel(Handlers):
     def _published(self, conn: Connection, message: pb.JourneyPublished, event: RecordedEvent) -> None:
         self._set_status(
             conn, message.workspace, message.name, pb.JOURNEY_STATUS_PUBLISHED, published=message.version
+        )
+        where = (schedules.c.workspace == message.workspace) & (schedules.c.name == message.name)
+        if conn.execute(sa.select(schedules.c.name).where(where)).first() is None:
+            # A schedule runs from its first publish on: moments before it are not made up for.
+            conn.execute(
+                schedules.insert().values(
+                    workspace=message.workspace, name=message.name, after_us=to_micros(event.occurred_at)
+                )
+            )
+
+    @handles(pb.ScheduledEntryRan)
+    def _schedule_ran(self, conn: Connection, message: pb.ScheduledEntryRan, event: RecordedEvent) -> None:
+        fired = message.fire_at.seconds * 1_000_000 + message.fire_at.nanos // 1000
+        conn.execute(
+            schedules.update()
+            .where((schedules.c.workspace == message.workspace) & (schedules.c.name == message.name))
+            .values(after_us=fired)
+        )
+        self._count(
+            pb.InstanceRef(workspace=message.workspace, journey=message.name, version=message.version),
+            JOURNEY_LEVEL,
+            "scheduled_runs",
         )
 
     @handles(pb.JourneyPaused)

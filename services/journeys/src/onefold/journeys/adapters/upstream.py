@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.consent.v1 import consent_pb2, consent_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.segments.v1 import segments_pb2, segments_pb2_grpc
@@ -18,6 +19,7 @@ from onefold.platform.errors import Unavailable
 
 # CheckConsentBatch takes this many checks per call (consent's own bound).
 CHECKS_PER_CALL = 500
+MEMBERS_PER_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,22 @@ class Upstream:
             segments=frozenset(d.name for d in listed.definitions if d.WhichOneof("kind") == "segment"),
             purposes=frozenset(p.purpose_id for p in model.purposes),
         )
+
+    async def members(self, workspace: str, segment: str) -> list[str]:
+        """The profile ids in `segment` now, every page (a scheduled journey's audience)."""
+        stub = segments_pb2_grpc.SegmentsServiceStub(self._channel("segments"))
+        found: list[str] = []
+        token = ""
+        while True:
+            page = await stub.ListMembers(
+                segments_pb2.ListMembersRequest(
+                    segment=segment,
+                    page=pagination_pb2.PageRequest(page_size=MEMBERS_PER_PAGE, page_token=token),
+                ),
+                metadata=self.peers.acting_for(workspace),
+                timeout=self.timeout,
+            )
+            found.extend(page.profile_ids)
+            token = page.page.next_page_token
+            if not token:
+                return found

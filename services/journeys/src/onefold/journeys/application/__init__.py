@@ -5,6 +5,7 @@
 - `runs` (runs.py): entries, upstream events moving instances, timers, consent withdrawn, archive
   and erasure — on the writer thread;
 - `sender` (sender.py): queued messages asked of consent, paced, rendered, sent, recorded;
+- `schedules` (schedules.py): scheduled journeys entering their audience at each moment;
 - `queries` (queries.py): an instance, its history with consent evidence, a journey's results;
 - the data-subject contract (export counts, erasure).
 """
@@ -27,6 +28,7 @@ from onefold.journeys.adapters.upstream import Upstream
 from onefold.journeys.application.catalog import Clock, Journeys, wall_clock
 from onefold.journeys.application.queries import Queries
 from onefold.journeys.application.runs import Runs
+from onefold.journeys.application.schedules import Schedules
 from onefold.journeys.application.sender import Sender
 from onefold.journeys.domain.pacing import PacingPolicy
 
@@ -51,6 +53,7 @@ class JourneysApplication:
             log, self.journeys, self.facts, upstream, channels, renderer, policy or PacingPolicy(), clock
         )
         self.runs.on_queued = self.sender.wake
+        self.schedules = Schedules(log, self.journeys, self.runs, upstream, clock)
         self.queries = Queries(log)
 
     async def archive(self, workspace: str, name: str, actor: str) -> pb.Journey:
@@ -59,11 +62,19 @@ class JourneysApplication:
             workspace, name, actor, lambda conn: self.runs.archive_instances(conn, workspace, name)
         )
 
+    def published(self) -> None:
+        """A journey was published or resumed: its due timers fire and its schedule is planned now."""
+        self.runs.wake_timers()
+        self.schedules.wake()
+
     async def run_timers(self, leading: Callable[[], bool]) -> None:
         await self.runs.run_timers(leading)
 
     async def run_sender(self, leading: Callable[[], bool]) -> None:
         await self.sender.run(leading)
+
+    async def run_schedules(self, leading: Callable[[], bool]) -> None:
+        await self.schedules.run(leading)
 
     # The data-subject contract: what journeys holds about a person is keyed by profile id — the
     # instances (their events), the profile's facts, the outbox rows and the sandbox's kept sends.

@@ -205,6 +205,22 @@ class Runs:
 
         return await self.log.writer.run(self.log.projector.write, work_on)
 
+    def enter_scheduled(
+        self, conn: Connection, *, workspace: str, name: str, profile_ids: Sequence[str]
+    ) -> int:
+        """A scheduled run's page of its audience entered (each person's re-entry rules apply);
+        how many entered. A journey no longer running enters nobody."""
+        running = {r.name: r.journey for r in self.journeys.running(conn, workspace)}
+        journey = running.get(name)
+        if journey is None:
+            return 0
+        work = self._open(conn, workspace, profile_ids)
+        entered = sum(
+            1 for p in profile_ids if not self._enter(conn, work, journey, p, "", trigger="schedule")[1]
+        )
+        self._finish(conn, work)
+        return entered
+
     # -------------------------------------------------------------------------- upstream: identity
 
     def handle_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:

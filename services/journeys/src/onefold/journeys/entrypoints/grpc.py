@@ -49,7 +49,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServiceServicer):
     ) -> pb.ApplyJourneysResponse:
         _bounded_count("journeys", len(request.journeys))
         _bounded_count("templates", len(request.templates))
-        return await self.app.journeys.apply(
+        applied = await self.app.journeys.apply(
             auth.current_workspace(),
             list(request.journeys),
             list(request.templates),
@@ -57,6 +57,8 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServiceServicer):
             publish=request.publish,
             dry_run=request.dry_run,
         )
+        self.app.published()
+        return applied
 
     async def GetJourney(
         self, request: pb.GetJourneyRequest, context: grpc.aio.ServicerContext
@@ -77,7 +79,7 @@ class JourneysServicer(journeys_pb2_grpc.JourneysServiceServicer):
         published = await self.app.journeys.publish(
             auth.current_workspace(), name, request.version, auth.current_credential_id()
         )
-        self.app.runs.wake_timers()  # a resumed journey's timers that came due meanwhile fire now
+        self.app.published()
         return published
 
     async def PauseJourney(

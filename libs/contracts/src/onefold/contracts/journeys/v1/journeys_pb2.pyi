@@ -1027,6 +1027,47 @@ class JourneyArchived(_message.Message):
 Global___JourneyArchived: _TypeAlias = JourneyArchived  # noqa: Y015
 
 @_typing.final
+class ScheduledEntryRan(_message.Message):
+    """A scheduled journey entered its audience for the schedule's moment `fire_at` (the next run is
+    the schedule's first moment after it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    FIRE_AT_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    name: _builtins.str
+    version: _builtins.int
+    audience: _builtins.int
+    """profiles considered"""
+    entered: _builtins.int
+    """of them, entered (the others' re-entry rules refused)"""
+    @_builtins.property
+    def fire_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        fire_at: _timestamp_pb2.Timestamp | None = ...,
+        audience: _builtins.int = ...,
+        entered: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fire_at", b"fire_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "entered", b"entered", "fire_at", b"fire_at", "name", b"name", "version", b"version", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScheduledEntryRan: _TypeAlias = ScheduledEntryRan  # noqa: Y015
+
+@_typing.final
 class InstanceRef(_message.Message):
     """Which instance an event belongs to: stream `journeys-instance:<workspace>:<journey>:<profile_id>:<entity_key>`."""
 
