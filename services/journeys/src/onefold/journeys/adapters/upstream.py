@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
+
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.consent.v1 import consent_pb2, consent_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
@@ -34,7 +36,7 @@ class Upstream:
         self.peers = peers
         self.timeout = call_timeout_seconds
 
-    def _channel(self, service: str):  # type: ignore[no-untyped-def]
+    def _channel(self, service: str) -> grpc.aio.Channel:
         channel = self.peers.channel(service)
         if channel is None:
             raise Unavailable(f"journeys has no address of {service} (peers.{service})")
@@ -64,14 +66,27 @@ class Upstream:
         return answers
 
     async def known(self, workspace: str) -> Known:
-        """The workspace's live segments (and tags, which a branch may also test) and purposes."""
+        """The workspace's live segments and consent purposes, which a journey may name. A workspace
+        without a consent model has no purposes (every send step is then refused, naming it)."""
         metadata = self.peers.acting_for(workspace)
         consent = consent_pb2_grpc.ConsentServiceStub(self._channel("consent"))
         segments = segments_pb2_grpc.SegmentsServiceStub(self._channel("segments"))
-        model = await consent.GetModel(consent_pb2.GetModelRequest(), metadata=metadata, timeout=self.timeout)
-        listed = await segments.ListDefinitions(
-            segments_pb2.ListDefinitionsRequest(), metadata=metadata, timeout=self.timeout
-        )
+        try:
+            try:
+                model = await consent.GetModel(
+                    consent_pb2.GetModelRequest(), metadata=metadata, timeout=self.timeout
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                model = consent_pb2.ConsentModel()
+            listed = await segments.ListDefinitions(
+                segments_pb2.ListDefinitionsRequest(), metadata=metadata, timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"cannot check what the journey names: consent or segments answered {exc.code().name}"
+            ) from None
         return Known(
             segments=frozenset(d.name for d in listed.definitions if d.WhichOneof("kind") == "segment"),
             purposes=frozenset(p.purpose_id for p in model.purposes),

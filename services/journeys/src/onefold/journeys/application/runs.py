@@ -237,6 +237,9 @@ class Runs:
         for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
             mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
             profile_ids = [m.profile_id for m in mine if m.profile_id]  # type: ignore[attr-defined]
+            for message in mine:  # an erasure may name the ids merged into the profile too
+                if isinstance(message, identity_pb2.ProfileErased):
+                    profile_ids.extend(message.profile_ids)
             work = self._open(conn, workspace, profile_ids)
             running = {r.name: r for r in self.journeys.running(conn, workspace)}
             for message in mine:
