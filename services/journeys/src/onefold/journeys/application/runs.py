@@ -225,7 +225,8 @@ class Runs:
 
     def handle_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         """Identity's events: resolved events enter journeys and move instances; traits are kept as
-        facts; an erased profile's instances stop."""
+        facts (a merge moves the merged profile's to the survivor); an erased profile's instances
+        stop."""
         parsed: list[Message] = []
         for envelope in envelopes:
             if envelope.type == identity_pb2.EventResolved.DESCRIPTOR.full_name:
@@ -234,12 +235,18 @@ class Runs:
                 parsed.append(identity_pb2.TraitsUpdated.FromString(envelope.payload))
             elif envelope.type == identity_pb2.ProfileErased.DESCRIPTOR.full_name:
                 parsed.append(identity_pb2.ProfileErased.FromString(envelope.payload))
+            elif envelope.type == identity_pb2.ProfilesMerged.DESCRIPTOR.full_name:
+                parsed.append(identity_pb2.ProfilesMerged.FromString(envelope.payload))
         for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
             mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
-            profile_ids = [m.profile_id for m in mine if m.profile_id]  # type: ignore[attr-defined]
-            for message in mine:  # an erasure may name the ids merged into the profile too
-                if isinstance(message, identity_pb2.ProfileErased):
-                    profile_ids.extend(message.profile_ids)
+            profile_ids: list[str] = []
+            for message in mine:
+                if isinstance(message, identity_pb2.ProfilesMerged):
+                    profile_ids += [message.survivor_id, message.merged_id]
+                elif isinstance(message, identity_pb2.ProfileErased):  # with the ids merged into it
+                    profile_ids += [message.profile_id, *message.profile_ids]
+                else:
+                    profile_ids.append(message.profile_id)  # type: ignore[attr-defined]
             work = self._open(conn, workspace, profile_ids)
             running = {r.name: r for r in self.journeys.running(conn, workspace)}
             for message in mine:
@@ -251,7 +258,24 @@ class Runs:
                     work.facts_changed.add(message.profile_id)
                 elif isinstance(message, identity_pb2.ProfileErased):
                     self._erase(conn, work, [message.profile_id, *message.profile_ids])
+                elif isinstance(message, identity_pb2.ProfilesMerged):
+                    self._merge_facts(work, message.survivor_id, message.merged_id)
             self._finish(conn, work)
+            if merged := [m.merged_id for m in mine if isinstance(m, identity_pb2.ProfilesMerged)]:
+                self.facts.delete(conn, workspace, merged)
+
+    @staticmethod
+    def _merge_facts(work: _Pass, survivor_id: str, merged_id: str) -> None:
+        """What journeys knew of the merged profile (an anonymous visitor's traits, say) now belongs
+        to the survivor, whose own values win. Its instances stay under the id they entered with."""
+        gone = work.facts.pop(merged_id, MutableFacts())
+        work.facts_changed.discard(merged_id)
+        kept = work.facts.setdefault(survivor_id, MutableFacts())
+        kept.traits = {**gone.traits, **kept.traits}
+        kept.tags = {**gone.tags, **kept.tags}
+        kept.segments |= gone.segments
+        kept.time_zone = kept.time_zone or gone.time_zone
+        work.facts_changed.add(survivor_id)
 
     def _resolved(
         self, conn: Connection, work: _Pass, live: dict[str, Running], message: identity_pb2.EventResolved
