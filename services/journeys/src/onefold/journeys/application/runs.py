@@ -31,7 +31,7 @@ from onefold.eventlog.models import NewEvent, from_micros, to_micros
 from onefold.eventlog.service import ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
-from onefold.journeys.adapters.read_model import catalog, instances
+from onefold.journeys.adapters.read_model import catalog, instances, outbox
 from onefold.journeys.application.catalog import Clock, Journeys, Running
 from onefold.journeys.domain import instance as decide
 from onefold.journeys.domain.definitions import CompiledJourney, Json, Observed
@@ -442,11 +442,16 @@ class Runs:
 
     def archive_instances(self, conn: Connection, workspace: str, name: str) -> None:
         """The journey was archived: every instance in flight exits, its unsent messages stop."""
-        rows = conn.execute(
-            sa.select(instances.c.profile_id, instances.c.entity_key).where(
-                (instances.c.workspace == workspace) & (instances.c.journey == name) & instances.c.active
-            )
-        ).all()
+        in_flight = sa.select(instances.c.profile_id, instances.c.entity_key).where(
+            (instances.c.workspace == workspace) & (instances.c.journey == name) & instances.c.active
+        )
+        # Also the instances that have ended with a message still queued (a last send deferred to
+        # the end of quiet hours): selecting the active ones only let such a message go out after
+        # the archive.
+        still_sending = sa.select(outbox.c.profile_id, outbox.c.entity_key).where(
+            (outbox.c.workspace == workspace) & (outbox.c.journey == name) & (outbox.c.status == "queued")
+        )
+        rows = conn.execute(sa.union(in_flight, still_sending)).all()
         work = _Pass(workspace, self.clock())
         keys = [(name, str(p), str(k)) for p, k in rows]
         self._load(conn, work, keys)
