@@ -101,8 +101,9 @@ class ConsentService:
     def stub(self) -> consent_pb2_grpc.ConsentServiceStub:
         return consent_pb2_grpc.ConsentServiceStub(self.channel)
 
-    async def grant(self, profile_id: str, channels: tuple[str, ...] = ("email", "sms")) -> None:
-        await self.stub.GrantConsent(
+    async def grant(self, profile_id: str, channels: tuple[str, ...] = ("email", "sms")) -> set[str]:
+        """Grant marketing on `channels`; the ids of the ledger events recorded."""
+        written = await self.stub.GrantConsent(
             consent_pb2.GrantConsentRequest(
                 subject=identity_pb2.ProfileRef(profile_id=profile_id),
                 purpose_ids=["marketing"],
@@ -111,6 +112,7 @@ class ConsentService:
             ),
             metadata=self.admin_metadata(),
         )
+        return {recorded.event_id for recorded in written.recorded}
 
     async def withdraw(self, profile_id: str, channel: str) -> str:
         """Withdraw marketing on `channel`; the id of the ledger event recorded."""

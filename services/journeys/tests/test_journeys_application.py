@@ -90,9 +90,10 @@ def one_send(name: str, channel: str, template: str, **entry: Any) -> pb.Journey
     )
 
 
-async def shopper(journeys: JourneysHarness, consent: ConsentService, profile_id: str) -> None:
-    """A person who consented to marketing by email and text, in Shanghai."""
-    await consent.grant(profile_id)
+async def shopper(journeys: JourneysHarness, consent: ConsentService, profile_id: str) -> set[str]:
+    """A person who consented to marketing by email and text, in Shanghai; the consent ledger's
+    event ids."""
+    granted = await consent.grant(profile_id)
     await journeys.traits(
         profile_id,
         email=f"{profile_id}@example.com",
@@ -100,10 +101,7 @@ async def shopper(journeys: JourneysHarness, consent: ConsentService, profile_id
         firstName="Ada",
         timezone=SHANGHAI,
     )
-
-
-def kinds(events: list[Any]) -> list[str]:
-    return [event.DESCRIPTOR.name for event in events]
+    return granted
 
 
 def statuses(instance: pb.Instance) -> list[str]:
@@ -143,7 +141,7 @@ async def test_an_order_of_another_cart_does_not_end_this_one(
     journeys: JourneysHarness, consent: ConsentService
 ) -> None:
     await journeys.apply(cart_journey(), templates=TEMPLATES)
-    await shopper(journeys, consent, "p-1")
+    granted = await shopper(journeys, consent, "p-1")
     await journeys.track("p-1", "Product Added", cart_id="c-1")
     await journeys.track("p-1", "Order Completed", cart_id="c-2", total=10)
     await journeys.advance(timedelta(hours=1))
@@ -158,6 +156,10 @@ async def test_an_order_of_another_cart_does_not_end_this_one(
         "Your cart is waiting",
         "Ada, cart c-1 is still waiting.",
     )
+    # Why it went: the consent ledger event CheckConsent rested on.
+    [sent] = [e for e in await journeys.history("abandoned_cart", "p-1", "c-1") if e.event == "MessageSent"]
+    assert sent.detail == "sent: consent allowed it"
+    assert sent.consent_evidence_id in granted
 
 
 async def test_consent_withdrawn_during_the_wait_suppresses_the_send_with_the_ledger_evidence(
@@ -359,6 +361,63 @@ async def test_api_entry_follows_the_reentry_rule_and_the_cooldown(journeys: Jou
     again = await enter(WORKSPACE, "nudge", "p-1", "", {})
     assert (again.entered, again.instance.ref.entry_seq) == (True, 2)
     assert (await journeys.stats("nudge")).entered == 2
+
+
+async def test_the_same_cart_added_to_again_does_not_enter_twice_while_it_runs(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    await journeys.apply(cart_journey(), templates=TEMPLATES)  # re-entry: after exit
+    await shopper(journeys, consent, "p-1")
+    await journeys.track("p-1", "Product Added", cart_id="c-1")
+    await journeys.advance(timedelta(minutes=30))
+    await journeys.track("p-1", "Product Added", cart_id="c-1")
+    await journeys.track("p-1", "Product Added", cart_id="c-2")  # another cart: its own instance
+    await journeys.advance(timedelta(minutes=30))
+
+    first_cart = await journeys.instance("abandoned_cart", "p-1", "c-1")
+    assert (first_cart.ref.entry_seq, first_cart.step, statuses(first_cart)) == (
+        1,
+        "wait_for_order",
+        ["delivered"],
+    )
+    second_cart = await journeys.instance("abandoned_cart", "p-1", "c-2")
+    assert (second_cart.ref.entry_seq, second_cart.step) == (1, "pause")
+
+
+async def test_reentry_always_restarts_a_running_instance_and_stops_what_it_had_not_sent(
+    make_journeys: JourneysFactory, consent: ConsentService
+) -> None:
+    journeys = make_journeys(policy=QUIET_NIGHTS)
+    journeys.clock.now = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # 22:00 in Shanghai: texts wait
+    restarting = journey(
+        {
+            "name": "cart_text",
+            "entry": {
+                "event": {"event": {"event": "Product Added"}, "entity_key": "cart_id"},
+                "reentry": "REENTRY_ALWAYS",
+            },
+            "steps": [
+                send("text", "cart_sms", "CHANNEL_SMS", next_step="pause"),
+                {"name": "pause", "wait": {"duration": "86400s"}},
+            ],
+        }
+    )
+    await journeys.apply(restarting, templates=TEMPLATES)
+    await shopper(journeys, consent, "p-1")
+    await journeys.track("p-1", "Product Added", cart_id="c-1")
+    await journeys.send_due()
+    added_again = await journeys.track("p-1", "Product Added", cart_id="c-1")
+    await journeys.advance(timedelta(hours=12))  # morning there
+
+    instance = await journeys.instance("cart_text", "p-1", "c-1")
+    assert instance.ref.entry_seq == 2
+    events = journeys.events("cart_text", "p-1", "c-1")
+    [restarted] = [e for e in events if isinstance(e, pb.JourneyExited) and e.reason == "restarted"]
+    assert (restarted.instance.entry_seq, restarted.cause_event_id) == (1, added_again)
+    [stopped] = [e for e in events if isinstance(e, pb.MessageSuppressed)]
+    assert (stopped.instance.entry_seq, stopped.reason) == (1, "stopped: restarted")
+    assert journeys.outbox("p-1") == ["suppressed", "delivered"]
+    assert [s.message_id for s in await journeys.sandbox("p-1")] == [instance.messages[0].message_id]
 
 
 async def test_api_entry_of_an_unknown_or_unpublished_journey_is_refused(journeys: JourneysHarness) -> None:
