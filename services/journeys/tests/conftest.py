@@ -65,8 +65,9 @@ async def consent(tmp_path: Path, nats_server: NatsServerProcess) -> AsyncIterat
 
 @pytest.fixture
 async def make_journeys(tmp_path: Path, consent: ConsentService) -> AsyncIterator[JourneysFactory]:
-    """`make(channels=..., policy=..., clock=...)`: a harness on the test's journeys directory; a
-    second one (the same log, key and sandbox files) is the service restarted."""
+    """`make(channels=..., policy=..., clock=..., consent_target=...)`: a harness on the test's
+    journeys directory; a second one (the same log, key and sandbox files) is the service
+    restarted. `consent_target` points it elsewhere than the running consent service."""
     made: list[JourneysHarness] = []
     keys = KeyEncryptionKey.generate()
 
@@ -75,6 +76,7 @@ async def make_journeys(tmp_path: Path, consent: ConsentService) -> AsyncIterato
         channels: ChannelsSettings | None = None,
         policy: PacingPolicy | None = None,
         clock: Clock | None = None,
+        consent_target: str | None = None,
     ) -> JourneysHarness:
         data = tmp_path / "journeys"
         data.mkdir(exist_ok=True)
@@ -91,7 +93,9 @@ async def make_journeys(tmp_path: Path, consent: ConsentService) -> AsyncIterato
             data_dir=data,
             sealer=SubjectKeySealer(log, subject_of, SEALED_PURPOSE),
         )
-        peers = Peers({"consent": consent.running.target, "segments": ""}, consent.service_token)
+        peers = Peers(
+            {"consent": consent_target or consent.running.target, "segments": ""}, consent.service_token
+        )
         upstream = Upstream(peers, CONSENT_CALL_TIMEOUT_SECONDS)
         moved_by_the_test = clock or Clock()
         application = JourneysApplication(log, upstream, built, policy=policy, clock=moved_by_the_test)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+import grpc
 import pytest
 from channel_servers import Answer, http_server
 from journeys_harness import (
@@ -23,6 +24,7 @@ from onefold.journeys.adapters.providers.base import Message
 from onefold.journeys.adapters.providers.settings import ChannelsSettings, HttpChannel
 from onefold.journeys.domain.pacing import PacingPolicy, QuietHours
 from onefold.platform.errors import InvalidArgument, NotFound
+from onefold.platform.ports import free_port
 
 SHANGHAI = "Asia/Shanghai"  # UTC+8, no daylight saving
 TEMPLATES = (
@@ -237,6 +239,9 @@ async def test_consent_withdrawn_while_a_text_waits_out_the_night_stops_it(
     await journeys.send_due()
     assert journeys.outbox("p-1") == ["queued"]  # deferred to the morning
 
+    email_withdrawn = await consent.withdraw("p-1", "email")
+    await journeys.consent_event(consent.envelope_of(email_withdrawn))
+    assert journeys.outbox("p-1") == ["queued"]  # another channel: the text is still to go
     withdrawal = await consent.withdraw("p-1", "sms")
     await journeys.consent_event(consent.envelope_of(withdrawal))
     await journeys.advance(timedelta(hours=12))
@@ -279,6 +284,29 @@ async def test_a_send_made_before_a_crash_is_not_made_again_after_the_restart(
         e.event for e in await restarted.history("welcome", "p-1") if e.message_id == queued.message_id
     ]
     assert outcomes == ["MessageQueued", "MessageSent", "MessageDelivered"]
+
+
+async def test_nothing_is_sent_unchecked_while_consent_is_unreachable(
+    make_journeys: JourneysFactory, consent: ConsentService
+) -> None:
+    journeys = make_journeys()
+    await journeys.apply(one_send("welcome", "CHANNEL_EMAIL", "cart_reminder"), templates=TEMPLATES)
+    await shopper(journeys, consent, "p-1")
+    await journeys.app.runs.enter_by_api(WORKSPACE, "welcome", "p-1", "", {"cart_id": "c-1"})
+    await journeys.close()
+
+    # Restarted where consent cannot be reached (nobody listens at that address).
+    cut_off = make_journeys(clock=journeys.clock, consent_target=f"127.0.0.1:{free_port()}")
+    with pytest.raises(grpc.aio.AioRpcError) as unreachable:
+        await cut_off.send_due()
+    assert unreachable.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert cut_off.outbox("p-1") == ["queued"]
+    assert await cut_off.sandbox("p-1") == []
+    await cut_off.close()
+
+    reconnected = make_journeys(clock=cut_off.clock)
+    assert await reconnected.send_due() == 1
+    assert reconnected.outbox("p-1") == ["delivered"]
 
 
 async def test_a_provider_outage_is_retried_then_recorded_as_failed_with_its_error(
