@@ -6,7 +6,7 @@ process answering every CheckConsent and GetModel journeys makes.
   and sms); `grant` / `withdraw` go through its gRPC API as a person's app would, and
   `envelope_of(event_id)` is the ledger event as consent's bus hands it to subscribers.
 - `JourneysHarness`: delivers upstream envelopes as the subscribers do (the handler in one writer
-  transaction: `track`, `traits`, `segment_entered`, `consent_event`), runs the loops' work once
+  transaction: `deliver`, `track`, `traits`, `segment_entered`, `consent_event`), runs the loops' work once
   (`fire_timers`, `send_due`, `advance`) and reads back (`instance`, `history`, `events`, `outbox`,
   `sandbox`, `stats`).
 """
@@ -184,17 +184,21 @@ class JourneysHarness:
         """One subscriber batch: the handler in one writer transaction, as the subscriber runs it."""
         await self.app.log.writer.run(self.app.log.projector.write, lambda conn: handler(conn, envelopes))
 
-    async def track(self, profile_id: str, name: str, **properties: Any) -> str:
-        """Identity resolved a track event of `profile_id` now; its event id."""
+    def resolved(self, profile_id: str, name: str, **properties: Any) -> EventEnvelope:
+        """Identity's envelope of a track event of `profile_id`, resolved now."""
         event = ingest_pb2.TrackingEvent(type=ingest_pb2.EVENT_TYPE_TRACK, event=name)
         event.timestamp.FromDatetime(self.clock.now)
         event.properties.update(properties)
-        event_id = str(uuid.uuid4())
         resolved = identity_pb2.EventResolved(
-            profile_id=profile_id, workspace=WORKSPACE, event_id=event_id, event=event
+            profile_id=profile_id, workspace=WORKSPACE, event_id=str(uuid.uuid4()), event=event
         )
-        await self.deliver(self.app.runs.handle_identity, envelope(resolved, self.clock.now))
-        return event_id
+        return envelope(resolved, self.clock.now)
+
+    async def track(self, profile_id: str, name: str, **properties: Any) -> str:
+        """Identity resolved a track event of `profile_id` now (a batch of its own); its event id."""
+        delivered = self.resolved(profile_id, name, **properties)
+        await self.deliver(self.app.runs.handle_identity, delivered)
+        return identity_pb2.EventResolved.FromString(delivered.payload).event_id
 
     async def traits(self, profile_id: str, **traits: Any) -> None:
         message = identity_pb2.TraitsUpdated(

@@ -22,6 +22,7 @@ from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.mapper import ERASED
 from onefold.journeys.adapters.providers.base import Message
 from onefold.journeys.adapters.providers.settings import ChannelsSettings, HttpChannel
+from onefold.journeys.domain.instance import subject_of
 from onefold.journeys.domain.pacing import PacingPolicy, QuietHours
 from onefold.platform.errors import InvalidArgument, NotFound
 from onefold.platform.ports import free_port
@@ -598,6 +599,29 @@ async def test_erasure_stops_instances_deletes_facts_and_sends_and_leaves_their_
     # Nobody else is touched.
     assert journeys.outbox("p-2") == ["delivered", "delivered"]
     assert len(await journeys.sandbox("p-2")) == 2
+
+
+async def test_events_of_an_erased_profile_still_in_flight_are_set_aside_not_recorded(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    await journeys.apply(cart_journey(), templates=TEMPLATES)
+    await shopper(journeys, consent, "p-1")
+    await shopper(journeys, consent, "p-2")
+    await journeys.app.erase_subject(WORKSPACE, ["p-1"])
+    log_head = journeys.store.head_position()
+
+    # Identity's batch, published before it learnt of the erasure, holds both people's events.
+    await journeys.deliver(
+        journeys.app.runs.handle_identity,
+        journeys.resolved("p-1", "Product Added", cart_id="c-1"),
+        journeys.resolved("p-2", "Product Added", cart_id="c-2"),
+    )
+    with pytest.raises(NotFound):
+        await journeys.instance("abandoned_cart", "p-1", "c-1")
+    assert (await journeys.instance("abandoned_cart", "p-2", "c-2")).status == pb.INSTANCE_STATUS_ACTIVE
+    assert {e.subject for e in journeys.store.read(after_position=log_head)} == {subject_of(WORKSPACE, "p-2")}
+    refused = await journeys.app.runs.enter_by_api(WORKSPACE, "abandoned_cart", "p-1", "c-3", {})
+    assert (refused.entered, refused.refused) == (False, "the profile was erased")
 
 
 # ------------------------------------------------------------------------------------------------

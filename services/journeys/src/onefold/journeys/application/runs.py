@@ -85,10 +85,15 @@ class _Pass:
     facts: dict[str, MutableFacts] = field(default_factory=dict)
     facts_changed: set[str] = field(default_factory=set)
     events: list[NewEvent] = field(default_factory=list)
+    # Profiles erased before this pass: their keys are gone, so nothing new is recorded about them
+    # (an upstream event of theirs still in flight is set aside instead of failing its whole batch).
+    erased: set[str] = field(default_factory=set)
 
     def record(
         self, instance: Instance, profile_id: str, key: InstanceKey, decided: Iterable[Message]
     ) -> None:
+        if profile_id in self.erased:
+            return
         for message in decided:
             instance.apply(self.now, message)
             self.events.append(
@@ -119,6 +124,8 @@ class Runs:
         work = _Pass(workspace, self.clock())
         ids = list(dict.fromkeys(profile_ids))
         work.facts = self.facts.load(conn, workspace, ids)
+        subjects = {subject_of(workspace, p): p for p in ids}
+        work.erased = {subjects[s] for s in self.log.store.erased_subjects(conn, subjects)}
         rows = conn.execute(
             sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
                 (instances.c.workspace == workspace) & instances.c.profile_id.in_(ids)
@@ -169,6 +176,8 @@ class Runs:
         """Enter `profile_id` into the running `journey`; (the instance, why not or "")."""
         key = (journey.name, profile_id, entity_key)
         instance = self._instance(conn, work, key)
+        if profile_id in work.erased:
+            return instance, "the profile was erased"
         refused = decide.may_enter(instance, journey, work.now)
         if refused is not None:
             return instance, refused
