@@ -6,9 +6,9 @@ process answering every CheckConsent and GetModel journeys makes.
   and sms); `grant` / `withdraw` go through its gRPC API as a person's app would, and
   `envelope_of(event_id)` is the ledger event as consent's bus hands it to subscribers.
 - `JourneysHarness`: delivers upstream envelopes as the subscribers do (the handler in one writer
-  transaction: `deliver`, `track`, `traits`, `segment_entered`, `consent_event`), runs the loops' work once
-  (`fire_timers`, `send_due`, `advance`) and reads back (`instance`, `history`, `events`, `outbox`,
-  `sandbox`, `stats`).
+  transaction: `deliver`, `track`, `traits`, `segment_entered`, `segment_exited`, `consent_event`),
+  runs the loops' work once (`fire_timers`, `send_due`, `advance`) and reads back (`instance`,
+  `history`, `events`, `outbox`, `sandbox`, `stats`).
 """
 
 from __future__ import annotations
@@ -209,6 +209,10 @@ class JourneysHarness:
 
     async def segment_entered(self, profile_id: str, segment: str) -> None:
         message = segments_pb2.SegmentEntered(profile_id=profile_id, workspace=WORKSPACE, segment=segment)
+        await self.deliver(self.app.runs.handle_segments, envelope(message, self.clock.now))
+
+    async def segment_exited(self, profile_id: str, segment: str) -> None:
+        message = segments_pb2.SegmentExited(profile_id=profile_id, workspace=WORKSPACE, segment=segment)
         await self.deliver(self.app.runs.handle_segments, envelope(message, self.clock.now))
 
     async def consent_event(self, delivered: EventEnvelope) -> None:

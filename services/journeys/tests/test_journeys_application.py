@@ -352,7 +352,8 @@ async def test_entering_a_segment_enters_its_journey_once(
     await journeys.apply(vip_welcome, templates=TEMPLATES)
     await journeys.segment_entered("p-1", "vip")
     await journeys.segment_entered("p-2", "cart_abandoners")
-    await journeys.segment_entered("p-1", "vip")  # entered again (after leaving): never re-enters
+    await journeys.segment_exited("p-1", "vip")
+    await journeys.segment_entered("p-1", "vip")  # back in the segment: re-entry is "never"
 
     instance = await journeys.instance("vip_welcome", "p-1")
     assert instance.ref.entry_seq == 1
