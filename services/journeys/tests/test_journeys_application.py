@@ -460,6 +460,27 @@ async def test_api_entry_of_an_unknown_or_unpublished_journey_is_refused(journey
     assert (refused.entered, refused.refused) == (False, "not published")
 
 
+async def test_a_paused_journey_enters_nobody_and_holds_its_timers_until_published_again(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    await journeys.apply(cart_journey(), templates=TEMPLATES)
+    await shopper(journeys, consent, "p-1")
+    await journeys.track("p-1", "Product Added", cart_id="c-1")
+    await journeys.app.journeys.pause(WORKSPACE, "abandoned_cart", "cred-test")
+    await journeys.track("p-1", "Product Added", cart_id="c-2")
+    await journeys.advance(timedelta(hours=3))
+
+    with pytest.raises(NotFound):
+        await journeys.instance("abandoned_cart", "p-1", "c-2")
+    held = await journeys.instance("abandoned_cart", "p-1", "c-1")
+    assert (held.status, held.step, list(held.messages)) == (pb.INSTANCE_STATUS_ACTIVE, "pause", [])
+
+    await journeys.app.journeys.publish(WORKSPACE, "abandoned_cart", 0, "cred-test")
+    await journeys.advance(timedelta(0))  # the timer that came due meanwhile fires now
+    resumed = await journeys.instance("abandoned_cart", "p-1", "c-1")
+    assert (resumed.step, statuses(resumed)) == ("wait_for_order", ["delivered"])
+
+
 # ------------------------------------------------------------------------------------------------
 # The control group.
 
