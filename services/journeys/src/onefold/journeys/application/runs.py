@@ -31,7 +31,7 @@ from onefold.eventlog.models import NewEvent, from_micros, to_micros
 from onefold.eventlog.service import ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
-from onefold.journeys.adapters.read_model import catalog, instances
+from onefold.journeys.adapters.read_model import catalog, instances, outbox
 from onefold.journeys.application.catalog import Clock, Journeys, Running
 from onefold.journeys.domain import instance as decide
 from onefold.journeys.domain.definitions import CompiledJourney, Json, Observed
@@ -85,10 +85,15 @@ class _Pass:
     facts: dict[str, MutableFacts] = field(default_factory=dict)
     facts_changed: set[str] = field(default_factory=set)
     events: list[NewEvent] = field(default_factory=list)
+    # Profiles erased before this pass: their keys are gone, so nothing new is recorded about them
+    # (an upstream event of theirs still in flight is set aside instead of failing its whole batch).
+    erased: set[str] = field(default_factory=set)
 
     def record(
         self, instance: Instance, profile_id: str, key: InstanceKey, decided: Iterable[Message]
     ) -> None:
+        if profile_id in self.erased:
+            return
         for message in decided:
             instance.apply(self.now, message)
             self.events.append(
@@ -119,6 +124,8 @@ class Runs:
         work = _Pass(workspace, self.clock())
         ids = list(dict.fromkeys(profile_ids))
         work.facts = self.facts.load(conn, workspace, ids)
+        subjects = {subject_of(workspace, p): p for p in ids}
+        work.erased = {subjects[s] for s in self.log.store.erased_subjects(conn, subjects)}
         rows = conn.execute(
             sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
                 (instances.c.workspace == workspace) & instances.c.profile_id.in_(ids)
@@ -169,6 +176,8 @@ class Runs:
         """Enter `profile_id` into the running `journey`; (the instance, why not or "")."""
         key = (journey.name, profile_id, entity_key)
         instance = self._instance(conn, work, key)
+        if profile_id in work.erased:
+            return instance, "the profile was erased"
         refused = decide.may_enter(instance, journey, work.now)
         if refused is not None:
             return instance, refused
@@ -466,11 +475,16 @@ class Runs:
 
     def archive_instances(self, conn: Connection, workspace: str, name: str) -> None:
         """The journey was archived: every instance in flight exits, its unsent messages stop."""
-        rows = conn.execute(
-            sa.select(instances.c.profile_id, instances.c.entity_key).where(
-                (instances.c.workspace == workspace) & (instances.c.journey == name) & instances.c.active
-            )
-        ).all()
+        in_flight = sa.select(instances.c.profile_id, instances.c.entity_key).where(
+            (instances.c.workspace == workspace) & (instances.c.journey == name) & instances.c.active
+        )
+        # Also the instances that have ended with a message still queued (a last send deferred to
+        # the end of quiet hours): selecting the active ones only let such a message go out after
+        # the archive.
+        still_sending = sa.select(outbox.c.profile_id, outbox.c.entity_key).where(
+            (outbox.c.workspace == workspace) & (outbox.c.journey == name) & (outbox.c.status == "queued")
+        )
+        rows = conn.execute(sa.union(in_flight, still_sending)).all()
         work = _Pass(workspace, self.clock())
         keys = [(name, str(p), str(k)) for p, k in rows]
         self._load(conn, work, keys)

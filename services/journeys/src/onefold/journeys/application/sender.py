@@ -195,11 +195,10 @@ class Sender:
                 )
                 continue
             person = facts[queued.ref.profile_id]
-            zone = (
-                ZoneInfo(person.time_zone)
-                if person.time_zone and known_zone(person.time_zone)
-                else ZoneInfo("UTC")
-            )
+            # The zone the decisions see: the latest event's, else the `timezone` trait (the
+            # event's alone missed the trait, and quiet hours were then read in UTC).
+            zone_name = person.frozen().time_zone
+            zone = ZoneInfo(zone_name) if zone_name and known_zone(zone_name) else ZoneInfo("UTC")
             sent_before = history.get((queued.ref.profile_id, queued.channel), [])
             decision = pace(now, zone, channel_name(queued.channel), sent_before, self.policy)
             if isinstance(decision, DeferUntil):
