@@ -15,9 +15,11 @@ from journeys_harness import (
     ConsentService,
     JourneysFactory,
     JourneysHarness,
+    envelope,
     journey,
 )
 
+from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.mapper import ERASED
 from onefold.journeys.adapters.providers.base import Message
@@ -677,3 +679,56 @@ async def test_an_invalid_journey_is_refused_naming_each_field_path(journeys: Jo
     assert refused.value.message.startswith("nothing was applied: ")
     assert await journeys.app.journeys.listed(WORKSPACE, include_archived=True) == []
     assert await journeys.app.journeys.listed_templates(WORKSPACE) == []  # all or none
+
+
+# ------------------------------------------------------------------------------------------------
+# Merges and schedules.
+
+
+async def test_a_merge_gives_the_survivor_the_address_journeys_knew_of_the_merged_profile(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    await journeys.apply(one_send("welcome", "CHANNEL_EMAIL", "cart_reminder"), templates=TEMPLATES)
+    await consent.grant("p-known")
+    # The email was given while anonymous; identity then merges that profile into the known one.
+    await journeys.traits("p-anonymous", email="ada@example.com", firstName="Ada")
+    merged = identity_pb2.ProfilesMerged(survivor_id="p-known", merged_id="p-anonymous", workspace=WORKSPACE)
+    await journeys.deliver(journeys.app.runs.handle_identity, envelope(merged, journeys.clock.now))
+
+    entered = await journeys.app.runs.enter_by_api(WORKSPACE, "welcome", "p-known", "", {"cart_id": "c-1"})
+    assert entered.entered
+    await journeys.send_due()
+    assert journeys.outbox("p-known") == ["delivered"]
+    [kept] = await journeys.sandbox("p-known")
+    assert kept.to == "ada@example.com" and kept.text == "Ada, cart c-1 is still waiting."
+    assert (await journeys.app.export_subject(WORKSPACE, ["p-anonymous"]))["profile_facts"] == 0
+
+
+async def test_a_scheduled_journey_enters_everyone_known_at_its_moment_and_once(
+    journeys: JourneysHarness,
+) -> None:
+    moment = journeys.clock.now + timedelta(hours=2)
+    scheduled = journey(
+        {
+            "name": "monthly_digest",
+            "entry": {"schedule": {"once_at": moment.isoformat()}},
+            "steps": [{"name": "mark", "update_trait": {"trait": "digest_sent", "value": True}}],
+        }
+    )
+    await journeys.apply(scheduled)
+    for person in ("p-1", "p-2", "p-3"):
+        await journeys.traits(person, firstName=person)
+
+    assert await journeys.app.schedules.run_once() == moment  # not yet: the next moment is said
+    journeys.clock.advance(timedelta(hours=2))
+    await journeys.app.schedules.run_once()
+    stats = await journeys.app.queries.stats(WORKSPACE, "monthly_digest", 0)
+    assert (stats.entered, dict(stats.exits_by_reason)) == (3, {"completed": 3})
+    requested = [
+        e for e in journeys.events("monthly_digest", "p-2") if isinstance(e, pb.TraitUpdateRequested)
+    ]
+    assert [(r.trait, r.value.bool_value) for r in requested] == [("digest_sent", True)]
+
+    journeys.clock.advance(timedelta(days=1))
+    assert await journeys.app.schedules.run_once() is None  # a one-off runs once
+    assert (await journeys.app.queries.stats(WORKSPACE, "monthly_digest", 0)).entered == 3
