@@ -1119,7 +1119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--profiles", type=int, default=5000, help="profiles with traits (9 in 10 with consent)"
     )
-    parser.add_argument("--waiting", type=int, default=100_000, help="instances left waiting a day")
+    parser.add_argument("--waiting", type=int, default=20_000, help="instances left waiting a day")
     parser.add_argument("--timers", type=int, default=10_000, help="timers due at the same moment")
     parser.add_argument("--sends", type=int, default=20_000, help="queued messages in the sends phase")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency phase")
