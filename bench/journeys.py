@@ -668,7 +668,6 @@ def timers_phase(system: System, traffic: Traffic, count: int, entries_per_s: fl
         "first_fired_after_due_s": round(min(fired, default=float("nan")), 3),
         "all_fired_after_due_s": round(max(fired, default=float("nan")), 3),
         "all_visible_after_due_s": round((visible_at - due) / 1e6, 3),
-        "fired_per_s": round(len(fired) / max(max(fired, default=0) - min(fired, default=0), 1e-3)),
         "poll_interval_s": TIMER_POLL_SECONDS,
         "memory": memory_mb(),
     }
