@@ -85,6 +85,8 @@ class _Pass:
     facts: dict[str, MutableFacts] = field(default_factory=dict)
     facts_changed: set[str] = field(default_factory=set)
     events: list[NewEvent] = field(default_factory=list)
+    # Profiles whose every instance was loaded (by `_open`): one of theirs not held has no events.
+    all_loaded: set[str] = field(default_factory=set)
 
     def record(
         self, instance: Instance, profile_id: str, key: InstanceKey, decided: Iterable[Message]
@@ -125,6 +127,7 @@ class Runs:
             )
         ).all()
         self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
+        work.all_loaded.update(ids)
         return work
 
     def _load(self, conn: Connection, work: _Pass, keys: Sequence[InstanceKey]) -> None:
@@ -138,7 +141,13 @@ class Runs:
 
     def _instance(self, conn: Connection, work: _Pass, key: InstanceKey) -> Instance:
         if key not in work.instances:
-            self._load(conn, work, [key])
+            if key[1] in work.all_loaded:
+                # The read model lists every instance ever entered and `_open` loaded the profile's:
+                # this one is new, its stream empty. Reading it anyway cost a query per entry. (A
+                # read model behind the log is refused when the pass records: ProjectionBehind.)
+                work.instances[key] = Instance()
+            else:
+                self._load(conn, work, [key])
         return work.instances[key]
 
     def _profile_instances(self, work: _Pass, profile_id: str) -> list[tuple[InstanceKey, Instance]]:
