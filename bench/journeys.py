@@ -54,7 +54,9 @@ Phases:
   on the writer, as the subscriber does after a fetch; the service's sender loop runs beside it,
   woken by each queue. Latency = when a reader first saw the MessageSent (a poller thread reading
   the log every POLL_SECONDS: an upper bound) minus the moment the event was produced; also to its
-  append (recorded_at). `path` in the JSON says what this leaves out;
+  append (recorded_at). `path` in the JSON says what this leaves out. CPU µs per entry: this
+  process's (the entry and its send, with the bench's producer and reader: an upper bound) and
+  consent's;
 - sends: `--sends` messages queued (entries with the sender stopped), then `send_due()` until
   none is left: sends/s (MessageSent only) and messages handled/s, the service CPU µs per message
   (this process: the sender, its writer and the sandbox) and consent's (its process) beside it.
@@ -802,9 +804,10 @@ def latency_phase(system: System, traffic: Traffic, profiles: int, seconds: floa
         "appended_p99_ms": round(percentile(appended, 99), 1),
         "entry_committed_p99_ms": round(percentile(committed, 99), 1),
         "mean_batch": round(statistics.fmean(batch_sizes), 1) if batch_sizes else 0,
-        "service_cpu_us_per_entry": round(cpu / total * 1e6, 1),
+        # The entry and its send, with the bench's producer and reader threads: an upper bound.
+        "process_cpu_us_per_entry": round(cpu / total * 1e6, 1),
         "consent_cpu_us_per_entry": round(consent_cpu / total * 1e6, 1),
-        "service_cpu_share": round(cpu / wall, 2),
+        "process_cpu_share": round(cpu / wall, 2),
         "memory": memory_mb(),
     }
 
@@ -1079,7 +1082,7 @@ def report(results: dict[str, Any]) -> None:
     line(
         f"MessageSent at {lat['rate_per_s']} entries/s ({lat['sent']:,} sent): p50 / p99",
         f"{lat['sent_p50_ms']} / {lat['sent_p99_ms']} ms",
-        f"appended p99 {lat['appended_p99_ms']} ms, {lat['service_cpu_us_per_entry']} CPU µs/entry "
+        f"appended p99 {lat['appended_p99_ms']} ms, {lat['process_cpu_us_per_entry']} CPU µs/entry "
         f"(+ consent {lat['consent_cpu_us_per_entry']})",
     )
     cfloor, sfloor = results["consent_floor"], results["sandbox_floor"]

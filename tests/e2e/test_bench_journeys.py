@@ -52,7 +52,7 @@ def test_bench_journeys_runs_every_phase_in_quick_mode() -> None:
         ("profiles", "traits_per_s"),
         ("waiting", "entries_per_s"),
         ("waiting", "service_cpu_us_per_entry"),
-        ("latency", "service_cpu_us_per_entry"),
+        ("latency", "process_cpu_us_per_entry"),
         ("sends", "sends_per_s"),
         ("sends", "service_cpu_us_per_message"),
         ("consent_floor", "checks_per_s"),
