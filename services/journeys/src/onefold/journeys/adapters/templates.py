@@ -35,6 +35,7 @@ MAX_SOURCE_CHARS = 64 * 1024
 MAX_OUTPUT_CHARS = 256 * 1024
 MAX_SUBJECT_CHARS = 255
 MAX_POWER_EXPONENT = 64
+MAX_COMPILED = 256  # compiled template parts kept for reuse (sources up to 64 KiB each)
 
 
 class TemplateError(InvalidArgument):
@@ -195,8 +196,21 @@ class Templates:
         self.max_output_chars = max_output_chars
         self._plain = _environment(autoescape=False)
         self._html = _environment(autoescape=True)
+        # Compiling (Jinja parsing a source and generating its Python code) costs milliseconds, far
+        # more than rendering, and the sender renders every message of a template from the same
+        # source: each source is compiled once. Bounded: emptied when it holds too many.
+        self._compiled: dict[tuple[str, str, str, bool], CompiledText] = {}
 
     def compile_text(self, name: str, part: str, source: str, *, html: bool = False) -> CompiledText:
+        key = (name, part, source, html)
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            if len(self._compiled) >= MAX_COMPILED:
+                self._compiled.clear()
+            compiled = self._compiled[key] = self._compile_text(name, part, source, html=html)
+        return compiled
+
+    def _compile_text(self, name: str, part: str, source: str, *, html: bool) -> CompiledText:
         if len(source) > self.max_source_chars:
             raise TemplateError(name, part, f"is longer than {self.max_source_chars} characters")
         environment = self._html if html else self._plain

@@ -88,6 +88,8 @@ class _Pass:
     # Profiles erased before this pass: their keys are gone, so nothing new is recorded about them
     # (an upstream event of theirs still in flight is set aside instead of failing its whole batch).
     erased: set[str] = field(default_factory=set)
+    # Profiles whose every instance was loaded (by `_open`): one of theirs not held has no events.
+    all_loaded: set[str] = field(default_factory=set)
 
     def record(
         self, instance: Instance, profile_id: str, key: InstanceKey, decided: Iterable[Message]
@@ -132,6 +134,7 @@ class Runs:
             )
         ).all()
         self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
+        work.all_loaded.update(ids)
         return work
 
     def _load(self, conn: Connection, work: _Pass, keys: Sequence[InstanceKey]) -> None:
@@ -145,7 +148,13 @@ class Runs:
 
     def _instance(self, conn: Connection, work: _Pass, key: InstanceKey) -> Instance:
         if key not in work.instances:
-            self._load(conn, work, [key])
+            if key[1] in work.all_loaded:
+                # The read model lists every instance ever entered and `_open` loaded the profile's:
+                # this one is new, its stream empty. Reading it anyway cost a query per entry. (A
+                # read model behind the log is refused when the pass records: ProjectionBehind.)
+                work.instances[key] = Instance()
+            else:
+                self._load(conn, work, [key])
         return work.instances[key]
 
     def _profile_instances(self, work: _Pass, profile_id: str) -> list[tuple[InstanceKey, Instance]]:

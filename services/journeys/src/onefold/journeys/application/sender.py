@@ -73,6 +73,16 @@ class Queued:
     template: str
 
 
+@dataclass(frozen=True)
+class BatchContext:
+    """What a batch's messages are decided and rendered with, read once for the whole batch."""
+
+    facts: dict[str, MutableFacts]  # by profile id
+    history: dict[tuple[str, int], list[datetime]]  # sends of the last week, by (profile id, channel)
+    templates: dict[str, pb.Template | None]  # by name; None: no longer exists
+    entry_properties: dict[tuple[str, int], dict[str, Any]]  # by (instance stream, entry_seq)
+
+
 def _queued(row: Any) -> Queued:
     return Queued(
         message_id=row.message_id,
@@ -89,6 +99,11 @@ def _queued(row: Any) -> Queued:
         purpose=row.purpose,
         template=row.template,
     )
+
+
+def _stream(queued: Queued) -> str:
+    ref = queued.ref
+    return instance_stream(ref.workspace, ref.journey, ref.profile_id, ref.entity_key)
 
 
 class Sender:
@@ -174,7 +189,8 @@ class Sender:
     async def _send_workspace(self, workspace: str, due: Sequence[Queued], now: datetime) -> None:
         checks = [ConsentCheck(q.ref.profile_id, q.purpose, channel_name(q.channel)) for q in due]
         answers = await self.upstream.check_consent(workspace, checks)
-        facts, history = await asyncio.to_thread(self._profiles, workspace, due, now)
+        context = await asyncio.to_thread(self._context, workspace, due, now)
+        facts, history = context.facts, context.history
         outcomes: list[tuple[Queued, Message]] = []
         sending: list[tuple[Queued, consent_pb2.CheckConsentResponse, provider.Message]] = []
         for queued, answer in zip(due, answers, strict=True):
@@ -221,7 +237,7 @@ class Sender:
                 )
                 continue
             try:
-                message = await asyncio.to_thread(self._render, workspace, queued, person)
+                message = await asyncio.to_thread(self._render, workspace, queued, person, context)
             except InvalidArgument as problem:
                 outcomes.append(
                     (
@@ -269,10 +285,10 @@ class Sender:
                 self.log.projector.write, lambda conn: self._record(conn, workspace, outcomes, now)
             )
 
-    def _profiles(
-        self, workspace: str, due: Sequence[Queued], now: datetime
-    ) -> tuple[dict[str, MutableFacts], dict[tuple[str, int], list[datetime]]]:
-        """The facts of the batch's people and their sends of the last week, per channel."""
+    def _context(self, workspace: str, due: Sequence[Queued], now: datetime) -> BatchContext:
+        """The facts of the batch's people and their sends of the last week, per channel; the
+        templates and entry properties the messages are rendered with. One connection for the batch:
+        read per message, they were two queries (and a connection) a message."""
         ids = sorted({q.ref.profile_id for q in due})
         since = to_micros(now - timedelta(days=7))
         with self.log.store.engine.connect() as conn:
@@ -284,14 +300,19 @@ class Sender:
                     & (outbox.c.sent_at_us >= since)
                 )
             ).all()
+            templates = {
+                name: self.journeys.template(conn, workspace, name) for name in {q.template for q in due}
+            }
+            entry_properties = self._entry_properties(conn, due)
         history: dict[tuple[str, int], list[datetime]] = {}
         for profile_id, channel, sent_at in rows:
             history.setdefault((str(profile_id), int(channel)), []).append(from_micros(int(sent_at)))
-        return facts, history
+        return BatchContext(facts, history, templates, entry_properties)
 
-    def _render(self, workspace: str, queued: Queued, person: MutableFacts) -> provider.Message:
-        with self.log.store.engine.connect() as conn:
-            template = self.journeys.template(conn, workspace, queued.template)
+    def _render(
+        self, workspace: str, queued: Queued, person: MutableFacts, context: BatchContext
+    ) -> provider.Message:
+        template = context.templates[queued.template]
         if template is None:
             raise InvalidArgument(f"template {queued.template!r} no longer exists")
         address = next(
@@ -307,7 +328,7 @@ class Sender:
             journey_id=queued.ref.journey,
             message_id=queued.message_id,
             traits=person.traits,
-            event=self._entry_properties(queued),
+            event=context.entry_properties.get((_stream(queued), queued.ref.entry_seq), {}),
         )
         channel = channel_name(queued.channel)
         if queued.channel == pb.CHANNEL_EMAIL:
@@ -341,20 +362,25 @@ class Sender:
             queued.message_id, workspace, queued.ref.profile_id, channel, address, title, text
         )
 
-    def _entry_properties(self, queued: Queued) -> dict[str, Any]:
-        """The properties of the event the instance entered with (sealed in its JourneyEntered)."""
+    def _entry_properties(
+        self, conn: Connection, due: Sequence[Queued]
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """The properties of the events the messages' instances entered with (sealed in their
+        JourneyEntered), by (instance stream, entry_seq)."""
         store = self.log.store
-        stream = instance_stream(
-            queued.ref.workspace, queued.ref.journey, queued.ref.profile_id, queued.ref.entity_key
-        )
+        wanted = {(_stream(q), q.ref.entry_seq) for q in due}
+        found: dict[tuple[str, int], dict[str, Any]] = {}
         for event in store.read_streams(
-            [stream], types=[pb.JourneyEntered.DESCRIPTOR.full_name], newest_first=True
+            sorted({stream for stream, _ in wanted}),
+            types=[pb.JourneyEntered.DESCRIPTOR.full_name],
+            conn=conn,
         ):
-            entered = store.decode(event)
+            entered = store.decode(event, conn=conn)
             assert isinstance(entered, pb.JourneyEntered)
-            if entered.instance.entry_seq == queued.ref.entry_seq:
-                return MessageToDict(entered.properties)
-        return {}
+            key = (event.stream_id, entered.instance.entry_seq)
+            if key in wanted:
+                found[key] = MessageToDict(entered.properties)
+        return found
 
     def _record(
         self, conn: Connection, workspace: str, outcomes: Sequence[tuple[Queued, Message]], now: datetime

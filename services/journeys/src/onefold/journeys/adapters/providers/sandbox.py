@@ -18,8 +18,10 @@ import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from onefold.journeys.adapters.providers.base import Delivery, Message
 from onefold.journeys.adapters.providers.sealing import ProfileErased, Sealer
@@ -72,6 +74,9 @@ class SandboxProvider:
         self.engine = engine
         self.sealer = sealer
         metadata.create_all(engine)
+        # Sends made while a keeping transaction runs, kept together by the next (see _keep_together).
+        self._waiting: list[tuple[dict[str, object], asyncio.Future[None]]] = []
+        self._keeper: asyncio.Task[None] | None = None
 
     async def send(self, message: Message) -> Delivery:
         try:
@@ -96,8 +101,33 @@ class SandboxProvider:
             )
         except ProfileErased:
             return Delivery.failed("the profile was erased")
-        await asyncio.to_thread(self._keep, message, sealed)
+        await self._keep_together(self._row(message, sealed))
         return Delivery.delivered(provider_message_id(message.message_id))
+
+    async def _keep_together(self, row: dict[str, object]) -> None:
+        """Keep one send, in a transaction shared with the sends made meanwhile: the sender sends a
+        batch's messages concurrently, and a transaction (and fsync) per message bounded the sandbox
+        to a few hundred sends a second. Returns once the row is committed; a failure of the
+        transaction is raised to every send in it."""
+        kept: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((row, kept))
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self._keep_waiting())
+        await kept
+
+    async def _keep_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            try:
+                await asyncio.to_thread(self._keep, [row for row, _ in group])
+            except Exception as exc:
+                for _, kept in group:
+                    if not kept.done():
+                        kept.set_exception(exc)
+            else:
+                for _, kept in group:
+                    if not kept.done():
+                        kept.set_result(None)
 
     async def sends(self, workspace: str, profile_id: str) -> list[SandboxSend]:
         """The profile's kept sends, opened, oldest first (none once its key is shredded)."""
@@ -128,8 +158,9 @@ class SandboxProvider:
             ).first()
         return found is not None
 
-    def _keep(self, message: Message, sealed: bytes) -> None:
-        row = {
+    @staticmethod
+    def _row(message: Message, sealed: bytes) -> dict[str, object]:
+        return {
             "message_id": message.message_id,
             "workspace": message.workspace,
             "profile_id": message.profile_id,
@@ -137,11 +168,14 @@ class SandboxProvider:
             "sent_at_us": time.time_ns() // 1000,
             "sealed": sealed,
         }
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(sandbox_sends.insert().values(**row))
-        except IntegrityError:
-            return  # the same message, kept meanwhile by a concurrent send: kept once
+
+    def _keep(self, rows: list[dict[str, object]]) -> None:
+        dialect = pg_dialect if self.engine.dialect.name == "postgresql" else sqlite_dialect
+        with self.engine.begin() as conn:
+            # The same message kept meanwhile by a concurrent send (or twice in a group): kept once.
+            conn.execute(
+                dialect.insert(sandbox_sends).on_conflict_do_nothing(index_elements=["message_id"]), rows
+            )
 
     def _rows(self, workspace: str, profile_id: str) -> list[tuple[str, str, int, bytes]]:
         table = sandbox_sends

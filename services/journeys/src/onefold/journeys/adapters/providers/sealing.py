@@ -43,10 +43,29 @@ class SubjectKeySealer:
         self.purpose = purpose
 
     async def seal(self, workspace: str, profile_id: str, plaintext: bytes) -> bytes:
-        return await self.log.writer.run(self._seal, self.subject_of(workspace, profile_id), plaintext)
+        subject = self.subject_of(workspace, profile_id)
+        # The profile's key almost always exists (its facts and its instance's events are sealed
+        # under it): read it on a thread rather than queue a write transaction behind every other
+        # write of the service for each message; only a missing key goes to the writer.
+        sealed = await asyncio.to_thread(self._seal_with_existing_key, subject, plaintext)
+        if sealed is None:
+            sealed = await self.log.writer.run(self._seal, subject, plaintext)
+        return sealed
 
     async def unseal(self, workspace: str, profile_id: str, sealed: bytes) -> bytes | None:
         return await asyncio.to_thread(self._unseal, self.subject_of(workspace, profile_id), sealed)
+
+    def _seal_with_existing_key(self, subject: str, plaintext: bytes) -> bytes | None:
+        """Sealed under the subject's key; None when it has no key yet. Raises ProfileErased."""
+        store = self.log.store
+        with store.engine.connect() as conn:
+            ciphers = store.data_ciphers(conn, [subject], create=False)
+        if subject not in ciphers:
+            return None
+        cipher = ciphers[subject]
+        if cipher is None:
+            raise ProfileErased(subject)
+        return cipher.seal(plaintext, associated_data(self.purpose, subject))
 
     def _seal(self, subject: str, plaintext: bytes) -> bytes:
         store = self.log.store
