@@ -10,15 +10,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from journeys_domain_builders import NO_FACTS, T0, Run, cart_journey, compiled, track
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog import EventStore
 from onefold.eventlog.cipher import KeyEncryptionKey
-from onefold.eventlog.models import NewEvent
+from onefold.eventlog.models import NewEvent, to_micros
 from onefold.eventlog.service import ServiceLog
-from onefold.journeys.adapters.read_model import JourneysReadModel
+from onefold.journeys.adapters.read_model import JourneysReadModel, entries, instances, outbox, tally
 from onefold.journeys.application.queries import Queries
 from onefold.journeys.domain import instance as decide
 from onefold.journeys.domain.catalog import definition_stream
@@ -32,11 +34,11 @@ HOUR = timedelta(hours=1)
 
 
 class Stats:
-    """The journeys log and read model on a fresh SQLite file: events recorded, stats read back."""
+    """The journeys log and read model on a fresh database: events recorded, stats read back."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, url: str) -> None:
         store = EventStore(
-            create_engine(f"sqlite:///{path}"),
+            create_engine(url),
             service="journeys",
             registry=REGISTRY,
             keys=KeyEncryptionKey.generate(),
@@ -83,7 +85,7 @@ class Stats:
 
 @pytest.fixture
 def stats(tmp_path: Path) -> Iterator[Stats]:
-    made = Stats(tmp_path / "journeys.db")
+    made = Stats(f"sqlite:///{tmp_path / 'journeys.db'}")
     yield made
     made.log.store.engine.dispose()
 
@@ -143,3 +145,77 @@ def test_uplift_from_split_assignments_and_goals(stats: Stats) -> None:
     assert report.uplift.uplift == pytest.approx(0.5 - 1 / 3)
     assert report.uplift.ci_low < report.uplift.uplift < report.uplift.ci_high
     assert report.revenue == 20 and report.converted == 2
+
+
+def _stamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def _life() -> list[tuple[datetime, Message]]:
+    """Two entries of one instance with everything that changes its rows, late answers to the first
+    entry among the second's events, and another instance's."""
+    ref = {"workspace": "acme", "journey": "promo", "version": 1, "profile_id": "p-1", "entity_key": ""}
+    first, second = pb.InstanceRef(entry_seq=1, **ref), pb.InstanceRef(entry_seq=2, **ref)
+    other = pb.InstanceRef(entry_seq=1, **{**ref, "profile_id": "p-2"})
+    messages: list[Message] = [
+        pb.JourneyEntered(instance=first),
+        pb.StepEntered(instance=first, step="hold"),
+        pb.WaitScheduled(instance=first, step="hold", fires_at=_stamp(T0 + HOUR)),
+        pb.SplitAssigned(instance=first, step="pick", arm="x", control=False),
+        pb.StepEntered(instance=first, step="remind"),
+        pb.MessageQueued(instance=first, step="remind", message_id="m-1", template="t", purpose="p"),
+        pb.MessageDeferred(instance=first, message_id="m-1", until=_stamp(T0 + 2 * HOUR)),
+        pb.MessageSent(instance=first, message_id="m-1"),
+        pb.TraitUpdateRequested(instance=first, step="remind"),
+        pb.GoalReached(instance=first, goal="buy", revenue=10),
+        pb.GoalReached(instance=first, goal="buy", revenue=5),  # converts once, adds revenue
+        pb.JourneyExited(instance=first, reason="goal"),
+        pb.JourneyEntered(instance=second),
+        pb.StepEntered(instance=second, step="hold"),
+        pb.MessageDelivered(instance=first, message_id="m-1"),  # a late answer to the first entry
+        pb.StepEntered(instance=first, step="late"),  # the first entry's: leaves the row alone
+        pb.GoalReached(instance=first, goal="buy", revenue=1),
+        pb.WaitScheduled(instance=second, step="hold", fires_at=_stamp(T0 + 3 * HOUR)),
+        pb.SplitAssigned(instance=second, step="pick", arm="x", control=True),
+        pb.GoalReached(instance=second, goal="buy", revenue=2),
+        pb.MessageQueued(instance=other, step="remind", message_id="m-2", template="t", purpose="p"),
+        pb.MessageSuppressed(instance=other, message_id="m-2"),
+        pb.MessageFailed(instance=first, message_id="m-unknown"),  # no row: counted nowhere
+        # Events of an entry and a message before they are made find no row: they change nothing.
+        pb.GoalReached(instance=other, goal="buy", revenue=3),
+        pb.SplitAssigned(instance=other, step="pick", arm="x", control=True),
+        pb.MessageSent(instance=other, message_id="m-3"),
+        pb.JourneyEntered(instance=other),
+        pb.MessageQueued(instance=other, step="remind", message_id="m-3", template="t", purpose="p"),
+    ]
+    return [(T0 + i * timedelta(minutes=1), message) for i, message in enumerate(messages)]
+
+
+def _rows(stats: Stats) -> dict[str, list[tuple[object, ...]]]:
+    with stats.log.store.engine.connect() as conn:
+        return {
+            table.name: sorted(tuple(row) for row in conn.execute(sa.select(table)))
+            for table in (instances, entries, outbox, tally)
+        }
+
+
+@pytest.mark.parametrize("batch", [len(_life()), 5, 2])
+def test_a_batch_writes_the_rows_its_events_one_by_one_write(
+    tmp_path: Path, database_url: str, batch: int
+) -> None:
+    """The read model buffers a batch's rows and writes them in `flush` (on SQLite and PostgreSQL):
+    whatever the batches, the rows are those of recording each event on its own."""
+    life = _life()
+    one_by_one, batched = Stats(f"sqlite:///{tmp_path / 'one.db'}"), Stats(database_url)
+    for timed in life:
+        one_by_one.apply(*timed)
+    for start in range(0, len(life), batch):
+        batched.record(life[start : start + batch])
+    expected = _rows(one_by_one)
+    assert _rows(batched) == expected
+    instance = expected["journeys_instances"][0]  # p-1's second entry, waiting
+    assert instance[4:] == (1, 2, True, "hold", to_micros(T0 + 3 * HOUR), to_micros(life[12][0]))
+    for made in (one_by_one, batched):
+        made.log.store.engine.dispose()
