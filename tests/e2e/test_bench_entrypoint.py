@@ -43,4 +43,7 @@ def test_bench_modules_load_through_the_cli() -> None:
         [sys.executable, "-m", "onefold.cli", "bench", "nothing"], capture_output=True, text=True, timeout=120
     )
     said = " ".join((unknown.stdout + unknown.stderr).replace("│", " ").split())
-    assert unknown.returncode != 0 and "available: cli, consent, eventlog, identity, ingest, journeys, segments" in said
+    assert (
+        unknown.returncode != 0
+        and "available: cli, consent, eventlog, identity, ingest, journeys, segments" in said
+    )
