@@ -67,6 +67,7 @@ from onefold.eventlog.projections import Projector
 from onefold.platform.auth import CredentialStore
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
+from onefold.testing.measure import percentile
 from onefold.testing.processes import ServiceProcess
 
 WORKSPACE = "bench"
@@ -92,14 +93,6 @@ TARGETS = {
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 def summarise(latencies: list[float], errors: dict[str, int]) -> dict[str, Any]:

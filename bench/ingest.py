@@ -57,6 +57,7 @@ from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.ports import free_port, wait_for_port
+from onefold.testing.measure import percentile
 from onefold.testing.processes import ServiceProcess
 
 WORKSPACE = "bench"
@@ -131,14 +132,6 @@ def http_client(target: Target, **kwargs: Any) -> httpx.AsyncClient:
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 # --- the system under test ------------------------------------------------------------------------

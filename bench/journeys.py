@@ -101,8 +101,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 import yaml
 from google.protobuf.message import Message
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from onefold.cli.consent import model_from_document
 from onefold.cli.journeys_yaml import journey_from_document, template_from_document
@@ -129,6 +128,7 @@ from onefold.platform.database import create_engine
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.service import ServiceContext
+from onefold.testing.measure import memory_mb, percentile, progress, say
 from onefold.testing.processes import ServiceProcess
 
 T = TypeVar("T")
@@ -406,38 +406,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 # --- measuring helpers ----------------------------------------------------------------------------
-
-
-def progress(what: str) -> Progress:
-    return Progress(
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
-def say(text: str) -> None:
-    print(f"  {text}", file=sys.stderr, flush=True)
-
-
-def memory_mb() -> dict[str, float]:
-    """This process's resident set now and at its peak (VmRSS, VmHWM), in MB."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = round(int(rest.split()[0]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass

@@ -88,8 +88,6 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from google.protobuf import duration_pb2, struct_pb2
 from google.protobuf.message import Message
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.identity.v1 import identity_pb2
@@ -107,6 +105,7 @@ from onefold.segments.application import SegmentsApplication
 from onefold.segments.domain.definitions import SECOND
 from onefold.segments.domain.events import REGISTRY
 from onefold.segments.domain.fold import Resolved, record_of, resolved
+from onefold.testing.measure import memory_mb, percentile, progress, say
 
 T = TypeVar("T")
 WORKSPACE = "bench"
@@ -545,38 +544,6 @@ def start_system(directory: Path) -> System:
 
 
 # --- measuring helpers ----------------------------------------------------------------------------
-
-
-def progress(what: str) -> Progress:
-    return Progress(
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-
-
-def say(text: str) -> None:
-    print(f"  {text}", file=sys.stderr, flush=True)
-
-
-def memory_mb() -> dict[str, float]:
-    """This process's resident set now and at its peak (VmRSS, VmHWM), in MB."""
-    fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = round(int(rest.split()[0]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 @dataclass
