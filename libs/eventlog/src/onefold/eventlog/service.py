@@ -155,6 +155,60 @@ class ClosedAtStop:
             await close()
 
 
+class Duty:
+    """Background work only the leader replica does (timers, a sender, schedules, backfills): the
+    loop around one round of it, written once.
+
+    `step()` does a round and says when the next is due: in that many seconds (0: at once, there is
+    more), or None when nothing is planned (the next round comes when woken, or after
+    `idle_seconds`). A follower looks again every FOLLOWER_POLL_SECONDS whether it leads. A round
+    that fails is logged and tried again after `retry_seconds`. `wake()` — safe from any thread, the
+    writer's after a write that gave the duty work — runs the next round now; a wake during a round
+    is not lost (the round after it runs at once)."""
+
+    FOLLOWER_POLL_SECONDS = 2.0
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Coroutine[Any, Any, float | None]],
+        *,
+        idle_seconds: float = 60.0,
+        retry_seconds: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.step = step
+        self.idle_seconds = idle_seconds
+        self.retry_seconds = retry_seconds
+        self._woken = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing to wake
+                self._loop.call_soon_threadsafe(self._woken.set)
+
+    async def run(self, leading: Callable[[], bool]) -> None:
+        """Until cancelled: a round whenever this replica leads and one is due."""
+        self._loop = asyncio.get_running_loop()
+        while True:
+            wait = self.FOLLOWER_POLL_SECONDS
+            if leading():
+                self._woken.clear()  # before the round: a wake during it runs the next one at once
+                try:
+                    after = await self.step()
+                    wait = self.idle_seconds if after is None else min(max(after, 0.0), self.idle_seconds)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("duty.failed", duty=self.name)
+                    wait = self.retry_seconds
+                if wait == 0:
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), timeout=wait)
+
+
 class Loop:
     """A component that runs `run()` as a task from start to stop (a duty loop, a retry loop)."""
 

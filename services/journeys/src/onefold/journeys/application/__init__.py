@@ -68,13 +68,13 @@ class JourneysApplication:
         self.schedules.wake()
 
     async def run_timers(self, leading: Callable[[], bool]) -> None:
-        await self.runs.run_timers(leading)
+        await self.runs.timers.run(leading)
 
     async def run_sender(self, leading: Callable[[], bool]) -> None:
-        await self.sender.run(leading)
+        await self.sender.duty.run(leading)
 
     async def run_schedules(self, leading: Callable[[], bool]) -> None:
-        await self.schedules.run(leading)
+        await self.schedules.duty.run(leading)
 
     # The data-subject contract: what journeys holds about a person is keyed by profile id — the
     # instances (their events), the profile's facts, the outbox rows and the sandbox's kept sends.

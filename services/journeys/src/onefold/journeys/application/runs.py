@@ -11,7 +11,6 @@ in the one transaction (with the subscriber's tracking row, for an upstream batc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.contracts.segments.v1 import segments_pb2
 from onefold.eventlog.models import NewEvent, from_micros, to_micros
-from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
 from onefold.journeys.adapters.read_model import catalog, instances, outbox
@@ -41,7 +40,6 @@ from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.journeys")
 TIMER_BATCH = 500
-IDLE_WAIT_SECONDS = 60.0
 
 _EVENT_TYPES = {
     ingest_pb2.EVENT_TYPE_TRACK: "track",
@@ -116,8 +114,9 @@ class Runs:
         self.journeys = journeys
         self.facts = facts
         self.clock = clock
-        self._wake_timers = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # On the leader: fire timers at their moment (sleeping until the earliest, woken early when
+        # a batch schedules a wait or a journey is published).
+        self.timers = Duty("journeys.timers", self._timers_round)
         self.on_queued: Callable[[], None] = lambda: None  # the sender's wake-up, set by the application
 
     # -------------------------------------------------------------------------- a pass
@@ -446,39 +445,21 @@ class Runs:
             found = conn.execute(query).scalar()
         return None if found is None else from_micros(int(found))
 
-    async def run_timers(self, leading: Callable[[], bool]) -> None:
-        """Until cancelled, on the leader: fire timers at their moment (sleeping until the earliest,
-        woken early when a batch schedules an earlier one or a journey is published)."""
-        self._loop = asyncio.get_running_loop()
-        while True:
-            wait = IDLE_WAIT_SECONDS
-            if leading():
-                try:
-                    fired = await self.log.writer.run(self.log.projector.write, self.fire_due)
-                    if fired >= TIMER_BATCH:
-                        continue
-                    earliest = await asyncio.to_thread(self.earliest_timer)
-                    if earliest is not None:
-                        wait = min(wait, max(0.0, (earliest - self.clock()).total_seconds()))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("journeys.timers_failed")
-                    wait = 5.0
-            else:
-                wait = 2.0
-            self._wake_timers.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_timers.wait(), timeout=max(wait, 0.001))
+    async def _timers_round(self) -> float | None:
+        """Fire what is due; seconds until the earliest timer left (None: none)."""
+        fired = await self.log.writer.run(self.log.projector.write, self.fire_due)
+        if fired >= TIMER_BATCH:
+            return 0.0
+        earliest = await asyncio.to_thread(self.earliest_timer)
+        return None if earliest is None else (earliest - self.clock()).total_seconds()
 
     def _poke(self) -> None:
-        """Wake the timer loop (from the writer thread: through the loop)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake_timers.set)
+        """A batch scheduled a wait: the timer duty plans again (from the writer thread)."""
+        self.timers.wake()
 
     def wake_timers(self) -> None:
         """A journey was published or resumed: its due timers fire now."""
-        self._poke()
+        self.timers.wake()
 
     # -------------------------------------------------------------------------- archive, erasure
 

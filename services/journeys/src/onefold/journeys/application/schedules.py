@@ -12,9 +12,7 @@ interrupted midway runs again, and the people it had entered are refused by thei
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,7 +21,7 @@ import sqlalchemy as sa
 
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.models import NewEvent, from_micros
-from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.service import Duty, ServiceLog
 from onefold.journeys.adapters.profile_facts import profile_facts
 from onefold.journeys.adapters.read_model import schedules
 from onefold.journeys.adapters.upstream import Upstream
@@ -36,7 +34,6 @@ from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.journeys")
 AUDIENCE_PAGE = 500
-IDLE_WAIT_SECONDS = 60.0
 RETRY_WAIT_SECONDS = 30.0
 
 
@@ -58,11 +55,20 @@ class Schedules:
         self.runs = runs
         self.upstream = upstream
         self.clock = clock
-        self._wake = asyncio.Event()
+        # On the leader: run schedules at their moments, planned again when a journey is published.
+        self.duty = Duty("journeys.schedules", self._round, retry_seconds=RETRY_WAIT_SECONDS)
 
     def wake(self) -> None:
-        """A journey was published (on the event loop): plan again now."""
-        self._wake.set()
+        """A journey was published: plan again now."""
+        self.duty.wake()
+
+    async def _round(self) -> float | None:
+        try:
+            upcoming = await self.run_once()
+        except grpc.aio.AioRpcError as exc:
+            log.warning("journeys.segments_unreachable", code=exc.code().name)
+            return RETRY_WAIT_SECONDS
+        return None if upcoming is None else (upcoming - self.clock()).total_seconds()
 
     def _plan(self, now: datetime) -> tuple[list[Due], datetime | None]:
         """The runs due now, and the next moment one falls due after them."""
@@ -135,26 +141,3 @@ class Schedules:
         with self.log.store.engine.connect() as conn:
             query = sa.select(profile_facts.c.profile_id).where(profile_facts.c.workspace == workspace)
             return [str(row[0]) for row in conn.execute(query.order_by(profile_facts.c.profile_id))]
-
-    async def run(self, leading: Callable[[], bool]) -> None:
-        """Until cancelled, on the leader: run schedules at their moments."""
-        while True:
-            wait = IDLE_WAIT_SECONDS
-            if leading():
-                try:
-                    upcoming = await self.run_once()
-                    if upcoming is not None:
-                        wait = min(wait, max(0.0, (upcoming - self.clock()).total_seconds()))
-                except asyncio.CancelledError:
-                    raise
-                except grpc.aio.AioRpcError as exc:
-                    log.warning("journeys.segments_unreachable", code=exc.code().name)
-                    wait = RETRY_WAIT_SECONDS
-                except Exception:
-                    log.exception("journeys.schedules_failed")
-                    wait = RETRY_WAIT_SECONDS
-            else:
-                wait = 2.0
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.001))

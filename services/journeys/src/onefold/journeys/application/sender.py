@@ -17,8 +17,7 @@ delivers twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,7 +32,7 @@ from sqlalchemy.engine import Connection
 from onefold.contracts.consent.v1 import consent_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.eventlog.models import NewEvent, from_micros, to_micros
-from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
 from onefold.journeys.adapters.providers import base as provider
@@ -126,40 +125,25 @@ class Sender:
         self.renderer = renderer
         self.policy = policy
         self.clock = clock
-        self._wake = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # On the leader: send what is due, then sleep until the next deferred message or a queue.
+        self.duty = Duty(
+            "journeys.sender", self._round, idle_seconds=IDLE_WAIT_SECONDS, retry_seconds=RETRY_WAIT_SECONDS
+        )
 
     def wake(self) -> None:
         """Messages were queued (called from the writer thread)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self.duty.wake()
 
-    async def run(self, leading: Callable[[], bool]) -> None:
-        """Until cancelled, on the leader: send what is due, then sleep until the next deferred
-        message or until woken by a queue."""
-        self._loop = asyncio.get_running_loop()
-        while True:
-            wait = IDLE_WAIT_SECONDS
-            if leading():
-                try:
-                    if await self.send_due() >= SEND_BATCH:
-                        continue
-                    upcoming = await asyncio.to_thread(self._next_try)
-                    if upcoming is not None:
-                        wait = min(wait, max(0.0, (upcoming - self.clock()).total_seconds()))
-                except asyncio.CancelledError:
-                    raise
-                except grpc.aio.AioRpcError as exc:
-                    log.warning("journeys.consent_unreachable", code=exc.code().name)
-                    wait = RETRY_WAIT_SECONDS
-                except Exception:
-                    log.exception("journeys.sender_failed")
-                    wait = RETRY_WAIT_SECONDS
-            else:
-                wait = 2.0
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=max(wait, 0.001))
+    async def _round(self) -> float | None:
+        """Send what is due; seconds until the next deferred message (None: none queued)."""
+        try:
+            if await self.send_due() >= SEND_BATCH:
+                return 0.0
+        except grpc.aio.AioRpcError as exc:  # consent unreachable: nothing is sent unchecked
+            log.warning("journeys.consent_unreachable", code=exc.code().name)
+            return RETRY_WAIT_SECONDS
+        upcoming = await asyncio.to_thread(self._next_try)
+        return None if upcoming is None else (upcoming - self.clock()).total_seconds()
 
     def _next_try(self) -> datetime | None:
         with self.log.store.engine.connect() as conn:

@@ -35,13 +35,13 @@ class SegmentsApplication:
         self.schedules = Schedules(log, self.states, workspaces, self.profiles)
 
     async def run_timers(self, leading: Callable[[], bool]) -> None:
-        await self.profiles.run_timers(leading)
+        await self.profiles.timers.run(leading)
 
     async def run_backfills(self, leading: Callable[[], bool]) -> None:
-        await self.profiles.run_backfills(leading)
+        await self.profiles.backfills.run(leading)
 
     async def run_schedules(self, leading: Callable[[], bool]) -> None:
-        await self.schedules.run(leading)
+        await self.schedules.duty.run(leading)
 
     # The data-subject contract: what segments holds about a person is keyed by profile id (and
     # the ids merged into it): its state, history records, and current memberships, tags and values.

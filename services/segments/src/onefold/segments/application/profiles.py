@@ -9,7 +9,6 @@ history blocks, in the one transaction (with the subscriber's tracking row, for 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import uuid
@@ -24,7 +23,7 @@ from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.segments.v1 import segments_pb2 as pb
 from onefold.eventlog.models import NewEvent, from_micros, to_micros
-from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.platform.telemetry import get_logger
 from onefold.segments.adapters.profile_states import Backfill, ProfileStates
@@ -112,9 +111,10 @@ class ProfileFolds:
         self.states = states
         self.workspaces = workspaces
         self.clock = clock
-        self._wake_timers = asyncio.Event()
-        self._wake_backfills = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # On the leader: timers fired at their moment (sleeping until the earliest, woken early when
+        # a batch sets an earlier one); backfills worked through a page per write.
+        self.timers = Duty("segments.timers", self._timers_round, idle_seconds=IDLE_WAIT_SECONDS)
+        self.backfills = Duty("segments.backfills", self._backfills_round, idle_seconds=IDLE_WAIT_SECONDS)
         self._sleeping_until: Micros | None = None
 
     # -------------------------------------------------------------------------- identity's events
@@ -311,7 +311,7 @@ class ProfileFolds:
                 self.log.store.erase_subject(subject_of(work.workspace, profile_id), conn=conn)
         earliest = min((t for s in saved if (t := s.next_timer()) is not None), default=None)
         if earliest is not None and (self._sleeping_until is None or earliest < self._sleeping_until):
-            self._poke(self._wake_timers)
+            self.timers.wake()
 
     def erase(self, conn: Connection, *, workspace: str, profile_ids: Sequence[str]) -> int:
         """A data-subject erasure (consent's request): as identity's ProfileErased. Returns how
@@ -342,29 +342,14 @@ class ProfileFolds:
             self._finish(conn, work)
         return fired
 
-    async def run_timers(self, leading: Callable[[], bool]) -> None:
-        """Until cancelled, on the leader: fire timers at their moment (sleeping until the earliest,
-        woken early when a batch sets an earlier one)."""
-        self._loop = asyncio.get_running_loop()
-        while True:
-            wait = IDLE_WAIT_SECONDS
-            if leading():
-                try:
-                    fired = await self.log.writer.run(self.log.projector.write, self.fire_due)
-                    if fired >= TIMER_BATCH:
-                        continue
-                    earliest = await asyncio.to_thread(self._earliest_timer)
-                    self._sleeping_until = earliest
-                    if earliest is not None:
-                        wait = min(wait, max(0.0, (earliest - self.clock()) / 1e6))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("segments.timers_failed")
-                    wait = 5.0
-            else:
-                wait = 2.0
-            await self._sleep(self._wake_timers, wait)
+    async def _timers_round(self) -> float | None:
+        """Advance what is due; seconds until the earliest timer left (None: none)."""
+        fired = await self.log.writer.run(self.log.projector.write, self.fire_due)
+        if fired >= TIMER_BATCH:
+            return 0.0
+        earliest = await asyncio.to_thread(self._earliest_timer)
+        self._sleeping_until = earliest
+        return None if earliest is None else (earliest - self.clock()) / 1e6
 
     def _earliest_timer(self) -> Micros | None:
         with self.log.store.engine.connect() as conn:
@@ -399,7 +384,7 @@ class ProfileFolds:
     def wake_backfills(self) -> None:
         """Call once the transaction that started a backfill committed (the loop reads on its own
         connection: woken earlier it would find nothing and sleep)."""
-        self._poke(self._wake_backfills)
+        self.backfills.wake()
 
     def backfill_page(self, conn: Connection, *, backfill: Backfill) -> Backfill:
         """The next BACKFILL_PAGE profiles of a backfill: features rebuilt from history, definitions
@@ -440,50 +425,20 @@ class ProfileFolds:
         self.states.advance_backfill(conn, backfill)
         return backfill
 
-    async def run_backfills(self, leading: Callable[[], bool]) -> None:
-        """Until cancelled, on the leader: work through unfinished backfills (resumed after a
-        restart from their cursor), a page per write so identity's batches interleave."""
-        self._loop = asyncio.get_running_loop()
-        while True:
-            self._wake_backfills.clear()
-            if leading():
-                try:
-                    running = await asyncio.to_thread(self._unfinished)
-                    for backfill in running:
-                        while not backfill.finished:
-                            backfill = await self.log.writer.run(
-                                self.log.projector.write,
-                                functools.partial(self.backfill_page, backfill=backfill),
-                            )
-                        log.info(
-                            "segments.backfill_finished",
-                            definition=backfill.definition,
-                            events=backfill.events_done,
-                        )
-                    if running:
-                        continue
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("segments.backfill_failed")
-                    await asyncio.sleep(5.0)
-                    continue
-            await self._sleep(self._wake_backfills, IDLE_WAIT_SECONDS if leading() else 2.0)
+    async def _backfills_round(self) -> float | None:
+        """Work through unfinished backfills (resumed after a restart from their cursor), a page per
+        write so identity's batches interleave; 0 when there were some (look again), else None."""
+        running = await asyncio.to_thread(self._unfinished)
+        for backfill in running:
+            while not backfill.finished:
+                backfill = await self.log.writer.run(
+                    self.log.projector.write, functools.partial(self.backfill_page, backfill=backfill)
+                )
+            log.info(
+                "segments.backfill_finished", definition=backfill.definition, events=backfill.events_done
+            )
+        return 0.0 if running else None
 
     def _unfinished(self) -> list[Backfill]:
         with self.log.store.engine.connect() as conn:
             return self.states.unfinished_backfills(conn)
-
-    # -------------------------------------------------------------------------- waking
-
-    def _poke(self, event: asyncio.Event) -> None:
-        """Wake a loop from the writer thread (or from the loop itself)."""
-        if self._loop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(event.set)
-
-    @staticmethod
-    async def _sleep(event: asyncio.Event, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout=seconds)
-        event.clear()

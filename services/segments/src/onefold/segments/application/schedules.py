@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -19,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from onefold.contracts.segments.v1 import segments_pb2 as pb
 from onefold.eventlog.models import from_micros, to_micros
-from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.service import Duty, ServiceLog
 from onefold.platform.telemetry import get_logger
 from onefold.segments.adapters.profile_states import ProfileStates
 from onefold.segments.adapters.read_model import workspaces_with_definitions
@@ -57,6 +56,8 @@ class Schedules:
         self.states = states
         self.workspaces = workspaces
         self.profiles = profiles
+        # On the leader: scheduled runs started at their moment.
+        self.duty = Duty("segments.schedules", self._round, idle_seconds=IDLE_WAIT_SECONDS)
 
     def due(self) -> tuple[list[tuple[str, pb.Definition]], Micros | None]:
         """(the scheduled definitions due now, the next moment one falls due)."""
@@ -120,18 +121,8 @@ class Schedules:
             log.info("segments.scheduled_run", workspace=workspace, definition=definition.name)
         return upcoming
 
-    async def run(self, leading: Callable[[], bool]) -> None:
-        """Until cancelled, on the leader: start scheduled runs at their moment (checked at least
-        every minute, so a definition set meanwhile is picked up)."""
-        while True:
-            wait = IDLE_WAIT_SECONDS
-            if leading():
-                try:
-                    upcoming = await self.run_once()
-                    if upcoming is not None:
-                        wait = min(wait, max(0.0, (upcoming - self.profiles.clock()) / 1e6))
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("segments.schedules_failed")
-            await asyncio.sleep(wait)
+    async def _round(self) -> float | None:
+        """Start what is due; seconds until the next run (looked at again at least every minute, so
+        a definition set meanwhile is picked up)."""
+        upcoming = await self.run_once()
+        return None if upcoming is None else (upcoming - self.profiles.clock()) / 1e6
