@@ -41,6 +41,17 @@ class Cli:
     def json(self, *args: str) -> Any:
         return json.loads(self.run(*args, "--json").stdout)
 
+    def profile_id(self, user_id: str) -> str:
+        """The profile identity made of `user_id`, or "" while it has none yet."""
+        done = subprocess.run(
+            [*ONEFOLD, "profile", "get", f"user_id:{user_id}", "--json", "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ONEFOLD_TOKEN": self.token},
+            timeout=60,
+        )
+        return str(json.loads(done.stdout)["profile_id"]) if done.returncode == 0 else ""
+
 
 @contextlib.contextmanager
 def running_up(tmp_path: Path) -> Iterator[tuple[Cli, subprocess.Popen[bytes]]]:

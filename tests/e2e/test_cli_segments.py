@@ -6,7 +6,6 @@ service made of them: membership and tags with their reasons, members, history, 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -16,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from e2e_up import ONEFOLD, Cli, wait_for
+from e2e_up import Cli, wait_for
 
 from onefold.cli.segments_yaml import definition_document, parse_definition_documents
 from onefold.cli.sources import load_document
@@ -85,17 +84,7 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
     )
     assert answer.status_code == 200 and answer.json()["accepted"] == 3, answer.text
 
-    def profile_id() -> str:
-        done = subprocess.run(
-            [*ONEFOLD, "profile", "get", f"user_id:{user}", "--json", "--data-dir", str(cli.data_dir)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "ONEFOLD_TOKEN": cli.token},
-            timeout=60,
-        )
-        return str(json.loads(done.stdout)["profile_id"]) if done.returncode == 0 else ""
-
-    person = wait_for(profile_id, "identity's profile")
+    person = wait_for(lambda: cli.profile_id(user), "identity's profile")
 
     def in_the_segment() -> dict[str, Any] | None:
         found: dict[str, Any] = cli.json("segments", "profile", person)

@@ -79,17 +79,6 @@ def _send(cli: Cli, write_key: str, *messages: dict[str, Any]) -> None:
     assert answer.status_code == 200 and answer.json()["accepted"] == len(batch), answer.text
 
 
-def _profile_id(cli: Cli, user: str) -> str:
-    done = subprocess.run(
-        [*ONEFOLD, "profile", "get", f"user_id:{user}", "--json", "--data-dir", str(cli.data_dir)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ONEFOLD_TOKEN": cli.token},
-        timeout=60,
-    )
-    return str(json.loads(done.stdout)["profile_id"]) if done.returncode == 0 else ""
-
-
 @pytest.mark.slow
 def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
     up: tuple[Cli, subprocess.Popen[bytes]],
@@ -149,8 +138,8 @@ def test_a_cart_journey_sends_only_with_consent_and_an_order_ends_it(
                     "traits": {"email": f"{user}@example.com", "first_name": name},
                 },
             )
-        ann_id = wait_for(lambda: _profile_id(cli, ann), "Ann's profile")
-        bob_id = wait_for(lambda: _profile_id(cli, bob), "Bob's profile")
+        ann_id = wait_for(lambda: cli.profile_id(ann), "Ann's profile")
+        bob_id = wait_for(lambda: cli.profile_id(bob), "Bob's profile")
         cli.run(
             "consent",
             "grant",
