@@ -1,0 +1,1 @@
+"""Outbound: the read model, the kinds of destination (targets), the consent client."""

@@ -1,0 +1,1 @@
+"""Pure rules of the destinations service: definitions, routing, retries."""
