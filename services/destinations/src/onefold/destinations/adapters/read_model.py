@@ -1,0 +1,305 @@
+"""The read model of the destinations service (its projection), folded from its own log.
+
+- `destinations_catalog`: each destination's latest version (protobuf bytes: what routing reads),
+  its status, and when it last delivered or failed (with the error);
+- `destinations_outbox`: every delivery queued — its position in the log (the order deliveries
+  are made in, per person), status (queued, delivered, suppressed, dead, dropped), attempts, when
+  it may next be tried (the deliverer's index) and its last error. Ids only: what is sent stays
+  sealed in its DeliveryQueued event;
+- `destinations_recipients`: which destinations a person was queued for — where an erasure sends
+  its deletions.
+
+Deliveries queued in a batch are buffered and inserted in `flush` with one executemany; outcomes
+(a batch of ids each) are one executemany update, after the buffered inserts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from google.protobuf.message import Message
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection
+
+from onefold.contracts.destinations.v1 import destinations_pb2 as pb
+from onefold.destinations.domain.definitions import target_kind
+from onefold.eventlog.dispatch import Handlers, handles
+from onefold.eventlog.models import RecordedEvent, to_micros
+
+PROJECTION_NAME = "destinations"
+QUEUED, DELIVERED, SUPPRESSED, DEAD, DROPPED = "queued", "delivered", "suppressed", "dead", "dropped"
+metadata = sa.MetaData()
+
+catalog = sa.Table(
+    "destinations_catalog",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("status", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("latest", sa.Integer, nullable=False),
+    sa.Column("destination", sa.LargeBinary, nullable=False),  # the latest version
+    sa.Column("last_error", sa.String(200), nullable=False, default=""),
+    sa.Column("last_error_at_us", sa.BigInteger, nullable=True),
+    sa.Column("last_delivered_at_us", sa.BigInteger, nullable=True),
+)
+
+outbox = sa.Table(
+    "destinations_outbox",
+    metadata,
+    sa.Column("delivery_id", sa.String(32), primary_key=True),
+    sa.Column("workspace", sa.String(64), nullable=False),
+    sa.Column("destination", sa.String(64), nullable=False),
+    sa.Column("profile_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),  # of its DeliveryQueued
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("queued_at_us", sa.BigInteger, nullable=False),
+    sa.Column("try_at_us", sa.BigInteger, nullable=False),
+    sa.Column("delivered_at_us", sa.BigInteger, nullable=True),
+    sa.Column("last_error", sa.String(200), nullable=False),
+    sa.Index("destinations_outbox_due", "status", "try_at_us"),
+    sa.Index("destinations_outbox_person", "workspace", "destination", "profile_id", "position"),
+    sa.Index("destinations_outbox_by_destination", "workspace", "destination", "status", "queued_at_us"),
+)
+
+recipients = sa.Table(
+    "destinations_recipients",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("profile_id", sa.String(64), primary_key=True),
+    sa.Column("destination", sa.String(64), primary_key=True),
+)
+
+Row = dict[str, Any]
+
+
+def _micros(stamp: Any) -> int:
+    return int(stamp.seconds) * 1_000_000 + int(stamp.nanos) // 1000
+
+
+class DestinationsReadModel(Handlers):
+    name = PROJECTION_NAME
+    tables: Sequence[sa.Table] = (catalog, outbox, recipients)
+
+    def __init__(self) -> None:
+        self._queued: list[Row] = []
+        self._recipients: dict[tuple[str, str, str], Row] = {}
+
+    def reset(self, conn: Connection) -> None:
+        self._queued.clear()
+        self._recipients.clear()
+        for table in self.tables:
+            conn.execute(table.delete())
+
+    def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
+        self.dispatch(message, conn, message, event)
+
+    def flush(self, conn: Connection) -> None:
+        try:
+            self._write_queued(conn)
+        finally:  # a failed flush rolls its transaction back: nothing of it is written later
+            self._queued.clear()
+            self._recipients.clear()
+
+    def _write_queued(self, conn: Connection) -> None:
+        dialect = pg_dialect if conn.dialect.name == "postgresql" else sqlite_dialect
+        if self._queued:
+            conn.execute(
+                dialect.insert(outbox).on_conflict_do_nothing(index_elements=["delivery_id"]), self._queued
+            )
+            self._queued.clear()
+        if self._recipients:
+            conn.execute(
+                dialect.insert(recipients).on_conflict_do_nothing(
+                    index_elements=["workspace", "profile_id", "destination"]
+                ),
+                list(self._recipients.values()),
+            )
+            self._recipients.clear()
+
+    # ------------------------------------------------------------------ definitions
+
+    @handles(pb.DestinationSet)
+    def _set(self, conn: Connection, message: pb.DestinationSet, event: RecordedEvent) -> None:
+        d = message.destination
+        values = {
+            "kind": target_kind(d),
+            "latest": d.version,
+            "destination": d.SerializeToString(deterministic=True),
+        }
+        where = (catalog.c.workspace == message.workspace) & (catalog.c.name == d.name)
+        if conn.execute(sa.select(catalog.c.name).where(where)).first() is None:
+            conn.execute(
+                catalog.insert().values(
+                    workspace=message.workspace,
+                    name=d.name,
+                    status=pb.DESTINATION_STATUS_ACTIVE,
+                    last_error="",
+                    **values,
+                )
+            )
+        else:
+            conn.execute(catalog.update().where(where).values(**values))
+
+    @handles(pb.DestinationStatusChanged)
+    def _status(self, conn: Connection, message: pb.DestinationStatusChanged, event: RecordedEvent) -> None:
+        self._write_queued(conn)
+        conn.execute(
+            catalog.update()
+            .where((catalog.c.workspace == message.workspace) & (catalog.c.name == message.name))
+            .values(status=message.status)
+        )
+        if message.status == pb.DESTINATION_STATUS_ARCHIVED:
+            conn.execute(
+                outbox.update()
+                .where(
+                    (outbox.c.workspace == message.workspace)
+                    & (outbox.c.destination == message.name)
+                    & (outbox.c.status == QUEUED)
+                )
+                .values(status=DROPPED, last_error="archived")
+            )
+
+    @handles(pb.SigningSecretIssued)
+    def _secret(self, conn: Connection, message: pb.SigningSecretIssued, event: RecordedEvent) -> None:
+        return None  # nothing of a secret is kept in the read model
+
+    # ------------------------------------------------------------------ deliveries
+
+    @handles(pb.DeliveryQueued)
+    def _queued_one(self, conn: Connection, message: pb.DeliveryQueued, event: RecordedEvent) -> None:
+        at = to_micros(event.recorded_at)
+        self._queued.append(
+            {
+                "delivery_id": message.delivery_id,
+                "workspace": message.workspace,
+                "destination": message.destination,
+                "profile_id": message.profile_id,
+                "kind": message.kind,
+                "name": message.name[:200],
+                "position": event.position,
+                "status": QUEUED,
+                "attempts": 0,
+                "queued_at_us": at,
+                "try_at_us": at,
+                "delivered_at_us": None,
+                "last_error": "",
+            }
+        )
+        if message.kind != pb.DELIVERY_KIND_DELETION:
+            key = (message.workspace, message.profile_id, message.destination)
+            self._recipients[key] = dict(zip(("workspace", "profile_id", "destination"), key, strict=True))
+
+    def _update(self, conn: Connection, delivery_ids: Sequence[str], values: dict[str, Any]) -> None:
+        self._write_queued(conn)
+        ids = list(delivery_ids)
+        for start in range(0, len(ids), 500):
+            conn.execute(
+                outbox.update().where(outbox.c.delivery_id.in_(ids[start : start + 500])).values(**values)
+            )
+
+    def _destination_row(self, conn: Connection, workspace: str, name: str, **values: Any) -> None:
+        conn.execute(
+            catalog.update()
+            .where((catalog.c.workspace == workspace) & (catalog.c.name == name))
+            .values(**values)
+        )
+
+    @handles(pb.DeliveriesDelivered)
+    def _delivered(self, conn: Connection, message: pb.DeliveriesDelivered, event: RecordedEvent) -> None:
+        at = to_micros(event.recorded_at)
+        self._update(
+            conn,
+            message.delivery_ids,
+            {"status": DELIVERED, "delivered_at_us": at, "attempts": outbox.c.attempts + 1, "last_error": ""},
+        )
+        self._destination_row(conn, message.workspace, message.destination, last_delivered_at_us=at)
+
+    @handles(pb.DeliveriesFailed)
+    def _failed(self, conn: Connection, message: pb.DeliveriesFailed, event: RecordedEvent) -> None:
+        self._update(
+            conn,
+            message.delivery_ids,
+            {
+                "attempts": outbox.c.attempts + 1,
+                "try_at_us": _micros(message.retry_at),
+                "last_error": message.error[:200],
+            },
+        )
+        self._destination_row(
+            conn,
+            message.workspace,
+            message.destination,
+            last_error=message.error[:200],
+            last_error_at_us=to_micros(event.recorded_at),
+        )
+
+    @handles(pb.DeliveriesDeadLettered)
+    def _dead(self, conn: Connection, message: pb.DeliveriesDeadLettered, event: RecordedEvent) -> None:
+        self._update(
+            conn,
+            message.delivery_ids,
+            {"status": DEAD, "attempts": outbox.c.attempts + 1, "last_error": message.error[:200]},
+        )
+        self._destination_row(
+            conn,
+            message.workspace,
+            message.destination,
+            last_error=message.error[:200],
+            last_error_at_us=to_micros(event.recorded_at),
+        )
+
+    @handles(pb.DeliveriesSuppressed)
+    def _suppressed(self, conn: Connection, message: pb.DeliveriesSuppressed, event: RecordedEvent) -> None:
+        by_reason: dict[str, list[str]] = {}
+        for s in message.suppressions:
+            by_reason.setdefault(s.reason[:200], []).append(s.delivery_id)
+        for reason, ids in by_reason.items():
+            self._update(conn, ids, {"status": SUPPRESSED, "last_error": reason})
+
+    @handles(pb.DeliveriesReplayed)
+    def _replayed(self, conn: Connection, message: pb.DeliveriesReplayed, event: RecordedEvent) -> None:
+        self._write_queued(conn)
+        conn.execute(
+            outbox.update()
+            .where(replayable(message))
+            .values(status=QUEUED, attempts=0, try_at_us=to_micros(event.recorded_at), last_error="")
+        )
+
+    @handles(pb.RecipientErased)
+    def _erased(self, conn: Connection, message: pb.RecipientErased, event: RecordedEvent) -> None:
+        self._write_queued(conn)
+        conn.execute(
+            outbox.update()
+            .where(
+                (outbox.c.workspace == message.workspace)
+                & (outbox.c.profile_id == message.profile_id)
+                & (outbox.c.status == QUEUED)
+            )
+            .values(status=DROPPED, last_error="erased")
+        )
+        conn.execute(
+            recipients.delete().where(
+                (recipients.c.workspace == message.workspace)
+                & (recipients.c.profile_id == message.profile_id)
+            )
+        )
+
+
+def replayable(replay: pb.DeliveriesReplayed) -> sa.ColumnElement[bool]:
+    """The outbox rows a replay queues again: its destination's dead letters, or what was queued
+    within its time range and is not waiting already (dropped ones — erased, archived — never)."""
+    mine = (outbox.c.workspace == replay.workspace) & (outbox.c.destination == replay.destination)
+    if replay.dead_letters:
+        return mine & (outbox.c.status == DEAD)
+    chosen = mine & outbox.c.status.in_([DELIVERED, DEAD, SUPPRESSED])
+    chosen = chosen & (outbox.c.queued_at_us >= _micros(replay.since))
+    if replay.HasField("until"):
+        chosen = chosen & (outbox.c.queued_at_us < _micros(replay.until))
+    return chosen

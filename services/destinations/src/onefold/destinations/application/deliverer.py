@@ -1,0 +1,375 @@
+"""Delivering what was queued: a batch at a time, on the leader.
+
+Each round takes the due deliveries of active destinations in log order — none of a person whose
+earlier delivery to the same destination waits for a retry, so order per person holds — reads
+what they send from their DeliveryQueued events, asks consent in one CheckConsentBatch per
+workspace for the destination's purpose (DENY → suppressed with the reason and the ledger's
+evidence; consent unreachable → nothing is delivered, the round is tried again; deletions are never
+suppressed), hands each destination its batch through its target, and records the outcomes as one
+event per kind: delivered; failed, with the next try after a backoff with jitter; dead-lettered,
+after the destination's last attempt or at once for what the receiver refuses.
+
+A circuit breaker per destination holds its deliveries while it keeps failing (domain/retry.py).
+A crash after the receiver answered and before the outcome was recorded leaves the deliveries
+queued: they go again under the same ids, which receivers deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import Counter, Gauge
+
+from onefold.contracts.consent.v1 import consent_pb2
+from onefold.contracts.destinations.v1 import destinations_pb2 as pb
+from onefold.destinations.adapters.read_model import QUEUED, catalog, outbox
+from onefold.destinations.adapters.targets.base import BEHIND_A_FAILURE, Delivery, Outcome, Target
+from onefold.destinations.adapters.targets.factory import build_target
+from onefold.destinations.adapters.upstream import ConsentCheck, Upstream
+from onefold.destinations.application.catalog import Clock, Destinations
+from onefold.destinations.domain import retry
+from onefold.destinations.domain.routing import KIND_NAMES
+from onefold.eventlog.models import NewEvent, from_micros, to_micros
+from onefold.eventlog.service import Duty, ServiceLog
+from onefold.platform.errors import Unavailable
+from onefold.platform.telemetry import get_logger
+
+log = get_logger("onefold.destinations")
+DELIVERY_BATCH = 1000
+IDLE_WAIT_SECONDS = 30.0
+RETRY_WAIT_SECONDS = 5.0
+
+DELIVERIES = Counter(
+    "onefold_destination_deliveries_total",
+    "Deliveries by destination and outcome (delivered, failed, dead_letter, suppressed)",
+    ["destination", "outcome"],
+)
+LAG = Gauge(
+    "onefold_destination_lag_seconds", "Age of the oldest delivery not yet delivered", ["destination"]
+)
+
+DestinationKey = tuple[str, str]  # (workspace, name)
+
+
+@dataclass(frozen=True)
+class Due:
+    """An outbox row to try now."""
+
+    delivery_id: str
+    workspace: str
+    destination: str
+    profile_id: str
+    kind: int
+    position: int
+    attempts: int
+
+
+class Deliverer:
+    def __init__(
+        self,
+        log_: ServiceLog,
+        destinations: Destinations,
+        upstream: Upstream,
+        clock: Clock,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log = log_
+        self.destinations = destinations
+        self.upstream = upstream
+        self.clock = clock
+        self.environ = dict(os.environ if environ is None else environ)
+        self.breakers: dict[DestinationKey, retry.CircuitBreaker] = {}
+        # Built once per (destination version, signing secret): a target holds connections.
+        self._targets: dict[DestinationKey, tuple[tuple[int, int], Target]] = {}
+        self._retired: list[Target] = []  # replaced by a new version or secret: closed next round
+        self.duty = Duty(
+            "destinations.deliverer",
+            self._round,
+            idle_seconds=IDLE_WAIT_SECONDS,
+            retry_seconds=RETRY_WAIT_SECONDS,
+        )
+
+    def wake(self) -> None:
+        """Deliveries were queued or replayed (safe from the writer thread)."""
+        self.duty.wake()
+
+    def circuit(self, workspace: str, name: str) -> str:
+        breaker = self.breakers.get((workspace, name))
+        return "closed" if breaker is None else breaker.state(self.clock())
+
+    async def aclose(self) -> None:
+        self._retired += [target for _, target in self._targets.values()]
+        self._targets.clear()
+        await self._close_retired()
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for target in retired:
+            await target.aclose()
+
+    async def _round(self) -> float | None:
+        try:
+            if await self.deliver_due() >= DELIVERY_BATCH:
+                return 0.0
+        except (grpc.aio.AioRpcError, Unavailable) as exc:  # consent unreachable: nothing goes unchecked
+            log.warning("destinations.consent_unreachable", error=type(exc).__name__)
+            return RETRY_WAIT_SECONDS
+        upcoming = await asyncio.to_thread(self._next_try)
+        if upcoming is None:
+            return None
+        return max((upcoming - self.clock()).total_seconds(), 0.05)
+
+    def _next_try(self) -> datetime | None:
+        """The next moment anything queued may be tried (a retry, or a breaker's cool-down)."""
+        moments = [b.open_until for b in self.breakers.values() if b.open_until is not None]
+        with self.log.store.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(sa.func.min(outbox.c.try_at_us))
+                .select_from(outbox.join(catalog, _catalog_row()))
+                .where((outbox.c.status == QUEUED) & (catalog.c.status == pb.DESTINATION_STATUS_ACTIVE))
+            ).scalar()
+        if found is not None:
+            moments.append(from_micros(int(found)))
+        return min(moments, default=None)
+
+    async def deliver_due(self) -> int:
+        """One round: how many deliveries were tried (or suppressed)."""
+        await self._close_retired()
+        now = self.clock()
+        due = await asyncio.to_thread(self._due, now)
+        by_destination: dict[DestinationKey, list[Due]] = {}
+        for row in due:
+            by_destination.setdefault((row.workspace, row.destination), []).append(row)
+        held = {
+            k for k in by_destination if not self.breakers.setdefault(k, retry.CircuitBreaker()).allows(now)
+        }
+        for key in held:
+            del by_destination[key]
+        for workspace in dict.fromkeys(k[0] for k in by_destination):
+            batches = {k: v for k, v in by_destination.items() if k[0] == workspace}
+            await self._deliver_workspace(workspace, batches, now)
+        return sum(len(v) for v in by_destination.values())
+
+    def _due(self, now: datetime) -> list[Due]:
+        earlier = outbox.alias("earlier")
+        waiting_behind = sa.exists().where(
+            (earlier.c.workspace == outbox.c.workspace)
+            & (earlier.c.destination == outbox.c.destination)
+            & (earlier.c.profile_id == outbox.c.profile_id)
+            & (earlier.c.status == QUEUED)
+            & (earlier.c.position < outbox.c.position)
+            & (earlier.c.try_at_us > to_micros(now))
+        )
+        query = (
+            sa.select(
+                outbox.c.delivery_id,
+                outbox.c.workspace,
+                outbox.c.destination,
+                outbox.c.profile_id,
+                outbox.c.kind,
+                outbox.c.position,
+                outbox.c.attempts,
+            )
+            .select_from(outbox.join(catalog, _catalog_row()))
+            .where(
+                (outbox.c.status == QUEUED)
+                & (outbox.c.try_at_us <= to_micros(now))
+                & (catalog.c.status == pb.DESTINATION_STATUS_ACTIVE)
+                & ~waiting_behind
+            )
+            .order_by(outbox.c.position)
+            .limit(DELIVERY_BATCH)
+        )
+        with self.log.store.engine.connect() as conn:
+            return [Due(*row) for row in conn.execute(query)]
+
+    async def _deliver_workspace(
+        self, workspace: str, batches: dict[DestinationKey, list[Due]], now: datetime
+    ) -> None:
+        setup = await asyncio.to_thread(self._prepare, workspace, batches)
+        checks: list[tuple[DestinationKey, Due]] = [
+            (key, row)
+            for key, rows in batches.items()
+            for row in rows
+            if row.kind != pb.DELIVERY_KIND_DELETION and key in setup
+        ]
+        answers = await self.upstream.check_consent(
+            workspace, [ConsentCheck(row.profile_id, setup[key].purpose) for key, row in checks]
+        )
+        denied = {
+            row.delivery_id: answer
+            for (_, row), answer in zip(checks, answers, strict=True)
+            if answer.decision != consent_pb2.DECISION_ALLOW
+        }
+        results = await asyncio.gather(
+            *(
+                self._deliver_destination(key, rows, setup.get(key), denied, now)
+                for key, rows in batches.items()
+            )
+        )
+        events = [event for found in results for event in found]
+        if events:
+            await self.log.writer.run(
+                self.log.projector.write, lambda conn: self.log.projector.record(conn, events)
+            )
+
+    def _prepare(
+        self, workspace: str, batches: Mapping[DestinationKey, Sequence[Due]]
+    ) -> dict[DestinationKey, _Prepared]:
+        """Each destination's definition and target, and what its deliveries send, read in one go."""
+        prepared: dict[DestinationKey, _Prepared] = {}
+        store = self.log.store
+        with store.engine.connect() as conn:
+            opened: dict[int, pb.DeliveryQueued] = {}
+            positions = [row.position for rows in batches.values() for row in rows]
+            for event in store.read_positions(positions, conn=conn):
+                message = store.decode(event, conn=conn)
+                assert isinstance(message, pb.DeliveryQueued)
+                opened[event.position] = message
+            for key, rows in batches.items():
+                found = conn.execute(
+                    sa.select(catalog.c.latest, catalog.c.destination).where(
+                        (catalog.c.workspace == key[0]) & (catalog.c.name == key[1])
+                    )
+                ).first()
+                if found is None:
+                    continue
+                destination = pb.Destination.FromString(bytes(found[1]))
+                secret_at, secret = self.destinations.signing_secret(conn, workspace, key[1])
+                prepared[key] = _Prepared(
+                    destination.purpose,
+                    destination.retry,
+                    self._target(key, destination, int(found[0]), secret_at, secret),
+                    [_delivery(row, opened[row.position]) for row in rows if row.position in opened],
+                )
+        return prepared
+
+    def _target(
+        self, key: DestinationKey, destination: pb.Destination, version: int, secret_at: int, secret: str
+    ) -> Target:
+        built = self._targets.get(key)
+        if built is not None and built[0] == (version, secret_at):
+            return built[1]
+        target = build_target(destination, secret=secret, environ=self.environ)
+        self._targets[key] = ((version, secret_at), target)
+        if built is not None:
+            self._retired.append(built[1])
+        return target
+
+    async def _deliver_destination(
+        self,
+        key: DestinationKey,
+        rows: Sequence[Due],
+        prepared: _Prepared | None,
+        denied: Mapping[str, consent_pb2.CheckConsentResponse],
+        now: datetime,
+    ) -> list[NewEvent]:
+        workspace, name = key
+        if prepared is None:
+            return []
+        suppressed = [d for d in prepared.deliveries if d.delivery_id in denied]
+        sending = [d for d in prepared.deliveries if d.delivery_id not in denied]
+        results = await prepared.target.deliver(sending) if sending else []
+        attempts = {row.delivery_id: row.attempts + 1 for row in rows}
+        delivered: list[str] = []
+        failed: dict[tuple[int, str], list[str]] = {}  # by (the attempt that failed, its error)
+        dead: dict[str, list[str]] = {}  # by error
+        for delivery, result in zip(sending, results, strict=True):
+            attempt = attempts[delivery.delivery_id]
+            if result.outcome == Outcome.DELIVERED:
+                delivered.append(delivery.delivery_id)
+            elif result == BEHIND_A_FAILURE:
+                continue  # left queued, not counted as an attempt: it goes after the earlier one
+            elif result.outcome == Outcome.REJECTED or retry.exhausted(prepared.retry, attempt):
+                dead.setdefault(result.error, []).append(delivery.delivery_id)
+            else:
+                failed.setdefault((attempt, result.error), []).append(delivery.delivery_id)
+        breaker = self.breakers.setdefault(key, retry.CircuitBreaker())
+        if delivered or not (failed or dead):
+            breaker.succeeded()
+        else:
+            breaker.failed(now)
+        events: list[
+            pb.DeliveriesDelivered | pb.DeliveriesFailed | pb.DeliveriesDeadLettered | pb.DeliveriesSuppressed
+        ] = []
+        if delivered:
+            events.append(
+                pb.DeliveriesDelivered(workspace=workspace, destination=name, delivery_ids=delivered)
+            )
+        for (attempt, error), ids in sorted(failed.items()):
+            failure = pb.DeliveriesFailed(
+                workspace=workspace, destination=name, delivery_ids=ids, error=error
+            )
+            failure.retry_at.FromDatetime(now + retry.backoff(prepared.retry, attempt))
+            events.append(failure)
+        for error, ids in dead.items():
+            events.append(
+                pb.DeliveriesDeadLettered(
+                    workspace=workspace, destination=name, delivery_ids=ids, error=error
+                )
+            )
+        if suppressed:
+            events.append(
+                pb.DeliveriesSuppressed(
+                    workspace=workspace,
+                    destination=name,
+                    suppressions=[_suppression(d.delivery_id, denied[d.delivery_id]) for d in suppressed],
+                )
+            )
+        DELIVERIES.labels(name, "delivered").inc(len(delivered))
+        DELIVERIES.labels(name, "failed").inc(sum(len(v) for v in failed.values()))
+        DELIVERIES.labels(name, "dead_letter").inc(sum(len(v) for v in dead.values()))
+        DELIVERIES.labels(name, "suppressed").inc(len(suppressed))
+        return [
+            NewEvent(
+                stream_id=f"destinations-outcomes:{workspace}:{name}",
+                message=event,
+                workspace=workspace,
+                occurred_at=now,
+            )
+            for event in events
+        ]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One destination's batch, ready to deliver."""
+
+    purpose: str
+    retry: pb.RetryPolicy
+    target: Target
+    deliveries: list[Delivery]  # in log order
+
+
+def _catalog_row() -> sa.ColumnElement[bool]:
+    return (catalog.c.workspace == outbox.c.workspace) & (catalog.c.name == outbox.c.destination)
+
+
+def _delivery(row: Due, queued: pb.DeliveryQueued) -> Delivery:
+    data: dict[str, Any] = MessageToDict(queued.data)
+    return Delivery(
+        delivery_id=row.delivery_id,
+        workspace=row.workspace,
+        destination=row.destination,
+        profile_id=row.profile_id,
+        kind=KIND_NAMES.get(row.kind, ""),
+        name=queued.name,
+        occurred_at=queued.occurred_at.ToDatetime(tzinfo=UTC),
+        position=row.position,
+        data=data,
+    )
+
+
+def _suppression(delivery_id: str, answer: consent_pb2.CheckConsentResponse) -> pb.Suppression:
+    reason = consent_pb2.DecisionReason.Name(answer.reason).removeprefix("DECISION_REASON_").lower()
+    return pb.Suppression(
+        delivery_id=delivery_id, reason=f"consent: {reason}", consent_evidence_id=answer.evidence.event_id
+    )

@@ -1,0 +1,240 @@
+"""Upstream changes queued as deliveries: identity's resolved events and trait changes, segments'
+entries and exits — each batch on the writer thread, in the subscriber's transaction, against the
+workspace's destinations (domain/routing.py decides) — and erasures, which drop what was queued
+for the person and queue a deletion for every destination that received them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from google.protobuf.struct_pb2 import Struct
+from sqlalchemy.engine import Connection
+
+from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
+from onefold.contracts.destinations.v1 import destinations_pb2 as pb
+from onefold.contracts.identity.v1 import identity_pb2
+from onefold.contracts.ingest.v1 import ingest_pb2
+from onefold.contracts.segments.v1 import segments_pb2
+from onefold.destinations.adapters.read_model import recipients
+from onefold.destinations.application.catalog import Clock, Destinations
+from onefold.destinations.domain import routing
+from onefold.eventlog.models import NewEvent
+from onefold.eventlog.service import ServiceLog
+from onefold.eventlog.streams import PARTITION_KEY
+
+_EVENT_TYPES = {
+    ingest_pb2.EVENT_TYPE_TRACK: "track",
+    ingest_pb2.EVENT_TYPE_PAGE: "page",
+    ingest_pb2.EVENT_TYPE_SCREEN: "screen",
+    ingest_pb2.EVENT_TYPE_IDENTIFY: "identify",
+}
+# Fields of a resolved event that are ingest's bookkeeping, not the customer's event.
+_INTERNAL_FIELDS = ("consent", "sourceId", "extra", "sentAt", "receivedAt", "originalTimestamp")
+
+
+def subject_of(workspace: str, profile_id: str) -> str:
+    """The data subject whose key seals what a delivery sends about a person."""
+    return f"{workspace}:d:{profile_id}"
+
+
+def delivery_stream(workspace: str, destination: str, profile_id: str) -> str:
+    return f"destinations-delivery:{workspace}:{destination}:{profile_id}"
+
+
+def segment_spec(event: ingest_pb2.TrackingEvent) -> dict[str, Any]:
+    """A resolved event in the Segment spec's shape (camelCase; `type` as track, page, …)."""
+    shaped: dict[str, Any] = MessageToDict(event)
+    shaped["type"] = _EVENT_TYPES.get(event.type, "")
+    for internal in _INTERNAL_FIELDS:
+        shaped.pop(internal, None)
+    return shaped
+
+
+class Router:
+    def __init__(self, log_: ServiceLog, destinations: Destinations, clock: Clock) -> None:
+        self.log = log_
+        self.destinations = destinations
+        self.clock = clock
+        self.on_queued: Callable[[], None] = lambda: None  # the deliverer's wake-up, set by the application
+
+    def handle_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """Resolved events and trait changes routed; an erased profile's deliveries dropped and
+        deletions queued."""
+        parsed: list[Message] = []
+        for envelope in envelopes:
+            for kind in (identity_pb2.EventResolved, identity_pb2.TraitsUpdated, identity_pb2.ProfileErased):
+                if envelope.type == kind.DESCRIPTOR.full_name:
+                    parsed.append(kind.FromString(envelope.payload))
+        for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
+            queue = _Queue(self, conn, workspace)
+            for message in parsed:
+                if message.workspace != workspace:  # type: ignore[attr-defined]
+                    continue
+                if isinstance(message, identity_pb2.EventResolved) and message.profile_id:
+                    event = segment_spec(message.event)
+                    stamp = (
+                        message.event.timestamp
+                        if message.event.HasField("timestamp")
+                        else message.event.received_at
+                    )
+                    at = stamp.ToDatetime(tzinfo=UTC)
+                    queue.add(
+                        message.profile_id,
+                        message.event_id,
+                        at,
+                        routing.route_event(queue.destinations, event),
+                    )
+                elif isinstance(message, identity_pb2.TraitsUpdated):
+                    traits = MessageToDict(message.traits)
+                    routed = routing.route_traits(queue.destinations, traits)
+                    queue.add(
+                        message.profile_id, message.evidence_event_id or message.profile_id, queue.now, routed
+                    )
+                elif isinstance(message, identity_pb2.ProfileErased):
+                    for profile_id in (message.profile_id, *message.profile_ids):
+                        queue.erase(profile_id)
+            queue.record()
+
+    def handle_segments(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """Memberships entered and left, for the destinations that name the segment."""
+        parsed: list[tuple[str, segments_pb2.SegmentEntered | segments_pb2.SegmentExited]] = []
+        for envelope in envelopes:
+            if envelope.type == segments_pb2.SegmentEntered.DESCRIPTOR.full_name:
+                parsed.append((envelope.event_id, segments_pb2.SegmentEntered.FromString(envelope.payload)))
+            elif envelope.type == segments_pb2.SegmentExited.DESCRIPTOR.full_name:
+                parsed.append((envelope.event_id, segments_pb2.SegmentExited.FromString(envelope.payload)))
+        for workspace in dict.fromkeys(m.workspace for _, m in parsed):
+            queue = _Queue(self, conn, workspace)
+            for event_id, message in parsed:
+                if message.workspace == workspace:
+                    entered = isinstance(message, segments_pb2.SegmentEntered)
+                    routed = routing.route_membership(queue.destinations, message.segment, entered=entered)
+                    queue.add(message.profile_id, event_id, queue.now, routed)
+            queue.record()
+
+    def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> int:
+        """A data-subject erasure: queued deliveries dropped, a deletion queued per destination that
+        received each person; returns how many deletions were queued."""
+        queue = _Queue(self, conn, workspace)
+        for profile_id in profile_ids:
+            queue.erase(profile_id)
+        return queue.record()
+
+
+class _Queue:
+    """One workspace's deliveries decided in one batch, recorded together at the end."""
+
+    def __init__(self, router: Router, conn: Connection, workspace: str) -> None:
+        self.router = router
+        self.conn = conn
+        self.workspace = workspace
+        self.now = router.clock()
+        self.destinations = router.destinations.receiving(conn, workspace)
+        self.events: list[NewEvent] = []
+        self.erased: set[str] = set()  # nothing more is queued for them in this batch
+        self.shredding: list[str] = []  # erased by this batch: their keys are shredded after it
+
+    def add(self, profile_id: str, cause: str, at: datetime, routed: Sequence[routing.Routed]) -> None:
+        if not routed or profile_id in self.erased:
+            return
+        subject = subject_of(self.workspace, profile_id)
+        if self.router.log.store.erased_subjects(self.conn, [subject]):
+            self.erased.add(profile_id)  # an event of an erased person still in flight: nothing is sent
+            return
+        for r in routed:
+            data = Struct()
+            data.update(r.data)
+            self.events.append(
+                self._event(
+                    profile_id,
+                    r.destination,
+                    pb.DeliveryQueued(
+                        workspace=self.workspace,
+                        destination=r.destination,
+                        delivery_id=routing.delivery_id(self.workspace, r.destination, r.kind, cause),
+                        profile_id=profile_id,
+                        kind=r.kind,  # type: ignore[arg-type]
+                        cause_event_id=cause,
+                        name=r.name,
+                        data=data,
+                    ),
+                    subject,
+                    at,
+                )
+            )
+
+    def erase(self, profile_id: str) -> None:
+        """Drop what is queued for the person; a deletion to each destination that received them."""
+        if profile_id in self.erased:
+            return
+        self.erased.add(profile_id)
+        self.shredding.append(profile_id)
+        received = [
+            str(d)
+            for (d,) in self.conn.execute(
+                sa.select(recipients.c.destination).where(
+                    (recipients.c.workspace == self.workspace) & (recipients.c.profile_id == profile_id)
+                )
+            )
+        ]
+        received += sorted({e.message.destination for e in self.events if e.message.profile_id == profile_id})  # type: ignore[attr-defined]
+        received = sorted(set(received))
+        self.events = [e for e in self.events if e.message.profile_id != profile_id]  # type: ignore[attr-defined]
+        erased = pb.RecipientErased(workspace=self.workspace, profile_id=profile_id, destinations=received)
+        self.events.append(
+            NewEvent(
+                stream_id=f"destinations-erasure:{self.workspace}:{profile_id}",
+                message=erased,
+                workspace=self.workspace,
+                occurred_at=self.now,
+                metadata={PARTITION_KEY: profile_id},
+            )
+        )
+        for destination in received:
+            deletion = pb.DeliveryQueued(
+                workspace=self.workspace,
+                destination=destination,
+                delivery_id=routing.delivery_id(
+                    self.workspace, destination, pb.DELIVERY_KIND_DELETION, profile_id
+                ),
+                profile_id=profile_id,
+                kind=pb.DELIVERY_KIND_DELETION,
+                name="",
+            )
+            # Nothing personal in it, so under no subject: the person's key is shredded next.
+            self.events.append(self._event(profile_id, destination, deletion, "", self.now))
+
+    def _event(
+        self, profile_id: str, destination: str, message: pb.DeliveryQueued, subject: str, at: datetime
+    ) -> NewEvent:
+        message.occurred_at.FromDatetime(at)
+        return NewEvent(
+            stream_id=delivery_stream(self.workspace, destination, profile_id),
+            message=message,
+            subject=subject,
+            workspace=self.workspace,
+            occurred_at=self.now,
+            metadata={PARTITION_KEY: profile_id},
+        )
+
+    def record(self) -> int:
+        """Record the batch, then shred the keys of the people it erased; the number of deletions
+        queued."""
+        if not self.events:
+            return 0
+        store = self.router.log.store
+        self.router.log.projector.record(self.conn, self.events)
+        for profile_id in self.shredding:
+            store.erase_subject(subject_of(self.workspace, profile_id), conn=self.conn)
+        self.router.on_queued()
+        return sum(
+            1
+            for e in self.events
+            if isinstance(e.message, pb.DeliveryQueued) and e.message.kind == pb.DELIVERY_KIND_DELETION
+        )
