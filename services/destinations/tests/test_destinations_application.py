@@ -1,0 +1,274 @@
+"""The destinations application end to end in process: upstream envelopes routed as deliveries,
+consent asked of the REAL consent service, delivered to REAL receivers (a signed webhook receiver,
+PostgreSQL, files), through outages, retries, dead letters, replay, withdrawal and erasure."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from destinations_harness import WORKSPACE, ConsentService, DestinationsFactory, DestinationsHarness, destination
+from receivers import WebhookReceiver
+
+from onefold.contracts.destinations.v1 import destinations_pb2 as pb
+from onefold.destinations.application.routing import subject_of
+from onefold.destinations.domain.definitions import Known
+from onefold.platform.errors import FailedPrecondition, InvalidArgument
+
+async def known_without_consent(workspace: str) -> Known:
+    """What a destination may name, when consent (asked by `Upstream.known`) is not reachable."""
+    return Known(purposes=frozenset({"crm_sync"}), segments=frozenset({"vip"}))
+
+
+ORDERS = {"type": "track", "name": "Order Completed", "mapping": {"order": "properties.order_id"}}
+
+
+async def webhook(
+    harness: DestinationsHarness, receiver: WebhookReceiver, *, name: str = "crm", **extra: object
+) -> pb.ApplyDestinationsResponse:
+    applied = await harness.apply(
+        destination({"name": name, "webhook": {"url": receiver.url}, "events": [ORDERS], "segments": ["vip"], **extra})
+    )
+    if applied.applied[0].signing_secret:
+        receiver.secret = applied.applied[0].signing_secret
+    return applied
+
+
+async def test_events_memberships_and_traits_reach_a_signed_webhook_in_order_per_person(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1", "p-2")
+    with WebhookReceiver("") as receiver:
+        applied = await webhook(destinations, receiver, traits=["email"])
+        assert applied.applied[0].signing_secret.startswith("whsec_")
+        for n in range(3):
+            await destinations.track("p-1", "Order Completed", order_id=f"o-{n}")
+        await destinations.track("p-1", "Cart Viewed")  # not chosen: nothing flows
+        await destinations.segment_entered("p-2", "vip")
+        await destinations.traits("p-2", email="b@example.com", plan="pro")
+        await destinations.segment_exited("p-2", "vip")
+        assert await destinations.deliver_due() == 6
+        await receiver.wait_for(6)
+        by_person = {
+            p: [(r["type"], r["name"], r["data"]) for r in receiver.received if r["profileId"] == p] for p in ("p-1", "p-2")
+        }
+        assert receiver.bad_signatures == 0
+    assert by_person["p-1"] == [("event", "Order Completed", {"order": f"o-{n}"}) for n in range(3)]
+    assert by_person["p-2"] == [
+        ("segment_entered", "vip", {}),
+        ("traits", "", {"email": "b@example.com"}),
+        ("segment_exited", "vip", {}),
+    ]
+    health = await destinations.status("crm")
+    assert (health.delivered, health.queued, health.retrying, health.dead_letters) == (6, 0, 0, 0)
+    assert health.circuit == "closed" and health.HasField("last_delivered_at")
+
+
+async def test_an_outage_is_retried_then_dead_lettered_and_a_replay_delivers_each_exactly_once(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1", "p-2")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver, retry={"maxAttempts": 3, "initialBackoffSeconds": 1, "maxBackoffSeconds": 4})
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        await destinations.track("p-2", "Order Completed", order_id="o-2")
+        receiver.fail(503)
+        assert await destinations.deliver_due() == 2
+        health = await destinations.status("crm")
+        assert (health.retrying, health.delivered, health.last_error) == (2, 0, "HTTP 503")
+        await destinations.advance(timedelta(seconds=5))
+        await destinations.advance(timedelta(seconds=5))  # the third attempt was the last
+        health = await destinations.status("crm")
+        assert (health.dead_letters, health.retrying) == (2, 0)
+        letters = await destinations.app.queries.dead_letters(WORKSPACE, "crm", pb.ListDeadLettersRequest().page)
+        assert sorted(d.profile_id for d in letters.dead_letters) == ["p-1", "p-2"]
+        assert {(d.attempts, d.error) for d in letters.dead_letters} == {(3, "HTTP 503")}
+        receiver.recover()
+        assert await destinations.app.replay(WORKSPACE, "crm", "cred", since=None, until=None, dead_letters=True) == 2
+        await destinations.deliver_due()
+        await receiver.wait_for(2)
+        # A replay of the whole range sends both again under the same ids: the idempotent
+        # receiver keeps one of each.
+        since = destinations.clock.now - timedelta(hours=1)
+        assert await destinations.app.replay(WORKSPACE, "crm", "cred", since=since, until=None, dead_letters=False) == 2
+        await destinations.deliver_due()
+        await receiver.wait_for(2)
+        assert sorted(r["data"]["order"] for r in receiver.received) == ["o-1", "o-2"]
+        assert receiver.duplicates == 2
+    assert (await destinations.status("crm")).delivered == 2
+
+
+async def test_a_person_whose_delivery_waits_for_a_retry_is_held_back_while_others_go(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1", "p-2")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        receiver.fail_person("p-1", 503)
+        await destinations.track("p-1", "Order Completed", order_id="a")
+        await destinations.track("p-2", "Order Completed", order_id="b")
+        await destinations.deliver_due()
+        await destinations.track("p-1", "Order Completed", order_id="c")
+        await destinations.deliver_due()  # p-1's "c" waits behind "a"
+        assert destinations.statuses("p-1") == ["queued", "queued"]
+        receiver.recover()
+        await destinations.advance(timedelta(minutes=1))
+        await receiver.wait_for(3)
+        orders = [r["data"]["order"] for r in receiver.received]
+    assert orders.index("a") < orders.index("c")
+    assert destinations.statuses("p-1") == ["delivered", "delivered"]
+
+
+async def test_the_breaker_holds_a_failing_destination(destinations: DestinationsHarness, consent: ConsentService) -> None:
+    await consent.grant(*(f"p-{n}" for n in range(6)))
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver, retry={"maxAttempts": 50, "initialBackoffSeconds": 0.01, "maxBackoffSeconds": 0.01})
+        receiver.fail(500)
+        await destinations.track("p-0", "Order Completed", order_id="x")
+        for _ in range(5):
+            await destinations.advance(timedelta(seconds=1))
+        assert (await destinations.status("crm")).circuit == "open"
+        tried = len(receiver.requests)
+        assert await destinations.advance(timedelta(seconds=1)) == 0  # held: nothing was tried
+        assert len(receiver.requests) == tried
+        receiver.recover()
+        await destinations.advance(timedelta(seconds=30))  # half-open: one probe, which succeeds
+        await receiver.wait_for(1)
+    assert (await destinations.status("crm")).circuit == "closed"
+
+
+async def test_consent_withdrawn_stops_further_deliveries_with_evidence(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        await destinations.track("p-1", "Order Completed", order_id="before")
+        await destinations.deliver_due()
+        await consent.withdraw("p-1")
+        await destinations.track("p-1", "Order Completed", order_id="after")
+        await destinations.track("p-never", "Order Completed", order_id="never")
+        await destinations.deliver_due()
+        await receiver.wait_for(1)
+        assert [r["data"]["order"] for r in receiver.received] == ["before"]
+    suppressed = [
+        m
+        for m in (destinations.store.decode(e) for e in destinations.store.iter_all())
+        if isinstance(m, pb.DeliveriesSuppressed)
+    ]
+    reasons = {s.reason for m in suppressed for s in m.suppressions}
+    assert reasons == {"consent: withdrawn", "consent: no_consent"} or reasons <= {
+        "consent: withdrawn",
+        "consent: no_consent",
+    }
+    assert all(s.consent_evidence_id or s.reason == "consent: no_consent" for m in suppressed for s in m.suppressions)
+    assert destinations.statuses("p-1") == ["delivered", "suppressed"]
+    assert (await destinations.status("crm")).suppressed == 2
+
+
+async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_the_person(
+    destinations: DestinationsHarness, consent: ConsentService, tmp_path: object
+) -> None:
+    await consent.grant("p-1", "p-2")
+    database = f"sqlite:///{tmp_path}/crm.db"
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        await destinations.apply(
+            destination({"name": "warehouse", "table": {"url": database, "table": "crm"}, "events": [ORDERS], "traits": ["*"]})
+        )
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        await destinations.traits("p-1", email="a@example.com")
+        await destinations.track("p-2", "Order Completed", order_id="o-2")
+        await destinations.deliver_due()
+        await destinations.track("p-1", "Order Completed", order_id="queued-when-erased")
+        counts = await destinations.app.erase_subject(WORKSPACE, ["p-1"])
+        assert counts == {"deletions_queued": 2, "profiles_erased": 1}
+        await destinations.deliver_due()
+        await receiver.wait_for(3)
+        kinds = [(r["profileId"], r["type"]) for r in receiver.received]
+    assert kinds == [("p-1", "event"), ("p-2", "event"), ("p-1", "deletion")]
+    engine = sa.create_engine(database)
+    with engine.connect() as conn:
+        held = {
+            table: [str(p) for (p,) in conn.execute(sa.text(f"select profile_id from {table}"))]  # noqa: S608
+            for table in ("crm_events", "crm_traits")
+        }
+    engine.dispose()
+    assert held == {"crm_events": ["p-2"], "crm_traits": []}
+    assert "dropped" in destinations.statuses("p-1", "crm")
+    assert destinations.store.is_erased(subject_of(WORKSPACE, "p-1"))
+
+
+async def test_audience_sync_to_a_postgresql_table_follows_entries_and_exits(
+    make_destinations: DestinationsFactory, consent: ConsentService, fresh_postgres_url: str
+) -> None:
+    postgres_url = fresh_postgres_url
+    harness = make_destinations(environ={"CRM_DATABASE_URL": postgres_url})
+    await consent.grant("p-1", "p-2")
+    await harness.apply(
+        destination({"name": "audiences", "table": {"urlEnv": "CRM_DATABASE_URL", "table": "aud"}, "segments": ["vip"]})
+    )
+    await harness.segment_entered("p-1", "vip")
+    await harness.segment_entered("p-2", "vip")
+    await harness.segment_exited("p-1", "vip")
+    await harness.deliver_due()
+    engine = sa.create_engine(postgres_url)
+    with engine.connect() as conn:
+        members = sorted((str(p), str(s)) for p, s in conn.execute(sa.text("select profile_id, segment from aud_memberships")))
+    engine.dispose()
+    assert members == [("p-2", "vip")]
+
+
+async def test_definitions_are_versioned_checked_and_archived(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    with WebhookReceiver("") as receiver:
+        first = await webhook(destinations, receiver)
+        again = await webhook(destinations, receiver)
+        changed = await webhook(destinations, receiver, description="now with a description")
+    assert [(a.version, a.changed) for a in (*first.applied, *again.applied, *changed.applied)] == [
+        (1, True),
+        (1, False),
+        (2, True),
+    ]
+    assert not again.applied[0].signing_secret  # issued once; `SigningSecret` shows it again
+    with pytest.raises(InvalidArgument) as refused:
+        await destinations.apply(destination({"name": "bad", "purpose": "ads", "webhook": {"url": "x"}}))
+    assert "nothing was applied" in str(refused.value) and "purpose" in str(refused.value)
+    secret = await destinations.app.destinations.secret(WORKSPACE, "crm", "cred", rotate=False)
+    rotated = await destinations.app.destinations.secret(WORKSPACE, "crm", "cred", rotate=True)
+    assert secret.startswith("whsec_") and rotated != secret
+    archived = await destinations.app.set_status(WORKSPACE, "crm", pb.DESTINATION_STATUS_ARCHIVED, "cred")
+    assert archived.status == pb.DESTINATION_STATUS_ARCHIVED
+    with pytest.raises(FailedPrecondition):
+        await destinations.app.destinations.secret(WORKSPACE, "crm", "cred", rotate=False)
+    assert await destinations.app.destinations.listed(WORKSPACE, include_archived=False) == []
+
+
+async def test_a_paused_destination_queues_and_delivers_on_resume(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        await destinations.app.set_status(WORKSPACE, "crm", pb.DESTINATION_STATUS_PAUSED, "cred")
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        assert await destinations.deliver_due() == 0
+        await destinations.app.set_status(WORKSPACE, "crm", pb.DESTINATION_STATUS_ACTIVE, "cred")
+        assert await destinations.deliver_due() == 1
+        await receiver.wait_for(1)
+
+
+async def test_consent_unreachable_delivers_nothing(make_destinations: DestinationsFactory) -> None:
+    harness = make_destinations(consent_target="127.0.0.1:1")
+    with WebhookReceiver("") as receiver:
+        harness.app.destinations.known = known_without_consent
+        await webhook(harness, receiver)
+        await harness.track("p-1", "Order Completed", order_id="o-1")
+        with pytest.raises(grpc.aio.AioRpcError):  # the round fails as a whole and is tried again
+            await harness.deliver_due()
+        assert receiver.requests == []
+    assert harness.statuses("p-1") == ["queued"]
+
