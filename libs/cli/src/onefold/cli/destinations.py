@@ -471,10 +471,10 @@ def status(
     target: DestinationsTarget = None,
     token: Token = None,
 ) -> None:
-    """How deliveries go: queued, retrying, delivered, suppressed and dead-lettered per destination,
-    the lag (age of the oldest delivery not yet delivered), the circuit and the last error.
+    """How deliveries go, per destination: counts, lag, circuit and the last error.
 
-    Exit 1 when the named destination does not exist."""
+    Queued, retrying, delivered, suppressed and dead-lettered deliveries; the lag (the age of the
+    oldest delivery not yet delivered); the circuit (closed, open, half-open). Exit 1 when the named destination does not exist."""
     from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 
     conn = destinations_connection(data_dir, target, token)
@@ -502,8 +502,10 @@ def dead_letters(
     target: DestinationsTarget = None,
     token: Token = None,
 ) -> None:
-    """List a destination's dead letters: deliveries that ran out of attempts or were refused, with
-    their error. `onefold destinations replay NAME --dead-letters` queues them again."""
+    """List a destination's dead letters, each with its error.
+
+    Dead letters ran out of attempts or were refused by the receiver;
+    `onefold destinations replay NAME --dead-letters` queues them again."""
     from onefold.cli.destinations_yaml import DELIVERY_KIND_NAMES
     from onefold.contracts.common.v1 import pagination_pb2
     from onefold.contracts.destinations.v1 import destinations_pb2 as pb
@@ -618,8 +620,9 @@ def secret(
     target: DestinationsTarget = None,
     token: Token = None,
 ) -> None:
-    """Show a webhook destination's signing secret (whsec_…), which its receiver verifies requests
-    with; --rotate replaces it."""
+    """Show a webhook destination's signing secret (whsec_…); --rotate replaces it.
+
+    The receiver verifies each request's webhook-signature with it (docs/destinations.md)."""
     from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 
     conn = destinations_connection(data_dir, target, token)
