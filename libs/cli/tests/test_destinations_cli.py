@@ -14,11 +14,13 @@ from typing import Any
 import grpc
 import pytest
 import typer
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_status import rpc_status
 from typer.testing import CliRunner, Result
 
 from onefold.cli.destinations import human_duration, parse_moment, replay_window, status_rows
 from onefold.cli.main import app
+from onefold.contracts.common.v1.pagination_pb2 import PageResponse
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.contracts.destinations.v1 import destinations_pb2_grpc
 from onefold.platform.errors import InvalidArgument
@@ -53,6 +55,9 @@ class FakeDestinations(destinations_pb2_grpc.DestinationsServiceServicer):
 
     def GetDestination(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._answer("GetDestination", request, context)
+
+    def ListDestinations(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._answer("ListDestinations", request, context)
 
     def SetDestinationStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._answer("SetDestinationStatus", request, context)
@@ -202,6 +207,37 @@ def test_a_missing_destination_exits_1_with_the_services_words(service: tuple[Fa
     assert "no destination named 'nope'" in result.output
 
 
+def test_list_shows_what_flows_to_each_destination(service: tuple[FakeDestinations, str]) -> None:
+    fake, target = service
+    fake.answers["ListDestinations"] = pb.ListDestinationsResponse(
+        destinations=[
+            pb.Destination(
+                name="crm",
+                purpose="crm_sync",
+                webhook=pb.Webhook(url="https://h"),
+                events=[pb.EventFlow(type="track"), pb.EventFlow(type="identify")],
+                segments=["vip"],
+                traits=["email", "plan"],
+                version=3,
+                status=pb.DESTINATION_STATUS_ACTIVE,
+            )
+        ]
+    )
+    result = run("destinations", "list", "--archived", "--target", target, "--token", "t")
+    assert result.exit_code == 0, result.output
+    assert fake.requests == [pb.ListDestinationsRequest(include_archived=True)]
+    assert result.output.splitlines()[1].split("\t") == [
+        "crm",
+        "webhook",
+        "active",
+        "3",
+        "crm_sync",
+        "2 events; segments vip; traits email, plan",
+        "",
+        "",
+    ]
+
+
 @pytest.mark.parametrize(
     ("command", "status", "word"),
     [
@@ -236,7 +272,7 @@ def test_status_shows_counts_lag_circuit_and_the_last_error(service: tuple[FakeD
                 dead_letters=2,
                 lag_seconds=245,
                 last_error="HTTP 503",
-                last_error_at={"seconds": int(NOW.timestamp())},
+                last_error_at=Timestamp(seconds=int(NOW.timestamp())),
                 circuit="open",
             )
         ]
@@ -288,7 +324,7 @@ def test_dead_letters_page_up_to_the_limit(service: tuple[FakeDestinations, str]
         attempts=8,
     )
     fake.answers["ListDeadLetters"] = pb.ListDeadLettersResponse(
-        dead_letters=[letter, letter], page={"next_page_token": "more"}
+        dead_letters=[letter, letter], page=PageResponse(next_page_token="more")
     )
     result = run(
         "destinations", "dead-letters", "crm", "--limit", "3", "--json", "--target", target, "--token", "t"

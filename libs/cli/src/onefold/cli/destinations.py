@@ -262,7 +262,7 @@ def apply_destinations(
 
 
 def _sends(destination: pb.Destination) -> str:
-    """What flows to a destination, in a few words: `2 events, segments vip, traits email, plan`."""
+    """What flows to a destination, in a few words: `2 events; segments vip; traits email, plan`."""
     parts = []
     if destination.events:
         parts.append(f"{len(destination.events)} event{'s' if len(destination.events) > 1 else ''}")
