@@ -560,7 +560,7 @@ def apply(
         destinations = parse_destination_documents(documents, where)
         if dry_run and (specs or rules or consent_models):
             raise CliError(
-                f"--dry-run checks segments definitions, journeys, templates and destinations only; "
+                "--dry-run checks segments definitions, journeys, templates and destinations only; "
                 f"{where} also holds sources, identity rules or a consent model"
             )
         if publish and not journeys.journeys:
