@@ -267,7 +267,7 @@ def _timestamp(value: Any, at: YamlPath) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _json_value(value: Any, at: YamlPath) -> struct_pb2.Value:
+def json_value_at(value: Any, at: YamlPath) -> struct_pb2.Value:
     """Any JSON value (null, boolean, number, text, list, mapping) as a google.protobuf.Value."""
     if value is None:
         return struct_pb2.Value(null_value=struct_pb2.NULL_VALUE)
@@ -280,12 +280,12 @@ def _json_value(value: Any, at: YamlPath) -> struct_pb2.Value:
     if isinstance(value, str):
         return struct_pb2.Value(string_value=value)
     if isinstance(value, list):
-        items = [_json_value(item, at.index(i)) for i, item in enumerate(value)]
+        items = [json_value_at(item, at.index(i)) for i, item in enumerate(value)]
         return struct_pb2.Value(list_value=struct_pb2.ListValue(values=items))
     if isinstance(value, dict):
         mapping = struct_pb2.Struct()
         for key, item in value.items():
-            mapping.fields[str(key)].CopyFrom(_json_value(item, at.key(str(key))))
+            mapping.fields[str(key)].CopyFrom(json_value_at(item, at.key(str(key))))
         return struct_pb2.Value(struct_value=mapping)
     if isinstance(value, date):
         raise at.error(f"must be JSON; write a date or time in quotes (got {shown(value)})")
@@ -449,7 +449,7 @@ def _update_trait(value: Any, at: YamlPath) -> pb.UpdateTrait:
         raise at.key("value").error("is required (null clears the trait)")
     return pb.UpdateTrait(
         trait=text_at(fields.get("trait"), at.key("trait"), required=True),
-        value=_json_value(fields["value"], at.key("value")),
+        value=json_value_at(fields["value"], at.key("value")),
     )
 
 

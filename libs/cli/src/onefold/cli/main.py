@@ -43,8 +43,8 @@ LAZY_COMMANDS = {
     "apply": LazyCommand(
         "onefold.cli.sources",
         "apply",
-        "Declare sources, identity rules, the consent model, segments definitions, journeys and templates "
-        "from YAML files.",
+        "Declare sources, identity rules, the consent model, segments definitions, journeys, templates "
+        "and destinations from YAML files.",
     ),
     "import": LazyCommand(
         "onefold.cli.importer",
@@ -90,6 +90,11 @@ LAZY_COMMANDS = {
         "onefold.cli.journeys",
         "journeys_app",
         "Journeys: list, get, publish, pause, archive; enter a person, follow an instance and why; stats.",
+    ),
+    "destinations": LazyCommand(
+        "onefold.cli.destinations",
+        "destinations_app",
+        "Destinations: list, get, status, pause, resume, archive; dead letters, replay, signing secrets.",
     ),
     "keys": LazyCommand("onefold.cli.keys", "keys_app", "Manage the services' key-encryption keys."),
 }

@@ -79,3 +79,13 @@ ApplyJourneysTarget = Annotated[
         show_default=False,
     ),
 ]
+
+ApplyDestinationsTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--destinations-target",
+        envvar="ONEFOLD_DESTINATIONS_TARGET",
+        help="destinations gRPC host:port for destinations (default: from <data-dir>/run/endpoints.json)",
+        show_default=False,
+    ),
+]

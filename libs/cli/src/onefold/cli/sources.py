@@ -20,8 +20,10 @@ Several documents may be given in one file (`---`). Applying is idempotent: a so
 the same file sets the workspace's identity resolution rules (see profile.py), and a
 `kind: ConsentModel` document its consent purposes, channels and notices (see consent.py), and
 `kind: Segment`, `Tag`, `ComputedTrait`, `Lifecycle` and `Rfm` documents the segments service's
-definitions (segments_yaml.py, docs/segments.md), and `kind: Journey` and `Template` documents the
-journeys service's journeys and message templates (journeys_yaml.py, docs/journeys.md).
+definitions (segments_yaml.py, docs/segments.md), `kind: Journey` and `Template` documents the
+journeys service's journeys and message templates (journeys_yaml.py, docs/journeys.md), and
+`kind: Destination` documents the destinations service's destinations (destinations_yaml.py,
+docs/destinations.md).
 """
 
 from __future__ import annotations
@@ -46,7 +48,13 @@ from onefold.cli.client import (
     ingest_stub,
     run_async,
 )
-from onefold.cli.options import ApplyConsentTarget, ApplyJourneysTarget, ApplySegmentsTarget, Json
+from onefold.cli.options import (
+    ApplyConsentTarget,
+    ApplyDestinationsTarget,
+    ApplyJourneysTarget,
+    ApplySegmentsTarget,
+    Json,
+)
 from onefold.cli.output import console, print_json, print_table
 from onefold.cli.profile import (
     apply_rules,
@@ -396,6 +404,8 @@ class SourceSpec:
 
 def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]:
     from onefold.cli.consent import is_consent_model
+    from onefold.cli.destinations_yaml import KINDS as DESTINATION_KINDS
+    from onefold.cli.destinations_yaml import is_destination_document
     from onefold.cli.journeys_yaml import KINDS as JOURNEY_KINDS
     from onefold.cli.journeys_yaml import is_journey_document
     from onefold.cli.segments_yaml import KINDS, is_definition
@@ -411,13 +421,16 @@ def parse_source_documents(documents: list[Any], where: str) -> list[SourceSpec]
             continue  # for the segments service (segments.py)
         if is_journey_document(document):
             continue  # for the journeys service (journeys.py)
+        if is_destination_document(document):
+            continue  # for the destinations service (destinations.py)
         if not isinstance(document, dict):
             raise CliError(f"{at} must be a mapping with kind: Source")
         # The kind first: a misspelt one must not be read as a Source and refused for its keys.
         if document.get("kind") != "Source":
             raise CliError(
                 f"{at}: kind must be 'Source', 'IdentityRules', 'ConsentModel', a segments kind "
-                f"({', '.join(KINDS)}) or a journeys kind ({', '.join(JOURNEY_KINDS)}) "
+                f"({', '.join(KINDS)}), a journeys kind ({', '.join(JOURNEY_KINDS)}) or a destinations "
+                f"kind ({', '.join(DESTINATION_KINDS)}) "
                 f"(got {document.get('kind')!r})"
             )
         fields = _checked_keys(document, SOURCE_KEYS, SOURCE_KEY_NAMES, at)
@@ -482,7 +495,7 @@ def apply(
             "--file",
             "-f",
             help="a YAML or JSON file of kind: Source / IdentityRules / ConsentModel / Segment / Tag / "
-            "ComputedTrait / Lifecycle / Rfm / Journey / Template documents",
+            "ComputedTrait / Lifecycle / Rfm / Journey / Template / Destination documents",
         ),
     ],
     data_dir: DataDir = Path(".onefold"),
@@ -500,12 +513,13 @@ def apply(
     consent_target: ApplyConsentTarget = None,
     segments_target: ApplySegmentsTarget = None,
     journeys_target: ApplyJourneysTarget = None,
+    destinations_target: ApplyDestinationsTarget = None,
     dry_run: Annotated[
         bool,
         typer.Option(
             "--dry-run",
-            help="segments definitions, journeys and templates only: check them and store nothing "
-            "(definitions: print how many profiles each would hold now)",
+            help="segments definitions, journeys, templates and destinations only: check them and "
+            "store nothing (definitions: print how many profiles each would hold now)",
         ),
     ] = False,
     publish: Annotated[
@@ -519,8 +533,11 @@ def apply(
     """Declare sources (create those absent by name, set tracking plans that changed), the
     workspace's identity rules, its consent model (purposes, channels, notices) and segments
     definitions (applied in the order they read each other; changed ones are backfilled), journeys
-    and message templates (together, all or none)."""
+    and message templates (together, all or none), and destinations (together, all or none; a new
+    webhook's signing secret is printed once)."""
     from onefold.cli.consent import apply_consent, consent_documents, parse_consent_documents
+    from onefold.cli.destinations import apply_destinations
+    from onefold.cli.destinations_yaml import parse_destination_documents
     from onefold.cli.journeys import apply_journeys
     from onefold.cli.journeys_yaml import parse_journey_documents
     from onefold.cli.segments import apply_segments
@@ -540,16 +557,17 @@ def apply(
         specs = parse_source_documents(documents, where)
         definitions = parse_definition_documents(documents, where)
         journeys = parse_journey_documents(documents, where)
+        destinations = parse_destination_documents(documents, where)
         if dry_run and (specs or rules or consent_models):
             raise CliError(
-                f"--dry-run checks segments definitions, journeys and templates only; {where} also "
-                "holds sources, identity rules or a consent model"
+                "--dry-run checks segments definitions, journeys, templates and destinations only; "
+                f"{where} also holds sources, identity rules or a consent model"
             )
         if publish and not journeys.journeys:
             raise CliError(f"--publish publishes journeys; {where} holds none")
     except CliError as error:
         raise fail(error.message, error.code) from None
-    if specs or not (rules or consent_models or definitions or journeys):
+    if specs or not (rules or consent_models or definitions or journeys or destinations):
         conn = connect(data_dir, target, token)
         for line in run_async(conn, lambda: apply_specs(conn, specs)):
             console.print(line, highlight=False, soft_wrap=True)
@@ -563,3 +581,5 @@ def apply(
         apply_segments(definitions, data_dir, segments_target, token, dry_run=dry_run, wait=not no_wait)
     if journeys:
         apply_journeys(journeys, data_dir, journeys_target, token, dry_run=dry_run, publish=publish)
+    if destinations:
+        apply_destinations(destinations, data_dir, destinations_target, token, dry_run=dry_run)
