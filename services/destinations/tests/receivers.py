@@ -119,7 +119,7 @@ class WebhookReceiver:
                 self.bad_signatures += 1
             return 401, None
         body = json.loads(raw)
-        deliveries = body["batch"] if "batch" in body else [body]
+        deliveries = body.get("batch", [body])
         with self._lock:
             for delivery in deliveries:
                 if delivery["profileId"] in self._failing_persons:

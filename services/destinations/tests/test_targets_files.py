@@ -21,7 +21,9 @@ AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 FORMATS = [("csv", pb.FILE_FORMAT_CSV), ("parquet", pb.FILE_FORMAT_PARQUET)]
 
 
-def make(position: int, kind: str, profile_id: str, name: str = "", data: dict[str, Any] | None = None) -> Delivery:
+def make(
+    position: int, kind: str, profile_id: str, name: str = "", data: dict[str, Any] | None = None
+) -> Delivery:
     return Delivery(
         delivery_id=f"d-{position:04d}",
         workspace="acme",
@@ -50,7 +52,11 @@ def parts(root: Path) -> dict[str, list[str]]:
 
 
 def ids(root: Path, kind: str) -> list[str]:
-    return [row_id for part in sorted((root / "lake" / kind).glob("part-*")) for row_id in read(part)["id"].to_pylist()]
+    return [
+        row_id
+        for part in sorted((root / "lake" / kind).glob("part-*"))
+        for row_id in read(part)["id"].to_pylist()
+    ]
 
 
 @pytest.mark.parametrize(("suffix", "file_format"), FORMATS)
@@ -81,12 +87,19 @@ async def test_each_kind_gets_a_part_named_by_positions_readable_with_pyarrow(
     ]
     assert rows[0]["occurred_at"] == AT + timedelta(minutes=10)
     assert json.loads(rows[0]["data"]) == {"total": 42, "note": "café"}
-    memberships = read(tmp_path / "lake" / "memberships" / f"part-000000000011-000000000014.{suffix}").to_pylist()
-    assert [(r["type"], r["name"]) for r in memberships] == [("segment_entered", "vip"), ("segment_exited", "vip")]
+    memberships = read(
+        tmp_path / "lake" / "memberships" / f"part-000000000011-000000000014.{suffix}"
+    ).to_pylist()
+    assert [(r["type"], r["name"]) for r in memberships] == [
+        ("segment_entered", "vip"),
+        ("segment_exited", "vip"),
+    ]
 
 
 @pytest.mark.parametrize(("suffix", "file_format"), FORMATS)
-async def test_a_batch_delivered_again_replaces_its_part(tmp_path: Path, suffix: str, file_format: int) -> None:
+async def test_a_batch_delivered_again_replaces_its_part(
+    tmp_path: Path, suffix: str, file_format: int
+) -> None:
     target = FilesTarget(pb.Files(directory=str(tmp_path), format=file_format), "lake")  # type: ignore[arg-type]
     batch = [make(position, "event", f"p-{position % 2}", "Viewed") for position in range(1, 6)]
     assert await target.deliver(batch) == [DELIVERED] * 5
@@ -100,7 +113,10 @@ async def test_a_batch_delivered_again_replaces_its_part(tmp_path: Path, suffix:
 
 async def test_a_batch_larger_than_batch_size_is_split_into_parts(tmp_path: Path) -> None:
     target = FilesTarget(pb.Files(directory=str(tmp_path), batch_size=2), "lake")
-    assert await target.deliver([make(position, "event", "p-1", "Viewed") for position in range(1, 6)]) == [DELIVERED] * 5
+    assert (
+        await target.deliver([make(position, "event", "p-1", "Viewed") for position in range(1, 6)])
+        == [DELIVERED] * 5
+    )
     assert parts(tmp_path)["events"] == [
         "part-000000000001-000000000002.csv",
         "part-000000000003-000000000004.csv",
@@ -109,10 +125,14 @@ async def test_a_batch_larger_than_batch_size_is_split_into_parts(tmp_path: Path
 
 
 @pytest.mark.parametrize(("suffix", "file_format"), FORMATS)
-async def test_a_deletion_rewrites_the_parts_holding_the_person(tmp_path: Path, suffix: str, file_format: int) -> None:
+async def test_a_deletion_rewrites_the_parts_holding_the_person(
+    tmp_path: Path, suffix: str, file_format: int
+) -> None:
     target = FilesTarget(pb.Files(directory=str(tmp_path), format=file_format), "lake")  # type: ignore[arg-type]
     other = FilesTarget(pb.Files(directory=str(tmp_path), format=file_format), "other-destination")  # type: ignore[arg-type]
-    assert await target.deliver([make(1, "event", "p-1", "A"), make(2, "event", "p-2", "B")]) == [DELIVERED] * 2
+    assert (
+        await target.deliver([make(1, "event", "p-1", "A"), make(2, "event", "p-2", "B")]) == [DELIVERED] * 2
+    )
     assert await target.deliver([make(3, "traits", "p-1", data={"plan": "pro"})]) == [DELIVERED]
     assert await other.deliver([make(4, "event", "p-1", "C")]) == [DELIVERED]
     batch = [
@@ -127,7 +147,9 @@ async def test_a_deletion_rewrites_the_parts_holding_the_person(tmp_path: Path, 
     }
     assert ids(tmp_path, "events") == ["d-0002", "d-0007"]
     # Another destination's files are its own: its erasure comes as its own deletion.
-    assert [p.name for p in (tmp_path / "other-destination" / "events").iterdir()] == [f"part-000000000004-000000000004.{suffix}"]
+    assert [p.name for p in (tmp_path / "other-destination" / "events").iterdir()] == [
+        f"part-000000000004-000000000004.{suffix}"
+    ]
 
 
 async def test_a_directory_that_cannot_be_written_is_retried(tmp_path: Path) -> None:

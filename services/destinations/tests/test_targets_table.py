@@ -172,7 +172,9 @@ def test_a_missing_url_is_a_clear_error_that_never_shows_a_password(tmp_path: Pa
     with pytest.raises(ValueError, match="table"):
         TableTarget(pb.SqlTable(url=f"sqlite:///{tmp_path / 'x.db'}", table="Robert'); DROP"), {})
     with pytest.raises(ValueError) as malformed:
-        TableTarget(pb.SqlTable(url_env="U", table="crm"), {"U": "postgresql://erp:s3cret-pw@host:notaport/x"})
+        TableTarget(
+            pb.SqlTable(url_env="U", table="crm"), {"U": "postgresql://erp:s3cret-pw@host:notaport/x"}
+        )
     assert "s3cret-pw" not in str(malformed.value)
     with pytest.raises(ValueError) as unsupported:
         TableTarget(pb.SqlTable(url_env="U", table="crm"), {"U": "mysql://erp:s3cret-pw@host/x"})

@@ -58,7 +58,11 @@ def test_a_signature_verifies_and_a_tampered_body_or_an_old_timestamp_does_not()
     secret = new_secret()
     body = json.dumps({"id": "d-1"})
     now = int(time.time())
-    headers = {"webhook-id": "d-1", "webhook-timestamp": str(now), "webhook-signature": sign(secret, "d-1", now, body)}
+    headers = {
+        "webhook-id": "d-1",
+        "webhook-timestamp": str(now),
+        "webhook-signature": sign(secret, "d-1", now, body),
+    }
     verify(secret, headers, body)
     verify(secret, headers, body.encode())
     with pytest.raises(WebhookVerificationError):
@@ -66,7 +70,11 @@ def test_a_signature_verifies_and_a_tampered_body_or_an_old_timestamp_does_not()
     with pytest.raises(WebhookVerificationError):
         verify(new_secret(), headers, body)
     old = now - 301
-    stale = {"webhook-id": "d-1", "webhook-timestamp": str(old), "webhook-signature": sign(secret, "d-1", old, body)}
+    stale = {
+        "webhook-id": "d-1",
+        "webhook-timestamp": str(old),
+        "webhook-signature": sign(secret, "d-1", old, body),
+    }
     with pytest.raises(WebhookVerificationError, match="tolerance"):
         verify(secret, stale, body)
     with pytest.raises(WebhookVerificationError):
@@ -118,8 +126,12 @@ async def test_batches_carry_up_to_batch_size_deliveries_under_a_stable_batch_id
         await target.aclose()
     first_round = receiver.requests[:3]
     assert [len(request.body["batch"]) for request in first_round] == [3, 3, 1]
-    assert [d["id"] for request in first_round for d in request.body["batch"]] == [d.delivery_id for d in deliveries]
-    assert [r.headers["webhook-id"] for r in receiver.requests[3:]] == [r.headers["webhook-id"] for r in first_round]
+    assert [d["id"] for request in first_round for d in request.body["batch"]] == [
+        d.delivery_id for d in deliveries
+    ]
+    assert [r.headers["webhook-id"] for r in receiver.requests[3:]] == [
+        r.headers["webhook-id"] for r in first_round
+    ]
     assert len({r.headers["webhook-id"] for r in first_round}) == 3
     assert receiver.received == [wire(d) for d in deliveries]
     assert receiver.duplicates == 7
@@ -138,9 +150,18 @@ async def test_a_receiver_signing_with_another_secret_rejects_the_delivery() -> 
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [(503, Outcome.RETRY), (500, Outcome.RETRY), (429, Outcome.RETRY), (408, Outcome.RETRY), (400, Outcome.REJECTED), (404, Outcome.REJECTED)],
+    [
+        (503, Outcome.RETRY),
+        (500, Outcome.RETRY),
+        (429, Outcome.RETRY),
+        (408, Outcome.RETRY),
+        (400, Outcome.REJECTED),
+        (404, Outcome.REJECTED),
+    ],
 )
-async def test_answers_become_retries_or_rejections_with_the_status_only(status: int, outcome: Outcome) -> None:
+async def test_answers_become_retries_or_rejections_with_the_status_only(
+    status: int, outcome: Outcome
+) -> None:
     secret = new_secret()
     with WebhookReceiver(secret) as receiver:
         receiver.fail(status, times=1)
@@ -206,7 +227,9 @@ async def test_each_persons_deliveries_arrive_in_order_under_concurrency(batch_s
 @pytest.mark.parametrize("batch_size", [1, 2])
 async def test_after_a_persons_failure_their_later_deliveries_wait_and_others_go_on(batch_size: int) -> None:
     secret = new_secret()
-    deliveries = [delivery(number, profile_id=["p-ok", "p-bad", "p-other"][number % 3]) for number in range(9)]
+    deliveries = [
+        delivery(number, profile_id=["p-ok", "p-bad", "p-other"][number % 3]) for number in range(9)
+    ]
     with WebhookReceiver(secret) as receiver:
         receiver.fail_person("p-bad", 503)
         target = WebhookTarget(webhook(receiver.url, batch_size=batch_size, max_in_flight=3), secret)

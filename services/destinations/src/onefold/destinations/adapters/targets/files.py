@@ -88,7 +88,9 @@ class FilesTarget:
             except (OSError, pa.ArrowException) as exc:
                 return [Result.retry(_describe(exc))] * len(deliveries)
         unknown = Result.rejected("unknown delivery kind")
-        return [DELIVERED if d.kind in DIRECTORY_OF_KIND or d.kind == "deletion" else unknown for d in deliveries]
+        return [
+            DELIVERED if d.kind in DIRECTORY_OF_KIND or d.kind == "deletion" else unknown for d in deliveries
+        ]
 
     async def aclose(self) -> None:
         return None
@@ -164,7 +166,9 @@ def _table(deliveries: list[Delivery]) -> pa.Table:
             "type": [delivery.kind for delivery in deliveries],
             "name": [delivery.name for delivery in deliveries],
             "occurred_at": [delivery.occurred_at for delivery in deliveries],
-            "data": [json.dumps(delivery.data, ensure_ascii=False, sort_keys=True) for delivery in deliveries],
+            "data": [
+                json.dumps(delivery.data, ensure_ascii=False, sort_keys=True) for delivery in deliveries
+            ],
         },
         schema=SCHEMA,
     )

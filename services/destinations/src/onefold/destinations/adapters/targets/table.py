@@ -22,8 +22,8 @@ import asyncio
 import itertools
 import json
 import re
-from datetime import UTC, datetime
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa

@@ -38,7 +38,7 @@ from onefold.destinations.adapters.targets.base import (
     wire,
 )
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix of every secret, not one)
 DEFAULT_TIMEOUT_SECONDS = 10.0
 DEFAULT_MAX_IN_FLIGHT = 16
 MAX_BATCH_SIZE = 1000
@@ -69,9 +69,7 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes | str) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-def verify(
-    secret: str, headers: Mapping[str, str], body: bytes | str, tolerance_seconds: int = 300
-) -> None:
+def verify(secret: str, headers: Mapping[str, str], body: bytes | str, tolerance_seconds: int = 300) -> None:
     """Check a received request as a receiver does; raises WebhookVerificationError if it is not
     signed with `secret` or its timestamp is more than `tolerance_seconds` away from now."""
     lowered = {name.lower(): value for name, value in headers.items()}
