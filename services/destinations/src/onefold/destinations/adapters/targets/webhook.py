@@ -34,6 +34,7 @@ from onefold.destinations.adapters.targets.base import (
     BEHIND_A_FAILURE,
     DELIVERED,
     Delivery,
+    Outcome,
     Result,
     wire,
 )
@@ -162,7 +163,7 @@ class WebhookTarget:
             result = await self._post([deliveries[index] for index in batch])
             for index in batch:
                 results[index] = result
-                if result is not DELIVERED:
+                if result.outcome is not Outcome.DELIVERED:
                     failed_persons.add(deliveries[index].profile_id)
 
     async def _post(self, batch: Sequence[Delivery]) -> Result:
@@ -188,8 +189,8 @@ class WebhookTarget:
             return Result.retry(f"timeout after {self._timeout_seconds:.1f} s")
         except httpx.ConnectError as exc:
             return Result.retry("connection refused" if _refused(exc) else "connection failed (ConnectError)")
-        except httpx.TransportError as exc:
-            return Result.retry(f"connection failed ({type(exc).__name__})")
+        except httpx.RequestError as exc:
+            return Result.retry(f"request failed ({type(exc).__name__})")
         status = response.status_code
         if 200 <= status < 300:
             return DELIVERED
