@@ -174,7 +174,7 @@ class DestinationsReadModel(Handlers):
 
     @handles(pb.DeliveryQueued)
     def _queued_one(self, conn: Connection, message: pb.DeliveryQueued, event: RecordedEvent) -> None:
-        at = to_micros(event.recorded_at)
+        at = to_micros(event.occurred_at)
         self._queued.append(
             {
                 "delivery_id": message.delivery_id,
@@ -213,7 +213,7 @@ class DestinationsReadModel(Handlers):
 
     @handles(pb.DeliveriesDelivered)
     def _delivered(self, conn: Connection, message: pb.DeliveriesDelivered, event: RecordedEvent) -> None:
-        at = to_micros(event.recorded_at)
+        at = to_micros(event.occurred_at)
         self._update(
             conn,
             message.delivery_ids,
@@ -237,7 +237,7 @@ class DestinationsReadModel(Handlers):
             message.workspace,
             message.destination,
             last_error=message.error[:200],
-            last_error_at_us=to_micros(event.recorded_at),
+            last_error_at_us=to_micros(event.occurred_at),
         )
 
     @handles(pb.DeliveriesDeadLettered)
@@ -252,7 +252,7 @@ class DestinationsReadModel(Handlers):
             message.workspace,
             message.destination,
             last_error=message.error[:200],
-            last_error_at_us=to_micros(event.recorded_at),
+            last_error_at_us=to_micros(event.occurred_at),
         )
 
     @handles(pb.DeliveriesSuppressed)
@@ -269,7 +269,7 @@ class DestinationsReadModel(Handlers):
         conn.execute(
             outbox.update()
             .where(replayable(message))
-            .values(status=QUEUED, attempts=0, try_at_us=to_micros(event.recorded_at), last_error="")
+            .values(status=QUEUED, attempts=0, try_at_us=to_micros(event.occurred_at), last_error="")
         )
 
     @handles(pb.RecipientErased)
