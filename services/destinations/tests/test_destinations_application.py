@@ -223,7 +223,12 @@ async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_th
         await destinations.deliver_due()
         await destinations.track("p-1", "Order Completed", order_id="queued-when-erased")
         counts = await destinations.app.erase_subject(WORKSPACE, ["p-1"])
-        assert counts == {"deletions_queued": 2, "profiles_erased": 1}
+        assert counts == {
+            "deletions_queued": 2,
+            "profiles_erased": 1,
+            "deletion_queued:crm": 1,
+            "deletion_queued:warehouse": 1,
+        }
         await destinations.deliver_due()
         await receiver.wait_for(3)
         kinds = [(r["profileId"], r["type"]) for r in receiver.received]

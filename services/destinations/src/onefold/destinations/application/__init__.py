@@ -134,13 +134,18 @@ class DestinationsApplication:
 
     async def erase_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
         """Drop what is queued about them, queue a deletion for every destination that received
-        them, and shred their keys (what was queued about them reads as erased from then on)."""
+        them, and shred their keys (what was queued about them reads as erased from then on). The
+        answer — recorded on the erasure request — names each destination sent a deletion."""
         work = functools.partial(self.router.erase, workspace=workspace, profile_ids=list(profile_ids))
         deletions = await self.log.writer.run(self.log.projector.write, work)
         if self.log.store.is_sqlite:
             await asyncio.to_thread(self.log.store.checkpoint_wal)
         self.deliverer.wake()
-        return {"deletions_queued": deletions, "profiles_erased": len(profile_ids)}
+        return {
+            "deletions_queued": sum(deletions.values()),
+            "profiles_erased": len(profile_ids),
+            **{f"deletion_queued:{name}": count for name, count in sorted(deletions.items())},
+        }
 
     async def aclose(self) -> None:
         await self.deliverer.aclose()

@@ -118,9 +118,9 @@ class Router:
                     queue.add(message.profile_id, event_id, queue.now, routed)
             queue.record()
 
-    def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> int:
+    def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> dict[str, int]:
         """A data-subject erasure: queued deliveries dropped, a deletion queued per destination that
-        received each person; returns how many deletions were queued."""
+        received each person; returns how many deletions were queued, by destination."""
         queue = _Queue(self, conn, workspace)
         for profile_id in profile_ids:
             queue.erase(profile_id)
@@ -223,18 +223,18 @@ class _Queue:
             metadata={PARTITION_KEY: profile_id},
         )
 
-    def record(self) -> int:
-        """Record the batch, then shred the keys of the people it erased; the number of deletions
-        queued."""
+    def record(self) -> dict[str, int]:
+        """Record the batch, then shred the keys of the people it erased; the deletions queued, by
+        destination."""
         if not self.events:
-            return 0
+            return {}
         store = self.router.log.store
         self.router.log.projector.record(self.conn, self.events)
         for profile_id in self.shredding:
             store.erase_subject(subject_of(self.workspace, profile_id), conn=self.conn)
         self.router.on_queued()
-        return sum(
-            1
-            for e in self.events
-            if isinstance(e.message, pb.DeliveryQueued) and e.message.kind == pb.DELIVERY_KIND_DELETION
-        )
+        deletions: dict[str, int] = {}
+        for e in self.events:
+            if isinstance(e.message, pb.DeliveryQueued) and e.message.kind == pb.DELIVERY_KIND_DELETION:
+                deletions[e.message.destination] = deletions.get(e.message.destination, 0) + 1
+        return deletions
