@@ -16,12 +16,12 @@ from destinations_harness import (
     DestinationsHarness,
     destination,
 )
-from receivers import WebhookReceiver
 
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.application.routing import subject_of
 from onefold.destinations.domain.definitions import Known
 from onefold.platform.errors import FailedPrecondition, InvalidArgument
+from onefold.testing.webhooks import WebhookReceiver
 
 
 async def known_without_consent(workspace: str) -> Known:
