@@ -25,7 +25,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 def _send(cli: Cli, write_key: str, *messages: dict[str, Any]) -> None:
     endpoints = json.loads((cli.data_dir / "run" / "endpoints.json").read_text())
     batch = [{"messageId": uuid.uuid4().hex, **m} for m in messages]
-    answer = httpx.post(f"{endpoints['http']['ingest']}/v1/batch", json={"batch": batch}, auth=(write_key, ""))
+    answer = httpx.post(
+        f"{endpoints['http']['ingest']}/v1/batch", json={"batch": batch}, auth=(write_key, "")
+    )
     assert answer.status_code == 200 and answer.json()["accepted"] == len(batch), answer.text
 
 
@@ -59,7 +61,7 @@ traits: ["*"]
 def _rows(database: Path, table: str) -> list[str]:
     with sqlite3.connect(database) as conn:
         try:
-            return [str(p) for (p,) in conn.execute(f"select profile_id from {table}")]  # noqa: S608
+            return [str(p) for (p,) in conn.execute(f"select profile_id from {table}")]
         except sqlite3.OperationalError:
             return []  # not created yet
 
@@ -70,7 +72,9 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
     database = tmp_path / "warehouse.db"
     cli.run("apply", "-f", str(EXAMPLES / "consent.yaml"))
     with WebhookReceiver("") as receiver:
-        applied = cli.run("apply", "-f", str(_destinations_file(tmp_path / "d.yaml", receiver.url, database))).stdout
+        applied = cli.run(
+            "apply", "-f", str(_destinations_file(tmp_path / "d.yaml", receiver.url, database))
+        ).stdout
         assert "crm" in applied and "whsec_" in applied, applied
         receiver.secret = cli.json("destinations", "secret", "crm")["secret"]
         assert receiver.secret in applied
@@ -78,7 +82,9 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
         assert "unchanged" in again and "whsec_" not in again, again
         # Refused with the field's path; nothing stored.
         bad = tmp_path / "bad.yaml"
-        bad.write_text("kind: Destination\nname: ads\npurpose: no_such_purpose\nwebhook: {url: 'https://x.example'}\nsegments: [nope]\n")
+        bad.write_text(
+            "kind: Destination\nname: ads\npurpose: no_such_purpose\nwebhook: {url: 'https://x.example'}\nsegments: [nope]\n"
+        )
         refused = cli.run("apply", "-f", str(bad), status=2)
         assert "no_such_purpose" in refused.stdout + refused.stderr
         assert [d["name"] for d in cli.json("destinations", "list")] == ["crm", "warehouse"]
@@ -86,15 +92,34 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
         write_key = cli.json("sources", "create", "web")["write_key"]
         ann, bob = f"ann-{uuid.uuid4().hex[:8]}", f"bob-{uuid.uuid4().hex[:8]}"
         for user in (ann, bob):
-            _send(cli, write_key, {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com"}})
+            _send(
+                cli,
+                write_key,
+                {"type": "identify", "userId": user, "traits": {"email": f"{user}@example.com"}},
+            )
         ann_id = wait_for(lambda: cli.profile_id(ann), "Ann's profile")
         bob_id = wait_for(lambda: cli.profile_id(bob), "Bob's profile")
-        cli.run("consent", "grant", ann_id, "--purpose", "marketing", "--notice", "privacy_en", "--notice-version", "1")
+        cli.run(
+            "consent",
+            "grant",
+            ann_id,
+            "--purpose",
+            "marketing",
+            "--notice",
+            "privacy_en",
+            "--notice-version",
+            "1",
+        )
         for user, order in ((ann, "A-1"), (bob, "B-1")):
             _send(
                 cli,
                 write_key,
-                {"type": "track", "userId": user, "event": "Order Completed", "properties": {"order_id": order, "total": 150}},
+                {
+                    "type": "track",
+                    "userId": user,
+                    "event": "Order Completed",
+                    "properties": {"order_id": order, "total": 150},
+                },
             )
 
         def crm_status() -> dict[str, Any] | None:
@@ -122,7 +147,10 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
         [step] = [s for s in request["steps"] if s["service"] == "destinations"]
         confirmation = json.loads(step["confirmation"])
         assert "crm" in json.dumps(confirmation) and "warehouse" in json.dumps(confirmation), confirmation
-        wait_for(lambda: any(r["type"] == "deletion" and r["profileId"] == ann_id for r in receiver.received), "the CRM's deletion")
+        wait_for(
+            lambda: any(r["type"] == "deletion" and r["profileId"] == ann_id for r in receiver.received),
+            "the CRM's deletion",
+        )
         wait_for(lambda: _rows(database, "shop_events") == [], "the warehouse's rows deleted")
         assert _rows(database, "shop_traits") == []
     assert bob_id not in [r["profileId"] for r in receiver.received]
@@ -130,4 +158,3 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
     for path in (cli.data_dir).rglob("destinations.db*"):
         data = path.read_bytes()
         assert f"{ann}@example.com".encode() not in data and b"A-1" not in data, path
-
