@@ -136,6 +136,13 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
         table = cli.run("destinations", "status").stdout
         assert "crm" in table and "warehouse" in table and "webhook" in table, table
 
+        # After an outage, a replay sends the last hour again under the same ids: the receiver,
+        # idempotent, keeps one of each (what consent suppressed then is asked again).
+        replayed = cli.json("destinations", "replay", "crm", "--since", "1h")
+        assert replayed["queued"] >= 1, replayed
+        wait_for(lambda: receiver.duplicates >= 1, "the replayed deliveries")
+        assert [r for r in receiver.received if r["type"] == "event"] == orders
+
         # Ann asks to be erased: both destinations that received her get a deletion.
         opened = cli.json("consent", "requests", "open", "erasure", ann_id)
 
