@@ -326,3 +326,26 @@ async def test_consent_unreachable_delivers_nothing(make_destinations: Destinati
             await harness.deliver_due()
         assert receiver.requests == []
     assert harness.statuses("p-1") == ["queued"]
+
+
+async def test_a_destination_that_cannot_be_built_waits_without_holding_up_the_others(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        await destinations.apply(
+            destination(
+                {
+                    "name": "warehouse",
+                    "table": {"urlEnv": "UNSET_DATABASE_URL", "table": "crm"},
+                    "events": [ORDERS],
+                }
+            )
+        )
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        await destinations.deliver_due()
+        await receiver.wait_for(1)
+    warehouse = await destinations.status("warehouse")
+    assert warehouse.retrying == 1 and warehouse.last_error.startswith("not configured: ")
+    assert "UNSET_DATABASE_URL" in warehouse.last_error

@@ -32,7 +32,7 @@ from onefold.contracts.consent.v1 import consent_pb2
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.adapters.read_model import QUEUED, catalog, outbox
 from onefold.destinations.adapters.targets.base import BEHIND_A_FAILURE, Delivery, Outcome, Target
-from onefold.destinations.adapters.targets.factory import build_target
+from onefold.destinations.adapters.targets.factory import usable_target
 from onefold.destinations.adapters.upstream import ConsentCheck, Upstream
 from onefold.destinations.application.catalog import Clock, Destinations
 from onefold.destinations.domain import retry
@@ -268,7 +268,7 @@ class Deliverer:
         built = self._targets.get(key)
         if built is not None and built[0] == (version, secret_at):
             return built[1]
-        target = build_target(destination, secret=secret, environ=self.environ)
+        target = usable_target(destination, secret=secret, environ=self.environ)
         self._targets[key] = ((version, secret_at), target)
         if built is not None:
             self._retired.append(built[1])
