@@ -345,7 +345,7 @@ def test_replay_since_a_duration_ago_asks_for_that_window(service: tuple[FakeDes
     since = request.since.ToDatetime(tzinfo=UTC)
     assert before - timedelta(hours=2, seconds=5) < since <= datetime.now(UTC) - timedelta(hours=2)
     assert not request.HasField("until") and not request.dead_letters
-    assert result.output.startswith("crm: 42 deliveries queued since ")
+    assert result.output.startswith("crm: 42 deliveries to deliver again (those queued from ")
 
 
 def test_replay_dead_letters(service: tuple[FakeDestinations, str]) -> None:
@@ -354,7 +354,7 @@ def test_replay_dead_letters(service: tuple[FakeDestinations, str]) -> None:
     result = run("destinations", "replay", "crm", "--dead-letters", "--target", target, "--token", "t")
     assert result.exit_code == 0, result.output
     assert fake.requests == [pb.ReplayRequest(name="crm", dead_letters=True)]
-    assert "crm: 2 dead letters queued again" in result.output
+    assert "crm: 2 dead letters to deliver again" in result.output
 
 
 @pytest.mark.parametrize(

@@ -392,3 +392,22 @@ def test_a_misspelt_kind_names_the_destination_kinds() -> None:
 )
 def test_the_services_field_paths_read_as_yaml_paths(field: str, path: str) -> None:
     assert yaml_path(field) == path
+
+
+def test_a_webhooks_credential_headers_name_environment_variables() -> None:
+    [parsed] = parse_destination_documents(
+        [
+            {
+                "kind": "Destination",
+                "name": "crm",
+                "purpose": "crm_sync",
+                "webhook": {
+                    "url": "https://crm.example.com/h",
+                    "header_envs": {"Authorization": "CRM_TOKEN"},
+                },
+                "events": [{"type": "track"}],
+            }
+        ],
+        "f.yaml",
+    )
+    assert dict(parsed.webhook.header_envs) == {"Authorization": "CRM_TOKEN"}

@@ -85,7 +85,10 @@ async def make_destinations(tmp_path: Path, consent: ConsentService) -> AsyncIte
         )
         moved_by_the_test = clock or Clock()
         application = DestinationsApplication(
-            log, Upstream(peers, CONSENT_CALL_TIMEOUT_SECONDS), clock=moved_by_the_test, environ=environ or {}
+            log,
+            Upstream(peers, CONSENT_CALL_TIMEOUT_SECONDS),
+            clock=moved_by_the_test,
+            environ={} if environ is None else environ,
         )
 
         async def known(workspace: str) -> Known:

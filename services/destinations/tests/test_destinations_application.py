@@ -244,8 +244,12 @@ async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_th
         }
     engine.dispose()
     assert held == {"crm_events": ["p-2"], "crm_traits": []}
-    assert "dropped" in destinations.statuses("p-1", "crm")
+    assert destinations.statuses("p-1", "crm") == ["delivered", "dropped", "delivered"]
     assert destinations.store.is_erased(subject_of(WORKSPACE, "p-1"))
+    # A replay never sends what was about an erased person again; their deletion, again.
+    since = destinations.clock.now - timedelta(hours=1)
+    await destinations.app.replay(WORKSPACE, "crm", "cred", since=since, until=None, dead_letters=False)
+    assert destinations.statuses("p-1", "crm") == ["delivered", "dropped", "queued"]
 
 
 async def test_audience_sync_to_a_postgresql_table_follows_entries_and_exits(
@@ -329,27 +333,58 @@ async def test_consent_unreachable_delivers_nothing(make_destinations: Destinati
     assert harness.statuses("p-1") == ["queued"]
 
 
-async def test_a_destination_that_cannot_be_built_waits_without_holding_up_the_others(
-    destinations: DestinationsHarness, consent: ConsentService
+async def test_what_a_destination_reads_from_the_environment_must_be_set_and_credentials_stay_out_of_the_log(
+    make_destinations: DestinationsFactory, consent: ConsentService, tmp_path: Path
 ) -> None:
+    environment = {
+        "WAREHOUSE_URL": f"sqlite:///{tmp_path}/w.db",
+        "CRM_TOKEN": "Bearer sk_live_not_in_the_log",
+    }
+    harness = make_destinations(environ=environment)
     await consent.grant("p-1")
+    with pytest.raises(InvalidArgument) as refused:
+        await harness.apply(
+            destination(
+                {"name": "w", "table": {"urlEnv": "NOT_SET_HERE", "table": "crm"}, "events": [ORDERS]}
+            ),
+            destination(
+                {
+                    "name": "c",
+                    "webhook": {"url": "https://x.example", "headers": {"Authorization": "Bearer x"}},
+                    "events": [ORDERS],
+                }
+            ),
+        )
+    assert (
+        "destinations[0].table.url_env: the destinations service has no environment variable NOT_SET_HERE"
+        in str(refused.value)
+    )
+    assert "destinations[1].webhook.headers.Authorization: carries a credential" in str(refused.value)
     with WebhookReceiver("") as receiver:
-        await webhook(destinations, receiver)
-        await destinations.apply(
+        await webhook(
+            harness, receiver, webhook={"url": receiver.url, "headerEnvs": {"Authorization": "CRM_TOKEN"}}
+        )
+        await harness.apply(
             destination(
                 {
                     "name": "warehouse",
-                    "table": {"urlEnv": "UNSET_DATABASE_URL", "table": "crm"},
+                    "table": {"urlEnv": "WAREHOUSE_URL", "table": "crm"},
                     "events": [ORDERS],
                 }
             )
         )
-        await destinations.track("p-1", "Order Completed", order_id="o-1")
-        await destinations.deliver_due()
+        # The service restarted without the warehouse's variable: the warehouse waits, saying why,
+        # and the CRM's deliveries go on.
+        del environment["WAREHOUSE_URL"]
+        await harness.track("p-1", "Order Completed", order_id="o-1")
+        await harness.deliver_due()
         await receiver.wait_for(1)
-    warehouse = await destinations.status("warehouse")
+        assert receiver.requests[0].headers["authorization"] == "Bearer sk_live_not_in_the_log"
+    warehouse = await harness.status("warehouse")
     assert warehouse.retrying == 1 and warehouse.last_error.startswith("not configured: ")
-    assert "UNSET_DATABASE_URL" in warehouse.last_error
+    assert "WAREHOUSE_URL" in warehouse.last_error
+    logged = b"".join(bytes(e.payload) for e in harness.store.iter_all())
+    assert b"sk_live_not_in_the_log" not in logged
 
 
 async def test_files_are_written_incrementally_and_an_erasure_rewrites_them(

@@ -250,9 +250,11 @@ def apply_destinations(
     except Refused as refused:
         for where, text in refused.violations:
             err_console.print(f"  {where}: {text}", highlight=False, markup=False, soft_wrap=True)
+        # The service's own message lists the same fields by their API paths: the YAML paths are above.
         raise fail(
-            f"the destinations were refused, nothing was applied: {refused.message}"
-            + (" (each field above)" if refused.violations else "")
+            "the destinations were refused, nothing was applied (each field above)"
+            if refused.violations
+            else f"the destinations were refused: {refused.message}"
         ) from None
     for line in applied_lines(response, dry_run=dry_run):
         console.print(line, highlight=False, soft_wrap=True, markup=False)
@@ -488,9 +490,32 @@ def status(
 
     found = run_async(conn, call, not_found_exit())
     if as_json:
-        print_json([_as_dict(h) for h in found.destinations])
+        print_json([health_json(h) for h in found.destinations])
         return
     print_table(STATUS_COLUMNS, status_rows(found.destinations))
+
+
+def health_json(h: pb.DestinationHealth) -> dict[str, Any]:
+    """A destination's health for scripts: every field, counts as numbers, status as in the table."""
+    return {
+        "name": h.name,
+        "kind": h.kind,
+        "status": _status(h.status),
+        "queued": h.queued,
+        "retrying": h.retrying,
+        "delivered": h.delivered,
+        "suppressed": h.suppressed,
+        "dead_letters": h.dead_letters,
+        "lag_seconds": round(h.lag_seconds, 3),
+        "circuit": h.circuit,
+        "last_error": h.last_error,
+        "last_error_at": _iso(h.last_error_at) if h.HasField("last_error_at") else None,
+        "last_delivered_at": _iso(h.last_delivered_at) if h.HasField("last_delivered_at") else None,
+    }
+
+
+def _iso(stamp: timestamp_pb2.Timestamp) -> str:
+    return stamp.ToDatetime(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
 @destinations_app.command("dead-letters")
@@ -600,12 +625,13 @@ def replay(
         print_json({"name": name, "queued": replayed.queued})
         return
     if dead:
-        what = "dead letters"
+        said = f"{name}: {replayed.queued} dead letters to deliver again"
     else:
-        what = f"deliveries queued since {start:%Y-%m-%d %H:%M:%S}Z" + (
-            f" until {end:%Y-%m-%d %H:%M:%S}Z" if end is not None else ""
+        window = f"from {start:%Y-%m-%dT%H:%M:%S}Z" + (
+            f" to {end:%Y-%m-%dT%H:%M:%S}Z" if end is not None else " on"
         )
-    console.print(f"{name}: {replayed.queued} {what} queued again", highlight=False, markup=False)
+        said = f"{name}: {replayed.queued} deliveries to deliver again (those queued {window})"
+    console.print(said, highlight=False, markup=False)
 
 
 @destinations_app.command("secret")

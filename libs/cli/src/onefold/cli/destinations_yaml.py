@@ -60,7 +60,7 @@ DESTINATION_KEYS = (
     "traits",
     "retry",
 )
-WEBHOOK_KEYS = ("url", "headers", "batch_size", "timeout", "max_in_flight")
+WEBHOOK_KEYS = ("url", "headers", "header_envs", "batch_size", "timeout", "max_in_flight")
 TABLE_KEYS = ("url_env", "url", "table")
 FILES_KEYS = ("directory", "format", "endpoint", "batch_size")
 EVENT_KEYS = ("type", "name", "where", "mapping")
@@ -215,6 +215,15 @@ def _webhook(value: Any, at: YamlPath) -> pb.Webhook:
             raise at.key("headers").error(f"must map header names to values (got {shown(headers)})")
         for header, text in headers.items():
             webhook.headers[str(header)] = text_at(text, at.key("headers").key(str(header)), required=True)
+    header_envs = fields.get("header_envs")
+    if header_envs is not None:
+        if not isinstance(header_envs, dict):
+            raise at.key("header_envs").error(
+                f"must map header names to environment variables (got {shown(header_envs)})"
+            )
+        for header, variable in header_envs.items():
+            where = at.key("header_envs").key(str(header))
+            webhook.header_envs[str(header)] = text_at(variable, where, required=True)
     return webhook
 
 
@@ -380,6 +389,8 @@ def _webhook_document(webhook: pb.Webhook) -> dict[str, Any]:
         document["max_in_flight"] = webhook.max_in_flight
     if webhook.headers:
         document["headers"] = dict(sorted(webhook.headers.items()))
+    if webhook.header_envs:
+        document["header_envs"] = dict(sorted(webhook.header_envs.items()))
     return document
 
 

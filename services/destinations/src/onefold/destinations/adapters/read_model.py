@@ -45,6 +45,7 @@ catalog = sa.Table(
     sa.Column("last_error", sa.String(200), nullable=False, default=""),
     sa.Column("last_error_at_us", sa.BigInteger, nullable=True),
     sa.Column("last_delivered_at_us", sa.BigInteger, nullable=True),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),  # its definition or status last changed
 )
 
 outbox = sa.Table(
@@ -63,6 +64,8 @@ outbox = sa.Table(
     sa.Column("try_at_us", sa.BigInteger, nullable=False),
     sa.Column("delivered_at_us", sa.BigInteger, nullable=True),
     sa.Column("last_error", sa.String(200), nullable=False),
+    # The person was erased: what was sent about them is never replayed (it could not be opened).
+    sa.Column("erased", sa.Boolean, nullable=False),
     sa.Index("destinations_outbox_due", "status", "try_at_us"),
     sa.Index("destinations_outbox_person", "workspace", "destination", "profile_id", "position"),
     sa.Index("destinations_outbox_by_destination", "workspace", "destination", "status", "queued_at_us"),
@@ -132,6 +135,7 @@ class DestinationsReadModel(Handlers):
             "kind": target_kind(d),
             "latest": d.version,
             "destination": d.SerializeToString(deterministic=True),
+            "updated_at_us": to_micros(event.occurred_at),
         }
         where = (catalog.c.workspace == message.workspace) & (catalog.c.name == d.name)
         if conn.execute(sa.select(catalog.c.name).where(where)).first() is None:
@@ -153,7 +157,7 @@ class DestinationsReadModel(Handlers):
         conn.execute(
             catalog.update()
             .where((catalog.c.workspace == message.workspace) & (catalog.c.name == message.name))
-            .values(status=message.status)
+            .values(status=message.status, updated_at_us=to_micros(event.occurred_at))
         )
         if message.status == pb.DESTINATION_STATUS_ARCHIVED:
             conn.execute(
@@ -190,6 +194,7 @@ class DestinationsReadModel(Handlers):
                 "try_at_us": at,
                 "delivered_at_us": None,
                 "last_error": "",
+                "erased": False,
             }
         )
         if message.kind != pb.DELIVERY_KIND_DELETION:
@@ -285,6 +290,11 @@ class DestinationsReadModel(Handlers):
             .values(status=DROPPED, last_error="erased")
         )
         conn.execute(
+            outbox.update()
+            .where((outbox.c.workspace == message.workspace) & (outbox.c.profile_id == message.profile_id))
+            .values(erased=True)
+        )
+        conn.execute(
             recipients.delete().where(
                 (recipients.c.workspace == message.workspace)
                 & (recipients.c.profile_id == message.profile_id)
@@ -294,8 +304,13 @@ class DestinationsReadModel(Handlers):
 
 def replayable(replay: pb.DeliveriesReplayed) -> sa.ColumnElement[bool]:
     """The outbox rows a replay queues again: its destination's dead letters, or what was queued
-    within its time range and is not waiting already (dropped ones — erased, archived — never)."""
-    mine = (outbox.c.workspace == replay.workspace) & (outbox.c.destination == replay.destination)
+    within its time range and is not waiting already; never what was dropped (archived) or is about
+    a person erased since (a deletion is not about anyone's data, so it is replayed)."""
+    mine = (
+        (outbox.c.workspace == replay.workspace)
+        & (outbox.c.destination == replay.destination)
+        & outbox.c.erased.is_(False)
+    )
     if replay.dead_letters:
         return mine & (outbox.c.status == DEAD)
     chosen = mine & outbox.c.status.in_([DELIVERED, DEAD, SUPPRESSED])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
@@ -42,9 +43,10 @@ class DestinationsApplication:
     ) -> None:
         self.log = log
         self.clock = clock
-        self.destinations = Destinations(log, upstream.known, clock)
+        environment = os.environ if environ is None else environ
+        self.destinations = Destinations(log, upstream.known, clock, environment)
         self.router = Router(log, self.destinations, clock)
-        self.deliverer = Deliverer(log, self.destinations, upstream, clock, environ)
+        self.deliverer = Deliverer(log, self.destinations, upstream, clock, environment)
         self.queries = Queries(log, self.deliverer.circuit, clock)
         # The deliverer is woken once what was queued is committed: woken from inside the
         # transaction, its round could read the outbox before the commit and then sleep.

@@ -12,7 +12,7 @@ import asyncio
 import base64
 import functools
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -28,7 +28,7 @@ from onefold.destinations.domain.definitions import (
     definition_stream,
     secret_subject,
 )
-from onefold.eventlog.models import NewEvent
+from onefold.eventlog.models import NewEvent, from_micros
 from onefold.eventlog.service import ServiceLog
 from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFound
 
@@ -51,10 +51,11 @@ def new_signing_secret() -> str:
 
 
 class Destinations:
-    def __init__(self, log: ServiceLog, known: KnownLookup, clock: Clock) -> None:
+    def __init__(self, log: ServiceLog, known: KnownLookup, clock: Clock, environ: Mapping[str, str]) -> None:
         self.log = log
         self.known = known
         self.clock = clock
+        self.environ = environ  # the service's: where url_env and header_envs are read
         self._decoded: dict[tuple[str, str, int], pb.Destination] = {}
 
     # -------------------------------------------------------------------------- for routing
@@ -111,6 +112,15 @@ class Destinations:
             problems += [
                 rules.Problem(f"destinations[{i}].{p.path}", p.reason)
                 for p in rules.problems(destination, known)
+            ]
+            problems += [
+                rules.Problem(
+                    f"destinations[{i}].{path}",
+                    f"the destinations service has no environment variable {variable}: set it where the "
+                    "service runs (and restart it), then apply again",
+                )
+                for path, variable in rules.environment_variables(destination).items()
+                if not self.environ.get(variable)
             ]
         if problems:
             listed = "; ".join(str(p) for p in problems)
@@ -233,15 +243,18 @@ class Destinations:
 
     async def listed(self, workspace: str, include_archived: bool) -> list[pb.Destination]:
         def read() -> list[pb.Destination]:
-            query = sa.select(catalog.c.status, catalog.c.destination).where(catalog.c.workspace == workspace)
+            query = sa.select(catalog.c.status, catalog.c.destination, catalog.c.updated_at_us).where(
+                catalog.c.workspace == workspace
+            )
             if not include_archived:
                 query = query.where(catalog.c.status != pb.DESTINATION_STATUS_ARCHIVED)
             with self.log.store.engine.connect() as conn:
                 rows = conn.execute(query.order_by(catalog.c.name)).all()
             found = []
-            for status, data in rows:
+            for status, data, updated_at in rows:
                 destination = pb.Destination.FromString(bytes(data))
                 destination.status = int(status)  # type: ignore[assignment]
+                destination.updated_at.FromDatetime(from_micros(int(updated_at)))
                 found.append(destination)
             return found
 

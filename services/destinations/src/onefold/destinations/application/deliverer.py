@@ -17,7 +17,6 @@ queued: they go again under the same ids, which receivers deduplicate.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,13 +78,13 @@ class Deliverer:
         destinations: Destinations,
         upstream: Upstream,
         clock: Clock,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str],
     ) -> None:
         self.log = log_
         self.destinations = destinations
         self.upstream = upstream
         self.clock = clock
-        self.environ = dict(os.environ if environ is None else environ)
+        self.environ = environ
         self.breakers: dict[DestinationKey, retry.CircuitBreaker] = {}
         # Built once per (destination version, signing secret): a target holds connections.
         self._targets: dict[DestinationKey, tuple[tuple[int, int], Target]] = {}
@@ -306,7 +305,18 @@ class Deliverer:
         if delivered or not (failed or dead):
             breaker.succeeded()
         else:
+            was = breaker.state(now)
             breaker.failed(now)
+            if breaker.state(now) == "open" and was != "open":
+                # Names and counts only: an error never quotes what a receiver answered.
+                log.warning("destinations.circuit_opened", destination=name, failures=breaker.failures)
+        if dead:
+            log.warning(
+                "destinations.dead_lettered",
+                destination=name,
+                deliveries=sum(len(v) for v in dead.values()),
+                errors=sorted(dead),
+            )
         events: list[
             pb.DeliveriesDelivered | pb.DeliveriesFailed | pb.DeliveriesDeadLettered | pb.DeliveriesSuppressed
         ] = []

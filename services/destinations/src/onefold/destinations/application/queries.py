@@ -111,6 +111,11 @@ class Queries:
             .limit(size + 1)
         )
         with self.log.store.engine.connect() as conn:
+            known = conn.execute(
+                sa.select(catalog.c.name).where((catalog.c.workspace == workspace) & (catalog.c.name == name))
+            ).first()
+            if known is None:
+                raise NotFound(f"no destination named {name!r}")
             rows = conn.execute(query).all()
         response = pb.ListDeadLettersResponse()
         for row in rows[:size]:

@@ -31,6 +31,18 @@ MAX_MAPPED_FIELDS = 100
 MAX_SEGMENTS = 100
 MAX_TRAITS = 200
 EVERY_TRAIT = "*"
+# Header names whose values are credentials: they go through header_envs, never into the log.
+CREDENTIAL_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-access-token",
+    }
+)
 
 DEFAULT_WEBHOOK_BATCH = 1
 MAX_WEBHOOK_BATCH = 1000
@@ -95,6 +107,15 @@ def with_defaults(destination: pb.Destination) -> pb.Destination:
     return d
 
 
+def environment_variables(destination: pb.Destination) -> dict[str, str]:
+    """The service's environment variables a destination reads (path → name): they must be set."""
+    if destination.HasField("table") and destination.table.url_env:
+        return {"table.url_env": destination.table.url_env}
+    if destination.HasField("webhook"):
+        return {f"webhook.header_envs.{h}": v for h, v in destination.webhook.header_envs.items()}
+    return {}
+
+
 def problems(destination: pb.Destination, known: Known) -> list[Problem]:
     """Everything wrong with `destination` (with its defaults applied), each named by its path."""
     found: list[Problem] = []
@@ -137,9 +158,21 @@ def _target_problems(d: pb.Destination) -> list[Problem]:
             found.append(Problem("webhook.timeout", "must be between 100 ms and 120 s"))
         if not 1 <= d.webhook.max_in_flight <= 256:
             found.append(Problem("webhook.max_in_flight", "must be between 1 and 256"))
-        for header in d.webhook.headers:
+        for header in [*d.webhook.headers, *d.webhook.header_envs]:
             if header.lower().startswith("webhook-") or header.lower() in ("content-type", "idempotency-key"):
                 found.append(Problem(f"webhook.headers.{header}", "is set by the service"))
+        for header in d.webhook.headers:
+            if header.lower() in CREDENTIAL_HEADERS:
+                found.append(
+                    Problem(
+                        f"webhook.headers.{header}",
+                        "carries a credential, which the definition would keep in the log in clear: "
+                        "name the environment variable holding it in header_envs",
+                    )
+                )
+        for header, variable in d.webhook.header_envs.items():
+            if not ENV_NAME.match(variable):
+                found.append(Problem(f"webhook.header_envs.{header}", "must be an environment variable name"))
     elif kind == "table":
         t = d.table
         if bool(t.url_env) == bool(t.url):

@@ -170,11 +170,32 @@ class Webhook(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HeaderEnvsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     URL_FIELD_NUMBER: _builtins.int
     HEADERS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     MAX_IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    HEADER_ENVS_FIELD_NUMBER: _builtins.int
     url: _builtins.str
     """http or https"""
     batch_size: _builtins.int
@@ -187,6 +208,12 @@ class Webhook(_message.Message):
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """extra headers (not secrets: they are stored in the log)"""
 
+    @_builtins.property
+    def header_envs(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Headers carrying credentials (Authorization, an API key): header → the environment variable
+        of the destinations service holding its value, so the credential never enters the log.
+        """
+
     def __init__(
         self,
         *,
@@ -195,10 +222,11 @@ class Webhook(_message.Message):
         batch_size: _builtins.int = ...,
         timeout_seconds: _builtins.float = ...,
         max_in_flight: _builtins.int = ...,
+        header_envs: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "headers", b"headers", "max_in_flight", b"max_in_flight", "timeout_seconds", b"timeout_seconds", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "header_envs", b"header_envs", "headers", b"headers", "max_in_flight", b"max_in_flight", "timeout_seconds", b"timeout_seconds", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

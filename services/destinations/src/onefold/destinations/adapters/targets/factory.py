@@ -16,7 +16,7 @@ def build_target(destination: pb.Destination, *, secret: str, environ: Mapping[s
     ValueError for a definition that chose none or whose target cannot work."""
     kind = destination.WhichOneof("target")
     if kind == "webhook":
-        return WebhookTarget(destination.webhook, secret)
+        return WebhookTarget(destination.webhook, secret, environ=environ)
     if kind == "table":
         return TableTarget(destination.table, environ)
     if kind == "files":

@@ -102,13 +102,27 @@ def batch_id(deliveries: Sequence[Delivery]) -> str:
 class WebhookTarget:
     kind = "webhook"
 
-    def __init__(self, config: pb.Webhook, secret: str, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        config: pb.Webhook,
+        secret: str,
+        *,
+        environ: Mapping[str, str] | None = None,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
         if urlsplit(config.url).scheme not in ("http", "https") or not urlsplit(config.url).netloc:
             raise ValueError("a webhook's url must be http:// or https://")
         _key(secret)  # refuse a malformed secret now, not at the first delivery
         self._url = config.url
         self._secret = secret
         self._extra_headers = dict(config.headers)
+        for header, variable in config.header_envs.items():
+            value = (environ or {}).get(variable)
+            if not value:
+                raise ValueError(
+                    f"set {variable} in the destinations service's environment (header {header})"
+                )
+            self._extra_headers[header] = value
         self._batch_size = min(max(config.batch_size, 1), MAX_BATCH_SIZE)
         self._timeout_seconds = config.timeout_seconds or DEFAULT_TIMEOUT_SECONDS
         self._max_in_flight = config.max_in_flight or DEFAULT_MAX_IN_FLIGHT
