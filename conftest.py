@@ -9,7 +9,7 @@ import tempfile
 # processes they start) must write those into a temporary directory, never the user's own.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="onefold-test-config-")
 atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)
-# `onefold up` listens on 7460-7466 by default: a test's must take free ports instead, so the suite runs
+# `onefold up` listens on 7460-7467 by default: a test's must take free ports instead, so the suite runs
 # beside a developer's own instance and beside other tests (a test wanting fixed ports passes them).
 os.environ["ONEFOLD_PORTS__BASE"] = "0"
 

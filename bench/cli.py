@@ -97,7 +97,9 @@ def running_suite(data_dir: Path) -> Iterator[None]:
     threading.Thread(target=web.serve_forever, daemon=True).start()
     nats = socket.create_server(("127.0.0.1", 0))
     target = f"127.0.0.1:{grpc_port}"
-    services = dict.fromkeys(("ingest", "identity", "consent", "segments", "journeys"), target)
+    services = dict.fromkeys(
+        ("ingest", "identity", "consent", "segments", "journeys", "destinations"), target
+    )
     state = {
         "pid": os.getpid(),
         "nats_url": f"nats://127.0.0.1:{nats.getsockname()[1]}",

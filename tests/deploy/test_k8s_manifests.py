@@ -42,7 +42,7 @@ from onefold.platform.ports import free_port, wait_for_port
 from onefold.testing.processes import ServiceProcess
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations")
 GRPC_PORT = 50051
 # The key-encryption key's variable: settings `eventlog.key_encryption_key`, from a Secret
 # (onefold.eventlog.cipher.DEFAULT_KEK_ENV names the same variable).

@@ -1,6 +1,6 @@
 """Every service that may hold a person's data serves the data-subject contract
 (onefold.common.v1.DataSubjectService) on its real gRPC server, to callers with the dsr:write scope
-only: consent's data-subject-request saga relies on all four answering."""
+only: consent's data-subject-request saga relies on all five answering."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def served_services(channel: grpc.Channel) -> set[str]:
     return {service.name for answer in answers for service in answer.list_services_response.service}
 
 
-@pytest.mark.parametrize("name", ["ingest", "identity", "segments", "journeys"])
+@pytest.mark.parametrize("name", ["ingest", "identity", "segments", "journeys", "destinations"])
 def test_service_serves_the_data_subject_contract_to_dsr_write_only(
     name: str, tmp_path: Path, start_service: Callable[..., ServiceProcess]
 ) -> None:

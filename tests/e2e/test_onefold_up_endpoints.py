@@ -1,6 +1,6 @@
 """`onefold up`'s endpoints end to end: fixed ports from a port base, shown by `onefold status --json`,
 the same after a clean stop and a new start; a clean stop warns about nothing; a port in use stops the
-start before anything runs. Real processes: the CLI, nats-server and the five services."""
+start before anything runs. Real processes: the CLI, nats-server and the six services."""
 
 from __future__ import annotations
 
@@ -118,8 +118,9 @@ def test_endpoints_stay_put_across_a_clean_restart_and_the_stop_is_quiet(
         "segments": f"127.0.0.1:{base + 4}",
         "journeys": f"127.0.0.1:{base + 5}",
         "nats": f"nats://127.0.0.1:{base + 6}",
+        "destinations": f"127.0.0.1:{base + 7}",
     }
-    for key in ("ingest_grpc", "identity", "consent", "segments", "journeys"):
+    for key in ("ingest_grpc", "identity", "consent", "segments", "journeys", "destinations"):
         assert status["endpoints"][key]["nats_connection"] == "SERVING", status
     table = subprocess.run(
         [*ONEFOLD, "status", "--data-dir", str(data_dir)],

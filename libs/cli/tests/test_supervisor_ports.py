@@ -76,5 +76,5 @@ def test_two_endpoints_on_one_port_are_refused(
 def test_a_port_base_without_room_for_every_endpoint_is_refused(
     tmp_path: Path, supervisors: list[Supervisor]
 ) -> None:
-    with pytest.raises(ConfigError, match=r"--port-base 65530 leaves no room .*; give at most 65529"):
+    with pytest.raises(ConfigError, match=r"--port-base 65530 leaves no room .*; give at most 65528"):
         _prepared(tmp_path / "data", supervisors, port_base=65530)

@@ -101,7 +101,7 @@ def test_a_service_section_is_kept_for_its_owner_by_the_other_services(tmp_path:
     """One onefold.yaml for every service: the others load it without knowing the section's keys."""
     config = tmp_path / "onefold.yaml"
     config.write_text("ingest:\n  window_seconds: 5\n  batch: 0\n")
-    for service in ("identity", "consent", "segments", "journeys"):
+    for service in ("identity", "consent", "segments", "journeys", "destinations"):
         load_settings(service, config, env={"ONEFOLD_INGEST__BATCH": "-1"})
     # Read there anyway, it is validated then.
     with pytest.raises(ConfigError, match=r"invalid configuration value for 'ingest\.batch'"):
@@ -124,10 +124,12 @@ def test_ports_are_fixed_by_default_shifted_by_base_and_set_one_by_one() -> None
         "segments": 7464,
         "journeys": 7465,
         "nats": 7466,
+        "destinations": 7467,
     }
     env = {"ONEFOLD_PORTS__BASE": "8000", "ONEFOLD_PORTS__NATS": "4222"}
     chosen = load_settings("ingest", env=env).ports.chosen()
     assert (chosen["ingest_http"], chosen["journeys"], chosen["nats"]) == (8000, 8005, 4222)
+    assert chosen["destinations"] == 8007
     # base 0: every endpoint not set on its own gets a free port at start
     chosen = load_settings(
         "ingest", env={"ONEFOLD_PORTS__BASE": "0", "ONEFOLD_PORTS__CONSENT": "9000"}
@@ -144,6 +146,6 @@ def test_a_port_base_too_high_for_every_endpoint_names_the_key() -> None:
 
 
 def test_the_example_settings_file_loads_for_every_service() -> None:
-    for service in ("ingest", "identity", "consent", "segments", "journeys"):
+    for service in ("ingest", "identity", "consent", "segments", "journeys", "destinations"):
         settings = load_settings(service, EXAMPLE_SETTINGS, env={})
         assert settings.ports.chosen()["ingest_http"] == 7460

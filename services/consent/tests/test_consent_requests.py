@@ -4,7 +4,7 @@ extension (GDPR 12(3)), refusals with reasons (PIPL 50, GDPR 12(4)), restriction
 erasure's consent part and its steps for services that are not reachable (GDPR 17, PIPL 47),
 retries with backoff against a real address nobody answers on, rectification (GDPR 16, PIPL 46).
 
-The saga across real ingest, identity, segments and journeys processes is in
+The saga across real ingest, identity, segments, journeys and destinations processes is in
 test_consent_requests_service.py.
 """
 
@@ -20,11 +20,13 @@ import pytest
 import sqlalchemy as sa
 
 from onefold.consent.adapters.read_model import ConsentReadModel, request_rows
+from onefold.consent.application import subject_requests
 from onefold.consent.application.subject_requests import SubjectRequests, Timings
 from onefold.consent.domain.ledger import subject_of
 from onefold.consent.domain.subject_request import (
     SERVICES,
     WAITING_FOR_IDENTIFIERS,
+    StepOutcome,
     add_month,
     completion_record,
     request_stream,
@@ -258,7 +260,7 @@ async def test_gdpr_art17_erasure_consent_part_at_once_unreachable_services_pend
     harness.grant("p1", "marketing", proof=harness.proof(ip_address="203.0.113.7", user_agent="Firefox"))
     opened = open_request(requests_, pb.REQUEST_TYPE_ERASURE)
     assert opened.state == pb.REQUEST_STATE_OPEN
-    for service in ("ingest", "identity", "segments", "journeys"):
+    for service in ("ingest", "identity", "segments", "journeys", "destinations"):
         assert "not reachable" in steps(opened)[service].last_error
 
     processed = await requests_.process(WORKSPACE, opened.request_id)
@@ -266,7 +268,7 @@ async def test_gdpr_art17_erasure_consent_part_at_once_unreachable_services_pend
     assert by_service["consent"].state == DONE and by_service["consent"].attempts == 1
     assert json.loads(by_service["consent"].confirmation) == {"profiles_erased": ["p1"]}
     # Services nobody can reach here are pending, never done, so the request is not complete.
-    for service in ("ingest", "identity", "segments", "journeys"):
+    for service in ("ingest", "identity", "segments", "journeys", "destinations"):
         step = by_service[service]
         assert (step.state, step.attempts) == (PENDING, 0)
         assert f"peers.{service}" in step.last_error
@@ -347,11 +349,41 @@ async def test_gdpr_art15_access_consent_part_done_others_pending(consent: Any) 
     processed = await requests_.process(WORKSPACE, opened.request_id)
     assert json.loads(steps(processed)["consent"].confirmation) == {"consent_states": 1, "ledger_events": 2}
     assert {s: st for s, st in states(processed).items() if s != "consent"} == dict.fromkeys(
-        ("ingest", "identity", "segments", "journeys"), PENDING
+        ("ingest", "identity", "segments", "journeys", "destinations"), PENDING
     )
     assert processed.state == pb.REQUEST_STATE_IN_PROGRESS and not processed.export
     # The consent part is held for the export, in memory only: nothing personal in the step.
     assert "203.0.113" not in steps(processed)["consent"].confirmation
+
+
+class EveryPeerAnswers:
+    """Stands in for PeerSteps: every service is reachable and holds nothing of the person."""
+
+    def unreachable(self, service: str) -> str:
+        return ""
+
+    async def profile_identifiers(self, request: pb.SubjectRequest) -> list[Any]:
+        return []
+
+    async def call(self, service: str, request: pb.SubjectRequest, identifiers: Any) -> StepOutcome:
+        return StepOutcome(DONE, {"held": 0}, part={"counts": {"held": 0}})
+
+
+async def test_an_access_request_opened_before_a_service_was_added_completes_with_its_own_steps(
+    consent: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request in flight across an upgrade keeps the steps it was opened with: its export has a
+    part per step, none for the service added since (which never held its data)."""
+    before_destinations = tuple(s for s in SERVICES if s != "destinations")
+    requests_ = dsr(consent)
+    with monkeypatch.context() as older:
+        older.setattr(subject_requests, "SERVICES", before_destinations)
+        opened = open_request(requests_, pb.REQUEST_TYPE_ACCESS)
+    requests_.requests.peer_steps = EveryPeerAnswers()  # type: ignore[assignment]
+    completed = await requests_.process(WORKSPACE, opened.request_id)
+    assert completed.state == pb.REQUEST_STATE_COMPLETED
+    assert [step.service for step in completed.steps] == list(before_destinations)
+    assert list(json.loads(completed.export)["services"]) == sorted(before_destinations)
 
 
 def test_completion_record_is_canonical_json() -> None:

@@ -1,9 +1,9 @@
-"""Data-subject requests across real processes: a nats-server, ingest, identity, segments, journeys
-and consent (`python -m onefold.<name>`), one data dir and credential store as `onefold up` makes
-them, consent calling the others' DataSubjectService with a service credential (ONEFOLD_PEERS__*,
-ONEFOLD_AUTH__SERVICE_TOKEN).
+"""Data-subject requests across real processes: a nats-server, ingest, identity, segments, journeys,
+destinations and consent (`python -m onefold.<name>`), one data dir and credential store as
+`onefold up` makes them, consent calling the others' DataSubjectService with a service credential
+(ONEFOLD_PEERS__*, ONEFOLD_AUTH__SERVICE_TOKEN).
 
-A request completes only when all five services answered: a service with no address configured, or
+A request completes only when all six services answered: a service with no address configured, or
 one that does not serve DataSubjectService (UNIMPLEMENTED; here consent's own port stands for such a
 service), keeps its step PENDING and the request IN_PROGRESS.
 """
@@ -70,6 +70,7 @@ class Stack:
     identity: ServiceProcess
     segments: ServiceProcess
     journeys: ServiceProcess
+    destinations: ServiceProcess
     credentials: CredentialStore
     service_token: str
     consent: ServiceProcess | None = None
@@ -106,7 +107,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
     processes = [
         ServiceProcess(name, data, nats_server, extra_env=quiet)
-        for name in ("ingest", "identity", "segments", "journeys")
+        for name in ("ingest", "identity", "segments", "journeys", "destinations")
     ]
     started: list[ServiceProcess] = []
     built: Stack | None = None
@@ -117,8 +118,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             process.start()
             started.append(process)
         service_token = credentials.issue("*", ["service"], name="onefold services").token
-        ingest, identity, segments, journeys = processes
-        built = Stack(data, nats_server, ingest, identity, segments, journeys, credentials, service_token)
+        ingest, identity, segments, journeys, destinations = processes
+        built = Stack(
+            data, nats_server, ingest, identity, segments, journeys, destinations, credentials, service_token
+        )
         yield built
     finally:
         if built is not None:
@@ -312,9 +315,10 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
         for service in ("ingest", "segments"):  # they wait for the identifiers identity holds
             assert by_service[service].state == PENDING and by_service[service].attempts == 0
             assert "waiting for the subject's identifiers" in by_service[service].last_error
-        assert (
-            by_service["journeys"].state == PENDING and "peers.journeys" in by_service["journeys"].last_error
-        )
+        for service in ("journeys", "destinations"):  # no address
+            assert (
+                by_service[service].state == PENDING and f"peers.{service}" in by_service[service].last_error
+            )
         assert not opened.completion_record
         denied = ws.check(profile_id)
         assert (denied.decision, denied.reason) == (pb.DECISION_DENY, pb.DECISION_REASON_ERASED)
@@ -346,8 +350,9 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
     assert ingest_confirmation["identifiers_erased"] == 2 and ingest_confirmation["events_affected"] >= 2
     # No definitions: nothing to withdraw, but whatever it kept of the person (state, history) is gone.
     assert json.loads(by_service["segments"].confirmation) == {"outputs_withdrawn": 0, "profiles_erased": 1}
-    # Journeys has no address: pending, never done, so the request is not complete.
-    assert by_service["journeys"].state == PENDING and "peers.journeys" in by_service["journeys"].last_error
+    # Journeys and destinations have no address: pending, never done, so the request is not complete.
+    for service in ("journeys", "destinations"):
+        assert by_service[service].state == PENDING and f"peers.{service}" in by_service[service].last_error
     assert retried.state == pb.REQUEST_STATE_IN_PROGRESS and not retried.completion_record
     assert [
         r.request_id for r in ws.call(ws.consent(), "ListRequests", pb.ListRequestsRequest()).requests
@@ -373,7 +378,7 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
     assert len(announced.identifier_hashes) >= 2
 
     # Journeys' address now leads to a server that does not serve DataSubjectService (consent's own
-    # port): UNIMPLEMENTED keeps the step pending.
+    # port): UNIMPLEMENTED keeps the step pending. Destinations is reachable and answers meanwhile.
     assert stack.consent is not None
     not_serving = stack.consent.target
     stack.start_consent(
@@ -381,10 +386,12 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
         identity=stack.identity.target,
         segments=stack.segments.target,
         journeys=not_serving,
+        destinations=stack.destinations.target,
     )
     unanswered = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
     journeys = steps(unanswered)["journeys"]
     assert journeys.state == PENDING and "UNIMPLEMENTED" in journeys.last_error
+    assert steps(unanswered)["destinations"].state == DONE
     assert unanswered.state == pb.REQUEST_STATE_IN_PROGRESS
 
     # Journeys reachable: the retry completes the request.
@@ -393,13 +400,14 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
         identity=stack.identity.target,
         segments=stack.segments.target,
         journeys=stack.journeys.target,
+        destinations=stack.destinations.target,
     )
     completed = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
     assert completed.state == pb.REQUEST_STATE_COMPLETED
     assert all(step.state == DONE for step in completed.steps)
     record = json.loads(completed.completion_record)
     assert record["type"] == "erasure" and record["profile_id"] == profile_id
-    assert set(record["steps"]) == {"ingest", "identity", "consent", "segments", "journeys"}
+    assert set(record["steps"]) == {"ingest", "identity", "consent", "segments", "journeys", "destinations"}
     assert record["steps"]["ingest"]["confirmation"] == ingest_confirmation
     assert record["steps"]["identity"]["confirmation"]["profile_ids"] == [profile_id]
     assert record["steps"]["consent"]["confirmation"]["profiles_erased"] == [profile_id]
@@ -436,6 +444,7 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
         identity=stack.identity.target,
         segments=stack.segments.target,
         journeys=stack.journeys.target,
+        destinations=stack.destinations.target,
     )
     ws = make_workspace(stack)
     profile_id = ws.send_person("kim", "cookie-kim", "kim@example.com")
@@ -453,7 +462,7 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     document = json.loads(completed.export)
     assert document["format"] == "onefold.dsr.export/v1" and document["profile_id"] == profile_id
     services = document["services"]
-    assert set(services) == {"ingest", "identity", "consent", "segments", "journeys"}
+    assert set(services) == {"ingest", "identity", "consent", "segments", "journeys", "destinations"}
     names = {e["payload"]["event"].get("event") for e in services["ingest"]["events"]}
     assert "Order Completed" in names  # payloads decoded, not base64
     assert "kim@example.com" in json.dumps(services["ingest"])
@@ -465,6 +474,8 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     assert services["journeys"] == {
         "counts": {"journey_instances": 0, "messages": 0, "profile_facts": 0, "sandbox_sends": 0}
     }
+    # No destination is defined here: nothing was delivered of the person, so destinations holds none.
+    assert not any(services["destinations"]["counts"].values())
     # Segments has no definitions here: no memberships, tags or values; only what it keeps to compute them.
     held = services["segments"]["counts"]
     assert {k: held.get(k, 0) for k in ("segments", "tags", "computed_traits")} == dict.fromkeys(
@@ -587,6 +598,7 @@ def test_after_an_erasure_no_plaintext_of_the_person_is_left_in_any_file_or_stre
         identity=stack.identity.target,
         segments=stack.segments.target,
         journeys=stack.journeys.target,
+        destinations=stack.destinations.target,
     )
     ws = make_workspace(stack)
     person = {

@@ -5,6 +5,7 @@ PostgreSQL, files), through outages, retries, dead letters, replay, withdrawal a
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,12 +17,12 @@ from destinations_harness import (
     DestinationsHarness,
     destination,
 )
-from receivers import WebhookReceiver
 
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.application.routing import subject_of
 from onefold.destinations.domain.definitions import Known
 from onefold.platform.errors import FailedPrecondition, InvalidArgument
+from onefold.testing.webhooks import WebhookReceiver
 
 
 async def known_without_consent(workspace: str) -> Known:
@@ -223,7 +224,12 @@ async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_th
         await destinations.deliver_due()
         await destinations.track("p-1", "Order Completed", order_id="queued-when-erased")
         counts = await destinations.app.erase_subject(WORKSPACE, ["p-1"])
-        assert counts == {"deletions_queued": 2, "profiles_erased": 1}
+        assert counts == {
+            "deletions_queued": 2,
+            "profiles_erased": 1,
+            "deletion_queued:crm": 1,
+            "deletion_queued:warehouse": 1,
+        }
         await destinations.deliver_due()
         await receiver.wait_for(3)
         kinds = [(r["profileId"], r["type"]) for r in receiver.received]
@@ -321,3 +327,57 @@ async def test_consent_unreachable_delivers_nothing(make_destinations: Destinati
             await harness.deliver_due()
         assert receiver.requests == []
     assert harness.statuses("p-1") == ["queued"]
+
+
+async def test_a_destination_that_cannot_be_built_waits_without_holding_up_the_others(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        await destinations.apply(
+            destination(
+                {
+                    "name": "warehouse",
+                    "table": {"urlEnv": "UNSET_DATABASE_URL", "table": "crm"},
+                    "events": [ORDERS],
+                }
+            )
+        )
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        await destinations.deliver_due()
+        await receiver.wait_for(1)
+    warehouse = await destinations.status("warehouse")
+    assert warehouse.retrying == 1 and warehouse.last_error.startswith("not configured: ")
+    assert "UNSET_DATABASE_URL" in warehouse.last_error
+
+
+async def test_files_are_written_incrementally_and_an_erasure_rewrites_them(
+    destinations: DestinationsHarness, consent: ConsentService, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    await consent.grant("p-1", "p-2")
+    await destinations.apply(
+        destination(
+            {
+                "name": "exports",
+                "files": {"directory": str(tmp_path / "out"), "format": "FILE_FORMAT_PARQUET"},
+                "events": [ORDERS],
+            }
+        )
+    )
+    await destinations.track("p-1", "Order Completed", order_id="o-1")
+    await destinations.track("p-2", "Order Completed", order_id="o-2")
+    await destinations.deliver_due()
+    await destinations.track("p-2", "Order Completed", order_id="o-3")
+    await destinations.deliver_due()
+
+    def rows() -> list[tuple[str, str]]:
+        parts = sorted((tmp_path / "out" / "exports" / "events").glob("part-*.parquet"))
+        return [(r["profile_id"], r["data"]) for part in parts for r in pq.read_table(part).to_pylist()]
+
+    assert [p for p, _ in rows()] == ["p-1", "p-2", "p-2"]
+    await destinations.app.erase_subject(WORKSPACE, ["p-1"])
+    await destinations.deliver_due()
+    assert [p for p, _ in rows()] == ["p-2", "p-2"]

@@ -10,7 +10,6 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pytest
-from receivers import WebhookReceiver
 
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.adapters.targets.base import (
@@ -29,6 +28,7 @@ from onefold.destinations.adapters.targets.webhook import (
     verify,
 )
 from onefold.platform.ports import free_port
+from onefold.testing.webhooks import WebhookReceiver
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

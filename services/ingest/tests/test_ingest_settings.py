@@ -75,5 +75,5 @@ def test_bad_ingest_value_in_a_file_names_the_file(tmp_path: Path) -> None:
 def test_a_shared_file_with_an_ingest_section_loads_in_the_other_services(tmp_path: Path) -> None:
     config = tmp_path / "onefold.yaml"
     config.write_text("ingest:\n  dedupe_window_seconds: 7200\n  max_group_events: 200\n")
-    for service in ("identity", "consent", "segments", "journeys"):
+    for service in ("identity", "consent", "segments", "journeys", "destinations"):
         assert load_settings(service, config, env={}).service == service

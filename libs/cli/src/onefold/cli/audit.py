@@ -632,7 +632,7 @@ def verdict(results: Sequence[Verified], witness_error: str = "") -> tuple[int, 
 @audit_app.command("verify")
 def verify(
     service: Annotated[
-        str | None, typer.Argument(help=f"one of {', '.join(SERVICES)} (default: all five)")
+        str | None, typer.Argument(help=f"one of {', '.join(SERVICES)} (default: every service)")
     ] = None,
     as_json: AsJson = False,
     data_dir: DataDir = Path(".onefold"),

@@ -169,7 +169,7 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start nats-server (JetStream) and the five services; Ctrl-C stops everything."""
+    """Start nats-server (JetStream) and the six services; Ctrl-C stops everything."""
     import signal
     import threading
 

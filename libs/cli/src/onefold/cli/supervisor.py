@@ -1,4 +1,4 @@
-"""`onefold up`: one nats-server and the five services as separate processes on this machine.
+"""`onefold up`: one nats-server and the six services as separate processes on this machine.
 
 The supervisor owns the children: it starts them in order, waits until every service reports
 SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops services first
@@ -6,7 +6,7 @@ SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops ser
 them if the supervisor itself dies, so no process outlives it. State that a second command needs
 (`onefold status`) is written to <data-dir>/run/endpoints.json while it runs.
 
-Every endpoint has a fixed port from the `ports` settings (7460-7466 by default, `--port-base`
+Every endpoint has a fixed port from the `ports` settings (7460-7467 by default, `--port-base`
 moves them all), so clients keep their addresses across restarts. A port already taken stops the
 start before any process is started, naming the endpoint and the setting that moves it.
 
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from onefold.platform.config import NatsSettings, PortsSettings
     from onefold.platform.nats_server import NatsServerProcess
 
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys")
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations")
 # The `ports` setting (onefold.platform.config.PORT_OFFSETS) of each service's gRPC listener, and of
 # the HTTP listeners (ingest's: the Segment-compatible tracking API).
 GRPC_PORT_KEYS = {name: name for name in SERVICES} | {"ingest": "ingest_grpc"}
@@ -153,7 +153,7 @@ class Supervisor:
 
     def prepare(self) -> None:
         # Validate the configuration the services will read before starting anything, so a typo is
-        # one sentence here rather than five crashed processes.
+        # one sentence here rather than six crashed processes.
         from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
         from onefold.platform.config import MAX_PORT_BASE, PORT_OFFSETS, load_settings, prepare_data_dir
         from onefold.platform.service import PRIVATE_UMASK, ensure_bootstrap_admin
@@ -428,6 +428,7 @@ ENDPOINT_LABELS = {
     "consent": "consent gRPC",
     "segments": "segments gRPC",
     "journeys": "journeys gRPC",
+    "destinations": "destinations gRPC",
     "nats": "NATS",
 }
 

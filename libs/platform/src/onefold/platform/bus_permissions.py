@@ -40,6 +40,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
     "consent": ("identity",),
     "segments": ("identity", "consent"),
     "journeys": ("identity", "segments", "consent"),
+    "destinations": ("identity", "segments", "consent"),
 }
 SERVICES: tuple[str, ...] = tuple(CONSUMES)
 USERS: tuple[str, ...] = (*SERVICES, OPERATOR, ADMIN)

@@ -112,6 +112,7 @@ class PeersSettings(_Section):
     consent: str = ""
     segments: str = ""
     journeys: str = ""
+    destinations: str = ""
 
 
 # Where `onefold up` puts each endpoint on this machine: the port `base` plus this offset, unless
@@ -124,6 +125,8 @@ PORT_OFFSETS: dict[str, int] = {
     "segments": 4,
     "journeys": 5,
     "nats": 6,
+    # After nats, not before it: an installation's existing ports must not move when a service is added.
+    "destinations": 7,
 }
 DEFAULT_PORT_BASE = 7460
 MAX_PORT_BASE = 65535 - max(PORT_OFFSETS.values())
@@ -147,6 +150,7 @@ class PortsSettings(_Section):
     segments: int | None = Field(default=None, ge=1, le=65535, description="default base+4")
     journeys: int | None = Field(default=None, ge=1, le=65535, description="default base+5")
     nats: int | None = Field(default=None, ge=1, le=65535, description="default base+6 (the embedded server)")
+    destinations: int | None = Field(default=None, ge=1, le=65535, description="default base+7")
 
     def chosen(self) -> dict[str, int]:
         """Each endpoint's port: its own key, else base + offset; 0 where a free port is to be picked."""
@@ -196,7 +200,7 @@ class Settings(_Section):
         return self.auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
 
 
-# The service name is the caller's, never the environment's: one stray variable must not make five
+# The service name is the caller's, never the environment's: one stray variable must not make six
 # services share one database.
 _TOP_LEVEL_ENV = {"ONEFOLD_DATA_DIR": "data_dir"}
 

@@ -16,6 +16,8 @@ SCOPES = frozenset(
         "segments:write",
         "journeys:read",
         "journeys:write",
+        "destinations:read",
+        "destinations:write",
         "audit:read",
         "dsr:write",
     }

@@ -21,7 +21,7 @@ def _ephemeral_low() -> int:
 
 def free_port_range(count: int, attempts: int = 200) -> int:
     """The first of `count` consecutive ports that are all free now, chosen at random below the
-    ephemeral range so parallel suites (and a developer's `onefold up` on 7460-7466) do not meet."""
+    ephemeral range so parallel suites (and a developer's `onefold up` on 7460-7467) do not meet."""
     highest = _ephemeral_low() - count
     for _ in range(attempts):
         base = random.randrange(_LOWEST, highest)

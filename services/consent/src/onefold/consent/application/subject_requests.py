@@ -1,5 +1,5 @@
 """Data-subject requests (GDPR 12(3), 15-18, 20; PIPL 44-47, 50): access, erasure, rectification and
-restriction, each an event-sourced aggregate of its own, orchestrated across the five services.
+restriction, each an event-sourced aggregate of its own, orchestrated across the six services.
 
 The aggregate: stream `dsr:<workspace>:<request_id>`; its personal parts (the whole RequestOpened,
 the identifiers of ErasureRequested, the export of RequestCompleted) are encrypted with the data key
@@ -13,14 +13,14 @@ Deadlines (GDPR 12(3)): due one calendar month after receipt (31 January → 28/
 extension of at most 60 days, with a reason for the person, given before the first month ends.
 ListRequests(overdue_only) lists requests past due that are neither completed nor refused.
 
-Steps, one per service: ingest, identity, consent, segments, journeys.
+Steps, one per service: ingest, identity, consent, segments, journeys, destinations.
 
 - A step is DONE only when its service answered the call (its confirmation — counts, ids, never
   personal data — is kept as JSON), or NOT_APPLICABLE when the service has nothing to do for that
   request type (the reason is the step's confirmation). A service that does not answer — no address
   configured (peers.<name>) or no service credential, UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED —
   is never DONE: PENDING when it was not reached or does not serve the call (UNIMPLEMENTED), FAILED
-  (with attempts and last_error) when a call failed. So a request completes only when all five
+  (with attempts and last_error) when a call failed. So a request completes only when all six
   services answered: a completion record signed while a service may still hold the person's data
   would be false.
 - Retries never restart a request: RetryRequest and the background loop (`run`, started by the
@@ -41,11 +41,11 @@ Per type:
   subject's key is shredded: checks deny with ERASED). The other services need the person's
   identifiers: they are collected from identity (GetProfile), recorded in ErasureRequested (which the
   outbox relay publishes on the bus for every listening service), then EraseSubject is called on
-  ingest, identity, segments and journeys concurrently, each with a timeout. Until identity has answered, those steps wait (PENDING,
-  "waiting for the subject's identifiers").
-- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest, identity, segments and journeys (with
-  the identifiers from GetProfile) and consent's own ledger (GetConsents, the history with proof,
-  the person's requests); assembled into one JSON document (format
+  ingest, identity, segments, journeys and destinations concurrently, each with a timeout. Until
+  identity has answered, those steps wait (PENDING, "waiting for the subject's identifiers").
+- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest, identity, segments, journeys and
+  destinations (with the identifiers from GetProfile) and consent's own ledger (GetConsents, the
+  history with proof, the person's requests); assembled into one JSON document (format
   "onefold.dsr.export/v1", event payloads decoded) kept encrypted in RequestCompleted.export and
   returned by GetRequest. The parts are held in memory until the request completes (never written in
   clear); one lost with a restart is fetched again before completing. The export travels in one
@@ -63,9 +63,9 @@ The calls: every other service serves the same declared contract, onefold.common
 (ExportSubject, EraseSubject; scope dsr:write), called through one typed client
 (adapters.data_subjects). Each gets the same request — request_id, the profile id, the identifiers
 as (type, value) pairs — and answers from what it holds: ingest by user_id / anonymous_id, identity
-by any identifier, segments and journeys by profile id (they hold nothing yet and answer zero). The
-confirmation is the answer's counts (an erasure's erased profile ids too); an access request's part
-is its counts, its events (payloads decoded) and its typed records (e.g. identity's SubjectExport).
+by any identifier, segments, journeys and destinations by profile id. The confirmation is the
+answer's counts (an erasure's erased profile ids too); an access request's part is its counts, its
+events (payloads decoded) and its typed records (e.g. identity's SubjectExport).
 """
 
 from __future__ import annotations
@@ -530,7 +530,7 @@ class SubjectRequests:
             "profile_id": request.profile_id,
             "received_at": iso(request.received_at),
             "generated_at": self.now().isoformat(),
-            "services": {service: parts[service] for service in SERVICES},
+            "services": {step.service: parts[step.service] for step in request.steps},
         }
         return json.dumps(document, sort_keys=True, ensure_ascii=False, default=str).encode()
 

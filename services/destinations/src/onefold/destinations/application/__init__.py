@@ -45,8 +45,20 @@ class DestinationsApplication:
         self.destinations = Destinations(log, upstream.known, clock)
         self.router = Router(log, self.destinations, clock)
         self.deliverer = Deliverer(log, self.destinations, upstream, clock, environ)
-        self.router.on_queued = self.deliverer.wake
         self.queries = Queries(log, self.deliverer.circuit, clock)
+        # The deliverer is woken once what was queued is committed: woken from inside the
+        # transaction, its round could read the outbox before the commit and then sleep.
+        self._queued = False
+        self.router.on_queued = self._mark_queued
+        log.store.on_append(self._committed)
+
+    def _mark_queued(self) -> None:
+        self._queued = True
+
+    def _committed(self, head: int) -> None:
+        if self._queued:
+            self._queued = False
+            self.deliverer.wake()
 
     async def run_deliverer(self, leading: Callable[[], bool]) -> None:
         await self.deliverer.duty.run(leading)
@@ -134,13 +146,18 @@ class DestinationsApplication:
 
     async def erase_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
         """Drop what is queued about them, queue a deletion for every destination that received
-        them, and shred their keys (what was queued about them reads as erased from then on)."""
+        them, and shred their keys (what was queued about them reads as erased from then on). The
+        answer — recorded on the erasure request — names each destination sent a deletion."""
         work = functools.partial(self.router.erase, workspace=workspace, profile_ids=list(profile_ids))
         deletions = await self.log.writer.run(self.log.projector.write, work)
         if self.log.store.is_sqlite:
             await asyncio.to_thread(self.log.store.checkpoint_wal)
         self.deliverer.wake()
-        return {"deletions_queued": deletions, "profiles_erased": len(profile_ids)}
+        return {
+            "deletions_queued": sum(deletions.values()),
+            "profiles_erased": len(profile_ids),
+            **{f"deletion_queued:{name}": count for name, count in sorted(deletions.items())},
+        }
 
     async def aclose(self) -> None:
         await self.deliverer.aclose()

@@ -32,7 +32,7 @@ from onefold.contracts.consent.v1 import consent_pb2
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.adapters.read_model import QUEUED, catalog, outbox
 from onefold.destinations.adapters.targets.base import BEHIND_A_FAILURE, Delivery, Outcome, Target
-from onefold.destinations.adapters.targets.factory import build_target
+from onefold.destinations.adapters.targets.factory import usable_target
 from onefold.destinations.adapters.upstream import ConsentCheck, Upstream
 from onefold.destinations.application.catalog import Clock, Destinations
 from onefold.destinations.domain import retry
@@ -128,16 +128,26 @@ class Deliverer:
         return max((upcoming - self.clock()).total_seconds(), 0.05)
 
     def _next_try(self) -> datetime | None:
-        """The next moment anything queued may be tried (a retry, or a breaker's cool-down)."""
+        """The next moment anything queued may be tried (a retry, or a breaker's cool-down); the
+        lag gauges are set on the way (one query a round, by destination)."""
         moments = [b.open_until for b in self.breakers.values() if b.open_until is not None]
+        now = self.clock()
         with self.log.store.engine.connect() as conn:
-            found = conn.execute(
-                sa.select(sa.func.min(outbox.c.try_at_us))
-                .select_from(outbox.join(catalog, _catalog_row()))
-                .where((outbox.c.status == QUEUED) & (catalog.c.status == pb.DESTINATION_STATUS_ACTIVE))
-            ).scalar()
-        if found is not None:
-            moments.append(from_micros(int(found)))
+            waiting = conn.execute(
+                sa.select(
+                    catalog.c.name,
+                    catalog.c.status,
+                    sa.func.min(outbox.c.try_at_us),
+                    sa.func.min(outbox.c.queued_at_us),
+                )
+                .select_from(catalog.outerjoin(outbox, _catalog_row() & (outbox.c.status == QUEUED)))
+                .group_by(catalog.c.workspace, catalog.c.name, catalog.c.status)
+            ).all()
+        for name, status, try_at, queued_at in waiting:
+            lag = 0.0 if queued_at is None else (now - from_micros(int(queued_at))).total_seconds()
+            LAG.labels(str(name)).set(max(lag, 0.0))
+            if try_at is not None and status == pb.DESTINATION_STATUS_ACTIVE:
+                moments.append(from_micros(int(try_at)))
         return min(moments, default=None)
 
     async def deliver_due(self) -> int:
@@ -258,7 +268,7 @@ class Deliverer:
         built = self._targets.get(key)
         if built is not None and built[0] == (version, secret_at):
             return built[1]
-        target = build_target(destination, secret=secret, environ=self.environ)
+        target = usable_target(destination, secret=secret, environ=self.environ)
         self._targets[key] = ((version, secret_at), target)
         if built is not None:
             self._retired.append(built[1])

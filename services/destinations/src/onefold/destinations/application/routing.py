@@ -72,11 +72,12 @@ class Router:
                 if envelope.type == kind.DESCRIPTOR.full_name:
                     parsed.append(kind.FromString(envelope.payload))
         for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
-            queue = _Queue(self, conn, workspace)
-            for message in parsed:
-                if message.workspace != workspace:  # type: ignore[attr-defined]
-                    continue
-                if isinstance(message, identity_pb2.EventResolved) and message.profile_id:
+            mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
+            queue = _Queue(self, conn, workspace, [m.profile_id for m in mine])  # type: ignore[attr-defined]
+            takes_events = any(d.events for d in queue.destinations)
+            takes_traits = any(d.traits for d in queue.destinations)
+            for message in mine:
+                if isinstance(message, identity_pb2.EventResolved) and message.profile_id and takes_events:
                     event = segment_spec(message.event)
                     stamp = (
                         message.event.timestamp
@@ -90,7 +91,7 @@ class Router:
                         at,
                         routing.route_event(queue.destinations, event),
                     )
-                elif isinstance(message, identity_pb2.TraitsUpdated):
+                elif isinstance(message, identity_pb2.TraitsUpdated) and takes_traits:
                     traits = MessageToDict(message.traits)
                     routed = routing.route_traits(queue.destinations, traits)
                     queue.add(
@@ -110,7 +111,9 @@ class Router:
             elif envelope.type == segments_pb2.SegmentExited.DESCRIPTOR.full_name:
                 parsed.append((envelope.event_id, segments_pb2.SegmentExited.FromString(envelope.payload)))
         for workspace in dict.fromkeys(m.workspace for _, m in parsed):
-            queue = _Queue(self, conn, workspace)
+            queue = _Queue(
+                self, conn, workspace, [m.profile_id for _, m in parsed if m.workspace == workspace]
+            )
             for event_id, message in parsed:
                 if message.workspace == workspace:
                     entered = isinstance(message, segments_pb2.SegmentEntered)
@@ -118,10 +121,10 @@ class Router:
                     queue.add(message.profile_id, event_id, queue.now, routed)
             queue.record()
 
-    def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> int:
+    def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> dict[str, int]:
         """A data-subject erasure: queued deliveries dropped, a deletion queued per destination that
-        received each person; returns how many deletions were queued."""
-        queue = _Queue(self, conn, workspace)
+        received each person; returns how many deletions were queued, by destination."""
+        queue = _Queue(self, conn, workspace, profile_ids)
         for profile_id in profile_ids:
             queue.erase(profile_id)
         return queue.record()
@@ -130,23 +133,22 @@ class Router:
 class _Queue:
     """One workspace's deliveries decided in one batch, recorded together at the end."""
 
-    def __init__(self, router: Router, conn: Connection, workspace: str) -> None:
+    def __init__(self, router: Router, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> None:
         self.router = router
         self.conn = conn
         self.workspace = workspace
         self.now = router.clock()
         self.destinations = router.destinations.receiving(conn, workspace)
         self.events: list[NewEvent] = []
-        self.erased: set[str] = set()  # nothing more is queued for them in this batch
+        # Erased before this batch (an event of theirs still in flight: nothing is sent), or by it.
+        subjects = {subject_of(workspace, p): p for p in profile_ids}
+        self.erased: set[str] = {subjects[s] for s in router.log.store.erased_subjects(conn, subjects)}
         self.shredding: list[str] = []  # erased by this batch: their keys are shredded after it
 
     def add(self, profile_id: str, cause: str, at: datetime, routed: Sequence[routing.Routed]) -> None:
         if not routed or profile_id in self.erased:
             return
         subject = subject_of(self.workspace, profile_id)
-        if self.router.log.store.erased_subjects(self.conn, [subject]):
-            self.erased.add(profile_id)  # an event of an erased person still in flight: nothing is sent
-            return
         for r in routed:
             data = Struct()
             data.update(r.data)
@@ -170,8 +172,9 @@ class _Queue:
             )
 
     def erase(self, profile_id: str) -> None:
-        """Drop what is queued for the person; a deletion to each destination that received them."""
-        if profile_id in self.erased:
+        """Drop what is queued for the person; a deletion to each destination that received them
+        (once: a person erased before has no recipients left)."""
+        if profile_id in self.shredding:
             return
         self.erased.add(profile_id)
         self.shredding.append(profile_id)
@@ -223,18 +226,18 @@ class _Queue:
             metadata={PARTITION_KEY: profile_id},
         )
 
-    def record(self) -> int:
-        """Record the batch, then shred the keys of the people it erased; the number of deletions
-        queued."""
+    def record(self) -> dict[str, int]:
+        """Record the batch, then shred the keys of the people it erased; the deletions queued, by
+        destination."""
         if not self.events:
-            return 0
+            return {}
         store = self.router.log.store
         self.router.log.projector.record(self.conn, self.events)
         for profile_id in self.shredding:
             store.erase_subject(subject_of(self.workspace, profile_id), conn=self.conn)
         self.router.on_queued()
-        return sum(
-            1
-            for e in self.events
-            if isinstance(e.message, pb.DeliveryQueued) and e.message.kind == pb.DELIVERY_KIND_DELETION
-        )
+        deletions: dict[str, int] = {}
+        for e in self.events:
+            if isinstance(e.message, pb.DeliveryQueued) and e.message.kind == pb.DELIVERY_KIND_DELETION:
+                deletions[e.message.destination] = deletions.get(e.message.destination, 0) + 1
+        return deletions

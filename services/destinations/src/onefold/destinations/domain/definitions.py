@@ -160,6 +160,9 @@ def _target_problems(d: pb.Destination) -> list[Problem]:
             found.append(Problem("files.directory", "required: a directory or an s3://bucket/prefix URI"))
         elif "://" in f.directory and not f.directory.startswith("s3://"):
             found.append(Problem("files.directory", "a local directory or an s3:// URI"))
+        elif "://" not in f.directory and not f.directory.startswith("/"):
+            # Relative to what? The service's working directory differs between `onefold up` and a pod.
+            found.append(Problem("files.directory", "a local directory must be an absolute path"))
         if f.endpoint and not f.directory.startswith("s3://"):
             found.append(Problem("files.endpoint", "only for an s3:// directory"))
         if not 1 <= f.batch_size <= MAX_FILES_BATCH:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
-from onefold.destinations.adapters.targets.base import Target
+from onefold.destinations.adapters.targets.base import Delivery, Result, Target
 from onefold.destinations.adapters.targets.files import FilesTarget
 from onefold.destinations.adapters.targets.table import TableTarget
 from onefold.destinations.adapters.targets.webhook import WebhookTarget
@@ -22,3 +22,27 @@ def build_target(destination: pb.Destination, *, secret: str, environ: Mapping[s
     if kind == "files":
         return FilesTarget(destination.files, destination.name)
     raise ValueError(f"destination {destination.name!r} has no target: give webhook, table or files")
+
+
+class UnusableTarget:
+    """A destination whose target cannot be built here (its url_env unset, a malformed secret):
+    every delivery answers RETRY with why, so they wait, are dead-lettered after the last attempt,
+    and can be replayed once the configuration is fixed — without holding up other destinations."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
+        self.result = Result.retry(f"not configured: {reason}")
+
+    async def deliver(self, deliveries: Sequence[Delivery]) -> list[Result]:
+        return [self.result] * len(deliveries)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def usable_target(destination: pb.Destination, *, secret: str, environ: Mapping[str, str]) -> Target:
+    """`build_target`, or an UnusableTarget saying why not."""
+    try:
+        return build_target(destination, secret=secret, environ=environ)
+    except ValueError as problem:
+        return UnusableTarget(destination.WhichOneof("target") or "", str(problem))
