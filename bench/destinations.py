@@ -95,7 +95,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,6 +143,7 @@ PURPOSE = "personalisation"
 AUDIENCE_ENV = "ONEFOLD_BENCH_AUDIENCE_URL"
 LATENCY_RATE = 1000  # events per second in the latency phase
 MAX_IN_FLIGHT = 16
+STALL_SECONDS = 10.0  # the latency phase gives up when nothing arrived for this long
 GRANT_CLIENTS = 8
 CONSENT_FLOOR_ROUNDS = 20
 HTTP_FLOOR_REQUESTS = 10_000  # at most; the webhook phase's size when smaller
@@ -222,8 +223,10 @@ def serve_receiver() -> None:
         receiver = _Receiver()
         server = await asyncio.start_server(receiver.connection, "127.0.0.1", 0, backlog=1024)
         print(server.sockets[0].getsockname()[1], flush=True)
+        parent = os.getppid()
         async with server:
-            await server.serve_forever()
+            while os.getppid() == parent:  # noqa: ASYNC110 (the bench is gone: so is its receiver)
+                await asyncio.sleep(1)
 
     asyncio.run(serve())
 
@@ -272,18 +275,14 @@ class Traffic:
         )
         return cause, journeys.envelope(message, at)
 
-    @staticmethod
-    def entered(index: int) -> Any:
-        """The index-th membership: each (profile, segment) once."""
-        message = segments_pb2.SegmentEntered(
-            profile_id=profile_id(index % TRAFFIC_PROFILES[0]),
-            workspace=WORKSPACE,
-            segment=segment_name(index // TRAFFIC_PROFILES[0]),
-        )
+    def membership(self, index: int) -> tuple[str, str]:
+        """The index-th (profile, segment): each once, profile by profile through a segment."""
+        return profile_id(index % self.profiles), segment_name(index // self.profiles)
+
+    def entered(self, index: int) -> Any:
+        person, segment = self.membership(index)
+        message = segments_pb2.SegmentEntered(profile_id=person, workspace=WORKSPACE, segment=segment)
         return journeys.envelope(message, journeys.wall_clock())
-
-
-TRAFFIC_PROFILES = [1]  # set by run(): the profiles memberships are spread over
 
 
 # --- the system under test ------------------------------------------------------------------------
@@ -396,6 +395,36 @@ def start_system(directory: Path, audience_url: str, segments: frozenset[str]) -
         consent.stop()
         nats.stop()
         raise
+    try:
+        return compose_system(
+            directory,
+            audience_url,
+            segments,
+            nats,
+            consent,
+            (receiver, receiver_url),
+            (admin_token, service_token),
+        )
+    except BaseException:
+        receiver.terminate()
+        consent.stop()
+        nats.stop()
+        raise
+
+
+def compose_system(
+    directory: Path,
+    audience_url: str,
+    segments: frozenset[str],
+    nats: NatsServerProcess,
+    consent: ServiceProcess,
+    receiving: tuple[subprocess.Popen[str], str],
+    tokens: tuple[str, str],
+) -> System:
+    """The destinations application composed by its bootstrap, in this process, with consent's
+    address and a service credential it accepts."""
+    receiver, receiver_url = receiving
+    admin_token, service_token = tokens
     data_dir = directory / "destinations"
     data_dir.mkdir()
     settings = load_settings(
@@ -744,11 +773,15 @@ def latency_phase(system: System, traffic: Traffic, seconds: float) -> dict[str,
                 batch_sizes.append(len(batch))
                 bar.advance(task, len(batch))
         producer.join()
-        deadline = time.perf_counter() + 30
-        while time.perf_counter() < deadline:
-            arrived = system.receiver_call("/stats")["unique"]
-            if arrived >= total:
+        # Until every delivery arrived, or none arrived for STALL_SECONDS (the deliverer may be
+        # slower than the rate: what is behind drains, and its latency counts).
+        stalled = time.perf_counter() + STALL_SECONDS
+        while time.perf_counter() < stalled:
+            now_arrived = system.receiver_call("/stats")["unique"]
+            if now_arrived >= total:
                 break
+            if now_arrived > arrived:
+                arrived, stalled = now_arrived, time.perf_counter() + STALL_SECONDS
             time.sleep(0.05)
     finally:
         deliverer.cancel()
@@ -787,8 +820,8 @@ def latency_phase(system: System, traffic: Traffic, seconds: float) -> dict[str,
     }
 
 
-def audience_phase(system: System, count: int, audience_url: str) -> dict[str, Any]:
-    segments = sorted({segment_name(i // TRAFFIC_PROFILES[0]) for i in range(0, count, TRAFFIC_PROFILES[0])})
+def audience_phase(system: System, traffic: Traffic, count: int, audience_url: str) -> dict[str, Any]:
+    segments = sorted({traffic.membership(i)[1] for i in range(0, count, traffic.profiles)})
     system.use(
         pb.Destination(
             name="audience",
@@ -801,7 +834,7 @@ def audience_phase(system: System, count: int, audience_url: str) -> dict[str, A
     with progress("memberships routed") as bar:
         task = bar.add_task("routed", total=count)
         for start in range(0, count, SUBSCRIBER_BATCH):
-            envelopes = [Traffic.entered(i) for i in range(start, min(start + SUBSCRIBER_BATCH, count))]
+            envelopes = [traffic.entered(i) for i in range(start, min(start + SUBSCRIBER_BATCH, count))]
             with routing.measure():
                 system.route(system.app.router.handle_segments, envelopes)
             bar.advance(task, len(envelopes))
@@ -818,7 +851,7 @@ def audience_phase(system: System, count: int, audience_url: str) -> dict[str, A
     target = TARGET_SIZES["memberships"]
     return {
         "memberships": count,
-        "profiles": TRAFFIC_PROFILES[0],
+        "profiles": traffic.profiles,
         "segments": len(segments),
         "delivered": delivered,
         "table_rows": rows,
@@ -834,19 +867,16 @@ def audience_phase(system: System, count: int, audience_url: str) -> dict[str, A
         "end_to_end_per_s": round(count / total_seconds),
         "seconds_at_1m": round(total_seconds / count * target, 1),
         "extrapolated": count < target,
-        "floor": postgres_floor(audience_url, count),
+        "floor": postgres_floor(traffic, audience_url, count),
         "memory": memory_mb(),
     }
 
 
-def postgres_floor(audience_url: str, count: int) -> dict[str, Any]:
+def postgres_floor(traffic: Traffic, audience_url: str, count: int) -> dict[str, Any]:
     """Raw psycopg: executemany of `count` membership rows, a commit per DELIVERY_BATCH; then COPY."""
     url = normalise_url(audience_url).replace("postgresql+psycopg://", "postgresql://", 1)
     now = datetime.now(UTC)
-    rows = [
-        (profile_id(i % TRAFFIC_PROFILES[0]), segment_name(i // TRAFFIC_PROFILES[0]), now)
-        for i in range(count)
-    ]
+    rows = [(*traffic.membership(i), now) for i in range(count)]
     ddl = (
         "CREATE TABLE {} (profile_id VARCHAR(200) NOT NULL, segment VARCHAR(200) NOT NULL, "
         "entered_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (profile_id, segment))"
@@ -893,17 +923,15 @@ class Sizes:
     webhook: int
     latency_seconds: float
     memberships: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def run(sizes: Sizes, seed: int, postgres_url: str) -> dict[str, Any]:
     results: dict[str, Any] = {
-        "sizes": {k: v for k, v in sizes.__dict__.items() if k != "extra"},
+        "sizes": sizes.__dict__,
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, "
         f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30, 1)} GiB, "
         f"{platform.python_implementation()} {platform.python_version()}, SQLite {sqlite3.sqlite_version}",
     }
-    TRAFFIC_PROFILES[0] = sizes.profiles
     traffic = Traffic(seed, sizes.profiles)
     segments = frozenset(segment_name(i) for i in range(-(-sizes.memberships // sizes.profiles)))
     with (
@@ -929,7 +957,7 @@ def run(sizes: Sizes, seed: int, postgres_url: str) -> dict[str, Any]:
             say(f"latency: {LATENCY_RATE} events/s for {sizes.latency_seconds} s, the deliverer running ...")
             results["latency"] = latency_phase(system, traffic, sizes.latency_seconds)
             say(f"audience: {sizes.memberships:,} memberships to a PostgreSQL table ...")
-            results["audience"] = audience_phase(system, sizes.memberships, audience_url)
+            results["audience"] = audience_phase(system, traffic, sizes.memberships, audience_url)
             results["consent_rss_mb"] = rss_mb(system.consent.process.pid)  # type: ignore[union-attr]
             results["receiver_rss_mb"] = rss_mb(system.receiver.pid)
         finally:
