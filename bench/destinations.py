@@ -627,6 +627,7 @@ def webhook_phase(system: System, traffic: Traffic, count: int, batch_size: int)
         "received_duplicates": stats["duplicates"],
         "unsigned_requests": stats["unsigned"],
         "requests": stats["requests"].get("/hooks", 0),
+        "mean_deliveries_per_request": round(count / max(stats["requests"].get("/hooks", 0), 1), 1),
         "exactly_once": stats["unique"] == count == delivered and stats["duplicates"] == 0,
         "rounds": rounds,
         "deliverer_seconds": round(meter.wall, 2),
