@@ -41,8 +41,9 @@ Phases:
 - webhook: `--webhook` deliveries queued (routing, not timed), then `deliverer.deliver_due()` (a
   batch of up to 1000: one CheckConsentBatch round — two calls of consent's 500 —, the payloads
   opened, the target, the outcomes recorded) until none is queued; for batch_size=1 and
-  batch_size=100 (max_in_flight 16 both): deliveries/s, this process's CPU µs per delivery, and
-  consent's and the receiver's CPU beside it. Exactly once is checked: the receiver's unique ids
+  batch_size=100 (max_in_flight 16 both; a round's deliveries are split into lanes by person
+  first, so a request carries at most batch_size: `mean_deliveries_per_request`): deliveries/s,
+  this process's CPU µs per delivery, and consent's and the receiver's CPU beside it. Exactly once is checked: the receiver's unique ids
   == the deliveries, no duplicates. Floors: a raw httpx.AsyncClient POST loop at the same
   concurrency to the same receiver with bodies of the same size (requests/s; no signing, no log)
   and a bare CheckConsentBatch of DELIVERY_BATCH checks round trip (`Upstream.check_consent`, the
