@@ -60,7 +60,8 @@ Phases:
   each (profile, segment) once: the table's key) routed through `router.handle_segments` in
   batches of SUBSCRIBER_BATCH for a table destination, then `deliver_due()` until none is queued:
   memberships/s for routing and delivery separately and end to end, and the seconds for 1,000,000
-  (extrapolated linearly unless measured there: `at_target_size`). The table is checked to hold
+  (extrapolated linearly unless measured there: `at_target_size`; an under-estimate while a
+  delivery round's cost grows with what is queued). The table is checked to hold
   every membership. Floor: raw psycopg `executemany` of as many (profile_id, segment, entered_at)
   rows into a table of the same shape, a commit per DELIVERY_BATCH, and a single COPY of them;
 - memory: the process's RSS (VmRSS) after each phase and its peak (VmHWM): the service's code plus
