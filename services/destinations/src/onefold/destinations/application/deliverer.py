@@ -190,7 +190,9 @@ class Deliverer:
             .select_from(outbox.join(catalog, _catalog_row()))
             .where(
                 (outbox.c.status == QUEUED)
-                & (outbox.c.try_at_us <= to_micros(now))
+                # "+ 0": walk the queue in log order by (status, position) and stop at a full
+                # batch; on try_at_us's index the planner read and sorted every queued row a round.
+                & (outbox.c.try_at_us + 0 <= to_micros(now))
                 & (catalog.c.status == pb.DESTINATION_STATUS_ACTIVE)
                 & ~waiting_behind
             )
