@@ -40,10 +40,12 @@ def test_bench_destinations_runs_every_phase_in_quick_mode() -> None:
         assert -(-sizes["webhook"] // batch_size) <= hook["requests"] <= sizes["webhook"]
     assert results["http_floor"]["requests"] == min(sizes["webhook"], 10_000)
 
-    latency = results["latency"]
-    assert latency["path"] and latency["events"] == int(latency["rate_per_s"] * sizes["latency_seconds"])
-    assert latency["arrived"] == latency["events"] and latency["duplicates"] == 0
-    assert latency["delivered_p50_ms"] <= latency["delivered_p95_ms"] <= latency["delivered_p99_ms"]
+    for batch_size in (1, 100):
+        latency = results[f"latency_batch{batch_size}"]
+        assert latency["batch_size"] == batch_size
+        assert latency["path"] and latency["events"] == int(latency["rate_per_s"] * sizes["latency_seconds"])
+        assert latency["arrived"] == latency["events"] and latency["duplicates"] == 0
+        assert latency["delivered_p50_ms"] <= latency["delivered_p95_ms"] <= latency["delivered_p99_ms"]
 
     audience = results["audience"]
     assert audience["memberships"] == audience["delivered"] == audience["table_rows"] == sizes["memberships"]
@@ -57,7 +59,8 @@ def test_bench_destinations_runs_every_phase_in_quick_mode() -> None:
         ("webhook_batch1", "deliveries_per_s"),
         ("webhook_batch1", "service_cpu_us_per_delivery"),
         ("webhook_batch100", "deliveries_per_s"),
-        ("latency", "process_cpu_us_per_event"),
+        ("latency_batch1", "process_cpu_us_per_event"),
+        ("latency_batch100", "process_cpu_us_per_event"),
         ("audience", "routing_per_s"),
         ("audience", "delivery_per_s"),
         ("consent_floor", "checks_per_s"),
@@ -67,7 +70,14 @@ def test_bench_destinations_runs_every_phase_in_quick_mode() -> None:
     assert routing["floor"]["rows_per_s"] > 0
     assert audience["floor"]["executemany_per_s"] > 0 and audience["floor"]["copy_per_s"] > 0
 
-    for phase in ("routing", "webhook_batch1", "webhook_batch100", "latency", "audience"):
+    for phase in (
+        "routing",
+        "webhook_batch1",
+        "webhook_batch100",
+        "latency_batch1",
+        "latency_batch100",
+        "audience",
+    ):
         assert results[phase]["memory"]["rss_mb"] > 0, phase
     assert results["memory"]["peak_rss_mb"] >= results["memory"]["rss_mb"] > 0
     assert results["consent_rss_mb"] > 0 and results["receiver_rss_mb"] > 0
