@@ -416,3 +416,24 @@ async def test_files_are_written_incrementally_and_an_erasure_rewrites_them(
     await destinations.app.erase_subject(WORKSPACE, ["p-1"])
     await destinations.deliver_due()
     assert [p for p, _ in rows()] == ["p-2", "p-2"]
+
+
+async def test_an_open_circuit_holds_only_its_destination(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    await consent.grant("p-1")
+    fast_retries = {"maxAttempts": 50, "initialBackoffSeconds": 0.01, "maxBackoffSeconds": 0.01}
+    with WebhookReceiver("") as down, WebhookReceiver("") as up:
+        await webhook(destinations, down, name="crm", retry=fast_retries)
+        await webhook(destinations, up, name="erp")
+        down.fail(500)
+        await destinations.track("p-1", "Order Completed", order_id="first")
+        for _ in range(5):
+            await destinations.advance(timedelta(seconds=1))
+        assert (await destinations.status("crm")).circuit == "open"
+        await destinations.track("p-1", "Order Completed", order_id="second")
+        await destinations.advance(timedelta(seconds=1))
+        await up.wait_for(2)
+        assert [r["data"]["order"] for r in up.received] == ["first", "second"]
+    crm = await destinations.status("crm")
+    assert (crm.retrying, crm.queued) == (1, 1)  # the second was never tried while the circuit was open

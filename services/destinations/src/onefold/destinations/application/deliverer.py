@@ -121,12 +121,16 @@ class Deliverer:
         except (grpc.aio.AioRpcError, Unavailable) as exc:  # consent unreachable: nothing goes unchecked
             log.warning("destinations.consent_unreachable", error=type(exc).__name__)
             return RETRY_WAIT_SECONDS
-        upcoming = await asyncio.to_thread(self._next_try)
+        upcoming = await asyncio.to_thread(self._next_try, self._held(self.clock()))
         if upcoming is None:
             return None
         return max((upcoming - self.clock()).total_seconds(), 0.05)
 
-    def _next_try(self) -> datetime | None:
+    def _held(self, now: datetime) -> set[DestinationKey]:
+        """The destinations whose circuit is open: nothing of theirs is read or tried."""
+        return {key for key, breaker in self.breakers.items() if breaker.state(now) == "open"}
+
+    def _next_try(self, held: set[DestinationKey]) -> datetime | None:
         """The next moment anything queued may be tried (a retry, or a breaker's cool-down); the
         lag gauges are set on the way (one query a round, by destination)."""
         moments = [b.open_until for b in self.breakers.values() if b.open_until is not None]
@@ -134,6 +138,7 @@ class Deliverer:
         with self.log.store.engine.connect() as conn:
             waiting = conn.execute(
                 sa.select(
+                    catalog.c.workspace,
                     catalog.c.name,
                     catalog.c.status,
                     sa.func.min(outbox.c.try_at_us),
@@ -142,10 +147,11 @@ class Deliverer:
                 .select_from(catalog.outerjoin(outbox, _catalog_row() & (outbox.c.status == QUEUED)))
                 .group_by(catalog.c.workspace, catalog.c.name, catalog.c.status)
             ).all()
-        for name, status, try_at, queued_at in waiting:
+        for workspace, name, status, try_at, queued_at in waiting:
             lag = 0.0 if queued_at is None else (now - from_micros(int(queued_at))).total_seconds()
             LAG.labels(str(name)).set(max(lag, 0.0))
-            if try_at is not None and status == pb.DESTINATION_STATUS_ACTIVE:
+            open_circuit = (str(workspace), str(name)) in held
+            if try_at is not None and status == pb.DESTINATION_STATUS_ACTIVE and not open_circuit:
                 moments.append(from_micros(int(try_at)))
         return min(moments, default=None)
 
@@ -153,21 +159,18 @@ class Deliverer:
         """One round: how many deliveries were tried (or suppressed)."""
         await self._close_retired()
         now = self.clock()
-        due = await asyncio.to_thread(self._due, now)
+        due = await asyncio.to_thread(self._due, now, self._held(now))
         by_destination: dict[DestinationKey, list[Due]] = {}
         for row in due:
             by_destination.setdefault((row.workspace, row.destination), []).append(row)
-        held = {
-            k for k in by_destination if not self.breakers.setdefault(k, retry.CircuitBreaker()).allows(now)
-        }
-        for key in held:
-            del by_destination[key]
+        for key in by_destination:  # a circuit past its cool-down lets this round's batch probe
+            self.breakers.setdefault(key, retry.CircuitBreaker()).allows(now)
         for workspace in dict.fromkeys(k[0] for k in by_destination):
             batches = {k: v for k, v in by_destination.items() if k[0] == workspace}
             await self._deliver_workspace(workspace, batches, now)
         return sum(len(v) for v in by_destination.values())
 
-    def _due(self, now: datetime) -> list[Due]:
+    def _due(self, now: datetime, held: set[DestinationKey]) -> list[Due]:
         earlier = outbox.alias("earlier")
         waiting_behind = sa.exists().where(
             (earlier.c.workspace == outbox.c.workspace)
@@ -199,6 +202,8 @@ class Deliverer:
             .order_by(outbox.c.position)
             .limit(DELIVERY_BATCH)
         )
+        if held:  # else the batch could be all theirs, round after round, and others would wait
+            query = query.where(~sa.tuple_(outbox.c.workspace, outbox.c.destination).in_(sorted(held)))
         with self.log.store.engine.connect() as conn:
             return [Due(*row) for row in conn.execute(query)]
 
