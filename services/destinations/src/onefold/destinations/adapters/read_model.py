@@ -67,9 +67,9 @@ outbox = sa.Table(
     # The person was erased: what was sent about them is never replayed (it could not be opened).
     sa.Column("erased", sa.Boolean, nullable=False),
     sa.Index("destinations_outbox_due", "status", "try_at_us"),
-    # The deliverer's batch: queued rows in log order, read until the batch is full (with only the
-    # index above, every queued row was read and sorted each round).
-    sa.Index("destinations_outbox_in_order", "status", "position"),
+    # The deliverer's batch: a destination's queued rows in log order, read until the batch is full
+    # (with only the index above, every queued row was read and sorted each round).
+    sa.Index("destinations_outbox_in_order", "status", "workspace", "destination", "position"),
     sa.Index("destinations_outbox_person", "workspace", "destination", "profile_id", "position"),
     sa.Index("destinations_outbox_by_destination", "workspace", "destination", "status", "queued_at_us"),
 )

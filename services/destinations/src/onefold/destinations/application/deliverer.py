@@ -171,6 +171,9 @@ class Deliverer:
         return sum(len(v) for v in by_destination.values())
 
     def _due(self, now: datetime, held: set[DestinationKey]) -> list[Due]:
+        """The round's batch: each active destination's due deliveries in log order (a query per
+        destination, each stopping at a full batch: a paused destination's backlog, or an open
+        circuit's, is never read), then the earliest DELIVERY_BATCH of them all."""
         earlier = outbox.alias("earlier")
         waiting_behind = sa.exists().where(
             (earlier.c.workspace == outbox.c.workspace)
@@ -180,32 +183,40 @@ class Deliverer:
             & (earlier.c.position < outbox.c.position)
             & (earlier.c.try_at_us > to_micros(now))
         )
-        query = (
-            sa.select(
-                outbox.c.delivery_id,
-                outbox.c.workspace,
-                outbox.c.destination,
-                outbox.c.profile_id,
-                outbox.c.kind,
-                outbox.c.position,
-                outbox.c.attempts,
-            )
-            .select_from(outbox.join(catalog, _catalog_row()))
-            .where(
-                (outbox.c.status == QUEUED)
-                # "+ 0": walk the queue in log order by (status, position) and stop at a full
-                # batch; on try_at_us's index the planner read and sorted every queued row a round.
-                & (outbox.c.try_at_us + 0 <= to_micros(now))
-                & (catalog.c.status == pb.DESTINATION_STATUS_ACTIVE)
-                & ~waiting_behind
-            )
-            .order_by(outbox.c.position)
-            .limit(DELIVERY_BATCH)
-        )
-        if held:  # else the batch could be all theirs, round after round, and others would wait
-            query = query.where(~sa.tuple_(outbox.c.workspace, outbox.c.destination).in_(sorted(held)))
+        due: list[Due] = []
         with self.log.store.engine.connect() as conn:
-            return [Due(*row) for row in conn.execute(query)]
+            active = conn.execute(
+                sa.select(catalog.c.workspace, catalog.c.name).where(
+                    catalog.c.status == pb.DESTINATION_STATUS_ACTIVE
+                )
+            ).all()
+            for workspace, name in active:
+                if (str(workspace), str(name)) in held:
+                    continue
+                query = (
+                    sa.select(
+                        outbox.c.delivery_id,
+                        outbox.c.workspace,
+                        outbox.c.destination,
+                        outbox.c.profile_id,
+                        outbox.c.kind,
+                        outbox.c.position,
+                        outbox.c.attempts,
+                    )
+                    .where(
+                        (outbox.c.status == QUEUED)
+                        & (outbox.c.workspace == workspace)
+                        & (outbox.c.destination == name)
+                        # "+ 0": walk the (status, workspace, destination, position) index in log
+                        # order; on try_at_us's the planner read and sorted every queued row.
+                        & (outbox.c.try_at_us + 0 <= to_micros(now))
+                        & ~waiting_behind
+                    )
+                    .order_by(outbox.c.position)
+                    .limit(DELIVERY_BATCH)
+                )
+                due += [Due(*row) for row in conn.execute(query)]
+        return sorted(due, key=lambda d: d.position)[:DELIVERY_BATCH]
 
     async def _deliver_workspace(
         self, workspace: str, batches: dict[DestinationKey, list[Due]], now: datetime
