@@ -17,6 +17,7 @@ from destinations_harness import (
     DestinationsHarness,
     destination,
 )
+from prometheus_client import REGISTRY
 
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.application.routing import subject_of
@@ -28,6 +29,13 @@ from onefold.testing.webhooks import WebhookReceiver
 async def known_without_consent(workspace: str) -> Known:
     """What a destination may name, when consent (asked by `Upstream.known`) is not reachable."""
     return Known(purposes=frozenset({"crm_sync"}), segments=frozenset({"vip"}))
+
+
+def delivered_counter(name: str) -> float:
+    found = REGISTRY.get_sample_value(
+        "onefold_destination_deliveries_total", {"destination": name, "outcome": "delivered"}
+    )
+    return found or 0.0
 
 
 ORDERS = {"type": "track", "name": "Order Completed", "mapping": {"order": "properties.order_id"}}
@@ -50,6 +58,7 @@ async def test_events_memberships_and_traits_reach_a_signed_webhook_in_order_per
     destinations: DestinationsHarness, consent: ConsentService
 ) -> None:
     await consent.grant("p-1", "p-2")
+    counted_before = delivered_counter("crm")
     with WebhookReceiver("") as receiver:
         applied = await webhook(destinations, receiver, traits=["email"])
         assert applied.applied[0].signing_secret.startswith("whsec_")
@@ -75,6 +84,7 @@ async def test_events_memberships_and_traits_reach_a_signed_webhook_in_order_per
     health = await destinations.status("crm")
     assert (health.delivered, health.queued, health.retrying, health.dead_letters) == (6, 0, 0, 0)
     assert health.circuit == "closed" and health.HasField("last_delivered_at")
+    assert delivered_counter("crm") - counted_before == 6  # the Prometheus counter
 
 
 async def test_an_outage_is_retried_then_dead_lettered_and_a_replay_delivers_each_exactly_once(
