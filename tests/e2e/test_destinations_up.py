@@ -165,3 +165,54 @@ def test_deliveries_are_signed_consented_observable_and_erased(up: tuple[Cli, An
     for path in (cli.data_dir).rglob("destinations.db*"):
         data = path.read_bytes()
         assert f"{ann}@example.com".encode() not in data and b"A-1" not in data, path
+
+
+@pytest.mark.slow
+def test_a_destination_naming_a_segment_gets_its_current_members(up: tuple[Cli, Any], tmp_path: Path) -> None:
+    cli, _ = up
+    cli.run("apply", "-f", str(EXAMPLES / "consent.yaml"))
+    cli.run("apply", "-f", str(EXAMPLES / "segments.yaml"))
+    write_key = cli.json("sources", "create", "web")["write_key"]
+    ann = f"ann-{uuid.uuid4().hex[:8]}"
+    _send(
+        cli,
+        write_key,
+        {"type": "track", "userId": ann, "event": "Order Completed", "properties": {"revenue": 1500}},
+    )
+    ann_id = wait_for(lambda: cli.profile_id(ann), "Ann's profile")
+    wait_for(
+        lambda: ann_id in cli.run("segments", "members", "big_spenders_90d").stdout,
+        "Ann among the big spenders",
+    )
+    cli.run(
+        "consent",
+        "grant",
+        ann_id,
+        "--purpose",
+        "marketing",
+        "--notice",
+        "privacy_en",
+        "--notice-version",
+        "1",
+    )
+    with WebhookReceiver("") as receiver:
+        audience = tmp_path / "audience.yaml"
+        audience.write_text(
+            f"kind: Destination\nname: ads\npurpose: marketing\nwebhook: {{url: '{receiver.url}'}}\n"
+            "segments: [big_spenders_90d]\n"
+        )
+        receiver.fail(503)  # until it knows the secret the service issues: retried, not refused
+        cli.run("apply", "-f", str(audience))
+        receiver.secret = cli.json("destinations", "secret", "ads")["secret"]
+        receiver.recover()
+        # Ann was in the segment before the destination existed: she is delivered all the same.
+        wait_for(
+            lambda: (
+                [(r["profileId"], r["type"], r["name"]) for r in receiver.received]
+                == [(ann_id, "segment_entered", "big_spenders_90d")]
+            ),
+            "Ann's membership, backfilled",
+        )
+        assert receiver.bad_signatures == 0
+    [ads] = cli.json("destinations", "status", "ads")
+    assert ads["backfilling"] == [] and ads["delivered"] == 1, ads

@@ -443,7 +443,7 @@ def status_rows(health: Sequence[pb.DestinationHealth]) -> list[tuple[str, ...]]
                 str(h.suppressed),
                 str(h.dead_letters),
                 lag,
-                h.circuit,
+                h.circuit + (f", backfilling {', '.join(h.backfilling)}" if h.backfilling else ""),
                 last_error,
             )
         )
@@ -508,6 +508,7 @@ def health_json(h: pb.DestinationHealth) -> dict[str, Any]:
         "dead_letters": h.dead_letters,
         "lag_seconds": round(h.lag_seconds, 3),
         "circuit": h.circuit,
+        "backfilling": list(h.backfilling),
         "last_error": h.last_error,
         "last_error_at": _iso(h.last_error_at) if h.HasField("last_error_at") else None,
         "last_delivered_at": _iso(h.last_delivered_at) if h.HasField("last_delivered_at") else None,

@@ -135,6 +135,14 @@ class WebhookReceiver:
     # ------------------------------------------------------------------------------ receiving
 
     def _answer(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any]:
+        with self._lock:  # an outage answers before anything is checked, as a down receiver does
+            if self._failing_status:
+                status = self._failing_status
+                if self._failures_left is not None:
+                    self._failures_left -= 1
+                    if self._failures_left <= 0:
+                        self._failing_status, self._failures_left = 0, None
+                return status, None
         try:
             verify(self.secret, headers, raw)
         except WebhookVerificationError:
@@ -147,13 +155,6 @@ class WebhookReceiver:
             for delivery in deliveries:
                 if delivery["profileId"] in self._failing_persons:
                     return self._failing_persons[delivery["profileId"]], body
-            if self._failing_status:
-                status = self._failing_status
-                if self._failures_left is not None:
-                    self._failures_left -= 1
-                    if self._failures_left <= 0:
-                        self._failing_status, self._failures_left = 0, None
-                return status, body
             for delivery in deliveries:
                 if delivery["id"] in self._ids:
                     self.duplicates += 1

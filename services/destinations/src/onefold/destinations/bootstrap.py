@@ -1,6 +1,6 @@
 """Composition root of the destinations service: its log and read model, the clients of consent and
 segments, the application on them, and the service around them (servicers, the identity and
-segments subscribers, and — on the leader — the deliverer loop), built in that order. Nothing runs
+segments subscribers, and — on the leader — the deliverer and backfill loops), built in that order. Nothing runs
 at import time; `main()` hands `compose` to the platform runner (`python -m onefold.destinations`)."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def compose(ctx: ServiceContext) -> EventSourcedService[DestinationsApplication]
         components=[
             ClosedAtStop(peers.close, application.aclose),
             Loop("destinations-deliverer", lambda: application.run_deliverer(leading)),
+            Loop("destinations-backfills", lambda: application.run_backfills(leading)),
         ],
     )
 

@@ -7,7 +7,9 @@
   it may next be tried (the deliverer's index) and its last error. Ids only: what is sent stays
   sealed in its DeliveryQueued event;
 - `destinations_recipients`: which destinations a person was queued for — where an erasure sends
-  its deletions.
+  its deletions;
+- `destinations_backfills`: per (destination, segment) newly named, how far its current members
+  have been queued (the next page's token, done).
 
 Deliveries queued in a batch are buffered and inserted in `flush` with one executemany; outcomes
 (a batch of ids each) are one executemany update, after the buffered inserts.
@@ -82,6 +84,18 @@ recipients = sa.Table(
     sa.Column("destination", sa.String(64), primary_key=True),
 )
 
+backfills = sa.Table(
+    "destinations_backfills",
+    metadata,
+    sa.Column("workspace", sa.String(64), primary_key=True),
+    sa.Column("destination", sa.String(64), primary_key=True),
+    sa.Column("segment", sa.String(64), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("page_token", sa.String(200), nullable=False),  # where the next page starts
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("members", sa.BigInteger, nullable=False),  # queued so far
+)
+
 Row = dict[str, Any]
 
 
@@ -91,7 +105,7 @@ def _micros(stamp: Any) -> int:
 
 class DestinationsReadModel(Handlers):
     name = PROJECTION_NAME
-    tables: Sequence[sa.Table] = (catalog, outbox, recipients)
+    tables: Sequence[sa.Table] = (catalog, outbox, recipients, backfills)
 
     def __init__(self) -> None:
         self._queued: list[Row] = []
@@ -301,6 +315,50 @@ class DestinationsReadModel(Handlers):
             recipients.delete().where(
                 (recipients.c.workspace == message.workspace)
                 & (recipients.c.profile_id == message.profile_id)
+            )
+        )
+
+    # ------------------------------------------------------------------ audience backfills
+
+    @handles(pb.AudienceBackfillRequested)
+    def _backfill(
+        self, conn: Connection, message: pb.AudienceBackfillRequested, event: RecordedEvent
+    ) -> None:
+        for segment in message.segments:
+            key = (
+                (backfills.c.workspace == message.workspace)
+                & (backfills.c.destination == message.destination)
+                & (backfills.c.segment == segment)
+            )
+            conn.execute(backfills.delete().where(key))  # named again: from its first page again
+            conn.execute(
+                backfills.insert().values(
+                    workspace=message.workspace,
+                    destination=message.destination,
+                    segment=segment,
+                    version=message.version,
+                    page_token="",
+                    done=False,
+                    members=0,
+                )
+            )
+
+    @handles(pb.AudienceBackfillPage)
+    def _backfill_page(
+        self, conn: Connection, message: pb.AudienceBackfillPage, event: RecordedEvent
+    ) -> None:
+        self._write_queued(conn)
+        conn.execute(
+            backfills.update()
+            .where(
+                (backfills.c.workspace == message.workspace)
+                & (backfills.c.destination == message.destination)
+                & (backfills.c.segment == message.segment)
+            )
+            .values(
+                page_token=message.next_page_token,
+                done=message.done,
+                members=backfills.c.members + message.members,
             )
         )
 

@@ -1,5 +1,6 @@
 """Destinations' typed clients of the services it asks: consent (CheckConsentBatch before every
-delivery, the purposes a destination may name) and segments (the segments it may name). Calls go
+delivery, the purposes a destination may name) and segments (the segments it may name, and their
+members when a destination starts naming one). Calls go
 through `Peers` with the service credential, acting for the workspace; they fail fast and raise
 gRPC's errors; a service with no address configured raises Unavailable (nothing is delivered
 unchecked)."""
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.consent.v1 import consent_pb2, consent_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.segments.v1 import segments_pb2, segments_pb2_grpc
@@ -20,6 +22,7 @@ from onefold.platform.errors import Unavailable
 
 # CheckConsentBatch takes this many checks per call (consent's own bound).
 CHECKS_PER_CALL = 500
+MEMBERS_PER_PAGE = 1000
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,16 @@ class Upstream:
             purposes=frozenset(p.purpose_id for p in model.purposes),
             segments=frozenset(d.name for d in listed.definitions if d.WhichOneof("kind") == "segment"),
         )
+
+    async def members_page(self, workspace: str, segment: str, page_token: str) -> tuple[list[str], str]:
+        """One page of the profile ids in `segment` now, and the next page's token ("" at the end)."""
+        stub = segments_pb2_grpc.SegmentsServiceStub(self._channel("segments"))
+        page = await stub.ListMembers(
+            segments_pb2.ListMembersRequest(
+                segment=segment,
+                page=pagination_pb2.PageRequest(page_size=MEMBERS_PER_PAGE, page_token=page_token),
+            ),
+            metadata=self.peers.acting_for(workspace),
+            timeout=self.timeout,
+        )
+        return list(page.profile_ids), page.page.next_page_token

@@ -4,6 +4,7 @@
   signing secrets;
 - `router` (routing.py): upstream changes queued as deliveries, on the writer thread;
 - `deliverer` (deliverer.py): what is queued, checked with consent and delivered, on the leader;
+- `backfills` (backfills.py): a segment newly named gets its current members queued, on the leader;
 - `queries` (queries.py): status per destination, dead letters;
 - replay of a time range or of the dead letters; the data-subject contract (counts, erasure).
 """
@@ -22,6 +23,7 @@ from sqlalchemy.engine import Connection
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.adapters.read_model import outbox, recipients, replayable
 from onefold.destinations.adapters.upstream import Upstream
+from onefold.destinations.application.backfills import Backfills
 from onefold.destinations.application.catalog import Clock, Destinations, wall_clock
 from onefold.destinations.application.deliverer import Deliverer
 from onefold.destinations.application.queries import Queries
@@ -47,6 +49,7 @@ class DestinationsApplication:
         self.destinations = Destinations(log, upstream.known, clock, environment)
         self.router = Router(log, self.destinations, clock)
         self.deliverer = Deliverer(log, self.destinations, upstream, clock, environment)
+        self.backfills = Backfills(log, self.router, upstream)
         self.queries = Queries(log, self.deliverer.circuit, clock)
         # The deliverer is woken once what was queued is committed: woken from inside the
         # transaction, its round could read the outbox before the commit and then sleep.
@@ -64,6 +67,17 @@ class DestinationsApplication:
 
     async def run_deliverer(self, leading: Callable[[], bool]) -> None:
         await self.deliverer.duty.run(leading)
+
+    async def run_backfills(self, leading: Callable[[], bool]) -> None:
+        await self.backfills.run(leading)
+
+    async def apply(
+        self, workspace: str, destinations: Sequence[pb.Destination], actor: str, *, dry_run: bool = False
+    ) -> pb.ApplyDestinationsResponse:
+        """Apply (all or none); a destination newly naming segments then gets their members."""
+        applied = await self.destinations.apply(workspace, destinations, actor, dry_run=dry_run)
+        self.backfills.wake()
+        return applied
 
     async def set_status(self, workspace: str, name: str, status: int, actor: str) -> pb.Destination:
         changed = await self.destinations.set_status(workspace, name, status, actor)

@@ -143,9 +143,20 @@ class Destinations:
         for destination in destinations:
             stream = definition_stream(workspace, destination.name)
             current = self._fold(conn, stream)
+            named_before = set(current.versions[current.latest].segments) if current.versions else set()
             decided = rules.save(current, workspace, destination, actor)
             for message in decided:
                 current.apply(message, now)
+            newly_named = [s for s in destination.segments if s not in named_before]
+            if decided and newly_named:  # their current members are queued too (backfills.py)
+                decided.append(
+                    pb.AudienceBackfillRequested(
+                        workspace=workspace,
+                        destination=destination.name,
+                        version=current.latest,
+                        segments=newly_named,
+                    )
+                )
             events += [self._event(workspace, stream, m, actor, now) for m in decided]
             applied = response.applied.add(
                 name=destination.name, version=current.latest, changed=bool(decided)

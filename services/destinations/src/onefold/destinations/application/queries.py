@@ -11,7 +11,15 @@ import sqlalchemy as sa
 
 from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
-from onefold.destinations.adapters.read_model import DEAD, DELIVERED, QUEUED, SUPPRESSED, catalog, outbox
+from onefold.destinations.adapters.read_model import (
+    DEAD,
+    DELIVERED,
+    QUEUED,
+    SUPPRESSED,
+    backfills,
+    catalog,
+    outbox,
+)
 from onefold.destinations.application.catalog import Clock
 from onefold.destinations.application.deliverer import LAG
 from onefold.eventlog.models import from_micros
@@ -53,6 +61,13 @@ class Queries:
                 )
             ):
                 counts[(str(destination), str(status))] = int(count)
+            backfilling: dict[str, list[str]] = {}
+            for destination, segment in conn.execute(
+                sa.select(backfills.c.destination, backfills.c.segment)
+                .where((backfills.c.workspace == workspace) & backfills.c.done.is_(False))
+                .order_by(backfills.c.segment)
+            ):
+                backfilling.setdefault(str(destination), []).append(str(segment))
             oldest = {
                 str(d): int(q)
                 for d, q in conn.execute(
@@ -74,6 +89,7 @@ class Queries:
                 dead_letters=counts.get((row.name, DEAD), 0),
                 last_error=row.last_error,
                 circuit=self.circuit(workspace, row.name),
+                backfilling=backfilling.get(row.name, []),
             )
             if row.name in oldest:
                 health.lag_seconds = max((now - from_micros(oldest[row.name])).total_seconds(), 0.0)

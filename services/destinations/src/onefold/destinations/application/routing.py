@@ -7,6 +7,7 @@ for the person and queue a deletion for every destination that received them.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +22,10 @@ from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.segments.v1 import segments_pb2
-from onefold.destinations.adapters.read_model import recipients
+from onefold.destinations.adapters.read_model import backfills, recipients
 from onefold.destinations.application.catalog import Clock, Destinations
 from onefold.destinations.domain import routing
+from onefold.destinations.domain.definitions import definition_stream
 from onefold.eventlog.models import NewEvent
 from onefold.eventlog.service import ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
@@ -121,6 +123,50 @@ class Router:
                     queue.add(message.profile_id, event_id, queue.now, routed)
             queue.record()
 
+    def backfill_page(
+        self, conn: Connection, *, page: BackfillPage, members: Sequence[str], next_token: str
+    ) -> None:
+        """Queue a page of a segment's current members for the destination that newly named it,
+        with the page recorded; nothing when the backfill moved on meanwhile (named again, or this
+        page already recorded)."""
+        still = conn.execute(
+            sa.select(backfills.c.version, backfills.c.page_token, backfills.c.done).where(
+                (backfills.c.workspace == page.workspace)
+                & (backfills.c.destination == page.destination)
+                & (backfills.c.segment == page.segment)
+            )
+        ).first()
+        if still is None or tuple(still) != (page.version, page.page_token, False):
+            return
+        queue = _Queue(self, conn, page.workspace, members)
+        taking = [d for d in queue.destinations if d.name == page.destination and page.segment in d.segments]
+        queued = 0
+        for profile_id in members if taking else ():
+            entered = routing.Routed(page.destination, pb.DELIVERY_KIND_SEGMENT_ENTERED, page.segment, {})
+            before = len(queue.events)
+            queue.add(
+                profile_id, f"backfill:{page.version}:{page.segment}:{profile_id}", queue.now, [entered]
+            )
+            queued += len(queue.events) - before
+        recorded = pb.AudienceBackfillPage(
+            workspace=page.workspace,
+            destination=page.destination,
+            segment=page.segment,
+            version=page.version,
+            members=queued,
+            next_page_token=next_token if taking else "",
+            done=not (next_token and taking),
+        )
+        queue.events.append(
+            NewEvent(
+                stream_id=definition_stream(page.workspace, page.destination),
+                message=recorded,
+                workspace=page.workspace,
+                occurred_at=queue.now,
+            )
+        )
+        queue.record()
+
     def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> dict[str, int]:
         """A data-subject erasure: queued deliveries dropped, a deletion queued per destination that
         received each person; returns how many deletions were queued, by destination."""
@@ -128,6 +174,17 @@ class Router:
         for profile_id in profile_ids:
             queue.erase(profile_id)
         return queue.record()
+
+
+@dataclass(frozen=True)
+class BackfillPage:
+    """Where a destination's backfill of a segment stands: the page to queue next."""
+
+    workspace: str
+    destination: str
+    segment: str
+    version: int
+    page_token: str
 
 
 class _Queue:

@@ -41,7 +41,7 @@ class DestinationsServicer(destinations_pb2_grpc.DestinationsServiceServicer):
                 f"at most {MAX_PER_APPLY} destinations per request",
                 violations=[("destinations", f"{len(request.destinations)} given")],
             )
-        return await self.app.destinations.apply(
+        return await self.app.apply(
             auth.current_workspace(),
             list(request.destinations),
             auth.current_credential_id(),

@@ -853,6 +853,80 @@ class RecipientErased(_message.Message):
 Global___RecipientErased: _TypeAlias = RecipientErased  # noqa: Y015
 
 @_typing.final
+class AudienceBackfillRequested(_message.Message):
+    """A destination newly naming segments receives their current members too, not only later
+    changes: each segment's members are paged from the segments service and queued as
+    SEGMENT_ENTERED deliveries, a page per transaction, recorded as it goes (a restart resumes).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    destination: _builtins.str
+    version: _builtins.int
+    """the destination's version that named them"""
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        version: _builtins.int = ...,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "segments", b"segments", "version", b"version", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceBackfillRequested: _TypeAlias = AudienceBackfillRequested  # noqa: Y015
+
+@_typing.final
+class AudienceBackfillPage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    destination: _builtins.str
+    segment: _builtins.str
+    version: _builtins.int
+    members: _builtins.int
+    """queued from this page"""
+    next_page_token: _builtins.str
+    """"" with done"""
+    done: _builtins.bool
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        segment: _builtins.str = ...,
+        version: _builtins.int = ...,
+        members: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "done", b"done", "members", b"members", "next_page_token", b"next_page_token", "segment", b"segment", "version", b"version", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudienceBackfillPage: _TypeAlias = AudienceBackfillPage  # noqa: Y015
+
+@_typing.final
 class ApplyDestinationsRequest(_message.Message):
     """---------------------------------------------------------------------------------------------
     The API.
@@ -1029,6 +1103,7 @@ class DestinationHealth(_message.Message):
     LAST_ERROR_AT_FIELD_NUMBER: _builtins.int
     LAST_DELIVERED_AT_FIELD_NUMBER: _builtins.int
     CIRCUIT_FIELD_NUMBER: _builtins.int
+    BACKFILLING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     status: Global___DestinationStatus.ValueType
     kind: _builtins.str
@@ -1049,6 +1124,10 @@ class DestinationHealth(_message.Message):
     def last_error_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def last_delivered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def backfilling(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """segments whose current members are still being queued"""
+
     def __init__(
         self,
         *,
@@ -1065,10 +1144,11 @@ class DestinationHealth(_message.Message):
         last_error_at: _timestamp_pb2.Timestamp | None = ...,
         last_delivered_at: _timestamp_pb2.Timestamp | None = ...,
         circuit: _builtins.str = ...,
+        backfilling: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_delivered_at", b"last_delivered_at", "last_error_at", b"last_error_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["circuit", b"circuit", "dead_letters", b"dead_letters", "delivered", b"delivered", "kind", b"kind", "lag_seconds", b"lag_seconds", "last_delivered_at", b"last_delivered_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "name", b"name", "queued", b"queued", "retrying", b"retrying", "status", b"status", "suppressed", b"suppressed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backfilling", b"backfilling", "circuit", b"circuit", "dead_letters", b"dead_letters", "delivered", b"delivered", "kind", b"kind", "lag_seconds", b"lag_seconds", "last_delivered_at", b"last_delivered_at", "last_error", b"last_error", "last_error_at", b"last_error_at", "name", b"name", "queued", b"queued", "retrying", b"retrying", "status", b"status", "suppressed", b"suppressed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
