@@ -68,17 +68,17 @@ class Router:
     def handle_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         """Resolved events and trait changes routed; an erased profile's deliveries dropped and
         deletions queued."""
-        parsed: list[Message] = []
+        parsed: list[tuple[str, Message]] = []  # (identity's event id, the message)
         for envelope in envelopes:
             for kind in (identity_pb2.EventResolved, identity_pb2.TraitsUpdated, identity_pb2.ProfileErased):
                 if envelope.type == kind.DESCRIPTOR.full_name:
-                    parsed.append(kind.FromString(envelope.payload))
-        for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
-            mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
-            queue = _Queue(self, conn, workspace, [m.profile_id for m in mine])  # type: ignore[attr-defined]
+                    parsed.append((envelope.event_id, kind.FromString(envelope.payload)))
+        for workspace in dict.fromkeys(m.workspace for _, m in parsed):  # type: ignore[attr-defined]
+            mine = [(i, m) for i, m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
+            queue = _Queue(self, conn, workspace, [m.profile_id for _, m in mine])  # type: ignore[attr-defined]
             takes_events = any(d.events for d in queue.destinations)
             takes_traits = any(d.traits for d in queue.destinations)
-            for message in mine:
+            for event_id, message in mine:
                 if isinstance(message, identity_pb2.EventResolved) and message.profile_id and takes_events:
                     event = segment_spec(message.event)
                     stamp = (
@@ -87,6 +87,7 @@ class Router:
                         else message.event.received_at
                     )
                     at = stamp.ToDatetime(tzinfo=UTC)
+                    # The ingest event's id: the same delivery however often identity resolves it.
                     queue.add(
                         message.profile_id,
                         message.event_id,
@@ -96,9 +97,7 @@ class Router:
                 elif isinstance(message, identity_pb2.TraitsUpdated) and takes_traits:
                     traits = MessageToDict(message.traits)
                     routed = routing.route_traits(queue.destinations, traits)
-                    queue.add(
-                        message.profile_id, message.evidence_event_id or message.profile_id, queue.now, routed
-                    )
+                    queue.add(message.profile_id, event_id, queue.now, routed)
                 elif isinstance(message, identity_pb2.ProfileErased):
                     for profile_id in (message.profile_id, *message.profile_ids):
                         queue.erase(profile_id)
