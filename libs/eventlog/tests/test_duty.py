@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from onefold.eventlog.service import Duty
+from sqlalchemy.engine import Connection
+
+from onefold.contracts.eventlog.testing.v1 import events_pb2
+from onefold.eventlog import EventStore, NewEvent
+from onefold.eventlog.service import Duty, ServiceLog
 
 
 async def test_a_duty_runs_only_on_the_leader_retries_a_failed_round_and_runs_again_when_woken() -> None:
@@ -55,3 +59,22 @@ async def test_a_round_saying_there_is_more_is_followed_by_the_next_at_once() ->
         assert rounds == [0, 1, 2]
     finally:
         task.cancel()
+
+
+def test_after_commit_calls_back_once_the_writing_transaction_committed(store: EventStore) -> None:
+    log = ServiceLog(store)
+    woken: list[str] = []
+
+    def wake() -> None:
+        woken.append("woken")
+
+    def write(conn: Connection) -> None:
+        log.after_commit(wake)
+        log.after_commit(wake)  # asked twice in one transaction: woken once
+        log.projector.record(conn, [NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=1))])
+        assert woken == []  # not yet: a duty woken now could read before the commit
+
+    log.projector.write(write)
+    assert woken == ["woken"]
+    store.append([NewEvent("counter:a", events_pb2.CounterChanged(counter="a", delta=1))])
+    assert woken == ["woken"]  # a later commit does not call it again

@@ -138,6 +138,21 @@ class ServiceLog:
         self.writer = Writer(self.name)
         # Set while this replica holds the leader lease (runs the relay, subscribers and duties).
         self.leading = asyncio.Event()
+        self._after_commit: list[Callable[[], None]] = []
+        store.on_append(self._committed)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the transaction now writing has committed (from the writer thread).
+
+        For waking a duty that reads what the transaction wrote: woken from inside it, the duty's
+        round could read before the commit, find nothing, and sleep. A transaction rolled back
+        leaves the callback to the next commit: a spare wake-up, never a lost one."""
+        self._after_commit.append(callback)
+
+    def _committed(self, head: int) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in dict.fromkeys(callbacks):  # one wake-up each, however many batches asked
+            callback()
 
 
 class ClosedAtStop:

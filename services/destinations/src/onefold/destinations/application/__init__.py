@@ -51,19 +51,7 @@ class DestinationsApplication:
         self.deliverer = Deliverer(log, self.destinations, upstream, clock, environment)
         self.backfills = Backfills(log, self.router, upstream)
         self.queries = Queries(log, self.deliverer.circuit, clock)
-        # The deliverer is woken once what was queued is committed: woken from inside the
-        # transaction, its round could read the outbox before the commit and then sleep.
-        self._queued = False
-        self.router.on_queued = self._mark_queued
-        log.store.on_append(self._committed)
-
-    def _mark_queued(self) -> None:
-        self._queued = True
-
-    def _committed(self, head: int) -> None:
-        if self._queued:
-            self._queued = False
-            self.deliverer.wake()
+        self.router.on_queued = lambda: log.after_commit(self.deliverer.wake)
 
     async def run_deliverer(self, leading: Callable[[], bool]) -> None:
         await self.deliverer.duty.run(leading)

@@ -52,7 +52,7 @@ class JourneysApplication:
         self.sender = Sender(
             log, self.journeys, self.facts, upstream, channels, renderer, policy or PacingPolicy(), clock
         )
-        self.runs.on_queued = self.sender.wake
+        self.runs.on_queued = lambda: log.after_commit(self.sender.wake)
         self.schedules = Schedules(log, self.journeys, self.runs, upstream, clock)
         self.queries = Queries(log)
 

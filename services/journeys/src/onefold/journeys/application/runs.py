@@ -454,8 +454,8 @@ class Runs:
         return None if earliest is None else (earliest - self.clock()).total_seconds()
 
     def _poke(self) -> None:
-        """A batch scheduled a wait: the timer duty plans again (from the writer thread)."""
-        self.timers.wake()
+        """A batch scheduled a wait: the timer duty plans again, once the batch has committed."""
+        self.log.after_commit(self.timers.wake)
 
     def wake_timers(self) -> None:
         """A journey was published or resumed: its due timers fire now."""

@@ -311,7 +311,7 @@ class ProfileFolds:
                 self.log.store.erase_subject(subject_of(work.workspace, profile_id), conn=conn)
         earliest = min((t for s in saved if (t := s.next_timer()) is not None), default=None)
         if earliest is not None and (self._sleeping_until is None or earliest < self._sleeping_until):
-            self.timers.wake()
+            self.log.after_commit(self.timers.wake)  # woken before the commit, it would plan without it
 
     def erase(self, conn: Connection, *, workspace: str, profile_ids: Sequence[str]) -> int:
         """A data-subject erasure (consent's request): as identity's ProfileErased. Returns how
