@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -19,6 +20,17 @@ from onefold.platform.service import platform_registration
 ECHO = "onefold.test.v1.EchoService"
 
 
+class _SlowCalls:
+    """`Slow` calls hold until released: a test fills the server without guessing at timing."""
+
+    def __init__(self) -> None:
+        self.entered = 0
+        self.released = asyncio.Event()
+
+
+SLOW_CALLS = _SlowCalls()
+
+
 def _echo_registration() -> ServiceRegistration:
     async def write(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
@@ -32,16 +44,27 @@ def _echo_registration() -> ServiceRegistration:
     async def unlisted(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return b"admin only"
 
+    async def slow(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        SLOW_CALLS.entered += 1
+        await SLOW_CALLS.released.wait()
+        return request
+
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(fn)
-        for name, fn in {"Write": write, "Invalid": invalid, "Crash": crash, "Unlisted": unlisted}.items()
+        for name, fn in {
+            "Write": write,
+            "Invalid": invalid,
+            "Crash": crash,
+            "Unlisted": unlisted,
+            "Slow": slow,
+        }.items()
     }
     return ServiceRegistration(
         full_name=ECHO,
         register=lambda server: server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler(ECHO, handlers)]
         ),
-        scopes={"Write": "consent:write", "Invalid": "", "Crash": ""},
+        scopes={"Write": "consent:write", "Invalid": "", "Crash": "", "Slow": ""},
     )
 
 
@@ -255,3 +278,29 @@ async def test_authenticated_channel_carries_credential_and_workspace(
     async with authenticated_channel(f"127.0.0.1:{server.port}", service.token, workspace="acme") as ch:
         reply = await platform_pb2_grpc.PlatformServiceStub(ch).WhoAmI(platform_pb2.WhoAmIRequest())
     assert reply.workspace == "acme"
+
+
+async def test_calls_beyond_the_concurrency_bound_are_refused_at_once(
+    credential_store: CredentialStore,
+) -> None:
+    global SLOW_CALLS
+    SLOW_CALLS = _SlowCalls()
+    srv = GrpcServer(
+        "test", GrpcSettings(port=0, max_concurrent_rpcs=2), credential_store, [_echo_registration()]
+    )
+    await srv.start()
+    try:
+        token = credential_store.issue("acme", ["consent:write"]).token  # Write would be answered
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            busy = [asyncio.create_task(_call(ch, "Slow", token, b"held")) for _ in range(2)]
+            async with asyncio.timeout(30):
+                while SLOW_CALLS.entered < 2:
+                    await asyncio.sleep(0.01)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _call(ch, "Write", token, b"one too many")
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            SLOW_CALLS.released.set()
+            assert await asyncio.gather(*busy) == [b"held", b"held"]
+            assert await _call(ch, "Slow", token, b"room again") == b"room again"
+    finally:
+        await srv.stop()

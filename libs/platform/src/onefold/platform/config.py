@@ -35,6 +35,13 @@ class GrpcSettings(_Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
     grace_seconds: float = Field(default=5.0, ge=0)
     max_message_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    max_concurrent_rpcs: int = Field(
+        default=1024,
+        ge=1,
+        le=100_000,
+        description="calls in progress at once; one more is answered RESOURCE_EXHAUSTED at once "
+        "(retry with backoff) rather than queued behind the others",
+    )
 
 
 class HttpSettings(_Section):

@@ -337,7 +337,11 @@ class GrpcServer:
             ("grpc.so_reuseport", 0),
         ]
         self.server = grpc.aio.server(
-            interceptors=[PlatformInterceptor(store, self.policy, service)], options=options
+            interceptors=[PlatformInterceptor(store, self.policy, service)],
+            options=options,
+            # A bounded queue: under overload a caller learns at once (RESOURCE_EXHAUSTED) instead
+            # of every call waiting longer and longer.
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.port = 0
 
