@@ -29,7 +29,8 @@ Phases:
   previous one ended late: `late_starts`); latency = the call's round trip (p50/p95/p99);
 - sustained load: `--rate` events/s for `--seconds` s from one producer thread in this process, in
   POSTs of `--batch` events to `/v1/batch` (one POST every batch/rate seconds; behind schedule it
-  posts at once). The events, over `--users` people: identify (email, firstName, plan) 20%, "Product
+  posts at once, and when the time is up it stops: `accepted` below `offered` means the producer —
+  i.e. ingest's answers — could not keep the rate, `kept_up` false). The events, over `--users` people: identify (email, firstName, plan) 20%, "Product
   Added" with a cart_id 40%, "Order Completed" with revenue 10-300 and an order_id 40%. Accepted =
   the sum of the answers' `accepted`. Meanwhile the same reads as the baseline, and every second:
   each service's event log head (EventLogService.Head: the position of its last appended event) and
@@ -729,7 +730,8 @@ class Producer(threading.Thread):
                 total = int(self.rate * self.seconds) if self.rate else 0
                 while True:
                     if self.rate:
-                        if self.accepted >= total:
+                        # The load lasts `seconds`: a producer behind schedule offers less, not longer.
+                        if self.accepted >= total or time.monotonic() - self.began >= self.seconds:
                             break
                         slot = self.began + self.accepted / self.rate
                         now = time.monotonic()
@@ -758,6 +760,7 @@ class Producer(threading.Thread):
             "posts": self.posts,
             "batch": self.batch,
             "seconds": round(wall, 2),
+            "offered": int(self.rate * self.seconds) if self.rate else None,
             "events_per_s": round(self.accepted / wall),
             "late_posts": self.late_posts,
             "post_p50_ms": round(percentile(self.post_ms, 50), 1),
@@ -776,6 +779,7 @@ def sustained(
     readers = start_readers(system, people, args)
     prober = Prober(system, people, run_id)
     samples: list[dict[str, Any]] = []
+    start_heads = heads(system)
     began_wall, began = time.time(), time.monotonic()
     producer = Producer(system, args, run_id, args.rate, args.seconds)
     producer.start()
@@ -830,7 +834,7 @@ def sustained(
         "drain_timed_out": drained - load_ended >= DRAIN_TIMEOUT,
         "end_to_end_seconds": round(drained - began, 1),
         "heads": samples,
-        "head_growth": {s: previous[s] - samples[0][s] for s in SERVICES},
+        "head_growth": {s: previous[s] - start_heads[s] for s in SERVICES},
         "probes": prober.results(began_wall),
         "reads": reads,
         "cpu_seconds": cpu,

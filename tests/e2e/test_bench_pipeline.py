@@ -32,10 +32,10 @@ def test_bench_pipeline_runs_every_phase_in_quick_mode(tmp_path: Path) -> None:
     assert sizes["quick"] is True and sizes["events"] == int(sizes["rate_per_s"] * sizes["seconds"])
 
     load = results["sustained"]
-    assert load["load"]["accepted"] == sizes["events"] and load["load"]["events_per_s"] > 0
+    assert load["load"]["offered"] == sizes["events"] >= load["load"]["accepted"] > 0
     assert load["drain_timed_out"] is False and not results["services_restarted"]
     assert set(load["drain_s"]) == set(SERVICES)
-    assert load["head_growth"]["ingest"] >= sizes["events"]  # every accepted event is in ingest's log
+    assert load["head_growth"]["ingest"] >= load["load"]["accepted"]  # each accepted event is in its log
     assert all(load["head_growth"][s] > 0 for s in ("identity", "segments", "journeys", "destinations"))
     assert results["producer_floor"]["events_per_s"] > 0 and results["producer_floor"]["accepted"] > 0
 
