@@ -780,6 +780,7 @@ def sustained(
     prober = Prober(system, people, run_id)
     samples: list[dict[str, Any]] = []
     start_heads = heads(system)
+    bench_cpu = time.process_time()
     began_wall, began = time.time(), time.monotonic()
     producer = Producer(system, args, run_id, args.rate, args.seconds)
     producer.start()
@@ -793,6 +794,7 @@ def sustained(
         say(f"load {samples[-1]['t']:.0f}s: accepted {producer.accepted:,}, heads {samples[-1]}")
         time.sleep(max(0.0, next_tick - time.monotonic()))
     load_ended = time.monotonic()
+    bench_cpu = time.process_time() - bench_cpu  # the producer, readers and poller: on the same 2 cores
     if producer.error:
         raise RuntimeError(f"the producer failed: {producer.error}") from producer.error
     reads = stop_readers(readers)
@@ -830,6 +832,7 @@ def sustained(
         "target_rate_per_s": args.rate,
         "target_seconds": args.seconds,
         "kept_up": load["events_per_s"] >= 0.95 * args.rate,
+        "bench_process_cpu_share": round(bench_cpu / max(load_ended - began, 1e-9), 2),
         "drain_s": {s: round(max(0.0, last_moved[s] - load_ended), 1) for s in SERVICES},
         "drain_timed_out": drained - load_ended >= DRAIN_TIMEOUT,
         "end_to_end_seconds": round(drained - began, 1),
@@ -988,7 +991,11 @@ def report(results: dict[str, Any]) -> None:
         f"{produced['events_per_s']:,}/s accepted",
         f"{produced['accepted']:,} events, late POSTs {produced['late_posts']}, POST p99 {produced['post_p99_ms']} ms",
     )
-    line("producer floor: POSTs back to back, one client", f"{floor['events_per_s']:,}/s")
+    line(
+        "producer floor: POSTs back to back, one client",
+        f"{floor['events_per_s']:,}/s",
+        f"the bench process used {load['bench_process_cpu_share']} CPU during the load",
+    )
     line(
         "drain after the load (s), per service",
         json.dumps(load["drain_s"]),

@@ -54,7 +54,7 @@ def test_bench_pipeline_runs_every_phase_in_quick_mode(tmp_path: Path) -> None:
     for name in (*SERVICES, "nats"):
         assert load["cpu_seconds"][name] > 0, name
         assert load["memory"][name]["peak_rss_mb"] >= load["memory"][name]["rss_mb"] > 0, name
-    assert load["total_service_cpu_us_per_event"] > 0
+    assert load["total_service_cpu_us_per_event"] > 0 and load["bench_process_cpu_share"] > 0
     assert results["total_service_cpu_us_per_event_net_of_reads"] >= 0
 
     assert set(results["met"]) == set(results["targets"]) == set(results["figures"])
