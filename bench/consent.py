@@ -67,7 +67,7 @@ from onefold.eventlog.projections import Projector
 from onefold.platform.auth import CredentialStore
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.measure import percentile
+from onefold.testing.measure import cpu_seconds, percentile
 from onefold.testing.processes import ServiceProcess
 
 WORKSPACE = "bench"
@@ -136,11 +136,6 @@ async def fixed_rate(
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     return latencies, errors
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def settle(pid: int, timeout: float = 120.0) -> float:

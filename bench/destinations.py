@@ -131,13 +131,14 @@ from onefold.platform.database import create_engine, normalise_url
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.service import ServiceContext
-from onefold.testing.measure import memory_mb, percentile, progress, say
+from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
 from onefold.testing.postgres import temporary_database
 from onefold.testing.processes import ServiceProcess
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-import journeys  # (bench/journeys.py: its floors, a process's CPU, consent's model)
+import _http_receiver as http_receiver  # (bench/_http_receiver.py: the receiver process)
+import journeys  # (bench/journeys.py: its raw-insert floor, envelopes, consent's model)
 
 T = TypeVar("T")
 SUBSCRIBER_BATCH = SubscriberSettings().batch_size
@@ -193,45 +194,6 @@ class _Receiver:
         if path == "/reset":
             self.__init__()  # type: ignore[misc]
         return b"{}"
-
-    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                request_line, *lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = request_line.split(" ", 2)
-                headers = {}
-                for line in lines:
-                    if line:
-                        name, _, value = line.partition(":")
-                        headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                body = await reader.readexactly(length) if length else b""
-                answer = self.answer(method, path, headers, body)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                    % (len(answer), answer)
-                )
-                if headers.get("connection", "").lower() == "close":
-                    break
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-def serve_receiver() -> None:
-    async def serve() -> None:
-        receiver = _Receiver()
-        server = await asyncio.start_server(receiver.connection, "127.0.0.1", 0, backlog=1024)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        parent = os.getppid()
-        async with server:
-            while os.getppid() == parent:  # noqa: ASYNC110 (the bench is gone: so is its receiver)
-                await asyncio.sleep(1)
-
-    asyncio.run(serve())
 
 
 # --- upstream events ------------------------------------------------------------------------------
@@ -322,10 +284,10 @@ class System:
 
     def consent_cpu_seconds(self) -> float:
         assert self.consent.process is not None
-        return journeys.cpu_seconds(self.consent.process.pid)
+        return cpu_seconds(self.consent.process.pid)
 
     def receiver_cpu_seconds(self) -> float:
-        return journeys.cpu_seconds(self.receiver.pid)
+        return cpu_seconds(self.receiver.pid)
 
     def receiver_call(self, path: str) -> Any:
         return self.http.get(self.receiver_url.removesuffix("/hooks") + path).json()
@@ -357,19 +319,8 @@ class System:
             self.nats.stop()
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def start_receiver() -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--receiver"], stdout=subprocess.PIPE, text=True
-    )
-    assert process.stdout is not None
-    port = int(process.stdout.readline())
+    process, port = http_receiver.start(Path(__file__).resolve())
     return process, f"http://127.0.0.1:{port}/hooks"
 
 
@@ -969,8 +920,8 @@ def run(sizes: Sizes, seed: int, postgres_url: str) -> dict[str, Any]:
                 )
             say(f"audience: {sizes.memberships:,} memberships to a PostgreSQL table ...")
             results["audience"] = audience_phase(system, traffic, sizes.memberships, audience_url)
-            results["consent_rss_mb"] = rss_mb(system.consent.process.pid)  # type: ignore[union-attr]
-            results["receiver_rss_mb"] = rss_mb(system.receiver.pid)
+            results["consent_rss_mb"] = memory_mb(system.consent.process.pid)["rss_mb"]  # type: ignore[union-attr]
+            results["receiver_rss_mb"] = memory_mb(system.receiver.pid)["rss_mb"]
         finally:
             system.close()
             os.environ.pop(AUDIENCE_ENV, None)
@@ -1103,7 +1054,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.receiver:
-        serve_receiver()
+        http_receiver.serve(_Receiver)
         return 0
     if args.quick:
         sizes = Sizes(profiles=500, routed=2000, webhook=2000, latency_seconds=3.0, memberships=5000)

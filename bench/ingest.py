@@ -57,7 +57,7 @@ from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.ports import free_port, wait_for_port
-from onefold.testing.measure import percentile
+from onefold.testing.measure import cpu_seconds, percentile
 from onefold.testing.processes import ServiceProcess
 
 WORKSPACE = "bench"
@@ -168,11 +168,6 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.peak_kb = max(self.peak_kb, self.current_kb())
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def settle(pid: int, timeout: float = 120.0) -> float:

@@ -128,7 +128,7 @@ from onefold.platform.database import create_engine
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.service import ServiceContext
-from onefold.testing.measure import memory_mb, percentile, progress, say
+from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
 from onefold.testing.processes import ServiceProcess
 
 T = TypeVar("T")
@@ -398,11 +398,6 @@ def start_system(directory: Path) -> System:
 
     system.app.journeys.known = purposes_only
     return system
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- measuring helpers ----------------------------------------------------------------------------

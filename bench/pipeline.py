@@ -72,7 +72,6 @@ the producer offered and ingest accepted that rate.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import html
 import itertools
@@ -102,7 +101,11 @@ from onefold.contracts.eventlog.v1 import eventlog_pb2, eventlog_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2, identity_pb2_grpc
 from onefold.contracts.journeys.v1 import journeys_pb2, journeys_pb2_grpc
 from onefold.contracts.segments.v1 import segments_pb2, segments_pb2_grpc
-from onefold.testing.measure import memory_mb, percentile, say
+from onefold.testing.measure import cpu_seconds, memory_mb, percentile, say
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _http_receiver as http_receiver  # (bench/_http_receiver.py: the receiver process)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "deploy" / "examples"
@@ -180,7 +183,7 @@ class _Receiver:
         self.arrivals: dict[str, float] = {}
         self.requests = 0
 
-    def answer(self, method: str, path: str, body: bytes) -> bytes:
+    def answer(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
         now = time.time()
         if method == "POST":
             self.requests += 1
@@ -195,60 +198,8 @@ class _Receiver:
             return json.dumps({"orders": len(self.arrivals), "requests": self.requests}).encode()
         return b"{}"
 
-    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                request_line, *lines = head.decode("latin-1").split("\r\n")
-                method, path, _ = request_line.split(" ", 2)
-                headers = {}
-                for line in lines:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-                body = await reader.readexactly(length) if length else b""
-                answer = self.answer(method, path, body)
-                writer.write(
-                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                    % (len(answer), answer)
-                )
-                if headers.get("connection", "").lower() == "close":
-                    break
-                await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-
-def serve_receiver() -> None:
-    async def serve() -> None:
-        receiver = _Receiver()
-        server = await asyncio.start_server(receiver.connection, "127.0.0.1", 0, backlog=1024)
-        print(server.sockets[0].getsockname()[1], flush=True)
-        parent = os.getppid()
-        async with server:
-            while os.getppid() == parent:  # noqa: ASYNC110 (the bench is gone: so is its receiver)
-                await asyncio.sleep(1)
-
-    asyncio.run(serve())
-
 
 # --- /proc ------------------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_of(pid: int) -> dict[str, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = round(int(rest.split()[0]) / 1024, 1)
-    return {"rss_mb": fields.get("VmRSS", float("nan")), "peak_rss_mb": fields.get("VmHWM", float("nan"))}
 
 
 def service_pids(supervisor: int) -> dict[str, int]:
@@ -328,11 +279,8 @@ class System:
 
 
 def start_system(directory: Path) -> System:
-    receiver = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--receiver"], stdout=subprocess.PIPE, text=True
-    )
-    assert receiver.stdout is not None
-    receiver_url = f"http://127.0.0.1:{int(receiver.stdout.readline())}/hooks"
+    receiver, port = http_receiver.start(Path(__file__).resolve())
+    receiver_url = f"http://127.0.0.1:{port}/hooks"
     output = directory / "up.out"
     with output.open("wb") as out:
         up = subprocess.Popen(
@@ -844,7 +792,7 @@ def sustained(
         "cpu_us_per_event": {k: round(v * 1e6 / accepted) for k, v in cpu.items()},
         "total_service_cpu_us_per_event": round(services_cpu * 1e6 / accepted),
         "cpu_measured_seconds": round(measured_s, 1),
-        "memory": {name: memory_of(pid) for name, pid in system.pids.items()},
+        "memory": {name: memory_mb(pid) for name, pid in system.pids.items()},
     }
 
 
@@ -887,7 +835,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load = sustained(system, people, args, run_id)
             say("producer floor: POSTs back to back ...")
             floor = producer_floor(system, args, run_id)
-            memory_after = {name: memory_of(pid) for name, pid in system.pids.items()}
+            memory_after = {name: memory_mb(pid) for name, pid in system.pids.items()}
             restarted = service_pids(system.up.pid) != system.pids
         finally:
             system.close()
@@ -1205,7 +1153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.receiver:
-        serve_receiver()
+        http_receiver.serve(_Receiver)
         return 0
     if args.quick:
         args.rate, args.seconds, args.users, args.batch = 100.0, 8.0, 200, 20

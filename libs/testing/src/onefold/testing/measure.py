@@ -1,8 +1,9 @@
-"""What the benchmarks under bench/ measure with: a progress bar on stderr, a line of progress, this
-process's memory, and percentiles (nearest rank)."""
+"""What the benchmarks under bench/ measure with: a progress bar on stderr, a line of progress, a
+process's memory and CPU time, and percentiles (nearest rank)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,14 +28,20 @@ def say(text: str) -> None:
     sys.stderr.flush()
 
 
-def memory_mb() -> dict[str, float]:
-    """This process's resident set now and at its peak (VmRSS, VmHWM), in MB."""
+def memory_mb(pid: int | None = None) -> dict[str, float]:
+    """A process's resident set now and at its peak (VmRSS, VmHWM), in MB; this process's by default."""
     fields = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
         key, _, rest = line.partition(":")
         if key in ("VmRSS", "VmHWM"):
             fields[key] = round(int(rest.split()[0]) / 1024, 1)
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
+    return {"rss_mb": fields.get("VmRSS", float("nan")), "peak_rss_mb": fields.get("VmHWM", float("nan"))}
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: Sequence[float], q: float) -> float:
