@@ -114,7 +114,6 @@ from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.segments.v1 import segments_pb2
 from onefold.destinations.adapters.read_model import outbox
-from onefold.destinations.adapters.upstream import ConsentCheck
 from onefold.destinations.application import DestinationsApplication
 from onefold.destinations.application.deliverer import DELIVERY_BATCH
 from onefold.destinations.bootstrap import compose
@@ -130,6 +129,7 @@ from onefold.platform.config import load_settings
 from onefold.platform.database import create_engine, normalise_url
 from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
+from onefold.platform.peer_calls import ConsentCheck
 from onefold.platform.service import ServiceContext
 from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
 from onefold.testing.postgres import temporary_database

@@ -32,13 +32,14 @@ from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.adapters.read_model import QUEUED, catalog, outbox
 from onefold.destinations.adapters.targets.base import BEHIND_A_FAILURE, Delivery, Outcome, Target
 from onefold.destinations.adapters.targets.factory import usable_target
-from onefold.destinations.adapters.upstream import ConsentCheck, Upstream
+from onefold.destinations.adapters.upstream import Upstream
 from onefold.destinations.application.catalog import Clock, Destinations
 from onefold.destinations.domain import retry
 from onefold.destinations.domain.routing import KIND_NAMES
 from onefold.eventlog.models import NewEvent, from_micros, to_micros
 from onefold.eventlog.service import Duty, ServiceLog
 from onefold.platform.errors import Unavailable
+from onefold.platform.peer_calls import ConsentCheck
 from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.destinations")

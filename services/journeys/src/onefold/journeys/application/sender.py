@@ -39,12 +39,13 @@ from onefold.journeys.adapters.providers import base as provider
 from onefold.journeys.adapters.providers.factory import Channels
 from onefold.journeys.adapters.read_model import outbox
 from onefold.journeys.adapters.templates import EmailTemplate, Templates, TemplateVariables
-from onefold.journeys.adapters.upstream import ConsentCheck, Upstream
+from onefold.journeys.adapters.upstream import Upstream
 from onefold.journeys.application.catalog import Clock, Journeys
 from onefold.journeys.domain.definitions import channel_name, known_zone
 from onefold.journeys.domain.instance import instance_stream, subject_of
 from onefold.journeys.domain.pacing import Capped, DeferUntil, PacingPolicy, pace
 from onefold.platform.errors import InvalidArgument
+from onefold.platform.peer_calls import ConsentCheck
 from onefold.platform.telemetry import get_logger
 
 log = get_logger("onefold.journeys")
