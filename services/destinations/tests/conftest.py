@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
-import grpc
 import pytest
 from destinations_harness import (
     WORKSPACE,
     Clock,
-    ConsentService,
     DestinationsFactory,
     DestinationsHarness,
-    consent_model,
 )
 
 from onefold.consent.bootstrap import compose as compose_consent
@@ -32,11 +29,10 @@ from onefold.destinations.domain.events import REGISTRY
 from onefold.eventlog import EventStore
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.service import ServiceLog
-from onefold.platform.auth import ANY_WORKSPACE
 from onefold.platform.client import Peers
 from onefold.platform.database import create_engine
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.services import composed_service
+from onefold.testing.consent import ConsentService, running_consent
 
 # The segments a destination may name: no segments service runs beside these tests (see `known`).
 SEGMENTS = frozenset({"vip", "churn_risk"})
@@ -46,15 +42,19 @@ CONSENT_CALL_TIMEOUT_SECONDS = 10.0
 @pytest.fixture
 async def consent(tmp_path: Path, nats_server: NatsServerProcess) -> AsyncIterator[ConsentService]:
     (tmp_path / "consent").mkdir()
-    async with composed_service("consent", compose_consent, tmp_path / "consent", nats_server) as running:
-        admin = running.credentials.issue(WORKSPACE, ["admin"]).token
-        service = running.credentials.issue(ANY_WORKSPACE, ["service"], name="destinations tests").token
-        async with grpc.aio.insecure_channel(running.target) as channel:
-            consent = ConsentService(running, channel, admin, service)
-            await consent.stub.SetModel(
-                consent_pb2.SetModelRequest(model=consent_model()), metadata=consent.admin_metadata()
-            )
-            yield consent
+    async with running_consent(
+        tmp_path / "consent",
+        nats_server,
+        compose_consent,
+        workspace=WORKSPACE,
+        purpose="crm_sync",
+        channels=("email",),
+        grant_channels=(),
+        caller="destinations tests",
+        jurisdiction=consent_pb2.JURISDICTION_GDPR,
+        language="en",
+    ) as consent:
+        yield consent
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 SQLite log with a controllable clock, the real targets, and the REAL consent service composed in
 process answering every CheckConsent and GetModel destinations makes.
 
-- `ConsentService`: consent composed in process with its model set (purpose `crm_sync`);
-  `grant` / `withdraw` go through its gRPC API as a person's app would.
+- the `consent` fixture (conftest.py) is onefold.testing.consent's, with purpose `crm_sync`;
 - `DestinationsHarness`: delivers upstream envelopes as the subscribers do (the handler in one
   writer transaction: `track`, `traits`, `segment_entered`, `segment_exited`, `profile_erased`),
   runs the deliverer's round (`deliver_due`, `advance`) and reads back (`statuses`, `status`).
@@ -17,13 +16,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import Message
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
-from onefold.contracts.consent.v1 import consent_pb2, consent_pb2_grpc
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
@@ -31,7 +28,6 @@ from onefold.contracts.segments.v1 import segments_pb2
 from onefold.destinations.adapters.read_model import outbox
 from onefold.destinations.application import DestinationsApplication
 from onefold.eventlog import EventStore
-from onefold.testing.services import ComposedService
 
 WORKSPACE = "acme"
 ACTOR = "cred-test"
@@ -51,71 +47,6 @@ class Clock:
     def advance(self, by: timedelta) -> datetime:
         self.now += by
         return self.now
-
-
-def consent_model() -> consent_pb2.ConsentModel:
-    legal_bases = {"PIPL": consent_pb2.LEGAL_BASIS_CONSENT, "GDPR": consent_pb2.LEGAL_BASIS_CONSENT}
-    model = consent_pb2.ConsentModel(
-        purposes=[
-            consent_pb2.Purpose(
-                purpose_id=PURPOSE, kind=consent_pb2.PURPOSE_KIND_MARKETING, legal_bases=legal_bases
-            )
-        ],
-        channels=["email"],
-    )
-    notice = model.notices.add(
-        notice_id="privacy", version="1", language="en", text_sha256="0" * 64, purpose_ids=[PURPOSE]
-    )
-    notice.published_at.FromDatetime(datetime.now(UTC) - timedelta(days=30))
-    return model
-
-
-def proof() -> consent_pb2.Proof:
-    return consent_pb2.Proof(
-        notice_id="privacy",
-        notice_version="1",
-        jurisdiction=consent_pb2.JURISDICTION_GDPR,
-        collection_point="app:settings",
-    )
-
-
-@dataclass
-class ConsentService:
-    """The real consent service, composed in process, and the service credential destinations uses."""
-
-    running: ComposedService
-    channel: grpc.aio.Channel
-    admin_token: str
-    service_token: str
-
-    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.admin_token}"),)
-
-    @property
-    def stub(self) -> consent_pb2_grpc.ConsentServiceStub:
-        return consent_pb2_grpc.ConsentServiceStub(self.channel)
-
-    async def grant(self, *profile_ids: str) -> None:
-        for profile_id in profile_ids:
-            await self.stub.GrantConsent(
-                consent_pb2.GrantConsentRequest(
-                    subject=identity_pb2.ProfileRef(profile_id=profile_id),
-                    purpose_ids=[PURPOSE],
-                    proof=proof(),
-                ),
-                metadata=self.admin_metadata(),
-            )
-
-    async def withdraw(self, profile_id: str) -> None:
-        await self.stub.WithdrawConsent(
-            consent_pb2.WithdrawConsentRequest(
-                subject=identity_pb2.ProfileRef(profile_id=profile_id),
-                purpose_ids=[PURPOSE],
-                proof=proof(),
-                reason="asked to stop",
-            ),
-            metadata=self.admin_metadata(),
-        )
 
 
 def destination(data: dict[str, Any]) -> pb.Destination:

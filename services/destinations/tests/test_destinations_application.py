@@ -12,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 from destinations_harness import (
     WORKSPACE,
-    ConsentService,
     DestinationsFactory,
     DestinationsHarness,
     destination,
@@ -23,6 +22,7 @@ from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.application.routing import subject_of
 from onefold.destinations.domain.definitions import Known
 from onefold.platform.errors import FailedPrecondition, InvalidArgument
+from onefold.testing.consent import ConsentService
 from onefold.testing.webhooks import WebhookReceiver
 
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import grpc
 import pytest
 from journeys_harness import (
     WORKSPACE,
     Clock,
-    ConsentService,
     JourneysFactory,
     JourneysHarness,
-    consent_model,
 )
 
 from onefold.consent.bootstrap import compose as compose_consent
@@ -38,11 +35,10 @@ from onefold.journeys.domain.definitions import Known
 from onefold.journeys.domain.events import REGISTRY
 from onefold.journeys.domain.instance import subject_of
 from onefold.journeys.domain.pacing import PacingPolicy
-from onefold.platform.auth import ANY_WORKSPACE
 from onefold.platform.client import Peers
 from onefold.platform.database import create_engine
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.services import composed_service
+from onefold.testing.consent import ConsentService, running_consent
 
 # The segments a journey may name: no segments service runs beside these tests (see `known`).
 SEGMENTS = frozenset({"vip", "cart_abandoners"})
@@ -52,15 +48,19 @@ CONSENT_CALL_TIMEOUT_SECONDS = 10.0
 @pytest.fixture
 async def consent(tmp_path: Path, nats_server: NatsServerProcess) -> AsyncIterator[ConsentService]:
     (tmp_path / "consent").mkdir()
-    async with composed_service("consent", compose_consent, tmp_path / "consent", nats_server) as running:
-        admin = running.credentials.issue(WORKSPACE, ["admin"]).token
-        service = running.credentials.issue(ANY_WORKSPACE, ["service"], name="journeys tests").token
-        async with grpc.aio.insecure_channel(running.target) as channel:
-            consent = ConsentService(running, channel, admin, service)
-            await consent.stub.SetModel(
-                consent_pb2.SetModelRequest(model=consent_model()), metadata=consent.admin_metadata()
-            )
-            yield consent
+    async with running_consent(
+        tmp_path / "consent",
+        nats_server,
+        compose_consent,
+        workspace=WORKSPACE,
+        purpose="marketing",
+        channels=("email", "sms"),
+        grant_channels=("email", "sms"),
+        caller="journeys tests",
+        jurisdiction=consent_pb2.JURISDICTION_PIPL,
+        language="zh-CN",
+    ) as consent:
+        yield consent
 
 
 @pytest.fixture

@@ -2,9 +2,8 @@
 SQLite log with a controllable clock, the real channels, and the REAL consent service composed in
 process answering every CheckConsent and GetModel journeys makes.
 
-- `ConsentService`: consent composed in process with its model set (purpose `marketing` on email
-  and sms); `grant` / `withdraw` go through its gRPC API as a person's app would, and
-  `envelope_of(event_id)` is the ledger event as consent's bus hands it to subscribers.
+- the `consent` fixture (conftest.py) is onefold.testing.consent's, with purpose `marketing` on email
+  and sms;
 - `JourneysHarness`: delivers upstream envelopes as the subscribers do (the handler in one writer
   transaction: `deliver`, `track`, `traits`, `segment_entered`, `segment_exited`, `consent_event`),
   runs the loops' work once (`fire_timers`, `send_due`, `advance`) and reads back (`instance`,
@@ -19,13 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import Message
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
-from onefold.contracts.consent.v1 import consent_pb2, consent_pb2_grpc
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
@@ -35,7 +32,6 @@ from onefold.journeys.adapters.providers.sandbox import SandboxSend
 from onefold.journeys.adapters.read_model import outbox
 from onefold.journeys.application import JourneysApplication
 from onefold.journeys.domain.instance import instance_stream
-from onefold.testing.services import ComposedService
 
 WORKSPACE = "acme"
 ACTOR = "cred-test"
@@ -54,86 +50,6 @@ class Clock:
     def advance(self, by: timedelta) -> datetime:
         self.now += by
         return self.now
-
-
-# ------------------------------------------------------------------------------------------ consent
-
-
-def consent_model() -> consent_pb2.ConsentModel:
-    legal_bases = {"PIPL": consent_pb2.LEGAL_BASIS_CONSENT, "GDPR": consent_pb2.LEGAL_BASIS_CONSENT}
-    model = consent_pb2.ConsentModel(
-        purposes=[
-            consent_pb2.Purpose(
-                purpose_id="marketing", kind=consent_pb2.PURPOSE_KIND_MARKETING, legal_bases=legal_bases
-            )
-        ],
-        channels=["email", "sms"],
-    )
-    notice = model.notices.add(
-        notice_id="privacy", version="1", language="zh-CN", text_sha256="0" * 64, purpose_ids=["marketing"]
-    )
-    notice.published_at.FromDatetime(datetime.now(UTC) - timedelta(days=30))
-    return model
-
-
-def proof() -> consent_pb2.Proof:
-    return consent_pb2.Proof(
-        notice_id="privacy",
-        notice_version="1",
-        jurisdiction=consent_pb2.JURISDICTION_PIPL,
-        collection_point="app:settings",
-    )
-
-
-@dataclass
-class ConsentService:
-    """The real consent service, composed in process, and the service credential journeys uses."""
-
-    running: ComposedService
-    channel: grpc.aio.Channel
-    admin_token: str
-    service_token: str
-
-    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.admin_token}"),)
-
-    @property
-    def stub(self) -> consent_pb2_grpc.ConsentServiceStub:
-        return consent_pb2_grpc.ConsentServiceStub(self.channel)
-
-    async def grant(self, profile_id: str, channels: tuple[str, ...] = ("email", "sms")) -> set[str]:
-        """Grant marketing on `channels`; the ids of the ledger events recorded."""
-        written = await self.stub.GrantConsent(
-            consent_pb2.GrantConsentRequest(
-                subject=identity_pb2.ProfileRef(profile_id=profile_id),
-                purpose_ids=["marketing"],
-                channels=list(channels),
-                proof=proof(),
-            ),
-            metadata=self.admin_metadata(),
-        )
-        return {recorded.event_id for recorded in written.recorded}
-
-    async def withdraw(self, profile_id: str, channel: str) -> str:
-        """Withdraw marketing on `channel`; the id of the ledger event recorded."""
-        written = await self.stub.WithdrawConsent(
-            consent_pb2.WithdrawConsentRequest(
-                subject=identity_pb2.ProfileRef(profile_id=profile_id),
-                purpose_ids=["marketing"],
-                channels=[channel],
-                proof=proof(),
-                reason="asked to stop",
-            ),
-            metadata=self.admin_metadata(),
-        )
-        [recorded] = written.recorded
-        return recorded.event_id
-
-    def envelope_of(self, event_id: str) -> EventEnvelope:
-        """Consent's ledger event as its bus hands it to subscribers (decrypted)."""
-        store = self.running.service.store
-        [event] = [e for e in store.iter_all() if e.event_id == event_id]
-        return store.to_envelope(event)
 
 
 # ------------------------------------------------------------------------------------------ journeys

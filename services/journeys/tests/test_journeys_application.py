@@ -12,7 +12,6 @@ import pytest
 from channel_servers import Answer, http_server
 from journeys_harness import (
     WORKSPACE,
-    ConsentService,
     JourneysFactory,
     JourneysHarness,
     envelope,
@@ -28,6 +27,7 @@ from onefold.journeys.domain.instance import subject_of
 from onefold.journeys.domain.pacing import PacingPolicy, QuietHours
 from onefold.platform.errors import InvalidArgument, NotFound
 from onefold.platform.ports import free_port
+from onefold.testing.consent import ConsentService
 
 SHANGHAI = "Asia/Shanghai"  # UTC+8, no daylight saving
 TEMPLATES = (
