@@ -123,14 +123,10 @@ from onefold.destinations.settings import DestinationsSettings
 from onefold.eventlog.models import from_micros
 from onefold.eventlog.service import EventSourcedService, ServiceLog
 from onefold.eventlog.subscriber import SubscriberSettings
-from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
 from onefold.platform.client import authenticated_channel
-from onefold.platform.config import load_settings
-from onefold.platform.database import create_engine, normalise_url
-from onefold.platform.nats import NatsConnection
+from onefold.platform.database import normalise_url
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.peer_calls import ConsentCheck
-from onefold.platform.service import ServiceContext
 from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
 from onefold.testing.postgres import temporary_database
 from onefold.testing.processes import ServiceProcess
@@ -139,6 +135,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` load
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _http_receiver as http_receiver  # (bench/_http_receiver.py: the receiver process)
 import journeys  # (bench/journeys.py: its raw-insert floor, envelopes, consent's model)
+from _in_process import Consent, compose_here, start_consent  # (bench/_in_process.py)
 
 T = TypeVar("T")
 SUBSCRIBER_BATCH = SubscriberSettings().batch_size
@@ -326,43 +323,19 @@ def start_receiver() -> tuple[subprocess.Popen[str], str]:
 
 def start_system(directory: Path, audience_url: str, segments: frozenset[str]) -> System:
     """nats-server, the consent service (a subprocess), the receiver (a subprocess) and the
-    destinations application composed by its bootstrap, in this process."""
-    nats = NatsServerProcess(directory / "nats")
-    nats.start()
-    consent_dir = directory / "consent"
-    consent_dir.mkdir(parents=True)
-    credentials = CredentialStore(f"sqlite:///{consent_dir / 'auth.db'}", cache_seconds=0)
-    credentials.create_schema()
-    admin_token = credentials.issue(WORKSPACE, ["admin"], name="bench").token
-    service_token = credentials.issue(ANY_WORKSPACE, ["service"], name="bench: destinations").token
-    credentials.engine.dispose()
-    consent = ServiceProcess(
-        name="consent",
-        data_dir=consent_dir,
-        nats=nats,
-        extra_env={"ONEFOLD_AUTH__CACHE_SECONDS": "60", "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING"},
-    )
+    destinations application composed by its bootstrap, in this process, with consent's address
+    and a service credential it accepts."""
+    consent = start_consent(directory, WORKSPACE, "destinations")
     try:
-        consent.start(timeout=60)
         receiver, receiver_url = start_receiver()
     except BaseException:
         consent.stop()
-        nats.stop()
         raise
     try:
-        return compose_system(
-            directory,
-            audience_url,
-            segments,
-            nats,
-            consent,
-            (receiver, receiver_url),
-            (admin_token, service_token),
-        )
+        return compose_system(directory, audience_url, segments, consent, (receiver, receiver_url))
     except BaseException:
         receiver.terminate()
         consent.stop()
-        nats.stop()
         raise
 
 
@@ -370,39 +343,23 @@ def compose_system(
     directory: Path,
     audience_url: str,
     segments: frozenset[str],
-    nats: NatsServerProcess,
-    consent: ServiceProcess,
+    consent: Consent,
     receiving: tuple[subprocess.Popen[str], str],
-    tokens: tuple[str, str],
 ) -> System:
-    """The destinations application composed by its bootstrap, in this process, with consent's
-    address and a service credential it accepts."""
     receiver, receiver_url = receiving
-    admin_token, service_token = tokens
-    data_dir = directory / "destinations"
-    data_dir.mkdir()
-    settings = load_settings(
-        "destinations",
-        env={},
-        sections=[DestinationsSettings],
-        data_dir=str(data_dir),
-        nats=nats.client_settings("destinations").model_dump(),
-        auth={"cache_seconds": 0, "bootstrap_admin": False, "service_token": service_token},
-        peers={"consent": consent.target},
-        eventlog={"key_file": str(directory / "keys" / "destinations.kek")},
-        telemetry={"log_level": "WARNING"},
-    )
-    context = ServiceContext(
-        settings,
-        create_engine(settings.database_url()),
-        CredentialStore(settings.auth_database_url(), cache_seconds=0),
-        NatsConnection(settings.nats, "destinations-bench"),  # never started: no relay, no subscriber
-    )
     os.environ[AUDIENCE_ENV] = audience_url  # read by the deliverer when composed (the definition's url_env)
-    service = compose(context)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, name="destinations-bench-loop", daemon=True).start()
-    system = System(service, loop, directory, nats, consent, receiver, receiver_url, admin_token, segments)
+    service, loop = compose_here("destinations", compose, [DestinationsSettings], directory, consent)
+    system = System(
+        service,
+        loop,
+        directory,
+        consent.nats,
+        consent.process,
+        receiver,
+        receiver_url,
+        consent.admin_token,
+        segments,
+    )
     system.http = httpx.Client(timeout=60)
     upstream = system.app.deliverer.upstream
 

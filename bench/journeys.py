@@ -121,15 +121,14 @@ from onefold.journeys.bootstrap import compose
 from onefold.journeys.domain.definitions import Known
 from onefold.journeys.domain.instance import instance_stream
 from onefold.journeys.settings import JourneysSettings
-from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
 from onefold.platform.client import authenticated_channel
-from onefold.platform.config import load_settings
-from onefold.platform.database import create_engine
-from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.platform.service import ServiceContext
 from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
 from onefold.testing.processes import ServiceProcess
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _in_process import compose_here, start_consent  # (bench/_in_process.py)
 
 T = TypeVar("T")
 WORKSPACE = "bench"
@@ -342,49 +341,15 @@ class System:
 def start_system(directory: Path) -> System:
     """nats-server, the consent service (a subprocess) and the journeys application composed by its
     bootstrap, in this process, with consent's address and a service credential it accepts."""
-    nats = NatsServerProcess(directory / "nats")
-    nats.start()
-    consent_dir = directory / "consent"
-    consent_dir.mkdir(parents=True)
-    credentials = CredentialStore(f"sqlite:///{consent_dir / 'auth.db'}", cache_seconds=0)
-    credentials.create_schema()
-    admin_token = credentials.issue(WORKSPACE, ["admin"], name="bench").token
-    service_token = credentials.issue(ANY_WORKSPACE, ["service"], name="bench: journeys to consent").token
-    credentials.engine.dispose()
-    consent = ServiceProcess(
-        name="consent",
-        data_dir=consent_dir,
-        nats=nats,
-        extra_env={"ONEFOLD_AUTH__CACHE_SECONDS": "60", "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING"},
-    )
+    consent = start_consent(directory, WORKSPACE, "journeys to consent")
     try:
-        consent.start(timeout=60)
+        service, loop = compose_here("journeys", compose, [JourneysSettings], directory, consent)
     except BaseException:
-        nats.stop()
+        consent.stop()
         raise
-    data_dir = directory / "journeys"
-    data_dir.mkdir()
-    settings = load_settings(
-        "journeys",
-        env={},
-        sections=[JourneysSettings],
-        data_dir=str(data_dir),
-        nats=nats.client_settings("journeys").model_dump(),
-        auth={"cache_seconds": 0, "bootstrap_admin": False, "service_token": service_token},
-        peers={"consent": consent.target},
-        eventlog={"key_file": str(directory / "keys" / "journeys.kek")},
-        telemetry={"log_level": "WARNING"},
+    system = System(
+        service, loop, directory, consent.nats, consent.process, consent.admin_token, consent.service_token
     )
-    context = ServiceContext(
-        settings,
-        create_engine(settings.database_url()),
-        CredentialStore(settings.auth_database_url(), cache_seconds=0),
-        NatsConnection(settings.nats, "journeys-bench"),  # never started: no relay, no subscriber
-    )
-    service = compose(context)
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, name="journeys-bench-loop", daemon=True).start()
-    system = System(service, loop, directory, nats, consent, admin_token, service_token)
     upstream = system.app.sender.upstream
 
     async def purposes_only(workspace: str) -> Known:
