@@ -2,16 +2,17 @@
 consent service as a subprocess (with the bench's admin credential and the service credential the
 service under test calls it with), and the service under test composed by its own bootstrap in this
 process, on an event loop of its own thread (no relay, no subscriber: the bench hands it upstream
-events itself)."""
+events itself, a batch at a time as `next_batch` takes them)."""
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from onefold.eventlog.service import EventSourcedService
 from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
@@ -21,6 +22,20 @@ from onefold.platform.nats import NatsConnection
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.service import ServiceContext
 from onefold.testing.processes import ServiceProcess
+
+T = TypeVar("T")
+
+
+def next_batch(produced: queue.Queue[T | None], most: int) -> tuple[list[T], bool]:
+    """What waits in `produced` (blocking for the first), up to `most`, as a subscriber takes what a
+    fetch returned; and whether the producer said it is finished (its None)."""
+    items = [produced.get()]
+    while len(items) < most:
+        try:
+            items.append(produced.get_nowait())
+        except queue.Empty:
+            break
+    return [item for item in items if item is not None], items[-1] is None
 
 
 @dataclass

@@ -135,7 +135,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` load
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _http_receiver as http_receiver  # (bench/_http_receiver.py: the receiver process)
 import journeys  # (bench/journeys.py: its raw-insert floor, envelopes, consent's model)
-from _in_process import Consent, compose_here, start_consent  # (bench/_in_process.py)
+from _in_process import Consent, compose_here, next_batch, start_consent  # (bench/_in_process.py)
 
 T = TypeVar("T")
 SUBSCRIBER_BATCH = SubscriberSettings().batch_size
@@ -667,14 +667,7 @@ def latency_phase(system: System, traffic: Traffic, seconds: float, batch_size: 
             producer.start()
             finished = False
             while not finished:
-                items = [produced.get()]
-                while len(items) < SUBSCRIBER_BATCH:
-                    try:
-                        items.append(produced.get_nowait())
-                    except queue.Empty:
-                        break
-                finished = items[-1] is None
-                batch = [item for item in items if item is not None]
+                batch, finished = next_batch(produced, SUBSCRIBER_BATCH)
                 if not batch:
                     continue
                 system.route(system.app.router.handle_identity, [event for _, _, event in batch])

@@ -128,7 +128,7 @@ from onefold.testing.processes import ServiceProcess
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _in_process import compose_here, start_consent  # (bench/_in_process.py)
+from _in_process import compose_here, next_batch, start_consent  # (bench/_in_process.py)
 
 T = TypeVar("T")
 WORKSPACE = "bench"
@@ -681,14 +681,7 @@ def latency_phase(system: System, traffic: Traffic, profiles: int, seconds: floa
             producer.start()
             finished = False
             while not finished:
-                items = [produced.get()]
-                while len(items) < SUBSCRIBER_BATCH:
-                    try:
-                        items.append(produced.get_nowait())
-                    except queue.Empty:
-                        break
-                finished = items[-1] is None
-                batch = [item for item in items if item is not None]
+                batch, finished = next_batch(produced, SUBSCRIBER_BATCH)
                 if not batch:
                     continue
                 system.handle([event for _, _, event in batch])
