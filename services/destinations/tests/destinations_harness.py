@@ -120,6 +120,10 @@ class DestinationsHarness:
         message = segments_pb2.SegmentExited(profile_id=profile_id, workspace=WORKSPACE, segment=segment)
         await self.deliver(self.app.router.handle_segments, envelope(message, self.clock.now))
 
+    async def profile_erased(self, profile_id: str) -> None:
+        message = identity_pb2.ProfileErased(profile_id=profile_id, workspace=WORKSPACE)
+        await self.deliver(self.app.router.handle_identity, envelope(message, self.clock.now))
+
     # -------------------------------------------------------------------------- the deliverer
 
     async def deliver_due(self) -> int:

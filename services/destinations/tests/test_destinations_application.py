@@ -240,6 +240,8 @@ async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_th
             "deletion_queued:crm": 1,
             "deletion_queued:warehouse": 1,
         }
+        # Identity's ProfileErased follows the request: nothing new, and the deletions still go.
+        await destinations.profile_erased("p-1")
         await destinations.deliver_due()
         await receiver.wait_for(3)
         kinds = [(r["profileId"], r["type"]) for r in receiver.received]

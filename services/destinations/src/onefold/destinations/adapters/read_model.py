@@ -297,18 +297,26 @@ class DestinationsReadModel(Handlers):
     @handles(pb.RecipientErased)
     def _erased(self, conn: Connection, message: pb.RecipientErased, event: RecordedEvent) -> None:
         self._write_queued(conn)
+        # A person is erased more than once (the data-subject request, then identity's
+        # ProfileErased): the deletions an earlier erasure queued must still go.
+        not_a_deletion = outbox.c.kind != pb.DELIVERY_KIND_DELETION
         conn.execute(
             outbox.update()
             .where(
                 (outbox.c.workspace == message.workspace)
                 & (outbox.c.profile_id == message.profile_id)
                 & (outbox.c.status == QUEUED)
+                & not_a_deletion
             )
             .values(status=DROPPED, last_error="erased")
         )
         conn.execute(
             outbox.update()
-            .where((outbox.c.workspace == message.workspace) & (outbox.c.profile_id == message.profile_id))
+            .where(
+                (outbox.c.workspace == message.workspace)
+                & (outbox.c.profile_id == message.profile_id)
+                & not_a_deletion
+            )
             .values(erased=True)
         )
         conn.execute(
