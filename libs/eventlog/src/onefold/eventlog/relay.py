@@ -222,17 +222,7 @@ class OutboxRelay:
                 failure: Exception = exc
             except Exception as exc:
                 failure = exc
-            self.stats.failures += 1
-            self.stats.last_error = str(failure) or type(failure).__name__
-            # The server may have lost its store (a new volume): create the streams again.
-            self._streams_ready_for = None
-            log.warning(
-                "relay.publish_failed",
-                stream=self.stream_name,
-                published_position=self._published,
-                error=self.stats.last_error,
-                retry_in_seconds=delay,
-            )
+            self._record_failure(str(failure) or type(failure).__name__, retry_in_seconds=delay)
             await self._wait_for_work(delay, ignore_notify=True)
             delay = min(delay * 2, self.settings.backoff_max_seconds)
 
@@ -439,6 +429,11 @@ class OutboxRelay:
         return acked_through, error
 
     async def _jetstream(self) -> JetStreamContext:
+        if self.nats.client is not None and not self.nats.connected.is_set():
+            # The connection was lost between two batches (nothing was in flight to fail): this is an
+            # outage all the same, so it shows in the stats and the log before the wait for NATS.
+            # (Before the first connection there is nothing to report: the service is starting.)
+            self._record_failure("NATS connection lost: waiting for it to come back", retry_in_seconds=None)
         client = await self.nats.wait_connected()
         if self._js is None or self._js_client is not client:
             self._js = client.jetstream(publish_async_max_pending=self.settings.max_pending_publishes)
@@ -450,6 +445,19 @@ class OutboxRelay:
         return self._js
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _record_failure(self, error: str, *, retry_in_seconds: float | None) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = error
+        # The server may have lost its store (a new volume): create the streams again.
+        self._streams_ready_for = None
+        log.warning(
+            "relay.publish_failed",
+            stream=self.stream_name,
+            published_position=self._published,
+            error=error,
+            retry_in_seconds=retry_in_seconds,
+        )
 
     def _bind_loop(self) -> None:
         loop = asyncio.get_running_loop()
