@@ -16,6 +16,9 @@ unique messageIds), about 300 bytes of JSON each.
 - Latency: single `/v1/track` (and gRPC `Track`) calls started on a fixed schedule (open loop, so
   a slow answer does not slow the schedule down); p50 / p99 from start to answer.
 - RSS: the ingest process's peak resident memory while under load (sampled every 50 ms).
+- Service CPU: the ingest process's CPU seconds per event over each throughput phase, counted until
+  the process is idle again (its relay's publishing of those events included): on two cores shared
+  with the clients this is the stable figure, where the rates move with the load.
 - Baseline: the same events' JSON published with `js.publish_async` (Nats-Msg-Id = messageId) to a
   stream on the same server, all acknowledged.
 
@@ -472,10 +475,19 @@ def run(events: int, latency_seconds: float) -> dict[str, Any]:
                 results["rss_idle_mb"] = round(rss.current_kb() / 1024, 1)
                 latency_events = int(LATENCY_RATE * latency_seconds) + 20
 
-                def phase(name: str, coroutine: Awaitable[Any]) -> Any:
+                service_cpu: dict[str, float] = {}
+
+                def phase(name: str, coroutine: Awaitable[Any], cpu_key: str = "") -> Any:
+                    """Run one phase from idle; with `cpu_key`, the service's CPU seconds for it, counted
+                    until it is idle again (so the relay's publishing of the phase's events is in)."""
                     waited = settle(target.pid)
                     print(f"  {name} (after {waited} s idle wait) ...", file=sys.stderr, flush=True)
-                    return asyncio.run(coroutine)  # type: ignore[arg-type]
+                    before = cpu_seconds(target.pid)
+                    outcome = asyncio.run(coroutine)  # type: ignore[arg-type]
+                    if cpu_key:
+                        settle(target.pid)
+                        service_cpu[cpu_key] = cpu_seconds(target.pid) - before
+                    return outcome
 
                 results["jetstream_events_per_s"] = round(
                     phase(
@@ -484,11 +496,17 @@ def run(events: int, latency_seconds: float) -> dict[str, Any]:
                     )
                 )
                 results["grpc_events_per_s"] = round(
-                    phase("gRPC Batch", grpc_batch_rate(target, make_events(events, "grpc"), GRPC_CLIENTS))
+                    phase(
+                        "gRPC Batch",
+                        grpc_batch_rate(target, make_events(events, "grpc"), GRPC_CLIENTS),
+                        "grpc",
+                    )
                 )
                 results["http_events_per_s"] = round(
                     phase(
-                        "HTTP /v1/batch", http_batch_rate(target, make_events(events, "http"), HTTP_CLIENTS)
+                        "HTTP /v1/batch",
+                        http_batch_rate(target, make_events(events, "http"), HTTP_CLIENTS),
+                        "http",
                     )
                 )
                 results["http_track_latency"] = phase(
@@ -500,6 +518,8 @@ def run(events: int, latency_seconds: float) -> dict[str, Any]:
                     grpc_track_latency(target, make_events(latency_events, "lat-grpc"), latency_seconds),
                 )
             results["rss_peak_mb"] = round(rss.peak_kb / 1024, 1)
+            for name, seconds in service_cpu.items():
+                results[f"{name}_service_cpu_us_per_event"] = round(seconds / events * 1e6, 1)
         finally:
             service.stop()
             nats_server.stop()
@@ -529,7 +549,12 @@ def report(results: dict[str, Any]) -> None:
     line("raw JetStream publish_async (baseline)", f"{js:,}/s")
     for name, label in (("grpc", "gRPC Batch of 500"), ("http", "HTTP /v1/batch of 500")):
         rate = results[f"{name}_events_per_s"]
-        line(label, f"{rate:,}/s", f"{results[f'{name}_ratio_vs_jetstream']:.2f}x raw JetStream")
+        line(
+            label,
+            f"{rate:,}/s",
+            f"{results[f'{name}_ratio_vs_jetstream']:.2f}x raw JetStream, "
+            f"{results[f'{name}_service_cpu_us_per_event']} µs service CPU/event",
+        )
     for name, label in (("http_track_latency", "HTTP /v1/track"), ("grpc_track_latency", "gRPC Track")):
         lat = results[name]
         line(
