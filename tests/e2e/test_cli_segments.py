@@ -18,6 +18,7 @@ import yaml
 from e2e_up import Cli, wait_for
 
 from onefold.cli.segments_yaml import definition_document, parse_definition_documents
+from onefold.cli.supervisor import SERVICES
 from onefold.cli.sources import load_document
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "segments.yaml"
@@ -93,6 +94,24 @@ def test_apply_the_examples_then_one_persons_orders_make_a_big_spender_with_reas
         return found if "big_spenders_90d" in segments and tags.get("customer_tier") == "vip" else None
 
     held = wait_for(in_the_segment, "the spend segment and the vip tag")
+
+    # Drained, `onefold lag` shows every stage at zero and how far each consumer has applied.
+    def drained() -> list[dict[str, Any]] | None:
+        backlogs: list[dict[str, Any]] = cli.json("lag")
+        quiet = all(
+            b["unrelayed"] == 0 and all(c["pending"] == c["in_flight"] == 0 for c in b["consumers"])
+            for b in backlogs
+        )
+        return backlogs if quiet else None
+
+    backlogs = {b["service"]: b for b in wait_for(drained, "every backlog at zero")}
+    assert set(backlogs) == set(SERVICES) and all(b["leading"] for b in backlogs.values())
+    consumers = {c["upstream"]: c for c in backlogs["identity"]["consumers"]}
+    assert set(consumers) == {"ingest", "journeys"}
+    assert consumers["ingest"]["applied"] == {"ingest": backlogs["ingest"]["head_position"]}
+    assert backlogs["ingest"]["consumers"] == [] and backlogs["ingest"]["head_position"] >= 3
+    table = cli.run("lag").stdout
+    assert "backlog, in events" in table and "identity" in table
     (membership,) = held["segments"]
     assert membership["reasons"] == [{"condition": "computed_trait spend_90d GE 1000", "observed": 1150.5}]
     tags = {t["tag"]: t for t in held["tags"]}

@@ -97,6 +97,11 @@ LAZY_COMMANDS = {
         "Destinations: list, get, status, pause, resume, archive; dead letters, replay, signing secrets.",
     ),
     "keys": LazyCommand("onefold.cli.keys", "keys_app", "Manage the services' key-encryption keys."),
+    "lag": LazyCommand(
+        "onefold.cli.lag",
+        "lag",
+        "Show each service's backlog in events: not yet relayed, and each upstream's not yet applied.",
+    ),
 }
 
 _LISTING = "onefold.listing"  # set in ctx.meta while help lists the commands

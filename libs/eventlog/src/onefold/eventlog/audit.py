@@ -11,6 +11,7 @@ bootstrap admin and service credentials, never implied by one workspace's `admin
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import grpc
@@ -22,7 +23,7 @@ from onefold.platform.auth import INSTALLATION_ADMIN
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
 SERVICE = pb.DESCRIPTOR.services_by_name["EventLogService"]
-SCOPES = {"Verify": INSTALLATION_ADMIN, "Head": INSTALLATION_ADMIN}
+SCOPES = {"Verify": INSTALLATION_ADMIN, "Head": INSTALLATION_ADMIN, "Lag": INSTALLATION_ADMIN}
 MAX_EXPECTED = 100_000
 
 
@@ -43,10 +44,14 @@ def verify_response(service: str, result: VerifyResult, *, digests_checked: int)
     return answer
 
 
+BacklogProbe = Callable[[], Awaitable[pb.LagResponse]]
+
+
 class EventLogServicer:
-    def __init__(self, store: EventStore, service: str) -> None:
+    def __init__(self, store: EventStore, service: str, backlog: BacklogProbe) -> None:
         self.store = store
         self.service = service
+        self.backlog = backlog
 
     def _verify(self, witnessed: list[ChainDigest]) -> pb.VerifyResponse:
         # The witnesses first: where they and the local table disagree, the witness is named.
@@ -66,6 +71,9 @@ class EventLogServicer:
         digest = await asyncio.to_thread(self.store.head_digest)
         return pb.HeadResponse(service=self.service, position=digest.position, hash=digest.hash)
 
+    async def Lag(self, request: pb.LagRequest, context: grpc.aio.ServicerContext) -> pb.LagResponse:
+        return await self.backlog()
 
-def registration(store: EventStore, service: str) -> ServiceRegistration:
-    return typed_registration(SERVICE, pb, EventLogServicer(store, service), SCOPES)
+
+def registration(store: EventStore, service: str, backlog: BacklogProbe) -> ServiceRegistration:
+    return typed_registration(SERVICE, pb, EventLogServicer(store, service, backlog), SCOPES)

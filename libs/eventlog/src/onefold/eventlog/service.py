@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from onefold.contracts.eventlog.v1.eventlog_pb2 import LagResponse
 from onefold.eventlog import audit, keyaccess
 from onefold.eventlog.cipher import KeyEncryptionKey
 from onefold.eventlog.digests import (
@@ -61,6 +62,7 @@ A = TypeVar("A")
 LEASE_CHECK_SECONDS = 2.0
 # How long start waits for NATS to compare the log with the witness stream; later, the leader does.
 START_CHECK_SECONDS = 5.0
+LAG_PROBE_SECONDS = 2.0  # a Lag call answers within this even when NATS does not
 
 
 @dataclass(frozen=True)
@@ -303,9 +305,34 @@ class EventSourcedService(Generic[A]):
     def registrations(self) -> Sequence[ServiceRegistration]:
         return (
             *self._servicers,
-            audit.registration(self.store, self.name),
+            audit.registration(self.store, self.name, self.backlog),
             keyaccess.registration(self.store),
         )
+
+    async def backlog(self) -> LagResponse:
+        """The log's events not yet relayed, and each upstream's events not yet applied here."""
+        head = await asyncio.to_thread(self.store.head_position)
+        published = self.relay.published_position
+        if published is None:
+            published = await asyncio.to_thread(self.store.published_position, self.relay.stream_name)
+        answer = LagResponse(
+            service=self.name,
+            head_position=head,
+            published_position=published,
+            leading=self.leading.is_set(),
+        )
+        for subscriber in self.subscribers:
+            consumer = answer.consumers.add(upstream=subscriber.upstream, consumer=subscriber.durable)
+            try:
+                async with asyncio.timeout(LAG_PROBE_SECONDS):
+                    lag = await subscriber.lag()
+            except Exception as error:  # NATS unreachable, or the consumer not made yet
+                consumer.error = str(error) or type(error).__name__
+                continue
+            consumer.pending = lag.pending
+            consumer.ack_pending = lag.ack_pending
+            consumer.applied.update(lag.tracking)
+        return answer
 
     async def start(self) -> None:
         """Serve at once; run the relay, digests and subscribers while holding the leader lease.

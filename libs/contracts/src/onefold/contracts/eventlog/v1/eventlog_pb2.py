@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"onefold/eventlog/v1/eventlog.proto\x12\x13onefold.eventlog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\rWitnessedHash\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x0f\n\x07witness\x18\x03 \x01(\t\"E\n\rVerifyRequest\x12\x34\n\x08\x65xpected\x18\x01 \x03(\x0b\x32\".onefold.eventlog.v1.WitnessedHash\"\xf7\x01\n\x0eVerifyResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x11\n\thead_hash\x18\x05 \x01(\x0c\x12\x1a\n\x12\x66irst_bad_position\x18\x06 \x01(\x04\x12\x0f\n\x07problem\x18\x07 \x01(\t\x12/\n\x0bverified_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64igests_checked\x18\t \x01(\r\x12\x0f\n\x07witness\x18\n \x01(\t\"\r\n\x0bHeadRequest\"?\n\x0cHeadResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\"&\n\x12SubjectKeysRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\"?\n\nSubjectKey\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x65rased\x18\x03 \x01(\x08\"D\n\x13SubjectKeysResponse\x12-\n\x04keys\x18\x01 \x03(\x0b\x32\x1f.onefold.eventlog.v1.SubjectKey2\xb1\x01\n\x0f\x45ventLogService\x12Q\n\x06Verify\x12\".onefold.eventlog.v1.VerifyRequest\x1a#.onefold.eventlog.v1.VerifyResponse\x12K\n\x04Head\x12 .onefold.eventlog.v1.HeadRequest\x1a!.onefold.eventlog.v1.HeadResponse2x\n\x11SubjectKeyService\x12\x63\n\x0eGetSubjectKeys\x12\'.onefold.eventlog.v1.SubjectKeysRequest\x1a(.onefold.eventlog.v1.SubjectKeysResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"onefold/eventlog/v1/eventlog.proto\x12\x13onefold.eventlog.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\rWitnessedHash\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\x0c\x12\x0f\n\x07witness\x18\x03 \x01(\t\"E\n\rVerifyRequest\x12\x34\n\x08\x65xpected\x18\x01 \x03(\x0b\x32\".onefold.eventlog.v1.WitnessedHash\"\xf7\x01\n\x0eVerifyResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\x16\n\x0e\x65vents_checked\x18\x03 \x01(\x04\x12\x15\n\rhead_position\x18\x04 \x01(\x04\x12\x11\n\thead_hash\x18\x05 \x01(\x0c\x12\x1a\n\x12\x66irst_bad_position\x18\x06 \x01(\x04\x12\x0f\n\x07problem\x18\x07 \x01(\t\x12/\n\x0bverified_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x64igests_checked\x18\t \x01(\r\x12\x0f\n\x07witness\x18\n \x01(\t\"\r\n\x0bHeadRequest\"?\n\x0cHeadResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\x12\x0c\n\x04hash\x18\x03 \x01(\x0c\"\x0c\n\nLagRequest\"\xd6\x01\n\x0b\x43onsumerLag\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x02 \x01(\t\x12\x0f\n\x07pending\x18\x03 \x01(\x04\x12\x13\n\x0b\x61\x63k_pending\x18\x04 \x01(\x04\x12>\n\x07\x61pplied\x18\x05 \x03(\x0b\x32-.onefold.eventlog.v1.ConsumerLag.AppliedEntry\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x1a.\n\x0c\x41ppliedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x97\x01\n\x0bLagResponse\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x15\n\rhead_position\x18\x02 \x01(\x04\x12\x1a\n\x12published_position\x18\x03 \x01(\x04\x12\x0f\n\x07leading\x18\x04 \x01(\x08\x12\x33\n\tconsumers\x18\x05 \x03(\x0b\x32 .onefold.eventlog.v1.ConsumerLag\"&\n\x12SubjectKeysRequest\x12\x10\n\x08subjects\x18\x01 \x03(\t\"?\n\nSubjectKey\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61ta_key\x18\x02 \x01(\x0c\x12\x0e\n\x06\x65rased\x18\x03 \x01(\x08\"D\n\x13SubjectKeysResponse\x12-\n\x04keys\x18\x01 \x03(\x0b\x32\x1f.onefold.eventlog.v1.SubjectKey2\xfb\x01\n\x0f\x45ventLogService\x12Q\n\x06Verify\x12\".onefold.eventlog.v1.VerifyRequest\x1a#.onefold.eventlog.v1.VerifyResponse\x12K\n\x04Head\x12 .onefold.eventlog.v1.HeadRequest\x1a!.onefold.eventlog.v1.HeadResponse\x12H\n\x03Lag\x12\x1f.onefold.eventlog.v1.LagRequest\x1a .onefold.eventlog.v1.LagResponse2x\n\x11SubjectKeyService\x12\x63\n\x0eGetSubjectKeys\x12\'.onefold.eventlog.v1.SubjectKeysRequest\x1a(.onefold.eventlog.v1.SubjectKeysResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'onefold.contracts.eventlog.v1.eventlog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CONSUMERLAG_APPLIEDENTRY']._loaded_options = None
+  _globals['_CONSUMERLAG_APPLIEDENTRY']._serialized_options = b'8\001'
   _globals['_WITNESSEDHASH']._serialized_start=92
   _globals['_WITNESSEDHASH']._serialized_end=156
   _globals['_VERIFYREQUEST']._serialized_start=158
@@ -42,14 +44,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADREQUEST']._serialized_end=492
   _globals['_HEADRESPONSE']._serialized_start=494
   _globals['_HEADRESPONSE']._serialized_end=557
-  _globals['_SUBJECTKEYSREQUEST']._serialized_start=559
-  _globals['_SUBJECTKEYSREQUEST']._serialized_end=597
-  _globals['_SUBJECTKEY']._serialized_start=599
-  _globals['_SUBJECTKEY']._serialized_end=662
-  _globals['_SUBJECTKEYSRESPONSE']._serialized_start=664
-  _globals['_SUBJECTKEYSRESPONSE']._serialized_end=732
-  _globals['_EVENTLOGSERVICE']._serialized_start=735
-  _globals['_EVENTLOGSERVICE']._serialized_end=912
-  _globals['_SUBJECTKEYSERVICE']._serialized_start=914
-  _globals['_SUBJECTKEYSERVICE']._serialized_end=1034
+  _globals['_LAGREQUEST']._serialized_start=559
+  _globals['_LAGREQUEST']._serialized_end=571
+  _globals['_CONSUMERLAG']._serialized_start=574
+  _globals['_CONSUMERLAG']._serialized_end=788
+  _globals['_CONSUMERLAG_APPLIEDENTRY']._serialized_start=742
+  _globals['_CONSUMERLAG_APPLIEDENTRY']._serialized_end=788
+  _globals['_LAGRESPONSE']._serialized_start=791
+  _globals['_LAGRESPONSE']._serialized_end=942
+  _globals['_SUBJECTKEYSREQUEST']._serialized_start=944
+  _globals['_SUBJECTKEYSREQUEST']._serialized_end=982
+  _globals['_SUBJECTKEY']._serialized_start=984
+  _globals['_SUBJECTKEY']._serialized_end=1047
+  _globals['_SUBJECTKEYSRESPONSE']._serialized_start=1049
+  _globals['_SUBJECTKEYSRESPONSE']._serialized_end=1117
+  _globals['_EVENTLOGSERVICE']._serialized_start=1120
+  _globals['_EVENTLOGSERVICE']._serialized_end=1371
+  _globals['_SUBJECTKEYSERVICE']._serialized_start=1373
+  _globals['_SUBJECTKEYSERVICE']._serialized_end=1493
 # @@protoc_insertion_point(module_scope)

@@ -163,6 +163,122 @@ class HeadResponse(_message.Message):
 Global___HeadResponse: _TypeAlias = HeadResponse  # noqa: Y015
 
 @_typing.final
+class LagRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LagRequest: _TypeAlias = LagRequest  # noqa: Y015
+
+@_typing.final
+class ConsumerLag(_message.Message):
+    """How far one of this service's subscribers is behind an upstream's stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AppliedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    UPSTREAM_FIELD_NUMBER: _builtins.int
+    CONSUMER_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    ACK_PENDING_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    upstream: _builtins.str
+    """the service whose stream is consumed"""
+    consumer: _builtins.str
+    """the durable JetStream consumer"""
+    pending: _builtins.int
+    """events of the stream for this consumer, not yet delivered to it"""
+    ack_pending: _builtins.int
+    """delivered, not yet applied and acknowledged"""
+    error: _builtins.str
+    """why the figures are missing (e.g. NATS is unreachable); empty when known"""
+    @_builtins.property
+    def applied(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """tracking key (the subscriber, or one per partition) -> the last upstream position applied here"""
+
+    def __init__(
+        self,
+        *,
+        upstream: _builtins.str = ...,
+        consumer: _builtins.str = ...,
+        pending: _builtins.int = ...,
+        ack_pending: _builtins.int = ...,
+        applied: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_pending", b"ack_pending", "applied", b"applied", "consumer", b"consumer", "error", b"error", "pending", b"pending", "upstream", b"upstream"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsumerLag: _TypeAlias = ConsumerLag  # noqa: Y015
+
+@_typing.final
+class LagResponse(_message.Message):
+    """The service's backlog: its own events not yet on the bus, and each upstream's not yet applied."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    HEAD_POSITION_FIELD_NUMBER: _builtins.int
+    PUBLISHED_POSITION_FIELD_NUMBER: _builtins.int
+    LEADING_FIELD_NUMBER: _builtins.int
+    CONSUMERS_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    head_position: _builtins.int
+    """the log's last position"""
+    published_position: _builtins.int
+    """the last position JetStream acknowledged from the relay"""
+    leading: _builtins.bool
+    """this replica holds the leader lease (runs relay and subscribers)"""
+    @_builtins.property
+    def consumers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsumerLag]: ...
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        head_position: _builtins.int = ...,
+        published_position: _builtins.int = ...,
+        leading: _builtins.bool = ...,
+        consumers: _abc.Iterable[Global___ConsumerLag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumers", b"consumers", "head_position", b"head_position", "leading", b"leading", "published_position", b"published_position", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LagResponse: _TypeAlias = LagResponse  # noqa: Y015
+
+@_typing.final
 class SubjectKeysRequest(_message.Message):
     """Subject key access: how a consumer reads the personal fields of another service's events.
 

@@ -44,6 +44,11 @@ class EventLogServiceStub:
                 request_serializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.HeadRequest.SerializeToString,
                 response_deserializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.HeadResponse.FromString,
                 _registered_method=True)
+        self.Lag = channel.unary_unary(
+                '/onefold.eventlog.v1.EventLogService/Lag',
+                request_serializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.LagRequest.SerializeToString,
+                response_deserializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.LagResponse.FromString,
+                _registered_method=True)
 
 
 class EventLogServiceServicer:
@@ -61,6 +66,13 @@ class EventLogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Lag(self, request, context):
+        """The backlog at this moment (for dashboards, `onefold lag` and benchmarks); cheap to call often.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EventLogServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +85,11 @@ def add_EventLogServiceServicer_to_server(servicer, server):
                     servicer.Head,
                     request_deserializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.HeadRequest.FromString,
                     response_serializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.HeadResponse.SerializeToString,
+            ),
+            'Lag': grpc.unary_unary_rpc_method_handler(
+                    servicer.Lag,
+                    request_deserializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.LagRequest.FromString,
+                    response_serializer=onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.LagResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +146,33 @@ class EventLogService:
             '/onefold.eventlog.v1.EventLogService/Head',
             onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.HeadRequest.SerializeToString,
             onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.HeadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Lag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.eventlog.v1.EventLogService/Lag',
+            onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.LagRequest.SerializeToString,
+            onefold_dot_eventlog_dot_v1_dot_eventlog__pb2.LagResponse.FromString,
             options,
             channel_credentials,
             insecure,

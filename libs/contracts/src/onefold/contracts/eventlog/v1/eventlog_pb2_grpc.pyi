@@ -33,12 +33,16 @@ class EventLogServiceStub:
     def __new__(cls, channel: _aio.Channel) -> EventLogServiceAsyncStub: ...
     Verify: _grpc.UnaryUnaryMultiCallable[_eventlog_pb2.VerifyRequest, _eventlog_pb2.VerifyResponse]
     Head: _grpc.UnaryUnaryMultiCallable[_eventlog_pb2.HeadRequest, _eventlog_pb2.HeadResponse]
+    Lag: _grpc.UnaryUnaryMultiCallable[_eventlog_pb2.LagRequest, _eventlog_pb2.LagResponse]
+    """The backlog at this moment (for dashboards, `onefold lag` and benchmarks); cheap to call often."""
 
 @_typing.type_check_only
 class EventLogServiceAsyncStub(EventLogServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Verify: _aio.UnaryUnaryMultiCallable[_eventlog_pb2.VerifyRequest, _eventlog_pb2.VerifyResponse]  # type: ignore[assignment]
     Head: _aio.UnaryUnaryMultiCallable[_eventlog_pb2.HeadRequest, _eventlog_pb2.HeadResponse]  # type: ignore[assignment]
+    Lag: _aio.UnaryUnaryMultiCallable[_eventlog_pb2.LagRequest, _eventlog_pb2.LagResponse]  # type: ignore[assignment]
+    """The backlog at this moment (for dashboards, `onefold lag` and benchmarks); cheap to call often."""
 
 class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,6 +58,14 @@ class EventLogServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _eventlog_pb2.HeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_eventlog_pb2.HeadResponse, _abc.Awaitable[_eventlog_pb2.HeadResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Lag(
+        self,
+        request: _eventlog_pb2.LagRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_eventlog_pb2.LagResponse, _abc.Awaitable[_eventlog_pb2.LagResponse]]:
+        """The backlog at this moment (for dashboards, `onefold lag` and benchmarks); cheap to call often."""
 
 def add_EventLogServiceServicer_to_server(servicer: EventLogServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
