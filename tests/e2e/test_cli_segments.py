@@ -18,8 +18,8 @@ import yaml
 from e2e_up import Cli, wait_for
 
 from onefold.cli.segments_yaml import definition_document, parse_definition_documents
-from onefold.cli.supervisor import SERVICES
 from onefold.cli.sources import load_document
+from onefold.cli.supervisor import SERVICES
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "segments.yaml"
 # A changed definition's backfill is followed to its end; a slow machine may need a while.
