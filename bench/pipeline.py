@@ -47,9 +47,10 @@ Phases:
   Latency = when it was seen done minus when its POST began. One poller thread reads the oldest
   POLL_OLDEST undone probes of each stage every POLL_SECONDS: a probe's time is an upper bound (by a
   poll interval, more when probes queue behind an older one);
-- drain: after the producer stops, the heads are read every second until none has moved for
-  STABLE_SECONDS and every probe is done (or DRAIN_TIMEOUT): each stage's `drain_s` = when its head
-  last moved minus the end of the load — the lag at the end;
+- drain: after the producer stops, the backlogs and heads are read every second until every
+  backlog has been zero and no head has moved for STABLE_SECONDS and every probe is done (or
+  DRAIN_TIMEOUT): each stage's `drain_s` = when it last had a backlog or moved its head minus the
+  end of the load — the lag at the end;
 - CPU and memory: each service process's (and nats-server's) CPU time (utime + stime from
   /proc/PID/stat) from just before the load to the end of the drain, and its VmRSS and VmHWM after
   the drain. CPU µs per event = CPU seconds x 1e6 / events accepted; it includes the reads and probes
@@ -57,10 +58,10 @@ Phases:
 - producer floor: after the drain, the same producer POSTing batches back to back for FLOOR_SECONDS
   (ingest's HTTP accept rate from one client: what this producer can reach at all).
 
-Lag over time: no service exposes its subscribers' positions in the upstream stream, and the logs'
-heads count different events (identity appends ProfileCreated, TraitsUpdated, EventResolved...), so
-positions of two stages cannot be subtracted. The lag of a stage at time t is therefore the latency
-of the probe sent at t (`path` in the JSON says so); the heads are reported beside it, as rates.
+Lag over time, two ways: each service's backlog in events, sampled every second from its
+EventLogService.Lag (its own events not yet relayed, plus each upstream's events not yet applied:
+pending delivery or in flight), and the latency of the probe sent at each second (a stage's lag as
+time). The log heads are reported beside them, as growth per second.
 
 Targets (a 2-core machine; issue 17): the whole pipeline >= 5,000 events/s sustained with bounded
 lag (every stage drained within LAG_BOUND_S of the end of the load); <= 400 µs of total service CPU
@@ -463,17 +464,23 @@ def stop_readers(readers: list[Reader]) -> dict[str, Any]:
 # --- heads and probes -------------------------------------------------------------------------------
 
 
-def heads(system: System) -> dict[str, int]:
-    found = {}
+def backlogs(system: System) -> tuple[dict[str, int], dict[str, int]]:
+    """(head, backlog) per service from its EventLogService.Lag: the backlog is its own events not
+    yet relayed plus each upstream's events not yet applied (pending delivery or in flight); -1 when
+    the service did not answer."""
+    heads, backlog = {}, {}
     for service in SERVICES:
         stub = eventlog_pb2_grpc.EventLogServiceStub(system.channel(service))
         try:
-            found[service] = int(
-                stub.Head(eventlog_pb2.HeadRequest(), metadata=system.auth, timeout=10).position
-            )
+            answer = stub.Lag(eventlog_pb2.LagRequest(), metadata=system.auth, timeout=10)
         except grpc.RpcError:
-            found[service] = -1
-    return found
+            heads[service] = backlog[service] = -1
+            continue
+        heads[service] = int(answer.head_position)
+        backlog[service] = max(0, answer.head_position - answer.published_position) + sum(
+            c.pending + c.ack_pending for c in answer.consumers
+        )
+    return heads, backlog
 
 
 @dataclass
@@ -727,44 +734,56 @@ def sustained(
     readers = start_readers(system, people, args)
     prober = Prober(system, people, run_id)
     samples: list[dict[str, Any]] = []
-    start_heads = heads(system)
+    start_heads, _ = backlogs(system)
     bench_cpu = time.process_time()
     began_wall, began = time.time(), time.monotonic()
     producer = Producer(system, args, run_id, args.rate, args.seconds)
     producer.start()
     next_tick = began
+
+    def sample() -> tuple[dict[str, int], dict[str, int]]:
+        heads, backlog = backlogs(system)
+        samples.append(
+            {
+                "t": round(time.monotonic() - began, 2),
+                "accepted": producer.accepted,
+                **heads,
+                "backlog": backlog,
+            }
+        )
+        return heads, backlog
+
     while producer.is_alive():
         next_tick += 1.0
         prober.send_round()
-        samples.append(
-            {"t": round(time.monotonic() - began, 2), "accepted": producer.accepted, **heads(system)}
-        )
-        say(f"load {samples[-1]['t']:.0f}s: accepted {producer.accepted:,}, heads {samples[-1]}")
+        _, backlog = sample()
+        say(f"load {samples[-1]['t']:.0f}s: accepted {producer.accepted:,}, backlog {backlog}")
         time.sleep(max(0.0, next_tick - time.monotonic()))
     load_ended = time.monotonic()
     bench_cpu = time.process_time() - bench_cpu  # the producer, readers and poller: on the same 2 cores
     if producer.error:
         raise RuntimeError(f"the producer failed: {producer.error}") from producer.error
     reads = stop_readers(readers)
-    # Drain: heads read every second until none moved for STABLE_SECONDS and every probe is done.
-    last_moved = {service: load_ended for service in SERVICES}
-    previous = heads(system)
+    # Drain: sampled every second until every backlog has been zero and no head has moved for
+    # STABLE_SECONDS, and every probe is done. A stage's drain time is when it last had a backlog
+    # or moved its head.
+    last_busy = {service: load_ended for service in SERVICES}
+    previous, _ = backlogs(system)
     stable = 0
     settled_cpu: dict[str, float] | None = None
     settled_at = load_ended
     while time.monotonic() - load_ended < DRAIN_TIMEOUT:
         time.sleep(1.0)
-        now_heads = heads(system)
-        moved = [s for s in SERVICES if now_heads[s] != previous[s]]
-        for service in moved:
-            last_moved[service] = time.monotonic()
+        now_heads, backlog = sample()
+        busy = [s for s in SERVICES if now_heads[s] != previous[s] or backlog[s] != 0]
+        for service in busy:
+            last_busy[service] = time.monotonic()
         previous = now_heads
-        samples.append({"t": round(time.monotonic() - began, 2), "accepted": producer.accepted, **now_heads})
-        stable = 0 if moved else stable + 1
-        if moved or settled_cpu is None:  # the CPU up to the last second a head moved, not the idle after
+        stable = 0 if busy else stable + 1
+        if busy or settled_cpu is None:  # the CPU up to the last busy second, not the idle after
             settled_cpu, settled_at = cpu_snapshot(system), time.monotonic()
         undone = prober.undone()
-        say(f"drain {time.monotonic() - load_ended:.0f}s: {undone} probes undone, moved {moved}")
+        say(f"drain {time.monotonic() - load_ended:.0f}s: {undone} probes undone, backlog {backlog}")
         if stable >= STABLE_SECONDS and not undone:
             break
     drained = time.monotonic()
@@ -781,10 +800,10 @@ def sustained(
         "target_seconds": args.seconds,
         "kept_up": load["events_per_s"] >= 0.95 * args.rate,
         "bench_process_cpu_share": round(bench_cpu / max(load_ended - began, 1e-9), 2),
-        "drain_s": {s: round(max(0.0, last_moved[s] - load_ended), 1) for s in SERVICES},
+        "drain_s": {s: round(max(0.0, last_busy[s] - load_ended), 1) for s in SERVICES},
         "drain_timed_out": drained - load_ended >= DRAIN_TIMEOUT,
         "end_to_end_seconds": round(drained - began, 1),
-        "heads": samples,
+        "samples": samples,
         "head_growth": {s: previous[s] - start_heads[s] for s in SERVICES},
         "probes": prober.results(began_wall),
         "reads": reads,
@@ -890,9 +909,10 @@ def results_of(
         "path": (
             "producer thread in the bench -> HTTP POST /v1/batch (one client, keep-alive) -> ingest -> "
             "JetStream -> identity -> segments, journeys, destinations (each its own process under "
-            "`onefold up`) -> the webhook receiver process. Lag per stage = latency of the probe sent "
-            "at that second (no service exposes its subscribers' positions; log heads count different "
-            "events per service, so they are reported as growth, not subtracted). Resolved/segment/"
+            "`onefold up`) -> the webhook receiver process. Lag per stage = its backlog in events (Lag: "
+            "not yet relayed + each upstream's pending and in flight), and the latency of the probe sent "
+            "at that second; log heads count different events per service, so they are reported as "
+            "growth, not subtracted. Resolved/segment/"
             "sent times are upper bounds by the poll interval (50 ms, oldest 4 undone probes per "
             "stage); delivered is the receiver's own clock. CPU per event includes the reads and "
             "probes served during the load. The bench's producer, readers and poller run in one "
@@ -982,7 +1002,18 @@ def report(results: dict[str, Any]) -> None:
 
 # --- the HTML report ----------------------------------------------------------------------------------
 
-COLOURS = {"resolved": "#1f77b4", "segment": "#2ca02c", "sent": "#d62728", "delivered": "#9467bd"}
+COLOURS = {
+    "resolved": "#1f77b4",
+    "segment": "#2ca02c",
+    "sent": "#d62728",
+    "delivered": "#9467bd",
+    "ingest": "#8c564b",
+    "identity": "#1f77b4",
+    "consent": "#e377c2",
+    "segments": "#2ca02c",
+    "journeys": "#d62728",
+    "destinations": "#9467bd",
+}
 
 
 def line_chart(series: dict[str, list[list[float]]], x_label: str, y_label: str) -> str:
@@ -1018,7 +1049,8 @@ def line_chart(series: dict[str, list[list[float]]], x_label: str, y_label: str)
             path = " ".join(xy(x, y) for x, y in sorted(values))
             parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{path}"/>')
         parts.append(
-            f'<text x="{left + 10 + 170 * n}" y="14" fill="{colour}">{html.escape(STAGE_NAMES.get(name, name))}</text>'
+            f'<text x="{left + 10 + plot_w / len(series) * n:.0f}" y="14" fill="{colour}">'
+            f"{html.escape(STAGE_NAMES.get(name, name))}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
@@ -1069,7 +1101,8 @@ def write_html(results: dict[str, Any], path: Path) -> None:
     load = results["sustained"]
     probes = load["probes"]
     lag = {s: [[t, ms / 1000] for t, ms in probes[s]["over_time"]] for s in STAGES}
-    samples = load["heads"]
+    samples = load["samples"]
+    backlog = {s: [[x["t"], x["backlog"][s]] for x in samples if x["backlog"][s] >= 0] for s in SERVICES}
     growth_rows = []
     for previous, sample in itertools.pairwise(samples):
         span = max(sample["t"] - previous["t"], 1e-9)
@@ -1123,6 +1156,9 @@ lag bounded (≤ {LAG_BOUND_S} s): {results["lag_bounded"]}.</p>
 <h2>Targets</h2>{table(target_rows, ["figure", "measured", "target", ""])}
 <h2>Lag per stage over time</h2><p>Latency (s) of the probe sent at each second of the load.</p>
 {line_chart(lag, "seconds since the load began", "lag (s)")}
+<h2>Backlog per service over time</h2><p>Events not yet relayed, plus each upstream's events not yet
+applied (EventLogService.Lag), sampled every second through the load and the drain.</p>
+{line_chart(backlog, "seconds since the load began", "backlog (events)")}
 <h2>Latency percentiles per stage</h2>{bar_chart(probes)}
 {table(probe_rows, ["stage", "probes", "done", "failed", "p50 ms", "p95 ms", "p99 ms", "max ms"])}
 <h2>Reads, idle and under load</h2>

@@ -38,6 +38,11 @@ def test_bench_pipeline_runs_every_phase_in_quick_mode(tmp_path: Path) -> None:
     assert load["head_growth"]["ingest"] >= load["load"]["accepted"]  # each accepted event is in its log
     assert all(load["head_growth"][s] > 0 for s in ("identity", "segments", "journeys", "destinations"))
     assert results["producer_floor"]["events_per_s"] > 0 and results["producer_floor"]["accepted"] > 0
+    # Every service answered its backlog each second; some stage had one during the load, and the
+    # drain ended with every backlog at zero.
+    backlogs = [sample["backlog"] for sample in load["samples"]]
+    assert all(set(b) == set(SERVICES) and min(b.values()) >= 0 for b in backlogs)
+    assert any(sum(b.values()) > 0 for b in backlogs) and set(backlogs[-1].values()) == {0}
 
     for stage, probe in load["probes"].items():
         assert probe["probes"] >= int(sizes["seconds"]) - 1, stage  # one a second while the load ran
@@ -63,5 +68,10 @@ def test_bench_pipeline_runs_every_phase_in_quick_mode(tmp_path: Path) -> None:
     assert results["path"]
 
     text = page.read_text()
-    assert text.count("<svg") == 2 and "event -&gt; MessageSent" in text and "<table>" in text
+    assert (
+        text.count("<svg") == 3
+        and "Backlog per service" in text
+        and "event -&gt; MessageSent" in text
+        and "<table>" in text
+    )
     assert "pipeline benchmark" in done.stderr and "targets:" in done.stderr
