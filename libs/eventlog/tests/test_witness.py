@@ -714,3 +714,27 @@ async def test_a_log_cut_while_running_stops_the_relay_at_the_next_digest(
     # of the reused position reached the bus.
     assert service.relay._task is None and all(s._task is None for s in service.subscribers)
     assert service.store.published_position(stream_name("segments")) == 5
+
+
+async def test_the_leader_reports_its_backlog_as_the_lag_rpc_and_the_prometheus_gauge_do(
+    segments_service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(eventlog_service, "BACKLOG_REPORT_SECONDS", 0.05)
+    service = segments_service.service
+    service.store.append(counters(5))
+    before = await service.backlog()  # not leading yet: nothing relayed
+    assert (before.head_position, before.published_position, before.leading) == (5, 0, False)
+    segments_service.connection.start()
+    await service.start()
+
+    def relay_gauge() -> float | None:
+        return REGISTRY.get_sample_value(
+            "onefold_backlog_events", {"service": "segments", "upstream": "relay"}
+        )
+
+    async with asyncio.timeout(30):
+        while service.store.published_position(stream_name("segments")) != 5 or relay_gauge() != 0:
+            await asyncio.sleep(0.05)
+    after = await service.backlog()
+    assert (after.head_position, after.published_position, after.leading) == (5, 5, True)
+    assert list(after.consumers) == []  # this test service consumes no upstream

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from prometheus_client import Gauge
+
 from onefold.contracts.eventlog.v1.eventlog_pb2 import LagResponse
 from onefold.eventlog import audit, keyaccess
 from onefold.eventlog.cipher import KeyEncryptionKey
@@ -63,6 +65,13 @@ LEASE_CHECK_SECONDS = 2.0
 # How long start waits for NATS to compare the log with the witness stream; later, the leader does.
 START_CHECK_SECONDS = 5.0
 LAG_PROBE_SECONDS = 2.0  # a Lag call answers within this even when NATS does not
+BACKLOG_REPORT_SECONDS = 15.0  # how often the leader refreshes the backlog gauge (a scrape's pace)
+BACKLOG = Gauge(
+    "onefold_backlog_events",
+    "Events not yet handled: `upstream` is the service consumed (pending + in flight), or `relay` for "
+    "the service's own events not yet acknowledged by JetStream",
+    ["service", "upstream"],
+)
 
 
 @dataclass(frozen=True)
@@ -301,6 +310,7 @@ class EventSourcedService(Generic[A]):
         self.lease = LeaderLease(ctx.engine, f"{self.name}:eventlog")
         self.leading = log.leading
         self._leader_task: asyncio.Task[None] | None = None
+        self._backlog_task: asyncio.Task[None] | None = None
 
     def registrations(self) -> Sequence[ServiceRegistration]:
         return (
@@ -333,6 +343,22 @@ class EventSourcedService(Generic[A]):
             consumer.ack_pending = lag.ack_pending
             consumer.applied.update(lag.tracking)
         return answer
+
+    async def _report_backlog(self) -> None:
+        """While leading, keep `onefold_backlog_events` current for Prometheus scrapes."""
+        while True:
+            await asyncio.sleep(BACKLOG_REPORT_SECONDS)
+            if not self.leading.is_set():
+                continue
+            try:
+                answer = await self.backlog()
+            except Exception as error:  # the database is down: the gauge keeps its last values
+                logger.debug("eventlog.backlog_unavailable", service=self.name, error=str(error))
+                continue
+            BACKLOG.labels(self.name, "relay").set(max(0, answer.head_position - answer.published_position))
+            for consumer in answer.consumers:
+                if not consumer.error:
+                    BACKLOG.labels(self.name, consumer.upstream).set(consumer.pending + consumer.ack_pending)
 
     async def start(self) -> None:
         """Serve at once; run the relay, digests and subscribers while holding the leader lease.
@@ -367,16 +393,18 @@ class EventSourcedService(Generic[A]):
         if self.ctx.set_health is not None:
             await self.ctx.set_health(True, CHAIN_HEALTH_NAME)
         self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
+        self._backlog_task = asyncio.create_task(self._report_backlog(), name=f"eventlog-backlog-{self.name}")
 
     async def stop(self) -> None:
         # Components first (an API stops taking requests and what it queued is committed), then the
         # relay and subscribers, then the writer thread.
         for component in reversed(self.components):
             await component.stop()
-        if self._leader_task is not None:
-            self._leader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._leader_task
+        for task in (self._backlog_task, self._leader_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.log.writer.stop()
         self.lease.release()
         await self.key_peers.close()
