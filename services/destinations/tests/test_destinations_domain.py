@@ -102,6 +102,23 @@ def test_events_route_by_type_name_and_filters_and_send_their_mapping() -> None:
     assert routing.route_event([d], other) == []
 
 
+@given(
+    flow_type=st.sampled_from(["track", "page", "identify"]),
+    flow_name=st.sampled_from(["", "Order Completed", "Home"]),
+    event_type=st.sampled_from(["track", "page", "screen", "identify"]),
+    event_name=st.sampled_from(["", "Order Completed", "Home", "Cart Viewed"]),
+    name_field=st.sampled_from(["event", "name"]),
+)
+def test_an_event_the_prefilter_skips_is_never_routed(
+    flow_type: str, flow_name: str, event_type: str, event_name: str, name_field: str
+) -> None:
+    """may_route (on the type and name alone) agrees with route_event for flows without conditions,
+    so it never skips an event some flow would take."""
+    d = destination(events=[{"type": flow_type, "name": flow_name}] if flow_name else [{"type": flow_type}])
+    event = {"type": event_type, **({name_field: event_name} if event_name else {})}
+    assert routing.may_route([d], event_type, event_name) == bool(routing.route_event([d], event))
+
+
 def test_an_event_without_a_mapping_is_sent_whole() -> None:
     d = destination(events=[{"type": "page"}])
     page = {"type": "page", "name": "Home", "context": {"page": {"url": "https://x/"}}}

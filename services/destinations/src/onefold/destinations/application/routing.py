@@ -79,7 +79,16 @@ class Router:
             takes_events = any(d.events for d in queue.destinations)
             takes_traits = any(d.traits for d in queue.destinations)
             for event_id, message in mine:
-                if isinstance(message, identity_pb2.EventResolved) and message.profile_id and takes_events:
+                if (
+                    isinstance(message, identity_pb2.EventResolved)
+                    and message.profile_id
+                    and takes_events
+                    and routing.may_route(
+                        queue.destinations,
+                        _EVENT_TYPES.get(message.event.type, ""),
+                        message.event.event or message.event.name,
+                    )
+                ):
                     event = segment_spec(message.event)
                     stamp = (
                         message.event.timestamp

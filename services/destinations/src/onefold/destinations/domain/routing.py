@@ -136,6 +136,16 @@ def mapped(flow: pb.EventFlow, event: Mapping[str, Json]) -> dict[str, Json]:
     return found
 
 
+def may_route(destinations: Sequence[pb.Destination], event_type: str, name: str) -> bool:
+    """Whether some destination has a flow for events of this type and name: only those are worth
+    shaping as the Segment spec and testing against the flows' conditions."""
+    return any(
+        flow.type == event_type and (not flow.name or flow.name == name)
+        for destination in destinations
+        for flow in destination.events
+    )
+
+
 def route_event(destinations: Sequence[pb.Destination], event: Mapping[str, Json]) -> list[Routed]:
     """Each destination's first flow the event matches decides what it is sent."""
     routed = []
