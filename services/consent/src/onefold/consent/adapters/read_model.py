@@ -15,6 +15,7 @@ Nothing personal is stored here: proof (IP, user agent, guardian) stays encrypte
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 from datetime import UTC
 from typing import Any
@@ -31,6 +32,7 @@ from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.models import RecordedEvent, from_micros, to_micros
 
 PROJECTION_NAME = "consent"
+TRACKING_NAME = f"projection:{PROJECTION_NAME}"  # its tracking row (Projector)
 metadata = sa.MetaData()
 
 state = sa.Table(
@@ -95,16 +97,25 @@ _STATE_COLUMNS = (
     "kind, purpose_id, channel, status, notice_id, notice_version, jurisdiction, guardian_given, "
     "expires_at, event_id, position, hash, event_type, recorded_at, occurred_at"
 )
-# CheckConsent's one round trip: the live profile (after merges), the model's version and the
-# state rows of the live profile. Plain SQL on the driver: this runs on every send.
+# CheckConsent's one round trip: the live profile (after merges), the model's version, the state
+# rows of the live profile, and where the log and this read model stand (one statement: one
+# snapshot, so a cache can tell which events the answer already reflects). Plain SQL on the driver:
+# this runs on every send that misses the cache.
 _CHECK_SQL = (
     "WITH l AS (SELECT COALESCE((SELECT survivor_id FROM consent_aliases WHERE workspace = {p} AND profile_id = {p}), "
-    "{p}) AS live, (SELECT version FROM consent_models WHERE workspace = {p}) AS model_version) "
-    f"SELECT l.live, l.model_version, {', '.join('s.' + c for c in _STATE_COLUMNS.split(', '))} "
+    "{p}) AS live, (SELECT version FROM consent_models WHERE workspace = {p}) AS model_version, "
+    "(SELECT max(position) FROM events) AS head, "
+    f"(SELECT position FROM tracking WHERE upstream = '{TRACKING_NAME}') AS tracked) "
+    f"SELECT l.head, l.tracked, l.live, l.model_version, {', '.join('s.' + c for c in _STATE_COLUMNS.split(', '))} "
     "FROM l LEFT JOIN consent_state AS s ON s.workspace = {p} AND s.profile_id = l.live"
 )
 _CHECK_SQLITE = _CHECK_SQL.format(p="?")
 _CHECK_PG = _CHECK_SQL.format(p="%s")
+# Where the log and this read model stand: two index seeks, what a cached answer is checked against.
+_POSITIONS_SQL = (
+    "SELECT (SELECT max(position) FROM events), "
+    f"(SELECT position FROM tracking WHERE upstream = '{TRACKING_NAME}')"
+)
 
 
 def _fold_rows(rows: Iterable[Sequence[Any]]) -> LedgerState:
@@ -147,12 +158,61 @@ def current_ledger(conn: Connection, workspace: str, profile_id: str) -> LedgerS
     return _fold_rows(rows)
 
 
-def check_state(conn: Connection, workspace: str, profile_id: str) -> tuple[str, int | None, LedgerState]:
-    """(live profile, model version or None, its state) in one query."""
+@dataclass(frozen=True, slots=True)
+class LogPositions:
+    """The log's head and the position this read model has folded up to, read together."""
+
+    head: int
+    folded: int
+
+    @property
+    def read_model_current(self) -> bool:
+        """False while the read model is rebuilt or catches up: its rows are then incomplete."""
+        return self.folded == self.head
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    """What CheckConsent decides on for a profile, and the positions of the snapshot it was read at."""
+
+    live: str
+    model_version: int | None
+    ledger: LedgerState
+    positions: LogPositions
+
+
+def _positions(head: int | None, folded: int | None) -> LogPositions:
+    return LogPositions(int(head or 0), int(folded or 0))
+
+
+def log_positions(conn: Connection) -> LogPositions:
+    head, folded = conn.exec_driver_sql(_POSITIONS_SQL).one()
+    return _positions(head, folded)
+
+
+def check_state(conn: Connection, workspace: str, profile_id: str) -> CheckState:
+    """The live profile, the model version (None: no model yet) and its state, in one query."""
     sql = _CHECK_SQLITE if conn.dialect.name == "sqlite" else _CHECK_PG
     rows = conn.exec_driver_sql(sql, (workspace, profile_id, profile_id, workspace, workspace)).fetchall()
-    live, version = rows[0][0], rows[0][1]
-    return live, version, _fold_rows(row[2:] for row in rows)
+    head, folded, live, version = rows[0][:4]
+    return CheckState(live, version, _fold_rows(row[4:] for row in rows), _positions(head, folded))
+
+
+def changed_by(message: Message) -> tuple[str, list[str], bool]:
+    """What an event changes in this read model for CheckConsent: (workspace, the profiles whose
+    answers change — a ledger's owner, both sides of a merge, the profiles an unmerge revives —,
+    whether the workspace's model changed). Kept beside the projection so the two agree."""
+    name = message.DESCRIPTOR.full_name
+    if name in LEDGER_EVENTS:
+        profiles = [message.profile_id]  # type: ignore[attr-defined]
+        if isinstance(message, pb.ConsentsMerged):
+            profiles.append(message.merged_profile_id)
+        return message.workspace, profiles, False  # type: ignore[attr-defined]
+    if isinstance(message, pb.ConsentsUnmerged):
+        return message.workspace, [message.profile_id, *message.revived_profile_ids], False
+    if isinstance(message, pb.ConsentModelSet):
+        return message.workspace, [], True
+    return "", [], False
 
 
 def _rows(workspace: str, profile_id: str, ledger: LedgerState) -> list[dict[str, object]]:

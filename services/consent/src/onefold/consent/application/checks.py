@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.engine import Connection
 
-from onefold.consent.adapters.read_model import check_state
+from onefold.consent.adapters.state_cache import ConsentStateCache
 from onefold.consent.application.as_of_history import AsOfHistory
 from onefold.consent.application.consent_log import CLOCK_SKEW, ConsentLog, check_profile_id
 from onefold.consent.domain.ledger import ConsentDecision, decide
@@ -20,6 +20,7 @@ class Checks:
     def __init__(self, consent_log: ConsentLog, history: AsOfHistory) -> None:
         self.consent_log = consent_log
         self.history = history
+        self.states = ConsentStateCache(consent_log.store)
 
     def _check(
         self,
@@ -32,8 +33,9 @@ class Checks:
         jurisdiction: int,
     ) -> tuple[str, ConsentDecision]:
         check_profile_id(profile_id)
-        live, version, current = check_state(conn, workspace, profile_id)
-        model = self.consent_log.model(conn, workspace, version=version)
+        current = self.states.state(conn, workspace, profile_id)
+        live = current.live
+        model = self.consent_log.model(conn, workspace, version=current.model_version)
         purpose = model.purpose(purpose_id)
         if purpose is None:
             raise InvalidArgument(
@@ -52,7 +54,7 @@ class Checks:
                 "a check cannot be made for a time in the future", violations=[("at", "in the future")]
             )
         if at is None:
-            state = current
+            state = current.ledger
         else:
             ledger = self.history.ledger_at(conn, workspace, profile_id, live, as_of=at, known_at=None)
             state = self.history.replay(conn, workspace, ledger, as_of=at, known_at=None)
@@ -68,8 +70,9 @@ class Checks:
         at: datetime | None = None,
         jurisdiction: int = 0,
     ) -> tuple[str, ConsentDecision]:
-        """The decision and the live profile. A check of the current state is one indexed read: it
-        runs inline rather than pay a thread hop on every send; a check at a time replays, in a thread."""
+        """The decision and the live profile. A check of the current state is answered from memory
+        after one small read of the log's head (ConsentStateCache): it runs inline rather than pay a
+        thread hop on every send; a check at a time replays, in a thread."""
         if at is not None:
             return await self.consent_log.read(
                 lambda conn: self._check(conn, workspace, profile_id, purpose_id, channel, at, jurisdiction)
