@@ -19,7 +19,9 @@ from onefold.platform.errors import Unavailable
 ALLOW, DENY = pb.DECISION_ALLOW, pb.DECISION_DENY
 
 
-def _answer(harness, profile_id: str, purpose_id: str = "marketing", channel: str = "email") -> tuple[int, int]:
+def _answer(
+    harness, profile_id: str, purpose_id: str = "marketing", channel: str = "email"
+) -> tuple[int, int]:
     decision = harness.check(profile_id, purpose_id, channel)
     return decision.decision, decision.reason
 
@@ -42,9 +44,7 @@ def test_a_withdrawal_is_seen_by_the_next_check(consent_on_both_databases) -> No
     assert _answer(consent, "p1", "analytics", "") == (DENY, pb.DECISION_REASON_OBJECTION)
 
 
-def test_a_write_by_another_replica_is_seen_by_the_next_check(
-    database_url, make_consent
-) -> None:
+def test_a_write_by_another_replica_is_seen_by_the_next_check(database_url, make_consent) -> None:
     here = make_consent(database_url)
     here.set_model()
     there = make_consent(database_url, here.kek)  # another process on the same database
@@ -75,7 +75,10 @@ def test_a_merge_is_seen_through_either_profile(consent, identity_event) -> None
     consent.deliver(
         identity_event(
             identity_pb2.ProfilesMerged(
-                survivor_id="survivor", merged_id="merged", workspace=consent.workspace, rule="identifier:email"
+                survivor_id="survivor",
+                merged_id="merged",
+                workspace=consent.workspace,
+                rule="identifier:email",
             )
         )
     )

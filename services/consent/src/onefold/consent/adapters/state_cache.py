@@ -26,7 +26,13 @@ import threading
 
 from sqlalchemy.engine import Connection
 
-from onefold.consent.adapters.read_model import CheckState, LogPositions, changed_by, check_state, log_positions
+from onefold.consent.adapters.read_model import (
+    CheckState,
+    LogPositions,
+    changed_by,
+    check_state,
+    log_positions,
+)
 from onefold.eventlog.store import EventStore
 from onefold.platform.errors import Unavailable
 
@@ -59,9 +65,7 @@ class ConsentStateCache:
         if not loaded.positions.read_model_current:
             # Its rows are incomplete (a rebuild, or a catch-up, is under way): an answer from them
             # could allow what a withdrawal not yet refolded denies.
-            raise Unavailable(
-                "the consent read model is being rebuilt; retry", retry_after_seconds=1.0
-            )
+            raise Unavailable("the consent read model is being rebuilt; retry", retry_after_seconds=1.0)
         with self._lock:
             self._keep(workspace, profile_id, loaded)
         return loaded
@@ -79,7 +83,9 @@ class ConsentStateCache:
             return
         events = self.store.read(after_position=head, limit=positions.head - head, conn=conn)
         for event in events:
-            workspace, profiles, model_changed = changed_by(self.store.decode(event, conn=conn, decrypt=False))
+            workspace, profiles, model_changed = changed_by(
+                self.store.decode(event, conn=conn, decrypt=False)
+            )
             if model_changed:
                 self._drop_all(positions.head)
                 return
