@@ -226,6 +226,7 @@ class ConsentHarness:
         return asyncio.run_coroutine_threadsafe(use_case, self.loop).result()
 
     def close(self) -> None:
+        self.sync(self.app.close())
         self.sync(self.log.writer.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.store.engine.dispose()

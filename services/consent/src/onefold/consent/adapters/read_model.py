@@ -118,7 +118,7 @@ _DELETE_STATE = "DELETE FROM consent_state WHERE workspace = {p} AND profile_id 
 _CHECK_SQLITE = _CHECK_SQL.format(p="?")
 _CHECK_PG = _CHECK_SQL.format(p="%s")
 # Where the log and this read model stand: two index seeks, what a cached answer is checked against.
-_POSITIONS_SQL = (
+POSITIONS_SQL = (
     "SELECT (SELECT max(position) FROM events), "
     f"(SELECT position FROM tracking WHERE upstream = '{TRACKING_NAME}')"
 )
@@ -216,11 +216,6 @@ class CheckState:
 
 def _positions(head: int | None, folded: int | None) -> LogPositions:
     return LogPositions(int(head or 0), int(folded or 0))
-
-
-def log_positions(conn: Connection) -> LogPositions:
-    head, folded = conn.exec_driver_sql(_POSITIONS_SQL).one()
-    return _positions(head, folded)
 
 
 def check_state(conn: Connection, workspace: str, profile_id: str) -> CheckState:

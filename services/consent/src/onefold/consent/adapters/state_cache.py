@@ -2,8 +2,9 @@
 the model version and its ledger state) as the read model holds it, kept in this process.
 
 Freshness. The cache knows the log position up to which it has accounted for every event (`head`).
-Every lookup first reads the log's head and the read model's tracking position (`log_positions`:
-two index seeks in one statement, on the caller's connection, no write lock). When the head moved
+Every lookup first reads the log's head and the read model's tracking position (two index seeks in
+one statement, on a connection the cache keeps open for it, in autocommit: no write lock, no
+transaction left open). When the head moved
 — an event committed by this process or by any other process on the same database (another
 replica, the CLI) — the events after `head` are read and the profiles they change dropped (the
 whole cache when a workspace's model changed or too many events passed), before anything is
@@ -23,15 +24,17 @@ Nothing personal is held: the read model's rows are public fields and evidence (
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import PoolProxiedConnection
 
 from onefold.consent.adapters.read_model import (
+    POSITIONS_SQL,
     CheckState,
     LogPositions,
     changed_by,
     check_state,
-    log_positions,
 )
 from onefold.eventlog.store import EventStore
 from onefold.platform.errors import Unavailable
@@ -44,23 +47,88 @@ MAX_PROFILES = 200_000
 Key = tuple[str, str]  # (workspace, profile id)
 
 
+class _PositionsProbe:
+    """A connection of the cache's own, kept open, that reads the log's head and the read model's
+    position in one statement: what every check pays (no pool checkout, no BEGIN / ROLLBACK round
+    trips, no pre-ping). In autocommit, so that no transaction stays open between checks; the
+    connection is discarded, never pooled again, after an error or at close."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._connection: PoolProxiedConnection | None = None
+
+    def read(self) -> LogPositions:
+        with self._lock:
+            try:
+                if self._connection is None:
+                    self._connection = self.engine.raw_connection()
+                    if self.engine.dialect.name == "postgresql":
+                        # psycopg opens a transaction at the first statement unless told not to (the
+                        # event store's SQLite connections already leave BEGIN to their callers).
+                        self._connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+                cursor = self._connection.cursor()
+                try:
+                    cursor.execute(POSITIONS_SQL)
+                    row = cursor.fetchone()
+                    assert row is not None  # a query of two subqueries answers one row
+                    head, folded = row
+                finally:
+                    cursor.close()
+            except BaseException:
+                self._discard()
+                raise
+        return LogPositions(int(head or 0), int(folded or 0))
+
+    def close(self) -> None:
+        with self._lock:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            connection.invalidate()
+
+
 class ConsentStateCache:
     def __init__(self, store: EventStore, *, max_profiles: int = MAX_PROFILES) -> None:
         self.store = store
         self.max_profiles = max_profiles
+        self._probe = _PositionsProbe(store.engine)
         self._lock = threading.Lock()  # checks run on the event loop, batches in worker threads
         self._head: int | None = None  # every event up to here is accounted for; None: nothing is
         self._states: dict[Key, CheckState] = {}  # by the profile asked for
         self._asked_for: dict[Key, set[str]] = {}  # (workspace, live profile) -> profiles asked for
 
-    def state(self, conn: Connection, workspace: str, profile_id: str) -> CheckState:
-        """The profile's current state, from memory when nothing changed it since it was loaded."""
-        positions = log_positions(conn)
+    def states(self, workspace: str, profile_ids: Collection[str]) -> dict[str, CheckState]:
+        """Each profile's current state: from memory when nothing changed it since it was loaded;
+        the others (and, when the log moved, what changed) read on a connection of their own."""
+        positions = self._probe.read()
+        found: dict[str, CheckState] = {}
         with self._lock:
-            self._follow(conn, positions)
-            cached = self._states.get((workspace, profile_id))
-        if cached is not None:
-            return cached
+            if self._head is not None and positions.head <= self._head:
+                for profile_id in profile_ids:
+                    cached = self._states.get((workspace, profile_id))
+                    if cached is not None:
+                        found[profile_id] = cached
+        if len(found) == len(profile_ids):
+            return found
+        with self.store.engine.connect() as conn:
+            with self._lock:
+                self._follow(conn, positions)
+                for profile_id in profile_ids:
+                    cached = self._states.get((workspace, profile_id))
+                    if cached is not None:
+                        found[profile_id] = cached
+            for profile_id in profile_ids:
+                if profile_id not in found:
+                    found[profile_id] = self._load(conn, workspace, profile_id)
+        return found
+
+    def close(self) -> None:
+        self._probe.close()
+
+    def _load(self, conn: Connection, workspace: str, profile_id: str) -> CheckState:
         loaded = check_state(conn, workspace, profile_id)
         if not loaded.positions.read_model_current:
             # Its rows are incomplete (a rebuild, or a catch-up, is under way): an answer from them
