@@ -4,12 +4,13 @@ the model version and its ledger state) as the read model holds it, kept in this
 Freshness. The cache knows the log position up to which it has accounted for every event (`head`).
 Every lookup first reads the log's head and the read model's tracking position (two index seeks in
 one statement, on a connection the cache keeps open for it, in autocommit: no write lock, no
-transaction left open). When the head moved
-— an event committed by this process or by any other process on the same database (another
-replica, the CLI) — the events after `head` are read and the profiles they change dropped (the
-whole cache when a workspace's model changed or too many events passed), before anything is
-answered. So an answer never rests on a state older than the log as it stood when the check began:
-a grant, withdrawal, objection, erasure or merge committed before the check is always seen.
+transaction left open). When the head moved — an event committed by this process or by any other
+process on the same database (another replica, the CLI) — the events after `head` are read and the
+profiles they change dropped (the whole cache when a workspace's model changed or too many events
+passed), before anything is answered. So an answer never rests on a state older than the log as it
+stood when the check began: a grant, withdrawal, objection, erasure or merge committed before the
+check is always seen. Positions are gap-free and become visible in order (appends are serialised),
+so "the events after `head` up to the head read" are exactly those not yet accounted for.
 
 A state loaded on a miss is read in one statement with the positions of its snapshot; it is kept
 only if that snapshot is not older than what the cache has already accounted for (a concurrent
