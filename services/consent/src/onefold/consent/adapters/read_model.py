@@ -198,6 +198,11 @@ class LogPositions:
     head: int
     folded: int
 
+    @staticmethod
+    def read(head: int | None, folded: int | None) -> LogPositions:
+        """From the columns as read (None: an empty log, a read model that never folded)."""
+        return LogPositions(int(head or 0), int(folded or 0))
+
     @property
     def read_model_current(self) -> bool:
         """False while the read model is rebuilt or catches up: its rows are then incomplete."""
@@ -214,16 +219,12 @@ class CheckState:
     positions: LogPositions
 
 
-def _positions(head: int | None, folded: int | None) -> LogPositions:
-    return LogPositions(int(head or 0), int(folded or 0))
-
-
 def check_state(conn: Connection, workspace: str, profile_id: str) -> CheckState:
     """The live profile, the model version (None: no model yet) and its state, in one query."""
     sql = _CHECK_SQLITE if conn.dialect.name == "sqlite" else _CHECK_PG
     rows = conn.exec_driver_sql(sql, (workspace, profile_id, profile_id, workspace, workspace)).fetchall()
     head, folded, live, version = rows[0][:4]
-    return CheckState(live, version, _fold_rows(row[4:] for row in rows), _positions(head, folded))
+    return CheckState(live, version, _fold_rows(row[4:] for row in rows), LogPositions.read(head, folded))
 
 
 def changed_by(message: Message) -> tuple[str, list[str], bool]:

@@ -79,7 +79,7 @@ class _PositionsProbe:
             except BaseException:
                 self._discard()
                 raise
-        return LogPositions(int(head or 0), int(folded or 0))
+        return LogPositions.read(head, folded)
 
     def close(self) -> None:
         with self._lock:
