@@ -14,6 +14,10 @@ email, SMS and WeChat (9 ledger events each, one subject in ten then withdraws S
 channels, 15 events per call). Before each phase the bench waits until the service is idle (its
 outbox relay has published what was written to JetStream).
 
+Beside each rate the bench reports the service's CPU time (user + system, from /proc) per call or
+check over the phase: what a check costs the service, stable on a machine shared with other work
+where the latencies are not.
+
 - CheckConsent: single checks (random subject, purpose, channel; a mix of allow and deny) started on
   a fixed schedule of 1,000/s (open loop: a slow answer does not slow the schedule); p50 / p99 from
   start to answer. Baseline: the platform's WhoAmI unary RPC on the same server at the same rate
@@ -264,7 +268,13 @@ def check_requests(subjects: int, count: int, seed_value: int) -> list[pb.CheckC
     ]
 
 
-async def who_am_i_latency(target: str, token: str, rate: float, seconds: float) -> dict[str, Any]:
+def cpu_us_per(pid: int, cpu_before: float, calls: int) -> float:
+    """The service's CPU time (user + system) since `cpu_before`, in µs per call: what a call costs
+    the service, whatever else ran on the machine (latencies on a shared machine are noisy; this is not)."""
+    return round((cpu_seconds(pid) - cpu_before) * 1e6 / max(calls, 1), 1)
+
+
+async def who_am_i_latency(target: str, token: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
     async with authenticated_channel(target, token) as channel:
         stub = platform_pb2_grpc.PlatformServiceStub(channel)
         for _ in range(50):
@@ -273,10 +283,12 @@ async def who_am_i_latency(target: str, token: str, rate: float, seconds: float)
         async def call(_i: int) -> None:
             await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
 
-        return summarise(*await fixed_rate(call, rate, seconds))
+        cpu_before = cpu_seconds(pid)
+        result = summarise(*await fixed_rate(call, rate, seconds))
+        return {**result, "service_cpu_us_per_call": cpu_us_per(pid, cpu_before, result["requests"])}
 
 
-async def check_latency(target: str, token: str, subjects: int, seconds: float) -> dict[str, Any]:
+async def check_latency(target: str, token: str, subjects: int, seconds: float, pid: int) -> dict[str, Any]:
     requests = check_requests(subjects, int(CHECK_RATE * seconds) + 50, 1)
     allowed = 0
     async with authenticated_channel(target, token) as channel:
@@ -289,15 +301,17 @@ async def check_latency(target: str, token: str, subjects: int, seconds: float) 
             answer = await stub.CheckConsent(requests[50 + i], timeout=10)
             allowed += answer.decision == pb.DECISION_ALLOW
 
+        cpu_before = cpu_seconds(pid)
         result = summarise(*await fixed_rate(call, CHECK_RATE, seconds))
-    return {**result, "allowed": allowed}
+        cpu = cpu_us_per(pid, cpu_before, result["requests"])
+    return {**result, "allowed": allowed, "service_cpu_us_per_check": cpu}
 
 
-async def capacity(target: str, token: str, subjects: int, seconds: float) -> dict[str, Any]:
+async def capacity(target: str, token: str, subjects: int, seconds: float, pid: int) -> dict[str, Any]:
     """Calls per second answered with CAPACITY_CLIENTS callers each waiting for its answer (closed
     loop): what the service sustains, CheckConsent beside WhoAmI on the same server."""
     requests = check_requests(subjects, 1000, 3)
-    out: dict[str, Any] = {"clients": CAPACITY_CLIENTS}
+    out: dict[str, Any] = {"clients": CAPACITY_CLIENTS, "service_cpu_us_per_call": {}}
     async with authenticated_channel(target, token) as channel:
         consent = consent_pb2_grpc.ConsentServiceStub(channel)
         platform_stub = platform_pb2_grpc.PlatformServiceStub(channel)
@@ -320,12 +334,14 @@ async def capacity(target: str, token: str, subjects: int, seconds: float) -> di
                     i += CAPACITY_CLIENTS
 
             started = time.perf_counter()
+            cpu_before = cpu_seconds(pid)
             await asyncio.gather(*(caller(c) for c in range(CAPACITY_CLIENTS)))
             out[name] = round(done / (time.perf_counter() - started))
+            out["service_cpu_us_per_call"][name.removesuffix("_per_s")] = cpu_us_per(pid, cpu_before, done)
     return out
 
 
-async def batch_latency(target: str, token: str, subjects: int, seconds: float) -> dict[str, Any]:
+async def batch_latency(target: str, token: str, subjects: int, seconds: float, pid: int) -> dict[str, Any]:
     """Batches sent one at a time (each when the previous answered) for `seconds`: the time the
     service takes for 100 checks, without queueing behind other calls."""
     checks = check_requests(subjects, 200 * BATCH, 2)
@@ -336,6 +352,7 @@ async def batch_latency(target: str, token: str, subjects: int, seconds: float) 
         for batch in batches[:5]:
             await stub.CheckConsentBatch(batch, timeout=30)
         deadline = time.perf_counter() + seconds
+        cpu_before = cpu_seconds(pid)
         i = 0
         while time.perf_counter() < deadline or len(latencies) < 10:
             started = time.perf_counter()
@@ -344,7 +361,8 @@ async def batch_latency(target: str, token: str, subjects: int, seconds: float) 
             if len(answer.results) != BATCH:
                 raise RuntimeError("a batch answer is short")
             i += 1
-    return summarise(latencies, {})
+        cpu = cpu_us_per(pid, cpu_before, len(latencies) * BATCH)
+    return {**summarise(latencies, {}), "service_cpu_us_per_check": cpu}
 
 
 async def as_of_latency(target: str, token: str, calls: int) -> dict[str, Any]:
@@ -460,18 +478,19 @@ def run(subjects: int, heavy_events: int, seconds: float, repeats: int) -> dict[
                 seed(target, token, subjects, heavy_events),
             )
             results["who_am_i_latency"] = phase(
-                f"WhoAmI at {CHECK_RATE}/s (baseline)", who_am_i_latency(target, token, CHECK_RATE, seconds)
+                f"WhoAmI at {CHECK_RATE}/s (baseline)",
+                who_am_i_latency(target, token, CHECK_RATE, seconds, pid),
             )
             results["capacity"] = phase(
                 f"closed-loop capacity ({CAPACITY_CLIENTS} callers): WhoAmI, CheckConsent",
-                capacity(target, token, subjects, seconds / 2),
+                capacity(target, token, subjects, seconds / 2, pid),
             )
             results["check_latency"] = phase(
-                f"CheckConsent at {CHECK_RATE}/s", check_latency(target, token, subjects, seconds)
+                f"CheckConsent at {CHECK_RATE}/s", check_latency(target, token, subjects, seconds, pid)
             )
             results["batch_latency"] = phase(
                 f"CheckConsentBatch of {BATCH}, one at a time",
-                batch_latency(target, token, subjects, seconds),
+                batch_latency(target, token, subjects, seconds, pid),
             )
             results["as_of"] = phase(
                 "ConsentAsOf of the heavy subject", as_of_latency(target, token, AS_OF_CALLS)
@@ -515,6 +534,9 @@ def run(subjects: int, heavy_events: int, seconds: float, repeats: int) -> dict[
             results["capacity"]["check_per_s"] / max(results["capacity"]["who_am_i_per_s"], 1), 2
         ),
         "check_p99_vs_who_am_i": round(check["p99_ms"] / base["p99_ms"], 2),
+        "check_cpu_vs_who_am_i": round(
+            check["service_cpu_us_per_check"] / max(base["service_cpu_us_per_call"], 0.1), 2
+        ),
         "batch_p99_vs_who_am_i": round(batch["p99_ms"] / base["p99_ms"], 2),
         "as_of_vs_raw_read": round(
             as_of["median_ms"] / max(results["as_of_raw_read"]["median_ms"], 0.001), 2
@@ -548,32 +570,41 @@ def report(results: dict[str, Any]) -> None:
         f"{results['subjects']:,} / {seeded['subject_events']:,} / {seeded['heavy_events']:,}",
         f"({seeded['seed_seconds']} s)",
     )
-    for key, label, ratio in (
-        ("who_am_i_latency", f"WhoAmI at {results['check_rate_per_s']}/s (baseline): p50 / p99", ""),
+    for key, label, ratio, cpu in (
+        (
+            "who_am_i_latency",
+            f"WhoAmI at {results['check_rate_per_s']}/s (baseline): p50 / p99",
+            "",
+            "service_cpu_us_per_call",
+        ),
         (
             "check_latency",
             f"CheckConsent at {results['check_rate_per_s']}/s: p50 / p99",
             f"{ratios['check_p99_vs_who_am_i']}x WhoAmI p99",
+            "service_cpu_us_per_check",
         ),
         (
             "batch_latency",
             f"CheckConsentBatch of {results['batch']}, one at a time: p50 / p99",
             f"{ratios['batch_p99_vs_who_am_i']}x WhoAmI p99",
+            "service_cpu_us_per_check",
         ),
     ):
         lat = results[key]
         line(
             label,
             f"{lat['p50_ms']} / {lat['p99_ms']} ms",
-            f"{ratio} ({lat['requests']} calls, {lat['failures']} failed"
+            f"{ratio} ({lat[cpu]} µs service CPU per {'call' if 'call' in cpu else 'check'}; "
+            f"{lat['requests']} calls, {lat['failures']} failed"
             + "".join(f", {n} {kind}" for kind, n in lat["errors"].items())
             + ")",
         )
     cap = results["capacity"]
+    cpu = cap["service_cpu_us_per_call"]
     line(
         f"closed loop, {cap['clients']} callers: WhoAmI / CheckConsent",
         f"{cap['who_am_i_per_s']:,} / {cap['check_per_s']:,} per s",
-        "what the service sustains",
+        f"what the service sustains ({cpu['who_am_i']} / {cpu['check']} µs service CPU per call)",
     )
     raw = results["as_of_raw_read"]
     line(f"raw SQLite read of the heavy stream ({raw['rows']:,} rows, baseline)", f"{raw['median_ms']} ms")

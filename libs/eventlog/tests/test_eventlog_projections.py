@@ -246,3 +246,37 @@ def test_snapshots_of_an_erased_subject_are_deleted(store: EventStore) -> None:
     store.erase_subject("subj")
     assert snapshots.load("s", COUNTER_FOLD) is None
     assert load_state(store, "s", COUNTER_FOLD, snapshots=snapshots) == (state, 1)
+
+
+class HandedMessages:
+    """Keeps what it was handed: a projection that folds ProfileUpdated from its public fields."""
+
+    name = "handed"
+    tables = ()
+    public_types = frozenset({events_pb2.ProfileUpdated.DESCRIPTOR.full_name})
+
+    def __init__(self) -> None:
+        self.handed: list[Message] = []
+
+    def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
+        self.handed.append(message)
+
+    def reset(self, conn: Connection) -> None:
+        self.handed.clear()
+
+
+def test_a_rebuild_decrypts_only_what_a_projection_reads(make_store: StoreFactory) -> None:
+    store = make_store()
+    public, decrypting = HandedMessages(), Profiles()
+    projector = Projector(store, [public, decrypting])
+    read_models.drop_all(store.engine)
+    read_models.create_all(store.engine)
+    updated = events_pb2.ProfileUpdated(profile_id="p1", email="ann@example.com", plan="pro")
+    projector.write(lambda conn: projector.record(conn, [NewEvent("profile:p1", updated, subject="p1")]))
+    assert public.handed == [updated]  # live: every projection gets the message as written
+    projector.rebuild(public)
+    projector.rebuild(decrypting)
+    (rebuilt,) = public.handed
+    assert isinstance(rebuilt, events_pb2.ProfileUpdated)
+    assert (rebuilt.profile_id, rebuilt.plan) == ("p1", "pro") and rebuilt.email != "ann@example.com"
+    assert read_model_state(store)[1][0][1] == "ann@example.com"  # the other one was decrypted

@@ -60,3 +60,20 @@ def test_denial_log_keeps_a_bounded_table_whatever_it_is_sent() -> None:
         for n in range(1000):
             denials.denied("CREDENTIAL_INVALID", f"/route/{n}")
     assert len(denials._windows) == 10
+
+
+def test_a_recent_authentication_is_known_without_a_read_until_it_expires_or_is_revoked(
+    tmp_path: Path,
+) -> None:
+    store = CredentialStore(f"sqlite:///{tmp_path / 'auth.db'}", cache_seconds=60)
+    store.create_schema()
+    issued = store.issue("acme", ["consent:read"], name="reader")
+    assert store.recently_authenticated(issued.token) is None  # never seen: the caller reads
+    principal = store.authenticate(issued.token)
+    assert store.recently_authenticated(issued.token) == principal
+    store.revoke(principal.credential_id)
+    assert store.recently_authenticated(issued.token) is None
+    uncached = CredentialStore(store.engine, cache_seconds=0)
+    other = store.issue("acme", ["consent:read"], name="other")
+    uncached.authenticate(other.token)
+    assert uncached.recently_authenticated(other.token) is None

@@ -6,7 +6,8 @@ injectable clock, and a factory for consent models.
   member-state guardian ages.
 - `consent`: a `ConsentHarness` on a fresh SQLite file with the standard model set for workspace
   `acme`; `consent_on_both_databases`: the same, run once on SQLite and once on PostgreSQL.
-- `make_consent(url)`: a harness on any database URL (no model set).
+- `make_consent(url, keys=None)`: a harness on any database URL (no model set); given the key of
+  another harness on the same database, it is a second replica of the service.
 - `identity_event(message, occurred_at=...)`: an identity EventEnvelope (ProfilesMerged,
   EventResolved, ...) to hand to `harness.deliver(...)` as the identity subscriber does.
 """
@@ -225,6 +226,7 @@ class ConsentHarness:
         return asyncio.run_coroutine_threadsafe(use_case, self.loop).result()
 
     def close(self) -> None:
+        self.sync(self.app.close())
         self.sync(self.log.writer.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.store.engine.dispose()
@@ -336,10 +338,11 @@ class ConsentHarness:
         return self.log.projector.rebuild(self.projection)
 
 
-def make_harness(url: str) -> ConsentHarness:
-    """The service's log as the bootstrap builds it (ServiceLog), on `url`, with a fresh key."""
+def make_harness(url: str, keys: KeyEncryptionKey | None = None) -> ConsentHarness:
+    """The service's log as the bootstrap builds it (ServiceLog), on `url`, with `keys` or a fresh
+    key (a second harness on the same database with the first one's key is another replica)."""
     store = EventStore(
-        create_engine(url), service="consent", registry=REGISTRY, keys=KeyEncryptionKey.generate()
+        create_engine(url), service="consent", registry=REGISTRY, keys=keys or KeyEncryptionKey.generate()
     )
     store.create_schema()
     projection = ConsentReadModel()
@@ -357,11 +360,11 @@ def make_model() -> Callable[..., pb.ConsentModel]:
 
 
 @pytest.fixture
-def make_consent() -> Iterator[Callable[[str], ConsentHarness]]:
+def make_consent() -> Iterator[Callable[..., ConsentHarness]]:
     made: list[ConsentHarness] = []
 
-    def make(url: str) -> ConsentHarness:
-        harness = make_harness(url)
+    def make(url: str, keys: KeyEncryptionKey | None = None) -> ConsentHarness:
+        harness = make_harness(url, keys)
         made.append(harness)
         return harness
 

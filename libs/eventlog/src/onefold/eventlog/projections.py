@@ -51,6 +51,14 @@ class Projection(Protocol):
     def reset(self, conn: Connection) -> None: ...
 
 
+class PublicFieldsProjection(Projection, Protocol):
+    """A projection that folds the events of `public_types` from their public fields only: catch-up
+    and rebuild decode those without fetching a data key or decrypting (live, `record` hands every
+    projection the message as written)."""
+
+    public_types: frozenset[str]
+
+
 class BufferedProjection(Projection, Protocol):
     """A projection that buffers writes in memory and writes them in `flush` (once per batch)."""
 
@@ -120,8 +128,9 @@ class Projector:
     def _apply(self, conn: Connection, projection: Projection, events: Sequence[RecordedEvent]) -> None:
         decode = self.store.decode
         handle = projection.handle
+        public_types: frozenset[str] = getattr(projection, "public_types", frozenset())
         for event in events:
-            handle(conn, event, decode(event, conn=conn))
+            handle(conn, event, decode(event, conn=conn, decrypt=event.type not in public_types))
         flush = getattr(projection, "flush", None)
         if flush is not None:
             flush(conn)

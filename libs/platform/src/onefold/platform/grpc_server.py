@@ -104,7 +104,12 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the authorization metadata must be 'Bearer <credential>'")
-        principal = await asyncio.to_thread(self.store.authenticate, token.strip())
+        token = token.strip()
+        # A credential seen within the cache's lifetime is answered inline: the thread hop (for a
+        # database read) cost more than the whole of a cheap call.
+        principal = self.store.recently_authenticated(token)
+        if principal is None:
+            principal = await asyncio.to_thread(self.store.authenticate, token)
         auth.bind(principal, metadata.get(auth.WORKSPACE_HEADER))
         scope = self.policy.scope_for(method)
         if scope != AUTHENTICATED:

@@ -31,7 +31,7 @@ def compose(ctx: ServiceContext) -> EventSourcedService[ConsentApplication]:
         servicers=grpc.registrations(application, peers),
         subscriptions=consumers.subscriptions(application.identity),
         components=[
-            ClosedAtStop(peers.close),
+            ClosedAtStop(peers.close, application.close),
             Loop("consent-subject-requests", lambda: application.requests.run(leading)),
             Loop("consent-duties", lambda: application.run_duties(leading)),
         ],

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
@@ -31,6 +32,7 @@ from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.models import RecordedEvent, from_micros, to_micros
 
 PROJECTION_NAME = "consent"
+TRACKING_NAME = f"projection:{PROJECTION_NAME}"  # its tracking row (Projector)
 metadata = sa.MetaData()
 
 state = sa.Table(
@@ -95,16 +97,31 @@ _STATE_COLUMNS = (
     "kind, purpose_id, channel, status, notice_id, notice_version, jurisdiction, guardian_given, "
     "expires_at, event_id, position, hash, event_type, recorded_at, occurred_at"
 )
-# CheckConsent's one round trip: the live profile (after merges), the model's version and the
-# state rows of the live profile. Plain SQL on the driver: this runs on every send.
+# CheckConsent's one round trip: the live profile (after merges), the model's version, the state
+# rows of the live profile, and where the log and this read model stand (one statement: one
+# snapshot, so a cache can tell which events the answer already reflects). Plain SQL on the driver:
+# this runs on every send that misses the cache.
 _CHECK_SQL = (
     "WITH l AS (SELECT COALESCE((SELECT survivor_id FROM consent_aliases WHERE workspace = {p} AND profile_id = {p}), "
-    "{p}) AS live, (SELECT version FROM consent_models WHERE workspace = {p}) AS model_version) "
-    f"SELECT l.live, l.model_version, {', '.join('s.' + c for c in _STATE_COLUMNS.split(', '))} "
+    "{p}) AS live, (SELECT version FROM consent_models WHERE workspace = {p}) AS model_version, "
+    "(SELECT max(position) FROM events) AS head, "
+    f"(SELECT position FROM tracking WHERE upstream = '{TRACKING_NAME}') AS tracked) "
+    f"SELECT l.head, l.tracked, l.live, l.model_version, {', '.join('s.' + c for c in _STATE_COLUMNS.split(', '))} "
     "FROM l LEFT JOIN consent_state AS s ON s.workspace = {p} AND s.profile_id = l.live"
 )
+_PROFILES_PER_QUERY = 500  # bound parameters per statement stay well under SQLite's limit
+_INSERT_STATE = (
+    f"INSERT INTO consent_state (workspace, profile_id, {_STATE_COLUMNS}) "
+    f"VALUES ({', '.join(['{p}'] * (2 + len(_STATE_COLUMNS.split(', '))))})"
+)
+_DELETE_STATE = "DELETE FROM consent_state WHERE workspace = {p} AND profile_id = {p}"
 _CHECK_SQLITE = _CHECK_SQL.format(p="?")
 _CHECK_PG = _CHECK_SQL.format(p="%s")
+# Where the log and this read model stand: two index seeks, what a cached answer is checked against.
+POSITIONS_SQL = (
+    "SELECT (SELECT max(position) FROM events), "
+    f"(SELECT position FROM tracking WHERE upstream = '{TRACKING_NAME}')"
+)
 
 
 def _fold_rows(rows: Iterable[Sequence[Any]]) -> LedgerState:
@@ -137,6 +154,33 @@ def _fold_rows(rows: Iterable[Sequence[Any]]) -> LedgerState:
     return ledger
 
 
+def _fold_rows_by_profile(rows: Iterable[Sequence[Any]]) -> dict[str, LedgerState]:
+    """(profile_id, *state columns) rows -> each profile's state."""
+    grouped: dict[str, list[Sequence[Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row[0], []).append(row[1:])
+    return {profile_id: _fold_rows(profile_rows) for profile_id, profile_rows in grouped.items()}
+
+
+def _placeholder(conn: Connection) -> str:
+    return "?" if conn.dialect.name == "sqlite" else "%s"
+
+
+def current_ledgers(conn: Connection, workspace: str, profile_ids: Sequence[str]) -> dict[str, LedgerState]:
+    """The current state of each of `profile_ids` that has any (a query per 500 profiles)."""
+    p = _placeholder(conn)
+    ledgers: dict[str, LedgerState] = {}
+    for start in range(0, len(profile_ids), _PROFILES_PER_QUERY):
+        chunk = profile_ids[start : start + _PROFILES_PER_QUERY]
+        rows = conn.exec_driver_sql(
+            f"SELECT profile_id, {_STATE_COLUMNS} FROM consent_state WHERE workspace = {p} "
+            f"AND profile_id IN ({', '.join([p] * len(chunk))})",
+            (workspace, *chunk),
+        )
+        ledgers.update(_fold_rows_by_profile(rows))
+    return ledgers
+
+
 def current_ledger(conn: Connection, workspace: str, profile_id: str) -> LedgerState:
     """The subject's current state from the rows (what CheckConsent decides on)."""
     rows = conn.exec_driver_sql(
@@ -147,37 +191,84 @@ def current_ledger(conn: Connection, workspace: str, profile_id: str) -> LedgerS
     return _fold_rows(rows)
 
 
-def check_state(conn: Connection, workspace: str, profile_id: str) -> tuple[str, int | None, LedgerState]:
-    """(live profile, model version or None, its state) in one query."""
+@dataclass(frozen=True, slots=True)
+class LogPositions:
+    """The log's head and the position this read model has folded up to, read together."""
+
+    head: int
+    folded: int
+
+    @staticmethod
+    def read(head: int | None, folded: int | None) -> LogPositions:
+        """From the columns as read (None: an empty log, a read model that never folded)."""
+        return LogPositions(int(head or 0), int(folded or 0))
+
+    @property
+    def read_model_current(self) -> bool:
+        """False while the read model is rebuilt or catches up: its rows are then incomplete."""
+        return self.folded == self.head
+
+
+@dataclass(frozen=True, slots=True)
+class CheckState:
+    """What CheckConsent decides on for a profile, and the positions of the snapshot it was read at."""
+
+    live: str
+    model_version: int | None
+    ledger: LedgerState
+    positions: LogPositions
+
+
+def check_state(conn: Connection, workspace: str, profile_id: str) -> CheckState:
+    """The live profile, the model version (None: no model yet) and its state, in one query."""
     sql = _CHECK_SQLITE if conn.dialect.name == "sqlite" else _CHECK_PG
     rows = conn.exec_driver_sql(sql, (workspace, profile_id, profile_id, workspace, workspace)).fetchall()
-    live, version = rows[0][0], rows[0][1]
-    return live, version, _fold_rows(row[2:] for row in rows)
+    head, folded, live, version = rows[0][:4]
+    return CheckState(live, version, _fold_rows(row[4:] for row in rows), LogPositions.read(head, folded))
 
 
-def _rows(workspace: str, profile_id: str, ledger: LedgerState) -> list[dict[str, object]]:
+def changed_by(message: Message) -> tuple[str, list[str], bool]:
+    """What an event changes in this read model for CheckConsent: (workspace, the profiles whose
+    answers change — a ledger's owner, both sides of a merge, the profiles an unmerge revives —,
+    whether the workspace's model changed). Kept beside the projection so the two agree."""
+    name = message.DESCRIPTOR.full_name
+    if name in LEDGER_EVENTS:
+        profiles = [message.profile_id]  # type: ignore[attr-defined]
+        if isinstance(message, pb.ConsentsMerged):
+            profiles.append(message.merged_profile_id)
+        return message.workspace, profiles, False  # type: ignore[attr-defined]
+    if isinstance(message, pb.ConsentsUnmerged):
+        return message.workspace, [message.profile_id, *message.revived_profile_ids], False
+    if isinstance(message, pb.ConsentModelSet):
+        return message.workspace, [], True
+    return "", [], False
+
+
+def _rows(workspace: str, profile_id: str, ledger: LedgerState) -> list[tuple[object, ...]]:
+    """The subject's state rows: workspace, profile_id, then the _STATE_COLUMNS."""
+
     def row(
         kind: str, purpose: str, channel: str, evidence: Evidence, entry: Entry | None = None
-    ) -> dict[str, object]:
-        return {
-            "workspace": workspace,
-            "profile_id": profile_id,
-            "kind": kind,
-            "purpose_id": purpose,
-            "channel": channel,
-            "status": entry.status if entry else 0,
-            "notice_id": entry.notice_id if entry else "",
-            "notice_version": entry.notice_version if entry else "",
-            "jurisdiction": entry.jurisdiction if entry else 0,
-            "guardian_given": entry.guardian_given if entry else False,
-            "expires_at": to_micros(entry.expires_at) if entry and entry.expires_at else None,
-            "event_id": evidence.event_id,
-            "position": evidence.position,
-            "hash": evidence.hash,
-            "event_type": evidence.event_type,
-            "recorded_at": to_micros(evidence.recorded_at),
-            "occurred_at": to_micros(evidence.occurred_at),
-        }
+    ) -> tuple[object, ...]:
+        return (
+            workspace,
+            profile_id,
+            kind,
+            purpose,
+            channel,
+            entry.status if entry else 0,
+            entry.notice_id if entry else "",
+            entry.notice_version if entry else "",
+            entry.jurisdiction if entry else 0,
+            entry.guardian_given if entry else False,
+            to_micros(entry.expires_at) if entry and entry.expires_at else None,
+            evidence.event_id,
+            evidence.position,
+            evidence.hash,
+            evidence.event_type,
+            to_micros(evidence.recorded_at),
+            to_micros(evidence.occurred_at),
+        )
 
     out = [row("consent", p, c, entry.evidence, entry) for (p, c), entry in ledger.entries.items()]
     out += [row("objection", p, "", evidence) for p, evidence in ledger.objections.items()]
@@ -194,11 +285,15 @@ class ConsentReadModel(Handlers):
 
     name = PROJECTION_NAME
     tables: Sequence[sa.Table] = (state, aliases, models, request_rows)
+    # A PublicFieldsProjection: the ledger's fold writes none of the personal fields (proof,
+    # guardian, reasons, preference values) into the rows, so a rebuild need not decrypt ledger events.
+    public_types = LEDGER_EVENTS
 
     def __init__(self) -> None:
-        # Subjects whose state changed in this batch, folded in memory and written once in `flush`
-        # (a rebuild writes each subject once per batch, not once per event).
-        self._pending: dict[tuple[str, str], LedgerState] = {}
+        # The ledger events of this batch by subject, folded in `flush` onto the subjects' rows, read
+        # once for the batch and written once (a rebuild reads and writes each subject once per
+        # batch, with one statement per 500 subjects to read and one executemany to write).
+        self._pending: dict[tuple[str, str], list[tuple[Evidence, Message]]] = {}
 
     def reset(self, conn: Connection) -> None:
         self._pending.clear()
@@ -207,27 +302,33 @@ class ConsentReadModel(Handlers):
 
     def flush(self, conn: Connection) -> None:
         pending, self._pending = self._pending, {}
-        for (workspace, profile_id), ledger in pending.items():
-            conn.execute(
-                state.delete().where(state.c.workspace == workspace, state.c.profile_id == profile_id)
-            )
-            rows = _rows(workspace, profile_id, ledger)
-            if rows:
-                conn.execute(state.insert(), rows)
+        if not pending:
+            return
+        by_workspace: dict[str, list[str]] = {}
+        for workspace, profile_id in pending:
+            by_workspace.setdefault(workspace, []).append(profile_id)
+        rows: list[tuple[object, ...]] = []
+        for workspace, profile_ids in by_workspace.items():
+            ledgers = current_ledgers(conn, workspace, profile_ids)
+            for profile_id in profile_ids:
+                ledger = ledgers.get(profile_id) or LedgerState()
+                for evidence, message in pending[(workspace, profile_id)]:
+                    ledger.apply(evidence, message)
+                rows += _rows(workspace, profile_id, ledger)
+        p = _placeholder(conn)
+        conn.exec_driver_sql(_DELETE_STATE.format(p=p), list(pending))
+        if rows:
+            conn.exec_driver_sql(_INSERT_STATE.format(p=p), rows)
 
     def handle(self, conn: Connection, event: RecordedEvent, message: Message) -> None:
         if message.DESCRIPTOR.full_name in LEDGER_EVENTS:
-            self._fold_ledger(conn, event, message)
+            # Every ledger event names its workspace and profile.
+            key = (message.workspace, message.profile_id)  # type: ignore[attr-defined]
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = []
+            pending.append((evidence_of(event), message))
         self.dispatch(message, conn, message, event)
-
-    def _fold_ledger(self, conn: Connection, event: RecordedEvent, message: Any) -> None:
-        """`consent_state` follows the ledger's own fold (LedgerState), written once per batch.
-        `message` is a ledger event: each names its workspace and profile."""
-        workspace, profile_id = message.workspace, message.profile_id
-        ledger = self._pending.get((workspace, profile_id))
-        if ledger is None:
-            ledger = self._pending[(workspace, profile_id)] = current_ledger(conn, workspace, profile_id)
-        ledger.apply(evidence_of(event), message)
 
     @handles(pb.ConsentsMerged)
     def _merged(self, conn: Connection, message: pb.ConsentsMerged, event: RecordedEvent) -> None:

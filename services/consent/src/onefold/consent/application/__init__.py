@@ -45,6 +45,10 @@ class ConsentApplication:
         self.identity = IdentityEvents(self.consent_log)
         self.requests = SubjectRequests(self.consent_log, self.ledger, self.history, peers, timings=timings)
 
+    async def close(self) -> None:
+        """Let go of what the checks hold open (at stop)."""
+        self.checks.states.close()
+
     async def run_duties(self, leading: Callable[[], bool]) -> None:
         """The PIPL Art. 47 deletion duties, until cancelled (only while `leading`)."""
         await run_duties(self.consent_log, self.requests, leading)

@@ -88,10 +88,8 @@ class ConsentLog:
             version = conn.execute(
                 sa.select(models.c.version).where(models.c.workspace == workspace)
             ).scalar()
-        if version is None:
-            return empty_model()
-        cached = self._models.get(workspace)
-        if cached is not None and cached.version == version:
+        cached = self.cached_model(workspace, version)
+        if cached is not None:
             return cached
         row = conn.execute(sa.select(models.c.model).where(models.c.workspace == workspace)).first()
         if row is None:
@@ -99,6 +97,13 @@ class ConsentLog:
         model = model_from_proto(pb.ConsentModel.FromString(row.model))
         self._models[workspace] = model
         return model
+
+    def cached_model(self, workspace: str, version: int | None) -> Model | None:
+        """The workspace's model at `version` (None: no model yet) when this process holds it."""
+        if version is None:
+            return empty_model()
+        cached = self._models.get(workspace)
+        return cached if cached is not None and cached.version == version else None
 
     def live_profile(self, conn: Connection, workspace: str, profile_id: str) -> str:
         """The profile whose ledger counts for `profile_id` (its survivor after merges)."""
