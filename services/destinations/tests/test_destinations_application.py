@@ -264,6 +264,25 @@ async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_th
     assert destinations.statuses("p-1", "crm") == ["delivered", "dropped", "queued"]
 
 
+async def test_an_erasure_request_after_identitys_profile_erased_still_names_the_deletions(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    """Identity's ProfileErased may reach destinations before the request's EraseSubject does: the
+    request's confirmation still names each destination sent a deletion, and none is sent twice."""
+    await consent.grant("p-1")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver)
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        await destinations.deliver_due()
+        await destinations.profile_erased("p-1")
+        counts = await destinations.app.erase_subject(WORKSPACE, ["p-1"])
+        assert counts == {"deletions_queued": 1, "profiles_erased": 1, "deletion_queued:crm": 1}
+        await destinations.deliver_due()
+        await receiver.wait_for(2)
+        assert [r["type"] for r in receiver.received] == ["event", "deletion"]
+    assert destinations.statuses("p-1", "crm") == ["delivered", "delivered"]
+
+
 async def test_audience_sync_to_a_postgresql_table_follows_entries_and_exits(
     make_destinations: DestinationsFactory, consent: ConsentService, fresh_postgres_url: str
 ) -> None:

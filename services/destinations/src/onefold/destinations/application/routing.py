@@ -22,7 +22,7 @@ from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.segments.v1 import segments_pb2
-from onefold.destinations.adapters.read_model import backfills, recipients
+from onefold.destinations.adapters.read_model import backfills, outbox, recipients
 from onefold.destinations.application.catalog import Clock, Destinations
 from onefold.destinations.domain import routing
 from onefold.destinations.domain.definitions import definition_stream
@@ -177,11 +177,23 @@ class Router:
 
     def erase(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> dict[str, int]:
         """A data-subject erasure: queued deliveries dropped, a deletion queued per destination that
-        received each person; returns how many deletions were queued, by destination."""
+        received each person; returns the deletions queued for them, by destination — those of an
+        earlier erasure included (identity's ProfileErased may arrive first: the request's
+        confirmation still names every destination sent a deletion)."""
         queue = _Queue(self, conn, workspace, profile_ids)
         for profile_id in profile_ids:
             queue.erase(profile_id)
-        return queue.record()
+        queue.record()
+        deletions = conn.execute(
+            sa.select(outbox.c.destination, sa.func.count())
+            .where(
+                (outbox.c.workspace == workspace)
+                & outbox.c.profile_id.in_(list(profile_ids))
+                & (outbox.c.kind == pb.DELIVERY_KIND_DELETION)
+            )
+            .group_by(outbox.c.destination)
+        )
+        return {str(destination): int(count) for destination, count in deletions}
 
 
 @dataclass(frozen=True)
@@ -291,18 +303,12 @@ class _Queue:
             metadata={PARTITION_KEY: profile_id},
         )
 
-    def record(self) -> dict[str, int]:
-        """Record the batch, then shred the keys of the people it erased; the deletions queued, by
-        destination."""
+    def record(self) -> None:
+        """Record the batch, then shred the keys of the people it erased."""
         if not self.events:
-            return {}
+            return
         store = self.router.log.store
         self.router.log.projector.record(self.conn, self.events)
         for profile_id in self.shredding:
             store.erase_subject(subject_of(self.workspace, profile_id), conn=self.conn)
         self.router.on_queued()
-        deletions: dict[str, int] = {}
-        for e in self.events:
-            if isinstance(e.message, pb.DeliveryQueued) and e.message.kind == pb.DELIVERY_KIND_DELETION:
-                deletions[e.message.destination] = deletions.get(e.message.destination, 0) + 1
-        return deletions
