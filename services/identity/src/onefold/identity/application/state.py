@@ -3,8 +3,9 @@ and how a profile is found from a reference.
 
 Concurrency: every write runs on the service's one writer thread (`write`, and the ingest
 subscriber's batches), so the graphs are only ever changed by that thread and need no lock. Reads
-run in worker threads on their own connections and never touch a graph, except for a workspace's
-rules (one attribute read). A write first makes sure the graphs are the fold of the log as committed
+run on the service's read threads (`read`: a pool of their own, so no write, subscriber batch or
+other blocking call queues in front of them) on their own connections and never touch a graph,
+except for a workspace's rules (one attribute read). A write first makes sure the graphs are the fold of the log as committed
 (`_sync`): the graph of a workspace is loaded from the read model on first use; if anything else
 wrote to the log meanwhile (another replica, or a transaction of ours that failed to commit), the
 log head differs from the one the graphs know and they are dropped and loaded again.
@@ -12,13 +13,15 @@ log head differs from the one the graphs know and they are dropped and loaded ag
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import json
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
@@ -30,6 +33,7 @@ from onefold.contracts.identity.v1 import identity_pb2 as pb
 from onefold.eventlog.models import NewEvent, RecordedEvent
 from onefold.eventlog.service import ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
+from onefold.identity.adapters.profile_cache import ProfileCache
 from onefold.identity.adapters.read_model import family, identifiers, profiles
 from onefold.identity.adapters.read_model import rules as rules_table
 from onefold.identity.domain.fold import GraphFold
@@ -48,6 +52,9 @@ from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFoun
 T = TypeVar("T")
 _KEY_CHARS = 32  # 128 bits of the HMAC
 _KEY_CACHE_SIZE = 500_000
+READ_THREADS = 4
+PROFILE_CACHE_SIZE = 10_000
+PROFILE_CACHE_BYTES = 32 * 1024 * 1024
 
 
 def new_profile_id() -> str:
@@ -61,11 +68,17 @@ class IdentityState:
         self._graphs: dict[str, IdentityGraph] = {}
         self._head = -1
         self._keys: dict[tuple[str, str], str] = {}
-        # (workspace, live profile) -> ((family streams' head, family), the assembled profile 360),
-        # oldest first. Read threads share it: only single (atomic) dict operations touch it.
-        self._profiles: OrderedDict[tuple[str, str], tuple[tuple[int, tuple[str, ...]], pb.Profile]] = (
-            OrderedDict()
-        )
+        self.profile_cache = ProfileCache(PROFILE_CACHE_SIZE, PROFILE_CACHE_BYTES)
+        self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="identity-read")
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run the read `fn(*args, **kwargs)` on a read thread (with the caller's context: its trace)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._reads, call)
+
+    async def close(self) -> None:
+        """Stop the read threads (after the last read)."""
+        await asyncio.to_thread(self._reads.shutdown, wait=True)
 
     # ------------------------------------------------------------------------------ keys
 
