@@ -100,7 +100,12 @@ subject, so 1,000,000 events have about 290,000).
   `--get-profile-rate` (500/s) on a fixed schedule (open loop, profiles:read credential); then
   `--paced-rate` (200/s) new events of the same people published on a fixed schedule: per event,
   publish -> its EventResolved's recorded_at (stamped when its batch is appended) and publish -> the
-  tracking row covering it became visible (committed; polled every 2 ms). Measured once: in the
+  tracking row covering it became visible (committed; polled every 2 ms); then GetProfile at
+  `--get-profile-rate` again while `--load-rate` (1000/s) further new events are published on a
+  fixed schedule for the service to resolve meanwhile (`get_profile_under_load`: reads under
+  writes). Each GetProfile phase reports the identity process's CPU over it per call answered
+  (`service_cpu_us_per_call`, warm-up calls included); the phase under load its CPU in all
+  (`service_cpu_seconds`) and how long the events took to resolve. Measured once: in the
   default-rules run when both modes run;
 - memory: the identity process's VmHWM (peak RSS) at the end.
 
@@ -124,7 +129,8 @@ Use `--rules unlimited`, `--latency-seconds 0` or a smaller `--events` for a qui
 Targets (identity issue, a 2-core machine): resolve >= 20,000 events/s through the consumer, i.e.
 1,000,000 events carrying 3,000,000 identifiers in <= 60 s end to end; Onefold's clusters identical
 to Splink's (unlimited rules); Onefold's rebuild at least as fast as Splink's link + cluster (splink
-seconds / rebuild seconds >= 1.0); GetProfile p99 <= 10 ms at 500 requests/s; resolve-and-apply
+seconds / rebuild seconds >= 1.0); GetProfile p99 <= 10 ms at 500 requests/s, idle and while
+resolving 1,000 events/s (`get_profile_under_load_p99_ms`); resolve-and-apply
 (publish -> committed) p99 <= 5 ms. `met` in the JSON says which were met.
 """
 
@@ -572,6 +578,7 @@ GRAPH_TYPES = (
 )
 RULE_MODES = ("unlimited", "default")
 SEQUENTIAL_CALLS = 200
+WARM_UP_CALLS = 20  # GetProfile calls before a timed phase
 
 
 def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
@@ -1188,7 +1195,7 @@ async def _get_profile_latency(
     outcome: Counter[str] = Counter()
     async with authenticated_channel(target, token) as channel:
         stub = identity_pb2_grpc.IdentityServiceStub(channel)
-        for request in requests[:20]:  # warm the channel, the credential cache and the code paths
+        for request in requests[:WARM_UP_CALLS]:  # the channel, the credential cache, the code paths
             with contextlib.suppress(grpc.RpcError):
                 await stub.GetProfile(request, timeout=30)
 
@@ -1212,13 +1219,16 @@ async def _get_profile_latency(
             delay = begin + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(requests[20 + i % (len(requests) - 20)])))
+            tasks.append(
+                asyncio.create_task(one(requests[WARM_UP_CALLS + i % (len(requests) - WARM_UP_CALLS)]))
+            )
         await asyncio.gather(*tasks)
     failures = sum(n for code, n in outcome.items() if code not in ("OK", "NOT_FOUND"))
     return _summary(
         latencies,
         rate_per_s=rate,
         requests=total,
+        warm_up_calls=WARM_UP_CALLS,
         failures=failures,
         outcomes=dict(outcome),
         mean_event_count=round(statistics.fmean(sizes), 1) if sizes else 0,
@@ -1258,6 +1268,35 @@ async def _get_profile_sequential(
         mean_ms=round(mean, 2),
         capacity_per_s=round(1000 / mean) if latencies else 0,
     )
+
+
+def _add_cpu_per_call(figures: dict[str, Any], service_cpu: float) -> None:
+    """The identity process's CPU over a GetProfile phase, per call answered (the service is idle
+    otherwise: its relay has settled)."""
+    calls = max(1, sum(figures["outcomes"].values()) + figures.get("warm_up_calls", 0))
+    figures["service_cpu_seconds"] = round(service_cpu, 3)
+    figures["service_cpu_us_per_call"] = round(service_cpu * 1e6 / calls, 1)
+
+
+async def _get_profile_under_load(
+    system: IdentitySystem,
+    identifiers: Sequence[tuple[str, str]],
+    rate: float,
+    seconds: float,
+    events: Sequence[Outgoing],
+    event_rate: float,
+) -> dict[str, Any]:
+    """GetProfile at `rate` (open loop, as `_get_profile_latency`) while `events` are published at
+    `event_rate` for the service to resolve meanwhile."""
+    reads, sent = await asyncio.gather(
+        _get_profile_latency(system.service.target, system.read_token, identifiers, rate, seconds),
+        _publish_paced(system.nats, events, event_rate),
+    )
+    reads["events_published"] = len(sent)
+    reads["event_rate_per_s"] = (
+        round(len(sent) / max(1e-9, max(sent.values()) - min(sent.values())), 1) if sent else 0
+    )
+    return reads
 
 
 def read_clusters(log: ReadOnlyLog, record_of: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -1447,6 +1486,7 @@ def run_mode(
     latency_seconds = float(_option(args, "latency_seconds", 5.0))
     get_rate = float(_option(args, "get_profile_rate", 500.0))
     paced_rate = float(_option(args, "paced_rate", 200.0))
+    load_rate = float(_option(args, "load_rate", 1000.0))
     stall = float(_option(args, "stall_seconds", 120.0))
     directory = Path(directory)
     out: dict[str, Any] = {"rules": mode}
@@ -1577,20 +1617,26 @@ def run_mode(
             # 4. latency, once the service is idle again (its relay has published its own log)
             out["idle_wait_seconds"] = _settle(system.pid)
             if latency and latency_seconds > 0:
-                lookups = _lookup_identifiers(dataset, int(get_rate * latency_seconds) + 20, dataset.seed)
+                lookups = _lookup_identifiers(
+                    dataset, int(get_rate * latency_seconds) + WARM_UP_CALLS, dataset.seed
+                )
                 say("GetProfile one at a time ...")
+                phase_cpu_before = _cpu_seconds(system.pid)
                 out["get_profile_sequential"] = asyncio.run(
                     _get_profile_sequential(
                         system.service.target, system.read_token, lookups[:SEQUENTIAL_CALLS]
                     )
                 )
+                _add_cpu_per_call(out["get_profile_sequential"], _cpu_seconds(system.pid) - phase_cpu_before)
                 # 4a. GetProfile at a fixed rate
                 say(f"GetProfile at {get_rate:.0f}/s for {latency_seconds:.0f} s ...")
+                phase_cpu_before = _cpu_seconds(system.pid)
                 out["get_profile"] = asyncio.run(
                     _get_profile_latency(
                         system.service.target, system.read_token, lookups, get_rate, latency_seconds
                     )
                 )
+                _add_cpu_per_call(out["get_profile"], _cpu_seconds(system.pid) - phase_cpu_before)
                 # 4b. resolve-and-apply latency of paced events (the same people again, new event ids)
                 count = max(1, int(paced_rate * latency_seconds))
                 rng = random.Random(dataset.seed + 1)
@@ -1613,6 +1659,24 @@ def run_mode(
                 watcher.wait(stall, "paced resolve", system.service.log_path)
                 watcher.interval = 0.05
                 out["resolve_latency"] = _paced_latency(system.db_path, head_before, sent, watcher.visible)
+                # 4c. GetProfile at a fixed rate while the service resolves new events at `load_rate`
+                count = max(1, int(load_rate * latency_seconds))
+                sample = [
+                    Record(f"load-{i:07d}", r.person, r.identifiers)
+                    for i, r in enumerate(dataset.records[int(rng.random() * events)] for _ in range(count))
+                ]
+                loading = ingest.append(sample)
+                say(f"GetProfile at {get_rate:.0f}/s while resolving {load_rate:.0f} events/s ...")
+                watcher.expect(loading[-1].position)
+                phase_cpu_before = _cpu_seconds(system.pid)
+                started = time.perf_counter()
+                out["get_profile_under_load"] = asyncio.run(
+                    _get_profile_under_load(system, lookups, get_rate, latency_seconds, loading, load_rate)
+                )
+                watcher.wait(stall, "resolve under GetProfile load", system.service.log_path)
+                under_load = out["get_profile_under_load"]
+                under_load["resolve_seconds"] = round(watcher.reached_at - started, 3)
+                under_load["service_cpu_seconds"] = round(_cpu_seconds(system.pid) - phase_cpu_before, 3)
         memory = _memory_kb(system.pid)
         out["rss_peak_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
         out["rss_end_mb"] = round(memory.get("VmRSS", 0) / 1024, 1)
@@ -1786,6 +1850,18 @@ def _mode_lines(mode: str, figures: Mapping[str, Any]) -> None:
             f"Onefold ({mode}) GetProfile at {get('get_profile', 'rate_per_s'):.0f}/s p50 / p99",
             f"{get('get_profile', 'p50_ms')} / {get('get_profile', 'p99_ms')} ms",
         )
+    if get("get_profile", "service_cpu_us_per_call") is not None:
+        _line(
+            f"Onefold ({mode}) identity CPU per GetProfile, one at a time / at rate",
+            f"{get('get_profile_sequential', 'service_cpu_us_per_call'):.0f} / "
+            f"{get('get_profile', 'service_cpu_us_per_call'):.0f} µs",
+        )
+    if get("get_profile_under_load") is not None:
+        _line(
+            f"Onefold ({mode}) GetProfile at {get('get_profile_under_load', 'rate_per_s'):.0f}/s while "
+            f"resolving {get('get_profile_under_load', 'event_rate_per_s'):.0f}/s p50 / p99",
+            f"{get('get_profile_under_load', 'p50_ms')} / {get('get_profile_under_load', 'p99_ms')} ms",
+        )
     if get("resolve_latency") is not None:
         _line(
             f"Onefold ({mode}) publish -> resolved & committed p50 / p99",
@@ -1813,6 +1889,11 @@ def _met(results: Mapping[str, Any]) -> dict[str, bool]:
             met["get_profile_p99_ms"] = all(
                 m["get_profile"]["p99_ms"] <= TARGETS["get_profile_p99_ms"]
                 and m["get_profile"]["failures"] == 0
+                for m in timed
+            )
+            met["get_profile_under_load_p99_ms"] = all(
+                m["get_profile_under_load"]["p99_ms"] <= TARGETS["get_profile_p99_ms"]
+                and m["get_profile_under_load"]["failures"] == 0
                 for m in timed
             )
             met["resolve_p99_ms"] = all(
@@ -1862,6 +1943,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--get-profile-rate", type=float, default=500.0, help="GetProfile requests/s")
     parser.add_argument("--paced-rate", type=float, default=200.0, help="events/s of the paced phase")
+    parser.add_argument(
+        "--load-rate",
+        type=float,
+        default=1000.0,
+        help="events/s resolved while GetProfile runs at --get-profile-rate (the phase after the paced one)",
+    )
     parser.add_argument(
         "--publish",
         choices=("async", "atomic"),

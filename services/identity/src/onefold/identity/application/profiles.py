@@ -137,7 +137,7 @@ class ProfileReads(IdentityState):
             raise InvalidArgument(
                 "name the profile by profile_id or identifier", violations=[("profile", "required")]
             )
-        self._follow_log(conn, found.head, found.erasure_epoch)
+        ticket = self._follow_log(conn, found.head, found.erasure_epoch, ticket)
         live = found.profile_id if not found.merged_into else self.live(conn, workspace, found.merged_into)
         key: ProfileKey = (workspace, live)
         profile = cache.get(key)
@@ -166,36 +166,36 @@ class ProfileReads(IdentityState):
         profile.event_count = row.event_count or 0
         return profile
 
-    def _follow_log(self, conn: Connection, head: int, erasure_epoch: int) -> None:
-        """Invalidate the cached profiles the events committed up to `head` concern (a read's own
-        snapshot of the log's head and erasure epoch; a read that saw less has nothing to do)."""
+    def _follow_log(self, conn: Connection, head: int, erasure_epoch: int, ticket: int) -> int:
+        """Invalidate the cached profiles the events committed up to `head` concern (`head` and
+        `erasure_epoch` as a read saw them, with `ticket` taken before). Returns the ticket for
+        that read's fill: a newer one when the cache has followed the log exactly to `head`, as
+        the read's snapshot then holds every change invalidated so far."""
         cache = self.profile_cache
-        if head <= cache.followed and erasure_epoch <= cache.epoch:
-            return
         with cache.following:
             if erasure_epoch > cache.epoch or head - cache.followed > FOLLOW_AT_MOST:
                 cache.clear()
                 cache.epoch = max(cache.epoch, erasure_epoch)
                 cache.followed = max(cache.followed, head)
-                return
-            if head <= cache.followed:
-                return
-            changed: set[ProfileKey] = set()
-            for event in self.store.read(
-                after_position=cache.followed, limit=head - cache.followed, conn=conn
-            ):
-                profile_id = profile_of_stream(event.stream_id)
-                if profile_id is None:  # the rules: identifiers and traits may read differently now
-                    cache.clear()
-                    changed.clear()
-                    break
-                changed.add((event.workspace, profile_id))
-                if event.type in _NAMING_TYPES:
-                    # Only public fields are read (profile ids): no subject key is needed.
-                    message = self.store.decode(event, conn=conn, decrypt=False)
-                    changed.update((event.workspace, named) for named in profiles_named(message))
-            cache.invalidate(changed)
-            cache.followed = head
+            elif head > cache.followed:
+                cache.invalidate(self._changed_since(conn, cache.followed, head))
+                cache.followed = head
+            return cache.ticket() if cache.followed == head else ticket
+
+    def _changed_since(self, conn: Connection, position: int, head: int) -> set[ProfileKey]:
+        """The profiles the events after `position` up to `head` concern."""
+        changed: set[ProfileKey] = set()
+        for event in self.store.read(after_position=position, limit=head - position, conn=conn):
+            profile_id = profile_of_stream(event.stream_id)
+            if profile_id is None:  # the rules: identifiers and traits may read differently now
+                self.profile_cache.clear()
+                continue
+            changed.add((event.workspace, profile_id))
+            if event.type in _NAMING_TYPES:
+                # Only public fields are read (profile ids): no subject key is needed.
+                message = self.store.decode(event, conn=conn, decrypt=False)
+                changed.update((event.workspace, named) for named in profiles_named(message))
+        return changed
 
     def _assemble(
         self,
