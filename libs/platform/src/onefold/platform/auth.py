@@ -285,11 +285,19 @@ class CredentialStore:
 
     # -- verification (every RPC) -----------------------------------------------------------------
 
+    def recently_authenticated(self, token: str) -> Principal | None:
+        """The principal `token` authenticated as within `cache_seconds`, from memory only (no
+        database: cheap enough for the event loop); None when `authenticate` must look."""
+        cached = self._cache.get(token)
+        if cached and time.monotonic() - cached[0] < self.cache_seconds:
+            return cached[1]
+        return None
+
     def authenticate(self, token: str) -> Principal:
         now = time.monotonic()
-        cached = self._cache.get(token)
-        if cached and now - cached[0] < self.cache_seconds:
-            return cached[1]
+        cached = self.recently_authenticated(token)
+        if cached is not None:
+            return cached
         match = _TOKEN.match(token)
         if not match:
             raise Unauthenticated("the credential is malformed; expected 'Bearer ofk_<id>_<secret>'")

@@ -104,7 +104,12 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("the authorization metadata must be 'Bearer <credential>'")
-        principal = await asyncio.to_thread(self.store.authenticate, token.strip())
+        token = token.strip()
+        # A credential seen within the cache time is answered from memory: no thread hop (and no
+        # wait for a free worker thread) on every call.
+        principal = self.store.recently_authenticated(token) or await asyncio.to_thread(
+            self.store.authenticate, token
+        )
         auth.bind(principal, metadata.get(auth.WORKSPACE_HEADER))
         scope = self.policy.scope_for(method)
         if scope != AUTHENTICATED:
