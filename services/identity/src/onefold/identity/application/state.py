@@ -52,6 +52,7 @@ from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFoun
 T = TypeVar("T")
 _KEY_CHARS = 32  # 128 bits of the HMAC
 _KEY_CACHE_SIZE = 500_000
+_SCALAR_KINDS = ("string_value", "number_value", "bool_value")
 READ_THREADS = 4
 PROFILE_CACHE_SIZE = 10_000
 PROFILE_CACHE_BYTES = 32 * 1024 * 1024
@@ -68,6 +69,7 @@ class IdentityState:
         self._graphs: dict[str, IdentityGraph] = {}
         self._head = -1
         self._keys: dict[tuple[str, str], str] = {}
+        self._trait_keys: dict[tuple[str, bytes], str] = {}
         self.profile_cache = ProfileCache(PROFILE_CACHE_SIZE, PROFILE_CACHE_BYTES)
         self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="identity-read")
 
@@ -95,12 +97,23 @@ class IdentityState:
         return key
 
     def trait_keys(self, traits: struct_pb2.Struct) -> list[str]:
-        """Keyed hashes of each scalar trait's "name=value" (the search index; values stay private)."""
-        return [
-            self.trait_key(name, value)
-            for name, value in MessageToDict(traits).items()
-            if isinstance(value, str | int | float | bool)
-        ]
+        """Keyed hashes of each scalar trait's "name=value" (the search index; values stay private).
+
+        Remembered by the value's bytes: a person's identify calls repeat the same traits, and the
+        JSON form and the HMAC of each cost more than the rest of resolving the event."""
+        keys = []
+        for name, value in traits.fields.items():
+            if value.WhichOneof("kind") not in _SCALAR_KINDS:
+                continue
+            remembered = (name, value.SerializeToString())
+            key = self._trait_keys.get(remembered)
+            if key is None:
+                key = self.trait_key(name, MessageToDict(value))
+                if len(self._trait_keys) > _KEY_CACHE_SIZE:
+                    self._trait_keys.clear()
+                self._trait_keys[remembered] = key
+            keys.append(key)
+        return keys
 
     def trait_key(self, name: str, value: object) -> str:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
