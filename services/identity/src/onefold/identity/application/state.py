@@ -53,6 +53,16 @@ T = TypeVar("T")
 _KEY_CHARS = 32  # 128 bits of the HMAC
 _KEY_CACHE_SIZE = 500_000
 _SCALAR_KINDS = ("string_value", "number_value", "bool_value")
+# Statements of every read, built once (building one costs more than running it).
+_WHERE_IT_LIVES = sa.select(profiles.c.merged_into, profiles.c.workspace).where(
+    profiles.c.profile_id == sa.bindparam("profile_id")
+)
+_FAMILY = sa.select(family.c.member_id).where(family.c.profile_id == sa.bindparam("profile_id"))
+_OWNERS = sa.select(identifiers.c.key, identifiers.c.profile_id).where(
+    identifiers.c.workspace == sa.bindparam("workspace"),
+    identifiers.c.key.in_(sa.bindparam("keys", expanding=True)),
+    identifiers.c.retired.is_(False),
+)
 READ_THREADS = 4
 PROFILE_CACHE_SIZE = 10_000
 PROFILE_CACHE_BYTES = 32 * 1024 * 1024
@@ -326,11 +336,7 @@ class IdentityState:
         """The profile `profile_id` lives on as now (NotFound when it is not one of the workspace's)."""
         seen = 0
         while True:
-            row = conn.execute(
-                sa.select(profiles.c.merged_into, profiles.c.workspace).where(
-                    profiles.c.profile_id == profile_id
-                )
-            ).first()
+            row = conn.execute(_WHERE_IT_LIVES, {"profile_id": profile_id}).first()
             if row is None or row.workspace != workspace:
                 raise NotFound(f"no profile {profile_id} in this workspace")
             if not row.merged_into:
@@ -373,9 +379,7 @@ class IdentityState:
 
     def family(self, conn: Connection, profile_id: str) -> list[str]:
         """Every profile id whose streams hold part of `profile_id`'s history (itself at least)."""
-        members = [
-            m for (m,) in conn.execute(sa.select(family.c.member_id).where(family.c.profile_id == profile_id))
-        ]
+        members = [m for (m,) in conn.execute(_FAMILY, {"profile_id": profile_id})]
         return members or [profile_id]
 
     def owners(self, conn: Connection, workspace: str, keys: Iterable[str]) -> dict[str, str]:
@@ -383,13 +387,7 @@ class IdentityState:
         wanted = sorted(set(keys))
         owners: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
-            rows = conn.execute(
-                sa.select(identifiers.c.key, identifiers.c.profile_id).where(
-                    identifiers.c.workspace == workspace,
-                    identifiers.c.key.in_(wanted[start : start + 500]),
-                    identifiers.c.retired.is_(False),
-                )
-            )
+            rows = conn.execute(_OWNERS, {"workspace": workspace, "keys": wanted[start : start + 500]})
             owners.update({key: profile_id for key, profile_id in rows})
         return owners
 
