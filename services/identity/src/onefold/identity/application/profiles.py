@@ -5,10 +5,12 @@ a connection of its own (`IdentityState.read`), never behind the writer.
 The profile 360 now is kept in a cache (`ProfileCache`) that follows the log: every read first
 looks its profile up together with the log's head and erasure epoch (one statement, one snapshot),
 and before it consults the cache, the events committed since the cache last followed the log
-invalidate the profiles they concern (their stream's profile; the profiles a merge, an unmerge or
-an erasure names). A write of any process is thus seen by the first read that starts after its
-commit. A new rules version, or an erasure (the epoch: a destroyed key must not survive in a
-decrypted copy), empties the cache; an erased profile is never kept.
+invalidate the profiles they concern (their profile stream's profile; the profiles a merge, an
+unmerge or an erasure names). A write of any process is thus seen by the first read that starts
+after its commit. A new rules version, or an erasure (the epoch: a destroyed key must not survive
+in a decrypted copy), empties the cache; an erased profile is never kept nor answered from it. The
+flags and counters (first and last seen, events), which every resolved event moves, are not kept:
+each read takes them from the row it looked the profile up with.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ from onefold.identity.domain.profile import (
     keys_in,
     profiles_named,
 )
-from onefold.identity.domain.streams import events_stream, profile_of_stream, profile_stream
+from onefold.identity.domain.streams import (
+    events_stream,
+    is_events_stream,
+    profile_of_stream,
+    profile_stream,
+)
 from onefold.platform.errors import InvalidArgument, NotFound
 
 MAX_PAGE = 500
@@ -138,33 +145,29 @@ class ProfileReads(IdentityState):
                 "name the profile by profile_id or identifier", violations=[("profile", "required")]
             )
         ticket = self._follow_log(conn, found.head, found.erasure_epoch, ticket)
-        live = found.profile_id if not found.merged_into else self.live(conn, workspace, found.merged_into)
+        live = found.profile_id
+        if found.merged_into:
+            live = self.live(conn, workspace, found.merged_into)
+            found = locate(conn, workspace, profile_id=live)
         key: ProfileKey = (workspace, live)
-        profile = cache.get(key)
+        # An erased profile is read afresh every time: nothing decrypted before survives its erasure.
+        profile = None if found.erased else cache.get(key)
         if profile is None:
-            profile = self._assembled_now(conn, workspace, live, found)
-            if not profile.erased:
+            profile = self._assembled_now(conn, workspace, live)
+            if not found.erased:
                 cache.put(key, ticket, profile)
+        _count_into(profile, found)
         if which == "profile_id" and live != ref.profile_id:
             profile.redirected_from = ref.profile_id
         return profile
 
-    def _assembled_now(self, conn: Connection, workspace: str, live: str, found: Located) -> pb.Profile:
-        """The profile 360 of `live` from its family's streams and its read-model row (`found`'s
-        when that is the live profile's)."""
+    def _assembled_now(self, conn: Connection, workspace: str, live: str) -> pb.Profile:
+        """The profile 360 of `live` from its family's profile streams (without its counters)."""
         members = self.family(conn, live)
         streams = [profile_stream(workspace, m) for m in members]
         history = self.decoded(conn, self.store.read_streams(streams, types=_ASSEMBLED_TYPES, conn=conn))
         owners = self.owners(conn, workspace, keys_in(message for _, message in history))
-        profile = self._assemble(conn, workspace, live, history, owners, self.live_of(conn, workspace))
-        row = found if found.profile_id == live else locate(conn, workspace, profile_id=live)
-        profile.protected = bool(row.protected)
-        profile.erased = bool(row.erased)
-        if row.first_seen is not None and row.last_seen is not None:
-            profile.first_seen.FromDatetime(from_micros(row.first_seen))
-            profile.last_seen.FromDatetime(from_micros(row.last_seen))
-        profile.event_count = row.event_count or 0
-        return profile
+        return self._assemble(conn, workspace, live, history, owners, self.live_of(conn, workspace))
 
     def _follow_log(self, conn: Connection, head: int, erasure_epoch: int, ticket: int) -> int:
         """Invalidate the cached profiles the events committed up to `head` concern (`head` and
@@ -186,6 +189,8 @@ class ProfileReads(IdentityState):
         """The profiles the events after `position` up to `head` concern."""
         changed: set[ProfileKey] = set()
         for event in self.store.read(after_position=position, limit=head - position, conn=conn):
+            if is_events_stream(event.stream_id):
+                continue  # resolved events move only the counters, read with each profile
             profile_id = profile_of_stream(event.stream_id)
             if profile_id is None:  # the rules: identifiers and traits may read differently now
                 self.profile_cache.clear()
@@ -397,6 +402,19 @@ class ProfileReads(IdentityState):
                 if len(found) >= size:
                     break
         return found
+
+
+def _count_into(profile: pb.Profile, row: Located) -> None:
+    """The read model's flags and counters of the profile (`row`: its own, as just read)."""
+    profile.protected = bool(row.protected)
+    profile.erased = bool(row.erased)
+    if row.first_seen is not None and row.last_seen is not None:
+        profile.first_seen.FromDatetime(from_micros(row.first_seen))
+        profile.last_seen.FromDatetime(from_micros(row.last_seen))
+    else:
+        profile.ClearField("first_seen")
+        profile.ClearField("last_seen")
+    profile.event_count = row.event_count or 0
 
 
 def keys_of_resolved(resolved: Sequence[tuple[RecordedEvent, Message]]) -> list[str]:
