@@ -107,9 +107,9 @@ class PlatformInterceptor(grpc.aio.ServerInterceptor):
         token = token.strip()
         # A credential seen within the cache time is answered from memory: no thread hop (and no
         # wait for a free worker thread) on every call.
-        principal = self.store.recently_authenticated(token) or await asyncio.to_thread(
-            self.store.authenticate, token
-        )
+        principal = self.store.recently_authenticated(token)
+        if principal is None:
+            principal = await asyncio.to_thread(self.store.authenticate, token)
         auth.bind(principal, metadata.get(auth.WORKSPACE_HEADER))
         scope = self.policy.scope_for(method)
         if scope != AUTHENTICATED:
