@@ -105,8 +105,10 @@ subject, so 1,000,000 events have about 290,000).
   fixed schedule for the service to resolve meanwhile (`get_profile_under_load`: reads under
   writes). Each GetProfile phase reports the identity process's CPU over it per call answered
   (`service_cpu_us_per_call`, warm-up calls included); the phase under load its CPU in all
-  (`service_cpu_seconds`) and how long the events took to resolve. Measured once: in the
-  default-rules run when both modes run;
+  (`service_cpu_seconds`) and how long the events took to resolve. With `--read-replicas N`, N
+  more identity processes on the same database (not leading: they only answer gRPC, as a
+  deployment's replicas do) answer every GetProfile instead, and the CPU figures are of all the
+  identity processes. Measured once: in the default-rules run when both modes run;
 - memory: the identity process's VmHWM (peak RSS) at the end.
 
 Rules (`--rules`, default both, one service each, in turn):
@@ -1011,6 +1013,39 @@ class IdentitySystem:
         )
         self.db_path = self.data_dir / "identity.db"
         self.key_file = self.data_dir / "keys" / "identity.kek"
+        self.replicas: list[ServiceProcess] = []
+
+    def start_read_replicas(self, count: int) -> None:
+        """`count` more identity processes on the same database, key and credential store: the
+        first process holds the leader lease (it resolves), these only answer gRPC, as replicas
+        of a deployment do."""
+        from onefold.testing.processes import ServiceProcess
+
+        for number in range(count):
+            replica = ServiceProcess(
+                name="identity",
+                data_dir=self.data_dir / f"replica-{number}",
+                nats=self.nats,
+                extra_env={
+                    **self.service.extra_env,
+                    "ONEFOLD_DATABASE__URL": f"sqlite:///{self.db_path}",
+                    "ONEFOLD_AUTH__DATABASE_URL": f"sqlite:///{self.data_dir / 'auth.db'}",
+                    "ONEFOLD_EVENTLOG__KEY_FILE": str(self.key_file),
+                },
+            )
+            replica.start(timeout=60)
+            self.replicas.append(replica)
+
+    @property
+    def read_targets(self) -> list[str]:
+        """Where GetProfile goes: the read replicas when there are any, else the one service."""
+        return [replica.target for replica in self.replicas] or [self.service.target]
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the identity processes: the service and its read replicas."""
+        return _cpu_seconds(self.pid) + sum(
+            _cpu_seconds(replica.process.pid) for replica in self.replicas if replica.process
+        )
 
     def start(self) -> None:
         self.nats.start()
@@ -1069,6 +1104,8 @@ class IdentitySystem:
 
     def stop(self) -> None:
         try:
+            for replica in self.replicas:
+                replica.stop()
             self.service.stop()
         finally:
             try:
@@ -1177,9 +1214,10 @@ async def _publish_paced(
 
 
 async def _get_profile_latency(
-    target: str, token: str, identifiers: Sequence[tuple[str, str]], rate: float, seconds: float
+    targets: Sequence[str], token: str, identifiers: Sequence[tuple[str, str]], rate: float, seconds: float
 ) -> dict[str, Any]:
-    """GetProfile by identifier, started on a fixed schedule (open loop); latency from start to answer."""
+    """GetProfile by identifier, started on a fixed schedule (open loop), spread over `targets` in
+    turn; latency from start to answer."""
     import grpc
 
     from onefold.contracts.identity.v1 import identity_pb2 as ipb
@@ -1193,13 +1231,18 @@ async def _get_profile_latency(
     latencies: list[float] = []
     sizes: list[int] = []
     outcome: Counter[str] = Counter()
-    async with authenticated_channel(target, token) as channel:
-        stub = identity_pb2_grpc.IdentityServiceStub(channel)
-        for request in requests[:WARM_UP_CALLS]:  # the channel, the credential cache, the code paths
+    async with contextlib.AsyncExitStack() as channels:
+        stubs = [
+            identity_pb2_grpc.IdentityServiceStub(
+                await channels.enter_async_context(authenticated_channel(target, token))
+            )
+            for target in targets
+        ]
+        for i, request in enumerate(requests[:WARM_UP_CALLS]):  # channels, credential caches, code paths
             with contextlib.suppress(grpc.RpcError):
-                await stub.GetProfile(request, timeout=30)
+                await stubs[i % len(stubs)].GetProfile(request, timeout=30)
 
-        async def one(request: Any) -> None:
+        async def one(request: Any, stub: Any) -> None:
             started = time.perf_counter()
             try:
                 profile = await stub.GetProfile(request, timeout=30)
@@ -1219,9 +1262,8 @@ async def _get_profile_latency(
             delay = begin + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(
-                asyncio.create_task(one(requests[WARM_UP_CALLS + i % (len(requests) - WARM_UP_CALLS)]))
-            )
+            request = requests[WARM_UP_CALLS + i % (len(requests) - WARM_UP_CALLS)]
+            tasks.append(asyncio.create_task(one(request, stubs[i % len(stubs)])))
         await asyncio.gather(*tasks)
     failures = sum(n for code, n in outcome.items() if code not in ("OK", "NOT_FOUND"))
     return _summary(
@@ -1289,7 +1331,7 @@ async def _get_profile_under_load(
     """GetProfile at `rate` (open loop, as `_get_profile_latency`) while `events` are published at
     `event_rate` for the service to resolve meanwhile."""
     reads, sent = await asyncio.gather(
-        _get_profile_latency(system.service.target, system.read_token, identifiers, rate, seconds),
+        _get_profile_latency(system.read_targets, system.read_token, identifiers, rate, seconds),
         _publish_paced(system.nats, events, event_rate),
     )
     reads["events_published"] = len(sent)
@@ -1487,6 +1529,7 @@ def run_mode(
     get_rate = float(_option(args, "get_profile_rate", 500.0))
     paced_rate = float(_option(args, "paced_rate", 200.0))
     load_rate = float(_option(args, "load_rate", 1000.0))
+    read_replicas = int(_option(args, "read_replicas", 0))
     stall = float(_option(args, "stall_seconds", 120.0))
     directory = Path(directory)
     out: dict[str, Any] = {"rules": mode}
@@ -1617,26 +1660,30 @@ def run_mode(
             # 4. latency, once the service is idle again (its relay has published its own log)
             out["idle_wait_seconds"] = _settle(system.pid)
             if latency and latency_seconds > 0:
+                if read_replicas:
+                    say(f"starting {read_replicas} read replica(s) ...")
+                    system.start_read_replicas(read_replicas)
+                out["read_replicas"] = read_replicas
                 lookups = _lookup_identifiers(
                     dataset, int(get_rate * latency_seconds) + WARM_UP_CALLS, dataset.seed
                 )
                 say("GetProfile one at a time ...")
-                phase_cpu_before = _cpu_seconds(system.pid)
+                phase_cpu_before = system.cpu_seconds()
                 out["get_profile_sequential"] = asyncio.run(
                     _get_profile_sequential(
-                        system.service.target, system.read_token, lookups[:SEQUENTIAL_CALLS]
+                        system.read_targets[0], system.read_token, lookups[:SEQUENTIAL_CALLS]
                     )
                 )
-                _add_cpu_per_call(out["get_profile_sequential"], _cpu_seconds(system.pid) - phase_cpu_before)
+                _add_cpu_per_call(out["get_profile_sequential"], system.cpu_seconds() - phase_cpu_before)
                 # 4a. GetProfile at a fixed rate
                 say(f"GetProfile at {get_rate:.0f}/s for {latency_seconds:.0f} s ...")
-                phase_cpu_before = _cpu_seconds(system.pid)
+                phase_cpu_before = system.cpu_seconds()
                 out["get_profile"] = asyncio.run(
                     _get_profile_latency(
-                        system.service.target, system.read_token, lookups, get_rate, latency_seconds
+                        system.read_targets, system.read_token, lookups, get_rate, latency_seconds
                     )
                 )
-                _add_cpu_per_call(out["get_profile"], _cpu_seconds(system.pid) - phase_cpu_before)
+                _add_cpu_per_call(out["get_profile"], system.cpu_seconds() - phase_cpu_before)
                 # 4b. resolve-and-apply latency of paced events (the same people again, new event ids)
                 count = max(1, int(paced_rate * latency_seconds))
                 rng = random.Random(dataset.seed + 1)
@@ -1668,7 +1715,7 @@ def run_mode(
                 loading = ingest.append(sample)
                 say(f"GetProfile at {get_rate:.0f}/s while resolving {load_rate:.0f} events/s ...")
                 watcher.expect(loading[-1].position)
-                phase_cpu_before = _cpu_seconds(system.pid)
+                phase_cpu_before = system.cpu_seconds()
                 started = time.perf_counter()
                 out["get_profile_under_load"] = asyncio.run(
                     _get_profile_under_load(system, lookups, get_rate, latency_seconds, loading, load_rate)
@@ -1676,7 +1723,7 @@ def run_mode(
                 watcher.wait(stall, "resolve under GetProfile load", system.service.log_path)
                 under_load = out["get_profile_under_load"]
                 under_load["resolve_seconds"] = round(watcher.reached_at - started, 3)
-                under_load["service_cpu_seconds"] = round(_cpu_seconds(system.pid) - phase_cpu_before, 3)
+                under_load["service_cpu_seconds"] = round(system.cpu_seconds() - phase_cpu_before, 3)
         memory = _memory_kb(system.pid)
         out["rss_peak_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
         out["rss_end_mb"] = round(memory.get("VmRSS", 0) / 1024, 1)
@@ -1948,6 +1995,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=float,
         default=1000.0,
         help="events/s resolved while GetProfile runs at --get-profile-rate (the phase after the paced one)",
+    )
+    parser.add_argument(
+        "--read-replicas",
+        type=int,
+        default=0,
+        help="identity processes that only answer gRPC, on the same database; GetProfile goes to "
+        "them (the first process keeps resolving)",
     )
     parser.add_argument(
         "--publish",
