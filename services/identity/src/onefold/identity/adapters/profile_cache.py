@@ -24,7 +24,7 @@ ProfileKey = tuple[str, str]  # (workspace, live profile id)
 
 # How many recent invalidations are remembered one by one: a fill that started before an older one
 # than these is refused as a whole (see `_changed_floor`).
-_REMEMBERED_CHANGES = 100_000
+_REMEMBERED_CHANGES = 10_000
 
 
 class ProfileCache:
