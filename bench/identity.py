@@ -100,8 +100,15 @@ subject, so 1,000,000 events have about 290,000).
   `--get-profile-rate` (500/s) on a fixed schedule (open loop, profiles:read credential); then
   `--paced-rate` (200/s) new events of the same people published on a fixed schedule: per event,
   publish -> its EventResolved's recorded_at (stamped when its batch is appended) and publish -> the
-  tracking row covering it became visible (committed; polled every 2 ms). Measured once: in the
-  default-rules run when both modes run;
+  tracking row covering it became visible (committed; polled every 2 ms); then GetProfile at
+  `--get-profile-rate` again while `--load-rate` (1000/s) further new events are published on a
+  fixed schedule for the service to resolve meanwhile (`get_profile_under_load`: reads under
+  writes). Each GetProfile phase reports the identity process's CPU over it per call answered
+  (`service_cpu_us_per_call`, warm-up calls included); the phase under load its CPU in all
+  (`service_cpu_seconds`) and how long the events took to resolve. With `--read-replicas N`, N
+  more identity processes on the same database (not leading: they only answer gRPC, as a
+  deployment's replicas do) answer every GetProfile instead, and the CPU figures are of all the
+  identity processes. Measured once: in the default-rules run when both modes run;
 - memory: the identity process's VmHWM (peak RSS) at the end.
 
 Rules (`--rules`, default both, one service each, in turn):
@@ -124,7 +131,8 @@ Use `--rules unlimited`, `--latency-seconds 0` or a smaller `--events` for a qui
 Targets (identity issue, a 2-core machine): resolve >= 20,000 events/s through the consumer, i.e.
 1,000,000 events carrying 3,000,000 identifiers in <= 60 s end to end; Onefold's clusters identical
 to Splink's (unlimited rules); Onefold's rebuild at least as fast as Splink's link + cluster (splink
-seconds / rebuild seconds >= 1.0); GetProfile p99 <= 10 ms at 500 requests/s; resolve-and-apply
+seconds / rebuild seconds >= 1.0); GetProfile p99 <= 10 ms at 500 requests/s, idle and while
+resolving 1,000 events/s (`get_profile_under_load_p99_ms`); resolve-and-apply
 (publish -> committed) p99 <= 5 ms. `met` in the JSON says which were met.
 """
 
@@ -572,6 +580,7 @@ GRAPH_TYPES = (
 )
 RULE_MODES = ("unlimited", "default")
 SEQUENTIAL_CALLS = 200
+WARM_UP_CALLS = 20  # GetProfile calls before a timed phase
 
 
 def _option(args: argparse.Namespace, name: str, default: Any) -> Any:
@@ -1004,6 +1013,39 @@ class IdentitySystem:
         )
         self.db_path = self.data_dir / "identity.db"
         self.key_file = self.data_dir / "keys" / "identity.kek"
+        self.replicas: list[ServiceProcess] = []
+
+    def start_read_replicas(self, count: int) -> None:
+        """`count` more identity processes on the same database, key and credential store: the
+        first process holds the leader lease (it resolves), these only answer gRPC, as replicas
+        of a deployment do."""
+        from onefold.testing.processes import ServiceProcess
+
+        for number in range(count):
+            replica = ServiceProcess(
+                name="identity",
+                data_dir=self.data_dir / f"replica-{number}",
+                nats=self.nats,
+                extra_env={
+                    **self.service.extra_env,
+                    "ONEFOLD_DATABASE__URL": f"sqlite:///{self.db_path}",
+                    "ONEFOLD_AUTH__DATABASE_URL": f"sqlite:///{self.data_dir / 'auth.db'}",
+                    "ONEFOLD_EVENTLOG__KEY_FILE": str(self.key_file),
+                },
+            )
+            replica.start(timeout=60)
+            self.replicas.append(replica)
+
+    @property
+    def read_targets(self) -> list[str]:
+        """Where GetProfile goes: the read replicas when there are any, else the one service."""
+        return [replica.target for replica in self.replicas] or [self.service.target]
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of the identity processes: the service and its read replicas."""
+        return _cpu_seconds(self.pid) + sum(
+            _cpu_seconds(replica.process.pid) for replica in self.replicas if replica.process
+        )
 
     def start(self) -> None:
         self.nats.start()
@@ -1062,6 +1104,8 @@ class IdentitySystem:
 
     def stop(self) -> None:
         try:
+            for replica in self.replicas:
+                replica.stop()
             self.service.stop()
         finally:
             try:
@@ -1170,9 +1214,10 @@ async def _publish_paced(
 
 
 async def _get_profile_latency(
-    target: str, token: str, identifiers: Sequence[tuple[str, str]], rate: float, seconds: float
+    targets: Sequence[str], token: str, identifiers: Sequence[tuple[str, str]], rate: float, seconds: float
 ) -> dict[str, Any]:
-    """GetProfile by identifier, started on a fixed schedule (open loop); latency from start to answer."""
+    """GetProfile by identifier, started on a fixed schedule (open loop), spread over `targets` in
+    turn; latency from start to answer."""
     import grpc
 
     from onefold.contracts.identity.v1 import identity_pb2 as ipb
@@ -1186,13 +1231,18 @@ async def _get_profile_latency(
     latencies: list[float] = []
     sizes: list[int] = []
     outcome: Counter[str] = Counter()
-    async with authenticated_channel(target, token) as channel:
-        stub = identity_pb2_grpc.IdentityServiceStub(channel)
-        for request in requests[:20]:  # warm the channel, the credential cache and the code paths
+    async with contextlib.AsyncExitStack() as channels:
+        stubs = [
+            identity_pb2_grpc.IdentityServiceStub(
+                await channels.enter_async_context(authenticated_channel(target, token))
+            )
+            for target in targets
+        ]
+        for i, request in enumerate(requests[:WARM_UP_CALLS]):  # channels, credential caches, code paths
             with contextlib.suppress(grpc.RpcError):
-                await stub.GetProfile(request, timeout=30)
+                await stubs[i % len(stubs)].GetProfile(request, timeout=30)
 
-        async def one(request: Any) -> None:
+        async def one(request: Any, stub: Any) -> None:
             started = time.perf_counter()
             try:
                 profile = await stub.GetProfile(request, timeout=30)
@@ -1212,13 +1262,15 @@ async def _get_profile_latency(
             delay = begin + i / rate - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(requests[20 + i % (len(requests) - 20)])))
+            request = requests[WARM_UP_CALLS + i % (len(requests) - WARM_UP_CALLS)]
+            tasks.append(asyncio.create_task(one(request, stubs[i % len(stubs)])))
         await asyncio.gather(*tasks)
     failures = sum(n for code, n in outcome.items() if code not in ("OK", "NOT_FOUND"))
     return _summary(
         latencies,
         rate_per_s=rate,
         requests=total,
+        warm_up_calls=WARM_UP_CALLS,
         failures=failures,
         outcomes=dict(outcome),
         mean_event_count=round(statistics.fmean(sizes), 1) if sizes else 0,
@@ -1258,6 +1310,35 @@ async def _get_profile_sequential(
         mean_ms=round(mean, 2),
         capacity_per_s=round(1000 / mean) if latencies else 0,
     )
+
+
+def _add_cpu_per_call(figures: dict[str, Any], service_cpu: float) -> None:
+    """The identity process's CPU over a GetProfile phase, per call answered (the service is idle
+    otherwise: its relay has settled)."""
+    calls = max(1, sum(figures["outcomes"].values()) + figures.get("warm_up_calls", 0))
+    figures["service_cpu_seconds"] = round(service_cpu, 3)
+    figures["service_cpu_us_per_call"] = round(service_cpu * 1e6 / calls, 1)
+
+
+async def _get_profile_under_load(
+    system: IdentitySystem,
+    identifiers: Sequence[tuple[str, str]],
+    rate: float,
+    seconds: float,
+    events: Sequence[Outgoing],
+    event_rate: float,
+) -> dict[str, Any]:
+    """GetProfile at `rate` (open loop, as `_get_profile_latency`) while `events` are published at
+    `event_rate` for the service to resolve meanwhile."""
+    reads, sent = await asyncio.gather(
+        _get_profile_latency(system.read_targets, system.read_token, identifiers, rate, seconds),
+        _publish_paced(system.nats, events, event_rate),
+    )
+    reads["events_published"] = len(sent)
+    reads["event_rate_per_s"] = (
+        round(len(sent) / max(1e-9, max(sent.values()) - min(sent.values())), 1) if sent else 0
+    )
+    return reads
 
 
 def read_clusters(log: ReadOnlyLog, record_of: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -1447,6 +1528,8 @@ def run_mode(
     latency_seconds = float(_option(args, "latency_seconds", 5.0))
     get_rate = float(_option(args, "get_profile_rate", 500.0))
     paced_rate = float(_option(args, "paced_rate", 200.0))
+    load_rate = float(_option(args, "load_rate", 1000.0))
+    read_replicas = int(_option(args, "read_replicas", 0))
     stall = float(_option(args, "stall_seconds", 120.0))
     directory = Path(directory)
     out: dict[str, Any] = {"rules": mode}
@@ -1577,20 +1660,30 @@ def run_mode(
             # 4. latency, once the service is idle again (its relay has published its own log)
             out["idle_wait_seconds"] = _settle(system.pid)
             if latency and latency_seconds > 0:
-                lookups = _lookup_identifiers(dataset, int(get_rate * latency_seconds) + 20, dataset.seed)
+                if read_replicas:
+                    say(f"starting {read_replicas} read replica(s) ...")
+                    system.start_read_replicas(read_replicas)
+                out["read_replicas"] = read_replicas
+                lookups = _lookup_identifiers(
+                    dataset, int(get_rate * latency_seconds) + WARM_UP_CALLS, dataset.seed
+                )
                 say("GetProfile one at a time ...")
+                phase_cpu_before = system.cpu_seconds()
                 out["get_profile_sequential"] = asyncio.run(
                     _get_profile_sequential(
-                        system.service.target, system.read_token, lookups[:SEQUENTIAL_CALLS]
+                        system.read_targets[0], system.read_token, lookups[:SEQUENTIAL_CALLS]
                     )
                 )
+                _add_cpu_per_call(out["get_profile_sequential"], system.cpu_seconds() - phase_cpu_before)
                 # 4a. GetProfile at a fixed rate
                 say(f"GetProfile at {get_rate:.0f}/s for {latency_seconds:.0f} s ...")
+                phase_cpu_before = system.cpu_seconds()
                 out["get_profile"] = asyncio.run(
                     _get_profile_latency(
-                        system.service.target, system.read_token, lookups, get_rate, latency_seconds
+                        system.read_targets, system.read_token, lookups, get_rate, latency_seconds
                     )
                 )
+                _add_cpu_per_call(out["get_profile"], system.cpu_seconds() - phase_cpu_before)
                 # 4b. resolve-and-apply latency of paced events (the same people again, new event ids)
                 count = max(1, int(paced_rate * latency_seconds))
                 rng = random.Random(dataset.seed + 1)
@@ -1613,6 +1706,24 @@ def run_mode(
                 watcher.wait(stall, "paced resolve", system.service.log_path)
                 watcher.interval = 0.05
                 out["resolve_latency"] = _paced_latency(system.db_path, head_before, sent, watcher.visible)
+                # 4c. GetProfile at a fixed rate while the service resolves new events at `load_rate`
+                count = max(1, int(load_rate * latency_seconds))
+                sample = [
+                    Record(f"load-{i:07d}", r.person, r.identifiers)
+                    for i, r in enumerate(dataset.records[int(rng.random() * events)] for _ in range(count))
+                ]
+                loading = ingest.append(sample)
+                say(f"GetProfile at {get_rate:.0f}/s while resolving {load_rate:.0f} events/s ...")
+                watcher.expect(loading[-1].position)
+                phase_cpu_before = system.cpu_seconds()
+                started = time.perf_counter()
+                out["get_profile_under_load"] = asyncio.run(
+                    _get_profile_under_load(system, lookups, get_rate, latency_seconds, loading, load_rate)
+                )
+                watcher.wait(stall, "resolve under GetProfile load", system.service.log_path)
+                under_load = out["get_profile_under_load"]
+                under_load["resolve_seconds"] = round(watcher.reached_at - started, 3)
+                under_load["service_cpu_seconds"] = round(system.cpu_seconds() - phase_cpu_before, 3)
         memory = _memory_kb(system.pid)
         out["rss_peak_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
         out["rss_end_mb"] = round(memory.get("VmRSS", 0) / 1024, 1)
@@ -1786,6 +1897,18 @@ def _mode_lines(mode: str, figures: Mapping[str, Any]) -> None:
             f"Onefold ({mode}) GetProfile at {get('get_profile', 'rate_per_s'):.0f}/s p50 / p99",
             f"{get('get_profile', 'p50_ms')} / {get('get_profile', 'p99_ms')} ms",
         )
+    if get("get_profile", "service_cpu_us_per_call") is not None:
+        _line(
+            f"Onefold ({mode}) identity CPU per GetProfile, one at a time / at rate",
+            f"{get('get_profile_sequential', 'service_cpu_us_per_call'):.0f} / "
+            f"{get('get_profile', 'service_cpu_us_per_call'):.0f} µs",
+        )
+    if get("get_profile_under_load") is not None:
+        _line(
+            f"Onefold ({mode}) GetProfile at {get('get_profile_under_load', 'rate_per_s'):.0f}/s while "
+            f"resolving {get('get_profile_under_load', 'event_rate_per_s'):.0f}/s p50 / p99",
+            f"{get('get_profile_under_load', 'p50_ms')} / {get('get_profile_under_load', 'p99_ms')} ms",
+        )
     if get("resolve_latency") is not None:
         _line(
             f"Onefold ({mode}) publish -> resolved & committed p50 / p99",
@@ -1813,6 +1936,11 @@ def _met(results: Mapping[str, Any]) -> dict[str, bool]:
             met["get_profile_p99_ms"] = all(
                 m["get_profile"]["p99_ms"] <= TARGETS["get_profile_p99_ms"]
                 and m["get_profile"]["failures"] == 0
+                for m in timed
+            )
+            met["get_profile_under_load_p99_ms"] = all(
+                m["get_profile_under_load"]["p99_ms"] <= TARGETS["get_profile_p99_ms"]
+                and m["get_profile_under_load"]["failures"] == 0
                 for m in timed
             )
             met["resolve_p99_ms"] = all(
@@ -1862,6 +1990,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--get-profile-rate", type=float, default=500.0, help="GetProfile requests/s")
     parser.add_argument("--paced-rate", type=float, default=200.0, help="events/s of the paced phase")
+    parser.add_argument(
+        "--load-rate",
+        type=float,
+        default=1000.0,
+        help="events/s resolved while GetProfile runs at --get-profile-rate (the phase after the paced one)",
+    )
+    parser.add_argument(
+        "--read-replicas",
+        type=int,
+        default=0,
+        help="identity processes that only answer gRPC, on the same database; GetProfile goes to "
+        "them (the first process keeps resolving)",
+    )
     parser.add_argument(
         "--publish",
         choices=("async", "atomic"),

@@ -5,6 +5,7 @@ transaction per batch), and the profile 360 is read back through the application
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -1006,3 +1007,143 @@ async def test_concurrent_use_cases_write_one_at_a_time_and_read_beside_the_writ
     identity.send(anonymous_id="c-u0", user_id="u1")
     assert await identity.owner("user_id", "u1") == owners[1]
     assert await identity.owner("anonymous_id", "c-u0") == owners[0]
+
+
+# ------------------------------------------------------------------------------- reads and the cache
+
+
+def cached(identity: Identity, profile_id: str, app: IdentityApplication | None = None) -> bool:
+    return (app or identity.app).profile_cache.get((WS, profile_id)) is not None
+
+
+async def test_a_cached_profile_shows_a_trait_update_at_the_next_read(identity: Identity) -> None:
+    ann, _ = await _two_people(identity)
+    assert traits_of(await identity.profile("user_id", "ann"))["plan"] == "pro"
+    assert cached(identity, ann)
+    identity.send(type=IDENTIFY, user_id="ann", traits={"plan": "enterprise"})
+    assert traits_of(await identity.profile("user_id", "ann"))["plan"] == "enterprise"
+    # A rectification (a data subject request) too.
+    await identity.app.rectify(WS, pid(ann), _struct({"city": "Oslo"}), "dsr-1", "dpo")
+    assert traits_of(await identity.app.get_profile(WS, pid(ann)))["city"] == "Oslo"
+    # Counters move with every event resolved into the profile, which stays cached meanwhile.
+    before = await identity.app.get_profile(WS, pid(ann))
+    identity.send(user_id="ann", name="Again", at=datetime(2030, 2, 1, tzinfo=UTC))
+    assert cached(identity, ann)
+    after = await identity.app.get_profile(WS, pid(ann))
+    assert after.event_count == before.event_count + 1
+    assert after.last_seen.ToDatetime(tzinfo=UTC) == datetime(2030, 2, 1, tzinfo=UTC)
+
+
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct
+
+
+async def test_a_cached_profile_merged_away_answers_as_its_survivor(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
+    for profile_id in (ann, bob):
+        await identity.app.get_profile(WS, pid(profile_id))
+        assert cached(identity, profile_id)
+    uncached = await _uncached_copy(identity)
+    # A merge decided by resolution: one event carries both people's identifiers.
+    identity.send(anonymous_id="c-bob", user_id="ann")
+    merged = await identity.app.get_profile(WS, pid(bob))
+    assert (merged.profile_id, merged.redirected_from) == (ann, bob)
+    assert merged == await uncached.get_profile(WS, pid(bob))
+    survivor = await identity.profile("user_id", "ann")
+    assert ("anonymous_id", "c-bob") in identifiers_of(survivor) and list(survivor.merged_profile_ids) == [
+        bob
+    ]
+    assert survivor == await uncached.get_profile(WS, ref("user_id", "ann"))
+    # And undone: both answer as before the merge again.
+    [record] = [r for r in await identity.app.merge_history(WS, pid(ann)) if r.merged_id == bob]
+    await identity.app.get_profile(WS, pid(ann))
+    parts = await identity.app.unmerge(
+        WS, pid(ann), identifier=None, event_id=record.evidence_event_id, reason="no", actor="op"
+    )
+    assert sorted(parts) == sorted([ann, bob])
+    for profile_id in (ann, bob):
+        answer = await identity.app.get_profile(WS, pid(profile_id))
+        assert answer.profile_id == profile_id and not answer.redirected_from
+        assert answer == await uncached.get_profile(WS, pid(profile_id))
+
+
+async def _uncached_copy(identity: Identity) -> IdentityApplication:
+    """Another application on the same database whose cache keeps nothing: the answers as read
+    from the log and the read model."""
+    app = identity.fresh_app()
+    app.profile_cache.max_profiles = 0
+    return app
+
+
+async def test_an_erased_profile_is_never_answered_from_the_cache(identity: Identity) -> None:
+    ann, bob = await _two_people(identity)
+    await identity.app.get_profile(WS, pid(ann))
+    await identity.app.get_profile(WS, pid(bob))
+    assert cached(identity, ann) and cached(identity, bob)
+    await identity.app.erase_subject(WS, [pb.Identifier(type="user_id", value="ann")], "dsr-2", "dpo")
+    with pytest.raises(NotFound):
+        await identity.profile("user_id", "ann")
+    for _ in range(2):  # read twice: the second read would be the cached one
+        profile = await identity.app.get_profile(WS, pid(ann))
+        assert profile.erased and list(profile.identifiers) == []
+        assert "ann@example.com" not in str(profile)
+        assert not cached(identity, ann)
+    # The erasure emptied the cache (a destroyed key may have sealed parts of other profiles too).
+    assert not cached(identity, bob)
+    assert traits_of(await identity.app.get_profile(WS, pid(bob))) == {"plan": "free", "city": "Lyon"}
+
+
+async def test_a_change_written_by_another_replica_is_seen_by_the_next_read(identity: Identity) -> None:
+    ann, _ = await _two_people(identity)
+    await identity.app.get_profile(WS, pid(ann))
+    assert cached(identity, ann)
+    other = identity.fresh_app()  # another process on the same database
+    with identity.store.transaction() as conn:
+        other.handle_accepted(
+            conn, [identity.event(type=IDENTIFY, user_id="ann", traits={"plan": "enterprise"})]
+        )
+    await other.set_protection(WS, pid(ann), True, "op")
+    profile = await identity.app.get_profile(WS, pid(ann))
+    assert traits_of(profile)["plan"] == "enterprise" and profile.protected
+
+
+async def test_reads_are_answered_while_the_writer_holds_a_transaction_open(identity: Identity) -> None:
+    """A write transaction is held open on the writer thread until reads (of every kind) have been
+    answered beside it: they never queue behind the writer, its thread or its lock, and see what
+    was committed before it."""
+    ann, _ = await _two_people(identity)
+    loop = asyncio.get_running_loop()
+    opened = asyncio.Event()
+    reads_done = threading.Event()
+    order: list[str] = []
+
+    def long_write() -> None:
+        with identity.store.transaction() as conn:
+            identity.app.handle_accepted(
+                conn, [identity.event(type=IDENTIFY, user_id="ann", traits={"plan": "enterprise"})]
+            )
+            order.append("write open")
+            loop.call_soon_threadsafe(opened.set)
+            # Bounds a hang only: the reads below end this wait long before.
+            reads_done.wait(timeout=120)
+        order.append("write committed")
+
+    writing = asyncio.ensure_future(identity.app.log.writer.run(long_write))
+    await opened.wait()
+    profile, resolved, timeline, history, rules = await asyncio.gather(
+        identity.profile("user_id", "ann"),
+        identity.app.resolve_identifier(WS, pb.Identifier(type="email", value="ann@example.com")),
+        all_timeline(identity.app, pid(ann)),
+        identity.app.merge_history(WS, pid(ann)),
+        identity.app.get_rules(WS),
+    )
+    order.append("reads answered")
+    reads_done.set()
+    await writing
+    assert order == ["write open", "reads answered", "write committed"]
+    assert traits_of(profile)["plan"] == "pro"  # the open transaction is not seen
+    assert resolved.profile_id == ann and len(timeline) == 2 and rules.identifiers
+    assert traits_of(await identity.profile("user_id", "ann"))["plan"] == "enterprise"
+    assert history == await identity.app.merge_history(WS, pid(ann))

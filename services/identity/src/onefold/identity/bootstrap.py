@@ -5,7 +5,7 @@ Nothing here runs at import time; `main()` hands the composition to the platform
 
 from __future__ import annotations
 
-from onefold.eventlog.service import EventSourcedService, ServiceLog, open_event_store
+from onefold.eventlog.service import ClosedAtStop, EventSourcedService, ServiceLog, open_event_store
 from onefold.identity.adapters.read_model import IdentityProjection
 from onefold.identity.application import IdentityApplication
 from onefold.identity.domain.events import REGISTRY
@@ -25,6 +25,7 @@ def compose(ctx: ServiceContext) -> EventSourcedService[IdentityApplication]:
         identity,
         servicers=grpc.registrations(identity),
         subscriptions=consumers.subscriptions(identity),
+        components=[ClosedAtStop(identity.close)],
     )
 
 

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from google.protobuf.message import Message
 from sqlalchemy.engine import Connection
 
 from onefold.contracts.identity.v1 import identity_pb2 as pb
+from onefold.eventlog import schema as log_schema
 from onefold.eventlog.dispatch import Handlers, handles
 from onefold.eventlog.models import RecordedEvent, to_micros
 from onefold.eventlog.store import EventStore
@@ -429,6 +431,83 @@ class IdentityProjection(Handlers):
                     stats.count + 1,
                 )
         self.flush(conn)
+
+
+class Located(NamedTuple):
+    """A profile reference looked up in one statement (one snapshot), with the log's state then:
+    its head position and erasure epoch (what a cache of profiles follows). Without a match,
+    everything but `head` and `erasure_epoch` is None."""
+
+    head: int
+    erasure_epoch: int
+    profile_id: str | None
+    retired: bool | None  # of the identifier looked up (False for a lookup by profile id)
+    merged_into: str | None
+    workspace: str | None
+    protected: bool | None
+    erased: bool | None
+    first_seen: int | None
+    last_seen: int | None
+    event_count: int | None
+
+
+# Plain SQL (the same on both databases but for the placeholder), written once: these lookups
+# answer every GetProfile, and Core's per-call statement building cost more than the query.
+_LOG_STATE = (
+    f"(SELECT max(position) FROM {log_schema.events.name}), "
+    f"(SELECT value FROM {log_schema.eventlog_state.name} WHERE name = '{log_schema.ERASURE_EPOCH}')"
+)
+_PROFILE_COLUMNS = (
+    "p.merged_into, p.workspace, p.protected, p.erased, p.first_seen, p.last_seen, p.event_count"
+)
+_BY_KEY = (
+    f"SELECT {_LOG_STATE}, i.profile_id, i.retired, {_PROFILE_COLUMNS} FROM (SELECT 1 AS one) AS one "
+    f"LEFT JOIN {identifiers.name} AS i ON i.workspace = :workspace AND i.key = :key "
+    f"LEFT JOIN {profiles.name} AS p ON p.profile_id = i.profile_id"
+)
+_BY_ID = (
+    f"SELECT {_LOG_STATE}, p.profile_id, 0, {_PROFILE_COLUMNS} FROM (SELECT 1 AS one) AS one "
+    f"LEFT JOIN {profiles.name} AS p ON p.profile_id = :profile_id"
+)
+_PARAMETERS = ("workspace", "key", "profile_id")
+
+
+def _for_driver(sql: str, paramstyle: str) -> str:
+    for name in _PARAMETERS:
+        sql = sql.replace(f":{name}", "?" if paramstyle == "qmark" else f"%({name})s")
+    return sql
+
+
+_SQL = {
+    (style, by_key): _for_driver(_BY_KEY if by_key else _BY_ID, style)
+    for style in ("qmark", "pyformat")
+    for by_key in (True, False)
+}
+
+
+def locate(conn: Connection, workspace: str, *, key: str = "", profile_id: str = "") -> Located:
+    """The profile holding the identifier `key` (in `workspace`), or else the profile `profile_id`."""
+    style = conn.dialect.paramstyle
+    params = {"workspace": workspace, "key": key} if key else {"profile_id": profile_id}
+    row = conn.exec_driver_sql(
+        _SQL[style, bool(key)], tuple(params.values()) if style == "qmark" else params
+    ).one()
+    head, epoch, found, retired, merged_into, owner, protected, erased, first, last, count = row
+    if found is None:
+        return Located(int(head or 0), int(epoch or 0), None, None, None, None, None, None, None, None, None)
+    return Located(
+        int(head or 0),
+        int(epoch or 0),
+        found,
+        bool(retired),
+        merged_into,
+        owner,
+        bool(protected),
+        bool(erased),
+        first,
+        last,
+        count,
+    )
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:

@@ -3,7 +3,6 @@ and erase it (crypto-shred the profiles and retire their identifiers)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Sequence
 
@@ -22,7 +21,7 @@ ErasurePlan = list[tuple[str, list[str], list[str]]]
 
 class DataSubjects(ProfileReads):
     async def export_subject(self, workspace: str, identifiers_: Sequence[pb.Identifier]) -> pb.SubjectExport:
-        return await asyncio.to_thread(self._export_subject, workspace, identifiers_)
+        return await self.read(self._export_subject, workspace, identifiers_)
 
     def _subject_profiles(
         self, conn: Connection, workspace: str, identifiers_: Sequence[pb.Identifier]
@@ -67,7 +66,7 @@ class DataSubjects(ProfileReads):
         retire its identifiers so they never resolve again: (the profile ids erased, identifiers
         unlinked). Idempotent: a repeated request finds the same profiles (retired identifiers still
         name them) and completes what is missing."""
-        plan = await asyncio.to_thread(self._erasure_plan, workspace, identifiers_)
+        plan = await self.read(self._erasure_plan, workspace, identifiers_)
         erased_ids: list[str] = []
         unlinked = 0
         for profile_id, members, keys in plan:

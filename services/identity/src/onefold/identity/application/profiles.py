@@ -1,11 +1,20 @@
 """Reading profiles: the profile 360 (now, or as of a moment on either time axis), resolving an
-identifier, the timeline, the merge history and search by trait. Each read runs in a worker thread
-on a connection of its own (`asyncio.to_thread`), never behind the writer."""
+identifier, the timeline, the merge history and search by trait. Each read runs on a read thread on
+a connection of its own (`IdentityState.read`), never behind the writer.
+
+The profile 360 now is kept in a cache (`ProfileCache`) that follows the log: every read first
+looks its profile up together with the log's head and erasure epoch (one statement, one snapshot),
+and before it consults the cache, the events committed since the cache last followed the log
+invalidate the profiles they concern (their profile stream's profile; the profiles a merge, an
+unmerge or an erasure names). A write of any process is thus seen by the first read that starts
+after its commit. A new rules version, or an erasure (the epoch: a destroyed key must not survive
+in a decrypted copy), empties the cache; an erased profile is never kept nor answered from it. The
+flags and counters (first and last seen, events), which every resolved event moves, are not kept:
+each read takes them from the row it looked the profile up with.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
@@ -17,17 +26,32 @@ from sqlalchemy.engine import Connection
 
 from onefold.contracts.identity.v1 import identity_pb2 as pb
 from onefold.eventlog.models import RecordedEvent, from_micros, to_micros
-from onefold.identity.adapters.read_model import identifiers, profiles, trait_index
+from onefold.identity.adapters.profile_cache import ProfileKey
+from onefold.identity.adapters.read_model import Located, identifiers, locate, trait_index
 from onefold.identity.application.state import IdentityState
 from onefold.identity.domain.fold import GraphFold
 from onefold.identity.domain.graph import IdentityGraph
-from onefold.identity.domain.profile import MergeHistory, ProfileAssembly, belongs, keys_in
-from onefold.identity.domain.streams import events_stream, profile_stream
+from onefold.identity.domain.profile import (
+    NAMING_OTHER_PROFILES,
+    MergeHistory,
+    ProfileAssembly,
+    belongs,
+    keys_in,
+    profiles_named,
+)
+from onefold.identity.domain.streams import (
+    events_stream,
+    is_events_stream,
+    profile_of_stream,
+    profile_stream,
+)
 from onefold.platform.errors import InvalidArgument, NotFound
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
-PROFILE_CACHE_SIZE = 10_000
+# Further behind than this, the cache is emptied rather than the log read to invalidate it.
+FOLLOW_AT_MOST = 10_000
+_NAMING_TYPES = frozenset(t.DESCRIPTOR.full_name for t in NAMING_OTHER_PROFILES)
 # What each read folds, as its folds declare it: the profile 360 now, as of a moment (the graph of
 # the family then, too), the merge history; the timeline is the family's resolved events.
 _ASSEMBLED_TYPES = sorted(ProfileAssembly.handled_types())
@@ -45,12 +69,10 @@ class ProfileReads(IdentityState):
         as_of: datetime | None = None,
         occurred_axis: bool = False,
     ) -> pb.Profile:
-        return await asyncio.to_thread(
-            self.read_profile, workspace, ref, as_of=as_of, occurred_axis=occurred_axis
-        )
+        return await self.read(self.read_profile, workspace, ref, as_of=as_of, occurred_axis=occurred_axis)
 
     async def resolve_identifier(self, workspace: str, identifier: pb.Identifier) -> pb.ResolveResponse:
-        return await asyncio.to_thread(self._resolve_identifier, workspace, identifier)
+        return await self.read(self._resolve_identifier, workspace, identifier)
 
     async def timeline(
         self,
@@ -64,7 +86,7 @@ class ProfileReads(IdentityState):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> tuple[list[pb.TimelineEntry], str]:
-        return await asyncio.to_thread(
+        return await self.read(
             self.read_timeline,
             workspace,
             ref,
@@ -77,12 +99,12 @@ class ProfileReads(IdentityState):
         )
 
     async def merge_history(self, workspace: str, ref: pb.ProfileRef) -> list[pb.MergeRecord]:
-        return await asyncio.to_thread(self.read_merge_history, workspace, ref)
+        return await self.read(self.read_merge_history, workspace, ref)
 
     async def search(self, workspace: str, trait: str, value: struct_pb2.Value, page_size: int) -> list[str]:
-        return await asyncio.to_thread(self._search, workspace, trait, value, page_size)
+        return await self.read(self._search, workspace, trait, value, page_size)
 
-    # ------------------------------------------------------------------------------ in a worker thread
+    # ------------------------------------------------------------------------------ on a read thread
 
     def read_profile(
         self,
@@ -93,45 +115,92 @@ class ProfileReads(IdentityState):
         occurred_axis: bool = False,
     ) -> pb.Profile:
         with self.store.engine.connect() as conn:
+            if as_of is None:
+                return self._current_profile(conn, workspace, ref)
             live, redirected = self.locate(conn, workspace, ref)
             members = self.family(conn, live)
-            streams = [profile_stream(workspace, m) for m in members]
-            if as_of is None:
-                profile = self._current_profile(conn, workspace, live, members, streams)
-            else:
-                history = self.store.read_streams(streams, types=_AS_OF_TYPES, conn=conn)
-                profile = self._as_of(conn, workspace, ref, members, history, as_of, occurred_axis)
+            history = self.store.read_streams(
+                [profile_stream(workspace, m) for m in members], types=_AS_OF_TYPES, conn=conn
+            )
+            profile = self._as_of(conn, workspace, ref, members, history, as_of, occurred_axis)
             profile.redirected_from = redirected
             return profile
 
-    def _current_profile(
-        self, conn: Connection, workspace: str, live: str, members: list[str], streams: list[str]
-    ) -> pb.Profile:
-        row = conn.execute(sa.select(profiles).where(profiles.c.profile_id == live)).one()
-        # Identities and traits change only with the family's profile streams: a cached
-        # assembly is current while their newest position is the same.
-        marker = (self.store.streams_head(streams, conn=conn), tuple(members))
-        cached = self._profiles.get((workspace, live))
-        profile = pb.Profile()
-        if cached is not None and cached[0] == marker:
-            profile.CopyFrom(cached[1])
+    def _current_profile(self, conn: Connection, workspace: str, ref: pb.ProfileRef) -> pb.Profile:
+        cache = self.profile_cache
+        # Before the lookup: a change committed after it refuses this read's fill of the cache.
+        ticket = cache.ticket()
+        which = ref.WhichOneof("ref")
+        if which == "profile_id":
+            found = locate(conn, workspace, profile_id=ref.profile_id)
+            if found.profile_id is None or found.workspace != workspace:
+                raise NotFound(f"no profile {ref.profile_id} in this workspace")
+        elif which == "identifier":
+            ident = self.normalised(conn, workspace, ref.identifier)
+            found = locate(conn, workspace, key=ident.key)
+            if found.profile_id is None or found.retired or found.workspace != workspace:
+                raise NotFound(f"no profile has that {ident.type}")
         else:
-            history = self.decoded(conn, self.store.read_streams(streams, types=_ASSEMBLED_TYPES, conn=conn))
-            owners = self.owners(conn, workspace, keys_in(message for _, message in history))
-            profile = self._assemble(conn, workspace, live, history, owners, self.live_of(conn, workspace))
-            if len(self._profiles) >= PROFILE_CACHE_SIZE:
-                with contextlib.suppress(KeyError):  # another read emptied it meanwhile
-                    self._profiles.popitem(last=False)
-            kept = pb.Profile()
-            kept.CopyFrom(profile)
-            self._profiles[(workspace, live)] = (marker, kept)
-        profile.protected = bool(row.protected)
-        profile.erased = bool(row.erased)
-        if row.first_seen is not None:
-            profile.first_seen.FromDatetime(from_micros(row.first_seen))
-            profile.last_seen.FromDatetime(from_micros(row.last_seen))
-        profile.event_count = row.event_count
+            raise InvalidArgument(
+                "name the profile by profile_id or identifier", violations=[("profile", "required")]
+            )
+        ticket = self._follow_log(conn, found.head, found.erasure_epoch, ticket)
+        live = found.profile_id
+        if found.merged_into:
+            live = self.live(conn, workspace, found.merged_into)
+            found = locate(conn, workspace, profile_id=live)
+        key: ProfileKey = (workspace, live)
+        # An erased profile is read afresh every time: nothing decrypted before survives its erasure.
+        profile = None if found.erased else cache.get(key)
+        if profile is None:
+            profile = self._assembled_now(conn, workspace, live)
+            if not found.erased:
+                cache.put(key, ticket, profile)
+        _count_into(profile, found)
+        if which == "profile_id" and live != ref.profile_id:
+            profile.redirected_from = ref.profile_id
         return profile
+
+    def _assembled_now(self, conn: Connection, workspace: str, live: str) -> pb.Profile:
+        """The profile 360 of `live` from its family's profile streams (without its counters)."""
+        members = self.family(conn, live)
+        streams = [profile_stream(workspace, m) for m in members]
+        history = self.decoded(conn, self.store.read_streams(streams, types=_ASSEMBLED_TYPES, conn=conn))
+        owners = self.owners(conn, workspace, keys_in(message for _, message in history))
+        return self._assemble(conn, workspace, live, history, owners, self.live_of(conn, workspace))
+
+    def _follow_log(self, conn: Connection, head: int, erasure_epoch: int, ticket: int) -> int:
+        """Invalidate the cached profiles the events committed up to `head` concern (`head` and
+        `erasure_epoch` as a read saw them, with `ticket` taken before). Returns the ticket for
+        that read's fill: a newer one when the cache has followed the log exactly to `head`, as
+        the read's snapshot then holds every change invalidated so far."""
+        cache = self.profile_cache
+        with cache.following:
+            if erasure_epoch > cache.epoch or head - cache.followed > FOLLOW_AT_MOST:
+                cache.clear()
+                cache.epoch = max(cache.epoch, erasure_epoch)
+                cache.followed = max(cache.followed, head)
+            elif head > cache.followed:
+                cache.invalidate(self._changed_since(conn, cache.followed, head))
+                cache.followed = head
+            return cache.ticket() if cache.followed == head else ticket
+
+    def _changed_since(self, conn: Connection, position: int, head: int) -> set[ProfileKey]:
+        """The profiles the events after `position` up to `head` concern."""
+        changed: set[ProfileKey] = set()
+        for event in self.store.read(after_position=position, limit=head - position, conn=conn):
+            if is_events_stream(event.stream_id):
+                continue  # resolved events move only the counters, read with each profile
+            profile_id = profile_of_stream(event.stream_id)
+            if profile_id is None:  # the rules: identifiers and traits may read differently now
+                self.profile_cache.clear()
+                continue
+            changed.add((event.workspace, profile_id))
+            if event.type in _NAMING_TYPES:
+                # Only public fields are read (profile ids): no subject key is needed.
+                message = self.store.decode(event, conn=conn, decrypt=False)
+                changed.update((event.workspace, named) for named in profiles_named(message))
+        return changed
 
     def _assemble(
         self,
@@ -333,6 +402,19 @@ class ProfileReads(IdentityState):
                 if len(found) >= size:
                     break
         return found
+
+
+def _count_into(profile: pb.Profile, row: Located) -> None:
+    """The read model's flags and counters of the profile (`row`: its own, as just read)."""
+    profile.protected = bool(row.protected)
+    profile.erased = bool(row.erased)
+    if row.first_seen is not None and row.last_seen is not None:
+        profile.first_seen.FromDatetime(from_micros(row.first_seen))
+        profile.last_seen.FromDatetime(from_micros(row.last_seen))
+    else:
+        profile.ClearField("first_seen")
+        profile.ClearField("last_seen")
+    profile.event_count = row.event_count or 0
 
 
 def keys_of_resolved(resolved: Sequence[tuple[RecordedEvent, Message]]) -> list[str]:

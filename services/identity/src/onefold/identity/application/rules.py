@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 from sqlalchemy.engine import Connection
@@ -17,7 +16,7 @@ from onefold.platform.errors import InvalidArgument
 
 class RulesUseCases(IdentityState):
     async def get_rules(self, workspace: str) -> pb.IdentityRules:
-        return await asyncio.to_thread(self._get_rules, workspace)
+        return await self.read(self._get_rules, workspace)
 
     def _get_rules(self, workspace: str) -> pb.IdentityRules:
         with self.store.engine.connect() as conn:

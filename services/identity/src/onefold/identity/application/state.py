@@ -3,8 +3,9 @@ and how a profile is found from a reference.
 
 Concurrency: every write runs on the service's one writer thread (`write`, and the ingest
 subscriber's batches), so the graphs are only ever changed by that thread and need no lock. Reads
-run in worker threads on their own connections and never touch a graph, except for a workspace's
-rules (one attribute read). A write first makes sure the graphs are the fold of the log as committed
+run on the service's read threads (`read`: a pool of their own, so no write, subscriber batch or
+other blocking call queues in front of them) on their own connections and never touch a graph,
+except for a workspace's rules (one attribute read). A write first makes sure the graphs are the fold of the log as committed
 (`_sync`): the graph of a workspace is loaded from the read model on first use; if anything else
 wrote to the log meanwhile (another replica, or a transaction of ours that failed to commit), the
 log head differs from the one the graphs know and they are dropped and loaded again.
@@ -12,13 +13,15 @@ log head differs from the one the graphs know and they are dropped and loaded ag
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import json
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf import struct_pb2
@@ -30,6 +33,7 @@ from onefold.contracts.identity.v1 import identity_pb2 as pb
 from onefold.eventlog.models import NewEvent, RecordedEvent
 from onefold.eventlog.service import ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
+from onefold.identity.adapters.profile_cache import ProfileCache
 from onefold.identity.adapters.read_model import family, identifiers, profiles
 from onefold.identity.adapters.read_model import rules as rules_table
 from onefold.identity.domain.fold import GraphFold
@@ -48,6 +52,20 @@ from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFoun
 T = TypeVar("T")
 _KEY_CHARS = 32  # 128 bits of the HMAC
 _KEY_CACHE_SIZE = 500_000
+_SCALAR_KINDS = ("string_value", "number_value", "bool_value")
+# Statements of every read, built once (building one costs more than running it).
+_WHERE_IT_LIVES = sa.select(profiles.c.merged_into, profiles.c.workspace).where(
+    profiles.c.profile_id == sa.bindparam("profile_id")
+)
+_FAMILY = sa.select(family.c.member_id).where(family.c.profile_id == sa.bindparam("profile_id"))
+_OWNERS = sa.select(identifiers.c.key, identifiers.c.profile_id).where(
+    identifiers.c.workspace == sa.bindparam("workspace"),
+    identifiers.c.key.in_(sa.bindparam("keys", expanding=True)),
+    identifiers.c.retired.is_(False),
+)
+READ_THREADS = 4
+PROFILE_CACHE_SIZE = 10_000
+PROFILE_CACHE_BYTES = 32 * 1024 * 1024
 
 
 def new_profile_id() -> str:
@@ -61,11 +79,18 @@ class IdentityState:
         self._graphs: dict[str, IdentityGraph] = {}
         self._head = -1
         self._keys: dict[tuple[str, str], str] = {}
-        # (workspace, live profile) -> ((family streams' head, family), the assembled profile 360),
-        # oldest first. Read threads share it: only single (atomic) dict operations touch it.
-        self._profiles: OrderedDict[tuple[str, str], tuple[tuple[int, tuple[str, ...]], pb.Profile]] = (
-            OrderedDict()
-        )
+        self._trait_keys: dict[tuple[str, bytes], str] = {}
+        self.profile_cache = ProfileCache(PROFILE_CACHE_SIZE, PROFILE_CACHE_BYTES)
+        self._reads = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="identity-read")
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run the read `fn(*args, **kwargs)` on a read thread (with the caller's context: its trace)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._reads, call)
+
+    async def close(self) -> None:
+        """Stop the read threads (after the last read)."""
+        await asyncio.to_thread(self._reads.shutdown, wait=True)
 
     # ------------------------------------------------------------------------------ keys
 
@@ -82,12 +107,23 @@ class IdentityState:
         return key
 
     def trait_keys(self, traits: struct_pb2.Struct) -> list[str]:
-        """Keyed hashes of each scalar trait's "name=value" (the search index; values stay private)."""
-        return [
-            self.trait_key(name, value)
-            for name, value in MessageToDict(traits).items()
-            if isinstance(value, str | int | float | bool)
-        ]
+        """Keyed hashes of each scalar trait's "name=value" (the search index; values stay private).
+
+        Remembered by the value's bytes: a person's identify calls repeat the same traits, and the
+        JSON form and the HMAC of each cost more than the rest of resolving the event."""
+        keys = []
+        for name, value in traits.fields.items():
+            if value.WhichOneof("kind") not in _SCALAR_KINDS:
+                continue
+            remembered = (name, value.SerializeToString())
+            key = self._trait_keys.get(remembered)
+            if key is None:
+                key = self.trait_key(name, MessageToDict(value))
+                if len(self._trait_keys) > _KEY_CACHE_SIZE:
+                    self._trait_keys.clear()
+                self._trait_keys[remembered] = key
+            keys.append(key)
+        return keys
 
     def trait_key(self, name: str, value: object) -> str:
         text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -300,11 +336,7 @@ class IdentityState:
         """The profile `profile_id` lives on as now (NotFound when it is not one of the workspace's)."""
         seen = 0
         while True:
-            row = conn.execute(
-                sa.select(profiles.c.merged_into, profiles.c.workspace).where(
-                    profiles.c.profile_id == profile_id
-                )
-            ).first()
+            row = conn.execute(_WHERE_IT_LIVES, {"profile_id": profile_id}).first()
             if row is None or row.workspace != workspace:
                 raise NotFound(f"no profile {profile_id} in this workspace")
             if not row.merged_into:
@@ -347,9 +379,7 @@ class IdentityState:
 
     def family(self, conn: Connection, profile_id: str) -> list[str]:
         """Every profile id whose streams hold part of `profile_id`'s history (itself at least)."""
-        members = [
-            m for (m,) in conn.execute(sa.select(family.c.member_id).where(family.c.profile_id == profile_id))
-        ]
+        members = [m for (m,) in conn.execute(_FAMILY, {"profile_id": profile_id})]
         return members or [profile_id]
 
     def owners(self, conn: Connection, workspace: str, keys: Iterable[str]) -> dict[str, str]:
@@ -357,13 +387,7 @@ class IdentityState:
         wanted = sorted(set(keys))
         owners: dict[str, str] = {}
         for start in range(0, len(wanted), 500):
-            rows = conn.execute(
-                sa.select(identifiers.c.key, identifiers.c.profile_id).where(
-                    identifiers.c.workspace == workspace,
-                    identifiers.c.key.in_(wanted[start : start + 500]),
-                    identifiers.c.retired.is_(False),
-                )
-            )
+            rows = conn.execute(_OWNERS, {"workspace": workspace, "keys": wanted[start : start + 500]})
             owners.update({key: profile_id for key, profile_id in rows})
         return owners
 

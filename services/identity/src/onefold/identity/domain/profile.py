@@ -30,6 +30,22 @@ def belongs(
     return live_of(resolved_to) == live
 
 
+# The events that change other profiles than the one whose stream holds them.
+NAMING_OTHER_PROFILES = (pb.ProfilesMerged, pb.ProfileUnmerged, pb.ProfileErased)
+
+
+def profiles_named(message: Message) -> list[str]:
+    """The profiles an event of NAMING_OTHER_PROFILES changes besides its stream's: the one merged
+    away, an unmerge's parts, every profile id an erasure covers."""
+    if isinstance(message, pb.ProfilesMerged):
+        return [message.survivor_id, message.merged_id]
+    if isinstance(message, pb.ProfileUnmerged):
+        return [message.profile_id, *(part.profile_id for part in message.parts)]
+    if isinstance(message, pb.ProfileErased):
+        return [message.profile_id, *message.profile_ids]
+    return []
+
+
 def keys_in(messages: Iterable[Message]) -> set[str]:
     """The identifiers (keyed hashes) a profile history names: whose owners the assembly asks."""
     keys: set[str] = set()
