@@ -9,9 +9,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from onefold.platform.auth import CredentialStore
-from onefold.platform.config import GrpcSettings
+from onefold.platform.config import GrpcSettings, TelemetrySettings
 from onefold.platform.grpc_server import GrpcServer, ServiceRegistration
-from onefold.platform.telemetry import extract_context, inject_headers
+from onefold.platform.telemetry import extract_context, inject_headers, tracer_provider
 
 SERVICE = "onefold.test.v1.TraceService"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -66,3 +66,18 @@ async def test_traceparent_flows_from_grpc_metadata_to_nats_headers(
     # And a consumer extracting those headers continues the same trace.
     extracted = trace.get_current_span(extract_context({"traceparent": traceparent})).get_span_context()
     assert format(extracted.trace_id, "032x") == TRACE_ID
+
+
+def test_without_an_exporter_spans_are_not_recorded_yet_the_trace_id_travels_on() -> None:
+    quiet = tracer_provider("test", "0", TelemetrySettings())
+    parent = extract_context({"traceparent": PARENT})
+    with quiet.get_tracer("test").start_as_current_span("call", context=parent) as span:
+        assert not span.is_recording()
+        outgoing = inject_headers()["traceparent"]
+    assert outgoing.split("-")[1] == TRACE_ID and outgoing.split("-")[2] != "00f067aa0ba902b7"
+    exporting = tracer_provider("test", "0", TelemetrySettings(console_traces=True))
+    try:
+        with exporting.get_tracer("test").start_as_current_span("call", context=parent) as span:
+            assert span.is_recording()
+    finally:
+        exporting.shutdown()

@@ -16,7 +16,7 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from prometheus_client import Counter, Histogram, start_http_server
 
@@ -55,9 +55,15 @@ def configure_logging(service: str, settings: TelemetrySettings) -> None:
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
 
 
-def configure_tracing(service: str, version: str, settings: TelemetrySettings) -> TracerProvider:
+def tracer_provider(service: str, version: str, settings: TelemetrySettings) -> TracerProvider:
+    """Spans are recorded only when something exports them. Without an exporter every span is a
+    non-recording one: it still has its trace and span ids (so logs carry them and the context
+    travels on in gRPC metadata and NATS headers), but nothing is collected for it — a recording
+    span cost every call about 150 µs of CPU for nothing."""
+    exporting = bool(settings.otlp_endpoint) or settings.console_traces
     provider = TracerProvider(
-        resource=Resource.create({"service.name": f"onefold-{service}", "service.version": version})
+        resource=Resource.create({"service.name": f"onefold-{service}", "service.version": version}),
+        sampler=sampling.ParentBased(sampling.ALWAYS_ON) if exporting else sampling.ALWAYS_OFF,
     )
     if settings.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -65,6 +71,11 @@ def configure_tracing(service: str, version: str, settings: TelemetrySettings) -
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_endpoint)))
     if settings.console_traces:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    return provider
+
+
+def configure_tracing(service: str, version: str, settings: TelemetrySettings) -> TracerProvider:
+    provider = tracer_provider(service, version, settings)
     trace.set_tracer_provider(provider)
     return provider
 
