@@ -59,6 +59,23 @@ _CONSENT_CHANNELS = {
 InstanceKey = tuple[str, str, str]  # (journey, profile id, entity key) within a workspace
 
 
+def _by_name(*messages: type[Message]) -> dict[str, type[Message]]:
+    return {m.DESCRIPTOR.full_name: m for m in messages}
+
+
+# What each upstream's subscriber fetches (by subject) and handles: the other events are never read.
+IDENTITY_TYPES = _by_name(
+    identity_pb2.EventResolved,
+    identity_pb2.TraitsUpdated,
+    identity_pb2.ProfileErased,
+    identity_pb2.ProfilesMerged,
+)
+SEGMENTS_TYPES = _by_name(segments_pb2.SegmentEntered, segments_pb2.SegmentExited, segments_pb2.TagChanged)
+CONSENT_TYPES = _by_name(
+    consent_pb2.ConsentWithdrawn, consent_pb2.ConsentExpired, consent_pb2.ObjectionRecorded
+)
+
+
 def observed(message: identity_pb2.EventResolved) -> Observed:
     """The journey's view of an opened EventResolved (the skew-corrected time, else received)."""
     e = message.event
@@ -244,16 +261,7 @@ class Runs:
         """Identity's events: resolved events enter journeys and move instances; traits are kept as
         facts (a merge moves the merged profile's to the survivor); an erased profile's instances
         stop."""
-        parsed: list[Message] = []
-        for envelope in envelopes:
-            if envelope.type == identity_pb2.EventResolved.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.EventResolved.FromString(envelope.payload))
-            elif envelope.type == identity_pb2.TraitsUpdated.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.TraitsUpdated.FromString(envelope.payload))
-            elif envelope.type == identity_pb2.ProfileErased.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.ProfileErased.FromString(envelope.payload))
-            elif envelope.type == identity_pb2.ProfilesMerged.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.ProfilesMerged.FromString(envelope.payload))
+        parsed = [IDENTITY_TYPES[e.type].FromString(e.payload) for e in envelopes if e.type in IDENTITY_TYPES]
         for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
             mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
             profile_ids: list[str] = []
@@ -329,11 +337,11 @@ class Runs:
     def handle_segments(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         """Segments' changes: memberships and tags kept as facts; entering or leaving a segment
         enters the journeys triggered by it."""
-        parsed: list[tuple[str, Message]] = []
-        for envelope in envelopes:
-            for kind in (segments_pb2.SegmentEntered, segments_pb2.SegmentExited, segments_pb2.TagChanged):
-                if envelope.type == kind.DESCRIPTOR.full_name:
-                    parsed.append((envelope.event_id, kind.FromString(envelope.payload)))
+        parsed = [
+            (e.event_id, SEGMENTS_TYPES[e.type].FromString(e.payload))
+            for e in envelopes
+            if e.type in SEGMENTS_TYPES
+        ]
         for workspace in dict.fromkeys(m.workspace for _, m in parsed):  # type: ignore[attr-defined]
             mine = [(i, m) for i, m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
             work = self._open(conn, workspace, [m.profile_id for _, m in mine])  # type: ignore[attr-defined]
