@@ -20,6 +20,7 @@ from journeys_harness import (
 
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.contracts.segments.v1 import segments_pb2
 from onefold.eventlog.mapper import ERASED
 from onefold.journeys.adapters.providers.base import Message
 from onefold.journeys.adapters.providers.settings import ChannelsSettings, HttpChannel
@@ -361,6 +362,35 @@ async def test_entering_a_segment_enters_its_journey_once(
     assert instance.ref.entry_seq == 1
     entered = [e for e in journeys.events("vip_welcome", "p-1") if isinstance(e, pb.JourneyEntered)]
     assert [e.trigger for e in entered] == ["segment_entry"]
+    with pytest.raises(NotFound):
+        await journeys.instance("vip_welcome", "p-2")
+
+
+async def test_a_batch_of_tags_and_memberships_enters_and_refuses_as_one_input_at_a_time_would(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    """A segments batch reads the instances only of the profiles it may enter: one already in the
+    journey among tags and other memberships is still refused by its re-entry rule."""
+    vip_welcome = one_send("vip_welcome", "CHANNEL_EMAIL", "cart_reminder", segment={"segment": "vip"})
+    await journeys.apply(vip_welcome, templates=TEMPLATES)
+    await journeys.segment_entered("p-1", "vip")
+
+    def tag(profile_id: str) -> segments_pb2.TagChanged:
+        return segments_pb2.TagChanged(profile_id=profile_id, workspace=WORKSPACE, tag="tier", value="gold")
+
+    def entered(profile_id: str, segment: str) -> segments_pb2.SegmentEntered:
+        return segments_pb2.SegmentEntered(profile_id=profile_id, workspace=WORKSPACE, segment=segment)
+
+    batch = [tag("p-1"), entered("p-2", "cart_abandoners"), entered("p-1", "vip"), entered("p-3", "vip")]
+    await journeys.deliver(
+        journeys.app.runs.handle_segments, *(envelope(m, journeys.clock.now) for m in batch)
+    )
+
+    for profile_id in ("p-1", "p-3"):
+        instance = await journeys.instance("vip_welcome", profile_id)
+        assert instance.ref.entry_seq == 1
+        entries = [e for e in journeys.events("vip_welcome", profile_id) if isinstance(e, pb.JourneyEntered)]
+        assert [e.trigger for e in entries] == ["segment_entry"]
     with pytest.raises(NotFound):
         await journeys.instance("vip_welcome", "p-2")
 

@@ -138,19 +138,31 @@ class Runs:
 
     # -------------------------------------------------------------------------- a pass
 
-    def _open(self, conn: Connection, workspace: str, profile_ids: Iterable[str]) -> _Pass:
+    def _open(
+        self,
+        conn: Connection,
+        workspace: str,
+        profile_ids: Iterable[str],
+        instances_of: Iterable[str] | None = None,
+    ) -> _Pass:
+        """A pass over `profile_ids` (their facts, which are erased) with every instance of
+        `instances_of` (default: of all of them) folded. Folding an instance reads and opens its
+        whole stream, so a pass loads only the profiles whose instances its inputs can move or
+        enter; another instance is read when asked for (`_instance`)."""
         work = _Pass(workspace, self.clock())
         ids = list(dict.fromkeys(profile_ids))
         work.facts = self.facts.load(conn, workspace, ids)
         subjects = {subject_of(workspace, p): p for p in ids}
         work.erased = {subjects[s] for s in self.log.store.erased_subjects(conn, subjects)}
-        rows = conn.execute(
-            sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
-                (instances.c.workspace == workspace) & instances.c.profile_id.in_(ids)
-            )
-        ).all()
-        self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
-        work.all_loaded.update(ids)
+        loaded = ids if instances_of is None else list(dict.fromkeys(instances_of))
+        if loaded:
+            rows = conn.execute(
+                sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
+                    (instances.c.workspace == workspace) & instances.c.profile_id.in_(loaded)
+                )
+            ).all()
+            self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
+        work.all_loaded.update(loaded)
         return work
 
     def _load(self, conn: Connection, work: _Pass, keys: Sequence[InstanceKey]) -> None:
@@ -272,7 +284,14 @@ class Runs:
                     profile_ids += [message.profile_id, *message.profile_ids]
                 else:
                     profile_ids.append(message.profile_id)  # type: ignore[attr-defined]
-            work = self._open(conn, workspace, profile_ids)
+            # Traits and merges touch facts only: resolved events and erasures move instances.
+            moved: list[str] = []
+            for message in mine:
+                if isinstance(message, identity_pb2.EventResolved):
+                    moved.append(message.profile_id)
+                elif isinstance(message, identity_pb2.ProfileErased):
+                    moved += [message.profile_id, *message.profile_ids]
+            work = self._open(conn, workspace, profile_ids, instances_of=moved)
             running = {r.name: r for r in self.journeys.running(conn, workspace)}
             for message in mine:
                 if isinstance(message, identity_pb2.EventResolved) and message.profile_id:
@@ -344,8 +363,26 @@ class Runs:
         ]
         for workspace in dict.fromkeys(m.workspace for _, m in parsed):  # type: ignore[attr-defined]
             mine = [(i, m) for i, m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
-            work = self._open(conn, workspace, [m.profile_id for _, m in mine])  # type: ignore[attr-defined]
             running = self.journeys.running(conn, workspace)
+            # Only a profile entering a journey here needs its instances (tags and memberships
+            # are facts).
+            entering = [
+                m.profile_id
+                for _, m in mine
+                if isinstance(m, segments_pb2.SegmentEntered | segments_pb2.SegmentExited)
+                and any(
+                    decide.enters_on_segment(
+                        entry.journey, m.segment, exited=isinstance(m, segments_pb2.SegmentExited)
+                    )
+                    for entry in running
+                )
+            ]
+            work = self._open(
+                conn,
+                workspace,
+                [m.profile_id for _, m in mine],  # type: ignore[attr-defined]
+                instances_of=entering,
+            )
             for event_id, message in mine:
                 profile_id: str = message.profile_id  # type: ignore[attr-defined]
                 facts = work.facts.setdefault(profile_id, MutableFacts())
