@@ -26,7 +26,8 @@ from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.contracts.segments.v1 import segments_pb2
-from onefold.eventlog.models import NewEvent, from_micros, to_micros
+from onefold.eventlog.folded import FoldedStreams
+from onefold.eventlog.models import NewEvent, RecordedEvent, from_micros, to_micros
 from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
@@ -134,6 +135,8 @@ class Runs:
         # On the leader: fire timers at their moment (sleeping until the earliest, woken early when
         # a batch schedules a wait or a journey is published).
         self.timers = Duty("journeys.timers", self._timers_round)
+        # Instances folded in earlier passes: a person's ended instances are not read again per event.
+        self.folded: FoldedStreams[Instance] = FoldedStreams(log_.store)
         self.on_queued: Callable[[], None] = lambda: None  # the sender's wake-up, set by the application
 
     # -------------------------------------------------------------------------- a pass
@@ -166,13 +169,21 @@ class Runs:
         return work
 
     def _load(self, conn: Connection, work: _Pass, keys: Sequence[InstanceKey]) -> None:
-        """Fold the instances of `keys` not yet held, from their streams, in one read."""
+        """Fold the instances of `keys` not yet held, from their streams, in one read of the streams
+        that moved since they were last folded."""
         wanted = {instance_stream(work.workspace, *key): key for key in keys if key not in work.instances}
-        for key in wanted.values():
-            work.instances[key] = Instance()
         store = self.log.store
-        for event in store.read_streams(list(wanted), conn=conn):
-            work.instances[wanted[event.stream_id]].apply(event.occurred_at, store.decode(event, conn=conn))
+
+        def fold(events: Sequence[RecordedEvent]) -> Instance:
+            instance = Instance()
+            for event in events:
+                instance.apply(event.occurred_at, store.decode(event, conn=conn))
+            return instance
+
+        folded = self.folded.load(conn, list(wanted), fold)
+        for stream_id, key in wanted.items():
+            found = folded.get(stream_id)
+            work.instances[key] = found if found is not None else Instance()
 
     def _instance(self, conn: Connection, work: _Pass, key: InstanceKey) -> Instance:
         if key not in work.instances:
@@ -529,7 +540,9 @@ class Runs:
 
     def _erase(self, conn: Connection, work: _Pass, profile_ids: Sequence[str]) -> None:
         for profile_id in profile_ids:
-            for key, instance in self._profile_instances(work, profile_id):
+            held = self._profile_instances(work, profile_id)
+            self.folded.forget([instance_stream(work.workspace, *key) for key, _ in held])
+            for key, instance in held:
                 work.record(instance, profile_id, key, decide.erase(instance))
             work.facts.pop(profile_id, None)
             work.facts_changed.discard(profile_id)
