@@ -27,7 +27,7 @@ class Folds:
     def load(self, folded: FoldedStreams[list[str]], *stream_ids: str) -> dict[str, list[str]]:
         self.read.clear()
         with self.store.transaction() as conn:
-            return folded.load(conn, stream_ids, self)
+            return {s: f.state for s, f in folded.load(conn, stream_ids, self).items()}
 
 
 def updated(stream_id: str, subject: str, email: str) -> NewEvent:
@@ -59,12 +59,36 @@ def test_a_state_folded_from_a_rolled_back_append_is_never_served(store: EventSt
 
     with pytest.raises(RuntimeError), store.transaction() as conn:
         store.append([updated("p:a", "a", "rolled-back@example.com")], conn=conn)
-        assert folded.load(conn, ["p:a"], folds)["p:a"] == ["a1@example.com", "rolled-back@example.com"]
+        assert folded.load(conn, ["p:a"], folds)["p:a"].state == ["a1@example.com", "rolled-back@example.com"]
         raise RuntimeError("the transaction fails after the state was folded")
     # The same version number, written again by another event: its hash differs.
     store.append([updated("p:a", "a", "a2@example.com")])
 
     assert folds.load(folded, "p:a") == {"p:a": ["a1@example.com", "a2@example.com"]}
+    assert folds.read == ["p:a"]
+
+
+def test_a_state_the_caller_folded_through_its_own_event_is_served_without_reading(store: EventStore) -> None:
+    store.append([updated("p:a", "a", "a1@example.com")])
+    folded: FoldedStreams[list[str]] = FoldedStreams(store)
+    folds = Folds(store)
+    with store.transaction() as conn:
+        loaded = folded.load(conn, ["p:a"], folds)["p:a"]
+        assert loaded.version == 1
+        [recorded] = store.append([updated("p:a", "a", "a2@example.com")], conn=conn)
+        folded.keep([*loaded.state, "a2@example.com"], recorded)
+
+    assert folds.load(folded, "p:a") == {"p:a": ["a1@example.com", "a2@example.com"]}
+    assert folds.read == []
+
+    with pytest.raises(RuntimeError), store.transaction() as conn:
+        [recorded] = store.append([updated("p:a", "a", "rolled-back@example.com")], conn=conn)
+        folded.keep(["kept from a transaction that rolls back"], recorded)
+        raise RuntimeError("the transaction fails after the state was kept")
+
+    assert folds.load(folded, "p:a") == {"p:a": ["a1@example.com", "a2@example.com"]}
+    store.append([updated("p:a", "a", "a3@example.com")])  # version 3 again, another event
+    assert folds.load(folded, "p:a") == {"p:a": ["a1@example.com", "a2@example.com", "a3@example.com"]}
     assert folds.read == ["p:a"]
 
 

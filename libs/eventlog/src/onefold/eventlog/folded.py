@@ -40,6 +40,12 @@ class _Head:
     subject: str
 
 
+@dataclass(frozen=True)
+class Folded(Generic[S]):
+    state: S
+    version: int  # the stream's version it is the fold through
+
+
 class FoldedStreams(Generic[S]):
     def __init__(self, store: EventStore, *, max_streams: int = 20_000) -> None:
         self.store = store
@@ -48,18 +54,18 @@ class FoldedStreams(Generic[S]):
 
     def load(
         self, conn: Connection, stream_ids: Sequence[str], fold: Callable[[Sequence[RecordedEvent]], S]
-    ) -> dict[str, S]:
+    ) -> dict[str, Folded[S]]:
         """The state of each of `stream_ids` that has events, `fold`ed from its events in order
-        (read in the caller's transaction) unless kept from an earlier load; the caller's to change."""
+        (read in the caller's transaction) unless kept from earlier; the caller's to change."""
         heads = self._heads(conn, stream_ids)
         erased = self.store.erased_subjects(conn, {h.subject for h in heads.values()})
-        found: dict[str, S] = {}
+        found: dict[str, Folded[S]] = {}
         stale: list[str] = []
         for stream_id, head in heads.items():
             kept = self._states.get(stream_id)
             if kept is not None and kept[0] == head and head.subject not in erased:
                 self._states.move_to_end(stream_id)
-                found[stream_id] = copy.deepcopy(kept[1])
+                found[stream_id] = Folded(copy.deepcopy(kept[1]), head.version)
             else:
                 self._states.pop(stream_id, None)
                 stale.append(stream_id)
@@ -70,13 +76,23 @@ class FoldedStreams(Generic[S]):
             state = fold(events)
             last = events[-1]
             if last.subject not in erased:
-                self._states[stream_id] = (_Head(last.stream_version, last.hash, last.subject), state)
-                found[stream_id] = copy.deepcopy(state)
-            else:
-                found[stream_id] = state
+                self._put(last, state)
+                state = copy.deepcopy(state)
+            found[stream_id] = Folded(state, last.stream_version)
+        return found
+
+    def keep(self, state: S, last: RecordedEvent) -> None:
+        """Keep `state` as the fold of its stream through `last`, an event the caller has just
+        recorded on it, so the next load need not read it back. The caller vouches that `state` is
+        exactly that fold (it held the stream's state when it decided, and folded everything it
+        recorded since). Should its transaction roll back, nothing will ever match `last`'s hash."""
+        self._put(last, copy.deepcopy(state))
+
+    def _put(self, last: RecordedEvent, state: S) -> None:
+        self._states[last.stream_id] = (_Head(last.stream_version, last.hash, last.subject), state)
+        self._states.move_to_end(last.stream_id)
         while len(self._states) > self.max_streams:
             self._states.popitem(last=False)
-        return found
 
     def forget(self, stream_ids: Sequence[str]) -> None:
         """Drop what is kept of these streams (their subjects are being erased)."""

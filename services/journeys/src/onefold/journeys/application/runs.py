@@ -98,6 +98,8 @@ class _Pass:
     workspace: str
     now: datetime
     instances: dict[InstanceKey, Instance] = field(default_factory=dict)
+    # The stream version each held instance was folded through when loaded (0: a new stream).
+    versions: dict[InstanceKey, int] = field(default_factory=dict)
     facts: dict[str, MutableFacts] = field(default_factory=dict)
     facts_changed: set[str] = field(default_factory=set)
     events: list[NewEvent] = field(default_factory=list)
@@ -183,7 +185,8 @@ class Runs:
         folded = self.folded.load(conn, list(wanted), fold)
         for stream_id, key in wanted.items():
             found = folded.get(stream_id)
-            work.instances[key] = found if found is not None else Instance()
+            work.instances[key] = found.state if found is not None else Instance()
+            work.versions[key] = found.version if found is not None else 0
 
     def _instance(self, conn: Connection, work: _Pass, key: InstanceKey) -> Instance:
         if key not in work.instances:
@@ -192,6 +195,7 @@ class Runs:
                 # this one is new, its stream empty. Reading it anyway cost a query per entry. (A
                 # read model behind the log is refused when the pass records: ProjectionBehind.)
                 work.instances[key] = Instance()
+                work.versions[key] = 0
             else:
                 self._load(conn, work, [key])
         return work.instances[key]
@@ -201,11 +205,26 @@ class Runs:
 
     def _finish(self, conn: Connection, work: _Pass) -> None:
         self.facts.save(conn, work.workspace, {p: work.facts[p] for p in work.facts_changed})
-        self.log.projector.record(conn, work.events)
+        self._keep(work, self.log.projector.record(conn, work.events))
         if any(isinstance(e.message, pb.MessageQueued) for e in work.events):
             self.on_queued()
         if any(isinstance(e.message, pb.WaitScheduled) for e in work.events):
             self._poke()
+
+    def _keep(self, work: _Pass, recorded: Sequence[RecordedEvent]) -> None:
+        """The instances this pass moved are kept as it folded them, so the next pass need not read
+        back what it wrote — unless something else wrote to the stream since it was loaded (its
+        events would be missing here: the stream is read again)."""
+        last: dict[str, RecordedEvent] = {}
+        appended: dict[str, int] = {}
+        for event in recorded:
+            last[event.stream_id] = event
+            appended[event.stream_id] = appended.get(event.stream_id, 0) + 1
+        for key, instance in work.instances.items():
+            stream_id = instance_stream(work.workspace, *key)
+            newest = last.get(stream_id)
+            if newest is not None and newest.stream_version == work.versions[key] + appended[stream_id]:
+                self.folded.keep(instance, newest)
 
     # -------------------------------------------------------------------------- entering
 
