@@ -106,6 +106,8 @@ class _Pass:
     # Profiles erased before this pass: their keys are gone, so nothing new is recorded about them
     # (an upstream event of theirs still in flight is set aside instead of failing its whole batch).
     erased: set[str] = field(default_factory=set)
+    # Profiles this pass erases: their instances (personal data opened) are not kept past it.
+    erasing: set[str] = field(default_factory=set)
     # Profiles whose every instance was loaded (by `_open`): one of theirs not held has no events.
     all_loaded: set[str] = field(default_factory=set)
 
@@ -221,6 +223,8 @@ class Runs:
             last[event.stream_id] = event
             appended[event.stream_id] = appended.get(event.stream_id, 0) + 1
         for key, instance in work.instances.items():
+            if key[1] in work.erasing or key[1] in work.erased:
+                continue
             stream_id = instance_stream(work.workspace, *key)
             newest = last.get(stream_id)
             if newest is not None and newest.stream_version == work.versions[key] + appended[stream_id]:
@@ -559,6 +563,7 @@ class Runs:
 
     def _erase(self, conn: Connection, work: _Pass, profile_ids: Sequence[str]) -> None:
         for profile_id in profile_ids:
+            work.erasing.add(profile_id)
             held = self._profile_instances(work, profile_id)
             self.folded.forget([instance_stream(work.workspace, *key) for key, _ in held])
             for key, instance in held:
