@@ -977,7 +977,7 @@ def report(results: dict[str, Any]) -> None:
     line(
         f"profiles: {profiles['profiles']:,} traits, {profiles['with_consent']:,} with consent",
         f"{profiles['traits_per_s']:,}/s",
-        f"grants {profiles['grants_seconds']} s",
+        f"{profiles['traits_cpu_us_per_profile']} CPU µs/profile, grants {profiles['grants_seconds']} s",
     )
     waiting, floor = results["waiting"], results["waiting"]["floor"]
     line(

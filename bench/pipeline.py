@@ -54,7 +54,10 @@ Phases:
 - CPU and memory: each service process's (and nats-server's) CPU time (utime + stime from
   /proc/PID/stat) from just before the load to the end of the drain, and its VmRSS and VmHWM after
   the drain. CPU µs per event = CPU seconds x 1e6 / events accepted; it includes the reads and probes
-  served meanwhile (a few % of the calls at the default rates: an upper bound);
+  served meanwhile (a few % of the calls at the default rates: an upper bound). Net of the reads:
+  each process's CPU share in the baseline phase (its idle loops, and the reads it served), times
+  the measured span, taken off first — per service and in total; the stable figure when other work
+  shares the machine and the drain's length varies;
 - producer floor: after the drain, the same producer POSTing batches back to back for FLOOR_SECONDS
   (ingest's HTTP accept rate from one client: what this producer can reach at all).
 
@@ -823,6 +826,7 @@ def baseline_reads(system: System, people: list[tuple[str, str]], args: argparse
     found = stop_readers(readers)
     wall, cpu_after = time.monotonic() - began, cpu_snapshot(system)
     found["service_cpu_share"] = round(sum(cpu_after[s] - cpu_before[s] for s in SERVICES) / wall, 3)
+    found["cpu_share"] = {s: round((cpu_after[s] - cpu_before[s]) / wall, 4) for s in SERVICES}
     return found
 
 
@@ -877,6 +881,16 @@ def results_of(
     services_cpu = sum(load["cpu_seconds"][s] for s in SERVICES)
     idle_cpu = baseline["service_cpu_share"] * load["cpu_measured_seconds"]
     net_us = round(max(0.0, services_cpu - idle_cpu) * 1e6 / max(load["load"]["accepted"], 1))
+    # Per service likewise: a service's own baseline share taken off its CPU, so its figure does not
+    # move with how long the drain (the slowest stage) kept every process's idle loops running.
+    net_by_service = {
+        s: round(
+            max(0.0, load["cpu_seconds"][s] - baseline["cpu_share"][s] * load["cpu_measured_seconds"])
+            * 1e6
+            / max(load["load"]["accepted"], 1)
+        )
+        for s in SERVICES
+    }
     figures = {
         "sustained_events_per_s": load["load"]["events_per_s"],
         "total_service_cpu_us_per_event": load["total_service_cpu_us_per_event"],
@@ -935,6 +949,7 @@ def results_of(
         # The services' CPU while only the reads ran (baseline), scaled to the measured span and
         # taken off: what the events themselves cost, beside the gross figure the target is held to.
         "total_service_cpu_us_per_event_net_of_reads": net_us,
+        "cpu_us_per_event_net_of_reads": net_by_service,
         "lag_bounded": bounded,
         "lag_bound_s": LAG_BOUND_S,
         "services_restarted": restarted,
@@ -992,6 +1007,11 @@ def report(results: dict[str, Any]) -> None:
         f"{results['total_service_cpu_us_per_event_net_of_reads']:,}",
         f"baseline service CPU share {results['baseline_reads']['service_cpu_share']}, "
         f"span {load['cpu_measured_seconds']} s",
+    )
+    line(
+        "  per service, net of its own baseline share",
+        "",
+        json.dumps(results["cpu_us_per_event_net_of_reads"]),
     )
     line("RSS / peak MB per process", "", json.dumps(load["memory"]))
     print(

@@ -976,7 +976,8 @@ def report(results: dict[str, Any]) -> None:
     line(
         f"SegmentEntered at {lat['rate_per_s']}/s ({lat['segment_entered']:,}): p50 / p99",
         f"{lat['entered_p50_ms']} / {lat['entered_p99_ms']} ms",
-        f"every event p99 {lat['every_event_p99_ms']} ms, mean batch {lat['mean_batch']}",
+        f"every event p99 {lat['every_event_p99_ms']} ms, mean batch {lat['mean_batch']}, "
+        f"{lat['service_cpu_us_per_event']} CPU µs/event",
     )
     tm = results["timer"]
     line(

@@ -61,6 +61,8 @@ def test_bench_pipeline_runs_every_phase_in_quick_mode(tmp_path: Path) -> None:
         assert load["memory"][name]["peak_rss_mb"] >= load["memory"][name]["rss_mb"] > 0, name
     assert load["total_service_cpu_us_per_event"] > 0 and load["bench_process_cpu_share"] > 0
     assert results["total_service_cpu_us_per_event_net_of_reads"] >= 0
+    net = results["cpu_us_per_event_net_of_reads"]
+    assert set(net) == set(SERVICES) and all(net[s] <= load["cpu_us_per_event"][s] for s in SERVICES)
 
     assert set(results["met"]) == set(results["targets"]) == set(results["figures"])
     assert all(isinstance(value, bool) for value in results["met"].values())

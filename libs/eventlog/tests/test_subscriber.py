@@ -258,6 +258,48 @@ async def test_partitioned_subscribers_share_the_work_and_keep_each_stream_in_or
     await high.stop()
 
 
+async def test_a_subscriber_of_some_event_types_is_never_delivered_the_others(
+    nats: NatsConnection, database_url: str, open_store: Callable[..., EventStore]
+) -> None:
+    upstream = open_store("ingest", extra=effects_metadata)
+    # Interleaved, so that every counter follows an event the subscriber is never given.
+    upstream.append(
+        [
+            event
+            for i in range(150)
+            for event in (
+                NewEvent(f"profile:{i % 7}", events_pb2.ProfileUpdated(profile_id=f"p{i % 7}")),
+                NewEvent(f"counter:{i % 5}", events_pb2.CounterChanged(counter=f"c{i % 5}", delta=1)),
+            )
+        ]
+    )
+    await publish(upstream, nats)
+    downstream = open_store("segments", database_url, extra=effects_metadata)
+    types: list[str] = []
+
+    def recording(conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        types.extend(e.type for e in envelopes)
+        apply_effects(conn, envelopes)
+
+    counters_only = Subscriber(
+        downstream,
+        nats,
+        service="segments",
+        upstream="ingest",
+        handler=recording,
+        event_types=[events_pb2.CounterChanged.DESCRIPTOR.full_name],
+        settings=FAST,
+    )
+    await counters_only.run_until_idle()
+
+    assert set(types) == {events_pb2.CounterChanged.DESCRIPTOR.full_name} and len(types) == 150
+    assert applied_positions(downstream) == list(range(2, 301, 2))
+    lag = await counters_only.lag()
+    assert lag.pending == 0 and lag.ack_pending == 0 and lag.tracking == {"ingest": 300}
+    assert counters_only.stats.refused == 0 and counters_only.stats.dead_lettered == 0
+    await counters_only.stop()
+
+
 _examples = itertools.count()
 
 

@@ -4,6 +4,7 @@ fired and messages sent as the loops do, and what a person got (or did not, and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -17,13 +18,17 @@ from journeys_harness import (
     envelope,
     journey,
 )
+from sqlalchemy.engine import Connection
 
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
+from onefold.contracts.segments.v1 import segments_pb2
+from onefold.eventlog import RecordedEvent
+from onefold.eventlog.folded import FoldedStreams
 from onefold.eventlog.mapper import ERASED
 from onefold.journeys.adapters.providers.base import Message
 from onefold.journeys.adapters.providers.settings import ChannelsSettings, HttpChannel
-from onefold.journeys.domain.instance import subject_of
+from onefold.journeys.domain.instance import Instance, instance_stream, subject_of
 from onefold.journeys.domain.pacing import PacingPolicy, QuietHours
 from onefold.platform.errors import InvalidArgument, NotFound
 from onefold.platform.ports import free_port
@@ -140,6 +145,39 @@ async def test_a_purchase_before_the_wait_ends_sends_nothing_and_exits_by_the_ex
     stats = await journeys.stats("abandoned_cart")
     assert (stats.entered, stats.exited, stats.converted, stats.revenue) == (1, 1, 1, 42.5)
     assert dict(stats.exits_by_reason) == {"exit_rule: ordered": 1}
+
+
+async def test_the_instances_kept_between_passes_are_the_folds_of_their_streams(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    """Passes keep the instances they moved (and those they read) for the next pass; the sender and
+    the timers write to the same streams in between. What is kept is what the log folds to."""
+    await journeys.apply(cart_journey(), templates=TEMPLATES)
+    for profile_id in ("p-1", "p-2"):
+        await shopper(journeys, consent, profile_id)
+        await journeys.track(profile_id, "Product Added", cart_id=f"{profile_id}-c-1")
+    await journeys.track("p-1", "Product Added", cart_id="p-1-c-2")
+    await journeys.advance(timedelta(hours=1))  # the timers fire, the reminders are sent
+    await journeys.track("p-1", "Order Completed", cart_id="p-1-c-1", total=12.0)
+    await journeys.track("p-2", "Page Viewed")
+    await journeys.advance(timedelta(days=2))
+
+    store = journeys.app.log.store
+    streams = [
+        instance_stream(WORKSPACE, "abandoned_cart", profile_id, cart)
+        for profile_id, cart in (("p-1", "p-1-c-1"), ("p-1", "p-1-c-2"), ("p-2", "p-2-c-1"))
+    ]
+
+    def states(conn: Connection, folded: FoldedStreams[Instance]) -> dict[str, Instance]:
+        def fold(events: Sequence[RecordedEvent]) -> Instance:
+            return Instance.fold((e.occurred_at, store.decode(e, conn=conn)) for e in events)
+
+        return {stream: found.state for stream, found in folded.load(conn, streams, fold).items()}
+
+    with store.transaction() as conn:
+        kept = states(conn, journeys.app.runs.folded)
+        assert kept == states(conn, FoldedStreams(store)) and len(kept) == 3
+        assert kept[streams[0]].exit_reason == "exit_rule: ordered"
 
 
 async def test_an_order_of_another_cart_does_not_end_this_one(
@@ -361,6 +399,35 @@ async def test_entering_a_segment_enters_its_journey_once(
     assert instance.ref.entry_seq == 1
     entered = [e for e in journeys.events("vip_welcome", "p-1") if isinstance(e, pb.JourneyEntered)]
     assert [e.trigger for e in entered] == ["segment_entry"]
+    with pytest.raises(NotFound):
+        await journeys.instance("vip_welcome", "p-2")
+
+
+async def test_a_batch_of_tags_and_memberships_enters_and_refuses_as_one_input_at_a_time_would(
+    journeys: JourneysHarness, consent: ConsentService
+) -> None:
+    """A segments batch reads the instances only of the profiles it may enter: one already in the
+    journey among tags and other memberships is still refused by its re-entry rule."""
+    vip_welcome = one_send("vip_welcome", "CHANNEL_EMAIL", "cart_reminder", segment={"segment": "vip"})
+    await journeys.apply(vip_welcome, templates=TEMPLATES)
+    await journeys.segment_entered("p-1", "vip")
+
+    def tag(profile_id: str) -> segments_pb2.TagChanged:
+        return segments_pb2.TagChanged(profile_id=profile_id, workspace=WORKSPACE, tag="tier", value="gold")
+
+    def entered(profile_id: str, segment: str) -> segments_pb2.SegmentEntered:
+        return segments_pb2.SegmentEntered(profile_id=profile_id, workspace=WORKSPACE, segment=segment)
+
+    batch = [tag("p-1"), entered("p-2", "cart_abandoners"), entered("p-1", "vip"), entered("p-3", "vip")]
+    await journeys.deliver(
+        journeys.app.runs.handle_segments, *(envelope(m, journeys.clock.now) for m in batch)
+    )
+
+    for profile_id in ("p-1", "p-3"):
+        instance = await journeys.instance("vip_welcome", profile_id)
+        assert instance.ref.entry_seq == 1
+        entries = [e for e in journeys.events("vip_welcome", profile_id) if isinstance(e, pb.JourneyEntered)]
+        assert [e.trigger for e in entries] == ["segment_entry"]
     with pytest.raises(NotFound):
         await journeys.instance("vip_welcome", "p-2")
 

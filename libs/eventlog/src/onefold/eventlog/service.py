@@ -80,6 +80,8 @@ class Subscription:
 
     upstream: str
     handler: Handler
+    # The event types (protobuf full names) the handler reads; the others are not fetched at all.
+    event_types: Sequence[str] | None = None
     name: str | None = None
     partitions: Sequence[int] | None = None
 
@@ -286,6 +288,7 @@ class EventSourcedService(Generic[A]):
                 handler=subscription.handler,
                 name=subscription.name,
                 partitions=subscription.partitions,
+                event_types=subscription.event_types,
                 stream_settings=bus,
                 keys=keyaccess.RemoteSubjectKeys(
                     subscription.upstream, functools.partial(self.key_peers.channel, subscription.upstream)

@@ -86,10 +86,11 @@ def service_subjects(service: str) -> str:
     return event_filter(service)
 
 
-def event_filter(service: str, partition: int | None = None) -> str:
-    """Subject filter for a service's events (all, or one partition)."""
+def event_filter(service: str, partition: int | None = None, event_type: str | None = None) -> str:
+    """Subject filter for a service's events (all, or one partition; every type, or one)."""
+    kind = "*" if event_type is None else event_kind(event_type)
     last = "*" if partition is None else str(partition)
-    return f"{SUBJECT_ROOT}.{subject_token(service)}.*.*.{last}"
+    return f"{SUBJECT_ROOT}.{subject_token(service)}.{kind}.*.{last}"
 
 
 def digest_subject(service: str) -> str:

@@ -164,6 +164,7 @@ class Subscriber:
         upstream: str,
         handler: Handler,
         partitions: Sequence[int] | None = None,
+        event_types: Sequence[str] | None = None,
         name: str | None = None,
         settings: SubscriberSettings | None = None,
         stream_settings: StreamSettings | None = None,
@@ -173,7 +174,10 @@ class Subscriber:
     ) -> None:
         """`service` consumes the events published by `upstream`.
 
-        `partitions`: only these partitions (None = all). `name` distinguishes two subscribers of the
+        `partitions`: only these partitions (None = all). `event_types`: only events of these types
+        (protobuf full names; None = all), filtered by subject on the server: the tracking row then
+        moves over the positions of the events left out, and the link check applies where two
+        delivered events are adjacent in the upstream log. `name` distinguishes two subscribers of the
         same service to the same upstream (each has its own consumer and tracking rows). `keys`: the
         upstream's subject keys, to open the sealed personal data of its events before the handler
         sees them (keyaccess); without it a sealed event fails its batch. `writer`: the service's
@@ -194,11 +198,13 @@ class Subscriber:
         self.label = name or upstream
         self.stream = stream_name(upstream)
         self.durable = consumer_name(service, self.label, self.partitions)
-        self.filter_subjects = (
-            [event_filter(upstream)]
-            if self.partitions is None
-            else [event_filter(upstream, p) for p in self.partitions]
-        )
+        self.event_types = sorted(set(event_types)) if event_types is not None else None
+        # The server leaves out what the handler would ignore: never fetched, checked or opened.
+        self.filter_subjects = [
+            event_filter(upstream, partition, event_type)
+            for partition in (self.partitions if self.partitions is not None else [None])
+            for event_type in (self.event_types if self.event_types is not None else [None])
+        ]
         self.stats = SubscriberStats()
         self._unsealer = Unsealer(keys) if keys is not None else None
         self._js: JetStreamContext | None = None

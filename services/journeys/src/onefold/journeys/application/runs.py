@@ -26,7 +26,8 @@ from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
 from onefold.contracts.journeys.v1 import journeys_pb2 as pb
 from onefold.contracts.segments.v1 import segments_pb2
-from onefold.eventlog.models import NewEvent, from_micros, to_micros
+from onefold.eventlog.folded import FoldedStreams
+from onefold.eventlog.models import NewEvent, RecordedEvent, from_micros, to_micros
 from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
 from onefold.journeys.adapters.profile_facts import MutableFacts, ProfileFacts
@@ -59,6 +60,23 @@ _CONSENT_CHANNELS = {
 InstanceKey = tuple[str, str, str]  # (journey, profile id, entity key) within a workspace
 
 
+def _by_name(*messages: type[Message]) -> dict[str, type[Message]]:
+    return {m.DESCRIPTOR.full_name: m for m in messages}
+
+
+# What each upstream's subscriber fetches (by subject) and handles: the other events are never read.
+IDENTITY_TYPES = _by_name(
+    identity_pb2.EventResolved,
+    identity_pb2.TraitsUpdated,
+    identity_pb2.ProfileErased,
+    identity_pb2.ProfilesMerged,
+)
+SEGMENTS_TYPES = _by_name(segments_pb2.SegmentEntered, segments_pb2.SegmentExited, segments_pb2.TagChanged)
+CONSENT_TYPES = _by_name(
+    consent_pb2.ConsentWithdrawn, consent_pb2.ConsentExpired, consent_pb2.ObjectionRecorded
+)
+
+
 def observed(message: identity_pb2.EventResolved) -> Observed:
     """The journey's view of an opened EventResolved (the skew-corrected time, else received)."""
     e = message.event
@@ -80,12 +98,16 @@ class _Pass:
     workspace: str
     now: datetime
     instances: dict[InstanceKey, Instance] = field(default_factory=dict)
+    # The stream version each held instance was folded through when loaded (0: a new stream).
+    versions: dict[InstanceKey, int] = field(default_factory=dict)
     facts: dict[str, MutableFacts] = field(default_factory=dict)
     facts_changed: set[str] = field(default_factory=set)
     events: list[NewEvent] = field(default_factory=list)
     # Profiles erased before this pass: their keys are gone, so nothing new is recorded about them
     # (an upstream event of theirs still in flight is set aside instead of failing its whole batch).
     erased: set[str] = field(default_factory=set)
+    # Profiles this pass erases: their instances (personal data opened) are not kept past it.
+    erasing: set[str] = field(default_factory=set)
     # Profiles whose every instance was loaded (by `_open`): one of theirs not held has no events.
     all_loaded: set[str] = field(default_factory=set)
 
@@ -117,33 +139,56 @@ class Runs:
         # On the leader: fire timers at their moment (sleeping until the earliest, woken early when
         # a batch schedules a wait or a journey is published).
         self.timers = Duty("journeys.timers", self._timers_round)
+        # Instances folded in earlier passes: a person's ended instances are not read again per event.
+        self.folded: FoldedStreams[Instance] = FoldedStreams(log_.store)
         self.on_queued: Callable[[], None] = lambda: None  # the sender's wake-up, set by the application
 
     # -------------------------------------------------------------------------- a pass
 
-    def _open(self, conn: Connection, workspace: str, profile_ids: Iterable[str]) -> _Pass:
+    def _open(
+        self,
+        conn: Connection,
+        workspace: str,
+        profile_ids: Iterable[str],
+        instances_of: Iterable[str] | None = None,
+    ) -> _Pass:
+        """A pass over `profile_ids` (their facts, which are erased) with every instance of
+        `instances_of` (default: of all of them) folded. Folding an instance reads and opens its
+        whole stream, so a pass loads only the profiles whose instances its inputs can move or
+        enter; another instance is read when asked for (`_instance`)."""
         work = _Pass(workspace, self.clock())
         ids = list(dict.fromkeys(profile_ids))
         work.facts = self.facts.load(conn, workspace, ids)
         subjects = {subject_of(workspace, p): p for p in ids}
         work.erased = {subjects[s] for s in self.log.store.erased_subjects(conn, subjects)}
-        rows = conn.execute(
-            sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
-                (instances.c.workspace == workspace) & instances.c.profile_id.in_(ids)
-            )
-        ).all()
-        self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
-        work.all_loaded.update(ids)
+        loaded = ids if instances_of is None else list(dict.fromkeys(instances_of))
+        if loaded:
+            rows = conn.execute(
+                sa.select(instances.c.journey, instances.c.profile_id, instances.c.entity_key).where(
+                    (instances.c.workspace == workspace) & instances.c.profile_id.in_(loaded)
+                )
+            ).all()
+            self._load(conn, work, [(str(j), str(p), str(k)) for j, p, k in rows])
+        work.all_loaded.update(loaded)
         return work
 
     def _load(self, conn: Connection, work: _Pass, keys: Sequence[InstanceKey]) -> None:
-        """Fold the instances of `keys` not yet held, from their streams, in one read."""
+        """Fold the instances of `keys` not yet held, from their streams, in one read of the streams
+        that moved since they were last folded."""
         wanted = {instance_stream(work.workspace, *key): key for key in keys if key not in work.instances}
-        for key in wanted.values():
-            work.instances[key] = Instance()
         store = self.log.store
-        for event in store.read_streams(list(wanted), conn=conn):
-            work.instances[wanted[event.stream_id]].apply(event.occurred_at, store.decode(event, conn=conn))
+
+        def fold(events: Sequence[RecordedEvent]) -> Instance:
+            instance = Instance()
+            for event in events:
+                instance.apply(event.occurred_at, store.decode(event, conn=conn))
+            return instance
+
+        folded = self.folded.load(conn, list(wanted), fold)
+        for stream_id, key in wanted.items():
+            found = folded.get(stream_id)
+            work.instances[key] = found.state if found is not None else Instance()
+            work.versions[key] = found.version if found is not None else 0
 
     def _instance(self, conn: Connection, work: _Pass, key: InstanceKey) -> Instance:
         if key not in work.instances:
@@ -152,6 +197,7 @@ class Runs:
                 # this one is new, its stream empty. Reading it anyway cost a query per entry. (A
                 # read model behind the log is refused when the pass records: ProjectionBehind.)
                 work.instances[key] = Instance()
+                work.versions[key] = 0
             else:
                 self._load(conn, work, [key])
         return work.instances[key]
@@ -161,11 +207,28 @@ class Runs:
 
     def _finish(self, conn: Connection, work: _Pass) -> None:
         self.facts.save(conn, work.workspace, {p: work.facts[p] for p in work.facts_changed})
-        self.log.projector.record(conn, work.events)
+        self._keep(work, self.log.projector.record(conn, work.events))
         if any(isinstance(e.message, pb.MessageQueued) for e in work.events):
             self.on_queued()
         if any(isinstance(e.message, pb.WaitScheduled) for e in work.events):
             self._poke()
+
+    def _keep(self, work: _Pass, recorded: Sequence[RecordedEvent]) -> None:
+        """The instances this pass moved are kept as it folded them, so the next pass need not read
+        back what it wrote — unless something else wrote to the stream since it was loaded (its
+        events would be missing here: the stream is read again)."""
+        last: dict[str, RecordedEvent] = {}
+        appended: dict[str, int] = {}
+        for event in recorded:
+            last[event.stream_id] = event
+            appended[event.stream_id] = appended.get(event.stream_id, 0) + 1
+        for key, instance in work.instances.items():
+            if key[1] in work.erasing or key[1] in work.erased:
+                continue
+            stream_id = instance_stream(work.workspace, *key)
+            newest = last.get(stream_id)
+            if newest is not None and newest.stream_version == work.versions[key] + appended[stream_id]:
+                self.folded.keep(instance, newest)
 
     # -------------------------------------------------------------------------- entering
 
@@ -244,16 +307,7 @@ class Runs:
         """Identity's events: resolved events enter journeys and move instances; traits are kept as
         facts (a merge moves the merged profile's to the survivor); an erased profile's instances
         stop."""
-        parsed: list[Message] = []
-        for envelope in envelopes:
-            if envelope.type == identity_pb2.EventResolved.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.EventResolved.FromString(envelope.payload))
-            elif envelope.type == identity_pb2.TraitsUpdated.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.TraitsUpdated.FromString(envelope.payload))
-            elif envelope.type == identity_pb2.ProfileErased.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.ProfileErased.FromString(envelope.payload))
-            elif envelope.type == identity_pb2.ProfilesMerged.DESCRIPTOR.full_name:
-                parsed.append(identity_pb2.ProfilesMerged.FromString(envelope.payload))
+        parsed = [IDENTITY_TYPES[e.type].FromString(e.payload) for e in envelopes if e.type in IDENTITY_TYPES]
         for workspace in dict.fromkeys(m.workspace for m in parsed):  # type: ignore[attr-defined]
             mine = [m for m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
             profile_ids: list[str] = []
@@ -264,7 +318,14 @@ class Runs:
                     profile_ids += [message.profile_id, *message.profile_ids]
                 else:
                     profile_ids.append(message.profile_id)  # type: ignore[attr-defined]
-            work = self._open(conn, workspace, profile_ids)
+            # Traits and merges touch facts only: resolved events and erasures move instances.
+            moved: list[str] = []
+            for message in mine:
+                if isinstance(message, identity_pb2.EventResolved):
+                    moved.append(message.profile_id)
+                elif isinstance(message, identity_pb2.ProfileErased):
+                    moved += [message.profile_id, *message.profile_ids]
+            work = self._open(conn, workspace, profile_ids, instances_of=moved)
             running = {r.name: r for r in self.journeys.running(conn, workspace)}
             for message in mine:
                 if isinstance(message, identity_pb2.EventResolved) and message.profile_id:
@@ -329,15 +390,33 @@ class Runs:
     def handle_segments(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         """Segments' changes: memberships and tags kept as facts; entering or leaving a segment
         enters the journeys triggered by it."""
-        parsed: list[tuple[str, Message]] = []
-        for envelope in envelopes:
-            for kind in (segments_pb2.SegmentEntered, segments_pb2.SegmentExited, segments_pb2.TagChanged):
-                if envelope.type == kind.DESCRIPTOR.full_name:
-                    parsed.append((envelope.event_id, kind.FromString(envelope.payload)))
+        parsed = [
+            (e.event_id, SEGMENTS_TYPES[e.type].FromString(e.payload))
+            for e in envelopes
+            if e.type in SEGMENTS_TYPES
+        ]
         for workspace in dict.fromkeys(m.workspace for _, m in parsed):  # type: ignore[attr-defined]
             mine = [(i, m) for i, m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
-            work = self._open(conn, workspace, [m.profile_id for _, m in mine])  # type: ignore[attr-defined]
             running = self.journeys.running(conn, workspace)
+            # Only a profile entering a journey here needs its instances (tags and memberships
+            # are facts).
+            entering = [
+                m.profile_id
+                for _, m in mine
+                if isinstance(m, segments_pb2.SegmentEntered | segments_pb2.SegmentExited)
+                and any(
+                    decide.enters_on_segment(
+                        entry.journey, m.segment, exited=isinstance(m, segments_pb2.SegmentExited)
+                    )
+                    for entry in running
+                )
+            ]
+            work = self._open(
+                conn,
+                workspace,
+                [m.profile_id for _, m in mine],  # type: ignore[attr-defined]
+                instances_of=entering,
+            )
             for event_id, message in mine:
                 profile_id: str = message.profile_id  # type: ignore[attr-defined]
                 facts = work.facts.setdefault(profile_id, MutableFacts())
@@ -484,7 +563,10 @@ class Runs:
 
     def _erase(self, conn: Connection, work: _Pass, profile_ids: Sequence[str]) -> None:
         for profile_id in profile_ids:
-            for key, instance in self._profile_instances(work, profile_id):
+            work.erasing.add(profile_id)
+            held = self._profile_instances(work, profile_id)
+            self.folded.forget([instance_stream(work.workspace, *key) for key, _ in held])
+            for key, instance in held:
                 work.record(instance, profile_id, key, decide.erase(instance))
             work.facts.pop(profile_id, None)
             work.facts_changed.discard(profile_id)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +41,7 @@ from onefold.segments.domain.streams import subject_of
 
 metadata = sa.MetaData()
 _IN_CHUNK = 500
+KEPT_STATES = 10_000  # states kept in memory between batches (a few KB each)
 
 profile_states = sa.Table(
     "segments_profile_states",
@@ -154,10 +157,20 @@ def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
 
 
 class ProfileStates:
-    """The per-profile tables, sealed with the log's subject keys (`EventStore.data_ciphers`)."""
+    """The per-profile tables, sealed with the log's subject keys (`EventStore.data_ciphers`).
 
-    def __init__(self, store: EventStore) -> None:
+    Opening and decoding a state is much of an event's cost, so the states this process saved are
+    kept in memory with the sealed bytes they were saved as: a load whose row holds exactly those
+    bytes takes the kept state instead of opening the row. A kept state is handed out once (taken
+    out on load, put back on save with its new bytes), so one that a caller changed and did not save
+    is never handed out again; one saved by a transaction that rolled back no longer matches its row.
+    """
+
+    def __init__(self, store: EventStore, *, kept_states: int = KEPT_STATES) -> None:
         self.store = store
+        self.kept_states = kept_states
+        self._kept: OrderedDict[tuple[str, str], tuple[bytes, ProfileState]] = OrderedDict()
+        self._kept_lock = threading.Lock()  # the writer saves; readers (queries) load too
         metadata.create_all(store.engine)
 
     # -------------------------------------------------------------------------- sealing
@@ -185,9 +198,14 @@ class ProfileStates:
         ciphers = self._ciphers(conn, (r[1] for r in rows), create=False)
         out: dict[str, ProfileState] = {}
         for profile_id, subject, sealed in rows:
+            with self._kept_lock:
+                kept = self._kept.pop((workspace, profile_id), None)
             cipher = ciphers.get(subject)
             if cipher is None:
                 continue  # shredded: the profile was erased
+            if kept is not None and kept[0] == sealed:
+                out[profile_id] = kept[1]
+                continue
             plain = cipher.open(sealed, associated_data(_STATE_TYPE, subject))
             out[profile_id] = ProfileState.from_proto(pb.ProfileState.FromString(plain))
         return out
@@ -203,21 +221,32 @@ class ProfileStates:
             cipher = ciphers.get(subject)
             if cipher is None:
                 continue  # erased meanwhile: nothing personal is written again
+            sealed = cipher.seal(state.to_proto().SerializeToString(), associated_data(_STATE_TYPE, subject))
             rows.append(
                 {
                     "workspace": workspace,
                     "profile_id": state.profile_id,
                     "subject": subject,
-                    "state": cipher.seal(
-                        state.to_proto().SerializeToString(), associated_data(_STATE_TYPE, subject)
-                    ),
+                    "state": sealed,
                     "next_timer_us": state.next_timer(),
                 }
             )
+            self._keep(workspace, state, sealed)
         if rows:
             conn.execute(_upsert(conn, profile_states, ("workspace", "profile_id")), rows)
 
+    def _keep(self, workspace: str, state: ProfileState, sealed: bytes) -> None:
+        key = (workspace, state.profile_id)
+        with self._kept_lock:
+            self._kept[key] = (sealed, state)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.kept_states:
+                self._kept.popitem(last=False)
+
     def delete(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> None:
+        with self._kept_lock:
+            for profile_id in profile_ids:
+                self._kept.pop((workspace, profile_id), None)  # merged or erased: nothing of it is kept
         for chunk in _chunks(profile_ids):
             conn.execute(
                 profile_states.delete().where(

@@ -46,7 +46,8 @@ IdentityInput = (
     | identity_pb2.ProfileUnmerged
     | identity_pb2.ProfileErased
 )
-_IDENTITY_TYPES: dict[str, type[IdentityInput]] = {
+# What the identity subscriber fetches (by subject) and folds: identity's other events are never read.
+IDENTITY_TYPES: dict[str, type[IdentityInput]] = {
     m.DESCRIPTOR.full_name: m
     for m in (
         identity_pb2.EventResolved,
@@ -124,7 +125,7 @@ class ProfileFolds:
         now = self.clock()
         parsed: list[tuple[EventEnvelope, IdentityInput]] = []
         for envelope in envelopes:
-            message_class = _IDENTITY_TYPES.get(envelope.type)
+            message_class = IDENTITY_TYPES.get(envelope.type)
             if message_class is not None:
                 parsed.append((envelope, message_class.FromString(envelope.payload)))
         passes: dict[str, _Pass] = {}
