@@ -40,6 +40,16 @@ _EVENT_TYPES = {
 _INTERNAL_FIELDS = ("consent", "sourceId", "extra", "sentAt", "receivedAt", "originalTimestamp")
 
 
+# What the router reads of each upstream (the subscriptions fetch only these).
+IDENTITY_TYPES: dict[str, type[Message]] = {
+    m.DESCRIPTOR.full_name: m
+    for m in (identity_pb2.EventResolved, identity_pb2.TraitsUpdated, identity_pb2.ProfileErased)
+}
+SEGMENTS_TYPES: dict[str, type[segments_pb2.SegmentEntered | segments_pb2.SegmentExited]] = {
+    m.DESCRIPTOR.full_name: m for m in (segments_pb2.SegmentEntered, segments_pb2.SegmentExited)
+}
+
+
 def subject_of(workspace: str, profile_id: str) -> str:
     """The data subject whose key seals what a delivery sends about a person."""
     return f"{workspace}:d:{profile_id}"
@@ -70,9 +80,9 @@ class Router:
         deletions queued."""
         parsed: list[tuple[str, Message]] = []  # (identity's event id, the message)
         for envelope in envelopes:
-            for kind in (identity_pb2.EventResolved, identity_pb2.TraitsUpdated, identity_pb2.ProfileErased):
-                if envelope.type == kind.DESCRIPTOR.full_name:
-                    parsed.append((envelope.event_id, kind.FromString(envelope.payload)))
+            kind = IDENTITY_TYPES.get(envelope.type)
+            if kind is not None:
+                parsed.append((envelope.event_id, kind.FromString(envelope.payload)))
         for workspace in dict.fromkeys(m.workspace for _, m in parsed):  # type: ignore[attr-defined]
             mine = [(i, m) for i, m in parsed if m.workspace == workspace]  # type: ignore[attr-defined]
             queue = _Queue(self, conn, workspace, [m.profile_id for _, m in mine])  # type: ignore[attr-defined]
@@ -116,10 +126,9 @@ class Router:
         """Memberships entered and left, for the destinations that name the segment."""
         parsed: list[tuple[str, segments_pb2.SegmentEntered | segments_pb2.SegmentExited]] = []
         for envelope in envelopes:
-            if envelope.type == segments_pb2.SegmentEntered.DESCRIPTOR.full_name:
-                parsed.append((envelope.event_id, segments_pb2.SegmentEntered.FromString(envelope.payload)))
-            elif envelope.type == segments_pb2.SegmentExited.DESCRIPTOR.full_name:
-                parsed.append((envelope.event_id, segments_pb2.SegmentExited.FromString(envelope.payload)))
+            membership = SEGMENTS_TYPES.get(envelope.type)
+            if membership is not None:
+                parsed.append((envelope.event_id, membership.FromString(envelope.payload)))
         for workspace in dict.fromkeys(m.workspace for _, m in parsed):
             queue = _Queue(
                 self, conn, workspace, [m.profile_id for _, m in parsed if m.workspace == workspace]

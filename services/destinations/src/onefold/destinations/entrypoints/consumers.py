@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from onefold.destinations.application.routing import Router
+from onefold.destinations.application.routing import IDENTITY_TYPES, SEGMENTS_TYPES, Router
 from onefold.eventlog.service import Subscription
 
 
 def subscriptions(router: Router) -> Sequence[Subscription]:
     return (
-        Subscription(upstream="identity", handler=router.handle_identity),
-        Subscription(upstream="segments", handler=router.handle_segments),
+        Subscription(upstream="identity", handler=router.handle_identity, event_types=tuple(IDENTITY_TYPES)),
+        Subscription(upstream="segments", handler=router.handle_segments, event_types=tuple(SEGMENTS_TYPES)),
     )
