@@ -20,8 +20,10 @@ where the latencies are not.
 
 - CheckConsent: single checks (random subject, purpose, channel; a mix of allow and deny) started on
   a fixed schedule of 1,000/s (open loop: a slow answer does not slow the schedule); p50 / p99 from
-  start to answer. Baseline: the platform's WhoAmI unary RPC on the same server at the same rate
-  (authentication, interceptors and one small message each way: the floor of any call).
+  start to answer. Baselines: the platform's WhoAmI unary RPC on the same server at the same rate
+  (authentication, interceptors and one small message each way: the floor of any Onefold call),
+  and the same calls to a bare grpc.aio server (bench/_grpc_floor.py: no interceptor, no
+  credential; what grpcio alone costs here).
 - Capacity: calls answered per second by 8 callers that each wait for their answer (closed loop),
   CheckConsent beside WhoAmI: what the service sustains, which explains an open-loop figure.
 - CheckConsentBatch: batches of 100 checks sent one at a time (each when the previous answered: the
@@ -58,6 +60,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from onefold.cli.consent import model_from_document
 from onefold.consent.adapters.read_model import ConsentReadModel
 from onefold.consent.domain.events import REGISTRY
@@ -73,6 +77,10 @@ from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.measure import cpu_seconds, percentile
 from onefold.testing.processes import ServiceProcess
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _grpc_floor as grpc_floor  # (bench/_grpc_floor.py: a bare grpc.aio server, the floor)
 
 WORKSPACE = "bench"
 MODEL_FILE = Path(__file__).resolve().parents[1] / "deploy" / "examples" / "consent.yaml"
@@ -288,6 +296,21 @@ async def who_am_i_latency(target: str, token: str, rate: float, seconds: float,
         return {**result, "service_cpu_us_per_call": cpu_us_per(pid, cpu_before, result["requests"])}
 
 
+async def bare_grpc_latency(target: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
+    """The floor: the same schedule of calls to a bare grpc.aio server (bench/_grpc_floor.py)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = platform_pb2_grpc.PlatformServiceStub(channel)
+        for _ in range(50):
+            await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
+
+        async def call(_i: int) -> None:
+            await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
+
+        cpu_before = cpu_seconds(pid)
+        result = summarise(*await fixed_rate(call, rate, seconds))
+        return {**result, "service_cpu_us_per_call": cpu_us_per(pid, cpu_before, result["requests"])}
+
+
 async def check_latency(target: str, token: str, subjects: int, seconds: float, pid: int) -> dict[str, Any]:
     requests = check_requests(subjects, int(CHECK_RATE * seconds) + 50, 1)
     allowed = 0
@@ -477,6 +500,11 @@ def run(subjects: int, heavy_events: int, seconds: float, repeats: int) -> dict[
                 f"seeding {subjects} subjects and a subject of {heavy_events} events",
                 seed(target, token, subjects, heavy_events),
             )
+            with grpc_floor.bare_server() as (bare_target, bare_pid):
+                results["bare_grpc_latency"] = phase(
+                    f"bare grpc.aio unary at {CHECK_RATE}/s (the floor)",
+                    bare_grpc_latency(bare_target, CHECK_RATE, seconds, bare_pid),
+                )
             results["who_am_i_latency"] = phase(
                 f"WhoAmI at {CHECK_RATE}/s (baseline)",
                 who_am_i_latency(target, token, CHECK_RATE, seconds, pid),
@@ -534,6 +562,12 @@ def run(subjects: int, heavy_events: int, seconds: float, repeats: int) -> dict[
             results["capacity"]["check_per_s"] / max(results["capacity"]["who_am_i_per_s"], 1), 2
         ),
         "check_p99_vs_who_am_i": round(check["p99_ms"] / base["p99_ms"], 2),
+        "check_p99_vs_bare_grpc": round(check["p99_ms"] / results["bare_grpc_latency"]["p99_ms"], 2),
+        "check_cpu_vs_bare_grpc": round(
+            check["service_cpu_us_per_check"]
+            / max(results["bare_grpc_latency"]["service_cpu_us_per_call"], 0.1),
+            2,
+        ),
         "check_cpu_vs_who_am_i": round(
             check["service_cpu_us_per_check"] / max(base["service_cpu_us_per_call"], 0.1), 2
         ),
@@ -572,6 +606,12 @@ def report(results: dict[str, Any]) -> None:
     )
     for key, label, ratio, cpu in (
         (
+            "bare_grpc_latency",
+            f"bare grpc.aio unary at {results['check_rate_per_s']}/s (floor): p50 / p99",
+            "",
+            "service_cpu_us_per_call",
+        ),
+        (
             "who_am_i_latency",
             f"WhoAmI at {results['check_rate_per_s']}/s (baseline): p50 / p99",
             "",
@@ -580,7 +620,8 @@ def report(results: dict[str, Any]) -> None:
         (
             "check_latency",
             f"CheckConsent at {results['check_rate_per_s']}/s: p50 / p99",
-            f"{ratios['check_p99_vs_who_am_i']}x WhoAmI p99",
+            f"{ratios['check_p99_vs_who_am_i']}x WhoAmI p99, {ratios['check_p99_vs_bare_grpc']}x bare gRPC p99, "
+            f"{ratios['check_cpu_vs_bare_grpc']}x its CPU",
             "service_cpu_us_per_check",
         ),
         (

@@ -46,20 +46,23 @@ def test_bench_consent_runs_every_phase_on_tiny_sizes() -> None:
     assert results["seed"]["subject_events"] == 9 * SUBJECTS + withdrawals
     assert results["seed"]["heavy_events"] >= HEAVY_EVENTS and results["seed"]["heavy_events"] % 15 == 0
 
-    for phase in ("who_am_i_latency", "check_latency", "batch_latency"):
+    for phase in ("bare_grpc_latency", "who_am_i_latency", "check_latency", "batch_latency"):
         figures = results[phase]
         assert figures["requests"] > 0 and figures["failures"] == 0 and figures["errors"] == {}, figures
         assert figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     assert results["capacity"]["who_am_i_per_s"] > 0 and results["capacity"]["check_per_s"] > 0
     # The service's CPU time per call beside each rate (clock ticks are coarse: a tiny run may show 0).
     cpu = [
+        results["bare_grpc_latency"]["service_cpu_us_per_call"],
         results["who_am_i_latency"]["service_cpu_us_per_call"],
         results["check_latency"]["service_cpu_us_per_check"],
         results["batch_latency"]["service_cpu_us_per_check"],
         *results["capacity"]["service_cpu_us_per_call"].values(),
     ]
-    assert len(cpu) == 5 and all(isinstance(figure, float) and figure >= 0 for figure in cpu), cpu
-    assert results["ratios"]["check_cpu_vs_who_am_i"] >= 0
+    assert len(cpu) == 6 and all(isinstance(figure, float) and figure >= 0 for figure in cpu), cpu
+    assert (
+        results["ratios"]["check_cpu_vs_who_am_i"] >= 0 and results["ratios"]["check_cpu_vs_bare_grpc"] >= 0
+    )
     check = results["check_latency"]
     assert 0 < check["allowed"] < check["requests"]  # some checks allowed, some denied (push, phone)
 
