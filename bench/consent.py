@@ -284,31 +284,28 @@ def cpu_us_per(pid: int, cpu_before: float, calls: int) -> float:
 
 async def who_am_i_latency(target: str, token: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
     async with authenticated_channel(target, token) as channel:
-        stub = platform_pb2_grpc.PlatformServiceStub(channel)
-        for _ in range(50):
-            await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
-
-        async def call(_i: int) -> None:
-            await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
-
-        cpu_before = cpu_seconds(pid)
-        result = summarise(*await fixed_rate(call, rate, seconds))
-        return {**result, "service_cpu_us_per_call": cpu_us_per(pid, cpu_before, result["requests"])}
+        return await who_am_i_at_rate(channel, rate, seconds, pid)
 
 
 async def bare_grpc_latency(target: str, rate: float, seconds: float, pid: int) -> dict[str, Any]:
     """The floor: the same schedule of calls to a bare grpc.aio server (bench/_grpc_floor.py)."""
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = platform_pb2_grpc.PlatformServiceStub(channel)
-        for _ in range(50):
-            await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
+        return await who_am_i_at_rate(channel, rate, seconds, pid)
 
-        async def call(_i: int) -> None:
-            await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
 
-        cpu_before = cpu_seconds(pid)
-        result = summarise(*await fixed_rate(call, rate, seconds))
-        return {**result, "service_cpu_us_per_call": cpu_us_per(pid, cpu_before, result["requests"])}
+async def who_am_i_at_rate(
+    channel: grpc.aio.Channel, rate: float, seconds: float, pid: int
+) -> dict[str, Any]:
+    stub = platform_pb2_grpc.PlatformServiceStub(channel)
+    for _ in range(50):
+        await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
+
+    async def call(_i: int) -> None:
+        await stub.WhoAmI(platform_pb2.WhoAmIRequest(), timeout=10)
+
+    cpu_before = cpu_seconds(pid)
+    result = summarise(*await fixed_rate(call, rate, seconds))
+    return {**result, "service_cpu_us_per_call": cpu_us_per(pid, cpu_before, result["requests"])}
 
 
 async def check_latency(target: str, token: str, subjects: int, seconds: float, pid: int) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import typer
 from rich.markup import escape
 
 from onefold.cli.client import CliError, Connection, DataDir, Token, err_console, fail
-from onefold.cli.options import ConsentTarget
+from onefold.cli.options import ConsentTarget, ServiceName, ServiceTarget
 from onefold.cli.output import console, print_json, print_table
 from onefold.cli.supervisor import SERVICES, operator_nats_settings, read_endpoints
 from onefold.platform.config_error import ConfigError
@@ -631,19 +631,10 @@ def verdict(results: Sequence[Verified], witness_error: str = "") -> tuple[int, 
 
 @audit_app.command("verify")
 def verify(
-    service: Annotated[
-        str | None, typer.Argument(help=f"one of {', '.join(SERVICES)} (default: every service)")
-    ] = None,
+    service: ServiceName = None,
     as_json: AsJson = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            help="the SERVICE's gRPC host:port (default: ONEFOLD_<SERVICE>_TARGET or endpoints.json)",
-            show_default=False,
-        ),
-    ] = None,
+    target: ServiceTarget = None,
     token: Token = None,
     nats_url: Annotated[
         str | None,

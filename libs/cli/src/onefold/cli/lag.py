@@ -15,16 +15,15 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
 
 from onefold.cli.audit import verify_targets
 from onefold.cli.client import CliError, err_console, fail
-from onefold.cli.options import DataDir, Json, Token
+from onefold.cli.options import DataDir, Json, ServiceName, ServiceTarget, Token
 from onefold.cli.output import print_json, print_table
-from onefold.cli.supervisor import SERVICES
 
 if TYPE_CHECKING:
     from onefold.contracts.eventlog.v1 import eventlog_pb2
@@ -88,19 +87,10 @@ async def read_backlogs(targets: list[tuple[str, str]], token: str) -> list[Back
 
 
 def lag(
-    service: Annotated[
-        str | None, typer.Argument(help=f"one of {', '.join(SERVICES)} (default: every service)")
-    ] = None,
+    service: ServiceName = None,
     as_json: Json = False,
     data_dir: DataDir = Path(".onefold"),
-    target: Annotated[
-        str | None,
-        typer.Option(
-            "--target",
-            help="the SERVICE's gRPC host:port (default: ONEFOLD_<SERVICE>_TARGET or endpoints.json)",
-            show_default=False,
-        ),
-    ] = None,
+    target: ServiceTarget = None,
     token: Token = None,
 ) -> None:
     """Show each service's backlog: its events not yet relayed to the bus, and each upstream's

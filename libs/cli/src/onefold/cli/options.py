@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from onefold.cli.supervisor import KEY_DIR_ENV
+from onefold.cli.supervisor import KEY_DIR_ENV, SERVICES
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", "-d", envvar="ONEFOLD_DATA_DIR", help="where state and logs live")
@@ -39,6 +39,19 @@ KeyDir = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+# A command about each service's log (`onefold audit verify`, `onefold lag`): one, or every one.
+ServiceName = Annotated[
+    str | None, typer.Argument(help=f"one of {', '.join(SERVICES)} (default: every service)")
+]
+ServiceTarget = Annotated[
+    str | None,
+    typer.Option(
+        "--target",
+        help="the SERVICE's gRPC host:port (default: ONEFOLD_<SERVICE>_TARGET or endpoints.json)",
+        show_default=False,
+    ),
+]
 
 ConsentTarget = Annotated[
     str | None,
