@@ -75,7 +75,7 @@ from onefold.eventlog.projections import Projector
 from onefold.platform.auth import CredentialStore
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.measure import cpu_seconds, percentile
+from onefold.testing.measure import cpu_seconds, percentile, say_targets
 from onefold.testing.processes import ServiceProcess
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
@@ -668,8 +668,7 @@ def report(results: dict[str, Any]) -> None:
         f"{ratios['rebuild_vs_raw_read']}x raw read",
     )
     line("load average (1, 5, 15 min) at the end", " ".join(str(x) for x in results["load_average"]))
-    missed = [name for name, ok in results["met"].items() if not ok]
-    print("  targets: " + ("all met" if not missed else "missed " + ", ".join(missed)), file=sys.stderr)
+    say_targets(results["met"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

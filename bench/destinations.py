@@ -127,7 +127,7 @@ from onefold.platform.client import authenticated_channel
 from onefold.platform.database import normalise_url
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.peer_calls import ConsentCheck
-from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
+from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say, say_targets
 from onefold.testing.postgres import temporary_database
 from onefold.testing.processes import ServiceProcess
 
@@ -982,8 +982,7 @@ def report(results: dict[str, Any]) -> None:
         f"{mem['rss_mb']} / {mem['peak_rss_mb']} MB",
         f"{results['consent_rss_mb']} MB, {results['receiver_rss_mb']} MB",
     )
-    missed = [name for name, ok in results["met"].items() if not ok]
-    print("  targets: " + ("all met" if not missed else "missed " + ", ".join(missed)), file=sys.stderr)
+    say_targets(results["met"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

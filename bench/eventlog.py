@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection
 from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent, RecordedEvent
 from onefold.eventlog.projections import Projector
+from onefold.testing.measure import say_targets
 
 SUBJECTS = 1000
 BATCH_SIZES = (100, 1000)
@@ -95,11 +96,13 @@ def time_appends(store: EventStore, events: Sequence[NewEvent], batch: int) -> t
     return rate.of(len(events))
 
 
-def raw_insert_floor(written: Path, directory: Path, batch: int) -> tuple[float, float]:
+def raw_insert_floor(
+    written: Path, settings: dict[str, Any], directory: Path, batch: int
+) -> tuple[float, float]:
     """The rows `written` holds in its events table, inserted again with plain sqlite3 into a new
-    file with the same table, indexes and durability settings, one BEGIN IMMEDIATE ... COMMIT per
-    batch: what the disk and SQLite cost without any of the store's work (encoding, encryption,
-    hashing, versions)."""
+    file with the same table, indexes and the store's `settings` (page size, durability, cache), one
+    BEGIN IMMEDIATE ... COMMIT per batch: what the disk and SQLite cost without any of the store's
+    work (encoding, encryption, hashing, versions)."""
     import sqlite3
 
     source = sqlite3.connect(written)
@@ -110,7 +113,6 @@ def raw_insert_floor(written: Path, directory: Path, batch: int) -> tuple[float,
             "SELECT sql FROM sqlite_master WHERE tbl_name = 'events' AND sql IS NOT NULL ORDER BY type DESC"
         )
     ]
-    settings = onefold_settings_of(source)
     source.close()
     target = sqlite3.connect(directory / f"raw-{uuid.uuid4().hex[:8]}.db", isolation_level=None)
     target.execute(f"PRAGMA page_size={settings['page_size']}")
@@ -128,14 +130,6 @@ def raw_insert_floor(written: Path, directory: Path, batch: int) -> tuple[float,
     measured = rate.of(len(rows))
     target.close()
     return measured
-
-
-def onefold_settings_of(connection: Any) -> dict[str, Any]:
-    """The settings the store's connections run with (SETTINGS["onefold_sqlite"]), else the file's own."""
-    known = SETTINGS.get("onefold_sqlite")
-    if known:
-        return known
-    return sqlite_settings(lambda name: connection.execute(f"PRAGMA {name}").fetchone()[0])
 
 
 class SubjectCounts:
@@ -319,8 +313,8 @@ def run_onefold_suite(
                 last.pop().close()
             last.append(store)
             if store.is_sqlite and raw_floor_in is not None:
-                SETTINGS["onefold_sqlite"] = onefold_sqlite_settings(store)
-                floor = raw_insert_floor(Path(store.engine.url.database or ""), raw_floor_in, batch)
+                settings = SETTINGS["onefold_sqlite"] = onefold_sqlite_settings(store)
+                floor = raw_insert_floor(Path(store.engine.url.database or ""), settings, raw_floor_in, batch)
                 floors.append(floor)
                 ratios.append(measured[0] / floor[0])
             return measured
@@ -441,8 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         >= TARGET_RATIO_VS_RAW_FLOOR
         for batch in BATCH_SIZES
     }
-    missed = [name for name, ok in results["met"].items() if not ok]
-    print("  targets: " + ("all met" if not missed else "missed " + ", ".join(missed)), file=sys.stderr)
+    say_targets(results["met"])
     if args.json:
         print(json.dumps(results, sort_keys=True))
     return 0

@@ -60,7 +60,7 @@ from onefold.platform.bus_permissions import ADMIN
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.platform.ports import free_port, wait_for_port
-from onefold.testing.measure import cpu_seconds, percentile
+from onefold.testing.measure import cpu_seconds, percentile, say_targets
 from onefold.testing.processes import ServiceProcess
 
 WORKSPACE = "bench"
@@ -563,8 +563,7 @@ def report(results: dict[str, Any]) -> None:
             f"({lat['requests']} requests, {lat['failures']} failed)",
         )
     line("ingest RSS: idle / peak under load", f"{results['rss_idle_mb']} / {results['rss_peak_mb']} MB")
-    missed = [name for name, ok in results["met"].items() if not ok]
-    print("  targets: " + ("all met" if not missed else "missed " + ", ".join(missed)), file=sys.stderr)
+    say_targets(results["met"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -123,7 +123,7 @@ from onefold.journeys.domain.instance import instance_stream
 from onefold.journeys.settings import JourneysSettings
 from onefold.platform.client import authenticated_channel
 from onefold.platform.nats_server import NatsServerProcess
-from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say
+from onefold.testing.measure import cpu_seconds, memory_mb, percentile, progress, say, say_targets
 from onefold.testing.processes import ServiceProcess
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # `onefold bench` loads this file by path
@@ -1034,8 +1034,7 @@ def report(results: dict[str, Any]) -> None:
         f"{mem['rss_mb']} / {mem['peak_rss_mb']} MB",
         f"{results['consent_rss_mb']} MB",
     )
-    missed = [name for name, ok in results["met"].items() if not ok]
-    print("  targets: " + ("all met" if not missed else "missed " + ", ".join(missed)), file=sys.stderr)
+    say_targets(results["met"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

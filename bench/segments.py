@@ -105,7 +105,7 @@ from onefold.segments.application import SegmentsApplication
 from onefold.segments.domain.definitions import SECOND
 from onefold.segments.domain.events import REGISTRY
 from onefold.segments.domain.fold import Resolved, record_of, resolved
-from onefold.testing.measure import memory_mb, percentile, progress, say
+from onefold.testing.measure import memory_mb, percentile, progress, say, say_targets
 
 T = TypeVar("T")
 WORKSPACE = "bench"
@@ -995,8 +995,7 @@ def report(results: dict[str, Any]) -> None:
     line("raw read of the history blocks (floor)", f"{bf['raw_read']['records_per_s']:,}/s")
     mem = results["memory"]
     line("RSS now / peak", f"{mem['rss_mb']} / {mem['peak_rss_mb']} MB")
-    missed = [name for name, ok in results["met"].items() if not ok]
-    print("  targets: " + ("all met" if not missed else "missed " + ", ".join(missed)), file=sys.stderr)
+    say_targets(results["met"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

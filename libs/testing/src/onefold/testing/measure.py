@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +26,12 @@ def progress(what: str) -> Progress:
 def say(text: str) -> None:
     sys.stderr.write(f"  {text}\n")
     sys.stderr.flush()
+
+
+def say_targets(met: Mapping[str, bool]) -> None:
+    """A benchmark's last line: every target met, or the ones missed."""
+    missed = [name for name, ok in met.items() if not ok]
+    say("targets: " + ("all met" if not missed else "missed " + ", ".join(missed)))
 
 
 def memory_mb(pid: int | None = None) -> dict[str, float]:
