@@ -808,6 +808,7 @@ def sustained(
         "end_to_end_seconds": round(drained - began, 1),
         "samples": samples,
         "head_growth": {s: previous[s] - start_heads[s] for s in SERVICES},
+        "probe_rounds": prober.sent,  # one a second while the load ran, fewer on a slow machine
         "probes": prober.results(began_wall),
         "reads": reads,
         "cpu_seconds": cpu,
