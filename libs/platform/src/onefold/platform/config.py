@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from onefold.platform.config_error import ConfigError as ConfigError
 
@@ -95,6 +95,22 @@ class EventLogSettings(_Section):
     partitions: int = Field(default=16, ge=1, le=1024, description="NATS subject partitions per workspace")
     bus_max_age_hours: float = Field(default=168.0, gt=0, description="how long the bus keeps events")
     bus_replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas (3 in a cluster)")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="worker processes (replicas) of this service sharing its subscriptions by partition; "
+        "the same value in every one of them (onefold up --workers, a Deployment's replicas)",
+    )
+
+    @model_validator(mode="after")
+    def _workers_fit_partitions(self) -> EventLogSettings:
+        if self.workers > self.partitions:
+            raise ValueError(
+                f"eventlog.workers ({self.workers}) cannot exceed eventlog.partitions ({self.partitions}): "
+                "each worker needs a partition of its own"
+            )
+        return self
 
 
 class ServiceSection(_Section):
