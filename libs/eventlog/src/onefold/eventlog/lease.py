@@ -1,11 +1,12 @@
-"""The leader lease: at most one process per service database runs the log's background work.
+"""Leases: at most one process per service database runs the log's background work.
 
 Every replica of a service serves gRPC, but the outbox relay, the digest publisher and the
 subscribers must run once per database: two relays would race on the published position, and two
 subscribers on one durable consumer would apply events out of order (a later position committed
 first makes the earlier one look already applied). The lease is a PostgreSQL session advisory lock
 held on a dedicated connection, or an exclusive file lock beside a SQLite database. A replica that
-loses its connection loses the lease and stops leading; another takes over.
+loses its connection loses the lease and stops leading; another takes over. The same leases, under
+other names, give the worker processes of a service their slots and partition groups (workers.py).
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ class LeaderLease:
             handle.close()
             return False
         self._file = handle
+        return True
+
+    def taken_elsewhere(self) -> bool:
+        """Does another process (another connection) hold the lease now? Probed, never kept."""
+        if self.held:
+            return False
+        if self.try_acquire():
+            self.release()
+            return False
         return True
 
     def still_held(self) -> bool:

@@ -12,7 +12,8 @@ Built in this order by the service's `bootstrap.compose`:
    servicers. It refuses to run on a log that is behind or diverges from what it already published
    (digests.check_start): at start, or — when NATS is not reachable then — before the relay or the
    digests publish anything. Every replica serves; only the holder of the leader lease (one per
-   database, see lease.py) runs the relay, digests and subscribers.
+   database, see lease.py) runs the relay, digests and subscribers — the subscribers unless
+   `eventlog.workers` > 1, when the service's processes share them by partition (workers.py).
 
     def compose(ctx: ServiceContext) -> EventSourcedService[Application]:
         store = open_event_store(ctx, events.REGISTRY)
@@ -52,6 +53,7 @@ from onefold.eventlog.relay import OutboxRelay
 from onefold.eventlog.store import EventStore
 from onefold.eventlog.streams import StreamSettings
 from onefold.eventlog.subscriber import Handler, Subscriber
+from onefold.eventlog.workers import WorkerGroups, partition_groups
 from onefold.eventlog.writer import Writer
 from onefold.platform.client import Peers
 from onefold.platform.config import ConfigError, Settings
@@ -279,15 +281,16 @@ class EventSourcedService(Generic[A]):
         # Upstreams' events arrive sealed; their subject keys come from the upstream itself.
         self.key_peers = Peers(ctx.settings.peers.model_dump(), ctx.settings.auth.service_token)
         self.relay = OutboxRelay(self.store, ctx.nats, service=self.name, stream_settings=bus)
-        self.subscribers = [
-            Subscriber(
+
+        def subscriber(subscription: Subscription, partitions: Sequence[int] | None) -> Subscriber:
+            return Subscriber(
                 self.store,
                 ctx.nats,
                 service=self.name,
                 upstream=subscription.upstream,
                 handler=subscription.handler,
                 name=subscription.name,
-                partitions=subscription.partitions,
+                partitions=partitions,
                 event_types=subscription.event_types,
                 stream_settings=bus,
                 keys=keyaccess.RemoteSubjectKeys(
@@ -296,8 +299,20 @@ class EventSourcedService(Generic[A]):
                 writer=log.writer,
                 catch_up=log.projector.catch_up,
             )
-            for subscription in subscriptions
-        ]
+
+        # One worker: the leader consumes everything. Several: each subscription has a consumer per
+        # partition group, and the service's processes share the groups (workers.py).
+        workers = ctx.settings.eventlog.workers
+        self.worker_groups: WorkerGroups | None = None
+        if workers == 1:
+            self.subscribers = [subscriber(s, s.partitions) for s in subscriptions]
+        else:
+            groups = [
+                [subscriber(s, partitions) for s in subscriptions]
+                for partitions in partition_groups(bus.partitions, workers)
+            ]
+            self.worker_groups = WorkerGroups(ctx.engine, self.name, groups)
+            self.subscribers = [member for group in groups for member in group]
         self.digests = DigestPublisher(
             self.store,
             ctx.nats,
@@ -314,6 +329,12 @@ class EventSourcedService(Generic[A]):
         self.leading = log.leading
         self._leader_task: asyncio.Task[None] | None = None
         self._backlog_task: asyncio.Task[None] | None = None
+        self._workers_task: asyncio.Task[None] | None = None
+
+    @property
+    def leader_subscribers(self) -> Sequence[Subscriber]:
+        """What the leader consumes: everything with one worker, nothing when workers share it."""
+        return self.subscribers if self.worker_groups is None else ()
 
     def registrations(self) -> Sequence[ServiceRegistration]:
         return (
@@ -359,9 +380,14 @@ class EventSourcedService(Generic[A]):
                 logger.debug("eventlog.backlog_unavailable", service=self.name, error=str(error))
                 continue
             BACKLOG.labels(self.name, "relay").set(max(0, answer.head_position - answer.published_position))
-            for consumer in answer.consumers:
+            per_upstream: dict[str, int] = {}
+            for consumer in answer.consumers:  # one per partition group when workers share them
                 if not consumer.error:
-                    BACKLOG.labels(self.name, consumer.upstream).set(consumer.pending + consumer.ack_pending)
+                    per_upstream[consumer.upstream] = (
+                        per_upstream.get(consumer.upstream, 0) + consumer.pending + consumer.ack_pending
+                    )
+            for upstream, events in per_upstream.items():
+                BACKLOG.labels(self.name, upstream).set(events)
 
     async def start(self) -> None:
         """Serve at once; run the relay, digests and subscribers while holding the leader lease.
@@ -397,13 +423,17 @@ class EventSourcedService(Generic[A]):
             await self.ctx.set_health(True, CHAIN_HEALTH_NAME)
         self._leader_task = asyncio.create_task(self._lead(), name=f"eventlog-leader-{self.name}")
         self._backlog_task = asyncio.create_task(self._report_backlog(), name=f"eventlog-backlog-{self.name}")
+        if self.worker_groups is not None:
+            self._workers_task = asyncio.create_task(
+                self.worker_groups.run(), name=f"eventlog-workers-{self.name}"
+            )
 
     async def stop(self) -> None:
         # Components first (an API stops taking requests and what it queued is committed), then the
         # relay and subscribers, then the writer thread.
         for component in reversed(self.components):
             await component.stop()
-        for task in (self._backlog_task, self._leader_task):
+        for task in (self._workers_task, self._backlog_task, self._leader_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -440,7 +470,7 @@ class EventSourcedService(Generic[A]):
                 self.leading.set()
                 self.relay.start()
                 self.digests.start()
-                for subscriber in self.subscribers:
+                for subscriber in self.leader_subscribers:
                     subscriber.start()
                 try:
                     # Polls the lease's database connection (nothing here could signal its loss) and the digests.
@@ -450,7 +480,7 @@ class EventSourcedService(Generic[A]):
                         logger.warning("eventlog.lease_lost", service=self.name)
                 finally:
                     self.leading.clear()
-                    for subscriber in self.subscribers:
+                    for subscriber in self.leader_subscribers:
                         await subscriber.stop()
                     await self.digests.stop()
                     await self.relay.stop()

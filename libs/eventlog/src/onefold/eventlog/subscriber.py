@@ -29,7 +29,12 @@ goes to the dead-letter stream with its error, the tracking row moves past it (i
 transaction) and processing continues. Errors of the store itself (database down) are not poison:
 the batch is retried after a backoff and never dead-lettered.
 
-Run one Subscriber per durable consumer at a time; scale out by giving replicas disjoint partitions.
+Run one Subscriber per durable consumer at a time; scale out by giving replicas disjoint partitions
+(workers.py). What a subscriber has applied of a partition is the larger of its partition's tracking
+row and the row of the whole stream, whichever way it ran before: a service going from one worker to
+several (or back) neither applies an event twice nor skips one. A partitioned subscriber raises its
+partitions' rows to the whole stream's row before its first fetch; a subscriber of every partition
+skips an event its partition's row already covers.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ class TrackingStore(Protocol):
         event_id: str = "",
         event_hash: bytes | None = None,
     ) -> None: ...
+    def tracked_heads(self) -> dict[str, ChainDigest]: ...
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class _Delivery:
     msg: Msg
     envelope: EventEnvelope
     tracking_key: str
+    applied_in_partition: int = 0  # what the partition's own row says was applied (see the module)
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,8 @@ class Subscriber:
         self._sub: JetStreamContext.PullSubscription | None = None
         self._reconnects_seen = -1
         self._suspect = True  # check for lost deliveries before the first fetch
+        self._tracking_settled = False  # the whole-stream and partition rows reconciled (see the module)
+        self._partition_rows: dict[int, int] = {}  # a subscriber of all partitions: rows left by workers
         self._stopping = False
         self._busy = False
         self._task: asyncio.Task[None] | None = None
@@ -350,6 +359,9 @@ class Subscriber:
             # Deliveries (or our acks) may have been lost with the old connection.
             self._reconnects_seen = reconnects
             self._suspect = True
+        if not self._tracking_settled:
+            await self._write(self._settle_tracking)
+            self._tracking_settled = True
         if self._sub is None:
             await ensure_dlq_stream(js, self.stream_settings)
             await self._ensure_consumer(js)
@@ -358,6 +370,24 @@ class Subscriber:
             await self._reconcile(js)
         assert self._sub is not None
         return await self._sub.fetch(self.settings.batch_size, timeout=self.settings.fetch_timeout_seconds)
+
+    def _settle_tracking(self) -> None:
+        """Take over what was applied while the service ran with another number of workers."""
+        prefix = f"{self.label}.p"
+        if self.partitions is None:
+            rows = self.store.tracked_heads()
+            whole = rows.get(self.label, ChainDigest(0, b"")).position
+            self._partition_rows = {
+                int(key[len(prefix) :]): head.position
+                for key, head in rows.items()
+                if key.startswith(prefix) and key[len(prefix) :].isdigit() and head.position > whole
+            }
+            return
+        with self.store.transaction() as conn:
+            whole_stream = self.store.tracked_head(self.label, conn=conn)
+            for key in self.tracking_keys():
+                if self.store.tracking_position(key, conn=conn) < whole_stream.position:
+                    self.store.record_tracking(conn, key, whole_stream.position, "", whole_stream.hash)
 
     async def _ensure_consumer(self, js: JetStreamContext, start_sequence: int | None = None) -> None:
         await ensure_consumer(
@@ -487,7 +517,9 @@ class Subscriber:
     def _delivery(self, msg: Msg, envelope: EventEnvelope | None = None) -> _Delivery:
         if envelope is None:
             envelope = EventEnvelope.FromString(msg.data)
-        return _Delivery(msg, envelope, self.tracking_key(partition_from_subject(msg.subject)))
+        partition = partition_from_subject(msg.subject)
+        applied = self._partition_rows.get(partition, 0) if partition is not None else 0
+        return _Delivery(msg, envelope, self.tracking_key(partition), applied)
 
     def _apply(
         self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
@@ -506,7 +538,7 @@ class Subscriber:
                     tracked[key] = self.store.tracked_head(key, conn=conn)
                 envelope = delivery.envelope
                 last = tracked[key]
-                if envelope.position <= last.position:
+                if envelope.position <= max(last.position, delivery.applied_in_partition):
                     continue
                 if self._breaks_link(envelope, last):
                     refusals.append(
