@@ -136,7 +136,8 @@ async def test_changing_the_number_of_workers_neither_repeats_nor_skips_an_event
     # One worker applies the first 300 ...
     upstream.append(counters(300, streams=30))
     await publish(upstream, nats)
-    await whole_stream().run_until_idle()
+    first = whole_stream()
+    await first.run_until_idle()
     # ... two workers the next 300: each group starts where the whole-stream row left off.
     upstream.append(counters(300, streams=30))
     await publish(upstream, nats)
@@ -157,3 +158,5 @@ async def test_changing_the_number_of_workers_neither_repeats_nor_skips_an_event
     assert sorted(applied_positions(downstream)) == list(range(1, 901))
     assert 0 < ahead < 300 and again.stats.handled == 300 - ahead
     assert streams_in_order(downstream)
+    for subscriber in (first, *groups, again):  # their pull subscriptions, before NATS closes
+        await subscriber.stop()
