@@ -1147,3 +1147,23 @@ async def test_reads_are_answered_while_the_writer_holds_a_transaction_open(iden
     assert resolved.profile_id == ann and len(timeline) == 2 and rules.identifiers
     assert traits_of(await identity.profile("user_id", "ann"))["plan"] == "enterprise"
     assert history == await identity.app.merge_history(WS, pid(ann))
+
+
+async def test_two_worker_processes_resolve_in_turn_each_folding_in_what_the_other_wrote(
+    identity: Identity,
+) -> None:
+    """Two worker processes of identity on one database apply batches in turn: each sees the
+    identifiers the other linked (folded into its loaded graph, not reloaded) and resolves as one
+    process would."""
+    ann, _ = await _two_people(identity)
+    graph = identity.app._graphs[WS]
+    other = identity.fresh_app()
+    with identity.store.transaction() as conn:  # the other worker links a new cookie to Ann
+        other.handle_accepted(
+            conn, [identity.event(type=IDENTIFY, anonymous_id="c-ann-phone", user_id="ann", traits={})]
+        )
+    identity.send(anonymous_id="c-ann-phone", context={"device": {"id": "d-ann-phone"}})
+    assert identity.app._graphs[WS] is graph  # folded in, not loaded again
+    assert await identity.owner("device_id", "d-ann-phone") == ann
+    assert await identity.owner("anonymous_id", "c-ann-phone") == ann
+    assert len(identity.log(pb.ProfileCreated)) == 2  # Ann and Bob: nobody new

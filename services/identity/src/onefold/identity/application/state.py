@@ -7,8 +7,9 @@ run on the service's read threads (`read`: a pool of their own, so no write, sub
 other blocking call queues in front of them) on their own connections and never touch a graph,
 except for a workspace's rules (one attribute read). A write first makes sure the graphs are the fold of the log as committed
 (`_sync`): the graph of a workspace is loaded from the read model on first use; if anything else
-wrote to the log meanwhile (another replica, or a transaction of ours that failed to commit), the
-log head differs from the one the graphs know and they are dropped and loaded again.
+wrote to the log meanwhile (another worker process, or a transaction of ours that failed to commit),
+the log head differs from the one the graphs know: the events since are folded into the graphs (a
+failed transaction drops them first, so they are loaded again).
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ from onefold.platform.errors import FailedPrecondition, InvalidArgument, NotFoun
 T = TypeVar("T")
 _KEY_CHARS = 32  # 128 bits of the HMAC
 _KEY_CACHE_SIZE = 500_000
+# Events another process wrote since a write here, folded into the loaded graphs; beyond this many,
+# reloading the graphs from the read model is the cheaper way back in sync.
+FOLD_IN_AT_MOST = 20_000
+_GRAPH_TYPES = GraphFold.handled_types()
 _SCALAR_KINDS = ("string_value", "number_value", "bool_value")
 # Statements of every read, built once (building one costs more than running it).
 _WHERE_IT_LIVES = sa.select(profiles.c.merged_into, profiles.c.workspace).where(
@@ -188,9 +193,19 @@ class IdentityState:
 
     def _sync(self, conn: Connection) -> None:
         head = self.store.head_position(conn=conn)
-        if head != self._head:
+        if head == self._head:
+            return
+        if self._graphs and 0 <= self._head < head <= self._head + FOLD_IN_AT_MOST:
+            # Another worker process wrote meanwhile: fold its events in, from their public fields.
+            for event in self.store.read(after_position=self._head, limit=head - self._head, conn=conn):
+                if event.type in _GRAPH_TYPES:
+                    message = self.store.decode(event, conn=conn, decrypt=False)
+                    graph = self._graphs.get(getattr(message, "workspace", ""))
+                    if graph is not None:
+                        GraphFold(graph).fold(event, message)
+        else:
             self._graphs.clear()
-            self._head = head
+        self._head = head
 
     def _invalidate(self) -> None:
         self._graphs.clear()
