@@ -373,7 +373,9 @@ async def test_at_least_once_delivery_with_idempotent_handling_is_exactly_once(
             except TimeoutError:
                 continue
             if amount == 1:
-                await asyncio.to_thread(sub._apply, [sub._delivery(m) for m in msgs], {})
+                deliveries = [sub._delivery(m) for m in msgs]
+                sub._open(deliveries, {})
+                await asyncio.to_thread(sub._apply, deliveries)
             await sub.stop()
             sub = subscriber()
         else:

@@ -153,6 +153,14 @@ class _Delivery:
     envelope: EventEnvelope
     tracking_key: str
     applied_in_partition: int = 0  # what the partition's own row says was applied (see the module)
+    # The envelope with its personal data opened (before the write transaction), or why it could not be.
+    opened: EventEnvelope | None = None
+    unopened: Exception | None = None
+
+    def for_handler(self) -> EventEnvelope:
+        if self.opened is None:
+            raise self.unopened or KeysUnavailable("the event was not opened")
+        return self.opened
 
 
 @dataclass(frozen=True)
@@ -455,6 +463,9 @@ class Subscriber:
         if not deliveries:
             return
         ciphers = await self._ciphers(deliveries)
+        # Opened outside the write transaction: the log's write lock (which every worker process of
+        # the service takes in turn) is held for the handler only.
+        await asyncio.to_thread(self._open, deliveries, ciphers)
         # The batch's span continues the trace of its first event (gRPC -> log -> NATS -> here);
         # the handler runs inside it (to_thread copies the context).
         first = deliveries[0].envelope
@@ -469,7 +480,7 @@ class Subscriber:
                 "onefold.first_position": first.position,
             },
         ):
-            await self._handle(deliveries, ciphers)
+            await self._handle(deliveries)
 
     async def _ciphers(self, deliveries: Sequence[_Delivery]) -> dict[str, DataKeyCipher | None]:
         """The upstream's keys for the sealed events of a batch (fetched before the transaction, so
@@ -484,18 +495,16 @@ class Subscriber:
             return {}
         return await self._unsealer.ciphers_for(envelopes)
 
-    async def _handle(
-        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
-    ) -> None:
+    async def _handle(self, deliveries: Sequence[_Delivery]) -> None:
         try:
             try:
-                refusals = await self._write(self._apply, deliveries, ciphers)
+                refusals = await self._write(self._apply, deliveries)
             except ProjectionBehind as behind:
                 if self._catch_up is None:
                     raise
                 log.info("subscriber.read_model_behind", consumer=self.durable, projection=str(behind))
                 await self._write(self._catch_up)
-                refusals = await self._write(self._apply, deliveries, ciphers)
+                refusals = await self._write(self._apply, deliveries)
         except HandlerFailed as exc:
             self.stats.batch_failures += 1
             log.warning(
@@ -504,7 +513,7 @@ class Subscriber:
                 events=len(deliveries),
                 error=str(exc.__cause__ or exc),
             )
-            await self._apply_one_by_one(deliveries, ciphers)
+            await self._apply_one_by_one(deliveries)
             return
         refused = {id(refusal.delivery): refusal for refusal in refusals}
         for delivery in deliveries:
@@ -521,9 +530,7 @@ class Subscriber:
         applied = self._partition_rows.get(partition, 0) if partition is not None else 0
         return _Delivery(msg, envelope, self.tracking_key(partition), applied)
 
-    def _apply(
-        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
-    ) -> list[_Refusal]:
+    def _apply(self, deliveries: Sequence[_Delivery]) -> list[_Refusal]:
         """One transaction: the handler's writes and the tracking rows (worker thread).
 
         Returns the deliveries refused because they do not link to the event applied before them.
@@ -552,7 +559,7 @@ class Subscriber:
             skipped = len(deliveries) - len(fresh) - len(refusals)
             if fresh:
                 try:
-                    self.handler(conn, self._opened(fresh, ciphers))
+                    self.handler(conn, [delivery.for_handler() for delivery in fresh])
                 except ProjectionBehind:
                     raise  # not the events' fault: _handle catches the read model up and retries
                 except Exception as exc:
@@ -602,15 +609,19 @@ class Subscriber:
         self.stats.refused += 1
         await delivery.msg.ack()
 
-    def _opened(
-        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
-    ) -> list[EventEnvelope]:
-        """The envelopes with their personal data opened, for the handler (the received envelopes
-        stay as they came: sealed, as their hashes cover them)."""
+    def _open(self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]) -> None:
+        """Open each envelope's personal data for the handler (a worker thread). The received
+        envelopes stay as they came, sealed, as their hashes cover them; one that cannot be opened
+        fails in the handler's place (retried, then dead-lettered)."""
         unsealer = self._unsealer
-        if unsealer is None:
-            return [delivery.envelope for delivery in deliveries]
-        return [unsealer.open(delivery.envelope, ciphers) for delivery in deliveries]
+        for delivery in deliveries:
+            if unsealer is None:
+                delivery.opened = delivery.envelope
+                continue
+            try:
+                delivery.opened = unsealer.open(delivery.envelope, ciphers)
+            except Exception as error:
+                delivery.unopened = error
 
     def _skip_past(self, delivery: _Delivery) -> None:
         """Move the tracking row past a dead-lettered event (worker thread)."""
@@ -625,15 +636,13 @@ class Subscriber:
                     delivery.envelope.hash,
                 )
 
-    async def _apply_one_by_one(
-        self, deliveries: Sequence[_Delivery], ciphers: dict[str, DataKeyCipher | None]
-    ) -> None:
+    async def _apply_one_by_one(self, deliveries: Sequence[_Delivery]) -> None:
         for delivery in deliveries:
             # Deliveries before this one (a crashed earlier attempt, say) count as attempts too.
             attempt = max(1, delivery.msg.metadata.num_delivered)
             while True:
                 try:
-                    refusals = await self._write(self._apply, [delivery], ciphers)
+                    refusals = await self._write(self._apply, [delivery])
                     if refusals:
                         await self._refuse(delivery, refusals[0].reason)
                     else:
