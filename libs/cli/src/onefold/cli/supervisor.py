@@ -229,7 +229,7 @@ class Supervisor:
 
     def _check_workers(self, settings: Settings) -> None:
         """`--workers` decides how many processes of a service run; a config file or environment
-        saying otherwise would have each process wait for partners that never start."""
+        saying otherwise would have each process deal the partitions among workers never started."""
         name, count = settings.service, self.workers.get(settings.service, 1)
         if count > settings.eventlog.partitions:
             raise ConfigError(
