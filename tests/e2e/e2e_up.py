@@ -54,12 +54,13 @@ class Cli:
 
 
 @contextlib.contextmanager
-def running_up(tmp_path: Path) -> Iterator[tuple[Cli, subprocess.Popen[bytes]]]:
+def running_up(tmp_path: Path, *options: str) -> Iterator[tuple[Cli, subprocess.Popen[bytes]]]:
+    """`onefold up [options]` in tmp_path/data, its output in tmp_path/up.out."""
     data_dir = tmp_path / "data"
     output = tmp_path / "up.out"
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [*ONEFOLD, "up", "--data-dir", str(data_dir)],
+            [*ONEFOLD, "up", "--data-dir", str(data_dir), *options],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "COLUMNS": "200"},

@@ -173,13 +173,25 @@ def up(
             "0 = free ports",
         ),
     ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SERVICE=N,...",
+            help="run services as several worker processes sharing their subscriptions by partition, "
+            "e.g. identity=2,segments=2 (1 to 16 each; the first keeps the service's port)",
+        ),
+    ] = None,
 ) -> None:
     """Start nats-server (JetStream) and the six services; Ctrl-C stops everything."""
     import signal
     import threading
 
-    from onefold.cli.supervisor import Supervisor
+    from onefold.cli.supervisor import Supervisor, parse_workers
 
+    try:
+        workers_per_service = parse_workers(workers) if workers is not None else {}
+    except ConfigError as error:
+        raise fail(str(error)) from None
     supervisor = Supervisor(
         data_dir=data_dir.resolve(),
         nats_url=nats_url,
@@ -187,6 +199,7 @@ def up(
         key_dir=key_dir.resolve() if key_dir else None,
         report=_report,
         port_base=port_base,
+        workers=workers_per_service,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

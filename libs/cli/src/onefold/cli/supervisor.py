@@ -10,6 +10,12 @@ Every endpoint has a fixed port from the `ports` settings (7460-7467 by default,
 moves them all), so clients keep their addresses across restarts. A port already taken stops the
 start before any process is started, naming the endpoint and the setting that moves it.
 
+`--workers segments=2` runs a service as several worker processes sharing its subscriptions by
+partition (each is told how many there are: eventlog.workers). The first is the service as clients
+know it (its fixed port, endpoints.json's `services`, the other services' peer address); the others
+("segments-2" ...) listen on free ports, are listed under endpoints.json's `workers` only, and are
+started, health-checked, restarted and stopped like every other child.
+
 Everything it and the services create is private to the user (umask 077; the data dir is made
 0700/0600 on each start). Each service's key-encryption key lives outside the data dir, in the key
 dir (`--key-dir`, ONEFOLD_KEY_DIR, default ~/.config/onefold/keys/<installation id>/), so a copy of
@@ -44,7 +50,7 @@ from onefold.platform.ports import free_port, port_in_use
 # `onefold up` needs (SQLAlchemy, gRPC, settings models, nats-server) is imported where it is used.
 if TYPE_CHECKING:
     from onefold.platform.auth import IssuedCredential
-    from onefold.platform.config import NatsSettings, PortsSettings
+    from onefold.platform.config import NatsSettings, PortsSettings, Settings
     from onefold.platform.nats_server import NatsServerProcess
 
 SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations")
@@ -61,6 +67,26 @@ SERVICE_CREDENTIAL_NAME = "onefold up: service-to-service"
 # 1, 2, 4 ... 30 s.
 HEALTHY_RUN_SECONDS = 60.0
 MAX_RESTART_BACKOFF_SECONDS = 30
+# `--workers`: at most this many processes of one service (eventlog.partitions bounds it further).
+MAX_WORKERS = 16
+WORKERS_ENV = "ONEFOLD_EVENTLOG__WORKERS"
+
+
+def parse_workers(spec: str) -> dict[str, int]:
+    """`--workers identity=2,segments=2`: the number of worker processes of each service named."""
+    workers: dict[str, int] = {}
+    for pair in spec.split(","):
+        name, equals, count = (part.strip() for part in pair.partition("="))
+        if not equals or not name or not count:
+            raise ConfigError(f"--workers: '{pair.strip()}' is not SERVICE=N (e.g. --workers segments=2)")
+        if name not in SERVICES:
+            raise ConfigError(f"--workers: no service '{name}'; the services are {', '.join(SERVICES)}")
+        if name in workers:
+            raise ConfigError(f"--workers: {name} is named twice; give each service once")
+        if not count.isdecimal() or not 1 <= int(count) <= MAX_WORKERS:
+            raise ConfigError(f"--workers: {name}={count}: give a whole number from 1 to {MAX_WORKERS}")
+        workers[name] = int(count)
+    return workers
 
 
 KEY_DIR_ENV = "ONEFOLD_KEY_DIR"
@@ -111,14 +137,20 @@ def key_file(key_dir: Path, service: str) -> Path:
 
 @dataclass
 class Child:
-    name: str
+    service: str
     port: int
+    worker: int = 1  # which of the service's worker processes (1: the one clients and peers call)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0  # restarts since it last ran HEALTHY_RUN_SECONDS: the backoff's exponent
     next_restart_at: float = 0.0
     started_at: float | None = None  # supervisor clock; None until the watch first sees it alive
     nats_connected: bool | None = None
     http_port: int = 0
+
+    @property
+    def name(self) -> str:
+        """How messages, logs and endpoints.json name it: `segments`, `segments-2` ..."""
+        return self.service if self.worker == 1 else f"{self.service}-{self.worker}"
 
     @property
     def target(self) -> str:
@@ -138,6 +170,7 @@ class Supervisor:
     report: Callable[[str], None] = print
     services: tuple[str, ...] = SERVICES
     port_base: int | None = None  # `--port-base`: beats ports.base of the config file and environment
+    workers: dict[str, int] = field(default_factory=dict)  # `--workers`: processes per service (else 1)
     ports: dict[str, int] = field(default_factory=dict)  # each endpoint's port, settled by prepare()
     children: dict[str, Child] = field(default_factory=dict)
     nats: NatsServerProcess | None = None
@@ -165,6 +198,8 @@ class Supervisor:
             )
         overrides: dict[str, Any] = {"ports": {"base": self.port_base}} if self.port_base is not None else {}
         settings = [load_settings(name, self.config_file, **overrides) for name in self.services]
+        for service_settings in settings:
+            self._check_workers(service_settings)
         os.umask(PRIVATE_UMASK)  # what this process and its children create is the user's alone
         prepare_data_dir(self.data_dir)
         (self.data_dir / "run").mkdir(exist_ok=True)
@@ -191,6 +226,21 @@ class Supervisor:
         issued = store.issue(ANY_WORKSPACE, ["service"], name=SERVICE_CREDENTIAL_NAME)
         self._service_token, self._service_credential_id = issued.token, issued.id
         store.engine.dispose()
+
+    def _check_workers(self, settings: Settings) -> None:
+        """`--workers` decides how many processes of a service run; a config file or environment
+        saying otherwise would have each process deal the partitions among workers never started."""
+        name, count = settings.service, self.workers.get(settings.service, 1)
+        if count > settings.eventlog.partitions:
+            raise ConfigError(
+                f"--workers {name}={count}: more workers than eventlog.partitions "
+                f"({settings.eventlog.partitions}); each worker needs a partition of its own"
+            )
+        if name not in self.workers and settings.eventlog.workers != 1:
+            raise ConfigError(
+                f"eventlog.workers is {settings.eventlog.workers} (config file or {WORKERS_ENV}), but `onefold up` "
+                f"starts one {name} process; give the number with `onefold up --workers {name}=N` instead"
+            )
 
     def _prepare_keys(self) -> None:
         """Settle the key dir; refuse to start a service whose data exists but whose key does not."""
@@ -232,14 +282,9 @@ class Supervisor:
         busy = [key for key, port in ports.items() if port and port_in_use(port)]
         if busy:
             raise ConfigError(_ports_in_use_message(busy, ports))
+        taken = set(by_port)
         for key in [key for key, port in ports.items() if not port]:
-            # Each free port is bound only when its child starts: never hand the same one to two
-            # endpoints (the OS may offer a just-released port again).
-            port = free_port()
-            while port in by_port:
-                port = free_port()
-            by_port[port] = [key]
-            ports[key] = port
+            ports[key] = _distinct_free_port(taken)
         return ports
 
     def start_nats(self) -> str:
@@ -264,22 +309,28 @@ class Supervisor:
                 "ONEFOLD_AUTH__SERVICE_TOKEN": self._service_token,
                 # Local use only: each service's key-encryption key in a 0600 file in the key dir.
                 # In Kubernetes it comes from a Secret (ONEFOLD_EVENTLOG__KEY_ENCRYPTION_KEY).
-                "ONEFOLD_EVENTLOG__KEY_FILE": str(key_file(self.key_dir or self.data_dir, child.name)),
+                "ONEFOLD_EVENTLOG__KEY_FILE": str(key_file(self.key_dir or self.data_dir, child.service)),
             }
         )
-        # Every service can reach the others (consent resolves subjects and runs data-subject requests).
+        # Every service can reach the others (consent resolves subjects and runs data-subject requests),
+        # each at its first worker: the one with the fixed port.
         for peer in self.children.values():
-            env[f"ONEFOLD_PEERS__{peer.name.upper()}"] = f"127.0.0.1:{peer.port}"
+            if peer.worker == 1:
+                env[f"ONEFOLD_PEERS__{peer.service.upper()}"] = f"127.0.0.1:{peer.port}"
         if self.nats:
             # Its own NATS user and password file (<data-dir>/nats/credentials, 0600), made on first start.
-            env.update(self.nats.client_environment(child.name))
-        if child.http_port:
+            env.update(self.nats.client_environment(child.service))
+        if child.service in HTTP_PORT_KEYS:
+            # Ingest always serves HTTP: a further worker gets 0 (the process binds a free port), so
+            # only the first one holds the fixed, advertised port.
             env["ONEFOLD_HTTP__PORT"] = str(child.http_port)
+        if child.service in self.workers:
+            env[WORKERS_ENV] = str(self.workers[child.service])
         if self.config_file:
             env["ONEFOLD_CONFIG"] = str(self.config_file)
         log = (self.data_dir / "logs" / f"{child.name}.log").open("ab")
         child.process = subprocess.Popen(
-            tied_to_parent([sys.executable, "-m", f"onefold.{child.name}"]),
+            tied_to_parent([sys.executable, "-m", f"onefold.{child.service}"]),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -288,19 +339,32 @@ class Supervisor:
         log.close()
 
     def start_services(self, nats_url: str) -> None:
+        """Start each service's first worker; the further ones wait for `start_further_workers`."""
+        taken = set(self.ports.values())
         for name in self.services:
-            child = Child(name, self.ports[GRPC_PORT_KEYS[name]])
+            first = Child(name, self.ports[GRPC_PORT_KEYS[name]])
             if name in HTTP_PORT_KEYS:
-                child.http_port = self.ports[HTTP_PORT_KEYS[name]]
-            self.children[name] = child
+                first.http_port = self.ports[HTTP_PORT_KEYS[name]]
+            self.children[first.name] = first
+            for worker in range(2, self.workers.get(name, 1) + 1):
+                child = Child(name, _distinct_free_port(taken), worker=worker)
+                self.children[child.name] = child
         for child in list(self.children.values()):  # every port is known first: each child gets its peers'
-            self._spawn(child, nats_url)
+            if child.worker == 1:
+                self._spawn(child, nats_url)
+
+    def start_further_workers(self, nats_url: str) -> None:
+        """Workers 2..N of each service, once its first is SERVING: that one has created the
+        service's database schema, which processes creating it at once would race on."""
+        for child in self.children.values():
+            if child.process is None:
+                self._spawn(child, nats_url)
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
         from onefold.platform.health import health_status
 
         deadline = time.monotonic() + timeout
-        pending = set(self.children)
+        pending = {name for name, child in self.children.items() if child.process}
         while pending and time.monotonic() < deadline:
             for name in sorted(pending):
                 child = self.children[name]
@@ -317,18 +381,46 @@ class Supervisor:
             raise ConfigError(f"not SERVING after {timeout:.0f}s: {', '.join(sorted(pending))}")
 
     def write_endpoints(self, nats_url: str) -> None:
-        services = {name: child.target for name, child in self.children.items()}
+        """The run's state for other commands: `services` and `http` are what clients call (a service's
+        first worker); `workers` the further workers' gRPC addresses; `pids` every child's process
+        (rewritten when one restarts), for tools measuring them."""
+        services: dict[str, str] = {}
+        workers: dict[str, list[str]] = {}
+        pids: dict[str, int] = {}
+        for child in self.children.values():
+            if child.worker == 1:
+                services[child.service] = child.target
+            else:
+                workers.setdefault(child.service, []).append(child.target)
+            if child.process:
+                pids[child.name] = child.process.pid
         if self.nats:
             services["nats"] = f"127.0.0.1:{self.nats.port}"
-        http = {name: child.http_url for name, child in self.children.items() if child.http_url}
-        state = {"pid": os.getpid(), "nats_url": nats_url, "services": services, "http": http}
-        (self.data_dir / ENDPOINTS_FILE).write_text(json.dumps(state, indent=2))
+            if self.nats.process:
+                pids["nats"] = self.nats.process.pid
+        http = {child.service: child.http_url for child in self.children.values() if child.http_url}
+        state = {
+            "pid": os.getpid(),
+            "nats_url": nats_url,
+            "services": services,
+            "http": http,
+            "workers": workers,
+            "pids": pids,
+        }
+        # Replaced whole, never rewritten in place: `onefold status` may be reading it meanwhile.
+        path = self.data_dir / ENDPOINTS_FILE
+        partial = path.with_suffix(".json.partial")
+        partial.write_text(json.dumps(state, indent=2))
+        partial.replace(path)
 
     def start(self) -> str:
         self.prepare()
         nats_url = self.start_nats()
         self.start_services(nats_url)
         self.wait_healthy()
+        if any(child.worker > 1 for child in self.children.values()):
+            self.start_further_workers(nats_url)
+            self.wait_healthy()
         self.write_endpoints(nats_url)
         return nats_url
 
@@ -345,6 +437,7 @@ class Supervisor:
             try:
                 self.nats.start()
                 self.report(f"nats-server is back on {self.nats.url}")
+                self._record_restart(nats_url)
             except ConfigError as error:
                 self.report(f"nats-server could not restart: {error}; retrying")
         for child in self.children.values():
@@ -363,6 +456,7 @@ class Supervisor:
                     child.next_restart_at = 0.0
                     self._spawn(child, nats_url)
                     child.started_at = now
+                    self._record_restart(nats_url)
                 continue
             if child.started_at is None:
                 child.started_at = now
@@ -374,6 +468,11 @@ class Supervisor:
                 state = "reconnected to NATS" if connected else "lost its NATS connection"
                 self.report(f"{child.name} {state}")
             child.nats_connected = connected
+
+    def _record_restart(self, nats_url: str) -> None:
+        """A restarted child has a new pid: endpoints.json says so (once the run has written it)."""
+        if self._lock:
+            self.write_endpoints(nats_url)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -446,6 +545,16 @@ def _ports_in_use_message(busy: list[str], ports: dict[str, int]) -> str:
         f"choose other ports with `onefold up --port-base N` (moves every endpoint) "
         f"or the setting ports.base (ONEFOLD_PORTS__BASE), or move one endpoint with {settings}"
     )
+
+
+def _distinct_free_port(taken: set[int]) -> int:
+    """A free port not in `taken`, added to it. Each free port is bound only when its child starts:
+    never hand the same one to two endpoints (the OS may offer a just-released port again)."""
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    taken.add(port)
+    return port
 
 
 def _last_line(path: Path) -> str:
