@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from onefold.eventlog import streams
+from onefold.eventlog.workers import partition_groups
 from onefold.platform.bus_permissions import (
     ADMIN,
     CONSUMES,
@@ -30,8 +31,10 @@ from onefold.platform.bus_permissions import (
     SUBJECT_ROOT,
     USERS,
     WITNESS_STREAM,
+    consumers_of,
     digest_subject_of,
     durable_of,
+    service_user,
     stream_of,
 )
 from onefold.platform.config import ConfigError, NatsSettings
@@ -278,6 +281,14 @@ def test_the_graph_names_what_the_event_log_uses() -> None:
         assert durable_of(service, upstream) == streams.consumer_name(service, upstream)
         assert digest_subject_of(service) == streams.digest_subject(service)
         assert streams.dlq_subject(service, upstream).startswith(f"onefold.dlq.{service}.")
+    # With worker processes, the consumers of their partition groups (onefold.eventlog.workers).
+    for workers in (2, 3, 16):
+        assert consumers_of("segments", "identity", workers, 16) == [
+            streams.consumer_name("segments", "identity", group) for group in partition_groups(16, workers)
+        ]
+    granted = service_user("segments", workers=2).publish
+    assert "$JS.API.CONSUMER.MSG.NEXT.ONEFOLD_IDENTITY.segments__identity__p1-3-5-7-9-11-13-15" in granted
+    assert "$JS.API.CONSUMER.MSG.NEXT.ONEFOLD_IDENTITY.segments__identity" not in granted
 
 
 def test_credentials_are_private_files_kept_across_restarts(nats_server: NatsServerProcess) -> None:

@@ -179,6 +179,7 @@ class Supervisor:
     _service_token: str = field(default="", repr=False)
     _service_credential_id: str = ""
     _auth_url: str = ""
+    _partitions: int = 16  # eventlog.partitions, settled by prepare()
     _stopping: bool = False
     clock: Callable[[], float] = time.monotonic  # for the restart backoff
 
@@ -212,6 +213,7 @@ class Supervisor:
             raise ConfigError(f"another `onefold up` is already running on {self.data_dir}") from None
         self._lock = lock
         self.ports = self._assign_ports(settings[0].ports)
+        self._partitions = settings[0].eventlog.partitions  # the bus users may use their groups' consumers
         self._prepare_keys()
         # The store the services will read: the configured one, else the data dir's.
         self._auth_url = settings[0].auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
@@ -292,7 +294,12 @@ class Supervisor:
             return self.nats_url
         from onefold.platform.nats_server import NatsServerProcess
 
-        self.nats = NatsServerProcess(self.data_dir / NATS_DIR, port=self.ports[NATS_PORT_KEY])
+        self.nats = NatsServerProcess(
+            self.data_dir / NATS_DIR,
+            port=self.ports[NATS_PORT_KEY],
+            workers=self.workers,
+            partitions=self._partitions,
+        )
         self.nats.start()
         return self.nats.url
 

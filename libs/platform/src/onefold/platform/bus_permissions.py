@@ -10,7 +10,8 @@ A service may
   the shared dead-letter stream (info, create, update: write-only) and for the witness stream of chain
   digests (read every digest);
 - create, read, delete and pull from only its durable consumers `<service>__<upstream>` on the streams
-  of the upstreams it consumes, and acknowledge their messages;
+  of the upstreams it consumes (with W worker processes, `eventlog.workers`: the W consumers of its
+  partition groups, `<service>__<upstream>__p<partitions>`), and acknowledge their messages;
 - subscribe to nothing but its own reply inbox `_INBOX.<service>.>` (JetStream delivers pulled
   messages and API answers there), so no service sees another's deliveries or replies.
 
@@ -23,8 +24,9 @@ The subject and stream names mirror onefold.eventlog.streams (pinned by the test
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 SUBJECT_ROOT = "onefold"
@@ -52,8 +54,21 @@ def stream_of(service: str) -> str:
     return f"ONEFOLD_{service.upper()}"
 
 
-def durable_of(service: str, upstream: str) -> str:
-    return f"{service}__{upstream}"
+DEFAULT_PARTITIONS = 16
+
+
+def durable_of(service: str, upstream: str, partitions: Iterable[int] | None = None) -> str:
+    name = f"{service}__{upstream}"
+    if partitions is not None:
+        name += "__p" + "-".join(str(p) for p in sorted(set(partitions)))
+    return name
+
+
+def consumers_of(service: str, upstream: str, workers: int, partitions: int) -> list[str]:
+    """One durable consumer, or one per partition group (p in group p mod workers) with workers > 1."""
+    if workers <= 1:
+        return [durable_of(service, upstream)]
+    return [durable_of(service, upstream, range(group, partitions, workers)) for group in range(workers)]
 
 
 def digest_subject_of(service: str) -> str:
@@ -97,7 +112,7 @@ def _digest_reader_api() -> tuple[str, ...]:
     )
 
 
-def service_user(service: str) -> BusUser:
+def service_user(service: str, workers: int = 1, partitions: int = DEFAULT_PARTITIONS) -> BusUser:
     own = stream_of(service)
     stream_api = ("INFO", "CREATE", "UPDATE", "MSG.GET", "MSG.DELETE")
     publish = [
@@ -113,7 +128,8 @@ def service_user(service: str) -> BusUser:
         *_digest_reader_api(),
     ]
     for upstream in CONSUMES[service]:
-        publish += _consumer_api(stream_of(upstream), durable_of(service, upstream))
+        for consumer in consumers_of(service, upstream, workers, partitions):
+            publish += _consumer_api(stream_of(upstream), consumer)
     return BusUser(service, tuple(dict.fromkeys(publish)), (f"{inbox_prefix(service)}.>",))
 
 
@@ -125,22 +141,31 @@ def admin_user() -> BusUser:
     return BusUser(ADMIN, (">",), (">",))
 
 
-def bus_users() -> tuple[BusUser, ...]:
-    return (*(service_user(s) for s in SERVICES), operator_user(), admin_user())
+def bus_users(
+    workers: Mapping[str, int] | None = None, partitions: int = DEFAULT_PARTITIONS
+) -> tuple[BusUser, ...]:
+    """Every user; `workers`: the services run with several worker processes, and how many."""
+    services = (service_user(s, (workers or {}).get(s, 1), partitions) for s in SERVICES)
+    return (*services, operator_user(), admin_user())
 
 
 def _list(subjects: tuple[str, ...], indent: str) -> str:
     return "[\n" + "".join(f'{indent}  "{s}"\n' for s in subjects) + f"{indent}]"
 
 
-def authorization_config(password: Callable[[str], str]) -> str:
+def authorization_config(
+    password: Callable[[str], str],
+    workers: Mapping[str, int] | None = None,
+    partitions: int = DEFAULT_PARTITIONS,
+) -> str:
     """The nats-server `authorization` block; `password(user)` is the value as written in the config
-    (a quoted literal locally, a `$VARIABLE` taken from the environment in Kubernetes).
+    (a quoted literal locally, a `$VARIABLE` taken from the environment in Kubernetes). `workers` and
+    `partitions` as the services are configured (`eventlog.workers`, `eventlog.partitions`).
 
     With users defined and no `no_auth_user`, the server refuses every client without a credential.
     """
     lines = ["authorization {", "  users: ["]
-    for user in bus_users():
+    for user in bus_users(workers, partitions):
         lines += [
             "    {",
             f"      user: {user.name}",
@@ -160,5 +185,23 @@ def environment_password(user: str) -> str:
     return f"$NATS_PASSWORD_{user.upper()}"
 
 
-if __name__ == "__main__":  # the block deploy/k8s/components/nats/nats.yaml embeds
-    sys.stdout.write(authorization_config(environment_password))
+def _main(argv: list[str]) -> None:
+    """The block deploy/k8s/components/nats/nats.yaml embeds; `--workers segments=4,identity=2`
+    (and `--partitions N` if not 16) when services run with several worker processes."""
+    parser = argparse.ArgumentParser(prog="python -m onefold.platform.bus_permissions")
+    parser.add_argument("--workers", default="", help="name=N[,name=N...], as ONEFOLD_EVENTLOG__WORKERS")
+    parser.add_argument("--partitions", type=int, default=DEFAULT_PARTITIONS)
+    args = parser.parse_args(argv)
+    workers: dict[str, int] = {}
+    for pair in filter(None, args.workers.split(",")):
+        name, _, count = pair.partition("=")
+        if name not in CONSUMES or not count.isdigit() or not 1 <= int(count) <= args.partitions:
+            parser.error(
+                f"--workers: {pair!r} is not <service>=<1..{args.partitions}> ({', '.join(SERVICES)})"
+            )
+        workers[name] = int(count)
+    sys.stdout.write(authorization_config(environment_password, workers, args.partitions))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -20,11 +20,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from onefold.platform.bus_permissions import USERS, authorization_config
+from onefold.platform.bus_permissions import DEFAULT_PARTITIONS, USERS, authorization_config
 from onefold.platform.config import ConfigError, NatsSettings
 from onefold.platform.nats import connect_options
 from onefold.platform.ports import free_port, port_in_use, wait_for_port
@@ -123,8 +123,19 @@ class BusCredentials:
 
 
 class NatsServerProcess:
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        *,
+        workers: Mapping[str, int] | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+    ) -> None:
+        """`workers`, `partitions`: as the services are configured (their consumers' names follow)."""
         self.store_dir = Path(store_dir)
+        self.workers = dict(workers or {})
+        self.partitions = partitions
         self.host = host
         self.port = port or free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
@@ -164,7 +175,9 @@ class NatsServerProcess:
             "  sync_interval: always\n"
             "}\n"
             "max_payload: 8MB\n"
-            + authorization_config(lambda user: json.dumps(self.credentials.password(user))),
+            + authorization_config(
+                lambda user: json.dumps(self.credentials.password(user)), self.workers, self.partitions
+            ),
         )
         return config
 
