@@ -5,8 +5,10 @@ MessageSent and a webhook delivery, profile and consent reads while the load run
 reads with no load), each service process's CPU µs per event and RSS.
 
     python bench/pipeline.py [--rate R] [--seconds S] [--users N] [--batch B]
-                             [--profile-rate R] [--consent-rate R] [--quick] [--json] [--html PATH]
+                             [--profile-rate R] [--consent-rate R] [--workers SPEC] [--quick]
+                             [--json] [--html PATH]
     onefold bench pipeline --json --html pipeline.html
+    onefold bench pipeline --json --workers identity=2,segments=2   # the same with worker processes
 
 The system: `onefold up --port-base 0` (a subprocess: nats-server with JetStream and the six
 services, each its own process, on free ports) in a fresh temporary data dir, then with the CLI:
@@ -51,8 +53,8 @@ Phases:
   backlog has been zero and no head has moved for STABLE_SECONDS and every probe is done (or
   DRAIN_TIMEOUT): each stage's `drain_s` = when it last had a backlog or moved its head minus the
   end of the load — the lag at the end;
-- CPU and memory: each service process's (and nats-server's) CPU time (utime + stime from
-  /proc/PID/stat) from just before the load to the end of the drain, and its VmRSS and VmHWM after
+- CPU and memory: each service's processes' (its worker processes together, with `--workers`) and
+  nats-server's CPU time (utime + stime from /proc/PID/stat) from just before the load to the end of the drain, and its VmRSS and VmHWM after
   the drain. CPU µs per event = CPU seconds x 1e6 / events accepted; it includes the reads and probes
   served meanwhile (a few % of the calls at the default rates: an upper bound). Net of the reads:
   each process's CPU share in the baseline phase (its idle loops, and the reads it served), times
@@ -206,17 +208,16 @@ class _Receiver:
 # --- /proc ------------------------------------------------------------------------------------------
 
 
-def service_pids(supervisor: int) -> dict[str, int]:
-    """The supervisor's children by name: `python -m onefold.NAME` and nats-server."""
-    found = {}
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    for pid in map(int, children):
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        if "-m" in argv and argv[argv.index("-m") + 1].startswith("onefold."):
-            found[argv[argv.index("-m") + 1].removeprefix("onefold.")] = pid
-        elif Path(argv[0]).name == "nats-server":
-            found["nats"] = pid
-    return found
+def process_pids(data_dir: Path) -> dict[str, int]:
+    """Every process `onefold up` runs, by name ("segments", "segments-2" for a second worker, "nats"),
+    as its endpoints file lists them (kept current across restarts)."""
+    state = json.loads((data_dir / "run" / "endpoints.json").read_text())
+    return {name: int(pid) for name, pid in state["pids"].items()}
+
+
+def service_of(process: str) -> str:
+    """The service a process belongs to: "segments-2" is a worker of segments."""
+    return process.split("-")[0]
 
 
 # --- the system -------------------------------------------------------------------------------------
@@ -282,13 +283,21 @@ class System:
         self.receiver.wait(10)
 
 
-def start_system(directory: Path) -> System:
+def start_system(directory: Path, workers: str = "") -> System:
     receiver, port = http_receiver.start(Path(__file__).resolve())
     receiver_url = f"http://127.0.0.1:{port}/hooks"
     output = directory / "up.out"
     with output.open("wb") as out:
         up = subprocess.Popen(
-            [*ONEFOLD, "up", "--data-dir", str(directory / "data"), "--port-base", "0"],
+            [
+                *ONEFOLD,
+                "up",
+                "--data-dir",
+                str(directory / "data"),
+                "--port-base",
+                "0",
+                *(["--workers", workers] if workers else []),
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "COLUMNS": "200"},
@@ -302,7 +311,7 @@ def start_system(directory: Path) -> System:
             raise RuntimeError(f"onefold up did not start:\n{text}")
         time.sleep(0.2)
     endpoints = json.loads((directory / "data" / "run" / "endpoints.json").read_text())
-    pids = service_pids(up.pid)
+    pids = process_pids(directory / "data")
     return System(directory, up, receiver, receiver_url, TOKEN.findall(text)[0], endpoints, pids)
 
 
@@ -727,7 +736,11 @@ class Producer(threading.Thread):
 
 
 def cpu_snapshot(system: System) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in system.pids.items()}
+    """CPU seconds per service (its worker processes together) and of nats-server."""
+    spent: dict[str, float] = {}
+    for name, pid in system.pids.items():
+        spent[service_of(name)] = spent.get(service_of(name), 0.0) + cpu_seconds(pid)
+    return spent
 
 
 def sustained(
@@ -848,7 +861,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         say("starting onefold up (nats-server and six services) ...")
         started = time.monotonic()
-        system = start_system(directory)
+        system = start_system(directory, args.workers)
         try:
             say(f"up in {time.monotonic() - started:.1f}s; applying the examples and the probe journey ...")
             configure(system)
@@ -860,7 +873,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             say("producer floor: POSTs back to back ...")
             floor = producer_floor(system, args, run_id)
             memory_after = {name: memory_mb(pid) for name, pid in system.pids.items()}
-            restarted = service_pids(system.up.pid) != system.pids
+            restarted = process_pids(system.data_dir) != system.pids
         finally:
             system.close()
     finally:
@@ -876,7 +889,7 @@ def results_of(
     memory_after: dict[str, Any],
     restarted: bool,
 ) -> dict[str, Any]:
-    service_peak = max(load["memory"][s]["peak_rss_mb"] for s in SERVICES)
+    service_peak = max(m["peak_rss_mb"] for name, m in load["memory"].items() if service_of(name) in SERVICES)
     bounded = not load["drain_timed_out"] and max(load["drain_s"].values()) <= LAG_BOUND_S
     reads = load["reads"]
     services_cpu = sum(load["cpu_seconds"][s] for s in SERVICES)
@@ -920,6 +933,7 @@ def results_of(
             "consent_reads_per_s": args.consent_rate,
             "baseline_seconds": args.baseline_seconds,
             "quick": args.quick,
+            "workers": args.workers or "one process per service",
         },
         "path": (
             "producer thread in the bench -> HTTP POST /v1/batch (one client, keep-alive) -> ingest -> "
@@ -1205,6 +1219,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=BASELINE_SECONDS, help="idle reads")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="small sizes: 100 events/s for 8 s")
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="worker processes per service, as `onefold up --workers` (segments=2,...)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--html", type=Path, help="write a self-contained HTML report here")
     parser.add_argument("--receiver", action="store_true", help=argparse.SUPPRESS)
