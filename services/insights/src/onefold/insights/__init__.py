@@ -1,0 +1,1 @@
+"""Insights: funnels, attribution, cohorts, campaign ROI and model tags over an analytical copy of the history."""

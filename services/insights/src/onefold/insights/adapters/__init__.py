@@ -1,0 +1,1 @@
+"""The analytical store (DuckDB) and what reads and writes it."""

@@ -1,0 +1,1 @@
+"""What insights computes, stated without a database: the specifications of its analyses and their checks."""

@@ -1,0 +1,1 @@
+"""The thin edges of insights: gRPC and its stream consumers."""
