@@ -4,28 +4,13 @@ partitions). A real data dir, real settings from the environment."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from onefold.cli.supervisor import MAX_WORKERS, SERVICES, Supervisor, parse_workers
 from onefold.platform.config import ConfigError
-
-
-@pytest.fixture
-def supervisors() -> Iterator[list[Supervisor]]:
-    made: list[Supervisor] = []
-    yield made
-    for supervisor in made:
-        supervisor.stop()  # as `onefold up` does after a refused start: releases the data dir's lock
-
-
-def _prepared(data: Path, made: list[Supervisor], workers: dict[str, int]) -> Supervisor:
-    supervisor = Supervisor(data_dir=data, report=lambda _: None, port_base=0, workers=workers)
-    made.append(supervisor)
-    supervisor.prepare()
-    return supervisor
 
 
 def test_a_list_of_services_and_counts_is_read() -> None:
@@ -54,23 +39,25 @@ def test_a_bad_list_is_refused_with_its_reason(spec: str, message: str) -> None:
 
 
 def test_more_workers_than_partitions_is_refused(
-    tmp_path: Path, supervisors: list[Supervisor], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, prepare_supervisor: Callable[..., Supervisor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ONEFOLD_EVENTLOG__PARTITIONS", "2")
     with pytest.raises(ConfigError) as caught:
-        _prepared(tmp_path / "data", supervisors, {"segments": 3})
+        prepare_supervisor(tmp_path / "data", port_base=0, workers={"segments": 3})
     assert str(caught.value) == (
         "--workers segments=3: more workers than eventlog.partitions (2); each worker needs a partition of its own"
     )
 
 
 def test_a_worker_count_from_the_settings_alone_is_refused(
-    tmp_path: Path, supervisors: list[Supervisor], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, prepare_supervisor: Callable[..., Supervisor], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every process would be told of workers that `onefold up` never starts."""
     monkeypatch.setenv("ONEFOLD_EVENTLOG__WORKERS", "2")
     with pytest.raises(ConfigError) as caught:
-        _prepared(tmp_path / "data", supervisors, {name: 2 for name in SERVICES if name != "journeys"})
+        prepare_supervisor(
+            tmp_path / "data", port_base=0, workers={name: 2 for name in SERVICES if name != "journeys"}
+        )
     assert str(caught.value) == (
         "eventlog.workers is 2 (config file or ONEFOLD_EVENTLOG__WORKERS), but `onefold up` starts one "
         "journeys process; give the number with `onefold up --workers journeys=N` instead"
