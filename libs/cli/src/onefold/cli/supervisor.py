@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from onefold.platform.config import NatsSettings, PortsSettings, Settings
     from onefold.platform.nats_server import NatsServerProcess
 
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations")
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations", "insights")
 # The `ports` setting (onefold.platform.config.PORT_OFFSETS) of each service's gRPC listener, and of
 # the HTTP listeners (ingest's: the Segment-compatible tracking API).
 GRPC_PORT_KEYS = {name: name for name in SERVICES} | {"ingest": "ingest_grpc"}
@@ -535,6 +535,7 @@ ENDPOINT_LABELS = {
     "segments": "segments gRPC",
     "journeys": "journeys gRPC",
     "destinations": "destinations gRPC",
+    "insights": "insights gRPC",
     "nats": "NATS",
 }
 

@@ -43,6 +43,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
     "segments": ("identity", "consent"),
     "journeys": ("identity", "segments", "consent"),
     "destinations": ("identity", "segments", "consent"),
+    "insights": ("identity", "segments", "journeys"),  # the analytical copy
 }
 SERVICES: tuple[str, ...] = tuple(CONSUMES)
 USERS: tuple[str, ...] = (*SERVICES, OPERATOR, ADMIN)

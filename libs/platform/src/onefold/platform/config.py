@@ -136,6 +136,7 @@ class PeersSettings(_Section):
     segments: str = ""
     journeys: str = ""
     destinations: str = ""
+    insights: str = ""
 
 
 # Where `onefold up` puts each endpoint on this machine: the port `base` plus this offset, unless
@@ -150,6 +151,7 @@ PORT_OFFSETS: dict[str, int] = {
     "nats": 6,
     # After nats, not before it: an installation's existing ports must not move when a service is added.
     "destinations": 7,
+    "insights": 8,
 }
 DEFAULT_PORT_BASE = 7460
 MAX_PORT_BASE = 65535 - max(PORT_OFFSETS.values())
@@ -174,6 +176,7 @@ class PortsSettings(_Section):
     journeys: int | None = Field(default=None, ge=1, le=65535, description="default base+5")
     nats: int | None = Field(default=None, ge=1, le=65535, description="default base+6 (the embedded server)")
     destinations: int | None = Field(default=None, ge=1, le=65535, description="default base+7")
+    insights: int | None = Field(default=None, ge=1, le=65535, description="default base+8")
 
     def chosen(self) -> dict[str, int]:
         """Each endpoint's port: its own key, else base + offset; 0 where a free port is to be picked."""

@@ -18,6 +18,7 @@ SCOPES = frozenset(
         "journeys:write",
         "destinations:read",
         "destinations:write",
+        "insights:read",
         "audit:read",
         "dsr:write",
     }

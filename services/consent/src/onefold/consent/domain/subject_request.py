@@ -25,8 +25,8 @@ from onefold.platform.errors import InvalidArgument
 TERMINAL_STATES = frozenset({pb.REQUEST_STATE_COMPLETED, pb.REQUEST_STATE_REFUSED})
 # A request's steps, one per service, in this order. A request opened before a service was added
 # keeps the steps it was opened with (its fold, its completion and its export follow request.steps).
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations")
-PEER_SERVICES = ("ingest", "identity", "segments", "journeys", "destinations")
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations", "insights")
+PEER_SERVICES = ("ingest", "identity", "segments", "journeys", "destinations", "insights")
 MAX_EXTENSION_DAYS = 60
 MAX_REASON_CHARS = 2000
 MAX_RECTIFICATION_BYTES = 64 * 1024
@@ -70,6 +70,10 @@ NOT_APPLICABLE: dict[tuple[int, str], str] = {
         pb.REQUEST_TYPE_RECTIFICATION,
         "destinations",
     ): "destinations deliver the profile's traits from identity and deliver its correction like any change",
+    (
+        pb.REQUEST_TYPE_RECTIFICATION,
+        "insights",
+    ): "the analytical copy holds no traits or identifiers, only facts keyed by profile id",
 }
 WAITING_FOR_IDENTIFIERS = "waiting for the subject's identifiers from identity (GetProfile)"
 

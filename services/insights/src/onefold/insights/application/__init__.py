@@ -1,1 +1,63 @@
-"""The use cases of insights."""
+"""The insights service's use cases: the analytical copy fed from the streams (feed.py) and read."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+
+from onefold.contracts.insights.v1 import insights_pb2 as pb
+from onefold.eventlog.service import ServiceLog
+from onefold.insights.adapters import warehouse as store
+from onefold.insights.adapters.warehouse import Warehouse
+from onefold.insights.application.feed import WarehouseFeed
+
+
+class InsightsApplication:
+    def __init__(self, log: ServiceLog, warehouse: Warehouse, feed: WarehouseFeed) -> None:
+        self.log = log
+        self.warehouse = warehouse
+        self.feed = feed
+
+    async def status(self, workspace: str) -> pb.InsightsStatus:
+        """The workspace's rows per table and each upstream's applied position (on a cursor of its own)."""
+
+        def read() -> pb.InsightsStatus:
+            cursor = self.warehouse.cursor()
+            try:
+                rows = store.table_rows(cursor, workspace)
+                applied = store.applied_positions(cursor)
+            finally:
+                cursor.close()
+            return pb.InsightsStatus(
+                tables=[pb.TableRows(table=table, rows=count) for table, count in rows.items()],
+                applied=[
+                    pb.UpstreamApplied(upstream=name, position=position)
+                    for name, position in sorted(applied.items())
+                ],
+            )
+
+        return await asyncio.to_thread(read)
+
+    async def export_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
+        """What the copy holds of these profiles: rows per table (no personal field is ever in it)."""
+
+        def count() -> dict[str, int]:
+            cursor = self.warehouse.cursor()
+            try:
+                return store.profile_rows(cursor, workspace, list(profile_ids))
+            finally:
+                cursor.close()
+
+        return await asyncio.to_thread(count)
+
+    async def erase_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
+        """Delete every row of these profiles (on the writer thread: never beside a batch of the feed)."""
+
+        def erase() -> dict[str, int]:
+            with self.warehouse.transaction() as db:
+                return store.erase_profiles(db, workspace, list(profile_ids))
+
+        return await self.log.writer.run(erase)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.warehouse.close)
