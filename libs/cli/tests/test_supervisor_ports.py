@@ -67,5 +67,5 @@ def test_two_endpoints_on_one_port_are_refused(
 def test_a_port_base_without_room_for_every_endpoint_is_refused(
     tmp_path: Path, prepare_supervisor: Callable[..., Supervisor]
 ) -> None:
-    with pytest.raises(ConfigError, match=r"--port-base 65530 leaves no room .*; give at most 65528"):
+    with pytest.raises(ConfigError, match=r"--port-base 65530 leaves no room .*; give at most 65527"):
         prepare_supervisor(tmp_path / "data", port_base=65530)

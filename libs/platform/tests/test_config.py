@@ -125,6 +125,7 @@ def test_ports_are_fixed_by_default_shifted_by_base_and_set_one_by_one() -> None
         "journeys": 7465,
         "nats": 7466,
         "destinations": 7467,
+        "insights": 7468,
     }
     env = {"ONEFOLD_PORTS__BASE": "8000", "ONEFOLD_PORTS__NATS": "4222"}
     chosen = load_settings("ingest", env=env).ports.chosen()

@@ -24,6 +24,7 @@ from onefold.consent.application import subject_requests
 from onefold.consent.application.subject_requests import SubjectRequests, Timings
 from onefold.consent.domain.ledger import subject_of
 from onefold.consent.domain.subject_request import (
+    PEER_SERVICES,
     SERVICES,
     WAITING_FOR_IDENTIFIERS,
     StepOutcome,
@@ -260,7 +261,7 @@ async def test_gdpr_art17_erasure_consent_part_at_once_unreachable_services_pend
     harness.grant("p1", "marketing", proof=harness.proof(ip_address="203.0.113.7", user_agent="Firefox"))
     opened = open_request(requests_, pb.REQUEST_TYPE_ERASURE)
     assert opened.state == pb.REQUEST_STATE_OPEN
-    for service in ("ingest", "identity", "segments", "journeys", "destinations"):
+    for service in PEER_SERVICES:
         assert "not reachable" in steps(opened)[service].last_error
 
     processed = await requests_.process(WORKSPACE, opened.request_id)
@@ -268,7 +269,7 @@ async def test_gdpr_art17_erasure_consent_part_at_once_unreachable_services_pend
     assert by_service["consent"].state == DONE and by_service["consent"].attempts == 1
     assert json.loads(by_service["consent"].confirmation) == {"profiles_erased": ["p1"]}
     # Services nobody can reach here are pending, never done, so the request is not complete.
-    for service in ("ingest", "identity", "segments", "journeys", "destinations"):
+    for service in PEER_SERVICES:
         step = by_service[service]
         assert (step.state, step.attempts) == (PENDING, 0)
         assert f"peers.{service}" in step.last_error
@@ -349,7 +350,7 @@ async def test_gdpr_art15_access_consent_part_done_others_pending(consent: Any) 
     processed = await requests_.process(WORKSPACE, opened.request_id)
     assert json.loads(steps(processed)["consent"].confirmation) == {"consent_states": 1, "ledger_events": 2}
     assert {s: st for s, st in states(processed).items() if s != "consent"} == dict.fromkeys(
-        ("ingest", "identity", "segments", "journeys", "destinations"), PENDING
+        PEER_SERVICES, PENDING
     )
     assert processed.state == pb.REQUEST_STATE_IN_PROGRESS and not processed.export
     # The consent part is held for the export, in memory only: nothing personal in the step.

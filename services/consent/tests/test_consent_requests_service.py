@@ -28,7 +28,7 @@ import grpc
 import nats
 import pytest
 
-from onefold.consent.domain.subject_request import verify_signature
+from onefold.consent.domain.subject_request import SERVICES, verify_signature
 from onefold.contracts.common.v1 import data_subject_pb2, data_subject_pb2_grpc
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.consent.v1 import consent_pb2 as pb
@@ -71,6 +71,7 @@ class Stack:
     segments: ServiceProcess
     journeys: ServiceProcess
     destinations: ServiceProcess
+    insights: ServiceProcess
     credentials: CredentialStore
     service_token: str
     consent: ServiceProcess | None = None
@@ -107,7 +108,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     quiet = {"ONEFOLD_AUTH__BOOTSTRAP_ADMIN": "false"}
     processes = [
         ServiceProcess(name, data, nats_server, extra_env=quiet)
-        for name in ("ingest", "identity", "segments", "journeys", "destinations")
+        for name in ("ingest", "identity", "segments", "journeys", "destinations", "insights")
     ]
     started: list[ServiceProcess] = []
     built: Stack | None = None
@@ -115,12 +116,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for process in processes:
             if process.name == "identity":  # it asks ingest for the keys of the events it consumes
                 process.extra_env.update(peer_env(data, started[:1]))
+            if process.name == "insights":  # it asks its upstreams for the keys of their events
+                upstreams = [p for p in started if p.name in ("identity", "segments", "journeys")]
+                process.extra_env.update(peer_env(data, upstreams))
             process.start()
             started.append(process)
         service_token = credentials.issue("*", ["service"], name="onefold services").token
-        ingest, identity, segments, journeys, destinations = processes
+        ingest, identity, segments, journeys, destinations, insights = processes
         built = Stack(
-            data, nats_server, ingest, identity, segments, journeys, destinations, credentials, service_token
+            data,
+            nats_server,
+            ingest,
+            identity,
+            segments,
+            journeys,
+            destinations,
+            insights,
+            credentials,
+            service_token,
         )
         yield built
     finally:
@@ -387,6 +400,7 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
         segments=stack.segments.target,
         journeys=not_serving,
         destinations=stack.destinations.target,
+        insights=stack.insights.target,
     )
     unanswered = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
     journeys = steps(unanswered)["journeys"]
@@ -401,13 +415,14 @@ def test_gdpr_art17_pipl_art47_erasure_saga_identity_down_then_back_journeys_pen
         segments=stack.segments.target,
         journeys=stack.journeys.target,
         destinations=stack.destinations.target,
+        insights=stack.insights.target,
     )
     completed = ws.call(ws.consent(), "RetryRequest", pb.RetryRequestRequest(request_id=opened.request_id))
     assert completed.state == pb.REQUEST_STATE_COMPLETED
     assert all(step.state == DONE for step in completed.steps)
     record = json.loads(completed.completion_record)
     assert record["type"] == "erasure" and record["profile_id"] == profile_id
-    assert set(record["steps"]) == {"ingest", "identity", "consent", "segments", "journeys", "destinations"}
+    assert set(record["steps"]) == set(SERVICES)
     assert record["steps"]["ingest"]["confirmation"] == ingest_confirmation
     assert record["steps"]["identity"]["confirmation"]["profile_ids"] == [profile_id]
     assert record["steps"]["consent"]["confirmation"]["profiles_erased"] == [profile_id]
@@ -445,6 +460,7 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
         segments=stack.segments.target,
         journeys=stack.journeys.target,
         destinations=stack.destinations.target,
+        insights=stack.insights.target,
     )
     ws = make_workspace(stack)
     profile_id = ws.send_person("kim", "cookie-kim", "kim@example.com")
@@ -462,7 +478,7 @@ def test_gdpr_art15_20_pipl_art45_access_export_assembled_from_every_service(sta
     document = json.loads(completed.export)
     assert document["format"] == "onefold.dsr.export/v1" and document["profile_id"] == profile_id
     services = document["services"]
-    assert set(services) == {"ingest", "identity", "consent", "segments", "journeys", "destinations"}
+    assert set(services) == set(SERVICES)
     names = {e["payload"]["event"].get("event") for e in services["ingest"]["events"]}
     assert "Order Completed" in names  # payloads decoded, not base64
     assert "kim@example.com" in json.dumps(services["ingest"])
@@ -599,6 +615,7 @@ def test_after_an_erasure_no_plaintext_of_the_person_is_left_in_any_file_or_stre
         segments=stack.segments.target,
         journeys=stack.journeys.target,
         destinations=stack.destinations.target,
+        insights=stack.insights.target,
     )
     ws = make_workspace(stack)
     person = {
