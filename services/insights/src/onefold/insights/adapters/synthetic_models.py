@@ -59,7 +59,7 @@ kinds AS (
            floor(u_join * $days * 0.5)::INTEGER AS join_day
     FROM drawn
 )
-SELECT person, kind, join_day,
+SELECT person, 'p' || lpad(person::VARCHAR, 7, '0') AS profile_id, kind, join_day,
        -- visits per day and the chance a visit ends in an order, by kind
        CASE kind WHEN 'loyal' THEN 0.25 + 0.2 * u_rate WHEN 'regular' THEN 0.1 + 0.1 * u_rate
                  ELSE 0.03 + 0.05 * u_rate END AS visit_rate,
@@ -91,7 +91,7 @@ WITH days AS (
            churn_kind = 'silent' AND d.day >= churn_day - $silent_days AS silent_phase
     FROM planted_people p JOIN range($days) d(day) ON d.day >= p.join_day AND d.day < p.churn_day
 )
-SELECT person, day, favourite, second_favourite, favourite_product, basket,
+SELECT person, profile_id, day, favourite, second_favourite, favourite_product, basket,
        -- silent churners buy as often as before on fewer visits: each visit is a quick order
        daily_unit($seed, person, day, 12) < CASE WHEN silent_phase THEN least(0.95, order_chance * 3)
                                                   ELSE order_chance END AS ordered,
@@ -121,7 +121,7 @@ placed AS (
                 ELSE floor((u_category - 0.8) / 0.2 * $categories)::INTEGER END AS category_index
     FROM slots
 )
-SELECT $workspace, 'e-' || person || '-' || day || '-' || slot, 'p' || lpad(person::VARCHAR, 7, '0'),
+SELECT $workspace, 'e-' || person || '-' || day || '-' || slot, profile_id,
        $start::TIMESTAMP + to_days(day::INTEGER) + to_seconds((second_of_day + slot * 45)::BIGINT),
        'track',
        CASE WHEN slot < 4 THEN 'Product Viewed' WHEN slot = 4 THEN 'Product Added' ELSE 'Order Completed' END,
