@@ -84,7 +84,7 @@ def _touch_events(workspace: str, spec: AttributionSpec) -> Fragment:
         params += [workspace, start, end]
     if TouchSource.SENDS in spec.touches:
         parts.append(
-            f"SELECT profile_id, ts, message_id, {_SEND_GROUP[spec.group_by]} FROM sends"
+            f"SELECT profile_id, ts, message_id AS touch_id, {_SEND_GROUP[spec.group_by]} AS grp FROM sends"
             " WHERE workspace = ? AND ts >= ? AND ts < ? AND NOT control"
         )
         params += [workspace, start, end]
