@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from onefold.platform.bus_permissions import USERS, authorization_config, environment_password
+from onefold.insights.settings import InsightsSettings
+from onefold.platform.bus_permissions import CONSUMES, USERS, authorization_config, environment_password
 from onefold.platform.config import load_settings
 from onefold.platform.health import NATS_HEALTH_NAME, health_status, wait_for_health
 from onefold.platform.nats import connect_options
@@ -42,7 +43,9 @@ from onefold.platform.ports import free_port, wait_for_port
 from onefold.testing.processes import ServiceProcess
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
-SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations")
+SERVICES = ("ingest", "identity", "consent", "segments", "journeys", "destinations", "insights")
+# One process by design (a DuckDB file has one writer): one replica, no HPA, its file on a volume.
+SINGLE_REPLICA = {"insights"}
 GRPC_PORT = 50051
 # The key-encryption key's variable: settings `eventlog.key_encryption_key`, from a Secret
 # (onefold.eventlog.cipher.DEFAULT_KEK_ENV names the same variable).
@@ -566,15 +569,45 @@ def test_prod_has_no_in_cluster_postgres_and_pinned_images(renderer: str) -> Non
 def test_each_service_has_an_hpa_and_a_pdb(docs: tuple[Doc, ...], overlay: str) -> None:
     for deployment in find(docs, "Deployment"):
         name, replicas = deployment["metadata"]["name"], deployment["spec"]["replicas"]
+        pdb = one(docs, "PodDisruptionBudget", name)
+        assert labels_match(pdb["spec"]["selector"], pod_labels(deployment))
+        assert pdb["spec"].get("maxUnavailable") == 1, "minAvailable would block drains of 1 replica"
+        if name in SINGLE_REPLICA:
+            assert not find(docs, "HorizontalPodAutoscaler", name), f"{name} must not be autoscaled"
+            assert pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", name
+            continue
         hpa = one(docs, "HorizontalPodAutoscaler", name)
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
         assert hpa["spec"]["minReplicas"] <= replicas <= hpa["spec"]["maxReplicas"]
-        pdb = one(docs, "PodDisruptionBudget", name)
-        assert labels_match(pdb["spec"]["selector"], pod_labels(deployment))
-        assert pdb["spec"].get("maxUnavailable") == 1, "minAvailable would block drains of 1 replica"
         if overlay == "prod":
             assert replicas >= 2 and hpa["spec"]["minReplicas"] >= 2
+
+
+def test_insights_runs_one_pod_with_its_warehouse_on_a_persistent_volume(docs: tuple[Doc, ...]) -> None:
+    for name in SINGLE_REPLICA:
+        deployment = one(docs, "Deployment", name)
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}, "two pods must never open the file"
+        spec = pod_spec(deployment)
+        (container,) = spec["containers"]
+        env = {
+            **config_data(docs),
+            **{e["name"]: e.get("value", "postgresql://u:p@db/x") for e in container["env"]},
+        }
+        settings = load_settings(name, env=env, sections=[InsightsSettings])
+        assert settings.eventlog.workers == 1
+        warehouse = Path(settings.section(InsightsSettings).warehouse)
+        assert warehouse.is_absolute() and warehouse.suffix == ".duckdb"
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        mount = mounts[str(warehouse.parent)]
+        assert not mount.get("readOnly") and not mount.get("subPath")
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        claim = one(
+            docs, "PersistentVolumeClaim", volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        )
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert claim["spec"]["resources"]["requests"]["storage"]
 
 
 # --- network policies ------------------------------------------------------------------------------
@@ -620,7 +653,13 @@ def test_network_policies_allow_only_onefold_paths(docs: tuple[Doc, ...]) -> Non
     stranger = None  # a pod in another namespace
     for name in SERVICES:
         for other in SERVICES:
-            assert allowed(docs, pods[name], pods[other], GRPC_PORT), f"{name} -> {other}"
+            if other == "insights":  # only data-subject requests call insights
+                expected = name == "consent"
+            elif name == "insights":  # only its upstreams, for their subjects' data keys
+                expected = other in CONSUMES["insights"]
+            else:
+                expected = True
+            assert allowed(docs, pods[name], pods[other], GRPC_PORT) is expected, f"{name} -> {other}"
         assert allowed(docs, pods[name], pods["nats"], 4222), f"{name} -> nats"
         assert not allowed(docs, stranger, pods[name], GRPC_PORT), f"stranger -> {name}"
         assert not allowed(docs, pods["nats"], pods[name], GRPC_PORT), f"nats -> {name}"
