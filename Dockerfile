@@ -1,4 +1,4 @@
-# One image for all six services; Kubernetes picks the service with `python -m onefold.<name>`
+# One image for all seven services; Kubernetes picks the service with `python -m onefold.<name>`
 # (deploy/k8s). Build: docker build -t onefold:dev .
 # Installs exactly what `make env` installs: pinned, hashed wheels from the committed locks, then the
 # workspace members without dependencies, so nothing unpinned is ever fetched. No secrets in here:
@@ -24,10 +24,10 @@ COPY services services
 RUN pip install --no-deps --no-build-isolation \
       ./libs/contracts ./libs/platform ./libs/eventlog ./libs/cli \
       ./services/ingest ./services/identity ./services/consent ./services/segments ./services/journeys \
-      ./services/destinations \
+      ./services/destinations ./services/insights \
  && python -m compileall -q /opt/onefold \
  && cd / && python -c "import onefold.ingest, onefold.identity, onefold.consent, onefold.segments, onefold.journeys, \
-      onefold.destinations"
+      onefold.destinations, onefold.insights"
 
 FROM python:3.11-slim
 RUN groupadd --system --gid 10001 onefold \
