@@ -1,5 +1,5 @@
 """bench/pipeline.py end to end in its quick mode, through `onefold bench pipeline`: it starts `onefold
-up` (nats-server and the six services as processes) and a webhook receiver process, applies the
+up` (nats-server and the seven services as processes) and a webhook receiver process, applies the
 examples, loads ingest's HTTP API at 100 events/s for 8 s with probes and reads beside it, and prints
 one JSON object and an HTML report. No timing checks: only that every phase ran on the sizes it
 states, every probe of every stage finished, every service process was measured, and every target

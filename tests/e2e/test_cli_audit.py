@@ -1,5 +1,5 @@
 """`onefold apply -f consent.yaml` and `onefold audit consent|history|verify|report` end to end: the
-real CLI as subprocesses against `onefold up` (a real nats-server and the six service processes),
+real CLI as subprocesses against `onefold up` (a real nats-server and the seven service processes),
 consents granted over gRPC, the consent database tampered with by hand."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What an operator does from the command line, against a real suite (`onefold up`: nats-server and
-the six service processes): consent grant / withdraw / check, data-subject requests, and profile
+the seven service processes): consent grant / withdraw / check, data-subject requests, and profile
 lookups of many references at once. The CLI runs as a subprocess with stdout a pipe, as in a
 script: tables come out as tab-separated lines with whole ids."""
 

@@ -1,4 +1,4 @@
-"""Segments from the operator's side, end to end: `onefold up` (real nats-server and the six service
+"""Segments from the operator's side, end to end: `onefold up` (real nats-server and the seven service
 processes), `onefold apply -f deploy/examples/segments.yaml`, one person's identify and orders sent
 to ingest's HTTP API with a source's write key, and `onefold segments ...` reading what the segments
 service made of them: membership and tags with their reasons, members, history, as-of and errors."""

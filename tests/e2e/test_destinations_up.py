@@ -1,4 +1,4 @@
-"""Destinations end to end, from the outside: `onefold up` (real nats-server, the six services), the
+"""Destinations end to end, from the outside: `onefold up` (real nats-server, the seven services), the
 consent model and a destinations file applied with the CLI — a signed webhook to a real receiver on
 this machine and a table in a SQLite database — people's events sent to ingest's HTTP API, and what
 arrived read back: the consented person's order and traits delivered and signed, the other's

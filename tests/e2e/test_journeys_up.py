@@ -1,4 +1,4 @@
-"""Journeys end to end, from the outside: `onefold up` (real nats-server, the six services), the
+"""Journeys end to end, from the outside: `onefold up` (real nats-server, the seven services), the
 consent model and the example journeys file applied with the CLI, a second journey over gRPC
 sending the example's templates, people's events sent to ingest's HTTP API — and what happened read back: the consented person's email sent through the
 sandbox with the consent evidence, the person without consent suppressed with the reason, an order

@@ -1,4 +1,4 @@
-"""`onefold up` end to end: real nats-server, six real service processes, the real CLI."""
+"""`onefold up` end to end: real nats-server, seven real service processes, the real CLI."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`onefold up`'s endpoints end to end: fixed ports from a port base, shown by `onefold status --json`,
 the same after a clean stop and a new start; a clean stop warns about nothing; a port in use stops the
-start before anything runs. Real processes: the CLI, nats-server and the six services."""
+start before anything runs. Real processes: the CLI, nats-server and the seven services."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Data-subject requests across real processes: a nats-server, ingest, identity, segments, journeys,
-destinations and consent (`python -m onefold.<name>`), one data dir and credential store as
+destinations, insights and consent (`python -m onefold.<name>`), one data dir and credential store as
 `onefold up` makes them, consent calling the others' DataSubjectService with a service credential
 (ONEFOLD_PEERS__*, ONEFOLD_AUTH__SERVICE_TOKEN).
 
-A request completes only when all six services answered: a service with no address configured, or
+A request completes only when all seven services answered: a service with no address configured, or
 one that does not serve DataSubjectService (UNIMPLEMENTED; here consent's own port stands for such a
 service), keeps its step PENDING and the request IN_PROGRESS.
 """

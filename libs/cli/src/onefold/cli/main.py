@@ -187,7 +187,7 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start nats-server (JetStream) and the six services; Ctrl-C stops everything."""
+    """Start nats-server (JetStream) and the seven services; Ctrl-C stops everything."""
     import signal
     import threading
 

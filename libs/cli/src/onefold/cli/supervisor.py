@@ -1,4 +1,4 @@
-"""`onefold up`: one nats-server and the six services as separate processes on this machine.
+"""`onefold up`: one nats-server and the seven services as separate processes on this machine.
 
 The supervisor owns the children: it starts them in order, waits until every service reports
 SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops services first
@@ -6,7 +6,7 @@ SERVING, restarts a child that dies (saying so), and on Ctrl-C/SIGTERM stops ser
 them if the supervisor itself dies, so no process outlives it. State that a second command needs
 (`onefold status`) is written to <data-dir>/run/endpoints.json while it runs.
 
-Every endpoint has a fixed port from the `ports` settings (7460-7467 by default, `--port-base`
+Every endpoint has a fixed port from the `ports` settings (7460-7468 by default, `--port-base`
 moves them all), so clients keep their addresses across restarts. A port already taken stops the
 start before any process is started, naming the endpoint and the setting that moves it.
 
@@ -187,7 +187,7 @@ class Supervisor:
 
     def prepare(self) -> None:
         # Validate the configuration the services will read before starting anything, so a typo is
-        # one sentence here rather than six crashed processes.
+        # one sentence here rather than seven crashed processes.
         from onefold.platform.auth import ANY_WORKSPACE, CredentialStore
         from onefold.platform.config import MAX_PORT_BASE, PORT_OFFSETS, load_settings, prepare_data_dir
         from onefold.platform.service import PRIVATE_UMASK, ensure_bootstrap_admin

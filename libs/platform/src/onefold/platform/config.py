@@ -226,7 +226,7 @@ class Settings(_Section):
         return self.auth.database_url or f"sqlite:///{self.data_dir / 'auth.db'}"
 
 
-# The service name is the caller's, never the environment's: one stray variable must not make six
+# The service name is the caller's, never the environment's: one stray variable must not make seven
 # services share one database.
 _TOP_LEVEL_ENV = {"ONEFOLD_DATA_DIR": "data_dir"}
 

@@ -1,7 +1,7 @@
 """Run one Onefold service: the shared composition every service's bootstrap plugs into.
 
 A service describes itself with a ServiceSpec (its name, the servicers it serves, what to start
-beside the gRPC server); `run_service` does the rest in the same order for all six: settings,
+beside the gRPC server); `run_service` does the rest in the same order for all seven: settings,
 logging, tracing, the credential store, the service database, gRPC (health, reflection, the
 platform interceptor), NATS, then waits for SIGTERM/SIGINT and stops in reverse order.
 Nothing connects at import time.

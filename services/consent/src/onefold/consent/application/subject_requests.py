@@ -1,5 +1,5 @@
 """Data-subject requests (GDPR 12(3), 15-18, 20; PIPL 44-47, 50): access, erasure, rectification and
-restriction, each an event-sourced aggregate of its own, orchestrated across the six services.
+restriction, each an event-sourced aggregate of its own, orchestrated across the seven services.
 
 The aggregate: stream `dsr:<workspace>:<request_id>`; its personal parts (the whole RequestOpened,
 the identifiers of ErasureRequested, the export of RequestCompleted) are encrypted with the data key
@@ -13,14 +13,14 @@ Deadlines (GDPR 12(3)): due one calendar month after receipt (31 January → 28/
 extension of at most 60 days, with a reason for the person, given before the first month ends.
 ListRequests(overdue_only) lists requests past due that are neither completed nor refused.
 
-Steps, one per service: ingest, identity, consent, segments, journeys, destinations.
+Steps, one per service: ingest, identity, consent, segments, journeys, destinations, insights.
 
 - A step is DONE only when its service answered the call (its confirmation — counts, ids, never
   personal data — is kept as JSON), or NOT_APPLICABLE when the service has nothing to do for that
   request type (the reason is the step's confirmation). A service that does not answer — no address
   configured (peers.<name>) or no service credential, UNAVAILABLE, DEADLINE_EXCEEDED, UNIMPLEMENTED —
   is never DONE: PENDING when it was not reached or does not serve the call (UNIMPLEMENTED), FAILED
-  (with attempts and last_error) when a call failed. So a request completes only when all six
+  (with attempts and last_error) when a call failed. So a request completes only when all seven
   services answered: a completion record signed while a service may still hold the person's data
   would be false.
 - Retries never restart a request: RetryRequest and the background loop (`run`, started by the
@@ -41,10 +41,10 @@ Per type:
   subject's key is shredded: checks deny with ERASED). The other services need the person's
   identifiers: they are collected from identity (GetProfile), recorded in ErasureRequested (which the
   outbox relay publishes on the bus for every listening service), then EraseSubject is called on
-  ingest, identity, segments, journeys and destinations concurrently, each with a timeout. Until
+  ingest, identity, segments, journeys, destinations and insights concurrently, each with a timeout. Until
   identity has answered, those steps wait (PENDING, "waiting for the subject's identifiers").
-- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest, identity, segments, journeys and
-  destinations (with the identifiers from GetProfile) and consent's own ledger (GetConsents, the
+- ACCESS (GDPR 15, 20; PIPL 45): ExportSubject on ingest, identity, segments, journeys,
+  destinations and insights (with the identifiers from GetProfile) and consent's own ledger (GetConsents, the
   history with proof, the person's requests); assembled into one JSON document (format
   "onefold.dsr.export/v1", event payloads decoded) kept encrypted in RequestCompleted.export and
   returned by GetRequest. The parts are held in memory until the request completes (never written in
@@ -63,7 +63,7 @@ The calls: every other service serves the same declared contract, onefold.common
 (ExportSubject, EraseSubject; scope dsr:write), called through one typed client
 (adapters.data_subjects). Each gets the same request — request_id, the profile id, the identifiers
 as (type, value) pairs — and answers from what it holds: ingest by user_id / anonymous_id, identity
-by any identifier, segments, journeys and destinations by profile id. The confirmation is the
+by any identifier, segments, journeys, destinations and insights by profile id. The confirmation is the
 answer's counts (an erasure's erased profile ids too); an access request's part is its counts, its
 events (payloads decoded) and its typed records (e.g. identity's SubjectExport).
 """
