@@ -119,8 +119,9 @@ def test_endpoints_stay_put_across_a_clean_restart_and_the_stop_is_quiet(
         "journeys": f"127.0.0.1:{base + 5}",
         "nats": f"nats://127.0.0.1:{base + 6}",
         "destinations": f"127.0.0.1:{base + 7}",
+        "insights": f"127.0.0.1:{base + 8}",
     }
-    for key in ("ingest_grpc", "identity", "consent", "segments", "journeys", "destinations"):
+    for key in ("ingest_grpc", "identity", "consent", "segments", "journeys", "destinations", "insights"):
         assert status["endpoints"][key]["nats_connection"] == "SERVING", status
     table = subprocess.run(
         [*ONEFOLD, "status", "--data-dir", str(data_dir)],
