@@ -124,11 +124,12 @@ subject, so 1,000,000 events have about 290,000).
   set, every phase: all of the mode's other figures are of one worker): `workers_speedup` = the
   catch-up's rate with N / with one, `workers_identical` = both runs put the same records together
   (the partitions compared, not the random profile ids), `workers_agreement` = the pairwise
-  precision / recall of the N workers' clusters against one worker's. Every batch is still applied under the
-  log's one write lock (SQLite BEGIN IMMEDIATE): the workers parallelise fetching, checking and
-  opening the events, not the folds. With the default rules the order in which two people's events
-  on different partitions are applied decides which links a limit refuses, and N workers interleave
-  partitions in no fixed order, so clusters can differ there; with unlimited rules they cannot.
+  precision / recall of the N workers' clusters against one worker's. Every batch is still applied
+  under the log's one write lock (SQLite BEGIN IMMEDIATE): the workers parallelise fetching,
+  checking and opening the events, not the folds. With the default rules the order in which events
+  on different partitions are applied decides which links a limit refuses (one person's events
+  without a user_id are on their cookie's subject's partition), and N workers interleave partitions
+  in no fixed order, so the clusters can differ; with unlimited rules they cannot.
 
 Rules (`--rules`, default both, one service each, in turn):
 
@@ -179,6 +180,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 if TYPE_CHECKING:
     from onefold.eventlog import EventStore
     from onefold.platform.nats_server import NatsServerProcess
+    from onefold.testing.processes import ServiceProcess
 
 IDENTIFIER_TYPES: tuple[str, ...] = ("user_id", "anonymous_id", "email", "phone", "device_id")
 TARGETS = {
@@ -1086,7 +1088,7 @@ class IdentitySystem:
         self.replicas: list[ServiceProcess] = []
         self.more_workers: list[ServiceProcess] = []  # the worker processes after the first
 
-    def _same_database(self, data_dir: Any) -> Any:
+    def _same_database(self, data_dir: Any) -> ServiceProcess:
         """Another identity process on the service's database, key and credential store."""
         from onefold.testing.processes import ServiceProcess
 
@@ -1117,7 +1119,7 @@ class IdentitySystem:
         return [replica.target for replica in self.replicas] or [self.service.target]
 
     @property
-    def processes(self) -> list[Any]:
+    def processes(self) -> list[ServiceProcess]:
         """Every identity process: the service, its other workers, its read replicas."""
         return [self.service, *self.more_workers, *self.replicas]
 
