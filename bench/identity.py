@@ -5,8 +5,8 @@ the truth.
 
     python bench/identity.py [--events N] [--splink-events N] [--repeats R] [--seed S]
                              [--rules both|unlimited|default] [--publish atomic|async]
-                             [--latency-seconds S] [--projection-rebuild] [--json]
-    onefold bench identity --json
+                             [--latency-seconds S] [--projection-rebuild] [--workers N] [--json]
+    onefold bench identity --json [--workers N]
 
 Data (`generate`, seeded, deterministic): `events // 10` people by default. Each person has a
 user_id (except `anonymous_only_rate` of them), 1-2 emails, one E.164 phone, 1-3 devices and 2-6
@@ -109,7 +109,27 @@ subject, so 1,000,000 events have about 290,000).
   more identity processes on the same database (not leading: they only answer gRPC, as a
   deployment's replicas do) answer every GetProfile instead, and the CPU figures are of all the
   identity processes. Measured once: in the default-rules run when both modes run;
-- memory: the identity process's VmHWM (peak RSS) at the end.
+- memory: the identity process's VmHWM (peak RSS) at the end;
+- workers (`--workers N`, default 1): with N > 1 each rules mode first resolves the data set with N
+  identity processes on one database (`with_workers` in the mode's figures): each started once the
+  previous is SERVING (two creating the SQLite schema at once can fail), all with
+  ONEFOLD_EVENTLOG__WORKERS=N and the nats-server's authorization rendered for their N consumers,
+  as `onefold up --workers identity=N` runs them. The first process takes the partition groups of
+  the slots still empty and hands each back within a lease round or two, so the publishing waits
+  until every process holds its own group (the lease files' flocks, /proc/locks). The catch-up is
+  done when every partition's tracking row ("ingest.p<k>") reaches its last published position;
+  its CPU is summed over the N processes (`service_cpu_us_per_event`, and per process), peak RSS
+  per process (`rss_peak_mb_per_process`); then counts, clusters and the graph rebuild as above,
+  no latency phases. The mode then runs as it does with one worker (a fresh data dir, the same data
+  set, every phase: all of the mode's other figures are of one worker): `workers_speedup` = the
+  catch-up's rate with N / with one, `workers_identical` = both runs put the same records together
+  (the partitions compared, not the random profile ids), `workers_agreement` = the pairwise
+  precision / recall of the N workers' clusters against one worker's. Every batch is still applied
+  under the log's one write lock (SQLite BEGIN IMMEDIATE): the workers parallelise fetching,
+  checking and opening the events, not the folds. With the default rules the order in which events
+  on different partitions are applied decides which links a limit refuses (one person's events
+  without a user_id are on their cookie's subject's partition), and N workers interleave partitions
+  in no fixed order, so the clusters can differ; with unlimited rules they cannot.
 
 Rules (`--rules`, default both, one service each, in turn):
 
@@ -133,7 +153,9 @@ Targets (identity issue, a 2-core machine): resolve >= 20,000 events/s through t
 to Splink's (unlimited rules); Onefold's rebuild at least as fast as Splink's link + cluster (splink
 seconds / rebuild seconds >= 1.0); GetProfile p99 <= 10 ms at 500 requests/s, idle and while
 resolving 1,000 events/s (`get_profile_under_load_p99_ms`); resolve-and-apply
-(publish -> committed) p99 <= 5 ms. `met` in the JSON says which were met.
+(publish -> committed) p99 <= 5 ms; with `--workers N` > 1, the catch-up's rate with N identity
+processes >= 1.6 x its rate with one (`workers_speedup`, the target for 1 -> 2 workers) with
+identical clusters (`workers_identical`). `met` in the JSON says which were met.
 """
 
 from __future__ import annotations
@@ -158,6 +180,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 if TYPE_CHECKING:
     from onefold.eventlog import EventStore
     from onefold.platform.nats_server import NatsServerProcess
+    from onefold.testing.processes import ServiceProcess
 
 IDENTIFIER_TYPES: tuple[str, ...] = ("user_id", "anonymous_id", "email", "phone", "device_id")
 TARGETS = {
@@ -167,6 +190,8 @@ TARGETS = {
     "get_profile_p99_ms": 10.0,
     "resolve_p99_ms": 5.0,
 }
+# With --workers N > 1: the catch-up's throughput with N identity processes over one's, same run
+WORKERS_SPEEDUP_TARGET = 1.6
 
 FIRST_NAMES = (
     "anna", "ben", "chen", "dmitri", "elena", "farah", "george", "hana", "ivan", "julia", "kenji",
@@ -837,6 +862,24 @@ class ReadOnlyLog:
         ).fetchone()
         return int(row[0]) if row else 0
 
+    def applied(self, positions_by_partition: Mapping[int, Sequence[int]]) -> int:
+        """How many of these positions (sorted, per partition) are applied: worker processes keep a
+        tracking row per partition ("ingest.p3"); what is applied of a partition is the larger of its
+        row and the whole stream's ("ingest"), as the subscriber counts it."""
+        import bisect
+
+        rows = dict(
+            self.connection.execute(
+                "SELECT upstream, position FROM tracking WHERE upstream = ? OR upstream LIKE ?",
+                (UPSTREAM, f"{UPSTREAM}.p%"),
+            ).fetchall()
+        )
+        whole = rows.get(UPSTREAM, 0)
+        return sum(
+            bisect.bisect_right(positions, max(whole, rows.get(f"{UPSTREAM}.p{partition}", 0)))
+            for partition, positions in positions_by_partition.items()
+        )
+
     def count(self, event_type: str) -> int:
         return int(
             self.connection.execute("SELECT count(*) FROM events WHERE type = ?", (event_type,)).fetchone()[0]
@@ -854,12 +897,20 @@ class ReadOnlyLog:
 
 class ProgressWatcher:
     """Polls the tracking row of upstream "ingest" from a thread: when each position became visible
-    (committed), and when `target` was reached."""
+    (committed), and when `target` was reached. With `positions_by_partition` (the published
+    positions of each partition, for worker processes' per-partition rows) "position" is how many of
+    them are applied instead."""
 
-    def __init__(self, path: Any, interval: float = 0.05) -> None:
+    def __init__(
+        self,
+        path: Any,
+        interval: float = 0.05,
+        positions_by_partition: Mapping[int, Sequence[int]] | None = None,
+    ) -> None:
         import threading
 
         self.path, self.interval = path, interval
+        self.positions_by_partition = positions_by_partition
         self.target = 0
         self.position = 0
         self.reached = threading.Event()
@@ -880,7 +931,10 @@ class ProgressWatcher:
         log = ReadOnlyLog(self.path)
         try:
             while not self._stop.is_set():
-                position = log.tracking()
+                if self.positions_by_partition is None:
+                    position = log.tracking()
+                else:
+                    position = log.applied(self.positions_by_partition)
                 if position != self.position:
                     self.position = position
                     self.last_change = time.perf_counter()
@@ -966,6 +1020,18 @@ def _timeline(visible: Sequence[tuple[float, int]], begin: float, seconds: float
     return points
 
 
+def _flock_holders() -> dict[int, int]:
+    """inode -> pid of every flock held on this machine (/proc/locks)."""
+    from pathlib import Path
+
+    holders = {}
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK":  # a waiter's line reads "N: -> FLOCK ..."
+            holders[int(fields[5].rsplit(":", 1)[1])] = int(fields[4])
+    return holders
+
+
 def _memory_kb(pid: int) -> dict[str, int]:
     from pathlib import Path
 
@@ -981,9 +1047,13 @@ class IdentitySystem:
     """A real nats-server and a real identity service process (SQLite in a temporary data dir, a key
     file, a credential store holding the bench's credentials and a service credential), with
     ONEFOLD_INGEST created the way the ingest relay creates it, and the ingest log's key server
-    (KeyServer) the service asks for subject keys (ONEFOLD_PEERS__INGEST, ONEFOLD_AUTH__SERVICE_TOKEN)."""
+    (KeyServer) the service asks for subject keys (ONEFOLD_PEERS__INGEST, ONEFOLD_AUTH__SERVICE_TOKEN).
 
-    def __init__(self, directory: Any, ingest: IngestLog) -> None:
+    With `workers` > 1, that many identity processes on the same database share the ingest
+    subscription by partition group (ONEFOLD_EVENTLOG__WORKERS, as `onefold up --workers` runs them),
+    the nats-server's authorization rendered for their consumers."""
+
+    def __init__(self, directory: Any, ingest: IngestLog, workers: int = 1) -> None:
         from pathlib import Path
 
         from onefold.platform.auth import CredentialStore
@@ -991,7 +1061,8 @@ class IdentitySystem:
         from onefold.testing.processes import ServiceProcess, peer_env
 
         directory = Path(directory)
-        self.nats = NatsServerProcess(directory / "nats")
+        self.workers = workers
+        self.nats = NatsServerProcess(directory / "nats", workers={"identity": workers})
         self.data_dir = directory / "identity"
         self.data_dir.mkdir(parents=True)
         credentials_url = f"sqlite:///{self.data_dir / 'auth.db'}"
@@ -1008,31 +1079,37 @@ class IdentitySystem:
             extra_env={
                 "ONEFOLD_AUTH__CACHE_SECONDS": "60",
                 "ONEFOLD_TELEMETRY__LOG_LEVEL": "WARNING",
+                "ONEFOLD_EVENTLOG__WORKERS": str(workers),
                 **peer_env(self.data_dir, []),  # the service credential (workspace *, scope service)
             },
         )
         self.db_path = self.data_dir / "identity.db"
         self.key_file = self.data_dir / "keys" / "identity.kek"
         self.replicas: list[ServiceProcess] = []
+        self.more_workers: list[ServiceProcess] = []  # the worker processes after the first
+
+    def _same_database(self, data_dir: Any) -> ServiceProcess:
+        """Another identity process on the service's database, key and credential store."""
+        from onefold.testing.processes import ServiceProcess
+
+        return ServiceProcess(
+            name="identity",
+            data_dir=data_dir,
+            nats=self.nats,
+            extra_env={
+                **self.service.extra_env,
+                "ONEFOLD_DATABASE__URL": f"sqlite:///{self.db_path}",
+                "ONEFOLD_AUTH__DATABASE_URL": f"sqlite:///{self.data_dir / 'auth.db'}",
+                "ONEFOLD_EVENTLOG__KEY_FILE": str(self.key_file),
+            },
+        )
 
     def start_read_replicas(self, count: int) -> None:
         """`count` more identity processes on the same database, key and credential store: the
         first process holds the leader lease (it resolves), these only answer gRPC, as replicas
         of a deployment do."""
-        from onefold.testing.processes import ServiceProcess
-
         for number in range(count):
-            replica = ServiceProcess(
-                name="identity",
-                data_dir=self.data_dir / f"replica-{number}",
-                nats=self.nats,
-                extra_env={
-                    **self.service.extra_env,
-                    "ONEFOLD_DATABASE__URL": f"sqlite:///{self.db_path}",
-                    "ONEFOLD_AUTH__DATABASE_URL": f"sqlite:///{self.data_dir / 'auth.db'}",
-                    "ONEFOLD_EVENTLOG__KEY_FILE": str(self.key_file),
-                },
-            )
+            replica = self._same_database(self.data_dir / f"replica-{number}")
             replica.start(timeout=60)
             self.replicas.append(replica)
 
@@ -1041,11 +1118,23 @@ class IdentitySystem:
         """Where GetProfile goes: the read replicas when there are any, else the one service."""
         return [replica.target for replica in self.replicas] or [self.service.target]
 
+    @property
+    def processes(self) -> list[ServiceProcess]:
+        """Every identity process: the service, its other workers, its read replicas."""
+        return [self.service, *self.more_workers, *self.replicas]
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.process.pid for process in self.processes if process.process]
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The processes consuming the ingest subscription (the first one alone with one worker)."""
+        return [process.process.pid for process in (self.service, *self.more_workers) if process.process]
+
     def cpu_seconds(self) -> float:
-        """CPU seconds of the identity processes: the service and its read replicas."""
-        return _cpu_seconds(self.pid) + sum(
-            _cpu_seconds(replica.process.pid) for replica in self.replicas if replica.process
-        )
+        """CPU seconds of the identity processes: the service, its workers and its read replicas."""
+        return sum(_cpu_seconds(pid) for pid in self.pids)
 
     def start(self) -> None:
         self.nats.start()
@@ -1055,18 +1144,21 @@ class IdentitySystem:
             asyncio.run(self._ensure_streams())
             self.service.extra_env["ONEFOLD_PEERS__INGEST"] = self.key_server.target
             self.service.start(timeout=60)
+            # One at a time, each once the previous is SERVING: two processes creating the SQLite
+            # schema at once can fail with "database is locked".
+            for number in range(1, self.workers):
+                worker = self._same_database(self.data_dir / f"worker-{number}")
+                self.more_workers.append(worker)
+                worker.start(timeout=60)
             # After the fork: the service is not asked for keys before events arrive, and a fork
             # while gRPC threads run here only makes gRPC warn that it skips its fork handlers.
             self.key_server.start()
             asyncio.run(self._wait_for_consumer())
+            if self.workers > 1:
+                self._wait_for_worker_groups()
         except BaseException:
             self.stop()
             raise
-
-    @property
-    def pid(self) -> int:
-        assert self.service.process is not None
-        return self.service.process.pid
 
     async def _ensure_streams(self) -> None:
         import nats
@@ -1086,27 +1178,61 @@ class IdentitySystem:
         from nats.js.errors import NotFoundError
 
         from onefold.eventlog.streams import consumer_name, stream_name
+        from onefold.eventlog.workers import partition_groups
 
+        if self.workers == 1:
+            names = [consumer_name("identity", UPSTREAM)]
+        else:  # one consumer per partition group
+            names = [
+                consumer_name("identity", UPSTREAM, group)
+                for group in partition_groups(self.nats.partitions, self.workers)
+            ]
         connection = await nats.connect(self.nats.url, **self.nats.connect_options("identity"))
         try:
             js = connection.jetstream()
             deadline = time.monotonic() + within
-            while True:
-                try:
-                    await js.consumer_info(stream_name(UPSTREAM), consumer_name("identity", UPSTREAM))
-                    return
-                except NotFoundError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the identity service's ingest consumer never appeared") from None
-                    await asyncio.sleep(0.1)
+            for name in names:
+                while True:
+                    try:
+                        await js.consumer_info(stream_name(UPSTREAM), name)
+                        break
+                    except NotFoundError:
+                        if time.monotonic() > deadline:
+                            raise RuntimeError(
+                                f"the identity service's consumer {name} never appeared"
+                            ) from None
+                        await asyncio.sleep(0.1)
         finally:
             await connection.close()
 
+    def _wait_for_worker_groups(self, within: float = 30.0) -> None:
+        """Until the process in each worker slot holds its own partition group. The first process
+        takes the groups of the slots still empty and hands each back within a lease round or two
+        once its process has started; measuring before that would time one process doing more."""
+        deadline = time.monotonic() + within
+        while True:
+            holders = _flock_holders()
+            slots = [self._lease_holder(f"worker_{slot}", holders) for slot in range(self.workers)]
+            groups = [self._lease_holder(f"group_{group}", holders) for group in range(self.workers)]
+            if slots == groups and sorted(p for p in slots if p) == sorted(self.worker_pids):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the identity workers never held their own partition groups: slots held by "
+                    f"{slots}, groups by {groups}, workers {self.worker_pids}"
+                )
+            time.sleep(0.2)
+
+    def _lease_holder(self, lease: str, holders: Mapping[int, int]) -> int | None:
+        """The pid holding the service's lease `lease` ("worker_0", "group_1"): a SQLite database's
+        lease is an exclusive flock on a file beside it (eventlog/lease.py)."""
+        path = self.db_path.parent / f"{self.db_path.name}.identity_{lease}.leader"
+        return holders.get(path.stat().st_ino) if path.exists() else None
+
     def stop(self) -> None:
         try:
-            for replica in self.replicas:
-                replica.stop()
-            self.service.stop()
+            for process in reversed(self.processes):
+                process.stop()
         finally:
             try:
                 self.key_server.stop()
@@ -1517,11 +1643,26 @@ def _paced_latency(
     }
 
 
+def _positions_by_partition(outgoing: Sequence[Outgoing]) -> dict[int, list[int]]:
+    """The positions published to each partition (subject `onefold.ingest.EventAccepted.<ws>.<p>`)."""
+    positions: dict[int, list[int]] = {}
+    for envelope in outgoing:
+        positions.setdefault(int(envelope.subject.rsplit(".", 1)[1]), []).append(envelope.position)
+    return {partition: sorted(values) for partition, values in positions.items()}
+
+
 def run_mode(
-    dataset: Dataset, args: argparse.Namespace, mode: str, directory: Any, *, latency: bool = True
+    dataset: Dataset,
+    args: argparse.Namespace,
+    mode: str,
+    directory: Any,
+    *,
+    latency: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """One identity service with `mode` rules: bulk resolve, clusters, rebuild, latency (unless
-    `latency` is False), memory."""
+    `latency` is False), memory. With `workers` > 1 that many identity processes resolve (CPU
+    summed over them, memory per process) and the projection rebuild is left out."""
     from pathlib import Path
 
     events = len(dataset.records)
@@ -1545,7 +1686,7 @@ def run_mode(
         out["envelope_build_seconds"] = round(time.perf_counter() - started, 2)
         out["envelope_mean_bytes"] = round(statistics.fmean(len(o.body) for o in outgoing)) if outgoing else 0
         out["subjects"] = len(ingest.subjects)
-        system = IdentitySystem(directory, ingest)
+        system = IdentitySystem(directory, ingest, workers)
         system.start()
     except BaseException:
         ingest.close()
@@ -1554,11 +1695,15 @@ def run_mode(
         if mode == "unlimited":
             limits = asyncio.run(_set_unlimited_rules(system.service.target, system.admin_token))
             out["limits"] = sorted(set(limits.values()))
-        with ProgressWatcher(system.db_path) as watcher:
+        positions_by_partition = _positions_by_partition(outgoing) if workers > 1 else None
+        with ProgressWatcher(system.db_path, positions_by_partition=positions_by_partition) as watcher:
             # 1. bulk: every event, publish pipelined, until the tracking row reaches the last position
-            say(f"publishing {events:,} envelopes and resolving them ...")
+            # (with workers: until every partition's row reaches its last position)
+            workers_note = f" with {workers} identity worker processes" if workers > 1 else ""
+            say(f"publishing {events:,} envelopes and resolving them{workers_note} ...")
             watcher.expect(events)
-            cpu_before = _cpu_seconds(system.pid), _cpu_seconds(system.nats.pid)
+            cpu_before_each = [_cpu_seconds(pid) for pid in system.worker_pids]
+            nats_cpu_before = _cpu_seconds(system.nats.pid)
             # The bench process's CPU outside the publishing (main) thread and the watcher: the key server.
             bench_cpu_before = time.process_time(), time.thread_time(), watcher.cpu_seconds()
             keys_before = system.key_server.keys.snapshot()
@@ -1570,8 +1715,12 @@ def run_mode(
             watcher.wait(stall, "bulk resolve", system.service.log_path)
             resolve_seconds = watcher.reached_at - begin
             out["resolve_timeline"] = _timeline(watcher.visible, begin_wall, resolve_seconds)
-            service_cpu = _cpu_seconds(system.pid) - cpu_before[0]
-            nats_cpu = _cpu_seconds(system.nats.pid) - cpu_before[1]
+            cpu_each = [
+                _cpu_seconds(pid) - before
+                for pid, before in zip(system.worker_pids, cpu_before_each, strict=True)
+            ]
+            service_cpu = sum(cpu_each)
+            nats_cpu = _cpu_seconds(system.nats.pid) - nats_cpu_before
             key_server_cpu = (
                 time.process_time()
                 - bench_cpu_before[0]
@@ -1602,6 +1751,11 @@ def run_mode(
                 resolve_seconds=round(resolve_seconds, 3),
                 events_per_second=round(events / resolve_seconds),
             )
+            if workers > 1:
+                out.update(
+                    workers=workers,
+                    service_cpu_seconds_per_process=[round(cpu, 2) for cpu in cpu_each],
+                )
             say(
                 f"published in {publish_seconds:.1f} s ({events / publish_seconds:,.0f}/s), all resolved "
                 f"after {resolve_seconds:.1f} s ({events / resolve_seconds:,.0f}/s)"
@@ -1658,7 +1812,7 @@ def run_mode(
             del graph, live_owners
 
             # 4. latency, once the service is idle again (its relay has published its own log)
-            out["idle_wait_seconds"] = _settle(system.pid)
+            out["idle_wait_seconds"] = round(sum(_settle(pid) for pid in system.worker_pids), 1)
             if latency and latency_seconds > 0:
                 if read_replicas:
                     say(f"starting {read_replicas} read replica(s) ...")
@@ -1724,9 +1878,11 @@ def run_mode(
                 under_load = out["get_profile_under_load"]
                 under_load["resolve_seconds"] = round(watcher.reached_at - started, 3)
                 under_load["service_cpu_seconds"] = round(system.cpu_seconds() - phase_cpu_before, 3)
-        memory = _memory_kb(system.pid)
-        out["rss_peak_mb"] = round(memory.get("VmHWM", 0) / 1024, 1)
-        out["rss_end_mb"] = round(memory.get("VmRSS", 0) / 1024, 1)
+        memory = [_memory_kb(pid) for pid in system.worker_pids]
+        out["rss_peak_mb"] = round(memory[0].get("VmHWM", 0) / 1024, 1)
+        out["rss_end_mb"] = round(memory[0].get("VmRSS", 0) / 1024, 1)
+        if workers > 1:
+            out["rss_peak_mb_per_process"] = [round(m.get("VmHWM", 0) / 1024, 1) for m in memory]
         calls, _, served, _, _ = system.key_server.keys.snapshot()
         out["key_server"].update(calls_total=calls, keys_served_total=served)
     finally:
@@ -1734,13 +1890,14 @@ def run_mode(
         ingest.close()
     warnings = [
         line[:300]
-        for line in system.service.log_path.read_text(errors="replace").splitlines()
+        for process in system.processes
+        for line in process.log_path.read_text(errors="replace").splitlines()
         if ("warning" in line.lower() or "error" in line.lower()) and "nats.disconnected" not in line
     ]
     out["service_log_warnings"] = len(warnings)
     if warnings:
         out["service_log_last_warnings"] = warnings[-3:]
-    if _option(args, "projection_rebuild", False):
+    if workers == 1 and _option(args, "projection_rebuild", False):
         seconds, folded = rebuild_projection(system, directory)
         out.update(projection_rebuild_seconds=round(seconds, 3), projection_rebuild_events=folded)
         say(f"Projector.rebuild() of the SQL read model: {folded:,} events in {seconds:.1f} s")
@@ -1754,6 +1911,12 @@ def run_onefold(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     Returns the first mode's headline figures at the top ("events_per_second", "resolve_seconds",
     "publish_seconds", "rebuild_seconds", "clusters": event_id -> live profile id) and every mode's
     figures under "modes" (each with its own "clusters"). Returns {} with `args.skip_onefold`.
+
+    With `args.workers` N > 1 each mode first resolves the data set with N identity processes
+    (catch-up, clusters and rebuild only; its figures under the mode's "with_workers"), then runs
+    as with one (fresh data dir, same data set; every phase): "workers_speedup" is the catch-up's
+    rate with N over its rate with one, "workers_identical" whether both put the same records
+    together (partitions compared, profile ids are random). The first mode's are also at the top.
     """
     import tempfile
     from pathlib import Path
@@ -1767,16 +1930,45 @@ def run_onefold(dataset: Dataset, args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("bench-identity", TelemetrySettings(log_level="WARNING", log_format="console"))
     rules = _option(args, "rules", "both")
     modes = RULE_MODES if rules == "both" else (rules,)
+    workers = int(_option(args, "workers", 1))
     result: dict[str, Any] = {"rules": rules, "modes": {}}
     with tempfile.TemporaryDirectory(prefix="onefold-bench-identity-") as tmp:
         for mode in modes:
             # Latency is measured once: with the workspace default rules when both modes run (what
             # a workspace runs with; unlimited rules only exist to compare clusters with Splink).
             latency = len(modes) == 1 or mode == "default"
-            result["modes"][mode] = run_mode(dataset, args, mode, Path(tmp) / mode, latency=latency)
+            if workers > 1:
+                with_workers = run_mode(
+                    dataset,
+                    args,
+                    mode,
+                    Path(tmp) / f"{mode}-{workers}-workers",
+                    latency=False,
+                    workers=workers,
+                )
+            figures = run_mode(dataset, args, mode, Path(tmp) / mode, latency=latency)
+            if workers > 1:
+                clusters, one = with_workers.pop("clusters"), figures["clusters"]
+                # How far apart when not identical: pairwise, one worker's clusters taken as the
+                # truth, over the records both resolved.
+                common = clusters.keys() & one.keys()
+                agreement = cluster_metrics({r: clusters[r] for r in common}, {r: one[r] for r in common})
+                figures.update(
+                    workers_speedup=round(figures["resolve_seconds"] / with_workers["resolve_seconds"], 3),
+                    workers_identical=same_partition(clusters, one),
+                    workers_agreement={key: agreement[key] for key in ("precision", "recall", "f1")},
+                    with_workers=with_workers,
+                )
+            result["modes"][mode] = figures
     first = result["modes"][modes[0]]
     for key in ("events_per_second", "resolve_seconds", "publish_seconds", "rebuild_seconds"):
         result[key] = first[key]
+    if workers > 1:
+        result.update(
+            workers=workers,
+            workers_speedup=first["workers_speedup"],
+            workers_identical=first["workers_identical"],
+        )
     result["clusters"] = first["clusters"]
     return result
 
@@ -1917,6 +2109,38 @@ def _mode_lines(mode: str, figures: Mapping[str, Any]) -> None:
         )
     if get("rss_peak_mb") is not None:
         _line(f"Onefold ({mode}) identity process peak RSS (VmHWM)", f"{get('rss_peak_mb')} MB")
+    if get("with_workers") is not None:
+        workers = get("with_workers", "workers")
+        _line(
+            f"Onefold ({mode}) resolved end to end by {workers} identity workers",
+            f"{get('with_workers', 'resolve_seconds'):.2f} s ({get('with_workers', 'events_per_second'):,}/s)",
+        )
+        _line(
+            f"Onefold ({mode}) {workers} workers / 1 worker rate (target >= {WORKERS_SPEEDUP_TARGET})",
+            f"{get('workers_speedup'):.2f}x",
+        )
+        _line(
+            f"Onefold ({mode}) identity CPU per event, {workers} workers summed / 1",
+            f"{get('with_workers', 'service_cpu_us_per_event'):.0f} / {get('service_cpu_us_per_event'):.0f} µs",
+        )
+        _line(
+            f"Onefold ({mode}) {workers} workers peak RSS per process",
+            " / ".join(f"{mb:.0f}" for mb in get("with_workers", "rss_peak_mb_per_process")) + " MB",
+        )
+        _line(f"Onefold ({mode}) {workers} workers' clusters == 1 worker's", str(get("workers_identical")))
+        _line(
+            f"Onefold ({mode}) {workers} workers' link refusals / live profiles",
+            f"{get('with_workers', 'link_refusals'):,} / {get('with_workers', 'live_profiles'):,}",
+        )
+        if not get("workers_identical"):
+            _line(
+                f"Onefold ({mode}) {workers} workers vs 1 pairwise precision / recall",
+                f"{get('workers_agreement', 'precision'):.4f} / {get('workers_agreement', 'recall'):.4f}",
+            )
+        print(
+            f"  (Onefold ({mode}): every figure above but the {workers}-worker lines is of one identity worker)",
+            file=sys.stderr,
+        )
 
 
 def _met(results: Mapping[str, Any]) -> dict[str, bool]:
@@ -1952,6 +2176,9 @@ def _met(results: Mapping[str, Any]) -> dict[str, bool]:
         met["rebuild_ratio_vs_splink"] = (
             results["rebuild_ratio_vs_splink"] >= TARGETS["rebuild_ratio_vs_splink"]
         )
+    if modes and "workers_speedup" in modes[0]:
+        met["workers_speedup"] = all(m["workers_speedup"] >= WORKERS_SPEEDUP_TARGET for m in modes)
+        met["workers_identical"] = all(m["workers_identical"] for m in modes)
     if "unlimited" in (onefold.get("modes") or {}):
         met["unlimited_equals_connected_components"] = bool(
             onefold["modes"]["unlimited"].get("equals_connected_components")
@@ -2004,6 +2231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "them (the first process keeps resolving)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="identity worker processes sharing the ingest subscription in the catch-up; above 1 "
+        "the catch-up also runs with one in the same run, for the speedup and a comparison of the "
+        "clusters (the other phases run with one)",
+    )
+    parser.add_argument(
         "--publish",
         choices=("async", "atomic"),
         default="atomic",
@@ -2023,6 +2258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.repeats < 1 or args.events < 1:
         parser.error("--events and --repeats must be at least 1")
+    from onefold.eventlog.streams import DEFAULT_PARTITIONS
+
+    if not 1 <= args.workers <= DEFAULT_PARTITIONS:
+        parser.error(f"--workers must be between 1 and the {DEFAULT_PARTITIONS} partitions")
 
     import duckdb
 
@@ -2139,7 +2378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         results["met"] = _met(results)
         say_targets(results["met"])
-    results["targets"] = TARGETS
+    results["targets"] = (
+        TARGETS if args.workers == 1 else {**TARGETS, "workers_speedup": WORKERS_SPEEDUP_TARGET}
+    )
     if args.json:
         print(json.dumps(results, sort_keys=True, default=str))
     return 0

@@ -236,6 +236,55 @@ def test_onefold_bench_identity_prints_json() -> None:
     assert figures["rebuild_ratio_vs_splink"] > 0 and "met" in figures
 
 
+def test_onefold_bench_identity_with_two_workers_compares_with_one() -> None:
+    """`--workers 2`: the catch-up by two identity processes on one database, then by one on a fresh
+    one in the same run; with unlimited rules both must give the connected components, so the
+    clusters are identical whatever order the two workers applied the partitions in."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onefold.cli",
+            "bench",
+            "identity",
+            "--events",
+            "2000",
+            "--rules",
+            "unlimited",
+            "--skip-splink",
+            "--latency-seconds",
+            "0",
+            "--workers",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)
+    onefold = figures["onefold"]
+    assert onefold["workers"] == 2
+    assert onefold["workers_speedup"] > 0 and onefold["workers_identical"] is True
+    assert onefold["equals_connected_components"] is True
+    run = onefold["modes"]["unlimited"]
+    assert run["workers_speedup"] == onefold["workers_speedup"]
+    both = run["with_workers"]
+    assert both["workers"] == 2 and both["events_resolved"] == run["events_resolved"] == 2000
+    assert both["rebuild_equals_live"] is True and both["link_refusals"] == 0
+    assert both["live_profiles"] == run["live_profiles"]
+    assert both["service_cpu_us_per_event"] > 0
+    assert len(both["service_cpu_seconds_per_process"]) == 2
+    assert both["service_cpu_seconds"] == pytest.approx(
+        sum(both["service_cpu_seconds_per_process"]), abs=0.02
+    )
+    assert len(both["rss_peak_mb_per_process"]) == 2 and all(mb > 0 for mb in both["rss_peak_mb_per_process"])
+    assert "clusters" not in both and "rss_peak_mb_per_process" not in run
+    assert "workers_speedup" in figures["met"] and figures["met"]["workers_identical"] is True
+    assert figures["targets"]["workers_speedup"] == 1.6
+
+
 def test_default_rules_refine_connected_components(bench: ModuleType, dataset: Any) -> None:
     """With the workspace's default limits the service refuses links (shared devices, heavy users'
     cookies): its clusters split connected components, never merge across them."""
