@@ -92,3 +92,22 @@ def test_archiving_definitions_keeps_model_tags_and_an_erasure_withdraws_them(se
     segments.model_tag("p-1", "category_affinity", "garden", model_version="affinity@v2")  # too late
     assert segments.profile("p-1").tags == []
     assert segments.members("category_affinity") == []
+
+
+def test_a_merge_withdraws_the_merged_profiles_model_tags_and_an_unmerge_keeps_the_kept_ones(
+    segments,
+) -> None:
+    segments.track("p-1", "Page Viewed", keys=("email:a",))
+    segments.track("p-2", "Page Viewed", keys=("email:b",))
+    segments.model_tag("p-1", "churn_risk", "high")
+    segments.model_tag("p-2", "churn_risk", "low")
+
+    segments.merge("p-1", "p-2")
+    assert [(t.tag, t.value) for t in segments.profile("p-1").tags] == [("churn_risk", "high")]
+    assert tag_changes(segments, "p-2")[-1] == ("churn_risk", "", "churn_risk")
+    segments.model_tag("p-2", "churn_risk", "medium")  # merged away: the model tags the survivor next time
+    assert [(t.tag, t.value) for t in segments.profile("p-1").tags] == [("churn_risk", "high")]
+
+    segments.unmerge("p-1", {"p-1": ["email:a"], "p-2": ["email:b"]})
+    assert [(t.tag, t.value) for t in segments.profile("p-1").tags] == [("churn_risk", "high")]
+    assert segments.profile("p-2").tags == []

@@ -176,6 +176,21 @@ def current_tags(
     return values
 
 
+def held_tags(conn: Connection, workspace: str, profile_ids: Sequence[str]) -> int:
+    """How many current model tags these profiles hold."""
+    held = 0
+    for chunk in _chunks(sorted(set(profile_ids))):
+        held += int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(model_tags)
+                .where(model_tags.c.workspace == workspace, model_tags.c.profile_id.in_(chunk))
+            ).scalar()
+            or 0
+        )
+    return held
+
+
 def forget_profiles(conn: Connection, workspace: str, profile_ids: Sequence[str]) -> int:
     """Delete the model tag rows of these profiles (erased); how many went."""
     removed = 0

@@ -45,14 +45,17 @@ class InsightsApplication:
         return await asyncio.to_thread(read)
 
     async def export_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
-        """What the copy holds of these profiles: rows per table (no personal field is ever in it)."""
+        """What the copy holds of these profiles: rows per table (no personal field is ever in it), and
+        the model tags they hold now (sealed under their keys)."""
 
         def count() -> dict[str, int]:
             cursor = self.warehouse.cursor()
             try:
-                return store.profile_rows(cursor, workspace, list(profile_ids))
+                rows = store.profile_rows(cursor, workspace, list(profile_ids))
             finally:
                 cursor.close()
+            rows["model_tags"] = self.models.held(workspace, profile_ids)
+            return rows
 
         return await asyncio.to_thread(count)
 

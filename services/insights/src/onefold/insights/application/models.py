@@ -37,7 +37,7 @@ from onefold.contracts.insights.v1 import models_pb2 as pb
 from onefold.eventlog.models import NewEvent
 from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
-from onefold.insights.adapters.model_tags import current_tags, forget_profiles, latest_models
+from onefold.insights.adapters.model_tags import current_tags, forget_profiles, held_tags, latest_models
 from onefold.insights.adapters.models import (
     affinity_tags,
     behaviour_clusters,
@@ -104,6 +104,9 @@ class ModelTraining:
         seed: int,
         retrain: str = "",
         clock: Clock = wall_clock,
+        churn: ChurnSpec = ChurnSpec(),  # noqa: B008 - frozen, so a shared default is safe
+        clusters: ClusterSpec = ClusterSpec(),  # noqa: B008
+        affinity: AffinitySpec = AffinitySpec(),  # noqa: B008
     ) -> None:
         self.log = log_
         self.warehouse = warehouse
@@ -111,6 +114,7 @@ class ModelTraining:
         self.seed = seed
         self.retrain = retrain
         self.clock = clock
+        self.specs = (churn, clusters, affinity)
         self._training = asyncio.Lock()
         self._next_retrain: datetime | None = None
         # On the leader: every workspace retrained on the schedule.
@@ -156,6 +160,11 @@ class ModelTraining:
 
         trained = await asyncio.to_thread(read)
         return pb.ListModelsResponse(models=[_listed(message) for message in trained])
+
+    def held(self, workspace: str, profile_ids: Sequence[str]) -> int:
+        """How many current model tags these profiles hold (a data-subject export's count)."""
+        with self.log.store.engine.connect() as conn:
+            return held_tags(conn, workspace, profile_ids)
 
     def forget(self, conn: Connection, workspace: str, profile_ids: Sequence[str]) -> int:
         """An erasure (on the writer thread, in the caller's transaction): the profiles' keys in this
@@ -220,16 +229,16 @@ class ModelTraining:
     def _fit_one(
         self, cursor: duckdb.DuckDBPyConnection, workspace: str, model: str, as_of: datetime
     ) -> Trained:
+        churn_spec, cluster_spec, affinity_spec = self.specs
         try:
             if model == "churn_risk":
-                spec = ChurnSpec()
-                evaluation = evaluate_churn(cursor, workspace, as_of, spec, self.seed)
-                churn = fit_churn(cursor, workspace, as_of, spec, self.seed, evaluation.metrics())
+                evaluation = evaluate_churn(cursor, workspace, as_of, churn_spec, self.seed)
+                churn = fit_churn(cursor, workspace, as_of, churn_spec, self.seed, evaluation.metrics())
                 return Trained(model, churn.version, predict_churn(cursor, workspace, churn, as_of))
             if model == "behaviour_cluster":
-                clusters = behaviour_clusters(cursor, workspace, as_of, ClusterSpec(), self.seed)
+                clusters = behaviour_clusters(cursor, workspace, as_of, cluster_spec, self.seed)
                 return Trained(model, clusters.version, clusters.tags, clusters.descriptions)
-            version, tags = affinity_tags(cursor, workspace, as_of, AffinitySpec())
+            version, tags = affinity_tags(cursor, workspace, as_of, affinity_spec)
             return Trained(model, version, tags)
         except ValueError as error:  # the history cannot train it; the reasons name no person
             return Trained(model, skipped_because=str(error))
