@@ -40,6 +40,9 @@ def test_bench_insights_runs_every_phase_in_quick_mode() -> None:
     assert set(results["roi"]["uplift"]) == {"welcome", "winback", "cart_reminder"}
     assert results["memory"]["peak_rss_mb"] >= results["memory"]["rss_mb"] > 0
 
+    churn = results["models"]["churn"]
+    assert 0 <= churn["auc_baseline"] <= 1 and 0 <= churn["auc_model"] <= 1 and churn["holdout_profiles"] > 0
+    assert results["models"]["clusters"]["clusters"] and results["models"]["model_tags"] > 0
     assert set(results["met"]) == set(results["targets"])
     assert all(isinstance(value, bool) for value in results["met"].values())
     assert results["at_target_size"] == {"events": False, "conversions": False}  # quick sizes are below them

@@ -96,6 +96,11 @@ LAZY_COMMANDS = {
         "destinations_app",
         "Destinations: list, get, status, pause, resume, archive; dead letters, replay, signing secrets.",
     ),
+    "insights": LazyCommand(
+        "onefold.cli.insights",
+        "insights_app",
+        "Insights: funnels, attribution, cohorts and campaign ROI over the analytical copy of the history.",
+    ),
     "keys": LazyCommand("onefold.cli.keys", "keys_app", "Manage the services' key-encryption keys."),
     "lag": LazyCommand(
         "onefold.cli.lag",

@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
+
+import duckdb
 
 from onefold.contracts.insights.v1 import insights_pb2 as pb
 from onefold.eventlog.service import ServiceLog
 from onefold.insights.adapters import warehouse as store
+from onefold.insights.adapters.attribution import AttributionResult, run_attribution
+from onefold.insights.adapters.cohorts import CohortResult, run_cohorts
+from onefold.insights.adapters.funnels import FunnelResult, run_funnel
+from onefold.insights.adapters.roi import RoiResult, run_roi
 from onefold.insights.adapters.warehouse import Warehouse
 from onefold.insights.application.feed import WarehouseFeed
 from onefold.insights.application.models import ModelTraining
+from onefold.insights.domain.specs import AttributionSpec, CohortSpec, FunnelSpec, RoiSpec
+
+T = TypeVar("T")
+# Analyses at once: each already uses `insights.threads` of DuckDB; more would only queue for the cores.
+CONCURRENT_ANALYSES = 2
 
 
 class InsightsApplication:
@@ -23,6 +35,32 @@ class InsightsApplication:
         self.warehouse = warehouse
         self.feed = feed
         self.models = models
+        self._analyses = asyncio.Semaphore(CONCURRENT_ANALYSES)
+
+    async def _analyse(self, run: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run an analysis on a cursor of its own, in a worker thread: never beside the feed's writer."""
+
+        def on_cursor() -> T:
+            cursor = self.warehouse.cursor()
+            try:
+                return run(cursor)
+            finally:
+                cursor.close()
+
+        async with self._analyses:
+            return await asyncio.to_thread(on_cursor)
+
+    async def funnel(self, workspace: str, spec: FunnelSpec) -> FunnelResult:
+        return await self._analyse(lambda db: run_funnel(db, workspace, spec))
+
+    async def attribution(self, workspace: str, spec: AttributionSpec) -> AttributionResult:
+        return await self._analyse(lambda db: run_attribution(db, workspace, spec))
+
+    async def cohorts(self, workspace: str, spec: CohortSpec) -> CohortResult:
+        return await self._analyse(lambda db: run_cohorts(db, workspace, spec))
+
+    async def roi(self, workspace: str, spec: RoiSpec) -> RoiResult:
+        return await self._analyse(lambda db: run_roi(db, workspace, spec))
 
     async def status(self, workspace: str) -> pb.InsightsStatus:
         """The workspace's rows per table and each upstream's applied position (on a cursor of its own)."""

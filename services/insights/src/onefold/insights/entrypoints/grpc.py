@@ -9,11 +9,12 @@ import grpc
 from onefold.contracts.insights.v1 import insights_pb2 as pb
 from onefold.contracts.insights.v1 import insights_pb2_grpc
 from onefold.insights.application import InsightsApplication
+from onefold.insights.entrypoints import analyses
 from onefold.platform import auth, data_subject
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
 SERVICE = pb.DESCRIPTOR.services_by_name["InsightsService"]
-SCOPES = {"GetStatus": "insights:read"}
+SCOPES = dict.fromkeys(("GetStatus", "Funnel", "Attribution", "Cohorts", "Roi"), "insights:read")
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
@@ -24,6 +25,26 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.InsightsStatus:
         return await self.app.status(auth.current_workspace())
+
+    async def Funnel(self, request: pb.FunnelRequest, context: grpc.aio.ServicerContext) -> pb.FunnelResult:
+        spec = analyses.funnel_spec(request)
+        return analyses.funnel_message(await self.app.funnel(auth.current_workspace(), spec))
+
+    async def Attribution(
+        self, request: pb.AttributionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AttributionResult:
+        spec = analyses.attribution_spec(request)
+        return analyses.attribution_message(await self.app.attribution(auth.current_workspace(), spec))
+
+    async def Cohorts(
+        self, request: pb.CohortsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CohortsResult:
+        spec = analyses.cohort_spec(request)
+        return analyses.cohorts_message(await self.app.cohorts(auth.current_workspace(), spec))
+
+    async def Roi(self, request: pb.RoiRequest, context: grpc.aio.ServicerContext) -> pb.RoiResult:
+        spec = analyses.roi_spec(request)
+        return analyses.roi_message(await self.app.roi(auth.current_workspace(), spec))
 
 
 def registrations(application: InsightsApplication) -> Sequence[ServiceRegistration]:

@@ -22,23 +22,71 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"onefold/insights/v1/insights.proto\x12\x13onefold.insights.v1\"\x12\n\x10GetStatusRequest\"(\n\tTableRows\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"5\n\x0fUpstreamApplied\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\"w\n\x0eInsightsStatus\x12.\n\x06tables\x18\x01 \x03(\x0b\x32\x1e.onefold.insights.v1.TableRows\x12\x35\n\x07\x61pplied\x18\x02 \x03(\x0b\x32$.onefold.insights.v1.UpstreamApplied2j\n\x0fInsightsService\x12W\n\tGetStatus\x12%.onefold.insights.v1.GetStatusRequest\x1a#.onefold.insights.v1.InsightsStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"onefold/insights/v1/insights.proto\x12\x13onefold.insights.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"K\n\x06\x46ilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\n\n\x02op\x18\x02 \x01(\t\x12&\n\x06values\x18\x03 \x03(\x0b\x32\x16.google.protobuf.Value\"I\n\nEventMatch\x12\r\n\x05\x65vent\x18\x01 \x01(\t\x12,\n\x07\x66ilters\x18\x02 \x03(\x0b\x32\x1b.onefold.insights.v1.Filter\"_\n\tTimeRange\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"$\n\x10SegmentBreakdown\x12\x10\n\x08segments\x18\x01 \x03(\t\"\xe7\x01\n\rFunnelRequest\x12.\n\x05steps\x18\x01 \x03(\x0b\x32\x1f.onefold.insights.v1.EventMatch\x12\x0e\n\x06window\x18\x02 \x01(\t\x12-\n\x05range\x18\x03 \x01(\x0b\x32\x1e.onefold.insights.v1.TimeRange\x12\r\n\x05order\x18\x04 \x01(\t\x12\x10\n\x06\x63olumn\x18\x05 \x01(\tH\x00\x12\x39\n\x08segments\x18\x06 \x01(\x0b\x32%.onefold.insights.v1.SegmentBreakdownH\x00\x42\x0b\n\tbreakdown\"\xa5\x02\n\nFunnelStep\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\r\n\x05\x65vent\x18\x02 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x03 \x01(\x04\x12%\n\x18\x63onversion_from_previous\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x1f\n\x12\x63onversion_overall\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x0b\x64ropped_off\x18\x06 \x01(\x04\x12\x1b\n\x0emedian_seconds\x18\x07 \x01(\x01H\x02\x88\x01\x01\x12\x18\n\x0bp90_seconds\x18\x08 \x01(\x01H\x03\x88\x01\x01\x42\x1b\n\x19_conversion_from_previousB\x15\n\x13_conversion_overallB\x11\n\x0f_median_secondsB\x0e\n\x0c_p90_seconds\"[\n\x0b\x46unnelGroup\x12\x12\n\x05value\x18\x01 \x01(\tH\x00\x88\x01\x01\x12.\n\x05steps\x18\x02 \x03(\x0b\x32\x1f.onefold.insights.v1.FunnelStepB\x08\n\x06_value\"\x83\x01\n\x0c\x46unnelResult\x12\r\n\x05order\x18\x01 \x01(\t\x12/\n\x05total\x18\x02 \x01(\x0b\x32 .onefold.insights.v1.FunnelGroup\x12\x33\n\tbreakdown\x18\x03 \x03(\x0b\x32 .onefold.insights.v1.FunnelGroup\"\xd0\x01\n\x12\x41ttributionRequest\x12\x33\n\nconversion\x18\x01 \x01(\x0b\x32\x1f.onefold.insights.v1.EventMatch\x12-\n\x05range\x18\x02 \x01(\x0b\x32\x1e.onefold.insights.v1.TimeRange\x12\x10\n\x08lookback\x18\x03 \x01(\t\x12\x11\n\thalf_life\x18\x04 \x01(\t\x12\x0f\n\x07touches\x18\x05 \x03(\t\x12\x10\n\x08group_by\x18\x06 \x01(\t\x12\x0e\n\x06models\x18\x07 \x03(\t\".\n\x06\x43redit\x12\x13\n\x0b\x63onversions\x18\x01 \x01(\x01\x12\x0f\n\x07revenue\x18\x02 \x01(\x01\"\xcc\x01\n\x0e\x41ttributionRow\x12\x12\n\x05value\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x0f\n\x07touches\x18\x02 \x01(\x04\x12?\n\x06\x63redit\x18\x03 \x03(\x0b\x32/.onefold.insights.v1.AttributionRow.CreditEntry\x1aJ\n\x0b\x43reditEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12*\n\x05value\x18\x02 \x01(\x0b\x32\x1b.onefold.insights.v1.Credit:\x02\x38\x01\x42\x08\n\x06_value\"\x99\x01\n\x11\x41ttributionResult\x12\x13\n\x0b\x63onversions\x18\x01 \x01(\x04\x12\x0f\n\x07revenue\x18\x02 \x01(\x01\x12+\n\x06\x64irect\x18\x03 \x01(\x0b\x32\x1b.onefold.insights.v1.Credit\x12\x31\n\x04rows\x18\x04 \x03(\x0b\x32#.onefold.insights.v1.AttributionRow\"\xa8\x01\n\x0e\x43ohortsRequest\x12-\n\x05range\x18\x01 \x01(\x0b\x32\x1e.onefold.insights.v1.TimeRange\x12\x11\n\tcohort_by\x18\x02 \x01(\t\x12\x13\n\x0bgranularity\x18\x03 \x01(\t\x12\x0f\n\x07periods\x18\x04 \x01(\r\x12\x16\n\x0epurchase_event\x18\x05 \x01(\t\x12\x16\n\x0e\x61\x63tivity_event\x18\x06 \x01(\t\"b\n\x06\x43ohort\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08retained\x18\x03 \x03(\x04\x12\r\n\x05rates\x18\x04 \x03(\x01\"c\n\rCohortsResult\x12\x13\n\x0bgranularity\x18\x01 \x01(\t\x12\x0f\n\x07periods\x18\x02 \x01(\r\x12,\n\x07\x63ohorts\x18\x03 \x03(\x0b\x32\x1b.onefold.insights.v1.Cohort\"\xbc\x01\n\nRoiRequest\x12-\n\x04goal\x18\x01 \x01(\x0b\x32\x1f.onefold.insights.v1.EventMatch\x12-\n\x05range\x18\x02 \x01(\x0b\x32\x1e.onefold.insights.v1.TimeRange\x12\x10\n\x08lookback\x18\x03 \x01(\t\x12\x15\n\ruplift_window\x18\x04 \x01(\t\x12\x15\n\rlifecycle_tag\x18\x05 \x01(\t\x12\x10\n\x08segments\x18\x06 \x03(\t\"h\n\x0eSegmentRevenue\x12\x14\n\x07segment\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x63onversions\x18\x02 \x01(\x04\x12\x0f\n\x07revenue\x18\x03 \x01(\x01\x12\x0e\n\x06people\x18\x04 \x01(\x04\x42\n\n\x08_segment\"\x7f\n\x0b\x43\x61mpaignRoi\x12\x15\n\x08\x63\x61mpaign\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x13\n\x0b\x63onversions\x18\x02 \x01(\x04\x12\x0f\n\x07revenue\x18\x03 \x01(\x01\x12\x0c\n\x04\x63ost\x18\x04 \x01(\x01\x12\x10\n\x03roi\x18\x05 \x01(\x01H\x01\x88\x01\x01\x42\x0b\n\t_campaignB\x06\n\x04_roi\"\x84\x01\n\x16\x43\x61mpaignSegmentRevenue\x12\x15\n\x08\x63\x61mpaign\x18\x01 \x01(\tH\x00\x88\x01\x01\x12\x14\n\x07segment\x18\x02 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x0b\x63onversions\x18\x03 \x01(\x04\x12\x0f\n\x07revenue\x18\x04 \x01(\x01\x42\x0b\n\t_campaignB\n\n\x08_segment\"\xa4\x02\n\rJourneyUplift\x12\x0f\n\x07journey\x18\x01 \x01(\t\x12\x0c\n\x04sent\x18\x02 \x01(\x04\x12\x16\n\x0esent_converted\x18\x03 \x01(\x04\x12\x11\n\theld_back\x18\x04 \x01(\x04\x12\x1b\n\x13held_back_converted\x18\x05 \x01(\x04\x12\x16\n\tsent_rate\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x1b\n\x0eheld_back_rate\x18\x07 \x01(\x01H\x01\x88\x01\x01\x12\x13\n\x06uplift\x18\x08 \x01(\x01H\x02\x88\x01\x01\x12\x0e\n\x01z\x18\t \x01(\x01H\x03\x88\x01\x01\x12\x14\n\x07p_value\x18\n \x01(\x01H\x04\x88\x01\x01\x42\x0c\n\n_sent_rateB\x11\n\x0f_held_back_rateB\t\n\x07_upliftB\x04\n\x02_zB\n\n\x08_p_value\"\xce\x02\n\tRoiResult\x12\x13\n\x0b\x63onversions\x18\x01 \x01(\x04\x12\x0f\n\x07revenue\x18\x02 \x01(\x01\x12\x35\n\x08segments\x18\x03 \x03(\x0b\x32#.onefold.insights.v1.SegmentRevenue\x12\x33\n\x06stages\x18\x04 \x03(\x0b\x32#.onefold.insights.v1.SegmentRevenue\x12\x33\n\tcampaigns\x18\x05 \x03(\x0b\x32 .onefold.insights.v1.CampaignRoi\x12\x46\n\x11\x63\x61mpaign_segments\x18\x06 \x03(\x0b\x32+.onefold.insights.v1.CampaignSegmentRevenue\x12\x32\n\x06uplift\x18\x07 \x03(\x0b\x32\".onefold.insights.v1.JourneyUplift\"\x12\n\x10GetStatusRequest\"(\n\tTableRows\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\x04\"5\n\x0fUpstreamApplied\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x04\"w\n\x0eInsightsStatus\x12.\n\x06tables\x18\x01 \x03(\x0b\x32\x1e.onefold.insights.v1.TableRows\x12\x35\n\x07\x61pplied\x18\x02 \x03(\x0b\x32$.onefold.insights.v1.UpstreamApplied2\xb7\x03\n\x0fInsightsService\x12W\n\tGetStatus\x12%.onefold.insights.v1.GetStatusRequest\x1a#.onefold.insights.v1.InsightsStatus\x12O\n\x06\x46unnel\x12\".onefold.insights.v1.FunnelRequest\x1a!.onefold.insights.v1.FunnelResult\x12^\n\x0b\x41ttribution\x12\'.onefold.insights.v1.AttributionRequest\x1a&.onefold.insights.v1.AttributionResult\x12R\n\x07\x43ohorts\x12#.onefold.insights.v1.CohortsRequest\x1a\".onefold.insights.v1.CohortsResult\x12\x46\n\x03Roi\x12\x1f.onefold.insights.v1.RoiRequest\x1a\x1e.onefold.insights.v1.RoiResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'onefold.contracts.insights.v1.insights_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETSTATUSREQUEST']._serialized_start=59
-  _globals['_GETSTATUSREQUEST']._serialized_end=77
-  _globals['_TABLEROWS']._serialized_start=79
-  _globals['_TABLEROWS']._serialized_end=119
-  _globals['_UPSTREAMAPPLIED']._serialized_start=121
-  _globals['_UPSTREAMAPPLIED']._serialized_end=174
-  _globals['_INSIGHTSSTATUS']._serialized_start=176
-  _globals['_INSIGHTSSTATUS']._serialized_end=295
-  _globals['_INSIGHTSSERVICE']._serialized_start=297
-  _globals['_INSIGHTSSERVICE']._serialized_end=403
+  _globals['_ATTRIBUTIONROW_CREDITENTRY']._loaded_options = None
+  _globals['_ATTRIBUTIONROW_CREDITENTRY']._serialized_options = b'8\001'
+  _globals['_FILTER']._serialized_start=122
+  _globals['_FILTER']._serialized_end=197
+  _globals['_EVENTMATCH']._serialized_start=199
+  _globals['_EVENTMATCH']._serialized_end=272
+  _globals['_TIMERANGE']._serialized_start=274
+  _globals['_TIMERANGE']._serialized_end=369
+  _globals['_SEGMENTBREAKDOWN']._serialized_start=371
+  _globals['_SEGMENTBREAKDOWN']._serialized_end=407
+  _globals['_FUNNELREQUEST']._serialized_start=410
+  _globals['_FUNNELREQUEST']._serialized_end=641
+  _globals['_FUNNELSTEP']._serialized_start=644
+  _globals['_FUNNELSTEP']._serialized_end=937
+  _globals['_FUNNELGROUP']._serialized_start=939
+  _globals['_FUNNELGROUP']._serialized_end=1030
+  _globals['_FUNNELRESULT']._serialized_start=1033
+  _globals['_FUNNELRESULT']._serialized_end=1164
+  _globals['_ATTRIBUTIONREQUEST']._serialized_start=1167
+  _globals['_ATTRIBUTIONREQUEST']._serialized_end=1375
+  _globals['_CREDIT']._serialized_start=1377
+  _globals['_CREDIT']._serialized_end=1423
+  _globals['_ATTRIBUTIONROW']._serialized_start=1426
+  _globals['_ATTRIBUTIONROW']._serialized_end=1630
+  _globals['_ATTRIBUTIONROW_CREDITENTRY']._serialized_start=1546
+  _globals['_ATTRIBUTIONROW_CREDITENTRY']._serialized_end=1620
+  _globals['_ATTRIBUTIONRESULT']._serialized_start=1633
+  _globals['_ATTRIBUTIONRESULT']._serialized_end=1786
+  _globals['_COHORTSREQUEST']._serialized_start=1789
+  _globals['_COHORTSREQUEST']._serialized_end=1957
+  _globals['_COHORT']._serialized_start=1959
+  _globals['_COHORT']._serialized_end=2057
+  _globals['_COHORTSRESULT']._serialized_start=2059
+  _globals['_COHORTSRESULT']._serialized_end=2158
+  _globals['_ROIREQUEST']._serialized_start=2161
+  _globals['_ROIREQUEST']._serialized_end=2349
+  _globals['_SEGMENTREVENUE']._serialized_start=2351
+  _globals['_SEGMENTREVENUE']._serialized_end=2455
+  _globals['_CAMPAIGNROI']._serialized_start=2457
+  _globals['_CAMPAIGNROI']._serialized_end=2584
+  _globals['_CAMPAIGNSEGMENTREVENUE']._serialized_start=2587
+  _globals['_CAMPAIGNSEGMENTREVENUE']._serialized_end=2719
+  _globals['_JOURNEYUPLIFT']._serialized_start=2722
+  _globals['_JOURNEYUPLIFT']._serialized_end=3014
+  _globals['_ROIRESULT']._serialized_start=3017
+  _globals['_ROIRESULT']._serialized_end=3351
+  _globals['_GETSTATUSREQUEST']._serialized_start=3353
+  _globals['_GETSTATUSREQUEST']._serialized_end=3371
+  _globals['_TABLEROWS']._serialized_start=3373
+  _globals['_TABLEROWS']._serialized_end=3413
+  _globals['_UPSTREAMAPPLIED']._serialized_start=3415
+  _globals['_UPSTREAMAPPLIED']._serialized_end=3468
+  _globals['_INSIGHTSSTATUS']._serialized_start=3470
+  _globals['_INSIGHTSSTATUS']._serialized_end=3589
+  _globals['_INSIGHTSSERVICE']._serialized_start=3592
+  _globals['_INSIGHTSSERVICE']._serialized_end=4031
 # @@protoc_insertion_point(module_scope)

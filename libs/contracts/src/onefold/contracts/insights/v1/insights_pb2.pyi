@@ -10,6 +10,8 @@ the analyses over it: funnels, attribution, cohorts, campaign ROI, model tags.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
@@ -21,6 +23,767 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class Filter(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    What an analysis asks (docs/insights.md defines each exactly).
+
+    One condition on an event: `field` is a column (revenue, currency, product_id, category,
+    campaign_source, campaign_medium, campaign_name, channel) or `properties.<path>` (an allowed
+    property); op eq, ne, gt, ge, lt, le or in (several values only with in).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    OP_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    op: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]: ...
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        op: _builtins.str = ...,
+        values: _abc.Iterable[_struct_pb2.Value] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "op", b"op", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Filter: _TypeAlias = Filter  # noqa: Y015
+
+@_typing.final
+class EventMatch(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    FILTERS_FIELD_NUMBER: _builtins.int
+    event: _builtins.str
+    @_builtins.property
+    def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___Filter]: ...
+    def __init__(
+        self,
+        *,
+        event: _builtins.str = ...,
+        filters: _abc.Iterable[Global___Filter] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "filters", b"filters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventMatch: _TypeAlias = EventMatch  # noqa: Y015
+
+@_typing.final
+class TimeRange(_message.Message):
+    """[start, end): the range the analysis's anchors (first steps, conversions, cohorts) fall in."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
+
+@_typing.final
+class SegmentBreakdown(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty = every segment"""
+
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentBreakdown: _TypeAlias = SegmentBreakdown  # noqa: Y015
+
+@_typing.final
+class FunnelRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    COLUMN_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    window: _builtins.str
+    """the conversion window from the first step: "30m", "7d", "2w" """
+    order: _builtins.str
+    """sequential (default), strict, any"""
+    column: _builtins.str
+    """a column of the anchoring event"""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventMatch]:
+        """2 to 10"""
+
+    @_builtins.property
+    def range(self) -> Global___TimeRange: ...
+    @_builtins.property
+    def segments(self) -> Global___SegmentBreakdown:
+        """the segments a person was in at the anchor's time"""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___EventMatch] | None = ...,
+        window: _builtins.str = ...,
+        range: Global___TimeRange | None = ...,
+        order: _builtins.str = ...,
+        column: _builtins.str = ...,
+        segments: Global___SegmentBreakdown | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["breakdown", b"breakdown", "column", b"column", "range", b"range", "segments", b"segments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakdown", b"breakdown", "column", b"column", "order", b"order", "range", b"range", "segments", b"segments", "steps", b"steps", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_breakdown: _TypeAlias = _typing.Literal["column", "segments"]  # noqa: Y015
+    _WhichOneofArgType_breakdown: _TypeAlias = _typing.Literal["breakdown", b"breakdown"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_breakdown) -> _WhichOneofReturnType_breakdown | None: ...
+
+Global___FunnelRequest: _TypeAlias = FunnelRequest  # noqa: Y015
+
+@_typing.final
+class FunnelStep(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    CONVERSION_FROM_PREVIOUS_FIELD_NUMBER: _builtins.int
+    CONVERSION_OVERALL_FIELD_NUMBER: _builtins.int
+    DROPPED_OFF_FIELD_NUMBER: _builtins.int
+    MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
+    P90_SECONDS_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    event: _builtins.str
+    entered: _builtins.int
+    conversion_from_previous: _builtins.float
+    conversion_overall: _builtins.float
+    dropped_off: _builtins.int
+    median_seconds: _builtins.float
+    p90_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        event: _builtins.str = ...,
+        entered: _builtins.int = ...,
+        conversion_from_previous: _builtins.float | None = ...,
+        conversion_overall: _builtins.float | None = ...,
+        dropped_off: _builtins.int = ...,
+        median_seconds: _builtins.float | None = ...,
+        p90_seconds: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_conversion_from_previous", b"_conversion_from_previous", "_conversion_overall", b"_conversion_overall", "_median_seconds", b"_median_seconds", "_p90_seconds", b"_p90_seconds", "conversion_from_previous", b"conversion_from_previous", "conversion_overall", b"conversion_overall", "median_seconds", b"median_seconds", "p90_seconds", b"p90_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_conversion_from_previous", b"_conversion_from_previous", "_conversion_overall", b"_conversion_overall", "_median_seconds", b"_median_seconds", "_p90_seconds", b"_p90_seconds", "conversion_from_previous", b"conversion_from_previous", "conversion_overall", b"conversion_overall", "dropped_off", b"dropped_off", "entered", b"entered", "event", b"event", "median_seconds", b"median_seconds", "p90_seconds", b"p90_seconds", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__conversion_from_previous: _TypeAlias = _typing.Literal["conversion_from_previous"]  # noqa: Y015
+    _WhichOneofArgType__conversion_from_previous: _TypeAlias = _typing.Literal["_conversion_from_previous", b"_conversion_from_previous"]  # noqa: Y015
+    _WhichOneofReturnType__conversion_overall: _TypeAlias = _typing.Literal["conversion_overall"]  # noqa: Y015
+    _WhichOneofArgType__conversion_overall: _TypeAlias = _typing.Literal["_conversion_overall", b"_conversion_overall"]  # noqa: Y015
+    _WhichOneofReturnType__median_seconds: _TypeAlias = _typing.Literal["median_seconds"]  # noqa: Y015
+    _WhichOneofArgType__median_seconds: _TypeAlias = _typing.Literal["_median_seconds", b"_median_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__p90_seconds: _TypeAlias = _typing.Literal["p90_seconds"]  # noqa: Y015
+    _WhichOneofArgType__p90_seconds: _TypeAlias = _typing.Literal["_p90_seconds", b"_p90_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__conversion_from_previous) -> _WhichOneofReturnType__conversion_from_previous | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__conversion_overall) -> _WhichOneofReturnType__conversion_overall | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__median_seconds) -> _WhichOneofReturnType__median_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p90_seconds) -> _WhichOneofReturnType__p90_seconds | None: ...
+
+Global___FunnelStep: _TypeAlias = FunnelStep  # noqa: Y015
+
+@_typing.final
+class FunnelGroup(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    """absent: the total, or people without a value or segment"""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunnelStep]: ...
+    def __init__(
+        self,
+        *,
+        value: _builtins.str | None = ...,
+        steps: _abc.Iterable[Global___FunnelStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "steps", b"steps", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___FunnelGroup: _TypeAlias = FunnelGroup  # noqa: Y015
+
+@_typing.final
+class FunnelResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    BREAKDOWN_FIELD_NUMBER: _builtins.int
+    order: _builtins.str
+    @_builtins.property
+    def total(self) -> Global___FunnelGroup: ...
+    @_builtins.property
+    def breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunnelGroup]: ...
+    def __init__(
+        self,
+        *,
+        order: _builtins.str = ...,
+        total: Global___FunnelGroup | None = ...,
+        breakdown: _abc.Iterable[Global___FunnelGroup] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["breakdown", b"breakdown", "order", b"order", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunnelResult: _TypeAlias = FunnelResult  # noqa: Y015
+
+@_typing.final
+class AttributionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSION_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    LOOKBACK_FIELD_NUMBER: _builtins.int
+    HALF_LIFE_FIELD_NUMBER: _builtins.int
+    TOUCHES_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    lookback: _builtins.str
+    """default 30d"""
+    half_life: _builtins.str
+    """time decay's; default 7d"""
+    group_by: _builtins.str
+    """campaign_name (default), campaign_source, channel, journey"""
+    @_builtins.property
+    def conversion(self) -> Global___EventMatch: ...
+    @_builtins.property
+    def range(self) -> Global___TimeRange: ...
+    @_builtins.property
+    def touches(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """campaigns, sends; empty = both"""
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """first_touch, last_touch, linear, time_decay, position_based; empty = all"""
+
+    def __init__(
+        self,
+        *,
+        conversion: Global___EventMatch | None = ...,
+        range: Global___TimeRange | None = ...,
+        lookback: _builtins.str = ...,
+        half_life: _builtins.str = ...,
+        touches: _abc.Iterable[_builtins.str] | None = ...,
+        group_by: _builtins.str = ...,
+        models: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversion", b"conversion", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversion", b"conversion", "group_by", b"group_by", "half_life", b"half_life", "lookback", b"lookback", "models", b"models", "range", b"range", "touches", b"touches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributionRequest: _TypeAlias = AttributionRequest  # noqa: Y015
+
+@_typing.final
+class Credit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    conversions: _builtins.float
+    revenue: _builtins.float
+    def __init__(
+        self,
+        *,
+        conversions: _builtins.float = ...,
+        revenue: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversions", b"conversions", "revenue", b"revenue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Credit: _TypeAlias = Credit  # noqa: Y015
+
+@_typing.final
+class AttributionRow(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CreditEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Credit: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Credit | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    TOUCHES_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    value: _builtins.str
+    touches: _builtins.int
+    @_builtins.property
+    def credit(self) -> _containers.MessageMap[_builtins.str, Global___Credit]:
+        """by model"""
+
+    def __init__(
+        self,
+        *,
+        value: _builtins.str | None = ...,
+        touches: _builtins.int = ...,
+        credit: _abc.Mapping[_builtins.str, Global___Credit] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "credit", b"credit", "touches", b"touches", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___AttributionRow: _TypeAlias = AttributionRow  # noqa: Y015
+
+@_typing.final
+class AttributionResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    DIRECT_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    conversions: _builtins.int
+    revenue: _builtins.float
+    @_builtins.property
+    def direct(self) -> Global___Credit:
+        """conversions no touch preceded"""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributionRow]: ...
+    def __init__(
+        self,
+        *,
+        conversions: _builtins.int = ...,
+        revenue: _builtins.float = ...,
+        direct: Global___Credit | None = ...,
+        rows: _abc.Iterable[Global___AttributionRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["direct", b"direct"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversions", b"conversions", "direct", b"direct", "revenue", b"revenue", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributionResult: _TypeAlias = AttributionResult  # noqa: Y015
+
+@_typing.final
+class CohortsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANGE_FIELD_NUMBER: _builtins.int
+    COHORT_BY_FIELD_NUMBER: _builtins.int
+    GRANULARITY_FIELD_NUMBER: _builtins.int
+    PERIODS_FIELD_NUMBER: _builtins.int
+    PURCHASE_EVENT_FIELD_NUMBER: _builtins.int
+    ACTIVITY_EVENT_FIELD_NUMBER: _builtins.int
+    cohort_by: _builtins.str
+    """first_seen (default), first_purchase"""
+    granularity: _builtins.str
+    """week (default), month"""
+    periods: _builtins.int
+    """default 12"""
+    purchase_event: _builtins.str
+    """default "Order Completed" """
+    activity_event: _builtins.str
+    """"" = any event"""
+    @_builtins.property
+    def range(self) -> Global___TimeRange: ...
+    def __init__(
+        self,
+        *,
+        range: Global___TimeRange | None = ...,
+        cohort_by: _builtins.str = ...,
+        granularity: _builtins.str = ...,
+        periods: _builtins.int = ...,
+        purchase_event: _builtins.str = ...,
+        activity_event: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_event", b"activity_event", "cohort_by", b"cohort_by", "granularity", b"granularity", "periods", b"periods", "purchase_event", b"purchase_event", "range", b"range"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CohortsRequest: _TypeAlias = CohortsRequest  # noqa: Y015
+
+@_typing.final
+class Cohort(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    RETAINED_FIELD_NUMBER: _builtins.int
+    RATES_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def retained(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def rates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        size: _builtins.int = ...,
+        retained: _abc.Iterable[_builtins.int] | None = ...,
+        rates: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rates", b"rates", "retained", b"retained", "size", b"size", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Cohort: _TypeAlias = Cohort  # noqa: Y015
+
+@_typing.final
+class CohortsResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANULARITY_FIELD_NUMBER: _builtins.int
+    PERIODS_FIELD_NUMBER: _builtins.int
+    COHORTS_FIELD_NUMBER: _builtins.int
+    granularity: _builtins.str
+    periods: _builtins.int
+    @_builtins.property
+    def cohorts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Cohort]: ...
+    def __init__(
+        self,
+        *,
+        granularity: _builtins.str = ...,
+        periods: _builtins.int = ...,
+        cohorts: _abc.Iterable[Global___Cohort] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohorts", b"cohorts", "granularity", b"granularity", "periods", b"periods"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CohortsResult: _TypeAlias = CohortsResult  # noqa: Y015
+
+@_typing.final
+class RoiRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_FIELD_NUMBER: _builtins.int
+    RANGE_FIELD_NUMBER: _builtins.int
+    LOOKBACK_FIELD_NUMBER: _builtins.int
+    UPLIFT_WINDOW_FIELD_NUMBER: _builtins.int
+    LIFECYCLE_TAG_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    lookback: _builtins.str
+    """default 30d"""
+    uplift_window: _builtins.str
+    """default 7d"""
+    lifecycle_tag: _builtins.str
+    """default lifecycle_stage"""
+    @_builtins.property
+    def goal(self) -> Global___EventMatch: ...
+    @_builtins.property
+    def range(self) -> Global___TimeRange: ...
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty = every segment"""
+
+    def __init__(
+        self,
+        *,
+        goal: Global___EventMatch | None = ...,
+        range: Global___TimeRange | None = ...,
+        lookback: _builtins.str = ...,
+        uplift_window: _builtins.str = ...,
+        lifecycle_tag: _builtins.str = ...,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal", "range", b"range"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal", b"goal", "lifecycle_tag", b"lifecycle_tag", "lookback", b"lookback", "range", b"range", "segments", b"segments", "uplift_window", b"uplift_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoiRequest: _TypeAlias = RoiRequest  # noqa: Y015
+
+@_typing.final
+class SegmentRevenue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    PEOPLE_FIELD_NUMBER: _builtins.int
+    segment: _builtins.str
+    conversions: _builtins.int
+    revenue: _builtins.float
+    people: _builtins.int
+    def __init__(
+        self,
+        *,
+        segment: _builtins.str | None = ...,
+        conversions: _builtins.int = ...,
+        revenue: _builtins.float = ...,
+        people: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_segment", b"_segment", "segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_segment", b"_segment", "conversions", b"conversions", "people", b"people", "revenue", b"revenue", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__segment: _TypeAlias = _typing.Literal["segment"]  # noqa: Y015
+    _WhichOneofArgType__segment: _TypeAlias = _typing.Literal["_segment", b"_segment"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__segment) -> _WhichOneofReturnType__segment | None: ...
+
+Global___SegmentRevenue: _TypeAlias = SegmentRevenue  # noqa: Y015
+
+@_typing.final
+class CampaignRoi(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    ROI_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    conversions: _builtins.int
+    revenue: _builtins.float
+    cost: _builtins.float
+    roi: _builtins.float
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str | None = ...,
+        conversions: _builtins.int = ...,
+        revenue: _builtins.float = ...,
+        cost: _builtins.float = ...,
+        roi: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "_roi", b"_roi", "campaign", b"campaign", "roi", b"roi"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "_roi", b"_roi", "campaign", b"campaign", "conversions", b"conversions", "cost", b"cost", "revenue", b"revenue", "roi", b"roi"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
+    _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
+    _WhichOneofReturnType__roi: _TypeAlias = _typing.Literal["roi"]  # noqa: Y015
+    _WhichOneofArgType__roi: _TypeAlias = _typing.Literal["_roi", b"_roi"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__campaign) -> _WhichOneofReturnType__campaign | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__roi) -> _WhichOneofReturnType__roi | None: ...
+
+Global___CampaignRoi: _TypeAlias = CampaignRoi  # noqa: Y015
+
+@_typing.final
+class CampaignSegmentRevenue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    segment: _builtins.str
+    conversions: _builtins.int
+    revenue: _builtins.float
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str | None = ...,
+        segment: _builtins.str | None = ...,
+        conversions: _builtins.int = ...,
+        revenue: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "_segment", b"_segment", "campaign", b"campaign", "segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_campaign", b"_campaign", "_segment", b"_segment", "campaign", b"campaign", "conversions", b"conversions", "revenue", b"revenue", "segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__campaign: _TypeAlias = _typing.Literal["campaign"]  # noqa: Y015
+    _WhichOneofArgType__campaign: _TypeAlias = _typing.Literal["_campaign", b"_campaign"]  # noqa: Y015
+    _WhichOneofReturnType__segment: _TypeAlias = _typing.Literal["segment"]  # noqa: Y015
+    _WhichOneofArgType__segment: _TypeAlias = _typing.Literal["_segment", b"_segment"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__campaign) -> _WhichOneofReturnType__campaign | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__segment) -> _WhichOneofReturnType__segment | None: ...
+
+Global___CampaignSegmentRevenue: _TypeAlias = CampaignSegmentRevenue  # noqa: Y015
+
+@_typing.final
+class JourneyUplift(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOURNEY_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    SENT_CONVERTED_FIELD_NUMBER: _builtins.int
+    HELD_BACK_FIELD_NUMBER: _builtins.int
+    HELD_BACK_CONVERTED_FIELD_NUMBER: _builtins.int
+    SENT_RATE_FIELD_NUMBER: _builtins.int
+    HELD_BACK_RATE_FIELD_NUMBER: _builtins.int
+    UPLIFT_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    journey: _builtins.str
+    sent: _builtins.int
+    sent_converted: _builtins.int
+    held_back: _builtins.int
+    held_back_converted: _builtins.int
+    sent_rate: _builtins.float
+    held_back_rate: _builtins.float
+    uplift: _builtins.float
+    z: _builtins.float
+    p_value: _builtins.float
+    def __init__(
+        self,
+        *,
+        journey: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        sent_converted: _builtins.int = ...,
+        held_back: _builtins.int = ...,
+        held_back_converted: _builtins.int = ...,
+        sent_rate: _builtins.float | None = ...,
+        held_back_rate: _builtins.float | None = ...,
+        uplift: _builtins.float | None = ...,
+        z: _builtins.float | None = ...,
+        p_value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_held_back_rate", b"_held_back_rate", "_p_value", b"_p_value", "_sent_rate", b"_sent_rate", "_uplift", b"_uplift", "_z", b"_z", "held_back_rate", b"held_back_rate", "p_value", b"p_value", "sent_rate", b"sent_rate", "uplift", b"uplift", "z", b"z"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_held_back_rate", b"_held_back_rate", "_p_value", b"_p_value", "_sent_rate", b"_sent_rate", "_uplift", b"_uplift", "_z", b"_z", "held_back", b"held_back", "held_back_converted", b"held_back_converted", "held_back_rate", b"held_back_rate", "journey", b"journey", "p_value", b"p_value", "sent", b"sent", "sent_converted", b"sent_converted", "sent_rate", b"sent_rate", "uplift", b"uplift", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__held_back_rate: _TypeAlias = _typing.Literal["held_back_rate"]  # noqa: Y015
+    _WhichOneofArgType__held_back_rate: _TypeAlias = _typing.Literal["_held_back_rate", b"_held_back_rate"]  # noqa: Y015
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__sent_rate: _TypeAlias = _typing.Literal["sent_rate"]  # noqa: Y015
+    _WhichOneofArgType__sent_rate: _TypeAlias = _typing.Literal["_sent_rate", b"_sent_rate"]  # noqa: Y015
+    _WhichOneofReturnType__uplift: _TypeAlias = _typing.Literal["uplift"]  # noqa: Y015
+    _WhichOneofArgType__uplift: _TypeAlias = _typing.Literal["_uplift", b"_uplift"]  # noqa: Y015
+    _WhichOneofReturnType__z: _TypeAlias = _typing.Literal["z"]  # noqa: Y015
+    _WhichOneofArgType__z: _TypeAlias = _typing.Literal["_z", b"_z"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__held_back_rate) -> _WhichOneofReturnType__held_back_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sent_rate) -> _WhichOneofReturnType__sent_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uplift) -> _WhichOneofReturnType__uplift | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__z) -> _WhichOneofReturnType__z | None: ...
+
+Global___JourneyUplift: _TypeAlias = JourneyUplift  # noqa: Y015
+
+@_typing.final
+class RoiResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSIONS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_SEGMENTS_FIELD_NUMBER: _builtins.int
+    UPLIFT_FIELD_NUMBER: _builtins.int
+    conversions: _builtins.int
+    revenue: _builtins.float
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentRevenue]: ...
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentRevenue]: ...
+    @_builtins.property
+    def campaigns(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignRoi]: ...
+    @_builtins.property
+    def campaign_segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignSegmentRevenue]: ...
+    @_builtins.property
+    def uplift(self) -> _containers.RepeatedCompositeFieldContainer[Global___JourneyUplift]: ...
+    def __init__(
+        self,
+        *,
+        conversions: _builtins.int = ...,
+        revenue: _builtins.float = ...,
+        segments: _abc.Iterable[Global___SegmentRevenue] | None = ...,
+        stages: _abc.Iterable[Global___SegmentRevenue] | None = ...,
+        campaigns: _abc.Iterable[Global___CampaignRoi] | None = ...,
+        campaign_segments: _abc.Iterable[Global___CampaignSegmentRevenue] | None = ...,
+        uplift: _abc.Iterable[Global___JourneyUplift] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_segments", b"campaign_segments", "campaigns", b"campaigns", "conversions", b"conversions", "revenue", b"revenue", "segments", b"segments", "stages", b"stages", "uplift", b"uplift"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoiResult: _TypeAlias = RoiResult  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):

@@ -39,6 +39,26 @@ class InsightsServiceStub:
                 request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.InsightsStatus.FromString,
                 _registered_method=True)
+        self.Funnel = channel.unary_unary(
+                '/onefold.insights.v1.InsightsService/Funnel',
+                request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.FunnelRequest.SerializeToString,
+                response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.FunnelResult.FromString,
+                _registered_method=True)
+        self.Attribution = channel.unary_unary(
+                '/onefold.insights.v1.InsightsService/Attribution',
+                request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.AttributionRequest.SerializeToString,
+                response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.AttributionResult.FromString,
+                _registered_method=True)
+        self.Cohorts = channel.unary_unary(
+                '/onefold.insights.v1.InsightsService/Cohorts',
+                request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.CohortsRequest.SerializeToString,
+                response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.CohortsResult.FromString,
+                _registered_method=True)
+        self.Roi = channel.unary_unary(
+                '/onefold.insights.v1.InsightsService/Roi',
+                request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiRequest.SerializeToString,
+                response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiResult.FromString,
+                _registered_method=True)
 
 
 class InsightsServiceServicer:
@@ -51,6 +71,34 @@ class InsightsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Funnel(self, request, context):
+        """Where people drop off: per step entered, conversion, drop-off and time to convert.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attribution(self, request, context):
+        """Which campaigns and journeys earned the conversions, under each attribution model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cohorts(self, request, context):
+        """Retention of weekly or monthly cohorts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Roi(self, request, context):
+        """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InsightsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +106,26 @@ def add_InsightsServiceServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.GetStatusRequest.FromString,
                     response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.InsightsStatus.SerializeToString,
+            ),
+            'Funnel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Funnel,
+                    request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.FunnelRequest.FromString,
+                    response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.FunnelResult.SerializeToString,
+            ),
+            'Attribution': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attribution,
+                    request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.AttributionRequest.FromString,
+                    response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.AttributionResult.SerializeToString,
+            ),
+            'Cohorts': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cohorts,
+                    request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.CohortsRequest.FromString,
+                    response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.CohortsResult.SerializeToString,
+            ),
+            'Roi': grpc.unary_unary_rpc_method_handler(
+                    servicer.Roi,
+                    request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiRequest.FromString,
+                    response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +155,114 @@ class InsightsService:
             '/onefold.insights.v1.InsightsService/GetStatus',
             onefold_dot_insights_dot_v1_dot_insights__pb2.GetStatusRequest.SerializeToString,
             onefold_dot_insights_dot_v1_dot_insights__pb2.InsightsStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Funnel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.insights.v1.InsightsService/Funnel',
+            onefold_dot_insights_dot_v1_dot_insights__pb2.FunnelRequest.SerializeToString,
+            onefold_dot_insights_dot_v1_dot_insights__pb2.FunnelResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attribution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.insights.v1.InsightsService/Attribution',
+            onefold_dot_insights_dot_v1_dot_insights__pb2.AttributionRequest.SerializeToString,
+            onefold_dot_insights_dot_v1_dot_insights__pb2.AttributionResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cohorts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.insights.v1.InsightsService/Cohorts',
+            onefold_dot_insights_dot_v1_dot_insights__pb2.CohortsRequest.SerializeToString,
+            onefold_dot_insights_dot_v1_dot_insights__pb2.CohortsResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Roi(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.insights.v1.InsightsService/Roi',
+            onefold_dot_insights_dot_v1_dot_insights__pb2.RoiRequest.SerializeToString,
+            onefold_dot_insights_dot_v1_dot_insights__pb2.RoiResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,12 +37,28 @@ class InsightsServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InsightsServiceAsyncStub: ...
     GetStatus: _grpc.UnaryUnaryMultiCallable[_insights_pb2.GetStatusRequest, _insights_pb2.InsightsStatus]
     """What the analytical copy holds for the workspace, and how far it has followed each upstream."""
+    Funnel: _grpc.UnaryUnaryMultiCallable[_insights_pb2.FunnelRequest, _insights_pb2.FunnelResult]
+    """Where people drop off: per step entered, conversion, drop-off and time to convert."""
+    Attribution: _grpc.UnaryUnaryMultiCallable[_insights_pb2.AttributionRequest, _insights_pb2.AttributionResult]
+    """Which campaigns and journeys earned the conversions, under each attribution model."""
+    Cohorts: _grpc.UnaryUnaryMultiCallable[_insights_pb2.CohortsRequest, _insights_pb2.CohortsResult]
+    """Retention of weekly or monthly cohorts."""
+    Roi: _grpc.UnaryUnaryMultiCallable[_insights_pb2.RoiRequest, _insights_pb2.RoiResult]
+    """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control."""
 
 @_typing.type_check_only
 class InsightsServiceAsyncStub(InsightsServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetStatus: _aio.UnaryUnaryMultiCallable[_insights_pb2.GetStatusRequest, _insights_pb2.InsightsStatus]  # type: ignore[assignment]
     """What the analytical copy holds for the workspace, and how far it has followed each upstream."""
+    Funnel: _aio.UnaryUnaryMultiCallable[_insights_pb2.FunnelRequest, _insights_pb2.FunnelResult]  # type: ignore[assignment]
+    """Where people drop off: per step entered, conversion, drop-off and time to convert."""
+    Attribution: _aio.UnaryUnaryMultiCallable[_insights_pb2.AttributionRequest, _insights_pb2.AttributionResult]  # type: ignore[assignment]
+    """Which campaigns and journeys earned the conversions, under each attribution model."""
+    Cohorts: _aio.UnaryUnaryMultiCallable[_insights_pb2.CohortsRequest, _insights_pb2.CohortsResult]  # type: ignore[assignment]
+    """Retention of weekly or monthly cohorts."""
+    Roi: _aio.UnaryUnaryMultiCallable[_insights_pb2.RoiRequest, _insights_pb2.RoiResult]  # type: ignore[assignment]
+    """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control."""
 
 class InsightsServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -52,5 +68,37 @@ class InsightsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_insights_pb2.InsightsStatus, _abc.Awaitable[_insights_pb2.InsightsStatus]]:
         """What the analytical copy holds for the workspace, and how far it has followed each upstream."""
+
+    @_abc_1.abstractmethod
+    def Funnel(
+        self,
+        request: _insights_pb2.FunnelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.FunnelResult, _abc.Awaitable[_insights_pb2.FunnelResult]]:
+        """Where people drop off: per step entered, conversion, drop-off and time to convert."""
+
+    @_abc_1.abstractmethod
+    def Attribution(
+        self,
+        request: _insights_pb2.AttributionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.AttributionResult, _abc.Awaitable[_insights_pb2.AttributionResult]]:
+        """Which campaigns and journeys earned the conversions, under each attribution model."""
+
+    @_abc_1.abstractmethod
+    def Cohorts(
+        self,
+        request: _insights_pb2.CohortsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.CohortsResult, _abc.Awaitable[_insights_pb2.CohortsResult]]:
+        """Retention of weekly or monthly cohorts."""
+
+    @_abc_1.abstractmethod
+    def Roi(
+        self,
+        request: _insights_pb2.RoiRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.RoiResult, _abc.Awaitable[_insights_pb2.RoiResult]]:
+        """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control."""
 
 def add_InsightsServiceServicer_to_server(servicer: InsightsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
