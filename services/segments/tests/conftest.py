@@ -5,7 +5,8 @@ controllable clock, and identity's events built as the subscriber hands them ove
   (a second harness on the same file is the service restarted).
 - The harness's shortcuts: `apply(definition)`, `track(profile, event, at, **properties)`,
   `traits(profile, **traits)`, `merge(survivor, merged)`, `unmerge(kept, parts)` deliver identity
-  envelopes in one subscriber batch (`deliver`); `fire_timers()` and `run_backfills()` run the loops'
+  envelopes in one subscriber batch (`deliver`); `model_tag(profile, tag, value)` delivers an insights
+  model tag (`deliver_insights`); `fire_timers()` and `run_backfills()` run the loops'
   work once; `members(name)`, `profile(profile, as_of)`, `history(profile)`, `events(profile)` read
   back.
 """
@@ -29,6 +30,7 @@ from onefold.contracts.common.v1 import pagination_pb2
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.identity.v1 import identity_pb2
 from onefold.contracts.ingest.v1 import ingest_pb2
+from onefold.contracts.insights.v1 import models_pb2
 from onefold.contracts.segments.v1 import segments_pb2 as pb
 from onefold.eventlog import EventStore
 from onefold.eventlog.cipher import KeyEncryptionKey
@@ -154,6 +156,29 @@ class SegmentsHarness:
                 profile_id=kept,
                 workspace=WORKSPACE,
                 parts=[identity_pb2.ProfileUnmerged.Part(profile_id=p, keys=k) for p, k in parts.items()],
+            )
+        )
+
+    # -------------------------------------------------------------------------- insights' model tags
+
+    def deliver_insights(self, *messages: Message) -> None:
+        """One insights subscriber batch: one store transaction around the handler."""
+        envelopes = [envelope(m, self.clock.now) for m in messages]
+        with self.store.transaction() as conn:
+            self.app.profiles.handle_insights(conn, envelopes)
+
+    def model_tag(
+        self, profile_id: str, tag: str, value: str, score: float = 0.5, model_version: str = "churn_risk@v1"
+    ) -> None:
+        self.deliver_insights(
+            models_pb2.ProfileModelTagged(
+                workspace=WORKSPACE,
+                profile_id=profile_id,
+                tag=tag,
+                value=value,
+                score=score,
+                model=model_version.split("@")[0],
+                model_version=model_version,
             )
         )
 

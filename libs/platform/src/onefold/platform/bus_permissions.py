@@ -40,7 +40,7 @@ CONSUMES: Mapping[str, tuple[str, ...]] = {
     "ingest": (),
     "identity": ("ingest", "journeys"),  # journeys: the traits its steps set
     "consent": ("identity",),
-    "segments": ("identity", "consent"),
+    "segments": ("identity", "consent", "insights"),  # insights: the model tags it writes back
     "journeys": ("identity", "segments", "consent"),
     "destinations": ("identity", "segments", "consent"),
     "insights": ("identity", "segments", "journeys"),  # the analytical copy

@@ -19,6 +19,7 @@ SCOPES = frozenset(
         "destinations:read",
         "destinations:write",
         "insights:read",
+        "insights:write",
         "audit:read",
         "dsr:write",
     }

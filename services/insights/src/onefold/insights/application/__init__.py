@@ -1,8 +1,10 @@
-"""The insights service's use cases: the analytical copy fed from the streams (feed.py) and read."""
+"""The insights service's use cases: the analytical copy fed from the streams (feed.py) and read;
+the models trained on it and written back to profiles as tags (models.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
@@ -17,6 +19,7 @@ from onefold.insights.adapters.funnels import FunnelResult, run_funnel
 from onefold.insights.adapters.roi import RoiResult, run_roi
 from onefold.insights.adapters.warehouse import Warehouse
 from onefold.insights.application.feed import WarehouseFeed
+from onefold.insights.application.models import ModelTraining
 from onefold.insights.domain.specs import AttributionSpec, CohortSpec, FunnelSpec, RoiSpec
 
 T = TypeVar("T")
@@ -25,10 +28,13 @@ CONCURRENT_ANALYSES = 2
 
 
 class InsightsApplication:
-    def __init__(self, log: ServiceLog, warehouse: Warehouse, feed: WarehouseFeed) -> None:
+    def __init__(
+        self, log: ServiceLog, warehouse: Warehouse, feed: WarehouseFeed, *, models: ModelTraining
+    ) -> None:
         self.log = log
         self.warehouse = warehouse
         self.feed = feed
+        self.models = models
         self._analyses = asyncio.Semaphore(CONCURRENT_ANALYSES)
 
     async def _analyse(self, run: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
@@ -77,25 +83,34 @@ class InsightsApplication:
         return await asyncio.to_thread(read)
 
     async def export_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
-        """What the copy holds of these profiles: rows per table (no personal field is ever in it)."""
+        """What the copy holds of these profiles: rows per table (no personal field is ever in it), and
+        the model tags they hold now (sealed under their keys)."""
 
         def count() -> dict[str, int]:
             cursor = self.warehouse.cursor()
             try:
-                return store.profile_rows(cursor, workspace, list(profile_ids))
+                rows = store.profile_rows(cursor, workspace, list(profile_ids))
             finally:
                 cursor.close()
+            rows["model_tags"] = self.models.held(workspace, profile_ids)
+            return rows
 
         return await asyncio.to_thread(count)
 
     async def erase_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
-        """Delete every row of these profiles (on the writer thread: never beside a batch of the feed)."""
+        """Delete every row of these profiles (on the writer thread: never beside a batch of the feed),
+        and shred their keys in the service's log: the model tags given to them read as erased."""
 
         def erase() -> dict[str, int]:
             with self.warehouse.transaction() as db:
                 return store.erase_profiles(db, workspace, list(profile_ids))
 
-        return await self.log.writer.run(erase)
+        removed = await self.log.writer.run(erase)
+        forget = functools.partial(self.models.forget, workspace=workspace, profile_ids=list(profile_ids))
+        removed["model_tags"] = await self.log.writer.run(self.log.projector.write, forget)
+        if self.log.store.is_sqlite:  # no copy of a shredded key left in the write-ahead log
+            await asyncio.to_thread(self.log.store.checkpoint_wal)
+        return removed
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.warehouse.close)

@@ -2,7 +2,8 @@
 
 - identity: a resolved event becomes an `events` row (domain/facts.py: nothing personal); a merge
   moves the merged profile's rows to the survivor; an erasure deletes every row of the profiles
-  erased.
+  erased, and (`erased`, in the subscriber's transaction) shreds their keys in the service's own log,
+  so the model tags it gave them read as erased too.
 - segments: entries and exits are `memberships` stays; changes of the configured tags are
   `profile_tags` values over time.
 - journeys: a message queued is a `sends` row (its time moved to when it was sent; deleted when it is
@@ -52,20 +53,38 @@ _CHANNELS = {
 }
 
 Apply = Callable[[duckdb.DuckDBPyConnection, EventEnvelope, Message], None]
+# What else an erasure removes, in the service log's transaction: (conn, workspace, profile ids).
+Erase = Callable[[Connection, str, Sequence[str]], object]
+_PROFILE_ERASED = identity_pb2.ProfileErased.DESCRIPTOR.full_name
 
 
 class WarehouseFeed:
     def __init__(
-        self, warehouse: Warehouse, *, allowed_properties: Sequence[str], tags: Sequence[str]
+        self,
+        warehouse: Warehouse,
+        *,
+        allowed_properties: Sequence[str],
+        tags: Sequence[str],
+        erased: Erase | None = None,
     ) -> None:
         self.warehouse = warehouse
         self.allowed_properties = tuple(allowed_properties)
         self.tags = frozenset(tags)
+        self.erased = erased
 
     # -- the subscribers' handlers (writer thread; `conn` is the service log's transaction) --------
 
     def from_identity(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         self._apply("identity", envelopes, IDENTITY_TYPES, self._identity)
+        if self.erased is None:
+            return
+        # Not behind the copy's applied position: shredding a key again (a batch delivered again) is harmless.
+        for envelope in envelopes:
+            if envelope.type == _PROFILE_ERASED:
+                erasure = identity_pb2.ProfileErased.FromString(envelope.payload)
+                self.erased(
+                    conn, erasure.workspace, list(dict.fromkeys([erasure.profile_id, *erasure.profile_ids]))
+                )
 
     def from_segments(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
         self._apply("segments", envelopes, SEGMENTS_TYPES, self._segments)

@@ -172,7 +172,7 @@ class SegmentsReadModel(Handlers):
     def _tag(self, conn: Connection, message: pb.TagChanged, event: RecordedEvent) -> None:
         key = (message.workspace, message.tag, message.profile_id)
         if message.value:
-            self._hold(*key, "tag", message, event)
+            self._hold(*key, "model_tag" if message.model else "tag", message, event)
         else:
             self._pending[key] = None
 

@@ -1,5 +1,6 @@
 """Keeping every profile's tags and segments current: identity's events (the subscriber's handler),
-timers (time passing), and backfills (a definition set or archived), all on the writer thread.
+the insights service's model tags (another subscriber's), timers (time passing), and backfills (a
+definition set or archived), all on the writer thread.
 
 Each pass works a batch at a time: the states it needs are loaded in one query per workspace, folded
 in memory (domain/fold.py), saved once, and the changes recorded through the projector with the
@@ -21,7 +22,9 @@ from sqlalchemy.engine import Connection
 
 from onefold.contracts.common.v1.envelope_pb2 import EventEnvelope
 from onefold.contracts.identity.v1 import identity_pb2
+from onefold.contracts.insights.v1 import models_pb2
 from onefold.contracts.segments.v1 import segments_pb2 as pb
+from onefold.eventlog.mapper import ERASED
 from onefold.eventlog.models import NewEvent, from_micros, to_micros
 from onefold.eventlog.service import Duty, ServiceLog
 from onefold.eventlog.streams import PARTITION_KEY
@@ -56,6 +59,12 @@ IDENTITY_TYPES: dict[str, type[IdentityInput]] = {
         identity_pb2.ProfileUnmerged,
         identity_pb2.ProfileErased,
     )
+}
+
+# What the insights subscriber fetches: the model tags given to profiles (their values sealed, opened
+# with insights' subject keys).
+INSIGHTS_TYPES: dict[str, type[models_pb2.ProfileModelTagged]] = {
+    models_pb2.ProfileModelTagged.DESCRIPTOR.full_name: models_pb2.ProfileModelTagged
 }
 
 
@@ -145,6 +154,52 @@ class ProfileFolds:
             elif isinstance(message, identity_pb2.ProfileErased):
                 self._erased(conn, work, [message.profile_id, *message.profile_ids], now)
         for work in passes.values():
+            self._finish(conn, work)
+
+    # -------------------------------------------------------------------------- insights' model tags
+
+    def handle_insights(self, conn: Connection, envelopes: Sequence[EventEnvelope]) -> None:
+        """The insights subscriber's handler: each model tag recorded as the profile's tag (marked
+        with the model), per workspace in one pass.
+
+        Left out: a profile erased here (its key is shredded: nothing personal is kept again), a
+        value that reads as erased (insights shredded it first; identity's erasure follows here),
+        and a profile merged into another since (the model tags the survivor at its next run)."""
+        now = self.clock()
+        parsed = [
+            (envelope, models_pb2.ProfileModelTagged.FromString(envelope.payload))
+            for envelope in envelopes
+            if envelope.type in INSIGHTS_TYPES
+        ]
+        for workspace in dict.fromkeys(m.workspace for _, m in parsed):
+            tagged = [(e, m) for e, m in parsed if m.workspace == workspace and m.value != ERASED]
+            ids = {m.profile_id for _, m in tagged}
+            erased = self.log.store.erased_subjects(conn, {subject_of(workspace, p) for p in ids})
+            live = self.states.live(conn, workspace, ids)
+            kept = {p for p in ids if live[p] == p and subject_of(workspace, p) not in erased}
+            if not kept:
+                continue
+            compiled = self.workspaces.compiled(conn, workspace)
+            work = _Pass(
+                workspace, compiled, holds(compiled, self.states.unfinished_backfills(conn, workspace))
+            )
+            work.states = self.states.load(conn, workspace, kept)
+            for envelope, message in tagged:
+                if message.profile_id not in kept:
+                    continue
+                item = fold.ModelTagged(
+                    message.tag,
+                    message.value,
+                    message.score,
+                    message.model,
+                    message.model_version,
+                    envelope.event_id,
+                )
+                state = work.state(message.profile_id)
+                result = fold.tag_by_model(
+                    compiled, state, item, now, held_for(work.holds, message.profile_id)
+                )
+                work.emit(message.profile_id, result, now)
             self._finish(conn, work)
 
     def _open_pass(self, conn: Connection, workspace: str, messages: Sequence[IdentityInput]) -> _Pass:

@@ -102,7 +102,13 @@ class Queries:
             elif output.kind == "computed_trait":
                 answer.computed_traits[name].CopyFrom(to_value(output.value))
             else:
-                answer.tags.add(tag=name, value=str(output.value), reasons=reasons)
+                answer.tags.add(
+                    tag=name,
+                    value=str(output.value),
+                    reasons=reasons,
+                    model=output.model,
+                    model_version=output.model_version,
+                )
         return answer
 
     def _profile_as_of(self, workspace: str, profile_id: str, as_of: datetime) -> pb.ProfileSegments:
@@ -126,7 +132,11 @@ class Queries:
             elif isinstance(message, pb.TagChanged):
                 if message.value:
                     tags[message.tag] = pb.ProfileSegments.TagValue(
-                        tag=message.tag, value=message.value, reasons=message.reasons
+                        tag=message.tag,
+                        value=message.value,
+                        reasons=message.reasons,
+                        model=message.model,
+                        model_version=message.model_version,
                     )
                 else:
                     tags.pop(message.tag, None)

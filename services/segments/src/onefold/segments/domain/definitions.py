@@ -12,7 +12,8 @@ Compiling turns each definition into:
   equal features, so a profile keeps one accumulator for both (features.py);
 - the profile traits it reads (by top-level key) and the other definitions it reads (`in_segment`,
   tag and computed-trait tests) — the edges of a graph that must have no cycle, evaluated in
-  topological order;
+  topological order. A tag test may also name a model tag (MODEL_TAGS: written back by the insights
+  service's models, not defined here); a definition of the same name takes precedence over it;
 - an index from each feature and trait key to the definitions it can change, followed by everything
   downstream of them, in topological order: one event re-evaluates only what it can affect.
 
@@ -48,6 +49,9 @@ DAY: Micros = 86_400 * SECOND
 NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 EVENT_TYPES = ("track", "page", "screen", "identify")
 MAX_TAG_VALUE = 200
+# The tags the insights service's models give profiles (its ProfileModelTagged events): a tag test may
+# name them like a definition's tag. A definition of the same name is the profile's tag instead.
+MODEL_TAGS = frozenset({"churn_risk", "behaviour_cluster", "category_affinity", "product_affinity"})
 MAX_COUNT = 1000  # `performed ... at least/at most N`: the accumulator keeps N (or N+1) times per profile
 
 DEFAULT_PURCHASE_EVENT = "Order Completed"
@@ -397,6 +401,8 @@ class Workspace:
     # feature / trait key -> the realtime definitions it can change, and their downstream, in order.
     index: Mapping[Feature | TraitKey, tuple[str, ...]]
     downstream: Mapping[str, tuple[str, ...]]  # name -> itself and every realtime dependent, in order
+    # model tag -> the realtime definitions reading it (not a definition's name) and their downstream.
+    model_readers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     rfm_boundaries: Mapping[str, CutOffs] = field(default_factory=dict)
     feature_set: frozenset[Feature] = frozenset()
     # (event type, event name) -> the features whose filters name it, or any name of that type:
@@ -563,12 +569,18 @@ def _index(compiled: dict[str, Compiled], boundaries: dict[str, CutOffs]) -> Wor
             features[f] = None
         for key in keys:
             index.setdefault(key, set()).update(downstream[name])
+    model_readers: dict[str, set[str]] = {}
+    for name, c in compiled.items():
+        for ref in c.references:
+            if ref not in compiled and ref in MODEL_TAGS:
+                model_readers.setdefault(ref, set()).update(downstream[name])
     return Workspace(
         definitions=compiled,
         order=tuple(order),
         features=tuple(features),
         index={k: tuple(sorted(v, key=position.__getitem__)) for k, v in index.items()},
         downstream=downstream,
+        model_readers={k: tuple(sorted(v, key=position.__getitem__)) for k, v in model_readers.items()},
         rfm_boundaries=boundaries,
         feature_set=frozenset(features),
         by_event=_by_event(features),
@@ -720,6 +732,8 @@ class _Checker:
         kinds = {"tag": ("tag", "lifecycle", "rfm")}.get(expected, (expected,))
         if not name:
             self.fail(path, "required")
+        elif expected == "tag" and name not in self.kinds and name in MODEL_TAGS:
+            self.reference_paths.setdefault(name, f"{self.prefix}.{path}")
         elif name not in self.kinds:
             self.fail(path, f"no {expected.replace('_', ' ')} of the workspace has this name")
         elif self.kinds[name] not in kinds:

@@ -21,6 +21,12 @@ definition due at or before `now`), firing early only costs an evaluation.
 Realtime definitions only: BATCH definitions are left to `recompute` on their schedule (no timers),
 though their accumulators are kept current so a recompute needs no history.
 
+`tag_by_model` records a model tag (the insights service's ProfileModelTagged) as an output of kind
+MODEL_TAG — shown and tested like a definition's tag, announced with the model and its version — and
+re-evaluates the definitions reading it. A definition of the same name takes precedence: the
+model's tag is then ignored. Model tags are not definitions: archiving nothing withdraws them, only
+the model (a removal), a merge or an erasure (`close`).
+
 `backfill` rebuilds the features a new definition brought from the profile's history records;
 `close` withdraws every output of a profile merged into another or erased; `recompute` runs a
 BATCH definition or re-evaluates after a backfill.
@@ -97,7 +103,18 @@ class Merged:
     cause: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ModelTagged:
+    tag: str
+    value: str  # "" = removed
+    score: float
+    model: str
+    model_version: str
+    cause: str = ""  # the insights event's id
+
+
 Input = Resolved | TraitsSet | Merged
+MODEL_TAG = "model_tag"  # the kind of an output a model gave (not a definition)
 
 
 def resolved(message: identity_pb2.EventResolved, cause: str = "") -> Resolved:
@@ -181,6 +198,8 @@ class TagSet:
     version: int
     value: str  # "" = removed
     reasons: tuple[Reason, ...]
+    model: str = ""  # a model tag's model and version; "" for a definition's tag
+    model_version: str = ""
 
     def to_event(self, workspace: str, profile_id: str, cause: str) -> pb.TagChanged:
         return pb.TagChanged(
@@ -191,6 +210,8 @@ class TagSet:
             definition_version=self.version,
             reasons=[r.to_proto() for r in self.reasons],
             cause_event_id=cause,
+            model=self.model,
+            model_version=self.model_version,
         )
 
 
@@ -228,11 +249,13 @@ class Result:
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    kind: str  # the definition's kind, to undo it the right way when it is archived
+    kind: str  # the definition's kind, to undo it the right way when it is archived; or MODEL_TAG
     value: Json  # segment: True; tag: its value; computed trait: its value
     since: Micros
     reasons: tuple[Reason, ...] = ()
     version: int = 0
+    model: str = ""  # MODEL_TAG: the model and the version that gave the value
+    model_version: str = ""
 
 
 class Accumulators(MutableMapping[Feature, Accumulator]):
@@ -326,7 +349,12 @@ class ProfileState:
         message.features.extend(self.features.messages())
         for name, output in sorted(self.outputs.items()):
             item = message.outputs.add(
-                name=name, since_us=output.since, definition_version=output.version, kind=output.kind
+                name=name,
+                since_us=output.since,
+                definition_version=output.version,
+                kind=output.kind,
+                model=output.model,
+                model_version=output.model_version,
             )
             item.value.CopyFrom(to_value(output.value))
             item.reasons.extend(r.to_proto() for r in output.reasons)
@@ -343,7 +371,13 @@ class ProfileState:
         for o in message.outputs:
             reasons = tuple(Reason(r.condition, from_value(r.observed)) for r in o.reasons)
             state.outputs[o.name] = Output(
-                o.kind, from_value(o.value), o.since_us, reasons, o.definition_version
+                o.kind,
+                from_value(o.value),
+                o.since_us,
+                reasons,
+                o.definition_version,
+                o.model,
+                o.model_version,
             )
         state.due = dict(message.due_us)
         return state
@@ -394,6 +428,37 @@ def apply(
                 merge(state.features[feature], acc)
         everything, why = True, "merged"
     return _settle(workspace, state, now, keys, everything, why, item.cause, held=held)
+
+
+def tag_by_model(
+    workspace: Workspace,
+    state: ProfileState,
+    item: ModelTagged,
+    now: Micros,
+    held: frozenset[str] = frozenset(),
+) -> Result:
+    """Record a model's tag (or its removal) and re-evaluate what reads it. Ignored where a definition
+    has the tag's name: the definition's tag is the profile's."""
+    _sync(workspace, state)
+    if item.tag in workspace.definitions:
+        return Result([], state.next_timer(), item.cause)
+    changes: list[Change] = []
+    previous = state.outputs.get(item.tag)
+    if not item.value:
+        if previous is not None:
+            del state.outputs[item.tag]
+            changes.append(_undo(item.tag, previous, "condition", previous.version))
+    elif previous is None or canonical(previous.value) != canonical(item.value):
+        # The score explains the value, as a definition's reasons do (sealed like them).
+        reasons = (Reason(f"model {item.model_version} score", item.score),)
+        output = Output(MODEL_TAG, item.value, now, reasons, 0, item.model, item.model_version)
+        state.outputs[item.tag] = output
+        changes.append(_announce(item.tag, output))
+    else:
+        return Result([], state.next_timer(), item.cause)  # delivered again: nothing changed
+    readers = workspace.model_readers.get(item.tag, ())
+    settled = _settle(workspace, state, now, set(), False, "condition", item.cause, extra=readers, held=held)
+    return Result([*changes, *settled.changes], settled.next_timer, item.cause)
 
 
 def advance(
@@ -472,6 +537,8 @@ def rebuild(
     """A profile's state folded afresh from its inputs (a part of an unmerged profile, from the
     history records that go with it), and the changes from what `previous` had emitted."""
     state = ProfileState(profile_id)
+    if previous is not None:  # a model tag is the kept profile's until the model says otherwise
+        state.outputs.update({n: o for n, o in previous.outputs.items() if o.kind == MODEL_TAG})
     for item in inputs:
         apply(workspace, state, item, now)
     recompute(workspace, state, now)
@@ -484,7 +551,7 @@ def rebuild(
             changes.append(_undo(name, old, why, old.version))
         elif old is None or canonical(old.value) != canonical(new.value):
             changes.append(_announce(name, new))
-    for name in sorted(set(before) - set(workspace.order)):
+    for name in sorted(set(before) - set(workspace.order) - set(state.outputs)):
         changes.append(_undo(name, before[name], "archived", before[name].version))
     return state, Result(changes, state.next_timer())
 
@@ -525,6 +592,8 @@ def _settle(
     state.features.expire_at(now)
     changes: list[Change] = []
     for name in sorted(set(state.outputs) - set(workspace.definitions)):
+        if state.outputs[name].kind == MODEL_TAG:
+            continue  # no definition: the model's to withdraw
         gone = state.outputs.pop(name)
         changes.append(_undo(name, gone, "archived", gone.version))
     for name in [
@@ -561,6 +630,12 @@ def _settle(
 
 def _compare(compiled: Compiled, state: ProfileState, answer: Answer, now: Micros, why: str) -> Change | None:
     name, previous = compiled.name, state.outputs.get(compiled.name)
+    if previous is not None and previous.kind == MODEL_TAG:
+        # A definition now has a model tag's name: its answer is the profile's tag from here on.
+        del state.outputs[name]
+        if answer.value is None:
+            return _undo(name, previous, why, previous.version)
+        previous = None
     if answer.value is None:
         if previous is None:
             return None
@@ -579,7 +654,7 @@ def _announce(name: str, output: Output) -> Change:
         return Entered(name, output.version, output.reasons)
     if output.kind == "computed_trait":
         return ComputedSet(name, output.version, output.value)
-    return TagSet(name, output.version, str(output.value), output.reasons)
+    return TagSet(name, output.version, str(output.value), output.reasons, output.model, output.model_version)
 
 
 def _undo(name: str, output: Output, why: str, version: int) -> Change:
@@ -587,4 +662,4 @@ def _undo(name: str, output: Output, why: str, version: int) -> Change:
         return Exited(name, version, why)
     if output.kind == "computed_trait":
         return ComputedSet(name, version, None)
-    return TagSet(name, version, "", ())
+    return TagSet(name, version, "", (), output.model, output.model_version)

@@ -984,6 +984,8 @@ class TagChanged(_message.Message):
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     CAUSE_EVENT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     workspace: _builtins.str
     profile_id: _builtins.str
     tag: _builtins.str
@@ -991,6 +993,11 @@ class TagChanged(_message.Message):
     """"" = removed"""
     definition_version: _builtins.int
     cause_event_id: _builtins.str
+    model: _builtins.str
+    """A model tag (insights' ProfileModelTagged, recorded as the profile's tag): the model and its
+    version; empty for a definition's tag.
+    """
+    model_version: _builtins.str
     @_builtins.property
     def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]: ...
     def __init__(
@@ -1003,10 +1010,12 @@ class TagChanged(_message.Message):
         definition_version: _builtins.int = ...,
         reasons: _abc.Iterable[Global___Reason] | None = ...,
         cause_event_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_event_id", b"cause_event_id", "definition_version", b"definition_version", "profile_id", b"profile_id", "reasons", b"reasons", "tag", b"tag", "value", b"value", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause_event_id", b"cause_event_id", "definition_version", b"definition_version", "model", b"model", "model_version", b"model_version", "profile_id", b"profile_id", "reasons", b"reasons", "tag", b"tag", "value", b"value", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1457,8 +1466,13 @@ class ProfileSegments(_message.Message):
         TAG_FIELD_NUMBER: _builtins.int
         VALUE_FIELD_NUMBER: _builtins.int
         REASONS_FIELD_NUMBER: _builtins.int
+        MODEL_FIELD_NUMBER: _builtins.int
+        MODEL_VERSION_FIELD_NUMBER: _builtins.int
         tag: _builtins.str
         value: _builtins.str
+        model: _builtins.str
+        """a model tag's model (insights); empty for a definition's tag"""
+        model_version: _builtins.str
         @_builtins.property
         def reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Reason]: ...
         def __init__(
@@ -1467,10 +1481,12 @@ class ProfileSegments(_message.Message):
             tag: _builtins.str = ...,
             value: _builtins.str = ...,
             reasons: _abc.Iterable[Global___Reason] | None = ...,
+            model: _builtins.str = ...,
+            model_version: _builtins.str = ...,
         ) -> None: ...
         _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
         def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-        _ClearFieldArgType: _TypeAlias = _typing.Literal["reasons", b"reasons", "tag", b"tag", "value", b"value"]  # noqa: Y015
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_version", b"model_version", "reasons", b"reasons", "tag", b"tag", "value", b"value"]  # noqa: Y015
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1945,11 +1961,16 @@ class OutputState(_message.Message):
     REASONS_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     since_us: _builtins.int
     definition_version: _builtins.int
     kind: _builtins.str
     """the definition's kind ("segment", "tag", …): how to withdraw it once archived"""
+    model: _builtins.str
+    """kind "model_tag": a model's tag (insights), with the model version that gave it."""
+    model_version: _builtins.str
     @_builtins.property
     def value(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -1963,10 +1984,12 @@ class OutputState(_message.Message):
         reasons: _abc.Iterable[Global___Reason] | None = ...,
         definition_version: _builtins.int = ...,
         kind: _builtins.str = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "kind", b"kind", "name", b"name", "reasons", b"reasons", "since_us", b"since_us", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_version", b"definition_version", "kind", b"kind", "model", b"model", "model_version", b"model_version", "name", b"name", "reasons", b"reasons", "since_us", b"since_us", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
