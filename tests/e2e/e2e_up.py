@@ -66,7 +66,10 @@ def running_up(tmp_path: Path, *options: str) -> Iterator[tuple[Cli, subprocess.
             env={**os.environ, "COLUMNS": "200"},
         )
     try:
-        text = wait_for(lambda: printed(output, process, "Ctrl-C stops everything"), "onefold up")
+        # Bounds a hang only: seven services (and any --workers) start in turn on a busy machine.
+        text = wait_for(
+            lambda: printed(output, process, "Ctrl-C stops everything"), "onefold up", timeout=300
+        )
         yield Cli(data_dir, TOKEN.findall(text)[0]), process
     finally:
         if process.poll() is None:

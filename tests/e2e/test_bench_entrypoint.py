@@ -45,6 +45,6 @@ def test_bench_modules_load_through_the_cli() -> None:
     said = " ".join((unknown.stdout + unknown.stderr).replace("│", " ").split())
     assert (
         unknown.returncode != 0
-        and "available: cli, consent, destinations, eventlog, identity, ingest, journeys, pipeline, segments"
+        and "available: cli, consent, destinations, eventlog, identity, ingest, insights, journeys, pipeline, segments"
         in said
     )
