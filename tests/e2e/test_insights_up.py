@@ -122,6 +122,33 @@ def test_funnel_attribution_cohorts_and_roi_from_the_copy_and_an_erasure_leaves_
     assert "2 conversions, revenue 150.00" in roi and "spring" in roi
     assert "<table>" in page.read_text() and "spring" in page.read_text()
 
+    # What the spring e-mail cost: ROI sets the revenue it earned against it (the cost's period is
+    # the analysis's range, so all of it counts).
+    now = datetime.now(UTC)
+    start, end = (now - timedelta(days=1)).isoformat(), (now + timedelta(hours=1)).isoformat()
+    cli.run(
+        "insights",
+        "costs",
+        "set",
+        "spring",
+        "--amount",
+        "40",
+        "--currency",
+        "EUR",
+        "--from",
+        start,
+        "--until",
+        end,
+    )
+    assert [c["campaign"] for c in cli.json("insights", "costs", "list")] == ["spring"]
+    answered = cli.json("insights", "roi", "Order Completed", "--since", start, "--until", end)
+    [spring_roi] = [c for c in answered["campaigns"] if c.get("campaign") == "spring"]
+    assert spring_roi["cost"] == 40.0 and spring_roi["revenue"] == 100.0 and spring_roi["roi"] == 1.5
+    refused = cli.run(
+        "insights", "costs", "set", "spring", "--amount", "1", "--currency", "euro", "--from", "1d", status=2
+    )
+    assert "cost.currency" in refused.stdout + refused.stderr
+
     bad = cli.run("insights", "funnel", "Product Viewed", "--since", "1d", status=2)
     assert "steps must number 2 to 10" in bad.stdout + bad.stderr
 

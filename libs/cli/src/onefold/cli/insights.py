@@ -76,14 +76,14 @@ def _call(
     return run_async(conn, call)
 
 
-def _range(since: str, until: str | None) -> pb.TimeRange:
+def _range(since: str, until: str | None, start_option: str = "--since") -> pb.TimeRange:
     from onefold.contracts.insights.v1 import insights_pb2 as pb
 
     now = datetime.now(UTC)
-    start = parse_moment(since, "--since", now)
+    start = parse_moment(since, start_option, now)
     end = parse_moment(until, "--until", now) if until is not None else now
     if end <= start:
-        raise typer.BadParameter("must be after --since", param_hint="--until")
+        raise typer.BadParameter(f"must be after {start_option}", param_hint="--until")
     found = pb.TimeRange()
     found.start.FromDatetime(start)
     found.end.FromDatetime(end)
@@ -493,3 +493,85 @@ def roi(
     for title, columns, rows in roi_tables(result):
         sections += [html_report.heading(title), html_report.table(columns, rows)]
     _write_html(html, html_report.document(f"ROI of {goal}", *sections))
+
+
+# --- costs ---------------------------------------------------------------------------------------
+
+costs_app = typer.Typer(help="What campaigns cost, for ROI: set and list.", no_args_is_help=True)
+insights_app.add_typer(costs_app, name="costs")
+COST_COLUMNS = ("campaign", "channel", "from", "until", "amount")
+
+
+def cost_rows(costs: Sequence[pb.CampaignCost]) -> list[tuple[str, ...]]:
+    def day(stamp: Any) -> str:
+        return str(stamp.ToDatetime(tzinfo=UTC).isoformat(timespec="seconds").replace("+00:00", "Z"))
+
+    return [
+        (
+            c.campaign,
+            c.channel or "(every)",
+            day(c.period_start),
+            day(c.period_end),
+            f"{_money(c.amount)} {c.currency}",
+        )
+        for c in costs
+    ]
+
+
+@costs_app.command("set")
+def set_cost(
+    campaign: Annotated[str, typer.Argument(help="a campaign_name of events, or a journey's name")],
+    amount: Annotated[float, typer.Option("--amount", help="what it cost over the period")],
+    currency: Annotated[str, typer.Option("--currency", help="ISO 4217 code, e.g. EUR")],
+    since: Annotated[
+        str, typer.Option("--from", help="the period's start: an ISO-8601 time or a duration ago")
+    ],
+    until: Annotated[
+        str | None, typer.Option("--until", help="the period's end (default: now)", show_default=False)
+    ] = None,
+    channel: Annotated[
+        str, typer.Option("--channel", help="only this channel (default: every channel)")
+    ] = "",
+    as_json: Json = False,
+    data_dir: DataDir = Path(".onefold"),
+    target: InsightsTarget = None,
+    token: Token = None,
+) -> None:
+    """Set what CAMPAIGN cost over a period (setting the same campaign, channel and period replaces it)."""
+    from onefold.contracts.insights.v1 import insights_pb2 as pb
+
+    period = _range(since, until, "--from")
+    cost = pb.CampaignCost(
+        campaign=campaign,
+        channel=channel,
+        period_start=period.start,
+        period_end=period.end,
+        amount=amount,
+        currency=currency,
+    )
+    recorded: pb.CampaignCost = _call(
+        data_dir, target, token, lambda s: s.SetCampaignCost, pb.SetCampaignCostRequest(cost=cost)
+    )
+    if as_json:
+        print_json(_as_dict(recorded))
+    else:
+        print_table(COST_COLUMNS, cost_rows([recorded]), title="set")
+
+
+@costs_app.command("list")
+def list_costs(
+    as_json: Json = False,
+    data_dir: DataDir = Path(".onefold"),
+    target: InsightsTarget = None,
+    token: Token = None,
+) -> None:
+    """Every campaign cost set in the workspace."""
+    from onefold.contracts.insights.v1 import insights_pb2 as pb
+
+    answer: pb.ListCampaignCostsResponse = _call(
+        data_dir, target, token, lambda s: s.ListCampaignCosts, pb.ListCampaignCostsRequest()
+    )
+    if as_json:
+        print_json([_as_dict(c) for c in answer.costs])
+    else:
+        print_table(COST_COLUMNS, cost_rows(answer.costs), title="campaign costs")

@@ -257,3 +257,35 @@ def applied_positions(db: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return {
         str(upstream): int(position) for upstream, position in db.execute("SELECT * FROM applied").fetchall()
     }
+
+
+def set_cost(
+    db: duckdb.DuckDBPyConnection,
+    workspace: str,
+    campaign: str,
+    channel: str,
+    start: datetime,
+    end: datetime,
+    amount: float,
+    currency: str,
+) -> None:
+    """The campaign's cost over [start, end) on the channel, replacing one set for the same period."""
+    db.execute(
+        "DELETE FROM costs WHERE workspace = ? AND campaign = ? AND channel = ? AND period_start = ? AND period_end = ?",
+        [workspace, campaign, channel, start, end],
+    )
+    db.execute(
+        "INSERT INTO costs VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [workspace, campaign, channel, start, end, amount, currency],
+    )
+
+
+def costs_of(
+    db: duckdb.DuckDBPyConnection, workspace: str
+) -> list[tuple[str, str, datetime, datetime, float, str]]:
+    rows = db.execute(
+        "SELECT campaign, channel, period_start, period_end, amount, currency FROM costs "
+        "WHERE workspace = ? ORDER BY campaign, channel, period_start",
+        [workspace],
+    ).fetchall()
+    return [(str(a), str(b), c, d, float(e), str(f)) for a, b, c, d, e, f in rows]

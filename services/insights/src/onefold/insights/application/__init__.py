@@ -18,6 +18,7 @@ from onefold.insights.adapters.cohorts import CohortResult, run_cohorts
 from onefold.insights.adapters.funnels import FunnelResult, run_funnel
 from onefold.insights.adapters.roi import RoiResult, run_roi
 from onefold.insights.adapters.warehouse import Warehouse
+from onefold.insights.application.costs import CampaignCosts
 from onefold.insights.application.feed import WarehouseFeed
 from onefold.insights.application.models import ModelTraining
 from onefold.insights.domain.specs import AttributionSpec, CohortSpec, FunnelSpec, RoiSpec
@@ -35,6 +36,7 @@ class InsightsApplication:
         self.warehouse = warehouse
         self.feed = feed
         self.models = models
+        self.costs = CampaignCosts(log, warehouse)
         self._analyses = asyncio.Semaphore(CONCURRENT_ANALYSES)
 
     async def _analyse(self, run: Callable[[duckdb.DuckDBPyConnection], T]) -> T:

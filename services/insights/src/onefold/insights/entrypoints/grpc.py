@@ -14,7 +14,12 @@ from onefold.platform import auth, data_subject
 from onefold.platform.grpc_server import ServiceRegistration, typed_registration
 
 SERVICE = pb.DESCRIPTOR.services_by_name["InsightsService"]
-SCOPES = dict.fromkeys(("GetStatus", "Funnel", "Attribution", "Cohorts", "Roi"), "insights:read")
+SCOPES = {
+    **dict.fromkeys(
+        ("GetStatus", "Funnel", "Attribution", "Cohorts", "Roi", "ListCampaignCosts"), "insights:read"
+    ),
+    "SetCampaignCost": "insights:write",
+}
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
@@ -45,6 +50,16 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
     async def Roi(self, request: pb.RoiRequest, context: grpc.aio.ServicerContext) -> pb.RoiResult:
         spec = analyses.roi_spec(request)
         return analyses.roi_message(await self.app.roi(auth.current_workspace(), spec))
+
+    async def SetCampaignCost(
+        self, request: pb.SetCampaignCostRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CampaignCost:
+        return await self.app.costs.set(auth.current_workspace(), request.cost, auth.current_credential_id())
+
+    async def ListCampaignCosts(
+        self, request: pb.ListCampaignCostsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListCampaignCostsResponse:
+        return pb.ListCampaignCostsResponse(costs=await self.app.costs.listed(auth.current_workspace()))
 
 
 def registrations(application: InsightsApplication) -> Sequence[ServiceRegistration]:

@@ -25,6 +25,135 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class CampaignCost(_message.Message):
+    """---------------------------------------------------------------------------------------------
+    Campaign costs, for ROI: set by the workspace, recorded in the log, copied to the `costs` table.
+
+    What a campaign (a campaign_name of events, or a journey's name) cost over [period_start,
+    period_end). Setting the same campaign, channel and period again replaces the amount.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    campaign: _builtins.str
+    channel: _builtins.str
+    """e.g. email, search ("" = every channel)"""
+    amount: _builtins.float
+    currency: _builtins.str
+    """ISO 4217, e.g. EUR"""
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign: _builtins.str = ...,
+        channel: _builtins.str = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
+        amount: _builtins.float = ...,
+        currency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "campaign", b"campaign", "channel", b"channel", "currency", b"currency", "period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignCost: _TypeAlias = CampaignCost  # noqa: Y015
+
+@_typing.final
+class CampaignCostSet(_message.Message):
+    """Streams `insights-costs:<workspace>`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    COST_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    workspace: _builtins.str
+    actor: _builtins.str
+    """the credential that set it"""
+    @_builtins.property
+    def cost(self) -> Global___CampaignCost: ...
+    def __init__(
+        self,
+        *,
+        workspace: _builtins.str = ...,
+        cost: Global___CampaignCost | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "cost", b"cost", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignCostSet: _TypeAlias = CampaignCostSet  # noqa: Y015
+
+@_typing.final
+class SetCampaignCostRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def cost(self) -> Global___CampaignCost: ...
+    def __init__(
+        self,
+        *,
+        cost: Global___CampaignCost | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost", b"cost"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCampaignCostRequest: _TypeAlias = SetCampaignCostRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignCostsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignCostsRequest: _TypeAlias = ListCampaignCostsRequest  # noqa: Y015
+
+@_typing.final
+class ListCampaignCostsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COSTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def costs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignCost]: ...
+    def __init__(
+        self,
+        *,
+        costs: _abc.Iterable[Global___CampaignCost] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["costs", b"costs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCampaignCostsResponse: _TypeAlias = ListCampaignCostsResponse  # noqa: Y015
+
+@_typing.final
 class Filter(_message.Message):
     """---------------------------------------------------------------------------------------------
     What an analysis asks (docs/insights.md defines each exactly).

@@ -59,6 +59,16 @@ class InsightsServiceStub:
                 request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiRequest.SerializeToString,
                 response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiResult.FromString,
                 _registered_method=True)
+        self.SetCampaignCost = channel.unary_unary(
+                '/onefold.insights.v1.InsightsService/SetCampaignCost',
+                request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.SetCampaignCostRequest.SerializeToString,
+                response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.CampaignCost.FromString,
+                _registered_method=True)
+        self.ListCampaignCosts = channel.unary_unary(
+                '/onefold.insights.v1.InsightsService/ListCampaignCosts',
+                request_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.ListCampaignCostsRequest.SerializeToString,
+                response_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.ListCampaignCostsResponse.FromString,
+                _registered_method=True)
 
 
 class InsightsServiceServicer:
@@ -99,6 +109,19 @@ class InsightsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetCampaignCost(self, request, context):
+        """Set what a campaign cost over a period (recorded; replaces the same campaign, channel and period).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCampaignCosts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InsightsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +149,16 @@ def add_InsightsServiceServicer_to_server(servicer, server):
                     servicer.Roi,
                     request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiRequest.FromString,
                     response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.RoiResult.SerializeToString,
+            ),
+            'SetCampaignCost': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCampaignCost,
+                    request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.SetCampaignCostRequest.FromString,
+                    response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.CampaignCost.SerializeToString,
+            ),
+            'ListCampaignCosts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCampaignCosts,
+                    request_deserializer=onefold_dot_insights_dot_v1_dot_insights__pb2.ListCampaignCostsRequest.FromString,
+                    response_serializer=onefold_dot_insights_dot_v1_dot_insights__pb2.ListCampaignCostsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +296,60 @@ class InsightsService:
             '/onefold.insights.v1.InsightsService/Roi',
             onefold_dot_insights_dot_v1_dot_insights__pb2.RoiRequest.SerializeToString,
             onefold_dot_insights_dot_v1_dot_insights__pb2.RoiResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCampaignCost(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.insights.v1.InsightsService/SetCampaignCost',
+            onefold_dot_insights_dot_v1_dot_insights__pb2.SetCampaignCostRequest.SerializeToString,
+            onefold_dot_insights_dot_v1_dot_insights__pb2.CampaignCost.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCampaignCosts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onefold.insights.v1.InsightsService/ListCampaignCosts',
+            onefold_dot_insights_dot_v1_dot_insights__pb2.ListCampaignCostsRequest.SerializeToString,
+            onefold_dot_insights_dot_v1_dot_insights__pb2.ListCampaignCostsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,9 @@ class InsightsServiceStub:
     """Retention of weekly or monthly cohorts."""
     Roi: _grpc.UnaryUnaryMultiCallable[_insights_pb2.RoiRequest, _insights_pb2.RoiResult]
     """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control."""
+    SetCampaignCost: _grpc.UnaryUnaryMultiCallable[_insights_pb2.SetCampaignCostRequest, _insights_pb2.CampaignCost]
+    """Set what a campaign cost over a period (recorded; replaces the same campaign, channel and period)."""
+    ListCampaignCosts: _grpc.UnaryUnaryMultiCallable[_insights_pb2.ListCampaignCostsRequest, _insights_pb2.ListCampaignCostsResponse]
 
 @_typing.type_check_only
 class InsightsServiceAsyncStub(InsightsServiceStub):
@@ -59,6 +62,9 @@ class InsightsServiceAsyncStub(InsightsServiceStub):
     """Retention of weekly or monthly cohorts."""
     Roi: _aio.UnaryUnaryMultiCallable[_insights_pb2.RoiRequest, _insights_pb2.RoiResult]  # type: ignore[assignment]
     """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control."""
+    SetCampaignCost: _aio.UnaryUnaryMultiCallable[_insights_pb2.SetCampaignCostRequest, _insights_pb2.CampaignCost]  # type: ignore[assignment]
+    """Set what a campaign cost over a period (recorded; replaces the same campaign, channel and period)."""
+    ListCampaignCosts: _aio.UnaryUnaryMultiCallable[_insights_pb2.ListCampaignCostsRequest, _insights_pb2.ListCampaignCostsResponse]  # type: ignore[assignment]
 
 class InsightsServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -100,5 +106,20 @@ class InsightsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_insights_pb2.RoiResult, _abc.Awaitable[_insights_pb2.RoiResult]]:
         """Revenue per segment, lifecycle stage and campaign against costs; journeys' uplift over control."""
+
+    @_abc_1.abstractmethod
+    def SetCampaignCost(
+        self,
+        request: _insights_pb2.SetCampaignCostRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.CampaignCost, _abc.Awaitable[_insights_pb2.CampaignCost]]:
+        """Set what a campaign cost over a period (recorded; replaces the same campaign, channel and period)."""
+
+    @_abc_1.abstractmethod
+    def ListCampaignCosts(
+        self,
+        request: _insights_pb2.ListCampaignCostsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_insights_pb2.ListCampaignCostsResponse, _abc.Awaitable[_insights_pb2.ListCampaignCostsResponse]]: ...
 
 def add_InsightsServiceServicer_to_server(servicer: InsightsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
