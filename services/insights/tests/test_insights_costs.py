@@ -44,5 +44,5 @@ def test_a_good_cost_is_kept_with_its_names_trimmed_and_bad_fields_are_named_tog
         "cost.amount",
         "cost.currency",
     ]
-    with pytest.raises(InvalidArgument, match="cost.period_start"):
+    with pytest.raises(InvalidArgument, match=r"cost\.period_start"):
         checked_cost(pb.CampaignCost(campaign="x", amount=1, currency="EUR"))
