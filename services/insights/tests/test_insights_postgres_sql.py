@@ -23,7 +23,7 @@ from onefold.insights.adapters.attribution import run_attribution
 from onefold.insights.adapters.cohorts import run_cohorts
 from onefold.insights.adapters.funnels import FunnelGroupResult, run_funnel
 from onefold.insights.adapters.synthetic import FUNNEL, generate_history
-from onefold.insights.adapters.warehouse import TABLES, open_warehouse
+from onefold.insights.adapters.warehouse import PROFILE_TABLES, TABLES, erase_profiles, open_warehouse
 from onefold.insights.domain.specs import (
     AttributionModel,
     AttributionSpec,
@@ -57,6 +57,7 @@ def test_the_page_has_every_postgres_block() -> None:
         "postgres-funnel-strict",
         "postgres-attribution",
         "postgres-cohorts",
+        "postgres-erase",
     }
 
 
@@ -190,3 +191,27 @@ def test_weekly_cohorts_match_duckdb(history: duckdb.DuckDBPyConnection, postgre
     assert {cohort: tuple(counts) for cohort, counts in retained.items()} == {
         row.start: row.retained for row in expected.cohorts
     }
+
+
+def test_the_erasure_deletes_what_duckdb_deletes(postgres: sa.Connection) -> None:
+    """On a history of its own (the module's is shared): the page's DELETEs, in one transaction,
+    leave the same rows in PostgreSQL as `erase_profiles` in DuckDB, and none of the erased."""
+    duck = open_warehouse(threads=2)
+    generate_history(duck, events=20_000, people=2_000, seed=3, workspace=WORKSPACE)
+    erased = ["u1", "u2", "u3", "u250"]
+    before = {t: postgres.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in PROFILE_TABLES}
+    removed = erase_profiles(duck, WORKSPACE, erased)
+    assert removed["events"] > 0 and removed["memberships"] > 0
+    params = {"workspace": WORKSPACE, "profile_ids": erased}
+    for statement in documented()["postgres-erase"].split(";"):
+        if statement.strip():
+            postgres.execute(sa.text(statement), params)
+    postgres.commit()
+    for table in PROFILE_TABLES:
+        left = postgres.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one()
+        assert left == before[table] - removed[table], table
+        gone = postgres.execute(
+            sa.text(f"SELECT count(*) FROM {table} WHERE profile_id = ANY(:ids)"), {"ids": erased}
+        ).scalar_one()
+        assert gone == 0, table
+    duck.close()
