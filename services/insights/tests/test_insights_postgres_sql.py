@@ -35,8 +35,6 @@ from onefold.insights.domain.specs import (
 )
 from onefold.platform.database import normalise_url
 
-pytestmark = pytest.mark.postgres
-
 PAGE = Path(__file__).resolve().parents[3] / "docs" / "insights-warehouse.md"
 WORKSPACE = "w"
 START = datetime(2026, 1, 5)  # the synthetic history's first day
@@ -70,7 +68,7 @@ def history() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 @pytest.fixture
-def postgres(history: duckdb.DuckDBPyConnection, fresh_postgres_url: str) -> Iterator[sa.Connection]:
+def postgres(fresh_postgres_url: str, history: duckdb.DuckDBPyConnection) -> Iterator[sa.Connection]:
     """The fresh database with the page's tables and indexes, holding a copy of `history`."""
     blocks = documented()
     engine = sa.create_engine(normalise_url(fresh_postgres_url))
@@ -113,6 +111,7 @@ def assert_funnel(row: sa.Row[Any], expected: FunnelGroupResult) -> None:
         assert close(figures[f"p90_seconds_{k}"], step.p90_seconds), (k, figures[f"p90_seconds_{k}"])
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize(
     ("order", "mark"),
     [(OrderMode.SEQUENTIAL, "postgres-funnel"), (OrderMode.STRICT, "postgres-funnel-strict")],
@@ -137,6 +136,7 @@ def test_the_funnel_matches_duckdb(
     assert_funnel(row, expected)
 
 
+@pytest.mark.postgres
 def test_attribution_matches_duckdb(history: duckdb.DuckDBPyConnection, postgres: sa.Connection) -> None:
     time_range = TimeRange(START + timedelta(days=20), START + timedelta(days=80))
     spec = AttributionSpec(
@@ -170,6 +170,7 @@ def test_attribution_matches_duckdb(history: duckdb.DuckDBPyConnection, postgres
             assert close(got[f"{model.value}_revenue"], credit.revenue), (want.value, model)
 
 
+@pytest.mark.postgres
 def test_weekly_cohorts_match_duckdb(history: duckdb.DuckDBPyConnection, postgres: sa.Connection) -> None:
     spec = CohortSpec(time_range=TimeRange(START, START + timedelta(days=90)), periods=12)
     expected = run_cohorts(history, WORKSPACE, spec)
@@ -193,6 +194,7 @@ def test_weekly_cohorts_match_duckdb(history: duckdb.DuckDBPyConnection, postgre
     }
 
 
+@pytest.mark.postgres
 def test_the_erasure_deletes_what_duckdb_deletes(postgres: sa.Connection) -> None:
     """On a history of its own (the module's is shared): the page's DELETEs, in one transaction,
     leave the same rows in PostgreSQL as `erase_profiles` in DuckDB, and none of the erased."""
