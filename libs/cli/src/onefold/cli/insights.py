@@ -100,6 +100,10 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
 
 
+def _conversions(count: int) -> str:
+    return f"{count:,} conversion" + ("" if count == 1 else "s")
+
+
 def _money(value: float) -> str:
     return f"{value:,.2f}"
 
@@ -306,7 +310,7 @@ def attribution(
         print_table(
             columns,
             attribution_rows(result, models),
-            title=f"{result.conversions:,} conversions, revenue {_money(result.revenue)}",
+            title=f"{_conversions(result.conversions)}, revenue {_money(result.revenue)}",
         )
     if html is not None:
         charts = [
@@ -324,7 +328,7 @@ def attribution(
             )
             for m in models
         ]
-        summary = f"{result.conversions:,} conversions, revenue {_money(result.revenue)}"
+        summary = f"{_conversions(result.conversions)}, revenue {_money(result.revenue)}"
         _write_html(
             html,
             html_report.document(
@@ -482,7 +486,7 @@ def roi(
         segments=segment or [],
     )
     result: pb.RoiResult = _call(data_dir, target, token, lambda s: s.Roi, request)
-    summary = f"{result.conversions:,} conversions, revenue {_money(result.revenue)}"
+    summary = f"{_conversions(result.conversions)}, revenue {_money(result.revenue)}"
     if as_json:
         print_json(_as_dict(result))
     else:

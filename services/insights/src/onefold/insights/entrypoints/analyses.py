@@ -36,8 +36,12 @@ from onefold.platform.errors import InvalidArgument
 MAX_FILTER_VALUES = 100
 
 
-def _invalid(field: str, error: SpecError) -> InvalidArgument:
-    return InvalidArgument(str(error), violations=[(field, str(error))])
+def _invalid(analysis: str, error: SpecError) -> InvalidArgument:
+    """A specification's error names its field first ("steps must number 2 to 10, not 1.")."""
+    message = str(error)
+    first = message.split(maxsplit=1)[0] if message else ""
+    field = f"{analysis}.{first}" if first.isidentifier() else analysis
+    return InvalidArgument(f"the {analysis} request is not valid", violations=[(field, message)])
 
 
 def _scalar(value: struct_pb2.Value, field: str) -> Scalar:
