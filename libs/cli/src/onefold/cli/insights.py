@@ -124,9 +124,10 @@ def _optional(message: Any, field: str) -> Any:
     return getattr(message, field) if message.HasField(field) else None
 
 
-def _write_html(path: Path | None, page: str) -> None:
+def _write_html(path: Path | None, page: Callable[[], str]) -> None:
+    """The report `page()` makes, written only when --html asked for one."""
     if path is not None:
-        path.write_text(page)
+        path.write_text(page())
         console.print(f"report written to {path}", highlight=False, markup=False)
 
 
@@ -237,7 +238,7 @@ def funnel(
         for group in result.breakdown:
             label = group.value if group.HasField("value") else "(none)"
             print_table(FUNNEL_COLUMNS, funnel_rows(group), title=label)
-    _write_html(html, funnel_html(result, f"Funnel: {' → '.join(steps)}"))
+    _write_html(html, lambda: funnel_html(result, f"Funnel: {' → '.join(steps)}"))
 
 
 # --- attribution ---------------------------------------------------------------------------------
@@ -312,7 +313,8 @@ def attribution(
             attribution_rows(result, models),
             title=f"{_conversions(result.conversions)}, revenue {_money(result.revenue)}",
         )
-    if html is not None:
+
+    def page() -> str:
         charts = [
             html_report.bar_chart(
                 f"revenue credited by {m}",
@@ -329,15 +331,14 @@ def attribution(
             for m in models
         ]
         summary = f"{_conversions(result.conversions)}, revenue {_money(result.revenue)}"
-        _write_html(
-            html,
-            html_report.document(
-                f"Attribution of {conversion}",
-                html_report.paragraph(summary, "lead"),
-                html_report.table(columns, attribution_rows(result, models)),
-                *charts,
-            ),
+        return html_report.document(
+            f"Attribution of {conversion}",
+            html_report.paragraph(summary, "lead"),
+            html_report.table(columns, attribution_rows(result, models)),
+            *charts,
         )
+
+    _write_html(html, page)
 
 
 # --- cohorts -------------------------------------------------------------------------------------
@@ -390,7 +391,7 @@ def cohorts(
         print_table(columns, cohort_rows(result), title=f"retention by {cohort_by} {result.granularity}")
     _write_html(
         html,
-        html_report.document(
+        lambda: html_report.document(
             f"Retention by {cohort_by} {result.granularity}", html_report.table(columns, cohort_rows(result))
         ),
     )
@@ -493,10 +494,14 @@ def roi(
         console.print(summary, highlight=False, markup=False)
         for title, columns, rows in roi_tables(result):
             print_table(columns, rows, title=title)
-    sections = [html_report.paragraph(summary, "lead")]
-    for title, columns, rows in roi_tables(result):
-        sections += [html_report.heading(title), html_report.table(columns, rows)]
-    _write_html(html, html_report.document(f"ROI of {goal}", *sections))
+
+    def page() -> str:
+        sections = [html_report.paragraph(summary, "lead")]
+        for title, columns, rows in roi_tables(result):
+            sections += [html_report.heading(title), html_report.table(columns, rows)]
+        return html_report.document(f"ROI of {goal}", *sections)
+
+    _write_html(html, page)
 
 
 # --- costs ---------------------------------------------------------------------------------------
