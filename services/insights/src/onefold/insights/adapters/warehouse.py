@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -86,6 +87,7 @@ CREATE TABLE IF NOT EXISTS costs (
 );
 """
 
+T = TypeVar("T")
 INSERT_CHUNK = 500  # rows per INSERT statement (one statement, not one per row)
 TABLES = ("events", "sends", "memberships", "profile_tags", "costs")
 PROFILE_TABLES = ("events", "sends", "memberships", "profile_tags")  # the tables rows of a person are in
@@ -144,6 +146,14 @@ class Warehouse:
         """A connection of its own to the same database, for one thread."""
         with self._cursors:
             return self._root.cursor()
+
+    def reading(self, run: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """`run(cursor)` on a cursor of its own, closed after: a read from any thread."""
+        cursor = self.cursor()
+        try:
+            return run(cursor)
+        finally:
+            cursor.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:

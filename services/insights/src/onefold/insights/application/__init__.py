@@ -42,15 +42,8 @@ class InsightsApplication:
     async def _analyse(self, run: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run an analysis on a cursor of its own, in a worker thread: never beside the feed's writer."""
 
-        def on_cursor() -> T:
-            cursor = self.warehouse.cursor()
-            try:
-                return run(cursor)
-            finally:
-                cursor.close()
-
         async with self._analyses:
-            return await asyncio.to_thread(on_cursor)
+            return await asyncio.to_thread(self.warehouse.reading, run)
 
     async def funnel(self, workspace: str, spec: FunnelSpec) -> FunnelResult:
         return await self._analyse(lambda db: run_funnel(db, workspace, spec))
@@ -67,13 +60,9 @@ class InsightsApplication:
     async def status(self, workspace: str) -> pb.InsightsStatus:
         """The workspace's rows per table and each upstream's applied position (on a cursor of its own)."""
 
-        def read() -> pb.InsightsStatus:
-            cursor = self.warehouse.cursor()
-            try:
-                rows = store.table_rows(cursor, workspace)
-                applied = store.applied_positions(cursor)
-            finally:
-                cursor.close()
+        def read(cursor: duckdb.DuckDBPyConnection) -> pb.InsightsStatus:
+            rows = store.table_rows(cursor, workspace)
+            applied = store.applied_positions(cursor)
             return pb.InsightsStatus(
                 tables=[pb.TableRows(table=table, rows=count) for table, count in rows.items()],
                 applied=[
@@ -82,18 +71,16 @@ class InsightsApplication:
                 ],
             )
 
-        return await asyncio.to_thread(read)
+        return await asyncio.to_thread(self.warehouse.reading, read)
 
     async def export_subject(self, workspace: str, profile_ids: Sequence[str]) -> Mapping[str, int]:
         """What the copy holds of these profiles: rows per table (no personal field is ever in it), and
         the model tags they hold now (sealed under their keys)."""
 
         def count() -> dict[str, int]:
-            cursor = self.warehouse.cursor()
-            try:
-                rows = store.profile_rows(cursor, workspace, list(profile_ids))
-            finally:
-                cursor.close()
+            rows = self.warehouse.reading(
+                lambda cursor: store.profile_rows(cursor, workspace, list(profile_ids))
+            )
             rows["model_tags"] = self.models.held(workspace, profile_ids)
             return rows
 

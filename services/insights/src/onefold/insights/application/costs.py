@@ -57,11 +57,7 @@ class CampaignCosts:
 
     async def listed(self, workspace: str) -> list[pb.CampaignCost]:
         def read() -> list[pb.CampaignCost]:
-            cursor = self.warehouse.cursor()
-            try:
-                rows = store.costs_of(cursor, workspace)
-            finally:
-                cursor.close()
+            rows = self.warehouse.reading(lambda cursor: store.costs_of(cursor, workspace))
             found = []
             for campaign, channel, start, end, amount, currency in rows:
                 cost = pb.CampaignCost(campaign=campaign, channel=channel, amount=amount, currency=currency)

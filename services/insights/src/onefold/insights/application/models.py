@@ -199,14 +199,10 @@ class ModelTraining:
         return (self._next_retrain - self.clock()).total_seconds()
 
     def _workspaces(self) -> list[str]:
-        cursor = self.warehouse.cursor()
-        try:
-            return [
-                str(row[0])
-                for row in cursor.execute("SELECT DISTINCT workspace FROM events ORDER BY 1").fetchall()
-            ]
-        finally:
-            cursor.close()
+        rows = self.warehouse.reading(
+            lambda cursor: cursor.execute("SELECT DISTINCT workspace FROM events ORDER BY 1").fetchall()
+        )
+        return [str(row[0]) for row in rows]
 
     # -------------------------------------------------------------------------- steps
 
