@@ -12,7 +12,8 @@ from onefold.destinations.adapters.targets.webhook import WebhookTarget
 
 
 def build_target(destination: pb.Destination, *, secret: str, environ: Mapping[str, str]) -> Target:
-    """A webhook (signed with `secret`), a table (its URL maybe from `environ`) or files; a
+    """A webhook (signed with `secret`), a table (its URL maybe from `environ`) or files (S3's
+    credentials maybe from `environ`); a
     ValueError for a definition that chose none or whose target cannot work."""
     kind = destination.WhichOneof("target")
     if kind == "webhook":
@@ -20,7 +21,7 @@ def build_target(destination: pb.Destination, *, secret: str, environ: Mapping[s
     if kind == "table":
         return TableTarget(destination.table, environ)
     if kind == "files":
-        return FilesTarget(destination.files, destination.name)
+        return FilesTarget(destination.files, destination.name, environ)
     raise ValueError(f"destination {destination.name!r} has no target: give webhook, table or files")
 
 

@@ -19,9 +19,11 @@ import itertools
 import json
 import os
 import posixpath
+import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 # pyarrow ships no type information: its objects are Any here.
@@ -53,30 +55,45 @@ SCHEMA = pa.schema(
     ]
 )
 PART_SUFFIXES = (".csv", ".parquet")
+AWS_ERROR = re.compile(r"AWS Error [A-Z_]+")
 
 
-def filesystem(directory: str, endpoint: str = "") -> tuple[pa_fs.FileSystem, str]:
-    """The file system of a Files destination's directory and the path within it."""
-    if directory.startswith("s3://") and endpoint:
-        parts = urlsplit(directory)
+def filesystem(directory: str, endpoint: str, environ: Mapping[str, str]) -> tuple[pa_fs.FileSystem, str]:
+    """The file system of a Files destination's directory and the path within it. For s3://, the
+    credentials and region come from `environ` (the service's environment) when set there, and
+    otherwise from the AWS SDK's own chain (a role of the machine or the pod)."""
+    if not directory.startswith("s3://"):
+        return pa_fs.LocalFileSystem(), Path(directory).resolve().as_posix()
+    location = urlsplit(directory)
+    options: dict[str, Any] = {}
+    if endpoint:
         endpoint_parts = urlsplit(endpoint)
-        s3 = pa_fs.S3FileSystem(
-            endpoint_override=endpoint_parts.netloc or endpoint, scheme=endpoint_parts.scheme or "https"
-        )
-        return s3, (parts.netloc + parts.path).rstrip("/")
-    if "://" in directory:
-        return pa_fs.FileSystem.from_uri(directory)
-    return pa_fs.LocalFileSystem(), Path(directory).resolve().as_posix()
+        options["endpoint_override"] = endpoint_parts.netloc or endpoint
+        options["scheme"] = endpoint_parts.scheme or "https"
+    if environ.get("AWS_ACCESS_KEY_ID") and environ.get("AWS_SECRET_ACCESS_KEY"):
+        options["access_key"] = environ["AWS_ACCESS_KEY_ID"]
+        options["secret_key"] = environ["AWS_SECRET_ACCESS_KEY"]
+        options["session_token"] = environ.get("AWS_SESSION_TOKEN") or None
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options["region"] = region
+    elif not endpoint:
+        # AWS itself answers only in the bucket's own region.
+        options["region"] = pa_fs.resolve_s3_region(location.netloc)
+    return pa_fs.S3FileSystem(**options), (location.netloc + location.path).rstrip("/")
 
 
 class FilesTarget:
     kind = "files"
 
-    def __init__(self, config: pb.Files, destination: str) -> None:
+    def __init__(self, config: pb.Files, destination: str, environ: Mapping[str, str]) -> None:
         if not config.directory:
             raise ValueError("a files destination needs a directory (a local path or an s3:// URI)")
-        self._fs, base = filesystem(config.directory, config.endpoint)
-        self._root = posixpath.join(base, destination)
+        self._config = config
+        self._destination = destination
+        self._environ = environ
+        # Opened by the first delivery, in its worker thread: for s3:// that may ask the network.
+        self._opened: tuple[pa_fs.FileSystem, str] | None = None
         self._parquet = config.format == pb.FILE_FORMAT_PARQUET
         self._rows_per_part = min(max(config.batch_size or DEFAULT_BATCH_SIZE, 1), MAX_BATCH_SIZE)
 
@@ -131,6 +148,20 @@ class FilesTarget:
             else:
                 self._write(info.path, kept)
 
+    def _open(self) -> tuple[pa_fs.FileSystem, str]:
+        if self._opened is None:
+            fs, base = filesystem(self._config.directory, self._config.endpoint, self._environ)
+            self._opened = fs, posixpath.join(base, self._destination)
+        return self._opened
+
+    @property
+    def _fs(self) -> pa_fs.FileSystem:
+        return self._open()[0]
+
+    @property
+    def _root(self) -> str:
+        return self._open()[1]
+
     @property
     def _suffix(self) -> str:
         return ".parquet" if self._parquet else ".csv"
@@ -179,7 +210,11 @@ def _is_part(name: str) -> bool:
 
 
 def _describe(error: Exception) -> str:
-    """The kind of failure (and the OS's reason, e.g. "No space left on device"), never a path or a row."""
-    # The OS's reason from its errno: pyarrow's own message quotes the path.
+    """The kind of failure with the OS's reason ("No space left on device") or the store's error
+    code ("AWS Error NO_SUCH_BUCKET"), never a path, a bucket or a row."""
+    # pyarrow's own message quotes the path and the bucket: only its errno or AWS error code is kept.
     errno = getattr(error, "errno", None)
-    return f"{type(error).__name__}: {os.strerror(errno)}" if isinstance(errno, int) else type(error).__name__
+    if isinstance(errno, int):
+        return f"{type(error).__name__}: {os.strerror(errno)}"
+    aws_code = AWS_ERROR.search(str(error))
+    return f"{type(error).__name__}: {aws_code.group(0)}" if aws_code else type(error).__name__
