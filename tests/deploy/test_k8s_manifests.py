@@ -343,6 +343,21 @@ def test_services_take_settings_from_the_config_map_and_secrets_by_reference(doc
             assert data[f"ONEFOLD_NATS__{setting}"] == f"{mount['mountPath']}/{file}"
 
 
+def test_every_consuming_service_gets_its_service_credential(docs: tuple[Doc, ...]) -> None:
+    """A consumer opens its upstreams' sealed events with data keys it asks them for, with its
+    service credential: a consuming Deployment without one would serve and consume nothing."""
+    consumers = {name for name, upstreams in CONSUMES.items() if upstreams}
+    assert consumers == set(SERVICES) - {"ingest"}
+    for name in SERVICES:
+        (container,) = pod_spec(one(docs, "Deployment", name))["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        token = refs.get("ONEFOLD_AUTH__SERVICE_TOKEN")
+        if name in consumers:
+            assert token == {"name": f"onefold-{name}", "key": "service-token", "optional": True}, name
+        else:
+            assert token is None, f"{name} calls no other service"
+
+
 def test_config_map_is_accepted_by_the_settings_loader(docs: tuple[Doc, ...]) -> None:
     """An unknown ONEFOLD_* key stops a service at start, so every key must be one the schema knows."""
     for name in SERVICES:
@@ -653,8 +668,8 @@ def test_network_policies_allow_only_onefold_paths(docs: tuple[Doc, ...]) -> Non
     stranger = None  # a pod in another namespace
     for name in SERVICES:
         for other in SERVICES:
-            if other == "insights":  # only data-subject requests call insights
-                expected = name == "consent"
+            if other == "insights":  # data-subject requests, and its consumers for their data keys
+                expected = name == "consent" or "insights" in CONSUMES[name]
             elif name == "insights":  # only its upstreams, for their subjects' data keys
                 expected = other in CONSUMES["insights"]
             else:
