@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from onefold.contracts.eventlog.testing.v1 import events_pb2
-from onefold.eventlog import ConcurrencyError, EventStore, NewEvent, schema
+from onefold.eventlog import ConcurrencyError, EventRegistry, EventStore, KeyEncryptionKey, NewEvent, schema
 
 
 def check_log_is_consistent(store: EventStore, expected_count: int) -> None:
@@ -133,3 +133,37 @@ def test_separate_processes_on_one_sqlite_file(tmp_path: Path, store: EventStore
         assert conn.execute(sa.select(sa.func.count()).select_from(schema.subject_keys)).scalar() == 5
     for event in store.read(limit=10_000):
         store.decode(event)  # every process's ciphertext opens with the one stored key
+
+
+def test_processes_starting_together_on_an_empty_database_create_one_schema(
+    database_url: str, registry: EventRegistry, kek: KeyEncryptionKey
+) -> None:
+    """Replicas (or workers) starting at once: each creates the log's and its projections' tables,
+    one after the other under the write lock, and none fails on a table another just created."""
+    extra = sa.MetaData()
+    sa.Table("projection_rows", extra, sa.Column("id", sa.Integer, primary_key=True))
+    stores = [EventStore(database_url, service="test", registry=registry, keys=kek) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def start_up(store: EventStore) -> None:
+        try:
+            start.wait()
+            store.create_schema()
+            store.create_tables(extra)
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start_up, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert {"events", "projection_rows"} <= set(sa.inspect(stores[0].engine).get_table_names())
+        stores[0].append([NewEvent("s:1", events_pb2.CounterChanged(counter="s", delta=1))])
+        check_log_is_consistent(stores[0], 1)
+    finally:
+        for store in stores:
+            store.close()

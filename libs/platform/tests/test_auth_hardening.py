@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from structlog.testing import capture_logs
@@ -77,3 +78,28 @@ def test_a_recent_authentication_is_known_without_a_read_until_it_expires_or_is_
     other = store.issue("acme", ["consent:read"], name="other")
     uncached.authenticate(other.token)
     assert uncached.recently_authenticated(other.token) is None
+
+
+def test_services_starting_together_on_an_empty_credential_store_create_one_schema(database_url: str) -> None:
+    stores = [CredentialStore(database_url, cache_seconds=0) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def start_up(store: CredentialStore) -> None:
+        try:
+            start.wait()
+            store.create_schema()
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=start_up, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        stores[0].ensure_workspace("acme")
+    finally:
+        for store in stores:
+            store.engine.dispose()

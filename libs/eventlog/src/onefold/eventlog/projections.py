@@ -83,7 +83,7 @@ class Projector:
     def create_tables(self) -> None:
         tables = [table for projection in self.projections for table in projection.tables]
         if tables:
-            tables[0].metadata.create_all(self.store.engine, tables=tables)
+            self.store.create_tables(tables[0].metadata, tables)
 
     def record(self, conn: Connection, events: Sequence[NewEvent]) -> list[RecordedEvent]:
         """THE write path: append `events` and fold them into every projection, with the tracking

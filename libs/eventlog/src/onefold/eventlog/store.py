@@ -269,7 +269,7 @@ class EventStore:
 
     def create_schema(self) -> None:
         """Create the tables if they do not exist (idempotent)."""
-        schema.metadata.create_all(self.engine)
+        self.create_tables(schema.metadata)
         schema.migrate(self.engine)
         with self.transaction() as conn:
             exists = conn.execute(
@@ -279,6 +279,13 @@ class EventStore:
             ).first()
             if exists is None:
                 conn.execute(schema.eventlog_state.insert().values(name=schema.ERASURE_EPOCH, value=0))
+
+    def create_tables(self, metadata: sa.MetaData, tables: Sequence[sa.Table] | None = None) -> None:
+        """Create `metadata`'s tables (or `tables`) that do not exist yet, under the log's write lock:
+        replicas or workers starting together on an empty database then create them one after the
+        other, where each would otherwise find a table missing and fail creating it second."""
+        with self.transaction() as conn:
+            metadata.create_all(conn, tables=tables)
 
     # ------------------------------------------------------------------------------ transactions
 

@@ -43,6 +43,8 @@ ANY_WORKSPACE = "*"
 WORKSPACE_HEADER = "x-onefold-workspace"
 _WORKSPACE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _TOKEN = re.compile(r"^ofk_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
+# PostgreSQL's advisory lock held while the credential store's tables are created.
+_SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"onefold.auth.schema").digest()[:8], "big", signed=True)
 
 metadata = sa.MetaData()
 workspaces_table = sa.Table(
@@ -201,7 +203,15 @@ class CredentialStore:
         self._cache: dict[str, tuple[float, Principal]] = {}
 
     def create_schema(self) -> None:
-        metadata.create_all(self.engine)
+        """Create the tables that do not exist yet, one process at a time: every service shares this
+        database and they may all start together on an empty one."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            else:
+                # pysqlite opens no transaction before DDL: this one holds SQLite's write lock.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            metadata.create_all(conn)
 
     # -- administration (the CLI and bootstrap) -------------------------------------------------
 

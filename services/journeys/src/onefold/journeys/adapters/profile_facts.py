@@ -80,7 +80,7 @@ def _text(value: Json) -> str:
 class ProfileFacts:
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        metadata.create_all(store.engine)
+        store.create_tables(metadata)
 
     def load(self, conn: Connection, workspace: str, profile_ids: Iterable[str]) -> dict[str, MutableFacts]:
         """The facts of `profile_ids` (an erased or unknown profile: empty facts)."""

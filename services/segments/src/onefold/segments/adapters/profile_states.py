@@ -171,7 +171,7 @@ class ProfileStates:
         self.kept_states = kept_states
         self._kept: OrderedDict[tuple[str, str], tuple[bytes, ProfileState]] = OrderedDict()
         self._kept_lock = threading.Lock()  # the writer saves; readers (queries) load too
-        metadata.create_all(store.engine)
+        store.create_tables(metadata)
 
     # -------------------------------------------------------------------------- sealing
 
