@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 
 from onefold.contracts.eventlog.testing.v1 import events_pb2
 from onefold.eventlog import ConcurrencyError, EventRegistry, EventStore, KeyEncryptionKey, NewEvent, schema
+from onefold.testing.together import all_at_once
 
 
 def check_log_is_consistent(store: EventStore, expected_count: int) -> None:
@@ -143,22 +145,12 @@ def test_processes_starting_together_on_an_empty_database_create_one_schema(
     extra = sa.MetaData()
     sa.Table("projection_rows", extra, sa.Column("id", sa.Integer, primary_key=True))
     stores = [EventStore(database_url, service="test", registry=registry, keys=kek) for _ in range(4)]
-    start = threading.Barrier(len(stores))
-    errors: list[BaseException] = []
 
     def start_up(store: EventStore) -> None:
-        try:
-            start.wait()
-            store.create_schema()
-            store.create_tables(extra)
-        except BaseException as error:  # reported by the assertion below
-            errors.append(error)
+        store.create_schema()
+        store.create_tables(extra)
 
-    threads = [threading.Thread(target=start_up, args=(store,)) for store in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = all_at_once([functools.partial(start_up, store) for store in stores])
     try:
         assert errors == []
         assert {"events", "projection_rows"} <= set(sa.inspect(stores[0].engine).get_table_names())

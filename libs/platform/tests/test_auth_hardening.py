@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from structlog.testing import capture_logs
 
 from onefold.platform.auth import ANY_WORKSPACE, INSTALLATION_ADMIN, CredentialStore, DenialLog, Principal
 from onefold.platform.service import BOOTSTRAP_ADMIN_ID, ensure_bootstrap_admin
+from onefold.testing.together import all_at_once
 
 
 def test_installation_admin_is_never_implied_by_a_workspace_admin() -> None:
@@ -82,21 +82,7 @@ def test_a_recent_authentication_is_known_without_a_read_until_it_expires_or_is_
 
 def test_services_starting_together_on_an_empty_credential_store_create_one_schema(database_url: str) -> None:
     stores = [CredentialStore(database_url, cache_seconds=0) for _ in range(4)]
-    start = threading.Barrier(len(stores))
-    errors: list[BaseException] = []
-
-    def start_up(store: CredentialStore) -> None:
-        try:
-            start.wait()
-            store.create_schema()
-        except BaseException as error:  # reported by the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=start_up, args=(store,)) for store in stores]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    errors = all_at_once([store.create_schema for store in stores])
     try:
         assert errors == []
         stores[0].ensure_workspace("acme")
