@@ -587,6 +587,7 @@ def test_each_service_has_an_hpa_and_a_pdb(docs: tuple[Doc, ...], overlay: str) 
         pdb = one(docs, "PodDisruptionBudget", name)
         assert labels_match(pdb["spec"]["selector"], pod_labels(deployment))
         assert pdb["spec"].get("maxUnavailable") == 1, "minAvailable would block drains of 1 replica"
+        assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow", "failing pods must not hold drains"
         if name in SINGLE_REPLICA:
             assert not find(docs, "HorizontalPodAutoscaler", name), f"{name} must not be autoscaled"
             assert pdb["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow", name
