@@ -117,7 +117,7 @@ from onefold.destinations.adapters.read_model import outbox
 from onefold.destinations.application import DestinationsApplication
 from onefold.destinations.application.deliverer import DELIVERY_BATCH
 from onefold.destinations.bootstrap import compose
-from onefold.destinations.domain.definitions import Known
+from onefold.destinations.domain.definitions import MAX_SEGMENTS, Known
 from onefold.destinations.domain.routing import delivery_id
 from onefold.destinations.settings import DestinationsSettings
 from onefold.eventlog.models import from_micros
@@ -1011,6 +1011,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sizes = Sizes(args.profiles, args.routed, args.webhook, args.latency_seconds, args.memberships)
     if min(sizes.profiles, sizes.routed, sizes.webhook, sizes.memberships) < 1 or sizes.latency_seconds <= 0:
         parser.error("sizes must be positive")
+    if -(-sizes.memberships // sizes.profiles) > MAX_SEGMENTS:
+        # Each profile holds one membership of each segment, and one destination names the segments.
+        parser.error(
+            f"--memberships {sizes.memberships:,} needs more than {MAX_SEGMENTS} segments of "
+            f"{sizes.profiles:,} profiles: give --profiles {-(-sizes.memberships // MAX_SEGMENTS)} or more"
+        )
     results = run(sizes, args.seed, args.postgres_url)
     report(results)
     if args.json:
