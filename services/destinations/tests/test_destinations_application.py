@@ -210,6 +210,21 @@ async def test_consent_withdrawn_stops_further_deliveries_with_evidence(
     assert destinations.statuses("p-1") == ["delivered", "suppressed"]
     assert (await destinations.status("crm")).suppressed == 2
 
+    # Consent given later does not reach back: a replay sends again what was delivered (checked
+    # again: p-1 has withdrawn since), never what consent refused when it was due.
+    await consent.grant("p-never")
+    with WebhookReceiver(receiver.secret) as again:
+        await webhook(destinations, again)
+        since = destinations.clock.now - timedelta(hours=1)
+        replayed = await destinations.app.replay(
+            WORKSPACE, "crm", "cred", since=since, until=None, dead_letters=False
+        )
+        assert replayed == 1
+        await destinations.deliver_due()
+        assert again.received == []
+    assert destinations.statuses("p-never") == ["suppressed"]
+    assert destinations.statuses("p-1") == ["suppressed", "suppressed"]
+
 
 async def test_an_erasure_sends_a_deletion_to_every_destination_that_received_the_person(
     destinations: DestinationsHarness, consent: ConsentService, tmp_path: object

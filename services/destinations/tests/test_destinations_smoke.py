@@ -17,6 +17,7 @@ from onefold.destinations.adapters.read_model import DestinationsReadModel
 from onefold.destinations.bootstrap import SERVICE_NAME, compose
 from onefold.destinations.domain.definitions import DestinationVersions
 from onefold.destinations.domain.events import REGISTRY
+from onefold.eventlog import EventRegistry, EventStore, KeyEncryptionKey, NewEvent
 from onefold.platform.nats_server import NatsServerProcess
 from onefold.testing.events import assert_events_handled
 from onefold.testing.services import composed_service
@@ -24,6 +25,28 @@ from onefold.testing.services import composed_service
 
 def test_every_declared_event_is_handled() -> None:
     assert_events_handled(REGISTRY, DestinationVersions, DestinationsReadModel)
+
+
+def test_a_replay_recorded_before_version_2_is_read_as_queueing_suppressed_deliveries_too(
+    tmp_path: Path,
+) -> None:
+    """Version 1 replays queued suppressed deliveries again too: read with `suppressed_too`, a
+    rebuilt read model queues what they queued."""
+    url = f"sqlite:///{tmp_path / 'destinations.db'}"
+    kek = KeyEncryptionKey.generate()
+    before = EventRegistry()
+    before.register(destinations_pb2.DeliveriesReplayed, schema_version=1)
+    old = EventStore(url, service=SERVICE_NAME, registry=before, keys=kek)
+    old.create_schema()
+    replay = destinations_pb2.DeliveriesReplayed(workspace="acme", destination="crm", count=3)
+    old.append([NewEvent("destination:acme:crm", replay)])
+    old.close()
+    store = EventStore(url, service=SERVICE_NAME, registry=REGISTRY, keys=kek)
+    store.append([NewEvent("destination:acme:crm", replay)])
+    first, second = store.read()
+    assert first.schema_version == 1 and store.decode(first).suppressed_too
+    assert second.schema_version == 2 and not store.decode(second).suppressed_too
+    store.close()
 
 
 async def test_the_composed_service_serves_its_api_and_the_data_subject_contract(

@@ -602,7 +602,8 @@ def replay(
     target: DestinationsTarget = None,
     token: Token = None,
 ) -> None:
-    """Deliver again, from the log: the deliveries queued in a time range, or the dead letters.
+    """Deliver again, from the log: the deliveries queued in a time range (those delivered or
+    dead-lettered; never one consent refused), or the dead letters.
 
     Each is queued again under its own id, so a receiver that already has it sees the same
     idempotency key. Consent is checked again at delivery."""

@@ -372,9 +372,10 @@ class DestinationsReadModel(Handlers):
 
 
 def replayable(replay: pb.DeliveriesReplayed) -> sa.ColumnElement[bool]:
-    """The outbox rows a replay queues again: its destination's dead letters, or what was queued
-    within its time range and is not waiting already; never what was dropped (archived) or is about
-    a person erased since (a deletion is not about anyone's data, so it is replayed)."""
+    """The outbox rows a replay queues again: its destination's dead letters, or what was delivered
+    or dead-lettered within its time range; never what is waiting already, what was dropped
+    (archived), what consent refused when it was due (a consent given later does not reach back;
+    version 1 replays did queue it: `suppressed_too`), or what is about a person erased since (a deletion is not about anyone's data, so it is replayed)."""
     mine = (
         (outbox.c.workspace == replay.workspace)
         & (outbox.c.destination == replay.destination)
@@ -382,7 +383,9 @@ def replayable(replay: pb.DeliveriesReplayed) -> sa.ColumnElement[bool]:
     )
     if replay.dead_letters:
         return mine & (outbox.c.status == DEAD)
-    chosen = mine & outbox.c.status.in_([DELIVERED, DEAD, SUPPRESSED])
+    chosen = mine & outbox.c.status.in_(
+        [DELIVERED, DEAD, SUPPRESSED] if replay.suppressed_too else [DELIVERED, DEAD]
+    )
     chosen = chosen & (outbox.c.queued_at_us >= _micros(replay.since))
     if replay.HasField("until"):
         chosen = chosen & (outbox.c.queued_at_us < _micros(replay.until))

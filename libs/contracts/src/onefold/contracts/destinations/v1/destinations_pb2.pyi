@@ -779,6 +779,9 @@ Global___DeliveriesSuppressed: _TypeAlias = DeliveriesSuppressed  # noqa: Y015
 class DeliveriesReplayed(_message.Message):
     """Delivered-again: the destination's deliveries queued within [since, until) (or its dead letters)
     are queued again under their ids.
+    Version 2: a replay by time range queues again what was delivered or dead-lettered, not what
+    consent refused when it was due. Version 1 replays queued suppressed deliveries too: they are
+    read with suppressed_too set, so a rebuilt read model is the one their replays made.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -790,11 +793,14 @@ class DeliveriesReplayed(_message.Message):
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_TOO_FIELD_NUMBER: _builtins.int
     workspace: _builtins.str
     destination: _builtins.str
     dead_letters: _builtins.bool
     count: _builtins.int
     actor: _builtins.str
+    suppressed_too: _builtins.bool
+    """suppressed deliveries in the range queued again too"""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -811,10 +817,11 @@ class DeliveriesReplayed(_message.Message):
         dead_letters: _builtins.bool = ...,
         count: _builtins.int = ...,
         actor: _builtins.str = ...,
+        suppressed_too: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "count", b"count", "dead_letters", b"dead_letters", "destination", b"destination", "since", b"since", "until", b"until", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "count", b"count", "dead_letters", b"dead_letters", "destination", b"destination", "since", b"since", "suppressed_too", b"suppressed_too", "until", b"until", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
