@@ -174,16 +174,9 @@ class Deliverer:
     def _due(self, now: datetime, held: set[DestinationKey]) -> list[Due]:
         """The round's batch: each active destination's due deliveries in log order (a query per
         destination, each stopping at a full batch: a paused destination's backlog, or an open
-        circuit's, is never read), then the earliest DELIVERY_BATCH of them all."""
-        earlier = outbox.alias("earlier")
-        waiting_behind = sa.exists().where(
-            (earlier.c.workspace == outbox.c.workspace)
-            & (earlier.c.destination == outbox.c.destination)
-            & (earlier.c.profile_id == outbox.c.profile_id)
-            & (earlier.c.status == QUEUED)
-            & (earlier.c.position < outbox.c.position)
-            & (earlier.c.try_at_us > to_micros(now))
-        )
+        circuit's, is never read), then the earliest DELIVERY_BATCH of them all. A person with a
+        delivery waiting for its retry is held: none of their deliveries is due until it is tried."""
+        retrying = outbox.alias("retrying")
         due: list[Due] = []
         with self.log.store.engine.connect() as conn:
             active = conn.execute(
@@ -194,6 +187,14 @@ class Deliverer:
             for workspace, name in active:
                 if (str(workspace), str(name)) in held:
                     continue
+                # Found once per query on the (status, try_at_us) index: only retries are read, where a
+                # subquery per due row walked each person's whole delivery history.
+                held_people = sa.select(retrying.c.profile_id).where(
+                    (retrying.c.status == QUEUED)
+                    & (retrying.c.try_at_us > to_micros(now))
+                    & (retrying.c.workspace == workspace)
+                    & (retrying.c.destination == name)
+                )
                 query = (
                     sa.select(
                         outbox.c.delivery_id,
@@ -211,7 +212,7 @@ class Deliverer:
                         # "+ 0": walk the (status, workspace, destination, position) index in log
                         # order; on try_at_us's the planner read and sorted every queued row.
                         & (outbox.c.try_at_us + 0 <= to_micros(now))
-                        & ~waiting_behind
+                        & outbox.c.profile_id.not_in(held_people)
                     )
                     .order_by(outbox.c.position)
                     .limit(DELIVERY_BATCH)
