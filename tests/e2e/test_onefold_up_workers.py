@@ -37,6 +37,15 @@ def test_a_service_with_two_workers_serves_from_both_and_restarts_the_second(tmp
         assert "segments-2" not in state["services"]  # clients and peers call the first only
         assert health_status(first) == "SERVING"
         assert health_status(second) == "SERVING"
+        # `onefold status` asks every process: the second worker is its own row.
+        shown = cli.json("status")["endpoints"]
+        assert shown["segments#2"] == {
+            "label": "segments gRPC, worker 2",
+            "address": second,
+            "health": "SERVING",
+            "nats_connection": "SERVING",
+        }
+        assert shown["segments"]["address"] == first and shown["segments"]["label"] == "segments gRPC"
         pids = state["pids"]
         assert _environment(pids["segments"])[WORKERS_ENV] == "2"
         assert _environment(pids["segments-2"])[WORKERS_ENV] == "2"

@@ -270,7 +270,7 @@ def status(data_dir: DataDir = Path(".onefold"), as_json: Json = False) -> None:
     all_serving = all(endpoint.health == "SERVING" for endpoint in endpoints)
     if as_json:
         listed = {
-            endpoint.key: {
+            endpoint.name: {
                 "label": endpoint.label,
                 "address": endpoint.address,
                 "health": endpoint.health,
@@ -290,7 +290,7 @@ def status(data_dir: DataDir = Path(".onefold"), as_json: Json = False) -> None:
                     escape(endpoint.address),
                     health,
                     endpoint.nats_connection,
-                    f"ports.{endpoint.key}",
+                    endpoint.port_setting,
                 )
             )
         print_table(("endpoint", "address", "health", "NATS connection", "port setting"), rows, markup=True)

@@ -581,24 +581,34 @@ class EndpointStatus:
     address: str
     health: str  # SERVING, NOT_SERVING, UNREACHABLE … or NOT STARTED
     nats_connection: str = "-"  # a service's connection to the bus (gRPC endpoints only)
+    worker: int = 1  # `onefold up --workers`: the second and later processes take free ports
 
     @property
     def label(self) -> str:
-        return ENDPOINT_LABELS[self.key]
+        label = ENDPOINT_LABELS[self.key]
+        return label if self.worker == 1 else f"{label}, worker {self.worker}"
+
+    @property
+    def name(self) -> str:
+        """Unique among a run's endpoints: the port setting, with the worker after the first."""
+        return self.key if self.worker == 1 else f"{self.key}#{self.worker}"
+
+    @property
+    def port_setting(self) -> str:
+        return f"ports.{self.key}" if self.worker == 1 else "- (a free port)"
 
 
 def endpoint_statuses(state: dict[str, Any]) -> list[EndpointStatus]:
-    """Every endpoint listed in a run's endpoints.json, each asked for its health now (all at once:
-    a person waits for the slowest answer, not for the sum of them)."""
+    """Every endpoint listed in a run's endpoints.json (each worker process of a service too), each
+    asked for its health now (all at once: a person waits for the slowest answer, not for the sum)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from onefold.platform.health import NATS_HEALTH_NAME, health_statuses
 
-    def grpc_endpoint(name: str) -> EndpointStatus:
-        target = state["services"].get(name)
+    def grpc_endpoint(name: str, target: str | None, worker: int = 1) -> EndpointStatus:
         health, nats = health_statuses(target, ["", NATS_HEALTH_NAME]) if target else ("NOT STARTED", "-")
         return EndpointStatus(
-            GRPC_PORT_KEYS[name], target or "-", health, nats if health == "SERVING" else "-"
+            GRPC_PORT_KEYS[name], target or "-", health, nats if health == "SERVING" else "-", worker
         )
 
     def http_endpoint(name: str) -> EndpointStatus:
@@ -611,7 +621,9 @@ def endpoint_statuses(state: dict[str, Any]) -> list[EndpointStatus]:
         for name in SERVICES:
             if name in HTTP_PORT_KEYS:
                 pending.append(pool.submit(http_endpoint, name))
-            pending.append(pool.submit(grpc_endpoint, name))
+            pending.append(pool.submit(grpc_endpoint, name, state["services"].get(name)))
+            for worker, target in enumerate(state.get("workers", {}).get(name, []), start=2):
+                pending.append(pool.submit(grpc_endpoint, name, target, worker))
         nats = pool.submit(lambda: EndpointStatus(NATS_PORT_KEY, nats_url or "-", _nats_health(nats_url)))
         return [future.result() for future in [*pending, nats]]
 
