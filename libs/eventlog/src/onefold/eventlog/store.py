@@ -1048,6 +1048,11 @@ class EventStore:
             chunk = wanted[start : start + _IN_CHUNK]
             query = sa.select(*_EVENT_COLUMNS).where(table.c.position.in_(chunk)).order_by(table.c.position)
             found += self._to_events(conn.execute(query).all())
+        if self.keys is not None:
+            # Their data keys in a query per chunk, where decoding them one by one would ask for
+            # each subject missing from the key cache on its own.
+            sealed = {event.subject for event in found if event.payload.startswith(SEALED_TAG)}
+            self._ciphers(conn, sealed, create=False)
         return found
 
     def head_position(self, *, conn: Connection | None = None) -> int:

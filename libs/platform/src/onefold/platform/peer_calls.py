@@ -6,6 +6,7 @@ nothing is ever done unchecked)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,23 +54,32 @@ class PeerCalls:
     async def check_consent(
         self, workspace: str, checks: Sequence[ConsentCheck]
     ) -> list[consent_pb2.CheckConsentResponse]:
-        """One answer per check, in order (CHECKS_PER_CALL a call)."""
+        """One answer per check, in order (CHECKS_PER_CALL a call, the calls at once: consent
+        answers one while the next is built and sent)."""
         stub = consent_pb2_grpc.ConsentServiceStub(self._channel("consent"))
+        metadata = self.peers.acting_for(workspace)
+        calls = [
+            stub.CheckConsentBatch(
+                consent_pb2.CheckConsentBatchRequest(
+                    checks=[
+                        consent_pb2.CheckConsentRequest(
+                            subject=identity_pb2.ProfileRef(profile_id=c.profile_id),
+                            purpose_id=c.purpose,
+                            channel=c.channel,
+                        )
+                        for c in checks[start : start + CHECKS_PER_CALL]
+                    ]
+                ),
+                metadata=metadata,
+                timeout=self.timeout,
+            )
+            for start in range(0, len(checks), CHECKS_PER_CALL)
+        ]
+        # Every call finishes before one's error is raised: none is left running unread.
         answers: list[consent_pb2.CheckConsentResponse] = []
-        for start in range(0, len(checks), CHECKS_PER_CALL):
-            request = consent_pb2.CheckConsentBatchRequest(
-                checks=[
-                    consent_pb2.CheckConsentRequest(
-                        subject=identity_pb2.ProfileRef(profile_id=c.profile_id),
-                        purpose_id=c.purpose,
-                        channel=c.channel,
-                    )
-                    for c in checks[start : start + CHECKS_PER_CALL]
-                ]
-            )
-            response = await stub.CheckConsentBatch(
-                request, metadata=self.peers.acting_for(workspace), timeout=self.timeout
-            )
+        for response in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(response, BaseException):
+                raise response
             answers.extend(response.results)
         return answers
 

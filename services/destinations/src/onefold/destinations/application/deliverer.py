@@ -160,7 +160,7 @@ class Deliverer:
         """One round: how many deliveries were tried (or suppressed)."""
         await self._close_retired()
         now = self.clock()
-        due = await asyncio.to_thread(self._due, now, self._held(now))
+        due, purposes = await asyncio.to_thread(self._due, now, self._held(now))
         by_destination: dict[DestinationKey, list[Due]] = {}
         for row in due:
             by_destination.setdefault((row.workspace, row.destination), []).append(row)
@@ -168,25 +168,28 @@ class Deliverer:
             self.breakers.setdefault(key, retry.CircuitBreaker()).allows(now)
         for workspace in dict.fromkeys(k[0] for k in by_destination):
             batches = {k: v for k, v in by_destination.items() if k[0] == workspace}
-            await self._deliver_workspace(workspace, batches, now)
+            await self._deliver_workspace(workspace, batches, purposes, now)
         return sum(len(v) for v in by_destination.values())
 
-    def _due(self, now: datetime, held: set[DestinationKey]) -> list[Due]:
+    def _due(self, now: datetime, held: set[DestinationKey]) -> tuple[list[Due], dict[DestinationKey, str]]:
         """The round's batch: each active destination's due deliveries in log order (a query per
         destination, each stopping at a full batch: a paused destination's backlog, or an open
-        circuit's, is never read), then the earliest DELIVERY_BATCH of them all. A person with a
-        delivery waiting for its retry is held: none of their deliveries is due until it is tried."""
+        circuit's, is never read), then the earliest DELIVERY_BATCH of them all; and the consent
+        purpose of each active destination. A person with a delivery waiting for its retry is held:
+        none of their deliveries is due until it is tried."""
         retrying = outbox.alias("retrying")
         due: list[Due] = []
+        purposes: dict[DestinationKey, str] = {}
         with self.log.store.engine.connect() as conn:
             active = conn.execute(
-                sa.select(catalog.c.workspace, catalog.c.name).where(
+                sa.select(catalog.c.workspace, catalog.c.name, catalog.c.destination).where(
                     catalog.c.status == pb.DESTINATION_STATUS_ACTIVE
                 )
             ).all()
-            for workspace, name in active:
+            for workspace, name, definition in active:
                 if (str(workspace), str(name)) in held:
                     continue
+                purposes[(str(workspace), str(name))] = pb.Destination.FromString(bytes(definition)).purpose
                 # Found once per query on the (status, try_at_us) index: only retries are read, where a
                 # subquery per due row walked each person's whole delivery history.
                 held_people = sa.select(retrying.c.profile_id).where(
@@ -218,20 +221,27 @@ class Deliverer:
                     .limit(DELIVERY_BATCH)
                 )
                 due += [Due(*row) for row in conn.execute(query)]
-        return sorted(due, key=lambda d: d.position)[:DELIVERY_BATCH]
+        return sorted(due, key=lambda d: d.position)[:DELIVERY_BATCH], purposes
 
     async def _deliver_workspace(
-        self, workspace: str, batches: dict[DestinationKey, list[Due]], now: datetime
+        self,
+        workspace: str,
+        batches: dict[DestinationKey, list[Due]],
+        purposes: Mapping[DestinationKey, str],
+        now: datetime,
     ) -> None:
-        setup = await asyncio.to_thread(self._prepare, workspace, batches)
         checks: list[tuple[DestinationKey, Due]] = [
             (key, row)
             for key, rows in batches.items()
             for row in rows
-            if row.kind != pb.DELIVERY_KIND_DELETION and key in setup
+            if row.kind != pb.DELIVERY_KIND_DELETION and key in purposes
         ]
-        answers = await self.upstream.check_consent(
-            workspace, [ConsentCheck(row.profile_id, setup[key].purpose) for key, row in checks]
+        # Consent answers while the payloads are read and opened: the two waits overlap.
+        setup, answers = await asyncio.gather(
+            asyncio.to_thread(self._prepare, workspace, batches, purposes),
+            self.upstream.check_consent(
+                workspace, [ConsentCheck(row.profile_id, purposes[key]) for key, row in checks]
+            ),
         )
         denied = {
             row.delivery_id: answer
@@ -251,9 +261,14 @@ class Deliverer:
             )
 
     def _prepare(
-        self, workspace: str, batches: Mapping[DestinationKey, Sequence[Due]]
+        self,
+        workspace: str,
+        batches: Mapping[DestinationKey, Sequence[Due]],
+        purposes: Mapping[DestinationKey, str],
     ) -> dict[DestinationKey, _Prepared]:
-        """Each destination's definition and target, and what its deliveries send, read in one go."""
+        """Each destination's definition and target, and what its deliveries send, read in one go.
+        A destination whose purpose is no longer the one consent was asked about is left out: its
+        deliveries stay queued for the next round."""
         prepared: dict[DestinationKey, _Prepared] = {}
         store = self.log.store
         with store.engine.connect() as conn:
@@ -272,9 +287,10 @@ class Deliverer:
                 if found is None:
                     continue
                 destination = pb.Destination.FromString(bytes(found[1]))
+                if destination.purpose != purposes.get(key):
+                    continue
                 secret_at, secret = self.destinations.signing_secret(conn, workspace, key[1])
                 prepared[key] = _Prepared(
-                    destination.purpose,
                     destination.retry,
                     self._target(key, destination, int(found[0]), secret_at, secret),
                     [_delivery(row, opened[row.position]) for row in rows if row.position in opened],
@@ -383,7 +399,6 @@ class Deliverer:
 class _Prepared:
     """One destination's batch, ready to deliver."""
 
-    purpose: str
     retry: pb.RetryPolicy
     target: Target
     deliveries: list[Delivery]  # in log order
