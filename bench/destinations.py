@@ -48,15 +48,15 @@ Phases:
   concurrency to the same receiver with bodies of the same size (requests/s; no signing, no log)
   and a bare CheckConsentBatch of DELIVERY_BATCH checks round trip (`Upstream.check_consent`, the
   deliverer's own client: the consent answer alone);
-- latency: EventResolved produced at LATENCY_RATE/s for `--latency-seconds` by a thread into a
-  queue; a consumer takes what is waiting (up to SUBSCRIBER_BATCH) into the router on the writer,
+- latency: EventResolved made beforehand, then produced at LATENCY_RATE/s for `--latency-seconds`
+  by a thread into a queue; a consumer takes what is waiting (up to SUBSCRIBER_BATCH) into the router on the writer,
   as the subscriber does after a fetch; the deliverer runs as the service runs it
   (`application.run_deliverer(lambda: True)`, woken by the router) to a webhook destination with
   the default batch_size=1, then again with batch_size=100 (a request carries what is queued when
   the deliverer wakes, up to 100: batching adds no wait). Latency = the receiver's time.time() at arrival minus the producer's
   time.time() at production (one machine, one clock): p50/p95/p99/max; also production to the
-  router's commit. CPU µs per event: this process's (router, deliverer, with the bench's producer:
-  an upper bound), consent's and the receiver's;
+  router's commit. CPU µs per event: this process's (router, deliverer, and the producer thread's
+  pacing: an upper bound), consent's and the receiver's;
 - audience: `--memberships` SegmentEntered (`--profiles` profiles times as many segments as needed,
   each (profile, segment) once: the table's key) routed through `router.handle_segments` in
   batches of SUBSCRIBER_BATCH for a table destination, then `deliver_due()` until none is queued:
@@ -639,16 +639,17 @@ def latency_phase(system: System, traffic: Traffic, seconds: float, batch_size: 
     producer_traffic = Traffic(seed=traffic.rng.randrange(1 << 30), profiles=traffic.profiles)
     producer_traffic.orders = 10**9  # orders of its own
     producing: list[float] = []
+    # Made before the clock starts: upstream services make them, not this process.
+    orders = [producer_traffic.order() for _ in range(total)]
+    made = [(delivery_id(WORKSPACE, name, pb.DELIVERY_KIND_EVENT, cause), event) for cause, event in orders]
 
     def produce() -> None:
         begin = time.perf_counter()
         producing.append(begin)
-        for i in range(total):
+        for i, (ident, event) in enumerate(made):
             delay = begin + i / LATENCY_RATE - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            cause, event = producer_traffic.order()
-            ident = delivery_id(WORKSPACE, name, pb.DELIVERY_KIND_EVENT, cause)
             produced.put((time.time(), ident, event))
         producing.append(time.perf_counter())
         produced.put(None)
