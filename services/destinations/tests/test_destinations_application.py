@@ -367,6 +367,33 @@ async def test_a_paused_destination_queues_and_delivers_on_resume(
         await receiver.wait_for(1)
 
 
+async def test_a_round_leaves_out_a_destination_whose_purpose_changed_while_consent_was_asked(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    """A round asks consent (for the purposes it read with the due rows) while it reads the
+    definitions again to deliver: a purpose changed in between must not send what was checked
+    for the old one."""
+    await consent.grant("p-1")
+
+    async def known(workspace: str) -> Known:
+        return Known(purposes=frozenset({"crm_sync", "ads"}), segments=frozenset({"vip"}))
+
+    destinations.app.destinations.known = known
+    key = (WORKSPACE, "crm")
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver, purpose="ads")
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        deliverer = destinations.app.deliverer
+        due, purposes = deliverer._due(destinations.clock(), set())
+        assert purposes == {key: "ads"} and len(due) == 1
+        await webhook(destinations, receiver)  # crm_sync, applied while consent is asked about ads
+        assert deliverer._prepare(WORKSPACE, {key: due}, purposes) == {}
+        assert destinations.statuses("p-1") == ["queued"]
+        assert await destinations.deliver_due() == 1  # the next round asks about crm_sync
+        await receiver.wait_for(1)
+    assert destinations.statuses("p-1") == ["delivered"]
+
+
 async def test_consent_unreachable_delivers_nothing(make_destinations: DestinationsFactory) -> None:
     harness = make_destinations(consent_target="127.0.0.1:1")
     with WebhookReceiver("") as receiver:
