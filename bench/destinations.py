@@ -39,8 +39,8 @@ Phases:
   events stored (their stored, sealed payloads), a commit per batch, WAL and synchronous=FULL as
   the store, in the same directory;
 - webhook: `--webhook` deliveries queued (routing, not timed), then `deliverer.deliver_due()` (a
-  batch of up to 1000: one CheckConsentBatch round — two calls of consent's 500 —, the payloads
-  opened, the target, the outcomes recorded) until none is queued; for batch_size=1 and
+  batch of up to 1000: one CheckConsentBatch round — two calls of consent's 500 at once — while
+  the payloads are read and opened, the target, the outcomes recorded) until none is queued; for batch_size=1 and
   batch_size=100 (max_in_flight 16 both; a round's deliveries are split into lanes by person
   first, so a request carries at most batch_size: `mean_deliveries_per_request`): deliveries/s,
   this process's CPU µs per delivery, and consent's and the receiver's CPU beside it. Exactly once is checked: the receiver's unique ids

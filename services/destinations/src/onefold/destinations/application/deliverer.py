@@ -1,9 +1,9 @@
 """Delivering what was queued: a batch at a time, on the leader.
 
 Each round takes the due deliveries of active destinations in log order — none of a person whose
-earlier delivery to the same destination waits for a retry, so order per person holds — reads
-what they send from their DeliveryQueued events, asks consent in one CheckConsentBatch per
-workspace for the destination's purpose (DENY → suppressed with the reason and the ledger's
+earlier delivery to the same destination waits for a retry, so order per person holds — and,
+at once, reads what they send from their DeliveryQueued events and asks consent in one
+CheckConsentBatch per workspace for each destination's purpose (DENY → suppressed with the reason and the ledger's
 evidence; consent unreachable → nothing is delivered, the round is tried again; deletions are never
 suppressed), hands each destination its batch through its target, and records the outcomes as one
 event per kind: delivered; failed, with the next try after a backoff with jitter; dead-lettered,
