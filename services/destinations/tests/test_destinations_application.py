@@ -394,6 +394,31 @@ async def test_a_round_leaves_out_a_destination_whose_purpose_changed_while_cons
     assert destinations.statuses("p-1") == ["delivered"]
 
 
+async def test_a_purpose_consent_refuses_holds_only_the_destinations_naming_it(
+    destinations: DestinationsHarness, consent: ConsentService
+) -> None:
+    """A destination whose purpose is no longer in consent's model (consent answers
+    INVALID_ARGUMENT) fails and retries with the reason; the workspace's other destinations go."""
+    await consent.grant("p-1")
+
+    async def known(workspace: str) -> Known:
+        return Known(purposes=frozenset({"crm_sync", "ads"}), segments=frozenset({"vip"}))
+
+    destinations.app.destinations.known = known
+    with WebhookReceiver("") as receiver:
+        await webhook(destinations, receiver, name="ads", purpose="ads")
+        await webhook(destinations, receiver)  # the receiver verifies crm's signatures
+        await destinations.track("p-1", "Order Completed", order_id="o-1")
+        assert await destinations.deliver_due() == 2
+        await receiver.wait_for(1)
+        assert [r["destination"] for r in receiver.received] == ["crm"]
+    assert destinations.statuses("p-1", "crm") == ["delivered"]
+    assert destinations.statuses("p-1", "ads") == ["queued"]
+    ads = await destinations.status("ads")
+    assert ads.retrying == 1 and ads.delivered == 0
+    assert ads.last_error == "consent refused to check the purpose 'ads': is it in the consent model?"
+
+
 async def test_consent_unreachable_delivers_nothing(make_destinations: DestinationsFactory) -> None:
     harness = make_destinations(consent_target="127.0.0.1:1")
     with WebhookReceiver("") as receiver:

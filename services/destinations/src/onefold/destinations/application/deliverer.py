@@ -1,13 +1,14 @@
 """Delivering what was queued: a batch at a time, on the leader.
 
 Each round takes the due deliveries of active destinations in log order — none of a person whose
-earlier delivery to the same destination waits for a retry, so order per person holds — and,
-at once, reads what they send from their DeliveryQueued events and asks consent in one
-CheckConsentBatch per workspace for each destination's purpose (DENY → suppressed with the reason and the ledger's
-evidence; consent unreachable → nothing is delivered, the round is tried again; deletions are never
-suppressed), hands each destination its batch through its target, and records the outcomes as one
-event per kind: delivered; failed, with the next try after a backoff with jitter; dead-lettered,
-after the destination's last attempt or at once for what the receiver refuses.
+earlier delivery to the same destination waits for a retry, so order per person holds — and, at
+once, reads what they send from their DeliveryQueued events and asks consent in one
+CheckConsentBatch per purpose (DENY → suppressed with the reason and the ledger's evidence; consent
+unreachable → nothing is delivered, the round is tried again; a purpose consent refuses to check →
+the batches of the destinations naming it fail and are retried; deletions are never suppressed),
+hands each destination its batch through its target, and records the outcomes as one event per
+kind: delivered; failed, with the next try after a backoff with jitter; dead-lettered, after the
+destination's last attempt or at once for what the receiver refuses.
 
 A circuit breaker per destination holds its deliveries while it keeps failing (domain/retry.py).
 A crash after the receiver answered and before the outcome was recorded leaves the deliveries
@@ -30,7 +31,7 @@ from prometheus_client import Counter, Gauge
 from onefold.contracts.consent.v1 import consent_pb2
 from onefold.contracts.destinations.v1 import destinations_pb2 as pb
 from onefold.destinations.adapters.read_model import QUEUED, catalog, outbox
-from onefold.destinations.adapters.targets.base import BEHIND_A_FAILURE, Delivery, Outcome, Target
+from onefold.destinations.adapters.targets.base import BEHIND_A_FAILURE, Delivery, Outcome, Result, Target
 from onefold.destinations.adapters.targets.factory import usable_target
 from onefold.destinations.adapters.upstream import Upstream
 from onefold.destinations.application.catalog import Clock, Destinations
@@ -230,27 +231,31 @@ class Deliverer:
         purposes: Mapping[DestinationKey, str],
         now: datetime,
     ) -> None:
-        checks: list[tuple[DestinationKey, Due]] = [
-            (key, row)
-            for key, rows in batches.items()
-            for row in rows
-            if row.kind != pb.DELIVERY_KIND_DELETION and key in purposes
-        ]
-        # Consent answers while the payloads are read and opened: the two waits overlap.
-        setup, answers = await asyncio.gather(
+        asking: dict[str, list[Due]] = {}  # by purpose: each purpose's checks are one call
+        for key, rows in batches.items():
+            if key in purposes:
+                asking.setdefault(purposes[key], []).extend(
+                    row for row in rows if row.kind != pb.DELIVERY_KIND_DELETION
+                )
+        # Consent answers while the payloads are read and opened: the waits overlap.
+        setup, asked = await asyncio.gather(
             asyncio.to_thread(self._prepare, workspace, batches, purposes),
-            self.upstream.check_consent(
-                workspace, [ConsentCheck(row.profile_id, purposes[key]) for key, row in checks]
-            ),
+            asyncio.gather(*(self._ask(workspace, purpose, rows) for purpose, rows in asking.items())),
         )
-        denied = {
-            row.delivery_id: answer
-            for (_, row), answer in zip(checks, answers, strict=True)
-            if answer.decision != consent_pb2.DECISION_ALLOW
-        }
+        denied: dict[str, consent_pb2.CheckConsentResponse] = {}
+        refused: dict[str, str] = {}  # purpose -> why consent would not answer for it
+        for purpose, answers in zip(asking, asked, strict=True):
+            if isinstance(answers, str):
+                refused[purpose] = answers
+                continue
+            for row, answer in zip(asking[purpose], answers, strict=True):
+                if answer.decision != consent_pb2.DECISION_ALLOW:
+                    denied[row.delivery_id] = answer
         results = await asyncio.gather(
             *(
-                self._deliver_destination(key, rows, setup.get(key), denied, now)
+                self._deliver_destination(
+                    key, rows, setup.get(key), denied, refused.get(purposes.get(key, "")), now
+                )
                 for key, rows in batches.items()
             )
         )
@@ -259,6 +264,22 @@ class Deliverer:
             await self.log.writer.run(
                 self.log.projector.write, lambda conn: self.log.projector.record(conn, events)
             )
+
+    async def _ask(
+        self, workspace: str, purpose: str, rows: Sequence[Due]
+    ) -> list[consent_pb2.CheckConsentResponse] | str:
+        """Consent's answers for `purpose`, or why consent refused to answer for it (a purpose
+        removed from the consent model): that holds only the destinations naming it. Consent
+        unreachable raises: the whole round waits."""
+        try:
+            return await self.upstream.check_consent(
+                workspace, [ConsentCheck(row.profile_id, purpose) for row in rows]
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            log.warning("destinations.purpose_refused", purpose=purpose)
+            return f"consent refused to check the purpose {purpose!r}: is it in the consent model?"
 
     def _prepare(
         self,
@@ -315,6 +336,7 @@ class Deliverer:
         rows: Sequence[Due],
         prepared: _Prepared | None,
         denied: Mapping[str, consent_pb2.CheckConsentResponse],
+        refusal: str | None,
         now: datetime,
     ) -> list[NewEvent]:
         workspace, name = key
@@ -322,7 +344,13 @@ class Deliverer:
             return []
         suppressed = [d for d in prepared.deliveries if d.delivery_id in denied]
         sending = [d for d in prepared.deliveries if d.delivery_id not in denied]
-        results = await prepared.target.deliver(sending) if sending else []
+        if refusal is not None:
+            # Nothing is sent, deletions neither (a deletion must not overtake the person's
+            # earlier deliveries): the batch fails and is retried, so the destination's status
+            # shows why, and its breaker holds it while consent keeps refusing.
+            results = [Result.retry(refusal)] * len(sending)
+        else:
+            results = await prepared.target.deliver(sending) if sending else []
         attempts = {row.delivery_id: row.attempts + 1 for row in rows}
         delivered: list[str] = []
         failed: dict[tuple[int, str], list[str]] = {}  # by (the attempt that failed, its error)
