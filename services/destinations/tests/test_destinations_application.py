@@ -31,6 +31,11 @@ async def known_without_consent(workspace: str) -> Known:
     return Known(purposes=frozenset({"crm_sync"}), segments=frozenset({"vip"}))
 
 
+async def known_with_ads(workspace: str) -> Known:
+    """What a destination may name with a purpose, `ads`, that consent's model does not define."""
+    return Known(purposes=frozenset({"crm_sync", "ads"}), segments=frozenset({"vip"}))
+
+
 def delivered_counter(name: str) -> float:
     found = REGISTRY.get_sample_value(
         "onefold_destination_deliveries_total", {"destination": name, "outcome": "delivered"}
@@ -374,11 +379,7 @@ async def test_a_round_leaves_out_a_destination_whose_purpose_changed_while_cons
     definitions again to deliver: a purpose changed in between must not send what was checked
     for the old one."""
     await consent.grant("p-1")
-
-    async def known(workspace: str) -> Known:
-        return Known(purposes=frozenset({"crm_sync", "ads"}), segments=frozenset({"vip"}))
-
-    destinations.app.destinations.known = known
+    destinations.app.destinations.known = known_with_ads
     key = (WORKSPACE, "crm")
     with WebhookReceiver("") as receiver:
         await webhook(destinations, receiver, purpose="ads")
@@ -400,11 +401,7 @@ async def test_a_purpose_consent_refuses_holds_only_the_destinations_naming_it(
     """A destination whose purpose is no longer in consent's model (consent answers
     INVALID_ARGUMENT) fails and retries with the reason; the workspace's other destinations go."""
     await consent.grant("p-1")
-
-    async def known(workspace: str) -> Known:
-        return Known(purposes=frozenset({"crm_sync", "ads"}), segments=frozenset({"vip"}))
-
-    destinations.app.destinations.known = known
+    destinations.app.destinations.known = known_with_ads
     with WebhookReceiver("") as receiver:
         await webhook(destinations, receiver, name="ads", purpose="ads")
         await webhook(destinations, receiver)  # the receiver verifies crm's signatures
