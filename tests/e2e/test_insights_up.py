@@ -163,7 +163,9 @@ def test_funnel_attribution_cohorts_and_roi_from_the_copy_and_an_erasure_leaves_
 
     request = wait_for(completed, "the erasure request")
     [step] = [s for s in request["steps"] if s["service"] == "insights"]
-    assert json.loads(step["confirmation"])["events"] == 4  # her identify, view, add and order
+    # Her identify, view, add and order leave the copy. The step removes them, or finds none: identity's
+    # ProfileErased, published as identity's step runs beside this one, may reach the copy first.
+    assert json.loads(step["confirmation"])["events"] in (4, 0)
     assert _rows(cli)["events"] == len(events) - 4
     after = cli.json("insights", "funnel", "Product Viewed", "Product Added", "--since", "1d")
     assert [s["entered"] for s in after["total"]["steps"]] == ["2", "1"]
