@@ -67,14 +67,16 @@ class Destinations:
                 (catalog.c.workspace == workspace) & (catalog.c.status != pb.DESTINATION_STATUS_ARCHIVED)
             )
         ).all()
-        found = []
-        for name, version, data in rows:
-            key = (workspace, str(name), int(version))
-            destination = self._decoded.get(key)
-            if destination is None:
-                destination = self._decoded[key] = pb.Destination.FromString(bytes(data))
-            found.append(destination)
-        return found
+        return [self.decoded(workspace, str(name), int(version), data) for name, version, data in rows]
+
+    def decoded(self, workspace: str, name: str, version: int, data: bytes) -> pb.Destination:
+        """A catalog row's definition, parsed once per version (routing and every delivery round
+        read it; any thread: at worst two threads parse the same version)."""
+        key = (workspace, name, version)
+        destination = self._decoded.get(key)
+        if destination is None:
+            destination = self._decoded[key] = pb.Destination.FromString(bytes(data))
+        return destination
 
     def status_of(self, conn: Connection, workspace: str, name: str) -> int:
         found = conn.execute(

@@ -183,14 +183,15 @@ class Deliverer:
         purposes: dict[DestinationKey, str] = {}
         with self.log.store.engine.connect() as conn:
             active = conn.execute(
-                sa.select(catalog.c.workspace, catalog.c.name, catalog.c.destination).where(
+                sa.select(catalog.c.workspace, catalog.c.name, catalog.c.latest, catalog.c.destination).where(
                     catalog.c.status == pb.DESTINATION_STATUS_ACTIVE
                 )
             ).all()
-            for workspace, name, definition in active:
+            for workspace, name, version, definition in active:
                 if (str(workspace), str(name)) in held:
                     continue
-                purposes[(str(workspace), str(name))] = pb.Destination.FromString(bytes(definition)).purpose
+                destination = self.destinations.decoded(str(workspace), str(name), int(version), definition)
+                purposes[(str(workspace), str(name))] = destination.purpose
                 # Found once per query on the (status, try_at_us) index: only retries are read, where a
                 # subquery per due row walked each person's whole delivery history.
                 held_people = sa.select(retrying.c.profile_id).where(
@@ -307,7 +308,7 @@ class Deliverer:
                 ).first()
                 if found is None:
                     continue
-                destination = pb.Destination.FromString(bytes(found[1]))
+                destination = self.destinations.decoded(key[0], key[1], int(found[0]), found[1])
                 if destination.purpose != purposes.get(key):
                     continue
                 secret_at, secret = self.destinations.signing_secret(conn, workspace, key[1])
